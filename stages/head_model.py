@@ -1,0 +1,84 @@
+"""DVC stage `head_model`: the head model every later stage uses, in FLAME's folder layout.
+
+With `head_model.path: null` it builds geoface's stand-in head model (NOT FLAME: a seeded,
+FLAME-compatible head built from MediaPipe's face mesh on a public-domain photo; see
+docs/head_model.md). With a path it validates a real FLAME folder (smplx layout) and copies it.
+Either way the result is loaded through the same `HeadModel` code before the stage succeeds.
+
+Writes data/head_model/ (the folder), plots/head_model/preview.png, metrics/head_model.json.
+Run: `dvc repro head_model` (or `python stages/head_model.py` from the repository root).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from flame_fitting.capture import replace_dir  # noqa: E402
+from flame_fitting.flame_io import validate_flame_folder  # noqa: E402
+from flame_fitting.head_model import HeadModel  # noqa: E402
+from flame_fitting.params import ParamsError, load_section, spec  # noqa: E402
+from flame_fitting.preview import head_model_preview  # noqa: E402
+from flame_fitting.standin import build_standin  # noqa: E402
+
+OUT = Path("data/head_model")
+PREVIEW = Path("plots/head_model/preview.png")
+METRICS = Path("metrics/head_model.json")
+
+
+@dataclass
+class HeadModelParams:
+    path: str | None = spec(None, "real FLAME folder (smplx layout); null builds the stand-in")
+    seed: int = spec(0, "stand-in: seed of the bases", lo=0)
+    n_shape: int = spec(50, "identity components (stand-in: built; FLAME: used, ≤ 300)", lo=1, hi=300)
+    n_expr: int = spec(30, "expression components (stand-in: built; FLAME: used, ≤ 100)", lo=1, hi=100)
+
+    def validate(self) -> None:
+        if self.path is not None and not Path(self.path).expanduser().is_dir():
+            raise ParamsError(f"head_model.path: {self.path} is not a directory")
+
+
+def copy_real_flame(src: Path, dst: Path) -> None:
+    validate_flame_folder(src)  # refuses with a message naming the file and key
+    tmp = dst.parent / f".{dst.name}.tmp-{uuid.uuid4().hex[:8]}"
+    shutil.copytree(src, tmp)
+    replace_dir(tmp, dst)
+
+
+def main() -> None:
+    cfg = load_section(HeadModelParams, "head_model")
+    t0 = time.perf_counter()
+    if cfg.path is None:
+        summary = build_standin(OUT, seed=cfg.seed, n_shape=cfg.n_shape, n_expr=cfg.n_expr)
+    else:
+        copy_real_flame(Path(cfg.path).expanduser(), OUT)
+        summary = {}
+    model = HeadModel.from_folder(OUT, n_shape=cfg.n_shape, n_expr=cfg.n_expr)
+    PREVIEW.parent.mkdir(parents=True, exist_ok=True)
+    head_model_preview(model, PREVIEW)
+    metrics = {
+        "kind": model.kind,
+        "n_vertices": int(model.n_vertices),
+        "n_faces": int(model.faces.shape[0]),
+        "n_uv": int(model.uv_coords.shape[0]),
+        "n_shape": int(model.n_shape),
+        "n_expr": int(model.n_expr),
+        "n_mediapipe_landmarks": int(model.mp_face_idx.shape[0]),
+        "build_s": round(time.perf_counter() - t0, 3),
+        **{k: v for k, v in summary.items() if isinstance(v, (int, float)) and k not in ("n_shape", "n_expr")},
+    }
+    METRICS.parent.mkdir(parents=True, exist_ok=True)
+    tmp = METRICS.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(metrics, indent=2))
+    tmp.replace(METRICS)
+    print(f"head_model: {metrics['kind']} with {metrics['n_vertices']} vertices, preview at {PREVIEW}")
+
+
+if __name__ == "__main__":
+    main()
