@@ -10,22 +10,21 @@ Run: `dvc repro head_model` (or `python stages/head_model.py` from the repositor
 """
 from __future__ import annotations
 
-import json
 import shutil
-import sys
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common  # noqa: F401  (puts this checkout first on sys.path)
+from common import write_json
 
-from flame_fitting.capture import replace_dir  # noqa: E402
-from flame_fitting.flame_io import validate_flame_folder  # noqa: E402
-from flame_fitting.head_model import HeadModel  # noqa: E402
-from flame_fitting.params import ParamsError, load_section, spec  # noqa: E402
-from flame_fitting.preview import head_model_preview  # noqa: E402
-from flame_fitting.standin import build_standin  # noqa: E402
+from flame_fitting.capture import replace_dir
+from flame_fitting.flame_io import validate_flame_folder
+from flame_fitting.head_model import HeadModel
+from flame_fitting.params import ParamsError, load_section, spec
+from flame_fitting.preview import head_model_preview
+from flame_fitting.standin import build_standin
 
 OUT = Path("data/head_model")
 PREVIEW = Path("plots/head_model/preview.png")
@@ -73,10 +72,7 @@ def main() -> None:
         "build_s": round(time.perf_counter() - t0, 3),
         **{k: v for k, v in summary.items() if isinstance(v, (int, float)) and k not in ("n_shape", "n_expr")},
     }
-    METRICS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = METRICS.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(metrics, indent=2))
-    tmp.replace(METRICS)
+    write_json(METRICS, metrics)
     print(f"head_model: {metrics['kind']} with {metrics['n_vertices']} vertices, preview at {PREVIEW}")
 
 
