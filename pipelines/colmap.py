@@ -1,0 +1,193 @@
+"""COLMAP sparse model -> canonical capture (one frame of one subject).
+
+Input (`captures.root` = the COLMAP project folder):
+    <root>/<colmap_model>/cameras.bin|cameras.txt     (default colmap_model: sparse/0; .bin preferred)
+    <root>/<colmap_model>/images.bin|images.txt       (points3D is not read)
+    <root>/<colmap_images>/<image name>               (default colmap_images: images)
+The model folder may also be <root> itself. COLMAP images store world→camera as a unit quaternion
+(qw, qx, qy, qz) and translation t in OpenCV's camera frame (x right, y down, z forward), so the pose
+needs no axis change; COLMAP's pixel centres are at +0.5 like geoface's, so K is used as is.
+Camera models: SIMPLE_PINHOLE, PINHOLE, SIMPLE_RADIAL, RADIAL, OPENCV, FULL_OPENCV (their
+distortion is OpenCV's; images are undistorted onto the same K). Fisheye, FOV and thin-prism
+models are refused. Camera name = the image file stem (the path with '/' -> '_' when stems repeat); subject =
+`captures.subject` or the root folder's name, sequence = `captures.sequence`, frame 0.
+Binary layout as COLMAP's read_write_model.py (little-endian).
+"""
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from flame_fitting.capture import CaptureError
+from pipelines.common import CaptureImport, ImportConfig, ImportReport, camera_names, read_image_file, select_names
+
+# model id -> (name, number of params); every COLMAP model so unsupported ones are still parsed
+MODELS = {0: ("SIMPLE_PINHOLE", 3), 1: ("PINHOLE", 4), 2: ("SIMPLE_RADIAL", 4), 3: ("RADIAL", 5), 4: ("OPENCV", 8),
+          5: ("OPENCV_FISHEYE", 8), 6: ("FULL_OPENCV", 12), 7: ("FOV", 5), 8: ("SIMPLE_RADIAL_FISHEYE", 4),
+          9: ("RADIAL_FISHEYE", 5), 10: ("THIN_PRISM_FISHEYE", 12), 11: ("RAD_TAN_THIN_PRISM_FISHEYE", 16)}
+N_PARAMS = {name: n for name, n in MODELS.values()}
+SUPPORTED = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV", "FULL_OPENCV")
+
+
+def intrinsics_from_params(model: str, params, what: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """COLMAP camera model + params -> K (3,3) float64, OpenCV distortion (k,) or None."""
+    if model not in SUPPORTED:
+        raise CaptureError(f"{what}: camera model {model} is not supported (supported: {', '.join(SUPPORTED)})")
+    p = [float(v) for v in params]
+    if len(p) != N_PARAMS[model]:
+        raise CaptureError(f"{what}: {model} needs {N_PARAMS[model]} params, got {len(p)}")
+    if model in ("SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL"):
+        fx = fy = p[0]
+        cx, cy = p[1], p[2]
+    else:
+        fx, fy, cx, cy = p[:4]
+    first = {"SIMPLE_PINHOLE": 3, "PINHOLE": 4, "SIMPLE_RADIAL": 3, "RADIAL": 3, "OPENCV": 4, "FULL_OPENCV": 4}[model]
+    dist = p[first:]  # k1[, k2[, p1, p2[, k3, k4, k5, k6]]] in OpenCV's order
+    dist = (dist + [0.0] * 4)[: max(4, len(dist))] if dist else None
+    K = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]], np.float64)
+    return K, None if dist is None else np.asarray(dist, np.float64)
+
+
+def qvec_to_rotmat(q) -> np.ndarray:
+    """Unit quaternion (qw, qx, qy, qz) -> (3,3) rotation (float64)."""
+    w, x, y, z = q
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+                     [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+                     [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
+
+
+# --- parsers: cameras {id: (model, width, height, params)}, images [(id, qvec, tvec, camera_id, name)] ---
+def read_cameras_text(path: Path) -> dict[int, tuple]:
+    cams = {}
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        e = line.split()
+        try:
+            cams[int(e[0])] = (e[1], int(e[2]), int(e[3]), [float(v) for v in e[4:]])
+        except (IndexError, ValueError):
+            raise CaptureError(f"{path}:{i}: not a camera line 'CAMERA_ID MODEL WIDTH HEIGHT PARAMS[]': {line!r}") from None
+    return cams
+
+
+def read_images_text(path: Path) -> list[tuple]:
+    images = []
+    lines = path.read_text().splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i].strip()
+        i += 1
+        if not line or line.startswith("#"):
+            continue
+        e = line.split()
+        try:
+            images.append((int(e[0]), [float(v) for v in e[1:5]], [float(v) for v in e[5:8]], int(e[8]), " ".join(e[9:])))
+        except (IndexError, ValueError):
+            raise CaptureError(f"{path}:{i}: not an image line 'IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME': {line!r}") from None
+        if not images[-1][4]:
+            raise CaptureError(f"{path}:{i}: image line has no NAME")
+        i += 1  # the POINTS2D line that follows every image line (possibly empty)
+    return images
+
+
+class _Bin:
+    def __init__(self, path: Path):
+        self.path, self.data, self.pos = path, path.read_bytes(), 0
+
+    def read(self, fmt: str):
+        size = struct.calcsize("<" + fmt)
+        if self.pos + size > len(self.data):
+            raise CaptureError(f"{self.path}: truncated at byte {self.pos} (file has {len(self.data)} bytes)")
+        out = struct.unpack_from("<" + fmt, self.data, self.pos)
+        self.pos += size
+        return out
+
+    def cstring(self) -> str:
+        end = self.data.find(b"\x00", self.pos)
+        if end < 0:
+            raise CaptureError(f"{self.path}: truncated inside an image name at byte {self.pos}")
+        s = self.data[self.pos:end].decode("utf-8", errors="replace")
+        self.pos = end + 1
+        return s
+
+
+def read_cameras_binary(path: Path) -> dict[int, tuple]:
+    b, cams = _Bin(path), {}
+    (n,) = b.read("Q")
+    for _ in range(n):
+        cam_id, model_id, w, h = b.read("iiQQ")
+        if model_id not in MODELS:
+            raise CaptureError(f"{path}: camera {cam_id} has unknown model id {model_id}")
+        name, n_params = MODELS[model_id]
+        cams[cam_id] = (name, w, h, list(b.read("d" * n_params)))
+    return cams
+
+
+def read_images_binary(path: Path) -> list[tuple]:
+    b, images = _Bin(path), []
+    (n,) = b.read("Q")
+    for _ in range(n):
+        img_id, *rest = b.read("idddddddi")
+        qvec, tvec, cam_id = rest[0:4], rest[4:7], rest[7]
+        name = b.cstring()
+        (n_pts,) = b.read("Q")
+        b.read("ddq" * n_pts)
+        images.append((img_id, list(qvec), list(tvec), cam_id, name))
+    return images
+
+
+def read_model(model_dir: Path) -> tuple[dict, list, Path, Path]:
+    """cameras, images, and the two files read (.bin preferred over .txt, as COLMAP does)."""
+    for ext, rc, ri in ((".bin", read_cameras_binary, read_images_binary), (".txt", read_cameras_text, read_images_text)):
+        cp, ip = model_dir / f"cameras{ext}", model_dir / f"images{ext}"
+        if cp.is_file() and ip.is_file():
+            return rc(cp), ri(ip), cp, ip
+    raise CaptureError(f"{model_dir}: no COLMAP model (cameras.bin + images.bin or cameras.txt + images.txt)")
+
+
+def import_capture(root_in: Path | str, out: Path | str, cfg: ImportConfig) -> ImportReport:
+    root_in = Path(root_in)
+    model_dir = root_in / cfg.colmap_model
+    if not (model_dir / "cameras.bin").is_file() and not (model_dir / "cameras.txt").is_file():
+        if (root_in / "cameras.bin").is_file() or (root_in / "cameras.txt").is_file():
+            model_dir = root_in
+    cams_raw, images, cam_file, img_file = read_model(model_dir)
+    image_dir = root_in / cfg.colmap_images
+    subject, sequence = cfg.subject or root_in.resolve().name, cfg.sequence
+    with CaptureImport("colmap", root_in, out, cfg) as imp:
+        imp.info["colmap_model"] = [imp.rel(cam_file), imp.rel(img_file)]
+        names = camera_names([im[4] for im in images])
+        if len(set(names)) != len(names):
+            raise CaptureError(f"{img_file}: several images have the same name")
+        by_name = dict(zip(names, images))
+        cameras, files = {}, {}
+        for cname in select_names(by_name, cfg.cameras):
+            img_id, qvec, tvec, cam_id, name = by_name[cname]
+            where = f"{imp.rel(img_file)} [image {img_id} {name}]"
+            if cam_id not in cams_raw:
+                imp.skip(where, f"camera_id {cam_id} is not in {imp.rel(cam_file)}")
+                continue
+            model, w, h, params = cams_raw[cam_id]
+            K, dist = intrinsics_from_params(model, params, f"{cam_file} [camera {cam_id}]")
+            q = np.asarray(qvec, np.float64)
+            if abs(np.linalg.norm(q) - 1.0) > 1e-4:
+                imp.skip(where, f"quaternion {q.tolist()} is not a unit quaternion (|q| = {np.linalg.norm(q):.6f}), not a rotation")
+                continue
+            w2c = np.eye(4)
+            w2c[:3, :3] = qvec_to_rotmat(q / np.linalg.norm(q))
+            w2c[:3, 3] = tvec
+            cam = imp.camera(cname, K, w2c, w, h, dist, where)
+            if cam is not None:
+                cameras[cname], files[cname] = cam, image_dir / name
+        imp.set_cameras(subject, sequence, cameras, imp.rel(cam_file))
+        for cname, path in files.items():
+            try:
+                rgb, alpha = read_image_file(path)
+            except CaptureError as e:
+                imp.skip(imp.rel(path), str(e))
+                continue
+            imp.add(subject, sequence, 0, cname, rgb, path, mask=alpha if cfg.masks else None)
+    return imp.report

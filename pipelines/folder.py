@@ -1,0 +1,119 @@
+"""A folder of images + canonical `cameras.json` -> canonical capture.
+
+`cameras.json` is exactly what `flame_fitting.capture.save_cameras` writes:
+{"convention": "opencv", "units": "m", "cameras": {name: {"K", "world_to_cam", "width", "height"[, "dist"]}}}.
+Two layouts (`captures.root` = <root>):
+    flat:    <root>/cameras.json, <root>/<camera>.png|jpg[, <root>/masks/<camera>.png]
+             -> one subject (`captures.subject` or the folder name), sequence `captures.sequence`, frame 0
+    nested:  <root>/<subject>/<sequence>/<frame>/<camera>.png|jpg[, <frame>/masks/<camera>.png]
+             with cameras.json in <subject>/<sequence>/, else <subject>/, else <root>/ (nearest wins);
+             <frame> is an integer folder name (so a canonical capture folder can be re-imported,
+             e.g. to crop or downscale it).
+The layout is flat when <root> holds image files itself. An RGBA image's alpha is its mask when
+there is no masks/ file. Cameras with distortion are undistorted (same K, stored dist = None).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+
+from flame_fitting.capture import CaptureError
+from pipelines.common import CaptureImport, ImportConfig, ImportReport, load_json, read_image_file, select_frames, select_names
+
+EXTS = (".png", ".jpg", ".jpeg")
+
+
+def images_in(folder: Path) -> dict[str, Path]:
+    """{camera: image path} of the image files directly in `folder` (png preferred over jpg)."""
+    out = {}
+    for p in sorted(folder.iterdir(), key=lambda q: (q.stem, EXTS.index(q.suffix.lower()) if q.suffix.lower() in EXTS else 9)):
+        if p.is_file() and p.suffix.lower() in EXTS and p.stem not in out:
+            out[p.stem] = p
+    return out
+
+
+def read_cameras(imp: CaptureImport, path: Path) -> dict:
+    """{name: Camera} from a canonical cameras.json; bad cameras are skipped and recorded."""
+    data = load_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("cameras"), dict) or not data["cameras"]:
+        raise CaptureError(f"{path}: no 'cameras' mapping")
+    if data.get("convention", "opencv") != "opencv":
+        raise CaptureError(f"{path}: convention must be 'opencv', got {data.get('convention')!r}")
+    cams = {}
+    for name, d in data["cameras"].items():
+        where = imp.rel(path)
+        missing = [k for k in ("K", "world_to_cam", "width", "height") if not isinstance(d, dict) or k not in d]
+        if missing:
+            imp.skip(f"{where} [camera {name}]", f"missing keys {missing}")
+            continue
+        cam = imp.camera(name, d["K"], d["world_to_cam"], d["width"], d["height"], d.get("dist"), where)
+        if cam is not None:
+            cams[name] = cam
+    return cams
+
+
+def import_view_set(imp: CaptureImport, subject: str, sequence: str, cam_file: Path, frames: dict[int, Path]) -> None:
+    """Import one sequence: `frames` {frame: folder holding <camera>.png and masks/}."""
+    cams = read_cameras(imp, cam_file)
+    files = {f: images_in(d) for f, d in frames.items()}
+    used = select_names({c for fs in files.values() for c in fs}, imp.cfg.cameras)
+    imp.set_cameras(subject, sequence, {n: c for n, c in cams.items() if n in used}, imp.rel(cam_file))
+    for f, folder in sorted(frames.items()):
+        for cam in used:
+            if cam not in files[f]:
+                continue
+            path = files[f][cam]
+            if cam not in cams:
+                imp.skip(imp.rel(path), f"camera {cam!r} is not in {imp.rel(cam_file)}")
+                continue
+            try:
+                rgb, mask = read_image_file(path)
+            except CaptureError as e:
+                imp.skip(imp.rel(path), str(e))
+                continue
+            mpath = folder / "masks" / f"{cam}.png"
+            if mpath.is_file() and imp.cfg.masks:
+                mask = cv2.imread(str(mpath), cv2.IMREAD_GRAYSCALE)
+                if mask is None:
+                    imp.skip(imp.rel(mpath), "not a readable mask image")
+            imp.add(subject, sequence, f, cam, rgb, path, mask=mask if imp.cfg.masks else None)
+
+
+def nearest_cameras(root: Path, *dirs: Path) -> Path | None:
+    for d in (*dirs, root):
+        if (d / "cameras.json").is_file():
+            return d / "cameras.json"
+    return None
+
+
+def import_capture(root_in: Path | str, out: Path | str, cfg: ImportConfig) -> ImportReport:
+    root = Path(root_in)
+    if not root.is_dir():
+        raise CaptureError(f"{root}: not a folder")
+    with CaptureImport("folder", root, out, cfg) as imp:
+        if images_in(root):  # flat layout
+            if not (root / "cameras.json").is_file():
+                raise CaptureError(f"{root / 'cameras.json'}: file is missing (flat folder layout)")
+            imp.info["layout"] = "flat"
+            import_view_set(imp, cfg.subject or root.resolve().name, cfg.sequence, root / "cameras.json", {0: root})
+        else:
+            imp.info["layout"] = "nested"
+            subjects = select_names([d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")], cfg.subjects)
+            for subject in subjects:
+                sdir = root / subject
+                for sequence in select_names([d.name for d in sdir.iterdir() if d.is_dir()], cfg.sequences):
+                    qdir = sdir / sequence
+                    frames = {int(d.name): d for d in qdir.iterdir() if d.is_dir() and d.name.isdigit()}
+                    if not frames:
+                        continue
+                    cam_file = nearest_cameras(root, qdir, sdir)
+                    if cam_file is None:
+                        imp.skip(imp.rel(qdir), "no cameras.json in the sequence, subject or root folder")
+                        continue
+                    chosen = select_frames(frames, cfg)
+                    for f in chosen:
+                        if f not in frames:
+                            imp.skip(f"{imp.rel(qdir)} [frame {f}]", "selected frame is not in the folder")
+                    import_view_set(imp, subject, sequence, cam_file, {f: frames[f] for f in chosen if f in frames})
+    return imp.report

@@ -1,0 +1,29 @@
+"""`import_capture(source, root_in, out, cfg)`: one entry point for every capture source, chosen by
+`captures.source` in params.yaml (see docs/sources.md). Reader modules are imported on use, so
+h5py / video decoding are only loaded for the sources that need them.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from flame_fitting.capture import CaptureError
+from pipelines.common import ImportConfig, ImportReport
+
+SOURCES = ("synthetic", "nersemble", "renderme360", "colmap", "transforms_json", "folder")
+READERS = {"nersemble": "pipelines.nersemble", "renderme360": "pipelines.renderme360", "colmap": "pipelines.colmap",
+           "transforms_json": "pipelines.transforms_json", "folder": "pipelines.folder"}
+
+
+def import_capture(source: str, root_in: Path | str, out: Path | str, cfg: ImportConfig | None = None) -> ImportReport:
+    """Read the capture at `root_in` in format `source` and write the canonical capture at `out`."""
+    if source not in SOURCES:
+        raise CaptureError(f"captures.source: unknown source {source!r}; choose one of {', '.join(SOURCES)}")
+    if source == "synthetic":
+        raise CaptureError("captures.source 'synthetic': the synthetic generator (pipelines/synthetic/) is not "
+                           "available yet; choose one of " + ", ".join(s for s in SOURCES if s != "synthetic"))
+    root_in = Path(root_in).expanduser()
+    if not root_in.exists():
+        raise CaptureError(f"captures.root: {root_in} does not exist")
+    module = importlib.import_module(READERS[source])
+    return module.import_capture(root_in, Path(out), cfg if cfg is not None else ImportConfig())

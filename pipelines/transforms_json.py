@@ -1,0 +1,129 @@
+"""NeRF / instant-ngp / nerfstudio `transforms.json` -> canonical capture (one frame of one subject).
+
+Input (`captures.root` = the folder holding the file, or the file itself):
+    {"camera_angle_x"?, "camera_angle_y"?, "fl_x"?, "fl_y"?, "cx"?, "cy"?, "w"?, "h"?, "k1"?, "k2"?, "k3"?, "p1"?, "p2"?,
+     "camera_model"?, "frames": [{"file_path": "images/0001[.png]", "transform_matrix": 4×4 (or 3×4), <same keys>?}, ...]}
+Per-frame keys override the top-level ones. `transform_matrix` is camera→world in OpenGL's camera
+frame (x right, y up, z backward); converted here: c2w_cv = c2w_gl @ diag(1, -1, -1, 1), world_to_cam =
+inverse(c2w_cv). Focal: fl_x (fl_y defaults to fl_x), else fx = 0.5 w / tan(camera_angle_x / 2) (fy from
+camera_angle_y if given, else fy = fx). cx, cy default to w/2, h/2 (pixel centres at +0.5, as
+instant-ngp/nerfstudio). w, h come from the file or, when absent (NeRF synthetic), from the image.
+Distortion k1, k2, p1, p2[, k3] (OpenCV order) -> undistorted images. `file_path` is relative to the
+json's folder, with or without extension (.png, .jpg, .jpeg tried). An RGBA image's alpha becomes
+the mask. Not supported: fisheye / equirectangular `camera_model`, per-frame time (dynamic scenes),
+depth maps, instant-ngp's `scale`/`offset`/`aabb_scale` (they only matter inside instant-ngp; the
+world stays the file's world, whose unit is whatever the producer used — usually not metres).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from flame_fitting.camera import CameraError, check_rigid
+from flame_fitting.capture import CaptureError
+from pipelines.common import (CaptureImport, ImportConfig, ImportReport, as_matrix, camera_names, load_json, read_image_file,
+                              select_names)
+
+GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
+
+
+def world_to_cam_from_gl(c2w_gl: np.ndarray) -> np.ndarray:
+    """OpenGL camera→world (4,4) -> OpenCV world→camera (4,4), float64."""
+    c2w = c2w_gl @ GL_TO_CV
+    R, t = c2w[:3, :3], c2w[:3, 3]
+    out = np.eye(4)
+    out[:3, :3] = R.T
+    out[:3, 3] = -R.T @ t
+    return out
+
+
+def intrinsics_of(meta: dict, frame: dict, width: int, height: int, what: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """K (3,3) float64 and OpenCV distortion or None, from frame keys falling back to top-level keys."""
+    def get(k):
+        v = frame.get(k, meta.get(k))
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise CaptureError(f"{what}: {k} must be a number, got {v!r}")
+        return None if v is None else float(v)
+
+    fx, fy = get("fl_x"), get("fl_y")
+    if fx is None:
+        ax = get("camera_angle_x")
+        if ax is None:
+            raise CaptureError(f"{what}: no focal length (neither fl_x nor camera_angle_x)")
+        fx = 0.5 * width / math.tan(0.5 * ax)
+        ay = get("camera_angle_y")
+        fy = fy if fy is not None else (0.5 * height / math.tan(0.5 * ay) if ay is not None else fx)
+    fy = fx if fy is None else fy
+    cx, cy = get("cx"), get("cy")
+    K = np.array([[fx, 0, width / 2 if cx is None else cx], [0, fy, height / 2 if cy is None else cy], [0, 0, 1]])
+    d = [get(k) or 0.0 for k in ("k1", "k2", "p1", "p2", "k3")]
+    return K, (np.asarray(d) if any(d) else None)
+
+
+def find_image(base: Path, file_path: str) -> Path:
+    p = base / file_path
+    if p.suffix in IMAGE_EXTS and p.is_file():
+        return p
+    for ext in IMAGE_EXTS[:3]:
+        if (q := p.with_name(p.name + ext)).is_file():
+            return q
+    return p
+
+
+def import_capture(root_in: Path | str, out: Path | str, cfg: ImportConfig) -> ImportReport:
+    root_in = Path(root_in)
+    path = root_in if root_in.is_file() else root_in / cfg.transforms_file
+    base = path.parent
+    meta = load_json(path)
+    if not isinstance(meta, dict) or not isinstance(meta.get("frames"), list) or not meta["frames"]:
+        raise CaptureError(f"{path}: no 'frames' list")
+    model = str(meta.get("camera_model", "OPENCV")).upper()
+    if model != "OPENCV":
+        raise CaptureError(f"{path}: camera_model {model} is not supported (only OPENCV pinhole + k1,k2,p1,p2,k3)")
+    subject = cfg.subject or (root_in if root_in.is_dir() else base).resolve().name
+    sequence = cfg.sequence
+    with CaptureImport("transforms_json", base, out, cfg) as imp:
+        imp.info["transforms_file"] = path.name
+        frames = []
+        for i, fr in enumerate(meta["frames"]):
+            if isinstance(fr, dict) and isinstance(fr.get("file_path"), str):
+                frames.append((i, fr))
+            else:
+                imp.skip(f"{path.name} [frames[{i}]]", "frame has no 'file_path' string")
+        names = camera_names([fr["file_path"] for _, fr in frames])
+        if len(set(names)) != len(names):
+            raise CaptureError(f"{path}: several frames have the same file_path")
+        entries = dict(zip(names, frames))
+        cameras, files = {}, {}
+        for name in select_names(entries, cfg.cameras):
+            i, fr = entries[name]
+            where = f"{path.name} [frames[{i}] {fr['file_path']}]"
+            img_path = find_image(base, fr["file_path"])
+            try:
+                m = fr.get("transform_matrix")
+                c2w = as_matrix(m, (3, 4) if isinstance(m, list) and len(m) == 3 else (4, 4), "transform_matrix")
+                if c2w.shape == (3, 4):
+                    c2w = np.vstack([c2w, [0, 0, 0, 1]])
+                check_rigid(c2w, "transform_matrix (camera→world)")
+                w, h = fr.get("w", meta.get("w")), fr.get("h", meta.get("h"))
+                if w is None or h is None:  # NeRF synthetic: the size is the image's
+                    h, w = read_image_file(img_path)[0].shape[:2]
+                K, dist = intrinsics_of(meta, fr, int(w), int(h), where)
+            except (CaptureError, CameraError, TypeError, ValueError) as e:
+                imp.skip(where, str(e))
+                continue
+            cam = imp.camera(name, K, world_to_cam_from_gl(c2w), int(w), int(h), dist, where)
+            if cam is not None:
+                cameras[name], files[name] = cam, img_path
+        imp.set_cameras(subject, sequence, cameras, path.name)
+        for name, img_path in files.items():
+            try:
+                rgb, alpha = read_image_file(img_path)
+            except CaptureError as e:
+                imp.skip(imp.rel(img_path), str(e))
+                continue
+            imp.add(subject, sequence, 0, name, rgb, img_path, mask=alpha if cfg.masks else None)
+    return imp.report

@@ -1,0 +1,103 @@
+"""COLMAP reader: text and binary sparse models round-trip to the canonical capture (cameras exact,
+images identical, known 3D points project onto the drawn dots), distortion is undistorted away,
+and bad input is skipped with a reason or refused naming the file."""
+import struct
+
+import numpy as np
+import pytest
+from writers import WIDE_POINTS, Scene, flipped, make_cameras, projection_error, write_colmap
+
+from flame_fitting.capture import CaptureError, load_capture
+from pipelines.colmap import import_capture
+from pipelines.common import ImportConfig
+
+
+def check_capture(out, scene, exact_images=True, tol=0.3):
+    cap = load_capture(out, check_hashes=True)
+    (subject, sequence), = cap.sequences()
+    cams = cap.cameras(subject, sequence)
+    assert len(cap.manifest) == len(scene.cameras)
+    for row in cap.manifest.to_dict("records"):
+        cam, ref = cams[row["camera"]], scene.cameras[row["camera"]]
+        np.testing.assert_allclose(cam.K.astype(np.float64), ref.K.astype(np.float64), rtol=0, atol=1e-6)
+        np.testing.assert_allclose(cam.world_to_cam.astype(np.float64), ref.world_to_cam.astype(np.float64), atol=1e-6)
+        assert cam.dist is None and row["frame"] == 0 and row["source_path"] == f"images/{row['camera']}.png"
+        img = cap.image(row)
+        if exact_images:
+            np.testing.assert_array_equal(img, scene.image(row["camera"]))
+        assert projection_error(cam, img, scene.points) < tol
+        # reading COLMAP's world→camera (q, t) as camera→world misses the dots
+        assert projection_error(flipped(cam, np.linalg.inv(cam.world_to_cam.astype(np.float64))), img, scene.points) > 10
+    return cap
+
+
+@pytest.mark.parametrize("binary", [False, True])
+@pytest.mark.parametrize("model", ["PINHOLE", "SIMPLE_PINHOLE"])
+def test_roundtrip_pinhole(tmp_path, binary, model):
+    scene = Scene(make_cameras(4, square=model == "SIMPLE_PINHOLE"))
+    write_colmap(tmp_path / "proj", scene, binary=binary, model=model)
+    report = import_capture(tmp_path / "proj", tmp_path / "cap", ImportConfig(subject="anna"))
+    assert report.n_images == 4 and report.skipped == [] and report.sequences == ["anna/default"]
+    cap = check_capture(tmp_path / "cap", scene)
+    assert cap.info["source"] == "colmap" and cap.info["colmap_model"][0].endswith("cameras.bin" if binary else "cameras.txt")
+
+
+@pytest.mark.parametrize("binary", [False, True])
+@pytest.mark.parametrize("model", ["OPENCV", "SIMPLE_RADIAL"])
+def test_distortion_is_undistorted(tmp_path, binary, model):
+    dist = (lambda i: np.array([-0.3 + 0.03 * i, 0.1, 0.004, -0.003])) if model == "OPENCV" else (lambda i: np.array([-0.3, 0, 0, 0]))
+    scene = Scene(make_cameras(3, square=model == "SIMPLE_RADIAL", dist=dist), points=WIDE_POINTS)
+    write_colmap(tmp_path / "proj", scene, binary=binary, model=model)
+    import_capture(tmp_path / "proj", tmp_path / "cap", ImportConfig())
+    check_capture(tmp_path / "cap", scene, exact_images=False, tol=0.4)
+
+
+def test_partial_import_and_bad_images(tmp_path):
+    scene = Scene(make_cameras(4))
+    wrong = {"cam2": np.zeros((100, 100, 3), np.uint8)}
+    write_colmap(tmp_path / "proj", scene, binary=False, images=wrong, camera_ids={"cam0": 1, "cam1": 9, "cam2": 3, "cam3": 4})
+    report = import_capture(tmp_path / "proj", tmp_path / "cap", ImportConfig())
+    assert report.n_images == 2
+    reasons = {s["item"]: s["reason"] for s in report.skipped}
+    assert reasons["sparse/0/images.txt [image 2 cam1.png]"] == "camera_id 9 is not in sparse/0/cameras.txt"
+    assert reasons["images/cam2.png"] == "image is 100×100, camera 'cam2' is calibrated for 200×160"
+    assert load_capture(tmp_path / "cap").info["skipped"] == report.skipped
+    with pytest.raises(CaptureError, match=r"images.txt \[image 2 cam1.png\]: camera_id 9 is not in"):
+        import_capture(tmp_path / "proj", tmp_path / "cap2", ImportConfig(strict=True))
+    # nothing valid at all: a clear error, no capture written
+    all_wrong = {n: np.zeros((100, 100, 3), np.uint8) for n in scene.cameras}
+    write_colmap(tmp_path / "bad", scene, binary=True, images=all_wrong)
+    with pytest.raises(CaptureError, match="nothing imported.*4 items skipped.*cam0.png: image is 100×100"):
+        import_capture(tmp_path / "bad", tmp_path / "cap3", ImportConfig())
+    assert not (tmp_path / "cap3").exists()
+
+
+def test_corrupt_models_are_refused_naming_the_file(tmp_path):
+    scene = Scene(make_cameras(2))
+    write_colmap(tmp_path / "p", scene, binary=True)
+    path = tmp_path / "p/sparse/0/images.bin"
+    path.write_bytes(path.read_bytes()[:-30])
+    with pytest.raises(CaptureError, match=r"images.bin: truncated at byte"):
+        import_capture(tmp_path / "p", tmp_path / "cap", ImportConfig())
+    # an unsupported camera model (OPENCV_FISHEYE = 5) is refused by name
+    write_colmap(tmp_path / "f", scene, binary=True, model="OPENCV")
+    cams = tmp_path / "f/sparse/0/cameras.bin"
+    data = bytearray(cams.read_bytes())
+    struct.pack_into("<i", data, 8 + 4, 5)
+    cams.write_bytes(bytes(data))
+    with pytest.raises(CaptureError, match="cameras.bin \\[camera 1\\]: camera model OPENCV_FISHEYE is not supported"):
+        import_capture(tmp_path / "f", tmp_path / "cap", ImportConfig())
+    # a non-unit quaternion is not a rotation: that image is skipped
+    write_colmap(tmp_path / "q", scene, binary=False)
+    txt = tmp_path / "q/sparse/0/images.txt"
+    lines = txt.read_text().splitlines()
+    i = next(k for k, ln in enumerate(lines) if ln.startswith("1 "))
+    e = lines[i].split()
+    e[1] = str(float(e[1]) * 1.5)
+    lines[i] = " ".join(e)
+    txt.write_text("\n".join(lines) + "\n")
+    report = import_capture(tmp_path / "q", tmp_path / "cap", ImportConfig())
+    assert report.n_images == 1 and "not a unit quaternion" in report.skipped[0]["reason"]
+    assert not (tmp_path / "empty").exists()
+    with pytest.raises(CaptureError, match="no COLMAP model"):
+        import_capture(tmp_path, tmp_path / "cap4", ImportConfig())

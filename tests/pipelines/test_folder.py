@@ -1,0 +1,76 @@
+"""Folder reader: flat and nested layouts with a canonical cameras.json, masks, re-import of a canonical
+capture (e.g. to downscale it), and bad input (unknown camera, truncated cameras.json)."""
+import cv2
+import numpy as np
+import pytest
+from writers import Scene, flipped, make_cameras, projection_error, write_folder
+
+from flame_fitting.capture import CaptureError, load_capture
+from pipelines.common import ImportConfig
+from pipelines.folder import import_capture
+
+
+def check(cap, scene, subject, sequence, frames):
+    cams = cap.cameras(subject, sequence)
+    assert cap.frames(subject, sequence) == list(frames) and len(cap.manifest) == len(frames) * len(scene.cameras)
+    for row in cap.manifest.to_dict("records"):
+        cam, ref = cams[row["camera"]], scene.cameras[row["camera"]]
+        np.testing.assert_allclose(cam.K, ref.K, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(cam.world_to_cam, ref.world_to_cam, atol=1e-6)
+        img = cap.image(row)
+        np.testing.assert_array_equal(img, scene.image(row["camera"], row["frame"]))
+        assert projection_error(cam, img, scene.points) < 0.3
+        assert projection_error(flipped(cam, np.linalg.inv(cam.world_to_cam.astype(np.float64))), img, scene.points) > 10
+
+
+def test_nested_layout_and_reimport(tmp_path):
+    scene = Scene(make_cameras(3))
+    write_folder(tmp_path / "in", scene, frames=(0, 1, 4))
+    mask = np.zeros((160, 200), np.uint8)
+    mask[10:90, 20:120] = 255
+    (tmp_path / "in/s1/seq/00004/masks").mkdir()
+    cv2.imwrite(str(tmp_path / "in/s1/seq/00004/masks/cam1.png"), mask)
+    report = import_capture(tmp_path / "in", tmp_path / "cap", ImportConfig(frames=[1, 4]))
+    assert report.n_images == 6 and not report.skipped
+    cap = load_capture(tmp_path / "cap", check_hashes=True)
+    check(cap, scene, "s1", "seq", [1, 4])
+    row = cap.manifest[(cap.manifest.camera == "cam1") & (cap.manifest.frame == 4)].iloc[0]
+    np.testing.assert_array_equal(cv2.imread(str(tmp_path / "cap" / row.mask_path), cv2.IMREAD_GRAYSCALE), mask)
+    assert row.source_path == "s1/seq/00004/cam1.png"
+    # a canonical capture is itself a nested folder: re-import it downscaled
+    import_capture(tmp_path / "cap", tmp_path / "small", ImportConfig(downscale=2))
+    small = load_capture(tmp_path / "small")
+    cams = small.cameras("s1", "seq")
+    assert len(small.manifest) == 6 and all((c.width, c.height) == (100, 80) for c in cams.values())
+    for r in small.manifest.to_dict("records"):
+        assert projection_error(cams[r["camera"]], small.image(r), scene.points) < 0.5
+
+
+def test_flat_layout(tmp_path):
+    scene = Scene(make_cameras(4))
+    write_folder(tmp_path / "shot", scene, nested=False)
+    report = import_capture(tmp_path / "shot", tmp_path / "cap", ImportConfig())
+    assert report.sequences == ["shot/default"] and report.n_images == 4
+    cap = load_capture(tmp_path / "cap")
+    check(cap, scene, "shot", "default", [0])
+    assert cap.info["layout"] == "flat"
+
+
+def test_bad_input(tmp_path):
+    scene = Scene(make_cameras(3))
+    write_folder(tmp_path / "in", scene, nested=False, cameras_json={n: c for n, c in scene.cameras.items() if n != "cam2"})
+    report = import_capture(tmp_path / "in", tmp_path / "cap", ImportConfig())
+    assert report.n_images == 2 and report.skipped == [{"item": "cam2.png", "reason": "camera 'cam2' is not in cameras.json"}]
+    with pytest.raises(CaptureError, match="cam2.png: camera 'cam2' is not in cameras.json"):
+        import_capture(tmp_path / "in", tmp_path / "cap2", ImportConfig(strict=True))
+    # no image has a camera: nothing imported is an error naming what was skipped
+    with pytest.raises(CaptureError, match="nothing imported.*cam2.png: camera 'cam2' is not in cameras.json"):
+        import_capture(tmp_path / "in", tmp_path / "cap2", ImportConfig(cameras=["cam2"]))
+    # an unreadable image file is skipped
+    (tmp_path / "in/cam1.png").write_bytes(b"\x89PNG broken")
+    report = import_capture(tmp_path / "in", tmp_path / "cap", ImportConfig())
+    assert report.n_images == 1 and {"item": "cam1.png", "reason": f"{tmp_path}/in/cam1.png: not a readable image"} in report.skipped
+    cj = tmp_path / "in/cameras.json"
+    cj.write_text(cj.read_text()[:150])
+    with pytest.raises(CaptureError, match="cameras.json: not valid JSON"):
+        import_capture(tmp_path / "in", tmp_path / "cap3", ImportConfig())

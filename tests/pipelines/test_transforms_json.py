@@ -1,0 +1,90 @@
+"""transforms.json reader: OpenGL camera→world poses and NeRF-style intrinsics become OpenCV cameras
+that project known 3D points onto the drawn dots; reading OpenGL as OpenCV provably fails that check;
+bad input is skipped with a reason or refused naming the file."""
+import json
+
+import cv2
+import numpy as np
+import pytest
+from writers import GL_FLIP, WIDE_POINTS, Scene, cam_to_world64, flipped, make_cameras, projection_error, write_transforms
+
+from flame_fitting.capture import CaptureError, load_capture
+from pipelines.common import ImportConfig
+from pipelines.transforms_json import import_capture
+
+
+def check(out, scene, exact=True, tol=0.3):
+    cap = load_capture(out, check_hashes=True)
+    (subject, sequence), = cap.sequences()
+    cams = cap.cameras(subject, sequence)
+    assert sorted(cams) == sorted(scene.cameras) and len(cap.manifest) == len(scene.cameras)
+    for row in cap.manifest.to_dict("records"):
+        cam, ref = cams[row["camera"]], scene.cameras[row["camera"]]
+        np.testing.assert_allclose(cam.K.astype(np.float64), ref.K.astype(np.float64), rtol=0, atol=1e-6)
+        np.testing.assert_allclose(cam.world_to_cam.astype(np.float64), ref.world_to_cam.astype(np.float64), atol=1e-6)
+        img = cap.image(row)
+        if exact:
+            np.testing.assert_array_equal(img, scene.image(row["camera"]))
+        assert projection_error(cam, img, scene.points) < tol
+        # the same file read as if it were OpenCV camera→world: the check must catch it
+        c2w_gl = cam_to_world64(ref) @ GL_FLIP
+        assert projection_error(flipped(cam, np.linalg.inv(c2w_gl)), img, scene.points) > 10
+    return cap
+
+
+@pytest.mark.parametrize("per_frame,angle_x,with_ext,size_keys", [(False, False, True, True), (True, False, False, True),
+                                                                  (False, True, True, False)])
+def test_roundtrip(tmp_path, per_frame, angle_x, with_ext, size_keys):
+    scene = Scene(make_cameras(4, square=angle_x))
+    write_transforms(tmp_path / "nerf", scene, per_frame=per_frame, angle_x=angle_x, with_ext=with_ext, size_keys=size_keys)
+    report = import_capture(tmp_path / "nerf", tmp_path / "cap", ImportConfig(sequence="s0"))
+    assert report.n_images == 4 and not report.skipped and report.sequences == ["nerf/s0"]
+    cap = check(tmp_path / "cap", scene)
+    assert set(cap.manifest.source_path) == {f"images/{n}.png" for n in scene.cameras}
+
+
+def test_distortion_keys_are_undistorted(tmp_path):
+    scene = Scene(make_cameras(3, dist=lambda i: np.array([-0.3, 0.1, 0.003, -0.002])), points=WIDE_POINTS)
+    write_transforms(tmp_path / "nerf", scene)  # shared intrinsics incl. k1, k2, p1, p2
+    import_capture(tmp_path / "nerf" / "transforms.json", tmp_path / "cap", ImportConfig())
+    check(tmp_path / "cap", scene, exact=False, tol=0.4)
+
+
+def test_alpha_becomes_the_mask(tmp_path):
+    scene = Scene(make_cameras(2))
+    write_transforms(tmp_path / "nerf", scene)
+    p = tmp_path / "nerf/images/cam0.png"
+    bgr = cv2.imread(str(p))
+    alpha = np.zeros(bgr.shape[:2], np.uint8)
+    alpha[40:120, 50:150] = 255
+    cv2.imwrite(str(p), np.dstack([bgr, alpha]))
+    import_capture(tmp_path / "nerf", tmp_path / "cap", ImportConfig())
+    cap = load_capture(tmp_path / "cap")
+    row = cap.manifest.set_index("camera").loc["cam0"]
+    np.testing.assert_array_equal(cv2.imread(str(tmp_path / "cap" / row.mask_path), cv2.IMREAD_GRAYSCALE), alpha)
+    np.testing.assert_array_equal(cap.image(row), scene.image("cam0"))
+
+
+def test_bad_input(tmp_path):
+    scene = Scene(make_cameras(4))
+    nonrigid = cam_to_world64(scene.cameras["cam1"]) @ GL_FLIP @ np.diag([1.5, 1.5, 1.5, 1])
+    write_transforms(tmp_path / "nerf", scene, matrices={"cam1": nonrigid}, images={"cam3": np.zeros((50, 60, 3), np.uint8)})
+    report = import_capture(tmp_path / "nerf", tmp_path / "cap", ImportConfig())
+    assert report.n_images == 2
+    reasons = {s["item"]: s["reason"] for s in report.skipped}
+    assert "not a rotation" in reasons["transforms.json [frames[1] ./images/cam1.png]"]
+    assert reasons["images/cam3.png"] == "image is 60×50, camera 'cam3' is calibrated for 200×160"
+    with pytest.raises(CaptureError, match=r"transforms.json \[frames\[1\] ./images/cam1.png\]: transform_matrix .* not a rotation"):
+        import_capture(tmp_path / "nerf", tmp_path / "cap2", ImportConfig(strict=True))
+    # a frame whose image file does not exist
+    (tmp_path / "nerf/images/cam2.png").unlink()
+    report = import_capture(tmp_path / "nerf", tmp_path / "cap", ImportConfig())
+    assert report.n_images == 1 and any("cam2.png: image file is missing" in s["reason"] for s in report.skipped)
+    # truncated JSON
+    path = tmp_path / "nerf/transforms.json"
+    path.write_text(path.read_text()[:200])
+    with pytest.raises(CaptureError, match=r"transforms.json: not valid JSON"):
+        import_capture(tmp_path / "nerf", tmp_path / "cap3", ImportConfig())
+    path.write_text(json.dumps({"camera_model": "OPENCV_FISHEYE", "frames": [{"file_path": "x"}]}))
+    with pytest.raises(CaptureError, match="camera_model OPENCV_FISHEYE is not supported"):
+        import_capture(tmp_path / "nerf", tmp_path / "cap3", ImportConfig())
