@@ -34,12 +34,17 @@ def render_tiles(verts_list: list[np.ndarray], faces: np.ndarray, yaws: list[flo
     return [(img * 255).astype(np.uint8) for img in rgb]
 
 
-def uv_layout_tile(uv: np.ndarray, uv_faces: np.ndarray) -> np.ndarray:
-    """The UV layout as a wireframe (TILE×TILE RGB uint8), v up."""
+def uv_layout_tile(uv: np.ndarray, uv_faces: np.ndarray, verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """The UV layout (TILE×TILE RGB uint8, v up): every chart triangle filled with the colour of its
+    3D position (x, y, z → R, G, B over the mesh's bounding box), so a person sees which part of the
+    head lands where; texels no triangle covers stay dark."""
     img = np.full((TILE, TILE, 3), 24, np.uint8)
+    lo, hi = verts.min(0), verts.max(0)
+    col = ((verts[faces].mean(1) - lo) / np.maximum(hi - lo, 1e-9) * 205 + 40).astype(np.uint8)
     pts = np.stack([uv[:, 0] * TILE, (1 - uv[:, 1]) * TILE], 1)
     tris = (pts[uv_faces] * 16).astype(np.int32)  # 4 bits of sub-pixel precision
-    cv2.polylines(img, list(tris), True, (90, 200, 255), 1, cv2.LINE_AA, shift=4)
+    for tri, c in zip(tris, col):
+        cv2.fillConvexPoly(img, tri, c.tolist(), cv2.LINE_8, shift=4)
     return img
 
 
@@ -73,7 +78,8 @@ def head_model_preview(model, out_png: Path | str) -> Path:
         items.append((verts(expr=unit(model.n_expr, k, 2.0)), 20.0, f"expression {k} +2"))
     tiles = render_tiles([v for v, _, _ in items], faces, [y for _, y, _ in items])
     tiles = [_label(t, lbl) for t, (_, _, lbl) in zip(tiles, items)]
-    tiles.append(_label(uv_layout_tile(model.uv_coords.cpu().numpy(), model.uv_faces.cpu().numpy()), "UV layout"))
+    tiles.append(_label(uv_layout_tile(model.uv_coords.cpu().numpy(), model.uv_faces.cpu().numpy(), neutral, faces),
+                        "UV layout (colour = 3D position)"))
     cols = 4
     while len(tiles) % cols:
         tiles.append(np.zeros_like(tiles[0]))

@@ -1,0 +1,225 @@
+"""Typed configs of the GeoFace model, its losses and its training, with `tiny` and `paper` presets.
+
+Four sections, each a dataclass with one line of documentation per field (`flame_fitting.params.spec`),
+so a stage builds them from params.yaml with `GeoFaceConfig.from_sections(...)` and gets unknown keys,
+wrong types and out-of-range values refused before any work starts:
+
+- `TokensConfig`  the token grids shared with the `correspondences` and `dataset` stages (pixel units);
+- `ModelConfig`   the dual-stream transformer (latent space, width, depth, ablation switch `geometry_stream`);
+- `LossConfig`    diffusion + geometry-guided attention alignment loss (ablation switch `align_weight`);
+- `TrainConfig`   optimiser, schedule, EMA, checkpoints, views per sample.
+
+`tiny()` trains in minutes on a 2-core CPU; `paper()` is the published scale (see `docs/model.md` and
+`estimate_memory` for what it needs).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from flame_fitting.params import ParamsError, build_config, spec
+
+DIRECTIONS = ("a2g", "g2a")
+
+
+@dataclass
+class TokensConfig:
+    resolution: int = spec(64, "side S of the square training views in pixels", lo=8)
+    patch_size: int = spec(8, "image pixels per appearance token side (VAE downsampling × latent patch)", lo=1)
+    uv_resolution: int = spec(64, "side R of the canonical UV position map in texels", lo=8)
+    geo_patch_size: int = spec(8, "UV texels per geometry token side (VAE downsampling × latent patch)", lo=1)
+
+    @property
+    def app_tokens(self) -> int:  # appearance tokens per side of one view
+        return self.resolution // self.patch_size
+
+    @property
+    def geo_tokens(self) -> int:  # geometry tokens per side of the UV frame
+        return self.uv_resolution // self.geo_patch_size
+
+    def validate(self) -> None:
+        for what, size, p in (("resolution", self.resolution, self.patch_size), ("uv_resolution", self.uv_resolution, self.geo_patch_size)):
+            if size % p:
+                raise ParamsError(f"tokens.{what} = {size} is not divisible by its patch size {p}")
+
+
+@dataclass
+class ModelConfig:
+    vae_path: str | None = spec(None, "local folder of a diffusers AutoencoderKL (never a hub id); null = pixel space")
+    width: int = spec(128, "transformer width D (token channels)", lo=8)
+    depth: int = spec(6, "number of transformer blocks", lo=1)
+    heads: int = spec(4, "attention heads per block (width must be divisible by heads)", lo=1)
+    mlp_ratio: float = spec(4.0, "MLP hidden width / width", lo=1.0)
+    geometry_stream: bool = spec(True, "add the geometry frame (noisy canonical UV position map); false = appearance-only ablation")
+    align_layers: list[int] | None = spec(None, "blocks whose app↔geo attention is supervised; null = the middle block depth // 2", lo=0)
+    prediction_type: str = spec("epsilon", "what the network predicts", choices=["epsilon", "v_prediction"])
+    camera_scale: float = spec(2.0, "SEVA normalisation: distance of the reference camera to the views' centroid", lo=1e-3)
+    gradient_checkpointing: bool = spec(False, "recompute block activations in the backward pass (saves memory)")
+
+    def resolved_align_layers(self) -> list[int]:
+        return [self.depth // 2] if self.align_layers is None else list(self.align_layers)
+
+    def validate(self) -> None:
+        if self.width % self.heads:
+            raise ParamsError(f"model.width = {self.width} is not divisible by model.heads = {self.heads}")
+        if self.width % 4:
+            raise ParamsError(f"model.width = {self.width} must be divisible by 4 (2D sin-cos position embedding)")
+        bad = [i for i in self.resolved_align_layers() if not 0 <= i < self.depth]
+        if bad:
+            raise ParamsError(f"model.align_layers {bad} outside the blocks 0..{self.depth - 1}")
+
+
+@dataclass
+class LossConfig:
+    align_weight: float = spec(0.02, "weight of the attention alignment loss (CAMEO: 0.02); 0 = ablation, logits not computed", lo=0.0)
+    align_directions: list[str] = spec(["a2g", "g2a"], "supervised directions: a2g (app query → geo keys), g2a (geo query → app keys of one view)", choices=None)
+    align_on_reference: bool = spec(True, "also supervise the reference view(s) (else target views only)")
+    geo_loss_weight: float = spec(1.0, "weight of the geometry frame in the diffusion loss, relative to one target view", lo=0.0)
+
+    def validate(self) -> None:
+        bad = [d for d in self.align_directions if d not in DIRECTIONS]
+        if bad or len(set(self.align_directions)) != len(self.align_directions):
+            raise ParamsError(f"loss.align_directions = {self.align_directions}: each of {list(DIRECTIONS)} at most once")
+
+
+@dataclass
+class TrainConfig:
+    seed: int = spec(0, "seed of weights, data order, view choice and noise")
+    steps: int = spec(300, "optimizer steps of the full run (sets the lr schedule)", lo=1)
+    batch_size: int = spec(4, "samples per process per micro-batch", lo=1)
+    grad_accum: int = spec(1, "micro-batches per optimizer step", lo=1)
+    lr: float = spec(3e-4, "AdamW peak learning rate", lo=0.0)
+    weight_decay: float = spec(0.0, "AdamW weight decay", lo=0.0)
+    warmup_steps: int = spec(20, "linear learning-rate warm-up steps", lo=0)
+    lr_schedule: str = spec("constant", "after warm-up", choices=["constant", "cosine"])
+    max_grad_norm: float = spec(1.0, "gradient clipping norm (0 = off)", lo=0.0)
+    mixed_precision: str = spec("bf16", "autocast on GPU; always 'no' on CPU", choices=["no", "bf16", "fp16"])
+    ema_decay: float = spec(0.999, "EMA decay (diffusers EMAModel, with its (1+n)/(10+n) warm-up)", lo=0.0, hi=1.0)
+    checkpoint_every: int = spec(100, "optimizer steps between checkpoints", lo=1)
+    keep_checkpoints: int = spec(3, "most recent checkpoints kept (older ones deleted)", lo=2)
+    log_every: int = spec(1, "optimizer steps between loss-curve rows", lo=1)
+    num_workers: int = spec(0, "DataLoader worker processes", lo=0)
+    n_ref: int = spec(1, "clean reference views per sample", lo=1)
+    n_tgt: int = spec(3, "noisy target views per sample", lo=1)
+    num_train_timesteps: int = spec(1000, "DDPM noise levels", lo=2)
+    beta_schedule: str = spec("squaredcos_cap_v2", "DDPM beta schedule", choices=["linear", "scaled_linear", "squaredcos_cap_v2"])
+    independent_frame_noise: bool = spec(False, "draw a noise level per generated frame (else one per sample, as at inference)")
+
+
+@dataclass
+class GeoFaceConfig:
+    tokens: TokensConfig = field(default_factory=TokensConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        for part in (self.tokens, self.model, self.loss):
+            part.validate()
+
+    @classmethod
+    def from_sections(cls, tokens: dict | None = None, model: dict | None = None, loss: dict | None = None,
+                      train: dict | None = None, where: str = "params.yaml") -> "GeoFaceConfig":
+        """Build and validate from plain dicts (params.yaml sections); unknown keys are refused."""
+        cfg = cls(
+            tokens=build_config(TokensConfig, tokens or {}, f"{where}:tokens"),
+            model=build_config(ModelConfig, model or {}, f"{where}:model"),
+            loss=build_config(LossConfig, loss or {}, f"{where}:loss"),
+            train=build_config(TrainConfig, train or {}, f"{where}:train"),
+        )
+        cfg.validate()
+        return cfg
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **sections: dict) -> "GeoFaceConfig":
+        """A copy with some fields changed, e.g. `cfg.replace(loss={"align_weight": 0.0})`."""
+        d = self.to_dict()
+        for name, values in sections.items():
+            d[name].update(values)
+        return GeoFaceConfig.from_sections(**d, where="replace()")
+
+
+def tiny() -> GeoFaceConfig:
+    """Pixel space, 64² views (8×8 tokens, patch 8), 64² UV map (8×8 geo tokens), width 128, depth 6.
+
+    1 reference + 3 targets + the geometry frame = 5 frames, 320 tokens. Trains on the 2-core CPU at
+    about 0.3 s/step (batch 4). align_weight is 0.5 (not CAMEO's 0.02): with a few hundred steps the
+    small weight does not move the attention measurably; the paper preset keeps 0.02.
+    """
+    cfg = GeoFaceConfig()
+    cfg.loss.align_weight = 0.5
+    cfg.validate()
+    return cfg
+
+
+def paper() -> GeoFaceConfig:
+    """Paper scale: 512² views through the SD VAE (64² latents, patch 2 → 32×32 tokens per view),
+    1 reference + 6 targets + the geometry frame (the paper repurposes the last of 8 frames), 512² UV map
+    (32×32 geo tokens), width 1152, depth 28, heads 16 (DiT-XL), alignment at block 14, weight 0.02.
+
+    Needs `model.vae_path` set to a local AutoencoderKL folder. Memory per GPU (batch 1, bf16, see
+    `estimate_memory`; 676 M parameters, 8192 tokens): ≈ 12.6 GiB of fp32 weights + grads + AdamW + EMA,
+    ≈ 8.4 GiB of activations without gradient checkpointing (≈ 0.8 GiB with it), and 56 MiB (112 MiB with
+    the backward) for the explicit app↔geo logits of the supervised block — the full 8192² × 16-head
+    attention matrix would be 4 GiB in fp32. Total ≈ 21 GiB, or ≈ 13.5 GiB with gradient checkpointing (on
+    here), plus the frozen VAE: a 24 GB GPU with checkpointing, a 40 GB one without.
+    """
+    cfg = GeoFaceConfig(
+        tokens=TokensConfig(resolution=512, patch_size=16, uv_resolution=512, geo_patch_size=16),
+        model=ModelConfig(vae_path="models/vae", width=1152, depth=28, heads=16, align_layers=[14], gradient_checkpointing=True),
+        loss=LossConfig(align_weight=0.02),
+        train=TrainConfig(steps=100_000, batch_size=1, grad_accum=4, lr=1e-4, warmup_steps=1000,
+                          checkpoint_every=2000, log_every=10, num_workers=4, n_ref=1, n_tgt=6),
+    )
+    cfg.validate()
+    return cfg
+
+
+PRESETS = {"tiny": tiny, "paper": paper}
+
+
+def count_params(width: int, depth: int, mlp_ratio: float, latent_channels: int, latent_patch: int,
+                 geo_latent_patch: int, geometry_stream: bool = True, freq_dim: int = 256) -> int:
+    """Exact parameter count of `GeoFaceTransformer` (tested against a built model)."""
+    D, C, H = width, latent_channels, int(width * mlp_ratio)
+    block = 3 * D * D + 3 * D + D * D + D + D * H + H + H * D + D + 6 * D * D + 6 * D
+    n = depth * block
+    n += freq_dim * D + D + D * D + D  # timestep MLP
+    n += (C + 7) * latent_patch**2 * D + D  # appearance patch embedding (latent + mask + 6 Plücker)
+    n += 2 * D * D + 2 * D + D * latent_patch**2 * C + latent_patch**2 * C  # appearance final layer
+    if geometry_stream:
+        n += (C + 1) * geo_latent_patch**2 * D + D + D + 2 * D  # geo patch embedding, camera token, frame types
+        n += 2 * D * D + 2 * D + D * geo_latent_patch**2 * C + geo_latent_patch**2 * C
+    return n
+
+
+def estimate_memory(cfg: GeoFaceConfig, latent_channels: int = 4, latent_downsample: int = 8,
+                    batch_size: int = 1, act_bytes: int = 2) -> dict:
+    """Training memory per GPU in MiB (weights, activations, attention) — a model, not a measurement.
+
+    Weights: fp32 params + grads + AdamW (2 moments) + EMA = 20 bytes/param. Activations per block: 34·N·D
+    bytes at 16 bit (Korthikanti et al. 2022, fused attention so no N² term) ; with checkpointing only the
+    2·N·D-byte block inputs stay, plus one block recomputed. Explicit alignment logits: fp32 a2g + g2a blocks
+    (Fa·La·Lg each), ×2 for the saved softmax in backward; full matrix: N²·heads fp32 logits.
+    """
+    t, m = cfg.tokens, cfg.model
+    p_lat, pg_lat = t.patch_size // latent_downsample, t.geo_patch_size // latent_downsample
+    P = count_params(m.width, m.depth, m.mlp_ratio, latent_channels, p_lat, pg_lat, m.geometry_stream)
+    Fa = cfg.train.n_ref + cfg.train.n_tgt
+    La, Lg = t.app_tokens**2, (t.geo_tokens**2 if m.geometry_stream else 0)
+    N = Fa * La + Lg
+    MiB = 2.0**20
+    per_block = 34 * N * m.width * act_bytes / 2 * batch_size
+    acts_full = m.depth * per_block
+    acts_ckpt = m.depth * 2 * N * m.width * act_bytes / 2 * batch_size + per_block
+    align = 2 * Fa * La * Lg * 4 * batch_size * len(m.resolved_align_layers())
+    full = N * N * m.heads * 4 * batch_size
+    return {
+        "params": P, "tokens": N,
+        "weights_mb": 20 * P / MiB,
+        "activations_mb": acts_full / MiB, "activations_ckpt_mb": acts_ckpt / MiB,
+        "align_block_mb": align / MiB, "align_block_with_backward_mb": 2 * align / MiB,
+        "full_attention_mb": full / MiB,
+    }

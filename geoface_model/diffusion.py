@@ -1,0 +1,114 @@
+"""One GeoFace training step in plain view: encode, noise, predict, losses — and the attention report.
+
+`prepare_inputs` turns a collated batch (data.collate) into the model's inputs and its regression
+targets: views and UV map are encoded by the latent codec; the n_ref reference frames stay clean
+(mask 1, timestep 0); target frames and the geometry frame get DDPM noise at one timestep per sample
+(or per frame with `train.independent_frame_noise`); Plücker rays are computed at latent resolution
+relative to the first reference view. `training_losses` adds the alignment loss when it is switched on
+(geometry stream present, align_weight > 0, at least one direction) — otherwise the explicit logits are
+not even computed.
+"""
+from __future__ import annotations
+
+import torch
+from diffusers import DDPMScheduler
+
+from .config import GeoFaceConfig
+from .embeddings import plucker_rays
+from .latents import LatentCodec
+from .losses import alignment_loss, attention_mass, diffusion_loss
+
+
+def make_noise_scheduler(cfg: GeoFaceConfig) -> DDPMScheduler:
+    return DDPMScheduler(num_train_timesteps=cfg.train.num_train_timesteps, beta_schedule=cfg.train.beta_schedule,
+                         prediction_type=cfg.model.prediction_type)
+
+
+def align_enabled(cfg: GeoFaceConfig) -> bool:
+    return cfg.model.geometry_stream and cfg.loss.align_weight > 0 and len(cfg.loss.align_directions) > 0
+
+
+def align_targets(batch: dict, cfg: GeoFaceConfig, device) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Sparse targets of the enabled directions, restricted to target views unless align_on_reference."""
+    out = {}
+    for name in cfg.loss.align_directions:
+        idx, w = batch[f"{name}_index"].to(device), batch[f"{name}_weight"].to(device)
+        if not cfg.loss.align_on_reference:
+            keep = idx[:, 1] >= batch["n_ref"]
+            idx, w = idx[keep], w[keep]
+        out[name] = (idx, w)
+    return out
+
+
+def prepare_inputs(batch: dict, codec: LatentCodec, scheduler: DDPMScheduler, cfg: GeoFaceConfig,
+                   generator: torch.Generator, device) -> tuple[dict, torch.Tensor, torch.Tensor | None]:
+    """-> (model keyword arguments, target for the target frames (B,Ft,C,h,w), target geo (B,C,hg,wg) | None)."""
+    images = batch["images"].to(device)
+    B, V, _, H, W = images.shape
+    n_ref = batch["n_ref"]
+    if not 1 <= n_ref < V:
+        raise ValueError(f"prepare_inputs: n_ref = {n_ref} with {V} views leaves no target view")
+    x0 = codec.encode_frames(images)  # (B,V,C,h,w)
+    h, w = x0.shape[-2:]
+    plucker = plucker_rays(batch["K"].to(device), batch["world_to_cam"].to(device), (W, H), (h, w),
+                           ref=0, camera_scale=cfg.model.camera_scale)
+    geo_on = cfg.model.geometry_stream
+    n_gen = V - n_ref + int(geo_on)
+    T = scheduler.config.num_train_timesteps
+    shape = (B, n_gen) if cfg.train.independent_frame_noise else (B, 1)
+    t = torch.randint(0, T, shape, generator=generator, device=generator.device).to(device).expand(B, n_gen)
+    x0_t = x0[:, n_ref:]
+    noise = torch.randn(x0_t.shape, generator=generator, device=generator.device).to(device)
+    tt = t[:, : V - n_ref].reshape(-1)
+    flat = lambda a: a.reshape(-1, *a.shape[2:])  # noqa: E731
+    noisy = scheduler.add_noise(flat(x0_t), flat(noise), tt).reshape(x0_t.shape)
+    target = noise if cfg.model.prediction_type == "epsilon" else scheduler.get_velocity(flat(x0_t), flat(noise), tt).reshape(x0_t.shape)
+    kwargs = dict(app=torch.cat([x0[:, :n_ref], noisy], 1),
+                  timesteps=torch.cat([torch.zeros(B, n_ref, dtype=t.dtype, device=device), t], 1),
+                  plucker=plucker,
+                  app_cond=torch.cat([torch.ones(B, n_ref, device=device), torch.zeros(B, V - n_ref, device=device)], 1))
+    target_geo = None
+    if geo_on:
+        g0 = codec.encode(batch["uv_posmap"].to(device))
+        g_noise = torch.randn(g0.shape, generator=generator, device=generator.device).to(device)
+        tg = t[:, -1]
+        kwargs["geo"] = scheduler.add_noise(g0, g_noise, tg)
+        target_geo = g_noise if cfg.model.prediction_type == "epsilon" else scheduler.get_velocity(g0, g_noise, tg)
+    return kwargs, target, target_geo
+
+
+def training_losses(model, batch: dict, codec: LatentCodec, scheduler: DDPMScheduler, cfg: GeoFaceConfig,
+                    generator: torch.Generator, device) -> dict[str, torch.Tensor]:
+    """{"loss", "diffusion_loss", "align_loss"} (scalars; align_loss is 0 when the loss is switched off)."""
+    kwargs, target, target_geo = prepare_inputs(batch, codec, scheduler, cfg, generator, device)
+    use_align = align_enabled(cfg)
+    out = model(**kwargs, align=use_align, directions=tuple(cfg.loss.align_directions))
+    n_ref = batch["n_ref"]
+    diff = diffusion_loss(out.app[:, n_ref:], target, 0, out.geo, target_geo, cfg.loss.geo_loss_weight)
+    if use_align:
+        al = alignment_loss(out.align, align_targets(batch, cfg, device))
+        loss = diff + cfg.loss.align_weight * al
+    else:
+        al = torch.zeros((), device=diff.device)
+        loss = diff
+    return {"loss": loss, "diffusion_loss": diff.detach(), "align_loss": al.detach()}
+
+
+@torch.no_grad()
+def attention_report(model, batch: dict, codec: LatentCodec, scheduler: DDPMScheduler, cfg: GeoFaceConfig,
+                     generator: torch.Generator, device) -> dict[str, float]:
+    """Attention mass on the correct tokens at each supervised block ("<dir>_mass_l<k>") and the chance
+    level ("<dir>_chance": mean targets per query / keys), for a batch noised as in training."""
+    if not cfg.model.geometry_stream:
+        raise ValueError("attention_report: the model has no geometry stream")
+    kwargs, _, _ = prepare_inputs(batch, codec, scheduler, cfg, generator, device)
+    out = model(**kwargs, align=True, directions=("a2g", "g2a"))
+    report = {}
+    for name in ("a2g", "g2a"):
+        idx, w = batch[f"{name}_index"].to(device), batch[f"{name}_weight"].to(device)
+        for layer, al in out.align.items():
+            report[f"{name}_mass_l{layer}"] = attention_mass(getattr(al, name), idx, w)
+        n_keys = getattr(next(iter(out.align.values())), name).shape[-1]
+        n_q = torch.unique(idx[:, :3], dim=0).shape[0]
+        report[f"{name}_chance"] = len(idx) / max(n_q, 1) / n_keys
+    return report

@@ -1,0 +1,222 @@
+"""Train the GeoFace transformer with accelerate: `train(cfg, data, out_dir)`.
+
+Single process: call `train(...)` (the `train` DVC stage does). Multi-GPU / multi-node: the same code
+under `accelerate launch` (docs/model.md). Per optimizer step: `grad_accum` micro-batches (gradient
+sync only on the last), clipping, AdamW, linear warm-up (then constant or cosine), EMA update.
+Determinism: data order = accelerate's seedable sampler (seed + epoch), view choice = Dataset
+(seed, epoch, item), noise = a generator re-seeded from (seed, process, step, micro-batch) — so a resumed
+run replays exactly the batches and noise of an uninterrupted one.
+
+Outputs in out_dir: checkpoints/step_XXXXXX/ (see checkpoint.py), loss.csv, geoface_config.json,
+model/ (EMA weights, `GeoFaceTransformer.from_pretrained`).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import resource
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
+from .checkpoint import (LossLog, TrainState, checkpoint_dir, finalize_checkpoint, list_checkpoints,
+                         prune_checkpoints, verify_checkpoint)
+from .config import GeoFaceConfig
+from .data import GeoFaceDataset, ShardError, check_compatible, collate
+from .diffusion import make_noise_scheduler, training_losses
+from .latents import LatentCodec
+from .model import GeoFaceTransformer, model_kwargs
+
+log = logging.getLogger("geoface_model.train")
+
+
+def _step_seed(seed: int, rank: int, step: int, micro: int) -> int:
+    return ((seed * 1_000_003 + rank) * 10_000_019 + step * 131 + micro) % (2**63 - 1)
+
+
+def _check_run_dir(out_dir: Path, cfg: GeoFaceConfig) -> None:
+    """Refuse to resume checkpoints written with a different model or token grid."""
+    saved = out_dir / "geoface_config.json"
+    if saved.is_file() and list_checkpoints(out_dir):
+        old = json.loads(saved.read_text())
+        for sec in ("model", "tokens"):
+            if old.get(sec) != cfg.to_dict()[sec]:
+                raise ValueError(f"{out_dir}: checkpoints were written with a different '{sec}' config "
+                                 f"({old.get(sec)} vs {cfg.to_dict()[sec]}); use a fresh out_dir")
+
+
+def _resume(accelerator: Accelerator, out_dir: Path) -> tuple[str | None, list[dict]]:
+    """Load the newest intact checkpoint; returns (its path, the skipped ones with reasons)."""
+    skipped = []
+    for step, path in list_checkpoints(out_dir):
+        reason = verify_checkpoint(path)
+        if reason is None:
+            try:
+                accelerator.load_state(str(path))
+                return str(path), skipped
+            except Exception as e:  # a damaged file that still hashes (e.g. truncated before hashing)
+                reason = f"load failed: {type(e).__name__}: {e}"
+        log.warning("checkpoint %s is unusable (%s); falling back to the previous one", path, reason)
+        skipped.append({"path": str(path), "reason": reason})
+    return None, skipped
+
+
+def _batches(loader, dataset, start_micro: int, per_epoch: int):
+    """Endless micro-batch stream starting at global micro-batch `start_micro` (epochs of `per_epoch`)."""
+    micro = start_micro
+    while True:
+        epoch, offset = divmod(micro, per_epoch)
+        loader.set_epoch(epoch)
+        dataset.set_epoch(epoch)
+        it = loader if offset == 0 else _skip(loader, offset)
+        for k, batch in enumerate(it):
+            if offset + k >= per_epoch:
+                break
+            yield batch
+            micro += 1
+
+
+def _skip(loader, n):
+    from accelerate import skip_first_batches
+
+    return skip_first_batches(loader, n)
+
+
+def _peak_mem_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def train(cfg: GeoFaceConfig, data: str | Path | GeoFaceDataset, out_dir: str | Path, *, max_steps: int | None = None,
+          progress: bool = True, resume: bool = True) -> dict:
+    """Train (or resume) into out_dir; stop at cfg.train.steps, or earlier at `max_steps` (no final save).
+
+    Returns {"loss_first", "loss_last" (means of the first/last ≤5 logged steps), "steps" (step reached),
+    "steps_run", "s_per_step", "peak_mem_mb", "completed", "resumed_from", "skipped_checkpoints",
+    "mixed_precision", "device", "n_params"}.
+    """
+    cfg.validate()
+    tc, out_dir = cfg.train, Path(out_dir)
+    dataset = data if isinstance(data, GeoFaceDataset) else GeoFaceDataset(data, "train", tc.n_ref, tc.n_tgt, tc.seed)
+    where = str(data if not isinstance(data, GeoFaceDataset) else dataset.paths[0])
+    check_compatible(dataset.meta, cfg.tokens, where)
+    if (dataset.n_ref, dataset.n_tgt) != (tc.n_ref, tc.n_tgt):
+        raise ShardError(f"{where}: dataset yields {dataset.n_ref}+{dataset.n_tgt} views, config asks {tc.n_ref}+{tc.n_tgt}")
+    mp = tc.mixed_precision if torch.cuda.is_available() else "no"
+    if mp != tc.mixed_precision:
+        log.info("mixed_precision %r requested but no GPU: training in fp32", tc.mixed_precision)
+    accelerator = Accelerator(mixed_precision=mp, dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=tc.seed))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if resume:
+        _check_run_dir(out_dir, cfg)
+    set_seed(tc.seed)
+    codec = LatentCodec.from_path(cfg.model.vae_path, accelerator.device)
+    model = GeoFaceTransformer(**model_kwargs(cfg, codec.channels, codec.downsample))
+    if cfg.model.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    n_params = sum(p.numel() for p in model.parameters())
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    n_proc = accelerator.num_processes
+    sched = get_scheduler("constant_with_warmup" if tc.lr_schedule == "constant" else "cosine", opt,
+                          num_warmup_steps=tc.warmup_steps * n_proc, num_training_steps=tc.steps * n_proc)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=tc.batch_size, shuffle=True, drop_last=True,
+                                         collate_fn=collate, num_workers=tc.num_workers)
+    model, opt, sched, loader = accelerator.prepare(model, opt, sched, loader)
+    unwrapped = accelerator.unwrap_model(model)
+    ema = EMAModel(unwrapped.parameters(), decay=tc.ema_decay)
+    ema.to(accelerator.device)
+    state = TrainState()
+    accelerator.register_for_checkpointing(ema, state)
+    resumed_from, skipped = _resume(accelerator, out_dir) if resume else (None, [])
+    if resumed_from:
+        log.info("resumed from %s at step %d", resumed_from, state.step)
+    if accelerator.is_main_process:
+        (out_dir / "geoface_config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    per_epoch = (len(loader) // tc.grad_accum) * tc.grad_accum
+    if per_epoch == 0:
+        raise ShardError(f"{where}: {len(dataset)} samples give {len(loader)} batches of {tc.batch_size} per process, "
+                         f"fewer than grad_accum = {tc.grad_accum}")
+    losslog = LossLog(out_dir / "loss.csv", state.rows, append=accelerator.is_main_process)
+    state.rows = losslog.rows
+    scheduler = make_noise_scheduler(cfg)
+    gen = torch.Generator(device=accelerator.device)
+    end = tc.steps if max_steps is None else min(tc.steps, max_steps)
+    start = state.step
+    stream = _batches(loader, dataset, start * tc.grad_accum, per_epoch)
+    bar = tqdm(total=end, initial=start, disable=not (progress and accelerator.is_local_main_process), desc="train")
+    times = []
+    model.train()
+    while state.step < end:
+        t0 = time.perf_counter()
+        sums = {"loss": 0.0, "diffusion_loss": 0.0, "align_loss": 0.0}
+        for micro in range(tc.grad_accum):
+            batch = next(stream)
+            gen.manual_seed(_step_seed(tc.seed, accelerator.process_index, state.step, micro))
+            sync = micro == tc.grad_accum - 1
+            with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+                out = training_losses(model, batch, codec, scheduler, cfg, gen, accelerator.device)
+                accelerator.backward(out["loss"] / tc.grad_accum)
+            for k in sums:
+                sums[k] += float(out[k].detach()) / tc.grad_accum
+        if tc.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        ema.step(unwrapped.parameters())
+        state.step += 1
+        times.append(time.perf_counter() - t0)
+        if state.step % tc.log_every == 0 or state.step == end:
+            vals = accelerator.reduce(torch.tensor([sums[k] for k in ("loss", "diffusion_loss", "align_loss")],
+                                                   device=accelerator.device), "mean").tolist()
+            row = {"step": state.step, **dict(zip(("loss", "diffusion_loss", "align_loss"), vals)), "lr": sched.get_last_lr()[0]}
+            losslog.add(row)  # appends to loss.csv.partial on the main process only
+            bar.set_postfix(loss=f"{row['loss']:.4f}")
+        bar.update(1)
+        if state.step % tc.checkpoint_every == 0 or state.step == tc.steps:
+            _save_checkpoint(accelerator, out_dir, state.step, tc.keep_checkpoints, losslog)
+    bar.close()
+    completed = state.step >= tc.steps
+    if completed and accelerator.is_main_process:
+        losslog.flush()
+        ema.copy_to(unwrapped.parameters())
+        tmp = out_dir / ".model.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        unwrapped.save_pretrained(str(tmp))
+        if (out_dir / "model").exists():
+            shutil.rmtree(out_dir / "model")
+        os.replace(tmp, out_dir / "model")
+    accelerator.wait_for_everyone()
+    rows = losslog.rows
+    k = max(1, min(5, len(rows) // 2))
+    mean = lambda rs: sum(r["loss"] for r in rs) / len(rs) if rs else float("nan")  # noqa: E731
+    return {"loss_first": mean(rows[:k]), "loss_last": mean(rows[-k:]), "steps": state.step, "steps_run": state.step - start,
+            "s_per_step": (sum(times[1:]) / (len(times) - 1)) if len(times) > 1 else (times[0] if times else float("nan")),
+            "peak_mem_mb": _peak_mem_mb(accelerator.device), "completed": completed, "resumed_from": resumed_from,
+            "skipped_checkpoints": skipped, "mixed_precision": mp, "device": str(accelerator.device), "n_params": n_params}
+
+
+def _save_checkpoint(accelerator: Accelerator, out_dir: Path, step: int, keep: int, losslog: LossLog) -> None:
+    final = checkpoint_dir(out_dir, step)
+    tmp = final.with_name(f".tmp_{final.name}")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        finalize_checkpoint(tmp, final, step)
+        losslog.flush()
+        prune_checkpoints(out_dir, keep)
+    accelerator.wait_for_everyone()

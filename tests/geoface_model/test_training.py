@@ -1,0 +1,109 @@
+"""Training loop: smoke run + reload, exact resume after an interruption, corrupt-checkpoint fallback,
+refusal of a shard whose token grid does not match the config."""
+import json
+import logging
+import math
+
+import pytest
+import torch
+
+from geoface_model.checkpoint import read_csv, verify_checkpoint
+from geoface_model.config import GeoFaceConfig
+from geoface_model.data import ShardError
+from geoface_model.model import GeoFaceTransformer
+from geoface_model.synthetic import make_synthetic_shard
+from geoface_model.train import train
+
+
+def micro(**train_kw) -> GeoFaceConfig:
+    return GeoFaceConfig.from_sections(
+        tokens=dict(resolution=32, patch_size=8, uv_resolution=32, geo_patch_size=8),
+        model=dict(width=32, depth=2, heads=2),
+        loss=dict(align_weight=0.5),
+        train=dict(steps=4, batch_size=2, n_ref=1, n_tgt=2, lr=1e-3, warmup_steps=1, checkpoint_every=2,
+                   ema_decay=0.9) | train_kw)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on the shared 2-core machine two OpenMP threads stall badly under load."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ds")
+    make_synthetic_shard(d / "train.safetensors", n_samples=5, n_views=4, resolution=32, uv_resolution=32, seed=0)
+    return d
+
+
+def _params(path):
+    return [p.detach().clone() for p in GeoFaceTransformer.from_pretrained(path).parameters()]
+
+
+def test_smoke_checkpoint_and_reload(data, tmp_path):
+    m = train(micro(grad_accum=2), data, tmp_path, progress=False)
+    assert m["completed"] and m["steps"] == 4 and m["steps_run"] == 4
+    assert all(math.isfinite(m[k]) for k in ("loss_first", "loss_last", "s_per_step", "peak_mem_mb"))
+    rows = read_csv(tmp_path / "loss.csv")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert all(r["align_loss"] > 0 and abs(r["loss"] - r["diffusion_loss"] - 0.5 * r["align_loss"]) < 1e-5 for r in rows)
+    ckpt = tmp_path / "checkpoints" / "step_000004"
+    assert verify_checkpoint(ckpt) is None and verify_checkpoint(tmp_path / "checkpoints" / "step_000002") is None
+    assert not list((tmp_path / "checkpoints").glob(".tmp*"))
+    # model/ holds the EMA weights of the last checkpoint
+    ema = torch.load(ckpt / "custom_checkpoint_0.pkl", weights_only=False)["shadow_params"]
+    for a, b in zip(_params(tmp_path / "model"), ema):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    assert json.loads((tmp_path / "geoface_config.json").read_text())["loss"]["align_weight"] == 0.5
+
+
+def test_resume_after_interruption_replays_the_same_run(data, tmp_path, caplog):
+    cfg = micro()
+    full = train(cfg, data, tmp_path / "full", progress=False)
+    part = train(cfg, data, tmp_path / "cut", progress=False, max_steps=3)  # "killed" after step 3
+    assert not part["completed"] and part["steps"] == 3 and not (tmp_path / "cut" / "model").exists()
+    res = train(cfg, data, tmp_path / "cut", progress=False)
+    assert res["resumed_from"].endswith("step_000002") and res["steps_run"] == 2 and res["steps"] == 4
+    for a, b in zip(_params(tmp_path / "full" / "model"), _params(tmp_path / "cut" / "model")):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    full_rows, cut_rows = read_csv(tmp_path / "full" / "loss.csv"), read_csv(tmp_path / "cut" / "loss.csv")
+    assert [r["step"] for r in cut_rows] == [1, 2, 3, 4]
+    for a, b in zip(full_rows, cut_rows):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    # corrupt the newest checkpoint: resume falls back to step 2, says so, and ends at the same weights
+    blob = tmp_path / "cut" / "checkpoints" / "step_000004" / "model.safetensors"
+    raw = bytearray(blob.read_bytes())
+    raw[-100:] = bytes(100)
+    blob.write_bytes(bytes(raw))
+    with caplog.at_level(logging.WARNING, logger="geoface_model.train"):
+        again = train(cfg, data, tmp_path / "cut", progress=False)
+    assert again["resumed_from"].endswith("step_000002")
+    assert [s["reason"] for s in again["skipped_checkpoints"]] == ["checksum mismatch in model.safetensors"]
+    assert "step_000004 is unusable (checksum mismatch" in caplog.text and "falling back" in caplog.text
+    for a, b in zip(_params(tmp_path / "full" / "model"), _params(tmp_path / "cut" / "model")):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    # an interrupted write (no completion marker) is skipped too
+    (tmp_path / "cut" / "checkpoints" / "step_000004" / "complete.json").unlink()
+    assert "no complete.json" in train(cfg, data, tmp_path / "cut", progress=False)["skipped_checkpoints"][0]["reason"]
+
+
+def test_mismatched_shard_is_refused_before_training(data, tmp_path):
+    bad = GeoFaceConfig.from_sections(tokens=dict(resolution=64, patch_size=8, uv_resolution=32, geo_patch_size=8),
+                                      train=dict(n_ref=1, n_tgt=2))
+    with pytest.raises(ShardError, match=r"resolution = 32 but the model config has tokens.resolution = 64"):
+        train(bad, data, tmp_path / "x", progress=False)
+    bad = bad.replace(tokens=dict(resolution=32, geo_patch_size=4))
+    with pytest.raises(ShardError, match="geo_patch_size = 8 .* tokens.geo_patch_size = 4"):
+        train(bad, data, tmp_path / "x", progress=False)
+    assert not (tmp_path / "x" / "checkpoints").exists()
+
+
+def test_changed_model_config_refuses_to_resume(data, tmp_path):
+    train(micro(steps=2), data, tmp_path, progress=False)
+    other = micro(steps=2).replace(model=dict(width=64))
+    with pytest.raises(ValueError, match="different 'model' config"):
+        train(other, data, tmp_path, progress=False)
