@@ -139,3 +139,10 @@ class HeadModel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"kind={self.kind}, n_shape={self.n_shape}, n_expr={self.n_expr}, V={self.n_vertices}, F={self.n_faces}"
+
+
+def load_head_model(path: Path | str, n_shape: int | None = None, n_expr: int | None = None, device="cpu") -> HeadModel:
+    """`HeadModel.from_folder` where None means every component the folder provides."""
+    info = load_flame_folder(path)
+    return HeadModel.from_folder(path, n_shape=info.n_shape if n_shape is None else n_shape,
+                                 n_expr=info.n_expr if n_expr is None else n_expr, device=device)

@@ -1,0 +1,153 @@
+"""Fit the head model to every sequence of a capture, write the results, score them.
+
+Shared by the `fit` DVC stage and `geoface fit` (same code path). Output folder layout:
+    <out>/<subject>/<sequence>/fit.npz        `SequenceFit.stacked()`: frame (T,), ok (T,), shape (T,S), expr (T,E),
+                                              jaw_pose, neck_pose (T,3), eye_pose (T,6), global_orient, transl (T,3),
+                                              vertices (T,V,3) world (skipped frames are absent)
+    <out>/<subject>/<sequence>/cameras.json   the (refined) cameras, canonical form
+    <out>/<subject>/<sequence>/residuals.parquet   per (frame, camera) reprojection statistics
+    <out>/<subject>/<sequence>/history.csv    cost per LM iteration
+    <out>/<subject>/<sequence>/status.json    per-frame status with reasons (skipped / diverged), timing, notes
+A sequence whose fit raises is recorded in `<out>/failures.json` and the others go on.
+"""
+from __future__ import annotations
+
+import json
+import traceback
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from flame_fitting.capture import Capture, replace_dir, save_cameras
+from flame_fitting.fit import FitConfig, SequenceFit, fit_sequence
+from flame_fitting.fit.overlay import draw_overlay
+from flame_fitting.head_model import HeadModel
+from flame_fitting.landmark_set import LandmarkSet
+
+def save_sequence_fit(fit: SequenceFit, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(folder / "fit.npz", **fit.stacked())
+    save_cameras(folder / "cameras.json", fit.cameras)
+    fit.residuals.to_parquet(folder / "residuals.parquet", index=False)
+    fit.history.to_csv(folder / "history.csv", index=False)
+    status = {"frames": {str(f): {"status": s.status, "reason": s.reason, "note": s.note} for f, s in fit.status.items()},
+              "timing": fit.timing, "converged": bool(fit.converged), "notes": list(fit.notes)}
+    (folder / "status.json").write_text(json.dumps(status, indent=1, default=str))
+
+
+def load_sequence_fit(folder: Path) -> dict[str, np.ndarray]:
+    with np.load(Path(folder) / "fit.npz") as z:
+        return {k: z[k] for k in z.files}
+
+
+def gt_vertex_errors(cap: Capture, subject: str, sequence: str, fit: SequenceFit, face_region: np.ndarray | None
+                     ) -> list[dict]:
+    """Per fitted frame: mean vertex error (mm) against the synthetic ground truth, whole head and face region.
+    World-space (pose errors count) — the capture's cameras define the world for both."""
+    m = cap.manifest
+    if "gt_path" not in m.columns:
+        return []
+    rows = []
+    for f, verts in fit.vertices.items():
+        sel = m[(m.subject == subject) & (m.sequence == sequence) & (m.frame == f)]
+        if sel.empty or not isinstance(sel.gt_path.iat[0], str):
+            continue
+        with np.load(cap.root / sel.gt_path.iat[0]) as z:
+            gt = z["vertices"]
+        if gt.shape != verts.shape:
+            continue
+        d = np.linalg.norm(verts.astype(np.float64) - gt, axis=1) * 1e3
+        rows.append({"subject": subject, "sequence": sequence, "frame": f, "vertex_error_mm": float(d.mean()),
+                     "vertex_error_mm_face": float(d[face_region].mean()) if face_region is not None else np.nan})
+    return rows
+
+
+def write_overlays(cap: Capture, subject: str, sequence: str, fit: SequenceFit, model: HeadModel, ls: LandmarkSet,
+                   out_dir: Path, n_views: int = 4) -> list[Path]:
+    """PNG overlays (mesh + observed/fitted landmarks) on `n_views` views spread over the first fitted frame."""
+    import cv2
+
+    if not fit.vertices:
+        return []
+    frame = min(fit.vertices)
+    m = cap.manifest
+    rows = m[(m.subject == subject) & (m.sequence == sequence) & (m.frame == frame)].sort_values("camera")
+    if "yaw_deg" in rows.columns:
+        rows = rows.sort_values("yaw_deg")
+    pick = rows.iloc[np.unique(np.linspace(0, len(rows) - 1, min(n_views, len(rows))).round().astype(int))]
+    obs = ls.for_sequence(subject, sequence).get(frame, {})
+    faces = model.faces.cpu().numpy()
+    out = []
+    for row in pick.to_dict("records"):
+        cam = fit.cameras[row["camera"]]
+        img = draw_overlay(cap.image(row), cam, fit.vertices[frame], faces, obs.get(row["camera"]),
+                           fit.landmarks_2d(frame, row["camera"]))
+        path = out_dir / f"{subject}_{sequence}_{frame:05d}_{row['camera']}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        out.append(path)
+    return out
+
+
+def fit_capture(cap: Capture, ls: LandmarkSet, model: HeadModel, cfg: FitConfig, out: Path,
+                overlay_dir: Path | None = None, progress: bool = True) -> dict:
+    """Fit every sequence; write `out` atomically; return metrics (+ tables under private keys)."""
+    out = Path(out)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    extras = Path(model.folder) / "standin_extras.npz" if getattr(model, "folder", None) else None
+    face_region = np.load(extras)["face_region"] if extras is not None and extras.is_file() else None
+    residuals, errors, failures, histories, timings, statuses = [], [], [], [], [], []
+    seqs = cap.sequences()
+    for subject, sequence in tqdm(seqs, desc="fit", disable=not progress):
+        try:
+            fit = fit_sequence(model, cap.cameras(subject, sequence), ls.for_sequence(subject, sequence), cfg,
+                               progress=False)
+        except Exception as e:  # one bad sequence is recorded, never fatal for the others
+            failures.append({"subject": subject, "sequence": sequence, "error": f"{type(e).__name__}: {e}",
+                             "traceback": traceback.format_exc(limit=3)})
+            continue
+        save_sequence_fit(fit, tmp / subject / sequence)
+        res = fit.residuals.assign(subject=subject, sequence=sequence)
+        residuals.append(res)
+        errors += gt_vertex_errors(cap, subject, sequence, fit, face_region)
+        histories.append(fit.history.assign(subject=subject, sequence=sequence))
+        n_fit = sum(s.status != "skipped" for s in fit.status.values())
+        timings.append((fit.timing.get("total", np.nan), n_fit))
+        statuses += [{"subject": subject, "sequence": sequence, "frame": f, "status": s.status, "reason": s.reason}
+                     for f, s in fit.status.items()]
+        if overlay_dir is not None:
+            write_overlays(cap, subject, sequence, fit, model, ls, overlay_dir)
+    (tmp / "failures.json").write_text(json.dumps(failures, indent=1))
+    replace_dir(tmp, out)
+    return summarise(residuals, errors, failures, histories, timings, statuses)
+
+
+def summarise(residuals, errors, failures, histories, timings, statuses) -> dict:
+    res = pd.concat(residuals, ignore_index=True) if residuals else pd.DataFrame(columns=["median_px"])
+    per_view = res.median_px.to_numpy(np.float64)
+    per_view = per_view[np.isfinite(per_view)]
+    st = pd.DataFrame(statuses, columns=["subject", "sequence", "frame", "status", "reason"])
+    total_s = sum(t for t, _ in timings if np.isfinite(t))
+    n_frames = sum(n for _, n in timings)
+    metrics = {
+        "n_sequences": len(timings) + len(failures), "failed_sequences": len(failures),
+        "frames_ok": int((st.status == "ok").sum()), "frames_skipped": int((st.status == "skipped").sum()),
+        "frames_diverged": int((st.status == "diverged").sum()),
+        "reprojection_px_median": float(np.median(per_view)) if per_view.size else None,
+        "reprojection_px_p95": float(np.percentile(per_view, 95)) if per_view.size else None,
+        "s_per_frame": float(total_s / n_frames) if n_frames else None,
+    }
+    if errors:
+        e = pd.DataFrame(errors)
+        metrics["vertex_error_mm"] = float(e.vertex_error_mm.mean())
+        if e.vertex_error_mm_face.notna().any():
+            metrics["vertex_error_mm_face"] = float(e.vertex_error_mm_face.mean())
+    metrics["_residuals"] = res
+    metrics["_status"] = st
+    metrics["_history"] = histories[0] if histories else pd.DataFrame()
+    metrics["_failures"] = failures
+    return metrics
