@@ -1,0 +1,17 @@
+"""Multi-view FLAME fitting by second-order bundle adjustment (Levenberg-Marquardt on landmarks).
+
+Entry point: `fit_sequence(model, cameras, observations, cfg)` -> `SequenceFit`. Modules:
+config (FitConfig), observations (input checks), reduced / jacobian (the head model restricted to
+its landmarks, analytic Jacobians), triangulate / init (robust initialisation), rig (cameras and
+their corrections), problem (cost, normal equations), schur (linear solves), lm (the optimiser),
+fitter (orchestration), report (outputs, camera errors), overlay (drawing), synthetic (test data).
+"""
+from flame_fitting.fit.config import FitConfig
+from flame_fitting.fit.fitter import fit_sequence
+from flame_fitting.fit.observations import FitInputError
+from flame_fitting.fit.overlay import overlay_png
+from flame_fitting.fit.report import (FrameParams, FrameStatus, SequenceFit, camera_errors, head_frame_vertices,
+                                     head_to_world)
+
+__all__ = ["FitConfig", "FitInputError", "FrameParams", "FrameStatus", "SequenceFit", "camera_errors", "fit_sequence",
+           "head_frame_vertices", "head_to_world", "overlay_png"]

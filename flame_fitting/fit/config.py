@@ -1,0 +1,73 @@
+"""`FitConfig`: every knob of the multi-view landmark fitter, one documented field each.
+
+Build it directly (`FitConfig(refine_cameras=True)`) or from a params.yaml section with
+`flame_fitting.params.build_config(FitConfig, section, where)` (fields carry their range).
+Units: the data term is in pixels² (one landmark in one view with a 1 px error costs 1), so a
+prior weight of 1 on N(0, 1) coefficients is the Bayesian weight for 1 px landmark noise.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from flame_fitting.params import ParamsError, spec
+
+
+@dataclass
+class FitConfig:
+    iterations: int = spec(30, "maximum Levenberg-Marquardt iterations (accepted + rejected steps)", lo=0, hi=10000)
+    lambda_init: float = spec(1e-3, "initial LM damping λ (relative to the diagonal of JᵀWJ)", lo=0.0)
+    tolerance: float = spec(1e-6, "stop when a step lowers the cost by less than this × max(cost, number of "
+                                  "observations)", lo=0.0)
+    robust_loss: str = spec("cauchy", "robust loss on the 2D reprojection error: cauchy | huber | l2",
+                            choices=["cauchy", "huber", "l2"])
+    robust_scale_px: float = spec(3.0, "robust loss scale in pixels (errors well above it are outliers)", lo=1e-6)
+    robust_anneal: float = spec(3.0, "start the robust scale at this × the robust spread (1.48·median) of the "
+                                     "initial errors, at least halve it per accepted step down to robust_scale_px "
+                                     "(0 = fixed scale)", lo=0.0)
+    view_weighting: bool = spec(True, "down-weight whole views whose median error is far above the robust scale "
+                                      "(failed detections)")
+    prior_shape: float = spec(1.0, "weight of ||shape||² (identity coefficients ~ N(0, 1))", lo=0.0)
+    prior_expr: float = spec(1.0, "weight of ||expr||² per frame (expression coefficients ~ N(0, 1))", lo=0.0)
+    prior_jaw: float = spec(10.0, "weight of ||jaw_pose||² (rad²) per frame", lo=0.0)
+    prior_neck: float = spec(1e4, "weight of ||neck_pose||² (rad²); face landmarks cannot tell the neck from "
+                                  "the head pose, so this keeps the head rotation in global_orient", lo=0.0)
+    prior_eyes: float = spec(10.0, "weight of ||eye_pose||² (rad², both eyes) per frame", lo=0.0)
+    visibility: bool = spec(True, "down-weight landmarks whose triangle faces away from the camera")
+    visibility_cos: float = spec(0.1, "cos(normal, direction to camera) at which a landmark gets weight 0.5",
+                                 lo=-1.0, hi=1.0)
+    visibility_softness: float = spec(0.05, "width of the smooth visibility step in cos units", lo=1e-4)
+    refine_cameras: bool = spec(False, "bundle adjustment: refine each camera's extrinsics jointly with the head")
+    refine_focal: bool = spec(False, "also refine a per-camera focal scale (needs refine_cameras)")
+    camera_rot_sigma_deg: float = spec(2.0, "prior σ of a camera's rotation correction (degrees)", lo=1e-6)
+    camera_trans_sigma_mm: float = spec(20.0, "prior σ of a camera's translation correction (mm)", lo=1e-6)
+    focal_sigma: float = spec(0.02, "prior σ of a camera's log focal scale", lo=1e-6)
+    gauge_weight: float = spec(1e4, "weight of the zero-mean gauge constraint on the camera corrections "
+                                    "(in units of the correction priors)", lo=0.0)
+    rig_scale_weight: float = spec(100.0, "weight of keeping the rig's size (spread of the camera centres) when "
+                                          "refining cameras, in units of the translation prior (100: σ ≈ 0.5 mm for "
+                                          "16 cameras); the head's size is only known through the identity prior, "
+                                          "so the calibration sets the metric scale", lo=0.0)
+    temporal_weight: float = spec(0.0, "weight of ||θ_t - θ_t-1||² between consecutive fitted frames (expr units, "
+                                       "rotations in 0.1 rad, translation in cm); 0 = off", lo=0.0)
+    n_shape: int | None = spec(None, "identity components fitted (null = all the head model has)", lo=0)
+    n_expr: int | None = spec(None, "expression components fitted (null = all the head model has)", lo=0)
+    min_views: int = spec(2, "fit a frame only when at least this many views have detections", lo=2)
+    triangulation_px: float = spec(12.0, "RANSAC inlier threshold of the initial triangulation (pixels)", lo=0.1)
+    ransac_pairs: int = spec(12, "view pairs tried per landmark by the triangulation RANSAC (all when fewer)", lo=1)
+    max_median_px: float = spec(25.0, "a fitted frame whose median reprojection error exceeds this is flagged "
+                                      "diverged", lo=0.0)
+    chunk_frames: int = spec(32, "frames whose Jacobians are built at once (memory bound)", lo=1)
+    threads: int = spec(1, "torch intra-op threads while fitting (0 = leave torch's setting); the linear algebra is "
+                           "small, so run sequences in parallel processes instead", lo=0)
+    seed: int = spec(0, "seed of the RANSAC view-pair sampling")
+
+    def validate(self) -> None:
+        """Raise ParamsError on inconsistent settings (ranges are checked by build_config)."""
+        if self.refine_focal and not self.refine_cameras:
+            raise ParamsError("FitConfig: refine_focal needs refine_cameras")
+        for f in fields(self):
+            if f.metadata.get("choices") and getattr(self, f.name) not in f.metadata["choices"]:
+                raise ParamsError(f"FitConfig.{f.name}: {getattr(self, f.name)!r} not one of {f.metadata['choices']}")
+
+    def __post_init__(self) -> None:
+        self.validate()

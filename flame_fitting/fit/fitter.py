@@ -1,0 +1,185 @@
+"""`fit_sequence`: multi-view FLAME fitting of one sequence by second-order bundle adjustment.
+
+Pipeline: validate and pack the observations (`observations.py`; frames with < min_views views are
+skipped and recorded) -> restrict the head model to its embedded landmarks (`reduced.py`) -> per
+frame, triangulate the landmarks robustly and align the neutral model to them (`init.py`) ->
+Levenberg-Marquardt on all frames at once: one identity for the sequence, per-frame expression /
+jaw / neck / eyes / head pose, optionally per-camera extrinsic (and focal) corrections, normal
+equations solved by Schur complement on the shared unknowns (`lm.py`, `schur.py`) -> fitted
+vertices from `HeadModel.forward`, refined cameras, residual table, per-frame status, timings.
+A numerical failure is reported in the frames' status (with subject / sequence / frame), never
+raised; bad input (cameras, array shapes) raises `FitInputError`.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+
+from flame_fitting.camera import Camera
+from flame_fitting.fit.config import FitConfig
+from flame_fitting.fit.init import initial_pose
+from flame_fitting.fit.jacobian import forward_and_jacobian
+from flame_fitting.fit.lm import Evaluator, LMOutcome, State, run_lm
+from flame_fitting.fit.observations import pack_observations
+from flame_fitting.fit.problem import Problem
+from flame_fitting.fit.reduced import ReducedModel
+from flame_fitting.fit.report import FrameParams, FrameStatus, SequenceFit, residual_table
+from flame_fitting.fit.rig import Rig, corrected_cameras
+from flame_fitting.head_model import HeadModel
+
+log = logging.getLogger(__name__)
+HISTORY_COLUMNS = ["iteration", "cost", "candidate_cost", "accepted", "gain", "lambda", "robust_scale_px", "median_px"]
+
+
+def _initialise(rm: ReducedModel, cams: dict[str, Camera], packed, cfg: FitConfig, init: dict | None):
+    """Initial θ (F, n_f) (NaN rows for frames that could not be initialised) and per-frame notes."""
+    zeros = torch.zeros
+    X0, _, _ = forward_and_jacobian(rm, zeros(rm.n_shape, dtype=torch.float64),
+                                    zeros(1, rm.layout.n, dtype=torch.float64), normals=False, jacobian=False)
+    neutral, root = X0[0].T.numpy(), rm.j_template[0].numpy()
+    names = packed.cam_names
+    K = np.stack([cams[n].K for n in names]).astype(np.float64)
+    R = np.stack([cams[n].world_to_cam[:3, :3] for n in names]).astype(np.float64)
+    t = np.stack([cams[n].world_to_cam[:3, 3] for n in names]).astype(np.float64)
+    thetas = np.full((len(packed.frames), rm.layout.n), np.nan)
+    notes = {}
+    for i, fr in enumerate(packed.frames):
+        if init is not None and fr in init:
+            p = init[fr]
+            thetas[i] = rm.layout.pack(np.asarray(p.expr)[:rm.n_expr], p.jaw_pose, p.neck_pose, p.eye_pose,
+                                       p.global_orient, p.transl)
+            continue
+        try:
+            th, _, notes[fr] = initial_pose(neutral, root, K, R, t, packed.uv[i], packed.valid[i], rm.layout,
+                                            cfg.triangulation_px, cfg.ransac_pairs, cfg.seed + i)
+        except (ValueError, np.linalg.LinAlgError) as e:  # degenerate geometry: this frame only
+            th, notes[fr] = None, f"initialisation failed: {type(e).__name__}: {e}"
+        if th is not None:
+            thetas[i] = th
+    return torch.as_tensor(thetas), notes
+
+
+def _pivot(rm: ReducedModel, shape: torch.Tensor, thetas: torch.Tensor) -> np.ndarray:
+    """(3,) the median over frames of the initial landmark centroid: the point camera corrections rotate about."""
+    ok = torch.isfinite(thetas).all(1)
+    if not ok.any():
+        return np.zeros(3)
+    X = forward_and_jacobian(rm, shape, thetas[ok], normals=False, jacobian=False)[0]      # (B, 3, L)
+    return X.mean(2).median(0).values.numpy()
+
+
+def _vertices(model: HeadModel, params: dict[int, FrameParams], batch: int = 64) -> dict[int, np.ndarray]:
+    frames, out = sorted(params), {}
+    with torch.no_grad():
+        for i in range(0, len(frames), batch):
+            chunk = frames[i:i + batch]
+            t = {k: torch.cat([params[f].tensors()[k] for f in chunk]) for k in params[chunk[0]].tensors()}
+            verts = model(**t).vertices.numpy()
+            out.update({f: verts[j] for j, f in enumerate(chunk)})
+    return out
+
+
+def _frame_params(model: HeadModel, rm: ReducedModel, shape: np.ndarray, theta: np.ndarray) -> FrameParams:
+    p = rm.layout.unpack(theta)
+    sh, ex = np.zeros(model.n_shape, np.float32), np.zeros(model.n_expr, np.float32)
+    sh[:rm.n_shape], ex[:rm.n_expr] = shape, p["expr"]
+    return FrameParams(shape=sh, expr=ex, jaw_pose=p["jaw_pose"], neck_pose=p["neck_pose"], eye_pose=p["eye_pose"],
+                       global_orient=p["global_orient"], transl=p["transl"])
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    """Temporarily set torch's intra-op thread count (n <= 0: leave it)."""
+    old = torch.get_num_threads()
+    if n > 0:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def fit_sequence(model: HeadModel, cameras: dict[str, Camera], observations: dict, cfg: FitConfig | None = None,
+                 progress: bool = True, *, confidences: dict | None = None, init: dict[int, FrameParams] | None = None,
+                 subject: str = "", sequence: str = "") -> SequenceFit:
+    """Fit the head model to multi-view landmarks of one sequence.
+
+    observations: {frame: {camera: (478, 2) pixels in MediaPipe order, NaN rows missing}} (or objects with
+    `.points` / `.detected`); confidences: optional {frame: {camera: (478,)}} >= 0; init: optional initial
+    parameters per frame (e.g. a previous fit; identity is taken from the first frame's shape), otherwise
+    triangulation + similarity alignment. subject / sequence only label the report and log messages.
+    """
+    cfg = cfg or FitConfig()
+    with _torch_threads(cfg.threads), torch.no_grad():
+        return _fit(model, cameras, observations, cfg, progress, confidences, init, subject, sequence)
+
+
+def _fit(model, cameras, observations, cfg, progress, confidences, init, subject, sequence) -> SequenceFit:
+    t0 = time.perf_counter()
+    where = f"subject {subject!r} sequence {sequence!r}"
+    rm = ReducedModel.from_head_model(model, cfg.n_shape, cfg.n_expr)
+    packed = pack_observations(cameras, observations, rm.landmark_indices, confidences, cfg.min_views)
+    status = {fr: FrameStatus(fr, "skipped", why) for fr, why in packed.skipped.items()}
+    if not packed.frames:  # nothing to fit: every frame skipped
+        log.warning("fit: %s: no frame has %d views with detections", where, cfg.min_views)
+        return SequenceFit(subject=subject, sequence=sequence, params={}, vertices={}, landmarks={},
+                           landmark_indices=rm.landmark_indices, cameras=dict(cameras),
+                           residuals=residual_table([], packed.cam_names, *(np.zeros((0, 0, 0)),) * 3, 1.0),
+                           history=pd.DataFrame(columns=HISTORY_COLUMNS), status=dict(sorted(status.items())),
+                           timing={"total_s": time.perf_counter() - t0}, converged=False, config=cfg)
+    thetas, notes = _initialise(rm, cameras, packed, cfg, init)
+    shape = torch.zeros(rm.n_shape, dtype=torch.float64)
+    if init:
+        first = np.asarray(init[min(init)].shape, np.float64)[:rm.n_shape]
+        if np.all(np.isfinite(first)):
+            shape[:len(first)] = torch.as_tensor(first)
+    t_init = time.perf_counter()
+    rig = Rig.from_cameras(cameras, packed.cam_names, _pivot(rm, shape, thetas), cfg.refine_cameras, cfg.refine_focal)
+    pb = Problem(rm, rig, torch.as_tensor(packed.uv).transpose(2, 3).contiguous(), torch.as_tensor(packed.conf), cfg)
+    failed = [i for i in range(len(packed.frames)) if not torch.isfinite(thetas[i]).all()]
+    state = State(shape, thetas, rig.zeros())
+    try:
+        out = run_lm(pb, state, progress=progress, desc=f"fit {subject}/{sequence}".rstrip("/ "))
+    except Exception as e:  # noqa: BLE001 - a numerical failure must not kill the sequence
+        log.exception("fit: %s: the solver failed; all frames keep their initial state", where)
+        out = LMOutcome(state=state, history=[], diverged={i: f"solver error: {type(e).__name__}: {e}"
+                                                          for i in range(len(packed.frames))},
+                        converged=False, errors=torch.full(packed.valid.shape, float("nan")),
+                        vis=torch.ones(packed.valid.shape, dtype=torch.float64), robust_scale=cfg.robust_scale_px)
+    t_solve = time.perf_counter()
+    for i, fr in enumerate(packed.frames):
+        if i in out.diverged:
+            reason = notes.get(fr) if i in failed and notes.get(fr) else out.diverged[i]
+            status[fr] = FrameStatus(fr, "diverged", reason, "" if i in failed else notes.get(fr, ""))
+            log.warning("fit: %s frame %d diverged: %s", where, fr, reason)
+        else:
+            status[fr] = FrameStatus(fr, "ok", "", notes.get(fr, ""))
+    st = out.state
+    active = torch.isfinite(st.thetas).all(1)
+    ev = Evaluator(pb, active)
+    vis = ev.weights(st)
+    _, errors, _ = ev(st, vis, out.robust_scale, False)  # final errors (after any per-frame revert)
+    shape_np = st.shape.numpy()
+    params = {fr: _frame_params(model, rm, shape_np, st.thetas[i].numpy()) for i, fr in enumerate(packed.frames)}
+    X = forward_and_jacobian(rm, st.shape, torch.where(active[:, None], st.thetas, 0.0), normals=False,
+                             jacobian=False)[0].transpose(1, 2)
+    X = torch.where(active[:, None, None], X, float("nan"))
+    fit = SequenceFit(
+        subject=subject, sequence=sequence, params=params, vertices=_vertices(model, params),
+        landmarks={fr: X[i].numpy().astype(np.float32) for i, fr in enumerate(packed.frames)},
+        landmark_indices=rm.landmark_indices,
+        cameras=corrected_cameras(rig, st.xi, cameras) if rig.n_params else dict(cameras),
+        residuals=residual_table(packed.frames, packed.cam_names, errors.numpy(), packed.valid, vis.numpy(),
+                                 3 * cfg.robust_scale_px),
+        history=pd.DataFrame(out.history, columns=HISTORY_COLUMNS),
+        status=dict(sorted(status.items())), timing={}, converged=out.converged, config=cfg)
+    t_end = time.perf_counter()
+    n = max(1, len(packed.frames))
+    fit.timing = {"init_s": t_init - t0, "solve_s": t_solve - t_init, "outputs_s": t_end - t_solve,
+                  "total_s": t_end - t0, "s_per_frame": (t_end - t0) / n}
+    return fit

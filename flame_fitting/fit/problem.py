@@ -1,0 +1,233 @@
+"""The fitting objective: robust reprojection cost, priors, and its Gauss-Newton normal equations.
+
+cost = Σ_{f,c,l} conf·vis·view·ρ(|uv_fcl(θ) - obs_fcl|)       (pixels², ρ(e) ≈ e² for small e)
+     + prior_shape ||β||²
+     + Σ_f (prior_expr ||ψ_f||² + prior_jaw ||jaw_f||² + prior_neck ||neck_f||² + prior_eyes ||eyes_f||²)
+     + Σ_c ||ξ_c / σ||² + C gauge_weight ||mean_c(ξ_c[:6]) / σ||²              (camera refinement only)
+     + C rig_scale_weight (mean_c(a_c·ξ_c) / σ_t)²                             (camera refinement only)
+     + temporal_weight Σ_f ||s ⊙ (θ_f - θ_f-1)||²                             (optional)
+Robust losses by IRLS: per (frame, camera, landmark) weight w(e) = ρ'(e) / 2e, held fixed while one
+linear system is built; visibility weights vis (smooth in the cosine between the landmark
+triangle's normal and the direction to the camera) and whole-view weights (`lm.view_weights`) are
+also refreshed once per iteration (they enter here as `base_w`).
+The Gauss-Newton model is cost(δ) ≈ c + 2 gᵀδ + δᵀAδ with A = JᵀWJ, g = JᵀWr. The data term is
+reduced to landmark space first: M_l = Σ_c w P_clᵀP_cl (3×3), g_l = Σ_c w P_clᵀ r_cl, then
+A = Σ_l D_lᵀ M_l D_l with D_l = dX_l/dθ: the large product does not grow with the number of cameras.
+Unknowns: shared s = [β (n_shape) | ξ (C·n_cam)], per frame θ_f (n_f).
+Gauge (camera refinement): the head poses and all cameras share a rigid motion, and — since the head's
+size is only set by the identity prior — nearly a scale too. Both are fixed by soft linear constraints:
+mean rotation / translation correction = 0 (the rigid gauge, to first order) and the rig's size (spread of
+the camera centres) unchanged to first order, i.e. the calibration sets the metric scale (softly: a head
+model that cannot change its size lets the data correct the rig's scale).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from flame_fitting.fit.config import FitConfig
+from flame_fitting.fit.jacobian import forward_and_jacobian
+from flame_fitting.fit.reduced import ReducedModel
+from flame_fitting.fit.rig import Rig, corrected_centers, project
+
+Z_MIN = 0.01        # m: points closer than this to a camera plane (or behind it) are "behind the camera"
+BEHIND_PX = 1e4     # such points cost ρ(BEHIND_PX) each, with no gradient
+
+
+def rho(e: Tensor, scale: float, kind: str) -> Tensor:
+    """Robust cost of 2D errors e (pixels); ≈ e² for e << scale."""
+    if kind == "l2":
+        return e * e
+    if kind == "huber":
+        return torch.where(e <= scale, e * e, 2 * scale * e - scale * scale)
+    return scale * scale * torch.log1p((e / scale) ** 2)  # cauchy
+
+
+def irls_weight(e: Tensor, scale: float, kind: str) -> Tensor:
+    """IRLS weight ρ'(e) / 2e."""
+    if kind == "l2":
+        return torch.ones_like(e)
+    if kind == "huber":
+        return torch.where(e <= scale, torch.ones_like(e), scale / e.clamp_min(1e-12))
+    return 1 / (1 + (e / scale) ** 2)
+
+
+def visibility(X: Tensor, normals: Tensor, centers: Tensor, cos0: float, softness: float) -> Tensor:
+    """Smooth visibility weights (B, C, L) from landmarks X (B, 3, L), unit normals (B, 3, L), camera centres (C, 3)."""
+    d = centers[None, :, :, None] - X[:, None]                                    # (B, C, 3, L)
+    cos = (d * normals[:, None]).sum(2) / (d * d).sum(2).sqrt().clamp_min(1e-12)
+    return torch.sigmoid((cos - cos0) / softness)
+
+
+@dataclass
+class Problem:
+    rm: ReducedModel
+    rig: Rig
+    obs: Tensor        # (F, C, 2, L) float64 undistorted pixels
+    conf: Tensor       # (F, C, L) float64, 0 where missing
+    cfg: FitConfig
+
+    @property
+    def n_frame(self) -> int:
+        return self.rm.layout.n
+
+    @property
+    def n_shared(self) -> int:
+        return self.rm.n_shape + len(self.rig.names) * self.rig.n_params
+
+    def frame_prior(self) -> Tensor:
+        """(n_f,) diagonal prior weights of θ_f."""
+        lay, cfg = self.rm.layout, self.cfg
+        p = torch.zeros(lay.n, dtype=torch.float64)
+        for name, w in (("expr", cfg.prior_expr), ("jaw_pose", cfg.prior_jaw), ("neck_pose", cfg.prior_neck),
+                        ("eye_pose", cfg.prior_eyes)):
+            p[lay.slice(name)] = w
+        return p
+
+    def temporal_scale(self) -> Tensor:
+        """(n_f,) per-parameter scale s of the temporal term (expr 1, rotations /0.1 rad, translation /1 cm)."""
+        s = torch.full((self.n_frame,), 10.0, dtype=torch.float64)
+        s[self.rm.layout.slice("expr")] = 1.0
+        s[self.rm.layout.slice("transl")] = 100.0
+        return s
+
+    def camera_prior(self) -> Tensor:
+        """(n_cam,) diagonal prior weights of one camera's correction."""
+        cfg = self.cfg
+        w = [1 / np.radians(cfg.camera_rot_sigma_deg) ** 2] * 3 + [1 / (cfg.camera_trans_sigma_mm / 1e3) ** 2] * 3
+        w += [1 / cfg.focal_sigma ** 2]
+        return torch.tensor(w[:self.rig.n_params], dtype=torch.float64)
+
+
+@dataclass
+class FrameTerms:
+    """Data terms of a chunk of B frames (everything float64)."""
+
+    cost: Tensor          # (B,) robust data cost per frame
+    errors: Tensor        # (B, C, L) pixel errors (NaN where not observed or behind the camera)
+    A_ff: Tensor | None = None   # (B, n_f, n_f)
+    g_f: Tensor | None = None    # (B, n_f)
+    A_sf: Tensor | None = None   # (B, n_S, n_f)
+    A_ss: Tensor | None = None   # (n_S, n_S)  summed over the chunk
+    g_s: Tensor | None = None    # (n_S,)
+
+
+def landmarks_and_visibility(pb: Problem, shape: Tensor, thetas: Tensor, xi: Tensor) -> tuple[Tensor, Tensor]:
+    """Landmarks X (B, 3, L) and visibility weights (B, C, L) (ones when visibility is off)."""
+    X, nrm, _ = forward_and_jacobian(pb.rm, shape, thetas, normals=pb.cfg.visibility, jacobian=False)
+    if not pb.cfg.visibility:
+        return X, X.new_ones(X.shape[0], len(pb.rig.names), X.shape[2])
+    return X, visibility(X, nrm, corrected_centers(pb.rig, xi), pb.cfg.visibility_cos, pb.cfg.visibility_softness)
+
+
+def frame_terms(pb: Problem, shape: Tensor, thetas: Tensor, xi: Tensor, obs: Tensor, base_w: Tensor, scale: float,
+                jacobians: bool) -> FrameTerms:
+    """Cost (and normal-equation blocks) of B frames: thetas (B, n_f), obs (B, C, 2, L), base_w (B, C, L) =
+    confidence × visibility (0 = unused)."""
+    kind = pb.cfg.robust_loss
+    X, _, D = forward_and_jacobian(pb.rm, shape, thetas, normals=False, jacobian=jacobians)
+    if jacobians:
+        uv, z, P, Q = project(pb.rig, xi, X)
+    else:
+        uv, z = project(pb.rig, xi, X, jacobians=False)
+    r = uv - obs                                                                  # (B, C, 2, L)
+    e = torch.sqrt(r[:, :, 0] ** 2 + r[:, :, 1] ** 2)                              # (B, C, L)
+    used = base_w > 0
+    front = used & (z > Z_MIN) & torch.isfinite(e)
+    e_safe = torch.where(front, e, torch.zeros_like(e))
+    behind_cost = rho(torch.tensor(BEHIND_PX, dtype=e.dtype), scale, kind)
+    cost_each = torch.where(front, base_w * rho(e_safe, scale, kind), torch.where(used & ~front, base_w * behind_cost,
+                                                                                  torch.zeros_like(e)))
+    out = FrameTerms(cost=cost_each.sum((1, 2)), errors=torch.where(front, e, torch.full_like(e, float("nan"))))
+    if not jacobians:
+        return out
+    B, C, L = e.shape
+    w = torch.where(front, base_w * irls_weight(e_safe, scale, kind), torch.zeros_like(e))[:, :, None, None]
+    r = torch.where(front[:, :, None], r, torch.zeros_like(r))
+    WP = w * P                                                                    # (B, C, 2, 3, L)
+    M = (WP[:, :, :, :, None] * P[:, :, :, None]).sum((1, 2))                    # (B, 3, 3, L)
+    g3 = (WP * r[:, :, :, None]).sum((1, 2))                                      # (B, 3, L)
+    MD = sum(M[:, :, j, :, None] * D[:, j:j + 1] for j in range(3))               # (B, 3, L, P)
+    Dm = D.reshape(B, 3 * L, -1)
+    A = Dm.transpose(1, 2) @ MD.reshape(B, 3 * L, -1)                             # (B, P, P)
+    g = (Dm.transpose(1, 2) @ g3.reshape(B, 3 * L, 1))[..., 0]                    # (B, P)
+    n_s, k = pb.rm.n_shape, pb.rig.n_params
+    nS = pb.n_shared
+    A_ss = A.new_zeros(nS, nS)
+    g_s = A.new_zeros(nS)
+    A_sf = A.new_zeros(B, nS, pb.n_frame)
+    A_ss[:n_s, :n_s] = A[:, :n_s, :n_s].sum(0)
+    g_s[:n_s] = g[:, :n_s].sum(0)
+    A_sf[:, :n_s] = A[:, :n_s, n_s:]
+    if k:
+        WQ = w * Q                                                                # (B, C, 2, k, L)
+        Qm = Q.permute(1, 0, 2, 4, 3).reshape(C, -1, k)                           # (C, B·2·L, k)
+        cam = slice(n_s, nS)
+        A_ss[cam, cam] = torch.block_diag(*(WQ.permute(1, 3, 0, 2, 4).reshape(C, k, -1) @ Qm))
+        QP = (WQ[:, :, :, :, None] * P[:, :, :, None]).sum(2)                    # (B, C, k, 3, L)
+        QPD = QP.reshape(B, C * k, 3 * L) @ Dm                                    # (B, C·k, P)
+        A_ss[cam, :n_s] = QPD[..., :n_s].sum(0)
+        A_ss[:n_s, cam] = A_ss[cam, :n_s].T
+        g_s[cam] = (WQ * r[:, :, :, None]).sum((0, 2, 4)).reshape(-1)
+        A_sf[:, cam] = QPD[..., n_s:]
+    out.A_ff, out.g_f, out.A_sf, out.A_ss, out.g_s = A[:, n_s:, n_s:], g[:, n_s:], A_sf, A_ss, g_s
+    return out
+
+
+def prior_terms(pb: Problem, shape: Tensor, thetas: Tensor, xi: Tensor, active: Tensor):
+    """Priors + gauge + temporal: cost (scalar), per-frame prior cost (F,), and their contributions to the
+    normal equations: diag of A_ff (F, n_f), g_f (F, n_f), A_ss (n_S, n_S), g_s (n_S,), and the temporal
+    coupling: off-diagonal blocks' diagonals (F-1, n_f) (A[f, f+1] = diag(E[f])) or None."""
+    cfg, n_s, k, C = pb.cfg, pb.rm.n_shape, pb.rig.n_params, len(pb.rig.names)
+    pf = pb.frame_prior()
+    th = torch.where(active[:, None], thetas, torch.zeros_like(thetas))
+    frame_cost = (pf * th * th).sum(1)
+    A_f = pf.expand_as(th) * active[:, None]
+    g_f = pf * th
+    A_ss = torch.zeros(pb.n_shared, pb.n_shared, dtype=torch.float64)
+    g_s = torch.zeros(pb.n_shared, dtype=torch.float64)
+    A_ss[range(n_s), range(n_s)] = cfg.prior_shape
+    g_s[:n_s] = cfg.prior_shape * shape
+    shared_cost = cfg.prior_shape * (shape * shape).sum()
+    if k:
+        pc = pb.camera_prior()
+        shared_cost = shared_cost + (pc * xi * xi).sum()
+        idx = torch.arange(n_s, pb.n_shared)
+        A_ss[idx, idx] += pc.repeat(C)
+        g_s[n_s:] += (pc * xi).reshape(-1)
+        gw = torch.zeros(k, dtype=torch.float64)
+        gw[:6] = cfg.gauge_weight * pc[:6]
+        mean = xi.mean(0)
+        shared_cost = shared_cost + C * (gw * mean * mean).sum()
+        A_ss[n_s:, n_s:] += torch.kron(torch.ones(C, C, dtype=torch.float64), torch.diag(gw)) / C
+        g_s[n_s:] += (gw * mean).repeat(C)
+        # scale: the rig's size Σ_c |o_c - ō|² is kept to first order. A correction moves camera centre o_c by
+        # δo_c ≈ (o_c - p0) × ω_c - τ_c, so the constraint is Σ_c a_c·ξ_c = 0 with
+        # a_c = [v_c × (o_c - p0), -v_c],
+        # v_c = (o_c - ō) / rms|o - ō|; it is orthogonal to the rigid gauge (Σ v_c = 0, Σ v_c × (o_c - p0) = 0).
+        o = pb.rig.centers
+        v = o - o.mean(0)
+        v = v / v.pow(2).sum(1).mean().sqrt().clamp_min(1e-12)
+        a = torch.zeros(C, k, dtype=torch.float64)
+        a[:, 0:3], a[:, 3:6] = torch.linalg.cross(v, o - pb.rig.pivot), -v
+        a = a.reshape(-1)
+        size = (a * xi.reshape(-1)).sum() / C
+        gs = cfg.rig_scale_weight * pc[3]
+        shared_cost = shared_cost + C * gs * size ** 2
+        A_ss[n_s:, n_s:] += gs * torch.outer(a, a) / C
+        g_s[n_s:] += gs * size * a
+    E = None
+    pair = active[1:] & active[:-1]
+    if cfg.temporal_weight > 0 and len(th) > 1 and bool(pair.any()):
+        ws = cfg.temporal_weight * pb.temporal_scale() ** 2                     # (n_f,)
+        d = (th[1:] - th[:-1]) * pair[:, None]
+        tcost = (ws * d * d).sum(1)
+        frame_cost = frame_cost + torch.cat([tcost, tcost.new_zeros(1)])
+        A_f = A_f + torch.cat([ws * pair[:, None], ws.new_zeros(1, len(ws))]) + torch.cat(
+            [ws.new_zeros(1, len(ws)), ws * pair[:, None]])
+        g_f = g_f + torch.cat([-ws * d, ws.new_zeros(1, len(ws))]) + torch.cat([ws.new_zeros(1, len(ws)), ws * d])
+        E = -ws * pair[:, None].to(ws.dtype)
+    return shared_cost + frame_cost.sum(), frame_cost, A_f, g_f, A_ss, g_s, E
