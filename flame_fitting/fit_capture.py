@@ -34,7 +34,7 @@ def save_sequence_fit(fit: SequenceFit, folder: Path) -> None:
     fit.residuals.to_parquet(folder / "residuals.parquet", index=False)
     fit.history.to_csv(folder / "history.csv", index=False)
     status = {"frames": {str(f): {"status": s.status, "reason": s.reason, "note": s.note} for f, s in fit.status.items()},
-              "timing": fit.timing, "converged": bool(fit.converged), "notes": list(fit.notes)}
+              "timing": fit.timing, "converged": bool(fit.converged)}
     (folder / "status.json").write_text(json.dumps(status, indent=1, default=str))
 
 
@@ -116,7 +116,7 @@ def fit_capture(cap: Capture, ls: LandmarkSet, model: HeadModel, cfg: FitConfig,
         errors += gt_vertex_errors(cap, subject, sequence, fit, face_region)
         histories.append(fit.history.assign(subject=subject, sequence=sequence))
         n_fit = sum(s.status != "skipped" for s in fit.status.values())
-        timings.append((fit.timing.get("total", np.nan), n_fit))
+        timings.append((fit.timing.get("total_s", np.nan), n_fit))
         statuses += [{"subject": subject, "sequence": sequence, "frame": f, "status": s.status, "reason": s.reason}
                      for f, s in fit.status.items()]
         if overlay_dir is not None:

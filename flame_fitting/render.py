@@ -7,7 +7,8 @@ mouth cavity) in a dark interior colour, composited over a background with cheap
 silhouette antialiasing. It returns the fragments too, so callers get the exact
 pixel→surface map of what they rendered.
 
-`_shade_reference` is the short numpy version `_shade_kernel` is tested against.
+`_shade_reference` is the short numpy version `_shade_kernel` is tested against;
+`antialias_silhouette` (OpenCV, one view) is the reference of `_antialias_kernel` (all views).
 """
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ def _shade_kernel(face_id, bary, faces, uv_faces, uv, texture, vcolor, use_tex, 
                 b0, b1, b2 = bary[vi, i, j, 0], bary[vi, i, j, 1], bary[vi, i, j, 2]
                 if not front[vi, f]:
                     for c in range(3):
-                        out[vi, i, j, c] = interior[c]
+                        out[vi, i, j, c] = min(max(interior[c], 0.0), 1.0)
                     continue
                 a, b, cc = faces[f, 0], faces[f, 1], faces[f, 2]
                 r = 0.0
@@ -91,9 +92,9 @@ def _shade_kernel(face_id, bary, faces, uv_faces, uv, texture, vcolor, use_tex, 
                 nn = np.sqrt(nx * nx + ny * ny + nz * nz) + 1e-12
                 lam = (nx * light_dir[vi, 0] + ny * light_dir[vi, 1] + nz * light_dir[vi, 2]) / nn
                 s = ambient[vi] + diffuse[vi] * max(lam, 0.0)
-                out[vi, i, j, 0] = r * s
-                out[vi, i, j, 1] = g * s
-                out[vi, i, j, 2] = bl * s
+                out[vi, i, j, 0] = min(max(r * s, 0.0), 1.0)
+                out[vi, i, j, 1] = min(max(g * s, 0.0), 1.0)
+                out[vi, i, j, 2] = min(max(bl * s, 0.0), 1.0)
 
 
 def _shade_reference(frags: Fragments, faces, uv_faces, uv, texture, normals, front, light_dir, ambient, diffuse,
@@ -143,13 +144,82 @@ def antialias_silhouette(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
+@njit(cache=True, parallel=True)
+def _antialias_kernel(img, face_id, g):
+    """In place, per view (prange): pixels whose 3×3 neighbourhood mixes covered and empty pixels get
+    the 3×3 Gaussian blur (separable weights g (3,)) of the un-antialiased image. Borders reflect
+    without repeating the edge pixel (OpenCV's BORDER_REFLECT_101), as `antialias_silhouette`."""
+    n_views, h, w = face_id.shape
+    for vi in prange(n_views):
+        count = 0
+        for i in range(h):
+            for j in range(w):
+                if _mixed(face_id, vi, i, j, h, w):
+                    count += 1
+        rows = np.empty(count, np.int64)
+        cols = np.empty(count, np.int64)
+        vals = np.empty((count, 3), np.float32)
+        k = 0
+        for i in range(h):
+            for j in range(w):
+                if not _mixed(face_id, vi, i, j, h, w):
+                    continue
+                rows[k], cols[k] = i, j
+                for c in range(3):
+                    acc = 0.0
+                    for di in range(-1, 2):
+                        ii = _reflect101(i + di, h)
+                        for dj in range(-1, 2):
+                            acc += g[di + 1] * g[dj + 1] * img[vi, ii, _reflect101(j + dj, w), c]
+                    vals[k, c] = acc
+                k += 1
+        for k in range(count):
+            for c in range(3):
+                img[vi, rows[k], cols[k], c] = vals[k, c]
+
+
+@njit(cache=True, inline="always")
+def _reflect101(i, n):
+    if n == 1:
+        return 0
+    if i < 0:
+        return -i
+    if i >= n:
+        return 2 * n - 2 - i
+    return i
+
+
+@njit(cache=True, inline="always")
+def _mixed(face_id, vi, i, j, h, w):
+    """Does the 3×3 neighbourhood (reflect-101 borders) of pixel (i, j) hold covered and empty pixels?"""
+    any_in = False
+    any_out = False
+    for di in range(-1, 2):
+        ii = _reflect101(i + di, h)
+        for dj in range(-1, 2):
+            if face_id[vi, ii, _reflect101(j + dj, w)] >= 0:
+                any_in = True
+            else:
+                any_out = True
+    return any_in and any_out
+
+
+def antialias_views(img: np.ndarray, face_id: np.ndarray) -> None:
+    """`antialias_silhouette` of every view, in place: img (N,H,W,3) float32, face_id (N,H,W) int32."""
+    g = cv2.getGaussianKernel(3, 0.6).ravel().astype(np.float64)
+    _antialias_kernel(img, np.ascontiguousarray(face_id), g)
+
+
 def render_mesh(verts: np.ndarray, faces: np.ndarray, K: np.ndarray, world_to_cam: np.ndarray, width: int,
                 height: int, lights: list[Lighting], texture: np.ndarray | None = None, uv: np.ndarray | None = None,
                 uv_faces: np.ndarray | None = None, vertex_colors: np.ndarray | None = None,
-                background: np.ndarray | None = None, antialias: bool = True) -> tuple[np.ndarray, Fragments]:
+                background: np.ndarray | None = None, antialias: bool = True,
+                out: np.ndarray | None = None) -> tuple[np.ndarray, Fragments]:
     """Render N views. verts (V,3) or (N,V,3) world; K (N,3,3); world_to_cam (N,4,4);
     texture (Ht,Wt,3) float32 [0,1] with uv (T,2)/uv_faces (F,3), or vertex_colors (V,3);
-    background (N,H,W,3) float32 or None (black). Returns rgb (N,H,W,3) float32 [0,1], fragments."""
+    background (N,H,W,3) float32 or None (black); out: optional (N,H,W,3) float32 C-contiguous buffer
+    to render into (reusing one across calls saves fresh-memory page faults).
+    Returns rgb (N,H,W,3) float32 [0,1] (`out` when given), fragments."""
     n = K.shape[0]
     if len(lights) != n:
         raise ValueError(f"render_mesh: {n} cameras but {len(lights)} lights")
@@ -160,7 +230,7 @@ def render_mesh(verts: np.ndarray, faces: np.ndarray, K: np.ndarray, world_to_ca
         np.broadcast_to(vertex_normals(verts, faces), (n, *verts.shape))
     R = world_to_cam[:, :3, :3].astype(np.float64)
     centers = -np.einsum("nji,nj->ni", R, world_to_cam[:, :3, 3].astype(np.float64))
-    front = front_facing(vv.astype(np.float64), faces, centers)
+    front = front_facing(np.asarray(verts, np.float64), faces, centers)  # (V,3) shared or (N,V,3)
     use_tex = texture is not None
     if use_tex and (uv is None or uv_faces is None):
         raise ValueError("render_mesh: a texture needs uv and uv_faces")
@@ -169,13 +239,19 @@ def render_mesh(verts: np.ndarray, faces: np.ndarray, K: np.ndarray, world_to_ca
     uvs = np.ascontiguousarray(uv if use_tex else np.zeros((1, 2)), np.float32)
     uvf = np.ascontiguousarray(uv_faces if use_tex else faces, np.int32)
     ldir = np.stack([np.asarray(lt.direction, np.float32) / np.linalg.norm(lt.direction) for lt in lights])
-    out = np.zeros((n, height, width, 3), np.float32) if background is None else background.astype(np.float32).copy()
+    if out is None:
+        out = np.empty((n, height, width, 3), np.float32)
+    elif out.shape != (n, height, width, 3) or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"render_mesh: out must be a C-contiguous float32 array {(n, height, width, 3)}, "
+                         f"got {out.dtype} {out.shape}")
+    if background is None:
+        out[...] = 0.0
+    else:
+        np.clip(background, 0.0, 1.0, out=out)  # the kernel clips what it shades
     _shade_kernel(frags.face_id, frags.bary, faces, uvf, uvs, tex, vcol, use_tex,
                   np.ascontiguousarray(normals, np.float32), front, ldir,
                   np.array([lt.ambient for lt in lights], np.float32), np.array([lt.diffuse for lt in lights], np.float32),
                   np.asarray(lights[0].interior, np.float32), out)
-    np.clip(out, 0.0, 1.0, out=out)
     if antialias:
-        for i in range(n):
-            out[i] = antialias_silhouette(out[i], frags.face_id[i] >= 0)
+        antialias_views(out, frags.face_id)
     return out, frags

@@ -21,7 +21,7 @@ def test_errors(tmp_path):
     assert set(SOURCES) == {"synthetic", "nersemble", "renderme360", "colmap", "transforms_json", "folder"}
     with pytest.raises(CaptureError, match="unknown source 'blender'"):
         import_capture("blender", tmp_path, tmp_path / "cap")
-    with pytest.raises(CaptureError, match="'synthetic'.*not available yet"):
+    with pytest.raises(CaptureError, match="'synthetic' renders captures"):
         import_capture("synthetic", tmp_path, tmp_path / "cap")
     with pytest.raises(CaptureError, match="captures.root: .*nope does not exist"):
         import_capture("colmap", tmp_path / "nope", tmp_path / "cap")
