@@ -20,8 +20,9 @@ def import_capture(source: str, root_in: Path | str, out: Path | str, cfg: Impor
     if source not in SOURCES:
         raise CaptureError(f"captures.source: unknown source {source!r}; choose one of {', '.join(SOURCES)}")
     if source == "synthetic":
-        raise CaptureError("captures.source 'synthetic': the synthetic generator (pipelines/synthetic/) is not "
-                           "available yet; choose one of " + ", ".join(s for s in SOURCES if s != "synthetic"))
+        raise CaptureError("captures.source 'synthetic' renders captures from a head model: use "
+                           "pipelines.synthetic.generate (the captures stage does); import_capture reads real "
+                           "sources: " + ", ".join(s for s in SOURCES if s != "synthetic"))
     root_in = Path(root_in).expanduser()
     if not root_in.exists():
         raise CaptureError(f"captures.root: {root_in} does not exist")
