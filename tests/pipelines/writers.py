@@ -73,11 +73,17 @@ class Scene:
 
     cameras: dict[str, Camera]
     points: np.ndarray = field(default_factory=lambda: POINTS.copy())
+    images: dict[str, np.ndarray] | None = None  # given (H,W,3) uint8 RGB per camera (e.g. a rendered capture's)
 
     def image(self, name: str, frame: int = 0, cam: Camera | None = None) -> np.ndarray:
         """(H,W,3) uint8 RGB of camera `name` at `frame` (background brightness +8 per frame), drawn
-        with `cam` (default: the scene camera; pass a resized camera for a downscaled copy)."""
+        with `cam` (default: the scene camera; pass a resized camera for a downscaled copy).
+        With given `images`, that image for every frame (it cannot be drawn at another size)."""
         cam = cam or self.cameras[name]
+        if self.images is not None:
+            img = self.images[name]
+            assert img.shape == (cam.height, cam.width, 3) and img.dtype == np.uint8, "given image does not fit its camera"
+            return img
         uv, z = cam.project(self.points)
         assert np.all(z > 0) and np.all((uv > 6) & (uv < [cam.width - 6, cam.height - 6])), "dots must be inside"
         seed = sum(map(ord, name))
@@ -214,10 +220,12 @@ def encoded(img: np.ndarray) -> np.ndarray:
 
 
 def write_renderme360(root: Path, scene: Scene, actor: str = "0026", part: str = "e0", frames=range(2), *,
-                      flame: bool = True, keypoints: np.ndarray | None = None, masks: bool = True) -> tuple[Path, Path]:
+                      flame: bool = True, keypoints: np.ndarray | None = None, masks: bool = True,
+                      rt_world_to_cam: bool = False) -> tuple[Path, Path]:
     """raw/<actor>/<actor>_<part>_raw.smc (Camera/<cam>/color/<t> PNG bytes, BGR) and
     anno/<actor>/<actor>_<part>_anno.smc (Calibration/<cam>/{K, D, RT = camera→world}, Camera/<cam>/mask/<t>,
-    Keypoints2d/<cam>/<t> = distorted projections of `keypoints` (106,3), FLAME/<t>/...)."""
+    Keypoints2d/<cam>/<t> = distorted projections of `keypoints` (106,3), FLAME/<t>/...).
+    `rt_world_to_cam` writes RT in the wrong convention (world→camera), for negative tests."""
     raw_path = root / "raw" / actor / f"{actor}_{part}_raw.smc"
     anno_path = root / "anno" / actor / f"{actor}_{part}_anno.smc"
     raw_path.parent.mkdir(parents=True, exist_ok=True)
@@ -228,7 +236,8 @@ def write_renderme360(root: Path, scene: Scene, actor: str = "0026", part: str =
         raw.create_group("Camera").attrs["num_frame"] = len(frames)
         for cam_id, cam in scene.cameras.items():
             g = anno.create_group(f"Calibration/{cam_id}")
-            g["K"], g["RT"] = cam.K.astype(np.float64), cam_to_world64(cam)
+            g["K"] = cam.K.astype(np.float64)
+            g["RT"] = cam.world_to_cam.astype(np.float64) if rt_world_to_cam else cam_to_world64(cam)
             g["D"] = np.zeros(5) if cam.dist is None else np.pad(cam.dist.astype(np.float64), (0, 5 - len(cam.dist)))
             for t in frames:
                 img = scene.image(cam_id, t)

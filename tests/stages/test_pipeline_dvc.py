@@ -15,7 +15,20 @@ BIN = Path(sys.executable).parent
 # the smallest settings that still exercise every stage
 TINY = {
     "head_model": {"n_shape": 10, "n_expr": 10},
+    "captures": {"synthetic": {"subjects": 3, "frames": 1, "cameras": 6, "resolution": 192,
+                               "yaw_range_deg": [-45.0, 45.0], "texture_resolution": 256}},
+    "fit": {"iterations": 10},
+    "uv": {"resolution": 64},
+    "tokens": {"resolution": 32, "patch_size": 8, "uv_resolution": 32, "geo_patch_size": 8},
+    "model": {"width": 32, "depth": 2, "heads": 2},
+    "train": {"steps": 4, "checkpoint_every": 2, "batch_size": 1, "n_tgt": 2, "warmup_steps": 1},
 }
+
+
+def deep_update(base: dict, new: dict) -> dict:
+    for k, v in new.items():
+        base[k] = deep_update(dict(base.get(k) or {}), v) if isinstance(v, dict) else v
+    return base
 
 
 def run(cmd, cwd, env):
@@ -35,8 +48,7 @@ def tiny_repo(tmp_path_factory):
             (dst / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst / f)
     params = yaml.safe_load((dst / "params.yaml").read_text())
-    for section, values in TINY.items():
-        params.setdefault(section, {}).update(values)
+    deep_update(params, TINY)
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
