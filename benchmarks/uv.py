@@ -27,17 +27,9 @@ from flame_fitting.head_model import HeadModel
 from flame_fitting.uv import UVLayout, bake_posmap, get_bake_table, posmap_to_vertices
 from flame_fitting.uv_checks import frame_metrics, layout_report
 
+from _timing import timed
+
 S, FOCAL, DIST, N_VIEWS, R = 512, 1500.0, 1.0, 16, 256
-
-
-def timed(fn, runs: int) -> float:
-    """Median wall time of fn() in ms."""
-    ts = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        ts.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(ts))
 
 
 def head_model(tmp: Path) -> HeadModel:

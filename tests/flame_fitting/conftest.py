@@ -2,33 +2,7 @@
 import numpy as np
 import pytest
 
-
-def icosphere(subdiv: int) -> tuple[np.ndarray, np.ndarray]:
-    """Unit icosphere: verts (V,3) float64, faces (20·4^subdiv, 3) int64, counter-clockwise seen from outside."""
-    t = (1 + 5 ** 0.5) / 2
-    v = [[-1, t, 0], [1, t, 0], [-1, -t, 0], [1, -t, 0], [0, -1, t], [0, 1, t], [0, -1, -t], [0, 1, -t],
-         [t, 0, -1], [t, 0, 1], [-t, 0, -1], [-t, 0, 1]]
-    f = [[0, 11, 5], [0, 5, 1], [0, 1, 7], [0, 7, 10], [0, 10, 11], [1, 5, 9], [5, 11, 4], [11, 10, 2], [10, 7, 6],
-         [7, 1, 8], [3, 9, 4], [3, 4, 2], [3, 2, 6], [3, 6, 8], [3, 8, 9], [4, 9, 5], [2, 4, 11], [6, 2, 10],
-         [8, 6, 7], [9, 8, 1]]
-    verts, faces = [np.array(p, float) / np.linalg.norm(p) for p in v], np.array(f)
-    for _ in range(subdiv):
-        mid: dict[tuple[int, int], int] = {}
-
-        def m(a: int, b: int) -> int:
-            key = (min(a, b), max(a, b))
-            if key not in mid:
-                p = verts[a] + verts[b]
-                verts.append(p / np.linalg.norm(p))
-                mid[key] = len(verts) - 1
-            return mid[key]
-
-        new = []
-        for a, b, c in faces:
-            ab, bc, ca = m(a, b), m(b, c), m(c, a)
-            new += [[a, ab, ca], [b, bc, ab], [c, ca, bc], [ab, bc, ca]]
-        faces = np.array(new)
-    return np.array(verts), faces
+from flame_fitting.meshes import icosphere  # noqa: F401  (tests import it from here too)
 
 
 @pytest.fixture(scope="session")
