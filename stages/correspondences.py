@@ -102,7 +102,7 @@ def write_previews(cap, subject, sequence, frame, corr, posmap, gt, layout) -> N
     frontal = int(np.argmin(np.abs(rows.loc[[corr.views[k] for k in order]].yaw_deg.to_numpy()))) \
         if "yaw_deg" in rows.columns else 0
     fig = figure9(images[order], uv[order], vis[order], posmap_rgb(posmap, np.ones(posmap.shape[:2], bool)),
-                  query_view=frontal, names=[corr.views[k] for k in order])
+                  query_view=frontal, tol_texels=2.0, names=[corr.views[k] for k in order])
     write_png(PREVIEWS / f"{subject}_{sequence}_{frame:05d}_figure9.png", fig)
 
 
