@@ -46,7 +46,7 @@ class TokensConfig:
 @dataclass
 class ModelConfig:
     vae_path: str | None = spec(None, "local folder of a diffusers AutoencoderKL (never a hub id); null = pixel space")
-    width: int = spec(128, "transformer width D (token channels)", lo=8)
+    width: int = spec(192, "transformer width D (token channels; ≥ the values per patch, 3·8² = 192 for the tiny pixel-space model)", lo=8)
     depth: int = spec(6, "number of transformer blocks", lo=1)
     heads: int = spec(4, "attention heads per block (width must be divisible by heads)", lo=1)
     mlp_ratio: float = spec(4.0, "MLP hidden width / width", lo=1.0)
@@ -142,7 +142,7 @@ class GeoFaceConfig:
 
 
 def tiny() -> GeoFaceConfig:
-    """Pixel space, 64² views (8×8 tokens, patch 8), 64² UV map (8×8 geo tokens), width 128, depth 6.
+    """Pixel space, 64² views (8×8 tokens, patch 8), 64² UV map (8×8 geo tokens), width 192, depth 6.
 
     1 reference + 3 targets + the geometry frame = 5 frames, 320 tokens. Trains on the 2-core CPU at
     about 0.3 s/step (batch 4). align_weight is 0.5 (not CAMEO's 0.02): with a few hundred steps the

@@ -1,0 +1,279 @@
+"""In-the-wild generation (`geoface generate PHOTO --views N --out DIR`): one photo -> N views on an orbit around
+the head, the head mesh, cameras and a contact sheet.
+
+Steps (`generate_from_photo`): read the photo (refused: missing file, not a decodable image; longest side above
+`max_side` px is downscaled, noted) -> MediaPipe face detection (full-range model); no face is an error, several
+faces are noted and the largest is used -> MediaPipe FaceMesh (478 landmarks) on a square around that face; a
+face under `MIN_FACE_PX` px tall is refused -> camera of the photo in the head's canonical frame
+(`orbit.estimate_photo_camera`: assumed 50 mm-equivalent focal length, PnP + single-view head fit) -> square
+crop around the head at the model resolution (`orbit.head_crop`) -> N target cameras on an orbit
+(`orbit.orbit_cameras`) -> `GeoFacePipeline` -> files.
+
+Outputs in out_dir (written to a temporary sibling folder and renamed at the end, so a failure leaves nothing):
+    reference.png          the crop the model saw (S×S)
+    views/view_XX.png      generated views (S×S)
+    mesh.obj               the mesh from the generated UV position map (canonical head frame, metres, with UVs)
+    posmap.npy             (R, R, 3) float32 generated UV position map, normalised box coordinates
+    cameras.json           canonical cameras.json {"convention": "opencv", "units": "m", "cameras": {reference,
+                           view_XX}} (S×S; world = canonical head frame)
+    contact_sheet.png      reference + views, upscaled, with the mesh overlaid (shaded, outlined)
+    report.json            photo, sizes, notes (downscaling, faces found), camera estimate, settings, timings
+    gs/                    optional (export_gs=True): `export.export_3dgs` of reference + views + mesh
+
+`model_dir` is a `GeoFacePipeline.save_pretrained` folder, or a bare transformer folder (the train stage's
+models/geoface) with the `GeoFaceConfig` it was trained with (`cfg`, or geoface_config.json beside it).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm.auto import tqdm
+
+from flame_fitting.camera import Camera
+from flame_fitting.capture import replace_dir, save_cameras
+from flame_fitting.head_model import load_head_model
+from flame_fitting.render import Lighting, render_mesh
+from flame_fitting.uv import UVLayout, write_obj
+
+from .config import GeoFaceConfig
+from .orbit import (DEFAULT_FILL, DEFAULT_FOCAL_MM, CameraEstimateError, crop_view, estimate_photo_camera, head_crop,
+                    orbit_cameras)
+from .pipeline import GeoFacePipeline, head_info_of
+
+MIN_FACE_PX = 64
+MAX_SIDE = 4096
+_DETECTOR: dict = {}
+
+
+class GenerateError(ValueError):
+    """A photo or model that cannot be used (names the file and the problem)."""
+
+
+@dataclass
+class PhotoFace:
+    image: np.ndarray        # (H, W, 3) uint8 RGB (after any downscaling)
+    landmarks: np.ndarray    # (478, 2) float32 pixels of `image`
+    box: np.ndarray          # (4,) x0, y0, x1, y1 of the landmarks
+    n_faces: int
+    notes: list[str] = field(default_factory=list)
+
+
+def read_photo(path: Path | str, max_side: int = MAX_SIDE) -> tuple[np.ndarray, list[str], tuple[int, int]]:
+    """-> RGB uint8 (longest side <= max_side), notes, original (width, height)."""
+    p = Path(path)
+    if not p.is_file():
+        raise GenerateError(f"{p}: no such file")
+    img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+    if img is None:
+        raise GenerateError(f"{p}: not an image file (OpenCV cannot decode it)")
+    h, w = img.shape[:2]
+    notes = []
+    if max(h, w) > max_side:
+        s = max_side / max(h, w)
+        img = cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+        notes.append(f"downscaled from {w}x{h} to {img.shape[1]}x{img.shape[0]} (longest side > {max_side} px)")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB), notes, (w, h)
+
+
+def _face_boxes(rgb: np.ndarray) -> list[np.ndarray]:
+    """MediaPipe full-range face detection -> boxes (x0, y0, x1, y1) in pixels, largest first."""
+    if "det" not in _DETECTOR:
+        import mediapipe as mp
+        _DETECTOR["det"] = mp.solutions.face_detection.FaceDetection(model_selection=1, min_detection_confidence=0.5)
+    H, W = rgb.shape[:2]
+    boxes = []
+    for d in _DETECTOR["det"].process(rgb).detections or []:
+        b = d.location_data.relative_bounding_box
+        boxes.append(np.array([b.xmin * W, b.ymin * H, (b.xmin + b.width) * W, (b.ymin + b.height) * H]))
+    return sorted(boxes, key=lambda b: -(b[2] - b[0]) * (b[3] - b[1]))
+
+
+def detect_face(rgb: np.ndarray, where: str = "photo") -> PhotoFace:
+    """Largest face's 478 landmarks (FaceMesh on a square 2.5× the detection box around it)."""
+    from flame_fitting.landmarks import detect_rgb
+
+    boxes = _face_boxes(rgb)
+    if not boxes:
+        raise GenerateError(f"{where}: no face found (MediaPipe face detection)")
+    notes = []
+    if len(boxes) > 1:
+        notes.append(f"{len(boxes)} faces found; using the largest")
+    b = boxes[0]
+    if max(b[2] - b[0], b[3] - b[1]) < MIN_FACE_PX:
+        raise GenerateError(f"{where}: the face is only {max(b[2] - b[0], b[3] - b[1]):.0f} px across "
+                            f"(need >= {MIN_FACE_PX} px); use a larger or closer photo")
+    H, W = rgb.shape[:2]
+    cx, cy, side = 0.5 * (b[0] + b[2]), 0.5 * (b[1] + b[3]), 2.5 * max(b[2] - b[0], b[3] - b[1])
+    x0, y0 = int(max(0, cx - side / 2)), int(max(0, cy - side / 2))
+    x1, y1 = int(min(W, cx + side / 2)), int(min(H, cy + side / 2))
+    res = detect_rgb(np.ascontiguousarray(rgb[y0:y1, x0:x1]))
+    if not res.detected:
+        raise GenerateError(f"{where}: a face was detected but MediaPipe FaceMesh found no landmarks on it")
+    pts = res.points + np.array([x0, y0], np.float32)
+    box = np.array([pts[:, 0].min(), pts[:, 1].min(), pts[:, 0].max(), pts[:, 1].max()], np.float32)
+    if box[3] - box[1] < MIN_FACE_PX:
+        raise GenerateError(f"{where}: the face is only {box[3] - box[1]:.0f} px tall (need >= {MIN_FACE_PX} px)")
+    return PhotoFace(rgb, pts, box, len(boxes), notes)
+
+
+def load_pipeline(model_dir: Path | str, head_model, cfg: GeoFaceConfig | None = None, scheduler: str = "ddim",
+                  gutter: int = 4) -> GeoFacePipeline:
+    """A pipeline folder, or a bare transformer folder + its training config (module docstring)."""
+    p = Path(model_dir)
+    layout = UVLayout.from_head_model(head_model)
+    if (p / "model_index.json").is_file():
+        pipe = GeoFacePipeline.from_pretrained(p)
+        if pipe.uv_layout is None:
+            pipe.set_head(layout, head_info_of(head_model, gutter))
+        elif pipe.uv_layout.key != layout.key:
+            raise GenerateError(f"{p}: the pipeline's UV layout ({pipe.uv_layout.key}) differs from the head model's "
+                                f"at {head_model.folder} ({layout.key}); use the head model the model was trained with")
+        pipe.use_scheduler(scheduler)
+        return pipe
+    if (p / "config.json").is_file():
+        if cfg is None:
+            found = [q for q in (p / "geoface_config.json", p.parent / "geoface_config.json") if q.is_file()]
+            if not found:
+                raise GenerateError(f"{p}: a bare transformer folder needs its training config (pass cfg, or save a "
+                                    f"pipeline with GeoFacePipeline.save_pretrained)")
+            cfg = GeoFaceConfig.from_sections(**{k: v for k, v in json.loads(found[0].read_text()).items()
+                                                 if k in ("tokens", "model", "loss", "train")}, where=str(found[0]))
+        return GeoFacePipeline.from_training(p, cfg, layout=layout, head_info=head_info_of(head_model, gutter),
+                                             scheduler=scheduler)
+    raise GenerateError(f"{p}: neither a GeoFace pipeline folder (model_index.json) nor a transformer folder (config.json)")
+
+
+def mesh_overlay(images: list[np.ndarray], cameras: list[Camera], vertices: np.ndarray, faces: np.ndarray,
+                 alpha: float = 0.45) -> list[np.ndarray]:
+    """Images (H,W,3) uint8 of `cameras` with the mesh rendered grey (one render call, a head-light per view)
+    blended in at `alpha` and its silhouette outlined; unchanged when the vertices are not finite."""
+    v = np.asarray(vertices, np.float32)
+    if not np.isfinite(v).all():
+        return [im.copy() for im in images]
+    lights = [Lighting(direction=c.center.astype(np.float64) - v.mean(0)) for c in cameras]
+    H, W = images[0].shape[:2]
+    rgb, frags = render_mesh(v, faces, np.stack([c.K for c in cameras]), np.stack([c.world_to_cam for c in cameras]),
+                             W, H, lights)
+    out = []
+    for k, image in enumerate(images):
+        mask = frags.face_id[k] >= 0
+        im = image.astype(np.float32)
+        im[mask] = (1 - alpha) * im[mask] + alpha * 255 * rgb[k][mask]
+        im = im.round().clip(0, 255).astype(np.uint8)
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        out.append(cv2.drawContours(im, contours, -1, (90, 170, 255), 1, cv2.LINE_AA))
+    return out
+
+
+def contact_sheet(images: list[np.ndarray], cameras: list[Camera], labels: list[str], vertices: np.ndarray | None,
+                  faces: np.ndarray | None, tile: int = 256, cols: int = 4) -> np.ndarray:
+    """Tiles (upscaled to `tile`) with the mesh overlaid (`mesh_overlay`) and a label -> one RGB uint8 image."""
+    tiles = [cv2.resize(img, (tile, tile), interpolation=cv2.INTER_CUBIC) for img in images]
+    if vertices is not None:
+        tiles = mesh_overlay(tiles, [c.resized(tile, tile) for c in cameras], vertices, faces)
+    for t, label in zip(tiles, labels):
+        cv2.putText(t, label, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+    cols = min(cols, len(tiles))
+    rows = -(-len(tiles) // cols)
+    sheet = np.zeros((rows * tile, cols * tile, 3), np.uint8)
+    for k, t in enumerate(tiles):
+        r, c = divmod(k, cols)
+        sheet[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile] = t
+    return sheet
+
+
+def _write_png(path: Path, rgb: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+        raise GenerateError(f"{path}: could not write the PNG")
+
+
+def generate_from_photo(photo: Path | str, model_dir: Path | str, n_views: int, out_dir: Path | str, *,
+                        head_model_dir: Path | str = "data/head_model", cfg: GeoFaceConfig | None = None,
+                        num_inference_steps: int = 25, scheduler: str = "ddim", guidance_scale: float = 1.0,
+                        seed: int = 0, yaw_range_deg: tuple[float, float] = (-60.0, 60.0),
+                        focal_mm: float = DEFAULT_FOCAL_MM, fill: float = DEFAULT_FILL, max_side: int = MAX_SIDE,
+                        export_gs: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
+    """Generate n_views views + mesh from one photo into out_dir (see the module docstring); returns the report."""
+    from .export import export_3dgs
+
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    if n_views < 1:
+        raise GenerateError(f"n_views must be >= 1, got {n_views}")
+    if out.exists() and not out.is_dir():
+        raise GenerateError(f"{out}: exists and is a file, not a folder")
+    if out.exists() and not overwrite and any(out.iterdir()):
+        raise GenerateError(f"{out}: exists and is not empty (pass overwrite=True / --force to replace it)")
+    bar = tqdm(total=5, desc="generate", disable=not progress)
+    rgb, notes, orig = read_photo(photo, max_side)
+    face = detect_face(rgb, str(photo))
+    notes += face.notes
+    bar.update(1)
+    head = load_head_model(head_model_dir)
+    pipe = load_pipeline(model_dir, head, cfg, scheduler)
+    pipe.set_progress_bar_config(disable=not progress, leave=False)
+    bar.update(1)
+    H, W = rgb.shape[:2]
+    try:
+        est = estimate_photo_camera(head, face.landmarks, W, H, focal_mm)
+    except CameraEstimateError as e:
+        raise GenerateError(f"{photo}: cannot estimate the camera ({e})") from None
+    if est.note:
+        notes.append(est.note)
+    S = pipe.config.resolution
+    ref_img, ref_cam = crop_view(rgb, est.camera, head_crop(est.camera, est.centre, est.head_height, fill), S)
+    ref_cam = Camera(K=ref_cam.K, world_to_cam=ref_cam.world_to_cam, width=S, height=S, name="reference")
+    targets = orbit_cameras(ref_cam, est.centre, n_views, yaw_range_deg)
+    bar.update(1)
+    t_gen = time.perf_counter()
+    res = pipe(ref_img, ref_cam, targets, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed)
+    t_gen = time.perf_counter() - t_gen
+    bar.update(1)
+
+    names = [c.name for c in res.cameras]
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir(parents=True)
+        _write_png(tmp / "reference.png", res.reference[0])
+        for name, img in zip(names, res.images):
+            _write_png(tmp / "views" / f"{name}.png", img)
+        if res.vertices is not None:
+            write_obj(tmp / "mesh.obj", res.vertices, res.faces, pipe.uv_layout.uv, pipe.uv_layout.uv_faces)
+        if res.posmap is not None:
+            np.save(tmp / "posmap.npy", res.posmap.astype(np.float32))
+        save_cameras(tmp / "cameras.json", {"reference": res.reference_cameras[0], **dict(zip(names, res.cameras))})
+        sheet = contact_sheet([res.reference[0], *res.images], [res.reference_cameras[0], *res.cameras],
+                              ["reference", *names], res.vertices, res.faces)
+        _write_png(tmp / "contact_sheet.png", sheet)
+        if export_gs:
+            export_3dgs(tmp / "gs", [res.reference[0], *res.images], [res.reference_cameras[0], *res.cameras],
+                        res.vertices, res.faces, names=["reference", *names])
+        report = {
+            "photo": str(photo), "photo_size": list(orig), "used_size": [W, H], "faces_found": face.n_faces,
+            "face_box": [round(float(v), 1) for v in face.box], "notes": notes,
+            "camera": {"method": est.method, "landmark_rms_px": round(est.rms_px, 3), "focal_mm_equivalent": focal_mm,
+                       "head_height_m": round(est.head_height, 4), "head_centre": [float(x) for x in est.centre],
+                       "distance_m": round(float(np.linalg.norm(ref_cam.center - est.centre)), 4)},
+            "n_views": n_views, "yaw_range_deg": list(yaw_range_deg), "resolution": S,
+            "uv_resolution": pipe.config.uv_resolution, "scheduler": type(pipe.scheduler).__name__,
+            "num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale, "seed": seed,
+            "model_dir": str(model_dir), "head_model": pipe.head_info,
+            "seconds": {"generate": round(t_gen, 3), "total": round(time.perf_counter() - t0, 3)},
+            "files": sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file()) + ["report.json"],
+        }
+        (tmp / "report.json").write_text(json.dumps(report, indent=1))
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    bar.update(1)
+    bar.close()
+    return report
