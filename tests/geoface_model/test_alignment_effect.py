@@ -13,14 +13,6 @@ from geoface_model.synthetic import make_synthetic_shard
 from geoface_model.train import train
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    """One intra-op thread: on the shared 2-core machine two OpenMP threads stall badly under load."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory, one_thread):

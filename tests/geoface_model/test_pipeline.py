@@ -12,12 +12,7 @@ from geoface_model.pipeline import GeoFacePipeline, PipelineError
 S, R = 32, 32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def grid_layout(n: int = 6) -> UVLayout:
