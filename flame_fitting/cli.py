@@ -5,7 +5,9 @@
         (docs/capture_format.md). Writes DIR/landmarks/, DIR/fits/, DIR/overlays/, DIR/metrics.json.
     geoface import SOURCE ROOT --out DIR
         Convert a dataset (nersemble, renderme360, colmap, transforms_json, folder) to a canonical capture.
-    geoface generate PHOTO --views N --out DIR   (see geoface_model; available once a model is trained)
+    geoface generate PHOTO --views N --out DIR [--model models/geoface] [--steps 25] [--scheduler ddim|euler]
+        Views + UV position map + mesh from one face photo with a trained model (geoface_model/generate.py):
+        writes the views, the mesh (OBJ), cameras.json and a contact sheet with the mesh overlaid.
 """
 from __future__ import annotations
 
@@ -67,6 +69,17 @@ def cmd_import(args) -> int:
     return 0
 
 
+def cmd_generate(args) -> int:
+    from geoface_model.generate import generate_from_photo
+
+    report = generate_from_photo(args.photo, args.model, args.views, args.out, head_model_dir=args.head_model,
+                                 num_inference_steps=args.steps, scheduler=args.scheduler,
+                                 guidance_scale=args.guidance, seed=args.seed, export_gs=args.gs,
+                                 overwrite=args.force)
+    print(json.dumps(report, indent=2, default=str))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="geoface", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -84,6 +97,19 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--out", required=True)
     i.add_argument("--set", nargs="*", default=[], help="ImportConfig overrides, e.g. --set downscale=2")
     i.set_defaults(func=cmd_import)
+    g = sub.add_parser("generate", help="views + geometry from one face photo with a trained model")
+    g.add_argument("photo")
+    g.add_argument("--views", type=int, default=8)
+    g.add_argument("--out", required=True)
+    g.add_argument("--model", default="models/geoface", help="trained transformer or pipeline folder")
+    g.add_argument("--head-model", default="data/head_model")
+    g.add_argument("--steps", type=int, default=25)
+    g.add_argument("--scheduler", choices=["ddim", "euler"], default="ddim")
+    g.add_argument("--guidance", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--gs", action="store_true", help="also export transforms.json + COLMAP text + PLY for 3DGS")
+    g.add_argument("--force", action="store_true", help="replace an existing output folder")
+    g.set_defaults(func=cmd_generate)
     args = ap.parse_args(argv)
     try:
         return args.func(args)

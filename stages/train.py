@@ -51,6 +51,7 @@ def main() -> None:
     metrics = train(cfg, DATA, run_dir)
     tmp = MODEL.parent / f".{MODEL.name}.tmp-{uuid.uuid4().hex[:8]}"
     shutil.copytree(run_dir / "model", tmp)
+    shutil.copyfile(run_dir / "geoface_config.json", tmp / "geoface_config.json")  # generation needs the config
     replace_dir(tmp, MODEL)
     LOSS_CSV.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run_dir / "loss.csv", LOSS_CSV)
