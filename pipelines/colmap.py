@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from flame_fitting.capture import CaptureError
-from pipelines.common import CaptureImport, ImportConfig, ImportReport, camera_names, read_image_file, select_names
+from pipelines.common import CaptureImport, ImportConfig, ImportReport, camera_names, select_names
 
 # model id -> (name, number of params); every COLMAP model so unsupported ones are still parsed
 MODELS = {0: ("SIMPLE_PINHOLE", 3), 1: ("PINHOLE", 4), 2: ("SIMPLE_RADIAL", 4), 3: ("RADIAL", 5), 4: ("OPENCV", 8),
@@ -184,10 +184,5 @@ def import_capture(root_in: Path | str, out: Path | str, cfg: ImportConfig) -> I
                 cameras[cname], files[cname] = cam, image_dir / name
         imp.set_cameras(subject, sequence, cameras, imp.rel(cam_file))
         for cname, path in files.items():
-            try:
-                rgb, alpha = read_image_file(path)
-            except CaptureError as e:
-                imp.skip(imp.rel(path), str(e))
-                continue
-            imp.add(subject, sequence, 0, cname, rgb, path, mask=alpha if cfg.masks else None)
+            imp.add_file(subject, sequence, 0, cname, path)
     return imp.report

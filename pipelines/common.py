@@ -376,6 +376,16 @@ class CaptureImport:
                               source_key=key, source_sha256=sha256_file(source) if whole_file else None)
         return True
 
+    def add_file(self, subject: str, sequence: str, frame: int, camera: str, path: Path) -> bool:
+        """Read one image file (its alpha channel becomes the mask when `cfg.masks`) and `add` it; an unreadable
+        file is recorded as skipped."""
+        try:
+            rgb, alpha = read_image_file(path)
+        except CaptureError as e:
+            self.skip(self.rel(path), str(e))
+            return False
+        return self.add(subject, sequence, frame, camera, rgb, path, mask=alpha if self.cfg.masks else None)
+
     def side_file(self, subject: str, sequence: str, kind: str, frame: int, arrays: dict[str, np.ndarray]) -> str:
         """Store `arrays` as <subject>/<sequence>/<kind>/<frame:05d>.npz inside the capture; returns its path."""
         rel = f"{subject}/{sequence}/{kind}/{int(frame):05d}.npz"

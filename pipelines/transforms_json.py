@@ -120,10 +120,5 @@ def import_capture(root_in: Path | str, out: Path | str, cfg: ImportConfig) -> I
                 cameras[name], files[name] = cam, img_path
         imp.set_cameras(subject, sequence, cameras, path.name)
         for name, img_path in files.items():
-            try:
-                rgb, alpha = read_image_file(img_path)
-            except CaptureError as e:
-                imp.skip(imp.rel(img_path), str(e))
-                continue
-            imp.add(subject, sequence, 0, name, rgb, img_path, mask=alpha if cfg.masks else None)
+            imp.add_file(subject, sequence, 0, name, img_path)
     return imp.report
