@@ -24,6 +24,14 @@ of the nose tip (MediaPipe point 1 when embedded, else the front-most template v
   refined_error_ratio             face-region vertex error in the head frame, perturbed + refine over
                                   unperturbed (no refinement); *_scale_aligned: both after removing the best
                                   global scale (the rig scale the perturbation changed, see above)
+  vertex_error_mm_mediapipe       real MediaPipe landmarks: a default-like synthetic capture (pipelines.synthetic;
+                                  3 subjects × 2 frames × 16 cameras at 512², yaw -90°…90°, seed 1) rendered in a
+                                  temporary folder, landmarks detected with landmark_set.detect_capture, each
+                                  sequence fitted with the default FitConfig; mean face-region vertex error against
+                                  gt.npz "vertices" (world frame); *_head: whole head; s_per_frame_mediapipe: fit
+                                  time / fitted frame; *_no_noise_model: the same fits with noise_model=False;
+                                  mediapipe_detection_rate, mediapipe_frames_fitted / _ok, mediapipe_s (wall time
+                                  of this part: render + detect + fits)
 Run: python benchmarks/fit.py   (last line: JSON)
 """
 from __future__ import annotations
@@ -45,6 +53,11 @@ from flame_fitting.fit.synthetic import (arc_cameras, corrupt_views, model_outpu
 from flame_fitting.head_model import HeadModel  # noqa: E402
 
 N_FRAMES, N_CAMS, N_BAD, N_DRAWS = 8, 16, 3, 3
+MP_CAPTURE = {"subjects": 3, "frames": 2, "cameras": 16, "resolution": 512, "seed": 1}
+MP_KEYS = ["mediapipe_detection_rate", "vertex_error_mm_mediapipe", "vertex_error_mm_mediapipe_head",
+           "s_per_frame_mediapipe", "vertex_error_mm_mediapipe_no_noise_model",
+           "vertex_error_mm_mediapipe_no_noise_model_head", "s_per_frame_mediapipe_no_noise_model",
+           "mediapipe_frames_fitted", "mediapipe_frames_ok", "mediapipe_s"]
 
 
 def load_head(tmp: Path) -> tuple[HeadModel, str]:
@@ -87,10 +100,51 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="geoface_bench_fit_") as tmp:
         head, label = load_head(Path(tmp))
         face, face_label = face_region(head)
-    run(head, label, face, face_label)
+        out = run(head, label, face, face_label)
+        try:
+            out.update(run_mediapipe(head, face, Path(tmp)))
+        except Exception as e:  # noqa: BLE001 - no number rather than a made-up one; say why
+            out.update({k: None for k in MP_KEYS}, mediapipe_error=f"{type(e).__name__}: {e}")
+    print(f"fit on MediaPipe landmarks ({MP_CAPTURE['subjects']} subjects × {MP_CAPTURE['frames']} frames, "
+          f"{MP_CAPTURE['cameras']} views at {MP_CAPTURE['resolution']}²): face vertex error "
+          f"{out['vertex_error_mm_mediapipe']} mm (whole head {out['vertex_error_mm_mediapipe_head']} mm; without the "
+          f"noise model {out['vertex_error_mm_mediapipe_no_noise_model']} mm), {out['s_per_frame_mediapipe']} s/frame")
+    print(json.dumps(out))
 
 
-def run(head: HeadModel, label: str, face: np.ndarray, face_label: str) -> None:
+def run_mediapipe(head: HeadModel, face: np.ndarray, tmp: Path) -> dict:
+    """Render a synthetic capture of `head`, detect MediaPipe landmarks, fit every sequence (default FitConfig and
+    noise_model=False), score against the ground truth. Keys: see the module docstring."""
+    from flame_fitting.capture import load_capture
+    from flame_fitting.fit_capture import gt_vertex_errors
+    from flame_fitting.landmark_set import detect_capture
+    from pipelines.synthetic import SyntheticConfig, generate
+
+    t0 = time.perf_counter()
+    generate(Path(head.folder), tmp / "cap", SyntheticConfig(**MP_CAPTURE), progress=False)
+    cap = load_capture(tmp / "cap")
+    ls = detect_capture(cap, progress=False)
+    out = {"mediapipe_detection_rate": round(float(ls.table.detected.mean()), 4)}
+    for key, cfg in (("", FitConfig()), ("_no_noise_model", FitConfig(noise_model=False))):
+        rows, fit_s, n_fit, n_ok = [], 0.0, 0, 0
+        for subject, sequence in cap.sequences():
+            t = time.perf_counter()
+            fit = fit_sequence(head, cap.cameras(subject, sequence), ls.for_sequence(subject, sequence), cfg,
+                               progress=False, subject=subject, sequence=sequence)
+            fit_s += time.perf_counter() - t
+            n_fit += len(fit.params)
+            n_ok += sum(s.status == "ok" for s in fit.status.values())
+            rows += gt_vertex_errors(cap, subject, sequence, fit, face)
+        out[f"vertex_error_mm_mediapipe{key}"] = round(float(np.mean([r["vertex_error_mm_face"] for r in rows])), 4)
+        out[f"vertex_error_mm_mediapipe{key}_head"] = round(float(np.mean([r["vertex_error_mm"] for r in rows])), 4)
+        out[f"s_per_frame_mediapipe{key}"] = round(fit_s / max(n_fit, 1), 4)
+        if not key:
+            out["mediapipe_frames_fitted"], out["mediapipe_frames_ok"] = n_fit, n_ok
+    out["mediapipe_s"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def run(head: HeadModel, label: str, face: np.ndarray, face_label: str) -> dict:
     rng = np.random.default_rng(0)
     cams = arc_cameras(N_CAMS, head.v_template.double().mean(0).numpy(), 1.0, yaw_deg=(-90, 90), pitch_deg=(-25, 25))
     shape = rng.standard_normal(head.n_shape)
@@ -183,7 +237,7 @@ def run(head: HeadModel, label: str, face: np.ndarray, face_label: str) -> None:
           f"noise, outliers ×{out['outlier_error_ratio']:.2f}, cameras {out['camera_rot_error_deg']:.3f}° / "
           f"{out['camera_trans_error_mm']:.2f} mm after refinement, median of {N_DRAWS} draws (refined/clean vertex error "
           f"×{out['refined_error_ratio']:.2f})")
-    print(json.dumps(out))
+    return out
 
 
 if __name__ == "__main__":

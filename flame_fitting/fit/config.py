@@ -36,6 +36,19 @@ class FitConfig:
     visibility_cos: float = spec(0.1, "cos(normal, direction to camera) at which a landmark gets weight 0.5",
                                  lo=-1.0, hi=1.0)
     visibility_softness: float = spec(0.05, "width of the smooth visibility step in cos units", lo=1e-4)
+    noise_model: bool = spec(True, "after the first solve, estimate each landmark group's noise from the residuals "
+                                   "and solve again with the groups weighted 1 / (1 + κ·excess variance) "
+                                   "(noise.py, docs/fitting.md); changes nothing for landmarks within "
+                                   "noise_free_px")
+    noise_rounds: int = spec(1, "estimate-and-solve rounds of the noise model", lo=1, hi=10)
+    noise_free_px: float = spec(1.25, "residual spread (per-axis σ, px) taken as independent pixel noise; only the "
+                                      "variance above it is down-weighted", lo=0.0)
+    noise_correlation: float = spec(1.0, "correlation across views of a landmark's excess error (1 = a detector "
+                                         "bias shared by all the views that see it): the excess variance counts "
+                                         "× the design effect 1 + (views - 1)·ρ", lo=0.0, hi=1.0)
+    noise_dense_factor: float = spec(10.0, "extra factor on the excess variance of MediaPipe's dense surface points "
+                                           "(not contour, lips, eyes, brows, iris or nose): MediaPipe places them with "
+                                           "its mesh model, so neighbours share their errors", lo=1.0)
     refine_cameras: bool = spec(False, "bundle adjustment: refine each camera's extrinsics jointly with the head")
     refine_focal: bool = spec(False, "also refine a per-camera focal scale (needs refine_cameras)")
     camera_rot_sigma_deg: float = spec(2.0, "prior σ of a camera's rotation correction (degrees)", lo=1e-6)

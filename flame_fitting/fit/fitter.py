@@ -5,8 +5,10 @@ skipped and recorded) -> restrict the head model to its embedded landmarks (`red
 frame, triangulate the landmarks robustly and align the neutral model to them (`init.py`) ->
 Levenberg-Marquardt on all frames at once: one identity for the sequence, per-frame expression /
 jaw / neck / eyes / head pose, optionally per-camera extrinsic (and focal) corrections, normal
-equations solved by Schur complement on the shared unknowns (`lm.py`, `schur.py`) -> fitted
-vertices from `HeadModel.forward`, refined cameras, residual table, per-frame status, timings.
+equations solved by Schur complement on the shared unknowns (`lm.py`, `schur.py`) -> with
+`noise_model`, estimate each landmark group's noise from the residuals and solve again from there
+with the groups re-weighted (`noise.py`) -> fitted vertices from `HeadModel.forward`, refined
+cameras, residual table, noise-model table, per-frame status, timings.
 A numerical failure is reported in the frames' status (with subject / sequence / frame), never
 raised; bad input (cameras, array shapes) raises `FitInputError`.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -24,7 +27,8 @@ from flame_fitting.camera import Camera
 from flame_fitting.fit.config import FitConfig
 from flame_fitting.fit.init import initial_pose
 from flame_fitting.fit.jacobian import forward_and_jacobian
-from flame_fitting.fit.lm import Evaluator, LMOutcome, State, run_lm
+from flame_fitting.fit.lm import Evaluator, LMOutcome, State, run_lm, view_weights
+from flame_fitting.fit.noise import NoiseModel, estimate_noise, landmark_groups
 from flame_fitting.fit.observations import pack_observations
 from flame_fitting.fit.problem import Problem
 from flame_fitting.fit.reduced import ReducedModel
@@ -33,6 +37,7 @@ from flame_fitting.fit.rig import Rig, corrected_cameras
 from flame_fitting.head_model import HeadModel
 
 log = logging.getLogger(__name__)
+GROSS_VIEW_WEIGHT = 0.1  # views weighted below this (median error > 3 × the view scale) stay out of the noise model
 HISTORY_COLUMNS = ["iteration", "cost", "candidate_cost", "accepted", "gain", "lambda", "robust_scale_px", "median_px"]
 
 
@@ -71,6 +76,40 @@ def _pivot(rm: ReducedModel, shape: torch.Tensor, thetas: torch.Tensor) -> np.nd
         return np.zeros(3)
     X = forward_and_jacobian(rm, shape, thetas[ok], normals=False, jacobian=False)[0]      # (B, 3, L)
     return X.mean(2).median(0).values.numpy()
+
+
+def _refit_with_noise_model(pb: Problem, out: LMOutcome, cfg: FitConfig, progress: bool, desc: str
+                            ) -> tuple[Problem, LMOutcome, NoiseModel | None]:
+    """Rounds of: estimate the landmark noise model from `out`'s residuals (`noise.py`), refit from its state
+    with every landmark weighted by its group's weight. Returns the re-weighted problem, the last outcome and
+    the last model (None when no frame could be fitted)."""
+    groups = landmark_groups(pb.rm.landmark_indices)
+    conf0, model = pb.conf, None
+    for _ in range(cfg.noise_rounds):
+        active = torch.isfinite(out.state.thetas).all(1)
+        if not active.any():
+            break
+        used = (conf0 > 0) & (out.vis >= 0.5) & active[:, None, None]
+        if cfg.view_weighting:  # views the fit rejected as gross failures say nothing about the landmarks' noise
+            used &= view_weights(out.errors, out.robust_scale) >= GROSS_VIEW_WEIGHT
+        model = estimate_noise(out.errors, used, groups, cfg.noise_free_px, cfg.noise_correlation,
+                               cfg.noise_dense_factor)
+        if model.is_identity:
+            break
+        pb_w = replace(pb, conf=conf0 * torch.as_tensor(model.landmark_weights(groups), dtype=conf0.dtype))
+        first = out
+        try:
+            out = run_lm(pb_w, first.state, progress=progress, desc=f"{desc} (noise model)")
+        except Exception:  # noqa: BLE001 - keep the previous round's result
+            log.exception("fit: %s: the re-weighted solve failed; keeping the previous result", desc)
+            break
+        pb = pb_w
+        offset = len(first.history)
+        out.history = first.history + [{**row, "iteration": row["iteration"] + offset} for row in out.history]
+        for i, why in first.diverged.items():  # frames that could not be fitted keep their first reason
+            if not active[i]:
+                out.diverged[i] = why
+    return pb, out, model
 
 
 def _vertices(model: HeadModel, params: dict[int, FrameParams], batch: int = 64) -> dict[int, np.ndarray]:
@@ -143,8 +182,12 @@ def _fit(model, cameras, observations, cfg, progress, confidences, init, subject
     pb = Problem(rm, rig, torch.as_tensor(packed.uv).transpose(2, 3).contiguous(), torch.as_tensor(packed.conf), cfg)
     failed = [i for i in range(len(packed.frames)) if not torch.isfinite(thetas[i]).all()]
     state = State(shape, thetas, rig.zeros())
+    noise = None
     try:
-        out = run_lm(pb, state, progress=progress, desc=f"fit {subject}/{sequence}".rstrip("/ "))
+        desc = f"fit {subject}/{sequence}".rstrip("/ ")
+        out = run_lm(pb, state, progress=progress, desc=desc)
+        if cfg.noise_model:
+            pb, out, noise = _refit_with_noise_model(pb, out, cfg, progress, desc)
     except Exception as e:  # noqa: BLE001 - a numerical failure must not kill the sequence
         log.exception("fit: %s: the solver failed; all frames keep their initial state", where)
         out = LMOutcome(state=state, history=[], diverged={i: f"solver error: {type(e).__name__}: {e}"
@@ -177,7 +220,8 @@ def _fit(model, cameras, observations, cfg, progress, confidences, init, subject
         residuals=residual_table(packed.frames, packed.cam_names, errors.numpy(), packed.valid, vis.numpy(),
                                  3 * cfg.robust_scale_px),
         history=pd.DataFrame(out.history, columns=HISTORY_COLUMNS),
-        status=dict(sorted(status.items())), timing={}, converged=out.converged, config=cfg)
+        status=dict(sorted(status.items())), timing={}, converged=out.converged, config=cfg,
+        noise=noise.table() if noise is not None else None)
     t_end = time.perf_counter()
     n = max(1, len(packed.frames))
     fit.timing = {"init_s": t_init - t0, "solve_s": t_solve - t_init, "outputs_s": t_end - t_solve,

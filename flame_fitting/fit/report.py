@@ -63,6 +63,7 @@ class SequenceFit:
     timing: dict[str, float]              # seconds: init, solve, outputs, total, per_frame
     converged: bool
     config: FitConfig
+    noise: pd.DataFrame | None = None     # landmark noise model per group (noise.NoiseModel.table); None when off
 
     @property
     def frames(self) -> list[int]:
