@@ -4,8 +4,8 @@ Reads params sections `tokens`, `model`, `loss`, `train` (geoface_model/config.p
 key; docs/model.md the design). Training state (checkpoints every `train.checkpoint_every` steps)
 lives in models/train_state/<run id>/, a persistent DVC output: a killed run resumes from its
 latest valid checkpoint when the stage runs again with the same config and dataset. The run id
-is a hash of the config and the dataset's shard metadata, so an experiment with other params or
-data starts fresh. Writes models/geoface/ (EMA weights, `GeoFaceTransformer.from_pretrained`),
+is a hash of the config and the dataset's shards (metadata and content), so an experiment with other
+params or data starts fresh. Writes models/geoface/ (EMA weights, `GeoFaceTransformer.from_pretrained`),
 plots/train/loss.csv (diffusion and alignment loss per step) and metrics/train.json.
 Ablations: `dvc exp run -S model.geometry_stream=false`, `dvc exp run -S loss.align_weight=0`.
 Multi-GPU: `accelerate launch stages/train.py` (docs/model.md).
@@ -21,7 +21,7 @@ from pathlib import Path
 import common  # noqa: F401  (puts this checkout first on sys.path)
 from common import write_json
 
-from flame_fitting.capture import replace_dir
+from flame_fitting.capture import replace_dir, sha256_file
 from flame_fitting.params import read_params
 from geoface_model.config import GeoFaceConfig
 from geoface_model.data import read_shard_meta
@@ -34,9 +34,11 @@ LOSS_CSV = Path("plots/train/loss.csv")
 
 
 def run_id(cfg: GeoFaceConfig) -> str:
+    """Hash of the config and the dataset's content: resume only a run of the same config on the same data."""
     shards = sorted(DATA.glob("**/*.safetensors"))
     metas = [read_shard_meta(p).to_json() for p in shards]
-    blob = json.dumps({"config": cfg.to_dict(), "shards": metas}, sort_keys=True, default=str)
+    contents = [sha256_file(p) for p in shards]
+    blob = json.dumps({"config": cfg.to_dict(), "shards": metas, "sha256": contents}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
