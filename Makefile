@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # stage commands in dvc.yaml call `python`: make it the environment's
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: repro test install bench clean-venv
+.PHONY: repro test install bench ablations clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ repro: $(STAMP)
 test: $(STAMP)
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# the three ablation variants as `dvc exp run --temp` experiments (after `make repro`), then docs/ablations.md
+ablations: $(STAMP)
+	$(BIN)/python -m geoface_model.ablations run
+	$(BIN)/python -m geoface_model.ablations table
 
 bench: $(STAMP)
 	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

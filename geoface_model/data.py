@@ -207,8 +207,14 @@ class GeoFaceDataset(torch.utils.data.Dataset):
         return rng.permutation(V)[: self.n_ref + self.n_tgt]
 
     def __getitem__(self, i: int) -> dict:
+        return self.item(i, self.choose_views(i))
+
+    def item(self, i: int, views: np.ndarray) -> dict:
+        """Item i with the given view ids (the first `n_ref` are the references), e.g. chosen by an evaluator."""
         s, j = self.items[i]
-        views = self.choose_views(i)
+        views = np.asarray(views, np.int64)
+        if views.ndim != 1 or len(set(views.tolist())) != len(views) or views.min() < 0 or views.max() >= self.metas[s].n_views:
+            raise ShardError(f"{self.paths[s]}#{j}: view ids {views.tolist()} are not distinct ids in [0, {self.metas[s].n_views})")
         vt = torch.from_numpy(views)
         out = {"views": vt, "sample": f"{self.paths[s].name}#{j}", "n_ref": self.n_ref}
         f = self._handle(s)

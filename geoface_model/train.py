@@ -199,8 +199,10 @@ def train(cfg: GeoFaceConfig, data: str | Path | GeoFaceDataset, out_dir: str | 
     accelerator.wait_for_everyone()
     rows = losslog.rows
     k = max(1, min(5, len(rows) // 2))
-    mean = lambda rs: sum(r["loss"] for r in rs) / len(rs) if rs else float("nan")  # noqa: E731
-    return {"loss_first": mean(rows[:k]), "loss_last": mean(rows[-k:]), "steps": state.step, "steps_run": state.step - start,
+    mean = lambda rs, key="loss": sum(r[key] for r in rs) / len(rs) if rs else float("nan")  # noqa: E731
+    return {"loss_first": mean(rows[:k]), "loss_last": mean(rows[-k:]),
+            "diffusion_loss_last": mean(rows[-k:], "diffusion_loss"), "align_loss_last": mean(rows[-k:], "align_loss"),
+            "steps": state.step, "steps_run": state.step - start,
             "s_per_step": (sum(times[1:]) / (len(times) - 1)) if len(times) > 1 else (times[0] if times else float("nan")),
             "peak_mem_mb": _peak_mem_mb(accelerator.device), "completed": completed, "resumed_from": resumed_from,
             "skipped_checkpoints": skipped, "mixed_precision": mp, "device": str(accelerator.device), "n_params": n_params}

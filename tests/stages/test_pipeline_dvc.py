@@ -22,6 +22,7 @@ TINY = {
     "tokens": {"resolution": 32, "patch_size": 8, "uv_resolution": 32, "geo_patch_size": 8},
     "model": {"width": 32, "depth": 2, "heads": 2},
     "train": {"steps": 4, "checkpoint_every": 2, "batch_size": 1, "n_tgt": 2, "warmup_steps": 1},
+    "eval": {"n_targets": 2, "num_inference_steps": 2, "detect_min_side": 128},
 }
 
 

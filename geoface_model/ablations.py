@@ -1,0 +1,159 @@
+"""The three ablation variants (full; no alignment loss; no geometry stream), trained and evaluated with
+`dvc exp run`, and their comparison table (`make ablations`).
+
+    python -m geoface_model.ablations run     # one `dvc exp run --temp` per variant (train + evaluate each)
+    python -m geoface_model.ablations table   # `dvc exp show --json` -> docs/ablations.md (+ printed)
+
+Each variant is an experiment named `ablation-<variant>-<commit>`, run in a temporary copy of the
+workspace (`--temp`), so the workspace, its params.yaml and its outputs are left as they are; an experiment of
+the same name from an earlier run on the same commit is replaced. Upstream stages (captures ... dataset)
+are restored from the DVC cache, not re-run, so run `dvc repro` (or `make repro`) first. Every variant
+keeps every other parameter of params.yaml; the table records the commit and the settings it came from.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+VARIANTS: dict[str, list[str]] = {
+    "full": [],
+    "no_align_loss": ["loss.align_weight=0"],
+    "no_geometry_stream": ["model.geometry_stream=false"],
+}
+COLUMNS = [  # (metrics file, key, header)
+    ("metrics/eval.json", "psnr", "PSNR ↑"), ("metrics/eval.json", "ssim", "SSIM ↑"),
+    ("metrics/eval.json", "tsed", "TSED ↑"), ("metrics/eval.json", "landmark_fit_rmse_px", "landmark fit px ↓"),
+    ("metrics/eval.json", "mesh_alignment_px", "mesh↔view px ↓"),
+    ("metrics/eval.json", "geometry_error_mm", "geometry mm ↓"),
+    ("metrics/eval.json", "attention_hit_rate", "attention hit ↑"),
+    ("metrics/eval.json", "attention_chance", "chance"),
+    ("metrics/train.json", "diffusion_loss_last", "final diffusion loss ↓"),
+    ("metrics/train.json", "align_loss_last", "final alignment loss"),
+]
+DOC = Path("docs/ablations.md")
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def exp_name(variant: str, commit: str) -> str:
+    return f"ablation-{variant.replace('_', '-')}-{commit[:7]}"
+
+
+def run(variants: list[str]) -> None:
+    commit = _git("rev-parse", "HEAD")
+    dvc = os.environ.get("DVC", "dvc")
+    for v in variants:
+        name = exp_name(v, commit)
+        subprocess.run([dvc, "exp", "remove", name], capture_output=True)  # replace an earlier run of this commit
+        cmd = [dvc, "exp", "run", "--temp", "-n", name, *[a for s in VARIANTS[v] for a in ("-S", s)]]
+        print("$", " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True)
+
+
+def _metric(exp: dict, file: str, key: str):
+    data = (exp.get("data") or {}).get("metrics", {})
+    for path, content in data.items():
+        if path.endswith(file):
+            return (content.get("data") or {}).get(key)
+    return None
+
+
+def exp_show_json() -> list:
+    dvc = os.environ.get("DVC", "dvc")
+    return json.loads(subprocess.run([dvc, "exp", "show", "--json"], capture_output=True, text=True, check=True).stdout)
+
+
+def collect(commit: str, show: list) -> list[tuple[str, dict]]:
+    """[(variant, experiment record)] of this commit's ablation experiments in `dvc exp show --json` output."""
+    found: dict[str, dict] = {}
+    for rev in show:
+        for exp in rev.get("experiments") or []:
+            for r in exp.get("revs") or []:
+                for v in VARIANTS:
+                    if r.get("name") == exp_name(v, commit):
+                        found[v] = r
+    return [(v, found[v]) for v in VARIANTS if v in found]
+
+
+def _param(exp: dict, dotted: str):
+    node = ((exp.get("data") or {}).get("params") or {}).get("params.yaml", {}).get("data", {})
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _fmt(x) -> str:
+    if x is None:
+        return "—"
+    return f"{x:.4g}" if isinstance(x, float) else str(x)
+
+
+def table(out: Path = DOC, commit: str | None = None, show: list | None = None) -> str:
+    """Write the markdown table of `commit`'s ablation experiments (default: HEAD, `dvc exp show --json`)."""
+    commit = commit or _git("rev-parse", "HEAD")
+    rows = collect(commit, exp_show_json() if show is None else show)
+    if not rows:
+        raise SystemExit(f"no ablation experiments for commit {commit[:7]}: run `make ablations` (or "
+                         f"`python -m geoface_model.ablations run`) first")
+    head = "| variant | align_weight | geometry_stream | " + " | ".join(h for _, _, h in COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 3)]
+    for v, exp in rows:  # the params are read back from each experiment, not assumed
+        lines.append(f"| {v} | {_fmt(_param(exp, 'loss.align_weight'))} | {_fmt(_param(exp, 'model.geometry_stream'))} | "
+                     + " | ".join(_fmt(_metric(exp, f, k)) for f, k, _ in COLUMNS) + " |")
+    gt = [(f, k) for f, k in (("metrics/eval.json", "gt_tsed"), ("metrics/eval.json", "gt_landmark_fit_rmse_px"),
+                              ("metrics/eval.json", "gt_mesh_alignment_px"),
+                              ("metrics/eval.json", "baseline_copy_reference_psnr"),
+                              ("metrics/eval.json", "baseline_copy_reference_ssim"))]
+    ref = rows[0][1]
+    md = "\n".join([
+        "# Ablations",
+        "",
+        f"Generated by `python -m geoface_model.ablations table` on {datetime.date.today().isoformat()} from commit "
+        f"`{commit[:12]}` (experiments {', '.join(exp_name(v, commit) for v, _ in rows)}). Produce it with "
+        "`make ablations`. Every variant is trained and evaluated with the params.yaml of that commit, except:",
+        "",
+        *[f"- **{v}**: " + (", ".join(f"`{s}`" for s in VARIANTS[v]) or "params.yaml as committed") for v, _ in rows],
+        "",
+        "Metrics: `metrics/eval.json` of each experiment (definitions in docs/evaluation.md), held-out subjects.",
+        "",
+        *lines,
+        "",
+        "Reference values of the same evaluation (independent of the model): " + ", ".join(
+            f"`{k}` = {_fmt(_metric(ref, f, k))}" for f, k in gt) + ".",
+        "",
+        "The default pipeline is a CPU smoke-scale run (a few hundred training steps on a handful of synthetic "
+        "subjects). Read the table as what these settings produce, not as the paper's comparison.",
+        "",
+    ])
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(md)
+    os.replace(tmp, out)
+    print(md)
+    return md
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m geoface_model.ablations", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run the ablation experiments (dvc exp run --temp)")
+    r.add_argument("variants", nargs="*", help=f"some of {', '.join(VARIANTS)} (default: all)")
+    sub.add_parser("table", help=f"write {DOC} from dvc exp show")
+    a = ap.parse_args(argv)
+    if a.cmd == "run":
+        unknown = [v for v in a.variants if v not in VARIANTS]
+        if unknown:
+            ap.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+        run(a.variants or list(VARIANTS))
+    else:
+        table()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

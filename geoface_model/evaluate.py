@@ -1,0 +1,218 @@
+"""Evaluation of a trained GeoFace model on held-out subjects (the `evaluate` stage's library).
+
+Per sample (one frame of one held-out subject, all its views at the model resolution S):
+  * cameras in the head's canonical frame: the fitted head's rigid transform (posed vs canonical mesh of the
+    fit, `rigid_fit`) is applied to the capture cameras, so the generated UV map / mesh and the views share
+    one frame (the generated views themselves do not depend on it: the model sees relative cameras);
+  * reference = the most frontal view; targets = `n_targets` views with |yaw| <= `max_yaw_deg`, evenly spread
+    in yaw, in yaw order;
+  * `GeoFacePipeline` (seeded) -> target views, UV position map, mesh;
+  * metrics (geoface_model/metrics.py): PSNR / SSIM (/ LPIPS only with local weights) against the ground-truth
+    views; TSED on neighbouring generated views; landmark-fit RMSE (MediaPipe on the generated views, one head
+    fitted across them with step 3's bundle adjustment, cameras fixed); UV position-map error (mm) against the
+    fitted head the model was trained on; mesh-to-view alignment (the generated mesh's embedded landmarks
+    projected into the generated views vs MediaPipe's detections there, px); attention hit rate at the
+    supervised block(s) on the sample noised as in training.
+Every consistency metric is also computed on the ground-truth views (and the fitted mesh) — the value a
+perfect model would get at this resolution — and PSNR / SSIM of the trivial "copy the reference" answer,
+so the numbers can be read. Views are upscaled (cubic) to `detect_min_side` for SIFT and MediaPipe,
+identically for generated and ground-truth views; pixel figures are in the model's S×S pixels.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import torch
+
+from flame_fitting.camera import Camera
+from flame_fitting.landmarks_embed import interpolate_landmarks
+from flame_fitting.params import spec
+from flame_fitting.uv_checks import rigid_fit
+
+from .data import GeoFaceDataset, collate
+from .diffusion import make_noise_scheduler
+from .metrics import attention_hit_rate_batch, detect_landmarks, image_metrics, landmark_fit_rmse, posmap_error_mm, tsed
+
+
+@dataclass
+class EvalParams:
+    split: str = spec("test", "split of data/dataset to evaluate (held-out subjects)", choices=["train", "val", "test"])
+    n_targets: int = spec(4, "target views generated per sample", lo=1, hi=64)
+    max_yaw_deg: float = spec(75.0, "targets are chosen among views with |yaw| up to this (degrees)", lo=0.0, hi=180.0)
+    num_inference_steps: int = spec(25, "sampler steps", lo=1, hi=1000)
+    scheduler: str = spec("ddim", "sampler", choices=["ddim", "euler"])
+    guidance_scale: float = spec(1.0, "guidance on the reference (1 = conditional branch only)", lo=0.0, hi=20.0)
+    seed: int = spec(0, "seed of the initial noise (sample k uses seed + k)")
+    max_samples: int | None = spec(None, "evaluate at most this many samples (null = all)", lo=1)
+    lpips_weights: str | None = spec(None, "local LPIPS weights (docs/evaluation.md); null = LPIPS unavailable")
+    detect_min_side: int = spec(256, "views are upscaled to this side for SIFT and MediaPipe", lo=64, hi=2048)
+    export_3dgs: bool = spec(True, "write a 3DGS starting point (transforms.json, COLMAP, PLY) per sample")
+
+
+@dataclass
+class SampleResult:
+    name: str  # subject/sequence/frame
+    metrics: dict  # flat numbers (None = not computable, see "*_status")
+    views: list[dict]  # per target view: camera, yaw, psnr, ssim
+    reference: np.ndarray  # (S,S,3) uint8
+    gt: np.ndarray  # (N,S,S,3) uint8 ground-truth targets
+    generated: np.ndarray  # (N,S,S,3) uint8
+    cameras: list[Camera]  # reference + targets, canonical frame, S×S
+    posmap: np.ndarray | None  # (R,R,3) generated
+    gt_posmap: np.ndarray  # (R,R,3)
+    uv_mask: np.ndarray  # (R,R) bool
+    vertices: np.ndarray | None  # (V,3) generated mesh, canonical frame
+    fitted_vertices: np.ndarray  # (V,3) the fitted canonical mesh (training target)
+    notes: list[str] = field(default_factory=list)
+
+
+def canonical_transform(model, fit: dict, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fit arrays of one sequence, frame index k -> (4,4) canonical->world transform, (V,3) canonical vertices."""
+    t = lambda n: torch.as_tensor(fit[n][k:k + 1], dtype=torch.float32)  # noqa: E731
+    with torch.no_grad():
+        canon = model.canonical(t("shape"), t("expr"), t("jaw_pose"), neck_pose=t("neck_pose"), eye_pose=t("eye_pose"))
+    canon = canon[0].double().numpy()
+    R, tt, _ = rigid_fit(canon, np.asarray(fit["vertices"][k], np.float64))
+    T = np.eye(4)
+    T[:3, :3], T[:3, 3] = R, tt
+    return T, canon.astype(np.float32)
+
+
+def yaw_pitch(cameras: list[Camera], centre: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Degrees of each camera centre around the head centre in the canonical frame (face looks along +z, y up)."""
+    d = np.stack([c.center for c in cameras]).astype(np.float64) - centre
+    return np.degrees(np.arctan2(d[:, 0], d[:, 2])), np.degrees(np.arctan2(d[:, 1], np.hypot(d[:, 0], d[:, 2])))
+
+
+def choose_views(yaw: np.ndarray, pitch: np.ndarray, n_targets: int, max_yaw_deg: float) -> tuple[int, list[int]]:
+    """The most frontal view, and up to n_targets others with |yaw| <= max_yaw_deg spread evenly, in yaw order."""
+    ref = int(np.argmin(np.hypot(yaw, pitch)))
+    cand = sorted((i for i in range(len(yaw)) if i != ref and abs(yaw[i]) <= max_yaw_deg), key=lambda i: yaw[i])
+    if len(cand) > n_targets:
+        cand = [cand[int(round(x))] for x in np.linspace(0, len(cand) - 1, n_targets)]
+    return ref, cand
+
+
+def _u8(x: torch.Tensor) -> np.ndarray:
+    """(N,3,S,S) in [-1,1] -> (N,S,S,3) uint8."""
+    return ((x.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def _upscaled(images: np.ndarray, cams: list[Camera], side: int) -> tuple[list[np.ndarray], list[Camera]]:
+    s = max(1, int(math.ceil(side / images.shape[1])))
+    if s == 1:
+        return list(images), cams
+    size = images.shape[1] * s
+    return ([cv2.resize(im, (size, size), interpolation=cv2.INTER_CUBIC) for im in images],
+            [c.resized(size, size) for c in cams])
+
+
+def mesh_view_alignment(model, vertices: np.ndarray, cameras: list[Camera], points: list[np.ndarray]) -> dict:
+    """RMSE (px) between a mesh's embedded MediaPipe landmarks projected into views and the landmarks detected there."""
+    v = torch.as_tensor(np.asarray(vertices, np.float32))[None]
+    if not torch.isfinite(v).all():
+        return {"align_px": None, "align_status": "mesh not finite"}
+    lmk = interpolate_landmarks(v, model.faces, model.mp_face_idx, model.mp_bary)[0].double().numpy()
+    ids = model.mp_landmark_indices.numpy()
+    errs = []
+    for cam, p in zip(cameras, points):
+        det = np.asarray(p, np.float64)[ids]
+        ok = np.isfinite(det).all(1)
+        if ok.sum() >= 6:
+            uv, _ = cam.project(lmk)
+            errs.append(((uv - det)[ok] ** 2).sum(1))
+    if not errs:
+        return {"align_px": None, "align_status": "no view with landmarks"}
+    return {"align_px": float(np.sqrt(np.concatenate(errs).mean())), "align_status": f"{len(errs)} views"}
+
+
+def _finite(x):
+    return None if x is None or not np.isfinite(x) else float(x)
+
+
+def evaluate_sample(pipe, model, ds: GeoFaceDataset, i: int, fit: dict, frame_index: int, p: EvalParams,
+                    cfg) -> SampleResult:
+    """One held-out sample: generate, measure (module docstring). `fit`: its sequence's fit arrays."""
+    s, j = ds.items[i]
+    info = ds.metas[s].samples[j]
+    name = f"{info['subject']}/{info['sequence']}/{int(info['frame']):05d}"
+    V, S = ds.metas[s].n_views, ds.meta.resolution
+    full = ds.item(i, np.arange(V))
+    T, canon = canonical_transform(model, fit, frame_index)
+    cams = [Camera(K=full["K"][v].numpy(), world_to_cam=full["world_to_cam"][v].numpy().astype(np.float64) @ T,
+                   width=S, height=S, name=info["cameras"][v]) for v in range(V)]
+    yaw, pitch = yaw_pitch(cams, 0.5 * (canon.min(0) + canon.max(0)))
+    ref, tg = choose_views(yaw, pitch, p.n_targets, p.max_yaw_deg)
+    if len(tg) < 1:
+        raise ValueError(f"{name}: no target view within |yaw| <= {p.max_yaw_deg}")
+    images = _u8(full["images"])
+    tcams = [cams[t] for t in tg]
+    t0 = time.perf_counter()
+    out = pipe(images[ref], cams[ref], tcams, num_inference_steps=p.num_inference_steps, guidance_scale=p.guidance_scale,
+               seed=p.seed + i)
+    gen_s = time.perf_counter() - t0
+    gt = images[tg]
+    m: dict = {"generate_s": gen_s}
+    im = image_metrics(list(out.images), list(gt), p.lpips_weights)
+    m |= {"psnr": _finite(im["psnr"]), "ssim": im["ssim"], "lpips": im["lpips"], "lpips_status": im["lpips_status"]}
+    cp = image_metrics([images[ref]] * len(tg), list(gt))
+    m |= {"baseline_copy_reference_psnr": _finite(cp["psnr"]), "baseline_copy_reference_ssim": cp["ssim"]}
+    notes = []
+    for tag, views in (("", out.images), ("gt_", gt)):
+        if len(views) >= 2:
+            up, ucams = _upscaled(np.asarray(views), tcams, p.detect_min_side)
+            m[f"{tag}tsed"] = tsed(up, ucams)["tsed"]
+        else:
+            m[f"{tag}tsed"] = None
+        pts = detect_landmarks(list(views), p.detect_min_side)
+        lf = landmark_fit_rmse(model, tcams, pts)
+        m[f"{tag}landmark_fit_rmse_px"], m[f"{tag}landmark_views_detected"] = lf["lmk_rmse_px"], lf["lmk_views_detected"]
+        mesh = out.vertices if tag == "" else canon
+        if mesh is not None:
+            al = mesh_view_alignment(model, mesh, tcams, pts)
+            m[f"{tag}mesh_alignment_px"] = al["align_px"]
+        else:
+            m[f"{tag}mesh_alignment_px"] = None
+    if len(tg) < 2:
+        notes.append("one target view: TSED needs two")
+    gt_posmap = full["uv_posmap"].permute(1, 2, 0).numpy()
+    uv_mask = full["uv_mask"][0].numpy() > 0.5
+    if out.posmap is not None:
+        g = posmap_error_mm(out.posmap, gt_posmap, uv_mask)
+        m |= {"geometry_error_mm": g["geo_mean_mm"], "geometry_error_mm_p95": g["geo_p95_mm"]}
+        gen = torch.Generator("cpu").manual_seed(p.seed + i)
+        item = ds.item(i, np.array([ref, *tg]))
+        a = attention_hit_rate_batch(pipe.transformer, collate([item]), pipe.codec, make_noise_scheduler(cfg), cfg, gen,
+                                     pipe.transformer.device)
+        rates = [v for k, v in a.items() if k.startswith("hit_rate_l") and v is not None]
+        m |= {"attention_hit_rate": float(np.mean(rates)) if rates else None, "attention_chance": a["chance"]}
+    else:
+        m |= {"geometry_error_mm": None, "geometry_error_mm_p95": None, "attention_hit_rate": None,
+              "attention_chance": None}
+        notes.append("no geometry stream: no UV map, mesh or alignment attention")
+    per_view = []
+    for t, c, g1, g2 in zip(tg, tcams, out.images, gt):
+        v = image_metrics([g1], [g2])
+        per_view.append({"sample": name, "camera": c.name, "yaw_deg": round(float(yaw[t]), 2),
+                         "yaw_from_reference_deg": round(float(yaw[t] - yaw[ref]), 2), "psnr": _finite(v["psnr"]),
+                         "ssim": v["ssim"]})
+    return SampleResult(name, m, per_view, images[ref], gt, out.images, [cams[ref], *tcams], out.posmap, gt_posmap,
+                        uv_mask, out.vertices, canon, notes)
+
+
+def aggregate(results: list[SampleResult]) -> dict:
+    """Mean of every numeric metric over the samples where it is defined, with how many that was."""
+    keys = [k for k in results[0].metrics if not k.endswith("_status")]
+    out: dict = {}
+    for k in keys:
+        vals = [r.metrics.get(k) for r in results]
+        vals = [v for v in vals if v is not None]
+        out[k] = float(np.mean(vals)) if vals else None
+        if len(vals) != len(results):
+            out[f"{k}_n"] = len(vals)
+    out["lpips_status"] = results[0].metrics["lpips_status"]
+    return out
