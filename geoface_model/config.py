@@ -52,7 +52,7 @@ class ModelConfig:
     mlp_ratio: float = spec(4.0, "MLP hidden width / width", lo=1.0)
     geometry_stream: bool = spec(True, "add the geometry frame (noisy canonical UV position map); false = appearance-only ablation")
     align_layers: list[int] | None = spec(None, "blocks whose app↔geo attention is supervised; null = the middle block depth // 2", lo=0)
-    prediction_type: str = spec("epsilon", "what the network predicts", choices=["epsilon", "v_prediction"])
+    prediction_type: str = spec("epsilon", "what the network predicts", choices=["epsilon", "v_prediction", "sample"])
     camera_scale: float = spec(2.0, "SEVA normalisation: distance of the reference camera to the views' centroid", lo=1e-3)
     gradient_checkpointing: bool = spec(False, "recompute block activations in the backward pass (saves memory)")
 

@@ -62,7 +62,7 @@ def prepare_inputs(batch: dict, codec: LatentCodec, scheduler: DDPMScheduler, cf
     tt = t[:, : V - n_ref].reshape(-1)
     flat = lambda a: a.reshape(-1, *a.shape[2:])  # noqa: E731
     noisy = scheduler.add_noise(flat(x0_t), flat(noise), tt).reshape(x0_t.shape)
-    target = noise if cfg.model.prediction_type == "epsilon" else scheduler.get_velocity(flat(x0_t), flat(noise), tt).reshape(x0_t.shape)
+    target = _target(cfg.model.prediction_type, scheduler, flat(x0_t), flat(noise), tt).reshape(x0_t.shape)
     kwargs = dict(app=torch.cat([x0[:, :n_ref], noisy], 1),
                   timesteps=torch.cat([torch.zeros(B, n_ref, dtype=t.dtype, device=device), t], 1),
                   plucker=plucker,
@@ -73,8 +73,18 @@ def prepare_inputs(batch: dict, codec: LatentCodec, scheduler: DDPMScheduler, cf
         g_noise = torch.randn(g0.shape, generator=generator, device=generator.device).to(device)
         tg = t[:, -1]
         kwargs["geo"] = scheduler.add_noise(g0, g_noise, tg)
-        target_geo = g_noise if cfg.model.prediction_type == "epsilon" else scheduler.get_velocity(g0, g_noise, tg)
+        target_geo = _target(cfg.model.prediction_type, scheduler, g0, g_noise, tg)
     return kwargs, target, target_geo
+
+
+def _target(prediction_type: str, scheduler: DDPMScheduler, x0: torch.Tensor, noise: torch.Tensor,
+            t: torch.Tensor) -> torch.Tensor:
+    """What the network is trained to output: ε ("epsilon"), v ("v_prediction") or x0 ("sample")."""
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "sample":
+        return x0
+    return scheduler.get_velocity(x0, noise, t)
 
 
 def training_losses(model, batch: dict, codec: LatentCodec, scheduler: DDPMScheduler, cfg: GeoFaceConfig,

@@ -158,18 +158,24 @@ class OracleTransformer(GeoFaceTransformer):
             ab = 1 / (1 + s.sigmas[s.step_index] ** 2)
         else:
             ab = s.alphas_cumprod[int(t)]
-        eps = lambda x, x0: (x - ab.sqrt() * x0) / (1 - ab).sqrt()  # noqa: E731
+        kind = self.config.prediction_type
+
+        def pred(x, x0):
+            e = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
+            return {"epsilon": e, "sample": x0 + 0 * x, "v_prediction": ab.sqrt() * e - (1 - ab).sqrt() * x0}[kind]
         out_app = torch.zeros_like(app)
-        out_app[:, n_ref:] = eps(app[:, n_ref:], self.app0)
-        return GeoFaceOutput(app=out_app, geo=eps(geo, self.geo0))
+        out_app[:, n_ref:] = pred(app[:, n_ref:], self.app0)
+        return GeoFaceOutput(app=out_app, geo=pred(geo, self.geo0))
 
 
-@pytest.mark.parametrize("kind", ["ddim", "euler"])
-def test_perfect_model_recovers_the_data(kind):
-    """With the exact ε at every step, deterministic DDIM and Euler both end at the clean targets: checks the
-    timesteps, the flattening of targets + geometry, the reference handling and the decoding of the loop."""
+@pytest.mark.parametrize("kind,prediction", [("ddim", "epsilon"), ("euler", "epsilon"), ("ddim", "sample"),
+                                             ("ddim", "v_prediction"), ("euler", "v_prediction")])
+def test_perfect_model_recovers_the_data(kind, prediction):
+    """With the exact ε (or x0, or v) at every step, deterministic DDIM and Euler both end at the clean targets:
+    checks the timesteps, the flattening of targets + geometry, the reference handling, the decoding of the loop
+    and that the model's prediction type reaches the scheduler."""
     torch.manual_seed(0)
-    oracle = OracleTransformer(width=32, depth=1, heads=2).eval()
+    oracle = OracleTransformer(width=32, depth=1, heads=2, prediction_type=prediction).eval()
     p = GeoFacePipeline.build(oracle, layout=grid_layout(), resolution=S, uv_resolution=R, scheduler=kind)
     rng = np.random.default_rng(5)
     views = rng.integers(0, 256, (2, S, S, 3)).astype(np.uint8)
