@@ -27,16 +27,24 @@ of the nose tip (MediaPipe point 1 when embedded, else the front-most template v
   vertex_error_mm_mediapipe       real MediaPipe landmarks: a default-like synthetic capture (pipelines.synthetic;
                                   3 subjects × 2 frames × 16 cameras at 512², yaw -90°…90°, seed 1) rendered in a
                                   temporary folder, landmarks detected with landmark_set.detect_capture, each
-                                  sequence fitted with the default FitConfig; mean face-region vertex error against
-                                  gt.npz "vertices" (world frame); *_head: whole head; s_per_frame_mediapipe: fit
-                                  time / fitted frame; *_no_noise_model: the same fits with noise_model=False;
-                                  mediapipe_detection_rate, mediapipe_frames_fitted / _ok, mediapipe_s (wall time
-                                  of this part: render + detect + fits)
+                                  sequence fitted with the default FitConfig, i.e. with the MediaPipe embedding
+                                  calibrated by flame_fitting.landmark_calibration on calibration subjects of another
+                                  generator seed (MP_CALIBRATION: 8 subjects × 2 frames × 16 cameras, seed 1000;
+                                  disjoint identities, but the same source photo texture, see docs/fitting.md);
+                                  mean face-region vertex error against gt.npz "vertices" (world frame); *_head: whole
+                                  head; s_per_frame_mediapipe: fit time / fitted frame; *_no_noise_model: the same
+                                  fits with noise_model=False; *_uncalibrated[_no_noise_model]: with the original
+                                  embedding (calibrated_embedding=False); mediapipe_calibration: its settings and
+                                  provenance summary; mediapipe_detection_rate, mediapipe_frames_fitted / _ok,
+                                  mediapipe_s (wall time of this part: calibration + render + detect + fits)
+The head model folder is copied without any calibrated embedding it may have (the GT-landmark figures fit the
+original embedding, whose projections they are); the MediaPipe part calibrates that copy itself.
 Run: python benchmarks/fit.py   (last line: JSON)
 """
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -54,10 +62,14 @@ from flame_fitting.head_model import HeadModel  # noqa: E402
 
 N_FRAMES, N_CAMS, N_BAD, N_DRAWS = 8, 16, 3, 3
 MP_CAPTURE = {"subjects": 3, "frames": 2, "cameras": 16, "resolution": 512, "seed": 1}
-MP_KEYS = ["mediapipe_detection_rate", "vertex_error_mm_mediapipe", "vertex_error_mm_mediapipe_head",
-           "s_per_frame_mediapipe", "vertex_error_mm_mediapipe_no_noise_model",
-           "vertex_error_mm_mediapipe_no_noise_model_head", "s_per_frame_mediapipe_no_noise_model",
-           "mediapipe_frames_fitted", "mediapipe_frames_ok", "mediapipe_s"]
+MP_CALIBRATION = {"subjects": 8, "frames": 2, "cameras": 16, "resolution": 512, "seed": 1000}
+assert MP_CALIBRATION["seed"] != MP_CAPTURE["seed"], "calibration and evaluation subjects must differ"
+MP_VARIANTS = {"": {}, "_no_noise_model": {"noise_model": False}, "_uncalibrated": {"calibrated_embedding": False},
+               "_uncalibrated_no_noise_model": {"calibrated_embedding": False, "noise_model": False}}
+MP_KEYS = ["mediapipe_detection_rate", "mediapipe_calibration", "mediapipe_frames_fitted", "mediapipe_frames_ok",
+           "mediapipe_s", *[f"{k}{v}{h}" for v in MP_VARIANTS for k, h in (
+               ("vertex_error_mm_mediapipe", ""), ("vertex_error_mm_mediapipe", "_head"), ("s_per_frame_mediapipe", ""))]]
+CALIBRATED_FILES = "mediapipe_landmark_embedding_calibrated.*"
 
 
 def load_head(tmp: Path) -> tuple[HeadModel, str]:
@@ -65,6 +77,7 @@ def load_head(tmp: Path) -> tuple[HeadModel, str]:
     if folder.exists():
         label = f"data/head_model ({json.loads((folder / 'head_model.json').read_text()).get('kind', '?')})" if (
             folder / "head_model.json").exists() else "data/head_model"
+        folder = Path(shutil.copytree(folder, tmp / "head_model", ignore=shutil.ignore_patterns(CALIBRATED_FILES)))
     else:
         try:
             from flame_fitting.standin.build import build_standin
@@ -107,30 +120,40 @@ def main() -> None:
             out.update({k: None for k in MP_KEYS}, mediapipe_error=f"{type(e).__name__}: {e}")
     print(f"fit on MediaPipe landmarks ({MP_CAPTURE['subjects']} subjects × {MP_CAPTURE['frames']} frames, "
           f"{MP_CAPTURE['cameras']} views at {MP_CAPTURE['resolution']}²): face vertex error "
-          f"{out['vertex_error_mm_mediapipe']} mm (whole head {out['vertex_error_mm_mediapipe_head']} mm; without the "
-          f"noise model {out['vertex_error_mm_mediapipe_no_noise_model']} mm), {out['s_per_frame_mediapipe']} s/frame")
+          f"{out['vertex_error_mm_mediapipe']} mm with the calibrated embedding (uncalibrated "
+          f"{out['vertex_error_mm_mediapipe_uncalibrated']} mm; whole head {out['vertex_error_mm_mediapipe_head']} mm; "
+          f"without the noise model {out['vertex_error_mm_mediapipe_no_noise_model']} / "
+          f"{out['vertex_error_mm_mediapipe_uncalibrated_no_noise_model']} mm), {out['s_per_frame_mediapipe']} s/frame")
     print(json.dumps(out))
 
 
 def run_mediapipe(head: HeadModel, face: np.ndarray, tmp: Path) -> dict:
-    """Render a synthetic capture of `head`, detect MediaPipe landmarks, fit every sequence (default FitConfig and
-    noise_model=False), score against the ground truth. Keys: see the module docstring."""
+    """Calibrate the MediaPipe embedding of `head`'s folder (MP_CALIBRATION), render a synthetic capture of another
+    seed (MP_CAPTURE), detect MediaPipe landmarks, fit every sequence (MP_VARIANTS of the default FitConfig), score
+    against the ground truth. Keys: see the module docstring."""
     from flame_fitting.capture import load_capture
     from flame_fitting.fit_capture import gt_vertex_errors
+    from flame_fitting.landmark_calibration import CalibrationConfig, calibrate_head_model
     from flame_fitting.landmark_set import detect_capture
     from pipelines.synthetic import SyntheticConfig, generate
 
     t0 = time.perf_counter()
+    prov = calibrate_head_model(head.folder, CalibrationConfig(**MP_CALIBRATION), work_dir=tmp)
+    head = HeadModel.from_folder(head.folder, head.n_shape, head.n_expr)
+    assert head.has_calibrated_embedding
     generate(Path(head.folder), tmp / "cap", SyntheticConfig(**MP_CAPTURE), progress=False)
     cap = load_capture(tmp / "cap")
     ls = detect_capture(cap, progress=False)
-    out = {"mediapipe_detection_rate": round(float(ls.table.detected.mean()), 4)}
-    for key, cfg in (("", FitConfig()), ("_no_noise_model", FitConfig(noise_model=False))):
+    out = {"mediapipe_detection_rate": round(float(ls.table.detected.mean()), 4),
+           "mediapipe_calibration": {**MP_CALIBRATION, **{k: prov[k] for k in (
+               "texture_photo", "n_views_used", "n_calibrated", "n_kept_contour", "n_kept_few_samples",
+               "mean_shift_mm", "max_shift_mm", "total_s")}}}
+    for key, kw in MP_VARIANTS.items():
         rows, fit_s, n_fit, n_ok = [], 0.0, 0, 0
         for subject, sequence in cap.sequences():
             t = time.perf_counter()
-            fit = fit_sequence(head, cap.cameras(subject, sequence), ls.for_sequence(subject, sequence), cfg,
-                               progress=False, subject=subject, sequence=sequence)
+            fit = fit_sequence(head, cap.cameras(subject, sequence), ls.for_sequence(subject, sequence),
+                               FitConfig(**kw), progress=False, subject=subject, sequence=sequence)
             fit_s += time.perf_counter() - t
             n_fit += len(fit.params)
             n_ok += sum(s.status == "ok" for s in fit.status.values())

@@ -123,7 +123,14 @@ def fit_capture(cap: Capture, ls: LandmarkSet, model: HeadModel, cfg: FitConfig,
             write_overlays(cap, subject, sequence, fit, model, ls, overlay_dir)
     (tmp / "failures.json").write_text(json.dumps(failures, indent=1))
     replace_dir(tmp, out)
-    return summarise(residuals, errors, failures, histories, timings, statuses)
+    metrics = summarise(residuals, errors, failures, histories, timings, statuses)
+    metrics["mediapipe_embedding"] = embedding_used(model, cfg)
+    return metrics
+
+
+def embedding_used(model: HeadModel, cfg: FitConfig) -> str:
+    """Which MediaPipe embedding `fit_sequence` fits `model` with under `cfg`: "calibrated" | "original"."""
+    return "calibrated" if cfg.calibrated_embedding and model.has_calibrated_embedding else "original"
 
 
 def summarise(residuals, errors, failures, histories, timings, statuses) -> dict:

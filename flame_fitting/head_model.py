@@ -9,10 +9,18 @@ Parameters (FLAME frame: y up, face along +z, metres; rotations are axis-angle):
   shape (B, n_shape), expr (B, n_expr), global_orient (B, 3), neck_pose (B, 3), jaw_pose (B, 3),
   eye_pose (B, 6) = [left eye | right eye], transl (B, 3).
 Joints (FLAME order): 0 root, 1 neck, 2 jaw, 3 left eye, 4 right eye.
+
+MediaPipe embedding: `mp_face_idx` / `mp_bary` are the folder's `mediapipe_landmark_embedding.npz`
+(what the synthetic generator textures through). When the folder also has
+`mediapipe_landmark_embedding_calibrated.npz` (written by `flame_fitting.landmark_calibration`: the
+surface points MediaPipe actually reports on renders of this model), it is validated and held as
+`mp_face_idx_calibrated` / `mp_bary_calibrated`; `with_mediapipe_embedding(calibrated=True)` returns a
+view of the model that uses it (the fitter does so with `FitConfig.calibrated_embedding`).
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import tempfile
 from dataclasses import dataclass
@@ -22,8 +30,26 @@ import smplx
 import torch
 from torch import Tensor, nn
 
-from flame_fitting.flame_io import STATIC_EMBEDDING, FlameFolder, HeadModelError, load_flame_folder
+from flame_fitting.flame_io import (STATIC_EMBEDDING, Embedding, FlameFolder, HeadModelError, load_flame_folder,
+                                    load_mediapipe_embedding)
 from flame_fitting.landmarks_embed import interpolate_landmarks
+
+CALIBRATED_EMBEDDING = "mediapipe_landmark_embedding_calibrated.npz"   # beside the original, same keys
+CALIBRATION_JSON = "mediapipe_landmark_embedding_calibrated.json"      # its provenance
+
+
+def load_calibrated_embedding(info: FlameFolder) -> Embedding | None:
+    """The folder's calibrated MediaPipe embedding (None when absent), validated like the original and
+    required to cover the same MediaPipe ids in the same order."""
+    path = info.path / CALIBRATED_EMBEDDING
+    if not path.exists():
+        return None
+    emb = load_mediapipe_embedding(path, info.n_faces)
+    if not (emb.landmark_indices.shape == info.mediapipe.landmark_indices.shape
+            and (emb.landmark_indices == info.mediapipe.landmark_indices).all()):
+        raise HeadModelError(f"{path}: key 'landmark_indices' differs from the one of mediapipe_landmark_embedding.npz "
+                             f"(a calibration of another embedding); re-run the calibration or delete the file")
+    return emb
 
 
 @dataclass
@@ -64,6 +90,13 @@ class HeadModel(nn.Module):
         self.register_buffer("mp_face_idx", torch.as_tensor(mp.face_idx, dtype=torch.long))    # (L,)
         self.register_buffer("mp_bary", torch.as_tensor(mp.bary, dtype=dtype))                 # (L, 3)
         self.register_buffer("mp_landmark_indices", torch.as_tensor(mp.landmark_indices, dtype=torch.long))  # (L,)
+        self.register_buffer("mp_face_idx_original", self.mp_face_idx)
+        self.register_buffer("mp_bary_original", self.mp_bary)
+        cal = load_calibrated_embedding(info)
+        self.register_buffer("mp_face_idx_calibrated", None if cal is None else torch.as_tensor(cal.face_idx,
+                                                                                                 dtype=torch.long))
+        self.register_buffer("mp_bary_calibrated", None if cal is None else torch.as_tensor(cal.bary, dtype=dtype))
+        self.mp_embedding = "original"  # which embedding mp_face_idx / mp_bary hold: "original" | "calibrated"
         ib = info.ibug68
         self.register_buffer("lmk68_face_idx", None if ib is None else torch.as_tensor(ib.face_idx, dtype=torch.long))
         self.register_buffer("lmk68_bary", None if ib is None else torch.as_tensor(ib.bary, dtype=dtype))
@@ -92,6 +125,28 @@ class HeadModel(nn.Module):
                                      f"python -m flame_fitting.flame_io convert {info.model_file} "
                                      f"{info.path / 'FLAME_NEUTRAL.npz'}") from None
         return cls(flame, info, n_shape, n_expr, dtype).to(device)
+
+    @property
+    def has_calibrated_embedding(self) -> bool:
+        return self.mp_face_idx_calibrated is not None
+
+    def with_mediapipe_embedding(self, calibrated: bool) -> HeadModel:
+        """This model with the original (False) or calibrated (True) MediaPipe embedding in `mp_face_idx` /
+        `mp_bary` (and so in `landmarks_mp`): a shallow view sharing every other buffer and the smplx module
+        (move the model with `.to` before taking views); `self` when it already uses that embedding. Raises
+        HeadModelError when the calibrated one is asked and the folder has none (see `has_calibrated_embedding`)."""
+        want = "calibrated" if calibrated else "original"
+        if want == self.mp_embedding:
+            return self
+        if calibrated and not self.has_calibrated_embedding:
+            raise HeadModelError(f"{self.folder}: no {CALIBRATED_EMBEDDING} (run flame_fitting.landmark_calibration "
+                                 f"or the head_model stage with calibrate_landmarks)")
+        new = copy.copy(self)
+        new._buffers = dict(self._buffers)
+        new._buffers["mp_face_idx"] = self._buffers[f"mp_face_idx_{want}"]
+        new._buffers["mp_bary"] = self._buffers[f"mp_bary_{want}"]
+        new.mp_embedding = want
+        return new
 
     @property
     def v_template(self) -> Tensor:
@@ -138,7 +193,8 @@ class HeadModel(nn.Module):
         return self.forward(shape=shape, expr=expr, jaw_pose=jaw_pose, neck_pose=neck_pose, eye_pose=eye_pose).vertices
 
     def extra_repr(self) -> str:
-        return f"kind={self.kind}, n_shape={self.n_shape}, n_expr={self.n_expr}, V={self.n_vertices}, F={self.n_faces}"
+        return (f"kind={self.kind}, n_shape={self.n_shape}, n_expr={self.n_expr}, V={self.n_vertices}, "
+                f"F={self.n_faces}, mediapipe_embedding={self.mp_embedding}")
 
 
 def load_head_model(path: Path | str, n_shape: int | None = None, n_expr: int | None = None, device="cpu") -> HeadModel:

@@ -49,6 +49,9 @@ class FitConfig:
     noise_dense_factor: float = spec(10.0, "extra factor on the excess variance of MediaPipe's dense surface points "
                                            "(not contour, lips, eyes, brows, iris or nose): MediaPipe places them with "
                                            "its mesh model, so neighbours share their errors", lo=1.0)
+    calibrated_embedding: bool = spec(True, "fit with the head model's detector-calibrated MediaPipe embedding "
+                                            "(mediapipe_landmark_embedding_calibrated.npz, flame_fitting."
+                                            "landmark_calibration) when its folder has one; false = the original")
     refine_cameras: bool = spec(False, "bundle adjustment: refine each camera's extrinsics jointly with the head")
     refine_focal: bool = spec(False, "also refine a per-camera focal scale (needs refine_cameras)")
     camera_rot_sigma_deg: float = spec(2.0, "prior σ of a camera's rotation correction (degrees)", lo=1e-6)

@@ -152,8 +152,12 @@ def fit_sequence(model: HeadModel, cameras: dict[str, Camera], observations: dic
     `.points` / `.detected`); confidences: optional {frame: {camera: (478,)}} >= 0; init: optional initial
     parameters per frame (e.g. a previous fit; identity is taken from the first frame's shape), otherwise
     triangulation + similarity alignment. subject / sequence only label the report and log messages.
+    With cfg.calibrated_embedding the model's calibrated MediaPipe embedding is used when it has one
+    (`HeadModel.with_mediapipe_embedding`); `fit_capture` reports which.
     """
     cfg = cfg or FitConfig()
+    if cfg.calibrated_embedding and model.has_calibrated_embedding:
+        model = model.with_mediapipe_embedding(calibrated=True)
     with _torch_threads(cfg.threads), torch.no_grad():
         return _fit(model, cameras, observations, cfg, progress, confidences, init, subject, sequence)
 

@@ -14,7 +14,8 @@ BIN = Path(sys.executable).parent
 
 # the smallest settings that still exercise every stage
 TINY = {
-    "head_model": {"n_shape": 10, "n_expr": 10},
+    "head_model": {"n_shape": 10, "n_expr": 10,
+                   "calibration": {"subjects": 2, "frames": 1, "cameras": 8, "resolution": 192}},
     "captures": {"synthetic": {"subjects": 3, "frames": 1, "cameras": 6, "resolution": 192,
                                "yaw_range_deg": [-45.0, 45.0], "texture_resolution": 256}},
     "fit": {"iterations": 10},
