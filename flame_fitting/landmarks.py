@@ -1,19 +1,31 @@
 """MediaPipe FaceMesh landmarks (478 points, refine_landmarks=True, static images) on many images.
 
-Images are decoded and processed in parallel worker processes (each with its own FaceMesh);
-one bad image never stops the run: it gets `detected=False` and a `reason`:
+`detect_files` decodes and detects in `workers` threads of this process (the calling thread is
+one), each with its own FaceMesh graph: MediaPipe releases the GIL while a graph runs and
+cv2.imread while it decodes, so threads use every core without the seconds a process pool
+spends starting and importing MediaPipe in each worker. While the calling thread imports
+MediaPipe and builds its graph, the other threads decode images ahead (at most
+`LOOKAHEAD_BYTES` of pixels each). Graphs are kept for later calls. Results come in input order. One bad image never stops the run: it gets `detected=False`
+and a `reason`:
   "unreadable"  the file is missing or not a decodable image
   "wrong_size"  its size differs from what the manifest/camera says
   "no_face"     MediaPipe found no face
 
 Coordinates are pixels in geoface's convention (pixel centres at +0.5): MediaPipe's normalised
-x, y times width, height. `score` is the face-detection confidence of MediaPipe's short-range
-face detector on the same image (0 when none), `box` the landmarks' bounding box (x0, y0, x1, y1).
+x, y times width, height. `box` is the landmarks' bounding box (x0, y0, x1, y1).
+`score` in [0, 1] is the confidence of MediaPipe's short-range face detector (BlazeFace,
+face_detection_short_range.tflite) for the face the mesh was fitted to: FaceMesh runs that
+detector on the whole image first and fits the mesh inside its box, so the score is read from
+the same graph run (its `face_detections` stream) instead of a second detector pass. It equals
+what `mediapipe.solutions.face_detection.FaceDetection(model_selection=0)` reports on the image
+(same model, same input), is >= 0.5 whenever a face is detected (FaceMesh's detection
+threshold) and 0 when none is.
 """
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +33,17 @@ import cv2
 import numpy as np
 
 N_LANDMARKS = 478
+LOOKAHEAD_BYTES = 64 << 20  # decoded pixels a thread may hold while MediaPipe loads (81 images at 512²)
 
-_WORKER: dict = {}
+# FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=True, min_detection_confidence=0.5) as
+# mediapipe.solutions.face_mesh builds it, plus the graph's face detections as a second output.
+_GRAPH = "mediapipe/modules/face_landmark/face_landmark_front_cpu.binarypb"
+_SIDE_INPUTS = {"num_faces": 1, "with_attention": True, "use_prev_landmarks": False}
+_CALCULATOR_PARAMS = {
+    "facedetectionshortrangecpu__facedetectionshortrange__facedetection__TensorsToDetectionsCalculator"
+    ".min_score_thresh": 0.5,
+    "facelandmarkcpu__ThresholdingCalculator.threshold": 0.5,
+}
 
 
 @dataclass
@@ -34,13 +55,31 @@ class LandmarkResult:
     box: np.ndarray  # (4,) float32 x0, y0, x1, y1 (NaN when not detected)
 
 
-def _init_worker() -> None:
-    import mediapipe as mpipe
+def _new_mesh():
+    from mediapipe.python.solution_base import SolutionBase
 
-    cv2.setNumThreads(1)
-    _WORKER["mesh"] = mpipe.solutions.face_mesh.FaceMesh(
-        static_image_mode=True, max_num_faces=1, refine_landmarks=True, min_detection_confidence=0.5)
-    _WORKER["det"] = mpipe.solutions.face_detection.FaceDetection(model_selection=0, min_detection_confidence=0.2)
+    return SolutionBase(binary_graph_path=_GRAPH, side_inputs=_SIDE_INPUTS, calculator_params=_CALCULATOR_PARAMS,
+                        outputs=["multi_face_landmarks", "face_detections"])
+
+
+class MeshPool:
+    """FaceMesh graphs for threads: one graph serves one thread at a time (a graph's `process` is not
+    re-entrant); graphs are built on demand (the first one imports MediaPipe) and kept for reuse."""
+
+    def __init__(self) -> None:
+        self._free: list = []
+        self._lock = threading.Lock()
+
+    def acquire(self):
+        with self._lock:
+            return self._free.pop() if self._free else _new_mesh()
+
+    def release(self, mesh) -> None:
+        with self._lock:
+            self._free.append(mesh)
+
+
+_POOL = MeshPool()
 
 
 def _empty(reason: str) -> LandmarkResult:
@@ -48,46 +87,106 @@ def _empty(reason: str) -> LandmarkResult:
     return LandmarkResult(False, reason, nan, 0.0, np.full(4, np.nan, np.float32))
 
 
-def detect_rgb(rgb: np.ndarray) -> LandmarkResult:
-    """Landmarks of the (largest-confidence) face in an (H,W,3) uint8 RGB image (in this process)."""
-    if "mesh" not in _WORKER:
-        _init_worker()
+def _detect(mesh, rgb: np.ndarray) -> LandmarkResult:
+    """FaceMesh on (H,W,3) uint8 RGB with `mesh` (a graph from `MeshPool`)."""
     h, w = rgb.shape[:2]
-    res = _WORKER["mesh"].process(rgb)
+    res = mesh.process({"image": rgb})
     if not res.multi_face_landmarks:
         return _empty("no_face")
     lm = res.multi_face_landmarks[0].landmark
-    pts = np.array([[p.x * w, p.y * h] for p in lm], np.float32)
-    det = _WORKER["det"].process(rgb)
-    score = max((d.score[0] for d in (det.detections or [])), default=0.0)
+    pts = (np.array([(p.x, p.y) for p in lm]) * (w, h)).astype(np.float32)
+    score = max((d.score[0] for d in (res.face_detections or [])), default=0.0)
     box = np.array([pts[:, 0].min(), pts[:, 1].min(), pts[:, 0].max(), pts[:, 1].max()], np.float32)
     return LandmarkResult(True, "", pts, float(score), box)
 
 
-def _detect_path(args: tuple[str, int | None, int | None]) -> LandmarkResult:
-    path, width, height = args
-    img = cv2.imread(path, cv2.IMREAD_COLOR)
+def detect_rgb(rgb: np.ndarray) -> LandmarkResult:
+    """Landmarks of the (most confident) face in an (H,W,3) uint8 RGB image, in the calling thread."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"detect_rgb: need an (H,W,3) uint8 RGB image, got {rgb.shape} {rgb.dtype}")
+    mesh = _POOL.acquire()
+    try:
+        return _detect(mesh, rgb)
+    finally:
+        _POOL.release(mesh)
+
+
+Job = tuple[str, int | None, int | None]  # path, expected width, expected height
+
+
+def _decode(job: Job) -> np.ndarray | LandmarkResult:
+    """(H,W,3) uint8 RGB image of a job, or the failed result if it is unreadable or has the wrong size."""
+    path, width, height = job
+    img = cv2.imread(path, cv2.IMREAD_COLOR_RGB)
     if img is None:
         return _empty("unreadable")
     if width is not None and (img.shape[1], img.shape[0]) != (width, height):
         return _empty("wrong_size")
-    return detect_rgb(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
+    return img
+
+
+class _Run:
+    """One `detect_files` call: a shared job counter, results in input order, and the progress bar."""
+
+    def __init__(self, jobs: list[Job], pool: MeshPool, bar) -> None:
+        self.jobs, self.pool, self.bar = jobs, pool, bar
+        self.results: list[LandmarkResult | None] = [None] * len(jobs)
+        self.ready = threading.Event()  # set once the calling thread has a graph (MediaPipe imported)
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> int | None:
+        with self._lock:
+            i, self._next = self._next, self._next + 1
+        return i if i < len(self.jobs) else None
+
+    def finish(self, mesh, i: int, img: np.ndarray | LandmarkResult) -> None:
+        """Store job i's result: FaceMesh on img with `mesh`, or img itself when decoding already failed."""
+        self.results[i] = _detect(mesh, img) if isinstance(img, np.ndarray) else img
+        with self._lock:
+            self.bar.update(1)
+
+    def work(self, loader: bool) -> None:
+        """Process jobs until none is left; non-loader threads decode ahead until the loader has its graph."""
+        backlog, held = [], 0
+        if loader:
+            mesh = self.pool.acquire()
+            self.ready.set()
+        else:
+            while not self.ready.is_set() and held < LOOKAHEAD_BYTES and (i := self.take()) is not None:
+                backlog.append((i, img := _decode(self.jobs[i])))
+                held += img.nbytes if isinstance(img, np.ndarray) else 0
+            mesh = self.pool.acquire()
+        try:
+            for i, img in backlog:
+                self.finish(mesh, i, img)
+            while (i := self.take()) is not None:
+                self.finish(mesh, i, _decode(self.jobs[i]))
+        finally:
+            self.pool.release(mesh)
 
 
 def detect_files(paths: list[str | Path], sizes: list[tuple[int, int]] | None = None, workers: int | None = None,
-                 progress: bool = True, desc: str = "landmarks") -> list[LandmarkResult]:
-    """Detect landmarks on image files in parallel. `sizes` (width, height) per file are checked if given."""
+                 progress: bool = True, desc: str = "landmarks", pool: MeshPool | None = None) -> list[LandmarkResult]:
+    """Detect landmarks on image files with `workers` threads (default: one per core), results in input order.
+    `sizes` (width, height) per file are checked if given. `pool` defaults to the module's graphs."""
     from tqdm import tqdm
 
+    if sizes is not None and len(sizes) != len(paths):
+        raise ValueError(f"detect_files: {len(sizes)} sizes for {len(paths)} paths")
     jobs = [(str(p), *(sizes[i] if sizes is not None else (None, None))) for i, p in enumerate(paths)]
-    workers = workers or min(len(jobs), os.cpu_count() or 1)
-    if workers <= 1 or len(jobs) < 8:
-        return [_detect_path(j) for j in tqdm(jobs, desc=desc, disable=not progress)]
-    ctx = mp.get_context("spawn")  # MediaPipe's threads do not survive fork
-    chunk = max(1, min(32, len(jobs) // (4 * workers)))
-    with ctx.Pool(workers, initializer=_init_worker) as pool:
-        return list(tqdm(pool.imap(_detect_path, jobs, chunksize=chunk), total=len(jobs), desc=desc,
-                         disable=not progress))
+    workers = max(1, min(len(jobs), workers or os.cpu_count() or 1))
+    with tqdm(total=len(jobs), desc=desc, disable=not progress) as bar:
+        run = _Run(jobs, pool or _POOL, bar)
+        with ThreadPoolExecutor(max(1, workers - 1)) as ex:  # the calling thread is a worker too
+            helpers = [ex.submit(run.work, False) for _ in range(workers - 1)]
+            try:
+                run.work(True)
+            finally:
+                run.ready.set()  # never leave a helper waiting if the loader failed
+            for h in helpers:
+                h.result()  # re-raise a helper's unexpected error
+    return run.results
 
 
 def results_to_arrays(results: list[LandmarkResult]) -> dict[str, np.ndarray]:
