@@ -5,11 +5,12 @@ one), each with its own FaceMesh graph: MediaPipe releases the GIL while a graph
 cv2.imread while it decodes, so threads use every core without the seconds a process pool
 spends starting and importing MediaPipe in each worker. While the calling thread imports
 MediaPipe and builds its graph, the other threads decode images ahead (at most
-`LOOKAHEAD_BYTES` of pixels each). Graphs are kept for later calls. Results come in input order. One bad image never stops the run: it gets `detected=False`
-and a `reason`:
+`LOOKAHEAD_BYTES` of pixels each). Graphs are kept for later calls. Results come in input order.
+One bad image never stops the run: it gets `detected=False` and a `reason`:
   "unreadable"  the file is missing or not a decodable image
   "wrong_size"  its size differs from what the manifest/camera says
   "no_face"     MediaPipe found no face
+  "detector_error: ..."  MediaPipe raised on it (none known; recorded rather than fatal)
 
 Coordinates are pixels in geoface's convention (pixel centres at +0.5): MediaPipe's normalised
 x, y times width, height. `box` is the landmarks' bounding box (x0, y0, x1, y1).
@@ -140,9 +141,20 @@ class _Run:
             i, self._next = self._next, self._next + 1
         return i if i < len(self.jobs) else None
 
+    def stop(self) -> None:
+        """Hand out no more jobs (the calling thread failed or was interrupted)."""
+        with self._lock:
+            self._next = len(self.jobs)
+        self.ready.set()
+
     def finish(self, mesh, i: int, img: np.ndarray | LandmarkResult) -> None:
         """Store job i's result: FaceMesh on img with `mesh`, or img itself when decoding already failed."""
-        self.results[i] = _detect(mesh, img) if isinstance(img, np.ndarray) else img
+        if isinstance(img, np.ndarray):
+            try:
+                img = _detect(mesh, img)
+            except Exception as e:  # MediaPipe failing on one image must not stop the run
+                img = _empty(f"detector_error: {type(e).__name__}: {e}")
+        self.results[i] = img
         with self._lock:
             self.bar.update(1)
 
@@ -182,8 +194,9 @@ def detect_files(paths: list[str | Path], sizes: list[tuple[int, int]] | None = 
             helpers = [ex.submit(run.work, False) for _ in range(workers - 1)]
             try:
                 run.work(True)
-            finally:
-                run.ready.set()  # never leave a helper waiting if the loader failed
+            except BaseException:
+                run.stop()  # helpers finish their current image, then stop
+                raise
             for h in helpers:
                 h.result()  # re-raise a helper's unexpected error
     return run.results

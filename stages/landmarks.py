@@ -21,7 +21,7 @@ from flame_fitting.params import load_section, spec
 
 @dataclass
 class LandmarksParams:
-    workers: int = spec(2, "parallel worker processes (decode + FaceMesh each)", lo=1, hi=256)
+    workers: int = spec(2, "threads decoding and running FaceMesh (one graph each; the calling thread is one)", lo=1, hi=256)
 
 
 def main() -> None:

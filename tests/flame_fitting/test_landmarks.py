@@ -1,0 +1,107 @@
+"""flame_fitting.landmarks: threaded FaceMesh on files against the slow reference (MediaPipe's own
+FaceMesh + FaceDetection solutions, one image at a time), bad files recorded with their reason,
+input order kept for any thread count, and the yaw-band helpers."""
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from flame_fitting import landmarks
+from flame_fitting.landmarks import MeshPool, detect_files, detect_rgb, rates_by_yaw, results_to_arrays
+from flame_fitting.standin import build_standin
+from pipelines.synthetic import SyntheticConfig, generate
+
+
+@pytest.fixture(scope="module")
+def views(tmp_path_factory) -> list[Path]:
+    """Six 512² synthetic views of one head, yaw from -90° to 90° (profile views find no face),
+    plus a blank grey image."""
+    root = tmp_path_factory.mktemp("landmarks")
+    build_standin(root / "head", seed=0, n_shape=20, n_expr=24)
+    cfg = SyntheticConfig(seed=0, subjects=1, frames=1, cameras=6, resolution=512, workers=1)
+    generate(root / "head", root / "cap", cfg, progress=False)
+    paths = sorted((root / "cap").glob("*/*/*/cam*.png"))
+    blank = root / "blank.png"
+    cv2.imwrite(str(blank), np.full((512, 512, 3), 128, np.uint8))
+    return paths + [blank]
+
+
+def reference_detect(path: Path) -> tuple[bool, np.ndarray, float]:
+    """The former implementation: FaceMesh solution for the points, a second short-range FaceDetection
+    pass for the score (max over its detections)."""
+    import mediapipe as mpipe
+
+    rgb = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    h, w = rgb.shape[:2]
+    with mpipe.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=True,
+                                            min_detection_confidence=0.5) as mesh:
+        res = mesh.process(rgb)
+    if not res.multi_face_landmarks:
+        return False, np.full((478, 2), np.nan, np.float32), 0.0
+    pts = np.array([[p.x * w, p.y * h] for p in res.multi_face_landmarks[0].landmark], np.float32)
+    with mpipe.solutions.face_detection.FaceDetection(model_selection=0, min_detection_confidence=0.2) as det:
+        dets = det.process(rgb).detections or []
+    return True, pts, max((d.score[0] for d in dets), default=0.0)
+
+
+def test_matches_the_two_pass_reference(views):
+    ref = [reference_detect(p) for p in views]
+    # a fresh pool: the calling thread builds its graph while the helper decodes ahead
+    got = results_to_arrays(detect_files(views, workers=2, progress=False, pool=MeshPool()))
+    det = np.array([r[0] for r in ref])
+    assert 2 <= det.sum() < len(views) - 1, "the views should mix found and missed faces"
+    np.testing.assert_array_equal(got["detected"], det)
+    np.testing.assert_array_equal(got["reason"], np.where(det, "", "no_face"))
+    ref_pts = np.stack([r[1] for r in ref])
+    assert np.abs(got["points"][det] - ref_pts[det]).max() <= 1e-3
+    assert np.isnan(got["points"][~det]).all() and np.isnan(got["box"][~det]).all()
+    np.testing.assert_allclose(got["score"], [r[2] for r in ref], atol=1e-6)
+    assert (got["score"][det] >= 0.5).all() and (got["score"][det] <= 1.0).all()
+    np.testing.assert_array_equal(got["box"][det, :2], ref_pts[det].min(1))
+    np.testing.assert_array_equal(got["box"][det, 2:], ref_pts[det].max(1))
+
+
+def test_bad_files_get_their_reason_and_the_run_goes_on(views, tmp_path):
+    garbage = tmp_path / "garbage.png"
+    garbage.write_bytes(b"not a png at all" * 10)
+    good = views[2]
+    paths = [good, tmp_path / "missing.png", garbage, good, views[-1], good]
+    sizes = [(512, 512), (512, 512), (512, 512), (256, 512), (512, 512), (512, 512)]
+    for workers in (1, 2):
+        res = detect_files(paths, sizes=sizes, workers=workers, progress=False)
+        assert [r.reason for r in res] == ["", "unreadable", "unreadable", "wrong_size", "no_face", ""]
+        assert [r.detected for r in res] == [True, False, False, False, False, True]
+        assert [r.score for r in res][1:5] == [0.0] * 4
+        np.testing.assert_array_equal(res[0].points, res[5].points)
+
+
+@pytest.mark.parametrize("lookahead_bytes", [1, landmarks.LOOKAHEAD_BYTES])
+def test_thread_counts_agree_and_keep_the_input_order(views, monkeypatch, lookahead_bytes):
+    """Also with helpers that may decode only one image ahead while the calling thread builds its graph."""
+    monkeypatch.setattr(landmarks, "LOOKAHEAD_BYTES", lookahead_bytes)
+    rng = np.random.default_rng(0)
+    paths = [views[i] for i in rng.integers(0, len(views), 40)]
+    per_image = [detect_rgb(cv2.imread(str(p), cv2.IMREAD_COLOR_RGB)) for p in paths]
+    for workers in (1, 2, 3):
+        got = detect_files(paths, workers=workers, progress=False, pool=MeshPool())
+        assert [r.detected for r in got] == [r.detected for r in per_image]
+        for a, b in zip(got, per_image):
+            np.testing.assert_array_equal(a.points, b.points)
+            assert a.score == b.score
+
+
+def test_bad_arguments_are_refused(views):
+    with pytest.raises(ValueError, match="sizes for"):
+        detect_files(views[:2], sizes=[(512, 512)], progress=False)
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        detect_rgb(np.zeros((64, 64), np.uint8))
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        detect_rgb(np.zeros((64, 64, 3), np.float32))
+
+
+def test_rates_by_yaw_bands():
+    yaw = np.array([0.0, -45.0, 50.0, -70.0, 80.0, 90.0])
+    det = np.array([True, False, True, True, False, True])
+    assert rates_by_yaw(det, yaw) == {"yaw_0_45": 0.5, "yaw_45_70": 1.0, "yaw_70_90": 0.5}
+    assert rates_by_yaw(det[:1], yaw[:1])["yaw_45_70"] is None
