@@ -27,12 +27,15 @@ from flame_fitting.fit.overlay import draw_overlay
 from flame_fitting.head_model import HeadModel
 from flame_fitting.landmark_set import LandmarkSet
 
+
 def save_sequence_fit(fit: SequenceFit, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     np.savez(folder / "fit.npz", **fit.stacked())
     save_cameras(folder / "cameras.json", fit.cameras)
     fit.residuals.to_parquet(folder / "residuals.parquet", index=False)
     fit.history.to_csv(folder / "history.csv", index=False)
+    if fit.noise is not None:  # the landmark noise model the second solve used (per group σ̂, weight)
+        fit.noise.to_csv(folder / "noise_model.csv", index=False)
     status = {"frames": {str(f): {"status": s.status, "reason": s.reason, "note": s.note} for f, s in fit.status.items()},
               "timing": fit.timing, "converged": bool(fit.converged)}
     (folder / "status.json").write_text(json.dumps(status, indent=1, default=str))
