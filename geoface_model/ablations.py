@@ -2,7 +2,7 @@
 `dvc exp run`, and their comparison table (`make ablations`).
 
     python -m geoface_model.ablations run     # one `dvc exp run --temp` per variant (train + evaluate each)
-    python -m geoface_model.ablations table   # `dvc exp show --json` -> docs/ablations.md (+ printed)
+    python -m geoface_model.ablations table [--commit REV]   # `dvc exp show --json` -> docs/ablations.md
 
 Each variant is an experiment named `ablation-<variant>-<commit>`, run in a temporary copy of the
 workspace (`--temp`), so the workspace, its params.yaml and its outputs are left as they are; an experiment of
@@ -105,8 +105,10 @@ def table(out: Path = DOC, commit: str | None = None, show: list | None = None) 
     head = "| variant | align_weight | geometry_stream | " + " | ".join(h for _, _, h in COLUMNS) + " |"
     lines = [head, "|" + "---|" * (len(COLUMNS) + 3)]
     for v, exp in rows:  # the params are read back from each experiment, not assumed
+        aligned = bool(_param(exp, "loss.align_weight")) and _param(exp, "model.geometry_stream") is not False
+        vals = [None if k == "align_loss_last" and not aligned else _metric(exp, f, k) for f, k, _ in COLUMNS]
         lines.append(f"| {v} | {_fmt(_param(exp, 'loss.align_weight'))} | {_fmt(_param(exp, 'model.geometry_stream'))} | "
-                     + " | ".join(_fmt(_metric(exp, f, k)) for f, k, _ in COLUMNS) + " |")
+                     + " | ".join(_fmt(x) for x in vals) + " |")
     gt = [(f, k) for f, k in (("metrics/eval.json", "gt_tsed"), ("metrics/eval.json", "gt_landmark_fit_rmse_px"),
                               ("metrics/eval.json", "gt_mesh_alignment_px"),
                               ("metrics/eval.json", "baseline_copy_reference_psnr"),
@@ -144,7 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run the ablation experiments (dvc exp run --temp)")
     r.add_argument("variants", nargs="*", help=f"some of {', '.join(VARIANTS)} (default: all)")
-    sub.add_parser("table", help=f"write {DOC} from dvc exp show")
+    t = sub.add_parser("table", help=f"write {DOC} from dvc exp show")
+    t.add_argument("--commit", default="HEAD", help="the commit the experiments were run from (default HEAD)")
     a = ap.parse_args(argv)
     if a.cmd == "run":
         unknown = [v for v in a.variants if v not in VARIANTS]
@@ -152,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
             ap.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
         run(a.variants or list(VARIANTS))
     else:
-        table()
+        table(commit=_git("rev-parse", a.commit))
 
 
 if __name__ == "__main__":
