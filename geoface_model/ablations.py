@@ -65,9 +65,11 @@ def _metric(exp: dict, file: str, key: str):
     return None
 
 
-def exp_show_json() -> list:
+def exp_show_json(commit: str) -> list:
+    """`dvc exp show --json` of the experiments derived from `commit`."""
     dvc = os.environ.get("DVC", "dvc")
-    return json.loads(subprocess.run([dvc, "exp", "show", "--json"], capture_output=True, text=True, check=True).stdout)
+    return json.loads(subprocess.run([dvc, "exp", "show", "--json", "--rev", commit], capture_output=True, text=True,
+                                     check=True).stdout)
 
 
 def collect(commit: str, show: list) -> list[tuple[str, dict]]:
@@ -98,7 +100,7 @@ def _fmt(x) -> str:
 def table(out: Path = DOC, commit: str | None = None, show: list | None = None) -> str:
     """Write the markdown table of `commit`'s ablation experiments (default: HEAD, `dvc exp show --json`)."""
     commit = commit or _git("rev-parse", "HEAD")
-    rows = collect(commit, exp_show_json() if show is None else show)
+    rows = collect(commit, exp_show_json(commit) if show is None else show)
     if not rows:
         raise SystemExit(f"no ablation experiments for commit {commit[:7]}: run `make ablations` (or "
                          f"`python -m geoface_model.ablations run`) first")
