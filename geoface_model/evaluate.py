@@ -23,19 +23,24 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
 from flame_fitting.camera import Camera
+from flame_fitting.capture import save_cameras
 from flame_fitting.landmarks_embed import interpolate_landmarks
 from flame_fitting.params import spec
+from flame_fitting.uv import write_obj
 from flame_fitting.uv_checks import rigid_fit
 
 from .data import GeoFaceDataset, collate
 from .diffusion import make_noise_scheduler
+from .export import export_3dgs
 from .metrics import attention_hit_rate_batch, detect_landmarks, image_metrics, landmark_fit_rmse, posmap_error_mm, tsed
+from .report import write_png
 
 
 @dataclass
@@ -216,3 +221,19 @@ def aggregate(results: list[SampleResult]) -> dict:
             out[f"{k}_n"] = len(vals)
     out["lpips_status"] = results[0].metrics["lpips_status"]
     return out
+
+
+def save_sample(folder: Path, r: SampleResult, faces: np.ndarray, export: bool) -> None:
+    """One sample's files (stages/evaluate.py docstring): reference, views, cameras, UV map, mesh, optional 3DGS start."""
+    folder.mkdir(parents=True)
+    write_png(folder / "reference.png", r.reference)
+    for c, im in zip(r.cameras[1:], r.generated):
+        write_png(folder / "views" / f"{c.name}.png", im)
+    save_cameras(folder / "cameras.json", {c.name: c for c in r.cameras})
+    if r.posmap is not None:
+        np.save(folder / "posmap.npy", r.posmap.astype(np.float32))
+    if r.vertices is not None:
+        write_obj(folder / "mesh.obj", r.vertices, faces)
+    if export:
+        export_3dgs(folder / "gs", [r.reference, *r.generated], r.cameras, r.vertices,
+                    faces if r.vertices is not None else None)

@@ -34,15 +34,13 @@ from tqdm import tqdm
 import common  # noqa: F401  (puts this checkout first on sys.path)
 from common import write_csv, write_json
 
-from flame_fitting.capture import replace_dir, save_cameras, sha256_file
+from flame_fitting.capture import replace_dir, sha256_file
 from flame_fitting.fit_capture import load_sequence_fit
 from flame_fitting.head_model import load_head_model
 from flame_fitting.params import load_section, read_params
-from flame_fitting.uv import write_obj
 from geoface_model.config import GeoFaceConfig
 from geoface_model.data import GeoFaceDataset
-from geoface_model.evaluate import EvalParams, aggregate, evaluate_sample
-from geoface_model.export import export_3dgs
+from geoface_model.evaluate import EvalParams, aggregate, evaluate_sample, save_sample
 from geoface_model.generate import load_pipeline
 from geoface_model.report import loss_figure, overlay_figure, sample_grid, write_png, write_report
 
@@ -54,21 +52,6 @@ def _tmp(p: Path) -> Path:
     t = p.parent / f".{p.name}.tmp-{uuid.uuid4().hex[:8]}"
     t.mkdir(parents=True)
     return t
-
-
-def _save_sample(folder: Path, r, faces, export: bool) -> None:
-    folder.mkdir(parents=True)
-    write_png(folder / "reference.png", r.reference)
-    for c, im in zip(r.cameras[1:], r.generated):
-        write_png(folder / "views" / f"{c.name}.png", im)
-    save_cameras(folder / "cameras.json", {c.name: c for c in r.cameras})
-    if r.posmap is not None:
-        np.save(folder / "posmap.npy", r.posmap.astype(np.float32))
-    if r.vertices is not None:
-        write_obj(folder / "mesh.obj", r.vertices, faces)
-    if export:
-        export_3dgs(folder / "gs", [r.reference, *r.generated], r.cameras, r.vertices,
-                    faces if r.vertices is not None else None)
 
 
 def main() -> None:
@@ -109,7 +92,7 @@ def main() -> None:
                 continue
             results.append(r)
             stem = r.name.replace("/", "_")
-            _save_sample(out_tmp / stem, r, faces, p.export_3dgs)
+            save_sample(out_tmp / stem, r, faces, p.export_3dgs)
             write_png(plots_tmp / "samples" / f"{stem}.png", sample_grid(r, faces))
         if not results:
             raise SystemExit(f"evaluate: every sample failed: {failures}")

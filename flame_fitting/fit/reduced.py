@@ -112,9 +112,18 @@ class ReducedModel:
         if not (0 <= n_shape <= model.n_shape and 0 <= n_expr <= model.n_expr):
             raise ValueError(f"{model.folder}: n_shape={n_shape}, n_expr={n_expr} requested but the loaded head model "
                              f"has {model.n_shape} / {model.n_expr}")
+        return cls.for_points(model, model.faces[model.mp_face_idx].cpu().numpy(), model.mp_bary,
+                              model.mp_landmark_indices.cpu().numpy(), n_shape, n_expr, dtype)
+
+    @classmethod
+    def for_points(cls, model: HeadModel, tri: np.ndarray, bary, labels: np.ndarray, n_shape: int, n_expr: int,
+                   dtype: torch.dtype = torch.float64) -> ReducedModel:
+        """Restrict `model` to L surface points given as barycentric combinations of mesh triangles:
+        tri (L, 3) vertex ids, bary (L, 3), labels (L,) int ids stored as `landmark_indices` (e.g. vertex ids
+        for the silhouette model of `silhouette.py`, whose points are single vertices: tri (v, v, v), bary (1, 0, 0))."""
         fl = model.flame
         V = model.n_vertices
-        tri = model.faces[model.mp_face_idx].cpu().numpy()  # (L, 3)
+        tri = np.asarray(tri, np.int64).reshape(-1, 3)
         ids, inverse = np.unique(tri.reshape(-1), return_inverse=True)
         idx = torch.as_tensor(ids)
         f64 = lambda t: t.detach().to("cpu", dtype)  # noqa: E731
@@ -123,7 +132,7 @@ class ReducedModel:
         J = f64(fl.J_regressor)  # (5, V)
         posedirs = f64(fl.posedirs).T.reshape(V, 3, -1)
         tri_local = torch.as_tensor(inverse.reshape(-1, 3), dtype=torch.long)
-        bary, weights = f64(model.mp_bary), f64(fl.lbs_weights)[idx]
+        bary, weights = f64(torch.as_tensor(bary)), f64(fl.lbs_weights)[idx]
         corner_w = bary[:, :, None] * weights[tri_local]                                     # (L, 3, 5)
         lm = lambda t: torch.einsum("lkm,lk...->ml...", corner_w, t[tri_local])  # noqa: E731  (5, L, 3, ...)
         dirs = lm(torch.cat([shapedirs, exprdirs], -1)[idx])                                  # (5, L, 3, n)
@@ -136,7 +145,7 @@ class ReducedModel:
             j_template=J @ f64(fl.v_template), j_shapedirs=torch.einsum("jv,vcn->jcn", J, shapedirs),
             j_exprdirs=torch.einsum("jv,vcn->jcn", J, exprdirs), parents=tuple(int(p) for p in fl.parents),
             tri_local=tri_local, bary=bary, vertex_ids=ids.astype(np.int64),
-            landmark_indices=model.mp_landmark_indices.cpu().numpy().astype(np.int64),
+            landmark_indices=np.asarray(labels).astype(np.int64),
             lm_weights=c(corner_w.sum(1).T), lm_template=c(lm(f64(fl.v_template)[idx]).transpose(1, 2)),
             lm_dirs_z=c(dirs.permute(3, 0, 2, 1).reshape(n, K * 3 * L)),
             lm_dirs_j=c(dirs.permute(0, 2, 1, 3).reshape(K * 3, L * n)),
