@@ -36,7 +36,11 @@ of the nose tip (MediaPipe point 1 when embedded, else the front-most template v
                                   fits with noise_model=False; *_uncalibrated[_no_noise_model]: with the original
                                   embedding (calibrated_embedding=False); mediapipe_calibration: its settings and
                                   provenance summary; mediapipe_detection_rate, mediapipe_frames_fitted / _ok,
-                                  mediapipe_s (wall time of this part: calibration + render + detect + fits)
+                                  mediapipe_s (wall time of this part: calibration + render + detect + fits);
+                                  the fits get the capture's foreground masks (mediapipe_masks: how many), used
+                                  when silhouette_weight > 0 (FitConfig's default: silhouette_weight_default);
+                                  *_landmarks_only: silhouette_weight=0; *_silhouette: silhouette_weight=
+                                  SILHOUETTE_WEIGHT (a variant whose FitConfig equals an earlier one's reuses it)
 The head model folder is copied without any calibrated embedding it may have (the GT-landmark figures fit the
 original embedding, whose projections they are); the MediaPipe part calibrates that copy itself.
 Run: python benchmarks/fit.py   (last line: JSON)
@@ -64,10 +68,12 @@ N_FRAMES, N_CAMS, N_BAD, N_DRAWS = 8, 16, 3, 3
 MP_CAPTURE = {"subjects": 3, "frames": 2, "cameras": 16, "resolution": 512, "seed": 1}
 MP_CALIBRATION = {"subjects": 8, "frames": 2, "cameras": 16, "resolution": 512, "seed": 1000}
 assert MP_CALIBRATION["seed"] != MP_CAPTURE["seed"], "calibration and evaluation subjects must differ"
+SILHOUETTE_WEIGHT = 1.0  # the "_silhouette" variant's silhouette_weight (FitConfig's default may differ)
 MP_VARIANTS = {"": {}, "_no_noise_model": {"noise_model": False}, "_uncalibrated": {"calibrated_embedding": False},
-               "_uncalibrated_no_noise_model": {"calibrated_embedding": False, "noise_model": False}}
-MP_KEYS = ["mediapipe_detection_rate", "mediapipe_calibration", "mediapipe_frames_fitted", "mediapipe_frames_ok",
-           "mediapipe_s", *[f"{k}{v}{h}" for v in MP_VARIANTS for k, h in (
+               "_uncalibrated_no_noise_model": {"calibrated_embedding": False, "noise_model": False},
+               "_landmarks_only": {"silhouette_weight": 0.0}, "_silhouette": {"silhouette_weight": SILHOUETTE_WEIGHT}}
+MP_KEYS = ["mediapipe_detection_rate", "mediapipe_masks", "silhouette_weight_default", "mediapipe_calibration",
+           "mediapipe_frames_fitted", "mediapipe_frames_ok", "mediapipe_s", *[f"{k}{v}{h}" for v in MP_VARIANTS for k, h in (
                ("vertex_error_mm_mediapipe", ""), ("vertex_error_mm_mediapipe", "_head"), ("s_per_frame_mediapipe", ""))]]
 CALIBRATED_FILES = "mediapipe_landmark_embedding_calibrated.*"
 
@@ -123,7 +129,10 @@ def main() -> None:
           f"{out['vertex_error_mm_mediapipe']} mm with the calibrated embedding (uncalibrated "
           f"{out['vertex_error_mm_mediapipe_uncalibrated']} mm; whole head {out['vertex_error_mm_mediapipe_head']} mm; "
           f"without the noise model {out['vertex_error_mm_mediapipe_no_noise_model']} / "
-          f"{out['vertex_error_mm_mediapipe_uncalibrated_no_noise_model']} mm), {out['s_per_frame_mediapipe']} s/frame")
+          f"{out['vertex_error_mm_mediapipe_uncalibrated_no_noise_model']} mm), {out['s_per_frame_mediapipe']} s/frame; "
+          f"landmarks only {out['vertex_error_mm_mediapipe_landmarks_only']} mm "
+          f"({out['s_per_frame_mediapipe_landmarks_only']} s/frame), default silhouette_weight "
+          f"{out['silhouette_weight_default']}")
     print(json.dumps(out))
 
 
@@ -132,7 +141,7 @@ def run_mediapipe(head: HeadModel, face: np.ndarray, tmp: Path) -> dict:
     seed (MP_CAPTURE), detect MediaPipe landmarks, fit every sequence (MP_VARIANTS of the default FitConfig), score
     against the ground truth. Keys: see the module docstring."""
     from flame_fitting.capture import load_capture
-    from flame_fitting.fit_capture import gt_vertex_errors
+    from flame_fitting.fit_capture import gt_vertex_errors, load_masks
     from flame_fitting.landmark_calibration import CalibrationConfig, calibrate_head_model
     from flame_fitting.landmark_set import detect_capture
     from pipelines.synthetic import SyntheticConfig, generate
@@ -148,12 +157,24 @@ def run_mediapipe(head: HeadModel, face: np.ndarray, tmp: Path) -> dict:
            "mediapipe_calibration": {**MP_CALIBRATION, **{k: prov[k] for k in (
                "texture_photo", "n_views_used", "n_calibrated", "n_kept_contour", "n_kept_few_samples",
                "mean_shift_mm", "max_shift_mm", "total_s")}}}
+    masks = {sq: load_masks(cap, *sq) for sq in cap.sequences()}
+    out["mediapipe_masks"] = sum(len(v) for m in masks.values() if m for v in m.values())
+    done: dict[str, FitConfig] = {}
     for key, kw in MP_VARIANTS.items():
+        cfg = FitConfig(**kw)
+        same = next((k for k, c in done.items() if c == cfg), None)
+        if same is not None:  # the same configuration as an earlier variant (e.g. the default): same fits
+            for k, h in (("vertex_error_mm_mediapipe", ""), ("vertex_error_mm_mediapipe", "_head"),
+                         ("s_per_frame_mediapipe", "")):
+                out[f"{k}{key}{h}"] = out[f"{k}{same}{h}"]
+            continue
+        done[key] = cfg
         rows, fit_s, n_fit, n_ok = [], 0.0, 0, 0
         for subject, sequence in cap.sequences():
             t = time.perf_counter()
             fit = fit_sequence(head, cap.cameras(subject, sequence), ls.for_sequence(subject, sequence),
-                               FitConfig(**kw), progress=False, subject=subject, sequence=sequence)
+                               cfg, progress=False, subject=subject, sequence=sequence,
+                               masks=masks[(subject, sequence)])
             fit_s += time.perf_counter() - t
             n_fit += len(fit.params)
             n_ok += sum(s.status == "ok" for s in fit.status.values())
@@ -163,6 +184,7 @@ def run_mediapipe(head: HeadModel, face: np.ndarray, tmp: Path) -> dict:
         out[f"s_per_frame_mediapipe{key}"] = round(fit_s / max(n_fit, 1), 4)
         if not key:
             out["mediapipe_frames_fitted"], out["mediapipe_frames_ok"] = n_fit, n_ok
+    out["silhouette_weight_default"] = FitConfig().silhouette_weight
     out["mediapipe_s"] = round(time.perf_counter() - t0, 1)
     return out
 

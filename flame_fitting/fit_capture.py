@@ -7,7 +7,11 @@ Shared by the `fit` DVC stage and `geoface fit` (same code path). Output folder 
     <out>/<subject>/<sequence>/cameras.json   the (refined) cameras, canonical form
     <out>/<subject>/<sequence>/residuals.parquet   per (frame, camera) reprojection statistics
     <out>/<subject>/<sequence>/history.csv    cost per LM iteration
-    <out>/<subject>/<sequence>/status.json    per-frame status with reasons (skipped / diverged), timing, notes
+    <out>/<subject>/<sequence>/status.json    per-frame status with reasons (skipped / diverged), timing, notes,
+                                              silhouette term summary (used, masks, samples, median px)
+Masks (`mask_path` in the manifest) are loaded when cfg.silhouette_weight > 0; silhouette_mode "auto" is resolved
+from the capture's source (`resolve_silhouette_mode`); the metrics record the weight, the mode and how many
+sequences were fitted with silhouettes.
 A sequence whose fit raises is recorded in `<out>/failures.json` and the others go on.
 """
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import json
 import traceback
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +42,7 @@ def save_sequence_fit(fit: SequenceFit, folder: Path) -> None:
     if fit.noise is not None:  # the landmark noise model the second solve used (per group σ̂, weight)
         fit.noise.to_csv(folder / "noise_model.csv", index=False)
     status = {"frames": {str(f): {"status": s.status, "reason": s.reason, "note": s.note} for f, s in fit.status.items()},
-              "timing": fit.timing, "converged": bool(fit.converged)}
+              "timing": fit.timing, "converged": bool(fit.converged), "silhouette": fit.silhouette}
     (folder / "status.json").write_text(json.dumps(status, indent=1, default=str))
 
 
@@ -104,11 +109,14 @@ def fit_capture(cap: Capture, ls: LandmarkSet, model: HeadModel, cfg: FitConfig,
     extras = Path(model.folder) / "standin_extras.npz" if getattr(model, "folder", None) else None
     face_region = np.load(extras)["face_region"] if extras is not None and extras.is_file() else None
     residuals, errors, failures, histories, timings, statuses = [], [], [], [], [], []
+    sil_used = 0
+    cfg = resolve_silhouette_mode(cfg, cap)
     seqs = cap.sequences()
     for subject, sequence in tqdm(seqs, desc="fit", disable=not progress):
         try:
+            masks = load_masks(cap, subject, sequence) if cfg.silhouette_weight > 0 else None
             fit = fit_sequence(model, cap.cameras(subject, sequence), ls.for_sequence(subject, sequence), cfg,
-                               progress=False)
+                               progress=False, masks=masks)
         except Exception as e:  # one bad sequence is recorded, never fatal for the others
             failures.append({"subject": subject, "sequence": sequence, "error": f"{type(e).__name__}: {e}",
                              "traceback": traceback.format_exc(limit=3)})
@@ -119,6 +127,7 @@ def fit_capture(cap: Capture, ls: LandmarkSet, model: HeadModel, cfg: FitConfig,
         errors += gt_vertex_errors(cap, subject, sequence, fit, face_region)
         histories.append(fit.history.assign(subject=subject, sequence=sequence))
         n_fit = sum(s.status != "skipped" for s in fit.status.values())
+        sil_used += bool(fit.silhouette and fit.silhouette.get("used"))
         timings.append((fit.timing.get("total_s", np.nan), n_fit))
         statuses += [{"subject": subject, "sequence": sequence, "frame": f, "status": s.status, "reason": s.reason}
                      for f, s in fit.status.items()]
@@ -128,7 +137,39 @@ def fit_capture(cap: Capture, ls: LandmarkSet, model: HeadModel, cfg: FitConfig,
     replace_dir(tmp, out)
     metrics = summarise(residuals, errors, failures, histories, timings, statuses)
     metrics["mediapipe_embedding"] = embedding_used(model, cfg)
+    metrics["silhouette_weight"] = float(cfg.silhouette_weight)
+    metrics["silhouette_mode"] = cfg.silhouette_mode
+    metrics["silhouette_sequences"] = int(sil_used)  # sequences fitted with the silhouette term (masks found)
     return metrics
+
+
+def resolve_silhouette_mode(cfg: FitConfig, cap: Capture) -> FitConfig:
+    """cfg with silhouette_mode "auto" resolved: synthetic captures' masks are renders of the head model itself
+    (two_sided), every other source's masks also cover hair / neck / shoulders (inside: one-sided)."""
+    if cfg.silhouette_mode != "auto":
+        return cfg
+    return replace(cfg, silhouette_mode="two_sided" if cap.info.get("source") == "synthetic" else "inside")
+
+
+def load_masks(cap: Capture, subject: str, sequence: str) -> dict[int, dict[str, np.ndarray]] | None:
+    """{frame: {camera: (H, W) uint8 mask}} of the capture's `mask_path` column (rows without one are absent),
+    None when the capture has no masks for this sequence."""
+    import cv2
+
+    m = cap.manifest
+    if "mask_path" not in m.columns:
+        return None
+    rows = m[(m.subject == subject) & (m.sequence == sequence)]
+    out: dict[int, dict[str, np.ndarray]] = {}
+    for r in rows.itertuples():
+        if not isinstance(r.mask_path, str) or not r.mask_path:
+            continue
+        path = cap.root / r.mask_path
+        img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        if img is None:
+            raise ValueError(f"{path}: could not read the mask")
+        out.setdefault(int(r.frame), {})[r.camera] = img
+    return out or None
 
 
 def embedding_used(model: HeadModel, cfg: FitConfig) -> str:

@@ -4,7 +4,8 @@ Entry point: `fit_sequence(model, cameras, observations, cfg)` -> `SequenceFit`.
 config (FitConfig), observations (input checks), reduced / jacobian (the head model restricted to
 its landmarks, analytic Jacobians), triangulate / init (robust initialisation), rig (cameras and
 their corrections), problem (cost, normal equations), schur (linear solves), lm (the optimiser),
-noise (per-group landmark noise model and weights), fitter (orchestration), report (outputs, camera
+noise (per-group landmark noise model and weights), silhouette (mask boundaries vs the model's
+occluding contour), fitter (orchestration), report (outputs, camera
 errors), overlay (drawing), synthetic (test data). The method: docs/fitting.md.
 """
 from flame_fitting.fit.config import FitConfig

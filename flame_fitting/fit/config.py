@@ -52,6 +52,29 @@ class FitConfig:
     calibrated_embedding: bool = spec(True, "fit with the head model's detector-calibrated MediaPipe embedding "
                                             "(mediapipe_landmark_embedding_calibrated.npz, flame_fitting."
                                             "landmark_calibration) when its folder has one; false = the original")
+    silhouette_weight: float = spec(1.0, "weight of the multi-view silhouette term (silhouette.py, docs/fitting.md): "
+                                          "per mask boundary sample, ρ of its point-to-line distance (px) to the "
+                                          "nearest model contour vertex; 0 = off; needs masks", lo=0.0)
+    silhouette_loss: str = spec("cauchy", "robust loss of the silhouette term: cauchy | huber | l2",
+                                choices=["cauchy", "huber", "l2"])
+    silhouette_scale_px: float = spec(1.0, "robust scale of the silhouette term (pixels)", lo=1e-6)
+    silhouette_step_px: int = spec(3, "sample every this many boundary pixels of a mask", lo=1)
+    silhouette_max_px: float = spec(10.0, "boundary samples farther than this from every model contour vertex are "
+                                          "not used (pixels)", lo=0.0)
+    silhouette_mode: str = spec("auto", "two_sided: the mask boundary and the model's contour must coincide "
+                                        "(masks of exactly the modelled surface, e.g. synthetic renders); inside: "
+                                        "only a model contour outside the mask is penalised (real masks that also "
+                                        "cover hair, neck, shoulders); auto: fit_capture picks two_sided for "
+                                        "synthetic captures and inside for every other source (fit_sequence: "
+                                        "two_sided)", choices=["auto", "two_sided", "inside"])
+    silhouette_region: str = spec("all", "model vertices that may form the silhouette: all | head (drop the vertices "
+                                         "skinned mostly to the root joint: neck base / shoulders)",
+                                  choices=["all", "head"])
+    silhouette_tolerance: float = spec(1e-3, "the silhouette solve stops when a step lowers the cost by less than this "
+                                             "× the cost (the pairing's refresh makes the cost noisy below ~1e-4)",
+                                       lo=0.0)
+    silhouette_reanneal: bool = spec(True, "anneal the landmarks' robust scale again in the silhouette solve (as the "
+                                           "noise-model solve does); false: keep robust_scale_px from the start")
     refine_cameras: bool = spec(False, "bundle adjustment: refine each camera's extrinsics jointly with the head")
     refine_focal: bool = spec(False, "also refine a per-camera focal scale (needs refine_cameras)")
     camera_rot_sigma_deg: float = spec(2.0, "prior σ of a camera's rotation correction (degrees)", lo=1e-6)

@@ -7,7 +7,8 @@ Levenberg-Marquardt on all frames at once: one identity for the sequence, per-fr
 jaw / neck / eyes / head pose, optionally per-camera extrinsic (and focal) corrections, normal
 equations solved by Schur complement on the shared unknowns (`lm.py`, `schur.py`) -> with
 `noise_model`, estimate each landmark group's noise from the residuals and solve again from there
-with the groups re-weighted (`noise.py`) -> fitted vertices from `HeadModel.forward`, refined
+with the groups re-weighted (`noise.py`) -> with masks and `silhouette_weight` > 0, solve again with the
+multi-view silhouette term added (`silhouette.py`) -> fitted vertices from `HeadModel.forward`, refined
 cameras, residual table, noise-model table, per-frame status, timings.
 A numerical failure is reported in the frames' status (with subject / sequence / frame), never
 raised; bad input (cameras, array shapes) raises `FitInputError`.
@@ -29,11 +30,12 @@ from flame_fitting.fit.init import initial_pose
 from flame_fitting.fit.jacobian import forward_and_jacobian
 from flame_fitting.fit.lm import Evaluator, LMOutcome, State, run_lm, view_weights
 from flame_fitting.fit.noise import NoiseModel, estimate_noise, landmark_groups
-from flame_fitting.fit.observations import pack_observations
+from flame_fitting.fit.observations import FitInputError, pack_observations
 from flame_fitting.fit.problem import Problem
 from flame_fitting.fit.reduced import ReducedModel
 from flame_fitting.fit.report import FrameParams, FrameStatus, SequenceFit, residual_table
 from flame_fitting.fit.rig import Rig, corrected_cameras
+from flame_fitting.fit.silhouette import SilhouetteData, SilhouetteModel, mask_targets
 from flame_fitting.head_model import HeadModel
 
 log = logging.getLogger(__name__)
@@ -112,6 +114,26 @@ def _refit_with_noise_model(pb: Problem, out: LMOutcome, cfg: FitConfig, progres
     return pb, out, model
 
 
+def _refit_with_silhouettes(pb: Problem, out: LMOutcome, sil, progress: bool, desc: str) -> tuple[Problem, LMOutcome]:
+    """Solve again from `out`'s state with the silhouette term added (landmarks keep their weights)."""
+    first = out
+    cfg = pb.cfg
+    # re-pairing the mask boundaries at each step makes the cost noisy at the 1e-4 level: stop on silhouette_tolerance;
+    # the landmarks' robust scale was annealed by the first solve (silhouette_reanneal: anneal it again)
+    pb_s = replace(pb, sil=sil, cfg=replace(cfg, tolerance=max(cfg.tolerance, cfg.silhouette_tolerance),
+                                             robust_anneal=cfg.robust_anneal if cfg.silhouette_reanneal else 0.0))
+    try:
+        out = run_lm(pb_s, first.state, progress=progress, desc=f"{desc} (silhouettes)")
+    except Exception:  # noqa: BLE001 - keep the landmark-only result
+        log.exception("fit: %s: the silhouette solve failed; keeping the landmark-only result", desc)
+        return pb, first
+    offset = len(first.history)
+    out.history = first.history + [{**row, "iteration": row["iteration"] + offset} for row in out.history]
+    for i, why in first.diverged.items():
+        out.diverged.setdefault(i, why)
+    return pb_s, out
+
+
 def _vertices(model: HeadModel, params: dict[int, FrameParams], batch: int = 64) -> dict[int, np.ndarray]:
     frames, out = sorted(params), {}
     with torch.no_grad():
@@ -131,6 +153,17 @@ def _frame_params(model: HeadModel, rm: ReducedModel, shape: np.ndarray, theta: 
                        global_orient=p["global_orient"], transl=p["transl"])
 
 
+def _silhouette_summary(pb: Problem, st: State, active: torch.Tensor) -> dict:
+    """{"used": bool, "n_masks", "n_samples_used", "median_px"} of the final silhouette pairing."""
+    if pb.sil is None:
+        return {"used": False, "n_masks": 0, "n_samples_used": 0, "median_px": None}
+    from flame_fitting.fit.silhouette import silhouette_errors
+    e = silhouette_errors(pb.sil, pb.rig, st.shape, torch.where(active[:, None], st.thetas, 0.0), st.xi)
+    e = e[active][torch.isfinite(e[active])]
+    return {"used": True, "n_masks": int(pb.sil.valid.any(2).sum()), "n_samples_used": int(e.numel()),
+            "median_px": float(e.median()) if e.numel() else None}
+
+
 @contextlib.contextmanager
 def _torch_threads(n: int):
     """Temporarily set torch's intra-op thread count (n <= 0: leave it)."""
@@ -145,7 +178,7 @@ def _torch_threads(n: int):
 
 def fit_sequence(model: HeadModel, cameras: dict[str, Camera], observations: dict, cfg: FitConfig | None = None,
                  progress: bool = True, *, confidences: dict | None = None, init: dict[int, FrameParams] | None = None,
-                 subject: str = "", sequence: str = "") -> SequenceFit:
+                 subject: str = "", sequence: str = "", masks: dict | None = None) -> SequenceFit:
     """Fit the head model to multi-view landmarks of one sequence.
 
     observations: {frame: {camera: (478, 2) pixels in MediaPipe order, NaN rows missing}} (or objects with
@@ -154,15 +187,41 @@ def fit_sequence(model: HeadModel, cameras: dict[str, Camera], observations: dic
     triangulation + similarity alignment. subject / sequence only label the report and log messages.
     With cfg.calibrated_embedding the model's calibrated MediaPipe embedding is used when it has one
     (`HeadModel.with_mediapipe_embedding`); `fit_capture` reports which.
+    masks: optional {frame: {camera: (H, W) foreground mask (> 0 = head)}}; with cfg.silhouette_weight > 0 the
+    landmark solve is followed by one with the silhouette term (`silhouette.py`); frames / views without a mask
+    have no silhouette residuals. `SequenceFit.silhouette` says what was used.
     """
     cfg = cfg or FitConfig()
     if cfg.calibrated_embedding and model.has_calibrated_embedding:
         model = model.with_mediapipe_embedding(calibrated=True)
     with _torch_threads(cfg.threads), torch.no_grad():
-        return _fit(model, cameras, observations, cfg, progress, confidences, init, subject, sequence)
+        return _fit(model, cameras, observations, cfg, progress, confidences, init, subject, sequence, masks)
 
 
-def _fit(model, cameras, observations, cfg, progress, confidences, init, subject, sequence) -> SequenceFit:
+def _silhouette_data(model: HeadModel, rm: ReducedModel, cameras: dict[str, Camera], packed, masks: dict | None,
+                     cfg: FitConfig, where: str):
+    """SilhouetteData of the packed frames × cameras, or None (term off, or no mask of a fitted frame)."""
+    if cfg.silhouette_weight <= 0 or not masks:
+        return None
+    targets, n = [], 0
+    for fr in packed.frames:
+        row = []
+        for cam in packed.cam_names:
+            m = (masks.get(fr) or {}).get(cam)
+            if m is not None and np.shape(m)[:2] != (cameras[cam].height, cameras[cam].width):
+                raise FitInputError(f"{where} frame {fr} camera {cam}: mask is {np.shape(m)[1::-1]} (W, H) but the "
+                                    f"camera is {cameras[cam].width}×{cameras[cam].height}")
+            row.append(None if m is None else mask_targets(m, cfg.silhouette_step_px, f"{where} frame {fr} {cam}"))
+            n += m is not None
+        targets.append(row)
+    if not n:
+        return None
+    sm = SilhouetteModel.cached(model, rm.n_shape, rm.n_expr, cfg.silhouette_region)
+    return SilhouetteData.build(sm, targets, cfg.silhouette_weight, cfg.silhouette_scale_px, cfg.silhouette_loss,
+                                cfg.silhouette_max_px, cfg.silhouette_mode == "inside")
+
+
+def _fit(model, cameras, observations, cfg, progress, confidences, init, subject, sequence, masks) -> SequenceFit:
     t0 = time.perf_counter()
     where = f"subject {subject!r} sequence {sequence!r}"
     rm = ReducedModel.from_head_model(model, cfg.n_shape, cfg.n_expr)
@@ -187,11 +246,14 @@ def _fit(model, cameras, observations, cfg, progress, confidences, init, subject
     failed = [i for i in range(len(packed.frames)) if not torch.isfinite(thetas[i]).all()]
     state = State(shape, thetas, rig.zeros())
     noise = None
+    sil = _silhouette_data(model, rm, cameras, packed, masks, cfg, where)  # bad masks raise FitInputError
     try:
         desc = f"fit {subject}/{sequence}".rstrip("/ ")
         out = run_lm(pb, state, progress=progress, desc=desc)
         if cfg.noise_model:
             pb, out, noise = _refit_with_noise_model(pb, out, cfg, progress, desc)
+        if sil is not None:
+            pb, out = _refit_with_silhouettes(pb, out, sil, progress, desc)
     except Exception as e:  # noqa: BLE001 - a numerical failure must not kill the sequence
         log.exception("fit: %s: the solver failed; all frames keep their initial state", where)
         out = LMOutcome(state=state, history=[], diverged={i: f"solver error: {type(e).__name__}: {e}"
@@ -225,7 +287,8 @@ def _fit(model, cameras, observations, cfg, progress, confidences, init, subject
                                  3 * cfg.robust_scale_px),
         history=pd.DataFrame(out.history, columns=HISTORY_COLUMNS),
         status=dict(sorted(status.items())), timing={}, converged=out.converged, config=cfg,
-        noise=noise.table() if noise is not None else None)
+        noise=noise.table() if noise is not None else None,
+        silhouette=_silhouette_summary(pb, st, active))
     t_end = time.perf_counter()
     n = max(1, len(packed.frames))
     fit.timing = {"init_s": t_init - t0, "solve_s": t_solve - t_init, "outputs_s": t_end - t_solve,

@@ -89,7 +89,7 @@ class Evaluator:
             act = self.active[sl]
             th = torch.where(act[:, None], state.thetas[sl], torch.zeros_like(state.thetas[sl]))
             base = pb.conf[sl] * vis[sl] * act[:, None, None]
-            parts.append(frame_terms(pb, state.shape, th, state.xi, pb.obs[sl], base, scale, jacobians))
+            parts.append(frame_terms(pb, state.shape, th, state.xi, pb.obs[sl], base, scale, jacobians, sl, act))
         cost = torch.cat([p.cost for p in parts])
         errors = torch.cat([p.errors for p in parts])
         if not jacobians:

@@ -23,6 +23,7 @@ model that cannot change its size lets the data correct the rig's scale).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -69,6 +70,7 @@ class Problem:
     obs: Tensor        # (F, C, 2, L) float64 undistorted pixels
     conf: Tensor       # (F, C, L) float64, 0 where missing
     cfg: FitConfig
+    sil: Any = None    # silhouette.SilhouetteData (mask boundaries + pairing) or None: no silhouette term
 
     @property
     def n_frame(self) -> int:
@@ -124,9 +126,16 @@ def landmarks_and_visibility(pb: Problem, shape: Tensor, thetas: Tensor, xi: Ten
 
 
 def frame_terms(pb: Problem, shape: Tensor, thetas: Tensor, xi: Tensor, obs: Tensor, base_w: Tensor, scale: float,
-                jacobians: bool) -> FrameTerms:
+                jacobians: bool, sil_frames: slice | None = None, sil_active: Tensor | None = None) -> FrameTerms:
     """Cost (and normal-equation blocks) of B frames: thetas (B, n_f), obs (B, C, 2, L), base_w (B, C, L) =
-    confidence × visibility (0 = unused)."""
+    confidence × visibility (0 = unused). With pb.sil and sil_frames (the frames' rows in pb.sil, active (B,) bool),
+    the silhouette term (`silhouette.py`) is added to the cost and to the [shape | θ_f] blocks (re-pairing the
+    mask boundaries at every Jacobian evaluation)."""
+    sil = None
+    if pb.sil is not None and sil_frames is not None:
+        from flame_fitting.fit.silhouette import silhouette_terms
+        sil = silhouette_terms(pb.sil, pb.rig, shape, thetas, xi, sil_frames, sil_active, jacobians, jacobians, rho,
+                               irls_weight)
     kind = pb.cfg.robust_loss
     X, _, D = forward_and_jacobian(pb.rm, shape, thetas, normals=False, jacobian=jacobians)
     if jacobians:
@@ -142,6 +151,8 @@ def frame_terms(pb: Problem, shape: Tensor, thetas: Tensor, xi: Tensor, obs: Ten
     cost_each = torch.where(front, base_w * rho(e_safe, scale, kind), torch.where(used & ~front, base_w * behind_cost,
                                                                                   torch.zeros_like(e)))
     out = FrameTerms(cost=cost_each.sum((1, 2)), errors=torch.where(front, e, torch.full_like(e, float("nan"))))
+    if sil is not None:
+        out.cost = out.cost + sil[0]
     if not jacobians:
         return out
     B, C, L = e.shape
@@ -154,6 +165,8 @@ def frame_terms(pb: Problem, shape: Tensor, thetas: Tensor, xi: Tensor, obs: Ten
     Dm = D.reshape(B, 3 * L, -1)
     A = Dm.transpose(1, 2) @ MD.reshape(B, 3 * L, -1)                             # (B, P, P)
     g = (Dm.transpose(1, 2) @ g3.reshape(B, 3 * L, 1))[..., 0]                    # (B, P)
+    if sil is not None:
+        A, g = A + sil[1], g + sil[2]
     n_s, k = pb.rm.n_shape, pb.rig.n_params
     nS = pb.n_shared
     A_ss = A.new_zeros(nS, nS)

@@ -64,6 +64,7 @@ class SequenceFit:
     converged: bool
     config: FitConfig
     noise: pd.DataFrame | None = None     # landmark noise model per group (noise.NoiseModel.table); None when off
+    silhouette: dict | None = None        # silhouette term: used, n_masks, n_samples_used, median_px (fitter.py)
 
     @property
     def frames(self) -> list[int]:
