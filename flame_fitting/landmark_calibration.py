@@ -151,7 +151,7 @@ def refine_reprojection(frames: list[FrameViews], verts: np.ndarray, faces: np.n
         t1 /= np.linalg.norm(t1, axis=1, keepdims=True)
         t2 = np.cross(nrm, t1)
         r0 = _reprojection(frames, faces, fi, bc)                                   # (M, L, 2)
-        J = np.stack([(_reprojection(frames, faces, *closest_points(p + step_m * t, v, faces)) - r0) / step_m
+        J = np.stack([(_reprojection(frames, faces, *closest_points(p + step_m * t, v, faces)[:2]) - r0) / step_m
                       for t in (t1, t2)], -1)                                       # (M, L, 2, 2)
         ok = np.isfinite(r0).all(-1) & np.isfinite(J).all((-1, -2))
         r0z, J = np.nan_to_num(r0), np.where(ok[..., None, None], J, 0.0)
@@ -160,7 +160,7 @@ def refine_reprojection(frames: list[FrameViews], verts: np.ndarray, faces: np.n
         H += (lam * np.maximum(np.trace(H, axis1=1, axis2=2), 1e-12))[:, None, None] * np.eye(2)
         delta = -np.linalg.solve(H, np.einsum("ml,mlai,mla->li", wgt, J, r0z)[..., None])[..., 0]
         delta *= np.minimum(1.0, 2e-3 / np.maximum(np.linalg.norm(delta, axis=1), 1e-12))[:, None]  # ≤ 2 mm a step
-        nf, nb = closest_points(p + delta[:, :1] * t1 + delta[:, 1:] * t2, v, faces)
+        nf, nb, _ = closest_points(p + delta[:, :1] * t1 + delta[:, 1:] * t2, v, faces)
         better = move & (cost(_reprojection(frames, faces, nf, nb)) < cost(r0))
         fi[better], bc[better] = nf[better], nb[better]
         lam = np.where(better, lam / 3, lam * 4)
@@ -186,7 +186,7 @@ def calibrate_embedding(samples: list[np.ndarray], frames: list[FrameViews], ver
         centre[i] = c if move[i] else centre[i]
     fi, bc = np.asarray(face_idx, np.int64).copy(), np.asarray(bary, np.float64).copy()
     if move.any():
-        fi[move], bc[move] = closest_points(centre[move], verts, faces)
+        fi[move], bc[move], _ = closest_points(centre[move], verts, faces)
     if frames:
         fi, bc = refine_reprojection(frames, verts, faces, fi, bc, move, cfg)
     shift = np.linalg.norm(template_points(fi, bc, verts, faces) - original, axis=1) * 1e3

@@ -47,35 +47,47 @@ def geometric_median(x: np.ndarray, iters: int = 100, eps: float = 1e-9) -> np.n
     return m
 
 
-def closest_point_bary(p: np.ndarray, tri: np.ndarray) -> np.ndarray:
-    """Barycentrics (..., 3) of the closest point to p (..., 3) on triangles tri (..., 3 corners, 3): the
-    projection onto the plane when it is inside, else the closest point on the nearest edge."""
-    a, b, c = tri[..., 0, :], tri[..., 1, :], tri[..., 2, :]
-    n = np.cross(b - a, c - a)
-    nn = np.maximum(dot(n, n), 1e-30)
-    v, w = dot(np.cross(p - a, c - a), n) / nn, dot(np.cross(b - a, p - a), n) / nn
-    cands = [np.stack([1 - v - w, v, w], -1)]
-    for i, j in ((0, 1), (1, 2), (2, 0)):
-        e = tri[..., j, :] - tri[..., i, :]
-        s = np.clip(dot(p - tri[..., i, :], e) / np.maximum(dot(e, e), 1e-30), 0, 1)
-        bc = np.zeros(s.shape + (3,))
-        bc[..., i], bc[..., j] = 1 - s, s
-        cands.append(bc)
-    cb = np.stack(cands, -2)                                                # (..., 4, 3)
-    dist = np.linalg.norm(np.einsum("...ck,...kd->...cd", cb, tri) - p[..., None, :], axis=-1)
-    dist[..., 0] = np.where((v >= 0) & (w >= 0) & (v + w <= 1), dist[..., 0], np.inf)
-    return np.take_along_axis(cb, dist.argmin(-1)[..., None, None], -2)[..., 0, :]
+def closest_point_on_triangles(p: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Barycentric coordinates (N,3) of the closest point to p (N,3) on triangles (a, b, c) (N,3 each)."""
+    ab, ac, ap = b - a, c - a, p - a
+    d00, d01, d11 = (ab * ab).sum(1), (ab * ac).sum(1), (ac * ac).sum(1)
+    d20, d21 = (ap * ab).sum(1), (ap * ac).sum(1)
+    den = np.maximum(d00 * d11 - d01 * d01, 1e-30)
+    v = (d11 * d20 - d01 * d21) / den
+    w = (d00 * d21 - d01 * d20) / den
+    bary = np.stack([1 - v - w, v, w], 1)
+    inside = (bary >= 0).all(1)
+    if inside.all():
+        return bary
+    best = bary.copy()
+    best_d = np.where(inside, 0.0, np.inf)
+    corners = (a, b, c)
+    for i, j in ((0, 1), (1, 2), (2, 0)):  # clamp to each edge
+        e = corners[j] - corners[i]
+        t = np.clip(((p - corners[i]) * e).sum(1) / np.maximum((e * e).sum(1), 1e-30), 0, 1)
+        q = corners[i] + t[:, None] * e
+        d = ((p - q) ** 2).sum(1)
+        better = ~inside & (d < best_d)
+        cand = np.zeros_like(bary)
+        cand[:, i], cand[:, j] = 1 - t, t
+        best[better], best_d[better] = cand[better], d[better]
+    return best
 
 
-def closest_points(points: np.ndarray, verts: np.ndarray, faces: np.ndarray, k: int = 32
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Closest surface points of the mesh verts (V,3) / faces (F,3) to points (P,3), searched among the k faces
-    with the nearest centroids -> face (P,) int64, bary (P,3) float64."""
-    v, p = np.asarray(verts, np.float64), np.asarray(points, np.float64).reshape(-1, 3)
-    k = min(k, len(faces))
-    cand = cKDTree(v[faces].mean(1)).query(p, k)[1].reshape(len(p), k)
-    tri = v[faces[cand]]                                                    # (P, k, 3, 3)
-    bc = closest_point_bary(np.repeat(p[:, None], k, 1), tri)
-    best = np.linalg.norm(np.einsum("pkc,pkcd->pkd", bc, tri) - p[:, None], axis=-1).argmin(1)
-    n = np.arange(len(p))
-    return cand[n, best].astype(np.int64), bc[n, best]
+def closest_points(points: np.ndarray, verts: np.ndarray, faces: np.ndarray, k: int = 48):
+    """Closest surface point of each query: (face_idx (P,) int64, bary (P,3), dist (P,)).
+
+    Candidates are the k triangles with the nearest centroids (enough for dense meshes).
+    """
+    cent = verts[faces].mean(1)
+    _, cand = cKDTree(cent).query(points, k=min(k, len(faces)))
+    n, kk = cand.shape
+    rep = np.repeat(points, kk, axis=0)
+    f = cand.reshape(-1)
+    tri = verts[faces[f]]
+    bary = closest_point_on_triangles(rep, tri[:, 0], tri[:, 1], tri[:, 2])
+    q = np.einsum("nk,nkd->nd", bary, tri)
+    d = np.linalg.norm(q - rep, axis=1).reshape(n, kk)
+    best = d.argmin(1)
+    rows = np.arange(n) * kk + best
+    return f[rows].astype(np.int64), bary[rows], d[np.arange(n), best]

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .geometry import closest_points, ray_mesh_far_hits
+from flame_fitting.surface_points import closest_points
+
+from .geometry import ray_mesh_far_hits
 
 MP_TO_IBUG68 = np.array([
     162, 234, 93, 58, 172, 136, 149, 148, 152, 377, 378, 365, 397, 288, 323, 454, 389,  # contour 0..16

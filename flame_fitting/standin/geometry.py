@@ -1,6 +1,6 @@
 """Small mesh-geometry helpers for the stand-in head builder (pure numpy/scipy).
 
-Ray casting against a triangle mesh, closest points with barycentric coordinates, normals,
+Ray casting against a triangle mesh, closest points (from flame_fitting.surface_points), normals,
 signed volume, and smooth fills/extensions of scalar fields on a (rows, cols) grid whose
 columns wrap around (the head's azimuth).
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import spsolve
-from scipy.spatial import cKDTree
+
 
 
 def ray_mesh_far_hits(origin: np.ndarray, dirs: np.ndarray, verts: np.ndarray, tris: np.ndarray,
@@ -65,52 +65,6 @@ def phong_far_hits(origin: np.ndarray, dirs: np.ndarray, verts: np.ndarray, tris
     t = t.copy()
     t[ok] += np.einsum("nd,nd->n", smooth - q, dirs[ok])
     return t
-
-
-def closest_point_on_triangles(p: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """Barycentric coordinates (N,3) of the closest point to p (N,3) on triangles (a, b, c) (N,3 each)."""
-    ab, ac, ap = b - a, c - a, p - a
-    d00, d01, d11 = (ab * ab).sum(1), (ab * ac).sum(1), (ac * ac).sum(1)
-    d20, d21 = (ap * ab).sum(1), (ap * ac).sum(1)
-    den = np.maximum(d00 * d11 - d01 * d01, 1e-30)
-    v = (d11 * d20 - d01 * d21) / den
-    w = (d00 * d21 - d01 * d20) / den
-    bary = np.stack([1 - v - w, v, w], 1)
-    inside = (bary >= 0).all(1)
-    if inside.all():
-        return bary
-    best = bary.copy()
-    best_d = np.where(inside, 0.0, np.inf)
-    corners = (a, b, c)
-    for i, j in ((0, 1), (1, 2), (2, 0)):  # clamp to each edge
-        e = corners[j] - corners[i]
-        t = np.clip(((p - corners[i]) * e).sum(1) / np.maximum((e * e).sum(1), 1e-30), 0, 1)
-        q = corners[i] + t[:, None] * e
-        d = ((p - q) ** 2).sum(1)
-        better = ~inside & (d < best_d)
-        cand = np.zeros_like(bary)
-        cand[:, i], cand[:, j] = 1 - t, t
-        best[better], best_d[better] = cand[better], d[better]
-    return best
-
-
-def closest_points(points: np.ndarray, verts: np.ndarray, faces: np.ndarray, k: int = 48):
-    """Closest surface point of each query: (face_idx (P,) int64, bary (P,3), dist (P,)).
-
-    Candidates are the k triangles with the nearest centroids (enough for dense meshes).
-    """
-    cent = verts[faces].mean(1)
-    _, cand = cKDTree(cent).query(points, k=min(k, len(faces)))
-    n, kk = cand.shape
-    rep = np.repeat(points, kk, axis=0)
-    f = cand.reshape(-1)
-    tri = verts[faces[f]]
-    bary = closest_point_on_triangles(rep, tri[:, 0], tri[:, 1], tri[:, 2])
-    q = np.einsum("nk,nkd->nd", bary, tri)
-    d = np.linalg.norm(q - rep, axis=1).reshape(n, kk)
-    best = d.argmin(1)
-    rows = np.arange(n) * kk + best
-    return f[rows].astype(np.int64), bary[rows], d[np.arange(n), best]
 
 
 def face_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:

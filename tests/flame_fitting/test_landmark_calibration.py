@@ -19,7 +19,7 @@ from flame_fitting.flame_io import HeadModelError
 from flame_fitting.head_model import CALIBRATED_EMBEDDING, CALIBRATION_JSON, HeadModel
 from flame_fitting.meshes import icosphere
 from flame_fitting.raster import rasterize
-from flame_fitting.surface_points import (closest_point_bary, closest_points, geometric_median, ray_triangles,
+from flame_fitting.surface_points import (closest_point_on_triangles, closest_points, geometric_median, ray_triangles,
                                           template_points)
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -56,10 +56,10 @@ def closest_point_ref(p, a, b, c):
     return a + ab * vb * denom + ac * vc * denom
 
 
-def test_closest_point_bary_matches_reference():
+def test_closest_point_on_triangles_matches_reference():
     rng = np.random.default_rng(0)
     tri, p = rng.normal(size=(300, 3, 3)), 2 * rng.normal(size=(300, 3))
-    got = np.einsum("nk,nkd->nd", closest_point_bary(p, tri), tri)
+    got = np.einsum("nk,nkd->nd", closest_point_on_triangles(p, tri[:, 0], tri[:, 1], tri[:, 2]), tri)
     ref = np.stack([closest_point_ref(p[i], *tri[i]) for i in range(len(p))])
     np.testing.assert_allclose(got, ref, atol=1e-9)
 
@@ -69,7 +69,7 @@ def test_closest_points_matches_brute_force():
     v = v * RADII
     rng = np.random.default_rng(1)
     pts = v[rng.integers(0, len(v), 25)] + rng.normal(0, 0.01, (25, 3))
-    face, bary = closest_points(pts, v, f)
+    face, bary, _ = closest_points(pts, v, f)
     got = np.linalg.norm(template_points(face, bary, v, f) - pts, axis=1)
     ref = np.array([min(np.linalg.norm(closest_point_ref(p, *v[t]) - p) for t in f) for p in pts])
     np.testing.assert_allclose(got, ref, atol=1e-12)
@@ -109,7 +109,7 @@ def scene():
     nrm /= np.linalg.norm(nrm, axis=1, keepdims=True)
     off -= (off * nrm).sum(1, keepdims=True) * nrm
     off *= (rng.uniform(2e-3, 3e-3, L) / np.linalg.norm(off, axis=1))[:, None]
-    face1, bary1 = closest_points(p0 + off, v, f)
+    face1, bary1, _ = closest_points(p0 + off, v, f)
     eyes = [0.6 * np.array([np.sin(a), 0.1, np.cos(a)]) for a in np.radians(np.linspace(-60, 60, 7))]
     cams = [Camera(K=intrinsics(300, 300, 128, 128), world_to_cam=look_at(e, np.zeros(3)), width=256, height=256,
                    name=f"c{i}") for i, e in enumerate(eyes)]
@@ -191,7 +191,7 @@ def calibrated_folder(tmp_path_factory):
     v, f = spec.v_template.astype(np.float64), spec.f
     rng = np.random.default_rng(4)
     p = template_points(spec.mp_face_idx, spec.mp_bary, v, f) + rng.normal(0, 2e-3, (len(spec.mp_face_idx), 3))
-    fi, bc = closest_points(p, v, f)
+    fi, bc, _ = closest_points(p, v, f)
     res = lc.CalibrationResult(fi, bc, np.ones(len(fi), bool), np.zeros(len(fi)), np.zeros(len(fi), np.int64),
                                np.zeros(len(fi)))
     lc.write_calibrated_embedding(spec.path, res, spec.mp_landmark_indices, {"test": True})
