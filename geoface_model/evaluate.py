@@ -34,13 +34,13 @@ from flame_fitting.capture import save_cameras
 from flame_fitting.landmarks_embed import interpolate_landmarks
 from flame_fitting.params import spec
 from flame_fitting.uv import write_obj
+from flame_fitting.uv_preview import write_png
 from flame_fitting.uv_checks import rigid_fit
 
 from .data import GeoFaceDataset, collate
 from .diffusion import make_noise_scheduler
 from .export import export_3dgs
 from .metrics import attention_hit_rate_batch, detect_landmarks, image_metrics, landmark_fit_rmse, posmap_error_mm, tsed
-from .report import write_png
 
 
 @dataclass

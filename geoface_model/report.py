@@ -14,12 +14,12 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from flame_fitting.uv import atomic_write
 from flame_fitting.uv_preview import posmap_rgb
 
 from .generate import contact_sheet
@@ -108,16 +108,6 @@ def png_bytes(rgb: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def write_png(path: Path | str, rgb: np.ndarray) -> Path:
-    """Atomic PNG write."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(png_bytes(rgb))
-    os.replace(tmp, path)
-    return path
-
-
 def _fmt(v) -> str:
     if v is None:
         return "—"
@@ -173,12 +163,7 @@ def write_report(path: Path | str, summary: dict, samples: list[dict], views: li
     if views:
         parts += ["<h2>Per view</h2>", _table(views, list(views[0]))]
     parts += ["<h2>Provenance</h2><pre>" + html.escape(_pretty(provenance)) + "</pre></body></html>"]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(Path(path), lambda fh: fh.write("\n".join(parts).encode("utf-8")))
 
 
 def _pretty(d: dict) -> str:

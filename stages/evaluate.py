@@ -38,11 +38,12 @@ from flame_fitting.capture import replace_dir, sha256_file
 from flame_fitting.fit_capture import load_sequence_fit
 from flame_fitting.head_model import load_head_model
 from flame_fitting.params import load_section, read_params
+from flame_fitting.uv_preview import write_png
 from geoface_model.config import GeoFaceConfig
 from geoface_model.data import GeoFaceDataset
 from geoface_model.evaluate import EvalParams, aggregate, evaluate_sample, save_sample
 from geoface_model.generate import load_pipeline
-from geoface_model.report import loss_figure, overlay_figure, sample_grid, write_png, write_report
+from geoface_model.report import loss_figure, overlay_figure, sample_grid, write_report
 
 DATA, FITS, HEAD, MODEL = Path("data/dataset"), Path("data/fits"), Path("data/head_model"), Path("models/geoface")
 OUT, PLOTS, METRICS = Path("data/eval"), Path("plots/eval"), Path("metrics/eval.json")
