@@ -109,12 +109,12 @@ def fit_capture(cap: Capture, ls: LandmarkSet, model: HeadModel, cfg: FitConfig,
     extras = Path(model.folder) / "standin_extras.npz" if getattr(model, "folder", None) else None
     face_region = np.load(extras)["face_region"] if extras is not None and extras.is_file() else None
     residuals, errors, failures, histories, timings, statuses = [], [], [], [], [], []
-    sil_used = 0
+    sil_used, masks_skipped = 0, []
     cfg = resolve_silhouette_mode(cfg, cap)
     seqs = cap.sequences()
     for subject, sequence in tqdm(seqs, desc="fit", disable=not progress):
         try:
-            masks = load_masks(cap, subject, sequence) if cfg.silhouette_weight > 0 else None
+            masks = load_masks(cap, subject, sequence, masks_skipped) if cfg.silhouette_weight > 0 else None
             fit = fit_sequence(model, cap.cameras(subject, sequence), ls.for_sequence(subject, sequence), cfg,
                                progress=False, masks=masks)
         except Exception as e:  # one bad sequence is recorded, never fatal for the others
@@ -134,12 +134,15 @@ def fit_capture(cap: Capture, ls: LandmarkSet, model: HeadModel, cfg: FitConfig,
         if overlay_dir is not None:
             write_overlays(cap, subject, sequence, fit, model, ls, overlay_dir)
     (tmp / "failures.json").write_text(json.dumps(failures, indent=1))
+    if masks_skipped:
+        (tmp / "masks_skipped.json").write_text(json.dumps(masks_skipped, indent=1))
     replace_dir(tmp, out)
     metrics = summarise(residuals, errors, failures, histories, timings, statuses)
     metrics["mediapipe_embedding"] = embedding_used(model, cfg)
     metrics["silhouette_weight"] = float(cfg.silhouette_weight)
     metrics["silhouette_mode"] = cfg.silhouette_mode
     metrics["silhouette_sequences"] = int(sil_used)  # sequences fitted with the silhouette term (masks found)
+    metrics["masks_skipped"] = len(masks_skipped)     # unreadable masks (listed in <out>/masks_skipped.json)
     return metrics
 
 
@@ -151,9 +154,11 @@ def resolve_silhouette_mode(cfg: FitConfig, cap: Capture) -> FitConfig:
     return replace(cfg, silhouette_mode="two_sided" if cap.info.get("source") == "synthetic" else "inside")
 
 
-def load_masks(cap: Capture, subject: str, sequence: str) -> dict[int, dict[str, np.ndarray]] | None:
+def load_masks(cap: Capture, subject: str, sequence: str, skipped: list[dict] | None = None
+               ) -> dict[int, dict[str, np.ndarray]] | None:
     """{frame: {camera: (H, W) uint8 mask}} of the capture's `mask_path` column (rows without one are absent),
-    None when the capture has no masks for this sequence."""
+    None when the capture has no masks for this sequence. An unreadable mask is left out (that view simply has no
+    silhouette term) and recorded in `skipped` as {"path", "error"}."""
     import cv2
 
     m = cap.manifest
@@ -167,7 +172,10 @@ def load_masks(cap: Capture, subject: str, sequence: str) -> dict[int, dict[str,
         path = cap.root / r.mask_path
         img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
         if img is None:
-            raise ValueError(f"{path}: could not read the mask")
+            if skipped is not None:
+                skipped.append({"path": str(path), "error": "missing or not a decodable image; view fitted without "
+                                                            "its silhouette"})
+            continue
         out.setdefault(int(r.frame), {})[r.camera] = img
     return out or None
 

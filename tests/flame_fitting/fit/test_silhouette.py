@@ -141,6 +141,26 @@ def test_capture_masks_load_and_mode_resolution(tmp_path, head, cams, truth):
         "two_sided"
 
 
+def test_unreadable_mask_is_recorded_and_skipped(tmp_path, head, cams, truth):
+    """A mask file that cannot be decoded leaves that view without a silhouette and is recorded; the others load."""
+    from flame_fitting.capture import CaptureWriter, load_capture
+    from flame_fitting.fit_capture import load_masks
+    f = min(truth)
+    masks = render_masks(head, cams, model_outputs(head, truth[f])[0])
+    names = sorted(cams)
+    with CaptureWriter(tmp_path / "cap", source="synthetic") as w:
+        w.set_cameras("s0", "seq", cams)
+        for n in names:
+            w.add_image("s0", "seq", f, n, np.zeros((512, 512, 3), np.uint8), mask=masks[n])
+    cap = load_capture(tmp_path / "cap")
+    bad = cap.root / cap.manifest[cap.manifest.camera == names[0]].mask_path.iloc[0]
+    bad.write_bytes(b"not a png")
+    skipped = []
+    got = load_masks(cap, "s0", "seq", skipped)
+    assert sorted(got[f]) == names[1:]
+    assert len(skipped) == 1 and skipped[0]["path"] == str(bad)
+
+
 def test_bad_mask_and_head_region(head, cams, truth, exact_obs):
     """A mask whose size differs from its camera's image is refused (naming frame and camera); the "head" region
     drops the root-skinned vertices and treats no open edge as a contour."""
