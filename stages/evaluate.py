@@ -59,6 +59,8 @@ def main() -> None:
     p = load_section(EvalParams, "eval")
     gutter = int((read_params().get("uv") or {}).get("gutter", 4))
     cfg_path = MODEL / "geoface_config.json"
+    if not cfg_path.is_file():
+        raise SystemExit(f"{cfg_path}: missing (the train stage writes it beside the model; run `dvc repro train`)")
     cfg = GeoFaceConfig.from_sections(**{k: v for k, v in json.loads(cfg_path.read_text()).items()
                                          if k in ("tokens", "model", "loss", "train")}, where=str(cfg_path))
     fits = {f.parent.relative_to(FITS).as_posix(): load_sequence_fit(f.parent) for f in sorted(FITS.glob("*/*/fit.npz"))}
