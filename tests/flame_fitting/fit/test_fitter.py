@@ -116,8 +116,21 @@ def test_divergence_is_caught_and_reported(head, cams, truth, exact_obs, caplog)
     assert fit.status[8].status == "ok"
     assert np.linalg.norm(fit.vertices[8] - good.vertices[8], axis=1).max() < 1e-4
     assert any("s7" in r.message and "seqA" in r.message and "frame 3" in r.message for r in caplog.records)
+    # a head behind every camera: within 30 iterations the solver may or may not get back (which one
+    # depends on float details of the installed versions); whichever it is, the status must agree with
+    # the fit's own criterion (median reprojection error against max_median_px)
     behind = {f: replace(p, transl=np.array([0.0, 0.0, 3.0], np.float32)) for f, p in good.params.items()}
-    fit = fit_sequence(head, cams, exact_obs, FitConfig(), progress=False, init=behind)
+    cfg = FitConfig()
+    fit = fit_sequence(head, cams, exact_obs, cfg, progress=False, init=behind)
+    med = fit.residuals.groupby("frame").median_px.median()  # median of per-view medians, near the fit's own
+    for f, s in fit.status.items():
+        assert s.status in ("ok", "diverged")
+        if s.status == "ok":
+            assert med[f] <= 1.5 * cfg.max_median_px, (f, med[f])
+        else:
+            assert "median reprojection error" in s.reason or "no landmark in front" in s.reason
+    # one iteration from there cannot reach the head: reported diverged, with the reason
+    fit = fit_sequence(head, cams, exact_obs, FitConfig(iterations=1), progress=False, init=behind)
     assert all(s.status == "diverged" for s in fit.status.values())
     assert "no landmark in front" in fit.status[3].reason or "median reprojection error" in fit.status[3].reason
 
