@@ -14,8 +14,10 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from flame_fitting.errors import GeofaceError
 
-class CameraError(ValueError):
+
+class CameraError(GeofaceError, ValueError):
     """A camera that is not a valid OpenCV pinhole camera."""
 
 

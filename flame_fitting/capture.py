@@ -13,11 +13,8 @@ so an interrupted run never leaves a half-written capture. `load_capture` valida
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +22,9 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from flame_fitting.errors import GeofaceError
 from flame_fitting.camera import Camera, CameraError
+from flame_fitting.fileio import check_output_dir, make_temp_dir, replace_dir, sha256_file, write_json
 
 FORMAT = "geoface-capture"
 VERSION = 1
@@ -33,16 +32,8 @@ MANIFEST_COLUMNS = ["subject", "sequence", "frame", "camera", "path", "width", "
 SPLITS = ("train", "val", "test")
 
 
-class CaptureError(ValueError):
+class CaptureError(GeofaceError, ValueError):
     """Malformed capture: the message names the file and what is wrong."""
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def frame_dir(subject: str, sequence: str, frame: int) -> str:
@@ -69,12 +60,18 @@ def read_image(path: Path) -> np.ndarray:
 
 
 class CaptureWriter:
-    """Writes a capture atomically: `with CaptureWriter(root, source="synthetic") as w: ...`."""
+    """Writes a capture atomically: `with CaptureWriter(root, source="synthetic") as w: ...`.
 
-    def __init__(self, root: Path | str, source: str, info: dict | None = None, image_ext: str = ".png"):
+    `root` is checked before anything is written (fileio.check_output_dir): it must not equal or
+    contain one of `inputs`, and an existing non-empty `root` is replaced only if geoface wrote it
+    and `overwrite` is set."""
+
+    def __init__(self, root: Path | str, source: str, info: dict | None = None, image_ext: str = ".png",
+                 overwrite: bool = True, inputs: tuple = ()):
         self.root = Path(root)
-        self.tmp = self.root.parent / f".{self.root.name}.tmp-{uuid.uuid4().hex[:8]}"
-        self.tmp.mkdir(parents=True)
+        self.overwrite, self.inputs = overwrite, tuple(inputs)
+        check_output_dir(self.root, self.inputs, overwrite)
+        self.tmp = make_temp_dir(self.root)
         self.source, self.info, self.ext = source, dict(info or {}), image_ext
         self.rows: list[dict] = []
         self._cameras: dict[tuple[str, str], dict[str, Camera]] = {}
@@ -134,28 +131,13 @@ class CaptureWriter:
         df.to_parquet(self.tmp / "manifest.parquet", index=False)
         meta = {"format": FORMAT, "version": VERSION, "source": self.source, "n_images": len(df), **self.info}
         (self.tmp / "capture.json").write_text(json.dumps(meta, indent=2, default=str))
-        replace_dir(self.tmp, self.root)
+        replace_dir(self.tmp, self.root, self.overwrite, self.inputs)
         return self.root
-
-
-def replace_dir(src: Path, dst: Path) -> None:
-    """Move directory `src` to `dst`, replacing `dst` (the old one is removed only after the move)."""
-    dst = Path(dst)
-    if dst.exists():
-        old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(dst, old)
-        os.rename(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(src, dst)
 
 
 def save_cameras(path: Path, cameras: dict[str, Camera]) -> None:
     data = {"convention": "opencv", "units": "m", "cameras": {n: c.to_dict() for n, c in cameras.items()}}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    write_json(path, data, indent=1)
 
 
 def load_cameras(path: Path) -> dict[str, Camera]:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import yaml
 
+from flame_fitting.fileio import check_output_dir, write_json
+
 
 def _overrides(pairs: list[str]) -> dict:
     out = {}
@@ -42,18 +44,20 @@ def cmd_fit(args) -> int:
         over["refine_cameras"] = True
     cfg = build_config(FitConfig, over, "geoface fit --set")
     head = Path(args.head_model)
+    out = Path(args.out)
+    for sub in ("landmarks", "fits", "overlays"):  # checked before any work, never replaces foreign data
+        check_output_dir(out / sub, [args.capture_dir, head], args.force)
     if not head.is_dir():
         raise SystemExit(f"{head}: no head model folder (run `dvc repro head_model`, or pass --head-model "
                          "pointing at a FLAME folder in smplx layout; see docs/head_model.md)")
-    out = Path(args.out)
     cap = load_capture(args.capture_dir)
     model = load_head_model(head, n_shape=cfg.n_shape, n_expr=cfg.n_expr)
     ls = detect_capture(cap, workers=args.workers)
-    save_landmarks(ls, out / "landmarks")
+    save_landmarks(ls, out / "landmarks", overwrite=args.force)
     metrics = {"landmarks": landmark_metrics(cap, ls)}
-    fit_metrics = fit_capture(cap, ls, model, cfg, out / "fits", overlay_dir=out / "overlays")
+    fit_metrics = fit_capture(cap, ls, model, cfg, out / "fits", overlay_dir=out / "overlays", overwrite=args.force)
     metrics["fit"] = {k: v for k, v in fit_metrics.items() if not k.startswith("_")}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    write_json(out / "metrics.json", metrics)
     print(json.dumps(metrics, indent=2, default=str))
     return 0
 
@@ -64,7 +68,7 @@ def cmd_import(args) -> int:
     from pipelines.registry import import_capture
 
     cfg = build_config(ImportConfig, _overrides(args.set), "geoface import --set")
-    report = import_capture(args.source, args.root, args.out, cfg)
+    report = import_capture(args.source, args.root, args.out, cfg, overwrite=args.force)
     print(report)
     return 0
 
@@ -90,12 +94,16 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--refine-cameras", action="store_true", help="bundle adjustment of the cameras")
     f.add_argument("--workers", type=int, default=None, help="landmark detection processes (default: all cores)")
     f.add_argument("--set", nargs="*", default=[], help="FitConfig overrides, e.g. --set iterations=50 n_expr=20")
+    f.add_argument("--force", action="store_true",
+                   help="replace OUT/landmarks, OUT/fits, OUT/overlays if an earlier geoface run wrote them")
     f.set_defaults(func=cmd_fit)
     i = sub.add_parser("import", help="convert a dataset to the canonical capture format")
     i.add_argument("source", choices=["nersemble", "renderme360", "colmap", "transforms_json", "folder"])
     i.add_argument("root")
     i.add_argument("--out", required=True)
     i.add_argument("--set", nargs="*", default=[], help="ImportConfig overrides, e.g. --set downscale=2")
+    i.add_argument("--force", action="store_true", help="replace --out if an earlier geoface import wrote it "
+                   "(a folder geoface did not write is never replaced)")
     i.set_defaults(func=cmd_import)
     g = sub.add_parser("generate", help="views + geometry from one face photo with a trained model")
     g.add_argument("photo")
@@ -108,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--guidance", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--gs", action="store_true", help="also export transforms.json + COLMAP text + PLY for 3DGS")
-    g.add_argument("--force", action="store_true", help="replace an existing output folder")
+    g.add_argument("--force", action="store_true", help="replace --out if an earlier geoface run wrote it")
     g.set_defaults(func=cmd_generate)
     args = ap.parse_args(argv)
     try:

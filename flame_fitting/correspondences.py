@@ -24,12 +24,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from numba import njit, prange
 
+from flame_fitting.errors import GeofaceError
 from flame_fitting.camera import Camera, stack_cameras
 from flame_fitting.raster import Fragments, interpolate, rasterize
-from flame_fitting.uv import UVLayout, atomic_write
+from flame_fitting.fileio import atomic_write
+from flame_fitting.uv import UVLayout
 
 
-class CorrespondenceError(ValueError):
+class CorrespondenceError(GeofaceError, ValueError):
     """Bad input to the correspondence code (names the frame or file)."""
 
 

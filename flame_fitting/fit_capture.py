@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import traceback
-import uuid
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,7 +25,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from flame_fitting.capture import Capture, replace_dir, save_cameras
+from flame_fitting.capture import Capture, save_cameras
+from flame_fitting.fileio import check_output_dir, make_temp_dir, mark_output, replace_dir
 from flame_fitting.fit import FitConfig, SequenceFit, fit_sequence
 from flame_fitting.fit.overlay import draw_overlay
 from flame_fitting.head_model import HeadModel
@@ -101,11 +101,12 @@ def write_overlays(cap: Capture, subject: str, sequence: str, fit: SequenceFit, 
 
 
 def fit_capture(cap: Capture, ls: LandmarkSet, model: HeadModel, cfg: FitConfig, out: Path,
-                overlay_dir: Path | None = None, progress: bool = True) -> dict:
-    """Fit every sequence; write `out` atomically; return metrics (+ tables under private keys)."""
+                overlay_dir: Path | None = None, progress: bool = True, overwrite: bool = True) -> dict:
+    """Fit every sequence; write `out` atomically (an existing `out` is replaced only if geoface wrote it and
+    `overwrite`); return metrics (+ tables under private keys)."""
     out = Path(out)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
+    check_output_dir(out, [cap.root], overwrite)
+    tmp = make_temp_dir(out)
     extras = Path(model.folder) / "standin_extras.npz" if getattr(model, "folder", None) else None
     face_region = np.load(extras)["face_region"] if extras is not None and extras.is_file() else None
     residuals, errors, failures, histories, timings, statuses = [], [], [], [], [], []
@@ -136,7 +137,9 @@ def fit_capture(cap: Capture, ls: LandmarkSet, model: HeadModel, cfg: FitConfig,
     (tmp / "failures.json").write_text(json.dumps(failures, indent=1))
     if masks_skipped:
         (tmp / "masks_skipped.json").write_text(json.dumps(masks_skipped, indent=1))
-    replace_dir(tmp, out)
+    replace_dir(tmp, out, overwrite)
+    if overlay_dir is not None:
+        mark_output(overlay_dir)
     metrics = summarise(residuals, errors, failures, histories, timings, statuses)
     metrics["mediapipe_embedding"] = embedding_used(model, cfg)
     metrics["silhouette_weight"] = float(cfg.silhouette_weight)

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from flame_fitting.errors import GeofaceError
 
-class HeadModelError(ValueError):
+
+class HeadModelError(GeofaceError, ValueError):
     """A head model folder or file that is missing, malformed or needs conversion."""
 
 

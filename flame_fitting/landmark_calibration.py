@@ -17,17 +17,15 @@ synthetic generator keeps texturing through, so calibration never feeds back int
 """
 from __future__ import annotations
 
-import json
-import os
 import tempfile
 import time
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from flame_fitting.camera import Camera
+from flame_fitting.fileio import write_json, write_npz
 from flame_fitting.head_model import CALIBRATED_EMBEDDING, CALIBRATION_JSON
 from flame_fitting.params import spec
 from flame_fitting.surface_points import (closest_points, dot, geometric_median, ray_triangles,
@@ -235,19 +233,12 @@ def collect(cap, ls, verts_t: np.ndarray, faces: np.ndarray, landmark_indices: n
 def write_calibrated_embedding(folder: Path | str, res: CalibrationResult, landmark_indices: np.ndarray,
                                provenance: dict) -> Path:
     """Write CALIBRATED_EMBEDDING and CALIBRATION_JSON into the head model folder (each temp file + rename)."""
-    folder, tag = Path(folder), uuid.uuid4().hex[:8]
+    folder = Path(folder)
     npz, js = folder / CALIBRATED_EMBEDDING, folder / CALIBRATION_JSON
-    tmp_npz, tmp_js = folder / f".{npz.stem}.tmp-{tag}.npz", folder / f".{js.name}.tmp-{tag}"
-    try:
-        np.savez(tmp_npz, lmk_face_idx=res.face_idx.astype(np.int64), lmk_b_coords=res.bary.astype(np.float64),
-                 landmark_indices=np.asarray(landmark_indices, np.int64), calibrated=res.calibrated,
-                 shift_mm=res.shift_mm.astype(np.float32), n_samples=res.n_samples)
-        tmp_js.write_text(json.dumps(provenance, indent=1))
-        os.replace(tmp_js, js)
-        os.replace(tmp_npz, npz)
-    finally:
-        tmp_npz.unlink(missing_ok=True)
-        tmp_js.unlink(missing_ok=True)
+    write_json(js, provenance, indent=1)
+    write_npz(npz, lmk_face_idx=res.face_idx.astype(np.int64), lmk_b_coords=res.bary.astype(np.float64),
+              landmark_indices=np.asarray(landmark_indices, np.int64), calibrated=res.calibrated,
+              shift_mm=res.shift_mm.astype(np.float32), n_samples=res.n_samples)
     return npz
 
 

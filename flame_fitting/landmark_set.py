@@ -8,14 +8,14 @@ Written to a temporary folder and renamed. Used by the `landmarks` stage and `ge
 """
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from flame_fitting.capture import Capture, CaptureError, replace_dir
+from flame_fitting.capture import Capture, CaptureError
+from flame_fitting.fileio import make_temp_dir, replace_dir
 from flame_fitting.landmarks import YAW_BANDS, detect_files, rates_by_yaw, results_to_arrays, yaw_band_key
 
 KEYS = ["subject", "sequence", "frame", "camera"]
@@ -51,13 +51,13 @@ def detect_capture(cap: Capture, workers: int | None = None, progress: bool = Tr
     return LandmarkSet(table, arr["points"])
 
 
-def save_landmarks(ls: LandmarkSet, out_dir: Path | str) -> Path:
+def save_landmarks(ls: LandmarkSet, out_dir: Path | str, overwrite: bool = True) -> Path:
+    """Write `out_dir` atomically; an existing one is replaced only if geoface wrote it and `overwrite`."""
     out_dir = Path(out_dir)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
+    tmp = make_temp_dir(out_dir)
     ls.table.to_parquet(tmp / "detections.parquet", index=False)
     np.save(tmp / "points.npy", ls.points)
-    replace_dir(tmp, out_dir)
+    replace_dir(tmp, out_dir, overwrite)
     return out_dir
 
 

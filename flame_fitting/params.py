@@ -13,8 +13,10 @@ from pathlib import Path
 
 import yaml
 
+from flame_fitting.errors import GeofaceError
 
-class ParamsError(ValueError):
+
+class ParamsError(GeofaceError, ValueError):
     """A params.yaml value that is missing, unknown, of the wrong type or out of range."""
 
 

@@ -4,7 +4,6 @@ components) and the UV layout, in one labelled grid image.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
@@ -12,6 +11,7 @@ import numpy as np
 import torch
 
 from flame_fitting.camera import intrinsics, look_at
+from flame_fitting.fileio import write_png
 from flame_fitting.render import Lighting, render_mesh
 
 TILE = 256
@@ -88,9 +88,4 @@ def head_model_preview(model, out_png: Path | str) -> Path:
     cv2.putText(title, f"head model: {model.kind} ({model.n_vertices} vertices)" +
                 ("  -- geoface stand-in, NOT FLAME" if model.kind == "standin" else ""), (8, 19),
                 cv2.FONT_HERSHEY_SIMPLEX, 0.55, (255, 255, 255), 1, cv2.LINE_AA)
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(f".{out_png.name}.tmp.png")
-    cv2.imwrite(str(tmp), cv2.cvtColor(np.concatenate([title, grid], 0), cv2.COLOR_RGB2BGR))
-    os.replace(tmp, out_png)
-    return out_png
+    return write_png(out_png, np.concatenate([title, grid], 0))

@@ -26,8 +26,10 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from flame_fitting.errors import GeofaceError
 
-class RasterError(ValueError):
+
+class RasterError(GeofaceError, ValueError):
     """Bad input to the rasteriser."""
 
 

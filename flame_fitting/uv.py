@@ -25,7 +25,7 @@ UV copies averaged; `vertex_sampler`) and `posmap_to_points` (valid texels), bot
 
 The code is split by concern; this module is the public façade (every name stays importable from here):
 `uv_bake` (layout, box, texel table, baking), `uv_sample` (bilinear lookup, inverse) and `uv_files`
-(`atomic_write`, OBJ / npz files).
+(OBJ / npz files; atomic writes come from `fileio`).
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from flame_fitting.uv_bake import (_TABLES, BOX_CENTER, BOX_HALF, MAX_EXTRAPOLAT
                                    BakeTable, UVError, UVLayout, _bake_kernel, _bake_reference, _check_verts,
                                    _gutter_rows, _texel_centres, bake_posmap, denormalize_points, get_bake_table,
                                    normalize_points)
-from flame_fitting.uv_files import atomic_write, load_posmap, save_posmap, write_obj  # noqa: F401
+from flame_fitting.uv_files import load_posmap, save_posmap, write_obj  # noqa: F401
 from flame_fitting.uv_sample import (_SAMPLERS, _bilinear_taps, _check_posmap, posmap_to_points,  # noqa: F401
                                      posmap_to_vertices, sample_bilinear, vertex_sampler)
 

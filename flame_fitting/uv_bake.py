@@ -18,6 +18,7 @@ from scipy.ndimage import distance_transform_edt
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from flame_fitting.errors import GeofaceError
 from flame_fitting.raster import rasterize_uv, uv_overlap_fraction
 
 # One fixed normalisation box for every frame (FLAME frame, metres). FLAME's origin sits near the
@@ -29,7 +30,7 @@ BOX_CENTER = np.array([0.0, -0.04, 0.0], np.float32)  # metres
 BOX_HALF = 0.25  # metres; the same half-size on all axes keeps the map's aspect ratio (isotropic)
 
 
-class UVError(ValueError):
+class UVError(GeofaceError, ValueError):
     """Bad input to the UV position map code (names the frame or file)."""
 
 

@@ -1,30 +1,15 @@
-"""UV position map files: `atomic_write` (temporary sibling + rename), `write_obj` (triangle OBJ with
+"""UV position map files: `write_obj` (triangle OBJ with
 optional UVs) and `save_posmap` / `load_posmap` (compressed npz that records the normalisation box and
 refuses a file written with another one). Part of `flame_fitting.uv` (the public façade).
 """
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 
+from flame_fitting.fileio import atomic_write
 from flame_fitting.uv_bake import BOX_CENTER, BOX_HALF, BakedPosmap, UVError
-
-
-def atomic_write(path: Path, write) -> Path:
-    """Call write(file object) on a temporary sibling of `path`, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def write_obj(path: Path | str, verts: np.ndarray, faces: np.ndarray, uv: np.ndarray | None = None,

@@ -6,16 +6,13 @@
 - `figure9`: the paper's Figure 9 from (ground-truth) correspondences: a query pixel on one view, its UV
   location marked on the UV map, and the pixels of the other views that see the same UV (within
   `tol_texels`) marked on them; one labelled grid image.
-- `write_png`: atomic PNG writer.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import cv2
 import numpy as np
 
-from flame_fitting.uv import atomic_write
 
 BACKGROUND = (40, 40, 40)
 MARK = (255, 40, 200)  # magenta: query / matches
@@ -118,14 +115,3 @@ def figure9(images: np.ndarray, uv: np.ndarray, visible: np.ndarray, uv_map: np.
     while len(tiles) % cols:
         tiles.append(np.full((tile, tile, 3), BACKGROUND, np.uint8))
     return np.concatenate([np.concatenate(tiles[r:r + cols], 1) for r in range(0, len(tiles), cols)], 0)
-
-
-def write_png(path: Path | str, rgb: np.ndarray) -> Path:
-    """Write an (H, W, 3) RGB uint8 image as PNG (atomic)."""
-    rgb = np.asarray(rgb)
-    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"{path}: write_png needs (H, W, 3) uint8, got {rgb.dtype} {rgb.shape}")
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise ValueError(f"{path}: PNG encoding failed")
-    return atomic_write(Path(path), lambda fh: fh.write(buf.tobytes()))

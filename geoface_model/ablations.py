@@ -20,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from flame_fitting.fileio import write_text
+
 VARIANTS: dict[str, list[str]] = {
     "full": [],
     "no_align_loss": ["loss.align_weight=0"],
@@ -136,9 +138,7 @@ def table(out: Path = DOC, commit: str | None = None, show: list | None = None) 
         "subjects). Read the table as what these settings produce, not as the paper's comparison.",
         "",
     ])
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(md)
-    os.replace(tmp, out)
+    write_text(out, md)
     print(md)
     return md
 

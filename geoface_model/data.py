@@ -20,21 +20,23 @@ fixed per item for val/test) and remaps the sparse targets to the chosen views (
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
+
+from flame_fitting.errors import GeofaceError
+from flame_fitting.fileio import write_bytes
 
 FORMAT, VERSION = "geoface-shard", 1
 DENSE = ("images", "masks", "K", "world_to_cam", "uv_posmap", "uv_mask")
 SPARSE = ("a2g", "g2a")
 
 
-class ShardError(ValueError):
+class ShardError(GeofaceError, ValueError):
     """A shard that is malformed or does not match the model's token grids."""
 
 
@@ -144,10 +146,7 @@ def write_shard(path: Path | str, samples: list[dict], *, split: str, patch_size
     recs = [{"subject": str(s["subject"]), "sequence": str(s["sequence"]), "frame": int(s["frame"]),
              "cameras": list(s.get("cameras", [str(v) for v in range(V)]))} for s in samples]
     meta = ShardMeta(split, S, R, patch_size, geo_patch_size, len(samples), V, sorted({r["subject"] for r in recs}), recs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in t.items()}, str(tmp), metadata={"geoface": meta.to_json()})
-    os.replace(tmp, path)
+    write_bytes(path, save({k: v.contiguous() for k, v in t.items()}, metadata={"geoface": meta.to_json()}))
     return meta
 
 

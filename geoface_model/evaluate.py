@@ -34,7 +34,7 @@ from flame_fitting.capture import save_cameras
 from flame_fitting.landmarks_embed import interpolate_landmarks
 from flame_fitting.params import spec
 from flame_fitting.uv import write_obj
-from flame_fitting.uv_preview import write_png
+from flame_fitting.fileio import write_png
 from flame_fitting.uv_checks import rigid_fit
 
 from .data import GeoFaceDataset, collate

@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import uuid
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from flame_fitting.errors import GeofaceError
 from flame_fitting.camera import Camera, invert_rigid
-from flame_fitting.capture import replace_dir
+from flame_fitting.fileio import replace_dir, temp_path
 from flame_fitting.raster import rasterize
 from flame_fitting.render import vertex_normals
 
@@ -40,7 +40,7 @@ PLY_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("nx", "<f4"), (
                       ("red", "u1"), ("green", "u1"), ("blue", "u1")])
 
 
-class ExportError(ValueError):
+class ExportError(GeofaceError, ValueError):
     """Inconsistent export input (names the argument)."""
 
 
@@ -158,7 +158,7 @@ def export_3dgs(out_dir: Path | str, images: list[np.ndarray], cameras: list[Cam
                               f"got {np.asarray(img).dtype} {np.asarray(img).shape}")
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = temp_path(out)
     try:
         (tmp / "images").mkdir(parents=True)
         for name, img in zip(names, images):

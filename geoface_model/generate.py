@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import shutil
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,8 +35,10 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
+from flame_fitting.errors import GeofaceError
 from flame_fitting.camera import Camera
-from flame_fitting.capture import replace_dir, save_cameras
+from flame_fitting.capture import save_cameras
+from flame_fitting.fileio import check_output_dir, replace_dir, temp_path
 from flame_fitting.head_model import load_head_model
 from flame_fitting.render import Lighting, render_mesh
 from flame_fitting.uv import UVLayout, write_obj
@@ -52,7 +53,7 @@ MAX_SIDE = 4096
 _DETECTOR: dict = {}
 
 
-class GenerateError(ValueError):
+class GenerateError(GeofaceError, ValueError):
     """A photo or model that cannot be used (names the file and the problem)."""
 
 
@@ -208,10 +209,8 @@ def generate_from_photo(photo: Path | str, model_dir: Path | str, n_views: int, 
     out = Path(out_dir)
     if n_views < 1:
         raise GenerateError(f"n_views must be >= 1, got {n_views}")
-    if out.exists() and not out.is_dir():
-        raise GenerateError(f"{out}: exists and is a file, not a folder")
-    if out.exists() and not overwrite and any(out.iterdir()):
-        raise GenerateError(f"{out}: exists and is not empty (pass overwrite=True / --force to replace it)")
+    inputs = [photo, model_dir, head_model_dir]
+    check_output_dir(out, inputs, overwrite)  # before any work: never replaces data geoface did not write
     bar = tqdm(total=5, desc="generate", disable=not progress)
     rgb, notes, orig = read_photo(photo, max_side)
     face = detect_face(rgb, str(photo))
@@ -239,7 +238,7 @@ def generate_from_photo(photo: Path | str, model_dir: Path | str, n_views: int, 
     bar.update(1)
 
     names = [c.name for c in res.cameras]
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = temp_path(out)
     try:
         tmp.mkdir(parents=True)
         _write_png(tmp / "reference.png", res.reference[0])
@@ -270,7 +269,7 @@ def generate_from_photo(photo: Path | str, model_dir: Path | str, n_views: int, 
             "files": sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file()) + ["report.json"],
         }
         (tmp / "report.json").write_text(json.dumps(report, indent=1))
-        replace_dir(tmp, out)
+        replace_dir(tmp, out, overwrite, inputs)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import torch
 
+from flame_fitting.errors import GeofaceError
 
-class LatentError(ValueError):
+
+class LatentError(GeofaceError, ValueError):
     """A VAE path that is not a usable local AutoencoderKL folder."""
 
 

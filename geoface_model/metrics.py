@@ -28,12 +28,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from flame_fitting.errors import GeofaceError
 from flame_fitting.camera import Camera
 from flame_fitting.fit import FitConfig, fit_sequence
 from flame_fitting.uv import denormalize_points
 
 
-class MetricError(ValueError):
+class MetricError(GeofaceError, ValueError):
     """Bad metric input or unusable LPIPS weights (names the file / argument)."""
 
 

@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 import torch
 
+from flame_fitting.errors import GeofaceError
 from flame_fitting.camera import Camera, look_at
 from flame_fitting.fit import FitConfig, FrameParams, fit_sequence
 from flame_fitting.uv_checks import rigid_fit
@@ -41,7 +42,7 @@ DEFAULT_FOCAL_MM = 50.0
 DEFAULT_FILL = 0.55
 
 
-class CameraEstimateError(ValueError):
+class CameraEstimateError(GeofaceError, ValueError):
     """The photo's camera could not be estimated (too few landmarks, degenerate PnP)."""
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,8 +37,9 @@ import torch
 from diffusers import DDIMScheduler, DiffusionPipeline, EulerDiscreteScheduler
 from diffusers.utils import BaseOutput
 
+from flame_fitting.errors import GeofaceError
 from flame_fitting.camera import Camera
-from flame_fitting.capture import replace_dir
+from flame_fitting.fileio import replace_dir, temp_path
 from flame_fitting.uv import UVLayout, posmap_to_vertices
 
 from .embeddings import plucker_rays
@@ -50,7 +50,7 @@ SCHEDULERS = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler}
 HEAD_DIR, LAYOUT_FILE, HEAD_INFO_FILE = "head", "uv_layout.npz", "head_model.json"
 
 
-class PipelineError(ValueError):
+class PipelineError(GeofaceError, ValueError):
     """Bad input to the pipeline or an unusable pipeline folder (names the file / argument)."""
 
 
@@ -183,7 +183,7 @@ class GeoFacePipeline(DiffusionPipeline):
         """diffusers layout + head/ (UV layout, head model info); written to a temp sibling, then renamed."""
         out = Path(save_directory)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp = temp_path(out)
         super().save_pretrained(str(tmp), **kwargs)
         (tmp / HEAD_DIR).mkdir()
         if self.uv_layout is not None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from flame_fitting.uv import atomic_write
+from flame_fitting.fileio import atomic_write
 from flame_fitting.uv_preview import posmap_rgb
 
 from .generate import contact_sheet

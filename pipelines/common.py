@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from flame_fitting.camera import Camera, CameraError
-from flame_fitting.capture import CaptureError, CaptureWriter, sha256_file
+from flame_fitting.capture import CaptureError, CaptureWriter
+from flame_fitting.fileio import sha256_file
 from pipelines.import_config import (ImportConfig, ImportReport, as_matrix, camera_names, load_json,  # noqa: F401
                                      select_frames, select_names, subject_split)
 from pipelines.views import (ViewProcessor, _undistort_maps, crop_for, read_image_file, scale_to_image,  # noqa: F401
@@ -47,7 +48,7 @@ class CaptureImport:
     def __init__(self, source: str, root_in: Path | str, out: Path | str, cfg: ImportConfig):
         cfg.validate()
         self.source, self.root_in, self.out, self.cfg = source, Path(root_in), Path(out), cfg
-        self.writer = CaptureWriter(self.out, source=source, image_ext=cfg.image_ext)
+        self.writer = CaptureWriter(self.out, source=source, image_ext=cfg.image_ext, inputs=(self.root_in,))
         self.views: dict[tuple[str, str], dict[str, ViewProcessor]] = {}
         self.skipped: list[dict] = []
         self.warnings: list[str] = []

@@ -8,6 +8,7 @@ import importlib
 from pathlib import Path
 
 from flame_fitting.capture import CaptureError
+from flame_fitting.fileio import check_output_dir
 from pipelines.common import ImportConfig, ImportReport
 
 SOURCES = ("synthetic", "nersemble", "renderme360", "colmap", "transforms_json", "folder")
@@ -15,8 +16,12 @@ READERS = {"nersemble": "pipelines.nersemble", "renderme360": "pipelines.renderm
            "transforms_json": "pipelines.transforms_json", "folder": "pipelines.folder"}
 
 
-def import_capture(source: str, root_in: Path | str, out: Path | str, cfg: ImportConfig | None = None) -> ImportReport:
-    """Read the capture at `root_in` in format `source` and write the canonical capture at `out`."""
+def import_capture(source: str, root_in: Path | str, out: Path | str, cfg: ImportConfig | None = None,
+                   overwrite: bool = False) -> ImportReport:
+    """Read the capture at `root_in` in format `source` and write the canonical capture at `out`.
+
+    `out` is checked before anything is read (fileio.check_output_dir): it may not equal or contain
+    `root_in`, and an existing non-empty `out` is replaced only when geoface wrote it and `overwrite`."""
     if source not in SOURCES:
         raise CaptureError(f"captures.source: unknown source {source!r}; choose one of {', '.join(SOURCES)}")
     if source == "synthetic":
@@ -26,5 +31,6 @@ def import_capture(source: str, root_in: Path | str, out: Path | str, cfg: Impor
     root_in = Path(root_in).expanduser()
     if not root_in.exists():
         raise CaptureError(f"captures.root: {root_in} does not exist")
+    check_output_dir(out, [root_in], overwrite)
     module = importlib.import_module(READERS[source])
     return module.import_capture(root_in, Path(out), cfg if cfg is not None else ImportConfig())

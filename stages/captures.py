@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import common  # noqa: F401  (puts this checkout first on sys.path)
-from common import write_json
+from common import run, write_json
 
 from flame_fitting.capture import load_capture
 from flame_fitting.params import ParamsError, build_config, read_params, spec
@@ -36,21 +36,29 @@ class CaptureSource:
             raise ParamsError(f"captures.root: needed for captures.source={self.source!r}")
 
 
-def main() -> None:
-    section = dict(read_params().get("captures") or {})
+def load_params(params: dict):
+    """(CaptureSource, SyntheticConfig | ImportConfig) from the `captures` section, validated."""
+    section = dict(params.get("captures") or {})
     src = build_config(CaptureSource, {k: section.pop(k) for k in ("source", "root") if k in section},
                        "params.yaml:captures")
     synthetic = section.pop("synthetic", None) or {}
+    if src.source == "synthetic":
+        from pipelines.synthetic import SyntheticConfig
+
+        return src, build_config(SyntheticConfig, synthetic, "params.yaml:captures.synthetic")
+    return src, build_config(ImportConfig, section, "params.yaml:captures")
+
+
+def main() -> None:
+    src, cfg = load_params(read_params())
     from pipelines.synthetic import contact_sheet  # works on any canonical capture
 
     if src.source == "synthetic":
-        from pipelines.synthetic import SyntheticConfig, detection_report, generate
+        from pipelines.synthetic import detection_report, generate
 
-        cfg = build_config(SyntheticConfig, synthetic, "params.yaml:captures.synthetic")
         summary = generate(Path("data/head_model"), OUT, cfg)
     else:
-        cfg = build_config(ImportConfig, section, "params.yaml:captures")
-        report = import_capture(src.source, src.root, OUT, cfg)
+        report = import_capture(src.source, src.root, OUT, cfg, overwrite=True)
         summary = {"skipped": len(getattr(report, "skipped", []) or [])}
     cap = load_capture(OUT)
     m = cap.manifest
@@ -74,4 +82,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

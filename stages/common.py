@@ -1,8 +1,7 @@
-"""Small helpers shared by the stage scripts: repository root on sys.path, atomic JSON/CSV writes."""
+"""Shared by the stage scripts: this checkout first on sys.path; the atomic JSON/CSV writers of fileio;
+`run(main)`, which prints the toolkit's own errors as one line (stage, file or key, problem) and exits 1."""
 from __future__ import annotations
 
-import json
-import os
 import sys
 from pathlib import Path
 
@@ -10,29 +9,15 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as `python stages/x.py`: import this checkout's packages first
     sys.path.insert(0, str(ROOT))
 
-
-def write_json(path: Path | str, data: dict) -> None:
-    """Write JSON atomically (temporary file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_default))
-    os.replace(tmp, path)
+from flame_fitting.fileio import write_csv, write_json  # noqa: E402,F401  (the stages' writers)
+from flame_fitting.errors import GeofaceError  # noqa: E402
 
 
-def write_csv(path: Path | str, df) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-
-
-def _default(o):
-    import numpy as np
-
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
+def run(main) -> None:
+    """Call `main()`; an error about the input (GeofaceError) becomes one line on stderr and exit status 1
+    instead of a traceback. Any other exception is a bug and keeps its traceback."""
+    try:
+        main()
+    except GeofaceError as e:
+        print(f"{Path(sys.argv[0]).stem}: error: {e}", file=sys.stderr)
+        sys.exit(1)

@@ -13,7 +13,6 @@ Run: `dvc repro correspondences`.
 """
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,16 +20,18 @@ import numpy as np
 from tqdm import tqdm
 
 import common  # noqa: F401  (puts this checkout first on sys.path)
-from common import write_json
+from common import run, write_json
 
-from flame_fitting.capture import load_cameras, load_capture, replace_dir
+from flame_fitting.capture import load_cameras, load_capture
+from flame_fitting.fileio import make_temp_dir, replace_dir
 from flame_fitting.correspondences import TokenGrid, compute_correspondences, save_correspondences
 from flame_fitting.fit_capture import load_sequence_fit
 from flame_fitting.head_model import load_head_model
-from flame_fitting.params import build_config, load_section, read_params, spec
+from flame_fitting.params import build_config, read_params, spec
 from flame_fitting.uv import UVLayout, load_posmap
 from flame_fitting.uv_checks import aggregate, frame_metrics, load_gt_raster
-from flame_fitting.uv_preview import correspondence_overlay, figure9, write_png
+from flame_fitting.uv_preview import correspondence_overlay, figure9
+from flame_fitting.fileio import write_png
 from geoface_model.config import TokensConfig
 
 FITS, UV, OUT, PREVIEWS = Path("data/fits"), Path("data/uv"), Path("data/correspondences"), Path("plots/correspondences")
@@ -43,15 +44,18 @@ class CorrespondenceParams:
     check_stride: int = spec(2, "self-check every n-th pixel (1 = all)", lo=1)
 
 
+def load_params(params: dict) -> tuple[CorrespondenceParams, TokensConfig]:
+    return (build_config(CorrespondenceParams, params.get("correspondences"), "params.yaml:correspondences"),
+            build_config(TokensConfig, params.get("tokens"), "params.yaml:tokens"))
+
+
 def main() -> None:
-    cfg = load_section(CorrespondenceParams, "correspondences")
-    tok = build_config(TokensConfig, read_params().get("tokens") or {}, "params.yaml:tokens")
+    cfg, tok = load_params(read_params())
     grid = TokenGrid(tok.app_tokens, tok.geo_tokens, cfg.min_app_coverage, cfg.min_geo_pixels)
     cap = load_capture("data/captures")
     fits = sorted(p.parent for p in FITS.glob("*/*/fit.npz"))
     model, layout = None, None
-    tmp = OUT.parent / f".{OUT.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
+    tmp = make_temp_dir(OUT)
     per_frame = []
     for folder in tqdm(fits, desc="correspondences"):
         fit = load_sequence_fit(folder)
@@ -107,4 +111,4 @@ def write_previews(cap, subject, sequence, frame, corr, posmap, gt, layout) -> N
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

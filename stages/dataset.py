@@ -10,7 +10,6 @@ from the capture manifest (train / val / test by subject). Writes data/dataset/<
 """
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,13 +18,14 @@ import numpy as np
 from tqdm import tqdm
 
 import common  # noqa: F401  (puts this checkout first on sys.path)
-from common import write_json
+from common import run, write_json
 
-from flame_fitting.capture import load_cameras, load_capture, replace_dir
+from flame_fitting.capture import load_cameras, load_capture
+from flame_fitting.fileio import make_temp_dir, replace_dir
 from flame_fitting.correspondences import load_correspondences
 from flame_fitting.fit_capture import load_sequence_fit
 from flame_fitting.head_model import load_head_model
-from flame_fitting.params import build_config, load_section, read_params, spec
+from flame_fitting.params import build_config, read_params, spec
 from flame_fitting.uv import UVLayout, bake_posmap
 from geoface_model.config import TokensConfig
 from geoface_model.data import write_shard
@@ -57,9 +57,13 @@ def view_arrays(cap, rows, cams, names, S):
     return np.stack(imgs), np.stack(masks), np.stack(Ks), np.stack(w2cs)
 
 
+def load_params(params: dict) -> tuple[DatasetParams, TokensConfig]:
+    return (build_config(DatasetParams, params.get("dataset"), "params.yaml:dataset"),
+            build_config(TokensConfig, params.get("tokens"), "params.yaml:tokens"))
+
+
 def main() -> None:
-    cfg = load_section(DatasetParams, "dataset")
-    tok = build_config(TokensConfig, read_params().get("tokens") or {}, "params.yaml:tokens")
+    cfg, tok = load_params(read_params())
     cap = load_capture("data/captures")
     m = cap.manifest
     split_of = m.groupby("subject").split.first().to_dict()
@@ -92,8 +96,7 @@ def main() -> None:
                 a2g_index=corr.a2g_index, a2g_weight=corr.a2g_weight.astype(np.float32),
                 g2a_index=corr.g2a_index, g2a_weight=corr.g2a_weight.astype(np.float32),
                 subject=subject, sequence=sequence, frame=frame, cameras=names))
-    tmp = OUT.parent / f".{OUT.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
+    tmp = make_temp_dir(OUT)
     for split, items in samples.items():
         for k in range(0, len(items), cfg.samples_per_shard):
             write_shard(tmp / split / f"shard_{k // cfg.samples_per_shard:04d}.safetensors",
@@ -109,4 +112,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -24,7 +24,6 @@ import json
 import shutil
 import time
 import traceback
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -32,13 +31,12 @@ import pandas as pd
 from tqdm import tqdm
 
 import common  # noqa: F401  (puts this checkout first on sys.path)
-from common import write_csv, write_json
+from common import run, write_csv, write_json
 
-from flame_fitting.capture import replace_dir, sha256_file
+from flame_fitting.fileio import make_temp_dir, replace_dir, sha256_file, write_png
 from flame_fitting.fit_capture import load_sequence_fit
 from flame_fitting.head_model import load_head_model
-from flame_fitting.params import load_section, read_params
-from flame_fitting.uv_preview import write_png
+from flame_fitting.params import build_config, read_params
 from geoface_model.config import GeoFaceConfig
 from geoface_model.data import GeoFaceDataset
 from geoface_model.evaluate import EvalParams, aggregate, evaluate_sample, save_sample
@@ -50,13 +48,16 @@ OUT, PLOTS, METRICS = Path("data/eval"), Path("plots/eval"), Path("metrics/eval.
 
 
 def _tmp(p: Path) -> Path:
-    t = p.parent / f".{p.name}.tmp-{uuid.uuid4().hex[:8]}"
-    t.mkdir(parents=True)
+    t = make_temp_dir(p)
     return t
 
 
+def load_params(params: dict) -> EvalParams:
+    return build_config(EvalParams, params.get("eval"), "params.yaml:eval")
+
+
 def main() -> None:
-    p = load_section(EvalParams, "eval")
+    p = load_params(read_params())
     gutter = int((read_params().get("uv") or {}).get("gutter", 4))
     cfg_path = MODEL / "geoface_config.json"
     if not cfg_path.is_file():
@@ -135,4 +136,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

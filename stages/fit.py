@@ -14,18 +14,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import common  # noqa: F401  (puts this checkout first on sys.path)
-from common import write_csv, write_json
+from common import run, write_csv, write_json
 
 from flame_fitting.capture import load_capture
 from flame_fitting.fit import FitConfig
 from flame_fitting.fit_capture import fit_capture
 from flame_fitting.head_model import load_head_model
 from flame_fitting.landmark_set import load_landmarks
-from flame_fitting.params import load_section
+from flame_fitting.params import build_config, read_params
+
+
+def load_params(params: dict) -> FitConfig:
+    return build_config(FitConfig, params.get("fit"), "params.yaml:fit")
 
 
 def main() -> None:
-    cfg = load_section(FitConfig, "fit")
+    cfg = load_params(read_params())
     cap = load_capture("data/captures")
     ls = load_landmarks("data/landmarks")
     model = load_head_model("data/head_model", n_shape=cfg.n_shape, n_expr=cfg.n_expr)
@@ -39,4 +43,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -17,18 +17,17 @@ from __future__ import annotations
 
 import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import common  # noqa: F401  (puts this checkout first on sys.path)
-from common import write_json
+from common import run, write_json
 
-from flame_fitting.capture import replace_dir
+from flame_fitting.fileio import replace_dir, temp_path
 from flame_fitting.flame_io import validate_flame_folder
 from flame_fitting.head_model import HeadModel
 from flame_fitting.landmark_calibration import CalibrationConfig, calibrate_head_model
-from flame_fitting.params import ParamsError, build_config, load_section, spec
+from flame_fitting.params import ParamsError, build_config, read_params, spec
 from flame_fitting.preview import head_model_preview
 from flame_fitting.standin import build_standin
 
@@ -59,13 +58,17 @@ class HeadModelParams:
 
 def copy_real_flame(src: Path, dst: Path) -> None:
     validate_flame_folder(src)  # refuses with a message naming the file and key
-    tmp = dst.parent / f".{dst.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = temp_path(dst)
     shutil.copytree(src, tmp)
     replace_dir(tmp, dst)
 
 
+def load_params(params: dict) -> HeadModelParams:
+    return build_config(HeadModelParams, params.get("head_model"), "params.yaml:head_model")
+
+
 def main() -> None:
-    cfg = load_section(HeadModelParams, "head_model")
+    cfg = load_params(read_params())
     t0 = time.perf_counter()
     if cfg.path is None:
         summary = build_standin(OUT, seed=cfg.seed, n_shape=cfg.n_shape, n_expr=cfg.n_expr)
@@ -98,4 +101,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

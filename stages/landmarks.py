@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import common  # noqa: F401  (puts this checkout first on sys.path)
-from common import write_json
+from common import run, write_json
 
 from flame_fitting.capture import load_capture
 from flame_fitting.landmark_set import detect_capture, landmark_metrics, save_landmarks
-from flame_fitting.params import load_section, spec
+from flame_fitting.params import build_config, read_params, spec
 
 
 @dataclass
@@ -24,8 +24,12 @@ class LandmarksParams:
     workers: int = spec(2, "threads decoding and running FaceMesh (one graph each; the calling thread is one)", lo=1, hi=256)
 
 
+def load_params(params: dict) -> LandmarksParams:
+    return build_config(LandmarksParams, params.get("landmarks"), "params.yaml:landmarks")
+
+
 def main() -> None:
-    cfg = load_section(LandmarksParams, "landmarks")
+    cfg = load_params(read_params())
     cap = load_capture("data/captures")
     ls = detect_capture(cap, workers=cfg.workers)
     save_landmarks(ls, Path("data/landmarks"))
@@ -35,4 +39,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -15,13 +15,12 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import uuid
 from pathlib import Path
 
 import common  # noqa: F401  (puts this checkout first on sys.path)
-from common import write_json
+from common import run, write_json
 
-from flame_fitting.capture import replace_dir, sha256_file
+from flame_fitting.fileio import replace_dir, sha256_file, temp_path
 from flame_fitting.params import read_params
 from geoface_model.config import GeoFaceConfig
 from geoface_model.data import read_shard_meta
@@ -42,16 +41,19 @@ def run_id(cfg: GeoFaceConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def load_params(params: dict) -> GeoFaceConfig:
+    return GeoFaceConfig.from_sections(tokens=params.get("tokens"), model=params.get("model"), loss=params.get("loss"),
+                                       train=params.get("train"), where="params.yaml")
+
+
 def main() -> None:
-    params = read_params()
-    cfg = GeoFaceConfig.from_sections(tokens=params.get("tokens"), model=params.get("model"), loss=params.get("loss"),
-                                      train=params.get("train"), where="params.yaml")
+    cfg = load_params(read_params())
     run_dir = STATE / run_id(cfg)
     for old in STATE.glob("*"):  # keep only this run's state
         if old != run_dir:
             shutil.rmtree(old, ignore_errors=True)
     metrics = train(cfg, DATA, run_dir)
-    tmp = MODEL.parent / f".{MODEL.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = temp_path(MODEL)
     shutil.copytree(run_dir / "model", tmp)
     shutil.copyfile(run_dir / "geoface_config.json", tmp / "geoface_config.json")  # generation needs the config
     replace_dir(tmp, MODEL)
@@ -62,4 +64,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -12,7 +12,6 @@ Run: `dvc repro uv`.
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,15 +20,16 @@ import torch
 from tqdm import tqdm
 
 import common  # noqa: F401  (puts this checkout first on sys.path)
-from common import write_json
+from common import run, write_json
 
-from flame_fitting.capture import replace_dir
+from flame_fitting.fileio import make_temp_dir, replace_dir
 from flame_fitting.fit_capture import load_sequence_fit
 from flame_fitting.head_model import load_head_model
-from flame_fitting.params import load_section, spec
+from flame_fitting.params import build_config, read_params, spec
 from flame_fitting.uv import UVLayout, bake_posmap, get_bake_table, posmap_to_vertices, save_posmap, write_obj
 from flame_fitting.uv_checks import layout_report
-from flame_fitting.uv_preview import posmap_rgb, write_png
+from flame_fitting.uv_preview import posmap_rgb
+from flame_fitting.fileio import write_png
 
 FITS, OUT, PREVIEWS = Path("data/fits"), Path("data/uv"), Path("plots/uv")
 
@@ -48,15 +48,18 @@ def canonical_vertices(model, fit: dict, i: int) -> np.ndarray:
     return model.canonical(t("shape"), t("expr"), t("jaw_pose"), neck_pose=t("neck_pose"), eye_pose=t("eye_pose"))[0].numpy()
 
 
+def load_params(params: dict) -> UVParams:
+    return build_config(UVParams, params.get("uv"), "params.yaml:uv")
+
+
 def main() -> None:
-    cfg = load_section(UVParams, "uv")
+    cfg = load_params(read_params())
     fits = sorted(p.parent for p in FITS.glob("*/*/fit.npz"))
     first = load_sequence_fit(fits[0]) if fits else None
     model = load_head_model("data/head_model", n_shape=first["shape"].shape[1], n_expr=first["expr"].shape[1]) if fits \
         else None
     layout = UVLayout.from_head_model(model) if model is not None else None
-    tmp = OUT.parent / f".{OUT.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
+    tmp = make_temp_dir(OUT)
     roundtrip, clipped, bake_ms, n = [], 0, [], 0
     if layout is not None:
         get_bake_table(layout, cfg.resolution, cfg.gutter)  # one-off per layout
@@ -94,4 +97,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

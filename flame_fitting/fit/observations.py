@@ -16,13 +16,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from flame_fitting.errors import GeofaceError
 from flame_fitting.camera import Camera
 from flame_fitting.landmarks_embed import N_MEDIAPIPE
 
 MIN_POINTS_PER_VIEW = 3  # a view "has a detection" when at least this many embedded landmarks are finite
 
 
-class FitInputError(ValueError):
+class FitInputError(GeofaceError, ValueError):
     """Cameras or observations the fitter refuses (names the camera / frame)."""
 
 

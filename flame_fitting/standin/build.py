@@ -17,12 +17,11 @@ import json
 import pickle
 import shutil
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 
-from ..capture import replace_dir
+from ..fileio import make_temp_dir, replace_dir
 from . import embedding as emb
 from .bases import build_bases
 from .face_surface import PHOTO_NAME, build_metric_face
@@ -103,8 +102,7 @@ def build_standin(out_dir: Path, seed: int = 0, n_shape: int = 50, n_expr: int =
         "note": "geoface stand-in head model — NOT FLAME",
         "identity_names": id_names, "expr_names": ex_names,
     }
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
+    tmp = make_temp_dir(out_dir)
     try:
         np.savez(tmp / "FLAME_NEUTRAL.npz", v_template=v.astype(np.float32), f=f.astype(np.int64),
                  shapedirs=shapedirs.astype(np.float32), posedirs=np.zeros((len(v), 3, N_POSEDIRS), np.float32),

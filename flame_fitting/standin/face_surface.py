@@ -22,12 +22,14 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from ..errors import GeofaceError
+
 PHOTO_NAME = "grace_hopper.jpg"
 EYE_CORNER_DIST = 0.090  # m, landmarks 33 - 263
 N_LANDMARKS = 478
 
 
-class FaceSurfaceError(RuntimeError):
+class FaceSurfaceError(GeofaceError, RuntimeError):
     """MediaPipe did not give a usable face on the source photo."""
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
 
+from flame_fitting.errors import GeofaceError
 from flame_fitting.camera import Camera, stack_cameras
 from flame_fitting.capture import CaptureWriter, frame_dir
 from flame_fitting.flame_io import HeadModelError, load_flame_folder
@@ -40,7 +41,7 @@ from pipelines.synthetic.texture import FaceWarp, build_face_warp
 RENDER_ERRORS = (RasterError, ValueError, FloatingPointError, RuntimeError, IndexError)
 
 
-class FrameError(RuntimeError):
+class FrameError(GeofaceError, RuntimeError):
     """A frame that cannot be rendered (recorded in capture.json `failures`)."""
 
 

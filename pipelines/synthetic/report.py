@@ -12,13 +12,13 @@ camera name and yaw.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from flame_fitting.capture import CaptureError, load_capture, read_image
+from flame_fitting.fileio import write_png
 from flame_fitting.landmarks import YAW_BANDS, detect_files, rates_by_yaw, yaw_band_key
 
 ACCURATE_NME = 0.1  # a detection is accurate when its mean error is at most this fraction of the face size
@@ -125,9 +125,4 @@ def contact_sheet(capture_root: Path | str, subject: str, out_png: Path | str, f
     n_rows = -(-len(tiles) // cols)
     tiles += [np.zeros_like(tiles[0])] * (n_rows * cols - len(tiles))
     sheet = np.concatenate([np.concatenate(tiles[r * cols:(r + 1) * cols], 1) for r in range(n_rows)], 0)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(f".{out_png.stem}.tmp.png")
-    if not cv2.imwrite(str(tmp), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
-        raise CaptureError(f"{out_png}: could not write the contact sheet")
-    os.replace(tmp, out_png)
-    return out_png
+    return write_png(out_png, sheet)

@@ -28,6 +28,7 @@ from matplotlib.path import Path as MplPath
 from scipy import ndimage
 from scipy.spatial import Delaunay
 
+from flame_fitting.errors import GeofaceError
 from flame_fitting.flame_io import load_flame_folder
 from flame_fitting.raster import interpolate, rasterize_uv
 from flame_fitting.standin.face_surface import boundary_loops
@@ -41,7 +42,7 @@ LATERAL = (1.0, 1.3)  # photo fades out sideways between these multiples of half
 FEATHER = 0.035  # photo weight ramps over this fraction of the texture size inside the face texels
 
 
-class TextureError(RuntimeError):
+class TextureError(GeofaceError, RuntimeError):
     """The photo texture cannot be built for this head model (message names the file)."""
 
 

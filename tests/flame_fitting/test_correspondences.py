@@ -15,7 +15,8 @@ from flame_fitting.raster import rasterize
 from flame_fitting.standin import build_standin
 from flame_fitting.uv import UVLayout, bake_posmap
 from flame_fitting.uv_checks import aggregate, cycle_errors, frame_metrics, gt_uv_accuracy, load_gt_raster, rigid_fit
-from flame_fitting.uv_preview import correspondence_overlay, figure9, matches, posmap_rgb, write_png
+from flame_fitting.fileio import write_png
+from flame_fitting.uv_preview import correspondence_overlay, figure9, matches, posmap_rgb
 
 
 def plane_scene(S: int = 64):

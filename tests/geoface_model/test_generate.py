@@ -11,6 +11,7 @@ import torch
 
 from flame_fitting.camera import Camera, look_at
 from flame_fitting.capture import load_cameras
+from flame_fitting.fileio import OutputError
 from flame_fitting.head_model import load_head_model
 from flame_fitting.standin import build_standin
 from flame_fitting.uv import UVLayout
@@ -110,7 +111,7 @@ def test_generate_from_photo_writes_everything(env, tmp_path):
     assert _yaw_deg(cams["view_01"].center, centre) == pytest.approx(60, abs=1e-2)
     assert abs(_yaw_deg(cams["reference"].center, centre)) < 25  # a near-frontal portrait
     assert (out / "gs" / "transforms.json").is_file() and (out / "gs" / "points3d.ply").is_file()
-    with pytest.raises(GenerateError, match="not empty"):
+    with pytest.raises(OutputError, match="pass --force"):
         generate_from_photo(PHOTO, root / "model", 2, out, head_model_dir=root / "head", progress=False)
 
 

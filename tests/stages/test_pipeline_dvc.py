@@ -78,3 +78,32 @@ def test_second_repro_does_nothing(tiny_repo):
     assert "Running stage" not in second.stdout, second.stdout
     status = run([str(BIN / "dvc"), "status"], dst, env)
     assert "up to date" in status.stdout, status.stdout
+
+
+@pytest.mark.parametrize("edit, message", [
+    (("uv", "resolutin", 64), "params.yaml:uv: unknown keys ['resolutin']"),
+    (("train", "steps", "abc"), "params.yaml:train.steps: expected an integer, got 'abc'"),
+    (("uv", "resolution", -4), "params.yaml:uv.resolution: -4 is below the minimum"),
+])
+def test_bad_params_fail_before_any_output_is_removed(tiny_repo, edit, message):
+    """A typo in params.yaml stops `dvc repro` at check_params with one line naming the key, before DVC has
+    removed the outputs of the stage whose section changed (or of any stage after it)."""
+    dst, env, first = tiny_repo
+    assert first.returncode == 0
+    good = (dst / "params.yaml").read_text()
+    before = {p: (dst / p).stat().st_mtime_ns for p in ("data/uv", "models/geoface", "metrics/eval.json")}
+    params = yaml.safe_load(good)
+    section, key, value = edit
+    params[section][key] = value
+    try:
+        (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        bad = run([str(BIN / "dvc"), "repro"], dst, env)
+        assert bad.returncode != 0
+        out = bad.stdout + bad.stderr
+        assert f"check_params: error: {message}" in out and "Traceback" not in out, out[-3000:]
+        for p, t in before.items():
+            assert (dst / p).exists() and (dst / p).stat().st_mtime_ns == t, f"{p} was touched"
+    finally:
+        (dst / "params.yaml").write_text(good)
+    again = run([str(BIN / "dvc"), "repro"], dst, env)
+    assert again.returncode == 0 and "Running stage" not in again.stdout, again.stdout[-3000:]

@@ -1,0 +1,11 @@
+"""The root of the toolkit's own error types.
+
+Every error the toolkit raises about its input (a file, a params key, a capture, a model folder) derives
+from `GeofaceError`, and its message names the file or key and what is wrong. Command-line entry points
+(stage scripts, `geoface`) print such an error as one line and exit non-zero; any other exception is a
+bug and keeps its traceback.
+"""
+
+
+class GeofaceError(Exception):
+    """An error about the user's input: the message names the file (or params key) and the problem."""

@@ -1,0 +1,133 @@
+"""fileio: atomic writes with one temporary-name scheme, folders replaced only when geoface wrote them,
+outputs that would swallow an input refused, stale temporaries of killed runs removed by the next run."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flame_fitting.fileio import (MARKER, TMP_TAG, OutputError, atomic_write, check_output_dir, clean_stale,
+                                  output_dir, replace_dir, temp_path, write_json, write_npz)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    dst = tmp_path / "a.json"
+    write_json(dst, {"x": np.float32(1.5), "y": np.arange(2)})
+    assert dst.read_text().startswith("{") and '"x": 1.5' in dst.read_text()
+
+    def boom(f):
+        f.write(b"half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(dst, boom)
+    assert '"x": 1.5' in dst.read_text()  # the old file is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
+    write_npz(tmp_path / "b.npz", a=np.arange(3))  # np.savez on a file object: no '.npz' appended elsewhere
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.npz"]
+    np.testing.assert_array_equal(np.load(tmp_path / "b.npz")["a"], np.arange(3))
+
+
+def test_foreign_folder_is_never_replaced(tmp_path):
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "thesis.tex").write_text("years of work")
+    with pytest.raises(OutputError, match="not written by geoface"):
+        with output_dir(user) as tmp:
+            (tmp / "x").write_text("x")
+    with pytest.raises(OutputError, match="not written by geoface"):
+        check_output_dir(user, overwrite=True)
+    assert (user / "thesis.tex").read_text() == "years of work"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # no temporary left
+    (tmp_path / "empty").mkdir()  # an empty folder holds nothing to lose
+    with output_dir(tmp_path / "empty") as tmp:
+        (tmp / "x").write_text("x")
+    assert (tmp_path / "empty" / MARKER).is_file()
+
+
+def test_own_folder_replaced_only_when_asked(tmp_path):
+    out = tmp_path / "out"
+    with output_dir(out) as tmp:
+        (tmp / "v1").write_text("1")
+    with pytest.raises(OutputError, match="pass --force"):
+        with output_dir(out, overwrite=False):
+            pass
+    with output_dir(out, overwrite=True) as tmp:
+        (tmp / "v2").write_text("2")
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "v2"]
+
+
+@pytest.mark.parametrize("where", ["same", "parent"])
+def test_output_containing_an_input_is_refused(tmp_path, where):
+    src = tmp_path / "data" / "source"
+    src.mkdir(parents=True)
+    (src / "img.png").write_bytes(b"png")
+    out = src if where == "same" else tmp_path / "data"
+    (out / MARKER).write_text("{}")  # even a folder geoface once wrote
+    with pytest.raises(OutputError, match="input"):
+        check_output_dir(out, [src], overwrite=True)
+    tmp = temp_path(tmp_path / "x")
+    tmp.mkdir()
+    with pytest.raises(OutputError, match="input"):
+        replace_dir(tmp, out, overwrite=True, inputs=[src])
+    assert (src / "img.png").read_bytes() == b"png"
+
+
+def test_stale_temporaries_of_dead_runs_are_removed(tmp_path):
+    dst = tmp_path / "captures"
+    host = temp_path(dst).name.split(TMP_TAG)[1].split("-")[0]
+    dead = tmp_path / f".captures{TMP_TAG}{host}-{_dead_pid()}-0123abcd"
+    live = tmp_path / f".captures{TMP_TAG}{host}-{os.getpid()}-89abcdef"
+    other_host = tmp_path / f".captures{TMP_TAG}elsewhere-{_dead_pid()}-0123abcd"
+    legacy = tmp_path / ".captures.tmp-0123abcd"
+    unrelated = tmp_path / ".captures.tmp-notmine"
+    for p in (dead, live, other_host, legacy, unrelated):
+        p.mkdir()
+        (p / "f").write_text("x")
+    removed = clean_stale(dst)
+    assert sorted(removed) == sorted([dead, legacy])
+    assert live.is_dir() and other_host.is_dir() and unrelated.is_dir()
+
+
+def test_killed_writer_leaves_a_temporary_that_the_next_run_removes(tmp_path):
+    """The captures stage killed mid-write (kill -9) leaves its temporary; the next write of the same
+    output removes it."""
+    script = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(REPO)!r})
+        import numpy as np
+        from flame_fitting.capture import CaptureWriter
+        from flame_fitting.camera import Camera
+        w = CaptureWriter({str(tmp_path / 'captures')!r}, source="test")
+        K = np.array([[100, 0, 32], [0, 100, 32], [0, 0, 1]], np.float32)
+        w.set_cameras("s", "q", {{"c": Camera(K=K, world_to_cam=np.eye(4, dtype=np.float32), width=64, height=64)}})
+        w.add_image("s", "q", 0, "c", np.zeros((64, 64, 3), np.uint8))
+        print("written", flush=True)
+        time.sleep(60)
+    """)
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "written"
+        p.send_signal(signal.SIGKILL)
+        p.wait(10)
+    finally:
+        p.kill()
+    left = [q for q in tmp_path.iterdir() if TMP_TAG in q.name]
+    assert len(left) == 1 and any(left[0].rglob("*.png"))
+    time.sleep(0.05)
+    with output_dir(tmp_path / "captures") as tmp:
+        (tmp / "x").write_text("x")
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["captures"]
