@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from flame_fitting.errors import GeofaceError
 from flame_fitting.fileio import check_output_dir, write_json
 
 
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:  # our errors name the file and the problem
+    except (GeofaceError, ValueError, FileNotFoundError) as e:  # our errors name the file and the problem
         print(f"geoface {args.cmd}: error: {e}", file=sys.stderr)
         return 2
 
