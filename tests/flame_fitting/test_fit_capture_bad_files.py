@@ -81,3 +81,19 @@ def test_divergence_messages_name_subject_and_sequence(small_capture, model, tmp
     diverged = [r.getMessage() for r in caplog.records if "diverged" in r.getMessage()]
     assert len(diverged) == 2
     assert all(f"subject {subject!r} sequence {sequence!r} frame" in msg for msg in diverged), diverged
+
+
+def test_mask_of_another_size_is_skipped_not_fatal(small_capture, tmp_path):  # noqa: F811
+    """A mask whose size is not its camera's leaves that view without a silhouette term (recorded), instead of
+    failing the whole sequence in the fitter."""
+    from flame_fitting.fit_capture import load_masks
+
+    root = copy_capture(small_capture.capture, tmp_path / "cap")
+    cap = load_capture(root)
+    row = cap.manifest.iloc[0]
+    cv2.imwrite(str(root / row.mask_path), np.zeros((row.height // 2, row.width // 2), np.uint8))
+    skipped = []
+    masks = load_masks(cap, row.subject, row.sequence, skipped)
+    assert row.camera not in masks[int(row.frame)] and len(masks[int(row.frame)]) == 4
+    assert len(skipped) == 1 and skipped[0]["path"] == str(root / row.mask_path)
+    assert f"mask is {row.width // 2}×{row.height // 2} but camera {row.camera!r}" in skipped[0]["error"]
