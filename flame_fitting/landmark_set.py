@@ -111,8 +111,7 @@ def detect_capture(cap: Capture, workers: int | None = None, progress: bool = Tr
                            progress=progress)
     choice, choice_px = np.full(len(m), "", object), np.full(len(m), np.nan, np.float32)
     multi = np.array([r.n_faces > 1 for r in results], bool)
-    for key, rows in m[multi].groupby(["subject", "sequence", "frame"]).groups.items():
-        subject, sequence, frame = key
+    for subject, sequence, frame in m[multi].groupby(["subject", "sequence", "frame"]).groups:
         sel = np.flatnonzero(((m.subject == subject) & (m.sequence == sequence) & (m.frame == frame)).to_numpy())
         picked = choose_faces(cap.cameras(subject, sequence), {m.camera.iat[i]: results[i] for i in sel})
         for i in sel:
