@@ -9,7 +9,8 @@ Layout (see docs/capture_format.md):
     <root>/<subject>/<sequence>/<frame:05d>/masks/<camera>.png   (optional)
 
 `CaptureWriter` writes into a temporary sibling directory and renames it into place on `close()`,
-so an interrupted run never leaves a half-written capture. `load_capture` validates.
+so an interrupted run never leaves a half-written capture. `load_capture` validates: manifest, cameras, and
+every image file's real size (read from its header only, `image_size`) against its camera.
 """
 from __future__ import annotations
 
@@ -57,6 +58,22 @@ def read_image(path: Path) -> np.ndarray:
     if img is None:
         raise CaptureError(f"{path}: not a readable image")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def image_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) of an image file as `cv2.imread` decodes it (JPEG EXIF orientation applied), read from the
+    file's header only (PIL's lazy open: no pixels are decoded). None when the header is not a readable image
+    header (the file is then reported as unreadable by whichever stage decodes it)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            # only JPEG's EXIF is read here (PNG's may sit after the pixels: reading it would decode them)
+            turned = im.format == "JPEG" and "exif" in im.info and im.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    except Exception:  # noqa: BLE001 - PIL raises many types on corrupt headers; such files are recorded later
+        return None
+    return (h, w) if turned else (w, h)
 
 
 class CaptureWriter:
@@ -186,7 +203,9 @@ class Capture:
 
 
 def load_capture(root: Path | str, check_files: bool = True, check_hashes: bool = False) -> Capture:
-    """Open and validate a capture. Raises CaptureError naming the offending file."""
+    """Open and validate a capture. Raises CaptureError naming the offending file. check_files: every image
+    exists and its header's size is its camera's (an image whose header cannot be read is left to the stages,
+    which record it as unreadable and go on)."""
     root = Path(root)
     meta_path, man_path = root / "capture.json", root / "manifest.parquet"
     if not meta_path.is_file():
@@ -224,6 +243,10 @@ def load_capture(root: Path | str, check_files: bool = True, check_hashes: bool 
                 raise CaptureError(f"{root / row.path}: manifest size {row.width}×{row.height} differs from camera {row.camera!r} ({cam.width}×{cam.height}) in {cam_file}")
             if check_files and not (root / row.path).is_file():
                 raise CaptureError(f"{root / row.path}: image file is missing")
+            real = image_size(root / row.path) if check_files else None
+            if real is not None and real != (cam.width, cam.height):
+                raise CaptureError(f"{root / row.path}: image is {real[0]}×{real[1]} pixels but camera {row.camera!r} "
+                                   f"in {cam_file} is {cam.width}×{cam.height}")
             if check_hashes and sha256_file(root / row.path) != row.sha256:
                 raise CaptureError(f"{root / row.path}: content hash differs from the manifest (file changed)")
     return cap

@@ -8,16 +8,22 @@ Shared by the `fit` DVC stage and `geoface fit` (same code path). Output folder 
     <out>/<subject>/<sequence>/residuals.parquet   per (frame, camera) reprojection statistics
     <out>/<subject>/<sequence>/history.csv    cost per LM iteration
     <out>/<subject>/<sequence>/status.json    per-frame status with reasons (skipped / diverged), timing, notes,
-                                              silhouette term summary (used, masks, samples, median px)
+                                              silhouette term summary (used, masks, samples, median px),
+                                              overlays written / skipped
+Every frame of the capture gets a status: a frame in which no view has landmarks is "skipped" with reason
+"no_landmarks" (the note lists each view's landmark failure), counted in `frames_skipped`.
 Masks (`mask_path` in the manifest) are loaded when cfg.silhouette_weight > 0; silhouette_mode "auto" is resolved
 from the capture's source (`resolve_silhouette_mode`); the metrics record the weight, the mode and how many
 sequences were fitted with silhouettes.
-A sequence whose fit raises is recorded in `<out>/failures.json` and the others go on.
+A sequence whose fit raises is recorded in `<out>/failures.json` and the others go on. An overlay picture that
+cannot be made (unreadable image, wrong size, write error) is recorded in `<out>/overlays_skipped.json` and in the
+sequence's status.json (`overlays_skipped` in the metrics); the fit itself is kept.
 """
 from __future__ import annotations
 
 import json
 import traceback
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,12 +34,14 @@ from tqdm import tqdm
 from flame_fitting.capture import Capture, save_cameras
 from flame_fitting.fileio import check_output_dir, make_temp_dir, mark_output, replace_dir
 from flame_fitting.fit import FitConfig, SequenceFit, fit_sequence
-from flame_fitting.fit.overlay import draw_overlay
+from flame_fitting.fit.overlay import overlay_png
+from flame_fitting.fit.report import FrameStatus
 from flame_fitting.head_model import HeadModel
 from flame_fitting.landmark_set import LandmarkSet
 
 
-def save_sequence_fit(fit: SequenceFit, folder: Path) -> None:
+def save_sequence_fit(fit: SequenceFit, folder: Path, extra: dict | None = None) -> None:
+    """Write one sequence's outputs (module docstring); `extra` entries are added to status.json."""
     folder.mkdir(parents=True, exist_ok=True)
     np.savez(folder / "fit.npz", **fit.stacked())
     save_cameras(folder / "cameras.json", fit.cameras)
@@ -42,7 +50,7 @@ def save_sequence_fit(fit: SequenceFit, folder: Path) -> None:
     if fit.noise is not None:  # the landmark noise model the second solve used (per group σ̂, weight)
         fit.noise.to_csv(folder / "noise_model.csv", index=False)
     status = {"frames": {str(f): {"status": s.status, "reason": s.reason, "note": s.note} for f, s in fit.status.items()},
-              "timing": fit.timing, "converged": bool(fit.converged), "silhouette": fit.silhouette}
+              "timing": fit.timing, "converged": bool(fit.converged), "silhouette": fit.silhouette, **(extra or {})}
     (folder / "status.json").write_text(json.dumps(status, indent=1, default=str))
 
 
@@ -74,10 +82,10 @@ def gt_vertex_errors(cap: Capture, subject: str, sequence: str, fit: SequenceFit
 
 
 def write_overlays(cap: Capture, subject: str, sequence: str, fit: SequenceFit, model: HeadModel, ls: LandmarkSet,
-                   out_dir: Path, n_views: int = 4) -> list[Path]:
-    """PNG overlays (mesh + observed/fitted landmarks) on `n_views` views spread over the first fitted frame."""
-    import cv2
-
+                   out_dir: Path, n_views: int = 4, skipped: list[dict] | None = None) -> list[Path]:
+    """PNG overlays (mesh + observed/fitted landmarks) on `n_views` views spread over the first fitted frame.
+    A view whose overlay cannot be made (unreadable image, size differing from its camera, write error) is left
+    out and recorded in `skipped` as {"subject", "sequence", "frame", "camera", "path", "error"}."""
     if not fit.vertices:
         return []
     frame = min(fit.vertices)
@@ -90,13 +98,34 @@ def write_overlays(cap: Capture, subject: str, sequence: str, fit: SequenceFit, 
     faces = model.faces.cpu().numpy()
     out = []
     for row in pick.to_dict("records"):
-        cam = fit.cameras[row["camera"]]
-        img = draw_overlay(cap.image(row), cam, fit.vertices[frame], faces, obs.get(row["camera"]),
-                           fit.landmarks_2d(frame, row["camera"]))
         path = out_dir / f"{subject}_{sequence}_{frame:05d}_{row['camera']}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        try:
+            overlay_png(cap.image(row), fit.cameras[row["camera"]], fit.vertices[frame], faces,
+                        obs.get(row["camera"]), fit.landmarks_2d(frame, row["camera"]), path)
+        except Exception as e:  # noqa: BLE001 - a picture never costs the fit
+            if skipped is not None:
+                skipped.append({"subject": subject, "sequence": sequence, "frame": int(frame),
+                                "camera": row["camera"], "path": str(cap.root / row["path"]),
+                                "error": f"{type(e).__name__}: {e}"})
+            continue
         out.append(path)
+    return out
+
+
+def no_landmark_status(cap: Capture, ls: LandmarkSet, subject: str, sequence: str, fitted: dict[int, FrameStatus]
+                       ) -> dict[int, FrameStatus]:
+    """"skipped" / "no_landmarks" status of every capture frame of the sequence that `fitted` lacks (no view of it
+    has landmarks, so the fitter never saw it); the note says why each view has none."""
+    t = ls.table
+    out = {}
+    for f in cap.frames(subject, sequence):
+        if f in fitted:
+            continue
+        rows = t[(t.subject == subject) & (t.sequence == sequence) & (t.frame == f)]
+        why = Counter(r if r else "not used" for r in rows.reason[~rows.detected.to_numpy(bool)])
+        note = ("no view detected a face: " + ", ".join(f"{k} ×{n}" for k, n in sorted(why.items())) if len(rows)
+                else "the landmark set has no record of this frame (run the landmarks stage again)")
+        out[int(f)] = FrameStatus(int(f), "skipped", "no_landmarks", note)
     return out
 
 
@@ -110,19 +139,29 @@ def fit_capture(cap: Capture, ls: LandmarkSet, model: HeadModel, cfg: FitConfig,
     extras = Path(model.folder) / "standin_extras.npz" if getattr(model, "folder", None) else None
     face_region = np.load(extras)["face_region"] if extras is not None and extras.is_file() else None
     residuals, errors, failures, histories, timings, statuses = [], [], [], [], [], []
-    sil_used, masks_skipped = 0, []
+    sil_used, masks_skipped, overlays_skipped = 0, [], []
     cfg = resolve_silhouette_mode(cfg, cap)
     seqs = cap.sequences()
     for subject, sequence in tqdm(seqs, desc="fit", disable=not progress):
         try:
             masks = load_masks(cap, subject, sequence, masks_skipped) if cfg.silhouette_weight > 0 else None
             fit = fit_sequence(model, cap.cameras(subject, sequence), ls.for_sequence(subject, sequence), cfg,
-                               progress=False, masks=masks)
+                               progress=False, masks=masks, subject=subject, sequence=sequence)
         except Exception as e:  # one bad sequence is recorded, never fatal for the others
             failures.append({"subject": subject, "sequence": sequence, "error": f"{type(e).__name__}: {e}",
                              "traceback": traceback.format_exc(limit=3)})
             continue
-        save_sequence_fit(fit, tmp / subject / sequence)
+        fit.status = dict(sorted({**fit.status, **no_landmark_status(cap, ls, subject, sequence, fit.status)}.items()))
+        overlays = {}
+        if overlay_dir is not None:
+            n_before = len(overlays_skipped)
+            try:
+                written = write_overlays(cap, subject, sequence, fit, model, ls, overlay_dir, skipped=overlays_skipped)
+            except Exception as e:  # noqa: BLE001 - a picture never costs the fit
+                written = []
+                overlays_skipped.append({"subject": subject, "sequence": sequence, "error": f"{type(e).__name__}: {e}"})
+            overlays = {"overlays": [p.name for p in written], "overlays_skipped": overlays_skipped[n_before:]}
+        save_sequence_fit(fit, tmp / subject / sequence, overlays)
         res = fit.residuals.assign(subject=subject, sequence=sequence)
         residuals.append(res)
         errors += gt_vertex_errors(cap, subject, sequence, fit, face_region)
@@ -132,9 +171,9 @@ def fit_capture(cap: Capture, ls: LandmarkSet, model: HeadModel, cfg: FitConfig,
         timings.append((fit.timing.get("total_s", np.nan), n_fit))
         statuses += [{"subject": subject, "sequence": sequence, "frame": f, "status": s.status, "reason": s.reason}
                      for f, s in fit.status.items()]
-        if overlay_dir is not None:
-            write_overlays(cap, subject, sequence, fit, model, ls, overlay_dir)
     (tmp / "failures.json").write_text(json.dumps(failures, indent=1))
+    if overlays_skipped:
+        (tmp / "overlays_skipped.json").write_text(json.dumps(overlays_skipped, indent=1))
     if masks_skipped:
         (tmp / "masks_skipped.json").write_text(json.dumps(masks_skipped, indent=1))
     replace_dir(tmp, out, overwrite)
@@ -146,6 +185,7 @@ def fit_capture(cap: Capture, ls: LandmarkSet, model: HeadModel, cfg: FitConfig,
     metrics["silhouette_mode"] = cfg.silhouette_mode
     metrics["silhouette_sequences"] = int(sil_used)  # sequences fitted with the silhouette term (masks found)
     metrics["masks_skipped"] = len(masks_skipped)     # unreadable masks (listed in <out>/masks_skipped.json)
+    metrics["overlays_skipped"] = len(overlays_skipped)  # overlay pictures not made (<out>/overlays_skipped.json)
     return metrics
 
 
@@ -160,14 +200,15 @@ def resolve_silhouette_mode(cfg: FitConfig, cap: Capture) -> FitConfig:
 def load_masks(cap: Capture, subject: str, sequence: str, skipped: list[dict] | None = None
                ) -> dict[int, dict[str, np.ndarray]] | None:
     """{frame: {camera: (H, W) uint8 mask}} of the capture's `mask_path` column (rows without one are absent),
-    None when the capture has no masks for this sequence. An unreadable mask is left out (that view simply has no
-    silhouette term) and recorded in `skipped` as {"path", "error"}."""
+    None when the capture has no masks for this sequence. An unreadable mask, or one whose size is not its camera's,
+    is left out (that view simply has no silhouette term) and recorded in `skipped` as {"path", "error"}."""
     import cv2
 
     m = cap.manifest
     if "mask_path" not in m.columns:
         return None
     rows = m[(m.subject == subject) & (m.sequence == sequence)]
+    cams = cap.cameras(subject, sequence)
     out: dict[int, dict[str, np.ndarray]] = {}
     for r in rows.itertuples():
         if not isinstance(r.mask_path, str) or not r.mask_path:
@@ -178,6 +219,12 @@ def load_masks(cap: Capture, subject: str, sequence: str, skipped: list[dict] | 
             if skipped is not None:
                 skipped.append({"path": str(path), "error": "missing or not a decodable image; view fitted without "
                                                             "its silhouette"})
+            continue
+        cam = cams.get(r.camera)
+        if cam is not None and img.shape != (cam.height, cam.width):
+            if skipped is not None:
+                skipped.append({"path": str(path), "error": f"mask is {img.shape[1]}×{img.shape[0]} but camera "
+                                f"{r.camera!r} is {cam.width}×{cam.height}; view fitted without its silhouette"})
             continue
         out.setdefault(int(r.frame), {})[r.camera] = img
     return out or None
@@ -198,6 +245,7 @@ def summarise(residuals, errors, failures, histories, timings, statuses) -> dict
     metrics = {
         "n_sequences": len(timings) + len(failures), "failed_sequences": len(failures),
         "frames_ok": int((st.status == "ok").sum()), "frames_skipped": int((st.status == "skipped").sum()),
+        "frames_skipped_no_landmarks": int(((st.status == "skipped") & (st.reason == "no_landmarks")).sum()),
         "frames_diverged": int((st.status == "diverged").sum()),
         "reprojection_px_median": float(np.median(per_view)) if per_view.size else None,
         "reprojection_px_p95": float(np.percentile(per_view, 95)) if per_view.size else None,

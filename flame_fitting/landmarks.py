@@ -12,6 +12,11 @@ One bad image never stops the run: it gets `detected=False` and a `reason`:
   "no_face"     MediaPipe found no face
   "detector_error: ..."  MediaPipe raised on it (none known; recorded rather than fatal)
 
+Up to `MAX_FACES` faces are meshed per image (FaceMesh's `max_num_faces`): `faces` holds every candidate
+(most confident detection first) and `points` / `score` / `box` describe one of them, the first by default.
+An image with more than one face is flagged by `n_faces` > 1; which face belongs to the capture's subject is
+decided across the calibrated views (`landmark_set.choose_faces`), not here.
+
 Coordinates are pixels in geoface's convention (pixel centres at +0.5): MediaPipe's normalised
 x, y times width, height. `box` is the landmarks' bounding box (x0, y0, x1, y1).
 `score` in [0, 1] is the confidence of MediaPipe's short-range face detector (BlazeFace,
@@ -20,14 +25,15 @@ detector on the whole image first and fits the mesh inside its box, so the score
 the same graph run (its `face_detections` stream) instead of a second detector pass. It equals
 what `mediapipe.solutions.face_detection.FaceDetection(model_selection=0)` reports on the image
 (same model, same input), is >= 0.5 whenever a face is detected (FaceMesh's detection
-threshold) and 0 when none is.
+threshold) and 0 when none is. With several faces, each face's score is that of the detection whose box centre
+is nearest to the centre of the face's landmarks.
 """
 from __future__ import annotations
 
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -35,11 +41,12 @@ import numpy as np
 
 N_LANDMARKS = 478
 LOOKAHEAD_BYTES = 64 << 20  # decoded pixels a thread may hold while MediaPipe loads (81 images at 512²)
+MAX_FACES = 2  # faces meshed per image: a second face is seen (and flagged) instead of hiding the first
 
-# FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=True, min_detection_confidence=0.5) as
-# mediapipe.solutions.face_mesh builds it, plus the graph's face detections as a second output.
+# FaceMesh(static_image_mode=True, max_num_faces=MAX_FACES, refine_landmarks=True, min_detection_confidence=0.5)
+# as mediapipe.solutions.face_mesh builds it, plus the graph's face detections as a second output.
 _GRAPH = "mediapipe/modules/face_landmark/face_landmark_front_cpu.binarypb"
-_SIDE_INPUTS = {"num_faces": 1, "with_attention": True, "use_prev_landmarks": False}
+_SIDE_INPUTS = {"num_faces": MAX_FACES, "with_attention": True, "use_prev_landmarks": False}
 _CALCULATOR_PARAMS = {
     "facedetectionshortrangecpu__facedetectionshortrange__facedetection__TensorsToDetectionsCalculator"
     ".min_score_thresh": 0.5,
@@ -54,6 +61,17 @@ class LandmarkResult:
     points: np.ndarray  # (478, 2) float32 pixels, NaN when not detected
     score: float
     box: np.ndarray  # (4,) float32 x0, y0, x1, y1 (NaN when not detected)
+    faces: np.ndarray = field(default_factory=lambda: np.zeros((0, N_LANDMARKS, 2), np.float32))  # (K,478,2) all
+    face_scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # (K,) detection score each
+
+    @property
+    def n_faces(self) -> int:
+        return len(self.faces)
+
+    def with_face(self, k: int) -> "LandmarkResult":
+        """The same result describing candidate face k (points, score, box)."""
+        pts = self.faces[k]
+        return LandmarkResult(True, "", pts, float(self.face_scores[k]), _box(pts), self.faces, self.face_scores)
 
 
 def _new_mesh():
@@ -88,21 +106,39 @@ def _empty(reason: str) -> LandmarkResult:
     return LandmarkResult(False, reason, nan, 0.0, np.full(4, np.nan, np.float32))
 
 
+def _box(pts: np.ndarray) -> np.ndarray:
+    return np.array([pts[:, 0].min(), pts[:, 1].min(), pts[:, 0].max(), pts[:, 1].max()], np.float32)
+
+
+def _face_scores(faces: np.ndarray, detections, w: int, h: int) -> np.ndarray:
+    """(K,) score of each face (K,478,2): the detection whose box centre is nearest the landmarks' box centre."""
+    dets = list(detections or [])
+    if not dets:
+        return np.zeros(len(faces), np.float32)
+    if len(faces) == 1:  # one mesh: the detection it was fitted in is the most confident one
+        return np.array([max(d.score[0] for d in dets)], np.float32)
+    centres = np.array([(b.xmin + b.width / 2, b.ymin + b.height / 2)
+                        for b in (d.location_data.relative_bounding_box for d in dets)]) * (w, h)
+    scores = np.array([d.score[0] for d in dets], np.float32)
+    mid = (faces.min(1) + faces.max(1)) / 2                                    # (K, 2)
+    return scores[np.argmin(np.linalg.norm(mid[:, None] - centres[None], axis=2), 1)]
+
+
 def _detect(mesh, rgb: np.ndarray) -> LandmarkResult:
-    """FaceMesh on (H,W,3) uint8 RGB with `mesh` (a graph from `MeshPool`)."""
+    """FaceMesh on (H,W,3) uint8 RGB with `mesh` (a graph from `MeshPool`); up to MAX_FACES candidates."""
     h, w = rgb.shape[:2]
     res = mesh.process({"image": rgb})
     if not res.multi_face_landmarks:
         return _empty("no_face")
-    lm = res.multi_face_landmarks[0].landmark
-    pts = (np.array([(p.x, p.y) for p in lm]) * (w, h)).astype(np.float32)
-    score = max((d.score[0] for d in (res.face_detections or [])), default=0.0)
-    box = np.array([pts[:, 0].min(), pts[:, 1].min(), pts[:, 0].max(), pts[:, 1].max()], np.float32)
-    return LandmarkResult(True, "", pts, float(score), box)
+    faces = np.stack([np.array([(p.x, p.y) for p in f.landmark]) * (w, h)
+                      for f in res.multi_face_landmarks]).astype(np.float32)
+    scores = _face_scores(faces, res.face_detections, w, h)
+    return LandmarkResult(True, "", faces[0], float(scores[0]), _box(faces[0]), faces, scores)
 
 
 def detect_rgb(rgb: np.ndarray) -> LandmarkResult:
-    """Landmarks of the (most confident) face in an (H,W,3) uint8 RGB image, in the calling thread."""
+    """Landmarks of the (most confident) face in an (H,W,3) uint8 RGB image, in the calling thread (`faces` has
+    every face found, up to MAX_FACES)."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"detect_rgb: need an (H,W,3) uint8 RGB image, got {rgb.shape} {rgb.dtype}")
     mesh = _POOL.acquire()
@@ -203,8 +239,9 @@ def detect_files(paths: list[str | Path], sizes: list[tuple[int, int]] | None = 
 
 
 def results_to_arrays(results: list[LandmarkResult]) -> dict[str, np.ndarray]:
-    """Stack results: points (N,478,2), detected (N,), score (N,), box (N,4), reason (N,) str."""
+    """Stack results: points (N,478,2), detected (N,), score (N,), box (N,4), reason (N,) str, n_faces (N,)."""
     return {
+        "n_faces": np.array([r.n_faces for r in results], np.int16),
         "points": np.stack([r.points for r in results]).astype(np.float32),
         "detected": np.array([r.detected for r in results], bool),
         "score": np.array([r.score for r in results], np.float32),

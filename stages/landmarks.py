@@ -3,7 +3,8 @@
 Reads data/captures (canonical capture format); writes data/landmarks/ (detections.parquet +
 points.npy) and metrics/landmarks.json (detection rate overall and per yaw band, failure
 reasons, and on synthetic captures the pixel error against the ground-truth projections).
-One bad image is recorded (detected=false, reason) and never stops the stage.
+One bad image is recorded (detected=false, reason) and never stops the stage; a view with a second face is
+flagged (multiple_faces) and keeps the face consistent with the other views.
 Run: `dvc repro landmarks`.
 """
 from __future__ import annotations
@@ -35,7 +36,8 @@ def main() -> None:
     save_landmarks(ls, Path("data/landmarks"))
     metrics = landmark_metrics(cap, ls)
     write_json("metrics/landmarks.json", metrics)
-    print(f"landmarks: detected {metrics['n_detected']}/{metrics['n_images']} images")
+    print(f"landmarks: detected {metrics['n_detected']}/{metrics['n_images']} images, "
+          f"{metrics['multiple_faces']} with more than one face")
 
 
 if __name__ == "__main__":
