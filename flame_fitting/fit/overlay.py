@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from flame_fitting.camera import Camera
+from flame_fitting.fileio import write_png
 
 _SHIFT = 2  # fractional bits of the drawing coordinates
 OBS_COLOR, FIT_COLOR, RESIDUAL_COLOR, MESH_COLOR = (40, 220, 40), (235, 40, 40), (250, 220, 0), (90, 170, 255)
@@ -62,8 +63,5 @@ def overlay_png(image: np.ndarray, camera: Camera, vertices: np.ndarray, faces: 
                 landmarks_obs: np.ndarray | None, landmarks_fit: np.ndarray | None, out: Path | str) -> np.ndarray:
     """Draw the overlay (see `draw_overlay`) and write it to `out` as PNG; returns the RGB image."""
     img = draw_overlay(image, camera, vertices, faces, landmarks_obs, landmarks_fit)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"overlay: could not write {out}")
+    write_png(out, img)
     return img
