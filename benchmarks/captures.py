@@ -42,7 +42,7 @@ def main() -> None:
         tmp = Path(tmp)
         head = args.head_model
         if head is None:
-            from flame_fitting.standin import build_standin
+            from flame_fitting.head.standin import build_standin
 
             head = tmp / "head_model"
             build_standin(head, seed=0)

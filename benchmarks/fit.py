@@ -1,7 +1,7 @@
 """Benchmark of the multi-view landmark fitter (flame_fitting.fit) on synthetic observations.
 
 Head model: data/head_model if it exists, else the stand-in built into a temporary folder
-(flame_fitting.standin.build.build_standin), else the test factory folder; "head_model" in the JSON
+(flame_fitting.head.standin.build.build_standin), else the test factory folder; "head_model" in the JSON
 says which. 16 cameras, 512², f = 1500 px, 1 m from the head, yaw -90°…90° × pitch -25°…25°; one
 subject, 8 frames (random expression, jaw, head pose), landmarks = the model's own embedded
 landmarks projected (+ N(0, 1 px²) noise unless said otherwise).
@@ -28,7 +28,7 @@ of the nose tip (MediaPipe point 1 when embedded, else the front-most template v
                                   3 subjects × 2 frames × 16 cameras at 512², yaw -90°…90°, seed 1) rendered in a
                                   temporary folder, landmarks detected with landmark_set.detect_capture, each
                                   sequence fitted with the default FitConfig, i.e. with the MediaPipe embedding
-                                  calibrated by flame_fitting.landmark_calibration on calibration subjects of another
+                                  calibrated by flame_fitting.landmarks.calibration on calibration subjects of another
                                   generator seed (MP_CALIBRATION: 8 subjects × 2 frames × 16 cameras, seed 1000;
                                   disjoint identities, but the same source photo texture, see docs/fitting.md);
                                   mean face-region vertex error against gt.npz "vertices" (world frame); *_head: whole
@@ -62,7 +62,7 @@ sys.path.insert(0, str(ROOT))
 from flame_fitting.fit import FitConfig, camera_errors, fit_sequence, head_frame_vertices, head_to_world  # noqa: E402
 from flame_fitting.fit.synthetic import (arc_cameras, corrupt_views, model_outputs, perturb_camera,  # noqa: E402
                                          project_landmarks, random_params)
-from flame_fitting.head_model import HeadModel  # noqa: E402
+from flame_fitting.head.head_model import HeadModel  # noqa: E402
 
 N_FRAMES, N_CAMS, N_BAD, N_DRAWS = 8, 16, 3, 3
 MP_CAPTURE = {"subjects": 3, "frames": 2, "cameras": 16, "resolution": 512, "seed": 1}
@@ -86,7 +86,7 @@ def load_head(tmp: Path) -> tuple[HeadModel, str]:
         folder = Path(shutil.copytree(folder, tmp / "head_model", ignore=shutil.ignore_patterns(CALIBRATED_FILES)))
     else:
         try:
-            from flame_fitting.standin.build import build_standin
+            from flame_fitting.head.standin.build import build_standin
             folder = tmp / "standin"
             build_standin(folder, seed=0, n_shape=50, n_expr=30)
             label = "standin (built by the benchmark)"
@@ -140,10 +140,10 @@ def run_mediapipe(head: HeadModel, face: np.ndarray, tmp: Path) -> dict:
     """Calibrate the MediaPipe embedding of `head`'s folder (MP_CALIBRATION), render a synthetic capture of another
     seed (MP_CAPTURE), detect MediaPipe landmarks, fit every sequence (MP_VARIANTS of the default FitConfig), score
     against the ground truth. Keys: see the module docstring."""
-    from flame_fitting.capture import load_capture
-    from flame_fitting.fit_capture import gt_vertex_errors, load_masks
-    from flame_fitting.landmark_calibration import CalibrationConfig, calibrate_head_model
-    from flame_fitting.landmark_set import detect_capture
+    from flame_fitting.formats.capture import load_capture
+    from flame_fitting.fit.capture import gt_vertex_errors, load_masks
+    from flame_fitting.landmarks.calibration import CalibrationConfig, calibrate_head_model
+    from flame_fitting.landmarks.capture import detect_capture
     from pipelines.synthetic import SyntheticConfig, generate
 
     t0 = time.perf_counter()

@@ -28,8 +28,8 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from flame_fitting.camera import Camera, look_at  # noqa: E402
-from flame_fitting.head_model import load_head_model  # noqa: E402
+from flame_fitting.geometry.camera import Camera, look_at  # noqa: E402
+from flame_fitting.head.head_model import load_head_model  # noqa: E402
 from flame_fitting.uv import UVLayout  # noqa: E402
 from geoface_model.config import GeoFaceConfig, tiny  # noqa: E402
 from geoface_model.model import GeoFaceTransformer, model_kwargs  # noqa: E402
@@ -43,7 +43,7 @@ TARGET_S = 30.0
 def head_model(tmp: Path):
     folder = ROOT / "data" / "head_model"
     if not (folder / "head_model.json").is_file():
-        from flame_fitting.standin import build_standin
+        from flame_fitting.head.standin import build_standin
         folder = tmp / "head"
         build_standin(folder, seed=0, n_shape=10, n_expr=10)
     return load_head_model(folder), str(folder)
@@ -53,7 +53,7 @@ def pipeline(head, scheduler: str) -> tuple[GeoFacePipeline, str]:
     layout, info = UVLayout.from_head_model(head), head_info_of(head)
     trained = ROOT / "models" / "geoface"
     if (trained / "config.json").is_file():
-        from flame_fitting.params import read_params
+        from flame_fitting.core.params import read_params
         p = read_params(ROOT / "params.yaml")
         cfg = GeoFaceConfig.from_sections(tokens=p.get("tokens"), model=p.get("model"), loss=p.get("loss"),
                                           train=p.get("train"))

@@ -1,6 +1,6 @@
 """Benchmark of the landmark stage's detection path: images per second including decode and start-up.
 
-Runs `flame_fitting.landmarks.detect_files` (PNG decode + MediaPipe FaceMesh 478 points, whose own
+Runs `flame_fitting.landmarks.detector.detect_files` (PNG decode + MediaPipe FaceMesh 478 points, whose own
 face detection gives the score, in `workers` threads) over every image of data/captures (run
 `dvc repro captures` first). The first call runs in a process that has not imported MediaPipe
 yet, exactly as the landmarks stage does: `images_per_s` = images / that whole call, start-up
@@ -26,9 +26,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from flame_fitting.capture import load_capture  # noqa: E402
-from flame_fitting.landmark_set import LandmarkSet, landmark_metrics  # noqa: E402
-from flame_fitting.landmarks import detect_files, results_to_arrays  # noqa: E402
+from flame_fitting.formats.capture import load_capture  # noqa: E402
+from flame_fitting.formats.landmarks import LandmarkSet  # noqa: E402
+from flame_fitting.landmarks.capture import landmark_metrics  # noqa: E402
+from flame_fitting.landmarks.detector import detect_files, results_to_arrays  # noqa: E402
 
 
 def cpu_seconds() -> float:

@@ -1,4 +1,4 @@
-"""Benchmark of the CPU rasteriser (flame_fitting/raster.py) against pytorch3d's CPU rasterize_meshes.
+"""Benchmark of the CPU rasteriser (flame_fitting/geometry/raster.py) against pytorch3d's CPU rasterize_meshes.
 
 A head-sized ellipsoid (icosphere, 20480 faces, radii 0.10/0.125/0.10 m) 0.6 m in front of a
 512² camera with f = 1000 px (covers ~40% of the image). Times, with the JIT warm:
@@ -15,9 +15,9 @@ import numba
 import numpy as np
 import torch
 
-from flame_fitting.camera import intrinsics, look_at
-from flame_fitting.meshes import icosphere
-from flame_fitting.raster import project, rasterize
+from flame_fitting.geometry.camera import intrinsics, look_at
+from flame_fitting.geometry.meshes import icosphere
+from flame_fitting.geometry.raster import project, rasterize
 
 from _timing import timed
 

@@ -1,4 +1,4 @@
-"""Benchmark of UV position maps and pixel↔UV correspondences (flame_fitting/uv.py, correspondences.py,
+"""Benchmark of UV position maps and pixel↔UV correspondences (flame_fitting/uv/__init__.py, correspondences.py,
 uv_checks.py) on the head model: data/head_model if it exists, else the stand-in built into a temp folder.
 
 One random frame (seeded identity, expression, jaw, neck, eyes, global pose) seen by 16 cameras on a
@@ -21,11 +21,11 @@ import numba
 import numpy as np
 import torch
 
-from flame_fitting.camera import Camera, intrinsics, look_at
-from flame_fitting.correspondences import TokenGrid, compute_correspondences, save_correspondences
-from flame_fitting.head_model import HeadModel
+from flame_fitting.geometry.camera import Camera, intrinsics, look_at
+from flame_fitting.uv.correspondences import TokenGrid, compute_correspondences, save_correspondences
+from flame_fitting.head.head_model import HeadModel
 from flame_fitting.uv import UVLayout, bake_posmap, get_bake_table, posmap_to_vertices
-from flame_fitting.uv_checks import frame_metrics, layout_report
+from flame_fitting.uv.checks import frame_metrics, layout_report
 
 from _timing import timed
 
@@ -35,7 +35,7 @@ S, FOCAL, DIST, N_VIEWS, R = 512, 1500.0, 1.0, 16, 256
 def head_model(tmp: Path) -> HeadModel:
     folder = Path("data/head_model")
     if not (folder / "head_model.json").exists() and not (folder / "FLAME_NEUTRAL.npz").exists():
-        from flame_fitting.standin import build_standin
+        from flame_fitting.head.standin import build_standin
         folder = tmp / "head_model"
         build_standin(folder, seed=0)
     return HeadModel.from_folder(folder, n_shape=50, n_expr=30)

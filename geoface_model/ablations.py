@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from flame_fitting.fileio import write_text
+from flame_fitting.core.fileio import write_text
 
 VARIANTS: dict[str, list[str]] = {
     "full": [],

@@ -1,6 +1,6 @@
 """Typed configs of the GeoFace model, its losses and its training, with `tiny` and `paper` presets.
 
-Four sections, each a dataclass with one line of documentation per field (`flame_fitting.params.spec`),
+Four sections, each a dataclass with one line of documentation per field (`flame_fitting.core.params.spec`),
 so a stage builds them from params.yaml with `GeoFaceConfig.from_sections(...)` and gets unknown keys,
 wrong types and out-of-range values refused before any work starts:
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from flame_fitting.params import ParamsError, build_config, spec
+from flame_fitting.core.params import ParamsError, build_config, spec
 
 DIRECTIONS = ("a2g", "g2a")
 

@@ -28,8 +28,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
-from flame_fitting.errors import GeofaceError
-from flame_fitting.fileio import write_bytes
+from flame_fitting.core.errors import GeofaceError
+from flame_fitting.core.fileio import write_bytes
 
 FORMAT, VERSION = "geoface-shard", 1
 DENSE = ("images", "masks", "K", "world_to_cam", "uv_posmap", "uv_mask")

@@ -16,7 +16,7 @@ The embedding is therefore invariant to any rotation, translation and uniform sc
 (tested), and the reference view's moment o × d̂ is 0.
 Ray directions go through the cell centres: token (i, j) of an h×w grid over a W×H image samples
 pixel ((j + 0.5)·W/w, (i + 0.5)·H/h) — the centre of the stride×stride pixel block, as
-`flame_fitting.camera.Camera.plucker(stride)`. No lens distortion (views are undistorted upstream).
+`flame_fitting.geometry.camera.Camera.plucker(stride)`. No lens distortion (views are undistorted upstream).
 """
 from __future__ import annotations
 

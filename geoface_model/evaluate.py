@@ -29,13 +29,13 @@ import cv2
 import numpy as np
 import torch
 
-from flame_fitting.camera import Camera
-from flame_fitting.capture import save_cameras
-from flame_fitting.landmarks_embed import interpolate_landmarks
-from flame_fitting.params import spec
+from flame_fitting.geometry.camera import Camera
+from flame_fitting.formats.capture import save_cameras
+from flame_fitting.head.landmarks_embed import interpolate_landmarks
+from flame_fitting.core.params import spec
 from flame_fitting.uv import write_obj
-from flame_fitting.fileio import write_png
-from flame_fitting.uv_checks import rigid_fit
+from flame_fitting.core.fileio import write_png
+from flame_fitting.uv.checks import rigid_fit
 
 from .data import GeoFaceDataset, collate
 from .diffusion import make_noise_scheduler

@@ -15,7 +15,7 @@
 
 Point colours (`vertex_colors`): each vertex takes the colour of the view that sees it most head-on (largest
 cos between the vertex normal and the direction to the camera), among views where it passes the depth test
-against the rasterised mesh (`flame_fitting.raster.rasterize`; tolerance `depth_tol` metres + `slope_px` pixels'
+against the rasterised mesh (`flame_fitting.geometry.raster.rasterize`; tolerance `depth_tol` metres + `slope_px` pixels'
 metric size at the vertex depth, as a pixel of a grazing surface spans that much depth); vertices no view
 sees get the mean colour of the seen ones (counted in the result). World units are the cameras' (metres).
 The readers `pipelines.transforms_json` and `pipelines.colmap` read both back (round-trip tested).
@@ -29,11 +29,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from flame_fitting.errors import GeofaceError
-from flame_fitting.camera import Camera, invert_rigid
-from flame_fitting.fileio import replace_dir, temp_path
-from flame_fitting.raster import rasterize
-from flame_fitting.render import vertex_normals
+from flame_fitting.core.errors import GeofaceError
+from flame_fitting.geometry.camera import Camera, invert_rigid
+from flame_fitting.core.fileio import replace_dir, temp_path
+from flame_fitting.geometry.raster import rasterize
+from flame_fitting.geometry.render import vertex_normals
 
 GL_FROM_CV = np.diag([1.0, -1.0, -1.0, 1.0])
 PLY_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("nx", "<f4"), ("ny", "<f4"), ("nz", "<f4"),

@@ -35,12 +35,12 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from flame_fitting.errors import GeofaceError
-from flame_fitting.camera import Camera
-from flame_fitting.capture import save_cameras
-from flame_fitting.fileio import check_output_dir, replace_dir, temp_path
-from flame_fitting.head_model import load_head_model
-from flame_fitting.render import Lighting, render_mesh
+from flame_fitting.core.errors import GeofaceError
+from flame_fitting.geometry.camera import Camera
+from flame_fitting.formats.capture import save_cameras
+from flame_fitting.core.fileio import check_output_dir, replace_dir, temp_path
+from flame_fitting.head.head_model import load_head_model
+from flame_fitting.geometry.render import Lighting, render_mesh
 from flame_fitting.uv import UVLayout, write_obj
 
 from .config import GeoFaceConfig
@@ -98,7 +98,7 @@ def _face_boxes(rgb: np.ndarray) -> list[np.ndarray]:
 
 def detect_face(rgb: np.ndarray, where: str = "photo") -> PhotoFace:
     """Largest face's 478 landmarks (FaceMesh on a square 2.5× the detection box around it)."""
-    from flame_fitting.landmarks import detect_rgb
+    from flame_fitting.landmarks.detector import detect_rgb
 
     boxes = _face_boxes(rgb)
     if not boxes:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from flame_fitting.errors import GeofaceError
+from flame_fitting.core.errors import GeofaceError
 
 
 class LatentError(GeofaceError, ValueError):

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from flame_fitting.errors import GeofaceError
-from flame_fitting.camera import Camera
+from flame_fitting.core.errors import GeofaceError
+from flame_fitting.geometry.camera import Camera
 from flame_fitting.fit import FitConfig, fit_sequence
 from flame_fitting.uv import denormalize_points
 
@@ -265,7 +265,7 @@ def landmark_fit_rmse(model, cameras: list[Camera], points: list[np.ndarray]) ->
 def detect_landmarks(images: list[np.ndarray], min_side: int = 256) -> list[np.ndarray]:
     """MediaPipe (478,2) landmarks per uint8 RGB view in its own pixels (NaN when no face); small views are
     upscaled (cubic) to `min_side` for detection."""
-    from flame_fitting.landmarks import detect_rgb
+    from flame_fitting.landmarks.detector import detect_rgb
 
     out = []
     for img in images:

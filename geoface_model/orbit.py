@@ -32,10 +32,10 @@ import cv2
 import numpy as np
 import torch
 
-from flame_fitting.errors import GeofaceError
-from flame_fitting.camera import Camera, look_at
+from flame_fitting.core.errors import GeofaceError
+from flame_fitting.geometry.camera import Camera, look_at
 from flame_fitting.fit import FitConfig, FrameParams, fit_sequence
-from flame_fitting.uv_checks import rigid_fit
+from flame_fitting.uv.checks import rigid_fit
 
 FULL_FRAME_DIAGONAL_MM = 43.27
 DEFAULT_FOCAL_MM = 50.0
@@ -110,7 +110,7 @@ def _canonical(model, params: FrameParams | None) -> tuple[np.ndarray, np.ndarra
 
 def estimate_photo_camera(model, landmarks: np.ndarray, width: int, height: int, focal_mm: float = DEFAULT_FOCAL_MM,
                           fit: bool = True, name: str = "photo") -> PhotoCamera:
-    """model: `flame_fitting.head_model.HeadModel`; landmarks (478,2) MediaPipe pixels of the photo (NaN rows
+    """model: `flame_fitting.head.head_model.HeadModel`; landmarks (478,2) MediaPipe pixels of the photo (NaN rows
     allowed). See the module docstring for the method."""
     lm = np.asarray(landmarks, np.float64)
     if lm.shape != (478, 2):

@@ -37,9 +37,9 @@ import torch
 from diffusers import DDIMScheduler, DiffusionPipeline, EulerDiscreteScheduler
 from diffusers.utils import BaseOutput
 
-from flame_fitting.errors import GeofaceError
-from flame_fitting.camera import Camera
-from flame_fitting.fileio import replace_dir, temp_path
+from flame_fitting.core.errors import GeofaceError
+from flame_fitting.geometry.camera import Camera
+from flame_fitting.core.fileio import replace_dir, temp_path
 from flame_fitting.uv import UVLayout, posmap_to_vertices
 
 from .embeddings import plucker_rays
@@ -250,7 +250,7 @@ class GeoFacePipeline(DiffusionPipeline):
         if len(refs) != len(ref_cams) or not refs:
             raise PipelineError(f"{len(refs)} reference image(s) for {len(ref_cams)} camera(s)")
         if not target_cameras or not all(isinstance(c, Camera) for c in [*ref_cams, *target_cameras]):
-            raise PipelineError("target_cameras must be a non-empty list of flame_fitting.camera.Camera (and so must "
+            raise PipelineError("target_cameras must be a non-empty list of flame_fitting.geometry.camera.Camera (and so must "
                                 "the reference camera(s))")
         if int(num_inference_steps) < 1 or guidance_scale < 0:
             raise PipelineError(f"num_inference_steps must be >= 1 and guidance_scale >= 0, got "

@@ -19,8 +19,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from flame_fitting.fileio import atomic_write
-from flame_fitting.uv_preview import posmap_rgb
+from flame_fitting.core.fileio import atomic_write
+from flame_fitting.uv.preview import posmap_rgb
 
 from .generate import contact_sheet
 

@@ -7,7 +7,7 @@ and V cameras looking at the origin from azimuth ±100°, elevation ±35°, dist
 
 - UV position map: texel (row i, col j) has centre u = (j+0.5)/R, v = 1-(i+0.5)/R (contracts.md),
   longitude λ = 2π(u - ½), latitude φ = π(v - ½), xyz = r (cos φ sin λ, sin φ, cos φ cos λ) ∈ [-1,1].
-- Views: numpy ray casting (OpenCV cameras, `flame_fitting.camera.look_at`) at `ss`× supersampling;
+- Views: numpy ray casting (OpenCV cameras, `flame_fitting.geometry.camera.look_at`) at `ss`× supersampling;
   the image is the box-filtered albedo (background -1), the mask is pixel coverage ≥ ½.
 - Correspondences: every supersampled ray hitting the sphere links its app token to the geo token of
   the texel it hits; counts C[v, app, geo] give a2g weights C/Σ_geo (app tokens covered ≥ min_coverage)
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flame_fitting.camera import intrinsics, look_at
+from flame_fitting.geometry.camera import intrinsics, look_at
 
 from .data import ShardMeta, write_shard
 

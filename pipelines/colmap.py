@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flame_fitting.capture import CaptureError
+from flame_fitting.formats.capture import CaptureError
 from pipelines.common import CaptureImport, ImportConfig, ImportReport, camera_names, select_names
 
 # model id -> (name, number of params); every COLMAP model so unsupported ones are still parsed

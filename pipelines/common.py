@@ -1,6 +1,6 @@
 """Shared machinery of the capture readers in `pipelines/` (NeRSemble, RenderMe-360, COLMAP,
 transforms.json, folder): the typed `ImportConfig`, the `ImportReport`, and `CaptureImport`, a
-context manager around `flame_fitting.capture.CaptureWriter` that every reader feeds with source
+context manager around `flame_fitting.formats.capture.CaptureWriter` that every reader feeds with source
 cameras and raw images. It applies, identically for every source:
 
 * undistortion (when a camera has non-zero distortion): `cv2.remap` onto the *same* K
@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from flame_fitting.camera import Camera, CameraError
-from flame_fitting.capture import CaptureError, CaptureWriter
-from flame_fitting.fileio import sha256_file
+from flame_fitting.geometry.camera import Camera, CameraError
+from flame_fitting.formats.capture import CaptureError, CaptureWriter
+from flame_fitting.core.fileio import sha256_file
 from pipelines.import_config import (ImportConfig, ImportReport, as_matrix, camera_names, load_json,  # noqa: F401
                                      select_frames, select_names, subject_split)
 from pipelines.views import (ViewProcessor, _undistort_maps, crop_for, read_image_file, scale_to_image,  # noqa: F401

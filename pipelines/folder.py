@@ -1,6 +1,6 @@
 """A folder of images + canonical `cameras.json` -> canonical capture.
 
-`cameras.json` is exactly what `flame_fitting.capture.save_cameras` writes:
+`cameras.json` is exactly what `flame_fitting.formats.capture.save_cameras` writes:
 {"convention": "opencv", "units": "m", "cameras": {name: {"K", "world_to_cam", "width", "height"[, "dist"]}}}.
 Two layouts (`captures.root` = <root>):
     flat:    <root>/cameras.json, <root>/<camera>.png|jpg[, <root>/masks/<camera>.png]
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import cv2
 
-from flame_fitting.capture import CaptureError
+from flame_fitting.formats.capture import CaptureError
 from pipelines.common import CaptureImport, ImportConfig, ImportReport, load_json, read_image_file, select_frames, select_names
 
 EXTS = (".png", ".jpg", ".jpeg")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from flame_fitting.capture import SPLITS, CaptureError
-from flame_fitting.params import ParamsError, spec
+from flame_fitting.formats.capture import SPLITS, CaptureError
+from flame_fitting.core.params import ParamsError, spec
 
 
 @dataclass

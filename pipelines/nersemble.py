@@ -27,7 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from flame_fitting.capture import CaptureError
+from flame_fitting.formats.capture import CaptureError
 from pipelines.common import (CaptureImport, ImportConfig, ImportReport, as_matrix, load_json, read_image_file, scale_to_image,
                               select_frames, select_names)
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from flame_fitting.capture import CaptureError
-from flame_fitting.fileio import check_output_dir
+from flame_fitting.formats.capture import CaptureError
+from flame_fitting.core.fileio import check_output_dir
 from pipelines.common import ImportConfig, ImportReport
 
 SOURCES = ("synthetic", "nersemble", "renderme360", "colmap", "transforms_json", "folder")

@@ -29,8 +29,8 @@ import cv2
 import h5py
 import numpy as np
 
-from flame_fitting.camera import CameraError, check_rigid
-from flame_fitting.capture import CaptureError
+from flame_fitting.geometry.camera import CameraError, check_rigid
+from flame_fitting.formats.capture import CaptureError
 from pipelines.common import CaptureImport, ImportConfig, ImportReport, as_matrix, select_frames, select_names
 
 FLAME_SKIP = ("albedos",)

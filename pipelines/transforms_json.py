@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from flame_fitting.camera import CameraError, check_rigid
-from flame_fitting.capture import CaptureError
+from flame_fitting.geometry.camera import CameraError, check_rigid
+from flame_fitting.formats.capture import CaptureError
 from pipelines.common import (CaptureImport, ImportConfig, ImportReport, as_matrix, camera_names, load_json, read_image_file,
                               select_names)
 

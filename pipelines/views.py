@@ -13,8 +13,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from flame_fitting.camera import Camera
-from flame_fitting.capture import CaptureError
+from flame_fitting.geometry.camera import Camera
+from flame_fitting.formats.capture import CaptureError
 from pipelines.import_config import ImportConfig
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import common  # noqa: F401  (puts this checkout first on sys.path)
 from common import run, write_json
 
-from flame_fitting.capture import load_capture
-from flame_fitting.params import ParamsError, build_config, read_params, spec
+from flame_fitting.formats.capture import load_capture
+from flame_fitting.core.params import ParamsError, build_config, read_params, spec
 from pipelines.common import ImportConfig
 from pipelines.registry import SOURCES, import_capture
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import common  # noqa: F401  (puts this checkout first on sys.path)
 from common import run, write_json
 
-from flame_fitting.params import ParamsError, read_params
+from flame_fitting.core.params import ParamsError, read_params
 
 STAGES = ("head_model", "captures", "landmarks", "fit", "uv", "correspondences", "dataset", "train", "evaluate")
 SECTIONS = ("head_model", "captures", "landmarks", "fit", "uv", "correspondences", "tokens", "dataset", "model",

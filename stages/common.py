@@ -9,8 +9,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as `python stages/x.py`: import this checkout's packages first
     sys.path.insert(0, str(ROOT))
 
-from flame_fitting.fileio import write_csv, write_json  # noqa: E402,F401  (the stages' writers)
-from flame_fitting.errors import GeofaceError  # noqa: E402
+from flame_fitting.core.fileio import write_csv, write_json  # noqa: E402,F401  (the stages' writers)
+from flame_fitting.core.errors import GeofaceError  # noqa: E402
 
 
 def run(main) -> None:

@@ -22,16 +22,16 @@ from tqdm import tqdm
 import common  # noqa: F401  (puts this checkout first on sys.path)
 from common import run, write_json
 
-from flame_fitting.capture import load_cameras, load_capture
-from flame_fitting.fileio import make_temp_dir, replace_dir
-from flame_fitting.correspondences import TokenGrid, compute_correspondences, save_correspondences
-from flame_fitting.fit_capture import load_sequence_fit
-from flame_fitting.head_model import load_head_model
-from flame_fitting.params import build_config, read_params, spec
+from flame_fitting.formats.capture import load_cameras, load_capture
+from flame_fitting.core.fileio import make_temp_dir, replace_dir
+from flame_fitting.uv.correspondences import TokenGrid, compute_correspondences, save_correspondences
+from flame_fitting.formats.fits import load_sequence_fit
+from flame_fitting.head.head_model import load_head_model
+from flame_fitting.core.params import build_config, read_params, spec
 from flame_fitting.uv import UVLayout, load_posmap
-from flame_fitting.uv_checks import aggregate, frame_metrics, load_gt_raster
-from flame_fitting.uv_preview import correspondence_overlay, figure9
-from flame_fitting.fileio import write_png
+from flame_fitting.uv.checks import aggregate, frame_metrics, load_gt_raster
+from flame_fitting.uv.preview import correspondence_overlay, figure9
+from flame_fitting.core.fileio import write_png
 from geoface_model.config import TokensConfig
 
 FITS, UV, OUT, PREVIEWS = Path("data/fits"), Path("data/uv"), Path("data/correspondences"), Path("plots/correspondences")
@@ -87,7 +87,7 @@ def main() -> None:
 
 
 def write_previews(cap, subject, sequence, frame, corr, posmap, gt, layout) -> None:
-    from flame_fitting.uv_preview import posmap_rgb
+    from flame_fitting.uv.preview import posmap_rgb
 
     m = cap.manifest
     rows = m[(m.subject == subject) & (m.sequence == sequence) & (m.frame == frame)].set_index("camera")
@@ -98,7 +98,7 @@ def write_previews(cap, subject, sequence, frame, corr, posmap, gt, layout) -> N
     overlays = [correspondence_overlay(images[k], corr.uv[k], corr.visible[k]) for k in pick]
     write_png(PREVIEWS / f"{subject}_{sequence}_{frame:05d}_overlay.png", np.concatenate(overlays, 1))
     if gt is not None:  # the paper's Figure 9 from the ground-truth pixel→surface map
-        from flame_fitting.correspondences import uv_from_fragments
+        from flame_fitting.uv.correspondences import uv_from_fragments
 
         uv, vis = uv_from_fragments(gt[0], gt[1].astype(np.float32), layout), gt[0] >= 0
     else:

@@ -20,12 +20,12 @@ from tqdm import tqdm
 import common  # noqa: F401  (puts this checkout first on sys.path)
 from common import run, write_json
 
-from flame_fitting.capture import load_cameras, load_capture
-from flame_fitting.fileio import make_temp_dir, replace_dir
-from flame_fitting.correspondences import load_correspondences
-from flame_fitting.fit_capture import load_sequence_fit
-from flame_fitting.head_model import load_head_model
-from flame_fitting.params import build_config, read_params, spec
+from flame_fitting.formats.capture import load_cameras, load_capture
+from flame_fitting.core.fileio import make_temp_dir, replace_dir
+from flame_fitting.uv.correspondences import load_correspondences
+from flame_fitting.formats.fits import load_sequence_fit
+from flame_fitting.head.head_model import load_head_model
+from flame_fitting.core.params import build_config, read_params, spec
 from flame_fitting.uv import UVLayout, bake_posmap
 from geoface_model.config import TokensConfig
 from geoface_model.data import write_shard

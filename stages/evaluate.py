@@ -33,10 +33,10 @@ from tqdm import tqdm
 import common  # noqa: F401  (puts this checkout first on sys.path)
 from common import run, write_csv, write_json
 
-from flame_fitting.fileio import make_temp_dir, replace_dir, sha256_file, write_png
-from flame_fitting.fit_capture import load_sequence_fit
-from flame_fitting.head_model import load_head_model
-from flame_fitting.params import build_config, read_params
+from flame_fitting.core.fileio import make_temp_dir, replace_dir, sha256_file, write_png
+from flame_fitting.formats.fits import load_sequence_fit
+from flame_fitting.head.head_model import load_head_model
+from flame_fitting.core.params import build_config, read_params
 from geoface_model.config import GeoFaceConfig
 from geoface_model.data import GeoFaceDataset
 from geoface_model.evaluate import EvalParams, aggregate, evaluate_sample, save_sample

@@ -16,12 +16,12 @@ from pathlib import Path
 import common  # noqa: F401  (puts this checkout first on sys.path)
 from common import run, write_csv, write_json
 
-from flame_fitting.capture import load_capture
+from flame_fitting.formats.capture import load_capture
 from flame_fitting.fit import FitConfig
-from flame_fitting.fit_capture import fit_capture
-from flame_fitting.head_model import load_head_model
-from flame_fitting.landmark_set import load_landmarks
-from flame_fitting.params import build_config, read_params
+from flame_fitting.fit.capture import fit_capture
+from flame_fitting.head.head_model import load_head_model
+from flame_fitting.formats.landmarks import load_landmarks
+from flame_fitting.core.params import build_config, read_params
 
 
 def load_params(params: dict) -> FitConfig:

@@ -5,7 +5,7 @@ FLAME-compatible head built from MediaPipe's face mesh on a public-domain photo;
 docs/head_model.md). With a path it validates a real FLAME folder (smplx layout) and copies it.
 Either way the result is loaded through the same `HeadModel` code before the stage succeeds.
 With `head_model.calibrate_landmarks: true` it then calibrates the MediaPipe landmark embedding against
-the detector on renders of calibration subjects (`flame_fitting.landmark_calibration`, settings in
+the detector on renders of calibration subjects (`flame_fitting.landmarks.calibration`, settings in
 `head_model.calibration`, ~30 s) and writes `mediapipe_landmark_embedding_calibrated.npz` + `.json`
 beside the original, which the fit uses (`fit.calibrated_embedding`); false leaves the folder as built
 or copied.
@@ -23,13 +23,13 @@ from pathlib import Path
 import common  # noqa: F401  (puts this checkout first on sys.path)
 from common import run, write_json
 
-from flame_fitting.fileio import replace_dir, temp_path
-from flame_fitting.flame_io import validate_flame_folder
-from flame_fitting.head_model import HeadModel
-from flame_fitting.landmark_calibration import CalibrationConfig, calibrate_head_model
-from flame_fitting.params import ParamsError, build_config, read_params, spec
-from flame_fitting.preview import head_model_preview
-from flame_fitting.standin import build_standin
+from flame_fitting.core.fileio import replace_dir, temp_path
+from flame_fitting.head.flame_io import validate_flame_folder
+from flame_fitting.head.head_model import HeadModel
+from flame_fitting.landmarks.calibration import CalibrationConfig, calibrate_head_model
+from flame_fitting.core.params import ParamsError, build_config, read_params, spec
+from flame_fitting.head.preview import head_model_preview
+from flame_fitting.head.standin import build_standin
 
 OUT = Path("data/head_model")
 PREVIEW = Path("plots/head_model/preview.png")
@@ -43,9 +43,9 @@ class HeadModelParams:
     n_shape: int = spec(50, "identity components (stand-in: built; FLAME: used, ≤ 300)", lo=1, hi=300)
     n_expr: int = spec(30, "expression components (stand-in: built; FLAME: used, ≤ 100)", lo=1, hi=100)
     calibrate_landmarks: bool = spec(True, "calibrate the MediaPipe landmark embedding against the detector on "
-                                           "renders of calibration subjects (flame_fitting.landmark_calibration)")
+                                           "renders of calibration subjects (flame_fitting.landmarks.calibration)")
     calibration: dict | None = spec(None, "landmark calibration settings: the fields of "
-                                          "flame_fitting.landmark_calibration.CalibrationConfig (null = defaults)")
+                                          "flame_fitting.landmarks.calibration.CalibrationConfig (null = defaults)")
 
     def validate(self) -> None:
         if self.path is not None and not Path(self.path).expanduser().is_dir():

@@ -15,9 +15,10 @@ from pathlib import Path
 import common  # noqa: F401  (puts this checkout first on sys.path)
 from common import run, write_json
 
-from flame_fitting.capture import load_capture
-from flame_fitting.landmark_set import detect_capture, landmark_metrics, save_landmarks
-from flame_fitting.params import build_config, read_params, spec
+from flame_fitting.formats.capture import load_capture
+from flame_fitting.formats.landmarks import save_landmarks
+from flame_fitting.landmarks.capture import detect_capture, landmark_metrics
+from flame_fitting.core.params import build_config, read_params, spec
 
 
 @dataclass

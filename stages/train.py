@@ -20,8 +20,8 @@ from pathlib import Path
 import common  # noqa: F401  (puts this checkout first on sys.path)
 from common import run, write_json
 
-from flame_fitting.fileio import replace_dir, sha256_file, temp_path
-from flame_fitting.params import read_params
+from flame_fitting.core.fileio import replace_dir, sha256_file, temp_path
+from flame_fitting.core.params import read_params
 from geoface_model.config import GeoFaceConfig
 from geoface_model.data import read_shard_meta
 from geoface_model.train import train

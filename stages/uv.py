@@ -2,7 +2,7 @@
 
 Canonical = the fitted identity + expression + jaw (+ neck and eye pose, which the fit keeps near
 zero) with no global rotation or translation, normalised to [-1, 1] by the fixed box of
-flame_fitting/uv.py (docs/uv_and_correspondences.md), baked into the head model's UV layout at
+flame_fitting/uv/__init__.py (docs/uv_and_correspondences.md), baked into the head model's UV layout at
 `uv.resolution` with a validity mask and seam-aware gutter dilation. Writes
 data/uv/<subject>/<sequence>/<frame:05d>.npz (posmap, mask, canonical vertices), PNG previews of
 the first frame of every sequence (plots/uv/), and metrics/uv.json (round trip posmap → mesh
@@ -22,14 +22,14 @@ from tqdm import tqdm
 import common  # noqa: F401  (puts this checkout first on sys.path)
 from common import run, write_json
 
-from flame_fitting.fileio import make_temp_dir, replace_dir
-from flame_fitting.fit_capture import load_sequence_fit
-from flame_fitting.head_model import load_head_model
-from flame_fitting.params import build_config, read_params, spec
+from flame_fitting.core.fileio import make_temp_dir, replace_dir
+from flame_fitting.formats.fits import load_sequence_fit
+from flame_fitting.head.head_model import load_head_model
+from flame_fitting.core.params import build_config, read_params, spec
 from flame_fitting.uv import UVLayout, bake_posmap, get_bake_table, posmap_to_vertices, save_posmap, write_obj
-from flame_fitting.uv_checks import layout_report
-from flame_fitting.uv_preview import posmap_rgb
-from flame_fitting.fileio import write_png
+from flame_fitting.uv.checks import layout_report
+from flame_fitting.uv.preview import posmap_rgb
+from flame_fitting.core.fileio import write_png
 
 FITS, OUT, PREVIEWS = Path("data/fits"), Path("data/uv"), Path("plots/uv")
 

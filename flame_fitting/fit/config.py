@@ -1,7 +1,7 @@
 """`FitConfig`: every knob of the multi-view landmark fitter, one documented field each.
 
 Build it directly (`FitConfig(refine_cameras=True)`) or from a params.yaml section with
-`flame_fitting.params.build_config(FitConfig, section, where)` (fields carry their range).
+`flame_fitting.core.params.build_config(FitConfig, section, where)` (fields carry their range).
 Units: the data term is in pixels² (one landmark in one view with a 1 px error costs 1), so a
 prior weight of 1 on N(0, 1) coefficients is the Bayesian weight for 1 px landmark noise.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from flame_fitting.params import ParamsError, spec
+from flame_fitting.core.params import ParamsError, spec
 
 
 @dataclass

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from flame_fitting.camera import Camera
+from flame_fitting.geometry.camera import Camera
 from flame_fitting.fit.config import FitConfig
 from flame_fitting.fit.init import initial_pose
 from flame_fitting.fit.jacobian import forward_and_jacobian
@@ -36,7 +36,7 @@ from flame_fitting.fit.reduced import ReducedModel
 from flame_fitting.fit.report import FrameParams, FrameStatus, SequenceFit, residual_table
 from flame_fitting.fit.rig import Rig, corrected_cameras
 from flame_fitting.fit.silhouette import SilhouetteData, SilhouetteModel, mask_targets
-from flame_fitting.head_model import HeadModel
+from flame_fitting.head.head_model import HeadModel
 
 log = logging.getLogger(__name__)
 GROSS_VIEW_WEIGHT = 0.1  # views weighted below this (median error > 3 × the view scale) stay out of the noise model

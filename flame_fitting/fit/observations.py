@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from flame_fitting.errors import GeofaceError
-from flame_fitting.camera import Camera
-from flame_fitting.landmarks_embed import N_MEDIAPIPE
+from flame_fitting.core.errors import GeofaceError
+from flame_fitting.geometry.camera import Camera
+from flame_fitting.head.landmarks_embed import N_MEDIAPIPE
 
 MIN_POINTS_PER_VIEW = 3  # a view "has a detection" when at least this many embedded landmarks are finite
 
@@ -44,7 +44,7 @@ def check_cameras(cameras: dict[str, Camera]) -> None:
         raise FitInputError("fit: no cameras given")
     for name, cam in cameras.items():
         if not isinstance(cam, Camera):
-            raise FitInputError(f"fit: camera {name!r} is a {type(cam).__name__}, not a flame_fitting.camera.Camera")
+            raise FitInputError(f"fit: camera {name!r} is a {type(cam).__name__}, not a flame_fitting.geometry.camera.Camera")
         K, w2c = np.asarray(cam.K, np.float64), np.asarray(cam.world_to_cam, np.float64)
         if not (np.all(np.isfinite(K)) and np.all(np.isfinite(w2c))):
             raise FitInputError(f"fit: camera {name!r} has non-finite K or world_to_cam")

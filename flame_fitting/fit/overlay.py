@@ -11,8 +11,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from flame_fitting.camera import Camera
-from flame_fitting.fileio import write_png
+from flame_fitting.geometry.camera import Camera
+from flame_fitting.core.fileio import write_png
 
 _SHIFT = 2  # fractional bits of the drawing coordinates
 OBS_COLOR, FIT_COLOR, RESIDUAL_COLOR, MESH_COLOR = (40, 220, 40), (235, 40, 40), (250, 220, 0), (90, 170, 255)

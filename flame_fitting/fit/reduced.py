@@ -25,7 +25,7 @@ from torch import Tensor
 from torch.func import jacfwd, vmap
 
 from flame_fitting.fit.so3 import rodrigues
-from flame_fitting.head_model import HeadModel
+from flame_fitting.head.head_model import HeadModel
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from flame_fitting.camera import Camera
+from flame_fitting.geometry.camera import Camera
 from flame_fitting.fit.config import FitConfig
 from flame_fitting.fit.so3 import angle_deg, rodrigues_np
-from flame_fitting.head_model import HeadModel
+from flame_fitting.head.head_model import HeadModel
 
 PARAM_NAMES = ("shape", "expr", "jaw_pose", "neck_pose", "eye_pose", "global_orient", "transl")
 

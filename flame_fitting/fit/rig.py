@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from flame_fitting.camera import Camera
+from flame_fitting.geometry.camera import Camera
 from flame_fitting.fit.so3 import hat, left_jacobian, rodrigues
 
 

@@ -32,7 +32,7 @@ from torch import Tensor
 from flame_fitting.fit.jacobian import forward_and_jacobian
 from flame_fitting.fit.reduced import ReducedModel
 from flame_fitting.fit.rig import Rig, corrected_centers, project
-from flame_fitting.head_model import HeadModel
+from flame_fitting.head.head_model import HeadModel
 
 
 def mask_targets(mask: np.ndarray, step: int = 3, where: str = "mask") -> tuple[np.ndarray, np.ndarray]:

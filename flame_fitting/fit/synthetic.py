@@ -12,11 +12,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from flame_fitting.camera import Camera, intrinsics, look_at
+from flame_fitting.geometry.camera import Camera, intrinsics, look_at
 from flame_fitting.fit.report import FrameParams
 from flame_fitting.fit.so3 import rodrigues_np
-from flame_fitting.head_model import HeadModel
-from flame_fitting.landmarks_embed import N_MEDIAPIPE
+from flame_fitting.head.head_model import HeadModel
+from flame_fitting.head.landmarks_embed import N_MEDIAPIPE
 
 
 def arc_cameras(n: int, target: np.ndarray, distance: float = 1.0, yaw_deg: tuple[float, float] = (-70, 70),

@@ -1,6 +1,6 @@
 """`SyntheticConfig`: every knob of the synthetic capture generator (params.yaml `captures.synthetic`).
 
-Built with `flame_fitting.params.build_config`, which checks types and per-field ranges;
+Built with `flame_fitting.core.params.build_config`, which checks types and per-field ranges;
 `validate()` adds the cross-field checks (ordered ranges, fractions summing to 1), so bad
 values fail before anything is rendered. Defaults: 6 subjects × 3 frames × 16 cameras at 512²
 (see docs/synthetic.md for the time budget and how to scale up).
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from flame_fitting.params import ParamsError, spec
+from flame_fitting.core.params import ParamsError, spec
 
 BACKGROUNDS = ("gradient", "noise", "solid")
 

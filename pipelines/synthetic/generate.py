@@ -23,13 +23,13 @@ import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
 
-from flame_fitting.errors import GeofaceError
-from flame_fitting.camera import Camera, stack_cameras
-from flame_fitting.capture import CaptureWriter, frame_dir
-from flame_fitting.flame_io import HeadModelError, load_flame_folder
-from flame_fitting.head_model import HeadModel
-from flame_fitting.raster import Fragments, RasterError
-from flame_fitting.render import Lighting, render_mesh
+from flame_fitting.core.errors import GeofaceError
+from flame_fitting.geometry.camera import Camera, stack_cameras
+from flame_fitting.formats.capture import CaptureWriter, frame_dir
+from flame_fitting.head.flame_io import HeadModelError, load_flame_folder
+from flame_fitting.head.head_model import HeadModel
+from flame_fitting.geometry.raster import Fragments, RasterError
+from flame_fitting.geometry.render import Lighting, render_mesh
 from pipelines.synthetic import groundtruth as gt
 from pipelines.synthetic.appearance import compose_texture
 from pipelines.synthetic.backgrounds import make_backgrounds

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from flame_fitting.camera import Camera
-from flame_fitting.raster import Fragments
+from flame_fitting.geometry.camera import Camera
+from flame_fitting.geometry.raster import Fragments
 
 N_MEDIAPIPE = 478
 

@@ -1,6 +1,6 @@
 """Checks and previews of a synthetic capture: MediaPipe detection per |yaw| band, contact sheets.
 
-`detection_report(capture_root)` runs real MediaPipe FaceMesh (flame_fitting.landmarks) on every
+`detection_report(capture_root)` runs real MediaPipe FaceMesh (flame_fitting.landmarks.detector) on every
 view and compares with the ground truth: detection rate per |yaw| band ([0,45], (45,70], (70,90])
 and the mean pixel error of the detected landmarks against the ground-truth projections of the
 points visible in that view (per view mean, averaged over the detected views of the band). MediaPipe
@@ -17,9 +17,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from flame_fitting.capture import CaptureError, load_capture, read_image
-from flame_fitting.fileio import write_png
-from flame_fitting.landmarks import YAW_BANDS, detect_files, rates_by_yaw, yaw_band_key
+from flame_fitting.formats.capture import CaptureError, load_capture, read_image
+from flame_fitting.core.fileio import write_png
+from flame_fitting.landmarks.detector import YAW_BANDS, detect_files, rates_by_yaw, yaw_band_key
 
 ACCURATE_NME = 0.1  # a detection is accurate when its mean error is at most this fraction of the face size
 

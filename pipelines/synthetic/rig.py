@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from flame_fitting.camera import Camera, intrinsics, look_at
+from flame_fitting.geometry.camera import Camera, intrinsics, look_at
 
 
 @dataclass(frozen=True)

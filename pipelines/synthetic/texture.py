@@ -28,10 +28,10 @@ from matplotlib.path import Path as MplPath
 from scipy import ndimage
 from scipy.spatial import Delaunay
 
-from flame_fitting.errors import GeofaceError
-from flame_fitting.flame_io import load_flame_folder
-from flame_fitting.raster import interpolate, rasterize_uv
-from flame_fitting.standin.face_surface import boundary_loops
+from flame_fitting.core.errors import GeofaceError
+from flame_fitting.head.flame_io import load_flame_folder
+from flame_fitting.geometry.raster import interpolate, rasterize_uv
+from flame_fitting.head.standin.face_surface import boundary_loops
 
 DEFAULT_PHOTO = "grace_hopper.jpg"
 IRIS = np.arange(468, 478)
@@ -120,7 +120,7 @@ def _landmark_triangulation(folder: Path, lmk_uv: np.ndarray, lmk_ids: np.ndarra
         tris = tris[(tris >= 0).all(1)]
         tris = np.concatenate([tris, fill_holes(tris, lmk_uv, pos[IRIS][pos[IRIS] >= 0])])
         return photo_px, tris
-    from flame_fitting.landmarks import detect_rgb
+    from flame_fitting.landmarks.detector import detect_rgb
 
     res = detect_rgb((photo * 255).astype(np.uint8))
     if not res.detected:

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from flame_fitting.meshes import icosphere  # noqa: F401  (tests import it from here too)
+from flame_fitting.geometry.meshes import icosphere  # noqa: F401  (tests import it from here too)
 
 
 @pytest.fixture(scope="session")

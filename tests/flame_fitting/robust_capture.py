@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from flame_fitting.standin import build_standin
+from flame_fitting.head.standin import build_standin
 from pipelines.synthetic import SyntheticConfig, generate
 
 

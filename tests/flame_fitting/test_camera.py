@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from flame_fitting.camera import (Camera, CameraError, intrinsics, invert_rigid, look_at, project_points,
+from flame_fitting.geometry.camera import (Camera, CameraError, intrinsics, invert_rigid, look_at, project_points,
                                   stack_cameras)
 
 

@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flame_fitting.camera import Camera, intrinsics, look_at
-from flame_fitting.capture import CaptureError, CaptureWriter, load_capture
+from flame_fitting.geometry.camera import Camera, intrinsics, look_at
+from flame_fitting.formats.capture import CaptureError, CaptureWriter, load_capture
 
 
 def cams(n=3, w=64, h=48):

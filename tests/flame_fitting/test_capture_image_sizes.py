@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flame_fitting.capture import CaptureError, image_size, load_capture
+from flame_fitting.formats.capture import CaptureError, image_size, load_capture
 from test_capture import write_small
 
 

@@ -1,4 +1,4 @@
-"""Pixel↔UV correspondences, token targets, self-checks and previews (flame_fitting/correspondences.py,
+"""Pixel↔UV correspondences, token targets, self-checks and previews (flame_fitting/uv/correspondences.py,
 uv_checks.py, uv_preview.py): exact answers on a plane and a sphere, kernels vs numpy references,
 target normalisation and a2g/g2a consistency, empty views, refusals, cycle error and ground-truth accuracy
 on the stand-in head."""
@@ -6,17 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from flame_fitting.camera import Camera, intrinsics, look_at
-from flame_fitting.correspondences import (CorrespondenceError, TokenGrid, _pixel_uv_reference, compute_correspondences,
+from flame_fitting.geometry.camera import Camera, intrinsics, look_at
+from flame_fitting.uv.correspondences import (CorrespondenceError, TokenGrid, _pixel_uv_reference, compute_correspondences,
                                            front_faces, load_correspondences, pairs_reference, pixel_correspondences,
                                            save_correspondences)
-from flame_fitting.head_model import HeadModel
-from flame_fitting.raster import rasterize
-from flame_fitting.standin import build_standin
+from flame_fitting.head.head_model import HeadModel
+from flame_fitting.geometry.raster import rasterize
+from flame_fitting.head.standin import build_standin
 from flame_fitting.uv import UVLayout, bake_posmap
-from flame_fitting.uv_checks import aggregate, cycle_errors, frame_metrics, gt_uv_accuracy, load_gt_raster, rigid_fit
-from flame_fitting.fileio import write_png
-from flame_fitting.uv_preview import correspondence_overlay, figure9, matches, posmap_rgb
+from flame_fitting.uv.checks import aggregate, cycle_errors, frame_metrics, gt_uv_accuracy, load_gt_raster, rigid_fit
+from flame_fitting.core.fileio import write_png
+from flame_fitting.uv.preview import correspondence_overlay, figure9, matches, posmap_rgb
 
 
 def plane_scene(S: int = 64):

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flame_fitting.fileio import (MARKER, TMP_TAG, OutputError, atomic_write, check_output_dir, clean_stale,
+from flame_fitting.core.fileio import (MARKER, TMP_TAG, OutputError, atomic_write, check_output_dir, clean_stale,
                                   output_dir, replace_dir, temp_path, write_json, write_npz)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -109,8 +109,8 @@ def test_killed_writer_leaves_a_temporary_that_the_next_run_removes(tmp_path):
         import sys, time
         sys.path.insert(0, {str(REPO)!r})
         import numpy as np
-        from flame_fitting.capture import CaptureWriter
-        from flame_fitting.camera import Camera
+        from flame_fitting.formats.capture import CaptureWriter
+        from flame_fitting.geometry.camera import Camera
         w = CaptureWriter({str(tmp_path / 'captures')!r}, source="test")
         K = np.array([[100, 0, 32], [0, 100, 32], [0, 0, 1]], np.float32)
         w.set_cameras("s", "q", {{"c": Camera(K=K, world_to_cam=np.eye(4, dtype=np.float32), width=64, height=64)}})

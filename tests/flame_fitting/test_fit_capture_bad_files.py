@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from robust_capture import copy_capture, small_capture  # noqa: F401  (session fixture)
 
-from flame_fitting.capture import load_capture
+from flame_fitting.formats.capture import load_capture
 from flame_fitting.fit import FitConfig
-from flame_fitting.fit_capture import fit_capture
-from flame_fitting.head_model import load_head_model
-from flame_fitting.landmark_set import detect_capture
+from flame_fitting.fit.capture import fit_capture
+from flame_fitting.head.head_model import load_head_model
+from flame_fitting.landmarks.capture import detect_capture
 
 CFG = FitConfig(silhouette_weight=0.0)  # landmarks only: the masks are not what these tests are about
 
@@ -86,7 +86,7 @@ def test_divergence_messages_name_subject_and_sequence(small_capture, model, tmp
 def test_mask_of_another_size_is_skipped_not_fatal(small_capture, tmp_path):  # noqa: F811
     """A mask whose size is not its camera's leaves that view without a silhouette term (recorded), instead of
     failing the whole sequence in the fitter."""
-    from flame_fitting.fit_capture import load_masks
+    from flame_fitting.fit.capture import load_masks
 
     root = copy_capture(small_capture.capture, tmp_path / "cap")
     cap = load_capture(root)

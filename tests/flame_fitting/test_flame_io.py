@@ -12,9 +12,9 @@ import scipy.sparse as sp
 import torch
 from flame_folder_factory import write_flame_folder, write_obj
 
-from flame_fitting.flame_io import (HeadModelError, convert_flame_pickle, infer_kind, load_pickle, read_obj,
+from flame_fitting.head.flame_io import (HeadModelError, convert_flame_pickle, infer_kind, load_pickle, read_obj,
                                     validate_flame_folder)
-from flame_fitting.head_model import HeadModel
+from flame_fitting.head.head_model import HeadModel
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -205,7 +205,7 @@ def test_chumpy_pickle_is_refused_then_converted(spec, protocol):
         HeadModel.from_folder(spec.path, n_shape=8, n_expr=5)
     msg = str(e.value)
     assert "generic_model.pkl" in msg and "chumpy.ch.Ch" in msg
-    assert f"python -m flame_fitting.flame_io convert {raw} {spec.path / 'FLAME_NEUTRAL.npz'}" in msg
+    assert f"python -m flame_fitting.head.flame_io convert {raw} {spec.path / 'FLAME_NEUTRAL.npz'}" in msg
 
     info = convert_flame_pickle(raw, spec.path / "FLAME_NEUTRAL.npz")
     assert "chumpy" not in sys.modules
@@ -241,7 +241,7 @@ def test_unsupported_chumpy_object(tmp_path, spec):
 def test_cli_convert_and_validate(tmp_path, spec):
     raw = tmp_path / "flame2023.pkl"
     _fake_chumpy_pickle(spec.model_dict(), raw, 2)
-    run = lambda *a: subprocess.run([sys.executable, "-m", "flame_fitting.flame_io", *map(str, a)], cwd=ROOT,  # noqa: E731
+    run = lambda *a: subprocess.run([sys.executable, "-m", "flame_fitting.head.flame_io", *map(str, a)], cwd=ROOT,  # noqa: E731
                                     capture_output=True, text=True)
     r = run("convert", raw, spec.path / "FLAME_NEUTRAL.npz")
     assert r.returncode == 0, r.stderr

@@ -1,4 +1,4 @@
-"""Landmark embedding calibration (flame_fitting.landmark_calibration, flame_fitting.surface_points) without MediaPipe.
+"""Landmark embedding calibration (flame_fitting.landmarks.calibration, flame_fitting.geometry.surface_points) without MediaPipe.
 
 The core check: "detections" are exact projections of a *shifted* embedding on an ellipsoid head rendered by the
 real rasteriser in two non-rigidly posed frames; lifting them (and, separately, the reprojection refinement started
@@ -11,15 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flame_fitting import landmark_calibration as lc
-from flame_fitting.camera import Camera, intrinsics, look_at
+import flame_fitting.landmarks.calibration as lc
+from flame_fitting.geometry.camera import Camera, intrinsics, look_at
 from flame_fitting.fit import FitConfig, fit_sequence
 from flame_fitting.fit.synthetic import arc_cameras, model_outputs, project_landmarks, random_params
-from flame_fitting.flame_io import HeadModelError
-from flame_fitting.head_model import CALIBRATED_EMBEDDING, CALIBRATION_JSON, HeadModel
-from flame_fitting.meshes import icosphere
-from flame_fitting.raster import rasterize
-from flame_fitting.surface_points import (closest_point_on_triangles, closest_points, geometric_median, ray_triangles,
+from flame_fitting.head.flame_io import HeadModelError
+from flame_fitting.head.head_model import CALIBRATED_EMBEDDING, CALIBRATION_JSON, HeadModel
+from flame_fitting.geometry.meshes import icosphere
+from flame_fitting.geometry.raster import rasterize
+from flame_fitting.geometry.surface_points import (closest_point_on_triangles, closest_points, geometric_median, ray_triangles,
                                           template_points)
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -1,4 +1,4 @@
-"""flame_fitting.landmarks: threaded FaceMesh on files against the slow reference (MediaPipe's own
+"""flame_fitting.landmarks.detector: threaded FaceMesh on files against the slow reference (MediaPipe's own
 FaceMesh + FaceDetection solutions, one image at a time), bad files recorded with their reason,
 input order kept for any thread count, and the yaw-band helpers."""
 from pathlib import Path
@@ -7,9 +7,9 @@ import cv2
 import numpy as np
 import pytest
 
-from flame_fitting import landmarks
-from flame_fitting.landmarks import MeshPool, detect_files, detect_rgb, rates_by_yaw, results_to_arrays
-from flame_fitting.standin import build_standin
+import flame_fitting.landmarks.detector as landmarks
+from flame_fitting.landmarks.detector import MeshPool, detect_files, detect_rgb, rates_by_yaw, results_to_arrays
+from flame_fitting.head.standin import build_standin
 from pipelines.synthetic import SyntheticConfig, generate
 
 

@@ -12,10 +12,10 @@ import pytest
 from matplotlib import cbook
 from robust_capture import copy_capture, small_capture  # noqa: F401  (session fixture)
 
-from flame_fitting.camera import Camera, intrinsics, look_at
-from flame_fitting.capture import load_capture
-from flame_fitting.landmark_set import choose_faces, detect_capture, landmark_metrics
-from flame_fitting.landmarks import LandmarkResult
+from flame_fitting.geometry.camera import Camera, intrinsics, look_at
+from flame_fitting.formats.capture import load_capture
+from flame_fitting.landmarks.capture import choose_faces, detect_capture, landmark_metrics
+from flame_fitting.landmarks.detector import LandmarkResult
 
 DECOY_WIDTH = 0.36  # of the image width: about the size of the rendered face, in the top-left background
 

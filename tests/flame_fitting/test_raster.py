@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from flame_fitting.camera import intrinsics, look_at
-from flame_fitting.raster import (RasterError, interpolate, project, rasterize, rasterize_screen, rasterize_uv,
+from flame_fitting.geometry.camera import intrinsics, look_at
+from flame_fitting.geometry.raster import (RasterError, interpolate, project, rasterize, rasterize_screen, rasterize_uv,
                                   uv_overlap_fraction)
-from flame_fitting.raster_ref import rasterize_ref, rasterize_screen_ref, rasterize_uv_ref
+from flame_fitting.geometry.raster_ref import rasterize_ref, rasterize_screen_ref, rasterize_uv_ref
 
 
 def random_screen_mesh(seed, n=2, v=60, f=80, w=48, h=40, snap=False):

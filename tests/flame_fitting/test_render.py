@@ -1,9 +1,9 @@
 """Shading kernel parity with its numpy reference; textures land where the UVs say."""
 import numpy as np
 
-from flame_fitting.camera import intrinsics, look_at
-from flame_fitting.raster import rasterize
-from flame_fitting.render import Lighting, _shade_reference, front_facing, render_mesh, vertex_normals
+from flame_fitting.geometry.camera import intrinsics, look_at
+from flame_fitting.geometry.raster import rasterize
+from flame_fitting.geometry.render import Lighting, _shade_reference, front_facing, render_mesh, vertex_normals
 
 
 def uv_sphere(n_lat=16, n_lon=24, r=0.1):

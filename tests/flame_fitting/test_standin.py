@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from flame_fitting.standin import build_standin
-from flame_fitting.standin.bases import identity_peak
-from flame_fitting.standin.embedding import IRIS, MP_TO_IBUG68
-from flame_fitting.standin.geometry import signed_volume, vertex_normals
+from flame_fitting.head.standin import build_standin
+from flame_fitting.head.standin.bases import identity_peak
+from flame_fitting.head.standin.embedding import IRIS, MP_TO_IBUG68
+from flame_fitting.head.standin.geometry import signed_volume, vertex_normals
 
 FILES = ["FLAME_NEUTRAL.npz", "flame_static_embedding.pkl", "flame_dynamic_embedding.npy",
          "mediapipe_landmark_embedding.npz", "ibug68_landmark_embedding.npz", "head_template.obj",
@@ -302,8 +302,8 @@ def test_loads_in_smplx_flame_without_warnings(built):
 def test_preview_sheet_shows_the_head(built, tmp_path):
     import cv2
 
-    from flame_fitting.head_model import HeadModel
-    from flame_fitting.preview import TILE, head_model_preview
+    from flame_fitting.head.head_model import HeadModel
+    from flame_fitting.head.preview import TILE, head_model_preview
 
     png = head_model_preview(HeadModel.from_folder(built[0], n_shape=10, n_expr=10), tmp_path / "preview.png")
     img = cv2.imread(str(png))

@@ -1,17 +1,18 @@
-"""UV position maps (flame_fitting/uv.py): bake kernel vs reference, texel table, exactness on a plane,
+"""UV position maps (flame_fitting/uv/__init__.py): bake kernel vs reference, texel table, exactness on a plane,
 gutter dilation at seams, bake → inverse round trip on the stand-in head, box/clipping, files, overlap."""
 import numpy as np
 import pytest
 import torch
 
-from flame_fitting.flame_io import read_obj
-from flame_fitting.head_model import HeadModel
-from flame_fitting.raster import rasterize_uv
-from flame_fitting.standin import build_standin
-from flame_fitting.uv import (BOX_CENTER, BOX_HALF, UVError, UVLayout, _bake_reference, bake_posmap, denormalize_points,
-                              get_bake_table, load_posmap, normalize_points, posmap_to_points, posmap_to_vertices,
-                              sample_bilinear, save_posmap, write_obj)
-from flame_fitting.uv_checks import layout_report
+from flame_fitting.head.flame_io import read_obj
+from flame_fitting.head.head_model import HeadModel
+from flame_fitting.geometry.raster import rasterize_uv
+from flame_fitting.head.standin import build_standin
+from flame_fitting.uv import (BOX_CENTER, BOX_HALF, UVError, UVLayout, bake_posmap, denormalize_points, get_bake_table,
+                              load_posmap, normalize_points, posmap_to_points, posmap_to_vertices, sample_bilinear,
+                              save_posmap, write_obj)
+from flame_fitting.uv.bake import _bake_reference
+from flame_fitting.uv.checks import layout_report
 
 
 @pytest.fixture(scope="module")

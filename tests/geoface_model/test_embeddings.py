@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from flame_fitting.camera import Camera, intrinsics, look_at
+from flame_fitting.geometry.camera import Camera, intrinsics, look_at
 from geoface_model.embeddings import normalized_cameras, plucker_rays, sincos_2d, timestep_embedding
 
 

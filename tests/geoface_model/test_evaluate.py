@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from flame_fitting.camera import Camera, look_at
-from flame_fitting.head_model import load_head_model
-from flame_fitting.standin import build_standin
+from flame_fitting.geometry.camera import Camera, look_at
+from flame_fitting.head.head_model import load_head_model
+from flame_fitting.head.standin import build_standin
 from geoface_model.evaluate import (SampleResult, aggregate, canonical_transform, choose_views, mesh_view_alignment,
                                     yaw_pitch)
 from geoface_model.report import sample_grid, write_report

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from flame_fitting.camera import Camera, intrinsics, look_at
-from flame_fitting.capture import load_capture
+from flame_fitting.geometry.camera import Camera, intrinsics, look_at
+from flame_fitting.formats.capture import load_capture
 from geoface_model.export import (ExportError, export_3dgs, opengl_c2w, read_ply, rotmat_to_qvec, vertex_colors)
 from pipelines.colmap import qvec_to_rotmat
 from pipelines.common import ImportConfig

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from flame_fitting.camera import Camera, look_at
-from flame_fitting.capture import load_cameras
-from flame_fitting.fileio import OutputError
-from flame_fitting.head_model import load_head_model
-from flame_fitting.standin import build_standin
+from flame_fitting.geometry.camera import Camera, look_at
+from flame_fitting.formats.capture import load_cameras
+from flame_fitting.core.fileio import OutputError
+from flame_fitting.head.head_model import load_head_model
+from flame_fitting.head.standin import build_standin
 from flame_fitting.uv import UVLayout
 from geoface_model.config import tiny
 from geoface_model.generate import GenerateError, generate_from_photo

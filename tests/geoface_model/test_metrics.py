@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from flame_fitting.camera import Camera, intrinsics, look_at
-from flame_fitting.head_model import load_head_model
-from flame_fitting.standin import build_standin
+from flame_fitting.geometry.camera import Camera, intrinsics, look_at
+from flame_fitting.head.head_model import load_head_model
+from flame_fitting.head.standin import build_standin
 from geoface_model.metrics import (LPIPSAlex, MetricError, attention_hit_rate, attention_hit_rate_batch,
                                    fundamental_matrix, gaussian_window, image_metrics, landmark_fit_rmse, posmap_error_mm,
                                    psnr, ssim, symmetric_epipolar_distance, tsed)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from flame_fitting.camera import Camera, intrinsics, look_at
+from flame_fitting.geometry.camera import Camera, intrinsics, look_at
 from flame_fitting.uv import UVLayout, posmap_to_vertices
 from geoface_model.model import GeoFaceTransformer
 from geoface_model.pipeline import GeoFacePipeline, PipelineError

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from writers import WIDE_POINTS, Scene, flipped, make_cameras, projection_error, write_colmap
 
-from flame_fitting.capture import CaptureError, load_capture
+from flame_fitting.formats.capture import CaptureError, load_capture
 from pipelines.colmap import import_capture
 from pipelines.common import ImportConfig
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from writers import WIDE_POINTS, Scene, make_cameras, projection_error
 
-from flame_fitting.capture import CaptureError
-from flame_fitting.params import ParamsError, build_config
+from flame_fitting.formats.capture import CaptureError
+from flame_fitting.core.params import ParamsError, build_config
 from pipelines.common import (CaptureImport, ImportConfig, ViewProcessor, camera_names, scale_to_image, select_frames,
                               subject_split)
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from writers import Scene, flipped, make_cameras, projection_error, write_folder
 
-from flame_fitting.capture import CaptureError, load_capture
+from flame_fitting.formats.capture import CaptureError, load_capture
 from pipelines.common import ImportConfig
 from pipelines.folder import import_capture
 

@@ -6,14 +6,14 @@ from pathlib import Path
 
 from writers import Scene, make_cameras, write_folder
 
-from flame_fitting.capture import load_capture
-from flame_fitting.fileio import MARKER
+from flame_fitting.formats.capture import load_capture
+from flame_fitting.core.fileio import MARKER
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def geoface(*args):
-    return subprocess.run([sys.executable, "-m", "flame_fitting.cli", *map(str, args)], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "geoface.cli", *map(str, args)], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
 
 

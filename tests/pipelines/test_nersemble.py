@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from writers import Scene, flipped, make_cameras, projection_error, write_nersemble
 
-from flame_fitting.capture import CaptureError, load_capture
+from flame_fitting.formats.capture import CaptureError, load_capture
 from pipelines.common import ImportConfig
 from pipelines.nersemble import correct_color, import_capture
 

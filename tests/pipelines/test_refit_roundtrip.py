@@ -19,12 +19,12 @@ import pytest
 from writers import (Scene, cam_to_world64, write_colmap, write_folder, write_nersemble, write_renderme360,
                      write_transforms)
 
-from flame_fitting.camera import Camera
-from flame_fitting.capture import load_capture
+from flame_fitting.geometry.camera import Camera
+from flame_fitting.formats.capture import load_capture
 from flame_fitting.fit import FitConfig, FitInputError, fit_sequence
-from flame_fitting.head_model import HeadModel, load_head_model
-from flame_fitting.landmark_set import detect_capture
-from flame_fitting.standin import build_standin
+from flame_fitting.head.head_model import HeadModel, load_head_model
+from flame_fitting.landmarks.capture import detect_capture
+from flame_fitting.head.standin import build_standin
 from pipelines.registry import import_capture
 from pipelines.synthetic import SyntheticConfig, generate
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from writers import FLAME_KEYS, WIDE_POINTS, Scene, cam_to_world64, flipped, make_cameras, projection_error, write_renderme360
 
-from flame_fitting.capture import CaptureError, load_capture
+from flame_fitting.formats.capture import CaptureError, load_capture
 from pipelines.common import ImportConfig
 from pipelines.renderme360 import import_capture
 

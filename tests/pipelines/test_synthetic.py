@@ -9,10 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from flame_fitting.capture import load_capture, load_cameras
-from flame_fitting.params import ParamsError, build_config
-from flame_fitting.render import antialias_silhouette, antialias_views
-from flame_fitting.standin import build_standin
+from flame_fitting.formats.capture import load_capture, load_cameras
+from flame_fitting.core.params import ParamsError, build_config
+from flame_fitting.geometry.render import antialias_silhouette, antialias_views
+from flame_fitting.head.standin import build_standin
 from pipelines.synthetic import SyntheticConfig, contact_sheet, detection_report, generate
 from pipelines.synthetic.generate import load_head, write_capture
 from pipelines.synthetic.sampling import sample_subjects, split_subjects
@@ -82,7 +82,7 @@ def test_landmarks_match_the_pixel_to_surface_map(capture):
 
 def load_head_faces(root: Path) -> np.ndarray:
     info = json.loads((root / "capture.json").read_text())
-    from flame_fitting.flame_io import load_flame_folder
+    from flame_fitting.head.flame_io import load_flame_folder
 
     return load_flame_folder(info["head_model"]).template.faces
 

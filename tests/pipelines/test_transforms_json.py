@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from writers import GL_FLIP, WIDE_POINTS, Scene, cam_to_world64, flipped, make_cameras, projection_error, write_transforms
 
-from flame_fitting.capture import CaptureError, load_capture
+from flame_fitting.formats.capture import CaptureError, load_capture
 from pipelines.common import ImportConfig
 from pipelines.transforms_json import import_capture
 

@@ -17,8 +17,8 @@ import cv2
 import h5py
 import numpy as np
 
-from flame_fitting.camera import Camera, intrinsics, look_at
-from flame_fitting.capture import save_cameras
+from flame_fitting.geometry.camera import Camera, intrinsics, look_at
+from flame_fitting.formats.capture import save_cameras
 
 W, H = 200, 160
 DOT_RADIUS = 2.5

@@ -7,7 +7,7 @@ from fit_testdata import N_EXPR, N_SHAPE
 from flame_folder_factory import write_flame_folder
 
 from flame_fitting.fit.synthetic import arc_cameras, project_landmarks, random_params
-from flame_fitting.head_model import HeadModel
+from flame_fitting.head.head_model import HeadModel
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,8 @@ from fit_testdata import N_SHAPE, vertex_error_mm
 
 from flame_fitting.fit import FitConfig, FitInputError, camera_errors, fit_sequence, head_to_world
 from flame_fitting.fit.synthetic import corrupt_views, perturb_camera, project_landmarks, random_params
-from flame_fitting.landmarks import LandmarkResult
-from flame_fitting.params import ParamsError, build_config
+from flame_fitting.landmarks.detector import LandmarkResult
+from flame_fitting.core.params import ParamsError, build_config
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from flame_folder_factory import write_flame_folder
 
 from flame_fitting.fit.jacobian import forward_and_jacobian
 from flame_fitting.fit.reduced import FrameLayout, ReducedModel, landmark_jacobians, landmarks_batch
-from flame_fitting.head_model import HeadModel
+from flame_fitting.head.head_model import HeadModel
 
 
 def _random(rm: ReducedModel, B: int, seed: int, scale: float = 0.3):

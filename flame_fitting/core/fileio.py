@@ -1,0 +1,232 @@
+"""The one place the toolkit writes files: atomic writes with one temporary-name scheme, folders
+replaced only when the toolkit wrote them, stale temporaries removed, hashing.
+
+- `atomic_write(path, write)` / `write_bytes` / `write_text` / `write_json` / `write_csv` / `write_npz` /
+  `write_png`: the data go
+  to a temporary sibling that is renamed over `path` only when complete.
+- `output_dir(dst, ...)`: a context manager yielding a temporary folder that replaces `dst` when the
+  block ends without error (and is removed when it raises). The new folder carries a marker file
+  (`.geoface-output.json`); an existing non-empty `dst` without that marker was not written by the
+  toolkit and is never replaced, one with it only when `overwrite` (a stage's own output, `--force`).
+  An output that equals or contains one of the command's inputs is refused.
+- Every temporary is named `.<name>.geoface-tmp-<host>-<pid>-<random>` beside its destination; each
+  write first removes the stale ones of the same destination (their process is gone), so a killed run
+  leaves nothing that piles up.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterable, Iterator
+
+import cv2
+import numpy as np
+
+from flame_fitting.core.errors import GeofaceError
+
+TMP_TAG = ".geoface-tmp-"
+MARKER = ".geoface-output.json"
+_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:24] or "host"
+# what geoface < 0.2 left behind: `.<name>.tmp-<8 hex>` / `.<name>.old-<8 hex>`
+_LEGACY = re.compile(r"\.(tmp|old)-[0-9a-f]{8}$")
+
+
+class OutputError(GeofaceError, ValueError):
+    """An output the toolkit refuses to write: it would replace data it did not write, or an input."""
+
+
+def temp_path(dst: Path | str) -> Path:
+    """A fresh temporary sibling of `dst` in the toolkit's one naming scheme (the stale temporaries of
+    `dst` are removed first; its parent folder is created)."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(dst)
+    return dst.parent / f".{dst.name}{TMP_TAG}{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale(dst: Path | str) -> list[Path]:
+    """Remove the temporaries of `dst` left by runs of this host whose process is gone. Returns them."""
+    dst = Path(dst)
+    removed = []
+    if not dst.parent.is_dir():
+        return removed
+    prefix = f".{dst.name}"
+    for p in dst.parent.iterdir():
+        rest = p.name[len(prefix):] if p.name.startswith(prefix) else None
+        if rest is None:
+            continue
+        if rest.startswith(TMP_TAG):
+            host, _, tail = rest[len(TMP_TAG):].partition("-")
+            pid = tail.split("-", 1)[0]
+            if host != _HOST or not pid.isdigit() or _pid_alive(int(pid)):
+                continue
+        elif not _LEGACY.fullmatch(rest):
+            continue
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
+def atomic_write(path: Path | str, write: Callable[[BinaryIO], object]) -> Path:
+    """Call `write(f)` with a binary file open on a temporary sibling of `path`, then rename it over
+    `path`; nothing is left behind if `write` raises. Returns `path`."""
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_bytes(path: Path | str, data: bytes) -> Path:
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def write_text(path: Path | str, text: str) -> Path:
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_npz(path: Path | str, **arrays) -> Path:
+    """Compressed .npz of `arrays` (numeric arrays only: it is read back with allow_pickle=False)."""
+    return atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
+
+
+def write_json(path: Path | str, data, indent: int | None = 2) -> Path:
+    return write_text(path, json.dumps(data, indent=indent, default=_json_default) + "\n")
+
+
+def write_csv(path: Path | str, df) -> Path:
+    """A pandas DataFrame as CSV without the index."""
+    return write_text(path, df.to_csv(index=False))
+
+
+def write_png(path: Path | str, img: np.ndarray) -> Path:
+    """An (H, W, 3) RGB or (H, W) grey uint8 image as PNG (atomic); raises OutputError if it cannot."""
+    img = np.asarray(img)
+    if img.dtype != np.uint8 or not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 3)):
+        raise OutputError(f"{path}: write_png needs (H, W, 3) or (H, W) uint8, got {img.dtype} {img.shape}")
+    ok, buf = cv2.imencode(".png", img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OutputError(f"{path}: PNG encoding failed")
+    return write_bytes(path, buf.tobytes())
+
+
+def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def is_toolkit_output(folder: Path | str) -> bool:
+    return (Path(folder) / MARKER).is_file()
+
+
+def _inside(p: Path, root: Path) -> bool:
+    return p == root or root in p.parents
+
+
+def check_output_dir(dst: Path | str, inputs: Iterable[Path | str] = (), overwrite: bool = False,
+                     option: str = "--force") -> Path:
+    """Refuse `dst` as an output folder if replacing it could lose data the toolkit did not write.
+
+    Refused: `dst` equal to or containing an input; `dst` an existing file; a non-empty `dst` without
+    the toolkit's marker; a toolkit-written `dst` when not `overwrite` (`option` names the switch)."""
+    dst = Path(dst)
+    real = dst.resolve()
+    for inp in inputs:
+        if inp is None:
+            continue
+        if _inside(Path(inp).resolve(), real):
+            raise OutputError(f"{dst}: the output folder {'is' if Path(inp).resolve() == real else 'contains'} the "
+                              f"input {inp}; choose an output folder outside the inputs")
+    if dst.is_symlink() or (dst.exists() and not dst.is_dir()):
+        raise OutputError(f"{dst}: exists and is not a folder; refusing to replace it")
+    if dst.is_dir() and any(dst.iterdir()):
+        if not is_toolkit_output(dst):
+            raise OutputError(f"{dst}: exists, is not empty and was not written by geoface (no {MARKER}); "
+                              "refusing to replace it: choose another output folder or move it away")
+        if not overwrite:
+            raise OutputError(f"{dst}: exists (written by geoface); pass {option} to replace it")
+    return dst
+
+
+def mark_output(folder: Path | str) -> Path:
+    """Mark `folder` as written by geoface (the marker `check_output_dir` looks for)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MARKER).write_text(json.dumps({"written_by": "geoface", "folder": folder.name}) + "\n")
+    return folder
+
+
+def replace_dir(src: Path | str, dst: Path | str, overwrite: bool = True, inputs: Iterable[Path | str] = ()) -> Path:
+    """Move the finished folder `src` to `dst`, marking it as the toolkit's; an existing `dst` is
+    replaced only as `check_output_dir` allows, and removed only after the move succeeded."""
+    src, dst = Path(src), Path(dst)
+    check_output_dir(dst, inputs, overwrite)
+    (src / MARKER).write_text(json.dumps({"written_by": "geoface", "folder": dst.name}) + "\n")  # dst's name
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists():
+        old = temp_path(dst)
+        os.rename(dst, old)
+        os.rename(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(src, dst)
+    return dst
+
+
+def make_temp_dir(dst: Path | str) -> Path:
+    """A new empty temporary folder beside `dst` (its stale predecessors removed first)."""
+    tmp = temp_path(dst)
+    tmp.mkdir()
+    return tmp
+
+
+@contextmanager
+def output_dir(dst: Path | str, inputs: Iterable[Path | str] = (), overwrite: bool = True,
+               option: str = "--force") -> Iterator[Path]:
+    """`with output_dir(dst) as tmp:` write into `tmp`; on success it replaces `dst` atomically.
+
+    The checks of `check_output_dir` run before anything is written, so a refused output costs nothing."""
+    dst = Path(dst)
+    inputs = [i for i in inputs if i is not None]
+    check_output_dir(dst, inputs, overwrite, option)
+    tmp = make_temp_dir(dst)
+    try:
+        yield tmp
+        replace_dir(tmp, dst, overwrite, inputs)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

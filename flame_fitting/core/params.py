@@ -1,0 +1,119 @@
+"""Typed configs built from one section of params.yaml, validated once at the edge.
+
+Each stage declares a dataclass whose fields carry their documentation and range in
+`field(metadata=...)`; `load_section` reads params.yaml, refuses unknown keys, wrong types
+and out-of-range values before any work starts, and fills defaults.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+
+import yaml
+
+from flame_fitting.core.errors import GeofaceError
+
+
+class ParamsError(GeofaceError, ValueError):
+    """A params.yaml value that is missing, unknown, of the wrong type or out of range."""
+
+
+def spec(default, doc: str, lo=None, hi=None, choices=None):
+    """A dataclass field with documentation and an optional range / set of choices."""
+    kw = {"default_factory": lambda: list(default)} if isinstance(default, list) else {"default": default}
+    return dataclasses.field(metadata={"doc": doc, "lo": lo, "hi": hi, "choices": choices}, **kw)
+
+
+def read_params(path: Path | str = "params.yaml") -> dict:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: missing") from None
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: top level must be a mapping")
+    return data
+
+
+def _check_type(value, tp, where: str):
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _check_type(value, arg, where)
+            except ParamsError:
+                continue
+        raise ParamsError(f"{where}: {value!r} is not of type {tp}")
+    if tp is type(None):
+        if value is not None:
+            raise ParamsError(f"{where}: expected null, got {value!r}")
+        return None
+    if origin is list:
+        if not isinstance(value, list):
+            raise ParamsError(f"{where}: expected a list, got {value!r}")
+        (arg,) = typing.get_args(tp) or (object,)
+        return [_check_type(v, arg, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParamsError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ParamsError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ParamsError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def build_config(cls, section: dict, where: str):
+    """Instantiate dataclass `cls` from a dict, validating keys, types and ranges."""
+    if section is None:
+        section = {}
+    if not isinstance(section, dict):
+        raise ParamsError(f"{where}: expected a mapping, got {section!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(section) - set(fields))
+    if unknown:
+        raise ParamsError(f"{where}: unknown keys {unknown}; known: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, f in fields.items():
+        if name not in section:
+            continue
+        key = f"{where}.{name}"
+        v = _check_type(section[name], hints[name], key)
+        md = f.metadata
+        if v is not None and md.get("choices") is not None and v not in md["choices"]:
+            raise ParamsError(f"{key}: {v!r} not one of {md['choices']}")
+        for item in (v if isinstance(v, list) else [v]):
+            if isinstance(item, (int, float)) and not isinstance(item, bool):
+                if md.get("lo") is not None and item < md["lo"]:
+                    raise ParamsError(f"{key}: {item} is below the minimum {md['lo']}")
+                if md.get("hi") is not None and item > md["hi"]:
+                    raise ParamsError(f"{key}: {item} is above the maximum {md['hi']}")
+        values[name] = v
+    cfg = cls(**values)
+    check = getattr(cfg, "validate", None)
+    if check is not None:
+        check()
+    return cfg
+
+
+def load_section(cls, name: str, path: Path | str = "params.yaml"):
+    """Typed config `cls` from section `name` of params.yaml (dotted names reach nested sections)."""
+    data = read_params(path)
+    section = data
+    for part in name.split("."):
+        section = (section or {}).get(part) if isinstance(section, dict) else None
+    return build_config(cls, section or {}, f"{path}:{name}")

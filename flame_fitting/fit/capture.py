@@ -1,0 +1,258 @@
+"""Fit the head model to every sequence of a capture, write the results, score them.
+
+Shared by the `fit` DVC stage and `geoface fit` (same code path). Output folder layout:
+    <out>/<subject>/<sequence>/fit.npz        `SequenceFit.stacked()`: frame (T,), ok (T,), shape (T,S), expr (T,E),
+                                              jaw_pose, neck_pose (T,3), eye_pose (T,6), global_orient, transl (T,3),
+                                              vertices (T,V,3) world (skipped frames are absent)
+    <out>/<subject>/<sequence>/cameras.json   the (refined) cameras, canonical form
+    <out>/<subject>/<sequence>/residuals.parquet   per (frame, camera) reprojection statistics
+    <out>/<subject>/<sequence>/history.csv    cost per LM iteration
+    <out>/<subject>/<sequence>/status.json    per-frame status with reasons (skipped / diverged), timing, notes,
+                                              silhouette term summary (used, masks, samples, median px),
+                                              overlays written / skipped
+Every frame of the capture gets a status: a frame in which no view has landmarks is "skipped" with reason
+"no_landmarks" (the note lists each view's landmark failure), counted in `frames_skipped`.
+Masks (`mask_path` in the manifest) are loaded when cfg.silhouette_weight > 0; silhouette_mode "auto" is resolved
+from the capture's source (`resolve_silhouette_mode`); the metrics record the weight, the mode and how many
+sequences were fitted with silhouettes.
+A sequence whose fit raises is recorded in `<out>/failures.json` and the others go on. An overlay picture that
+cannot be made (unreadable image, wrong size, write error) is recorded in `<out>/overlays_skipped.json` and in the
+sequence's status.json (`overlays_skipped` in the metrics); the fit itself is kept.
+"""
+from __future__ import annotations
+
+import json
+import traceback
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from flame_fitting.formats.capture import Capture, save_cameras
+from flame_fitting.core.fileio import check_output_dir, make_temp_dir, mark_output, replace_dir
+from flame_fitting.fit import FitConfig, SequenceFit, fit_sequence
+from flame_fitting.fit.overlay import overlay_png
+from flame_fitting.fit.report import FrameStatus
+from flame_fitting.head.head_model import HeadModel
+from flame_fitting.formats.landmarks import LandmarkSet
+
+
+def save_sequence_fit(fit: SequenceFit, folder: Path, extra: dict | None = None) -> None:
+    """Write one sequence's outputs (module docstring); `extra` entries are added to status.json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(folder / "fit.npz", **fit.stacked())
+    save_cameras(folder / "cameras.json", fit.cameras)
+    fit.residuals.to_parquet(folder / "residuals.parquet", index=False)
+    fit.history.to_csv(folder / "history.csv", index=False)
+    if fit.noise is not None:  # the landmark noise model the second solve used (per group σ̂, weight)
+        fit.noise.to_csv(folder / "noise_model.csv", index=False)
+    status = {"frames": {str(f): {"status": s.status, "reason": s.reason, "note": s.note} for f, s in fit.status.items()},
+              "timing": fit.timing, "converged": bool(fit.converged), "silhouette": fit.silhouette, **(extra or {})}
+    (folder / "status.json").write_text(json.dumps(status, indent=1, default=str))
+
+
+def gt_vertex_errors(cap: Capture, subject: str, sequence: str, fit: SequenceFit, face_region: np.ndarray | None
+                     ) -> list[dict]:
+    """Per fitted frame: mean vertex error (mm) against the synthetic ground truth, whole head and face region.
+    World-space (pose errors count) — the capture's cameras define the world for both."""
+    m = cap.manifest
+    if "gt_path" not in m.columns:
+        return []
+    rows = []
+    for f, verts in fit.vertices.items():
+        sel = m[(m.subject == subject) & (m.sequence == sequence) & (m.frame == f)]
+        if sel.empty or not isinstance(sel.gt_path.iat[0], str):
+            continue
+        with np.load(cap.root / sel.gt_path.iat[0]) as z:
+            gt = z["vertices"]
+        if gt.shape != verts.shape:
+            continue
+        d = np.linalg.norm(verts.astype(np.float64) - gt, axis=1) * 1e3
+        rows.append({"subject": subject, "sequence": sequence, "frame": f, "vertex_error_mm": float(d.mean()),
+                     "vertex_error_mm_face": float(d[face_region].mean()) if face_region is not None else np.nan})
+    return rows
+
+
+def write_overlays(cap: Capture, subject: str, sequence: str, fit: SequenceFit, model: HeadModel, ls: LandmarkSet,
+                   out_dir: Path, n_views: int = 4, skipped: list[dict] | None = None) -> list[Path]:
+    """PNG overlays (mesh + observed/fitted landmarks) on `n_views` views spread over the first fitted frame.
+    A view whose overlay cannot be made (unreadable image, size differing from its camera, write error) is left
+    out and recorded in `skipped` as {"subject", "sequence", "frame", "camera", "path", "error"}."""
+    if not fit.vertices:
+        return []
+    frame = min(fit.vertices)
+    m = cap.manifest
+    rows = m[(m.subject == subject) & (m.sequence == sequence) & (m.frame == frame)].sort_values("camera")
+    if "yaw_deg" in rows.columns:
+        rows = rows.sort_values("yaw_deg")
+    pick = rows.iloc[np.unique(np.linspace(0, len(rows) - 1, min(n_views, len(rows))).round().astype(int))]
+    obs = ls.for_sequence(subject, sequence).get(frame, {})
+    faces = model.faces.cpu().numpy()
+    out = []
+    for row in pick.to_dict("records"):
+        path = out_dir / f"{subject}_{sequence}_{frame:05d}_{row['camera']}.png"
+        try:
+            overlay_png(cap.image(row), fit.cameras[row["camera"]], fit.vertices[frame], faces,
+                        obs.get(row["camera"]), fit.landmarks_2d(frame, row["camera"]), path)
+        except Exception as e:  # noqa: BLE001 - a picture never costs the fit
+            if skipped is not None:
+                skipped.append({"subject": subject, "sequence": sequence, "frame": int(frame),
+                                "camera": row["camera"], "path": str(cap.root / row["path"]),
+                                "error": f"{type(e).__name__}: {e}"})
+            continue
+        out.append(path)
+    return out
+
+
+def no_landmark_status(cap: Capture, ls: LandmarkSet, subject: str, sequence: str, fitted: dict[int, FrameStatus]
+                       ) -> dict[int, FrameStatus]:
+    """"skipped" / "no_landmarks" status of every capture frame of the sequence that `fitted` lacks (no view of it
+    has landmarks, so the fitter never saw it); the note says why each view has none."""
+    t = ls.table
+    out = {}
+    for f in cap.frames(subject, sequence):
+        if f in fitted:
+            continue
+        rows = t[(t.subject == subject) & (t.sequence == sequence) & (t.frame == f)]
+        why = Counter(r if r else "not used" for r in rows.reason[~rows.detected.to_numpy(bool)])
+        note = ("no view detected a face: " + ", ".join(f"{k} ×{n}" for k, n in sorted(why.items())) if len(rows)
+                else "the landmark set has no record of this frame (run the landmarks stage again)")
+        out[int(f)] = FrameStatus(int(f), "skipped", "no_landmarks", note)
+    return out
+
+
+def fit_capture(cap: Capture, ls: LandmarkSet, model: HeadModel, cfg: FitConfig, out: Path,
+                overlay_dir: Path | None = None, progress: bool = True, overwrite: bool = True) -> dict:
+    """Fit every sequence; write `out` atomically (an existing `out` is replaced only if geoface wrote it and
+    `overwrite`); return metrics (+ tables under private keys)."""
+    out = Path(out)
+    check_output_dir(out, [cap.root], overwrite)
+    tmp = make_temp_dir(out)
+    extras = Path(model.folder) / "standin_extras.npz" if getattr(model, "folder", None) else None
+    face_region = np.load(extras)["face_region"] if extras is not None and extras.is_file() else None
+    residuals, errors, failures, histories, timings, statuses = [], [], [], [], [], []
+    sil_used, masks_skipped, overlays_skipped = 0, [], []
+    cfg = resolve_silhouette_mode(cfg, cap)
+    seqs = cap.sequences()
+    for subject, sequence in tqdm(seqs, desc="fit", disable=not progress):
+        try:
+            masks = load_masks(cap, subject, sequence, masks_skipped) if cfg.silhouette_weight > 0 else None
+            fit = fit_sequence(model, cap.cameras(subject, sequence), ls.for_sequence(subject, sequence), cfg,
+                               progress=False, masks=masks, subject=subject, sequence=sequence)
+        except Exception as e:  # one bad sequence is recorded, never fatal for the others
+            failures.append({"subject": subject, "sequence": sequence, "error": f"{type(e).__name__}: {e}",
+                             "traceback": traceback.format_exc(limit=3)})
+            continue
+        fit.status = dict(sorted({**fit.status, **no_landmark_status(cap, ls, subject, sequence, fit.status)}.items()))
+        overlays = {}
+        if overlay_dir is not None:
+            n_before = len(overlays_skipped)
+            try:
+                written = write_overlays(cap, subject, sequence, fit, model, ls, overlay_dir, skipped=overlays_skipped)
+            except Exception as e:  # noqa: BLE001 - a picture never costs the fit
+                written = []
+                overlays_skipped.append({"subject": subject, "sequence": sequence, "error": f"{type(e).__name__}: {e}"})
+            overlays = {"overlays": [p.name for p in written], "overlays_skipped": overlays_skipped[n_before:]}
+        save_sequence_fit(fit, tmp / subject / sequence, overlays)
+        res = fit.residuals.assign(subject=subject, sequence=sequence)
+        residuals.append(res)
+        errors += gt_vertex_errors(cap, subject, sequence, fit, face_region)
+        histories.append(fit.history.assign(subject=subject, sequence=sequence))
+        n_fit = sum(s.status != "skipped" for s in fit.status.values())
+        sil_used += bool(fit.silhouette and fit.silhouette.get("used"))
+        timings.append((fit.timing.get("total_s", np.nan), n_fit))
+        statuses += [{"subject": subject, "sequence": sequence, "frame": f, "status": s.status, "reason": s.reason}
+                     for f, s in fit.status.items()]
+    (tmp / "failures.json").write_text(json.dumps(failures, indent=1))
+    if overlays_skipped:
+        (tmp / "overlays_skipped.json").write_text(json.dumps(overlays_skipped, indent=1))
+    if masks_skipped:
+        (tmp / "masks_skipped.json").write_text(json.dumps(masks_skipped, indent=1))
+    replace_dir(tmp, out, overwrite)
+    if overlay_dir is not None:
+        mark_output(overlay_dir)
+    metrics = summarise(residuals, errors, failures, histories, timings, statuses)
+    metrics["mediapipe_embedding"] = embedding_used(model, cfg)
+    metrics["silhouette_weight"] = float(cfg.silhouette_weight)
+    metrics["silhouette_mode"] = cfg.silhouette_mode
+    metrics["silhouette_sequences"] = int(sil_used)  # sequences fitted with the silhouette term (masks found)
+    metrics["masks_skipped"] = len(masks_skipped)     # unreadable masks (listed in <out>/masks_skipped.json)
+    metrics["overlays_skipped"] = len(overlays_skipped)  # overlay pictures not made (<out>/overlays_skipped.json)
+    return metrics
+
+
+def resolve_silhouette_mode(cfg: FitConfig, cap: Capture) -> FitConfig:
+    """cfg with silhouette_mode "auto" resolved: synthetic captures' masks are renders of the head model itself
+    (two_sided), every other source's masks also cover hair / neck / shoulders (inside: one-sided)."""
+    if cfg.silhouette_mode != "auto":
+        return cfg
+    return replace(cfg, silhouette_mode="two_sided" if cap.info.get("source") == "synthetic" else "inside")
+
+
+def load_masks(cap: Capture, subject: str, sequence: str, skipped: list[dict] | None = None
+               ) -> dict[int, dict[str, np.ndarray]] | None:
+    """{frame: {camera: (H, W) uint8 mask}} of the capture's `mask_path` column (rows without one are absent),
+    None when the capture has no masks for this sequence. An unreadable mask, or one whose size is not its camera's,
+    is left out (that view simply has no silhouette term) and recorded in `skipped` as {"path", "error"}."""
+    import cv2
+
+    m = cap.manifest
+    if "mask_path" not in m.columns:
+        return None
+    rows = m[(m.subject == subject) & (m.sequence == sequence)]
+    cams = cap.cameras(subject, sequence)
+    out: dict[int, dict[str, np.ndarray]] = {}
+    for r in rows.itertuples():
+        if not isinstance(r.mask_path, str) or not r.mask_path:
+            continue
+        path = cap.root / r.mask_path
+        img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        if img is None:
+            if skipped is not None:
+                skipped.append({"path": str(path), "error": "missing or not a decodable image; view fitted without "
+                                                            "its silhouette"})
+            continue
+        cam = cams.get(r.camera)
+        if cam is not None and img.shape != (cam.height, cam.width):
+            if skipped is not None:
+                skipped.append({"path": str(path), "error": f"mask is {img.shape[1]}×{img.shape[0]} but camera "
+                                f"{r.camera!r} is {cam.width}×{cam.height}; view fitted without its silhouette"})
+            continue
+        out.setdefault(int(r.frame), {})[r.camera] = img
+    return out or None
+
+
+def embedding_used(model: HeadModel, cfg: FitConfig) -> str:
+    """Which MediaPipe embedding `fit_sequence` fits `model` with under `cfg`: "calibrated" | "original"."""
+    return "calibrated" if cfg.calibrated_embedding and model.has_calibrated_embedding else "original"
+
+
+def summarise(residuals, errors, failures, histories, timings, statuses) -> dict:
+    res = pd.concat(residuals, ignore_index=True) if residuals else pd.DataFrame(columns=["median_px"])
+    per_view = res.median_px.to_numpy(np.float64)
+    per_view = per_view[np.isfinite(per_view)]
+    st = pd.DataFrame(statuses, columns=["subject", "sequence", "frame", "status", "reason"])
+    total_s = sum(t for t, _ in timings if np.isfinite(t))
+    n_frames = sum(n for _, n in timings)
+    metrics = {
+        "n_sequences": len(timings) + len(failures), "failed_sequences": len(failures),
+        "frames_ok": int((st.status == "ok").sum()), "frames_skipped": int((st.status == "skipped").sum()),
+        "frames_skipped_no_landmarks": int(((st.status == "skipped") & (st.reason == "no_landmarks")).sum()),
+        "frames_diverged": int((st.status == "diverged").sum()),
+        "reprojection_px_median": float(np.median(per_view)) if per_view.size else None,
+        "reprojection_px_p95": float(np.percentile(per_view, 95)) if per_view.size else None,
+        "s_per_frame": float(total_s / n_frames) if n_frames else None,
+    }
+    if errors:
+        e = pd.DataFrame(errors)
+        metrics["vertex_error_mm"] = float(e.vertex_error_mm.mean())
+        if e.vertex_error_mm_face.notna().any():
+            metrics["vertex_error_mm_face"] = float(e.vertex_error_mm_face.mean())
+    metrics["_residuals"] = res
+    metrics["_status"] = st
+    metrics["_history"] = histories[0] if histories else pd.DataFrame()
+    metrics["_failures"] = failures
+    return metrics

@@ -1,0 +1,252 @@
+"""The canonical capture format: every capture source (synthetic, NeRSemble, RenderMe-360,
+COLMAP, transforms.json, folder) writes this, every later stage reads only this.
+
+Layout (see docs/capture_format.md):
+    <root>/capture.json                         format marker, source, free-form info
+    <root>/manifest.parquet                     one row per image (MANIFEST_COLUMNS, plus optional extras)
+    <root>/<subject>/<sequence>/cameras.json    {"convention": "opencv", "units": "m", "cameras": {name: Camera.to_dict()}}
+    <root>/<subject>/<sequence>/<frame:05d>/<camera>.png
+    <root>/<subject>/<sequence>/<frame:05d>/masks/<camera>.png   (optional)
+
+`CaptureWriter` writes into a temporary sibling directory and renames it into place on `close()`,
+so an interrupted run never leaves a half-written capture. `load_capture` validates: manifest, cameras, and
+every image file's real size (read from its header only, `image_size`) against its camera.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from flame_fitting.core.errors import GeofaceError
+from flame_fitting.geometry.camera import Camera, CameraError
+from flame_fitting.core.fileio import check_output_dir, make_temp_dir, replace_dir, sha256_file, write_json
+
+FORMAT = "geoface-capture"
+VERSION = 1
+MANIFEST_COLUMNS = ["subject", "sequence", "frame", "camera", "path", "width", "height", "sha256", "split", "source"]
+SPLITS = ("train", "val", "test")
+
+
+class CaptureError(GeofaceError, ValueError):
+    """Malformed capture: the message names the file and what is wrong."""
+
+
+def frame_dir(subject: str, sequence: str, frame: int) -> str:
+    return f"{subject}/{sequence}/{int(frame):05d}"
+
+
+def write_image(path: Path, rgb: np.ndarray, png_level: int = 1) -> None:
+    """Write an (H,W,3) uint8 RGB or (H,W) uint8 image; raises CaptureError if it fails."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = rgb if rgb.ndim == 2 else cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    params = [cv2.IMWRITE_PNG_COMPRESSION, png_level] if path.suffix.lower() == ".png" else [cv2.IMWRITE_JPEG_QUALITY, 95]
+    if not cv2.imwrite(str(path), img, params):
+        raise CaptureError(f"{path}: could not write image")
+
+
+def read_image(path: Path) -> np.ndarray:
+    """(H,W,3) uint8 RGB; raises CaptureError naming the file if it is missing or unreadable."""
+    if not Path(path).is_file():
+        raise CaptureError(f"{path}: image file is missing")
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise CaptureError(f"{path}: not a readable image")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def image_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) of an image file as `cv2.imread` decodes it (JPEG EXIF orientation applied), read from the
+    file's header only (PIL's lazy open: no pixels are decoded). None when the header is not a readable image
+    header (the file is then reported as unreadable by whichever stage decodes it)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            # only JPEG's EXIF is read here (PNG's may sit after the pixels: reading it would decode them)
+            turned = im.format == "JPEG" and "exif" in im.info and im.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    except Exception:  # noqa: BLE001 - PIL raises many types on corrupt headers; such files are recorded later
+        return None
+    return (h, w) if turned else (w, h)
+
+
+class CaptureWriter:
+    """Writes a capture atomically: `with CaptureWriter(root, source="synthetic") as w: ...`.
+
+    `root` is checked before anything is written (fileio.check_output_dir): it must not equal or
+    contain one of `inputs`, and an existing non-empty `root` is replaced only if geoface wrote it
+    and `overwrite` is set."""
+
+    def __init__(self, root: Path | str, source: str, info: dict | None = None, image_ext: str = ".png",
+                 overwrite: bool = True, inputs: tuple = ()):
+        self.root = Path(root)
+        self.overwrite, self.inputs = overwrite, tuple(inputs)
+        check_output_dir(self.root, self.inputs, overwrite)
+        self.tmp = make_temp_dir(self.root)
+        self.source, self.info, self.ext = source, dict(info or {}), image_ext
+        self.rows: list[dict] = []
+        self._cameras: dict[tuple[str, str], dict[str, Camera]] = {}
+
+    def __enter__(self) -> "CaptureWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    @property
+    def work_dir(self) -> Path:
+        """Where files go while writing (use for extra outputs that belong inside the capture)."""
+        return self.tmp
+
+    def set_cameras(self, subject: str, sequence: str, cameras: dict[str, Camera]) -> None:
+        self._cameras[(subject, sequence)] = dict(cameras)
+        path = self.tmp / subject / sequence / "cameras.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_cameras(path, cameras)
+
+    def add_image(self, subject: str, sequence: str, frame: int, camera: str, rgb: np.ndarray, split: str = "train",
+                  mask: np.ndarray | None = None, **extra) -> dict:
+        """Store one image (H,W,3) uint8 RGB (+ optional (H,W) uint8 mask). Returns its manifest row."""
+        cams = self._cameras.get((subject, sequence))
+        if cams is None or camera not in cams:
+            raise CaptureError(f"{subject}/{sequence}: no camera {camera!r} set before adding its image")
+        if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise CaptureError(f"{subject}/{sequence}/{frame}/{camera}: image must be (H,W,3) uint8, got {rgb.shape} {rgb.dtype}")
+        cam = cams[camera]
+        if rgb.shape[:2] != (cam.height, cam.width):
+            raise CaptureError(
+                f"{subject}/{sequence}/{frame}/{camera}: image is {rgb.shape[1]}×{rgb.shape[0]}, camera says {cam.width}×{cam.height}")
+        if split not in SPLITS:
+            raise CaptureError(f"{subject}: split must be one of {SPLITS}, got {split!r}")
+        rel = f"{frame_dir(subject, sequence, frame)}/{camera}{self.ext}"
+        write_image(self.tmp / rel, rgb)
+        row = dict(subject=subject, sequence=sequence, frame=int(frame), camera=camera, path=rel,
+                   width=cam.width, height=cam.height, sha256=sha256_file(self.tmp / rel), split=split,
+                   source=self.source, **extra)
+        if mask is not None:
+            mrel = f"{frame_dir(subject, sequence, frame)}/masks/{camera}.png"
+            write_image(self.tmp / mrel, mask)
+            row["mask_path"] = mrel
+        self.rows.append(row)
+        return row
+
+    def close(self) -> Path:
+        if not self.rows:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise CaptureError(f"{self.root}: no images were added, nothing to write")
+        df = pd.DataFrame(self.rows)
+        df = df.sort_values(["subject", "sequence", "frame", "camera"]).reset_index(drop=True)
+        df.to_parquet(self.tmp / "manifest.parquet", index=False)
+        meta = {"format": FORMAT, "version": VERSION, "source": self.source, "n_images": len(df), **self.info}
+        (self.tmp / "capture.json").write_text(json.dumps(meta, indent=2, default=str))
+        replace_dir(self.tmp, self.root, self.overwrite, self.inputs)
+        return self.root
+
+
+def save_cameras(path: Path, cameras: dict[str, Camera]) -> None:
+    data = {"convention": "opencv", "units": "m", "cameras": {n: c.to_dict() for n, c in cameras.items()}}
+    write_json(path, data, indent=1)
+
+
+def load_cameras(path: Path) -> dict[str, Camera]:
+    """cameras.json -> {name: Camera}; CaptureError naming the file on any problem."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CaptureError(f"{path}: cameras file is missing") from None
+    except json.JSONDecodeError as e:
+        raise CaptureError(f"{path}: not valid JSON ({e})") from None
+    if data.get("convention", "opencv") != "opencv":
+        raise CaptureError(f"{path}: convention must be 'opencv', got {data.get('convention')!r}")
+    if not isinstance(data.get("cameras"), dict) or not data["cameras"]:
+        raise CaptureError(f"{path}: no 'cameras' mapping")
+    out = {}
+    for name, d in data["cameras"].items():
+        try:
+            out[name] = Camera.from_dict(d, name=name)
+        except (CameraError, TypeError, ValueError) as e:
+            raise CaptureError(f"{path}: camera {name!r}: {e}") from None
+    return out
+
+
+@dataclass
+class Capture:
+    """A validated capture on disk. `manifest` has one row per image."""
+
+    root: Path
+    manifest: pd.DataFrame
+    info: dict
+
+    def cameras(self, subject: str, sequence: str) -> dict[str, Camera]:
+        return load_cameras(self.root / subject / sequence / "cameras.json")
+
+    def image(self, row) -> np.ndarray:
+        """(H,W,3) uint8 RGB of a manifest row."""
+        return read_image(self.root / row["path"])
+
+    def sequences(self) -> list[tuple[str, str]]:
+        return list(self.manifest.groupby(["subject", "sequence"]).groups.keys())
+
+    def frames(self, subject: str, sequence: str) -> list[int]:
+        m = self.manifest
+        return sorted(m[(m.subject == subject) & (m.sequence == sequence)].frame.unique().tolist())
+
+
+def load_capture(root: Path | str, check_files: bool = True, check_hashes: bool = False) -> Capture:
+    """Open and validate a capture. Raises CaptureError naming the offending file. check_files: every image
+    exists and its header's size is its camera's (an image whose header cannot be read is left to the stages,
+    which record it as unreadable and go on)."""
+    root = Path(root)
+    meta_path, man_path = root / "capture.json", root / "manifest.parquet"
+    if not meta_path.is_file():
+        raise CaptureError(f"{meta_path}: missing (is {root} a geoface capture?)")
+    try:
+        info = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as e:
+        raise CaptureError(f"{meta_path}: not valid JSON ({e})") from None
+    if info.get("format") != FORMAT:
+        raise CaptureError(f"{meta_path}: format is {info.get('format')!r}, expected {FORMAT!r}")
+    if not man_path.is_file():
+        raise CaptureError(f"{man_path}: missing")
+    try:
+        df = pd.read_parquet(man_path)
+    except Exception as e:  # pyarrow raises several types for corrupt files
+        raise CaptureError(f"{man_path}: unreadable parquet ({e})") from None
+    missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
+    if missing:
+        raise CaptureError(f"{man_path}: missing columns {missing}")
+    if df.duplicated(["subject", "sequence", "frame", "camera"]).any():
+        dup = df[df.duplicated(["subject", "sequence", "frame", "camera"])].iloc[0]
+        raise CaptureError(f"{man_path}: duplicate row for {dup.subject}/{dup.sequence}/{dup.frame}/{dup.camera}")
+    bad_split = set(df.split) - set(SPLITS)
+    if bad_split:
+        raise CaptureError(f"{man_path}: unknown split values {sorted(bad_split)}")
+    cap = Capture(root=root, manifest=df, info=info)
+    for (subject, sequence), group in df.groupby(["subject", "sequence"]):
+        cams = cap.cameras(subject, sequence)
+        cam_file = root / subject / sequence / "cameras.json"
+        for row in group.itertuples():
+            cam = cams.get(row.camera)
+            if cam is None:
+                raise CaptureError(f"{root / row.path}: camera {row.camera!r} is not in {cam_file}")
+            if (cam.width, cam.height) != (row.width, row.height):
+                raise CaptureError(f"{root / row.path}: manifest size {row.width}×{row.height} differs from camera {row.camera!r} ({cam.width}×{cam.height}) in {cam_file}")
+            if check_files and not (root / row.path).is_file():
+                raise CaptureError(f"{root / row.path}: image file is missing")
+            real = image_size(root / row.path) if check_files else None
+            if real is not None and real != (cam.width, cam.height):
+                raise CaptureError(f"{root / row.path}: image is {real[0]}×{real[1]} pixels but camera {row.camera!r} "
+                                   f"in {cam_file} is {cam.width}×{cam.height}")
+            if check_hashes and sha256_file(root / row.path) != row.sha256:
+                raise CaptureError(f"{root / row.path}: content hash differs from the manifest (file changed)")
+    return cap

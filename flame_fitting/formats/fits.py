@@ -1,0 +1,20 @@
+"""The fit stage's output format, per sequence folder `<fits>/<subject>/<sequence>/`: `fit.npz` (per fitted
+frame: frame, shape, expr, jaw_pose, neck_pose, eye_pose, global_orient, transl, vertices (F, V, 3) in metres,
+world frame), `cameras.json` (the refined cameras), `residuals.parquet`, `history.csv`, `status.json`.
+Light (numpy only): the stages after `fit` read fits without importing the fitter.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def fit_folders(fits_dir: Path | str) -> list[Path]:
+    """The sequence folders under `fits_dir` that hold a fit.npz, sorted."""
+    return sorted(p.parent for p in Path(fits_dir).glob("*/*/fit.npz"))
+
+
+def load_sequence_fit(folder: Path) -> dict[str, np.ndarray]:
+    with np.load(Path(folder) / "fit.npz") as z:
+        return {k: z[k] for k in z.files}

@@ -1,0 +1,54 @@
+"""The landmarks stage's output format: one row per image in `detections.parquet` (KEYS, path, detected,
+reason, score, box_*, n_faces, multiple_faces, face_choice, face_choice_px) and the (N, 478, 2) float32
+MediaPipe points in `points.npy`, in the table's row order. Light (numpy + pandas): reading landmarks
+needs no detector.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from flame_fitting.core.fileio import make_temp_dir, replace_dir
+from flame_fitting.formats.capture import CaptureError
+
+KEYS = ["subject", "sequence", "frame", "camera"]
+
+
+@dataclass
+class LandmarkSet:
+    table: pd.DataFrame  # one row per image (KEYS, path, detected, reason, score, box_*)
+    points: np.ndarray  # (N,478,2) float32
+
+    def for_sequence(self, subject: str, sequence: str) -> dict[int, dict[str, np.ndarray]]:
+        """{frame: {camera: (478,2)}} of the detected images of one sequence."""
+        t = self.table
+        sel = np.nonzero(((t.subject == subject) & (t.sequence == sequence) & t.detected).to_numpy())[0]
+        out: dict[int, dict[str, np.ndarray]] = {}
+        for i in sel:
+            out.setdefault(int(t.frame.iat[i]), {})[str(t.camera.iat[i])] = self.points[i]
+        return out
+
+
+def save_landmarks(ls: LandmarkSet, out_dir: Path | str, overwrite: bool = True) -> Path:
+    """Write `out_dir` atomically; an existing one is replaced only if geoface wrote it and `overwrite`."""
+    out_dir = Path(out_dir)
+    tmp = make_temp_dir(out_dir)
+    ls.table.to_parquet(tmp / "detections.parquet", index=False)
+    np.save(tmp / "points.npy", ls.points)
+    replace_dir(tmp, out_dir, overwrite)
+    return out_dir
+
+
+def load_landmarks(out_dir: Path | str) -> LandmarkSet:
+    out_dir = Path(out_dir)
+    try:
+        table = pd.read_parquet(out_dir / "detections.parquet")
+        points = np.load(out_dir / "points.npy")
+    except FileNotFoundError as e:
+        raise CaptureError(f"{e.filename}: missing (run the landmarks stage first)") from None
+    if points.shape != (len(table), 478, 2):
+        raise CaptureError(f"{out_dir / 'points.npy'}: shape {points.shape} does not match {len(table)} detections")
+    return LandmarkSet(table, points)

@@ -1,0 +1,158 @@
+"""Landmarks of a whole capture: detect and score (the stored format and its reader/writer are in
+`flame_fitting.formats.landmarks`):
+    detections.parquet  one row per manifest image: subject, sequence, frame, camera, path,
+                        detected, reason, score, box_x0..box_y1, n_faces, multiple_faces, face_choice,
+                        face_choice_px
+    points.npy          (N,478,2) float32 pixels, row i = row i of detections.parquet, NaN if not detected
+Written to a temporary folder and renamed. Used by the `landmarks` stage and `geoface fit`.
+
+A view in which MediaPipe finds more than one face is flagged (`multiple_faces`) and the face kept is the one
+consistent with the other views of the same frame through the calibrated cameras (`choose_faces`):
+  face_choice "consistent"  the candidate with the smallest median reprojection error (`face_choice_px`, pixels)
+                            of the landmarks triangulated from the frame's single-face views plus that candidate
+  face_choice "largest"     no view of the frame has a single face to compare with: the largest face is kept
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from flame_fitting.geometry.camera import Camera
+from flame_fitting.formats.capture import Capture
+from flame_fitting.formats.landmarks import KEYS, LandmarkSet
+from flame_fitting.landmarks.detector import (YAW_BANDS, LandmarkResult, detect_files, rates_by_yaw,
+                                              results_to_arrays, yaw_band_key)
+
+
+def _triangulate(cams: list[Camera], uv: np.ndarray) -> np.ndarray:
+    """Linear (DLT, least squares over all views) triangulation. uv (V, N, 2) pixels (NaN = missing) ->
+    (N, 3) world points, NaN where fewer than 2 views see a point or the system is singular."""
+    AtA, Atb = np.zeros((uv.shape[1], 3, 3)), np.zeros((uv.shape[1], 3))
+    n = np.zeros(uv.shape[1], int)
+    for cam, p in zip(cams, uv):
+        ok = np.all(np.isfinite(p), 1)
+        xn = np.where(ok[:, None], cam.normalized(np.where(ok[:, None], p, 0.0)), 0.0)
+        R, t = cam.R.astype(np.float64), cam.t.astype(np.float64)
+        A = xn[:, :, None] * R[None, 2:3, :] - R[None, :2, :]                       # (N, 2, 3)
+        b = t[:2][None] - xn * t[2]                                                 # (N, 2)
+        A, b = A * ok[:, None, None], b * ok[:, None]
+        AtA += A.transpose(0, 2, 1) @ A
+        Atb += (A * b[..., None]).sum(1)
+        n += ok
+    good = (n >= 2) & (np.abs(np.linalg.det(AtA)) > 1e-12)
+    X = np.full((uv.shape[1], 3), np.nan)
+    if good.any():
+        X[good] = np.linalg.solve(AtA[good], Atb[good][..., None])[..., 0]
+    return X
+
+
+def _reprojection_px(cams: list[Camera], uv: np.ndarray, X: np.ndarray) -> float:
+    """Median over points of the RMS over views of |project(X) - uv| (pixels); inf when nothing projects."""
+    err = np.full(uv.shape[:2], np.nan)
+    for v, (cam, p) in enumerate(zip(cams, uv)):
+        q, z = cam.project(X)
+        err[v] = np.where(z > 0, np.linalg.norm(q.astype(np.float64) - p, axis=1), np.nan)
+    with np.errstate(invalid="ignore"):
+        rms = np.sqrt(np.nanmean(err ** 2, 0)) if np.isfinite(err).any() else np.array([np.nan])
+    rms = rms[np.isfinite(rms)]
+    return float(np.median(rms)) if rms.size else float("inf")
+
+
+def choose_faces(cameras: dict[str, Camera], views: dict[str, LandmarkResult]) -> dict[str, tuple[int, str, float]]:
+    """For the views of ONE frame in which several faces were found: {camera: (face index, how, px)}.
+
+    how "consistent": the candidate whose landmarks, triangulated together with the frame's single-face views,
+    reproject best (px = median over landmarks of the RMS pixel error over those views); how "largest": no view
+    has a single face to compare with, so the face with the largest landmark box is kept (px = NaN)."""
+    multi = sorted(c for c, r in views.items() if r.detected and r.n_faces > 1)
+    single = sorted(c for c, r in views.items() if r.detected and r.n_faces == 1)
+    out = {}
+    for c in multi:
+        faces = views[c].faces.astype(np.float64)                                   # (K, 478, 2)
+        if not single:
+            size = [np.prod(f.max(0) - f.min(0)) for f in faces]
+            out[c] = (int(np.argmax(size)), "largest", float("nan"))
+            continue
+        cams = [cameras[s] for s in single] + [cameras[c]]
+        ref = np.stack([views[s].points for s in single]).astype(np.float64)       # (S, 478, 2)
+        px = [_reprojection_px(cams, uv, _triangulate(cams, uv))
+              for uv in (np.concatenate([ref, f[None]]) for f in faces)]
+        k = int(np.argmin(px))
+        out[c] = (k, "consistent", px[k])
+    return out
+
+
+def detect_capture(cap: Capture, workers: int | None = None, progress: bool = True) -> LandmarkSet:
+    """MediaPipe landmarks of every manifest image; views with several faces keep the one `choose_faces` picks."""
+    m = cap.manifest.reset_index(drop=True)
+    paths = [cap.root / p for p in m.path]
+    results = detect_files(paths, sizes=list(zip(m.width.astype(int), m.height.astype(int))), workers=workers,
+                           progress=progress)
+    choice, choice_px = np.full(len(m), "", object), np.full(len(m), np.nan, np.float32)
+    multi = np.array([r.n_faces > 1 for r in results], bool)
+    for subject, sequence, frame in m[multi].groupby(["subject", "sequence", "frame"]).groups:
+        sel = np.flatnonzero(((m.subject == subject) & (m.sequence == sequence) & (m.frame == frame)).to_numpy())
+        picked = choose_faces(cap.cameras(subject, sequence), {m.camera.iat[i]: results[i] for i in sel})
+        for i in sel:
+            if m.camera.iat[i] in picked:
+                k, choice[i], choice_px[i] = picked[m.camera.iat[i]]
+                results[i] = results[i].with_face(k)
+    arr = results_to_arrays(results)
+    table = m[KEYS + ["path"]].copy()
+    table["detected"] = arr["detected"]
+    table["reason"] = arr["reason"]
+    table["score"] = arr["score"]
+    for k, name in enumerate(["box_x0", "box_y0", "box_x1", "box_y1"]):
+        table[name] = arr["box"][:, k]
+    table["n_faces"] = arr["n_faces"]
+    table["multiple_faces"] = multi
+    table["face_choice"] = choice.astype(str)
+    table["face_choice_px"] = choice_px
+    return LandmarkSet(table, arr["points"])
+
+
+def gt_landmark_errors(cap: Capture, ls: LandmarkSet) -> np.ndarray:
+    """Per image mean pixel error of detected landmarks vs the synthetic ground truth (visible points only);
+    NaN where not detected or no ground truth. (N,) float32."""
+    err = np.full(len(ls.table), np.nan, np.float32)
+    if "gt_path" not in cap.manifest.columns:
+        return err
+    gt_cache: dict[str, dict] = {}
+    m = cap.manifest.reset_index(drop=True)
+    for i, row in enumerate(m.itertuples()):
+        if not ls.table.detected.iat[i] or not isinstance(row.gt_path, str):
+            continue
+        gt = gt_cache.get(row.gt_path)
+        if gt is None:
+            with np.load(cap.root / row.gt_path) as z:
+                gt = {"cameras": list(z["cameras"]), "p": z["lmk_mp_2d"], "vis": z["lmk_mp_visible"]}
+            gt_cache = {row.gt_path: gt}  # rows are sorted by frame: keep one frame in memory
+        v = gt["cameras"].index(row.camera)
+        vis = gt["vis"][v]
+        if vis.any():
+            err[i] = float(np.linalg.norm(ls.points[i][vis] - gt["p"][v][vis], axis=1).mean())
+    return err
+
+
+def landmark_metrics(cap: Capture, ls: LandmarkSet) -> dict:
+    """Detection rate overall and per |yaw| band, failure reasons, and pixel error vs ground truth if any."""
+    det = ls.table.detected.to_numpy()
+    out: dict = {"n_images": int(len(det)), "n_detected": int(det.sum()),
+                 "detection_rate": float(det.mean()) if len(det) else 0.0,
+                 "failures": {str(k): int(v) for k, v in ls.table.reason[~det].value_counts().items()}}
+    if "multiple_faces" in ls.table.columns:  # views with several faces and how the kept one was chosen
+        many = ls.table.multiple_faces.to_numpy(bool)
+        out["multiple_faces"] = int(many.sum())
+        out["multiple_faces_choice"] = {str(k): int(v) for k, v in ls.table.face_choice[many].value_counts().items()}
+    m = cap.manifest.reset_index(drop=True)
+    if "yaw_deg" in m.columns:
+        yaw = m.yaw_deg.to_numpy(np.float64)
+        for key, rate in rates_by_yaw(det, yaw).items():
+            out[f"detection_rate_{key}"] = rate
+        err = gt_landmark_errors(cap, ls)
+        if np.isfinite(err).any():
+            out["pixel_error_mean"] = float(np.nanmean(err))
+            ay = np.abs(yaw)
+            for lo, hi in YAW_BANDS:
+                sel = ((ay >= lo) if lo == 0 else (ay > lo)) & (ay <= hi) & np.isfinite(err)
+                out[f"pixel_error_{yaw_band_key(lo, hi)}"] = float(err[sel].mean()) if sel.any() else None
+    return out
