@@ -353,10 +353,14 @@ def write_colmap(root: Path, scene: Scene, *, binary: bool, model: str = "PINHOL
 
 # --- transforms.json ----------------------------------------------------------------------------
 def write_transforms(root: Path, scene: Scene, *, per_frame: bool = False, angle_x: bool = False, with_ext: bool = True,
-                     size_keys: bool = True, matrices: dict | None = None, images: dict | None = None) -> Path:
-    """NeRF/instant-ngp transforms.json (OpenGL camera→world) + images/<name>.png."""
+                     size_keys: bool = True, matrices: dict | None = None, images: dict | None = None,
+                     model: str | None = None, masks: dict | None = None) -> Path:
+    """NeRF/instant-ngp/nerfstudio transforms.json (OpenGL camera→world) + images/<name>.png. `model`: the
+    camera_model key, with only its distortion keys (SIMPLE_RADIAL: k1, RADIAL: k1, k2, OPENCV: k1, k2, p1, p2);
+    `masks` {name: (H,W) uint8}: masks/<name>.png and the frame's mask_path."""
     root.mkdir(parents=True, exist_ok=True)
     cam0 = next(iter(scene.cameras.values()))
+    keys = {"SIMPLE_PINHOLE": (), "PINHOLE": (), "SIMPLE_RADIAL": ("k1",), "RADIAL": ("k1", "k2")}.get(model, ("k1", "k2", "p1", "p2"))
 
     def intr(cam: Camera) -> dict:
         K = cam.K.astype(np.float64)
@@ -365,10 +369,12 @@ def write_transforms(root: Path, scene: Scene, *, per_frame: bool = False, angle
         if size_keys:
             d.update(w=cam.width, h=cam.height)
         if cam.dist is not None:
-            d.update(dict(zip(("k1", "k2", "p1", "p2"), cam.dist[:4].astype(np.float64).tolist())))
+            d.update({k: v for k, v in zip(("k1", "k2", "p1", "p2"), cam.dist[:4].astype(np.float64).tolist()) if k in keys})
         return d
 
     meta = {} if per_frame else intr(cam0)
+    if model is not None:
+        meta["camera_model"] = model
     meta["frames"] = []
     for n, cam in scene.cameras.items():
         c2w_gl = cam_to_world64(cam) @ GL_FLIP
@@ -376,6 +382,10 @@ def write_transforms(root: Path, scene: Scene, *, per_frame: bool = False, angle
               "transform_matrix": (matrices or {}).get(n, c2w_gl).tolist()}
         if per_frame:
             fr.update(intr(cam))
+        if masks is not None and n in masks:
+            fr["mask_path"] = f"masks/{n}.png"
+            (root / "masks").mkdir(parents=True, exist_ok=True)
+            assert cv2.imwrite(str(root / "masks" / f"{n}.png"), masks[n])
         meta["frames"].append(fr)
         write_png(root / "images" / f"{n}.png", (images or {}).get(n, scene.image(n)))
     (root / "transforms.json").write_text(json.dumps(meta, indent=1))
