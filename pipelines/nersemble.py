@@ -31,17 +31,14 @@ __all__ = ["correct_color", "correct_color_affine", "find_participants", "import
 
 
 def size_keys(params: dict, serial: str, path: Path) -> tuple[int, int] | None:
-    """(width, height) from camera_params.json (an int or {serial: int} each), or None when absent."""
-    wh = []
-    for key in ("width", "height"):
-        v = params.get(key)
-        v = v.get(serial) if isinstance(v, dict) else v
-        if v is None:
-            return None
+    """(width, height) from camera_params.json (an int or {serial: int} each), or None when both are absent."""
+    wh = [params.get(k).get(serial) if isinstance(params.get(k), dict) else params.get(k) for k in ("width", "height")]
+    if wh == [None, None]:
+        return None
+    for key, v in zip(("width", "height"), wh):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
-            raise CaptureError(f"{path}: {key} must be a positive number, got {v!r}")
-        wh.append(int(v))
-    return wh[0], wh[1]
+            raise CaptureError(f"{path}: {key} of camera {serial} must be a positive number, got {v!r}")
+    return int(wh[0]), int(wh[1])
 
 
 class Calibration:
@@ -141,6 +138,8 @@ def items_of(imp: CaptureImport, view: View, frames: list[int], where: str):
                 mask = read_mask(view.alpha_frames[t])
             except CaptureError as e:
                 imp.skip(imp.rel(view.alpha_frames[t]), str(e).split(": ", 1)[-1])
+        elif view.alpha_frames:
+            imp.skip(f"{where} [frame {t}] (mask)", "no alpha map for this frame; imported without a mask")
         if mask is not None and mask.shape != rgb.shape[:2] and same_aspect(mask.shape[::-1], rgb.shape[1::-1]):
             mask = cv2.resize(mask, rgb.shape[1::-1], interpolation=cv2.INTER_LINEAR)
         yield t, rgb, src, key, mask

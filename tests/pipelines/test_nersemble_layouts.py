@@ -172,6 +172,14 @@ def test_vhap_frames(tmp_path, capsys):
     assert "images are 200×160: K scaled by 0.5 × 0.5" in capsys.readouterr().out
     for row in cap.manifest.to_dict("records"):
         assert mask_mismatch(cap, row, silhouette(half[row["camera"]])) < 0.01
+    # a missing or unreadable alpha map: recorded, naming it, and the image imported without a mask
+    (tmp_path / "vhap/017/sequences/EMO-1/alpha_maps/cam_22220000_000001.jpg").unlink()
+    (tmp_path / "vhap/017/sequences/EMO-1/alpha_maps/cam_22220001_000000.jpg").write_bytes(b"broken")
+    report = import_capture(tmp_path / "vhap", tmp_path / "cap4", ImportConfig())
+    assert report.n_images == 4 and {s["item"]: s["reason"] for s in report.skipped} == {
+        "017/sequences/EMO-1 [camera 22220000] [frame 1] (mask)": "no alpha map for this frame; imported without a mask",
+        "017/sequences/EMO-1/alpha_maps/cam_22220001_000000.jpg": "not a readable alpha map"}
+    assert load_capture(tmp_path / "cap4").manifest.mask_path.notna().sum() == 2
     with pytest.raises(CaptureError, match="images_4: no VHAP frames.*nersemble_images_downsample is 4"):
         import_capture(tmp_path / "vhap", tmp_path / "cap3", ImportConfig(nersemble_images_downsample=4, strict=True))
 
@@ -191,3 +199,26 @@ def test_calibrated_camera_without_video_is_reported(tmp_path, capsys):
     # selecting the cameras that exist is not a warning
     report = import_capture(tmp_path / "ns", tmp_path / "cap3", ImportConfig(strict=True, cameras=["22220000", "22220001"]))
     assert report.n_images == 2 and not report.warnings
+
+
+def test_vhap_copy_of_v1(tmp_path):
+    """VHAP's v1 layout: camera_params/<id>/camera_params.json, color_correction/<id>/<serial>.npy, <id>/<seq>/images/."""
+    scene = Scene(serial_cameras(2, width=400, height=320, f=460.0))
+    aff = affines(scene.cameras)
+    pdir = write_nersemble(tmp_path / "w", scene, media="vhap", frames=[0, 3], size_keys=False, affine=aff, alpha=True)
+    root = tmp_path / "vhap"
+    (root / "camera_params" / "017").mkdir(parents=True)
+    (root / "color_correction").mkdir()
+    (pdir / "calibration/camera_params.json").rename(root / "camera_params/017/camera_params.json")
+    (pdir / "annotations/EMO-1/color_correction").rename(root / "color_correction/017")
+    (root / "017").mkdir()
+    (pdir / "sequences/EMO-1").rename(root / "017/EMO-1")
+    report = import_capture(root, tmp_path / "cap", ImportConfig())
+    assert report.n_images == 4 and not report.skipped and not report.warnings
+    cap = load_capture(tmp_path / "cap")
+    assert cap.info["versions"] == {"017": 1} and cap.info["color_correction"] == ["color_correction/017"]
+    assert cap.frames("017", "EMO-1") == [0, 3]
+    check_cameras(cap, scene.cameras, scene)
+    for row in cap.manifest.to_dict("records"):
+        assert np.abs(cap.image(row).astype(int) - scene.image(row["camera"], row["frame"])).mean() < 2  # colour corrected
+        assert row["mask_path"]
