@@ -26,6 +26,7 @@ rules, JSON / matrix parsing) and `pipelines.views` (image files, undistort / cr
 from __future__ import annotations
 
 import shutil
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -79,7 +80,9 @@ class CaptureImport:
         self.skipped.append({"item": item, "reason": reason})
 
     def warn(self, message: str) -> None:
+        """Record a warning (capture.json["warnings"]) and print it to stderr."""
         self.warnings.append(message)
+        print(f"warning: {message}", file=sys.stderr)
 
     def split_of(self, subject: str) -> str:
         return subject_split(subject, self.cfg.split_fractions, self.cfg.split_seed)

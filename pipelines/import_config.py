@@ -38,13 +38,17 @@ class ImportConfig:
     downscale: int = spec(1, "divide the (cropped) image size by this integer factor", lo=1)
     pixel_center_offset: float = spec(0.0, "added to cx, cy of every source K (0.5 for a source calibrated with pixel centres at integers)")
     masks: bool = spec(True, "import foreground masks (RenderMe-360 masks, PNG alpha, masks/ folders) when present")
-    color_calibration: bool = spec(True, "NeRSemble: apply color_calibration.json (in linear RGB) when present")
+    color_calibration: bool = spec(True, "NeRSemble: apply the colour calibration when present (v2 color_calibration.json "
+                                    "in linear RGB, v1 annotations/<seq>/color_correction/<serial>.npy in sRGB)")
     image_ext: str = spec(".png", "format of the stored images", choices=[".png", ".jpg"])
     split_fractions: list[float] = spec([0.8, 0.1, 0.1], "train/val/test fractions of subjects (hash rule)", lo=0.0, hi=1.0)
     split_seed: int = spec(0, "seed of the subject → split hash", lo=0)
     strict: bool = spec(False, "raise a CaptureError on the first bad item instead of skipping and recording it")
-    nersemble_calibrated_size: list[int] = spec([2200, 3208], "NeRSemble: [width, height] the intrinsics are for, when "
-                                                "camera_params.json does not say", lo=1)
+    nersemble_intrinsics_size: list[int] | None = spec(None, "NeRSemble: [width, height] of the images the intrinsics in "
+                                                       "camera_params.json refer to; null = its width/height keys, else "
+                                                       "inferred from the principal point (docs/sources.md)", lo=1)
+    nersemble_images_downsample: int = spec(1, "NeRSemble, VHAP's extracted frames: read images_<n>/ instead of images/ "
+                                               "(K scaled to their size)", lo=1)
     nersemble_image_folder: str | None = spec(None, "NeRSemble v1: which images-* folder to read; null = the only one present")
     colmap_model: str = spec("sparse/0", "COLMAP: model folder (cameras.bin|txt, images.bin|txt) relative to the input root")
     colmap_images: str = spec("images", "COLMAP: image folder relative to the input root")
@@ -62,8 +66,8 @@ class ImportConfig:
             raise ParamsError(f"captures.resize: expected [width, height] and downscale 1, got {self.resize}, {self.downscale}")
         if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1) > 1e-6:
             raise ParamsError(f"captures.split_fractions: three fractions summing to 1, got {self.split_fractions}")
-        if len(self.nersemble_calibrated_size) != 2:
-            raise ParamsError(f"captures.nersemble_calibrated_size: expected [width, height], got {self.nersemble_calibrated_size}")
+        if self.nersemble_intrinsics_size is not None and len(self.nersemble_intrinsics_size) != 2:
+            raise ParamsError(f"captures.nersemble_intrinsics_size: expected [width, height], got {self.nersemble_intrinsics_size}")
 
 
 @dataclass

@@ -1,166 +1,152 @@
-"""NeRSemble (v2 and v1) -> canonical capture. `captures.root` = the folder holding the participant
-folders (or one participant folder).
+"""NeRSemble (nersemble-data v2, the benchmark release, v1, VHAP's extracted frames) -> canonical capture.
+`captures.root` = the folder holding the participant folders (or one participant folder). The layouts are
+listed in `pipelines.nersemble_layouts`; the intrinsics-size rule and the colour corrections in
+`pipelines.nersemble_cameras`; docs/sources.md has the user's view.
 
-v2:  <id:03d>/calibration/camera_params.json   {"world_2_cam": {serial: 4×4 world→camera, OpenCV},
-                                                "intrinsics": 3×3 shared | {serial: 3×3}, "width"?, "height"?}
-     <id:03d>/calibration/color_calibration.json  {serial: 3×3 | 3×4 colour matrix}   (optional)
-     <id:03d>/sequences/<seq>/images/cam_<serial>.mp4               (decoded with cv2.VideoCapture)
-     or <id:03d>/sequences/<seq>/images/cam_<serial>/<frame:05d>.png|jpg   (already extracted; preferred)
-v1:  <id>/camera_params.json (same keys), <id>/color_calibration.json (optional)
-     <id>/sequences/<seq>/frame_<t:05d>/images-*/cam_<serial>.png|jpg
-     (the one images-* folder present, or `captures.nersemble_image_folder`)
 Subject = the participant folder name, sequence = the sequence folder name, camera = the serial,
-frame = the timestep (video frame index / t). The world is metric and OpenCV, so poses are used as is.
-Intrinsics refer to the full resolution: `width`/`height` from camera_params.json (an int, or a
-{serial: int} mapping) else `captures.nersemble_calibrated_size` (default 2200×3208). The stored
-images' actual size is read from the video / first image; a scaled copy (e.g. images-2x) gets K
-scaled by the size ratio, any other size (different aspect ratio) is refused for that camera.
-Colour calibration (Cheung 2004, as nersemble-data's `correct_color`): sRGB -> linear, rgb' = M @ [r,g,b(,1)],
--> sRGB, rounded to uint8. Not supported: alpha maps, background images (BACKGROUND sequence), FLAME
-tracking files, audio.
+frame = the timestep (video frame index / t / VHAP's frame number). The world is metric and OpenCV,
+so poses are used as is. Per camera the size K refers to is decided from the data (or
+`nersemble_intrinsics_size`), K is scaled to the stored images, and the decision is printed and recorded
+in capture.json["intrinsics"]. Masks: the benchmark's alpha_maps/*.mp4, v1's alpha_map-*/ and VHAP's
+alpha_maps/ frames (resized to the image when they are a scaled copy). Colour: v2 color_calibration.json
+(linear light), v1 annotations/<seq>/color_correction/<serial>.npy (sRGB affine). A calibrated camera
+without images in a sequence is a warning (capture.json["missing_cameras"]), an error with `strict`.
+Not supported: background images (BACKGROUND sequence), FLAME tracking files, point clouds, audio.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from flame_fitting.formats.capture import CaptureError
-from pipelines.common import (CaptureImport, ImportConfig, ImportReport, as_matrix, load_json, read_image_file, scale_to_image,
-                              select_frames, select_names)
+from pipelines.common import CaptureImport, ImportConfig, ImportReport, load_json, read_image_file, select_frames, select_names
+from pipelines.nersemble_cameras import (OPTION, correct_color, correct_color_affine, intrinsics_size, load_color_calibration,
+                                         load_color_correction, same_aspect)
+from pipelines.nersemble_layouts import (Participant, View, base_size, find_participants, list_views, read_mask, stored_size,
+                                         video_frames, video_length)
 
-_X = np.arange(256) / 255.0
-_SRGB_TO_LINEAR = np.where(_X <= 0.04045, _X / 12.92, ((_X + 0.055) / 1.055) ** 2.4).astype(np.float32)  # (256,)
-
-
-def correct_color(rgb: np.ndarray, ccm: np.ndarray) -> np.ndarray:
-    """(H,W,3) uint8 sRGB, ccm (3,3)|(3,4) applied in linear RGB -> (H,W,3) uint8 sRGB."""
-    lin = _SRGB_TO_LINEAR[rgb].reshape(-1, 3)
-    M = np.asarray(ccm, np.float32)
-    out = lin @ M[:, :3].T + (M[:, 3] if M.shape[1] == 4 else 0.0)
-    out = np.where(out <= 0.0031308, 12.92 * out, 1.055 * np.maximum(out, 0.0031308) ** (1 / 2.4) - 0.055)
-    return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8).reshape(rgb.shape)
+__all__ = ["correct_color", "correct_color_affine", "find_participants", "import_capture"]
 
 
-def find_participants(root: Path) -> list[tuple[str, Path, int]]:
-    """[(subject, folder, version)] under root (or root itself when it is a participant folder)."""
-    def version(d: Path) -> int | None:
-        return 2 if (d / "calibration" / "camera_params.json").is_file() else 1 if (d / "camera_params.json").is_file() else None
-
-    if version(root):
-        return [(root.resolve().name, root, version(root))]
-    found = [(d.name, d, version(d)) for d in sorted(root.iterdir()) if d.is_dir() and version(d)] if root.is_dir() else []
-    if not found:
-        raise CaptureError(f"{root}: no NeRSemble participant folders (expected <id>/calibration/camera_params.json (v2) "
-                           "or <id>/camera_params.json (v1))")
-    return found
+def size_keys(params: dict, serial: str, path: Path) -> tuple[int, int] | None:
+    """(width, height) from camera_params.json (an int or {serial: int} each), or None when both are absent."""
+    wh = [params.get(k).get(serial) if isinstance(params.get(k), dict) else params.get(k) for k in ("width", "height")]
+    if wh == [None, None]:
+        return None
+    for key, v in zip(("width", "height"), wh):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+            raise CaptureError(f"{path}: {key} of camera {serial} must be a positive number, got {v!r}")
+    return int(wh[0]), int(wh[1])
 
 
-def calibrated_sizes(params: dict, serials, cfg: ImportConfig, path: Path) -> dict[str, tuple[int, int]]:
+class Calibration:
+    """camera_params.json (+ v2 color_calibration.json) of one participant."""
+
+    def __init__(self, imp: CaptureImport, part: Participant):
+        self.path, self.params = part.params, load_json(part.params)
+        if not isinstance(self.params, dict) or not isinstance(self.params.get("world_2_cam"), dict) or "intrinsics" not in self.params:
+            raise CaptureError(f"{self.path}: expected keys 'world_2_cam' {{serial: 4×4}} and 'intrinsics'")
+        self.w2c, self.intr = self.params["world_2_cam"], self.params["intrinsics"]
+        self.ccm_path = part.color_json
+        use = imp.cfg.color_calibration and self.ccm_path is not None and self.ccm_path.is_file()
+        self.ccms = load_color_calibration(self.ccm_path) if use else {}
+
+    def camera(self, imp: CaptureImport, serial: str, view: View, where: str, key: str):
+        """The camera of `serial` at its stored image size, or None after recording why not."""
+        if serial not in self.w2c:
+            imp.skip(where, f"camera {serial} is not in {imp.rel(self.path)}")
+            return None
+        K = self.intr.get(serial) if isinstance(self.intr, dict) else self.intr
+        if K is None:
+            imp.skip(where, f"no intrinsics for camera {serial} in {imp.rel(self.path)}")
+            return None
+        try:
+            K = np.asarray(K, np.float64)
+            if K.shape != (3, 3):
+                raise CaptureError(f"{imp.rel(self.path)}: intrinsics of camera {serial} must be 3×3, got shape {K.shape}")
+            size, stored = base_size(view), stored_size(view)
+            what = f"{imp.rel(self.path)} [camera {serial}] intrinsics"
+            ref, rule = intrinsics_size(K, size, imp.cfg.nersemble_intrinsics_size, size_keys(self.params, serial, self.path), what)
+            if ref != stored and not same_aspect(ref, stored):
+                raise CaptureError(f"image is {stored[0]}×{stored[1]}, the intrinsics are for {ref[0]}×{ref[1]} ({rule}): "
+                                   f"not the same aspect ratio, so not a scaled copy; set {OPTION}")
+        except (CaptureError, ValueError, TypeError) as e:
+            imp.skip(where, str(e))
+            return None
+        cam = imp.camera(serial, K, self.w2c[serial], *ref, None, imp.rel(self.path))
+        if cam is None:
+            return None
+        scale = (stored[0] / ref[0], stored[1] / ref[1])
+        imp.info.setdefault("intrinsics", {})[key] = {"size": list(ref), "image_size": list(stored), "scale": list(scale), "rule": rule}
+        if ref != stored:
+            imp.info.setdefault("intrinsics_scaled", {})[key] = scale[0]
+        return cam.resized(*stored) if ref != stored else cam
+
+
+def report_intrinsics(imp: CaptureImport, subject: str, seq: str, serials) -> None:
+    """Print one line per distinct intrinsics decision of a sequence (also recorded in capture.json)."""
+    groups: dict[tuple, list[str]] = {}
+    for s in serials:
+        d = imp.info["intrinsics"][f"{subject}/{seq}/{s}"]
+        groups.setdefault((tuple(d["size"]), tuple(d["image_size"]), d["rule"].split(" (")[0]), []).append(s)
+    for (ref, img, rule), ss in groups.items():
+        what = "used as is" if ref == img else f"scaled by {img[0] / ref[0]:.4g} × {img[1] / ref[1]:.4g}"
+        print(f"nersemble {subject}/{seq}: {len(ss)} camera(s): intrinsics are for {ref[0]}×{ref[1]} ({rule}); "
+              f"images are {img[0]}×{img[1]}: K {what}")
+
+
+def v1_colour(imp: CaptureImport, part: Participant, seq: str, serials) -> dict[str, np.ndarray]:
+    """{serial: affine (3|4,4)} from v1's color_correction/<serial>.npy; unreadable files skip their camera (None)."""
+    folder = part.color_npy_dir(seq)
+    if not imp.cfg.color_calibration or folder is None or not folder.is_dir():
+        return {}
+    imp.info.setdefault("color_correction", []).append(imp.rel(folder))
     out = {}
     for s in serials:
-        wh = []
-        for key, default in (("width", cfg.nersemble_calibrated_size[0]), ("height", cfg.nersemble_calibrated_size[1])):
-            v = params.get(key, default)
-            v = v.get(s, default) if isinstance(v, dict) else v
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
-                raise CaptureError(f"{path}: {key} must be a positive number, got {v!r}")
-            wh.append(int(v))
-        out[s] = tuple(wh)
+        p = folder / f"{s}.npy"
+        if not p.is_file():
+            imp.warn(f"{imp.rel(folder)}: no colour correction {s}.npy for camera {s}; its images are not colour corrected")
+            continue
+        try:
+            out[s] = load_color_correction(p)
+        except CaptureError as e:
+            imp.skip(imp.rel(p), str(e).removeprefix(f"{p}: "))
+            out[s] = None
     return out
 
 
-def list_views(seq_dir: Path, version: int, cfg: ImportConfig) -> dict[str, dict]:
-    """{serial: {"video": path} | {"frames": {t: path}}} of one sequence."""
-    views: dict[str, dict] = {}
-    if version == 2:
-        img_dir = seq_dir / "images"
-        for p in sorted(img_dir.glob("cam_*")) if img_dir.is_dir() else []:
-            serial = p.stem[4:] if p.is_file() else p.name[4:]
-            if p.is_dir():
-                fr = {int(q.stem): q for q in sorted(p.iterdir()) if q.suffix.lower() in (".png", ".jpg", ".jpeg") and q.stem.isdigit()}
-                if fr:
-                    views[serial] = {"frames": fr}
-            elif p.suffix.lower() == ".mp4" and serial not in views:
-                views[serial] = {"video": p}
-        return views
-    frame_dirs = {int(m.group(1)): d for d in seq_dir.iterdir() if d.is_dir() and (m := re.fullmatch(r"frame_(\d+)", d.name))}
-    names = sorted({p.name for d in frame_dirs.values() for p in d.glob("images-*") if p.is_dir()})
-    if cfg.nersemble_image_folder is not None:
-        folder = cfg.nersemble_image_folder
-    elif len(names) == 1:
-        folder = names[0]
-    elif not names:
-        return views
+def items_of(imp: CaptureImport, view: View, frames: list[int], where: str):
+    """Yield (t, rgb, source file, key, mask or None) of the selected frames of one camera."""
+    if view.video is not None:
+        items = ((t, rgb, view.video, f"frame {t}") for t, rgb in video_frames(imp, view.video, frames))
     else:
-        raise CaptureError(f"{seq_dir}: several image folders {names}; set captures.nersemble_image_folder")
-    for t, d in sorted(frame_dirs.items()):
-        for p in sorted((d / folder).glob("cam_*")):
-            if p.suffix.lower() in (".png", ".jpg", ".jpeg"):
-                views.setdefault(p.stem[4:], {"frames": {}})["frames"][t] = p
-    return views
-
-
-def video_frames(imp: CaptureImport, path: Path, frames: list[int]):
-    """Yield (t, rgb) of the selected frames, decoding sequentially; missing ones are recorded."""
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        imp.skip(imp.rel(path), "not a readable video")
-        return
-    wanted, t = set(frames), 0
-    try:
-        while wanted and t <= max(wanted):
-            if not cap.grab():
-                break
-            if t in wanted:
-                ok, bgr = cap.retrieve()
-                if not ok:
-                    break
-                wanted.discard(t)
-                yield t, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-            t += 1
-    finally:
-        cap.release()
-    if wanted:
-        imp.skip(imp.rel(path), f"video has only {t} frames; selected frames {sorted(wanted)} are missing")
-
-
-def video_length(path: Path) -> int:
-    cap = cv2.VideoCapture(str(path))
-    n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
-    cap.release()
-    return n
-
-
-def first_size(view: dict) -> tuple[int, int]:
-    """(width, height) of a camera's stored images: the video's frame size or the first image's."""
-    if "video" in view:
-        cap = cv2.VideoCapture(str(view["video"]))
-        size = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
-        cap.release()
-        if min(size) <= 0:
-            raise CaptureError(f"{view['video']}: not a readable video")
-        return size
-    rgb, _ = read_image_file(next(iter(view["frames"].values())))
-    return rgb.shape[1], rgb.shape[0]
-
-
-def load_color_calibration(path: Path) -> dict[str, np.ndarray]:
-    """{serial: (3,3)|(3,4) float64} from color_calibration.json."""
-    raw = load_json(path)
-    if not isinstance(raw, dict):
-        raise CaptureError(f"{path}: expected {{serial: 3×3 or 3×4 matrix}}")
-    out = {}
-    for s, m in raw.items():
-        cols = len(m[0]) if isinstance(m, list) and m and isinstance(m[0], list) else 3
-        out[s] = as_matrix(m, (3, 4) if cols == 4 else (3, 3), f"{path} [camera {s}]")
-    return out
+        items = image_items(imp, view.frames, frames, where)
+    masks = iter(())
+    if view.alpha_video is not None:
+        masks = ((t, rgb[..., 0].copy()) for t, rgb in video_frames(imp, view.alpha_video, frames))
+    cur = None if view.alpha_video is None else next(masks, None)
+    for t, rgb, src, key in items:
+        mask = None
+        if view.alpha_video is not None:
+            while cur is not None and cur[0] < t:
+                cur = next(masks, None)
+            mask = cur[1] if cur is not None and cur[0] == t else None
+        elif t in view.alpha_frames:
+            try:
+                mask = read_mask(view.alpha_frames[t])
+            except CaptureError as e:
+                imp.skip(imp.rel(view.alpha_frames[t]), str(e).split(": ", 1)[-1])
+        elif view.alpha_frames:
+            imp.skip(f"{where} [frame {t}] (mask)", "no alpha map for this frame; imported without a mask")
+        if mask is not None and mask.shape != rgb.shape[:2] and same_aspect(mask.shape[::-1], rgb.shape[1::-1]):
+            mask = cv2.resize(mask, rgb.shape[1::-1], interpolation=cv2.INTER_LINEAR)
+        yield t, rgb, src, key, mask
 
 
 def image_items(imp: CaptureImport, files: dict[int, Path], frames: list[int], where: str):
-    """Yield (t, rgb, source file, key=None) of the selected frames of one camera's image folder."""
+    """Yield (t, rgb, source file, key=None) of the selected frames of one camera's image files."""
     for t in frames:
         if t not in files:
             imp.skip(f"{where} [frame {t}]", "selected frame has no image for this camera")
@@ -173,76 +159,63 @@ def image_items(imp: CaptureImport, files: dict[int, Path], frames: list[int], w
         yield t, rgb, files[t], None
 
 
-class Calibration:
-    """camera_params.json (+ color_calibration.json) of one participant."""
+def import_sequence(imp: CaptureImport, part: Participant, cal: Calibration, subject: str, seq: str) -> None:
+    cfg, seq_dir = imp.cfg, part.sequences / seq
+    views, layout = list_views(seq_dir, cfg)
+    if not views:
+        imp.skip(imp.rel(seq_dir), "no camera images or videos in this sequence")
+        return
+    imp.info.setdefault("layouts", {})[f"{subject}/{seq}"] = layout
+    missing = [s for s in select_names(cal.w2c, cfg.cameras) if s not in views]
+    if missing:
+        msg = (f"{imp.rel(seq_dir)}: calibrated camera(s) {', '.join(missing)} of {imp.rel(cal.path)} have no images in this "
+               f"sequence ({layout}); set captures.cameras to the others to import without them")
+        if cfg.strict:
+            raise CaptureError(msg)
+        imp.warn(msg)
+        imp.info.setdefault("missing_cameras", {})[f"{subject}/{seq}"] = missing
+    cams, wheres = {}, {}
+    for serial in select_names(views, cfg.cameras):
+        v = views[serial]
+        wheres[serial] = f"{imp.rel(v.video or seq_dir)} [camera {serial}]"
+        cam = cal.camera(imp, serial, v, wheres[serial], f"{subject}/{seq}/{serial}")
+        if cam is not None:
+            cams[serial] = cam
+    if cams:
+        report_intrinsics(imp, subject, seq, cams)
+    affine = v1_colour(imp, part, seq, cams) if part.version == 1 else {}
+    for s in [s for s, m in affine.items() if m is None]:
+        del cams[s]
+    for serial in cams:
+        if cal.ccms and serial not in cal.ccms:
+            imp.warn(f"{imp.rel(cal.ccm_path)}: no colour matrix for camera {serial}; its images are not colour corrected")
+    imp.set_cameras(subject, seq, cams, imp.rel(cal.path))
+    available = {t for v in views.values() for t in v.frames}
+    for v in views.values():
+        if v.video is not None:
+            available |= set(range(video_length(v.video)))
+    frames = select_frames(available, cfg)
+    for serial in cams:
+        ccm, aff = cal.ccms.get(serial), affine.get(serial)
+        for t, rgb, src, key, mask in items_of(imp, views[serial], frames, wheres[serial]):
+            rgb = correct_color(rgb, ccm) if ccm is not None else correct_color_affine(rgb, aff) if aff is not None else rgb
+            imp.add(subject, seq, t, serial, rgb, src, key=key, mask=mask, whole_file=key is None)
 
-    def __init__(self, imp: CaptureImport, cal_dir: Path):
-        self.path = cal_dir / "camera_params.json"
-        params = load_json(self.path)
-        if not isinstance(params, dict) or not isinstance(params.get("world_2_cam"), dict) or "intrinsics" not in params:
-            raise CaptureError(f"{self.path}: expected keys 'world_2_cam' {{serial: 4×4}} and 'intrinsics'")
-        self.w2c, self.intr = params["world_2_cam"], params["intrinsics"]
-        self.sizes = calibrated_sizes(params, self.w2c, imp.cfg, self.path)
-        self.ccm_path = cal_dir / "color_calibration.json"
-        self.ccms = load_color_calibration(self.ccm_path) if imp.cfg.color_calibration and self.ccm_path.is_file() else {}
 
-    def camera(self, imp: CaptureImport, serial: str, view: dict, where: str):
-        """The camera of `serial` at its stored image size, or None after recording why not."""
-        if serial not in self.w2c:
-            imp.skip(where, f"camera {serial} is not in {imp.rel(self.path)}")
-            return None
-        K = self.intr.get(serial) if isinstance(self.intr, dict) else self.intr
-        if K is None:
-            imp.skip(where, f"no intrinsics for camera {serial} in {imp.rel(self.path)}")
-            return None
-        cam = imp.camera(serial, K, self.w2c[serial], *self.sizes[serial], None, imp.rel(self.path))
-        if cam is None:
-            return None
-        try:
-            return scale_to_image(cam, *first_size(view), where)
-        except CaptureError as e:
-            imp.skip(where, str(e))
-            return None
-
-
-def import_participant(imp: CaptureImport, subject: str, pdir: Path, version: int) -> None:
-    cfg = imp.cfg
-    cal = Calibration(imp, pdir / "calibration" if version == 2 else pdir)
+def import_participant(imp: CaptureImport, part: Participant) -> None:
+    cal = Calibration(imp, part)
     if cal.ccms:
         imp.info.setdefault("color_calibration", []).append(imp.rel(cal.ccm_path))
-    seq_root = pdir / "sequences"
-    seqs = select_names([d.name for d in seq_root.iterdir() if d.is_dir()] if seq_root.is_dir() else [], cfg.sequences)
-    for seq in seqs:
-        views = list_views(seq_root / seq, version, cfg)
-        if not views:
-            imp.skip(imp.rel(seq_root / seq), "no camera images or videos in this sequence")
-            continue
-        cams, wheres = {}, {}
-        for serial in select_names(views, cfg.cameras):
-            wheres[serial] = f"{imp.rel(views[serial].get('video') or seq_root / seq)} [camera {serial}]"
-            cam = cal.camera(imp, serial, views[serial], wheres[serial])
-            if cam is None:
-                continue
-            cams[serial] = cam
-            if (cam.width, cam.height) != cal.sizes[serial]:
-                imp.info.setdefault("intrinsics_scaled", {})[f"{subject}/{seq}/{serial}"] = cam.width / cal.sizes[serial][0]
-            if cal.ccms and serial not in cal.ccms:
-                imp.warn(f"{imp.rel(cal.ccm_path)}: no colour matrix for camera {serial}; its images are not colour corrected")
-        imp.set_cameras(subject, seq, cams, imp.rel(cal.path))
-        available = {t for v in views.values() for t in v.get("frames", {})}
-        for v in views.values():
-            if "video" in v:
-                available |= set(range(video_length(v["video"])))
-        frames = select_frames(available, cfg)
-        for serial in cams:
-            view, ccm = views[serial], cal.ccms.get(serial)
-            if "video" in view:
-                items = ((t, rgb, view["video"], f"frame {t}") for t, rgb in video_frames(imp, view["video"], frames))
-            else:
-                items = image_items(imp, view["frames"], frames, wheres[serial])
-            for t, rgb, src, key in items:
-                rgb = correct_color(rgb, ccm) if ccm is not None else rgb
-                imp.add(subject, seq, t, serial, rgb, src, key=key, whole_file=key is None)
+    seq_root = part.sequences
+    names = [d.name for d in seq_root.iterdir() if d.is_dir() and d.name not in ("calibration", "annotations")] \
+        if seq_root.is_dir() else []
+    for seq in select_names(names, imp.cfg.sequences):
+        try:
+            import_sequence(imp, part, cal, part.subject, seq)
+        except CaptureError as e:
+            if imp.cfg.strict:
+                raise
+            imp.skip(imp.rel(seq_root / seq), str(e))
 
 
 def wanted_subject(subject: str, wanted: list[str] | None) -> bool:
@@ -254,12 +227,12 @@ def import_capture(root_in: Path | str, out: Path | str, cfg: ImportConfig) -> I
     root_in = Path(root_in)
     participants = find_participants(root_in)
     with CaptureImport("nersemble", root_in, out, cfg) as imp:
-        for subject, pdir, version in participants:
-            if not wanted_subject(subject, cfg.subjects):
+        for part in participants:
+            if not wanted_subject(part.subject, cfg.subjects):
                 continue
-            imp.info.setdefault("versions", {})[subject] = version
+            imp.info.setdefault("versions", {})[part.subject] = part.version
             try:
-                import_participant(imp, subject, pdir, version)
+                import_participant(imp, part)
             except CaptureError as e:
-                imp.skip(imp.rel(pdir), f"participant {subject} not (fully) imported: {e}")
+                imp.skip(imp.rel(part.params), f"participant {part.subject} not (fully) imported: {e}")
     return imp.report

@@ -2,23 +2,29 @@
 
 Input (`captures.root` = the folder holding the file, or the file itself):
     {"camera_angle_x"?, "camera_angle_y"?, "fl_x"?, "fl_y"?, "cx"?, "cy"?, "w"?, "h"?, "k1"?, "k2"?, "k3"?, "p1"?, "p2"?,
-     "camera_model"?, "frames": [{"file_path": "images/0001[.png]", "transform_matrix": 4×4 (or 3×4), <same keys>?}, ...]}
+     "camera_model"?, "frames": [{"file_path": "images/0001[.png]", "transform_matrix": 4×4 (or 3×4),
+                                  "mask_path"?: "masks/0001.png", <same keys>?}, ...]}
 Per-frame keys override the top-level ones. `transform_matrix` is camera→world in OpenGL's camera
 frame (x right, y up, z backward); converted here: c2w_cv = c2w_gl @ diag(1, -1, -1, 1), world_to_cam =
 inverse(c2w_cv). Focal: fl_x (fl_y defaults to fl_x), else fx = 0.5 w / tan(camera_angle_x / 2) (fy from
 camera_angle_y if given, else fy = fx). cx, cy default to w/2, h/2 (pixel centres at +0.5, as
 instant-ngp/nerfstudio). w, h come from the file or, when absent (NeRF synthetic), from the image.
-Distortion k1, k2, p1, p2[, k3] (OpenCV order) -> undistorted images. `file_path` is relative to the
-json's folder, with or without extension (.png, .jpg, .jpeg tried). An RGBA image's alpha becomes
-the mask. Not supported: fisheye / equirectangular `camera_model`, per-frame time (dynamic scenes),
-depth maps, instant-ngp's `scale`/`offset`/`aabb_scale` (they only matter inside instant-ngp; the
-world stays the file's world, whose unit is whatever the producer used — usually not metres).
+camera_model (default OPENCV): SIMPLE_PINHOLE, PINHOLE (no distortion), SIMPLE_RADIAL (k1), RADIAL (k1, k2),
+OPENCV (k1, k2, p1, p2[, k3]); the distortion (OpenCV order) -> undistorted images, as for every source. A
+non-zero distortion key the model does not have, or fl_y ≠ fl_x for a SIMPLE_ model, is refused for that
+frame (contradictory). `file_path` is relative to the json's folder, with or without extension (.png,
+.jpg, .jpeg tried); the mask is nerfstudio's per-frame `mask_path` (relative to the json's folder, first
+channel, 0 = background), else an RGBA image's alpha. Not supported: fisheye / equirectangular
+`camera_model`, per-frame time (dynamic scenes), depth maps, instant-ngp's `scale`/`offset`/`aabb_scale`
+(they only matter inside instant-ngp; the world stays the file's world, whose unit is whatever the
+producer used — usually not metres).
 """
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from flame_fitting.geometry.camera import CameraError, check_rigid
@@ -40,14 +46,31 @@ def world_to_cam_from_gl(c2w_gl: np.ndarray) -> np.ndarray:
     return out
 
 
+# distortion keys (OpenCV order) each camera model has; the others must be absent or zero
+MODELS = {"SIMPLE_PINHOLE": (), "PINHOLE": (), "SIMPLE_RADIAL": ("k1",), "RADIAL": ("k1", "k2"),
+          "OPENCV": ("k1", "k2", "p1", "p2", "k3")}
+DIST_KEYS = ("k1", "k2", "p1", "p2", "k3")
+
+
+def camera_model(meta: dict, frame: dict, what: str) -> str:
+    """The frame's camera_model (frame key, else top level, else OPENCV), upper case; CaptureError if unsupported."""
+    model = frame.get("camera_model", meta.get("camera_model", "OPENCV"))
+    if not isinstance(model, str) or model.upper() not in MODELS:
+        raise CaptureError(f"{what}: camera_model {model} is not supported (only pinhole ones: {', '.join(MODELS)})")
+    return model.upper()
+
+
 def intrinsics_of(meta: dict, frame: dict, width: int, height: int, what: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """K (3,3) float64 and OpenCV distortion or None, from frame keys falling back to top-level keys."""
+    """K (3,3) float64 and OpenCV distortion (k1, k2, p1, p2[, k3]) or None, from frame keys falling back to
+    top-level keys. A distortion key the camera model does not have must be absent or zero, and the SIMPLE_
+    models have one focal length (fl_y absent or equal to fl_x)."""
     def get(k):
         v = frame.get(k, meta.get(k))
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
             raise CaptureError(f"{what}: {k} must be a number, got {v!r}")
         return None if v is None else float(v)
 
+    model = camera_model(meta, frame, what)
     fx, fy = get("fl_x"), get("fl_y")
     if fx is None:
         ax = get("camera_angle_x")
@@ -57,9 +80,15 @@ def intrinsics_of(meta: dict, frame: dict, width: int, height: int, what: str) -
         ay = get("camera_angle_y")
         fy = fy if fy is not None else (0.5 * height / math.tan(0.5 * ay) if ay is not None else fx)
     fy = fx if fy is None else fy
+    if model.startswith("SIMPLE_") and abs(fy - fx) > 1e-9 * abs(fx):
+        raise CaptureError(f"{what}: camera_model {model} has one focal length, but fl_x = {fx} and fl_y = {fy}")
     cx, cy = get("cx"), get("cy")
     K = np.array([[fx, 0, width / 2 if cx is None else cx], [0, fy, height / 2 if cy is None else cy], [0, 0, 1]])
-    d = [get(k) or 0.0 for k in ("k1", "k2", "p1", "p2", "k3")]
+    d = [get(k) or 0.0 for k in DIST_KEYS]
+    extra = [f"{k} = {v}" for k, v in zip(DIST_KEYS, d) if v and k not in MODELS[model]]
+    if extra:
+        raise CaptureError(f"{what}: camera_model {model} has no {', '.join(e.split(' ')[0] for e in extra)} "
+                           f"distortion, but the file gives {', '.join(extra)}")
     return K, (np.asarray(d) if any(d) else None)
 
 
@@ -80,9 +109,7 @@ def import_capture(root_in: Path | str, out: Path | str, cfg: ImportConfig) -> I
     meta = load_json(path)
     if not isinstance(meta, dict) or not isinstance(meta.get("frames"), list) or not meta["frames"]:
         raise CaptureError(f"{path}: no 'frames' list")
-    model = str(meta.get("camera_model", "OPENCV")).upper()
-    if model != "OPENCV":
-        raise CaptureError(f"{path}: camera_model {model} is not supported (only OPENCV pinhole + k1,k2,p1,p2,k3)")
+    camera_model(meta, {}, str(path))
     subject = cfg.subject or (root_in if root_in.is_dir() else base).resolve().name
     sequence = cfg.sequence
     with CaptureImport("transforms_json", base, out, cfg) as imp:
@@ -117,8 +144,39 @@ def import_capture(root_in: Path | str, out: Path | str, cfg: ImportConfig) -> I
                 continue
             cam = imp.camera(name, K, world_to_cam_from_gl(c2w), int(w), int(h), dist, where)
             if cam is not None:
-                cameras[name], files[name] = cam, img_path
+                cameras[name], files[name] = cam, (img_path, fr.get("mask_path"), where)
         imp.set_cameras(subject, sequence, cameras, path.name)
-        for name, img_path in files.items():
-            imp.add_file(subject, sequence, 0, name, img_path)
+        for name, (img_path, mask_path, where) in files.items():
+            add_frame(imp, subject, sequence, name, img_path, mask_path, base, where)
     return imp.report
+
+
+def add_frame(imp: CaptureImport, subject: str, sequence: str, name: str, img_path: Path, mask_path, base: Path,
+              where: str) -> None:
+    """Store one frame's image with its mask: the file at `mask_path` (nerfstudio, relative to the json's folder;
+    its first channel), else the image's alpha channel. An unusable mask is recorded and the image kept."""
+    try:
+        rgb, mask = read_image_file(img_path)
+    except CaptureError as e:
+        imp.skip(imp.rel(img_path), str(e))
+        return
+    if imp.cfg.masks and mask_path is not None:
+        try:
+            if not isinstance(mask_path, str):
+                raise CaptureError(f"{where}: mask_path must be a string, got {mask_path!r}")
+            mask = read_mask(base / mask_path)
+        except CaptureError as e:
+            imp.skip(f"{where} mask_path", str(e))
+            mask = None
+    imp.add(subject, sequence, 0, name, rgb, img_path, mask=mask if imp.cfg.masks else None)
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """(H,W) uint8 mask from an image file: grey, or the first channel (alpha when it has one)."""
+    if not path.is_file():
+        raise CaptureError(f"{path}: mask file is missing")
+    m = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if m is None or m.dtype not in (np.uint8, np.uint16):
+        raise CaptureError(f"{path}: not a readable mask image")
+    m = (m.astype(np.float32) / 257.0 + 0.5).astype(np.uint8) if m.dtype == np.uint16 else m
+    return m if m.ndim == 2 else m[..., 3] if m.shape[2] == 4 else m[..., 0]

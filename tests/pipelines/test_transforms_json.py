@@ -6,7 +6,8 @@ import json
 import cv2
 import numpy as np
 import pytest
-from writers import GL_FLIP, WIDE_POINTS, Scene, cam_to_world64, flipped, make_cameras, projection_error, write_transforms
+from writers import (GL_FLIP, WIDE_POINTS, Scene, cam_to_world64, flipped, make_cameras, projection_error, silhouette,
+                     write_transforms)
 
 from flame_fitting.formats.capture import CaptureError, load_capture
 from pipelines.common import ImportConfig
@@ -88,3 +89,54 @@ def test_bad_input(tmp_path):
     path.write_text(json.dumps({"camera_model": "OPENCV_FISHEYE", "frames": [{"file_path": "x"}]}))
     with pytest.raises(CaptureError, match="camera_model OPENCV_FISHEYE is not supported"):
         import_capture(tmp_path / "nerf", tmp_path / "cap3", ImportConfig())
+
+
+@pytest.mark.parametrize("model,dist", [("PINHOLE", None), ("SIMPLE_PINHOLE", None), ("SIMPLE_RADIAL", [-0.3, 0, 0, 0]),
+                                        ("RADIAL", [-0.3, 0.1, 0, 0]), ("OPENCV", [-0.3, 0.1, 0.003, -0.002])])
+def test_nerfstudio_camera_models(tmp_path, model, dist):
+    """nerfstudio writes PINHOLE (and SIMPLE_PINHOLE / SIMPLE_RADIAL / RADIAL from COLMAP); radial ones undistorted."""
+    scene = Scene(make_cameras(3, square=model.startswith("SIMPLE"), dist=None if dist is None else lambda i: np.array(dist)),
+                  points=WIDE_POINTS)
+    write_transforms(tmp_path / "ns", scene, model=model)
+    assert json.loads((tmp_path / "ns/transforms.json").read_text())["camera_model"] == model
+    report = import_capture(tmp_path / "ns", tmp_path / "cap", ImportConfig())
+    assert report.n_images == 3 and not report.skipped
+    check(tmp_path / "cap", scene, exact=dist is None, tol=0.4)
+
+
+@pytest.mark.parametrize("model,key,value,match", [
+    ("PINHOLE", "k1", 0.1, "camera_model PINHOLE has no k1 distortion, but the file gives k1 = 0.1"),
+    ("SIMPLE_RADIAL", "p1", 0.01, "camera_model SIMPLE_RADIAL has no p1 distortion, but the file gives p1 = 0.01"),
+    ("RADIAL", "k3", 0.2, "camera_model RADIAL has no k3 distortion"),
+    ("SIMPLE_PINHOLE", "fl_y", 250.0, "camera_model SIMPLE_PINHOLE has one focal length, but fl_x = 230.0 and fl_y = 250.0"),
+    ("FISHEYE624", "k1", 0.0, "camera_model FISHEYE624 is not supported")])
+def test_camera_model_contradictions_are_refused(tmp_path, model, key, value, match):
+    scene = Scene(make_cameras(2, square=True))
+    write_transforms(tmp_path / "ns", scene, per_frame=True)
+    path = tmp_path / "ns/transforms.json"
+    meta = json.loads(path.read_text())
+    meta["frames"][1].update({"camera_model": model, key: value})
+    path.write_text(json.dumps(meta))
+    report = import_capture(tmp_path / "ns", tmp_path / "cap", ImportConfig())
+    assert report.n_images == 1
+    assert match in {s["item"]: s["reason"] for s in report.skipped}["transforms.json [frames[1] ./images/cam1.png]"]
+
+
+def test_mask_path(tmp_path):
+    scene = Scene(make_cameras(3))
+    masks = {n: silhouette(c) for n, c in scene.cameras.items()}
+    write_transforms(tmp_path / "ns", scene, masks=masks)
+    import_capture(tmp_path / "ns", tmp_path / "cap", ImportConfig())
+    cap = check(tmp_path / "cap", scene)
+    for row in cap.manifest.to_dict("records"):
+        np.testing.assert_array_equal(cv2.imread(str(tmp_path / "cap" / row["mask_path"]), cv2.IMREAD_GRAYSCALE), masks[row["camera"]])
+    # a missing or unreadable mask is recorded (naming the file) and its image kept without a mask
+    (tmp_path / "ns/masks/cam1.png").unlink()
+    (tmp_path / "ns/masks/cam2.png").write_bytes(b"not a png")
+    report = import_capture(tmp_path / "ns", tmp_path / "cap2", ImportConfig())
+    reasons = {s["item"]: s["reason"] for s in report.skipped}
+    assert reasons["transforms.json [frames[1] ./images/cam1.png] mask_path"].endswith("masks/cam1.png: mask file is missing")
+    assert reasons["transforms.json [frames[2] ./images/cam2.png] mask_path"].endswith("masks/cam2.png: not a readable mask image")
+    cap = load_capture(tmp_path / "cap2")
+    assert report.n_images == 3 and cap.manifest.set_index("camera").mask_path.notna().to_dict() == {"cam0": True, "cam1": False, "cam2": False}
+    assert import_capture(tmp_path / "ns", tmp_path / "cap3", ImportConfig(masks=False)).skipped == []

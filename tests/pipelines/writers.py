@@ -173,20 +173,51 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int = 25) -> None:
 
 
 # --- NeRSemble ----------------------------------------------------------------------------
+def silhouette(cam: Camera, points: np.ndarray = POINTS, radius: float = 0.12) -> np.ndarray:
+    """(H,W) uint8 test mask of a camera: 255 inside the projected disc of a world sphere around the first point."""
+    uv, z = cam.project(points[:1])
+    r = radius * 0.5 * float(cam.K[0, 0] + cam.K[1, 1]) / float(z[0])
+    yy, xx = np.mgrid[0:cam.height, 0:cam.width] + 0.5
+    return ((np.hypot(xx - uv[0, 0], yy - uv[0, 1]) < r) * 255).astype(np.uint8)
+
+
+def write_jpg(path: Path, img: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 100])
+
+
+def uncorrect_affine(rgb: np.ndarray, M: np.ndarray) -> np.ndarray:
+    """What a camera recorded if the v1 affine M (4,4) (rgb/255 @ M[:3,:3] + M[:3,3], sRGB) corrects it to `rgb`."""
+    raw = (rgb / 255.0 - M[:3, 3]) @ np.linalg.inv(M[:3, :3])
+    return np.clip(np.rint(raw * 255), 0, 255).astype(np.uint8)
+
+
 def write_nersemble(root: Path, scene: Scene, pid: str = "017", seq: str = "EMO-1", frames=range(3), *, version: int = 2,
                     media: str = "video", scale: float = 1.0, per_serial_intrinsics: bool = False, size_keys: bool = True,
-                    ccm: dict[str, np.ndarray] | None = None, image_folder: str = "images-2x-73fps") -> Path:
-    """v2: <pid>/calibration/camera_params.json + sequences/<seq>/images/cam_<serial>.mp4 (media='video')
-    or images/cam_<serial>/<t:05d>.png (media='images'); v1: <pid>/camera_params.json +
+                    ccm: dict[str, np.ndarray] | None = None, image_folder: str = "images-2x-73fps",
+                    k_for_stored: bool = False, alpha: bool = False, affine: dict[str, np.ndarray] | None = None,
+                    vhap_downsample=(), extra_serials=()) -> Path:
+    """v2: <pid>/calibration/camera_params.json + sequences/<seq>/images/cam_<serial>.mp4 (media='video'),
+    images/cam_<serial>/<t:05d>.png (media='images') or VHAP's images/cam_<serial>_<t:06d>.jpg (media='vhap',
+    + images_<n>/ for n in vhap_downsample, drawn at W//n × H//n); v1: <pid>/camera_params.json +
     sequences/<seq>/frame_<t:05d>/<image_folder>/cam_<serial>.png. Images are stored at `scale` × the
-    calibrated size; with `ccm` they are stored *uncorrected* and color_calibration.json is written."""
+    calibrated size; `k_for_stored` writes K for the stored size (the benchmark release); with `ccm` they
+    are stored *uncorrected* and color_calibration.json is written; with `affine` ({serial: 4×4}, v1) too,
+    and annotations/<seq>/color_correction/<serial>.npy is written. `alpha`: masks (`silhouette`) as the
+    layout has them (alpha_maps/cam_<serial>.mp4, frame_<t>/alpha_map-73fps/cam_<serial>.png, VHAP
+    alpha_maps/cam_<serial>_<t:06d>.jpg). `extra_serials`: calibrated cameras without any images."""
     pdir = root / pid
     cal_dir = pdir / "calibration" if version == 2 else pdir
     cal_dir.mkdir(parents=True, exist_ok=True)
     any_cam = next(iter(scene.cameras.values()))
-    params = {"world_2_cam": {s: c.world_to_cam.astype(np.float64).tolist() for s, c in scene.cameras.items()},
-              "intrinsics": ({s: c.K.astype(np.float64).tolist() for s, c in scene.cameras.items()} if per_serial_intrinsics
-                             else any_cam.K.astype(np.float64).tolist())}
+    stored = {s: c.resized(round(c.width * scale), round(c.height * scale)) if scale != 1 else c for s, c in scene.cameras.items()}
+    kcams = stored if k_for_stored else scene.cameras
+    w2c = {s: c.world_to_cam.astype(np.float64).tolist() for s, c in scene.cameras.items()}
+    intr = {s: c.K.astype(np.float64).tolist() for s, c in kcams.items()}
+    for s in extra_serials:
+        w2c[s] = w2c[next(iter(w2c))]
+        intr[s] = intr[next(iter(intr))]
+    params = {"world_2_cam": w2c, "intrinsics": intr if per_serial_intrinsics else next(iter(kcams.values())).K.astype(np.float64).tolist()}
     if size_keys:
         params.update(width=any_cam.width, height=any_cam.height)
     (cal_dir / "camera_params.json").write_text(json.dumps(params))
@@ -194,17 +225,34 @@ def write_nersemble(root: Path, scene: Scene, pid: str = "017", seq: str = "EMO-
         (cal_dir / "color_calibration.json").write_text(json.dumps({s: m.tolist() for s, m in ccm.items()}))
     seq_dir = pdir / "sequences" / seq
     for serial, cam in scene.cameras.items():
-        small = cam.resized(round(cam.width * scale), round(cam.height * scale)) if scale != 1 else cam
+        small = stored[serial]
         imgs = [scene.image(serial, t, small) for t in frames]
         if ccm is not None and serial in ccm:
             imgs = [uncorrect_color(im, ccm[serial]) for im in imgs]
+        if affine is not None and serial in affine:
+            imgs = [uncorrect_affine(im, affine[serial]) for im in imgs]
+            npy = pdir / "annotations" / seq / "color_correction" / f"{serial}.npy"
+            npy.parent.mkdir(parents=True, exist_ok=True)
+            np.save(npy, affine[serial])
+        mask = silhouette(small, scene.points)
         if version == 2 and media == "video":
             write_video(seq_dir / "images" / f"cam_{serial}.mp4", imgs)
+            if alpha:
+                write_video(seq_dir / "alpha_maps" / f"cam_{serial}.mp4", [np.repeat(mask[..., None], 3, 2)] * len(imgs))
         for t, im in zip(frames, imgs):
             if version == 2 and media == "images":
                 write_png(seq_dir / "images" / f"cam_{serial}" / f"{t:05d}.png", im)
+            elif version == 2 and media == "vhap":
+                write_jpg(seq_dir / "images" / f"cam_{serial}_{t:06d}.jpg", im)
+                for n in vhap_downsample:
+                    write_jpg(seq_dir / f"images_{n}" / f"cam_{serial}_{t:06d}.jpg",
+                              scene.image(serial, t, small.resized(small.width // n, small.height // n)))
+                if alpha:
+                    write_jpg(seq_dir / "alpha_maps" / f"cam_{serial}_{t:06d}.jpg", mask)
             elif version == 1:
                 write_png(seq_dir / f"frame_{t:05d}" / image_folder / f"cam_{serial}.png", im)
+                if alpha:
+                    write_png(seq_dir / f"frame_{t:05d}" / "alpha_map-73fps" / f"cam_{serial}.png", np.repeat(mask[..., None], 3, 2))
     return pdir
 
 
@@ -305,10 +353,14 @@ def write_colmap(root: Path, scene: Scene, *, binary: bool, model: str = "PINHOL
 
 # --- transforms.json ----------------------------------------------------------------------------
 def write_transforms(root: Path, scene: Scene, *, per_frame: bool = False, angle_x: bool = False, with_ext: bool = True,
-                     size_keys: bool = True, matrices: dict | None = None, images: dict | None = None) -> Path:
-    """NeRF/instant-ngp transforms.json (OpenGL camera→world) + images/<name>.png."""
+                     size_keys: bool = True, matrices: dict | None = None, images: dict | None = None,
+                     model: str | None = None, masks: dict | None = None) -> Path:
+    """NeRF/instant-ngp/nerfstudio transforms.json (OpenGL camera→world) + images/<name>.png. `model`: the
+    camera_model key, with only its distortion keys (SIMPLE_RADIAL: k1, RADIAL: k1, k2, OPENCV: k1, k2, p1, p2);
+    `masks` {name: (H,W) uint8}: masks/<name>.png and the frame's mask_path."""
     root.mkdir(parents=True, exist_ok=True)
     cam0 = next(iter(scene.cameras.values()))
+    keys = {"SIMPLE_PINHOLE": (), "PINHOLE": (), "SIMPLE_RADIAL": ("k1",), "RADIAL": ("k1", "k2")}.get(model, ("k1", "k2", "p1", "p2"))
 
     def intr(cam: Camera) -> dict:
         K = cam.K.astype(np.float64)
@@ -317,10 +369,12 @@ def write_transforms(root: Path, scene: Scene, *, per_frame: bool = False, angle
         if size_keys:
             d.update(w=cam.width, h=cam.height)
         if cam.dist is not None:
-            d.update(dict(zip(("k1", "k2", "p1", "p2"), cam.dist[:4].astype(np.float64).tolist())))
+            d.update({k: v for k, v in zip(("k1", "k2", "p1", "p2"), cam.dist[:4].astype(np.float64).tolist()) if k in keys})
         return d
 
     meta = {} if per_frame else intr(cam0)
+    if model is not None:
+        meta["camera_model"] = model
     meta["frames"] = []
     for n, cam in scene.cameras.items():
         c2w_gl = cam_to_world64(cam) @ GL_FLIP
@@ -328,6 +382,10 @@ def write_transforms(root: Path, scene: Scene, *, per_frame: bool = False, angle
               "transform_matrix": (matrices or {}).get(n, c2w_gl).tolist()}
         if per_frame:
             fr.update(intr(cam))
+        if masks is not None and n in masks:
+            fr["mask_path"] = f"masks/{n}.png"
+            (root / "masks").mkdir(parents=True, exist_ok=True)
+            assert cv2.imwrite(str(root / "masks" / f"{n}.png"), masks[n])
         meta["frames"].append(fr)
         write_png(root / "images" / f"{n}.png", (images or {}).get(n, scene.image(n)))
     (root / "transforms.json").write_text(json.dumps(meta, indent=1))

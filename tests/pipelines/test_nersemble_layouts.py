@@ -1,0 +1,224 @@
+"""NeRSemble as users have it: the benchmark release (one K per camera for its own downscaled videos,
+no size keys, alpha-map videos), v2 with a shared full-resolution K, v1's alpha maps and sRGB colour
+correction .npy files, v2's truncating colour calibration, VHAP's extracted frames (images/, images_2/),
+calibrated cameras without images, and the intrinsics-size rule's refusals."""
+import json
+
+import cv2
+import numpy as np
+import pytest
+from writers import Scene, make_cameras, projection_error, silhouette, srgb_to_linear, write_nersemble
+
+from flame_fitting.formats.capture import CaptureError, load_capture
+from pipelines.common import ImportConfig
+from pipelines.nersemble import correct_color, correct_color_affine, import_capture
+from pipelines.nersemble_cameras import FULL_SIZE, intrinsics_size
+
+
+def serial_cameras(n=3, **kw):
+    return {f"2222000{i}": c for i, c in enumerate(make_cameras(n, **kw).values())}
+
+
+def stored_cameras(scene, scale):
+    return {s: c.resized(round(c.width * scale), round(c.height * scale)) for s, c in scene.cameras.items()}
+
+
+def check_cameras(cap, expected, scene, tol=1.0):
+    """Every imported camera equals `expected` (K, pose) and projects the scene's points onto its dots."""
+    (subject, sequence), = cap.sequences()
+    cams = cap.cameras(subject, sequence)
+    assert sorted(cams) == sorted(expected)
+    for s, cam in cams.items():
+        np.testing.assert_allclose(cam.K.astype(np.float64), expected[s].K.astype(np.float64), rtol=0, atol=1e-4)
+        np.testing.assert_allclose(cam.world_to_cam, expected[s].world_to_cam, atol=1e-6)
+    for row in cap.manifest.to_dict("records"):
+        assert projection_error(cams[row["camera"]], cap.image(row), scene.points) < tol
+    return cams
+
+
+def mask_mismatch(cap, row, expected) -> float:
+    m = cv2.imread(str(cap.root / row["mask_path"]), cv2.IMREAD_GRAYSCALE)
+    assert m.shape == expected.shape
+    return float(np.mean((m > 127) != (expected > 127)))
+
+
+@pytest.mark.parametrize("size", [(1100, 1604), (1604, 1100)])
+def test_benchmark_release_K_and_alpha_maps(tmp_path, size, capsys):
+    """Regression: the benchmark's per-camera K is for its own 1604×1100 videos; it is used as is (the old
+    reader scaled it by 0.5 silently, or refused the landscape size), and alpha_maps/*.mp4 become masks."""
+    w, h = size
+    scene = Scene(serial_cameras(2, width=w, height=h, f=1.2 * max(w, h)))
+    write_nersemble(tmp_path / "nvs", scene, pid="388", seq="GLASSES", frames=[0, 1], per_serial_intrinsics=True,
+                    size_keys=False, alpha=True)
+    report = import_capture(tmp_path / "nvs", tmp_path / "cap", ImportConfig())
+    assert report.n_images == 4 and not report.skipped
+    cap = load_capture(tmp_path / "cap", check_hashes=True)
+    check_cameras(cap, scene.cameras, scene)  # the ground-truth K the test wrote, dots within 1 px
+    rec = cap.info["intrinsics"]["388/GLASSES/22220000"]
+    assert rec["size"] == [w, h] and rec["image_size"] == [w, h] and rec["rule"].startswith("principal point")
+    assert f"intrinsics are for {w}×{h} (principal point); images are {w}×{h}: K used as is" in capsys.readouterr().out
+    for row in cap.manifest.to_dict("records"):
+        assert mask_mismatch(cap, row, silhouette(scene.cameras[row["camera"]])) < 0.01
+
+
+def test_v2_shared_full_resolution_K_is_scaled_and_said(tmp_path, capsys):
+    """nersemble-data v2: one K for 2200×3208, no size keys, videos at 1/4: K × 0.25, printed and recorded."""
+    scene = Scene(serial_cameras(2, width=FULL_SIZE[0], height=FULL_SIZE[1], f=2400.0))
+    write_nersemble(tmp_path / "ns", scene, frames=[0], scale=0.25, size_keys=False)
+    import_capture(tmp_path / "ns", tmp_path / "cap", ImportConfig())
+    cap = load_capture(tmp_path / "cap")
+    check_cameras(cap, stored_cameras(scene, 0.25), scene)
+    rec = cap.info["intrinsics"]["017/EMO-1/22220001"]
+    assert rec["size"] == [2200, 3208] and rec["image_size"] == [550, 802] and rec["scale"] == [0.25, 0.25]
+    assert "intrinsics are for 2200×3208 (principal point); images are 550×802: K scaled by 0.25 × 0.25" in capsys.readouterr().out
+
+
+def test_intrinsics_size_rule():
+    K = np.array([[1000.0, 0, 551.0], [0, 1000.0, 799.0], [0, 0, 1]])  # centre of 1100×1604
+    assert intrinsics_size(K, (1100, 1604), None, None, "x")[0] == (1100, 1604)
+    assert intrinsics_size(K, (550, 802), None, None, "x")[0] == (1100, 1604)
+    assert intrinsics_size(K * [[2], [2], [1]], (550, 802), None, None, "x")[0] == FULL_SIZE
+    assert intrinsics_size(K, (10, 10), (1100, 1604), None, "x") == ((1100, 1604), "captures.nersemble_intrinsics_size")
+    assert intrinsics_size(K, (10, 10), None, (1100, 1604), "x") == ((1100, 1604), "camera_params.json width/height")
+    with pytest.raises(CaptureError, match=r"cam.json \[camera 7\] intrinsics: the principal point \(551.0, 799.0\) is not "
+                                           r"near the centre.*set captures.nersemble_intrinsics_size"):
+        intrinsics_size(K, (300, 300), None, None, "cam.json [camera 7] intrinsics")
+    K2 = np.array([[1000.0, 0, 1050.0], [0, 1000.0, 1530.0], [0, 0, 1]])
+    with pytest.raises(CaptureError, match="near the centre of several candidate sizes \\(2000×2916, 2200×3208\\)"):
+        intrinsics_size(K2, (2000, 2916), None, None, "x")  # a 0.91× copy: its centre and the full size's are 10 % apart
+
+
+def test_unknown_intrinsics_size_is_refused_naming_the_option(tmp_path):
+    scene = Scene(serial_cameras(2))
+    write_nersemble(tmp_path / "ns", scene, frames=[0], size_keys=False, per_serial_intrinsics=True)
+    cal = tmp_path / "ns/017/calibration/camera_params.json"
+    params = json.loads(cal.read_text())
+    params["intrinsics"]["22220001"][0][2] = 20.0  # principal point far off every candidate's centre
+    cal.write_text(json.dumps(params))
+    report = import_capture(tmp_path / "ns", tmp_path / "cap", ImportConfig())
+    reason = {s["item"]: s["reason"] for s in report.skipped}["017/sequences/EMO-1/images/cam_22220001.mp4 [camera 22220001]"]
+    assert reason.startswith("017/calibration/camera_params.json [camera 22220001] intrinsics: the principal point (20.0, 77.5)")
+    assert reason.endswith("set captures.nersemble_intrinsics_size: [width, height]") and report.n_images == 1
+    with pytest.raises(CaptureError, match="camera 22220001.*nersemble_intrinsics_size"):
+        import_capture(tmp_path / "ns", tmp_path / "cap2", ImportConfig(strict=True))
+    report = import_capture(tmp_path / "ns", tmp_path / "cap3", ImportConfig(nersemble_intrinsics_size=[200, 160]))
+    assert report.n_images == 2 and not report.skipped
+
+
+def affines(serials):
+    rng = np.random.default_rng(3)  # non-symmetric: reading M transposed would show
+    return {s: np.vstack([np.hstack([np.eye(3) * 1.2 + np.triu(rng.uniform(0.02, 0.06, (3, 3)), 1), rng.uniform(-0.03, 0, (3, 1))]),
+                          [0, 0, 0, 1]]) for s in serials}
+
+
+def test_v1_colour_correction_npy_and_alpha_maps(tmp_path):
+    scene = Scene(serial_cameras(3, width=400, height=320, f=460.0))
+    aff = affines(scene.cameras)
+    write_nersemble(tmp_path / "ns", scene, pid="18", version=1, scale=0.5, frames=[0, 2], alpha=True, affine=aff)
+    report = import_capture(tmp_path / "ns", tmp_path / "cap", ImportConfig())
+    assert report.n_images == 6 and not report.skipped and not report.warnings
+    cap = load_capture(tmp_path / "cap", check_hashes=True)
+    assert cap.info["color_correction"] == ["18/annotations/EMO-1/color_correction"]
+    cams = check_cameras(cap, stored_cameras(scene, 0.5), scene, tol=0.3)
+    for row in cap.manifest.to_dict("records"):
+        img, true = cap.image(row).astype(int), scene.image(row["camera"], row["frame"], cams[row["camera"]])
+        raw = cv2.imread(str(tmp_path / "ns" / row["source_path"]))[..., ::-1].astype(int)
+        assert np.abs(img - true).max() <= 2 and np.abs(raw - true).mean() > 5  # corrected, and the correction mattered
+        assert mask_mismatch(cap, row, silhouette(cams[row["camera"]])) == 0.0
+    # the formula, against an independent float64 version (sRGB in [0,1], row vector @ M, truncated)
+    img = scene.image("22220000")
+    M = aff["22220000"]
+    ref = np.floor(np.clip((img / 255.0) @ M[:3, :3] + M[:3, 3], 0, 1) * 255)
+    np.testing.assert_array_equal(correct_color_affine(img, M), ref)
+    # a .npy that is a pickle (object array), or of the wrong shape: that camera is skipped, naming the file
+    npy = tmp_path / "ns/18/annotations/EMO-1/color_correction"
+    np.save(npy / "22220001.npy", np.array([{"M": 1}], dtype=object), allow_pickle=True)
+    np.save(npy / "22220002.npy", np.eye(3))
+    report = import_capture(tmp_path / "ns", tmp_path / "cap2", ImportConfig())
+    reasons = {s["item"]: s["reason"] for s in report.skipped}
+    assert "not a readable numeric .npy" in reasons["18/annotations/EMO-1/color_correction/22220001.npy"]
+    assert "expected shape (3, 4)" in reasons["18/annotations/EMO-1/color_correction/22220002.npy"]
+    assert report.n_images == 2
+
+
+def test_v2_colour_truncates_like_nersemble_data():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (40, 50, 3)).astype(np.uint8)
+    ccm = np.hstack([np.eye(3) * 1.1 + rng.uniform(-0.05, 0.05, (3, 3)), rng.uniform(-0.02, 0.02, (3, 1))])
+    lin = srgb_to_linear(img / 255.0) @ ccm[:, :3].T + ccm[:, 3]
+    # colour's cctf_encoding (no clipping before it, sign-preserving power), then clip and astype as nersemble-data
+    enc = np.where(lin <= 0.0031308, 12.92 * lin, 1.055 * np.sign(lin) * np.abs(lin) ** (1 / 2.4) - 0.055)
+    ref = np.clip(enc * 255, 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(correct_color(img, ccm), ref)
+
+
+def test_vhap_frames(tmp_path, capsys):
+    scene = Scene(serial_cameras(2, width=400, height=320, f=460.0))
+    write_nersemble(tmp_path / "vhap", scene, media="vhap", frames=[0, 1], size_keys=False, vhap_downsample=(2,), alpha=True)
+    report = import_capture(tmp_path / "vhap", tmp_path / "cap", ImportConfig())
+    assert report.n_images == 4 and not report.skipped
+    cap = load_capture(tmp_path / "cap")
+    check_cameras(cap, scene.cameras, scene)
+    assert cap.info["layouts"] == {"017/EMO-1": "VHAP frames (images/)"} and cap.frames("017", "EMO-1") == [0, 1]
+    assert set(cap.manifest.source_path) == {f"017/sequences/EMO-1/images/cam_{s}_{t:06d}.jpg" for s in scene.cameras for t in (0, 1)}
+    for row in cap.manifest.to_dict("records"):
+        assert mask_mismatch(cap, row, silhouette(scene.cameras[row["camera"]])) < 0.002
+    # images_2/: K scaled to its size (the base size is images/'s), said, and the full-size masks resized
+    import_capture(tmp_path / "vhap", tmp_path / "cap2", ImportConfig(nersemble_images_downsample=2))
+    cap = load_capture(tmp_path / "cap2")
+    half = stored_cameras(scene, 0.5)
+    check_cameras(cap, half, scene)
+    assert cap.info["intrinsics"]["017/EMO-1/22220000"]["scale"] == [0.5, 0.5]
+    assert "images are 200×160: K scaled by 0.5 × 0.5" in capsys.readouterr().out
+    for row in cap.manifest.to_dict("records"):
+        assert mask_mismatch(cap, row, silhouette(half[row["camera"]])) < 0.01
+    # a missing or unreadable alpha map: recorded, naming it, and the image imported without a mask
+    (tmp_path / "vhap/017/sequences/EMO-1/alpha_maps/cam_22220000_000001.jpg").unlink()
+    (tmp_path / "vhap/017/sequences/EMO-1/alpha_maps/cam_22220001_000000.jpg").write_bytes(b"broken")
+    report = import_capture(tmp_path / "vhap", tmp_path / "cap4", ImportConfig())
+    assert report.n_images == 4 and {s["item"]: s["reason"] for s in report.skipped} == {
+        "017/sequences/EMO-1 [camera 22220000] [frame 1] (mask)": "no alpha map for this frame; imported without a mask",
+        "017/sequences/EMO-1/alpha_maps/cam_22220001_000000.jpg": "not a readable alpha map"}
+    assert load_capture(tmp_path / "cap4").manifest.mask_path.notna().sum() == 2
+    with pytest.raises(CaptureError, match="images_4: no VHAP frames.*nersemble_images_downsample is 4"):
+        import_capture(tmp_path / "vhap", tmp_path / "cap3", ImportConfig(nersemble_images_downsample=4, strict=True))
+
+
+def test_calibrated_camera_without_video_is_reported(tmp_path, capsys):
+    scene = Scene(serial_cameras(2))
+    write_nersemble(tmp_path / "ns", scene, frames=[0], extra_serials=["22229999"])
+    report = import_capture(tmp_path / "ns", tmp_path / "cap", ImportConfig())
+    assert report.n_images == 2
+    msg = ("017/sequences/EMO-1: calibrated camera(s) 22229999 of 017/calibration/camera_params.json have no images "
+           "in this sequence (videos / frame folders (images/)); set captures.cameras to the others to import without them")
+    assert report.warnings == [msg] and f"warning: {msg}" in capsys.readouterr().err
+    cap = load_capture(tmp_path / "cap")
+    assert cap.info["missing_cameras"] == {"017/EMO-1": ["22229999"]} and msg in cap.info["warnings"]
+    with pytest.raises(CaptureError, match="calibrated camera\\(s\\) 22229999 .* have no images"):
+        import_capture(tmp_path / "ns", tmp_path / "cap2", ImportConfig(strict=True))
+    # selecting the cameras that exist is not a warning
+    report = import_capture(tmp_path / "ns", tmp_path / "cap3", ImportConfig(strict=True, cameras=["22220000", "22220001"]))
+    assert report.n_images == 2 and not report.warnings
+
+
+def test_vhap_copy_of_v1(tmp_path):
+    """VHAP's v1 layout: camera_params/<id>/camera_params.json, color_correction/<id>/<serial>.npy, <id>/<seq>/images/."""
+    scene = Scene(serial_cameras(2, width=400, height=320, f=460.0))
+    aff = affines(scene.cameras)
+    pdir = write_nersemble(tmp_path / "w", scene, media="vhap", frames=[0, 3], size_keys=False, affine=aff, alpha=True)
+    root = tmp_path / "vhap"
+    (root / "camera_params" / "017").mkdir(parents=True)
+    (root / "color_correction").mkdir()
+    (pdir / "calibration/camera_params.json").rename(root / "camera_params/017/camera_params.json")
+    (pdir / "annotations/EMO-1/color_correction").rename(root / "color_correction/017")
+    (root / "017").mkdir()
+    (pdir / "sequences/EMO-1").rename(root / "017/EMO-1")
+    report = import_capture(root, tmp_path / "cap", ImportConfig())
+    assert report.n_images == 4 and not report.skipped and not report.warnings
+    cap = load_capture(tmp_path / "cap")
+    assert cap.info["versions"] == {"017": 1} and cap.info["color_correction"] == ["color_correction/017"]
+    assert cap.frames("017", "EMO-1") == [0, 3]
+    check_cameras(cap, scene.cameras, scene)
+    for row in cap.manifest.to_dict("records"):
+        assert np.abs(cap.image(row).astype(int) - scene.image(row["camera"], row["frame"])).mean() < 2  # colour corrected
+        assert row["mask_path"]
