@@ -142,7 +142,8 @@ def run_mediapipe(head: HeadModel, face: np.ndarray, tmp: Path) -> dict:
     against the ground truth. Keys: see the module docstring."""
     from flame_fitting.formats.capture import load_capture
     from flame_fitting.fit.capture import gt_vertex_errors, load_masks
-    from flame_fitting.landmarks.calibration import CalibrationConfig, calibrate_head_model
+    from flame_fitting.landmarks.calibration import CalibrationConfig
+    from pipelines.synthetic.calibration import calibrate_head_model
     from flame_fitting.landmarks.capture import detect_capture
     from pipelines.synthetic import SyntheticConfig, generate
 

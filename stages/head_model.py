@@ -26,7 +26,8 @@ from common import run, write_json
 from flame_fitting.core.fileio import replace_dir, temp_path
 from flame_fitting.head.flame_io import validate_flame_folder
 from flame_fitting.head.head_model import HeadModel
-from flame_fitting.landmarks.calibration import CalibrationConfig, calibrate_head_model
+from flame_fitting.landmarks.calibration import CalibrationConfig
+from pipelines.synthetic.calibration import calibrate_head_model
 from flame_fitting.core.params import ParamsError, build_config, read_params, spec
 from flame_fitting.head.preview import head_model_preview
 from flame_fitting.head.standin import build_standin
