@@ -26,8 +26,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import cv2
-import h5py
 import numpy as np
+
+try:  # an optional extra: pip install 'geoface[renderme360]'
+    import h5py
+except ImportError:  # pragma: no cover - the dev environment has it
+    h5py = None
 
 from flame_fitting.geometry.camera import CameraError, check_rigid
 from flame_fitting.formats.capture import CaptureError
@@ -36,7 +40,10 @@ from pipelines.common import CaptureImport, ImportConfig, ImportReport, as_matri
 FLAME_SKIP = ("albedos",)
 
 
-def open_smc(path: Path) -> h5py.File:
+def open_smc(path: Path) -> "h5py.File":
+    if h5py is None:
+        raise CaptureError(f"{path}: reading RenderMe-360 .smc files needs h5py, which is not installed: "
+                           "pip install 'geoface[renderme360]' (or pip install h5py)")
     try:
         return h5py.File(path, "r")
     except OSError as e:
