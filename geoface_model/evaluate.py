@@ -33,9 +33,8 @@ from flame_fitting.geometry.camera import Camera
 from flame_fitting.formats.capture import save_cameras
 from flame_fitting.head.landmarks_embed import interpolate_landmarks
 from flame_fitting.core.params import spec
-from flame_fitting.uv import write_obj
-from flame_fitting.core.fileio import write_png
-from flame_fitting.uv.checks import rigid_fit
+from flame_fitting.core.fileio import write_obj, write_png
+from flame_fitting.geometry.rigid import rigid_fit
 
 from .data import GeoFaceDataset, collate
 from .diffusion import make_noise_scheduler

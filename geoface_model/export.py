@@ -33,7 +33,7 @@ from flame_fitting.core.errors import GeofaceError
 from flame_fitting.geometry.camera import Camera, invert_rigid
 from flame_fitting.core.fileio import replace_dir, temp_path
 from flame_fitting.geometry.raster import rasterize
-from flame_fitting.geometry.render import vertex_normals
+from flame_fitting.geometry.meshes import vertex_normals
 
 GL_FROM_CV = np.diag([1.0, -1.0, -1.0, 1.0])
 PLY_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("nx", "<f4"), ("ny", "<f4"), ("nz", "<f4"),

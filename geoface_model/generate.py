@@ -38,10 +38,10 @@ from tqdm.auto import tqdm
 from flame_fitting.core.errors import GeofaceError
 from flame_fitting.geometry.camera import Camera
 from flame_fitting.formats.capture import save_cameras
-from flame_fitting.core.fileio import check_output_dir, replace_dir, temp_path
+from flame_fitting.core.fileio import check_output_dir, replace_dir, temp_path, write_obj
 from flame_fitting.head.head_model import load_head_model
 from flame_fitting.geometry.render import Lighting, render_mesh
-from flame_fitting.uv import UVLayout, write_obj
+from flame_fitting.uv import UVLayout
 
 from .config import GeoFaceConfig
 from .orbit import (DEFAULT_FILL, DEFAULT_FOCAL_MM, CameraEstimateError, crop_view, estimate_photo_camera, head_crop,

@@ -12,7 +12,7 @@ Camera of a photo (`estimate_photo_camera`), single view, no calibration:
    1 on purpose (the pose comes from the PnP initialisation, not from triangulation). If the fit does not end
    "ok", the PnP pose of the neutral head is kept and the reason noted;
 4. the camera in the canonical frame: world_to_cam = camera_from_posed · posed_from_canonical, the latter the
-   exact rigid transform between the fitted posed and canonical vertices (`uv_checks.rigid_fit`).
+   exact rigid transform between the fitted posed and canonical vertices (`geometry.rigid.rigid_fit`).
 Depth (and so the distance of the orbit) comes from the head model's metric size through the assumed focal
 length: a wrong focal length changes the distance and the perspective, not the framing.
 
@@ -35,7 +35,7 @@ import torch
 from flame_fitting.core.errors import GeofaceError
 from flame_fitting.geometry.camera import Camera, look_at
 from flame_fitting.fit import FitConfig, FrameParams, fit_sequence
-from flame_fitting.uv.checks import rigid_fit
+from flame_fitting.geometry.rigid import rigid_fit
 
 FULL_FRAME_DIAGONAL_MM = 43.27
 DEFAULT_FOCAL_MM = 50.0

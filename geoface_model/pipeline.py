@@ -26,7 +26,6 @@ renamed. `from_pretrained` reads it back (local folders only).
 """
 from __future__ import annotations
 
-import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ import torch
 from diffusers import DDIMScheduler, DiffusionPipeline, EulerDiscreteScheduler
 from diffusers.utils import BaseOutput
 
+from flame_fitting.core.threads import torch_threads
 from flame_fitting.core.errors import GeofaceError
 from flame_fitting.geometry.camera import Camera
 from flame_fitting.core.fileio import replace_dir, temp_path
@@ -63,18 +63,6 @@ class GeoFacePipelineOutput(BaseOutput):
     faces: np.ndarray | None        # (F, 3) int32 triangles of `vertices`
     reference: np.ndarray           # (n_ref, S, S, 3) uint8 the reference view(s) as the model saw them
     reference_cameras: list         # n_ref `Camera`s at S×S
-
-
-@contextlib.contextmanager
-def keep_torch_threads():
-    """Restore torch's intra-op thread count on exit: numba's OpenMP threading layer (the rasteriser's parallel
-    kernels, first used by posmap -> mesh) resets the process's OpenMP thread count, which silently gives torch
-    more threads than the caller chose (measured: a 2-core machine under load ran the model 30× slower)."""
-    n = torch.get_num_threads()
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 def make_scheduler(kind: str = "ddim", num_train_timesteps: int = 1000, beta_schedule: str = "squaredcos_cap_v2",
@@ -302,7 +290,7 @@ class GeoFacePipeline(DiffusionPipeline):
         if geo_on:
             posmap = self.codec.decode(geo).float().cpu()[0].permute(1, 2, 0).contiguous().numpy()  # (R, R, 3)
             if mesh and self.uv_layout is not None:
-                with keep_torch_threads():
+                with torch_threads():
                     verts = posmap_to_vertices(posmap, self.uv_layout, gutter=int(self.head_info.get("gutter", 4)))
                 faces = self.uv_layout.faces
         out = GeoFacePipelineOutput(images=images, cameras=tgt_cams, posmap=posmap, vertices=verts, faces=faces,

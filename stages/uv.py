@@ -26,10 +26,10 @@ from flame_fitting.core.fileio import make_temp_dir, replace_dir
 from flame_fitting.formats.fits import load_sequence_fit
 from flame_fitting.head.head_model import load_head_model
 from flame_fitting.core.params import build_config, read_params, spec
-from flame_fitting.uv import UVLayout, bake_posmap, get_bake_table, posmap_to_vertices, save_posmap, write_obj
+from flame_fitting.uv import UVLayout, bake_posmap, get_bake_table, posmap_to_vertices, save_posmap
 from flame_fitting.uv.checks import layout_report
 from flame_fitting.uv.preview import posmap_rgb
-from flame_fitting.core.fileio import write_png
+from flame_fitting.core.fileio import write_obj, write_png
 
 FITS, OUT, PREVIEWS = Path("data/fits"), Path("data/uv"), Path("plots/uv")
 

@@ -2,7 +2,7 @@
 replaced only when the toolkit wrote them, stale temporaries removed, hashing.
 
 - `atomic_write(path, write)` / `write_bytes` / `write_text` / `write_json` / `write_csv` / `write_npz` /
-  `write_png`: the data go
+  `write_png` / `write_obj`: the data go
   to a temporary sibling that is renamed over `path` only when complete.
 - `output_dir(dst, ...)`: a context manager yielding a temporary folder that replaces `dst` when the
   block ends without error (and is removed when it raises). The new folder carries a marker file
@@ -139,6 +139,29 @@ def write_png(path: Path | str, img: np.ndarray) -> Path:
     if not ok:
         raise OutputError(f"{path}: PNG encoding failed")
     return write_bytes(path, buf.tobytes())
+
+
+def write_obj(path: Path | str, verts: np.ndarray, faces: np.ndarray, uv: np.ndarray | None = None,
+              uv_faces: np.ndarray | None = None, comment: str | None = None) -> Path:
+    """Write a triangle OBJ (atomic): verts (V, 3), faces (F, 3) 0-based, optional uv (T, 2) + uv_faces (F, 3)
+    -> `v`, `vt`, `f v/vt` lines (1-based), after an optional `# comment` line."""
+    verts, faces = np.asarray(verts, np.float64), np.asarray(faces, np.int64)
+    if verts.ndim != 2 or verts.shape[1] != 3 or not np.isfinite(verts).all():
+        raise OutputError(f"{path}: verts must be finite (V, 3), got {verts.shape}")
+    if faces.ndim != 2 or faces.shape[1] != 3 or faces.min(initial=0) < 0 or faces.max(initial=0) >= len(verts):
+        raise OutputError(f"{path}: faces must be (F, 3) indices into {len(verts)} vertices")
+    lines = [f"# {comment}"] if comment else []
+    lines += [f"v {a:.7f} {b:.7f} {c:.7f}" for a, b, c in verts]
+    if uv is None:
+        lines += [f"f {a + 1} {b + 1} {c + 1}" for a, b, c in faces]
+    else:
+        uv, uv_faces = np.asarray(uv, np.float64), np.asarray(uv_faces, np.int64)
+        if uv_faces.shape != faces.shape or uv_faces.min() < 0 or uv_faces.max() >= len(uv):
+            raise OutputError(f"{path}: uv_faces must be {faces.shape} indices into {len(uv)} uv coordinates")
+        lines += [f"vt {a:.7f} {b:.7f}" for a, b in uv]
+        lines += [f"f {a + 1}/{ta + 1} {b + 1}/{tb + 1} {c + 1}/{tc + 1}"
+                  for (a, b, c), (ta, tb, tc) in zip(faces, uv_faces)]
+    return write_text(path, "\n".join(lines) + "\n")
 
 
 def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:

@@ -15,7 +15,6 @@ raised; bad input (cameras, array shapes) raises `FitInputError`.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from dataclasses import replace
@@ -24,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from flame_fitting.core.threads import torch_threads
 from flame_fitting.geometry.camera import Camera
 from flame_fitting.fit.config import FitConfig
 from flame_fitting.fit.init import initial_pose
@@ -164,18 +164,6 @@ def _silhouette_summary(pb: Problem, st: State, active: torch.Tensor) -> dict:
             "median_px": float(e.median()) if e.numel() else None}
 
 
-@contextlib.contextmanager
-def _torch_threads(n: int):
-    """Temporarily set torch's intra-op thread count (n <= 0: leave it)."""
-    old = torch.get_num_threads()
-    if n > 0:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def fit_sequence(model: HeadModel, cameras: dict[str, Camera], observations: dict, cfg: FitConfig | None = None,
                  progress: bool = True, *, confidences: dict | None = None, init: dict[int, FrameParams] | None = None,
                  subject: str = "", sequence: str = "", masks: dict | None = None) -> SequenceFit:
@@ -194,7 +182,7 @@ def fit_sequence(model: HeadModel, cameras: dict[str, Camera], observations: dic
     cfg = cfg or FitConfig()
     if cfg.calibrated_embedding and model.has_calibrated_embedding:
         model = model.with_mediapipe_embedding(calibrated=True)
-    with _torch_threads(cfg.threads), torch.no_grad():
+    with torch_threads(cfg.threads), torch.no_grad():
         return _fit(model, cameras, observations, cfg, progress, confidences, init, subject, sequence, masks)
 
 

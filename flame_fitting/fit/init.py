@@ -8,7 +8,8 @@ import numpy as np
 
 from flame_fitting.fit.reduced import FrameLayout
 from flame_fitting.fit.so3 import log_np
-from flame_fitting.fit.triangulate import triangulate_robust, umeyama
+from flame_fitting.fit.triangulate import triangulate_robust
+from flame_fitting.geometry.rigid import umeyama
 
 MIN_POINTS = 6            # triangulated landmarks needed for the alignment
 SCALE_RANGE = (0.67, 1.5)  # a similarity scale outside this is reported in the frame's note

@@ -1,12 +1,11 @@
-"""Robust multi-view triangulation of landmarks and similarity (Umeyama) alignment: the initialiser.
+"""Robust multi-view triangulation of landmarks: the initialiser (with `geometry.rigid.umeyama`).
 
 `triangulate_robust` works on every landmark at once (numpy, vectorised): for each of up to
 `max_pairs` view pairs it triangulates with the linear (DLT, inhomogeneous) method, scores the
 point in all views MSAC-style (Σ min(err², thr²)), keeps the best pair's inliers, re-triangulates
 on them and polishes with a few Gauss-Newton steps on the reprojection error, then recomputes
 the inliers. Errors are measured in pixels as focal × normalised-image distance (pinhole;
-observations are undistorted upstream). `umeyama` is the closed-form least-squares similarity
-dst ≈ s R src + t (Umeyama 1991), optionally weighted.
+observations are undistorted upstream).
 """
 from __future__ import annotations
 
@@ -122,27 +121,3 @@ def triangulate_robust(R: np.ndarray, t: np.ndarray, f: np.ndarray, xn: np.ndarr
     rms = np.sqrt(np.where(inl, err_r ** 2, 0).sum(0) / np.maximum(inl.sum(0), 1))
     return Triangulation(points=np.where(ok[:, None], Xr, np.nan), ok=ok, inliers=inl & ok,
                          error_px=np.where(ok, rms, np.nan))
-
-
-def umeyama(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None = None, with_scale: bool = True
-            ) -> tuple[float, np.ndarray, np.ndarray]:
-    """Least-squares similarity dst ≈ s R src + t. src, dst (N,3); weights (N,) >= 0 -> s, R (3,3), t (3,)."""
-    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
-    w = np.ones(len(src)) if weights is None else np.asarray(weights, np.float64)
-    if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 3 or w.shape != (len(src),):
-        raise ValueError(f"umeyama: src and dst must both be (N, 3) with weights (N,), got {src.shape}, {dst.shape}, "
-                         f"{w.shape}")
-    if (w > 0).sum() < 3:
-        raise ValueError(f"umeyama: need at least 3 weighted points, got {(w > 0).sum()}")
-    w = w / w.sum()
-    mu_s, mu_d = w @ src, w @ dst
-    a, b = src - mu_s, dst - mu_d
-    cov = (b * w[:, None]).T @ a                                                 # Σ w (dst)(src)ᵀ
-    U, S, Vt = np.linalg.svd(cov)
-    D = np.eye(3)
-    if np.linalg.det(U) * np.linalg.det(Vt) < 0:
-        D[2, 2] = -1
-    R = U @ D @ Vt
-    var_s = (w * (a ** 2).sum(1)).sum()
-    s = float(np.trace(np.diag(S) @ D) / var_s) if with_scale else 1.0
-    return s, R, mu_d - s * R @ mu_s

@@ -1,7 +1,24 @@
-"""Small analytic meshes built in code (tests, benchmarks, examples)."""
+"""Triangle-mesh helpers: face and vertex normals, and small analytic meshes built in code (tests,
+benchmarks, examples)."""
 from __future__ import annotations
 
 import numpy as np
+
+
+def face_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Unnormalised (area-weighted, right-hand rule) normals (F, 3) float64 of verts (V, 3) / faces (F, 3);
+    outward for counter-clockwise faces."""
+    v = np.asarray(verts, np.float64)
+    return np.cross(v[faces[:, 1]] - v[faces[:, 0]], v[faces[:, 2]] - v[faces[:, 0]])
+
+
+def vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Unit vertex normals (V, 3) float64: the area-weighted mean of the incident face normals."""
+    fn = face_normals(verts, faces)
+    n = np.zeros((len(verts), 3))
+    for k in range(3):
+        np.add.at(n, faces[:, k], fn)
+    return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-30)
 
 
 def icosphere(subdiv: int) -> tuple[np.ndarray, np.ndarray]:

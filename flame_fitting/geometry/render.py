@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 from numba import njit, prange
 
+from flame_fitting.geometry.meshes import vertex_normals
 from flame_fitting.geometry.raster import Fragments, rasterize
 
 
@@ -29,17 +30,6 @@ class Lighting:
     ambient: float = 0.45
     diffuse: float = 0.65
     interior: tuple[float, float, float] = (0.08, 0.03, 0.03)  # colour of back faces (mouth cavity)
-
-
-def vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Area-weighted unit vertex normals (V,3) of a mesh with counter-clockwise (outward) faces."""
-    v = verts.astype(np.float64)
-    fn = np.cross(v[faces[:, 1]] - v[faces[:, 0]], v[faces[:, 2]] - v[faces[:, 0]])
-    n = np.zeros_like(v)
-    for k in range(3):
-        np.add.at(n, faces[:, k], fn)
-    n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
-    return n.astype(np.float32)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
@@ -226,8 +216,8 @@ def render_mesh(verts: np.ndarray, faces: np.ndarray, K: np.ndarray, world_to_ca
     faces = np.ascontiguousarray(faces, np.int32)
     frags = rasterize(verts, faces, K, world_to_cam, width, height)
     vv = verts if verts.ndim == 3 else np.broadcast_to(verts, (n, *verts.shape))
-    normals = np.stack([vertex_normals(vv[i], faces) for i in range(n)]) if verts.ndim == 3 else \
-        np.broadcast_to(vertex_normals(verts, faces), (n, *verts.shape))
+    normals = np.stack([vertex_normals(vv[i], faces) for i in range(n)]).astype(np.float32) if verts.ndim == 3 else \
+        np.broadcast_to(vertex_normals(verts, faces).astype(np.float32), (n, *verts.shape))
     R = world_to_cam[:, :3, :3].astype(np.float64)
     centers = -np.einsum("nji,nj->ni", R, world_to_cam[:, :3, 3].astype(np.float64))
     front = front_facing(np.asarray(verts, np.float64), faces, centers)  # (V,3) shared or (N,V,3)

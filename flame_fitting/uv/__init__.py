@@ -20,7 +20,7 @@ of free space between them for seam lookups to be exact. `_bake_reference` is th
 kernel is tested against.
 
 Inverse: `posmap_to_vertices` (seam-aware bilinear samples at the template's per-corner UVs, a vertex's
-UV copies averaged; `vertex_sampler`) and `posmap_to_points` (valid texels), both in metres; `write_obj`,
+UV copies averaged; `vertex_sampler`) and `posmap_to_points` (valid texels), both in metres;
 `save_posmap` / `load_posmap` (files written atomically).
 
 The package's modules: `bake` (layout, box, texel table, baking), `sample` (bilinear lookup, inverse),
@@ -31,9 +31,9 @@ from __future__ import annotations
 
 from flame_fitting.uv.bake import (BOX_CENTER, BOX_HALF, MAX_EXTRAPOLATION, BakedPosmap, BakeTable, UVError, UVLayout,
                                    bake_posmap, denormalize_points, get_bake_table, normalize_points)
-from flame_fitting.uv.files import load_posmap, save_posmap, write_obj
+from flame_fitting.uv.files import load_posmap, save_posmap
 from flame_fitting.uv.sample import posmap_to_points, posmap_to_vertices, sample_bilinear, vertex_sampler
 
 __all__ = ["BOX_CENTER", "BOX_HALF", "BakedPosmap", "UVError", "UVLayout", "bake_posmap", "normalize_points",
-           "denormalize_points", "sample_bilinear", "posmap_to_vertices", "posmap_to_points", "write_obj",
+           "denormalize_points", "sample_bilinear", "posmap_to_vertices", "posmap_to_points",
            "save_posmap", "load_posmap", "get_bake_table", "BakeTable", "MAX_EXTRAPOLATION", "vertex_sampler"]

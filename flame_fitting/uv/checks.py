@@ -20,24 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from flame_fitting.geometry.camera import Camera
+from flame_fitting.geometry.rigid import rigid_fit
 from flame_fitting.uv.correspondences import CorrespondenceError, FrameCorrespondences, uv_from_fragments
 from flame_fitting.uv import UVLayout, denormalize_points, get_bake_table, sample_bilinear
-
-
-def rigid_fit(src: np.ndarray, dst: np.ndarray, frame_id: str = "?") -> tuple[np.ndarray, np.ndarray, float]:
-    """Least-squares rotation + translation with dst ≈ src @ R.T + t (Kabsch). src, dst (V, 3)
-    -> R (3, 3) float64, t (3,) float64, max residual (metres)."""
-    a, b = np.asarray(src, np.float64), np.asarray(dst, np.float64)
-    if a.shape != b.shape or a.ndim != 2 or a.shape[1] != 3:
-        raise CorrespondenceError(f"frame {frame_id}: rigid_fit needs two (V, 3) arrays, got {a.shape}, {b.shape}")
-    if not (np.isfinite(a).all() and np.isfinite(b).all()):
-        raise CorrespondenceError(f"frame {frame_id}: canonical or posed vertices contain NaN/inf")
-    ca, cb = a.mean(0), b.mean(0)
-    U, _, Vt = np.linalg.svd((a - ca).T @ (b - cb))
-    d = np.sign(np.linalg.det(Vt.T @ U.T))
-    R = Vt.T @ np.diag([1.0, 1.0, d]) @ U.T
-    t = cb - R @ ca
-    return R, t, float(np.linalg.norm(a @ R.T + t - b, axis=1).max())
 
 
 def cycle_errors(corr: FrameCorrespondences, posmap: np.ndarray, cameras: list[Camera], R: np.ndarray,
@@ -115,7 +100,10 @@ def frame_metrics(corr: FrameCorrespondences, posmap: np.ndarray, cameras: list[
     coverage (vs `masks` (N,H,W) or the ground truth), uv_overlap_fraction, gt_uv_accuracy (needs
     gt = (face_id, bary)), empty_views (count; names in empty_view_names), rigid_residual_mm.
     canonical, posed (V, 3): the frame's canonical and posed vertices (same ids)."""
-    R, t, resid = rigid_fit(canonical, posed, corr.frame_id)
+    try:
+        R, t, resid = rigid_fit(canonical, posed)
+    except ValueError as e:
+        raise CorrespondenceError(f"frame {corr.frame_id}: canonical vs posed vertices: {e}") from None
     errs = cycle_errors(corr, posmap, cameras, R, t, stride)
     allerr = np.concatenate(errs) if errs else np.zeros(0, np.float32)
     s = _stats(allerr)

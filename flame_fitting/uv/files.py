@@ -1,5 +1,4 @@
-"""UV position map files: `write_obj` (triangle OBJ with
-optional UVs) and `save_posmap` / `load_posmap` (compressed npz that records the normalisation box and
+"""UV position map files: `save_posmap` / `load_posmap` (compressed npz that records the normalisation box and
 refuses a file written with another one). Part of `flame_fitting.uv` (the public façade).
 """
 from __future__ import annotations
@@ -10,29 +9,6 @@ import numpy as np
 
 from flame_fitting.core.fileio import atomic_write
 from flame_fitting.uv.bake import BOX_CENTER, BOX_HALF, BakedPosmap, UVError
-
-
-def write_obj(path: Path | str, verts: np.ndarray, faces: np.ndarray, uv: np.ndarray | None = None,
-              uv_faces: np.ndarray | None = None) -> Path:
-    """Write a triangle OBJ (atomic): verts (V, 3), faces (F, 3) 0-based, optional uv (T, 2) + uv_faces (F, 3)
-    -> `v`, `vt`, `f v/vt` lines (1-based)."""
-    verts, faces = np.asarray(verts, np.float64), np.asarray(faces, np.int64)
-    if verts.ndim != 2 or verts.shape[1] != 3 or not np.isfinite(verts).all():
-        raise UVError(f"{path}: verts must be finite (V, 3), got {verts.shape}")
-    if faces.ndim != 2 or faces.shape[1] != 3 or faces.min(initial=0) < 0 or faces.max(initial=0) >= len(verts):
-        raise UVError(f"{path}: faces must be (F, 3) indices into {len(verts)} vertices")
-    lines = [f"v {a:.7f} {b:.7f} {c:.7f}" for a, b, c in verts]
-    if uv is None:
-        lines += [f"f {a + 1} {b + 1} {c + 1}" for a, b, c in faces]
-    else:
-        uv, uv_faces = np.asarray(uv, np.float64), np.asarray(uv_faces, np.int64)
-        if uv_faces.shape != faces.shape or uv_faces.min() < 0 or uv_faces.max() >= len(uv):
-            raise UVError(f"{path}: uv_faces must be {faces.shape} indices into {len(uv)} uv coordinates")
-        lines += [f"vt {a:.7f} {b:.7f}" for a, b in uv]
-        lines += [f"f {a + 1}/{ta + 1} {b + 1}/{tb + 1} {c + 1}/{tc + 1}"
-                  for (a, b, c), (ta, tb, tc) in zip(faces, uv_faces)]
-    data = ("\n".join(lines) + "\n").encode()
-    return atomic_write(Path(path), lambda fh: fh.write(data))
 
 
 def save_posmap(path: Path | str, baked: BakedPosmap, dtype=np.float32, frame_id: str = "") -> Path:

@@ -24,6 +24,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from flame_fitting.core.errors import GeofaceError
+from flame_fitting.core.threads import torch_threads
 from flame_fitting.geometry.camera import Camera, stack_cameras
 from flame_fitting.formats.capture import CaptureWriter, frame_dir
 from flame_fitting.head.flame_io import HeadModelError, load_flame_folder
@@ -87,12 +88,8 @@ def pose(model: HeadModel, params: dict) -> dict[str, np.ndarray]:
     Runs on one torch thread: for a batch of one that is ~15× faster than torch's thread pool
     competing with numba's threads and the writers."""
     t = {k: torch.as_tensor(np.asarray(v, np.float32))[None] for k, v in params.items()}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         out = model(**t)
-    finally:
-        torch.set_num_threads(threads)
     return {"vertices": out.vertices[0].numpy(), "joints": out.joints[0].numpy(),
             "lmk_mp": out.landmarks_mp[0].numpy(),
             "lmk68": None if out.landmarks_68 is None else out.landmarks_68[0].numpy()}

@@ -17,15 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from flame_fitting.geometry.camera import Camera
+from flame_fitting.geometry.meshes import face_normals
 from flame_fitting.geometry.raster import Fragments
 
 N_MEDIAPIPE = 478
-
-
-def face_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Unnormalised normals (F,3) of counter-clockwise (outward) faces."""
-    v = verts.astype(np.float64)
-    return np.cross(v[faces[:, 1]] - v[faces[:, 0]], v[faces[:, 2]] - v[faces[:, 0]])
 
 
 def landmarks_2d(points: np.ndarray, face_idx: np.ndarray, verts: np.ndarray, faces: np.ndarray,

@@ -14,7 +14,8 @@ from flame_fitting.head.head_model import HeadModel
 from flame_fitting.geometry.raster import rasterize
 from flame_fitting.head.standin import build_standin
 from flame_fitting.uv import UVLayout, bake_posmap
-from flame_fitting.uv.checks import aggregate, cycle_errors, frame_metrics, gt_uv_accuracy, load_gt_raster, rigid_fit
+from flame_fitting.geometry.rigid import rigid_fit
+from flame_fitting.uv.checks import aggregate, cycle_errors, frame_metrics, gt_uv_accuracy, load_gt_raster
 from flame_fitting.core.fileio import write_png
 from flame_fitting.uv.preview import correspondence_overlay, figure9, matches, posmap_rgb
 

@@ -3,7 +3,8 @@ import numpy as np
 
 from flame_fitting.geometry.camera import intrinsics, look_at
 from flame_fitting.geometry.raster import rasterize
-from flame_fitting.geometry.render import Lighting, _shade_reference, front_facing, render_mesh, vertex_normals
+from flame_fitting.geometry.meshes import vertex_normals
+from flame_fitting.geometry.render import Lighting, _shade_reference, front_facing, render_mesh
 
 
 def uv_sphere(n_lat=16, n_lon=24, r=0.1):

@@ -13,7 +13,8 @@ from scipy.spatial import cKDTree
 from flame_fitting.head.standin import build_standin
 from flame_fitting.head.standin.bases import identity_peak
 from flame_fitting.head.standin.embedding import IRIS, MP_TO_IBUG68
-from flame_fitting.head.standin.geometry import signed_volume, vertex_normals
+from flame_fitting.geometry.meshes import vertex_normals
+from flame_fitting.head.standin.geometry import signed_volume
 
 FILES = ["FLAME_NEUTRAL.npz", "flame_static_embedding.pkl", "flame_dynamic_embedding.npy",
          "mediapipe_landmark_embedding.npz", "ibug68_landmark_embedding.npz", "head_template.obj",

@@ -10,7 +10,8 @@ from flame_fitting.geometry.raster import rasterize_uv
 from flame_fitting.head.standin import build_standin
 from flame_fitting.uv import (BOX_CENTER, BOX_HALF, UVError, UVLayout, bake_posmap, denormalize_points, get_bake_table,
                               load_posmap, normalize_points, posmap_to_points, posmap_to_vertices, sample_bilinear,
-                              save_posmap, write_obj)
+                              save_posmap)
+from flame_fitting.core.fileio import OutputError, write_obj
 from flame_fitting.uv.bake import _bake_reference
 from flame_fitting.uv.checks import layout_report
 
@@ -180,7 +181,7 @@ def test_write_obj_round_trip(tmp_path):
     np.testing.assert_array_equal(mesh.faces, faces)
     np.testing.assert_array_equal(mesh.uv_faces, uv_faces)
     assert [p.name for p in path.parent.iterdir()] == ["mesh.obj"]
-    with pytest.raises(UVError, match="faces"):
+    with pytest.raises(OutputError, match="faces"):
         write_obj(tmp_path / "bad.obj", verts, faces + 10)
 
 

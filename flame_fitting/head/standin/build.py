@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from flame_fitting.core.fileio import make_temp_dir, replace_dir
+from flame_fitting.core.fileio import make_temp_dir, replace_dir, write_obj
 from . import embedding as emb
 from .bases import build_bases
 from .face_surface import PHOTO_NAME, build_metric_face
 from .fields import FieldContext, mirror_index
-from .geometry import vertex_normals
+from flame_fitting.geometry.meshes import vertex_normals
 from .head_mesh import HeadMesh, build_head_mesh
 from .rig import KINTREE, joint_regressor, joint_targets, skinning_weights
 
@@ -42,16 +42,6 @@ def _check_args(n_shape: int, n_expr: int, grid) -> tuple[int, int]:
         raise ValueError(f"build_standin: n_expr must be in 1..100, got {n_expr}")
     rows, cols = DEFAULT_GRID if grid is None else (int(grid[0]), int(grid[1]))
     return rows, cols
-
-
-def write_obj(path: Path, verts: np.ndarray, uv: np.ndarray, faces: np.ndarray, uv_faces: np.ndarray) -> None:
-    """OBJ with `v`, `vt` and `f v/vt` lines (1-based)."""
-    lines = ["# geoface stand-in head model (NOT FLAME)"]
-    lines += [f"v {a:.7f} {b:.7f} {c:.7f}" for a, b, c in verts]
-    lines += [f"vt {a:.7f} {b:.7f}" for a, b in uv]
-    lines += [f"f {a + 1}/{ta + 1} {b + 1}/{tb + 1} {c + 1}/{tc + 1}"
-              for (a, b, c), (ta, tb, tc) in zip(faces, uv_faces)]
-    path.write_text("\n".join(lines) + "\n")
 
 
 def face_weight(verts: np.ndarray, face_region: np.ndarray, ramp: float = 0.035) -> np.ndarray:
@@ -113,7 +103,7 @@ def build_standin(out_dir: Path, seed: int = 0, n_shape: int = 50, n_expr: int =
         np.savez(tmp / "mediapipe_landmark_embedding.npz", lmk_face_idx=fi.astype(np.int64),
                  lmk_b_coords=bary.astype(np.float64), landmark_indices=np.arange(478, dtype=np.int64))
         np.savez(tmp / "ibug68_landmark_embedding.npz", **lmk["ibug68"])
-        write_obj(tmp / "head_template.obj", v, mesh.uv, f, mesh.uv_faces)
+        write_obj(tmp / "head_template.obj", v, f, mesh.uv, mesh.uv_faces, comment="geoface stand-in head model (NOT FLAME)")
         np.savez(tmp / "standin_extras.npz", face_region=mesh.face_region, eye_region=mesh.eye_region,
                  lip_side=mesh.lip_side, mp_points_neutral=targets.astype(np.float32),
                  mp_triangles=mesh.mp_triangles.astype(np.int64),

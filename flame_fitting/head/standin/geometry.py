@@ -10,6 +10,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import spsolve
 
+from flame_fitting.geometry.meshes import vertex_normals
+
 
 
 def ray_mesh_far_hits(origin: np.ndarray, dirs: np.ndarray, verts: np.ndarray, tris: np.ndarray,
@@ -65,21 +67,6 @@ def phong_far_hits(origin: np.ndarray, dirs: np.ndarray, verts: np.ndarray, tris
     t = t.copy()
     t[ok] += np.einsum("nd,nd->n", smooth - q, dirs[ok])
     return t
-
-
-def face_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Unnormalised face normals (F,3) (area-weighted, right-hand rule)."""
-    a, b, c = verts[faces[:, 0]], verts[faces[:, 1]], verts[faces[:, 2]]
-    return np.cross(b - a, c - a)
-
-
-def vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Unit vertex normals (V,3), area-weighted average of incident face normals."""
-    fn = face_normals(verts, faces)
-    vn = np.zeros_like(verts)
-    for k in range(3):
-        np.add.at(vn, faces[:, k], fn)
-    return vn / np.maximum(np.linalg.norm(vn, axis=1, keepdims=True), 1e-30)
 
 
 def signed_volume(verts: np.ndarray, faces: np.ndarray, ref: np.ndarray | None = None) -> float:

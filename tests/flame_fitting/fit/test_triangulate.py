@@ -6,7 +6,8 @@ import torch
 from flame_fitting.fit.init import normalized
 from flame_fitting.fit.so3 import angle_deg, left_jacobian, log_np, rodrigues, rodrigues_np
 from flame_fitting.fit.synthetic import arc_cameras
-from flame_fitting.fit.triangulate import triangulate_robust, umeyama
+from flame_fitting.fit.triangulate import triangulate_robust
+from flame_fitting.geometry.rigid import umeyama
 
 
 def _setup(n_points=60, seed=0):
