@@ -28,6 +28,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
+from flame_fitting.core.arrays import checked_array
 from flame_fitting.core.errors import GeofaceError
 from flame_fitting.core.fileio import write_bytes
 
@@ -93,11 +94,7 @@ def _check_sample(i: int, s: dict, V: int, S: int, R: int, La: int, Lg: int, pat
     shapes = {"images": (V, 3, S, S), "masks": (V, 1, S, S), "K": (V, 3, 3), "world_to_cam": (V, 4, 4),
               "uv_posmap": (3, R, R), "uv_mask": (1, R, R)}
     for k, shp in shapes.items():
-        a = np.asarray(s[k])
-        if a.shape != shp:
-            raise ShardError(f"{path}: sample {i} {k} has shape {a.shape}, expected {shp}")
-        if not np.all(np.isfinite(a)):
-            raise ShardError(f"{path}: sample {i} {k} contains NaN or inf")
+        checked_array(s[k], shp, f"{path}: sample {i} {k}", ShardError)
     for k in ("images", "uv_posmap"):
         if np.abs(np.asarray(s[k])).max() > 1 + 1e-6:
             raise ShardError(f"{path}: sample {i} {k} outside [-1, 1]")

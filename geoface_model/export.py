@@ -26,12 +26,11 @@ import json
 import shutil
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from flame_fitting.core.errors import GeofaceError
 from flame_fitting.geometry.camera import Camera, invert_rigid
-from flame_fitting.core.fileio import replace_dir, temp_path
+from flame_fitting.core.fileio import replace_dir, temp_path, write_png
 from flame_fitting.geometry.raster import rasterize
 from flame_fitting.geometry.meshes import vertex_normals
 
@@ -162,7 +161,7 @@ def export_3dgs(out_dir: Path | str, images: list[np.ndarray], cameras: list[Cam
     try:
         (tmp / "images").mkdir(parents=True)
         for name, img in zip(names, images):
-            cv2.imwrite(str(tmp / "images" / f"{name}.png"), cv2.cvtColor(np.asarray(img), cv2.COLOR_RGB2BGR))
+            write_png(tmp / "images" / f"{name}.png", np.asarray(img))
         points = colors = None
         n_unseen = 0
         if vertices is not None:

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from flame_fitting.core.errors import GeofaceError
 from flame_fitting.geometry.camera import Camera
 from flame_fitting.formats.capture import save_cameras
-from flame_fitting.core.fileio import check_output_dir, replace_dir, temp_path, write_obj
+from flame_fitting.core.fileio import check_output_dir, read_image, replace_dir, temp_path, write_obj, write_png
 from flame_fitting.head.head_model import load_head_model
 from flame_fitting.geometry.render import Lighting, render_mesh
 from flame_fitting.uv import UVLayout
@@ -68,19 +68,14 @@ class PhotoFace:
 
 def read_photo(path: Path | str, max_side: int = MAX_SIDE) -> tuple[np.ndarray, list[str], tuple[int, int]]:
     """-> RGB uint8 (longest side <= max_side), notes, original (width, height)."""
-    p = Path(path)
-    if not p.is_file():
-        raise GenerateError(f"{p}: no such file")
-    img = cv2.imread(str(p), cv2.IMREAD_COLOR)
-    if img is None:
-        raise GenerateError(f"{p}: not an image file (OpenCV cannot decode it)")
+    img = read_image(path, error=GenerateError)
     h, w = img.shape[:2]
     notes = []
     if max(h, w) > max_side:
         s = max_side / max(h, w)
         img = cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
         notes.append(f"downscaled from {w}x{h} to {img.shape[1]}x{img.shape[0]} (longest side > {max_side} px)")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB), notes, (w, h)
+    return img, notes, (w, h)
 
 
 def _face_boxes(rgb: np.ndarray) -> list[np.ndarray]:
@@ -190,12 +185,6 @@ def contact_sheet(images: list[np.ndarray], cameras: list[Camera], labels: list[
     return sheet
 
 
-def _write_png(path: Path, rgb: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-        raise GenerateError(f"{path}: could not write the PNG")
-
-
 def generate_from_photo(photo: Path | str, model_dir: Path | str, n_views: int, out_dir: Path | str, *,
                         head_model_dir: Path | str = "data/head_model", cfg: GeoFaceConfig | None = None,
                         num_inference_steps: int = 25, scheduler: str = "ddim", guidance_scale: float = 1.0,
@@ -241,9 +230,9 @@ def generate_from_photo(photo: Path | str, model_dir: Path | str, n_views: int, 
     tmp = temp_path(out)
     try:
         tmp.mkdir(parents=True)
-        _write_png(tmp / "reference.png", res.reference[0])
+        write_png(tmp / "reference.png", res.reference[0])
         for name, img in zip(names, res.images):
-            _write_png(tmp / "views" / f"{name}.png", img)
+            write_png(tmp / "views" / f"{name}.png", img)
         if res.vertices is not None:
             write_obj(tmp / "mesh.obj", res.vertices, res.faces, pipe.uv_layout.uv, pipe.uv_layout.uv_faces)
         if res.posmap is not None:
@@ -251,7 +240,7 @@ def generate_from_photo(photo: Path | str, model_dir: Path | str, n_views: int, 
         save_cameras(tmp / "cameras.json", {"reference": res.reference_cameras[0], **dict(zip(names, res.cameras))})
         sheet = contact_sheet([res.reference[0], *res.images], [res.reference_cameras[0], *res.cameras],
                               ["reference", *names], res.vertices, res.faces)
-        _write_png(tmp / "contact_sheet.png", sheet)
+        write_png(tmp / "contact_sheet.png", sheet)
         if export_gs:
             export_3dgs(tmp / "gs", [res.reference[0], *res.images], [res.reference_cameras[0], *res.cameras],
                         res.vertices, res.faces, names=["reference", *names])

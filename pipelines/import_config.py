@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flame_fitting.core.arrays import checked_array
 from flame_fitting.formats.capture import SPLITS, CaptureError
 from flame_fitting.core.params import ParamsError, spec
 
@@ -141,12 +142,4 @@ def load_json(path: Path):
 
 def as_matrix(value, shape: tuple[int, ...], what: str) -> np.ndarray:
     """float64 array of `shape`; CaptureError naming `what` when the shape or values are wrong."""
-    try:
-        m = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise CaptureError(f"{what}: not a numeric array") from None
-    if m.shape != shape:
-        raise CaptureError(f"{what}: expected shape {shape}, got {m.shape}")
-    if not np.all(np.isfinite(m)):
-        raise CaptureError(f"{what}: contains NaN or inf")
-    return m
+    return checked_array(value, shape, what, CaptureError)

@@ -8,32 +8,18 @@ from __future__ import annotations
 
 import functools
 from dataclasses import replace
-from pathlib import Path
 
 import cv2
 import numpy as np
 
+from flame_fitting.core.fileio import read_image
 from flame_fitting.geometry.camera import Camera
 from flame_fitting.formats.capture import CaptureError
 from pipelines.import_config import ImportConfig
 
 
-def read_image_file(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """(H,W,3) uint8 RGB and (H,W) uint8 alpha or None, from any 8/16-bit grey/RGB/RGBA file cv2 reads."""
-    if not Path(path).is_file():
-        raise CaptureError(f"{path}: image file is missing")
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise CaptureError(f"{path}: not a readable image")
-    if img.dtype == np.uint16:
-        img = (img.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
-    if img.dtype != np.uint8:
-        raise CaptureError(f"{path}: unsupported pixel type {img.dtype}")
-    if img.ndim == 2:
-        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB), None
-    if img.shape[2] == 4:
-        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB), np.ascontiguousarray(img[..., 3])
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB), None
+# (H,W,3) uint8 RGB and (H,W) uint8 alpha or None, from any 8/16-bit grey/RGB/RGBA file; CaptureError naming it
+read_image_file = functools.partial(read_image, with_alpha=True, error=CaptureError)
 
 
 def scale_to_image(cam: Camera, width: int, height: int, what: str) -> Camera:

@@ -4,6 +4,7 @@ replaced only when the toolkit wrote them, stale temporaries removed, hashing.
 - `atomic_write(path, write)` / `write_bytes` / `write_text` / `write_json` / `write_csv` / `write_npz` /
   `write_png` / `write_obj`: the data go
   to a temporary sibling that is renamed over `path` only when complete.
+- `read_image(path)`: an RGB image or one clear error naming the file.
 - `output_dir(dst, ...)`: a context manager yielding a temporary folder that replaces `dst` when the
   block ends without error (and is removed when it raises). The new folder carries a marker file
   (`.geoface-output.json`); an existing non-empty `dst` without that marker was not written by the
@@ -130,15 +131,64 @@ def write_csv(path: Path | str, df) -> Path:
     return write_text(path, df.to_csv(index=False))
 
 
-def write_png(path: Path | str, img: np.ndarray) -> Path:
-    """An (H, W, 3) RGB or (H, W) grey uint8 image as PNG (atomic); raises OutputError if it cannot."""
+def write_image(path: Path | str, img: np.ndarray, png_level: int = 1, jpeg_quality: int = 95) -> Path:
+    """An (H, W, 3) RGB or (H, W) grey uint8 image, encoded by the file's suffix (.png, .jpg, ...), written
+    atomically; raises OutputError naming the file if it cannot be encoded."""
     img = np.asarray(img)
     if img.dtype != np.uint8 or not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 3)):
-        raise OutputError(f"{path}: write_png needs (H, W, 3) or (H, W) uint8, got {img.dtype} {img.shape}")
-    ok, buf = cv2.imencode(".png", img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        raise OutputError(f"{path}: an image must be (H, W, 3) or (H, W) uint8, got {img.dtype} {img.shape}")
+    ext = Path(path).suffix.lower() or ".png"
+    params = [cv2.IMWRITE_PNG_COMPRESSION, png_level] if ext == ".png" else [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]
+    try:
+        ok, buf = cv2.imencode(ext, img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_RGB2BGR), params)
+    except cv2.error as e:
+        raise OutputError(f"{path}: cannot encode an image as {ext} ({e})") from None
     if not ok:
-        raise OutputError(f"{path}: PNG encoding failed")
+        raise OutputError(f"{path}: {ext} encoding failed")
     return write_bytes(path, buf.tobytes())
+
+
+def write_png(path: Path | str, img: np.ndarray) -> Path:
+    """An (H, W, 3) RGB or (H, W) grey uint8 image as PNG (atomic); raises OutputError if it cannot."""
+    return write_image(Path(path), img)
+
+
+def read_image(path: Path | str, with_alpha: bool = False, error: type[Exception] = OutputError):
+    """(H, W, 3) uint8 RGB of any 8/16-bit grey/RGB/RGBA file OpenCV reads (16-bit scaled to 8), plus the
+    (H, W) uint8 alpha or None when `with_alpha`. A missing or unreadable file raises `error` naming it."""
+    if not Path(path).is_file():
+        raise error(f"{path}: image file is missing")
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED if with_alpha else cv2.IMREAD_COLOR)
+    if img is None:
+        raise error(f"{path}: not a readable image")
+    if img.dtype == np.uint16:
+        img = (img.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+    if img.dtype != np.uint8:
+        raise error(f"{path}: unsupported pixel type {img.dtype}")
+    alpha = None
+    if img.ndim == 2:
+        rgb = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    elif img.shape[2] == 4:
+        rgb, alpha = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB), np.ascontiguousarray(img[..., 3])
+    else:
+        rgb = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return (rgb, alpha) if with_alpha else rgb
+
+
+def image_size(path: Path | str) -> tuple[int, int] | None:
+    """(width, height) of an image file as `cv2.imread` decodes it (JPEG EXIF orientation applied), read from the
+    file's header only (PIL's lazy open: no pixels are decoded). None when the header is not a readable image
+    header (the file is then reported as unreadable by whichever stage decodes it)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            # only JPEG's EXIF is read here (PNG's may sit after the pixels: reading it would decode them)
+            turned = im.format == "JPEG" and "exif" in im.info and im.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    except Exception:  # noqa: BLE001 - PIL raises many types on corrupt headers; such files are recorded later
+        return None
+    return (h, w) if turned else (w, h)
 
 
 def write_obj(path: Path | str, verts: np.ndarray, faces: np.ndarray, uv: np.ndarray | None = None,

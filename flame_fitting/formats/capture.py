@@ -19,13 +19,14 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 
 from flame_fitting.core.errors import GeofaceError
 from flame_fitting.geometry.camera import Camera, CameraError
-from flame_fitting.core.fileio import check_output_dir, make_temp_dir, replace_dir, sha256_file, write_json
+from flame_fitting.core import fileio
+from flame_fitting.core.fileio import (check_output_dir, image_size, make_temp_dir, replace_dir, sha256_file, write_image,
+                                       write_json)
 
 FORMAT = "geoface-capture"
 VERSION = 1
@@ -41,39 +42,9 @@ def frame_dir(subject: str, sequence: str, frame: int) -> str:
     return f"{subject}/{sequence}/{int(frame):05d}"
 
 
-def write_image(path: Path, rgb: np.ndarray, png_level: int = 1) -> None:
-    """Write an (H,W,3) uint8 RGB or (H,W) uint8 image; raises CaptureError if it fails."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img = rgb if rgb.ndim == 2 else cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-    params = [cv2.IMWRITE_PNG_COMPRESSION, png_level] if path.suffix.lower() == ".png" else [cv2.IMWRITE_JPEG_QUALITY, 95]
-    if not cv2.imwrite(str(path), img, params):
-        raise CaptureError(f"{path}: could not write image")
-
-
 def read_image(path: Path) -> np.ndarray:
     """(H,W,3) uint8 RGB; raises CaptureError naming the file if it is missing or unreadable."""
-    if not Path(path).is_file():
-        raise CaptureError(f"{path}: image file is missing")
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise CaptureError(f"{path}: not a readable image")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
-def image_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) of an image file as `cv2.imread` decodes it (JPEG EXIF orientation applied), read from the
-    file's header only (PIL's lazy open: no pixels are decoded). None when the header is not a readable image
-    header (the file is then reported as unreadable by whichever stage decodes it)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-            # only JPEG's EXIF is read here (PNG's may sit after the pixels: reading it would decode them)
-            turned = im.format == "JPEG" and "exif" in im.info and im.getexif().get(0x0112, 1) in (5, 6, 7, 8)
-    except Exception:  # noqa: BLE001 - PIL raises many types on corrupt headers; such files are recorded later
-        return None
-    return (h, w) if turned else (w, h)
+    return fileio.read_image(path, error=CaptureError)
 
 
 class CaptureWriter:

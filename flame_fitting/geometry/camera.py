@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from flame_fitting.core.arrays import checked_array
 from flame_fitting.core.errors import GeofaceError
 
 
@@ -22,12 +23,7 @@ class CameraError(GeofaceError, ValueError):
 
 
 def _as_f32(a, shape: tuple[int, ...], what: str) -> np.ndarray:
-    arr = np.asarray(a, dtype=np.float64)
-    if arr.shape != shape:
-        raise CameraError(f"{what}: expected shape {shape}, got {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise CameraError(f"{what}: contains NaN or inf")
-    return arr.astype(np.float32)
+    return checked_array(a, shape, what, CameraError).astype(np.float32)
 
 
 def check_rigid(m: np.ndarray, what: str = "world_to_cam", tol: float = 1e-4) -> None:

@@ -19,8 +19,8 @@ import numpy as np
 from flame_fitting.geometry.camera import Camera
 from flame_fitting.formats.capture import Capture
 from flame_fitting.formats.landmarks import KEYS, LandmarkSet
-from flame_fitting.landmarks.detector import (YAW_BANDS, LandmarkResult, detect_files, rates_by_yaw,
-                                              results_to_arrays, yaw_band_key)
+from flame_fitting.landmarks.detector import (LandmarkResult, band_means, detect_files, rates_by_yaw,
+                                              results_to_arrays)
 
 
 def _triangulate(cams: list[Camera], uv: np.ndarray) -> np.ndarray:
@@ -151,8 +151,5 @@ def landmark_metrics(cap: Capture, ls: LandmarkSet) -> dict:
         err = gt_landmark_errors(cap, ls)
         if np.isfinite(err).any():
             out["pixel_error_mean"] = float(np.nanmean(err))
-            ay = np.abs(yaw)
-            for lo, hi in YAW_BANDS:
-                sel = ((ay >= lo) if lo == 0 else (ay > lo)) & (ay <= hi) & np.isfinite(err)
-                out[f"pixel_error_{yaw_band_key(lo, hi)}"] = float(err[sel].mean()) if sel.any() else None
+            out.update({f"pixel_error_{k}": v for k, v in band_means(err, yaw).items()})
     return out

@@ -257,11 +257,17 @@ def yaw_band_key(lo: int, hi: int) -> str:
     return f"yaw_{lo}_{hi}"
 
 
-def rates_by_yaw(detected: np.ndarray, yaw_deg: np.ndarray) -> dict[str, float | None]:
-    """Detection rate per |yaw| band (None for an empty band). Bands: [0,45], (45,70], (70,90]."""
+def band_means(values: np.ndarray, yaw_deg: np.ndarray) -> dict[str, float | None]:
+    """Mean of the finite values (N,) per |yaw| band of yaw_deg (N,) (None when the band has none).
+    Bands: [0,45], (45,70], (70,90], keys `yaw_<lo>_<hi>`."""
     out = {}
-    ay = np.abs(yaw_deg)
+    values, ay = np.asarray(values, np.float64), np.abs(yaw_deg)
     for lo, hi in YAW_BANDS:
-        sel = (ay >= lo) & (ay <= hi) if lo == 0 else (ay > lo) & (ay <= hi)
-        out[yaw_band_key(lo, hi)] = float(detected[sel].mean()) if sel.any() else None
+        sel = ((ay >= lo) if lo == 0 else (ay > lo)) & (ay <= hi) & np.isfinite(values)
+        out[yaw_band_key(lo, hi)] = float(values[sel].mean()) if sel.any() else None
     return out
+
+
+def rates_by_yaw(detected: np.ndarray, yaw_deg: np.ndarray) -> dict[str, float | None]:
+    """Detection rate per |yaw| band (None for an empty band)."""
+    return band_means(np.asarray(detected, np.float64), yaw_deg)

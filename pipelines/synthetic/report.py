@@ -19,7 +19,7 @@ import numpy as np
 
 from flame_fitting.formats.capture import CaptureError, load_capture, read_image
 from flame_fitting.core.fileio import write_png
-from flame_fitting.landmarks.detector import YAW_BANDS, detect_files, rates_by_yaw, yaw_band_key
+from flame_fitting.landmarks.detector import band_means, detect_files, rates_by_yaw
 
 ACCURATE_NME = 0.1  # a detection is accurate when its mean error is at most this fraction of the face size
 
@@ -55,16 +55,6 @@ def face_size(gt: np.ndarray) -> np.ndarray:
     """(N,) sqrt of the area of the bounding box of each view's ground-truth landmarks gt (N,478,2) (NaN-safe)."""
     lo, hi = np.nanmin(gt, axis=1), np.nanmax(gt, axis=1)
     return np.sqrt(np.prod(hi - lo, axis=1))
-
-
-def band_means(values: np.ndarray, yaw_deg: np.ndarray) -> dict[str, float | None]:
-    """Mean of the finite values per |yaw| band (None when the band has none)."""
-    out = {}
-    ay = np.abs(yaw_deg)
-    for lo, hi in YAW_BANDS:
-        sel = ((ay >= lo) if lo == 0 else (ay > lo)) & (ay <= hi) & np.isfinite(values)
-        out[yaw_band_key(lo, hi)] = float(values[sel].mean()) if sel.any() else None
-    return out
 
 
 def detection_report(capture_root: Path | str, workers: int | None = None, progress: bool = False) -> dict:

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flame_fitting.formats.capture import CaptureError, image_size, load_capture
+from flame_fitting.core.fileio import image_size
+from flame_fitting.formats.capture import CaptureError, load_capture
 from test_capture import write_small
 
 

@@ -127,8 +127,8 @@ def _refused(env, tmp_path, photo, match):
 def test_refuses_non_image(env, tmp_path):
     bad = tmp_path / "notes.jpg"
     bad.write_text("not a picture")
-    _refused(env, tmp_path, bad, "notes.jpg: not an image file")
-    _refused(env, tmp_path, tmp_path / "missing.png", "missing.png: no such file")
+    _refused(env, tmp_path, bad, "notes.jpg: not a readable image")
+    _refused(env, tmp_path, tmp_path / "missing.png", "missing.png: image file is missing")
 
 
 def test_refuses_image_without_face(env, tmp_path):
