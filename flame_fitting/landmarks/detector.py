@@ -257,15 +257,17 @@ def yaw_band_key(lo: int, hi: int) -> str:
     return f"yaw_{lo}_{hi}"
 
 
+def yaw_bands(yaw_deg: np.ndarray) -> dict[str, np.ndarray]:
+    """{`yaw_<lo>_<hi>`: (N,) bool} of yaw_deg (N,) per |yaw| band: [0,45], (45,70], (70,90]."""
+    ay = np.abs(np.asarray(yaw_deg, np.float64))
+    return {yaw_band_key(lo, hi): ((ay >= lo) if lo == 0 else (ay > lo)) & (ay <= hi) for lo, hi in YAW_BANDS}
+
+
 def band_means(values: np.ndarray, yaw_deg: np.ndarray) -> dict[str, float | None]:
-    """Mean of the finite values (N,) per |yaw| band of yaw_deg (N,) (None when the band has none).
-    Bands: [0,45], (45,70], (70,90], keys `yaw_<lo>_<hi>`."""
-    out = {}
-    values, ay = np.asarray(values, np.float64), np.abs(yaw_deg)
-    for lo, hi in YAW_BANDS:
-        sel = ((ay >= lo) if lo == 0 else (ay > lo)) & (ay <= hi) & np.isfinite(values)
-        out[yaw_band_key(lo, hi)] = float(values[sel].mean()) if sel.any() else None
-    return out
+    """Mean of the finite values (N,) per |yaw| band of yaw_deg (N,) (None when the band has none)."""
+    values = np.asarray(values, np.float64)
+    sels = {k: sel & np.isfinite(values) for k, sel in yaw_bands(yaw_deg).items()}
+    return {k: float(values[sel].mean()) if sel.any() else None for k, sel in sels.items()}
 
 
 def rates_by_yaw(detected: np.ndarray, yaw_deg: np.ndarray) -> dict[str, float | None]:

@@ -19,7 +19,7 @@ import numpy as np
 
 from flame_fitting.formats.capture import CaptureError, load_capture, read_image
 from flame_fitting.core.fileio import write_png
-from flame_fitting.landmarks.detector import band_means, detect_files, rates_by_yaw
+from flame_fitting.landmarks.detector import band_means, detect_files, rates_by_yaw, yaw_bands
 
 ACCURATE_NME = 0.1  # a detection is accurate when its mean error is at most this fraction of the face size
 
@@ -82,9 +82,7 @@ def detection_report(capture_root: Path | str, workers: int | None = None, progr
         out[f"accurate_rate_{key}"] = rate
     for key, e in band_means(err, yaw).items():
         out[f"pixel_error_{key}"] = e
-    ay = np.abs(yaw)
-    for lo, hi in YAW_BANDS:
-        out[f"n_views_{yaw_band_key(lo, hi)}"] = int((((ay >= lo) if lo == 0 else (ay > lo)) & (ay <= hi)).sum())
+    out.update({f"n_views_{k}": int(sel.sum()) for k, sel in yaw_bands(yaw).items()})
     out["detection_rate"] = float(detected.mean())
     out["accurate_rate"] = float(accurate.mean())
     out["pixel_error"] = float(np.nanmean(err)) if np.isfinite(err).any() else None
