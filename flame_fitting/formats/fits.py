@@ -16,5 +16,6 @@ def fit_folders(fits_dir: Path | str) -> list[Path]:
 
 
 def load_sequence_fit(folder: Path) -> dict[str, np.ndarray]:
-    with np.load(Path(folder) / "fit.npz") as z:
+    """The arrays of `<folder>/fit.npz` (see the module docstring), read without pickle."""
+    with np.load(Path(folder) / "fit.npz", allow_pickle=False) as z:
         return {k: z[k] for k in z.files}

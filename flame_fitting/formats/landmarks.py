@@ -43,6 +43,8 @@ def save_landmarks(ls: LandmarkSet, out_dir: Path | str, overwrite: bool = True)
 
 
 def load_landmarks(out_dir: Path | str) -> LandmarkSet:
+    """The landmarks folder the landmarks stage wrote; CaptureError naming the file when it is missing or its
+    points do not match its table."""
     out_dir = Path(out_dir)
     try:
         table = pd.read_parquet(out_dir / "detections.parquet")
