@@ -65,7 +65,7 @@ def cmd_fit(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from pipelines.common import ImportConfig
+    from pipelines.import_config import ImportConfig
     from flame_fitting.core.params import build_config
     from pipelines.registry import import_capture
 

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from flame_fitting.formats.capture import CaptureError
-from pipelines.common import CaptureImport, ImportConfig, ImportReport, camera_names, select_names
+from pipelines.common import CaptureImport
+from pipelines.import_config import camera_names, ImportConfig, ImportReport, select_names
 
 # model id -> (name, number of params); every COLMAP model so unsupported ones are still parsed
 MODELS = {0: ("SIMPLE_PINHOLE", 3), 1: ("PINHOLE", 4), 2: ("SIMPLE_RADIAL", 4), 3: ("RADIAL", 5), 4: ("OPENCV", 8),

@@ -35,10 +35,8 @@ import numpy as np
 from flame_fitting.geometry.camera import Camera, CameraError
 from flame_fitting.formats.capture import CaptureError, CaptureWriter
 from flame_fitting.core.fileio import sha256_file
-from pipelines.import_config import (ImportConfig, ImportReport, as_matrix, camera_names, load_json,  # noqa: F401
-                                     select_frames, select_names, subject_split)
-from pipelines.views import (ViewProcessor, _undistort_maps, crop_for, read_image_file, scale_to_image,  # noqa: F401
-                             undistort_maps)
+from pipelines.import_config import ImportConfig, ImportReport, as_matrix, subject_split
+from pipelines.views import ViewProcessor, read_image_file
 
 
 # --- the import session ------------------------------------------------------------------

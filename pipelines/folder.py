@@ -19,7 +19,9 @@ from pathlib import Path
 import cv2
 
 from flame_fitting.formats.capture import CaptureError
-from pipelines.common import CaptureImport, ImportConfig, ImportReport, load_json, read_image_file, select_frames, select_names
+from pipelines.common import CaptureImport
+from pipelines.import_config import ImportConfig, ImportReport, load_json, select_frames, select_names
+from pipelines.views import read_image_file
 
 EXTS = (".png", ".jpg", ".jpeg")
 

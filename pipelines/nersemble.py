@@ -21,7 +21,9 @@ import cv2
 import numpy as np
 
 from flame_fitting.formats.capture import CaptureError
-from pipelines.common import CaptureImport, ImportConfig, ImportReport, load_json, read_image_file, select_frames, select_names
+from pipelines.common import CaptureImport
+from pipelines.import_config import ImportConfig, ImportReport, load_json, select_frames, select_names
+from pipelines.views import read_image_file
 from pipelines.nersemble_cameras import (OPTION, correct_color, correct_color_affine, intrinsics_size, load_color_calibration,
                                          load_color_correction, same_aspect)
 from pipelines.nersemble_layouts import (Participant, View, base_size, find_participants, list_views, read_mask, stored_size,

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from flame_fitting.formats.capture import CaptureError
-from pipelines.common import as_matrix, load_json
+from pipelines.import_config import as_matrix, load_json
 
 FULL_SIZE = (2200, 3208)  # NeRSemble's full-resolution frames (width, height)
 CENTRE_TOLERANCE = 0.1    # |cx / W - 0.5| and |cy / H - 0.5| at most this for "the principal point is at the centre"

@@ -24,7 +24,9 @@ import cv2
 import numpy as np
 
 from flame_fitting.formats.capture import CaptureError
-from pipelines.common import CaptureImport, ImportConfig, read_image_file
+from pipelines.common import CaptureImport
+from pipelines.import_config import ImportConfig
+from pipelines.views import read_image_file
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 VHAP_NAME = re.compile(r"cam_(.+)_(\d+)")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from flame_fitting.formats.capture import CaptureError
 from flame_fitting.core.fileio import check_output_dir
-from pipelines.common import ImportConfig, ImportReport
+from pipelines.import_config import ImportConfig, ImportReport
 
 SOURCES = ("synthetic", "nersemble", "renderme360", "colmap", "transforms_json", "folder")
 READERS = {"nersemble": "pipelines.nersemble", "renderme360": "pipelines.renderme360", "colmap": "pipelines.colmap",

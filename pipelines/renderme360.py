@@ -35,7 +35,8 @@ except ImportError:  # pragma: no cover - the dev environment has it
 
 from flame_fitting.geometry.camera import CameraError, check_rigid
 from flame_fitting.formats.capture import CaptureError
-from pipelines.common import CaptureImport, ImportConfig, ImportReport, as_matrix, select_frames, select_names
+from pipelines.common import CaptureImport
+from pipelines.import_config import as_matrix, ImportConfig, ImportReport, select_frames, select_names
 
 FLAME_SKIP = ("albedos",)
 

@@ -29,8 +29,9 @@ import numpy as np
 
 from flame_fitting.geometry.camera import CameraError, check_rigid
 from flame_fitting.formats.capture import CaptureError
-from pipelines.common import (CaptureImport, ImportConfig, ImportReport, as_matrix, camera_names, load_json, read_image_file,
-                              select_names)
+from pipelines.common import CaptureImport
+from pipelines.import_config import as_matrix, camera_names, ImportConfig, ImportReport, load_json, select_names
+from pipelines.views import read_image_file
 
 GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")

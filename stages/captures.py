@@ -18,7 +18,7 @@ from common import run, write_json
 
 from flame_fitting.formats.capture import load_capture
 from flame_fitting.core.params import ParamsError, build_config, read_params, spec
-from pipelines.common import ImportConfig
+from pipelines.import_config import ImportConfig
 from pipelines.registry import SOURCES, import_capture
 
 OUT = Path("data/captures")

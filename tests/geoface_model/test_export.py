@@ -9,7 +9,7 @@ from flame_fitting.geometry.camera import Camera, intrinsics, look_at
 from flame_fitting.formats.capture import load_capture
 from geoface_model.export import (ExportError, export_3dgs, opengl_c2w, read_ply, rotmat_to_qvec, vertex_colors)
 from pipelines.colmap import qvec_to_rotmat
-from pipelines.common import ImportConfig
+from pipelines.import_config import ImportConfig
 from pipelines.registry import import_capture
 from pipelines.transforms_json import world_to_cam_from_gl
 

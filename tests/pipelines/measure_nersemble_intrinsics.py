@@ -10,7 +10,7 @@ import numpy as np
 sys.path.insert(0, "tests/pipelines")
 from writers import Scene, make_cameras, projection_error, write_nersemble
 from flame_fitting.formats.capture import load_capture, CaptureError
-from pipelines.common import ImportConfig
+from pipelines.import_config import ImportConfig
 from pipelines.nersemble import import_capture
 out = {}
 for w, h in [(1100, 1604), (1604, 1100), (550, 802)]:

@@ -9,7 +9,7 @@ from writers import WIDE_POINTS, Scene, flipped, make_cameras, projection_error,
 
 from flame_fitting.formats.capture import CaptureError, load_capture
 from pipelines.colmap import import_capture
-from pipelines.common import ImportConfig
+from pipelines.import_config import ImportConfig
 
 
 def check_capture(out, scene, exact_images=True, tol=0.3):

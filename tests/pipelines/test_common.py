@@ -9,8 +9,9 @@ from writers import WIDE_POINTS, Scene, make_cameras, projection_error
 
 from flame_fitting.formats.capture import CaptureError
 from flame_fitting.core.params import ParamsError, build_config
-from pipelines.common import (CaptureImport, ImportConfig, ViewProcessor, camera_names, scale_to_image, select_frames,
-                              subject_split)
+from pipelines.common import CaptureImport
+from pipelines.import_config import camera_names, ImportConfig, select_frames, subject_split
+from pipelines.views import scale_to_image, ViewProcessor
 
 
 def dist(i):

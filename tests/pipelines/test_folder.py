@@ -6,7 +6,7 @@ import pytest
 from writers import Scene, flipped, make_cameras, projection_error, write_folder
 
 from flame_fitting.formats.capture import CaptureError, load_capture
-from pipelines.common import ImportConfig
+from pipelines.import_config import ImportConfig
 from pipelines.folder import import_capture
 
 

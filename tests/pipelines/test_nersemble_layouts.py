@@ -10,7 +10,7 @@ import pytest
 from writers import Scene, make_cameras, projection_error, silhouette, srgb_to_linear, write_nersemble
 
 from flame_fitting.formats.capture import CaptureError, load_capture
-from pipelines.common import ImportConfig
+from pipelines.import_config import ImportConfig
 from pipelines.nersemble import correct_color, correct_color_affine, import_capture
 from pipelines.nersemble_cameras import FULL_SIZE, intrinsics_size
 

@@ -3,7 +3,7 @@ import pytest
 from writers import Scene, make_cameras, write_colmap, write_folder, write_transforms
 
 from flame_fitting.formats.capture import CaptureError, load_capture
-from pipelines.common import ImportConfig
+from pipelines.import_config import ImportConfig
 from pipelines.registry import SOURCES, import_capture
 
 

@@ -8,7 +8,7 @@ import pytest
 from writers import FLAME_KEYS, WIDE_POINTS, Scene, cam_to_world64, flipped, make_cameras, projection_error, write_renderme360
 
 from flame_fitting.formats.capture import CaptureError, load_capture
-from pipelines.common import ImportConfig
+from pipelines.import_config import ImportConfig
 from pipelines.renderme360 import import_capture
 
 KEYPOINTS = np.random.default_rng(3).uniform(-0.2, 0.2, (106, 3)) * [1, 1, 0.3]

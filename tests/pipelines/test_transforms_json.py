@@ -10,7 +10,7 @@ from writers import (GL_FLIP, WIDE_POINTS, Scene, cam_to_world64, flipped, make_
                      write_transforms)
 
 from flame_fitting.formats.capture import CaptureError, load_capture
-from pipelines.common import ImportConfig
+from pipelines.import_config import ImportConfig
 from pipelines.transforms_json import import_capture
 
 
