@@ -19,9 +19,9 @@ Manifest extras written for every image: `source_path` (raw file relative to the
 `source_key` (frame of a video / dataset inside an HDF5 file, else null) and `source_sha256`
 (sha256 of the raw file when that file is exactly this one image, else null).
 
-The code is split by concern; this module is the public façade (every name stays importable from here)
-plus the import session `CaptureImport`: `pipelines.import_config` (config, report, selection / split
-rules, JSON / matrix parsing) and `pipelines.views` (image files, undistort / crop / resize per camera).
+This module is the import session `CaptureImport`; its neighbours are `pipelines.import_config` (config,
+report, selection / split rules, JSON / matrix parsing) and `pipelines.views` (image files, undistort /
+crop / resize per camera).
 """
 from __future__ import annotations
 
