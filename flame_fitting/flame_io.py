@@ -14,7 +14,8 @@ The code is split by concern; this module is the public façade (every name belo
 here), plus the whole-folder validation and the CLI:
 
 * `flame_spec`   file names, FLAME dimensions, `HeadModelError`, model-array / head_model.json checks;
-* `flame_pickle` chumpy-free unpickling, `load_model_arrays`, `convert_flame_pickle`;
+* `flame_pickle` the one restricted (allow-list) unpickler for pickles and object .npy files, chumpy-free,
+  `load_model_arrays`, `convert_flame_pickle`;
 * `flame_assets` the template OBJ (`read_obj`) and the landmark embeddings.
 """
 from __future__ import annotations
@@ -32,7 +33,7 @@ from flame_fitting.flame_assets import (Embedding, ObjMesh, _parse_obj_line, _re
                                         read_obj)
 from flame_fitting.flame_pickle import (_SAFE_BUILTINS, _as_array, _ChumpyStandIn, _FlameUnpickler,  # noqa: F401
                                         _resolve, _SparseStandIn, convert_flame_pickle, load_model_arrays,
-                                        load_pickle)
+                                        load_object_npy, load_pickle)
 from flame_fitting.flame_spec import (DYNAMIC_EMBEDDING, EXPR_SPACE, FLAME_N_VERTICES, HEAD_MODEL_JSON,  # noqa: F401
                                       IBUG68_EMBEDDING, KINDS, LAYOUT_HELP, MEDIAPIPE_EMBEDDING, MODEL_FILES,
                                       N_JOINTS, N_MEDIAPIPE, N_POSE_BASIS, REQUIRED_KEYS, SHAPE_SPACE,
