@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,7 @@ class FlameFolder:
     ibug68: Embedding | None = None
     meta: dict = field(default_factory=dict)  # head_model.json ({} when absent)
     ignored_model_files: list = field(default_factory=list)
+    model_arrays: dict = field(default_factory=dict, repr=False)  # the model file's numeric arrays, validated
 
     def describe(self) -> dict:
         return {"path": str(self.path), "kind": self.kind, "model_file": self.model_file.name,
@@ -110,7 +112,17 @@ def load_flame_folder(path: Path | str) -> FlameFolder:
         static=load_static_embedding(folder / STATIC_EMBEDDING, F),
         dynamic=load_dynamic_embedding(dyn, F) if dyn.exists() else None,
         ibug68=check_embedding(_read_npz(ibug), F, ibug, count=68) if ibug.exists() else None,
-        meta=meta, ignored_model_files=ignored)
+        meta=meta, ignored_model_files=ignored, model_arrays=arrays)
+
+
+def write_smplx_copy(info: FlameFolder, dst: Path | str) -> None:
+    """Write into folder `dst` what smplx's FLAME reads, from the validated arrays only: FLAME_NEUTRAL.npz
+    (plain numeric arrays) and flame_static_embedding.pkl (two arrays, pickled here). smplx itself reads
+    with `pickle.load` / `np.load(allow_pickle=True)`, so it is never given a user's file."""
+    dst = Path(dst)
+    np.savez(dst / "FLAME_NEUTRAL.npz", **info.model_arrays)
+    with open(dst / STATIC_EMBEDDING, "wb") as fh:
+        pickle.dump({"lmk_face_idx": info.static.face_idx, "lmk_b_coords": info.static.bary}, fh, protocol=2)
 
 
 def validate_flame_folder(path: Path | str) -> dict:
