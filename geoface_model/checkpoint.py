@@ -42,7 +42,7 @@ _STEP_RE = re.compile(r"^step_(\d{6,})$")
 
 
 class TrainState:
-    """Small custom checkpoint object (accelerate `register_for_checkpointing`): step + logged rows."""
+    """Step + logged loss rows, saved as JSON beside the checkpoint (`save_extra_state`)."""
 
     def __init__(self):
         self.step = 0
