@@ -11,7 +11,8 @@ converter unpickles them with stand-in classes (never importing chumpy) and writ
 Any bad input raises `HeadModelError` naming the file, the key and the expected/actual shape.
 
 The code is split by concern; this module is the public façade (every name below stays importable from
-here), plus the whole-folder validation and the CLI:
+here), plus the whole-folder validation, `write_smplx_copy` (what smplx reads, written from the validated
+arrays) and the CLI:
 
 * `flame_spec`   file names, FLAME dimensions, `HeadModelError`, model-array / head_model.json checks;
 * `flame_pickle` the one restricted (allow-list) unpickler for pickles and object .npy files, chumpy-free,

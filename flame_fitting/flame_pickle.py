@@ -167,7 +167,7 @@ def load_pickle(path: Path | str, allow_chumpy: bool = False, hint: str | None =
             return _unpickle(fh, path, allow_chumpy, hint)
     except FileNotFoundError:
         raise HeadModelError(f"{path}: missing. {LAYOUT_HELP}") from None
-    except (IsADirectoryError, PermissionError) as e:
+    except OSError as e:
         raise HeadModelError(f"{path}: cannot read ({e})") from None
 
 
