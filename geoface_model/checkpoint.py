@@ -1,34 +1,50 @@
-"""Training checkpoints and loss curves: atomic writes, integrity check, fallback on resume.
+"""Training checkpoints, loss curves and the runs kept side by side: atomic writes, integrity check,
+fallback on resume, no pickled state of ours, pruning of old runs by count.
 
-Layout under `out_dir`:
+Layout under `out_dir` (one run):
     checkpoints/step_000200/   accelerate `save_state` (model.safetensors, optimizer.bin, scheduler.bin,
-                               custom_checkpoint_0.pkl = EMA, custom_checkpoint_1.pkl = TrainState, RNG)
-                               + complete.json {"step", "files": {name: sha256}} written last
+                               random_states_<rank>.pkl; accelerate reads these with torch's weights_only
+                               unpickler) + ema.safetensors (EMA shadow weights) + train_state.json (step, loss
+                               rows, EMA counters) + complete.json {"step", "files": {name: sha256}} written last
+    run.json                   {"run_id", "last_used"}: when the run was last started (see `prune_runs`)
     loss.csv                   step, loss, diffusion_loss, align_loss, lr (rewritten atomically)
     loss.csv.partial           the same rows appended live at every logging step
 
-A checkpoint is written into `checkpoints/.tmp_step_XXXXXX/`, hashed, marked complete, then renamed,
-so a crash leaves either the previous state or a `.tmp_*` directory that is ignored and removed.
+A checkpoint is written into `checkpoints/.step_XXXXXX.geoface-tmp-shared/` (fileio's name every process
+agrees on), hashed, marked complete, then renamed, so a crash leaves either the previous state or a
+temporary directory that is ignored and removed.
 On resume the newest checkpoint whose marker and checksums verify AND that loads is used; each one
-skipped is reported with its reason.
+skipped is reported with its reason. Nothing in a checkpoint can run code when loaded: our own state is
+safetensors + JSON (`save_extra_state` / `load_extra_state`, never accelerate's pickled custom objects),
+and accelerate's files are read with `weights_only=True`. A checkpoint holding pickled custom state
+(`custom_checkpoint_*.pkl`, the format before) is never loaded.
+
+Several runs live side by side under one state root (the `train` stage: models/train_state/<run id>/);
+`touch_run` stamps a run as used and `prune_runs` deletes the least recently used beyond `keep`.
 """
 from __future__ import annotations
 
 import csv
-import hashlib
+import io
 import json
-import os
 import re
 import shutil
+import time
 from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from flame_fitting.core.fileio import TMP_TAG, replace_dir, sha256_file, write_json, write_text
 
 COLUMNS = ("step", "loss", "diffusion_loss", "align_loss", "lr")
 MARKER = "complete.json"
+EMA_FILE, STATE_FILE, RUN_FILE = "ema.safetensors", "train_state.json", "run.json"
+EMA_KEYS = ("decay", "min_decay", "optimization_step", "update_after_step", "use_ema_warmup", "inv_gamma", "power")
 _STEP_RE = re.compile(r"^step_(\d{6,})$")
 
 
 class TrainState:
-    """Small custom checkpoint object (accelerate `register_for_checkpointing`): step + logged rows."""
+    """Step + logged loss rows, saved as JSON beside the checkpoint (`save_extra_state`)."""
 
     def __init__(self):
         self.step = 0
@@ -39,6 +55,66 @@ class TrainState:
 
     def load_state_dict(self, d: dict) -> None:
         self.step, self.rows = int(d["step"]), [dict(r) for r in d["rows"]]
+
+
+def save_extra_state(ckpt: Path, ema, state: TrainState) -> None:
+    """Write the EMA (`diffusers` EMAModel) and `state` into checkpoint folder `ckpt` as safetensors + JSON."""
+    ema_sd = ema.state_dict()
+    save_file({f"shadow.{i:05d}": p.detach().contiguous().cpu() for i, p in enumerate(ema_sd["shadow_params"])},
+              str(Path(ckpt) / EMA_FILE))
+    ema_scalars = {k: ema_sd[k] for k in EMA_KEYS}
+    (Path(ckpt) / STATE_FILE).write_text(json.dumps({**state.state_dict(), "ema": ema_scalars}, indent=1))
+
+
+def load_extra_state(ckpt: Path, ema, state: TrainState) -> None:
+    """Inverse of `save_extra_state`; the EMA shadow weights stay on their device. Raises ValueError
+    naming the file when something is missing or does not match the model."""
+    ckpt = Path(ckpt)
+    try:
+        info = json.loads((ckpt / STATE_FILE).read_text())
+        tensors = load_file(str(ckpt / EMA_FILE))
+    except (OSError, ValueError, json.JSONDecodeError) as e:
+        raise ValueError(f"{ckpt}: cannot read {STATE_FILE} / {EMA_FILE} ({e})") from None
+    shadow = [tensors[k] for k in sorted(tensors)]
+    if len(shadow) != len(ema.shadow_params) or any(a.shape != b.shape for a, b in zip(shadow, ema.shadow_params)):
+        raise ValueError(f"{ckpt / EMA_FILE}: {len(shadow)} tensors do not match the model's "
+                         f"{len(ema.shadow_params)} parameters")
+    ema.load_state_dict({**{k: info["ema"][k] for k in EMA_KEYS},
+                         "shadow_params": [t.to(p.device, p.dtype) for t, p in zip(shadow, ema.shadow_params)]})
+    state.load_state_dict(info)
+
+
+def pickled_custom_state(ckpt: Path) -> list[str]:
+    """Names of pickled custom-object files (accelerate `register_for_checkpointing`) in `ckpt`: never loaded."""
+    return sorted(p.name for p in Path(ckpt).glob("custom_checkpoint_*.pkl"))
+
+
+def touch_run(run_dir: Path, run_id: str) -> None:
+    """Create `run_dir` and stamp it as used now (`RUN_FILE`)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / RUN_FILE, {"run_id": run_id, "last_used": time.time()}, indent=None)
+
+
+def _last_used(run_dir: Path) -> float:
+    try:
+        return float(json.loads((run_dir / RUN_FILE).read_text())["last_used"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return run_dir.stat().st_mtime
+
+
+def prune_runs(state_root: Path, keep: int, current: Path) -> list[Path]:
+    """Delete the least recently used run folders under `state_root` so that at most `keep` remain,
+    never `current`. Only folders a training run wrote (with `RUN_FILE`, or `geoface_config.json` from
+    before) count; anything else is left alone. Returns the deleted folders."""
+    root, current = Path(state_root), Path(current)
+    runs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.resolve() != current.resolve()
+            and ((p / RUN_FILE).is_file() or (p / "geoface_config.json").is_file())] if root.is_dir() else []
+    runs.sort(key=lambda p: (_last_used(p), p.name), reverse=True)
+    gone = runs[max(keep - 1, 0):]
+    for p in gone:
+        shutil.rmtree(p)
+    return gone
 
 
 def checkpoint_dir(out_dir: Path, step: int) -> Path:
@@ -54,21 +130,11 @@ def list_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found, reverse=True)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def finalize_checkpoint(tmp: Path, final: Path, step: int) -> None:
     """Hash every file of `tmp`, write the completion marker, rename to `final` (replacing it)."""
-    files = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-    (tmp / MARKER).write_text(json.dumps({"step": step, "files": files}, indent=1))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+    write_json(tmp / MARKER, {"step": step, "files": files}, indent=1)
+    replace_dir(tmp, final)
 
 
 def verify_checkpoint(path: Path) -> str | None:
@@ -85,7 +151,7 @@ def verify_checkpoint(path: Path) -> str | None:
         p = path / name
         if not p.is_file():
             return f"missing file {name}"
-        if _sha256(p) != digest:
+        if sha256_file(p) != digest:
             return f"checksum mismatch in {name}"
     return None
 
@@ -95,17 +161,16 @@ def prune_checkpoints(out_dir: Path, keep: int) -> None:
     for _, p in list_checkpoints(out_dir)[keep:]:
         shutil.rmtree(p, ignore_errors=True)
     root = Path(out_dir) / "checkpoints"
-    for p in root.glob(".tmp_step_*"):
+    for p in root.glob(f".*{TMP_TAG}*"):  # a checkpoint whose writing was interrupted
         shutil.rmtree(p, ignore_errors=True)
 
 
 def write_csv_atomic(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        w.writeheader()
-        w.writerows({k: r[k] for k in COLUMNS} for r in rows)
-    os.replace(tmp, path)
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=COLUMNS)
+    w.writeheader()
+    w.writerows({k: r[k] for k in COLUMNS} for r in rows)
+    write_text(path, buf.getvalue())
 
 
 class LossLog:

@@ -97,6 +97,8 @@ class TrainConfig:
     ema_decay: float = spec(0.999, "EMA decay (diffusers EMAModel, with its (1+n)/(10+n) warm-up)", lo=0.0, hi=1.0)
     checkpoint_every: int = spec(100, "optimizer steps between checkpoints", lo=1)
     keep_checkpoints: int = spec(3, "most recent checkpoints kept (older ones deleted)", lo=2)
+    keep_states: int = spec(3, "train stage: resumable runs (models/train_state/<run id>/) kept, the most recently "
+                               "used ones; older runs are deleted. Not part of the run id", lo=1)
     log_every: int = spec(1, "optimizer steps between loss-curve rows", lo=1)
     num_workers: int = spec(0, "DataLoader worker processes", lo=0)
     n_ref: int = spec(1, "clean reference views per sample", lo=1)

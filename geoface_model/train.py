@@ -8,14 +8,16 @@ Determinism: data order = accelerate's seedable sampler (seed + epoch), view cho
 run replays exactly the batches and noise of an uninterrupted one.
 
 Outputs in out_dir: checkpoints/step_XXXXXX/ (see checkpoint.py), loss.csv, geoface_config.json,
-model/ (EMA weights, `GeoFaceTransformer.from_pretrained`).
+model/ (EMA weights, `GeoFaceTransformer.from_pretrained`). Resume never unpickles anything but tensors and
+plain containers (checkpoint.py): EMA and step/loss rows are safetensors + JSON, accelerate's own files are
+read with `weights_only=True`.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
-import os
+import pickle
 import resource
 import shutil
 import time
@@ -28,8 +30,10 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from .checkpoint import (LossLog, TrainState, checkpoint_dir, finalize_checkpoint, list_checkpoints,
-                         prune_checkpoints, verify_checkpoint)
+from flame_fitting.core.fileio import replace_dir, temp_path
+
+from .checkpoint import (LossLog, TrainState, checkpoint_dir, finalize_checkpoint, list_checkpoints, load_extra_state,
+                         pickled_custom_state, prune_checkpoints, save_extra_state, verify_checkpoint)
 from .config import GeoFaceConfig
 from .data import GeoFaceDataset, ShardError, check_compatible, collate
 from .diffusion import make_noise_scheduler, training_losses
@@ -54,17 +58,39 @@ def _check_run_dir(out_dir: Path, cfg: GeoFaceConfig) -> None:
                                  f"({old.get(sec)} vs {cfg.to_dict()[sec]}); use a fresh out_dir")
 
 
-def _resume(accelerator: Accelerator, out_dir: Path) -> tuple[str | None, list[dict]]:
+def _tensor_file_reason(f: Path) -> str | None:
+    """None if accelerate's `.bin` / `.pkl` file `f` loads with torch's weights_only unpickler (tensors, plain
+    containers, numpy RNG arrays), else why not (the refused global, when that is the reason)."""
+    from accelerate.utils import load as accelerate_load  # torch.load(weights_only=True) + numpy RNG classes
+
+    try:
+        accelerate_load(f, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure makes the checkpoint unusable
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        why = next((ln for ln in lines if "Unsupported global" in ln), lines[0] if lines else "")
+        return f"{f.name} is not plain tensors, not loaded ({type(e).__name__}: {why[:300]})"
+    return None
+
+
+def _resume(accelerator: Accelerator, out_dir: Path, ema: EMAModel, state: TrainState) -> tuple[str | None, list[dict]]:
     """Load the newest intact checkpoint; returns (its path, the skipped ones with reasons)."""
     skipped = []
     for step, path in list_checkpoints(out_dir):
         reason = verify_checkpoint(path)
+        if reason is None and pickled_custom_state(path):
+            reason = (f"holds pickled state ({', '.join(pickled_custom_state(path))}), which is never loaded; "
+                      "it was written by an older version")
+        if reason is None:  # accelerate swallows an unreadable RNG file and goes on with other random states
+            reason = next(filter(None, map(_tensor_file_reason, sorted(path.glob("random_states_*.pkl")))), None)
         if reason is None:
             try:
-                accelerator.load_state(str(path))
+                accelerator.load_state(str(path), load_kwargs={"weights_only": True})
+                load_extra_state(path, ema, state)
                 return str(path), skipped
             except Exception as e:  # a damaged file that still hashes (e.g. truncated before hashing)
-                reason = f"load failed: {type(e).__name__}: {e}"
+                reason = f"load failed: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"
+                if isinstance(e, pickle.UnpicklingError):  # name the file torch refused
+                    reason = next(filter(None, map(_tensor_file_reason, sorted(path.glob("*.bin")))), reason)
         log.warning("checkpoint %s is unusable (%s); falling back to the previous one", path, reason)
         skipped.append({"path": str(path), "reason": reason})
     return None, skipped
@@ -136,8 +162,7 @@ def train(cfg: GeoFaceConfig, data: str | Path | GeoFaceDataset, out_dir: str | 
     ema = EMAModel(unwrapped.parameters(), decay=tc.ema_decay)
     ema.to(accelerator.device)
     state = TrainState()
-    accelerator.register_for_checkpointing(ema, state)
-    resumed_from, skipped = _resume(accelerator, out_dir) if resume else (None, [])
+    resumed_from, skipped = _resume(accelerator, out_dir, ema, state) if resume else (None, [])
     if resumed_from:
         log.info("resumed from %s at step %d", resumed_from, state.step)
     if accelerator.is_main_process:
@@ -184,18 +209,15 @@ def train(cfg: GeoFaceConfig, data: str | Path | GeoFaceDataset, out_dir: str | 
             bar.set_postfix(loss=f"{row['loss']:.4f}")
         bar.update(1)
         if state.step % tc.checkpoint_every == 0 or state.step == tc.steps:
-            _save_checkpoint(accelerator, out_dir, state.step, tc.keep_checkpoints, losslog)
+            _save_checkpoint(accelerator, out_dir, state.step, tc.keep_checkpoints, losslog, ema, state)
     bar.close()
     completed = state.step >= tc.steps
     if completed and accelerator.is_main_process:
         losslog.flush()
         ema.copy_to(unwrapped.parameters())
-        tmp = out_dir / ".model.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = temp_path(out_dir / "model")
         unwrapped.save_pretrained(str(tmp))
-        if (out_dir / "model").exists():
-            shutil.rmtree(out_dir / "model")
-        os.replace(tmp, out_dir / "model")
+        replace_dir(tmp, out_dir / "model")
     accelerator.wait_for_everyone()
     rows = losslog.rows
     k = max(1, min(5, len(rows) // 2))
@@ -208,9 +230,10 @@ def train(cfg: GeoFaceConfig, data: str | Path | GeoFaceDataset, out_dir: str | 
             "skipped_checkpoints": skipped, "mixed_precision": mp, "device": str(accelerator.device), "n_params": n_params}
 
 
-def _save_checkpoint(accelerator: Accelerator, out_dir: Path, step: int, keep: int, losslog: LossLog) -> None:
+def _save_checkpoint(accelerator: Accelerator, out_dir: Path, step: int, keep: int, losslog: LossLog, ema: EMAModel,
+                     state: TrainState) -> None:
     final = checkpoint_dir(out_dir, step)
-    tmp = final.with_name(f".tmp_{final.name}")
+    tmp = temp_path(final, shared=True)  # every process of the run writes into the same folder
     accelerator.wait_for_everyone()
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
@@ -218,6 +241,7 @@ def _save_checkpoint(accelerator: Accelerator, out_dir: Path, step: int, keep: i
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        save_extra_state(tmp, ema, state)
         finalize_checkpoint(tmp, final, step)
         losslog.flush()
         prune_checkpoints(out_dir, keep)

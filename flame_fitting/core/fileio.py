@@ -43,11 +43,15 @@ class OutputError(GeofaceError, ValueError):
     """An output the toolkit refuses to write: it would replace data it did not write, or an input."""
 
 
-def temp_path(dst: Path | str) -> Path:
+def temp_path(dst: Path | str, shared: bool = False) -> Path:
     """A fresh temporary sibling of `dst` in the toolkit's one naming scheme (the stale temporaries of
-    `dst` are removed first; its parent folder is created)."""
+    `dst` are removed first; its parent folder is created). `shared`: the one name every process of a
+    distributed run computes alike (`.<name>.geoface-tmp-shared`), for a folder they write together; it is
+    removed by whoever writes `dst` next, never by `clean_stale`."""
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
+    if shared:
+        return dst.parent / f".{dst.name}{TMP_TAG}shared"
     clean_stale(dst)
     return dst.parent / f".{dst.name}{TMP_TAG}{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flame_fitting.head.flame_pickle import _resolve, load_pickle
+from flame_fitting.head.flame_pickle import _resolve, load_object_npy, load_pickle
 from flame_fitting.head.flame_spec import LAYOUT_HELP, N_MEDIAPIPE, HeadModelError, _shape_error
 
 
@@ -140,10 +140,8 @@ def load_static_embedding(path: Path, n_faces: int) -> Embedding:
 
 
 def load_dynamic_embedding(path: Path, n_faces: int) -> Embedding:
-    try:
-        data = np.load(path, allow_pickle=True, encoding="latin1")[()]
-    except Exception as e:  # noqa: BLE001
-        raise HeadModelError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
+    arr = load_object_npy(path, hint="re-save it as a dict of plain numpy arrays")  # FLAME's np.save of a dict
+    data = arr[()] if arr.shape == () else arr
     if not isinstance(data, dict):
         raise HeadModelError(f"{path}: expected a saved dict, found {type(data).__name__}")
-    return check_embedding(data, n_faces, path, ndim=2)
+    return check_embedding({k: _resolve(v) for k, v in data.items()}, n_faces, path, ndim=2)

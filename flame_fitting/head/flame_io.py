@@ -11,16 +11,19 @@ converter unpickles them with stand-in classes (never importing chumpy) and writ
 Any bad input raises `HeadModelError` naming the file, the key and the expected/actual shape.
 
 The code is split by concern; this module is the public façade (every name below stays importable from
-here), plus the whole-folder validation and the CLI:
+here), plus the whole-folder validation, `write_smplx_copy` (what smplx reads, written from the validated
+arrays) and the CLI:
 
 * `flame_spec`   file names, FLAME dimensions, `HeadModelError`, model-array / head_model.json checks;
-* `flame_pickle` chumpy-free unpickling, `load_model_arrays`, `convert_flame_pickle`;
+* `flame_pickle` the one restricted (allow-list) unpickler for pickles and object .npy files, chumpy-free,
+  `load_model_arrays`, `convert_flame_pickle`;
 * `flame_assets` the template OBJ (`read_obj`) and the landmark embeddings.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +35,7 @@ from flame_fitting.head.flame_assets import (Embedding, ObjMesh, _parse_obj_line
                                         read_obj)
 from flame_fitting.head.flame_pickle import (_SAFE_BUILTINS, _as_array, _ChumpyStandIn, _FlameUnpickler,  # noqa: F401
                                         _resolve, _SparseStandIn, convert_flame_pickle, load_model_arrays,
-                                        load_pickle)
+                                        load_object_npy, load_pickle)
 from flame_fitting.head.flame_spec import (DYNAMIC_EMBEDDING, EXPR_SPACE, FLAME_N_VERTICES, HEAD_MODEL_JSON,  # noqa: F401
                                       IBUG68_EMBEDDING, KINDS, LAYOUT_HELP, MEDIAPIPE_EMBEDDING, MODEL_FILES,
                                       N_JOINTS, N_MEDIAPIPE, N_POSE_BASIS, REQUIRED_KEYS, SHAPE_SPACE,
@@ -59,6 +62,7 @@ class FlameFolder:
     ibug68: Embedding | None = None
     meta: dict = field(default_factory=dict)  # head_model.json ({} when absent)
     ignored_model_files: list = field(default_factory=list)
+    model_arrays: dict = field(default_factory=dict, repr=False)  # the model file's numeric arrays, validated
 
     def describe(self) -> dict:
         return {"path": str(self.path), "kind": self.kind, "model_file": self.model_file.name,
@@ -109,7 +113,17 @@ def load_flame_folder(path: Path | str) -> FlameFolder:
         static=load_static_embedding(folder / STATIC_EMBEDDING, F),
         dynamic=load_dynamic_embedding(dyn, F) if dyn.exists() else None,
         ibug68=check_embedding(_read_npz(ibug), F, ibug, count=68) if ibug.exists() else None,
-        meta=meta, ignored_model_files=ignored)
+        meta=meta, ignored_model_files=ignored, model_arrays=arrays)
+
+
+def write_smplx_copy(info: FlameFolder, dst: Path | str) -> None:
+    """Write into folder `dst` what smplx's FLAME reads, from the validated arrays only: FLAME_NEUTRAL.npz
+    (plain numeric arrays) and flame_static_embedding.pkl (two arrays, pickled here). smplx itself reads
+    with `pickle.load` / `np.load(allow_pickle=True)`, so it is never given a user's file."""
+    dst = Path(dst)
+    np.savez(dst / "FLAME_NEUTRAL.npz", **info.model_arrays)
+    with open(dst / STATIC_EMBEDDING, "wb") as fh:
+        pickle.dump({"lmk_face_idx": info.static.face_idx, "lmk_b_coords": info.static.bary}, fh, protocol=2)
 
 
 def validate_flame_folder(path: Path | str) -> dict:

@@ -1,20 +1,27 @@
-"""FLAME's original model files without chumpy: safe unpickling, the model arrays, and the npz converter.
+"""FLAME's original model files without chumpy and without running code: the one restricted unpickler,
+object .npy reading, the model arrays, and the npz converter.
 
-FLAME's pickles hold chumpy arrays and chumpy breaks on numpy >= 1.24, so `load_pickle` unpickles them
-with stand-in classes (never importing chumpy; any other foreign class is refused) and
-`convert_flame_pickle` writes a plain npz (`python -m flame_fitting.head.flame_io convert`).
+Every pickle and every object `.npy` the toolkit reads goes through `_FlameUnpickler`, whose allow-list is
+exactly what real FLAME files contain: numpy array / scalar / dtype reconstruction, scipy csc/csr matrices
+(held as inert stand-ins), chumpy objects (inert stand-ins, never importing chumpy, which breaks on
+numpy >= 1.24) and plain builtin containers. Anything else (`os.system`, `builtins.eval`, numpy's
+`runstring`, ...) is refused with a one-line `HeadModelError` naming the file and the `module.name`,
+before it is called. `load_pickle` reads a pickle, `load_object_npy` an `np.save(..., allow_pickle=True)`
+file, `convert_flame_pickle` writes a plain npz (`python -m flame_fitting.head.flame_io convert`), and
 `load_model_arrays` reads FLAME_NEUTRAL.npz or a plain pickle, checked by `flame_spec.check_model_arrays`.
 """
 from __future__ import annotations
 
-import os
+import collections
+import copyreg
+import importlib
 import pickle
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 
+from flame_fitting.core.fileio import atomic_write
 from flame_fitting.head.flame_spec import LAYOUT_HELP, REQUIRED_KEYS, HeadModelError, check_model_arrays, convert_command
 
 
@@ -67,12 +74,47 @@ def _resolve(v) -> np.ndarray:
     return np.asarray(v)
 
 
-_SAFE_BUILTINS = {"object", "set", "frozenset", "dict", "list", "tuple", "slice", "complex", "int", "float",
-                  "bool", "str", "bytes", "bytearray", "range"}
+def _numpy_callable(submodule: str, name: str):
+    """numpy's own reconstruction helper, from numpy._core (numpy >= 2, and 1.26's forward stubs) or numpy.core."""
+    for mod in (f"numpy._core.{submodule}", f"numpy.core.{submodule}"):
+        try:
+            return getattr(importlib.import_module(mod), name)
+        except (ImportError, AttributeError):
+            continue
+    raise ImportError(f"numpy has no {submodule}.{name}")
+
+
+def _latin1_encode(obj, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+    """`_codecs.encode` as Python 3 pickles of bytes use it (latin-1 only; any other codec is refused)."""
+    if encoding not in ("latin1", "latin-1") or not isinstance(obj, str):
+        raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r} is not allowed")
+    return obj.encode("latin1", errors)
+
+
+_SAFE_BUILTINS = {"object": object, "set": set, "frozenset": frozenset, "dict": dict, "list": list, "tuple": tuple,
+                  "slice": slice, "complex": complex, "int": int, "float": float, "bool": bool, "str": str,
+                  "bytes": bytes, "bytearray": bytearray, "range": range,
+                  "unicode": str, "long": int, "xrange": range}  # the last three: Python 2 names
+_ALLOWED = {  # (module, name) as written in the file -> the object it becomes; nothing else is ever imported
+    **{(m, n): v for m in ("builtins", "__builtin__") for n, v in _SAFE_BUILTINS.items()},
+    **{(f"numpy.{core}.multiarray", n): _numpy_callable("multiarray", n)
+       for core in ("core", "_core") for n in ("_reconstruct", "scalar")},
+    **{(f"numpy.{core}.numeric", "_frombuffer"): _numpy_callable("numeric", "_frombuffer") for core in ("core", "_core")},
+    ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+    ("copy_reg", "_reconstructor"): copyreg._reconstructor, ("copyreg", "_reconstructor"): copyreg._reconstructor,
+    ("_codecs", "encode"): _latin1_encode,
+    ("collections", "OrderedDict"): collections.OrderedDict,
+}
+_SPARSE = ("csc_matrix", "csr_matrix", "csc_array", "csr_array")
+ALLOWED_HELP = ("numpy arrays, scalars and dtypes, scipy csc/csr matrices, chumpy arrays and plain containers "
+                "are the only classes a FLAME file may hold")
 
 
 class _FlameUnpickler(pickle.Unpickler):
-    """Unpickler for FLAME files: chumpy and scipy sparse classes become stand-ins, other foreign code is refused."""
+    """The toolkit's one unpickler: only `_ALLOWED` names, chumpy and scipy csc/csr (as inert stand-ins).
+
+    Any other global (a class or a function a `__reduce__` would call) raises `HeadModelError` naming
+    the file and `module.name`, before anything is called."""
 
     def __init__(self, file, path: Path):
         super().__init__(file, encoding="latin1")
@@ -84,40 +126,75 @@ class _FlameUnpickler(pickle.Unpickler):
         return self._made[qualname]
 
     def find_class(self, module: str, name: str):
-        top = module.split(".")[0]
-        if top == "chumpy":
+        if (module, name) in _ALLOWED:
+            return _ALLOWED[module, name]
+        if (module == "chumpy" or module.startswith("chumpy.")) and name.isidentifier():
             self.chumpy_classes.add(f"{module}.{name}")
             return self._standin(_ChumpyStandIn, f"{module}.{name}", chumpy_class=f"{module}.{name}")
-        if top == "scipy" and name in ("csc_matrix", "csr_matrix", "csc_array", "csr_array"):
+        if (module == "scipy.sparse" or module.startswith("scipy.sparse.")) and name in _SPARSE:
             return self._standin(_SparseStandIn, f"{module}.{name}", fmt=name[:3])
-        if top in ("__builtin__", "builtins") and name not in _SAFE_BUILTINS:
-            raise HeadModelError(f"{self.path}: refusing to unpickle {module}.{name}")
-        if top not in ("numpy", "scipy", "copy_reg", "copyreg", "__builtin__", "builtins", "collections", "_codecs"):
-            raise HeadModelError(f"{self.path}: refusing to unpickle {module}.{name} (not numpy/scipy/chumpy data)")
-        if module.startswith("numpy._core"):  # written by numpy >= 2
-            module = "numpy.core" + module[len("numpy._core"):]
-        return super().find_class(module, name)
+        raise HeadModelError(f"{self.path}: refusing to unpickle {module}.{name} ({ALLOWED_HELP})")
+
+    def persistent_load(self, pid):
+        raise HeadModelError(f"{self.path}: refusing a persistent id in a pickle ({ALLOWED_HELP})")
 
 
-def load_pickle(path: Path | str, allow_chumpy: bool = False, hint: str | None = None):
-    """Unpickle a FLAME data file without importing chumpy. Chumpy objects stay as stand-ins when
-    `allow_chumpy`, otherwise they raise `HeadModelError` with `hint` (default: the conversion command)."""
-    path = Path(path)
+def _unpickle(fh, path: Path, allow_chumpy: bool, hint: str | None):
+    """Unpickle from the open file `fh` with `_FlameUnpickler`; bad files raise `HeadModelError` naming `path`."""
     hint = hint or f"Convert it once with: {convert_command(path)}"
     try:
-        with open(path, "rb") as fh:
-            up = _FlameUnpickler(fh, path)
-            data = up.load()
+        up = _FlameUnpickler(fh, path)
+        data = up.load()
     except HeadModelError:
         raise
-    except FileNotFoundError:
-        raise HeadModelError(f"{path}: missing. {LAYOUT_HELP}") from None
     except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
         extra = f". {hint}" if "chumpy" in str(e) else ""
         raise HeadModelError(f"{path}: cannot unpickle ({type(e).__name__}: {e}){extra}") from None
     if up.chumpy_classes and not allow_chumpy:
         raise HeadModelError(f"{path}: contains chumpy objects ({', '.join(sorted(up.chumpy_classes))}), which need "
                              f"chumpy (broken on numpy >= 1.24). {hint}")
+    return data
+
+
+def load_pickle(path: Path | str, allow_chumpy: bool = False, hint: str | None = None):
+    """Unpickle a FLAME data file with the allow-list, without importing chumpy. Chumpy objects stay as
+    stand-ins when `allow_chumpy`, otherwise they raise `HeadModelError` with `hint` (default: the
+    conversion command)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            return _unpickle(fh, path, allow_chumpy, hint)
+    except FileNotFoundError:
+        raise HeadModelError(f"{path}: missing. {LAYOUT_HELP}") from None
+    except OSError as e:
+        raise HeadModelError(f"{path}: cannot read ({e})") from None
+
+
+def load_object_npy(path: Path | str, allow_chumpy: bool = False, hint: str | None = None) -> np.ndarray:
+    """Read a `.npy` file; an object array's pickled payload goes through the same allow-list as
+    `load_pickle` (never `np.load(..., allow_pickle=True)`). Returns the array (shape as in the header)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+            else:  # (3, 0): utf-8 header, no public reader
+                shape, fortran, dtype = np.lib.format._read_array_header(fh, version)
+            if not dtype.hasobject:
+                fh.seek(0)
+                return np.lib.format.read_array(fh, allow_pickle=False)
+            data = _unpickle(fh, path, allow_chumpy, hint)
+    except FileNotFoundError:
+        raise HeadModelError(f"{path}: missing. {LAYOUT_HELP}") from None
+    except HeadModelError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a bad header or truncated file
+        raise HeadModelError(f"{path}: cannot read as .npy ({type(e).__name__}: {e})") from None
+    if not isinstance(data, np.ndarray) or data.shape != tuple(shape):
+        raise HeadModelError(f"{path}: the pickled payload is not the {tuple(shape)} array its header declares")
     return data
 
 
@@ -160,15 +237,7 @@ def convert_flame_pickle(src: Path | str, dst_npz: Path | str) -> dict:
             arrays[str(key)] = a
     V, F = check_model_arrays(arrays, src)
     arrays["source_file"] = np.array(src.name)  # lets kind inference see "flame2023" after renaming
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(dst, lambda fh: np.savez(fh, **arrays))
     return {"dst": str(dst), "keys": sorted(arrays), "skipped": skipped, "n_vertices": V, "n_faces": F}
 
 

@@ -12,7 +12,7 @@ Joints (FLAME order): 0 root, 1 neck, 2 jaw, 3 left eye, 4 right eye.
 
 MediaPipe embedding: `mp_face_idx` / `mp_bary` are the folder's `mediapipe_landmark_embedding.npz`
 (what the synthetic generator textures through). When the folder also has
-`mediapipe_landmark_embedding_calibrated.npz` (written by `flame_fitting.landmarks.calibration`: the
+`mediapipe_landmark_embedding_calibrated.npz` (written by `flame_fitting.landmarks.detector.calibration`: the
 surface points MediaPipe actually reports on renders of this model), it is validated and held as
 `mp_face_idx_calibrated` / `mp_bary_calibrated`; `with_mediapipe_embedding(calibrated=True)` returns a
 view of the model that uses it (the fitter does so with `FitConfig.calibrated_embedding`).
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +29,8 @@ import smplx
 import torch
 from torch import Tensor, nn
 
-from flame_fitting.head.flame_io import (STATIC_EMBEDDING, Embedding, FlameFolder, HeadModelError, load_flame_folder,
-                                    load_mediapipe_embedding)
+from flame_fitting.head.flame_io import (Embedding, FlameFolder, HeadModelError, load_flame_folder, load_mediapipe_embedding,
+                                    write_smplx_copy)
 from flame_fitting.head.landmarks_embed import interpolate_landmarks
 
 CALIBRATED_EMBEDDING = "mediapipe_landmark_embedding_calibrated.npz"   # beside the original, same keys
@@ -62,15 +61,10 @@ class HeadOutput:
 
 @contextlib.contextmanager
 def _smplx_model_dir(info: FlameFolder):
-    """A folder smplx's FLAME can read: the head model folder itself when the model file is
-    FLAME_NEUTRAL.*, else a temporary folder linking generic_model.pkl / flame2023.pkl under that name."""
-    if info.model_file.stem == "FLAME_NEUTRAL":
-        yield info.path
-        return
+    """A temporary folder smplx's FLAME can read, written from the validated arrays (`write_smplx_copy`):
+    smplx unpickles with plain `pickle.load`, so it never reads the user's files themselves."""
     with tempfile.TemporaryDirectory(prefix="geoface_flame_") as tmp:
-        for src, name in ((info.model_file, "FLAME_NEUTRAL" + info.model_file.suffix), (info.path / STATIC_EMBEDDING,
-                                                                                         STATIC_EMBEDDING)):
-            os.symlink(src.resolve(), Path(tmp) / name)
+        write_smplx_copy(info, Path(tmp))
         yield Path(tmp)
 
 
@@ -114,7 +108,7 @@ class HeadModel(nn.Module):
                                      f"use an integer in [0, {have}]")
         with _smplx_model_dir(info) as model_dir:
             try:
-                flame = smplx.FLAME(model_path=str(model_dir), gender="neutral", ext=info.model_file.suffix[1:],
+                flame = smplx.FLAME(model_path=str(model_dir), gender="neutral", ext="npz",
                                     num_betas=n_shape, num_expression_coeffs=n_expr, use_face_contour=False,
                                     batch_size=1, dtype=dtype, create_betas=False, create_global_orient=False,
                                     create_body_pose=False, create_transl=False, create_expression=False,
@@ -139,7 +133,7 @@ class HeadModel(nn.Module):
         if want == self.mp_embedding:
             return self
         if calibrated and not self.has_calibrated_embedding:
-            raise HeadModelError(f"{self.folder}: no {CALIBRATED_EMBEDDING} (run flame_fitting.landmarks.calibration "
+            raise HeadModelError(f"{self.folder}: no {CALIBRATED_EMBEDDING} (run flame_fitting.landmarks.detector.calibration "
                                  f"or the head_model stage with calibrate_landmarks)")
         new = copy.copy(self)
         new._buffers = dict(self._buffers)

@@ -12,8 +12,8 @@ import scipy.sparse as sp
 import torch
 from flame_folder_factory import write_flame_folder, write_obj
 
-from flame_fitting.head.flame_io import (HeadModelError, convert_flame_pickle, infer_kind, load_pickle, read_obj,
-                                    validate_flame_folder)
+from flame_fitting.head.flame_io import (HeadModelError, convert_flame_pickle, infer_kind, load_object_npy, load_pickle,
+                                    read_obj, validate_flame_folder)
 from flame_fitting.head.head_model import HeadModel
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,9 +123,9 @@ def test_bad_embeddings(spec, file, data, needle):
         with np.load(path) as z:
             np.savez(path, **{**dict(z), **data})
     elif path.suffix == ".pkl":
-        path.write_bytes(pickle.dumps({**pickle.loads(path.read_bytes()), **data}))
+        path.write_bytes(pickle.dumps({**load_pickle(path), **data}))
     else:
-        np.save(path, {**np.load(path, allow_pickle=True)[()], **data}, allow_pickle=True)
+        np.save(path, {**load_object_npy(path)[()], **data}, allow_pickle=True)
     with pytest.raises(HeadModelError, match=file.replace(".", r"\.")) as e:
         validate_flame_folder(spec.path)
     assert needle in str(e.value)

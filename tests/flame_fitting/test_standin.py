@@ -2,7 +2,6 @@
 import contextlib
 import io
 import json
-import pickle
 import warnings
 from collections import Counter
 
@@ -16,6 +15,7 @@ from flame_fitting.head.standin.bases import identity_peak
 from flame_fitting.head.standin.embedding import IRIS, MP_TO_IBUG68
 from flame_fitting.geometry.meshes import vertex_normals
 from flame_fitting.head.standin.geometry import signed_volume
+from flame_fitting.head.flame_io import load_object_npy, load_pickle
 
 FILES = ["FLAME_NEUTRAL.npz", "flame_static_embedding.pkl", "flame_dynamic_embedding.npy",
          "mediapipe_landmark_embedding.npz", "ibug68_landmark_embedding.npz", "head_template.obj",
@@ -82,11 +82,10 @@ def test_folder_has_every_file_with_flame_shapes(built):
     assert mp["landmark_indices"].tolist() == list(range(478))
     ib = np.load(out / "ibug68_landmark_embedding.npz")
     assert ib["lmk_face_idx"].tolist() == mp["lmk_face_idx"][MP_TO_IBUG68].tolist()
-    with open(out / "flame_static_embedding.pkl", "rb") as fh:
-        static = pickle.load(fh)
+    static = load_pickle(out / "flame_static_embedding.pkl")
     assert static["lmk_face_idx"].dtype == np.int64 and static["lmk_face_idx"].shape == (51,)
     assert np.array_equal(static["lmk_b_coords"], ib["lmk_b_coords"][17:])
-    dyn = np.load(out / "flame_dynamic_embedding.npy", allow_pickle=True)[()]
+    dyn = load_object_npy(out / "flame_dynamic_embedding.npy")[()]
     assert dyn["lmk_face_idx"].shape == (79, 17) and dyn["lmk_b_coords"].shape == (79, 17, 3)
     assert (dyn["lmk_face_idx"] == ib["lmk_face_idx"][:17]).all()
     info = json.loads((out / "head_model.json").read_text())

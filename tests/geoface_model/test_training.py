@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from geoface_model.checkpoint import read_csv, verify_checkpoint
 from geoface_model.config import GeoFaceConfig
@@ -49,8 +50,9 @@ def test_smoke_checkpoint_and_reload(data, tmp_path):
     assert verify_checkpoint(ckpt) is None and verify_checkpoint(tmp_path / "checkpoints" / "step_000002") is None
     assert not list((tmp_path / "checkpoints").glob(".tmp*"))
     # model/ holds the EMA weights of the last checkpoint
-    ema = torch.load(ckpt / "custom_checkpoint_0.pkl", weights_only=False)["shadow_params"]
-    for a, b in zip(_params(tmp_path / "model"), ema):
+    ema = load_file(ckpt / "ema.safetensors")  # shadow.00000, shadow.00001, ... in parameter order
+    assert not list(ckpt.glob("custom_checkpoint_*"))  # no pickled custom state
+    for a, b in zip(_params(tmp_path / "model"), [ema[k] for k in sorted(ema)], strict=True):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
     assert json.loads((tmp_path / "geoface_config.json").read_text())["loss"]["align_weight"] == 0.5
 
