@@ -17,7 +17,7 @@ import pytest
 from flame_folder_factory import write_flame_folder
 from malicious_files import PAYLOADS, REFUSED_NAME, write_evil_module, write_payload
 
-from flame_fitting import flame_io
+from flame_fitting.head import flame_io
 from flame_fitting.geometry.camera import Camera, intrinsics, look_at
 from flame_fitting.formats.capture import CaptureWriter
 
