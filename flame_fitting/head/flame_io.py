@@ -10,9 +10,8 @@ FLAME's original pickles hold chumpy arrays and chumpy breaks on numpy >= 1.24, 
 converter unpickles them with stand-in classes (never importing chumpy) and writes a plain npz.
 Any bad input raises `HeadModelError` naming the file, the key and the expected/actual shape.
 
-The code is split by concern; this module is the public façade (every name below stays importable from
-here), plus the whole-folder validation, `write_smplx_copy` (what smplx reads, written from the validated
-arrays) and the CLI:
+This module is the whole-folder loading and validation, `write_smplx_copy` (what smplx reads, written from the
+validated arrays) and the CLI; its neighbours:
 
 * `flame_spec`   file names, FLAME dimensions, `HeadModelError`, model-array / head_model.json checks;
 * `flame_pickle` the one restricted (allow-list) unpickler for pickles and object .npy files, chumpy-free,
@@ -30,17 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
-from flame_fitting.head.flame_assets import (Embedding, ObjMesh, _parse_obj_line, _read_npz, check_embedding,  # noqa: F401
-                                        load_dynamic_embedding, load_mediapipe_embedding, load_static_embedding,
-                                        read_obj)
-from flame_fitting.head.flame_pickle import (_SAFE_BUILTINS, _as_array, _ChumpyStandIn, _FlameUnpickler,  # noqa: F401
-                                        _resolve, _SparseStandIn, convert_flame_pickle, load_model_arrays,
-                                        load_object_npy, load_pickle)
-from flame_fitting.head.flame_spec import (DYNAMIC_EMBEDDING, EXPR_SPACE, FLAME_N_VERTICES, HEAD_MODEL_JSON,  # noqa: F401
-                                      IBUG68_EMBEDDING, KINDS, LAYOUT_HELP, MEDIAPIPE_EMBEDDING, MODEL_FILES,
-                                      N_JOINTS, N_MEDIAPIPE, N_POSE_BASIS, REQUIRED_KEYS, SHAPE_SPACE,
-                                      STATIC_EMBEDDING, TEMPLATE_OBJ, HeadModelError, _shape_error,
-                                      check_model_arrays, convert_command, infer_kind, read_head_model_json)
+from flame_fitting.head.flame_assets import (check_embedding, Embedding, load_dynamic_embedding,
+                                             load_mediapipe_embedding, load_static_embedding, ObjMesh, _read_npz,
+                                             read_obj)
+from flame_fitting.head.flame_pickle import convert_flame_pickle, load_model_arrays
+from flame_fitting.head.flame_spec import (DYNAMIC_EMBEDDING, EXPR_SPACE, HEAD_MODEL_JSON, HeadModelError,
+                                           IBUG68_EMBEDDING, infer_kind, LAYOUT_HELP, MEDIAPIPE_EMBEDDING,
+                                           MODEL_FILES, read_head_model_json, SHAPE_SPACE, STATIC_EMBEDDING,
+                                           TEMPLATE_OBJ)
 
 
 # ---------------------------------------------------------------- the folder

@@ -29,8 +29,9 @@ import smplx
 import torch
 from torch import Tensor, nn
 
-from flame_fitting.head.flame_io import (Embedding, FlameFolder, HeadModelError, load_flame_folder, load_mediapipe_embedding,
-                                    write_smplx_copy)
+from flame_fitting.head.flame_assets import Embedding, load_mediapipe_embedding
+from flame_fitting.head.flame_io import FlameFolder, load_flame_folder, write_smplx_copy
+from flame_fitting.head.flame_spec import HeadModelError
 from flame_fitting.head.landmarks_embed import interpolate_landmarks
 
 CALIBRATED_EMBEDDING = "mediapipe_landmark_embedding_calibrated.npz"   # beside the original, same keys

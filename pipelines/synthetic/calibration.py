@@ -16,7 +16,8 @@ import mediapipe
 import numpy as np
 
 from flame_fitting.formats.capture import load_capture
-from flame_fitting.head.flame_io import load_flame_folder, load_model_arrays
+from flame_fitting.head.flame_io import load_flame_folder
+from flame_fitting.head.flame_pickle import load_model_arrays
 from flame_fitting.landmarks.calibration import (CalibrationConfig, calibrate_embedding, collect, contour_ids,
                                                  write_calibrated_embedding)
 from flame_fitting.landmarks.capture import detect_capture

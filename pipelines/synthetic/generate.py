@@ -27,7 +27,8 @@ from flame_fitting.core.errors import GeofaceError
 from flame_fitting.core.threads import torch_threads
 from flame_fitting.geometry.camera import Camera, stack_cameras
 from flame_fitting.formats.capture import CaptureWriter, frame_dir
-from flame_fitting.head.flame_io import HeadModelError, load_flame_folder
+from flame_fitting.head.flame_io import load_flame_folder
+from flame_fitting.head.flame_spec import HeadModelError
 from flame_fitting.head.head_model import HeadModel
 from flame_fitting.geometry.raster import Fragments, RasterError
 from flame_fitting.geometry.render import Lighting, render_mesh

@@ -12,8 +12,10 @@ import scipy.sparse as sp
 import torch
 from flame_folder_factory import write_flame_folder, write_obj
 
-from flame_fitting.head.flame_io import (HeadModelError, convert_flame_pickle, infer_kind, load_object_npy, load_pickle,
-                                    read_obj, validate_flame_folder)
+from flame_fitting.head.flame_assets import read_obj
+from flame_fitting.head.flame_io import validate_flame_folder
+from flame_fitting.head.flame_pickle import convert_flame_pickle, load_object_npy, load_pickle
+from flame_fitting.head.flame_spec import HeadModelError, infer_kind
 from flame_fitting.head.head_model import HeadModel
 
 ROOT = Path(__file__).resolve().parents[2]

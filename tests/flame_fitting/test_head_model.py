@@ -4,7 +4,7 @@ import pytest
 import torch
 from flame_folder_factory import write_flame_folder
 
-from flame_fitting.head.flame_io import HeadModelError
+from flame_fitting.head.flame_spec import HeadModelError
 from flame_fitting.head.head_model import HeadModel
 from flame_fitting.head.landmarks_embed import interpolate_landmarks, select_detections
 

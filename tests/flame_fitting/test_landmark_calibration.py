@@ -15,7 +15,7 @@ import flame_fitting.landmarks.calibration as lc
 from flame_fitting.geometry.camera import Camera, intrinsics, look_at
 from flame_fitting.fit import FitConfig, fit_sequence
 from flame_fitting.fit.synthetic import arc_cameras, model_outputs, project_landmarks, random_params
-from flame_fitting.head.flame_io import HeadModelError
+from flame_fitting.head.flame_spec import HeadModelError
 from flame_fitting.head.head_model import CALIBRATED_EMBEDDING, CALIBRATION_JSON, HeadModel
 from flame_fitting.geometry.meshes import icosphere
 from flame_fitting.geometry.raster import rasterize

@@ -15,7 +15,7 @@ from flame_fitting.head.standin.bases import identity_peak
 from flame_fitting.head.standin.embedding import IRIS, MP_TO_IBUG68
 from flame_fitting.geometry.meshes import vertex_normals
 from flame_fitting.head.standin.geometry import signed_volume
-from flame_fitting.head.flame_io import load_object_npy, load_pickle
+from flame_fitting.head.flame_pickle import load_object_npy, load_pickle
 
 FILES = ["FLAME_NEUTRAL.npz", "flame_static_embedding.pkl", "flame_dynamic_embedding.npy",
          "mediapipe_landmark_embedding.npz", "ibug68_landmark_embedding.npz", "head_template.obj",

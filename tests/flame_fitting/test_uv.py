@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from flame_fitting.head.flame_io import read_obj
+from flame_fitting.head.flame_assets import read_obj
 from flame_fitting.head.head_model import HeadModel
 from flame_fitting.geometry.raster import rasterize_uv
 from flame_fitting.head.standin import build_standin
