@@ -8,7 +8,7 @@ command use; `help(geoface.fit_sequence)` shows its documentation)::
     cap = geoface.load_capture("data/captures")                    # a capture in the canonical format
     head = geoface.load_head_model("data/head_model")              # FLAME (smplx layout) or the stand-in
     marks = geoface.detect_landmarks(cap)                          # MediaPipe, every image
-    fit = geoface.fit_sequence(head, cap.cameras("s000", "seq0"), marks.for_sequence("s000", "seq0"))
+    fit = geoface.fit_sequence(head, cap.cameras("synth000", "synthetic"), marks.for_sequence("synth000", "synthetic"))
     posmap = geoface.bake_posmap(canonical_vertices, geoface.UVLayout.from_head_model(head))
 
 Names are imported on first use, so `import geoface` stays fast (the command line starts without torch).
