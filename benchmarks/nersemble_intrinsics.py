@@ -1,17 +1,25 @@
-"""Item 4 figure (issue 12): a NeRSemble benchmark-release capture (per-camera K for its own videos, no size keys,
+"""NeRSemble benchmark-release intrinsics: a capture (per-camera K for its own videos, no size keys,
 alpha-map videos) written at 1100×1604, 1604×1100 and 550×802 is imported; prints one JSON line with, per size,
 the largest |K - K written| (px), the largest reprojection error of known 3D points onto their drawn dots (px),
-and the number of masks. Run from the repository root:
-    PYTHONPATH=$PWD python tests/pipelines/measure_nersemble_intrinsics.py
+and the number of masks (the last line). Run from the repository root: `python benchmarks/nersemble_intrinsics.py`.
 """
-import json, sys, tempfile, io, contextlib
+import contextlib
+import io
+import json
+import sys
+import tempfile
 from pathlib import Path
+
 import numpy as np
-sys.path.insert(0, "tests/pipelines")
-from writers import Scene, make_cameras, projection_error, write_nersemble
-from flame_fitting.formats.capture import load_capture, CaptureError
-from pipelines.import_config import ImportConfig
-from pipelines.nersemble import import_capture
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests" / "pipelines")]  # this checkout; the test writers of real layouts
+from writers import Scene, make_cameras, projection_error, write_nersemble  # noqa: E402
+
+from flame_fitting.formats.capture import CaptureError, load_capture  # noqa: E402
+from pipelines.import_config import ImportConfig  # noqa: E402
+from pipelines.nersemble import import_capture  # noqa: E402
+
 out = {}
 for w, h in [(1100, 1604), (1604, 1100), (550, 802)]:
     cams = {f"2222000{i}": c for i, c in enumerate(make_cameras(3, width=w, height=h, f=1.2 * max(w, h)).values())}
