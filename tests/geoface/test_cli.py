@@ -147,3 +147,41 @@ def test_uv_and_correspondences_through_the_cli(capsys, run_dir):
     (d / "mine" / "notes.txt").write_text("keep")
     rc, _, err = cli(capsys, "uv", d / "fit" / "fits", d / "hm", "--out", d / "mine", "--force")
     assert rc == 2 and "not written by geoface" in err and (d / "mine" / "notes.txt").read_text() == "keep"
+
+
+def test_export_of_a_sample_folder(capsys, tmp_path):
+    """`geoface export` of a folder as the evaluate stage writes it (mesh.obj without UVs) = export_3dgs of its
+    files, reference first."""
+    from flame_fitting.core.fileio import write_png
+    from flame_fitting.formats.capture import save_cameras
+    from flame_fitting.geometry.camera import Camera, intrinsics, look_at
+    from flame_fitting.geometry.meshes import icosphere
+    from flame_fitting.uv import write_obj
+    from geoface_model.export import export_3dgs, read_ply
+
+    v, f = icosphere(2)
+    v = (0.1 * v).astype(np.float32)
+    cams = [Camera(K=intrinsics(60, 60, 24, 20), world_to_cam=look_at(0.5 * np.array([np.sin(a), 0.1, np.cos(a)]),
+                                                                   np.zeros(3)), width=48, height=40, name=f"c{i}")
+            for i, a in enumerate(np.radians([-30, 0, 30]))]
+    imgs = [(np.random.default_rng(i).random((40, 48, 3)) * 255).astype(np.uint8) for i in range(3)]
+    sample = tmp_path / "sample"
+    write_png(sample / "reference.png", imgs[1])
+    for i in (0, 2):
+        write_png(sample / "views" / f"c{i}.png", imgs[i])
+    save_cameras(sample / "cameras.json", {c.name: c for c in cams})
+    write_obj(sample / "mesh.obj", v, f)
+    rc, out, err = cli(capsys, "export", sample, "--out", tmp_path / "gs")
+    assert rc == 0, err
+    ref = export_3dgs(tmp_path / "ref", [imgs[1], imgs[0], imgs[2]], [cams[1], cams[0], cams[2]], v, f,
+                      names=["c1", "c0", "c2"])
+    assert json.loads(out) == ref and ref["n_points"] == len(v)
+    for name in ref["files"]:  # the mesh went through OBJ text: its points agree to the OBJ's precision
+        if name not in ("points3d.ply", "sparse/0/points3D.txt"):
+            assert (tmp_path / "gs" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes(), name
+    got, want = read_ply(tmp_path / "gs" / "points3d.ply"), read_ply(tmp_path / "ref" / "points3d.ply")
+    for k in ("x", "y", "z"):
+        np.testing.assert_allclose(got[k], want[k], atol=1e-6)
+    assert (got["red"] == want["red"]).mean() > 0.95
+    rc, _, err = cli(capsys, "export", sample, "--out", tmp_path / "gs")
+    assert rc == 2 and "--force" in err
