@@ -3,13 +3,14 @@ input checks, the --set / --params / --force options and the output check behind
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
 from flame_fitting.core.errors import GeofaceError
 from flame_fitting.core.fileio import check_output_dir
 
-from .config import Section, build, describe
+from .config import Section, build, describe, load_class
 
 
 class CliError(GeofaceError, ValueError):
@@ -42,7 +43,7 @@ def command(sub, name: str, help: str, func, sections: list[Section] = (), chose
                        epilog=describe(list(sections)) if sections and chosen else None)
     if sections:
         p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                       help="params overrides (keys below), e.g. --set " + _example(sections))
+                       help="params overrides (keys below)" + (f", e.g. --set {_example(sections)}" if chosen else ""))
         p.add_argument("--params", metavar="FILE", help="start from the section(s) of this params.yaml")
     if force:
         p.add_argument("--force", action="store_true", help=force)
@@ -51,7 +52,9 @@ def command(sub, name: str, help: str, func, sections: list[Section] = (), chose
 
 
 def _example(sections: list[Section]) -> str:
-    return {"uv": "resolution=128", "fit": "iterations=50 n_expr=20"}.get(sections[0][0], "KEY=VALUE")
+    """`KEY=DEFAULT` of the first key of the first section."""
+    f = dataclasses.fields(load_class(sections[0][1]))[0]
+    return f"{f.name}={f.default if f.default is not dataclasses.MISSING else 'VALUE'}"
 
 
 def configs(args) -> list:

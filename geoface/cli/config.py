@@ -19,7 +19,7 @@ import yaml
 
 from flame_fitting.core.params import ParamsError, build_config, read_params
 
-Section = tuple[str, str]  # (params.yaml section, "module:Class")
+Section = tuple  # (params.yaml section, "module:Class"[, keys of the section that options give, e.g. source])
 
 
 def load_class(ref: str) -> type:
@@ -55,7 +55,7 @@ def _default(f: dataclasses.Field):
 def describe(sections: list[Section], width: int = 100) -> str:
     """The params keys of `sections` as help text: `KEY  TYPE = DEFAULT, RANGE` and the field's doc below it."""
     out = ["params keys (--set KEY=VALUE overrides; --params FILE reads them from a params.yaml):"]
-    for i, (section, ref) in enumerate(sections):
+    for i, (section, ref, *_) in enumerate(sections):
         cls = load_class(ref)
         hints = typing.get_type_hints(cls)
         out.append(f"  section `{section}` ({cls.__name__}){'' if i == 0 else f'; keys as {_prefix(section)}.KEY'}:")
@@ -80,7 +80,7 @@ def _prefix(section: str) -> str:
 def overrides(pairs: list[str] | None, sections: list[Section]) -> dict[str, dict]:
     """`KEY=VALUE` pairs (values parsed as YAML) -> {section: {key: value}}: `PREFIX.KEY` goes to the later section
     whose name ends in PREFIX, any other key to the first (where `build_config` refuses unknown keys)."""
-    names = [s for s, _ in sections]
+    names = [s[0] for s in sections]
     later = {_prefix(s): s for s in names[1:]}
     out: dict[str, dict] = {s: {} for s in names}
     for pair in pairs or []:
@@ -105,10 +105,10 @@ def build(sections: list[Section], pairs: list[str] | None, params_file: str | N
     base = read_params(params_file) if params_file else {}
     over = overrides(pairs, sections)
     configs = []
-    for i, (section, ref) in enumerate(sections):
-        values = dict(_lookup(base, section) or {})
+    for i, (section, ref, *given) in enumerate(sections):
+        values = {k: v for k, v in (_lookup(base, section) or {}).items() if k not in (given[0] if given else ())}
         if i == 0:  # the first section may hold the later ones (captures.synthetic): they are built on their own
-            for later, _ in sections[1:]:
+            for later, *_ in sections[1:]:
                 if later.startswith(section + "."):
                     values.pop(_prefix(later), None)
         values.update(over[section])

@@ -9,7 +9,7 @@ from pathlib import Path
 from .base import CliError, check_out, command, configs, need, show
 
 HEAD = ("head_model", "geoface.steps.head_model:HeadModelParams")
-IMPORT = [("captures", "pipelines.common:ImportConfig"), ("captures.synthetic", "pipelines.synthetic:SyntheticConfig")]
+IMPORT = [("captures", "pipelines.common:ImportConfig", ("source", "root")), ("captures.synthetic", "pipelines.synthetic:SyntheticConfig")]
 LANDMARKS = ("landmarks", "flame_fitting.landmarks.capture:LandmarksParams")
 FIT = ("fit", "flame_fitting.fit.config:FitConfig")
 UV = ("uv", "flame_fitting.uv.batch:UVParams")

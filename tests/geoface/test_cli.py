@@ -99,6 +99,12 @@ def test_errors_in_the_cli_words(capsys, tmp_path):
     rc, _, err = cli(capsys, "head-model", "validate", tmp_path / "none")
     assert rc == 2 and err.strip() == f"geoface head-model validate: FOLDER {tmp_path / 'none'} does not exist"
     assert "Traceback" not in err
+    params = tmp_path / "p.yaml"
+    params.write_text("uv:\n  resolution: 8\ncaptures:\n  source: folder\n  root: /x\n  downscale: 0\n")
+    rc, _, err = cli(capsys, "uv", tmp_path, tmp_path, "--out", tmp_path / "uv", "--params", params)
+    assert rc == 2 and err.strip() == f"geoface uv: {params}:uv.resolution: 8 is below the minimum 16"
+    rc, _, err = cli(capsys, "import", "folder", tmp_path, "--out", tmp_path / "cap", "--params", params)
+    assert rc == 2 and err.strip() == f"geoface import: {params}:captures.downscale: 0 is below the minimum 1"
 
 
 @pytest.fixture(scope="module")
