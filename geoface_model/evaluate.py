@@ -223,7 +223,7 @@ def aggregate(results: list[SampleResult]) -> dict:
 
 
 def save_sample(folder: Path, r: SampleResult, faces: np.ndarray, export: bool) -> None:
-    """One sample's files (stages/evaluate.py docstring): reference, views, cameras, UV map, mesh, optional 3DGS start."""
+    """One sample's files (geoface_model/evaluate_run.py docstring): reference, views, cameras, UV map, mesh, optional 3DGS start."""
     folder.mkdir(parents=True)
     write_png(folder / "reference.png", r.reference)
     for c, im in zip(r.cameras[1:], r.generated):

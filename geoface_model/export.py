@@ -31,6 +31,7 @@ import numpy as np
 from flame_fitting.core.errors import GeofaceError
 from flame_fitting.geometry.camera import Camera, invert_rigid
 from flame_fitting.core.fileio import replace_dir, temp_path, write_png
+from flame_fitting.formats.capture import load_cameras, read_image
 from flame_fitting.geometry.raster import rasterize
 from flame_fitting.geometry.meshes import vertex_normals
 
@@ -185,3 +186,38 @@ def export_3dgs(out_dir: Path | str, images: list[np.ndarray], cameras: list[Cam
         raise
     return {"n_views": len(cameras), "n_points": 0 if points is None else len(points), "n_unseen_points": n_unseen,
             "files": files}
+
+
+def _read_mesh(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(V,3) float32 vertices and (F,3) int64 0-based faces of a triangle OBJ (with or without UVs)."""
+    v, f = [], []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        p = line.split()
+        try:
+            if p and p[0] == "v":
+                v.append([float(x) for x in p[1:4]])
+            elif p and p[0] == "f":
+                if len(p) != 4:
+                    raise ValueError("only triangles are supported")
+                f.append([int(c.split("/")[0]) - 1 for c in p[1:]])
+        except ValueError as e:
+            raise ExportError(f"{path}:{n}: not a triangle OBJ line ({e}): {line!r}") from None
+    return np.asarray(v, np.float32).reshape(-1, 3), np.asarray(f, np.int64).reshape(-1, 3)
+
+
+def export_sample(sample_dir: Path | str, out_dir: Path | str, colmap_points: bool = True) -> dict:
+    """3DGS starting point (`export_3dgs`) of a folder written by `geoface generate` or the evaluate stage
+    (reference.png, views/<camera>.png, cameras.json, optional mesh.obj): the reference is the camera of cameras.json
+    without an image under views/. Returns `export_3dgs`'s summary."""
+    sample = Path(sample_dir)
+    cams = load_cameras(sample / "cameras.json")
+    refs = [n for n in cams if not (sample / "views" / f"{n}.png").is_file()]
+    if len(refs) != 1:
+        raise ExportError(f"{sample}: expected exactly one camera of cameras.json without views/<name>.png (the "
+                          f"reference), found {refs}")
+    names = refs + [n for n in cams if n != refs[0]]
+    images = [read_image(sample / "reference.png" if n == refs[0] else sample / "views" / f"{n}.png") for n in names]
+    mesh = sample / "mesh.obj"
+    vertices, faces = _read_mesh(mesh) if mesh.is_file() else (None, None)
+    return export_3dgs(out_dir, images, [cams[n] for n in names], vertices, faces, names=names,
+                       colmap_points=colmap_points)

@@ -1,7 +1,9 @@
 """Shared by the stage scripts: this checkout first on sys.path; the atomic JSON/CSV writers of fileio;
-`run(main)`, which prints the toolkit's own errors as one line (stage, file or key, problem) and exits 1."""
+`paths(...)`, the input and output paths of the stage's `cmd` line in dvc.yaml; `run(main)`, which prints the
+toolkit's own errors as one line (stage, file or key, problem) and exits 1."""
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -11,6 +13,15 @@ if str(ROOT) not in sys.path:  # run as `python stages/x.py`: import this checko
 
 from flame_fitting.core.fileio import write_csv, write_json  # noqa: E402,F401  (the stages' writers)
 from flame_fitting.core.errors import GeofaceError  # noqa: E402
+
+
+def paths(doc: str, *names: str, argv: list[str] | None = None) -> argparse.Namespace:
+    """The paths on the stage's command line: `names` are positional inputs ("fits") or required options
+    ("--out"); every value is a Path, attributes named as argparse does (--head-model -> head_model)."""
+    ap = argparse.ArgumentParser(prog=f"python {sys.argv[0]}", description=doc.split("\n")[0])
+    for name in names:
+        ap.add_argument(name, type=Path, **({"required": True} if name.startswith("--") else {}))
+    return ap.parse_args(argv)
 
 
 def run(main) -> None:

@@ -12,7 +12,7 @@ Joints (FLAME order): 0 root, 1 neck, 2 jaw, 3 left eye, 4 right eye.
 
 MediaPipe embedding: `mp_face_idx` / `mp_bary` are the folder's `mediapipe_landmark_embedding.npz`
 (what the synthetic generator textures through). When the folder also has
-`mediapipe_landmark_embedding_calibrated.npz` (written by `flame_fitting.landmarks.detector.calibration`: the
+`mediapipe_landmark_embedding_calibrated.npz` (written by `flame_fitting.landmarks.calibration`: the
 surface points MediaPipe actually reports on renders of this model), it is validated and held as
 `mp_face_idx_calibrated` / `mp_bary_calibrated`; `with_mediapipe_embedding(calibrated=True)` returns a
 view of the model that uses it (the fitter does so with `FitConfig.calibrated_embedding`).
@@ -134,7 +134,7 @@ class HeadModel(nn.Module):
         if want == self.mp_embedding:
             return self
         if calibrated and not self.has_calibrated_embedding:
-            raise HeadModelError(f"{self.folder}: no {CALIBRATED_EMBEDDING} (run flame_fitting.landmarks.detector.calibration "
+            raise HeadModelError(f"{self.folder}: no {CALIBRATED_EMBEDDING} (run flame_fitting.landmarks.calibration "
                                  f"or the head_model stage with calibrate_landmarks)")
         new = copy.copy(self)
         new._buffers = dict(self._buffers)

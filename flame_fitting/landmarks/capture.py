@@ -4,7 +4,8 @@
                         detected, reason, score, box_x0..box_y1, n_faces, multiple_faces, face_choice,
                         face_choice_px
     points.npy          (N,478,2) float32 pixels, row i = row i of detections.parquet, NaN if not detected
-Written to a temporary folder and renamed. Used by the `landmarks` stage and `geoface fit`.
+Written to a temporary folder and renamed. `detect_folder` is the `landmarks` stage's work (and `geoface
+landmarks`); `geoface fit` uses `detect_capture`.
 
 A view in which MediaPipe finds more than one face is flagged (`multiple_faces`) and the face kept is the one
 consistent with the other views of the same frame through the calibrated cameras (`choose_faces`):
@@ -14,11 +15,16 @@ consistent with the other views of the same frame through the calibrated cameras
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 
+from flame_fitting.core.fileio import check_output_dir, write_json
+from flame_fitting.core.params import spec
 from flame_fitting.geometry.camera import Camera
-from flame_fitting.formats.capture import Capture
-from flame_fitting.formats.landmarks import KEYS, LandmarkSet
+from flame_fitting.formats.capture import Capture, load_capture
+from flame_fitting.formats.landmarks import KEYS, LandmarkSet, save_landmarks
 from flame_fitting.landmarks.detector import (LandmarkResult, band_means, detect_files, rates_by_yaw,
                                               results_to_arrays)
 
@@ -153,3 +159,23 @@ def landmark_metrics(cap: Capture, ls: LandmarkSet) -> dict:
             out["pixel_error_mean"] = float(np.nanmean(err))
             out.update({f"pixel_error_{k}": v for k, v in band_means(err, yaw).items()})
     return out
+
+
+@dataclass
+class LandmarksParams:
+    workers: int = spec(2, "threads decoding and running FaceMesh (one graph each; the calling thread is one)", lo=1, hi=256)
+
+
+def detect_folder(captures: Path | str, out: Path | str, cfg: LandmarksParams, metrics_path: Path | str | None = None,
+                  overwrite: bool = True) -> dict:
+    """The `landmarks` stage's work (also `geoface landmarks`): detect every image of the canonical capture at
+    `captures`, write the landmark folder `out` (an existing one only if geoface wrote it and `overwrite`) and
+    return (and write) the metrics of `landmark_metrics`."""
+    check_output_dir(out, [captures], overwrite)
+    cap = load_capture(captures)
+    ls = detect_capture(cap, workers=cfg.workers)
+    save_landmarks(ls, Path(out), overwrite=overwrite)
+    metrics = landmark_metrics(cap, ls)
+    if metrics_path is not None:
+        write_json(metrics_path, metrics)
+    return metrics

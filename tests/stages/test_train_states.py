@@ -20,8 +20,10 @@ def _run(cwd: Path, **train_kw) -> tuple[str, dict]:
               "train": dict(steps=2, batch_size=2, n_ref=1, n_tgt=2, warmup_steps=1, checkpoint_every=2,
                             mixed_precision="no") | train_kw}
     (cwd / "params.yaml").write_text(yaml.safe_dump(params))
-    r = subprocess.run([sys.executable, str(REPO / "stages" / "train.py")], cwd=cwd, capture_output=True, text=True,
-                       timeout=600)
+    args = ["data/dataset", "--state", "models/train_state", "--model", "models/geoface", "--loss-csv",
+            "plots/train/loss.csv", "--metrics", "metrics/train.json"]  # as dvc.yaml's cmd gives them
+    r = subprocess.run([sys.executable, str(REPO / "stages" / "train.py"), *args], cwd=cwd, capture_output=True,
+                       text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     return r.stdout, json.loads((cwd / "metrics" / "train.json").read_text())
 

@@ -1,0 +1,173 @@
+"""The `uv` and `correspondences` stages' work over a folder of fits (also `geoface uv|correspondences`).
+
+`bake_fits`: the canonical UV position map of every fitted frame. Canonical = the fitted identity +
+expression + jaw (+ neck and eye pose, which the fit keeps near zero) with no global rotation or translation,
+normalised to [-1, 1] by the fixed box of flame_fitting/uv/__init__.py (docs/uv_and_correspondences.md),
+baked into the head model's UV layout at `resolution` with a validity mask and seam-aware gutter dilation.
+Writes OUT/<subject>/<sequence>/<frame:05d>.npz (posmap, mask) + .canonical.npy, PNG previews and OBJ round
+trips of the first frame of every sequence, and metrics (round trip posmap → mesh against the fitted
+canonical mesh, clipped texels, UV-layout overlap, bake time).
+
+`correspondences_for_fits`: per view of every fitted frame, pixel → (u, v) with visibility and depth, and the
+token-level targets of the attention alignment loss, from the fitted (posed) mesh and the refined cameras.
+Self-check: the cycle pixel → UV → 3D (through the frame's UV position map) → reprojected pixel; on synthetic
+captures, accuracy against the ground-truth pixel→surface map. Writes OUT/<subject>/<sequence>/<frame:05d>.npz,
+previews (colour-coded overlays and the paper's Figure 9 from ground truth where available, else from the fit).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from flame_fitting.core.fileio import make_temp_dir, replace_dir, write_json, write_obj, write_png
+from flame_fitting.core.params import spec
+from flame_fitting.formats.capture import load_cameras, load_capture
+from flame_fitting.formats.fits import load_sequence_fit
+from flame_fitting.head.head_model import load_head_model
+
+from .bake import UVLayout, bake_posmap, get_bake_table
+from .checks import aggregate, frame_metrics, layout_report, load_gt_raster
+from .correspondences import TokenGrid, compute_correspondences, save_correspondences, uv_from_fragments
+from .files import load_posmap, save_posmap
+from .preview import correspondence_overlay, figure9, posmap_rgb
+from .sample import posmap_to_vertices
+
+
+@dataclass
+class UVParams:
+    resolution: int = spec(256, "side of the UV position map in texels", lo=16, hi=4096)
+    gutter: int = spec(4, "texels of seam-aware dilation around every chart", lo=0, hi=64)
+    dtype: str = spec("float16", "storage precision of the maps (lossless for the model's needs)", choices=["float16", "float32"])
+
+
+@dataclass
+class CorrespondenceParams:
+    min_app_coverage: float = spec(0.5, "a2g: fraction of an appearance token's pixels that must be visible", lo=0.0, hi=1.0)
+    min_geo_pixels: int = spec(1, "g2a: pixels of a view that must see a geometry token", lo=1)
+    check_stride: int = spec(2, "self-check every n-th pixel (1 = all)", lo=1)
+
+
+def fit_folders(fits: Path | str) -> list[Path]:
+    """The sequence folders of a fits folder (<subject>/<sequence>/fit.npz), sorted."""
+    return sorted(p.parent for p in Path(fits).glob("*/*/fit.npz"))
+
+
+@torch.no_grad()
+def canonical_vertices(model, fit: dict, i: int) -> np.ndarray:
+    """(V,3) canonical vertices of fitted frame index i (fit arrays as saved by the fit stage)."""
+    t = lambda k: torch.as_tensor(fit[k][i:i + 1], dtype=torch.float32)  # noqa: E731
+    return model.canonical(t("shape"), t("expr"), t("jaw_pose"), neck_pose=t("neck_pose"), eye_pose=t("eye_pose"))[0].numpy()
+
+
+def bake_fits(fits: Path | str, head_model: Path | str, out: Path | str, previews: Path | str | None, cfg: UVParams,
+              metrics_path: Path | str | None = None) -> dict:
+    """Bake every fitted frame of `fits` (see the module docstring; `previews` None: none); returns (and writes) the
+    metrics."""
+    folders, out = fit_folders(fits), Path(out)
+    first = load_sequence_fit(folders[0]) if folders else None
+    model = load_head_model(head_model, n_shape=first["shape"].shape[1], n_expr=first["expr"].shape[1]) if folders \
+        else None
+    layout = UVLayout.from_head_model(model) if model is not None else None
+    tmp = make_temp_dir(out)
+    roundtrip, clipped, bake_ms, n = [], 0, [], 0
+    if layout is not None:
+        get_bake_table(layout, cfg.resolution, cfg.gutter)  # one-off per layout
+    for folder in tqdm(folders, desc="uv"):
+        fit = load_sequence_fit(folder)
+        subject, sequence = folder.parent.name, folder.name
+        for i, frame in enumerate(fit["frame"].tolist()):
+            frame_id = f"{subject}/{sequence}/{frame:05d}"
+            canon = canonical_vertices(model, fit, i)
+            t0 = time.perf_counter()
+            baked = bake_posmap(canon, layout, cfg.resolution, cfg.gutter, frame_id=frame_id)
+            bake_ms.append((time.perf_counter() - t0) * 1e3)
+            path = tmp / subject / sequence / f"{frame:05d}.npz"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_posmap(path, baked, dtype=np.float16 if cfg.dtype == "float16" else np.float32, frame_id=frame_id)
+            np.save(path.with_suffix(".canonical.npy"), canon.astype(np.float32))
+            back = posmap_to_vertices(baked.posmap, layout, cfg.gutter)
+            roundtrip.append(float(np.linalg.norm(back - canon, axis=1).mean() * 1e3))
+            clipped += int(baked.n_clipped)
+            n += 1
+            if i == 0 and previews is not None:
+                previews = Path(previews)
+                write_png(previews / f"{subject}_{sequence}_{frame:05d}.png", posmap_rgb(baked.posmap, baked.mask))
+                write_obj(previews / f"{subject}_{sequence}_{frame:05d}_from_posmap.obj", back,
+                          model.faces.numpy(), layout.uv, layout.uv_faces)
+    replace_dir(tmp, out)
+    metrics = {"n_frames": n, "resolution": cfg.resolution,
+               "roundtrip_mm_mean": float(np.mean(roundtrip)) if roundtrip else None,
+               "roundtrip_mm_max": float(np.max(roundtrip)) if roundtrip else None,
+               "clipped_texels": clipped, "bake_ms_median": float(np.median(bake_ms)) if bake_ms else None}
+    if layout is not None:
+        metrics.update({f"layout_{k}": v for k, v in layout_report(layout, cfg.resolution).items()
+                        if isinstance(v, (int, float))})
+    if metrics_path is not None:
+        write_json(metrics_path, metrics)
+    return metrics
+
+
+def correspondences_for_fits(fits: Path | str, uv: Path | str, captures: Path | str, head_model: Path | str,
+                             out: Path | str, previews: Path | str | None, cfg: CorrespondenceParams, app_tokens: int,
+                             geo_tokens: int, metrics_path: Path | str | None = None) -> dict:
+    """Correspondences of every fitted frame of `fits` at token grids `app_tokens`² / `geo_tokens`² per side (see
+    the module docstring); `uv` holds the position maps of `bake_fits`; `previews` None: none. Returns (and
+    writes) the metrics."""
+    grid = TokenGrid(app_tokens, geo_tokens, cfg.min_app_coverage, cfg.min_geo_pixels)
+    cap, uv, out = load_capture(captures), Path(uv), Path(out)
+    model, layout = None, None
+    tmp = make_temp_dir(out)
+    per_frame = []
+    for folder in tqdm(fit_folders(fits), desc="correspondences"):
+        fit = load_sequence_fit(folder)
+        if model is None:
+            model = load_head_model(head_model, n_shape=fit["shape"].shape[1], n_expr=fit["expr"].shape[1])
+            layout = UVLayout.from_head_model(model)
+        subject, sequence = folder.parent.name, folder.name
+        cams = load_cameras(folder / "cameras.json")
+        cam_list = [cams[n] for n in sorted(cams)]
+        for i, frame in enumerate(fit["frame"].tolist()):
+            frame_id = f"{subject}/{sequence}/{frame:05d}"
+            corr = compute_correspondences(fit["vertices"][i], layout, cam_list, grid, frame_id=frame_id)
+            save_correspondences(tmp / subject / sequence / f"{frame:05d}.npz", corr)
+            uvf = uv / subject / sequence / f"{frame:05d}.npz"
+            posmap = load_posmap(uvf).posmap
+            canon = np.load(uvf.with_suffix(".canonical.npy"))
+            frame_dir = cap.root / subject / sequence / f"{frame:05d}"
+            gt = load_gt_raster(frame_dir, corr.views) if (frame_dir / "gt_raster.npz").is_file() else None
+            per_frame.append(frame_metrics(corr, posmap, cam_list, canon, fit["vertices"][i], layout, gt=gt,
+                                           stride=cfg.check_stride))
+            if i == 0 and previews is not None:
+                write_previews(Path(previews), cap, subject, sequence, frame, corr, posmap, gt, layout)
+    replace_dir(tmp, out)
+    metrics = aggregate(per_frame)
+    metrics.update({"app_tokens": app_tokens, "geo_tokens": geo_tokens})
+    if metrics_path is not None:
+        write_json(metrics_path, metrics)
+    return metrics
+
+
+def write_previews(previews: Path, cap, subject, sequence, frame, corr, posmap, gt, layout) -> None:
+    """Colour-coded overlays of up to 4 views and the paper's Figure 9 of one frame, under `previews`."""
+    m = cap.manifest
+    rows = m[(m.subject == subject) & (m.sequence == sequence) & (m.frame == frame)].set_index("camera")
+    images = np.stack([cap.image(rows.loc[v]) for v in corr.views])
+    order = np.argsort(rows.loc[list(corr.views)].yaw_deg.to_numpy()) if "yaw_deg" in rows.columns \
+        else np.arange(len(corr.views))
+    pick = order[np.unique(np.linspace(0, len(order) - 1, min(4, len(order))).round().astype(int))]
+    overlays = [correspondence_overlay(images[k], corr.uv[k], corr.visible[k]) for k in pick]
+    write_png(previews / f"{subject}_{sequence}_{frame:05d}_overlay.png", np.concatenate(overlays, 1))
+    if gt is not None:  # the paper's Figure 9 from the ground-truth pixel→surface map
+        uv, vis = uv_from_fragments(gt[0], gt[1].astype(np.float32), layout), gt[0] >= 0
+    else:
+        uv, vis = corr.uv, corr.visible
+    frontal = int(np.argmin(np.abs(rows.loc[[corr.views[k] for k in order]].yaw_deg.to_numpy()))) \
+        if "yaw_deg" in rows.columns else 0
+    fig = figure9(images[order], uv[order], vis[order], posmap_rgb(posmap, np.ones(posmap.shape[:2], bool)),
+                  query_view=frontal, tol_texels=2.0, names=[corr.views[k] for k in order])
+    write_png(previews / f"{subject}_{sequence}_{frame:05d}_figure9.png", fig)

@@ -1,0 +1,61 @@
+"""`geoface` command line: every stage's work without DVC, through the same library functions as the stages.
+
+    geoface head-model build|validate|convert   the head model (stand-in or FLAME folder)
+    geoface import SOURCE [ROOT] --out DIR        a dataset (or synthetic captures) as a canonical capture
+    geoface landmarks CAPTURE --out DIR           MediaPipe landmarks of a capture
+    geoface fit CAPTURE --out DIR                 landmarks + multi-view FLAME fit
+    geoface uv FITS HEAD_MODEL --out DIR          canonical UV position maps of fitted frames
+    geoface correspondences FITS UV CAPTURES HEAD_MODEL --out DIR
+    geoface dataset CAPTURES FITS UV CORRESPONDENCES HEAD_MODEL --out DIR
+    geoface train DATASET --out DIR               train the transformer
+    geoface evaluate MODEL DATASET FITS HEAD_MODEL --out DIR --plots DIR
+    geoface generate PHOTO --out DIR              views + geometry from one photo
+    geoface export SAMPLE --out DIR               3DGS starting point of a generated or evaluated sample
+
+`geoface CMD --help` lists the options and the params keys of CMD (with their docs and ranges; --set KEY=VALUE).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from flame_fitting.core.errors import GeofaceError
+
+from . import geometry, model
+
+
+def version() -> str:
+    """The installed distribution's version (importlib.metadata), else the package's own."""
+    from importlib.metadata import PackageNotFoundError, version as dist_version
+
+    try:
+        return dist_version("geoface")
+    except PackageNotFoundError:
+        import geoface
+
+        return getattr(geoface, "__version__", "unknown")
+
+
+def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The `geoface` parser; only the subcommand named in `argv` renders its params keys (imports its configs)."""
+    asked = next((a for a in (argv or []) if not a.startswith("-")), None)
+    ap = argparse.ArgumentParser(prog="geoface", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--version", action="version", version=f"geoface {version()}")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    geometry.register(sub, lambda name: name == asked)
+    model.register(sub, lambda name: name == asked)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser(argv).parse_args(argv)
+    name = " ".join(x for x in (args.cmd, getattr(args, "action", None)) if x)
+    try:
+        from .base import configs
+
+        args.func(args, *(configs(args) if args.sections else []))
+    except (GeofaceError, ValueError, FileNotFoundError) as e:  # our errors name the file and the problem
+        print(f"geoface {name}: {e}", file=sys.stderr)
+        return 2
+    return 0

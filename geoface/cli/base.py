@@ -1,0 +1,66 @@
+"""What every `geoface` subcommand shares: errors in the CLI's own words (`geoface CMD: ROOT /x does not exist`),
+input checks, the --set / --params / --force options and the output check behind --force."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+from flame_fitting.core.errors import GeofaceError
+from flame_fitting.core.fileio import check_output_dir
+
+from .config import Section, build, describe, load_class
+
+
+class CliError(GeofaceError, ValueError):
+    """A command line the toolkit refuses (missing input, bad option), said in the CLI's words."""
+
+
+def need(path: str | Path | None, metavar: str, kind: str = "exists") -> Path:
+    """`path` as a Path; CliError `METAVAR PATH does not exist` (or `is not a folder` / `is not a file`)."""
+    p = Path(path) if path is not None else None
+    if p is None or not p.exists():
+        raise CliError(f"{metavar} {path} does not exist")
+    if kind == "dir" and not p.is_dir():
+        raise CliError(f"{metavar} {path} is not a folder")
+    if kind == "file" and not p.is_file():
+        raise CliError(f"{metavar} {path} is not a file")
+    return p
+
+
+def check_out(out: str | Path, inputs, force: bool) -> Path:
+    """Refuse OUT before any work when replacing it could lose data (fileio.check_output_dir; --force)."""
+    return check_output_dir(out, [i for i in inputs if i is not None], force, option="--force")
+
+
+def command(sub, name: str, help: str, func, sections: list[Section] = (), chosen: bool = True,
+            force: str | None = "replace the output folder(s) if an earlier geoface run wrote them (a folder geoface "
+                                "did not write is never replaced)") -> argparse.ArgumentParser:
+    """A subparser running `func(args, *configs)`; with `sections`, the --set / --params options and the params
+    keys in its --help (rendered only when this subcommand is the one asked for: `chosen`)."""
+    p = sub.add_parser(name, help=help, description=help, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=describe(list(sections)) if sections and chosen else None)
+    if sections:
+        p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                       help="params overrides (keys below)" + (f", e.g. --set {_example(sections)}" if chosen else ""))
+        p.add_argument("--params", metavar="FILE", help="start from the section(s) of this params.yaml")
+    if force:
+        p.add_argument("--force", action="store_true", help=force)
+    p.set_defaults(func=func, sections=list(sections))
+    return p
+
+
+def _example(sections: list[Section]) -> str:
+    """`KEY=DEFAULT` of the first key of the first section."""
+    f = dataclasses.fields(load_class(sections[0][1]))[0]
+    return f"{f.name}={f.default if f.default is not dataclasses.MISSING else 'VALUE'}"
+
+
+def configs(args) -> list:
+    """The configs of the subcommand's sections from --params and --set."""
+    return build(args.sections, args.set, args.params)
+
+
+def show(result) -> None:
+    print(json.dumps(result, indent=2, default=str))

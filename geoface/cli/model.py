@@ -1,0 +1,115 @@
+"""`geoface` subcommands of the model: dataset, train, evaluate, generate, export. Each calls the same library
+function as its DVC stage (generate and export: geoface_model.generate / geoface_model.export)."""
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+from .base import CliError, check_out, command, need, show
+from .geometry import TOKENS, UV
+
+DATASET = ("dataset", "geoface_model.dataset_build:DatasetParams")
+TRAIN = [("train", "geoface_model.config:TrainConfig"), TOKENS, ("model", "geoface_model.config:ModelConfig"),
+         ("loss", "geoface_model.config:LossConfig")]
+EVAL = ("eval", "geoface_model.evaluate:EvalParams")
+
+
+def dataset(args, cfg, tok) -> None:
+    from geoface_model.dataset_build import build_dataset
+
+    ins = [need(getattr(args, k), k.upper(), "dir") for k in ("captures", "fits", "uv", "correspondences", "head_model")]
+    check_out(args.out, ins, args.force)
+    show(build_dataset(*ins, args.out, cfg, tok, metrics_path=args.metrics))
+
+
+def train(args, train_cfg, tok, model, loss) -> None:
+    from geoface_model.config import GeoFaceConfig
+    from geoface_model.train_run import train_model
+
+    data, out = need(args.dataset, "DATASET", "dir"), Path(args.out)
+    state = Path(args.state) if args.state else out.parent / f"{out.name}_train_state"
+    check_out(out, [data], args.force)
+    if state.is_dir() and any(not re.fullmatch(r"[0-9a-f]{16}", p.name) for p in state.iterdir()):
+        raise CliError(f"--state {state} holds files that are not geoface training runs; choose another folder")
+    cfg = GeoFaceConfig.from_sections(**{k: dataclasses.asdict(c) for k, c in
+                                         (("train", train_cfg), ("tokens", tok), ("model", model), ("loss", loss))},
+                                      where="--set")
+    m = train_model(cfg, data, state, out, args.loss_csv or out.parent / f"{out.name}_loss.csv",
+                    metrics_path=args.metrics)
+    show({k: v for k, v in m.items() if isinstance(v, (int, float, str, bool))})
+
+
+def evaluate(args, p, uv) -> None:
+    from geoface_model.evaluate_run import evaluate_model
+
+    ins = [need(getattr(args, k), k.upper(), "dir") for k in ("model", "dataset", "fits", "head_model")]
+    check_out(args.out, ins, args.force)
+    check_out(args.plots, ins, args.force)
+    show(evaluate_model(*ins, args.out, args.plots, p, uv.gutter, args.loss_csv, args.train_metrics,
+                        metrics_path=args.metrics))
+
+
+def generate(args) -> None:
+    from geoface_model.generate import generate_from_photo
+
+    need(args.photo, "PHOTO", "file")
+    show(generate_from_photo(args.photo, args.model, args.views, args.out, head_model_dir=args.head_model,
+                             num_inference_steps=args.steps, scheduler=args.scheduler, guidance_scale=args.guidance,
+                             seed=args.seed, export_gs=args.gs, overwrite=args.force))
+
+
+def export(args) -> None:
+    from geoface_model.export import export_sample
+
+    sample = need(args.sample, "SAMPLE", "dir")
+    check_out(args.out, [sample], args.force)
+    show(export_sample(sample, args.out, colmap_points=not args.no_points))
+
+
+def register(sub, chosen) -> None:
+    """Add the model subcommands to `sub`; `chosen(name)`: whether that subcommand's --help is asked for."""
+    p = command(sub, "dataset", "pack fitted frames into training shards split by subject (the dataset stage)",
+                dataset, [DATASET, TOKENS], chosen("dataset"))
+    for name in ("captures", "fits", "uv", "correspondences", "head_model"):
+        p.add_argument(name, metavar=name.upper())
+    p.add_argument("--out", required=True, help="dataset folder to write")
+    p.add_argument("--metrics", help="metrics JSON to write")
+
+    p = command(sub, "train", "train the GeoFace transformer on dataset shards (the train stage); a killed run "
+                "resumes from --state", train, TRAIN, chosen("train"))
+    p.add_argument("dataset", metavar="DATASET")
+    p.add_argument("--out", required=True, help="model folder to write (EMA weights + geoface_config.json)")
+    p.add_argument("--state", help="training state folder (default: OUT_train_state beside OUT)")
+    p.add_argument("--loss-csv", help="loss curve CSV to write (default: OUT_loss.csv beside OUT)")
+    p.add_argument("--metrics", help="metrics JSON to write")
+
+    p = command(sub, "evaluate", "generate and measure held-out samples with a trained model (the evaluate stage)",
+                evaluate, [EVAL, UV], chosen("evaluate"))
+    for name in ("model", "dataset", "fits", "head_model"):
+        p.add_argument(name, metavar=name.upper())
+    p.add_argument("--out", required=True, help="folder for the sample folders")
+    p.add_argument("--plots", required=True, help="folder for grids, views.csv and report.html")
+    p.add_argument("--metrics", help="metrics JSON to write")
+    p.add_argument("--loss-csv", help="training loss CSV shown in the report")
+    p.add_argument("--train-metrics", help="training metrics JSON shown in the report")
+
+    p = command(sub, "generate", "views + geometry from one face photo with a trained model", generate,
+                force="replace --out if an earlier geoface run wrote it")
+    p.add_argument("photo", metavar="PHOTO")
+    p.add_argument("--views", type=int, default=8)
+    p.add_argument("--out", required=True)
+    p.add_argument("--model", default="models/geoface", help="trained transformer or pipeline folder")
+    p.add_argument("--head-model", default="data/head_model")
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--scheduler", choices=["ddim", "euler"], default="ddim")
+    p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gs", action="store_true", help="also export transforms.json + COLMAP text + PLY for 3DGS")
+
+    p = command(sub, "export", "3D Gaussian Splatting starting point (transforms.json, COLMAP text, PLY) of a "
+                "folder written by `geoface generate` or the evaluate stage", export,
+                force="replace --out if an earlier geoface run wrote it")
+    p.add_argument("sample", metavar="SAMPLE", help="reference.png, views/*.png, cameras.json, optional mesh.obj")
+    p.add_argument("--out", required=True)
+    p.add_argument("--no-points", action="store_true", help="leave COLMAP's points3D.txt empty")

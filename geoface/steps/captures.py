@@ -1,0 +1,77 @@
+"""The `captures` stage's work (also `geoface import` with a contact sheet and metrics): the canonical multi-view
+capture every later stage reads. It spans rooms (synthetic generator or importers of pipelines/, the capture
+reader of flame_fitting.formats), so it lives on top.
+
+`source: synthetic` (default) renders captures from the head model with full ground truth (pipelines/synthetic,
+docs/synthetic.md); any other source imports a real dataset from `root` (nersemble | renderme360 | colmap |
+transforms_json | folder; docs/sources.md). Writes the capture folder (atomically), the metrics (counts; on
+synthetic data the MediaPipe detection rate and landmark error per yaw band, measured on the generated views) and
+a contact sheet PNG per subject (the first `MAX_SHEETS`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from flame_fitting.core.fileio import write_json
+from flame_fitting.core.params import ParamsError, build_config, spec
+from flame_fitting.formats.capture import load_capture
+from pipelines.common import ImportConfig
+from pipelines.registry import SOURCES, import_capture
+from pipelines.synthetic import SyntheticConfig, contact_sheet, detection_report, generate
+
+MAX_SHEETS = 24  # contact sheets for the first subjects only (a large dataset has thousands)
+
+
+@dataclass
+class CaptureSource:
+    source: str = spec("synthetic", "where captures come from", choices=list(SOURCES))
+    root: str | None = spec(None, "dataset folder for real sources; unused for synthetic")
+
+    def validate(self) -> None:
+        if self.source != "synthetic" and not self.root:
+            raise ParamsError(f"captures.root: needed for captures.source={self.source!r}")
+
+
+def load_capture_params(section: dict | None, where: str = "params.yaml:captures"):
+    """(CaptureSource, SyntheticConfig | ImportConfig) from a `captures` section, validated."""
+    section = dict(section or {})
+    src = build_config(CaptureSource, {k: section.pop(k) for k in ("source", "root") if k in section}, where)
+    synthetic = section.pop("synthetic", None) or {}
+    if src.source == "synthetic":
+        return src, build_config(SyntheticConfig, synthetic, f"{where}.synthetic")
+    return src, build_config(ImportConfig, section, where)
+
+
+def make_captures(head_model: Path | str | None, out: Path | str, sheets: Path | str | None, src: CaptureSource,
+                  cfg: SyntheticConfig | ImportConfig, metrics_path: Path | str | None = None,
+                  overwrite: bool = True) -> dict:
+    """Generate (synthetic, from the head model folder) or import (`src.root`) the capture into `out`, draw the
+    contact sheets into `sheets` (None: none); returns (and writes) the metrics."""
+    out = Path(out)
+    if src.source == "synthetic":
+        summary = generate(Path(head_model), out, cfg)
+    else:
+        report = import_capture(src.source, src.root, out, cfg, overwrite=overwrite)
+        summary = {"skipped": len(getattr(report, "skipped", []) or [])}
+    cap = load_capture(out)
+    m = cap.manifest
+    metrics = {
+        "source": src.source,
+        "n_subjects": int(m.subject.nunique()),
+        "n_sequences": int(len(cap.sequences())),
+        "n_frames": int(m.groupby(["subject", "sequence"]).frame.nunique().sum()),
+        "n_cameras": int(m.camera.nunique()),
+        "n_images": int(len(m)),
+        "split_subjects": {k: int(v) for k, v in m.groupby("split").subject.nunique().items()},
+        **{k: v for k, v in summary.items() if isinstance(v, (int, float))},
+    }
+    if sheets is not None:
+        Path(sheets).mkdir(parents=True, exist_ok=True)
+    if src.source == "synthetic":
+        metrics.update(detection_report(out))
+    for subject in sorted(m.subject.unique())[:MAX_SHEETS] if sheets is not None else []:
+        contact_sheet(out, subject, Path(sheets) / f"{subject}.png")
+    if metrics_path is not None:
+        write_json(metrics_path, metrics)
+    return metrics

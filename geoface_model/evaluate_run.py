@@ -1,0 +1,124 @@
+"""The `evaluate` stage's work (also `geoface evaluate`): generate views + geometry for held-out subjects and
+measure them (per-sample maths in geoface_model/evaluate.py; definitions in docs/evaluation.md).
+
+The model folder holds the config it was trained with (geoface_config.json beside the weights). For every sample
+of the `split` shards: the most frontal view is the reference, `n_targets` views are generated with their UV
+position map and mesh, and measured. A sample that fails is recorded and skipped. Writes:
+  METRICS (JSON)           means over samples: psnr, ssim, lpips (null + status without local weights), tsed,
+                           landmark_fit_rmse_px, mesh_alignment_px, geometry_error_mm, attention_hit_rate, the same
+                           consistency metrics on the ground-truth views (gt_*), the copy-the-reference baseline,
+                           counts, failures
+  PLOTS/views.csv          per generated view: yaw, PSNR, SSIM (DVC plot)
+  PLOTS/samples/*.png      per-sample grids (reference, ground truth, generated, mesh overlay, UV maps)
+  PLOTS/overlay.png        the generated mesh over the generated views of the first sample
+  PLOTS/report.html        everything above in one offline HTML file
+  OUT/<sample>/            views/*.png, reference.png, mesh.obj, posmap.npy, cameras.json (canonical head frame),
+                           gs/ (3DGS start: transforms.json, COLMAP text, points3d.ply) when `export_3dgs`
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from flame_fitting.core.errors import GeofaceError
+from flame_fitting.core.fileio import make_temp_dir, replace_dir, sha256_file, write_csv, write_json, write_png
+from flame_fitting.formats.fits import load_sequence_fit
+from flame_fitting.head.head_model import load_head_model
+
+from .config import GeoFaceConfig
+from .data import GeoFaceDataset
+from .evaluate import EvalParams, aggregate, evaluate_sample, save_sample
+from .generate import load_pipeline
+from .report import loss_figure, overlay_figure, sample_grid, write_report
+
+
+class EvaluateError(GeofaceError, ValueError):
+    """An evaluation that cannot start (missing model config or fits) or in which every sample failed."""
+
+
+def evaluate_model(model_dir: Path | str, dataset: Path | str, fits: Path | str, head_model: Path | str,
+                   out: Path | str, plots: Path | str, p: EvalParams, gutter: int = 4,
+                   loss_csv: Path | str | None = None, train_metrics: Path | str | None = None,
+                   metrics_path: Path | str | None = None) -> dict:
+    """Evaluate the model in `model_dir` on the `p.split` shards of `dataset` (module docstring); returns (and
+    writes) the summary. `loss_csv` / `train_metrics`: the training loss curve and metrics shown in the report."""
+    model_dir, dataset, fits, out, plots = map(Path, (model_dir, dataset, fits, out, plots))
+    cfg_path = model_dir / "geoface_config.json"
+    if not cfg_path.is_file():
+        raise EvaluateError(f"{cfg_path}: missing (the train stage writes it beside the model; run `dvc repro train`)")
+    cfg = GeoFaceConfig.from_sections(**{k: v for k, v in json.loads(cfg_path.read_text()).items()
+                                         if k in ("tokens", "model", "loss", "train")}, where=str(cfg_path))
+    fit_of = {f.parent.relative_to(fits).as_posix(): load_sequence_fit(f.parent) for f in sorted(fits.glob("*/*/fit.npz"))}
+    if not fit_of:
+        raise EvaluateError(f"{fits}: no fit.npz (run the fit stage)")
+    any_fit = next(iter(fit_of.values()))
+    head = load_head_model(head_model, n_shape=any_fit["shape"].shape[1], n_expr=any_fit["expr"].shape[1])
+    pipe = load_pipeline(model_dir, head, cfg, scheduler=p.scheduler, gutter=gutter)
+    pipe.set_progress_bar_config(disable=True)
+    ds = GeoFaceDataset(dataset, p.split, n_ref=1, n_tgt=p.n_targets, random_views=False)
+    n = len(ds) if p.max_samples is None else min(len(ds), p.max_samples)
+    faces = head.faces.numpy()
+
+    out_tmp, plots_tmp = make_temp_dir(out), make_temp_dir(plots)
+    results, failures, t0 = [], [], time.perf_counter()
+    try:
+        for i in tqdm(range(n), desc="evaluate"):
+            s, j = ds.items[i]
+            info = ds.metas[s].samples[j]
+            key = f"{info['subject']}/{info['sequence']}"
+            try:
+                fit = fit_of.get(key)
+                if fit is None:
+                    raise ValueError(f"no fit for {key} in {fits}")
+                k = np.flatnonzero(fit["frame"] == int(info["frame"]))
+                if len(k) != 1 or not bool(fit["ok"][k[0]]):
+                    raise ValueError(f"frame {info['frame']} of {key} has no successful fit")
+                r = evaluate_sample(pipe, head, ds, i, fit, int(k[0]), p, cfg)
+            except Exception as e:  # one bad sample is recorded and skipped
+                failures.append({"sample": f"{key}/{int(info['frame']):05d}", "error": f"{type(e).__name__}: {e}"})
+                traceback.print_exc()
+                continue
+            results.append(r)
+            stem = r.name.replace("/", "_")
+            save_sample(out_tmp / stem, r, faces, p.export_3dgs)
+            write_png(plots_tmp / "samples" / f"{stem}.png", sample_grid(r, faces))
+        if not results:
+            raise EvaluateError(f"evaluate: every sample failed: {failures}")
+        summary = {"split": p.split, "n_samples": len(results), "n_failed": len(failures), "n_targets": p.n_targets,
+                   **aggregate(results), "s_per_sample": (time.perf_counter() - t0) / len(results),
+                   "num_inference_steps": p.num_inference_steps, "scheduler": p.scheduler,
+                   "notes": sorted({note for r in results for note in r.notes}), "failures": failures}
+        views = [v for r in results for v in r.views]
+        write_csv(plots_tmp / "views.csv", pd.DataFrame(views))
+        figs = []
+        ov = overlay_figure(results[0], faces)
+        write_png(plots_tmp / "overlay.png", ov)
+        figs.append((f"generated views of {results[0].name}" +
+                     (" with the generated mesh overlaid" if results[0].vertices is not None else " (no mesh)"), ov))
+        loss = loss_figure(loss_csv) if loss_csv is not None else None
+        if loss is not None:
+            figs.append((f"training loss ({loss_csv})", loss))
+        figs += [(f"sample {r.name}", sample_grid(r, faces)) for r in results]
+        weights = sorted(model_dir.glob("*.safetensors"))
+        provenance = {"model": str(model_dir), "model_sha256": {w.name: sha256_file(w) for w in weights},
+                      "config": cfg.to_dict(), "eval": p.__dict__,
+                      "shards": {str(q): sha256_file(q) for q in sorted(dataset.glob("**/*.safetensors"))}}
+        train_json = Path(train_metrics) if train_metrics is not None else None
+        write_report(plots_tmp / "report.html", summary, [{"sample": r.name, **r.metrics} for r in results], views, figs,
+                     provenance, json.loads(train_json.read_text()) if train_json and train_json.is_file() else None)
+        replace_dir(out_tmp, out)
+        replace_dir(plots_tmp, plots)
+    except BaseException:
+        shutil.rmtree(out_tmp, ignore_errors=True)
+        shutil.rmtree(plots_tmp, ignore_errors=True)
+        raise
+    if metrics_path is not None:
+        write_json(metrics_path, summary)
+    return summary

@@ -1,0 +1,193 @@
+"""The `geoface` command line: every stage's work as a subcommand, --help generated from the params dataclasses,
+--version, errors in the CLI's own words, and a real small run (head model -> synthetic capture -> fit -> uv ->
+correspondences) through the same library calls as the stages."""
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flame_fitting.core.fileio import MARKER
+from geoface.cli import main
+from geoface.cli.config import load_class
+
+REPO = Path(__file__).resolve().parents[2]
+COMMANDS = ["head-model", "import", "landmarks", "fit", "uv", "correspondences", "dataset", "train", "evaluate",
+            "generate", "export"]
+# subcommand -> the params dataclasses its --help must document (first: bare keys, others: SECTION.KEY)
+SECTIONS = {
+    ("head-model", "build"): [("", "geoface.steps.head_model:HeadModelParams")],
+    ("import",): [("", "pipelines.common:ImportConfig"), ("synthetic", "pipelines.synthetic:SyntheticConfig")],
+    ("landmarks",): [("", "flame_fitting.landmarks.capture:LandmarksParams")],
+    ("fit",): [("", "flame_fitting.fit.config:FitConfig")],
+    ("uv",): [("", "flame_fitting.uv.batch:UVParams")],
+    ("correspondences",): [("", "flame_fitting.uv.batch:CorrespondenceParams"),
+                           ("tokens", "geoface_model.config:TokensConfig")],
+    ("dataset",): [("", "geoface_model.dataset_build:DatasetParams"), ("tokens", "geoface_model.config:TokensConfig")],
+    ("train",): [("", "geoface_model.config:TrainConfig"), ("model", "geoface_model.config:ModelConfig"),
+                 ("loss", "geoface_model.config:LossConfig"), ("tokens", "geoface_model.config:TokensConfig")],
+    ("evaluate",): [("", "geoface_model.evaluate:EvalParams"), ("uv", "flame_fitting.uv.batch:UVParams")],
+}
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """Run `geoface ARGS` in this process: (exit status, stdout, stderr)."""
+    capsys.readouterr()
+    try:
+        rc = main([str(a) for a in args])
+    except SystemExit as e:  # argparse: --help, --version, usage errors
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_help_lists_every_subcommand_and_the_entry_point_runs():
+    r = subprocess.run([sys.executable, "-m", "geoface.cli", "--help"], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    listed = r.stdout.split("options:")[0]
+    for name in COMMANDS:
+        assert f"\n    {name} " in listed or f"\n    {name}\n" in listed, (name, listed)
+
+
+def test_version(capsys):
+    from importlib.metadata import version
+
+    rc, out, _ = cli(capsys, "--version")
+    assert rc == 0 and out.strip() == f"geoface {version('geoface')}"
+
+
+@pytest.mark.parametrize("cmd", list(SECTIONS), ids=" ".join)
+def test_subcommand_help_documents_its_params_keys(capsys, cmd):
+    rc, out, _ = cli(capsys, *cmd, "--help")
+    assert rc == 0 and "--set" in out and "--out" in out
+    text = flat(out)
+    for prefix, ref in SECTIONS[cmd]:
+        for f in dataclasses.fields(load_class(ref)):
+            key = f"{prefix}.{f.name}" if prefix else f.name
+            assert f" {key} " in text, (cmd, key)
+            assert flat(f.metadata["doc"]) in text, (cmd, key)
+            lo, hi, choices = f.metadata["lo"], f.metadata["hi"], f.metadata["choices"]
+            if lo is not None and hi is not None:
+                assert f"in [{lo}, {hi}]" in text, (cmd, key)
+            if choices:
+                assert "one of " + ", ".join(map(str, choices)) in text, (cmd, key)
+
+
+def test_uv_help_shows_resolution_with_its_range_and_doc(capsys):
+    _, out, _ = cli(capsys, "uv", "--help")
+    assert "resolution  int = 256, in [16, 4096]\n        side of the UV position map in texels" in out
+
+
+def test_errors_in_the_cli_words(capsys, tmp_path):
+    rc, _, err = cli(capsys, "import", "folder", tmp_path / "nonexistent", "--out", tmp_path / "cap")
+    assert rc == 2 and err.strip() == f"geoface import: ROOT {tmp_path / 'nonexistent'} does not exist"
+    assert "captures.root" not in err and not (tmp_path / "cap").exists()
+    rc, _, err = cli(capsys, "uv", tmp_path, tmp_path, "--out", tmp_path / "uv", "--set", "resolution=8")
+    assert rc == 2 and err.strip() == "geoface uv: --set resolution: 8 is below the minimum 16"
+    rc, _, err = cli(capsys, "uv", tmp_path, tmp_path, "--out", tmp_path / "uv", "--set", "resolutin=64")
+    assert rc == 2 and err.startswith("geoface uv: --set: unknown keys ['resolutin']")
+    rc, _, err = cli(capsys, "correspondences", tmp_path / "fits", tmp_path, tmp_path, tmp_path, "--out", tmp_path / "c")
+    assert rc == 2 and err.strip() == f"geoface correspondences: FITS {tmp_path / 'fits'} does not exist"
+    rc, _, err = cli(capsys, "head-model", "validate", tmp_path / "none")
+    assert rc == 2 and err.strip() == f"geoface head-model validate: FOLDER {tmp_path / 'none'} does not exist"
+    assert "Traceback" not in err
+    params = tmp_path / "p.yaml"
+    params.write_text("uv:\n  resolution: 8\ncaptures:\n  source: folder\n  root: /x\n  downscale: 0\n")
+    rc, _, err = cli(capsys, "uv", tmp_path, tmp_path, "--out", tmp_path / "uv", "--params", params)
+    assert rc == 2 and err.strip() == f"geoface uv: {params}:uv.resolution: 8 is below the minimum 16"
+    rc, _, err = cli(capsys, "import", "folder", tmp_path, "--out", tmp_path / "cap", "--params", params)
+    assert rc == 2 and err.strip() == f"geoface import: {params}:captures.downscale: 0 is below the minimum 1"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """head-model build -> import synthetic -> fit, through the CLI (1 subject, 1 frame, 4 views at 192²)."""
+    d = tmp_path_factory.mktemp("cli")
+    steps = [["head-model", "build", "--out", d / "hm", "--preview", d / "hm.png",
+              "--set", "n_shape=10", "n_expr=10", "calibrate_landmarks=false"],
+             ["import", "synthetic", "--head-model", d / "hm", "--out", d / "cap", "--sheets", d / "sheets",
+              "--set", "synthetic.subjects=1", "synthetic.frames=1", "synthetic.cameras=4", "synthetic.resolution=192",
+              "synthetic.texture_resolution=256", "synthetic.yaw_range_deg=[-45,45]"],
+             ["fit", d / "cap", "--out", d / "fit", "--head-model", d / "hm", "--workers", "1",
+              "--set", "iterations=5", "n_shape=10", "n_expr=10"]]
+    for args in steps:
+        assert main([str(a) for a in args]) == 0, args
+    return d
+
+
+def test_uv_and_correspondences_through_the_cli(capsys, run_dir):
+    d = run_dir
+    assert (d / "hm.png").is_file() and (d / "sheets" / "synth000.png").is_file()
+    assert json.loads((d / "fit" / "metrics.json").read_text())["fit"]["frames_ok"] == 1
+    rc, out, err = cli(capsys, "uv", d / "fit" / "fits", d / "hm", "--out", d / "uv", "--previews", d / "uvprev",
+                       "--metrics", d / "uv.json", "--set", "resolution=64")
+    assert rc == 0, err
+    m = json.loads((d / "uv.json").read_text())
+    assert m == json.loads(out) and m["n_frames"] == 1 and m["resolution"] == 64 and m["roundtrip_mm_mean"] < 2.0
+    posmap = np.load(d / "uv" / "synth000" / "synthetic" / "00000.npz")["posmap"]
+    assert posmap.shape == (64, 64, 3) and (d / "uv" / MARKER).is_file()
+    assert (d / "uvprev" / "synth000_synthetic_00000.png").is_file()
+
+    args = ["correspondences", d / "fit" / "fits", d / "uv", d / "cap", d / "hm", "--out", d / "corr",
+            "--metrics", d / "corr.json", "--set", "check_stride=1", "tokens.resolution=32", "tokens.uv_resolution=32"]
+    rc, out, err = cli(capsys, *args)
+    assert rc == 0, err
+    c = json.loads((d / "corr.json").read_text())
+    assert c["frames"] == 1 and c["app_tokens"] == 4 and c["geo_tokens"] == 4 and c["empty_views"] == 0
+    assert c["cycle_error_px_median"] < 1.0 and c["gt_uv_accuracy"] > 0.5
+    # --force: a second run refuses to replace its own output without it, and replaces it with it
+    rc, _, err = cli(capsys, *args)
+    assert rc == 2 and "--force" in err and err.startswith("geoface correspondences: ")
+    rc, _, err = cli(capsys, *args, "--force")
+    assert rc == 0, err
+    # an output folder geoface did not write is never replaced
+    (d / "mine").mkdir()
+    (d / "mine" / "notes.txt").write_text("keep")
+    rc, _, err = cli(capsys, "uv", d / "fit" / "fits", d / "hm", "--out", d / "mine", "--force")
+    assert rc == 2 and "not written by geoface" in err and (d / "mine" / "notes.txt").read_text() == "keep"
+
+
+def test_export_of_a_sample_folder(capsys, tmp_path):
+    """`geoface export` of a folder as the evaluate stage writes it (mesh.obj without UVs) = export_3dgs of its
+    files, reference first."""
+    from flame_fitting.core.fileio import write_png
+    from flame_fitting.formats.capture import save_cameras
+    from flame_fitting.geometry.camera import Camera, intrinsics, look_at
+    from flame_fitting.geometry.meshes import icosphere
+    from flame_fitting.uv import write_obj
+    from geoface_model.export import export_3dgs, read_ply
+
+    v, f = icosphere(2)
+    v = (0.1 * v).astype(np.float32)
+    cams = [Camera(K=intrinsics(60, 60, 24, 20), world_to_cam=look_at(0.5 * np.array([np.sin(a), 0.1, np.cos(a)]),
+                                                                   np.zeros(3)), width=48, height=40, name=f"c{i}")
+            for i, a in enumerate(np.radians([-30, 0, 30]))]
+    imgs = [(np.random.default_rng(i).random((40, 48, 3)) * 255).astype(np.uint8) for i in range(3)]
+    sample = tmp_path / "sample"
+    write_png(sample / "reference.png", imgs[1])
+    for i in (0, 2):
+        write_png(sample / "views" / f"c{i}.png", imgs[i])
+    save_cameras(sample / "cameras.json", {c.name: c for c in cams})
+    write_obj(sample / "mesh.obj", v, f)
+    rc, out, err = cli(capsys, "export", sample, "--out", tmp_path / "gs")
+    assert rc == 0, err
+    ref = export_3dgs(tmp_path / "ref", [imgs[1], imgs[0], imgs[2]], [cams[1], cams[0], cams[2]], v, f,
+                      names=["c1", "c0", "c2"])
+    assert json.loads(out) == ref and ref["n_points"] == len(v)
+    for name in ref["files"]:  # the mesh went through OBJ text: its points agree to the OBJ's precision
+        if name not in ("points3d.ply", "sparse/0/points3D.txt"):
+            assert (tmp_path / "gs" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes(), name
+    got, want = read_ply(tmp_path / "gs" / "points3d.ply"), read_ply(tmp_path / "ref" / "points3d.ply")
+    for k in ("x", "y", "z"):
+        np.testing.assert_allclose(got[k], want[k], atol=1e-6)
+    assert (got["red"] == want["red"]).mean() > 0.95
+    rc, _, err = cli(capsys, "export", sample, "--out", tmp_path / "gs")
+    assert rc == 2 and "--force" in err
