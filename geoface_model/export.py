@@ -23,14 +23,13 @@ The readers `pipelines.transforms_json` and `pipelines.colmap` read both back (r
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from flame_fitting.core.errors import GeofaceError
 from flame_fitting.geometry.camera import Camera, invert_rigid
-from flame_fitting.core.fileio import replace_dir, temp_path, write_png
+from flame_fitting.core.fileio import output_dir, write_png
 from flame_fitting.formats.capture import load_cameras, read_image
 from flame_fitting.geometry.raster import rasterize
 from flame_fitting.geometry.meshes import vertex_normals
@@ -158,8 +157,7 @@ def export_3dgs(out_dir: Path | str, images: list[np.ndarray], cameras: list[Cam
                               f"got {np.asarray(img).dtype} {np.asarray(img).shape}")
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(out)
-    try:
+    with output_dir(out) as tmp:
         (tmp / "images").mkdir(parents=True)
         for name, img in zip(names, images):
             write_png(tmp / "images" / f"{name}.png", np.asarray(img))
@@ -180,10 +178,6 @@ def export_3dgs(out_dir: Path | str, images: list[np.ndarray], cameras: list[Cam
         (tmp / "transforms.json").write_text(json.dumps(meta, indent=1))
         _colmap_files(tmp / "sparse" / "0", names, cameras, points if colmap_points else None, colors)
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {"n_views": len(cameras), "n_points": 0 if points is None else len(points), "n_unseen_points": n_unseen,
             "files": files}
 

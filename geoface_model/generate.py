@@ -26,7 +26,6 @@ models/geoface) with the `GeoFaceConfig` it was trained with (`cfg`, or geoface_
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,7 @@ from tqdm.auto import tqdm
 from flame_fitting.core.errors import GeofaceError
 from flame_fitting.geometry.camera import Camera
 from flame_fitting.formats.capture import save_cameras
-from flame_fitting.core.fileio import check_output_dir, read_image, replace_dir, temp_path, write_obj, write_png
+from flame_fitting.core.fileio import check_output_dir, output_dir, read_image, write_obj, write_png
 from flame_fitting.head.head_model import load_head_model
 from flame_fitting.geometry.render import Lighting, render_mesh
 from flame_fitting.uv import UVLayout
@@ -227,9 +226,7 @@ def generate_from_photo(photo: Path | str, model_dir: Path | str, n_views: int, 
     bar.update(1)
 
     names = [c.name for c in res.cameras]
-    tmp = temp_path(out)
-    try:
-        tmp.mkdir(parents=True)
+    with output_dir(out, inputs, overwrite) as tmp:
         write_png(tmp / "reference.png", res.reference[0])
         for name, img in zip(names, res.images):
             write_png(tmp / "views" / f"{name}.png", img)
@@ -258,10 +255,6 @@ def generate_from_photo(photo: Path | str, model_dir: Path | str, n_views: int, 
             "files": sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file()) + ["report.json"],
         }
         (tmp / "report.json").write_text(json.dumps(report, indent=1))
-        replace_dir(tmp, out, overwrite, inputs)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     bar.update(1)
     bar.close()
     return report

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import json
 import pickle
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
-from flame_fitting.core.fileio import make_temp_dir, replace_dir, write_obj
+from flame_fitting.core.fileio import output_dir, write_obj
 from . import embedding as emb
 from .bases import build_bases
 from .face_surface import PHOTO_NAME, build_metric_face
@@ -92,8 +91,7 @@ def build_standin(out_dir: Path, seed: int = 0, n_shape: int = 50, n_expr: int =
         "note": "geoface stand-in head model — NOT FLAME",
         "identity_names": id_names, "expr_names": ex_names,
     }
-    tmp = make_temp_dir(out_dir)
-    try:
+    with output_dir(out_dir) as tmp:
         np.savez(tmp / "FLAME_NEUTRAL.npz", v_template=v.astype(np.float32), f=f.astype(np.int64),
                  shapedirs=shapedirs.astype(np.float32), posedirs=np.zeros((len(v), 3, N_POSEDIRS), np.float32),
                  J_regressor=j_reg.astype(np.float32), kintree_table=KINTREE, weights=weights.astype(np.float32))
@@ -110,8 +108,4 @@ def build_standin(out_dir: Path, seed: int = 0, n_shape: int = 50, n_expr: int =
                  photo_landmarks_px=face.photo_px.astype(np.float32), photo_name=np.array(PHOTO_NAME))
         summary["build_s"] = round(time.perf_counter() - t0, 3)
         (tmp / "head_model.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
-        replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return summary
