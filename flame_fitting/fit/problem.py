@@ -33,6 +33,7 @@ from flame_fitting.fit.config import FitConfig
 from flame_fitting.fit.jacobian import forward_and_jacobian
 from flame_fitting.fit.reduced import ReducedModel
 from flame_fitting.fit.rig import Rig, corrected_centers, project
+from flame_fitting.fit.so3 import hat
 
 Z_MIN = 0.01        # m: points closer than this to a camera plane (or behind it) are "behind the camera"
 BEHIND_PX = 1e4     # such points cost ρ(BEHIND_PX) each, with no gradient
@@ -71,6 +72,8 @@ class Problem:
     conf: Tensor       # (F, C, L) float64, 0 where missing
     cfg: FitConfig
     sil: Any = None    # silhouette.SilhouetteData (mask boundaries + pairing) or None: no silhouette term
+    cameras_free: bool = True  # with camera refinement: False holds the corrections at their current values
+    size_grad: Tensor | None = None  # (n_shape,) with free cameras: hold the neutral head's size (d size / d shape)
 
     @property
     def n_frame(self) -> int:
@@ -97,11 +100,67 @@ class Problem:
         return s
 
     def camera_prior(self) -> Tensor:
-        """(n_cam,) diagonal prior weights of one camera's correction."""
-        cfg = self.cfg
+        """(C, k, k) prior precision of each camera's correction ξ_c (k = n_params): the rotation change ω_c has σ
+        camera_rot_sigma_deg, the camera centre's move δo_c ≈ [o_c - p0]× ω_c - τ_c (first order, see `rig.py`)
+        σ camera_trans_sigma_mm, the log focal scale σ focal_sigma; i.e. ξ_cᵀ P_c ξ_c = |ω_c / σ_r|² +
+        |δo_c / σ_t|² (+ (φ_c / σ_f)²)."""
+        cfg, rig, k = self.cfg, self.rig, self.rig.n_params
+        C = len(rig.names)
+        B = torch.zeros(C, k, k, dtype=torch.float64)                       # rows: [ω | δo | φ] = B_c ξ_c
+        B[:, 0:3, 0:3] = torch.eye(3, dtype=torch.float64)
+        if k >= 6:
+            B[:, 3:6, 0:3] = hat(rig.centers - rig.pivot)
+            B[:, 3:6, 3:6] = -torch.eye(3, dtype=torch.float64)
+        if k == 7:
+            B[:, 6, 6] = 1.0
         w = [1 / np.radians(cfg.camera_rot_sigma_deg) ** 2] * 3 + [1 / (cfg.camera_trans_sigma_mm / 1e3) ** 2] * 3
-        w += [1 / cfg.focal_sigma ** 2]
-        return torch.tensor(w[:self.rig.n_params], dtype=torch.float64)
+        w = torch.tensor((w + [1 / cfg.focal_sigma ** 2])[:k], dtype=torch.float64)
+        return B.transpose(1, 2) @ (w[:, None] * B)
+
+    def shared_basis(self) -> Tensor | None:
+        """(n_shared, n_shared - 7) orthonormal basis of the shared unknowns' gauge-free subspace, or None without
+        camera refinement: identity for the shape; for the camera corrections, the ξ with (to first order)
+        Σ_c ω_c = 0 (the rig's mean rotation), Σ_c δo_c = 0 (its centroid) and Σ_c v_c·δo_c = 0 (its size,
+        v_c = (o_c - ō) / rms|o - ō|). A similarity of rig + heads leaves every projection unchanged (the head's
+        size is only set by the identity prior), so these 7 directions are held at the calibration's and the
+        LM step is solved in the complement (`lm.py`)."""
+        if not self.rig.n_params:
+            return None
+        if not self.cameras_free:
+            return torch.eye(self.n_shared, self.rm.n_shape, dtype=torch.float64)
+        return _gauge_basis(self.rig, self.rm.n_shape, self.size_grad)
+
+
+def head_size_gradient(rm: ReducedModel, shape: Tensor) -> Tensor:
+    """(n_shape,) d size / d shape of the neutral head's size (rms distance of its landmarks to their centroid)."""
+    X, _, D = forward_and_jacobian(rm, shape, torch.zeros(1, rm.layout.n, dtype=torch.float64), normals=False)
+    d = X[0] - X[0].mean(1, keepdim=True)                                 # (3, L)
+    Dd = D[0, :, :, :rm.n_shape] - D[0, :, :, :rm.n_shape].mean(1, keepdim=True)
+    return torch.einsum("cl,cls->s", d, Dd) / (d * d).sum().sqrt().clamp_min(1e-12) / X.shape[-1] ** 0.5
+
+
+def _gauge_basis(rig: Rig, n_shape: int, size_grad: Tensor | None) -> Tensor:
+    """(n_shape + C·k, m) orthonormal basis of the shared unknowns' subspace that holds the rig's mean rotation,
+    centroid and size (7 rows) and, with size_grad (n_shape,), the neutral head's size (1 row) to first order."""
+    C, k = len(rig.names), rig.n_params
+    o = rig.centers
+    v = o - o.mean(0)
+    v = v / v.pow(2).sum(1).mean().sqrt().clamp_min(1e-12)
+    G = torch.zeros(8, n_shape + C * k, dtype=torch.float64)              # the constraints G s = 0
+    Gc = G[:, n_shape:].view(8, C, k)
+    dO = torch.zeros(C, 3, k, dtype=torch.float64)                        # δo_c = dO_c ξ_c
+    dO[:, :, 0:3] = hat(o - rig.pivot)
+    dO[:, :, 3:6] = -torch.eye(3, dtype=torch.float64)
+    Gc[0:3, :, 0:3] = torch.eye(3, dtype=torch.float64)[:, None]
+    Gc[3:6] = dO.permute(1, 0, 2)
+    Gc[6] = (v[:, :, None] * dO).sum(1)
+    if size_grad is not None:
+        G[7, :n_shape] = size_grad
+    else:
+        G = G[:7]
+    _, S, Vh = torch.linalg.svd(G, full_matrices=True)
+    rank = int((S > 1e-9 * S[0]).sum())
+    return Vh[rank:].T.contiguous()
 
 
 @dataclass
@@ -206,32 +265,11 @@ def prior_terms(pb: Problem, shape: Tensor, thetas: Tensor, xi: Tensor, active: 
     g_s[:n_s] = cfg.prior_shape * shape
     shared_cost = cfg.prior_shape * (shape * shape).sum()
     if k:
-        pc = pb.camera_prior()
-        shared_cost = shared_cost + (pc * xi * xi).sum()
-        idx = torch.arange(n_s, pb.n_shared)
-        A_ss[idx, idx] += pc.repeat(C)
-        g_s[n_s:] += (pc * xi).reshape(-1)
-        gw = torch.zeros(k, dtype=torch.float64)
-        gw[:6] = cfg.gauge_weight * pc[:6]
-        mean = xi.mean(0)
-        shared_cost = shared_cost + C * (gw * mean * mean).sum()
-        A_ss[n_s:, n_s:] += torch.kron(torch.ones(C, C, dtype=torch.float64), torch.diag(gw)) / C
-        g_s[n_s:] += (gw * mean).repeat(C)
-        # scale: the rig's size Σ_c |o_c - ō|² is kept to first order. A correction moves camera centre o_c by
-        # δo_c ≈ (o_c - p0) × ω_c - τ_c, so the constraint is Σ_c a_c·ξ_c = 0 with
-        # a_c = [v_c × (o_c - p0), -v_c],
-        # v_c = (o_c - ō) / rms|o - ō|; it is orthogonal to the rigid gauge (Σ v_c = 0, Σ v_c × (o_c - p0) = 0).
-        o = pb.rig.centers
-        v = o - o.mean(0)
-        v = v / v.pow(2).sum(1).mean().sqrt().clamp_min(1e-12)
-        a = torch.zeros(C, k, dtype=torch.float64)
-        a[:, 0:3], a[:, 3:6] = torch.linalg.cross(v, o - pb.rig.pivot), -v
-        a = a.reshape(-1)
-        size = (a * xi.reshape(-1)).sum() / C
-        gs = cfg.rig_scale_weight * pc[3]
-        shared_cost = shared_cost + C * gs * size ** 2
-        A_ss[n_s:, n_s:] += gs * torch.outer(a, a) / C
-        g_s[n_s:] += gs * size * a
+        P = pb.camera_prior()                                               # (C, k, k)
+        Pxi = (P @ xi[:, :, None])[..., 0]                                  # (C, k)
+        shared_cost = shared_cost + (xi * Pxi).sum()
+        A_ss[n_s:, n_s:] += torch.block_diag(*P)
+        g_s[n_s:] += Pxi.reshape(-1)
     E = None
     pair = active[1:] & active[:-1]
     if cfg.temporal_weight > 0 and len(th) > 1 and bool(pair.any()):
