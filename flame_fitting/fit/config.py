@@ -81,7 +81,7 @@ class FitConfig:
     camera_trans_sigma_mm: float = spec(20.0, "prior σ of a camera's centre move (mm)", lo=1e-6)
     focal_sigma: float = spec(0.02, "prior σ of a camera's log focal scale", lo=1e-6)
     camera_accept_gain: float = spec(2.0, "keep the refined cameras only if the fit's objective (data + priors) fell by "
-                                          "more than this per free camera parameter (6 per camera - 7 for the gauge; "
+                                          "more than this per free camera parameter (6 per camera - 6 for the gauge; "
                                           "2 = AIC), else keep the calibration (refine.py)", lo=0.0)
     camera_max_sigmas: float = spec(1.5, "refuse a camera refinement that moves any camera's rotation or centre by more "
                                          "than this many prior σ (camera_rot_sigma_deg, camera_trans_sigma_mm)", lo=0.0)

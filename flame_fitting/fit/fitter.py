@@ -251,12 +251,18 @@ def _fit(model, cameras, observations, cfg, progress, confidences, init, subject
     sil = _silhouette_data(model, rm, cameras, packed, masks, cfg, where)  # bad masks raise FitInputError
     try:
         desc = f"fit {subject}/{sequence}".rstrip("/ ")
-        pb = replace(pb, cameras_free=False)  # refine_cameras: the calibration is held until `refine_cameras`
+        pb = pb_base = replace(pb, cameras_free=False)  # refine_cameras: the calibration is held until `refine_cameras`
         out = run_lm(pb, state, progress=progress, desc=desc)
         if cfg.noise_model:
             pb, out, noise = _refit_with_noise_model(pb, out, cfg, progress, desc)
         if rig.n_params:
             out, cam_summary = refine_cameras(pb, out, progress, desc)
+            if cam_summary["accepted"] and cfg.noise_model:
+                # the noise model was estimated with the given cameras' errors in the residuals: estimate it again
+                # with the refined cameras (held), then refine once more from there
+                pb, out, noise = _refit_with_noise_model(pb_base, out, cfg, progress, desc)
+                out, again = refine_cameras(pb, out, progress, desc)
+                cam_summary = {**again, "accepted": True, "second_pass_accepted": again["accepted"]}
         if sil is not None:
             pb, out = _refit_with_silhouettes(pb, out, sil, progress, desc)
     except Exception as e:  # noqa: BLE001 - a numerical failure must not kill the sequence

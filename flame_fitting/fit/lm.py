@@ -2,7 +2,8 @@
 
 One iteration: refresh the visibility, view and robust (IRLS) weights at the current state, build the
 normal equations (`problem.py`), damp them Marquardt-style (A + λ (diag A + ε)), solve by Schur
-complement (`schur.py`), evaluate the true robust cost at the candidate with the same weights,
+complement (`schur.py`) — with camera refinement the shared step in the subspace `Problem.shared_basis` (the
+rigid gauge held, or the cameras held) — evaluate the true robust cost at the candidate with the same weights,
 and accept it if the cost falls (λ shrinks by Nielsen's rule from the gain ratio, by up to 10×)
 or reject it (λ grows 2×, 4×, 8×, ...). The robust scale is annealed: it starts at `robust_anneal` ×
 the robust spread (1.48·median) of the initial errors and shrinks at each accepted step (to at most

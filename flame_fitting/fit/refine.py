@@ -5,9 +5,8 @@ Landmarks of a detector are biased per view (MediaPipe: 2–10 px, growing with 
 solve from the start lets the biased first-solve weights drive that mode (cameras moved by up to 21°). So, when
 refining, `fit_sequence` runs its first (and noise-model) solves with the calibration held, then this solve:
   * cameras and head are refined jointly from that state, with the landmark weights of the noise model;
-  * the gauge is held exactly in the LM step (`Problem.shared_basis`): the rig's mean rotation, centroid and
-    size stay the calibration's, and (without refine_focal) the neutral head's size stays the fixed-camera fit's
-    (the identity must not absorb a rig scale or a head-to-rig distance);
+  * the rigid gauge is held exactly in the LM step (`Problem.shared_basis`): the rig's mean rotation and centroid
+    stay the calibration's; the metric scale comes from the head model (see there);
   * each camera's correction has a Gaussian prior (rotation σ camera_rot_sigma_deg, centre σ
     camera_trans_sigma_mm, from the given calibration, `Problem.camera_prior`);
   * the result is accepted only if the MAP objective (data at a robust scale that does not cut off the errors the
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 
 from flame_fitting.fit.lm import Evaluator, LMOutcome, State, run_lm
-from flame_fitting.fit.problem import Problem, head_size_gradient, prior_terms
+from flame_fitting.fit.problem import Problem, prior_terms
 from flame_fitting.fit.rig import corrected_centers
 
 log = logging.getLogger(__name__)
@@ -63,10 +62,9 @@ def refine_cameras(pb: Problem, out: LMOutcome, progress: bool, desc: str) -> tu
     Returns the outcome to keep (the refined one, or `out` when refused) and a summary dict: accepted, reason,
     objective_before / _after, threshold, max_rot_deg, max_centre_mm (of the candidate)."""
     cfg, C, k = pb.cfg, len(pb.rig.names), pb.rig.n_params
-    hold = k == 6  # with refine_focal a common zoom trades against the head's size: leave that to the identity prior
-    pb_c = replace(pb, cameras_free=True, size_grad=head_size_gradient(pb.rm, out.state.shape) if hold else None)
+    pb_c = replace(pb, cameras_free=True)
     summary = {"accepted": False, "reason": "", "objective_before": None, "objective_after": None,
-               "threshold": cfg.camera_accept_gain * (C * k - 7), "max_rot_deg": 0.0, "max_centre_mm": 0.0}
+               "threshold": cfg.camera_accept_gain * (C * k - 6), "max_rot_deg": 0.0, "max_centre_mm": 0.0}
     try:
         cand = run_lm(pb_c, out.state, progress=progress, desc=f"{desc} (cameras)")
     except Exception as e:  # noqa: BLE001 - keep the calibration
