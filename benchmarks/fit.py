@@ -41,6 +41,17 @@ of the nose tip (MediaPipe point 1 when embedded, else the front-most template v
                                   when silhouette_weight > 0 (FitConfig's default: silhouette_weight_default);
                                   *_landmarks_only: silhouette_weight=0; *_silhouette: silhouette_weight=
                                   SILHOUETTE_WEIGHT (a variant whose FitConfig equals an earlier one's reuses it)
+  mediapipe_camera_refinement     refine_cameras=True (default FitConfig otherwise) on the same MediaPipe capture:
+                                  "exact" (the true cameras), "perturbed" (every camera turned CAM_PERTURB[0]° about its
+                                  centre and moved CAM_PERTURB[1] m, seeded per sequence) and "perturbed_no_refine";
+                                  per setting: face vertex error (world frame; perturbed: after removing the rig
+                                  similarity no image observes, fit.report.rig_similarity to the true cameras), camera
+                                  rot / centre errors (fit.report.rig_errors: median and max over cameras and sequences),
+                                  the largest camera move from the given calibration vs the prior (prior σ, bound),
+                                  how many sequences kept the refinement; "exact" vertex_error_mm_change and "perturbed"
+                                  vertex_error_mm_minus_exact_cameras compare with vertex_error_mm_mediapipe (the same
+                                  fits without refinement); flat copies: vertex_error_mm_mediapipe_refine_exact / _perturbed,
+                                  camera_rot_error_deg_ / camera_centre_error_mm_mediapipe_refine_perturbed
 The head model folder is copied without any calibrated embedding it may have (the GT-landmark figures fit the
 original embedding, whose projections they are); the MediaPipe part calibrates that copy itself.
 Run: python benchmarks/fit.py   (last line: JSON)
@@ -78,7 +89,8 @@ MP_VARIANTS = {"": {}, "_no_noise_model": {"noise_model": False}, "_uncalibrated
 MP_KEYS = ["mediapipe_detection_rate", "mediapipe_masks", "silhouette_weight_default", "mediapipe_calibration",
            "mediapipe_frames_fitted", "mediapipe_frames_ok", "mediapipe_s", "mediapipe_camera_refinement",
            "vertex_error_mm_mediapipe_refine_exact", "vertex_error_mm_mediapipe_refine_perturbed",
-           "camera_rot_error_deg_mediapipe_refine_perturbed", "camera_centre_error_mm_mediapipe_refine_perturbed", *[f"{k}{v}{h}" for v in MP_VARIANTS for k, h in (
+           "camera_rot_error_deg_mediapipe_refine_perturbed", "camera_centre_error_mm_mediapipe_refine_perturbed",
+           *[f"{k}{v}{h}" for v in MP_VARIANTS for k, h in (
                ("vertex_error_mm_mediapipe", ""), ("vertex_error_mm_mediapipe", "_head"), ("s_per_frame_mediapipe", ""))]]
 CALIBRATED_FILES = "mediapipe_landmark_embedding_calibrated.*"
 
@@ -143,9 +155,10 @@ def main() -> None:
         print(f"refine_cameras on MediaPipe: exact cameras {cr['exact']['vertex_error_mm']} mm "
               f"(change {cr['exact']['vertex_error_mm_change']:+} mm, max move {cr['exact']['max_camera_move_deg']}° / "
               f"{cr['exact']['max_camera_move_mm']} mm, accepted {cr['exact']['refinement_accepted']}); perturbed "
-              f"{CAM_PERTURB[0]}° / {CAM_PERTURB[1] * 1e3:g} mm: {cr['perturbed_no_refine']['vertex_error_mm']} mm without "
-              f"refinement, {cr['perturbed']['vertex_error_mm']} mm with (cameras {cr['perturbed']['camera_rot_error_deg_median']}° "
-              f"/ {cr['perturbed']['camera_centre_error_mm_median']} mm median, accepted {cr['perturbed']['refinement_accepted']})")
+              f"{CAM_PERTURB[0]}° / {CAM_PERTURB[1] * 1e3:g} mm: {cr['perturbed_no_refine']['vertex_error_mm']} mm "
+              f"without refinement, {cr['perturbed']['vertex_error_mm']} mm with (cameras "
+              f"{cr['perturbed']['camera_rot_error_deg_median']}° / {cr['perturbed']['camera_centre_error_mm_median']} mm "
+              f"median, accepted {cr['perturbed']['refinement_accepted']})")
     print(json.dumps(out))
 
 
@@ -230,7 +243,8 @@ def run_camera_refinement(head: HeadModel, face: np.ndarray, cap, ls, masks: dic
             ce = rig_errors(fit.cameras, true)
             mr, mc = moves(fit, given)
             res.setdefault(key, []).append({
-                "err": np.mean([r["vertex_error_mm_face"] for r in gt_vertex_errors(cap, subject, sequence, aligned, face)]),
+                "err": np.mean([r["vertex_error_mm_face"]
+                                for r in gt_vertex_errors(cap, subject, sequence, aligned, face)]),
                 "rot": ce.rot_deg.to_numpy(), "centre": ce.centre_mm.to_numpy(), "move_deg": mr, "move_mm": mc,
                 "accepted": bool(fit.camera_refinement and fit.camera_refinement["accepted"])})
     sig = FitConfig()
@@ -238,13 +252,15 @@ def run_camera_refinement(head: HeadModel, face: np.ndarray, cap, ls, masks: dic
     for key, rows in res.items():
         out[key] = {"vertex_error_mm": round(float(np.mean([r["err"] for r in rows])), 4),
                     "camera_rot_error_deg_median": round(float(np.median(np.concatenate([r["rot"] for r in rows]))), 4),
-                    "camera_centre_error_mm_median": round(float(np.median(np.concatenate([r["centre"] for r in rows]))), 3),
+                    "camera_centre_error_mm_median": round(float(np.median(np.concatenate([r["centre"] for r in rows]))),
+                                                           3),
                     "camera_rot_error_deg_max": round(float(np.max(np.concatenate([r["rot"] for r in rows]))), 4),
                     "max_camera_move_deg": round(max(r["move_deg"] for r in rows), 4),
                     "max_camera_move_mm": round(max(r["move_mm"] for r in rows), 3),
                     "refinement_accepted": f"{sum(r['accepted'] for r in rows)}/{len(rows)}"}
     out["exact"]["vertex_error_mm_change"] = round(out["exact"]["vertex_error_mm"] - exact_error_mm, 4)
-    out["perturbed"]["vertex_error_mm_minus_exact_cameras"] = round(out["perturbed"]["vertex_error_mm"] - exact_error_mm, 4)
+    out["perturbed"]["vertex_error_mm_minus_exact_cameras"] = round(out["perturbed"]["vertex_error_mm"] - exact_error_mm,
+                                                                    4)
     out["prior"] = {"rot_sigma_deg": sig.camera_rot_sigma_deg, "centre_sigma_mm": sig.camera_trans_sigma_mm,
                     "max_sigmas": sig.camera_max_sigmas, "perturbation_deg_mm": [CAM_PERTURB[0], CAM_PERTURB[1] * 1e3]}
     return {"mediapipe_camera_refinement": out,

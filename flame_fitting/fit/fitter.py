@@ -8,7 +8,8 @@ jaw / neck / eyes / head pose, optionally per-camera extrinsic (and focal) corre
 equations solved by Schur complement on the shared unknowns (`lm.py`, `schur.py`) -> with
 `noise_model`, estimate each landmark group's noise from the residuals and solve again from there
 with the groups re-weighted (`noise.py`) -> with `refine_cameras`, a camera solve from there, kept only
-when the data call for it (`refine.py`; the solves before it and after it hold the cameras) -> with masks and `silhouette_weight` > 0, solve again with the
+when the data call for it (`refine.py`; the solves before it and after it hold the cameras) -> with
+masks and `silhouette_weight` > 0, solve again with the
 multi-view silhouette term added (`silhouette.py`) -> fitted vertices from `HeadModel.forward`, refined
 cameras, residual table, noise-model table, per-frame status, timings.
 A numerical failure is reported in the frames' status (with subject / sequence / frame), never

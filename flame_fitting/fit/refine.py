@@ -76,7 +76,8 @@ def refine_cameras(pb: Problem, out: LMOutcome, progress: bool, desc: str) -> tu
     rot, centre = camera_moves(pb, cand.state.xi)
     summary.update(objective_before=before, objective_after=after, max_rot_deg=float(rot.max()),
                    max_centre_mm=float(centre.max()))
-    limit_r, limit_c = cfg.camera_max_sigmas * cfg.camera_rot_sigma_deg, cfg.camera_max_sigmas * cfg.camera_trans_sigma_mm
+    limit_r = cfg.camera_max_sigmas * cfg.camera_rot_sigma_deg
+    limit_c = cfg.camera_max_sigmas * cfg.camera_trans_sigma_mm
     if not np.isfinite(after) or before - after <= summary["threshold"]:
         summary["reason"] = (f"objective fell by {before - after:.4g}, not more than {summary['threshold']:.4g} "
                              f"({cfg.camera_accept_gain:g} per free camera parameter): the data do not call for it")

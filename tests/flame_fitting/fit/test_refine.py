@@ -85,3 +85,30 @@ def test_the_rigid_gauge_is_held_and_the_head_sets_the_scale(cams, perturbed_fit
     assert abs(s_given - 1) > 2e-3 and abs(s_true - 1) < 1.5e-3           # the given rig's size error is undone
     moved = [angle_deg(fit.cameras[n].R.astype(np.float64) @ given[n].R.astype(np.float64).T) for n in given]
     assert max(moved) > 1.0                                                # ... while the cameras did move
+
+
+def test_shared_basis_spans_the_corrections_that_keep_the_rigid_gauge(head, cams):
+    """T is orthonormal, keeps every shape direction, and its camera corrections leave the rig's mean rotation and
+    (to first order) centroid unchanged; with the cameras held it is the shape only."""
+    import torch
+
+    from flame_fitting.fit.problem import Problem
+    from flame_fitting.fit.reduced import ReducedModel
+    from flame_fitting.fit.rig import Rig, corrected_centers
+
+    rm = ReducedModel.from_head_model(head, 4, 3)
+    names = sorted(cams)
+    rig = Rig.from_cameras(cams, names, np.array([0.0, 0.01, 0.02]), refine=True)
+    pb = Problem(rm, rig, torch.zeros(1, len(names), 2, rm.n_landmarks, dtype=torch.float64),
+                 torch.ones(1, len(names), rm.n_landmarks, dtype=torch.float64), FitConfig(refine_cameras=True))
+    T = pb.shared_basis()
+    assert T.shape == (4 + 6 * len(names), 4 + 6 * len(names) - 6)
+    assert torch.allclose(T.T @ T, torch.eye(T.shape[1], dtype=torch.float64), atol=1e-10)
+    assert torch.allclose(T[:4] @ T[:4].T, torch.eye(4, dtype=torch.float64), atol=1e-10)
+    xi = (T[4:] @ torch.randn(T.shape[1], dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    xi = 1e-4 * xi.reshape(len(names), 6)
+    assert xi[:, :3].sum(0).abs().max() < 1e-12
+    shift = (corrected_centers(rig, xi) - rig.centers).mean(0).abs().max()
+    assert shift < 1e-3 * (corrected_centers(rig, xi) - rig.centers).abs().max()
+    held = Problem(pb.rm, rig, pb.obs, pb.conf, pb.cfg, cameras_free=False).shared_basis()
+    assert torch.equal(held, torch.eye(4 + 6 * len(names), 4, dtype=torch.float64))
