@@ -80,9 +80,12 @@ class FitConfig:
     camera_rot_sigma_deg: float = spec(2.0, "prior σ of a camera's rotation correction (degrees)", lo=1e-6)
     camera_trans_sigma_mm: float = spec(20.0, "prior σ of a camera's centre move (mm)", lo=1e-6)
     focal_sigma: float = spec(0.02, "prior σ of a camera's log focal scale", lo=1e-6)
+    camera_scale: str = spec("rig", "what sets the metric scale when refining cameras: rig (the given rig's size is "
+                                    "held) | head (the head model through its identity prior; the rig's size may "
+                                    "change)", choices=["rig", "head"])
     camera_accept_gain: float = spec(2.0, "keep the refined cameras only if the fit's objective (data + priors) fell "
-                                          "by more than this per free camera parameter (6 per camera - 6 for the "
-                                          "gauge; 2 = AIC), else keep the calibration (refine.py)", lo=0.0)
+                                          "by more than this per free camera parameter (6 per camera - 7 for the "
+                                          "gauge, 6 with camera_scale head; 2 = AIC), else keep the calibration (refine.py)", lo=0.0)
     camera_max_sigmas: float = spec(1.5, "refuse a camera refinement that moves any camera's rotation or centre by "
                                          "more than this many prior σ (camera_rot_sigma_deg, camera_trans_sigma_mm)",
                                     lo=0.0)

@@ -15,8 +15,8 @@ A = Σ_l D_lᵀ M_l D_l with D_l = dX_l/dθ: the large product does not grow wit
 Unknowns: shared s = [β (n_shape) | ξ (C·n_cam)], per frame θ_f (n_f).
 Gauge (camera refinement): the head poses and all cameras share a rigid motion, which no image observes. It is
 held exactly, not by a penalty: `Problem.shared_basis` gives the subspace of corrections that keep the rig's mean
-rotation and centroid (to first order) and `lm.py` solves the shared step in it. The scale is set by the head model
-(its identity prior), not by the calibrated rig (see `shared_basis`).
+rotation and centroid (and by default its size: the calibration sets the metric scale) to first order, and
+`lm.py` solves the shared step in it (see `shared_basis`).
 """
 from __future__ import annotations
 
@@ -118,28 +118,37 @@ class Problem:
         """(n_shared, m) orthonormal basis T of the subspace the LM step of the shared unknowns is solved in
         (s = T s', `lm.py`), or None without camera refinement. Cameras held (`cameras_free` False): the shape only.
         Cameras free: every shape direction and the camera corrections that keep the rig's mean rotation and
-        centroid (`_gauge_basis`): a rigid motion of rig + heads leaves every projection unchanged, so those 6
-        directions are held at the given calibration exactly rather than by a soft penalty. The rig's scale is
-        not held: a similarity would also scale the head, which the head model can do only through its identity
-        (prior N(0, 1)), so the head model sets the metric scale (holding the given rig's size instead makes the
-        identity absorb any scale error of the calibration: 3.4 mm vs 0.07 mm vertex error in the tests)."""
+        centroid and (camera_scale "rig") its size (`_gauge_basis`): a similarity of rig + heads leaves every
+        projection unchanged except through the head's size, which the head model knows only through its identity
+        prior, so these directions are held at the given calibration exactly rather than by a soft penalty.
+        camera_scale "rig" (default): the calibration sets the metric scale (benchmark, 16 cameras perturbed by
+        2° / 1 cm: refined head error ×1.02 of the exact-camera fit; with "head" the identity prior shrank the rig
+        by 1 % and the error grew ×8.9). "head": for a head model that has a scale-like identity component and a
+        rig whose scale is in doubt (a head model without one cannot follow a rig scale error).
+        """
         if not self.rig.n_params:
             return None
         if not self.cameras_free:
             return torch.eye(self.n_shared, self.rm.n_shape, dtype=torch.float64)
-        return _gauge_basis(self.rig, self.rm.n_shape)
+        return _gauge_basis(self.rig, self.rm.n_shape, self.cfg.camera_scale == "rig")
 
 
-def _gauge_basis(rig: Rig, n_shape: int) -> Tensor:
-    """(n_shape + C·k, n_shape + C·k - 6) orthonormal basis of the shared unknowns whose camera corrections keep
-    the rig's mean rotation (Σ_c ω_c = 0) and centroid (Σ_c δo_c = 0, δo_c = [o_c - p0]× ω_c - τ_c) to first
-    order: the rigid gauge shared by rig and heads."""
+def _gauge_basis(rig: Rig, n_shape: int, hold_scale: bool) -> Tensor:
+    """(n_shape + C·k, n_shape + C·k - 6 or 7) orthonormal basis of the shared unknowns whose camera corrections
+    keep the rig's mean rotation (Σ_c ω_c = 0) and centroid (Σ_c δo_c = 0, δo_c = [o_c - p0]× ω_c - τ_c) and, with
+    hold_scale, its size (Σ_c v_c·δo_c = 0, v_c = (o_c - ō) / rms|o - ō|), to first order."""
     C, k = len(rig.names), rig.n_params
-    G = torch.zeros(6, n_shape + C * k, dtype=torch.float64)              # the constraints G s = 0
-    Gc = G[:, n_shape:].view(6, C, k)
+    o = rig.centers
+    G = torch.zeros(7, n_shape + C * k, dtype=torch.float64)              # the constraints G s = 0
+    Gc = G[:, n_shape:].view(7, C, k)
+    dO = torch.zeros(C, 3, k, dtype=torch.float64)                        # δo_c = dO_c ξ_c
+    dO[:, :, 0:3] = hat(o - rig.pivot)
+    dO[:, :, 3:6] = -torch.eye(3, dtype=torch.float64)
     Gc[0:3, :, 0:3] = torch.eye(3, dtype=torch.float64)[:, None]
-    Gc[3:6, :, 0:3] = hat(rig.centers - rig.pivot).permute(1, 0, 2)
-    Gc[3:6, :, 3:6] = -torch.eye(3, dtype=torch.float64)[:, None]
+    Gc[3:6] = dO.permute(1, 0, 2)
+    v = o - o.mean(0)
+    Gc[6] = ((v / v.pow(2).sum(1).mean().sqrt().clamp_min(1e-12))[:, :, None] * dO).sum(1)
+    G = G if hold_scale else G[:6]
     _, S, Vh = torch.linalg.svd(G, full_matrices=True)
     rank = int((S > 1e-9 * S[0]).sum())
     return Vh[rank:].T.contiguous()

@@ -5,8 +5,8 @@ Landmarks of a detector are biased per view (MediaPipe: 2–10 px, growing with 
 solve from the start lets the biased first-solve weights drive that mode (cameras moved by up to 21°). So, when
 refining, `fit_sequence` runs its first (and noise-model) solves with the calibration held, then this solve:
   * cameras and head are refined jointly from that state, with the landmark weights of the noise model;
-  * the rigid gauge is held exactly in the LM step (`Problem.shared_basis`): the rig's mean rotation and centroid
-    stay the calibration's; the metric scale comes from the head model (see there);
+  * the gauge is held exactly in the LM step (`Problem.shared_basis`): the rig's mean rotation, centroid and (by
+    default, camera_scale "rig") size stay the calibration's;
   * each camera's correction has a Gaussian prior (rotation σ camera_rot_sigma_deg, centre σ
     camera_trans_sigma_mm, from the given calibration, `Problem.camera_prior`);
   * the result is accepted only if the MAP objective (data at a robust scale that does not cut off the errors the
@@ -64,7 +64,7 @@ def refine_cameras(pb: Problem, out: LMOutcome, progress: bool, desc: str) -> tu
     cfg, C, k = pb.cfg, len(pb.rig.names), pb.rig.n_params
     pb_c = replace(pb, cameras_free=True)
     summary = {"accepted": False, "reason": "", "objective_before": None, "objective_after": None,
-               "threshold": cfg.camera_accept_gain * (C * k - 6), "max_rot_deg": 0.0, "max_centre_mm": 0.0}
+               "threshold": cfg.camera_accept_gain * (C * k - (7 if cfg.camera_scale == "rig" else 6)), "max_rot_deg": 0.0, "max_centre_mm": 0.0}
     try:
         cand = run_lm(pb_c, out.state, progress=progress, desc=f"{desc} (cameras)")
     except Exception as e:  # noqa: BLE001 - keep the calibration
