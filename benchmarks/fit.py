@@ -48,7 +48,8 @@ of the nose tip (MediaPipe point 1 when embedded, else the front-most template v
                                   similarity no image observes, fit.report.rig_similarity to the true cameras), camera
                                   rot / centre errors (fit.report.rig_errors: median and max over cameras and sequences),
                                   the largest camera move from the given calibration vs the prior (prior σ, bound),
-                                  how many sequences kept the refinement; "exact" vertex_error_mm_change and "perturbed"
+                                  how many sequences kept the refinement, the largest move of the camera solve's
+                                  candidate (kept or not: fit.camera_refinement); "exact" vertex_error_mm_change and "perturbed"
                                   vertex_error_mm_minus_exact_cameras compare with vertex_error_mm_mediapipe (the same
                                   fits without refinement); flat copies: vertex_error_mm_mediapipe_refine_exact / _perturbed,
                                   camera_rot_error_deg_ / camera_centre_error_mm_mediapipe_refine_perturbed
@@ -246,7 +247,9 @@ def run_camera_refinement(head: HeadModel, face: np.ndarray, cap, ls, masks: dic
                 "err": np.mean([r["vertex_error_mm_face"]
                                 for r in gt_vertex_errors(cap, subject, sequence, aligned, face)]),
                 "rot": ce.rot_deg.to_numpy(), "centre": ce.centre_mm.to_numpy(), "move_deg": mr, "move_mm": mc,
-                "accepted": bool(fit.camera_refinement and fit.camera_refinement["accepted"])})
+                "accepted": bool(fit.camera_refinement and fit.camera_refinement["accepted"]),
+                "cand": (fit.camera_refinement["max_rot_deg"], fit.camera_refinement["max_centre_mm"])
+                if fit.camera_refinement else (0.0, 0.0)})
     sig = FitConfig()
     out = {}
     for key, rows in res.items():
@@ -257,7 +260,9 @@ def run_camera_refinement(head: HeadModel, face: np.ndarray, cap, ls, masks: dic
                     "camera_rot_error_deg_max": round(float(np.max(np.concatenate([r["rot"] for r in rows]))), 4),
                     "max_camera_move_deg": round(max(r["move_deg"] for r in rows), 4),
                     "max_camera_move_mm": round(max(r["move_mm"] for r in rows), 3),
-                    "refinement_accepted": f"{sum(r['accepted'] for r in rows)}/{len(rows)}"}
+                    "refinement_accepted": f"{sum(r['accepted'] for r in rows)}/{len(rows)}",
+                    "candidate_max_move_deg": round(max(r["cand"][0] for r in rows), 3),
+                    "candidate_max_move_mm": round(max(r["cand"][1] for r in rows), 2)}
     out["exact"]["vertex_error_mm_change"] = round(out["exact"]["vertex_error_mm"] - exact_error_mm, 4)
     out["perturbed"]["vertex_error_mm_minus_exact_cameras"] = round(out["perturbed"]["vertex_error_mm"] - exact_error_mm,
                                                                     4)

@@ -42,7 +42,8 @@ def save_sequence_fit(fit: SequenceFit, folder: Path) -> None:
     if fit.noise is not None:  # the landmark noise model the second solve used (per group σ̂, weight)
         fit.noise.to_csv(folder / "noise_model.csv", index=False)
     status = {"frames": {str(f): {"status": s.status, "reason": s.reason, "note": s.note} for f, s in fit.status.items()},
-              "timing": fit.timing, "converged": bool(fit.converged), "silhouette": fit.silhouette}
+              "timing": fit.timing, "converged": bool(fit.converged), "silhouette": fit.silhouette,
+              "camera_refinement": fit.camera_refinement}
     (folder / "status.json").write_text(json.dumps(status, indent=1, default=str))
 
 

@@ -87,7 +87,7 @@ def refine_cameras(pb: Problem, out: LMOutcome, progress: bool, desc: str) -> tu
     else:
         summary["accepted"] = True
     if not summary["accepted"]:
-        log.info("fit: %s: camera refinement refused: %s", desc, summary["reason"])
+        log.warning("fit: %s: camera refinement not applied (the given cameras are kept): %s", desc, summary["reason"])
         return out, summary
     offset = len(out.history)
     cand.history = out.history + [{**row, "iteration": row["iteration"] + offset} for row in cand.history]
