@@ -60,11 +60,13 @@ def camera_moves(pb: Problem, xi: torch.Tensor) -> tuple[np.ndarray, np.ndarray]
 def refine_cameras(pb: Problem, out: LMOutcome, progress: bool, desc: str) -> tuple[LMOutcome, dict]:
     """Refine the cameras from the held solve's outcome `out` (pb: its problem, noise-model weights included).
     Returns the outcome to keep (the refined one, or `out` when refused) and a summary dict: accepted, reason,
-    objective_before / _after, threshold, max_rot_deg, max_centre_mm (of the candidate)."""
+    objective_before / _after, threshold, max_rot_deg, max_centre_mm (the candidate's largest move from the given
+    calibration, which `pb.rig` holds)."""
     cfg, C, k = pb.cfg, len(pb.rig.names), pb.rig.n_params
     pb_c = replace(pb, cameras_free=True)
     summary = {"accepted": False, "reason": "", "objective_before": None, "objective_after": None,
-               "threshold": cfg.camera_accept_gain * (C * k - (7 if cfg.camera_scale == "rig" else 6)), "max_rot_deg": 0.0, "max_centre_mm": 0.0}
+               "threshold": cfg.camera_accept_gain * (C * k - (7 if cfg.camera_scale == "rig" else 6)),
+               "max_rot_deg": 0.0, "max_centre_mm": 0.0}
     try:
         cand = run_lm(pb_c, out.state, progress=progress, desc=f"{desc} (cameras)")
     except Exception as e:  # noqa: BLE001 - keep the calibration
@@ -87,7 +89,7 @@ def refine_cameras(pb: Problem, out: LMOutcome, progress: bool, desc: str) -> tu
     else:
         summary["accepted"] = True
     if not summary["accepted"]:
-        log.warning("fit: %s: camera refinement not applied (the given cameras are kept): %s", desc, summary["reason"])
+        log.warning("fit: %s: camera solve not applied (the cameras stay as they were): %s", desc, summary["reason"])
         return out, summary
     offset = len(out.history)
     cand.history = out.history + [{**row, "iteration": row["iteration"] + offset} for row in cand.history]
