@@ -41,6 +41,18 @@ of the nose tip (MediaPipe point 1 when embedded, else the front-most template v
                                   when silhouette_weight > 0 (FitConfig's default: silhouette_weight_default);
                                   *_landmarks_only: silhouette_weight=0; *_silhouette: silhouette_weight=
                                   SILHOUETTE_WEIGHT (a variant whose FitConfig equals an earlier one's reuses it)
+  mediapipe_camera_refinement     refine_cameras=True (default FitConfig otherwise) on the same MediaPipe capture:
+                                  "exact" (the true cameras), "perturbed" (every camera turned CAM_PERTURB[0]° about its
+                                  centre and moved CAM_PERTURB[1] m, seeded per sequence) and "perturbed_no_refine";
+                                  per setting: face vertex error (world frame; perturbed: after removing the rig
+                                  similarity no image observes, fit.report.rig_similarity to the true cameras), camera
+                                  rot / centre errors (fit.report.rig_errors: median and max over cameras and sequences),
+                                  the largest camera move from the given calibration vs the prior (prior σ, bound),
+                                  how many sequences kept the refinement, the largest move of the camera solve's
+                                  candidate (kept or not: fit.camera_refinement); "exact" vertex_error_mm_change and "perturbed"
+                                  vertex_error_mm_minus_exact_cameras compare with vertex_error_mm_mediapipe (the same
+                                  fits without refinement); flat copies: vertex_error_mm_mediapipe_refine_exact / _perturbed,
+                                  camera_rot_error_deg_ / camera_centre_error_mm_mediapipe_refine_perturbed
 The head model folder is copied without any calibrated embedding it may have (the GT-landmark figures fit the
 original embedding, whose projections they are); the MediaPipe part calibrates that copy itself.
 Run: python benchmarks/fit.py   (last line: JSON)
@@ -52,6 +64,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +73,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from flame_fitting.fit import FitConfig, camera_errors, fit_sequence, head_frame_vertices, head_to_world  # noqa: E402
+from flame_fitting.fit.so3 import angle_deg  # noqa: E402
 from flame_fitting.fit.synthetic import (arc_cameras, corrupt_views, model_outputs, perturb_camera,  # noqa: E402
                                          project_landmarks, random_params)
 from flame_fitting.head.head_model import HeadModel  # noqa: E402
@@ -68,12 +82,16 @@ N_FRAMES, N_CAMS, N_BAD, N_DRAWS = 8, 16, 3, 3
 MP_CAPTURE = {"subjects": 3, "frames": 2, "cameras": 16, "resolution": 512, "seed": 1}
 MP_CALIBRATION = {"subjects": 8, "frames": 2, "cameras": 16, "resolution": 512, "seed": 1000}
 assert MP_CALIBRATION["seed"] != MP_CAPTURE["seed"], "calibration and evaluation subjects must differ"
+CAM_PERTURB = (2.0, 0.02)  # degrees about the camera's centre, metres: the MediaPipe camera-refinement settings
 SILHOUETTE_WEIGHT = 1.0  # the "_silhouette" variant's silhouette_weight (FitConfig's default may differ)
 MP_VARIANTS = {"": {}, "_no_noise_model": {"noise_model": False}, "_uncalibrated": {"calibrated_embedding": False},
                "_uncalibrated_no_noise_model": {"calibrated_embedding": False, "noise_model": False},
                "_landmarks_only": {"silhouette_weight": 0.0}, "_silhouette": {"silhouette_weight": SILHOUETTE_WEIGHT}}
 MP_KEYS = ["mediapipe_detection_rate", "mediapipe_masks", "silhouette_weight_default", "mediapipe_calibration",
-           "mediapipe_frames_fitted", "mediapipe_frames_ok", "mediapipe_s", *[f"{k}{v}{h}" for v in MP_VARIANTS for k, h in (
+           "mediapipe_frames_fitted", "mediapipe_frames_ok", "mediapipe_s", "mediapipe_camera_refinement",
+           "vertex_error_mm_mediapipe_refine_exact", "vertex_error_mm_mediapipe_refine_perturbed",
+           "camera_rot_error_deg_mediapipe_refine_perturbed", "camera_centre_error_mm_mediapipe_refine_perturbed",
+           *[f"{k}{v}{h}" for v in MP_VARIANTS for k, h in (
                ("vertex_error_mm_mediapipe", ""), ("vertex_error_mm_mediapipe", "_head"), ("s_per_frame_mediapipe", ""))]]
 CALIBRATED_FILES = "mediapipe_landmark_embedding_calibrated.*"
 
@@ -133,6 +151,15 @@ def main() -> None:
           f"landmarks only {out['vertex_error_mm_mediapipe_landmarks_only']} mm "
           f"({out['s_per_frame_mediapipe_landmarks_only']} s/frame), default silhouette_weight "
           f"{out['silhouette_weight_default']}")
+    cr = out.get("mediapipe_camera_refinement") or {}
+    if cr:
+        print(f"refine_cameras on MediaPipe: exact cameras {cr['exact']['vertex_error_mm']} mm "
+              f"(change {cr['exact']['vertex_error_mm_change']:+} mm, max move {cr['exact']['max_camera_move_deg']}° / "
+              f"{cr['exact']['max_camera_move_mm']} mm, accepted {cr['exact']['refinement_accepted']}); perturbed "
+              f"{CAM_PERTURB[0]}° / {CAM_PERTURB[1] * 1e3:g} mm: {cr['perturbed_no_refine']['vertex_error_mm']} mm "
+              f"without refinement, {cr['perturbed']['vertex_error_mm']} mm with (cameras "
+              f"{cr['perturbed']['camera_rot_error_deg_median']}° / {cr['perturbed']['camera_centre_error_mm_median']} mm "
+              f"median, accepted {cr['perturbed']['refinement_accepted']})")
     print(json.dumps(out))
 
 
@@ -186,8 +213,67 @@ def run_mediapipe(head: HeadModel, face: np.ndarray, tmp: Path) -> dict:
         if not key:
             out["mediapipe_frames_fitted"], out["mediapipe_frames_ok"] = n_fit, n_ok
     out["silhouette_weight_default"] = FitConfig().silhouette_weight
+    out.update(run_camera_refinement(head, face, cap, ls, masks, out["vertex_error_mm_mediapipe"]))
     out["mediapipe_s"] = round(time.perf_counter() - t0, 1)
     return out
+
+
+def run_camera_refinement(head: HeadModel, face: np.ndarray, cap, ls, masks: dict, exact_error_mm: float) -> dict:
+    """refine_cameras on the MediaPipe capture (default FitConfig otherwise): with the exact cameras, and with every
+    camera perturbed by CAM_PERTURB (seeded per sequence). Vertex errors: face region, world frame; for perturbed
+    cameras after removing the rig similarity that no image observes (`rig_similarity` to the true cameras, applied
+    to the mesh as well). Camera errors: `rig_errors` against the true cameras (medians over cameras and sequences).
+    Moves: the largest change of a camera from the given calibration (degrees, mm) and the prior σ it is bounded by."""
+    from flame_fitting.fit.report import rig_errors, rig_similarity
+    from flame_fitting.fit.capture import gt_vertex_errors
+
+    def moves(fit, given):
+        rot = max(angle_deg(fit.cameras[n].R.astype(np.float64) @ given[n].R.astype(np.float64).T) for n in given)
+        return rot, max(float(np.linalg.norm(fit.cameras[n].center - given[n].center)) * 1e3 for n in given)
+
+    res: dict[str, list] = {}
+    for i, (subject, sequence) in enumerate(cap.sequences()):
+        true = cap.cameras(subject, sequence)
+        prng = np.random.default_rng(500 + i)
+        perturbed = {n: perturb_camera(c, prng, *CAM_PERTURB) for n, c in true.items()}
+        for key, given, refine in (("exact", true, True), ("perturbed_no_refine", perturbed, False),
+                                   ("perturbed", perturbed, True)):
+            fit = fit_sequence(head, given, ls.for_sequence(subject, sequence), FitConfig(refine_cameras=refine),
+                               progress=False, subject=subject, sequence=sequence, masks=masks[(subject, sequence)])
+            s, R, t = rig_similarity(fit.cameras, true) if given is not true else (1.0, np.eye(3), np.zeros(3))
+            aligned = replace(fit, vertices={f: (s * v.astype(np.float64) @ R.T + t) for f, v in fit.vertices.items()})
+            ce = rig_errors(fit.cameras, true)
+            mr, mc = moves(fit, given)
+            res.setdefault(key, []).append({
+                "err": np.mean([r["vertex_error_mm_face"]
+                                for r in gt_vertex_errors(cap, subject, sequence, aligned, face)]),
+                "rot": ce.rot_deg.to_numpy(), "centre": ce.centre_mm.to_numpy(), "move_deg": mr, "move_mm": mc,
+                "accepted": bool(fit.camera_refinement and fit.camera_refinement["accepted"]),
+                "cand": (fit.camera_refinement["max_rot_deg"], fit.camera_refinement["max_centre_mm"])
+                if fit.camera_refinement else (0.0, 0.0)})
+    sig = FitConfig()
+    out = {}
+    for key, rows in res.items():
+        out[key] = {"vertex_error_mm": round(float(np.mean([r["err"] for r in rows])), 4),
+                    "camera_rot_error_deg_median": round(float(np.median(np.concatenate([r["rot"] for r in rows]))), 4),
+                    "camera_centre_error_mm_median": round(float(np.median(np.concatenate([r["centre"] for r in rows]))),
+                                                           3),
+                    "camera_rot_error_deg_max": round(float(np.max(np.concatenate([r["rot"] for r in rows]))), 4),
+                    "max_camera_move_deg": round(max(r["move_deg"] for r in rows), 4),
+                    "max_camera_move_mm": round(max(r["move_mm"] for r in rows), 3),
+                    "refinement_accepted": f"{sum(r['accepted'] for r in rows)}/{len(rows)}",
+                    "candidate_max_move_deg": round(max(r["cand"][0] for r in rows), 3),
+                    "candidate_max_move_mm": round(max(r["cand"][1] for r in rows), 2)}
+    out["exact"]["vertex_error_mm_change"] = round(out["exact"]["vertex_error_mm"] - exact_error_mm, 4)
+    out["perturbed"]["vertex_error_mm_minus_exact_cameras"] = round(out["perturbed"]["vertex_error_mm"] - exact_error_mm,
+                                                                    4)
+    out["prior"] = {"rot_sigma_deg": sig.camera_rot_sigma_deg, "centre_sigma_mm": sig.camera_trans_sigma_mm,
+                    "max_sigmas": sig.camera_max_sigmas, "perturbation_deg_mm": [CAM_PERTURB[0], CAM_PERTURB[1] * 1e3]}
+    return {"mediapipe_camera_refinement": out,
+            "vertex_error_mm_mediapipe_refine_exact": out["exact"]["vertex_error_mm"],
+            "vertex_error_mm_mediapipe_refine_perturbed": out["perturbed"]["vertex_error_mm"],
+            "camera_rot_error_deg_mediapipe_refine_perturbed": out["perturbed"]["camera_rot_error_deg_median"],
+            "camera_centre_error_mm_mediapipe_refine_perturbed": out["perturbed"]["camera_centre_error_mm_median"]}
 
 
 def run(head: HeadModel, label: str, face: np.ndarray, face_label: str) -> dict:

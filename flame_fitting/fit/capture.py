@@ -50,7 +50,8 @@ def save_sequence_fit(fit: SequenceFit, folder: Path, extra: dict | None = None)
     if fit.noise is not None:  # the landmark noise model the second solve used (per group σ̂, weight)
         fit.noise.to_csv(folder / "noise_model.csv", index=False)
     status = {"frames": {str(f): {"status": s.status, "reason": s.reason, "note": s.note} for f, s in fit.status.items()},
-              "timing": fit.timing, "converged": bool(fit.converged), "silhouette": fit.silhouette, **(extra or {})}
+              "timing": fit.timing, "converged": bool(fit.converged), "silhouette": fit.silhouette,
+              "camera_refinement": fit.camera_refinement, **(extra or {})}
     (folder / "status.json").write_text(json.dumps(status, indent=1, default=str))
 
 

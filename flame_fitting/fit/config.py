@@ -78,14 +78,17 @@ class FitConfig:
     refine_cameras: bool = spec(False, "bundle adjustment: refine each camera's extrinsics jointly with the head")
     refine_focal: bool = spec(False, "also refine a per-camera focal scale (needs refine_cameras)")
     camera_rot_sigma_deg: float = spec(2.0, "prior σ of a camera's rotation correction (degrees)", lo=1e-6)
-    camera_trans_sigma_mm: float = spec(20.0, "prior σ of a camera's translation correction (mm)", lo=1e-6)
+    camera_trans_sigma_mm: float = spec(20.0, "prior σ of a camera's centre move (mm)", lo=1e-6)
     focal_sigma: float = spec(0.02, "prior σ of a camera's log focal scale", lo=1e-6)
-    gauge_weight: float = spec(1e4, "weight of the zero-mean gauge constraint on the camera corrections "
-                                    "(in units of the correction priors)", lo=0.0)
-    rig_scale_weight: float = spec(100.0, "weight of keeping the rig's size (spread of the camera centres) when "
-                                          "refining cameras, in units of the translation prior (100: σ ≈ 0.5 mm for "
-                                          "16 cameras); the head's size is only known through the identity prior, "
-                                          "so the calibration sets the metric scale", lo=0.0)
+    camera_scale: str = spec("rig", "what sets the metric scale when refining cameras: rig (the given rig's size is "
+                                    "held) | head (the head model through its identity prior; the rig's size may "
+                                    "change)", choices=["rig", "head"])
+    camera_accept_gain: float = spec(2.0, "keep the refined cameras only if the fit's objective (data + priors) fell "
+                                          "by more than this per free camera parameter (6 per camera - 7 for the "
+                                          "gauge, 6 with camera_scale head; 2 = AIC), else keep the calibration (refine.py)", lo=0.0)
+    camera_max_sigmas: float = spec(1.5, "refuse a camera refinement that moves any camera's rotation or centre by "
+                                         "more than this many prior σ (camera_rot_sigma_deg, camera_trans_sigma_mm)",
+                                    lo=0.0)
     temporal_weight: float = spec(0.0, "weight of ||θ_t - θ_t-1||² between consecutive fitted frames (expr units, "
                                        "rotations in 0.1 rad, translation in cm); 0 = off", lo=0.0)
     n_shape: int | None = spec(None, "identity components fitted (null = all the head model has)", lo=0)

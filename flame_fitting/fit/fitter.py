@@ -7,7 +7,9 @@ Levenberg-Marquardt on all frames at once: one identity for the sequence, per-fr
 jaw / neck / eyes / head pose, optionally per-camera extrinsic (and focal) corrections, normal
 equations solved by Schur complement on the shared unknowns (`lm.py`, `schur.py`) -> with
 `noise_model`, estimate each landmark group's noise from the residuals and solve again from there
-with the groups re-weighted (`noise.py`) -> with masks and `silhouette_weight` > 0, solve again with the
+with the groups re-weighted (`noise.py`) -> with `refine_cameras`, a camera solve from there, kept only
+when the data call for it (`refine.py`; the solves before it and after it hold the cameras) -> with
+masks and `silhouette_weight` > 0, solve again with the
 multi-view silhouette term added (`silhouette.py`) -> fitted vertices from `HeadModel.forward`, refined
 cameras, residual table, noise-model table, per-frame status, timings.
 A numerical failure is reported in the frames' status (with subject / sequence / frame), never
@@ -33,6 +35,7 @@ from flame_fitting.fit.noise import NoiseModel, estimate_noise, landmark_groups
 from flame_fitting.fit.observations import FitInputError, pack_observations
 from flame_fitting.fit.problem import Problem
 from flame_fitting.fit.reduced import ReducedModel
+from flame_fitting.fit.refine import refine_cameras
 from flame_fitting.fit.report import FrameParams, FrameStatus, SequenceFit, residual_table
 from flame_fitting.fit.rig import Rig, corrected_cameras
 from flame_fitting.fit.silhouette import SilhouetteData, SilhouetteModel, mask_targets
@@ -233,13 +236,22 @@ def _fit(model, cameras, observations, cfg, progress, confidences, init, subject
     pb = Problem(rm, rig, torch.as_tensor(packed.uv).transpose(2, 3).contiguous(), torch.as_tensor(packed.conf), cfg)
     failed = [i for i in range(len(packed.frames)) if not torch.isfinite(thetas[i]).all()]
     state = State(shape, thetas, rig.zeros())
-    noise = None
+    noise, cam_summary = None, None
     sil = _silhouette_data(model, rm, cameras, packed, masks, cfg, where)  # bad masks raise FitInputError
     try:
         desc = f"fit {subject}/{sequence}".rstrip("/ ")
+        pb = pb_base = replace(pb, cameras_free=False)  # refine_cameras: the calibration is held until `refine_cameras`
         out = run_lm(pb, state, progress=progress, desc=desc)
         if cfg.noise_model:
             pb, out, noise = _refit_with_noise_model(pb, out, cfg, progress, desc)
+        if rig.n_params:
+            out, cam_summary = refine_cameras(pb, out, progress, desc)
+            if cam_summary["accepted"] and cfg.noise_model:
+                # the noise model was estimated with the given cameras' errors in the residuals: estimate it again
+                # with the refined cameras (held), then refine once more from there
+                pb, out, noise = _refit_with_noise_model(pb_base, out, cfg, progress, desc)
+                out, again = refine_cameras(pb, out, progress, desc)
+                cam_summary = {**again, "accepted": True, "second_pass_accepted": again["accepted"]}
         if sil is not None:
             pb, out = _refit_with_silhouettes(pb, out, sil, progress, desc)
     except Exception as e:  # noqa: BLE001 - a numerical failure must not kill the sequence
@@ -276,7 +288,7 @@ def _fit(model, cameras, observations, cfg, progress, confidences, init, subject
         history=pd.DataFrame(out.history, columns=HISTORY_COLUMNS),
         status=dict(sorted(status.items())), timing={}, converged=out.converged, config=cfg,
         noise=noise.table() if noise is not None else None,
-        silhouette=_silhouette_summary(pb, st, active))
+        silhouette=_silhouette_summary(pb, st, active), camera_refinement=cam_summary)
     t_end = time.perf_counter()
     n = max(1, len(packed.frames))
     fit.timing = {"init_s": t_init - t0, "solve_s": t_solve - t_init, "outputs_s": t_end - t_solve,

@@ -2,7 +2,8 @@
 
 One iteration: refresh the visibility, view and robust (IRLS) weights at the current state, build the
 normal equations (`problem.py`), damp them Marquardt-style (A + λ (diag A + ε)), solve by Schur
-complement (`schur.py`), evaluate the true robust cost at the candidate with the same weights,
+complement (`schur.py`) — with camera refinement the shared step in the subspace `Problem.shared_basis` (the
+rigid gauge held, or the cameras held) — evaluate the true robust cost at the candidate with the same weights,
 and accept it if the cost falls (λ shrinks by Nielsen's rule from the gain ratio, by up to 10×)
 or reject it (λ grows 2×, 4×, 8×, ...). The robust scale is annealed: it starts at `robust_anneal` ×
 the robust spread (1.48·median) of the initial errors and shrinks at each accepted step (to at most
@@ -130,6 +131,7 @@ def run_lm(pb: Problem, state: State, progress: bool = False, desc: str = "fit")
     n_obs = float((pb.conf > 0).sum())
     pc, _, A_fp, g_fp, A_sp, g_sp, E = prior_terms(pb, state.shape, state.thetas, state.xi, active)
     cost = float(data.sum() + pc)
+    T = pb.shared_basis()
     bar = tqdm(range(cfg.iterations), desc=desc, disable=not progress, leave=False)
     for it in bar:
         A_ff, g_f, A_sf, A_ss, g_s = blocks
@@ -140,11 +142,16 @@ def run_lm(pb: Problem, state: State, progress: bool = False, desc: str = "fit")
         g_f = torch.where(active[:, None], g_f, torch.zeros_like(g_f))
         A_sf = A_sf * active[:, None, None]
         damp_f = torch.diag_embed(lam * (torch.diagonal(A_ff, dim1=-2, dim2=-1) + DIAG_FLOOR))
-        damp_s = torch.diag(lam * (torch.diagonal(A_ss) + DIAG_FLOOR))
+        if T is None:  # shared unknowns solved in the gauge-free subspace s = T s' (camera refinement)
+            A_ss_r, g_s_r, A_sf_r = A_ss, g_s, A_sf
+        else:
+            A_ss_r, g_s_r, A_sf_r = T.T @ A_ss @ T, T.T @ g_s, torch.einsum("st,fsn->ftn", T, A_sf)
+        damp_s = torch.diag(lam * (torch.diagonal(A_ss_r) + DIAG_FLOOR))
         row = {"iteration": it, "cost": cost, "robust_scale_px": scale, "lambda": lam,
                "median_px": float(torch.nanmedian(errors)) if torch.isfinite(errors).any() else float("nan")}
         try:
-            ds, dth = solve_schur(A_ss + damp_s, g_s, A_sf, A_ff + damp_f, g_f, E)
+            ds, dth = solve_schur(A_ss_r + damp_s, g_s_r, A_sf_r, A_ff + damp_f, g_f, E)
+            ds = ds if T is None else T @ ds
         except torch.linalg.LinAlgError:
             ds = None
         if ds is None or not (torch.isfinite(ds).all() and torch.isfinite(dth).all()):

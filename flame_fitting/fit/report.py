@@ -65,6 +65,8 @@ class SequenceFit:
     config: FitConfig
     noise: pd.DataFrame | None = None     # landmark noise model per group (noise.NoiseModel.table); None when off
     silhouette: dict | None = None        # silhouette term: used, n_masks, n_samples_used, median_px (fitter.py)
+    camera_refinement: dict | None = None  # refine_cameras: accepted, reason, objective_before / _after, threshold,
+                                           # max_rot_deg, max_centre_mm (refine.py); None when not refining
 
     @property
     def frames(self) -> list[int]:
@@ -148,3 +150,28 @@ def camera_errors(cams: dict[str, Camera], head: np.ndarray, cams_ref: dict[str,
                      "trans_mm": float(np.linalg.norm(a[:3, 3] - b[:3, 3]) * 1e3),
                      "focal_ratio": float(cams[name].K[0, 0] / ref.K[0, 0])})
     return pd.DataFrame(rows, columns=["camera", "rot_deg", "trans_mm", "focal_ratio"])
+
+
+def rig_similarity(cams: dict[str, Camera], ref: dict[str, Camera]) -> tuple[float, np.ndarray, np.ndarray]:
+    """The similarity (s, R (3, 3), t (3,)) taking the world of `cams` to that of `ref` (x_ref ≈ s R x + t) that
+    best aligns the rigs: R the chordal mean of the cameras' relative orientations (R_ref_cᵀ R_c), s and t from the
+    camera centres by least squares. For comparing a refined rig (and its heads) with a reference: the rig's rigid
+    motion is unobservable, so refinement errors are measured after removing it."""
+    names = sorted(ref)
+    M = sum(ref[n].R.astype(np.float64).T @ cams[n].R.astype(np.float64) for n in names)
+    U, _, Vt = np.linalg.svd(M)
+    R = U @ np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))]) @ Vt
+    a = np.stack([cams[n].center for n in names]).astype(np.float64)
+    b = np.stack([ref[n].center for n in names]).astype(np.float64)
+    ma, mb = a.mean(0), b.mean(0)
+    s = float(((b - mb) * ((a - ma) @ R.T)).sum() / ((a - ma) ** 2).sum())
+    return s, R, mb - s * R @ ma
+
+
+def rig_errors(cams: dict[str, Camera], ref: dict[str, Camera]) -> pd.DataFrame:
+    """Per camera of `ref`: rot_deg and centre_mm errors of `cams` after `rig_similarity` (gauge-free)."""
+    s, R, t = rig_similarity(cams, ref)
+    rows = [{"camera": n, "rot_deg": angle_deg(cams[n].R.astype(np.float64) @ R.T @ ref[n].R.astype(np.float64).T),
+             "centre_mm": float(np.linalg.norm(s * R @ cams[n].center.astype(np.float64) + t - ref[n].center) * 1e3)}
+            for n in sorted(ref)]
+    return pd.DataFrame(rows, columns=["camera", "rot_deg", "centre_mm"])

@@ -5,8 +5,9 @@ a rigid motion of the world about a pivot p0 (the head's centre) applied before 
     Y = Exp(ω)(X - p0) + p0 + τ,   p = R_c Y + t_c,   uv = c_c + e^φ · K_c[:2,:2] · p_xy / p_z,
 i.e. world_to_cam' = world_to_cam @ Δ with Δ = [Exp(ω) | p0 + τ - Exp(ω) p0], and fx, fy (and skew)
 scaled by e^φ. The head pose and all cameras share a 6-DoF rigid gauge: Δ_c -> Δ_c G with the head
-poses -> G⁻¹ H leaves every projection unchanged; to first order G adds the same (ω, τ) to every
-camera, so the fitter fixes it with a zero-mean constraint on the corrections (see `problem.py`).
+poses -> G⁻¹ H leaves every projection unchanged; the fitter holds the rig's mean rotation and centroid
+(`Problem.shared_basis`), and each correction has a prior on its rotation and on its centre's move
+(`Problem.camera_prior`); `refine.py` decides whether a refinement is kept.
 """
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ def test_exact_landmarks_recover_parameters_and_vertices(head, cams, truth, exac
         np.testing.assert_allclose(q.global_orient, p.global_orient, atol=2e-4)
         np.testing.assert_allclose(q.transl, p.transl, atol=1e-4)
         np.testing.assert_allclose(q.neck_pose, 0, atol=2e-4)
-    assert fit.residuals.median_px.max() < 0.05
+    assert fit.residuals.median_px.max() < 0.1
 
 
 def test_noisy_landmarks(head, truth, clean_fit):
@@ -68,9 +68,9 @@ def test_camera_refinement_recovers_perturbed_cameras(head, cams, truth, exact_o
         before = camera_errors(perturbed, head_to_world(head, fixed.params[f]), cams, head_to_world(head, p))
         after = camera_errors(fit.cameras, head_to_world(head, fit.params[f]), cams, head_to_world(head, p))
         assert before.rot_deg.max() > 1.0
-        assert after.rot_deg.max() < 0.2 and after.trans_mm.max() < 2.0
+        assert after.rot_deg.max() < 0.3 and after.trans_mm.max() < 3.0
     assert vertex_error_mm(head, fixed, truth) > 1.0
-    assert fit.residuals.median_px.max() < 0.05
+    assert fit.residuals.median_px.max() < 0.1
 
 
 def test_frames_with_fewer_than_two_views_are_skipped(head, cams, truth, exact_obs):

@@ -22,7 +22,7 @@ def _problem(head, refine: bool, temporal: float = 0.0, B: int = 3):
     obs = 256 + 60 * torch.randn(B, 3, 2, L, generator=g, dtype=torch.float64)
     conf = torch.rand(B, 3, L, generator=g, dtype=torch.float64)
     cfg = FitConfig(robust_loss="l2", refine_cameras=refine, refine_focal=refine, temporal_weight=temporal,
-                    prior_shape=0.7, prior_expr=0.3, prior_jaw=2.0, prior_neck=3.0, prior_eyes=4.0, gauge_weight=5.0)
+                    prior_shape=0.7, prior_expr=0.3, prior_jaw=2.0, prior_neck=3.0, prior_eyes=4.0)
     pb = Problem(rm, rig, obs, conf, cfg)
     shape = 0.5 * torch.randn(6, generator=g, dtype=torch.float64)
     thetas = 0.1 * torch.randn(B, rm.layout.n, generator=g, dtype=torch.float64)
