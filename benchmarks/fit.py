@@ -41,6 +41,9 @@ of the nose tip (MediaPipe point 1 when embedded, else the front-most template v
                                   when silhouette_weight > 0 (FitConfig's default: silhouette_weight_default);
                                   *_landmarks_only: silhouette_weight=0; *_silhouette: silhouette_weight=
                                   SILHOUETTE_WEIGHT (a variant whose FitConfig equals an earlier one's reuses it)
+  mediapipe_landmarks_only / mediapipe_default
+                                  {vertex_error_mm_head, vertex_error_mm_face} of the landmarks-only fit (no masks:
+                                  the landmarks-only priors, docs/fitting.md "Landmarks only") and of the default fit
 The head model folder is copied without any calibrated embedding it may have (the GT-landmark figures fit the
 original embedding, whose projections they are); the MediaPipe part calibrates that copy itself.
 Run: python benchmarks/fit.py   (last line: JSON)
@@ -72,7 +75,7 @@ SILHOUETTE_WEIGHT = 1.0  # the "_silhouette" variant's silhouette_weight (FitCon
 MP_VARIANTS = {"": {}, "_no_noise_model": {"noise_model": False}, "_uncalibrated": {"calibrated_embedding": False},
                "_uncalibrated_no_noise_model": {"calibrated_embedding": False, "noise_model": False},
                "_landmarks_only": {"silhouette_weight": 0.0}, "_silhouette": {"silhouette_weight": SILHOUETTE_WEIGHT}}
-MP_KEYS = ["mediapipe_detection_rate", "mediapipe_masks", "silhouette_weight_default", "mediapipe_calibration",
+MP_KEYS = ["mediapipe_landmarks_only", "mediapipe_default", "mediapipe_detection_rate", "mediapipe_masks", "silhouette_weight_default", "mediapipe_calibration",
            "mediapipe_frames_fitted", "mediapipe_frames_ok", "mediapipe_s", *[f"{k}{v}{h}" for v in MP_VARIANTS for k, h in (
                ("vertex_error_mm_mediapipe", ""), ("vertex_error_mm_mediapipe", "_head"), ("s_per_frame_mediapipe", ""))]]
 CALIBRATED_FILES = "mediapipe_landmark_embedding_calibrated.*"
@@ -186,6 +189,9 @@ def run_mediapipe(head: HeadModel, face: np.ndarray, tmp: Path) -> dict:
         if not key:
             out["mediapipe_frames_fitted"], out["mediapipe_frames_ok"] = n_fit, n_ok
     out["silhouette_weight_default"] = FitConfig().silhouette_weight
+    for name, key in (("mediapipe_landmarks_only", "_landmarks_only"), ("mediapipe_default", "")):
+        out[name] = {"vertex_error_mm_head": out[f"vertex_error_mm_mediapipe{key}_head"],
+                     "vertex_error_mm_face": out[f"vertex_error_mm_mediapipe{key}"]}
     out["mediapipe_s"] = round(time.perf_counter() - t0, 1)
     return out
 

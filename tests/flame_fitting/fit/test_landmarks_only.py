@@ -3,9 +3,14 @@ discounted the landmarks (`fitter.landmarks_only_priors`, docs/fitting.md "Landm
 import numpy as np
 import pytest
 
+from flame_fitting.capture import load_capture
 from flame_fitting.fit import FitConfig, fit_sequence
 from flame_fitting.fit.fitter import landmarks_only_priors
-from flame_fitting.fit.synthetic import model_outputs
+from flame_fitting.fit_capture import gt_vertex_errors
+from flame_fitting.head_model import HeadModel
+from flame_fitting.landmark_set import detect_capture
+from flame_fitting.standin import build_standin
+from pipelines.synthetic import SyntheticConfig, generate
 
 
 def test_priors_move_by_the_share_of_weight_removed():
@@ -19,22 +24,41 @@ def test_priors_move_by_the_share_of_weight_removed():
     assert landmarks_only_priors(cfg, 1.5).prior_shape == 1.0            # clamped
 
 
-def test_detector_like_landmarks_keep_the_unobserved_identity_near_the_mean(head, cams, truth):
-    """A per-landmark offset shared by every view and frame (a detector's bias, 4 mm rms) plus 2 px noise: the noise
-    model discounts most of the landmarks' weight, and the landmarks-only fit then keeps the identity nearer the mean
-    than the configured (weak) priors would; exact landmarks are unaffected (test_fitter)."""
-    rng = np.random.default_rng(5)
-    bias = rng.standard_normal((478, 3)) * 4e-3 / np.sqrt(3)
-    obs = {}
-    for f, p in truth.items():
-        lmk = model_outputs(head, p)[1]
-        obs[f] = {n: c.project(lmk + bias)[0] + rng.standard_normal((478, 2)) * 2.0 for n, c in cams.items()}
-    weak = fit_sequence(head, cams, obs, FitConfig(prior_shape_landmarks_only=1.0, prior_expr_landmarks_only=1.0),
-                        progress=False)
-    default = fit_sequence(head, cams, obs, FitConfig(), progress=False)
-    assert default.noise is not None and (default.noise.weight < 0.5).all()
-    f0 = min(truth)
-    assert np.linalg.norm(default.params[f0].shape) < 0.9 * np.linalg.norm(weak.params[f0].shape)
-    assert np.mean([np.linalg.norm(default.params[f].expr) for f in truth]) < \
-        0.9 * np.mean([np.linalg.norm(weak.params[f].expr) for f in truth])
-    assert all(s.status == "ok" for s in default.status.values())
+@pytest.fixture(scope="module")
+def mediapipe_capture(tmp_path_factory):
+    """A small synthetic capture (stand-in head, 2 subjects × 2 frames × 12 views at 384², generator seed 7: none of
+    the seeds the figures in docs/fitting.md were tuned or evaluated on) with real MediaPipe landmarks and ground
+    truth. Returns (head, capture, landmark set, face-region mask)."""
+    root = tmp_path_factory.mktemp("landmarks_only")
+    build_standin(root / "head", seed=0, n_shape=20, n_expr=24)
+    generate(root / "head", root / "cap", SyntheticConfig(seed=7, subjects=2, frames=2, cameras=12, resolution=384,
+                                                          workers=1), progress=False)
+    cap = load_capture(root / "cap")
+    face = np.load(root / "head" / "standin_extras.npz")["face_region"].astype(bool)
+    return HeadModel.from_folder(root / "head", 20, 24), cap, detect_capture(cap, progress=False), face
+
+
+def _errors(head, cap, ls, face, cfg) -> tuple[float, float]:
+    """Mean (whole head, face region) world-frame vertex error in mm over every fitted frame."""
+    rows = []
+    for subject, sequence in cap.sequences():
+        fit = fit_sequence(head, cap.cameras(subject, sequence), ls.for_sequence(subject, sequence), cfg,
+                           progress=False)
+        rows += gt_vertex_errors(cap, subject, sequence, fit, face)
+    assert len(rows) == 4
+    return float(np.mean([r["vertex_error_mm"] for r in rows])), float(np.mean([r["vertex_error_mm_face"] for r in rows]))
+
+
+def test_unobserved_head_follows_the_prior_with_mediapipe_landmarks(mediapipe_capture):
+    """Landmarks only (no masks): the whole head is at least as good as the simple strong-prior recipe (identity held
+    at the mean, every landmark weighted alike: VHAP's landmark stage), and the face is not worse than either it or
+    the fit with the configured priors. Before: head 3.89 mm against the reference's 3.17 (face 2.33 / 2.54); after:
+    2.63 / 1.95. (The same holds for generator seeds 8, 9, 10.)"""
+    head, cap, ls, face = mediapipe_capture
+    ref_head, ref_face = _errors(head, cap, ls, face, FitConfig(noise_model=False, prior_shape=1e8))
+    weak_head, weak_face = _errors(head, cap, ls, face, FitConfig(prior_shape_landmarks_only=1.0,
+                                                                  prior_expr_landmarks_only=1.0))
+    got_head, got_face = _errors(head, cap, ls, face, FitConfig())
+    assert got_head <= ref_head + 0.1
+    assert got_face <= ref_face + 0.05 and got_face <= weak_face + 0.05
+    assert got_head < weak_head
