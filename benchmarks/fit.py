@@ -75,7 +75,8 @@ SILHOUETTE_WEIGHT = 1.0  # the "_silhouette" variant's silhouette_weight (FitCon
 MP_VARIANTS = {"": {}, "_no_noise_model": {"noise_model": False}, "_uncalibrated": {"calibrated_embedding": False},
                "_uncalibrated_no_noise_model": {"calibrated_embedding": False, "noise_model": False},
                "_landmarks_only": {"silhouette_weight": 0.0}, "_silhouette": {"silhouette_weight": SILHOUETTE_WEIGHT}}
-MP_KEYS = ["mediapipe_landmarks_only", "mediapipe_default", "mediapipe_detection_rate", "mediapipe_masks", "silhouette_weight_default", "mediapipe_calibration",
+MP_KEYS = ["mediapipe_landmarks_only", "mediapipe_default",
+           "mediapipe_detection_rate", "mediapipe_masks", "silhouette_weight_default", "mediapipe_calibration",
            "mediapipe_frames_fitted", "mediapipe_frames_ok", "mediapipe_s", *[f"{k}{v}{h}" for v in MP_VARIANTS for k, h in (
                ("vertex_error_mm_mediapipe", ""), ("vertex_error_mm_mediapipe", "_head"), ("s_per_frame_mediapipe", ""))]]
 CALIBRATED_FILES = "mediapipe_landmark_embedding_calibrated.*"

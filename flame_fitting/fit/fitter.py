@@ -101,7 +101,7 @@ def _refit_with_noise_model(pb: Problem, out: LMOutcome, cfg: FitConfig, progres
         if model.is_identity:
             break
         w = torch.as_tensor(model.landmark_weights(groups), dtype=conf0.dtype)              # (L,)
-        cfg_w = landmarks_only_priors(cfg, float((conf0 * w).sum() / conf0.sum().clamp_min(1e-12))) \
+        cfg_w = landmarks_only_priors(pb.cfg, float((conf0 * w).sum() / conf0.sum().clamp_min(1e-12))) \
             if landmarks_only else pb.cfg
         pb_w = replace(pb, conf=conf0 * w, cfg=cfg_w)
         first = out
@@ -122,7 +122,7 @@ def _refit_with_noise_model(pb: Problem, out: LMOutcome, cfg: FitConfig, progres
 def landmarks_only_priors(cfg: FitConfig, kept: float) -> FitConfig:
     """`cfg` with the identity / expression priors of a landmarks-only fit whose noise model kept the share `kept`
     (0..1) of the landmarks' weight: prior + (prior_*_landmarks_only - prior) · (1 - kept). Exact landmarks (kept 1)
-    keep prior_shape / prior_expr; MediaPipe's (kept ≈ 0.01–0.05, docs/fitting.md) get ≈ the landmarks-only ones."""
+    keep prior_shape / prior_expr; MediaPipe's (kept ≈ 0.01–0.13, docs/fitting.md) get ≈ the landmarks-only ones."""
     lost = min(max(1.0 - kept, 0.0), 1.0)
     return replace(cfg, prior_shape=cfg.prior_shape + (cfg.prior_shape_landmarks_only - cfg.prior_shape) * lost,
                    prior_expr=cfg.prior_expr + (cfg.prior_expr_landmarks_only - cfg.prior_expr) * lost)

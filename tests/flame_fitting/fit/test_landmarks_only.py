@@ -3,13 +3,13 @@ discounted the landmarks (`fitter.landmarks_only_priors`, docs/fitting.md "Landm
 import numpy as np
 import pytest
 
-from flame_fitting.capture import load_capture
 from flame_fitting.fit import FitConfig, fit_sequence
+from flame_fitting.fit.capture import gt_vertex_errors
 from flame_fitting.fit.fitter import landmarks_only_priors
-from flame_fitting.fit_capture import gt_vertex_errors
-from flame_fitting.head_model import HeadModel
-from flame_fitting.landmark_set import detect_capture
-from flame_fitting.standin import build_standin
+from flame_fitting.formats.capture import load_capture
+from flame_fitting.head.head_model import HeadModel
+from flame_fitting.head.standin.build import build_standin
+from flame_fitting.landmarks.capture import detect_capture
 from pipelines.synthetic import SyntheticConfig, generate
 
 
