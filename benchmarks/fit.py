@@ -53,6 +53,9 @@ of the nose tip (MediaPipe point 1 when embedded, else the front-most template v
                                   vertex_error_mm_minus_exact_cameras compare with vertex_error_mm_mediapipe (the same
                                   fits without refinement); flat copies: vertex_error_mm_mediapipe_refine_exact / _perturbed,
                                   camera_rot_error_deg_ / camera_centre_error_mm_mediapipe_refine_perturbed
+  mediapipe_landmarks_only / mediapipe_default
+                                  {vertex_error_mm_head, vertex_error_mm_face} of the landmarks-only fit (no masks:
+                                  the landmarks-only priors, docs/fitting.md "Landmarks only") and of the default fit
 The head model folder is copied without any calibrated embedding it may have (the GT-landmark figures fit the
 original embedding, whose projections they are); the MediaPipe part calibrates that copy itself.
 Run: python benchmarks/fit.py   (last line: JSON)
@@ -87,7 +90,8 @@ SILHOUETTE_WEIGHT = 1.0  # the "_silhouette" variant's silhouette_weight (FitCon
 MP_VARIANTS = {"": {}, "_no_noise_model": {"noise_model": False}, "_uncalibrated": {"calibrated_embedding": False},
                "_uncalibrated_no_noise_model": {"calibrated_embedding": False, "noise_model": False},
                "_landmarks_only": {"silhouette_weight": 0.0}, "_silhouette": {"silhouette_weight": SILHOUETTE_WEIGHT}}
-MP_KEYS = ["mediapipe_detection_rate", "mediapipe_masks", "silhouette_weight_default", "mediapipe_calibration",
+MP_KEYS = ["mediapipe_landmarks_only", "mediapipe_default",
+           "mediapipe_detection_rate", "mediapipe_masks", "silhouette_weight_default", "mediapipe_calibration",
            "mediapipe_frames_fitted", "mediapipe_frames_ok", "mediapipe_s", "mediapipe_camera_refinement",
            "vertex_error_mm_mediapipe_refine_exact", "vertex_error_mm_mediapipe_refine_perturbed",
            "camera_rot_error_deg_mediapipe_refine_perturbed", "camera_centre_error_mm_mediapipe_refine_perturbed",
@@ -214,6 +218,9 @@ def run_mediapipe(head: HeadModel, face: np.ndarray, tmp: Path) -> dict:
             out["mediapipe_frames_fitted"], out["mediapipe_frames_ok"] = n_fit, n_ok
     out["silhouette_weight_default"] = FitConfig().silhouette_weight
     out.update(run_camera_refinement(head, face, cap, ls, masks, out["vertex_error_mm_mediapipe"]))
+    for name, key in (("mediapipe_landmarks_only", "_landmarks_only"), ("mediapipe_default", "")):
+        out[name] = {"vertex_error_mm_head": out[f"vertex_error_mm_mediapipe{key}_head"],
+                     "vertex_error_mm_face": out[f"vertex_error_mm_mediapipe{key}"]}
     out["mediapipe_s"] = round(time.perf_counter() - t0, 1)
     return out
 

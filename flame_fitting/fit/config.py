@@ -28,6 +28,13 @@ class FitConfig:
                                       "(failed detections)")
     prior_shape: float = spec(1.0, "weight of ||shape||² (identity coefficients ~ N(0, 1))", lo=0.0)
     prior_expr: float = spec(1.0, "weight of ||expr||² per frame (expression coefficients ~ N(0, 1))", lo=0.0)
+    prior_shape_landmarks_only: float = spec(5.0, "weight of ||shape||² instead of prior_shape when the sequence has "
+                                                   "no silhouette term (no masks, or silhouette_weight 0): MediaPipe's "
+                                                   "errors are shared by every view and frame and correlated across "
+                                                   "landmarks, so alone they pull the unobserved head away from the "
+                                                   "mean (tuned on held-out synthetic subjects, docs/fitting.md)", lo=0.0)
+    prior_expr_landmarks_only: float = spec(10.0, "weight of ||expr||² per frame instead of prior_expr when the sequence "
+                                                  "has no silhouette term (see prior_shape_landmarks_only)", lo=0.0)
     prior_jaw: float = spec(10.0, "weight of ||jaw_pose||² (rad²) per frame", lo=0.0)
     prior_neck: float = spec(1e4, "weight of ||neck_pose||² (rad²); face landmarks cannot tell the neck from "
                                   "the head pose, so this keeps the head rotation in global_orient", lo=0.0)

@@ -83,11 +83,13 @@ def _pivot(rm: ReducedModel, shape: torch.Tensor, thetas: torch.Tensor) -> np.nd
     return X.mean(2).median(0).values.numpy()
 
 
-def _refit_with_noise_model(pb: Problem, out: LMOutcome, cfg: FitConfig, progress: bool, desc: str
-                            ) -> tuple[Problem, LMOutcome, NoiseModel | None]:
+def _refit_with_noise_model(pb: Problem, out: LMOutcome, cfg: FitConfig, progress: bool, desc: str,
+                            landmarks_only: bool = False) -> tuple[Problem, LMOutcome, NoiseModel | None]:
     """Rounds of: estimate the landmark noise model from `out`'s residuals (`noise.py`), refit from its state
-    with every landmark weighted by its group's weight. Returns the re-weighted problem, the last outcome and
-    the last model (None when no frame could be fitted)."""
+    with every landmark weighted by its group's weight — and, with `landmarks_only` (no silhouette term follows),
+    with the identity / expression priors moved towards prior_shape_landmarks_only / prior_expr_landmarks_only by
+    the share of the landmarks' weight the noise model took away (`landmarks_only_priors`). Returns the
+    re-weighted problem, the last outcome and the last model (None when no frame could be fitted)."""
     groups = landmark_groups(pb.rm.landmark_indices)
     conf0, model = pb.conf, None
     for _ in range(cfg.noise_rounds):
@@ -101,7 +103,10 @@ def _refit_with_noise_model(pb: Problem, out: LMOutcome, cfg: FitConfig, progres
                                cfg.noise_dense_factor)
         if model.is_identity:
             break
-        pb_w = replace(pb, conf=conf0 * torch.as_tensor(model.landmark_weights(groups), dtype=conf0.dtype))
+        w = torch.as_tensor(model.landmark_weights(groups), dtype=conf0.dtype)              # (L,)
+        cfg_w = landmarks_only_priors(pb.cfg, float((conf0 * w).sum() / conf0.sum().clamp_min(1e-12))) \
+            if landmarks_only else pb.cfg
+        pb_w = replace(pb, conf=conf0 * w, cfg=cfg_w)
         first = out
         try:
             out = run_lm(pb_w, first.state, progress=progress, desc=f"{desc} (noise model)")
@@ -115,6 +120,15 @@ def _refit_with_noise_model(pb: Problem, out: LMOutcome, cfg: FitConfig, progres
             if not active[i]:
                 out.diverged[i] = why
     return pb, out, model
+
+
+def landmarks_only_priors(cfg: FitConfig, kept: float) -> FitConfig:
+    """`cfg` with the identity / expression priors of a landmarks-only fit whose noise model kept the share `kept`
+    (0..1) of the landmarks' weight: prior + (prior_*_landmarks_only - prior) · (1 - kept). Exact landmarks (kept 1)
+    keep prior_shape / prior_expr; MediaPipe's (kept ≈ 0.01–0.13, docs/fitting.md) get ≈ the landmarks-only ones."""
+    lost = min(max(1.0 - kept, 0.0), 1.0)
+    return replace(cfg, prior_shape=cfg.prior_shape + (cfg.prior_shape_landmarks_only - cfg.prior_shape) * lost,
+                   prior_expr=cfg.prior_expr + (cfg.prior_expr_landmarks_only - cfg.prior_expr) * lost)
 
 
 def _refit_with_silhouettes(pb: Problem, out: LMOutcome, sil, progress: bool, desc: str) -> tuple[Problem, LMOutcome]:
@@ -243,13 +257,13 @@ def _fit(model, cameras, observations, cfg, progress, confidences, init, subject
         pb = pb_base = replace(pb, cameras_free=False)  # refine_cameras: the calibration is held until `refine_cameras`
         out = run_lm(pb, state, progress=progress, desc=desc)
         if cfg.noise_model:
-            pb, out, noise = _refit_with_noise_model(pb, out, cfg, progress, desc)
+            pb, out, noise = _refit_with_noise_model(pb, out, cfg, progress, desc, landmarks_only=sil is None)
         if rig.n_params:
             out, cam_summary = refine_cameras(pb, out, progress, desc)
             if cam_summary["accepted"] and cfg.noise_model:
                 # the noise model was estimated with the given cameras' errors in the residuals: estimate it again
                 # with the refined cameras (held), then refine once more from there
-                pb, out, noise = _refit_with_noise_model(pb_base, out, cfg, progress, desc)
+                pb, out, noise = _refit_with_noise_model(pb_base, out, cfg, progress, desc, landmarks_only=sil is None)
                 out, again = refine_cameras(pb, out, progress, desc)
                 cam_summary = {**again, "accepted": True, "second_pass_accepted": again["accepted"]}
         if sil is not None:
