@@ -17,7 +17,7 @@ import pytest
 from flame_folder_factory import write_flame_folder
 from malicious_files import PAYLOADS, REFUSED_NAME, write_evil_module, write_payload
 
-from flame_fitting.head import flame_io
+from flame_fitting.head import flame_io, flame_pickle, flame_spec
 from flame_fitting.geometry.camera import Camera, intrinsics, look_at
 from flame_fitting.formats.capture import CaptureWriter
 
@@ -111,7 +111,7 @@ def test_real_format_files_load(tmp_path, protocol):
     for name, data in ((spec.model_file.name, model), ("flame_static_embedding.pkl", static)):
         raw = pickle.dumps(data, protocol=proto)
         (spec.path / name).write_bytes(_as_numpy2_names(raw) if protocol == "numpy2" else raw)
-    arrays = flame_io.load_model_arrays(spec.model_file)
+    arrays = flame_pickle.load_model_arrays(spec.model_file)
     for k in ("v_template", "shapedirs", "posedirs", "weights", "J_regressor"):
         np.testing.assert_allclose(arrays[k], getattr(spec, k), rtol=1e-6, atol=1e-7, err_msg=k)
     np.testing.assert_array_equal(arrays["f"], spec.f)
@@ -126,15 +126,15 @@ def test_object_npy_versions_load_and_plain_npy_too(tmp_path, version):
     path = tmp_path / "d.npy"
     with open(path, "wb") as fh:
         np.lib.format.write_array(fh, np.array(d, dtype=object), version=version, allow_pickle=True)
-    got = flame_io.load_object_npy(path)[()]
+    got = flame_pickle.load_object_npy(path)[()]
     assert sorted(got) == sorted(d) and all(np.array_equal(got[k], d[k]) for k in d)
     np.save(path, np.arange(5.0))
-    np.testing.assert_array_equal(flame_io.load_object_npy(path), np.arange(5.0))
+    np.testing.assert_array_equal(flame_pickle.load_object_npy(path), np.arange(5.0))
 
 
 def test_object_npy_whose_payload_is_not_its_array_is_refused(tmp_path):
     path, buf = tmp_path / "d.npy", io.BytesIO()
     np.lib.format.write_array_header_1_0(buf, {"descr": "|O", "fortran_order": False, "shape": (2,)})
     path.write_bytes(buf.getvalue() + pickle.dumps({"a": 1}, protocol=2))
-    with pytest.raises(flame_io.HeadModelError, match=r"d\.npy: the pickled payload is not the \(2,\) array"):
-        flame_io.load_object_npy(path)
+    with pytest.raises(flame_spec.HeadModelError, match=r"d\.npy: the pickled payload is not the \(2,\) array"):
+        flame_pickle.load_object_npy(path)

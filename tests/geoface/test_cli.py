@@ -158,11 +158,10 @@ def test_uv_and_correspondences_through_the_cli(capsys, run_dir):
 def test_export_of_a_sample_folder(capsys, tmp_path):
     """`geoface export` of a folder as the evaluate stage writes it (mesh.obj without UVs) = export_3dgs of its
     files, reference first."""
-    from flame_fitting.core.fileio import write_png
+    from flame_fitting.core.fileio import write_obj, write_png
     from flame_fitting.formats.capture import save_cameras
     from flame_fitting.geometry.camera import Camera, intrinsics, look_at
     from flame_fitting.geometry.meshes import icosphere
-    from flame_fitting.uv import write_obj
     from geoface_model.export import export_3dgs, read_ply
 
     v, f = icosphere(2)
