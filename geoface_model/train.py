@@ -30,7 +30,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from flame_fitting.core.fileio import replace_dir, temp_path
+from flame_fitting.core.fileio import replace_dir, temp_path, write_json
 
 from .checkpoint import (LossLog, TrainState, checkpoint_dir, finalize_checkpoint, list_checkpoints, load_extra_state,
                          pickled_custom_state, prune_checkpoints, save_extra_state, verify_checkpoint)
@@ -166,7 +166,7 @@ def train(cfg: GeoFaceConfig, data: str | Path | GeoFaceDataset, out_dir: str | 
     if resumed_from:
         log.info("resumed from %s at step %d", resumed_from, state.step)
     if accelerator.is_main_process:
-        (out_dir / "geoface_config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+        write_json(out_dir / "geoface_config.json", cfg.to_dict(), indent=1)
     per_epoch = (len(loader) // tc.grad_accum) * tc.grad_accum
     if per_epoch == 0:
         raise ShardError(f"{where}: {len(dataset)} samples give {len(loader)} batches of {tc.batch_size} per process, "
