@@ -80,6 +80,25 @@ def test_perturbed_cameras_give_the_exact_camera_head(head, cams, truth, noisy_o
     assert vertex_error_mm(head, held, truth) > 2.0
 
 
+@pytest.mark.xfail(strict=True, reason="issue 12 item 3, not met: with view-dependently biased landmarks the camera "
+                   "solve follows the bias along the head-to-rig mode and is refused (docs/fitting.md, Camera refinement)")
+def test_perturbed_cameras_are_recovered_under_biased_landmarks(head, cams, truth, noisy_obs, perturbed_fit):
+    """The required recovery with a detector's view-dependent bias (8 px, 6 % scale across the arc): rotations to
+    0.3° and centres to 3 mm median (rig-aligned), vertex error within 0.3 mm of the exact-camera fit. Strict xfail:
+    it records the unmet requirement and turns into a failure (XPASS) once the camera solve meets it."""
+    given, _ = perturbed_fit
+    obs = _biased(noisy_obs, cams, 8.0)
+    fit = fit_sequence(head, given, obs, FitConfig(refine_cameras=True), progress=False)
+    exact = fit_sequence(head, cams, obs, FitConfig(), progress=False)
+    names = sorted(cams)
+    s, R, t = rig_similarity(fit.cameras, cams)
+    rot = [angle_deg(fit.cameras[n].R.astype(np.float64) @ R.T @ cams[n].R.astype(np.float64).T) for n in names]
+    centre = np.linalg.norm(s * _centres(fit.cameras) @ R.T + t - _centres(cams), axis=1) * 1e3
+    aligned = replace(fit, vertices={f: s * v.astype(np.float64) @ R.T + t for f, v in fit.vertices.items()})
+    assert np.median(rot) <= 0.3 and np.median(centre) <= 3.0
+    assert vertex_error_mm(head, aligned, truth) <= vertex_error_mm(head, exact, truth) + 0.3
+
+
 def test_the_rig_similarity_gauge_is_held(perturbed_fit):
     """A similarity of rig + heads is unobservable (up to the head model's size): the refined rig keeps the given
     rig's mean orientation, centroid and size (to first order in the corrections) while the cameras move."""
