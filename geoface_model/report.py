@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from flame_fitting.core.fileio import atomic_write
+from flame_fitting.core.fileio import atomic_write, encode_image
 from flame_fitting.uv.preview import posmap_rgb
 
 from .generate import contact_sheet
@@ -102,10 +102,8 @@ def loss_figure(loss_csv: Path | str) -> np.ndarray | None:
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(np.asarray(rgb, np.uint8), cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise ValueError("could not encode a PNG")
-    return buf.tobytes()
+    """An (H, W, 3) RGB uint8 figure as PNG bytes (embedded in the HTML report)."""
+    return encode_image(np.asarray(rgb, np.uint8), ".png", what="report figure")
 
 
 def _fmt(v) -> str:

@@ -135,21 +135,28 @@ def write_csv(path: Path | str, df) -> Path:
     return write_text(path, df.to_csv(index=False))
 
 
-def write_image(path: Path | str, img: np.ndarray, png_level: int = 1, jpeg_quality: int = 95) -> Path:
-    """An (H, W, 3) RGB or (H, W) grey uint8 image, encoded by the file's suffix (.png, .jpg, ...), written
-    atomically; raises OutputError naming the file if it cannot be encoded."""
+def encode_image(img: np.ndarray, ext: str = ".png", png_level: int = 1, jpeg_quality: int = 95,
+                 what: str = "image") -> bytes:
+    """The bytes of an (H, W, 3) RGB or (H, W) grey uint8 image encoded as `ext` (.png, .jpg, ...);
+    OutputError naming `what` if it cannot be encoded."""
     img = np.asarray(img)
     if img.dtype != np.uint8 or not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 3)):
-        raise OutputError(f"{path}: an image must be (H, W, 3) or (H, W) uint8, got {img.dtype} {img.shape}")
-    ext = Path(path).suffix.lower() or ".png"
+        raise OutputError(f"{what}: an image must be (H, W, 3) or (H, W) uint8, got {img.dtype} {img.shape}")
     params = [cv2.IMWRITE_PNG_COMPRESSION, png_level] if ext == ".png" else [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]
     try:
         ok, buf = cv2.imencode(ext, img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_RGB2BGR), params)
     except cv2.error as e:
-        raise OutputError(f"{path}: cannot encode an image as {ext} ({e})") from None
+        raise OutputError(f"{what}: cannot encode an image as {ext} ({e})") from None
     if not ok:
-        raise OutputError(f"{path}: {ext} encoding failed")
-    return write_bytes(path, buf.tobytes())
+        raise OutputError(f"{what}: {ext} encoding failed")
+    return buf.tobytes()
+
+
+def write_image(path: Path | str, img: np.ndarray, png_level: int = 1, jpeg_quality: int = 95) -> Path:
+    """An (H, W, 3) RGB or (H, W) grey uint8 image, encoded by the file's suffix (.png, .jpg, ...), written
+    atomically; raises OutputError naming the file if it cannot be encoded."""
+    ext = Path(path).suffix.lower() or ".png"
+    return write_bytes(path, encode_image(img, ext, png_level, jpeg_quality, what=str(path)))
 
 
 def write_png(path: Path | str, img: np.ndarray) -> Path:

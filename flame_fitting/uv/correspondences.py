@@ -25,6 +25,7 @@ import numpy as np
 from numba import njit, prange
 
 from flame_fitting.core.errors import GeofaceError
+from flame_fitting.geometry.render import front_facing
 from flame_fitting.geometry.camera import Camera, stack_cameras
 from flame_fitting.geometry.raster import Fragments, interpolate, rasterize
 from flame_fitting.core.fileio import atomic_write
@@ -210,11 +211,8 @@ def _check_inputs(verts, layout: UVLayout, cameras: list[Camera], tokens: TokenG
 
 def front_faces(verts: np.ndarray, faces: np.ndarray, cameras: list[Camera]) -> np.ndarray:
     """(N, F) bool: the face (counter-clockwise seen from outside) faces camera n's centre."""
-    v = verts.astype(np.float64)
-    p0 = v[faces[:, 0]]
-    fn = np.cross(v[faces[:, 1]] - p0, v[faces[:, 2]] - p0)
     centers = np.stack([c.center for c in cameras]).astype(np.float64)
-    return (centers @ fn.T) > np.einsum("fk,fk->f", fn, p0)[None]
+    return front_facing(np.asarray(verts, np.float64), faces, centers)
 
 
 def _empty_reason(verts: np.ndarray, cam: Camera, covered: bool, near: float) -> str:
