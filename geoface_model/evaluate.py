@@ -17,8 +17,8 @@ Every consistency metric is also computed on the ground-truth views (and the fit
 perfect model would get at this resolution — and every metric has baselines beside it (geoface_model/baselines.py:
 constant mean training colour, copy the reference, mean training UV map, camera-only attention), so the numbers
 can be read. PSNR / SSIM are also measured inside the head mask (`psnr_fg`, `ssim_fg`), and the attention hit rate
-per noise band (`attention_hit_rate_low` / `_mid` / `_high`). Views are upscaled (cubic) to `detect_min_side` for SIFT and MediaPipe,
-identically for generated and ground-truth views; pixel figures are in the model's S×S pixels.
+per noise band (`attention_hit_rate_low` / `_mid` / `_high`). Views are upscaled (cubic) to `detect_min_side` for
+SIFT and MediaPipe, identically for generated and ground-truth views; pixel figures are in the model's S×S pixels.
 """
 from __future__ import annotations
 
