@@ -41,8 +41,10 @@ def align_targets(batch: dict, cfg: GeoFaceConfig, device) -> dict[str, tuple[to
 
 
 def prepare_inputs(batch: dict, codec: LatentCodec, scheduler: DDPMScheduler, cfg: GeoFaceConfig,
-                   generator: torch.Generator, device) -> tuple[dict, torch.Tensor, torch.Tensor | None]:
-    """-> (model keyword arguments, target for the target frames (B,Ft,C,h,w), target geo (B,C,hg,wg) | None)."""
+                   generator: torch.Generator, device, timestep: int | None = None
+                   ) -> tuple[dict, torch.Tensor, torch.Tensor | None]:
+    """-> (model keyword arguments, target for the target frames (B,Ft,C,h,w), target geo (B,C,hg,wg) | None).
+    `timestep`: every generated frame at this noise level instead of a random one (evaluation per noise band)."""
     images = batch["images"].to(device)
     B, V, _, H, W = images.shape
     n_ref = batch["n_ref"]
@@ -57,6 +59,10 @@ def prepare_inputs(batch: dict, codec: LatentCodec, scheduler: DDPMScheduler, cf
     T = scheduler.config.num_train_timesteps
     shape = (B, n_gen) if cfg.train.independent_frame_noise else (B, 1)
     t = torch.randint(0, T, shape, generator=generator, device=generator.device).to(device).expand(B, n_gen)
+    if timestep is not None:
+        if not 0 <= timestep < T:
+            raise ValueError(f"prepare_inputs: timestep {timestep} outside [0, {T})")
+        t = torch.full_like(t, int(timestep))
     x0_t = x0[:, n_ref:]
     noise = torch.randn(x0_t.shape, generator=generator, device=generator.device).to(device)
     tt = t[:, : V - n_ref].reshape(-1)

@@ -14,9 +14,11 @@ Per sample (one frame of one held-out subject, all its views at the model resolu
     projected into the generated views vs MediaPipe's detections there, px); attention hit rate at the
     supervised block(s) on the sample noised as in training.
 Every consistency metric is also computed on the ground-truth views (and the fitted mesh) — the value a
-perfect model would get at this resolution — and PSNR / SSIM of the trivial "copy the reference" answer,
-so the numbers can be read. Views are upscaled (cubic) to `detect_min_side` for SIFT and MediaPipe,
-identically for generated and ground-truth views; pixel figures are in the model's S×S pixels.
+perfect model would get at this resolution — and every metric has baselines beside it (geoface_model/baselines.py:
+constant mean training colour, copy the reference, mean training UV map, camera-only attention), so the numbers
+can be read. PSNR / SSIM are also measured inside the head mask (`psnr_fg`, `ssim_fg`), and the attention hit rate
+per noise band (`attention_hit_rate_low` / `_mid` / `_high`). Views are upscaled (cubic) to `detect_min_side` for
+SIFT and MediaPipe, identically for generated and ground-truth views; pixel figures are in the model's S×S pixels.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ from flame_fitting.core.params import spec
 from flame_fitting.core.fileio import write_obj, write_png
 from flame_fitting.geometry.rigid import rigid_fit
 
+from .baselines import TrainingStats, band_timesteps, camera_only_hit_rate
 from .data import GeoFaceDataset, collate
 from .diffusion import make_noise_scheduler
 from .export import export_3dgs
@@ -139,8 +142,9 @@ def _finite(x):
 
 
 def evaluate_sample(pipe, model, ds: GeoFaceDataset, i: int, fit: dict, frame_index: int, p: EvalParams,
-                    cfg) -> SampleResult:
-    """One held-out sample: generate, measure (module docstring). `fit`: its sequence's fit arrays."""
+                    cfg, stats: TrainingStats | None = None) -> SampleResult:
+    """One held-out sample: generate, measure (module docstring). `fit`: its sequence's fit arrays; `stats`: the
+    training split's baseline statistics (geoface_model/baselines.py; None = no training-based baselines)."""
     s, j = ds.items[i]
     info = ds.metas[s].samples[j]
     name = f"{info['subject']}/{info['sequence']}/{int(info['frame']):05d}"
@@ -161,10 +165,16 @@ def evaluate_sample(pipe, model, ds: GeoFaceDataset, i: int, fit: dict, frame_in
     gen_s = time.perf_counter() - t0
     gt = images[tg]
     m: dict = {"generate_s": gen_s}
-    im = image_metrics(list(out.images), list(gt), p.lpips_weights)
-    m |= {"psnr": _finite(im["psnr"]), "ssim": im["ssim"], "lpips": im["lpips"], "lpips_status": im["lpips_status"]}
-    cp = image_metrics([images[ref]] * len(tg), list(gt))
-    m |= {"baseline_copy_reference_psnr": _finite(cp["psnr"]), "baseline_copy_reference_ssim": cp["ssim"]}
+    fg = list(full["masks"][tg, 0].numpy() > 0.5)  # (S,S) head masks of the targets
+    im = image_metrics(list(out.images), list(gt), p.lpips_weights, masks=fg)
+    m |= {"psnr": _finite(im["psnr"]), "ssim": im["ssim"], "psnr_fg": _finite(im["psnr_fg"]), "ssim_fg": im["ssim_fg"],
+          "lpips": im["lpips"], "lpips_status": im["lpips_status"]}
+    answers = {"copy_reference": [images[ref]] * len(tg)}
+    if stats is not None:
+        answers["mean_colour"] = [stats.constant_image(S)] * len(tg)
+    for b, views in answers.items():
+        bm = image_metrics(views, list(gt), masks=fg)
+        m |= {f"baseline_{b}_{k}": _finite(bm[k]) for k in ("psnr", "ssim", "psnr_fg", "ssim_fg")}
     notes = []
     for tag, views in (("", out.images), ("gt_", gt)):
         if len(views) >= 2:
@@ -185,25 +195,40 @@ def evaluate_sample(pipe, model, ds: GeoFaceDataset, i: int, fit: dict, frame_in
         notes.append("one target view: TSED needs two")
     gt_posmap = full["uv_posmap"].permute(1, 2, 0).numpy()
     uv_mask = full["uv_mask"][0].numpy() > 0.5
+    item = ds.item(i, np.array([ref, *tg]))
+    bands = band_timesteps(cfg.train.num_train_timesteps)
     if out.posmap is not None:
         g = posmap_error_mm(out.posmap, gt_posmap, uv_mask)
         m |= {"geometry_error_mm": g["geo_mean_mm"], "geometry_error_mm_p95": g["geo_p95_mm"]}
-        gen = torch.Generator("cpu").manual_seed(p.seed + i)
-        item = ds.item(i, np.array([ref, *tg]))
-        a = attention_hit_rate_batch(pipe.transformer, collate([item]), pipe.codec, make_noise_scheduler(cfg), cfg, gen,
-                                     pipe.transformer.device)
-        rates = [v for k, v in a.items() if k.startswith("hit_rate_l") and v is not None]
-        m |= {"attention_hit_rate": float(np.mean(rates)) if rates else None, "attention_chance": a["chance"]}
+        sched, batch = make_noise_scheduler(cfg), collate([item])
+
+        def hit(t):  # mean over the supervised blocks; t None = a random level, as in training
+            a = attention_hit_rate_batch(pipe.transformer, batch, pipe.codec, sched, cfg,
+                                         torch.Generator("cpu").manual_seed(p.seed + i), pipe.transformer.device, t)
+            rates = [v for k, v in a.items() if k.startswith("hit_rate_l") and v is not None]
+            return (float(np.mean(rates)) if rates else None), a["chance"]
+
+        m["attention_hit_rate"], m["attention_chance"] = hit(None)
+        for band, ts in bands.items():
+            rates = [r for r in (hit(t)[0] for t in ts) if r is not None]
+            m[f"attention_hit_rate_{band}"] = float(np.mean(rates)) if rates else None
     else:
         m |= {"geometry_error_mm": None, "geometry_error_mm_p95": None, "attention_hit_rate": None,
-              "attention_chance": None}
+              "attention_chance": None, **{f"attention_hit_rate_{b}": None for b in bands}}
         notes.append("no geometry stream: no UV map, mesh or alignment attention")
+    if stats is not None:
+        g = posmap_error_mm(stats.mean_posmap, gt_posmap, uv_mask)
+        m |= {"baseline_mean_uv_geometry_error_mm": g["geo_mean_mm"], "baseline_mean_uv_geometry_error_mm_p95": g["geo_p95_mm"]}
+        c = camera_only_hit_rate([cams[ref], *tcams], item["a2g_index"].numpy(), item["a2g_weight"].numpy(),
+                                 ds.meta.app_tokens ** 2, (ds.meta.geo_tokens,) * 2, stats.views, canon[::10])
+        # no noise input: the same number in every band, written beside each band's model key
+        m |= {f"baseline_camera_only_attention_hit_rate{suffix}": c["hit_rate"] for suffix in ("", *[f"_{b}" for b in bands])}
     per_view = []
-    for t, c, g1, g2 in zip(tg, tcams, out.images, gt):
-        v = image_metrics([g1], [g2])
+    for t, c, g1, g2, f in zip(tg, tcams, out.images, gt, fg):
+        v = image_metrics([g1], [g2], masks=[f])
         per_view.append({"sample": name, "camera": c.name, "yaw_deg": round(float(yaw[t]), 2),
                          "yaw_from_reference_deg": round(float(yaw[t] - yaw[ref]), 2), "psnr": _finite(v["psnr"]),
-                         "ssim": v["ssim"]})
+                         "ssim": v["ssim"], "psnr_fg": _finite(v["psnr_fg"]), "ssim_fg": v["ssim_fg"]})
     return SampleResult(name, m, per_view, images[ref], gt, out.images, [cams[ref], *tcams], out.posmap, gt_posmap,
                         uv_mask, out.vertices, canon, notes)
 

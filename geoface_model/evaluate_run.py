@@ -4,10 +4,11 @@ measure them (per-sample maths in geoface_model/evaluate.py; definitions in docs
 The model folder holds the config it was trained with (geoface_config.json beside the weights). For every sample
 of the `split` shards: the most frontal view is the reference, `n_targets` views are generated with their UV
 position map and mesh, and measured. A sample that fails is recorded and skipped. Writes:
-  METRICS (JSON)           means over samples: psnr, ssim, lpips (null + status without local weights), tsed,
-                           landmark_fit_rmse_px, mesh_alignment_px, geometry_error_mm, attention_hit_rate, the same
-                           consistency metrics on the ground-truth views (gt_*), the copy-the-reference baseline,
-                           counts, failures
+  METRICS (JSON)           means over samples: psnr, ssim (+ psnr_fg, ssim_fg inside the head mask), lpips (null +
+                           status without local weights), tsed, landmark_fit_rmse_px, mesh_alignment_px,
+                           geometry_error_mm, attention_hit_rate (+ per noise band), the same consistency metrics on
+                           the ground-truth views (gt_*), the baselines (baseline_<name>_<metric>, from the training
+                           split: geoface_model/baselines.py), counts, failures
   PLOTS/views.csv          per generated view: yaw, PSNR, SSIM (DVC plot)
   PLOTS/samples/*.png      per-sample grids (reference, ground truth, generated, mesh overlay, UV maps)
   PLOTS/overlay.png        the generated mesh over the generated views of the first sample
@@ -32,15 +33,38 @@ from flame_fitting.core.fileio import make_temp_dir, replace_dir, sha256_file, w
 from flame_fitting.formats.fits import load_sequence_fit
 from flame_fitting.head.head_model import load_head_model
 
+from .baselines import TrainingStats, band_ranges, training_stats
 from .config import GeoFaceConfig
-from .data import GeoFaceDataset
-from .evaluate import EvalParams, aggregate, evaluate_sample, save_sample
+from .data import GeoFaceDataset, ShardError
+from .evaluate import EvalParams, aggregate, canonical_transform, evaluate_sample, save_sample
 from .generate import load_pipeline
 from .report import loss_figure, overlay_figure, sample_grid, write_report
 
 
 class EvaluateError(GeofaceError, ValueError):
     """An evaluation that cannot start (missing model config or fits) or in which every sample failed."""
+
+
+def baseline_stats(dataset: Path, fit_of: dict, head) -> TrainingStats | None:
+    """The training split's baseline statistics (geoface_model/baselines.py), None when there is no training split.
+    The camera table uses each training sample's canonical frame from its fit (samples without a fit are left out)."""
+    try:
+        train = GeoFaceDataset(dataset, "train", n_ref=1, n_tgt=1, random_views=False)
+    except ShardError as e:
+        if "no shard of split" in str(e):
+            return None
+        raise
+
+    def frame_of(info: dict):
+        fit = fit_of.get(f"{info['subject']}/{info['sequence']}")
+        if fit is None:
+            return None
+        k = np.flatnonzero(fit["frame"] == int(info["frame"]))
+        if len(k) != 1 or not bool(fit["ok"][k[0]]):
+            return None
+        return canonical_transform(head, fit, int(k[0]))[0]
+
+    return training_stats(train, frame_of)
 
 
 def evaluate_model(model_dir: Path | str, dataset: Path | str, fits: Path | str, head_model: Path | str,
@@ -65,6 +89,7 @@ def evaluate_model(model_dir: Path | str, dataset: Path | str, fits: Path | str,
     ds = GeoFaceDataset(dataset, p.split, n_ref=1, n_tgt=p.n_targets, random_views=False)
     n = len(ds) if p.max_samples is None else min(len(ds), p.max_samples)
     faces = head.faces.numpy()
+    stats = baseline_stats(dataset, fit_of, head)
 
     out_tmp, plots_tmp = make_temp_dir(out), make_temp_dir(plots)
     results, failures, t0 = [], [], time.perf_counter()
@@ -80,7 +105,7 @@ def evaluate_model(model_dir: Path | str, dataset: Path | str, fits: Path | str,
                 k = np.flatnonzero(fit["frame"] == int(info["frame"]))
                 if len(k) != 1 or not bool(fit["ok"][k[0]]):
                     raise ValueError(f"frame {info['frame']} of {key} has no successful fit")
-                r = evaluate_sample(pipe, head, ds, i, fit, int(k[0]), p, cfg)
+                r = evaluate_sample(pipe, head, ds, i, fit, int(k[0]), p, cfg, stats)
             except Exception as e:  # one bad sample is recorded and skipped
                 failures.append({"sample": f"{key}/{int(info['frame']):05d}", "error": f"{type(e).__name__}: {e}"})
                 traceback.print_exc()
@@ -94,7 +119,11 @@ def evaluate_model(model_dir: Path | str, dataset: Path | str, fits: Path | str,
         summary = {"split": p.split, "n_samples": len(results), "n_failed": len(failures), "n_targets": p.n_targets,
                    **aggregate(results), "s_per_sample": (time.perf_counter() - t0) / len(results),
                    "num_inference_steps": p.num_inference_steps, "scheduler": p.scheduler,
-                   "notes": sorted({note for r in results for note in r.notes}), "failures": failures}
+                   "noise_bands": band_ranges(cfg.train.num_train_timesteps),
+                   "baseline_training_samples": stats.n_samples if stats is not None else 0,
+                   "notes": sorted({note for r in results for note in r.notes} |
+                                   ({"no training split: no mean-colour, mean-UV or camera-only baseline"}
+                                    if stats is None else set())), "failures": failures}
         views = [v for r in results for v in r.views]
         write_csv(plots_tmp / "views.csv", pd.DataFrame(views))
         figs = []

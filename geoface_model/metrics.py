@@ -67,25 +67,62 @@ def _filter_valid(x: np.ndarray, g: np.ndarray) -> np.ndarray:
     return np.lib.stride_tricks.sliding_window_view(v, len(g), axis=1) @ g
 
 
-def ssim(pred: np.ndarray, target: np.ndarray, data_range: float | None = None, win: int = 11, sigma: float = 1.5,
-         k1: float = 0.01, k2: float = 0.03) -> float:
-    """Mean SSIM over the valid windows and the channels of (H,W[,C]) images (H, W >= win)."""
+def ssim_map(pred: np.ndarray, target: np.ndarray, data_range: float | None = None, win: int = 11, sigma: float = 1.5,
+             k1: float = 0.01, k2: float = 0.03) -> np.ndarray:
+    """SSIM of every valid window of (H,W[,C]) images (H, W >= win) -> (H-win+1, W-win+1, C); entry (i, j) is the
+    window centred on pixel (i + win//2, j + win//2)."""
     a, b, rng = _pair(pred, target, data_range)
     if min(a.shape[:2]) < win:
         raise MetricError(f"ssim: images {a.shape[:2]} are smaller than the {win}×{win} window")
     g = gaussian_window(win, sigma)
     c1, c2 = (k1 * rng) ** 2, (k2 * rng) ** 2
     a, b = (a[..., None], b[..., None]) if a.ndim == 2 else (a, b)
-    vals = []
+    maps = []
     for c in range(a.shape[2]):
         x, y = a[..., c], b[..., c]
         mx, my = _filter_valid(x, g), _filter_valid(y, g)
         sxx = _filter_valid(x * x, g) - mx**2
         syy = _filter_valid(y * y, g) - my**2
         sxy = _filter_valid(x * y, g) - mx * my
-        s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))
-        vals.append(s.mean())
-    return float(np.mean(vals))
+        maps.append(((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2)))
+    return np.stack(maps, -1)
+
+
+def ssim(pred: np.ndarray, target: np.ndarray, data_range: float | None = None, win: int = 11, sigma: float = 1.5,
+         k1: float = 0.01, k2: float = 0.03) -> float:
+    """Mean SSIM over the valid windows and the channels of (H,W[,C]) images (H, W >= win)."""
+    return float(ssim_map(pred, target, data_range, win, sigma, k1, k2).mean())
+
+
+def _fg(mask, shape) -> np.ndarray:
+    m = np.asarray(mask).astype(bool)
+    m = m[..., 0] if m.ndim == 3 else m
+    if m.shape != tuple(shape[:2]):
+        raise MetricError(f"foreground mask {m.shape} does not match images {tuple(shape[:2])}")
+    return m
+
+
+def psnr_fg(pred: np.ndarray, target: np.ndarray, mask: np.ndarray, data_range: float | None = None) -> float | None:
+    """PSNR (dB) over the pixels inside `mask` (H,W) only (every channel); None for an empty mask, inf when the
+    images agree inside it (the background is ignored)."""
+    a, b, rng = _pair(pred, target, data_range)
+    m = _fg(mask, a.shape)
+    if not m.any():
+        return None
+    mse = float(((a[m] - b[m]) ** 2).mean())
+    return float("inf") if mse == 0 else 10.0 * np.log10(rng**2 / mse)
+
+
+def ssim_fg(pred: np.ndarray, target: np.ndarray, mask: np.ndarray, data_range: float | None = None,
+            win: int = 11) -> float | None:
+    """Mean of the SSIM map (`ssim_map`) over the valid windows whose centre pixel is inside `mask` (H,W), and
+    the channels; None when no window centre is inside. Windows near the mask edge still see some background."""
+    H, W = np.asarray(pred).shape[:2]
+    h = win // 2
+    m = _fg(mask, (H, W))[h: h + H - win + 1, h: h + W - win + 1]
+    if not m.any():
+        return None
+    return float(ssim_map(pred, target, data_range, win)[m].mean())
 
 
 # ----------------------------------------------------------------------------- LPIPS (local weights only)
@@ -177,12 +214,24 @@ def _to_tensor(imgs) -> torch.Tensor:
     return torch.from_numpy(np.stack([np.asarray(i) for i in imgs])).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
-def image_metrics(preds: list[np.ndarray], targets: list[np.ndarray], lpips_weights: Path | str | None = None) -> dict:
-    """Means over view pairs of PSNR, SSIM (uint8 RGB (H,W,3)) and LPIPS (or its unavailability)."""
+def _mean_or_none(vals) -> float | None:
+    vals = [v for v in vals if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def image_metrics(preds: list[np.ndarray], targets: list[np.ndarray], lpips_weights: Path | str | None = None,
+                  masks: list[np.ndarray] | None = None) -> dict:
+    """Means over view pairs of PSNR, SSIM (uint8 RGB (H,W,3)) and LPIPS (or its unavailability); with `masks`
+    ((H,W) foreground per target) also `psnr_fg` / `ssim_fg` (means over the views with a non-empty mask)."""
     if len(preds) != len(targets) or not preds:
         raise MetricError(f"image_metrics: {len(preds)} predictions for {len(targets)} targets")
     out = {"psnr": float(np.mean([psnr(a, b) for a, b in zip(preds, targets)])),
            "ssim": float(np.mean([ssim(a, b) for a, b in zip(preds, targets)]))}
+    if masks is not None:
+        if len(masks) != len(targets):
+            raise MetricError(f"image_metrics: {len(masks)} masks for {len(targets)} targets")
+        out["psnr_fg"] = _mean_or_none(psnr_fg(a, b, m) for a, b, m in zip(preds, targets, masks))
+        out["ssim_fg"] = _mean_or_none(ssim_fg(a, b, m) for a, b, m in zip(preds, targets, masks))
     if lpips_weights is None:
         return out | {"lpips": None, "lpips_status": "unavailable: no local weights"}
     d = load_lpips(lpips_weights)(_to_tensor(preds), _to_tensor(targets))
@@ -315,12 +364,14 @@ def attention_hit_rate(a2g: torch.Tensor, index: torch.Tensor, weight: torch.Ten
 
 
 @torch.no_grad()
-def attention_hit_rate_batch(model, batch: dict, codec, scheduler, cfg, generator: torch.Generator, device) -> dict:
+def attention_hit_rate_batch(model, batch: dict, codec, scheduler, cfg, generator: torch.Generator, device,
+                             timestep: int | None = None) -> dict:
     """Hit rate at every supervised block ("hit_rate_l<k>") of a collated batch noised as in training
-    (`diffusion.prepare_inputs`), plus "chance" and "n_queries"."""
+    (`diffusion.prepare_inputs`; at the noise level `timestep` when given, else a random one), plus "chance" and
+    "n_queries"."""
     from .diffusion import prepare_inputs
 
-    kwargs, _, _ = prepare_inputs(batch, codec, scheduler, cfg, generator, device)
+    kwargs, _, _ = prepare_inputs(batch, codec, scheduler, cfg, generator, device, timestep=timestep)
     out = model(**kwargs, align=True, directions=("a2g",))
     if not out.align:
         raise MetricError("attention_hit_rate_batch: the model returned no alignment logits (no geometry stream?)")

@@ -6,7 +6,7 @@
   overlay_figure(result) the generated views with the generated mesh overlaid, large tiles (no mesh: the views)
   loss_figure(csv)       training loss curves (diffusion, alignment) from plots/train/loss.csv
   write_report(...)      one self-contained HTML file (PNG figures embedded as data URIs, no scripts, no network):
-                         provenance, metric tables with the ground-truth and copy-the-reference rows, the loss
+                         provenance, metric tables with the ground-truth and every baseline row, the loss
                          curves, per-sample tables and every sample grid.
 """
 from __future__ import annotations
@@ -28,14 +28,40 @@ from .generate import contact_sheet
 METRIC_DOCS = {
     "psnr": "PSNR (dB) of generated vs ground-truth target views; higher is better",
     "ssim": "SSIM of generated vs ground-truth target views; higher is better",
+    "psnr_fg": "PSNR over the pixels inside the ground-truth head mask only (background ignored)",
+    "ssim_fg": "mean of the SSIM map over the windows centred inside the ground-truth head mask",
     "lpips": "LPIPS (AlexNet); only with local weights",
     "tsed": "TSED: fraction of neighbouring view pairs with >= 10 SIFT matches and median epipolar error < 2 px",
     "landmark_fit_rmse_px": "MediaPipe landmarks on the views, one head fitted across them: RMSE (px at S)",
     "mesh_alignment_px": "generated mesh's landmarks projected vs landmarks detected on the views (px at S)",
     "geometry_error_mm": "UV position map vs the fitted head (mm, mean over valid texels)",
     "attention_hit_rate": "appearance tokens whose strongest geometry attention is within 1 token of the truth",
+    "attention_hit_rate_low/_mid/_high": "the same with every generated frame at fixed noise levels of one band "
+                                         "(low / mid / high thirds of the training timesteps, see noise_bands)",
     "attention_chance": "the same for a uniformly random key",
 }
+# baseline rows of the metric table: name in `baseline_<name>_<metric>` -> what it is
+BASELINES = {
+    "copy_reference": "copy the reference (every target = the reference view)",
+    "mean_colour": "constant mean training colour (one constant image)",
+    "mean_uv": "mean training UV map (geometry)",
+    "camera_only": "camera-only attention (targets of the nearest training camera; no image, no noise input)",
+}
+MAIN = ["psnr", "psnr_fg", "ssim", "ssim_fg", "lpips", "tsed", "landmark_fit_rmse_px", "mesh_alignment_px",
+        "geometry_error_mm", "attention_hit_rate", "attention_hit_rate_low", "attention_hit_rate_mid",
+        "attention_hit_rate_high", "attention_chance"]
+
+
+def metric_rows(summary: dict) -> list[dict]:
+    """The metric table: the model, the ground-truth views / fitted mesh, and one row per baseline (its
+    `baseline_<name>_<metric>` keys under the model's column names)."""
+    rows = [{"": "generated (model)", **{k: summary.get(k) for k in MAIN}},
+            {"": "ground-truth views / fitted mesh", **{k: summary.get(f"gt_{k}") for k in MAIN}}]
+    for name, label in BASELINES.items():
+        row = {k: summary.get(f"baseline_{name}_{k}") for k in MAIN}
+        if any(v is not None for v in row.values()):
+            rows.append({"": label, **row})
+    return rows
 
 
 def _tile_row(images: list[np.ndarray], cams, labels: list[str], vertices, faces, tile: int) -> np.ndarray:
@@ -129,14 +155,7 @@ def write_report(path: Path | str, summary: dict, samples: list[dict], views: li
                  provenance: dict, train_metrics: dict | None = None) -> Path:
     """Self-contained HTML report (atomic write). summary: metrics/eval.json; samples: per-sample metric rows;
     views: per-view rows; figures: (caption, RGB) pairs; provenance: JSON-able facts (model, data, settings)."""
-    main = ["psnr", "ssim", "lpips", "tsed", "landmark_fit_rmse_px", "mesh_alignment_px", "geometry_error_mm",
-            "attention_hit_rate", "attention_chance"]
-    rows = [{"": "generated (model)", **{k: summary.get(k) for k in main}},
-            {"": "ground-truth views / fitted mesh", "tsed": summary.get("gt_tsed"),
-             "landmark_fit_rmse_px": summary.get("gt_landmark_fit_rmse_px"),
-             "mesh_alignment_px": summary.get("gt_mesh_alignment_px")},
-            {"": "copy the reference", "psnr": summary.get("baseline_copy_reference_psnr"),
-             "ssim": summary.get("baseline_copy_reference_ssim")}]
+    rows = metric_rows(summary)
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>geoface evaluation</title><style>",
         "body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}table{border-collapse:collapse;"
@@ -145,7 +164,9 @@ def write_report(path: Path | str, summary: dict, samples: list[dict], views: li
         "</style></head><body><h1>geoface evaluation</h1>",
         f"<p>Split <b>{html.escape(str(summary.get('split')))}</b>, {summary.get('n_samples')} sample(s), "
         f"{summary.get('n_targets')} target view(s) each. LPIPS: {html.escape(str(summary.get('lpips_status')))}.</p>",
-        "<h2>Metrics</h2>", _table(rows, ["", *main]),
+        "<h2>Metrics</h2>", _table(rows, ["", *MAIN]),
+        f"<p>Noise bands (timesteps): {html.escape(str(summary.get('noise_bands')))}. Baselines from "
+        f"{summary.get('baseline_training_samples')} training sample(s); definitions in docs/evaluation.md.</p>",
         "<ul>" + "".join(f"<li><code>{k}</code>: {html.escape(v)}</li>" for k, v in METRIC_DOCS.items()) + "</ul>",
     ]
     notes = summary.get("notes") or []

@@ -119,11 +119,18 @@ def test_sample_grid_and_offline_report(tmp_path):
     np.testing.assert_array_equal(grid[0:48, 0:48][30:], cv2.resize(r.reference, (48, 48),
                                                                     interpolation=cv2.INTER_CUBIC)[30:])
     summary = {"split": "test", "n_samples": 1, "n_targets": 2, "psnr": 12.5, "ssim": 0.25, "tsed": 0.0,
-               "gt_tsed": 0.5, "lpips": None, "lpips_status": "unavailable: no local weights", "notes": ["a note"]}
+               "gt_tsed": 0.5, "lpips": None, "lpips_status": "unavailable: no local weights", "notes": ["a note"],
+               "psnr_fg": 9.75, "baseline_mean_colour_psnr_fg": 8.125, "baseline_mean_uv_geometry_error_mm": 3.625,
+               "attention_hit_rate_mid": 0.4375, "baseline_camera_only_attention_hit_rate_mid": 0.8125}
     path = write_report(tmp_path / "r" / "report.html", summary, [{"sample": r.name, **r.metrics}], r.views,
                         [("grid", grid)], {"model": "m"}, {"loss_last": 1.0})
     text = path.read_text()
     assert "12.5" in text and "0.25" in text and "a note" in text and "unavailable: no local weights" in text
+    for label, value in (("constant mean training colour", "8.125"), ("mean training UV map", "3.625"),
+                         ("camera-only attention", "0.8125"), ("generated (model)", "0.4375")):
+        row = re.search(r"<tr><td>" + re.escape(label) + r"[^<]*</td>(.*?)</tr>", text).group(1)
+        assert f"<td>{value}</td>" in row, (label, row)
+    assert "<th>psnr_fg</th>" in text and "<th>attention_hit_rate_high</th>" in text
     assert "http" not in text and "<script" not in text  # readable offline, nothing fetched
     data = re.search(r'src="data:image/png;base64,([^"]+)"', text).group(1)
     png = cv2.imdecode(np.frombuffer(base64.b64decode(data), np.uint8), cv2.IMREAD_COLOR)
@@ -147,6 +154,13 @@ def test_ablation_table_from_dvc_exp_show(tmp_path):
             if line.startswith("| ") and not line.startswith("| variant")}
     assert rows["full"][:2] == ["0.5", "True"] and rows["no_align_loss"][:2] == ["0", "True"]
     assert rows["no_geometry_stream"][1] == "False"
-    assert rows["full"][2] == "5.504"  # PSNR of the full run's metrics/eval.json
-    assert rows["no_geometry_stream"][7] == "—"  # no geometry stream: no geometry error
+    header = [c.strip() for c in next(line for line in md.splitlines() if line.startswith("| variant")).split("|")[2:-1]]
+    col = {h: i for i, h in enumerate(header)}
+    assert rows["full"][col["PSNR ↑"]] == "5.504"  # PSNR of the full run's metrics/eval.json
+    assert rows["no_geometry_stream"][col["geometry mm ↓"]] == "—"  # no geometry stream: no geometry error
+    for h in ("PSNR fg ↑", "SSIM fg ↑", "hit low t ↑", "hit mid t ↑", "hit high t ↑"):
+        assert h in col
+    # baseline rows under the variants, the baseline's value in the model's column (this file predates the others)
+    assert rows["baseline: copy the reference"][col["PSNR ↑"]] == "16.37"
+    assert rows["ground truth (views / fitted mesh)"][col["TSED ↑"]] == "0"
     assert "59071faeb4bb" in md and (tmp_path / "ablations.md").read_text() == md

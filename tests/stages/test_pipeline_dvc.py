@@ -107,3 +107,23 @@ def test_bad_params_fail_before_any_output_is_removed(tiny_repo, edit, message):
         (dst / "params.yaml").write_text(good)
     again = run([str(BIN / "dvc"), "repro"], dst, env)
     assert again.returncode == 0 and "Running stage" not in again.stdout, again.stdout[-3000:]
+
+
+def test_eval_metrics_have_baselines_beside_them(tiny_repo):
+    """metrics/eval.json holds the foreground and per-noise-band metrics and every baseline (issue 14 items 1-2)."""
+    import json
+
+    dst, env, first = tiny_repo
+    assert first.returncode == 0
+    m = json.loads((dst / "metrics/eval.json").read_text())
+    number = (int, float)
+    for k in ("psnr_fg", "ssim_fg", "attention_hit_rate_low", "attention_hit_rate_mid", "attention_hit_rate_high"):
+        assert isinstance(m[k], number), k
+    for b in ("copy_reference", "mean_colour"):
+        for k in ("psnr", "ssim", "psnr_fg", "ssim_fg"):
+            assert isinstance(m[f"baseline_{b}_{k}"], number), (b, k)
+    assert isinstance(m["baseline_mean_uv_geometry_error_mm"], number)
+    for band in ("", "_low", "_mid", "_high"):
+        assert 0 <= m[f"baseline_camera_only_attention_hit_rate{band}"] <= 1
+    assert m["noise_bands"] == {"low": [0, 333], "mid": [334, 666], "high": [667, 999]}
+    assert m["baseline_training_samples"] >= 1
