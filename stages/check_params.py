@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 import common  # noqa: F401  (puts this checkout first on sys.path)
-from common import paths, run, write_json
+from common import paths, run
 
+from flame_fitting.core.fileio import write_json
 from flame_fitting.core.params import ParamsError, read_params
 
 STAGES = ("head_model", "captures", "landmarks", "fit", "uv", "correspondences", "dataset", "train", "evaluate")

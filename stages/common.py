@@ -1,4 +1,4 @@
-"""Shared by the stage scripts: this checkout first on sys.path; the atomic JSON/CSV writers of fileio;
+"""Shared by the stage scripts: this checkout first on sys.path;
 `paths(...)`, the input and output paths of the stage's `cmd` line in dvc.yaml; `run(main)`, which prints the
 toolkit's own errors as one line (stage, file or key, problem) and exits 1."""
 from __future__ import annotations
@@ -11,7 +11,6 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as `python stages/x.py`: import this checkout's packages first
     sys.path.insert(0, str(ROOT))
 
-from flame_fitting.core.fileio import write_csv, write_json  # noqa: E402,F401  (the stages' writers)
 from flame_fitting.core.errors import GeofaceError  # noqa: E402
 
 

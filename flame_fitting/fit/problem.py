@@ -244,7 +244,7 @@ def prior_terms(pb: Problem, shape: Tensor, thetas: Tensor, xi: Tensor, active: 
     """Priors + gauge + temporal: cost (scalar), per-frame prior cost (F,), and their contributions to the
     normal equations: diag of A_ff (F, n_f), g_f (F, n_f), A_ss (n_S, n_S), g_s (n_S,), and the temporal
     coupling: off-diagonal blocks' diagonals (F-1, n_f) (A[f, f+1] = diag(E[f])) or None."""
-    cfg, n_s, k, C = pb.cfg, pb.rm.n_shape, pb.rig.n_params, len(pb.rig.names)
+    cfg, n_s, k = pb.cfg, pb.rm.n_shape, pb.rig.n_params
     pf = pb.frame_prior()
     th = torch.where(active[:, None], thetas, torch.zeros_like(thetas))
     frame_cost = (pf * th * th).sum(1)
