@@ -11,6 +11,7 @@
     geoface evaluate MODEL DATASET FITS HEAD_MODEL --out DIR --plots DIR
     geoface generate PHOTO --out DIR              views + geometry from one photo
     geoface export SAMPLE --out DIR               3DGS starting point of a generated or evaluated sample
+    geoface export fits --format vhap|nerfstudio CAPTURE FITS --out DIR   fits as VHAP / nerfstudio datasets
 
 `geoface CMD --help` lists the options and the params keys of CMD (with their docs and ranges; --set KEY=VALUE).
 """
@@ -21,7 +22,7 @@ import sys
 
 from flame_fitting.core.errors import GeofaceError
 
-from . import geometry, model
+from . import exports, geometry, model
 
 
 def version() -> str:
@@ -44,13 +45,14 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     geometry.register(sub, lambda name: name == asked)
     model.register(sub, lambda name: name == asked)
+    exports.register(sub)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    argv = exports.route(sys.argv[1:] if argv is None else list(argv))
     args = parser(argv).parse_args(argv)
-    name = " ".join(x for x in (args.cmd, getattr(args, "action", None)) if x)
+    name = getattr(args, "display", None) or " ".join(x for x in (args.cmd, getattr(args, "action", None)) if x)
     try:
         from .base import configs
 

@@ -108,7 +108,8 @@ def register(sub, chosen) -> None:
     p.add_argument("--gs", action="store_true", help="also export transforms.json + COLMAP text + PLY for 3DGS")
 
     p = command(sub, "export", "3D Gaussian Splatting starting point (transforms.json, COLMAP text, PLY) of a "
-                "folder written by `geoface generate` or the evaluate stage", export,
+                "folder written by `geoface generate` or the evaluate stage; fits as VHAP / nerfstudio datasets: "
+                "`geoface export fits --format vhap|nerfstudio CAPTURE FITS --out DIR` (its --help)", export,
                 force="replace --out if an earlier geoface run wrote it")
     p.add_argument("sample", metavar="SAMPLE", help="reference.png, views/*.png, cameras.json, optional mesh.obj")
     p.add_argument("--out", required=True)
