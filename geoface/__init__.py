@@ -41,6 +41,8 @@ _API = {
     "load_pipeline": ("geoface_model.generate", "load_pipeline"),
     "generate_from_photo": ("geoface_model.generate", "generate_from_photo"),
     "export_3dgs": ("geoface_model.export", "export_3dgs"),
+    "export_vhap": ("flame_fitting.formats.export_vhap", "export_vhap"),
+    "export_nerfstudio": ("flame_fitting.formats.export_nerfstudio", "export_nerfstudio"),
     "GeofaceError": ("flame_fitting.core.errors", "GeofaceError"),
 }
 __all__ = sorted(_API) + ["__version__"]

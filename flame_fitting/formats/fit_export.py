@@ -142,7 +142,8 @@ def load_export_input(capture_root: Path | str, fits_root: Path | str, cameras: 
         raise ExportError(str(e)) from None
     folders = fit_folders(fits_root)
     if not folders:
-        raise ExportError(f"{fits_root}: no <subject>/<sequence>/fit.npz (is it the fit stage's output folder?)")
+        hint = f"; did you mean {fits_root / 'fits'}?" if fit_folders(fits_root / "fits") else ""
+        raise ExportError(f"{fits_root}: no <subject>/<sequence>/fit.npz (is it the fit stage's output folder?){hint}")
     known = set(cap.sequences())
     m = cap.manifest
     out = []

@@ -258,3 +258,28 @@ def test_vertices_need_the_same_head_model(data):
     p = dict(data.params[0])
     swapped = {**p, "global_orient": p["neck_pose"], "neck_pose": p["global_orient"]}
     assert np.abs(head_vertices(data.model, swapped) - data.vertices[0]).max() > 1e-3
+
+
+def test_the_fit_stage_output_round_trips(data, tmp_path):
+    """fit.npz and cameras.json as the fit stage writes them (fit_sequence with camera refinement on exact
+    landmarks, save_sequence_fit) export and read back to the fitter's own cameras and vertices."""
+    from flame_fitting.fit import FitConfig, fit_sequence
+    from flame_fitting.fit.capture import save_sequence_fit
+    from flame_fitting.fit.report import FrameParams
+    from flame_fitting.fit.synthetic import project_landmarks
+
+    obs = {f: project_landmarks(data.model, data.capture_cameras, FrameParams(**p)) for f, p in data.params.items()}
+    fit = fit_sequence(data.model, data.capture_cameras, obs, FitConfig(refine_cameras=True, iterations=5),
+                       progress=False)
+    save_sequence_fit(fit, tmp_path / "fits" / SUBJECT / SEQUENCE)
+    export_vhap(data.capture, tmp_path / "fits", tmp_path / "vhap")
+    seq = tmp_path / "vhap" / SUBJECT / SEQUENCE
+    db = json.loads((seq / "transforms.json").read_text())
+    ok = [f for f in fit.frames if fit.status[f].status == "ok"]
+    assert [int(t) for t in sorted({f["timestep_id"] for f in db["frames"]})] == ok and ok
+    for f in db["frames"]:
+        K, w2c = vhap_camera(f)
+        assert camera_error(K, w2c, fit.cameras[f["camera_id"]]) < CAM_TOL
+    for ti, frame in enumerate(ok):
+        v = head_vertices(data.model, vhap_params(seq / f"flame_param/{ti:05d}.npz"))
+        assert np.abs(v - fit.vertices[frame]).max() < VERT_TOL
