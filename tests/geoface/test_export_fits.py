@@ -78,6 +78,6 @@ def test_bad_input_is_one_line(capsys, data, tmp_path, args, message):
 
 
 def test_vhap_options_are_refused_for_nerfstudio(capsys, data, tmp_path):
-    rc, _, err = cli(capsys, "export", "fits", "--format", "nerfstudio", data.capture, data.fits, "--out", tmp_path / "o",
-                     "--n-shape", "300")
+    rc, _, err = cli(capsys, "export", "fits", "--format", "nerfstudio", data.capture, data.fits,
+                     "--out", tmp_path / "o", "--n-shape", "300")
     assert rc == 2 and "--n-shape: only for --format vhap" in err
