@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 
 from flame_fitting.core.fileio import TMP_TAG, replace_dir, sha256_file, write_json, write_text
 
-COLUMNS = ("step", "loss", "diffusion_loss", "align_loss", "lr")
+COLUMNS = ("step", "loss", "diffusion_loss", "align_loss", "lr", "grad_norm_diffusion", "grad_norm_align")
 MARKER = "complete.json"
 EMA_FILE, STATE_FILE, RUN_FILE = "ema.safetensors", "train_state.json", "run.json"
 EMA_KEYS = ("decay", "min_decay", "optimization_step", "update_after_step", "use_ema_warmup", "inv_gamma", "power")
@@ -169,7 +169,7 @@ def write_csv_atomic(path: Path, rows: list[dict]) -> None:
     buf = io.StringIO(newline="")
     w = csv.DictWriter(buf, fieldnames=COLUMNS)
     w.writeheader()
-    w.writerows({k: r[k] for k in COLUMNS} for r in rows)
+    w.writerows({k: r.get(k, float("nan")) for k in COLUMNS} for r in rows)
     write_text(path, buf.getvalue())
 
 
@@ -186,7 +186,7 @@ class LossLog:
         self.rows.append(row)
         if self.append_live:
             with open(self.partial, "a", newline="") as f:
-                csv.DictWriter(f, fieldnames=COLUMNS).writerow({k: row[k] for k in COLUMNS})
+                csv.DictWriter(f, fieldnames=COLUMNS).writerow({k: row.get(k, float("nan")) for k in COLUMNS})
 
     def flush(self) -> None:
         write_csv_atomic(self.path, self.rows)

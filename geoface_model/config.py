@@ -105,6 +105,14 @@ class TrainConfig:
     n_tgt: int = spec(3, "noisy target views per sample", lo=1)
     num_train_timesteps: int = spec(1000, "DDPM noise levels", lo=2)
     beta_schedule: str = spec("squaredcos_cap_v2", "DDPM beta schedule", choices=["linear", "scaled_linear", "squaredcos_cap_v2"])
+    zero_terminal_snr: bool = spec(False, "rescale the betas so that ᾱ_T = 0 (pure noise at the last step; needs "
+                                          "v_prediction or sample; geoface_model/noise_schedule.py)")
+    snr_shift: float = spec(1.0, "divide the schedule's SNR at every t by this (> 1 = noisier; CAMEO: 4 at 512²)", lo=1e-3)
+    cond_dropout: float = spec(0.0, "probability that a micro-batch is trained without its reference frames (the "
+                                    "unconditional branch of classifier-free guidance, eval.guidance_scale > 1); CAMEO: 0.1",
+                               lo=0.0, hi=1.0)
+    grad_norm_every: int = spec(10, "optimizer steps between measurements of the diffusion and alignment losses' "
+                                    "separate gradient norms (metrics/train.json, loss.csv)", lo=1)
     independent_frame_noise: bool = spec(False, "draw a noise level per generated frame (else one per sample, as at inference)")
 
 
@@ -118,6 +126,9 @@ class GeoFaceConfig:
     def validate(self) -> None:
         for part in (self.tokens, self.model, self.loss):
             part.validate()
+        if self.train.zero_terminal_snr and self.model.prediction_type == "epsilon":
+            raise ParamsError("train.zero_terminal_snr needs model.prediction_type v_prediction or sample: at ᾱ_T = 0 "
+                              "an ε prediction says nothing about the image")
 
     @classmethod
     def from_sections(cls, tokens: dict | None = None, model: dict | None = None, loss: dict | None = None,
@@ -143,6 +154,9 @@ class GeoFaceConfig:
         return GeoFaceConfig.from_sections(**d, where="replace()")
 
 
+TINY_ALIGN_WEIGHT = 0.05  # chosen from the measured per-loss gradient norms (docs/model.md "Alignment weight")
+
+
 def tiny() -> GeoFaceConfig:
     """Pixel space, 64² views (8×8 tokens, patch 8), 64² UV map (8×8 geo tokens), width 192, depth 6.
 
@@ -151,7 +165,9 @@ def tiny() -> GeoFaceConfig:
     small weight does not move the attention measurably; the paper preset keeps 0.02.
     """
     cfg = GeoFaceConfig()
-    cfg.loss.align_weight = 0.5
+    cfg.model.prediction_type = "v_prediction"
+    cfg.train.zero_terminal_snr = True
+    cfg.loss.align_weight = TINY_ALIGN_WEIGHT
     cfg.validate()
     return cfg
 
@@ -170,10 +186,12 @@ def paper() -> GeoFaceConfig:
     """
     cfg = GeoFaceConfig(
         tokens=TokensConfig(resolution=512, patch_size=16, uv_resolution=512, geo_patch_size=16),
-        model=ModelConfig(vae_path="models/vae", width=1152, depth=28, heads=16, align_layers=[14], gradient_checkpointing=True),
+        model=ModelConfig(vae_path="models/vae", width=1152, depth=28, heads=16, align_layers=[14], gradient_checkpointing=True,
+                          prediction_type="v_prediction"),
         loss=LossConfig(align_weight=0.02),
-        train=TrainConfig(steps=100_000, batch_size=1, grad_accum=4, lr=1e-4, warmup_steps=1000,
-                          checkpoint_every=2000, log_every=10, num_workers=4, n_ref=1, n_tgt=6),
+        train=TrainConfig(steps=100_000, batch_size=1, grad_accum=4, lr=1e-4, weight_decay=0.01, warmup_steps=1000,
+                          checkpoint_every=2000, log_every=10, num_workers=4, n_ref=1, n_tgt=6,
+                          zero_terminal_snr=True, snr_shift=4.0, cond_dropout=0.1),
     )
     cfg.validate()
     return cfg

@@ -17,11 +17,12 @@ from .config import GeoFaceConfig
 from .embeddings import plucker_rays
 from .latents import LatentCodec
 from .losses import alignment_loss, attention_mass, diffusion_loss
+from .noise_schedule import train_schedule
 
 
 def make_noise_scheduler(cfg: GeoFaceConfig) -> DDPMScheduler:
-    return DDPMScheduler(num_train_timesteps=cfg.train.num_train_timesteps, beta_schedule=cfg.train.beta_schedule,
-                         prediction_type=cfg.model.prediction_type)
+    """The training noise schedule (noise_schedule.py) with the model's prediction type."""
+    return DDPMScheduler(**train_schedule(cfg.train), prediction_type=cfg.model.prediction_type)
 
 
 def align_enabled(cfg: GeoFaceConfig) -> bool:
@@ -95,19 +96,37 @@ def _target(prediction_type: str, scheduler: DDPMScheduler, x0: torch.Tensor, no
 
 def training_losses(model, batch: dict, codec: LatentCodec, scheduler: DDPMScheduler, cfg: GeoFaceConfig,
                     generator: torch.Generator, device) -> dict[str, torch.Tensor]:
-    """{"loss", "diffusion_loss", "align_loss"} (scalars; align_loss is 0 when the loss is switched off)."""
+    """{"loss", "diffusion_loss", "align_loss"} (scalars; align_loss is 0 when the loss is switched off), and the
+    two terms of "loss" with their graphs ("diffusion_term", "align_term" = align_weight · align_loss, or None)
+    for measuring each one's gradient norm."""
     kwargs, target, target_geo = prepare_inputs(batch, codec, scheduler, cfg, generator, device)
-    use_align = align_enabled(cfg)
-    out = model(**kwargs, align=use_align, directions=tuple(cfg.loss.align_directions))
     n_ref = batch["n_ref"]
+    use_align = align_enabled(cfg)
+    p_drop = cfg.train.cond_dropout
+    if p_drop > 0 and float(torch.rand((), generator=generator, device=generator.device)) < p_drop:
+        kwargs = drop_reference(kwargs, n_ref)  # the unconditional branch of classifier-free guidance
+        n_ref, use_align = 0, False  # alignment targets index the reference view: not supervised here
+    out = model(**kwargs, align=use_align, directions=tuple(cfg.loss.align_directions))
     diff = diffusion_loss(out.app[:, n_ref:], target, 0, out.geo, target_geo, cfg.loss.geo_loss_weight)
     if use_align:
         al = alignment_loss(out.align, align_targets(batch, cfg, device))
-        loss = diff + cfg.loss.align_weight * al
+        term = cfg.loss.align_weight * al
+        loss = diff + term
     else:
-        al = torch.zeros((), device=diff.device)
+        al, term = torch.zeros((), device=diff.device), None
         loss = diff
-    return {"loss": loss, "diffusion_loss": diff.detach(), "align_loss": al.detach()}
+    return {"loss": loss, "diffusion_loss": diff.detach(), "align_loss": al.detach(), "diffusion_term": diff,
+            "align_term": term}
+
+
+def drop_reference(kwargs: dict, n_ref: int) -> dict:
+    """Model inputs without the reference frames (what `GeoFacePipeline` feeds the unconditional branch of
+    guidance: targets + geometry only, rays still relative to the reference camera)."""
+    out = dict(kwargs)
+    for k in ("app", "plucker", "app_cond"):
+        out[k] = kwargs[k][:, n_ref:]
+    out["timesteps"] = kwargs["timesteps"][:, n_ref:]
+    return out
 
 
 @torch.no_grad()
@@ -128,3 +147,47 @@ def attention_report(model, batch: dict, codec: LatentCodec, scheduler: DDPMSche
         n_q = torch.unique(idx[:, :3], dim=0).shape[0]
         report[f"{name}_chance"] = len(idx) / max(n_q, 1) / n_keys
     return report
+
+
+DENOISE_TIMESTEPS = (5, 100, 300, 500, 700, 900, 999)  # per-noise-level x0 errors in metrics/eval.json
+
+
+def x0_from_prediction(prediction_type: str, scheduler: DDPMScheduler, x_t: torch.Tensor, pred: torch.Tensor,
+                       t: int) -> torch.Tensor:
+    """The model's estimate of the clean sample from its output at noise level t (any shape)."""
+    ab = scheduler.alphas_cumprod[int(t)].to(x_t.device, torch.float64)
+    a, s = ab.sqrt(), (1 - ab).sqrt()
+    x, p = x_t.double(), pred.double()
+    if prediction_type == "sample":
+        x0 = p
+    elif prediction_type == "v_prediction":
+        x0 = a * x - s * p
+    else:
+        x0 = (x - s * p) / a.clamp_min(1e-12)
+    return x0.float()
+
+
+@torch.no_grad()
+def denoising_errors(model, batch: dict, codec: LatentCodec, scheduler: DDPMScheduler, cfg: GeoFaceConfig,
+                     generator: torch.Generator, device, timesteps=DENOISE_TIMESTEPS) -> dict[str, float]:
+    """One-step denoising at fixed noise levels: MSE of the model's x0 estimate of the target views
+    ("x0_mse_t<t>") and of the geometry frame ("geo_x0_mse_t<t>"), beside the trivial estimates that make them
+    readable: returning the noisy input ("identity_x0_mse_t<t>", exact at t → 0) and predicting 0 = the data
+    mean of [-1, 1] images ("zero_x0_mse_t<t>", the best guess at pure noise without the reference)."""
+    pt = cfg.model.prediction_type
+    out: dict[str, float] = {}
+    n_ref = batch["n_ref"]
+    for t in timesteps:
+        kwargs, _, _ = prepare_inputs(batch, codec, scheduler, cfg, generator, device, timestep=int(t))
+        x0 = codec.encode_frames(batch["images"].to(device))[:, n_ref:]
+        res = model(**kwargs)
+        x_t = kwargs["app"][:, n_ref:]
+        est = x0_from_prediction(pt, scheduler, x_t, res.app[:, n_ref:], t)
+        out[f"x0_mse_t{t}"] = float((est - x0).square().mean())
+        out[f"identity_x0_mse_t{t}"] = float((x_t - x0).square().mean())
+        out[f"zero_x0_mse_t{t}"] = float(x0.square().mean())
+        if res.geo is not None:
+            g0 = codec.encode(batch["uv_posmap"].to(device))
+            gest = x0_from_prediction(pt, scheduler, kwargs["geo"], res.geo, t)
+            out[f"geo_x0_mse_t{t}"] = float((gest - g0).square().mean())
+    return out

@@ -40,7 +40,7 @@ from flame_fitting.geometry.rigid import rigid_fit
 
 from .baselines import TrainingStats, band_timesteps, camera_only_hit_rate
 from .data import GeoFaceDataset, collate
-from .diffusion import make_noise_scheduler
+from .diffusion import denoising_errors, make_noise_scheduler
 from .export import export_3dgs
 from .metrics import attention_hit_rate_batch, detect_landmarks, image_metrics, landmark_fit_rmse, posmap_error_mm, tsed
 
@@ -197,10 +197,12 @@ def evaluate_sample(pipe, model, ds: GeoFaceDataset, i: int, fit: dict, frame_in
     uv_mask = full["uv_mask"][0].numpy() > 0.5
     item = ds.item(i, np.array([ref, *tg]))
     bands = band_timesteps(cfg.train.num_train_timesteps)
+    sched, batch = make_noise_scheduler(cfg), collate([item])
+    m |= denoising_errors(pipe.transformer, batch, pipe.codec, sched, cfg,
+                          torch.Generator("cpu").manual_seed(p.seed + i), pipe.transformer.device)
     if out.posmap is not None:
         g = posmap_error_mm(out.posmap, gt_posmap, uv_mask)
         m |= {"geometry_error_mm": g["geo_mean_mm"], "geometry_error_mm_p95": g["geo_p95_mm"]}
-        sched, batch = make_noise_scheduler(cfg), collate([item])
 
         def hit(t):  # mean over the supervised blocks; t None = a random level, as in training
             a = attention_hit_rate_batch(pipe.transformer, batch, pipe.codec, sched, cfg,

@@ -45,6 +45,7 @@ from flame_fitting.uv import UVLayout, posmap_to_vertices
 from .embeddings import plucker_rays
 from .latents import LatentCodec
 from .model import GeoFaceTransformer
+from .noise_schedule import schedule_of, train_schedule
 
 SCHEDULERS = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler}
 HEAD_DIR, LAYOUT_FILE, HEAD_INFO_FILE = "head", "uv_layout.npz", "head_model.json"
@@ -66,14 +67,16 @@ class GeoFacePipelineOutput(BaseOutput):
 
 
 def make_scheduler(kind: str = "ddim", num_train_timesteps: int = 1000, beta_schedule: str = "squaredcos_cap_v2",
-                   prediction_type: str = "epsilon", clip_sample: bool = True):
-    """A DDIM or Euler scheduler on the training noise schedule (`TrainConfig.num_train_timesteps`,
-    `beta_schedule`, `ModelConfig.prediction_type`); 'trailing' timestep spacing (the first step is t = T - 1,
-    pure noise). clip_sample (DDIM only): clamp x̂0 to [-1, 1] — right in pixel space, wrong for VAE latents."""
+                   prediction_type: str = "epsilon", clip_sample: bool = True, rescale_betas_zero_snr: bool = False,
+                   trained_betas: list[float] | None = None):
+    """A DDIM or Euler scheduler on the training noise schedule (`noise_schedule.schedule_kwargs` of the
+    `TrainConfig`: timesteps, beta schedule, zero terminal SNR, SNR-shifted betas) and `ModelConfig.prediction_type`;
+    'trailing' timestep spacing (the first step is t = T - 1, pure noise). clip_sample (DDIM only): clamp x̂0 to
+    [-1, 1] — right in pixel space, wrong for VAE latents."""
     if kind not in SCHEDULERS:
         raise PipelineError(f"scheduler {kind!r}: choose one of {sorted(SCHEDULERS)}")
-    common = dict(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
-                  prediction_type=prediction_type, timestep_spacing="trailing")
+    common = dict(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule, prediction_type=prediction_type,
+                  timestep_spacing="trailing", rescale_betas_zero_snr=rescale_betas_zero_snr, trained_betas=trained_betas)
     if kind == "ddim":
         return DDIMScheduler(**common, clip_sample=clip_sample, set_alpha_to_one=True)
     return EulerDiscreteScheduler(**common)
@@ -130,9 +133,11 @@ class GeoFacePipeline(DiffusionPipeline):
     @classmethod
     def build(cls, transformer: GeoFaceTransformer, *, layout: UVLayout | None = None, head_info: dict | None = None,
               resolution: int = 64, uv_resolution: int = 64, scheduler: str = "ddim", num_train_timesteps: int = 1000,
-              beta_schedule: str = "squaredcos_cap_v2", vae=None) -> "GeoFacePipeline":
-        """A pipeline around a (trained) transformer; noise schedule = the training one (`TrainConfig`)."""
-        sched = make_scheduler(scheduler, num_train_timesteps, beta_schedule, transformer.config.prediction_type,
+              beta_schedule: str = "squaredcos_cap_v2", vae=None, schedule: dict | None = None) -> "GeoFacePipeline":
+        """A pipeline around a (trained) transformer; noise schedule = the training one: `schedule` =
+        `noise_schedule.train_schedule(cfg.train)` (else num_train_timesteps + beta_schedule alone)."""
+        schedule = schedule or dict(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule)
+        sched = make_scheduler(scheduler, **schedule, prediction_type=transformer.config.prediction_type,
                                clip_sample=vae is None)
         pipe = cls(transformer=transformer, scheduler=sched, vae=vae, resolution=resolution, uv_resolution=uv_resolution)
         pipe.set_head(layout, head_info or {})
@@ -149,8 +154,7 @@ class GeoFacePipeline(DiffusionPipeline):
         transformer = GeoFaceTransformer.from_pretrained(str(path))
         vae = LatentCodec.from_path(cfg.model.vae_path).vae if cfg.model.vae_path else None
         return cls.build(transformer, layout=layout, head_info=head_info, resolution=cfg.tokens.resolution,
-                         uv_resolution=cfg.tokens.uv_resolution, scheduler=scheduler,
-                         num_train_timesteps=cfg.train.num_train_timesteps, beta_schedule=cfg.train.beta_schedule,
+                         uv_resolution=cfg.tokens.uv_resolution, scheduler=scheduler, schedule=train_schedule(cfg.train),
                          vae=vae)
 
     def set_head(self, layout: UVLayout | None, head_info: dict) -> None:
@@ -163,9 +167,8 @@ class GeoFacePipeline(DiffusionPipeline):
         """Switch between 'ddim' and 'euler' keeping the noise schedule."""
         if kind not in SCHEDULERS:
             raise PipelineError(f"scheduler {kind!r}: choose one of {sorted(SCHEDULERS)}")
-        cfg = dict(self.scheduler.config)
-        self.scheduler = make_scheduler(kind, cfg["num_train_timesteps"], cfg["beta_schedule"], cfg["prediction_type"],
-                                        clip_sample=self.vae is None)
+        self.scheduler = make_scheduler(kind, **schedule_of(self.scheduler),
+                                        prediction_type=self.scheduler.config["prediction_type"], clip_sample=self.vae is None)
 
     def save_pretrained(self, save_directory, **kwargs) -> None:
         """diffusers layout + head/ (UV layout, head model info); written to a temp sibling, then renamed."""

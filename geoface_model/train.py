@@ -180,16 +180,20 @@ def train(cfg: GeoFaceConfig, data: str | Path | GeoFaceDataset, out_dir: str | 
     stream = _batches(loader, dataset, start * tc.grad_accum, per_epoch)
     bar = tqdm(total=end, initial=start, disable=not (progress and accelerator.is_local_main_process), desc="train")
     times = []
+    params = [p for p in model.parameters() if p.requires_grad]
     model.train()
     while state.step < end:
         t0 = time.perf_counter()
         sums = {"loss": 0.0, "diffusion_loss": 0.0, "align_loss": 0.0}
+        norms = {"grad_norm_diffusion": float("nan"), "grad_norm_align": float("nan")}
         for micro in range(tc.grad_accum):
             batch = next(stream)
             gen.manual_seed(_step_seed(tc.seed, accelerator.process_index, state.step, micro))
             sync = micro == tc.grad_accum - 1
             with contextlib.nullcontext() if sync else accelerator.no_sync(model):
                 out = training_losses(model, batch, codec, scheduler, cfg, gen, accelerator.device)
+                if micro == 0 and state.step % tc.grad_norm_every == 0:
+                    norms = loss_grad_norms(out, params)
                 accelerator.backward(out["loss"] / tc.grad_accum)
             for k in sums:
                 sums[k] += float(out[k].detach()) / tc.grad_accum
@@ -204,7 +208,8 @@ def train(cfg: GeoFaceConfig, data: str | Path | GeoFaceDataset, out_dir: str | 
         if state.step % tc.log_every == 0 or state.step == end:
             vals = accelerator.reduce(torch.tensor([sums[k] for k in ("loss", "diffusion_loss", "align_loss")],
                                                    device=accelerator.device), "mean").tolist()
-            row = {"step": state.step, **dict(zip(("loss", "diffusion_loss", "align_loss"), vals)), "lr": sched.get_last_lr()[0]}
+            row = {"step": state.step, **dict(zip(("loss", "diffusion_loss", "align_loss"), vals)), "lr": sched.get_last_lr()[0],
+                   **norms}
             losslog.add(row)  # appends to loss.csv.partial on the main process only
             bar.set_postfix(loss=f"{row['loss']:.4f}")
         bar.update(1)
@@ -222,12 +227,46 @@ def train(cfg: GeoFaceConfig, data: str | Path | GeoFaceDataset, out_dir: str | 
     rows = losslog.rows
     k = max(1, min(5, len(rows) // 2))
     mean = lambda rs, key="loss": sum(r[key] for r in rs) / len(rs) if rs else float("nan")  # noqa: E731
+    gn = grad_norm_summary(rows)
     return {"loss_first": mean(rows[:k]), "loss_last": mean(rows[-k:]),
             "diffusion_loss_last": mean(rows[-k:], "diffusion_loss"), "align_loss_last": mean(rows[-k:], "align_loss"),
             "steps": state.step, "steps_run": state.step - start,
             "s_per_step": (sum(times[1:]) / (len(times) - 1)) if len(times) > 1 else (times[0] if times else float("nan")),
             "peak_mem_mb": _peak_mem_mb(accelerator.device), "completed": completed, "resumed_from": resumed_from,
-            "skipped_checkpoints": skipped, "mixed_precision": mp, "device": str(accelerator.device), "n_params": n_params}
+            "skipped_checkpoints": skipped, "mixed_precision": mp, "device": str(accelerator.device), "n_params": n_params,
+            **gn}
+
+
+def loss_grad_norms(out: dict, params: list[torch.nn.Parameter]) -> dict[str, float]:
+    """L2 norms of the gradients of the diffusion term and of the weighted alignment term, taken separately
+    (one extra backward pass each, on the steps that measure them; before clipping). The alignment one is
+    NaN when the loss is off."""
+    def norm(term):
+        if term is None or not term.requires_grad:
+            return float("nan")
+        grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+        return float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None)))
+    return {"grad_norm_diffusion": norm(out["diffusion_term"]), "grad_norm_align": norm(out.get("align_term"))}
+
+
+def grad_norm_summary(rows: list[dict]) -> dict[str, float]:
+    """Means of the measured per-loss gradient norms over the first and the second half of the run, and the
+    alignment / diffusion ratio over the whole run (metrics/train.json)."""
+    import math
+
+    meas = [r for r in rows if not math.isnan(float(r.get("grad_norm_diffusion", float("nan"))))]
+    if not meas:
+        return {}
+    half = max(1, len(meas) // 2)
+    avg = lambda rs, k: float(sum(float(r[k]) for r in rs) / len(rs)) if rs else float("nan")  # noqa: E731
+    out = {"grad_norm_diffusion_first_half": avg(meas[:half], "grad_norm_diffusion"),
+           "grad_norm_diffusion_second_half": avg(meas[half:] or meas, "grad_norm_diffusion"),
+           "grad_norm_align_first_half": avg(meas[:half], "grad_norm_align"),
+           "grad_norm_align_second_half": avg(meas[half:] or meas, "grad_norm_align"),
+           "grad_norm_measurements": len(meas)}
+    d, a = avg(meas, "grad_norm_diffusion"), avg(meas, "grad_norm_align")
+    out["grad_norm_align_over_diffusion"] = a / d if d > 0 and not math.isnan(a) else float("nan")
+    return out
 
 
 def _save_checkpoint(accelerator: Accelerator, out_dir: Path, step: int, keep: int, losslog: LossLog, ema: EMAModel,

@@ -1,0 +1,61 @@
+"""The training noise schedule, shared by the training loss and every sampler: `schedule_kwargs(train_cfg)`.
+
+Three knobs of `TrainConfig` on top of diffusers' beta schedules:
+- `snr_shift` s: SNR'(t) = SNR(t) / s (s > 1 = noisier at every t; MVGenMaster/CAMEO shift the SD schedule for
+  several 512² frames sharing one sample). Applied to ᾱ, then converted back to betas (`trained_betas`).
+- `zero_terminal_snr`: ᾱ_T = 0 exactly (Lin et al. 2024, "Common diffusion noise schedules and sample steps are
+  flawed"; diffusers' `rescale_betas_zero_snr`), so the first sampling step starts from pure noise, as in
+  training. Needs v-prediction (or x0): an ε-prediction carries no information at ᾱ = 0.
+- `num_train_timesteps`, `beta_schedule` as in diffusers.
+
+Why v-prediction + zero terminal SNR is the default (docs/model.md "Parameterisation"): the sample estimate is
+x̂0 = √ᾱ·x_t − √(1−ᾱ)·v̂, so at low noise a v error is multiplied by √(1−ᾱ) → 0 (the input passes through by
+construction), and at ᾱ = 0 it is x̂0 = −v̂ (bounded), whereas ε-prediction gives x̂0 = (x_t − √(1−ᾱ)ε̂)/√ᾱ, an
+ε error multiplied by √((1−ᾱ)/ᾱ) ≈ 2·10⁴ at the last step of the cosine schedule.
+"""
+from __future__ import annotations
+
+import torch
+from diffusers import DDPMScheduler
+
+
+def shifted_betas(num_train_timesteps: int, beta_schedule: str, snr_shift: float) -> list[float]:
+    """Betas whose ᾱ has SNR(t) / snr_shift (float64 maths, float list for the scheduler config)."""
+    base = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule)
+    a = base.alphas_cumprod.double()
+    snr = a / (1 - a) / float(snr_shift)
+    a2 = snr / (1 + snr)
+    alphas = torch.cat([a2[:1], a2[1:] / a2[:-1]])
+    return (1 - alphas).clamp(0, 0.999999).tolist()
+
+
+def schedule_kwargs(num_train_timesteps: int = 1000, beta_schedule: str = "squaredcos_cap_v2",
+                    zero_terminal_snr: bool = False, snr_shift: float = 1.0) -> dict:
+    """Keyword arguments every diffusers scheduler (DDPM, DDIM, Euler) takes for this noise schedule."""
+    kw = dict(num_train_timesteps=int(num_train_timesteps), beta_schedule=beta_schedule,
+              rescale_betas_zero_snr=bool(zero_terminal_snr))
+    if float(snr_shift) != 1.0:
+        kw["trained_betas"] = shifted_betas(num_train_timesteps, beta_schedule, snr_shift)
+    return kw
+
+
+def train_schedule(train_cfg) -> dict:
+    """`schedule_kwargs` of a `TrainConfig`."""
+    return schedule_kwargs(train_cfg.num_train_timesteps, train_cfg.beta_schedule, train_cfg.zero_terminal_snr,
+                           train_cfg.snr_shift)
+
+
+SCHEDULE_KEYS = ("num_train_timesteps", "beta_schedule", "rescale_betas_zero_snr", "trained_betas")
+
+
+def schedule_of(scheduler) -> dict:
+    """The schedule keyword arguments of an existing scheduler's config (to rebuild another sampler on it)."""
+    c = dict(scheduler.config)
+    kw = {k: c[k] for k in SCHEDULE_KEYS if c.get(k) is not None}
+    kw.setdefault("rescale_betas_zero_snr", False)
+    return kw
+
+
+def alphas_cumprod(train_cfg) -> torch.Tensor:
+    """(T,) float32 ᾱ of the training schedule (what `add_noise` uses)."""
+    return DDPMScheduler(**train_schedule(train_cfg)).alphas_cumprod
