@@ -24,26 +24,37 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..attention import AlignLogits, TokenLayout, explicit_align_logits
 
 
 class LogitHead(nn.Module):
-    """Per-head logits (..., H) -> one logit (...): "mean" or CAMEO's "mlp" (depth 1, GELU)."""
+    """Per-head logits (B, F, Q, K, H) -> one logit (B, F, Q, K): "mean" or CAMEO's "mlp" (depth 1, GELU).
 
-    def __init__(self, heads: int, kind: str = "mean", mlp_ratio: float = 4.0):
+    The MLP runs over `chunk_queries` query rows at a time, each chunk recomputed in the backward pass
+    (non-reentrant checkpoint), so its ratio·H-wide hidden layer is never held for all Q·K pairs at once:
+    at 512² (layer 10, 4 views, 10 heads) the hidden layer would be 2.5 GiB, the per-head logits are 320 MiB."""
+
+    def __init__(self, heads: int, kind: str = "mean", mlp_ratio: float = 4.0, chunk_queries: int = 256):
         super().__init__()
         if kind not in ("mean", "mlp"):
             raise ValueError(f"LogitHead: kind {kind!r} is not 'mean' or 'mlp'")
-        self.kind, self.heads = kind, heads
+        self.kind, self.heads, self.chunk_queries = kind, heads, chunk_queries
         if kind == "mlp":
             hidden = int(heads * mlp_ratio)
             self.mlp = nn.Sequential(nn.Linear(heads, hidden), nn.GELU(), nn.Linear(hidden, 1))
 
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(x)[..., 0]
+
     def forward(self, per_head: torch.Tensor) -> torch.Tensor:
         if self.kind == "mean":
             return per_head.mean(-1)
-        return self.mlp(per_head.float())[..., 0]
+        x = per_head.float()
+        if not torch.is_grad_enabled():
+            return torch.cat([self._mlp(c) for c in x.split(self.chunk_queries, dim=2)], 2)
+        return torch.cat([checkpoint(self._mlp, c, use_reentrant=False) for c in x.split(self.chunk_queries, dim=2)], 2)
 
 
 def per_head_align_logits(q: torch.Tensor, k: torch.Tensor, layout: TokenLayout, scale: float,

@@ -52,7 +52,8 @@ class SD21MultiView(ModelMixin, ConfigMixin):
     def __init__(self, unet_config: dict, geometry_stream: bool = True, align_layers: list[int] | None = None,
                  align_head: str = "mean", align_head_mlp_ratio: float = 4.0, qk_norm: bool = False,
                  prediction_type: str = "epsilon", camera_scale: float = 2.0, latent_channels: int = 4,
-                 patch_size: int | None = None, geo_patch_size: int | None = None, base_model: str = ""):
+                 patch_size: int | None = None, geo_patch_size: int | None = None, base_model: str = "",
+                 align_head_chunk: int = 256):
         super().__init__()
         check_unet_config({"_class_name": "UNet2DConditionModel", **unet_config}, "unet_config")
         self.unet = UNet2DConditionModel(**{k: v for k, v in unet_config.items() if not k.startswith("_")})
@@ -78,7 +79,7 @@ class SD21MultiView(ModelMixin, ConfigMixin):
             add_qk_norm(self.unet, self.attn_names)
         self.procs = install_processors(self.unet, self.attn_names)
         heads = self.unet.get_submodule(self.attn_names[layers[0]]).heads
-        self.logit_head = LogitHead(heads, align_head, align_head_mlp_ratio)
+        self.logit_head = LogitHead(heads, align_head, align_head_mlp_ratio, align_head_chunk)
         if geometry_stream:
             self.geo_camera = nn.Parameter(torch.randn(6) * 0.5)
 
