@@ -6,9 +6,9 @@ the MLP logit head, QK-norm, gradient checkpointing, bf16 autocast + AdamW on a 
 
 On a GPU: 512² (64² latents, 32×32 tokens at layer 10), peak GiB from torch.cuda.max_memory_allocated, and the
 step repeated without the alignment loss to measure what the explicit logit block costs. Without a GPU: fp32 at
---cpu-resolution (default 128², so the run stays within a few minutes and ~10 GB of RAM), SGD instead of AdamW
-(no optimizer state), peak = the process's max RSS. Latents are drawn at random (the frozen VAE's encode is not
-timed); alignment targets are one-hot, one geometry token per appearance token and back (CAMEO's point-map
+--cpu-resolution (default 128², so the run stays within a few minutes and ~8 GB of RAM), SGD instead of AdamW
+(no optimizer state), a single step (its time includes first-step overhead), peak = the process's max RSS.
+Latents are drawn at random (the frozen VAE's encode is not timed); alignment targets are one-hot, one geometry token per appearance token and back (CAMEO's point-map
 targets). The memory of the explicit app↔geo logit blocks against the full attention matrix of layer 10 at 512²
 is computed from the shapes. The last line is one JSON object.
 """
@@ -79,7 +79,7 @@ def main() -> None:
     gpu = torch.cuda.is_available()
     device = torch.device("cuda" if gpu else "cpu")
     S = args.resolution if gpu else args.cpu_resolution
-    steps = args.steps if gpu else 1
+    steps = args.steps if gpu else 0  # CPU: one step, its time includes the first-step overhead
     torch.manual_seed(0)
     t0 = time.perf_counter()
     m = cfg.model
@@ -101,7 +101,7 @@ def main() -> None:
     L = (h // model.config.patch_size) ** 2
     tg = targets(1, Fa, L, gen, device)
     times = [step(model, opt, batch, tg, cfg.loss.align_weight, gpu, device) for _ in range(steps + 1)]
-    s_per_step = sum(times[1:]) / steps if steps else times[0]
+    s_per_step = sum(times[1:]) / steps if steps else times[0]  # GPU: the steps after the warm-up one
     if gpu:
         peak = torch.cuda.max_memory_allocated() / GiB
         torch.cuda.reset_peak_memory_stats()
@@ -120,7 +120,7 @@ def main() -> None:
               "layer10_512_align_mean_mib": round(mem["align_mean_head_mib"], 1),
               "layer10_512_align_mlp_mib": round(mem["align_mlp_head_mib"], 1),
               "layer10_512_full_attention_mib": round(mem["full_attention_mib"], 1),
-              "threads": torch.get_num_threads(), "load_avg_1min": round(os.getloadavg()[0], 2)}
+              "timed_steps": max(steps, 1), "threads": torch.get_num_threads(), "load_avg_1min": round(os.getloadavg()[0], 2)}
     print(json.dumps(result))
 
 

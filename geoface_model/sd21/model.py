@@ -100,7 +100,7 @@ class SD21MultiView(ModelMixin, ConfigMixin):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """Load a saved SD21MultiView (local folder; a checkpoint of another backbone is refused first)."""
-        path = Path(pretrained_model_name_or_path) / kwargs.get("subfolder", "")
+        path = Path(pretrained_model_name_or_path) / (kwargs.get("subfolder") or "")
         check_saved_backbone(path, cls.__name__, "sd21_mv")
         kwargs["local_files_only"] = True
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
