@@ -9,8 +9,9 @@ step repeated without the alignment loss to measure what the explicit logit bloc
 --cpu-resolution (default 128², so the run stays within a few minutes and ~8 GB of RAM), SGD instead of AdamW
 (no optimizer state), a single step (its time includes first-step overhead), peak = the process's max RSS.
 Latents are drawn at random (the frozen VAE's encode is not timed); alignment targets are one-hot, one geometry
-token per appearance token and back (CAMEO's point-map targets). The memory of the explicit app↔geo logit blocks against the full attention matrix of layer 10 at 512²
-is computed from the shapes. The last line is one JSON object.
+token per appearance token and back (CAMEO's point-map targets). The memory of the explicit app↔geo logit blocks
+against the full attention matrix of layer 10 at 512² is computed from the shapes (`layer10_512_*`). The last
+line is one JSON object.
 """
 from __future__ import annotations
 
