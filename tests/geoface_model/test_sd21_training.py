@@ -1,5 +1,6 @@
 """Backbone sd21_mv end to end on a tiny random SD 2.x folder (no download): training steps with the alignment
 loss (layer 10, MLP logit head, QK-norm), exact resume, save/from_pretrained, generation through GeoFacePipeline."""
+import json
 import math
 
 import numpy as np
@@ -10,7 +11,7 @@ from flame_fitting.geometry.camera import Camera, intrinsics, look_at
 from geoface_model.checkpoint import read_csv
 from geoface_model.config import GeoFaceConfig
 from geoface_model.pipeline import GeoFacePipeline
-from geoface_model.sd21 import SD21MultiView, check_base_folder
+from geoface_model.sd21 import BaseModelError, SD21MultiView, check_base_folder
 from geoface_model.sd21.tiny import write_tiny_sd21
 from geoface_model.synthetic import make_synthetic_shard
 from geoface_model.train import train
@@ -79,3 +80,15 @@ def test_train_with_alignment_resume_and_generate(setup, tmp_path):
     again = loaded(ref, cams[0], cams[1:], num_inference_steps=2, seed=1, mesh=False)
     np.testing.assert_allclose(again.posmap, out.posmap, atol=1e-5)
     np.testing.assert_allclose(again.images.astype(np.float32), out.images.astype(np.float32), atol=1.0)
+
+
+def test_train_refuses_bad_base_or_another_backbones_run_before_building(setup, tmp_path):
+    base, data = setup
+    hub = config(base).replace(model={"base_path": "stabilityai/stable-diffusion-2-1"})
+    with pytest.raises(BaseModelError, match="'stabilityai/stable-diffusion-2-1': not an existing local folder"):
+        train(hub, data, tmp_path / "hub", progress=False)
+    run = tmp_path / "dit_run"  # a run directory with checkpoints written by the dit backbone
+    (run / "checkpoints" / "step_000002").mkdir(parents=True)
+    (run / "geoface_config.json").write_text(json.dumps(GeoFaceConfig().to_dict()))
+    with pytest.raises(BaseModelError, match=r"dit_run/geoface_config.json: model.backbone is 'dit', the config asks 'sd21_mv'"):
+        train(config(base), data, run, progress=False)
