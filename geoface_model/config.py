@@ -55,11 +55,25 @@ class ModelConfig:
     prediction_type: str = spec("epsilon", "what the network predicts", choices=["epsilon", "v_prediction", "sample"])
     camera_scale: float = spec(2.0, "SEVA normalisation: distance of the reference camera to the views' centroid", lo=1e-3)
     gradient_checkpointing: bool = spec(False, "recompute block activations in the backward pass (saves memory)")
+    # --- backbone sd21_mv (geoface_model/sd21): Stable Diffusion 2.x UNet as the multi-view model
+    backbone: str = spec("dit", "dit: the transformer trained from scratch; sd21_mv: fine-tune a local Stable Diffusion 2.x "
+                                "UNet (model.base_path; width/depth/heads/vae_path then unused)", choices=["dit", "sd21_mv"])
+    base_path: str | None = spec(None, "sd21_mv: local Stable Diffusion 2.1 folder in diffusers layout (unet/, vae/, "
+                                       "scheduler/); hub ids are refused, nothing is downloaded")
+    align_head: str = spec("mean", "sd21_mv: per-head logits of the supervised layer -> one logit: mean (head average) or "
+                                   "mlp (CAMEO's per-view MLP logit head, mlp_ratio 4, depth 1)", choices=["mean", "mlp"])
+    qk_norm: bool = spec(False, "sd21_mv: LayerNorm on the queries and keys of every self-attention (CAMEO: on)")
 
     def resolved_align_layers(self) -> list[int]:
+        if self.backbone == "sd21_mv":  # self-attention layers 0..15, down → mid → up; CAMEO's layer 10
+            return [10] if self.align_layers is None else list(self.align_layers)
         return [self.depth // 2] if self.align_layers is None else list(self.align_layers)
 
     def validate(self) -> None:
+        if self.backbone == "sd21_mv":
+            return _validate_sd21(self)
+        if self.align_head != "mean" or self.qk_norm:
+            raise ParamsError("model.align_head = mlp and model.qk_norm are implemented for model.backbone sd21_mv only")
         if self.width % self.heads:
             raise ParamsError(f"model.width = {self.width} is not divisible by model.heads = {self.heads}")
         if self.width % 4:
@@ -129,6 +143,8 @@ class GeoFaceConfig:
         if self.train.zero_terminal_snr and self.model.prediction_type == "epsilon":
             raise ParamsError("train.zero_terminal_snr needs model.prediction_type v_prediction or sample: at ᾱ_T = 0 "
                               "an ε prediction says nothing about the image")
+        if self.model.backbone == "sd21_mv":
+            _validate_sd21_tokens(self)
 
     @classmethod
     def from_sections(cls, tokens: dict | None = None, model: dict | None = None, loss: dict | None = None,
@@ -197,7 +213,54 @@ def paper() -> GeoFaceConfig:
     return cfg
 
 
-PRESETS = {"tiny": tiny, "paper": paper}
+def paper_sd21() -> GeoFaceConfig:
+    """CAMEO's recipe (cvlab-kaist/CAMEO configs/config.yaml) on the paper preset: backbone sd21_mv fine-tuned from a
+    local Stable Diffusion 2.1 folder (`models/sd21`, downloaded by the user), 512² views, 1 reference + 3 targets +
+    the geometry frame (512² UV map, same latent size), alignment at self-attention layer 10 (32×32 tokens:
+    patch 16 px) through the per-view MLP logit head, weight 0.02, QK-norm, lr 2.5e-5 constant after 500
+    warm-up steps, AdamW wd 0.01, clip 1.0, bf16, gradient checkpointing. Noise schedule / prediction type:
+    those of `paper()`. Memory: docs/model.md and benchmarks/paper_step.py."""
+    base = paper()
+    cfg = base.replace(
+        tokens=dict(resolution=512, patch_size=16, uv_resolution=512, geo_patch_size=16),
+        model=dict(backbone="sd21_mv", base_path="models/sd21", vae_path=None, align_layers=[10], align_head="mlp",
+                   qk_norm=True, gradient_checkpointing=True),
+        loss=dict(align_weight=0.02),
+        train=dict(lr=2.5e-5, warmup_steps=500, lr_schedule="constant", weight_decay=0.01, max_grad_norm=1.0,
+                   mixed_precision="bf16", batch_size=1, grad_accum=1, n_ref=1, n_tgt=3))
+    return cfg
+
+
+SD21_LAYER_STRIDE = [1, 1, 2, 2, 4, 4, 8, 4, 4, 4, 2, 2, 2, 1, 1, 1]  # latent stride of SD 2.x self-attention layer i
+SD21_VAE_DOWNSAMPLE = 8
+
+
+def _validate_sd21(m: ModelConfig) -> None:
+    if not m.base_path:
+        raise ParamsError("model.base_path is not set: model.backbone sd21_mv needs a local Stable Diffusion 2.1 folder")
+    if m.vae_path is not None:
+        raise ParamsError("model.vae_path must be null with model.backbone sd21_mv (the VAE is base_path/vae)")
+    bad = [i for i in m.resolved_align_layers() if not 0 <= i < len(SD21_LAYER_STRIDE)]
+    if bad:
+        raise ParamsError(f"model.align_layers {bad} outside the 16 self-attention layers 0..15 of SD 2.x")
+
+
+def _validate_sd21_tokens(cfg: GeoFaceConfig) -> None:
+    """The alignment token grid is the supervised layer's grid; the geometry frame has the views' latent size."""
+    t, layers = cfg.tokens, cfg.model.resolved_align_layers()
+    px = {SD21_LAYER_STRIDE[i] * SD21_VAE_DOWNSAMPLE for i in layers}
+    if len(px) != 1:
+        raise ParamsError(f"model.align_layers {layers}: layers with different token grids ({sorted(px)} px)")
+    p = px.pop()
+    if t.patch_size != p or t.geo_patch_size != p:
+        raise ParamsError(f"tokens.patch_size / geo_patch_size = {t.patch_size} / {t.geo_patch_size}: self-attention "
+                          f"layer(s) {layers} of SD 2.x see {p}×{p}-pixel tokens, set both to {p}")
+    if t.uv_resolution != t.resolution or t.resolution % (SD21_VAE_DOWNSAMPLE * 8):
+        raise ParamsError(f"tokens.uv_resolution = {t.uv_resolution} and tokens.resolution = {t.resolution}: backbone "
+                          "sd21_mv needs them equal (the geometry frame is one more frame) and divisible by 64")
+
+
+PRESETS = {"tiny": tiny, "paper": paper, "paper_sd21": paper_sd21}
 
 
 def count_params(width: int, depth: int, mlp_ratio: float, latent_channels: int, latent_patch: int,

@@ -42,6 +42,7 @@ from flame_fitting.geometry.camera import Camera
 from flame_fitting.core.fileio import replace_dir, temp_path
 from flame_fitting.uv import UVLayout, posmap_to_vertices
 
+from .backbone import load_trained, vae_path_of
 from .embeddings import plucker_rays
 from .latents import LatentCodec
 from .model import GeoFaceTransformer
@@ -151,8 +152,9 @@ class GeoFacePipeline(DiffusionPipeline):
         path = Path(transformer_dir)
         if not (path / "config.json").is_file():
             raise PipelineError(f"{path}: no config.json (not a GeoFaceTransformer folder)")
-        transformer = GeoFaceTransformer.from_pretrained(str(path))
-        vae = LatentCodec.from_path(cfg.model.vae_path).vae if cfg.model.vae_path else None
+        transformer = load_trained(path, cfg)  # the config's backbone; another backbone's folder is refused
+        vae_path = vae_path_of(cfg)
+        vae = LatentCodec.from_path(vae_path).vae if vae_path else None
         return cls.build(transformer, layout=layout, head_info=head_info, resolution=cfg.tokens.resolution,
                          uv_resolution=cfg.tokens.uv_resolution, scheduler=scheduler, schedule=train_schedule(cfg.train),
                          vae=vae)

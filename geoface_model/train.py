@@ -32,13 +32,13 @@ from tqdm.auto import tqdm
 
 from flame_fitting.core.fileio import replace_dir, temp_path, write_json
 
+from .backbone import build_model, check_run_backbone, vae_path_of
 from .checkpoint import (LossLog, TrainState, checkpoint_dir, finalize_checkpoint, list_checkpoints, load_extra_state,
                          pickled_custom_state, prune_checkpoints, save_extra_state, verify_checkpoint)
 from .config import GeoFaceConfig
 from .data import GeoFaceDataset, ShardError, check_compatible, collate
 from .diffusion import make_noise_scheduler, training_losses
 from .latents import LatentCodec
-from .model import GeoFaceTransformer, model_kwargs
 
 log = logging.getLogger("geoface_model.train")
 
@@ -51,6 +51,7 @@ def _check_run_dir(out_dir: Path, cfg: GeoFaceConfig) -> None:
     """Refuse to resume checkpoints written with a different model or token grid."""
     saved = out_dir / "geoface_config.json"
     if saved.is_file() and list_checkpoints(out_dir):
+        check_run_backbone(saved, cfg)
         old = json.loads(saved.read_text())
         for sec in ("model", "tokens"):
             if old.get(sec) != cfg.to_dict()[sec]:
@@ -146,8 +147,8 @@ def train(cfg: GeoFaceConfig, data: str | Path | GeoFaceDataset, out_dir: str | 
     if resume:
         _check_run_dir(out_dir, cfg)
     set_seed(tc.seed)
-    codec = LatentCodec.from_path(cfg.model.vae_path, accelerator.device)
-    model = GeoFaceTransformer(**model_kwargs(cfg, codec.channels, codec.downsample))
+    codec = LatentCodec.from_path(vae_path_of(cfg), accelerator.device)
+    model = build_model(cfg, codec.channels, codec.downsample)
     if cfg.model.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     n_params = sum(p.numel() for p in model.parameters())

@@ -10,7 +10,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from flame_fitting.core.params import ParamsError
-from geoface_model.config import GeoFaceConfig, paper, tiny
+from geoface_model.config import GeoFaceConfig, paper, paper_sd21, tiny
 from geoface_model.noise_schedule import alphas_cumprod, schedule_kwargs, train_schedule
 from geoface_model.pipeline import make_scheduler
 
@@ -42,10 +42,10 @@ def test_zero_terminal_snr_refuses_epsilon():
 
 
 def test_presets_use_v_prediction_with_zero_terminal_snr():
-    for cfg in (tiny(), paper()):
+    for cfg in (tiny(), paper(), paper_sd21()):
         assert cfg.model.prediction_type == "v_prediction" and cfg.train.zero_terminal_snr
-    p = paper()
-    assert p.train.snr_shift == 4.0 and p.train.cond_dropout == 0.1 and p.loss.align_weight == 0.02
+    for p in (paper(), paper_sd21()):
+        assert p.train.snr_shift == 4.0 and p.train.cond_dropout == 0.1 and p.loss.align_weight == 0.02
 
 
 def _imperfect_sample(cfg: GeoFaceConfig, error: float, kind: str = "ddim", steps: int = 25, data_std: float = 0.8,
