@@ -116,9 +116,9 @@ def register(sub, chosen) -> None:
     p.add_argument("--preview", help="preview PNG to write")
     p.add_argument("--metrics", help="metrics JSON to write")
     p = command(hsub, "validate", "check a head model folder; prints what was found", head_validate, force=None)
-    p.add_argument("folder", metavar="FOLDER")
+    p.add_argument("folder", metavar="FOLDER", help="head model folder to check")
     p = command(hsub, "convert", "FLAME pickle (chumpy or plain) -> plain npz", head_convert, force=None)
-    p.add_argument("src", metavar="SRC")
+    p.add_argument("src", metavar="SRC", help="FLAME model pickle (e.g. generic_model.pkl)")
     p.add_argument("dst", metavar="DST", help="e.g. DST_FOLDER/FLAME_NEUTRAL.npz")
 
     p = command(sub, "import", "convert a dataset to the canonical capture format (or render synthetic captures), "
@@ -132,31 +132,32 @@ def register(sub, chosen) -> None:
 
     p = command(sub, "landmarks", "MediaPipe landmarks of every image of a canonical capture (the landmarks stage)",
                 landmarks, [LANDMARKS], chosen("landmarks"))
-    p.add_argument("capture", metavar="CAPTURE")
+    p.add_argument("capture", metavar="CAPTURE", help="canonical capture folder")
     p.add_argument("--out", required=True, help="landmark folder to write")
     p.add_argument("--metrics", help="metrics JSON to write")
 
     p = command(sub, "fit", "landmarks + multi-view FLAME fit on a canonical capture (the landmarks and fit stages); "
                 "writes OUT/landmarks, OUT/fits, OUT/overlays, OUT/cost.csv, OUT/metrics.json", fit, [FIT],
                 chosen("fit"))
-    p.add_argument("capture", metavar="CAPTURE")
-    p.add_argument("--out", required=True)
+    p.add_argument("capture", metavar="CAPTURE", help="canonical capture folder")
+    p.add_argument("--out", required=True, help="folder to write (landmarks/, fits/, overlays/, cost.csv, metrics.json)")
     p.add_argument("--head-model", default="data/head_model", help="FLAME-layout folder (default: %(default)s)")
     p.add_argument("--landmarks", help="use this landmark folder instead of detecting into OUT/landmarks")
     p.add_argument("--refine-cameras", action="store_true", help="bundle adjustment of the cameras")
     p.add_argument("--workers", type=int, default=None, help="landmark detection threads (default: all cores)")
 
     p = command(sub, "uv", "canonical UV position map of every fitted frame (the uv stage)", uv, [UV], chosen("uv"))
-    p.add_argument("fits", metavar="FITS")
-    p.add_argument("head_model", metavar="HEAD_MODEL")
+    p.add_argument("fits", metavar="FITS", help="fits folder (fit stage)")
+    p.add_argument("head_model", metavar="HEAD_MODEL", help="head model folder")
     p.add_argument("--out", required=True, help="UV folder to write")
     p.add_argument("--previews", help="folder for PNG previews and OBJ round trips")
     p.add_argument("--metrics", help="metrics JSON to write")
 
     p = command(sub, "correspondences", "pixel -> UV correspondences and token targets of every fitted frame (the "
                 "correspondences stage)", correspondences, [CORR, TOKENS], chosen("correspondences"))
-    for name in ("fits", "uv", "captures", "head_model"):
-        p.add_argument(name, metavar=name.upper())
+    for name, what in (("fits", "fits folder (fit stage)"), ("uv", "UV folder (uv stage)"),
+                       ("captures", "capture folder"), ("head_model", "head model folder")):
+        p.add_argument(name, metavar=name.upper(), help=what)
     p.add_argument("--out", required=True, help="correspondence folder to write")
     p.add_argument("--previews", help="folder for overlay and Figure 9 PNGs")
     p.add_argument("--metrics", help="metrics JSON to write")

@@ -71,14 +71,16 @@ def register(sub, chosen) -> None:
     """Add the model subcommands to `sub`; `chosen(name)`: whether that subcommand's --help is asked for."""
     p = command(sub, "dataset", "pack fitted frames into training shards split by subject (the dataset stage)",
                 dataset, [DATASET, TOKENS], chosen("dataset"))
-    for name in ("captures", "fits", "uv", "correspondences", "head_model"):
-        p.add_argument(name, metavar=name.upper())
+    for name, what in (("captures", "capture folder (captures stage)"), ("fits", "fits folder (fit stage)"),
+                       ("uv", "UV folder (uv stage)"), ("correspondences", "correspondences folder"),
+                       ("head_model", "head model folder")):
+        p.add_argument(name, metavar=name.upper(), help=what)
     p.add_argument("--out", required=True, help="dataset folder to write")
     p.add_argument("--metrics", help="metrics JSON to write")
 
     p = command(sub, "train", "train the GeoFace transformer on dataset shards (the train stage); a killed run "
                 "resumes from --state", train, TRAIN, chosen("train"))
-    p.add_argument("dataset", metavar="DATASET")
+    p.add_argument("dataset", metavar="DATASET", help="dataset folder (dataset stage: train/val/test shards)")
     p.add_argument("--out", required=True, help="model folder to write (EMA weights + geoface_config.json)")
     p.add_argument("--state", help="training state folder (default: OUT_train_state beside OUT)")
     p.add_argument("--loss-csv", help="loss curve CSV to write (default: OUT_loss.csv beside OUT)")
@@ -86,8 +88,9 @@ def register(sub, chosen) -> None:
 
     p = command(sub, "evaluate", "generate and measure held-out samples with a trained model (the evaluate stage)",
                 evaluate, [EVAL, UV], chosen("evaluate"))
-    for name in ("model", "dataset", "fits", "head_model"):
-        p.add_argument(name, metavar=name.upper())
+    for name, what in (("model", "trained model folder (train stage)"), ("dataset", "dataset folder (dataset stage)"),
+                       ("fits", "fits folder (fit stage)"), ("head_model", "head model folder")):
+        p.add_argument(name, metavar=name.upper(), help=what)
     p.add_argument("--out", required=True, help="folder for the sample folders")
     p.add_argument("--plots", required=True, help="folder for grids, views.csv and report.html")
     p.add_argument("--metrics", help="metrics JSON to write")
@@ -96,15 +99,17 @@ def register(sub, chosen) -> None:
 
     p = command(sub, "generate", "views + geometry from one face photo with a trained model", generate,
                 force="replace --out if an earlier geoface run wrote it")
-    p.add_argument("photo", metavar="PHOTO")
-    p.add_argument("--views", type=int, default=8)
-    p.add_argument("--out", required=True)
+    p.add_argument("photo", metavar="PHOTO", help="face photo (JPEG/PNG); the face is found, cropped and aligned")
+    p.add_argument("--views", type=int, default=8, help="number of views generated on a yaw orbit (default 8)")
+    p.add_argument("--out", required=True, help="folder to write: views/, contact sheet, cameras.json, UV map, mesh")
     p.add_argument("--model", default="models/geoface", help="trained transformer or pipeline folder")
-    p.add_argument("--head-model", default="data/head_model")
-    p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--scheduler", choices=["ddim", "euler"], default="ddim")
-    p.add_argument("--guidance", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--head-model", default="data/head_model",
+                   help="head model folder (UV layout, landmarks) the model was trained with")
+    p.add_argument("--steps", type=int, default=25, help="sampler steps (default 25)")
+    p.add_argument("--scheduler", choices=["ddim", "euler"], default="ddim", help="sampler (default ddim)")
+    p.add_argument("--guidance", type=float, default=1.0,
+                   help="classifier-free guidance on the reference (1 = off; needs a model trained with train.cond_dropout)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
     p.add_argument("--gs", action="store_true", help="also export transforms.json + COLMAP text + PLY for 3DGS")
 
     p = command(sub, "export", "3D Gaussian Splatting starting point (transforms.json, COLMAP text, PLY) of a "
@@ -112,5 +117,5 @@ def register(sub, chosen) -> None:
                 "`geoface export fits --format vhap|nerfstudio CAPTURE FITS --out DIR` (its --help)", export,
                 force="replace --out if an earlier geoface run wrote it")
     p.add_argument("sample", metavar="SAMPLE", help="reference.png, views/*.png, cameras.json, optional mesh.obj")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="folder to write")
     p.add_argument("--no-points", action="store_true", help="leave COLMAP's points3D.txt empty")

@@ -190,3 +190,23 @@ def test_export_of_a_sample_folder(capsys, tmp_path):
     assert (got["red"] == want["red"]).mean() > 0.95
     rc, _, err = cli(capsys, "export", sample, "--out", tmp_path / "gs")
     assert rc == 2 and "--force" in err
+
+
+def test_every_option_of_every_command_is_documented():
+    """`--help` documents every argument of every subcommand (no bare positional or option)."""
+    import argparse
+
+    from geoface.cli import parser as build_parser
+
+    missing = []
+
+    def walk(p: argparse.ArgumentParser, path: str) -> None:
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, sp in a.choices.items():
+                    walk(sp, f"{path} {name}")
+            elif not isinstance(a, argparse._HelpAction) and not a.help and a.dest != "command":
+                missing.append(f"{path}: {a.option_strings or a.dest}")
+
+    walk(build_parser([]), "geoface")
+    assert not missing, missing
