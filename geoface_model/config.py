@@ -52,7 +52,10 @@ class ModelConfig:
     mlp_ratio: float = spec(4.0, "MLP hidden width / width", lo=1.0)
     geometry_stream: bool = spec(True, "add the geometry frame (noisy canonical UV position map); false = appearance-only ablation")
     align_layers: list[int] | None = spec(None, "blocks whose app↔geo attention is supervised; null = the middle block depth // 2", lo=0)
-    prediction_type: str = spec("epsilon", "what the network predicts", choices=["epsilon", "v_prediction", "sample"])
+    prediction_type: str = spec("epsilon", "what the network predicts: ε, v, x0 (sample), or edm = EDM-preconditioned "
+                                           "x̂0 = c_skip·x_t + c_out·F (noise_schedule.edm_coefficients)",
+                                choices=["epsilon", "v_prediction", "sample", "edm"])
+    sigma_data: float = spec(0.5, "edm only: the data's standard deviation σd in the preconditioning", lo=1e-3)
     camera_scale: float = spec(2.0, "SEVA normalisation: distance of the reference camera to the views' centroid", lo=1e-3)
     gradient_checkpointing: bool = spec(False, "recompute block activations in the backward pass (saves memory)")
     # --- backbone sd21_mv (geoface_model/sd21): Stable Diffusion 2.x UNet as the multi-view model
@@ -141,7 +144,7 @@ class GeoFaceConfig:
         for part in (self.tokens, self.model, self.loss):
             part.validate()
         if self.train.zero_terminal_snr and self.model.prediction_type == "epsilon":
-            raise ParamsError("train.zero_terminal_snr needs model.prediction_type v_prediction or sample: at ᾱ_T = 0 "
+            raise ParamsError("train.zero_terminal_snr needs model.prediction_type v_prediction, sample or edm: at ᾱ_T = 0 "
                               "an ε prediction says nothing about the image")
         if self.model.backbone == "sd21_mv":
             _validate_sd21_tokens(self)

@@ -17,12 +17,17 @@ from .config import GeoFaceConfig
 from .embeddings import plucker_rays
 from .latents import LatentCodec
 from .losses import alignment_loss, attention_mass, diffusion_loss
-from .noise_schedule import train_schedule
+from .noise_schedule import edm_coefficients, train_schedule
+
+
+def scheduler_prediction_type(prediction_type: str) -> str:
+    """What diffusers' schedulers are told: an EDM-preconditioned model is converted to x0 before each step."""
+    return "sample" if prediction_type == "edm" else prediction_type
 
 
 def make_noise_scheduler(cfg: GeoFaceConfig) -> DDPMScheduler:
     """The training noise schedule (noise_schedule.py) with the model's prediction type."""
-    return DDPMScheduler(**train_schedule(cfg.train), prediction_type=cfg.model.prediction_type)
+    return DDPMScheduler(**train_schedule(cfg.train), prediction_type=scheduler_prediction_type(cfg.model.prediction_type))
 
 
 def align_enabled(cfg: GeoFaceConfig) -> bool:
@@ -69,7 +74,8 @@ def prepare_inputs(batch: dict, codec: LatentCodec, scheduler: DDPMScheduler, cf
     tt = t[:, : V - n_ref].reshape(-1)
     flat = lambda a: a.reshape(-1, *a.shape[2:])  # noqa: E731
     noisy = scheduler.add_noise(flat(x0_t), flat(noise), tt).reshape(x0_t.shape)
-    target = _target(cfg.model.prediction_type, scheduler, flat(x0_t), flat(noise), tt).reshape(x0_t.shape)
+    target = _target(cfg.model.prediction_type, scheduler, flat(x0_t), flat(noise), tt,
+                     cfg.model.sigma_data).reshape(x0_t.shape)
     kwargs = dict(app=torch.cat([x0[:, :n_ref], noisy], 1),
                   timesteps=torch.cat([torch.zeros(B, n_ref, dtype=t.dtype, device=device), t], 1),
                   plucker=plucker,
@@ -80,13 +86,19 @@ def prepare_inputs(batch: dict, codec: LatentCodec, scheduler: DDPMScheduler, cf
         g_noise = torch.randn(g0.shape, generator=generator, device=generator.device).to(device)
         tg = t[:, -1]
         kwargs["geo"] = scheduler.add_noise(g0, g_noise, tg)
-        target_geo = _target(cfg.model.prediction_type, scheduler, g0, g_noise, tg)
+        target_geo = _target(cfg.model.prediction_type, scheduler, g0, g_noise, tg, cfg.model.sigma_data)
     return kwargs, target, target_geo
 
 
 def _target(prediction_type: str, scheduler: DDPMScheduler, x0: torch.Tensor, noise: torch.Tensor,
-            t: torch.Tensor) -> torch.Tensor:
-    """What the network is trained to output: ε ("epsilon"), v ("v_prediction") or x0 ("sample")."""
+            t: torch.Tensor, sigma_data: float = 0.5) -> torch.Tensor:
+    """What the network is trained to output: ε ("epsilon"), v ("v_prediction"), x0 ("sample") or the EDM
+    target F = (x0 − c_skip·x_t)/c_out ("edm")."""
+    if prediction_type == "edm":
+        ab = scheduler.alphas_cumprod.to(x0.device)[t].reshape(-1, *([1] * (x0.dim() - 1)))
+        c_skip, c_out = edm_coefficients(ab, sigma_data)
+        x_t = ab.double().sqrt() * x0.double() + (1 - ab.double()).sqrt() * noise.double()
+        return ((x0.double() - c_skip * x_t) / c_out).float()
     if prediction_type == "epsilon":
         return noise
     if prediction_type == "sample":
@@ -153,12 +165,15 @@ DENOISE_TIMESTEPS = (5, 100, 300, 500, 700, 900, 999)  # per-noise-level x0 erro
 
 
 def x0_from_prediction(prediction_type: str, scheduler: DDPMScheduler, x_t: torch.Tensor, pred: torch.Tensor,
-                       t: int) -> torch.Tensor:
+                       t: int, sigma_data: float = 0.5) -> torch.Tensor:
     """The model's estimate of the clean sample from its output at noise level t (any shape)."""
     ab = scheduler.alphas_cumprod[int(t)].to(x_t.device, torch.float64)
     a, s = ab.sqrt(), (1 - ab).sqrt()
     x, p = x_t.double(), pred.double()
-    if prediction_type == "sample":
+    if prediction_type == "edm":
+        c_skip, c_out = edm_coefficients(ab, sigma_data)
+        x0 = c_skip * x + c_out * p
+    elif prediction_type == "sample":
         x0 = p
     elif prediction_type == "v_prediction":
         x0 = a * x - s * p
@@ -182,12 +197,12 @@ def denoising_errors(model, batch: dict, codec: LatentCodec, scheduler: DDPMSche
         x0 = codec.encode_frames(batch["images"].to(device))[:, n_ref:]
         res = model(**kwargs)
         x_t = kwargs["app"][:, n_ref:]
-        est = x0_from_prediction(pt, scheduler, x_t, res.app[:, n_ref:], t)
+        est = x0_from_prediction(pt, scheduler, x_t, res.app[:, n_ref:], t, cfg.model.sigma_data)
         out[f"x0_mse_t{t}"] = float((est - x0).square().mean())
         out[f"identity_x0_mse_t{t}"] = float((x_t - x0).square().mean())
         out[f"zero_x0_mse_t{t}"] = float(x0.square().mean())
         if res.geo is not None:
             g0 = codec.encode(batch["uv_posmap"].to(device))
-            gest = x0_from_prediction(pt, scheduler, kwargs["geo"], res.geo, t)
+            gest = x0_from_prediction(pt, scheduler, kwargs["geo"], res.geo, t, cfg.model.sigma_data)
             out[f"geo_x0_mse_t{t}"] = float((gest - g0).square().mean())
     return out

@@ -8,7 +8,8 @@ and, instead of rays, a learned camera token added to every geometry token. Ever
 sin-cos position embedding of its frame grid and a learned frame-type embedding (appearance / geometry).
 Each frame has its own timestep, applied by adaLN-Zero modulation (DiT) broadcast over the frame's tokens.
 Blocks: pre-norm self-attention over the concatenated tokens of ALL frames (3D attention), then an MLP.
-Each frame type is unpatchified by its own final layer; the output is ε or v (`prediction_type`).
+Each frame type is unpatchified by its own final layer; the output is ε, v, x0 or the EDM-preconditioned F
+(`prediction_type`; `sigma_data` for edm).
 
 Saved/loaded with diffusers' `save_pretrained` / `from_pretrained` (config.json + safetensors): the
 constructor arguments are the config.
@@ -100,7 +101,7 @@ class GeoFaceTransformer(ModelMixin, ConfigMixin):
     def __init__(self, latent_channels: int = 3, patch_size: int = 8, geo_patch_size: int = 8, width: int = 128,
                  depth: int = 6, heads: int = 4, mlp_ratio: float = 4.0, geometry_stream: bool = True,
                  align_layers: list[int] | None = None, prediction_type: str = "epsilon",
-                 camera_scale: float = 2.0, freq_dim: int = 256):
+                 camera_scale: float = 2.0, freq_dim: int = 256, sigma_data: float = 0.5):
         super().__init__()
         D, C = width, latent_channels
         self.align_layers = [depth // 2] if align_layers is None else list(align_layers)
@@ -209,4 +210,4 @@ def model_kwargs(cfg, latent_channels: int, latent_downsample: int) -> dict:
     return dict(latent_channels=latent_channels, patch_size=t.patch_size // latent_downsample,
                 geo_patch_size=t.geo_patch_size // latent_downsample, width=m.width, depth=m.depth, heads=m.heads,
                 mlp_ratio=m.mlp_ratio, geometry_stream=m.geometry_stream, align_layers=m.resolved_align_layers(),
-                prediction_type=m.prediction_type, camera_scale=m.camera_scale)
+                prediction_type=m.prediction_type, camera_scale=m.camera_scale, sigma_data=m.sigma_data)

@@ -59,3 +59,13 @@ def schedule_of(scheduler) -> dict:
 def alphas_cumprod(train_cfg) -> torch.Tensor:
     """(T,) float32 ᾱ of the training schedule (what `add_noise` uses)."""
     return DDPMScheduler(**train_schedule(train_cfg)).alphas_cumprod
+
+
+def edm_coefficients(alpha_bar: torch.Tensor, sigma_data: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """EDM preconditioning (Karras et al. 2022) written for the VP noisy sample x_t = √ᾱ·x0 + √(1−ᾱ)·ε:
+    x̂0 = c_skip·x_t + c_out·F with c_skip = σd²√ᾱ / (1−ᾱ+ᾱσd²), c_out = σd√(1−ᾱ) / √(1−ᾱ+ᾱσd²).
+    ᾱ → 1: x̂0 = x_t (the input passes through exactly); ᾱ = 0: x̂0 = σd·F (bounded). Trained on the unit-variance
+    target F = (x0 − c_skip·x_t)/c_out with a plain MSE, this is EDM's loss weighting."""
+    ab = alpha_bar.double()
+    den = 1 - ab + ab * sigma_data**2
+    return sigma_data**2 * ab.sqrt() / den, sigma_data * (1 - ab).sqrt() / den.sqrt()
