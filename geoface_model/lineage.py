@@ -19,16 +19,19 @@ CARD_JSON, CARD_MD = "model_card.json", "MODEL_CARD.md"
 
 
 def git_state(cwd: Path | str = ".") -> dict:
-    """{"commit": HEAD's sha or None (not a git checkout), "dirty": tracked files differ from HEAD}."""
+    """{"commit": HEAD's sha or None (not a git checkout), "dirty": tracked files other than dvc.lock (which `dvc repro`
+    itself rewrites) differ from HEAD, "changed_files": the first 50 of them}."""
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=30)
         if sha.returncode != 0:
-            return {"commit": None, "dirty": None}
-        st = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True,
-                            text=True, timeout=60)
-        return {"commit": sha.stdout.strip(), "dirty": bool(st.stdout.strip()) if st.returncode == 0 else None}
+            return {"commit": None, "dirty": None, "changed_files": None}
+        st = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!dvc.lock"], cwd=cwd,
+                            capture_output=True, text=True, timeout=60)
+        files = [line[3:] for line in st.stdout.splitlines()] if st.returncode == 0 else None
+        return {"commit": sha.stdout.strip(), "dirty": None if files is None else bool(files),
+                "changed_files": None if files is None else files[:50]}
     except (OSError, subprocess.TimeoutExpired):
-        return {"commit": None, "dirty": None}
+        return {"commit": None, "dirty": None, "changed_files": None}
 
 
 def model_card(data: Path | str, params: dict, run_id: str, metrics: dict | None = None) -> dict:
