@@ -14,8 +14,8 @@ from flame_fitting.geometry.camera import Camera, intrinsics, look_at
 
 
 def cams(n=3, w=32, h=24, f=30.0):
-    return {f"cam{i}": Camera(K=intrinsics(f, f, w / 2, h / 2), world_to_cam=look_at([np.sin(i), 0, np.cos(i)], [0, 0, 0]),
-                              width=w, height=h, name=f"cam{i}") for i in range(n)}
+    return {f"cam{i}": Camera(K=intrinsics(f, f, w / 2, h / 2), width=w, height=h, name=f"cam{i}",
+                              world_to_cam=look_at([np.sin(i), 0, np.cos(i)], [0, 0, 0])) for i in range(n)}
 
 
 def content(subjects=("s1", "s2"), frames=2, n_cams=3, seed=0):
@@ -39,7 +39,7 @@ def write(root, images, cameras, order=None, split="train"):
             w.set_cameras(s, q, {n: c[n] for n in names})
         for k in keys:
             img, mask = images[k]
-            w.add_image(*k, img, split=split if callable(split) is False else split(k), mask=mask)
+            w.add_image(*k, img, split=split(k) if callable(split) else split, mask=mask)
     return root
 
 
@@ -109,8 +109,8 @@ def test_diff_lists_added_removed_and_changed_at_each_level(tmp_path):
     img = new_images[("s2", "seq", 0, "cam2")][0].copy()
     img[0, 0] = 255 - img[0, 0]
     new_images[("s2", "seq", 0, "cam2")] = (img, new_images[("s2", "seq", 0, "cam2")][1])  # ~ one image
-    new_cameras = {("s1", "seq"): cameras[("s1", "seq")], ("s2", "seq"): {**cameras[("s2", "seq")], "cam0": cams(f=29.0)["cam0"]},
-                   ("s4", "seq"): cams()}
+    new_cameras = {("s1", "seq"): cameras[("s1", "seq")], ("s4", "seq"): cams(),
+                   ("s2", "seq"): {**cameras[("s2", "seq")], "cam0": cams(f=29.0)["cam0"]}}
     new = write(tmp_path / "new", new_images, new_cameras)
     d = diff_indexes(capture_index(old), capture_index(new))
     assert d["subjects"] == {"added": ["s4"], "removed": ["s3"], "changed": []}
@@ -131,7 +131,8 @@ def test_diff_reports_added_cameras_without_listing_every_frame(tmp_path):
     new_images = dict(images)
     for f in range(2):
         new_images[("s1", "seq", f, "cam2")] = images3[("s1", "seq", f, "cam2")]
-    new = write(tmp_path / "new", new_images, {("s1", "seq"): {**cameras[("s1", "seq")], "cam2": cameras3[("s1", "seq")]["cam2"]}})
+    cameras3 = {("s1", "seq"): {**cameras[("s1", "seq")], "cam2": cameras3[("s1", "seq")]["cam2"]}}
+    new = write(tmp_path / "new", new_images, cameras3)
     d = diff_indexes(capture_index(old), capture_index(new))
     assert d["cameras"]["added"] == ["s1/seq/cam2"] and d["frames"] == {"added": [], "removed": [], "changed": []}
 

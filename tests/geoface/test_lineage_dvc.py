@@ -51,8 +51,8 @@ write_model_card(model, data, {"train": {"steps": 1}}, "run0")
 DVC_YAML = {"stages": {
     "captures": {"cmd": "python make_capture.py data/captures", "deps": ["make_capture.py"],
                  "params": ["captures.subjects"], "outs": ["data/captures"]},
-    "dataset": {"cmd": "python make_dataset.py data/captures data/dataset", "deps": ["make_dataset.py", "data/captures"],
-                "outs": ["data/dataset"]},
+    "dataset": {"cmd": "python make_dataset.py data/captures data/dataset",
+                "deps": ["make_dataset.py", "data/captures"], "outs": ["data/dataset"]},
     "train": {"cmd": "python train.py data/dataset models/m", "deps": ["train.py", "data/dataset"],
               "outs": ["models/m"]}}}
 
@@ -226,3 +226,19 @@ def test_bad_remotes_are_one_line_naming_the_remote(project, capsys, tmp_path):
     rc, _, err = cli(capsys, "remote", "pull", "--repo", clone)
     assert rc == 2 and f"no default DVC remote is configured in {clone / '.dvc' / 'config'}" in err, err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("cmd", ["audit", "diff-captures", "remote"])
+def test_help_documents_every_option(capsys, cmd):
+    from geoface.cli import parser
+
+    ap = parser([cmd])
+    sub = next(a for a in ap._actions if a.dest == "cmd").choices[cmd]
+    rc, out, _ = cli(capsys, cmd, "--help")
+    assert rc == 0
+    text = " ".join(out.split())
+    for action in sub._actions:
+        if action.dest == "help":
+            continue
+        assert action.help, (cmd, action.dest)
+        assert " ".join(action.help.replace("%(default)s", str(action.default)).split()) in text, (cmd, action.dest)
