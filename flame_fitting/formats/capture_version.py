@@ -85,7 +85,7 @@ def diff_indexes(old: CaptureIndex, new: CaptureIndex) -> dict:
     subj = lambda ix: {k[0] for k in ix.images} | {k[0] for k in ix.cameras}  # noqa: E731
     seqs = lambda ix: {k[:2] for k in ix.images} | set(ix.cameras)  # noqa: E731
     splits = lambda ix: {k[0]: v[2] for k, v in sorted(ix.images.items())}  # noqa: E731
-    out = {"old": {"where": old.where, "version": old.version}, "new": {"where": new.where, "version": new.version}}
+    out = {"old": _summary(old), "new": _summary(new)}
     s_add, s_rm, s_both = _split(subj(old), subj(new))
     so, sn = splits(old), splits(new)
     s_changed = [s for s in s_both if so.get(s) != sn.get(s)]
@@ -119,6 +119,13 @@ def diff_indexes(old: CaptureIndex, new: CaptureIndex) -> dict:
     return out
 
 
+def _summary(index: CaptureIndex) -> dict:
+    """Where a capture was read, its version and its counts."""
+    return {"where": index.where, "version": index.version, "subjects": len({k[0] for k in index.images}),
+            "sequences": len({k[:2] for k in index.images}), "frames": len({k[:3] for k in index.images}),
+            "images": len(index.images)}
+
+
 def _by_sequence(index: CaptureIndex) -> dict[tuple[str, str], dict[int, dict[str, tuple]]]:
     """{(subject, sequence): {frame: {camera: (sha256, mask sha256)}}}."""
     out: dict = {}
@@ -130,8 +137,9 @@ def _by_sequence(index: CaptureIndex) -> dict[tuple[str, str], dict[int, dict[st
 def format_diff(d: dict) -> str:
     """The diff of `diff_indexes` as text: a header, one count line per level, then one line per entry
     (`+` added, `-` removed, `~` changed)."""
-    lines = [f"old: {d['old']['where']} (capture version {d['old']['version']})",
-             f"new: {d['new']['where']} (capture version {d['new']['version']})"]
+    lines = [f"{side}: {d[side]['where']} (capture version {d[side]['version']}: {d[side]['subjects']} subjects, "
+             f"{d[side]['sequences']} sequences, {d[side]['frames']} frames, {d[side]['images']} images)"
+             for side in ("old", "new")]
     if d["identical"]:
         return "\n".join(lines + ["identical: same images, masks, splits and cameras"])
     for level in ("subjects", "sequences", "frames", "cameras"):
