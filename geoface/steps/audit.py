@@ -150,8 +150,8 @@ def format_report(r: AuditReport) -> str:
                   f"git commit:         {commit}",
                   f"trained (UTC):      {c.get('date')}"]
     for path, version in r.captures:
-        same = "" if r.card is None else (" (same as the model's)" if version == c.get("captures_version")
-                                          else " (DIFFERS from the model's)")
+        same = "" if c.get("captures_version") is None else (
+            " (same as the model's)" if version == c["captures_version"] else " (DIFFERS from the model's)")
         lines.append(f"workspace captures: {path} version {version}{same}")
     if r.entries:
         lines.append(f"DVC status of the stages up to the model (`dvc status {r.stage} --with-deps`):")

@@ -242,3 +242,17 @@ def test_help_documents_every_option(capsys, cmd):
             continue
         assert action.help, (cmd, action.dest)
         assert " ".join(action.help.replace("%(default)s", str(action.default)).split()) in text, (cmd, action.dest)
+
+
+def test_import_prints_the_capture_version(capsys, tmp_path):
+    """`geoface import` prints the version id it recorded in capture.json (here: re-importing a canonical capture
+    with the folder reader)."""
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"captures": {"subjects": 1}}))
+    (tmp_path / "make_capture.py").write_text(MAKE_CAPTURE)
+    sh([sys.executable, "make_capture.py", "cap"], tmp_path, env)
+    rc, out, err = cli(capsys, "import", "folder", tmp_path / "cap", "--out", tmp_path / "again")
+    assert rc == 0, err
+    printed = json.loads(out)["captures_version"]
+    assert printed == json.loads((tmp_path / "again/capture.json").read_text())["version_id"]
+    assert printed == capture_version(tmp_path / "again") and len(printed) == 16
