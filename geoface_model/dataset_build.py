@@ -21,6 +21,7 @@ from flame_fitting.core.fileio import make_temp_dir, replace_dir, write_json
 from flame_fitting.core.params import spec
 from flame_fitting.formats.capture import load_cameras, load_capture
 from flame_fitting.formats.fits import load_sequence_fit
+from flame_fitting.formats.lineage import captures_version_of, tree_hash, write_lineage
 from flame_fitting.head.head_model import load_head_model
 from flame_fitting.uv import UVLayout, bake_posmap
 from flame_fitting.uv.correspondences import load_correspondences
@@ -95,8 +96,11 @@ def build_dataset(captures: Path | str, fits: Path | str, uv: Path | str, corres
             write_shard(tmp / split / f"shard_{k // cfg.samples_per_shard:04d}.safetensors",
                         items[k:k + cfg.samples_per_shard], split=split, patch_size=tok.patch_size,
                         geo_patch_size=tok.geo_patch_size)
+    version = captures_version_of(captures)  # lineage.json: what the train stage's model card reads
+    write_lineage(tmp, captures_version=version, head_model_sha256=tree_hash(head_model),
+                  params={"dataset": cfg.__dict__, "tokens": tok.__dict__})
     replace_dir(tmp, out)
-    metrics = {f"samples_{s}": len(v) for s, v in samples.items()}
+    metrics = {"captures_version": version, **{f"samples_{s}": len(v) for s, v in samples.items()}}
     metrics.update({f"subjects_{s}": len({x["subject"] for x in v}) for s, v in samples.items()})
     metrics.update({"frames_left_out_diverged": skipped, "resolution": tok.resolution, "uv_resolution": tok.uv_resolution,
                     "app_tokens": tok.app_tokens, "geo_tokens": tok.geo_tokens})

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from flame_fitting.core.errors import GeofaceError
 from flame_fitting.core.fileio import make_temp_dir, replace_dir, sha256_file, write_csv, write_json, write_png
 from flame_fitting.formats.fits import load_sequence_fit
+from flame_fitting.formats.lineage import captures_version_of
 from flame_fitting.head.head_model import load_head_model
 
 from .baselines import TrainingStats, band_ranges, training_stats
@@ -116,7 +117,7 @@ def evaluate_model(model_dir: Path | str, dataset: Path | str, fits: Path | str,
             write_png(plots_tmp / "samples" / f"{stem}.png", sample_grid(r, faces))
         if not results:
             raise EvaluateError(f"evaluate: every sample failed: {failures}")
-        summary = {"split": p.split, "n_samples": len(results), "n_failed": len(failures), "n_targets": p.n_targets,
+        summary = {"captures_version": captures_version_of(dataset), "split": p.split, "n_samples": len(results), "n_failed": len(failures), "n_targets": p.n_targets,
                    **aggregate(results), "s_per_sample": (time.perf_counter() - t0) / len(results),
                    "num_inference_steps": p.num_inference_steps, "scheduler": p.scheduler,
                    "noise_bands": band_ranges(cfg.train.num_train_timesteps),

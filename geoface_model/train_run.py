@@ -5,7 +5,7 @@ from its latest valid checkpoint when called again with the same config and data
 config (every key but `train.keep_states`) and the dataset's shards (metadata and content), so other params or
 data start a new run beside the earlier ones, which stay resumable: each start stamps its run as used and the
 `train.keep_states` most recently used runs are kept, older ones deleted (only folders a run wrote). Publishes MODEL/ (EMA weights, `GeoFaceTransformer.from_pretrained`, with geoface_config.json
-beside them, which generation needs) and the loss curve CSV (diffusion and alignment loss per step).
+beside them, which generation needs, and the model card: geoface_model/lineage.py) and the loss curve CSV (diffusion and alignment loss per step).
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from flame_fitting.core.fileio import replace_dir, sha256_file, temp_path, write
 from .checkpoint import prune_runs, touch_run
 from .config import GeoFaceConfig
 from .data import read_shard_meta
+from .lineage import write_model_card
 from .train import train
 
 
@@ -52,6 +53,7 @@ def train_model(cfg: GeoFaceConfig, data: Path | str, state: Path | str, model: 
     tmp = temp_path(model)
     shutil.copytree(run_dir / "model", tmp)
     shutil.copyfile(run_dir / "geoface_config.json", tmp / "geoface_config.json")  # generation needs the config
+    metrics["captures_version"] = write_model_card(tmp, data, cfg.to_dict(), rid, metrics)["captures_version"]
     replace_dir(tmp, model)
     loss_csv.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run_dir / "loss.csv", loss_csv)

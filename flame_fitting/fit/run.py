@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from flame_fitting.core.fileio import write_csv, write_json
-from flame_fitting.formats.capture import load_capture
+from flame_fitting.formats.capture import capture_version, load_capture
+from flame_fitting.formats.lineage import tree_hash, write_lineage
 from flame_fitting.formats.landmarks import load_landmarks
 from flame_fitting.head.head_model import load_head_model
 
@@ -25,7 +26,8 @@ def fit_folder(captures: Path | str, landmarks: Path | str, head_model: Path | s
     history = metrics.pop("_history")
     if cost_csv is not None:
         write_csv(cost_csv, history)
-    metrics = {k: v for k, v in metrics.items() if not k.startswith("_")}
+    metrics = {"captures_version": capture_version(captures), **{k: v for k, v in metrics.items() if k[0] != "_"}}
+    write_lineage(out, captures_version=metrics["captures_version"], head_model_sha256=tree_hash(head_model))
     if metrics_path is not None:
         write_json(metrics_path, metrics)
     return metrics

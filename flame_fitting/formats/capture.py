@@ -2,7 +2,7 @@
 COLMAP, transforms.json, folder) writes this, every later stage reads only this.
 
 Layout (see docs/capture_format.md):
-    <root>/capture.json                         format marker, source, free-form info
+    <root>/capture.json                         format marker, source, version_id (capture_version.py), free-form info
     <root>/manifest.parquet                     one row per image (MANIFEST_COLUMNS, plus optional extras)
     <root>/<subject>/<sequence>/cameras.json    {"convention": "opencv", "units": "m", "cameras": {name: Camera.to_dict()}}
     <root>/<subject>/<sequence>/<frame:05d>/<camera>.png
@@ -14,10 +14,13 @@ every image file's real size (read from its header only, `image_size`) against i
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -27,6 +30,8 @@ from flame_fitting.geometry.camera import Camera, CameraError
 from flame_fitting.core import fileio
 from flame_fitting.core.fileio import (check_output_dir, image_size, make_temp_dir, replace_dir, sha256_file, write_image,
                                        write_json)
+
+from .capture_version import CaptureIndex, make_index, masks_without_hash
 
 FORMAT = "geoface-capture"
 VERSION = 1
@@ -107,6 +112,7 @@ class CaptureWriter:
             mrel = f"{frame_dir(subject, sequence, frame)}/masks/{camera}.png"
             write_image(self.tmp / mrel, mask)
             row["mask_path"] = mrel
+            row["mask_sha256"] = sha256_file(self.tmp / mrel)
         self.rows.append(row)
         return row
 
@@ -117,7 +123,10 @@ class CaptureWriter:
         df = pd.DataFrame(self.rows)
         df = df.sort_values(["subject", "sequence", "frame", "camera"]).reset_index(drop=True)
         df.to_parquet(self.tmp / "manifest.parquet", index=False)
-        meta = {"format": FORMAT, "version": VERSION, "source": self.source, "n_images": len(df), **self.info}
+        cams = {k: json.loads((self.tmp / k[0] / k[1] / "cameras.json").read_text())["cameras"]
+                for k in df.groupby(["subject", "sequence"]).groups}
+        meta = {"format": FORMAT, "version": VERSION, "source": self.source, "n_images": len(df),
+                "version_id": make_index(str(self.root), df, cams).version, **self.info}
         (self.tmp / "capture.json").write_text(json.dumps(meta, indent=2, default=str))
         replace_dir(self.tmp, self.root, self.overwrite, self.inputs)
         return self.root
@@ -221,3 +230,62 @@ def load_capture(root: Path | str, check_files: bool = True, check_hashes: bool 
             if check_hashes and sha256_file(root / row.path) != row.sha256:
                 raise CaptureError(f"{root / row.path}: content hash differs from the manifest (file changed)")
     return cap
+
+
+def read_index(where: str, read: Callable[[str], bytes]) -> CaptureIndex:
+    """The content index (capture_version.py) of the capture whose files `read(relative path) -> bytes` returns: a
+    folder (`capture_index`) or any other file source (a DVC revision); `where` names it in messages. Raises
+    CaptureError naming `where` (and the file) when it is not a geoface capture or a file is missing."""
+    try:
+        info = json.loads(read("capture.json"))
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        raise CaptureError(f"{where}: not a geoface capture (no capture.json)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CaptureError(f"{where}: not a geoface capture (capture.json is not valid JSON: {e})") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        got = info.get("format") if isinstance(info, dict) else type(info).__name__
+        raise CaptureError(f"{where}: not a geoface capture (capture.json format is {got!r}, expected {FORMAT!r})")
+    try:
+        df = pd.read_parquet(io.BytesIO(read("manifest.parquet")))
+    except FileNotFoundError:
+        raise CaptureError(f"{where}/manifest.parquet: missing") from None
+    except Exception as e:  # pyarrow raises several types for corrupt files
+        raise CaptureError(f"{where}/manifest.parquet: unreadable parquet ({e})") from None
+    missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
+    if missing:
+        raise CaptureError(f"{where}/manifest.parquet: missing columns {missing}")
+    cams, masks = {}, {}
+    for subject, sequence in df.groupby(["subject", "sequence"]).groups:
+        rel = f"{subject}/{sequence}/cameras.json"
+        try:
+            cams[(subject, sequence)] = json.loads(read(rel))["cameras"]
+        except FileNotFoundError:
+            raise CaptureError(f"{where}/{rel}: cameras file is missing") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+            raise CaptureError(f"{where}/{rel}: not a cameras file ({e})") from None
+    for i, rel in masks_without_hash(df).items():  # captures written before the manifest held mask hashes
+        try:
+            masks[i] = hashlib.sha256(read(rel)).hexdigest()
+        except FileNotFoundError:
+            raise CaptureError(f"{where}/{rel}: mask file is missing") from None
+    return make_index(where, df, cams, masks)
+
+
+def capture_index(root: Path | str) -> CaptureIndex:
+    """The content index of the capture folder `root` (read_index)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise CaptureError(f"{root}: not a geoface capture (not a folder)")
+    return read_index(str(root), lambda rel: (root / rel).read_bytes())
+
+
+def capture_version(root: Path | str) -> str:
+    """The version id of the capture folder `root`: the one its writer recorded in capture.json (`version_id`), or
+    computed from its files for a capture written before geoface recorded it (the same value)."""
+    meta = Path(root) / "capture.json"
+    try:
+        info = json.loads(meta.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        info = {}
+    stored = info.get("version_id") if isinstance(info, dict) else None
+    return stored if isinstance(stored, str) and stored else capture_index(root).version

@@ -23,7 +23,7 @@ import numpy as np
 from flame_fitting.core.fileio import check_output_dir, write_json
 from flame_fitting.core.params import spec
 from flame_fitting.geometry.camera import Camera
-from flame_fitting.formats.capture import Capture, load_capture
+from flame_fitting.formats.capture import Capture, capture_version, load_capture
 from flame_fitting.formats.landmarks import KEYS, LandmarkSet, save_landmarks
 from flame_fitting.landmarks.detector import (LandmarkResult, band_means, detect_files, rates_by_yaw,
                                               results_to_arrays)
@@ -175,7 +175,7 @@ def detect_folder(captures: Path | str, out: Path | str, cfg: LandmarksParams, m
     cap = load_capture(captures)
     ls = detect_capture(cap, workers=cfg.workers)
     save_landmarks(ls, Path(out), overwrite=overwrite)
-    metrics = landmark_metrics(cap, ls)
+    metrics = {"captures_version": capture_version(captures), **landmark_metrics(cap, ls)}
     if metrics_path is not None:
         write_json(metrics_path, metrics)
     return metrics

@@ -28,6 +28,7 @@ from flame_fitting.core.fileio import make_temp_dir, replace_dir, write_json, wr
 from flame_fitting.core.params import spec
 from flame_fitting.formats.capture import load_cameras, load_capture
 from flame_fitting.formats.fits import load_sequence_fit
+from flame_fitting.formats.lineage import captures_version_of
 from flame_fitting.head.head_model import load_head_model
 
 from .bake import UVLayout, bake_posmap, get_bake_table
@@ -100,7 +101,7 @@ def bake_fits(fits: Path | str, head_model: Path | str, out: Path | str, preview
                 write_obj(previews / f"{subject}_{sequence}_{frame:05d}_from_posmap.obj", back,
                           model.faces.numpy(), layout.uv, layout.uv_faces)
     replace_dir(tmp, out)
-    metrics = {"n_frames": n, "resolution": cfg.resolution,
+    metrics = {"captures_version": captures_version_of(fits), "n_frames": n, "resolution": cfg.resolution,
                "roundtrip_mm_mean": float(np.mean(roundtrip)) if roundtrip else None,
                "roundtrip_mm_max": float(np.max(roundtrip)) if roundtrip else None,
                "clipped_texels": clipped, "bake_ms_median": float(np.median(bake_ms)) if bake_ms else None}
@@ -146,7 +147,8 @@ def correspondences_for_fits(fits: Path | str, uv: Path | str, captures: Path | 
                 write_previews(Path(previews), cap, subject, sequence, frame, corr, posmap, gt, layout)
     replace_dir(tmp, out)
     metrics = aggregate(per_frame)
-    metrics.update({"app_tokens": app_tokens, "geo_tokens": geo_tokens})
+    metrics.update({"app_tokens": app_tokens, "geo_tokens": geo_tokens,
+                    "captures_version": captures_version_of(captures)})
     if metrics_path is not None:
         write_json(metrics_path, metrics)
     return metrics

@@ -12,6 +12,9 @@
     geoface generate PHOTO --out DIR              views + geometry from one photo
     geoface export SAMPLE --out DIR               3DGS starting point of a generated or evaluated sample
     geoface export fits --format vhap|nerfstudio CAPTURE FITS --out DIR   fits as VHAP / nerfstudio datasets
+    geoface audit [MODEL_DIR]                     a model's lineage; does the workspace still hold its data?
+    geoface diff-captures OLD NEW                 what changed between two captures (folders or git revisions)
+    geoface remote [check|push|pull]              the default DVC remote
 
 `geoface CMD --help` lists the options and the params keys of CMD (with their docs and ranges; --set KEY=VALUE).
 """
@@ -22,7 +25,7 @@ import sys
 
 from flame_fitting.core.errors import GeofaceError
 
-from . import exports, geometry, model
+from . import exports, geometry, lineage, model
 
 
 def version() -> str:
@@ -46,6 +49,7 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     geometry.register(sub, lambda name: name == asked)
     model.register(sub, lambda name: name == asked)
     exports.register(sub)
+    lineage.register(sub, lambda name: name == asked)
     return ap
 
 
@@ -56,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from .base import configs
 
-        args.func(args, *(configs(args) if args.sections else []))
+        rc = args.func(args, *(configs(args) if args.sections else []))
     except (GeofaceError, ValueError, FileNotFoundError) as e:  # our errors name the file and the problem
         print(f"geoface {name}: {e}", file=sys.stderr)
         return 2
-    return 0
+    return rc if isinstance(rc, int) else 0

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from flame_fitting.core.fileio import write_json
 from flame_fitting.core.params import ParamsError, build_config, spec
-from flame_fitting.formats.capture import load_capture
+from flame_fitting.formats.capture import capture_version, load_capture
 from pipelines.common import ImportConfig
 from pipelines.registry import SOURCES, import_capture
 from pipelines.synthetic import SyntheticConfig, contact_sheet, detection_report, generate
@@ -57,6 +57,7 @@ def make_captures(head_model: Path | str | None, out: Path | str, sheets: Path |
     cap = load_capture(out)
     m = cap.manifest
     metrics = {
+        "captures_version": capture_version(out),
         "source": src.source,
         "n_subjects": int(m.subject.nunique()),
         "n_sequences": int(len(cap.sequences())),

@@ -16,7 +16,7 @@ from geoface.cli.config import load_class
 
 REPO = Path(__file__).resolve().parents[2]
 COMMANDS = ["head-model", "import", "landmarks", "fit", "uv", "correspondences", "dataset", "train", "evaluate",
-            "generate", "export"]
+            "generate", "export", "audit", "diff-captures", "remote"]
 # subcommand -> the params dataclasses its --help must document (first: bare keys, others: SECTION.KEY)
 SECTIONS = {
     ("head-model", "build"): [("", "geoface.steps.head_model:HeadModelParams")],
@@ -132,6 +132,9 @@ def test_uv_and_correspondences_through_the_cli(capsys, run_dir):
     assert rc == 0, err
     m = json.loads((d / "uv.json").read_text())
     assert m == json.loads(out) and m["n_frames"] == 1 and m["resolution"] == 64 and m["roundtrip_mm_mean"] < 2.0
+    version = json.loads((d / "cap" / "capture.json").read_text())["version_id"]  # lineage (issue 16)
+    assert m["captures_version"] == version
+    assert json.loads((d / "fit" / "metrics.json").read_text())["fit"]["captures_version"] == version
     posmap = np.load(d / "uv" / "synth000" / "synthetic" / "00000.npz")["posmap"]
     assert posmap.shape == (64, 64, 3) and (d / "uv" / MARKER).is_file()
     assert (d / "uvprev" / "synth000_synthetic_00000.png").is_file()

@@ -127,3 +127,21 @@ def test_eval_metrics_have_baselines_beside_them(tiny_repo):
         assert 0 <= m[f"baseline_camera_only_attention_hit_rate{band}"] <= 1
     assert m["noise_bands"] == {"low": [0, 333], "mid": [334, 666], "high": [667, 999]}
     assert m["baseline_training_samples"] >= 1
+
+
+def test_lineage_reaches_every_metrics_file_and_the_model_card(tiny_repo):
+    """Issue 16 item 3: the captures version in capture.json is in every later metrics file and the model card,
+    and `geoface audit` (DVC's status) finds the workspace data matching the model."""
+    import json
+
+    dst, env, first = tiny_repo
+    assert first.returncode == 0
+    version = json.loads((dst / "data/captures/capture.json").read_text())["version_id"]
+    for stage in ("captures", "landmarks", "fit", "uv", "correspondences", "dataset", "train", "eval"):
+        assert json.loads((dst / f"metrics/{stage}.json").read_text())["captures_version"] == version, stage
+    card = json.loads((dst / "models/geoface/model_card.json").read_text())
+    assert card["captures_version"] == version and len(card["head_model_sha256"]) == 64
+    assert card["params"]["train"]["steps"] == TINY["train"]["steps"] and card["dataset_params"]["tokens"]
+    assert (dst / "models/geoface/MODEL_CARD.md").is_file()
+    audit = run([str(BIN / "python"), "-m", "geoface.cli", "audit"], dst, env)
+    assert audit.returncode == 0 and f"captures version:   {version}" in audit.stdout, audit.stdout + audit.stderr

@@ -1,0 +1,153 @@
+"""The version id of a canonical capture and the difference between two captures (pure: no file access).
+
+A capture's *content* is its images' content hashes and its cameras: one entry per image
+(subject, sequence, frame, camera) -> (sha256 of the image, sha256 of its mask or "", split), and the calibration of
+every camera of every sequence. The version id is the first 16 hex digits of the SHA-256 of that content written
+canonically (entries sorted by key, JSON with sorted keys), so it does not depend on the order of manifest rows or
+camera entries, on the image paths, file extensions or file names, or on the free-form parts of capture.json. Two
+captures with the same id hold the same pixels, masks, splits and calibrations. Readers: `capture.read_index`
+(a folder, or any file source such as a DVC revision), `capture.capture_version`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import pandas as pd
+
+KEY = ["subject", "sequence", "frame", "camera"]
+ID_DIGITS = 16
+
+
+@dataclass
+class CaptureIndex:
+    """The content of a capture. `images`: {(subject, sequence, frame, camera): (sha256, mask sha256 or "", split)};
+    `cameras`: {(subject, sequence): {camera name: its cameras.json entry (K, world_to_cam, width, height[, dist])}};
+    `where`: the folder (or revision:path) it was read from, for messages."""
+
+    where: str
+    images: dict[tuple[str, str, int, str], tuple[str, str, str]]
+    cameras: dict[tuple[str, str], dict[str, dict]]
+
+    @property
+    def version(self) -> str:
+        return version_id(self)
+
+
+def make_index(where: str, manifest: pd.DataFrame, cameras: dict[tuple[str, str], dict[str, dict]],
+               mask_hashes: dict[int, str] | None = None) -> CaptureIndex:
+    """The index of a manifest (MANIFEST_COLUMNS; `mask_sha256` when the writer recorded it) and the cameras of its
+    sequences. `mask_hashes`: {row position: sha256} for masks the manifest names without a hash."""
+    mask_hashes = mask_hashes or {}
+    masks = manifest["mask_sha256"].tolist() if "mask_sha256" in manifest.columns else [None] * len(manifest)
+    images = {}
+    for i, (s, q, f, c, sha, split, m) in enumerate(zip(manifest.subject, manifest.sequence, manifest.frame,
+                                                         manifest.camera, manifest.sha256, manifest.split, masks)):
+        mask = m if isinstance(m, str) and m else mask_hashes.get(i, "")
+        images[(str(s), str(q), int(f), str(c))] = (str(sha), mask, str(split))
+    return CaptureIndex(where, images, {(str(s), str(q)): dict(v) for (s, q), v in cameras.items()})
+
+
+def masks_without_hash(manifest: pd.DataFrame) -> dict[int, str]:
+    """{row position: mask path} of the rows whose mask has no recorded hash (captures written before mask_sha256)."""
+    if "mask_path" not in manifest.columns:
+        return {}
+    hashes = manifest["mask_sha256"].tolist() if "mask_sha256" in manifest.columns else [None] * len(manifest)
+    return {i: p for i, (p, h) in enumerate(zip(manifest.mask_path.tolist(), hashes))
+            if isinstance(p, str) and not (isinstance(h, str) and h)}
+
+
+def canonical_content(index: CaptureIndex) -> str:
+    """The capture's content as one canonical JSON text (what the version id hashes)."""
+    images = [[*k, *v] for k, v in sorted(index.images.items())]
+    cameras = [[s, q, name, cam] for (s, q), cams in sorted(index.cameras.items())
+               for name, cam in sorted(cams.items())]
+    return json.dumps({"images": images, "cameras": cameras}, sort_keys=True, separators=(",", ":"))
+
+
+def version_id(index: CaptureIndex) -> str:
+    """16 hex digits identifying the capture's content (module docstring)."""
+    return hashlib.sha256(canonical_content(index).encode()).hexdigest()[:ID_DIGITS]
+
+
+def _split(keys_old: set, keys_new: set) -> tuple[list, list, list]:
+    return sorted(keys_new - keys_old), sorted(keys_old - keys_new), sorted(keys_old & keys_new)
+
+
+def diff_indexes(old: CaptureIndex, new: CaptureIndex) -> dict:
+    """Subjects, sequences, frames and cameras added, removed and changed from `old` to `new`. Each level lists only
+    what its parent level does not already say: the sequences of an added subject are not listed again, nor the
+    frames and cameras of an added sequence. A frame is changed when an image or mask of a camera present in both
+    sequences differs (or one of them lacks it); a camera is changed when its calibration differs; a subject is
+    changed when its split does. Names: `subject`, `subject/sequence`, `subject/sequence/frame` (5 digits),
+    `subject/sequence/camera`."""
+    subj = lambda ix: {k[0] for k in ix.images} | {k[0] for k in ix.cameras}  # noqa: E731
+    seqs = lambda ix: {k[:2] for k in ix.images} | set(ix.cameras)  # noqa: E731
+    splits = lambda ix: {k[0]: v[2] for k, v in sorted(ix.images.items())}  # noqa: E731
+    out = {"old": _summary(old), "new": _summary(new)}
+    s_add, s_rm, s_both = _split(subj(old), subj(new))
+    so, sn = splits(old), splits(new)
+    s_changed = [s for s in s_both if so.get(s) != sn.get(s)]
+    out["subjects"] = {"added": s_add, "removed": s_rm, "changed": [f"{s} (split {so.get(s)} -> {sn.get(s)})"
+                                                                    for s in s_changed]}
+    q_add, q_rm, q_both = _split(seqs(old), seqs(new))
+    out["sequences"] = {"added": ["/".join(k) for k in q_add if k[0] in s_both],
+                        "removed": ["/".join(k) for k in q_rm if k[0] in s_both], "changed": []}
+    frames = {"added": [], "removed": [], "changed": []}
+    cameras = {"added": [], "removed": [], "changed": []}
+    by_seq_old, by_seq_new = _by_sequence(old), _by_sequence(new)
+    for s, q in q_both:
+        n_before = sum(map(len, (*frames.values(), *cameras.values())))
+        co, cn = old.cameras.get((s, q), {}), new.cameras.get((s, q), {})
+        c_add, c_rm, c_both = _split(set(co), set(cn))
+        cameras["added"] += [f"{s}/{q}/{c}" for c in c_add]
+        cameras["removed"] += [f"{s}/{q}/{c}" for c in c_rm]
+        cameras["changed"] += [f"{s}/{q}/{c}" for c in c_both if co[c] != cn[c]]
+        fo, fn = by_seq_old.get((s, q), {}), by_seq_new.get((s, q), {})
+        f_add, f_rm, f_both = _split(set(fo), set(fn))
+        frames["added"] += [f"{s}/{q}/{f:05d}" for f in f_add]
+        frames["removed"] += [f"{s}/{q}/{f:05d}" for f in f_rm]
+        for f in f_both:
+            diff = sorted(c for c in set(fo[f]) | set(fn[f]) if c in co and c in cn and fo[f].get(c) != fn[f].get(c))
+            if diff:
+                frames["changed"].append(f"{s}/{q}/{f:05d} ({len(diff)} image(s): {', '.join(diff)})")
+        if sum(map(len, (*frames.values(), *cameras.values()))) > n_before:
+            out["sequences"]["changed"].append(f"{s}/{q}")
+    out["frames"], out["cameras"] = frames, cameras
+    out["identical"] = old.version == new.version
+    return out
+
+
+def _summary(index: CaptureIndex) -> dict:
+    """Where a capture was read, its version and its counts."""
+    return {"where": index.where, "version": index.version, "subjects": len({k[0] for k in index.images}),
+            "sequences": len({k[:2] for k in index.images}), "frames": len({k[:3] for k in index.images}),
+            "images": len(index.images)}
+
+
+def _by_sequence(index: CaptureIndex) -> dict[tuple[str, str], dict[int, dict[str, tuple]]]:
+    """{(subject, sequence): {frame: {camera: (sha256, mask sha256)}}}."""
+    out: dict = {}
+    for (s, q, f, c), v in index.images.items():
+        out.setdefault((s, q), {}).setdefault(f, {})[c] = v[:2]
+    return out
+
+
+def format_diff(d: dict) -> str:
+    """The diff of `diff_indexes` as text: a header, one count line per level, then one line per entry
+    (`+` added, `-` removed, `~` changed)."""
+    lines = [f"{side}: {d[side]['where']} (capture version {d[side]['version']}: {d[side]['subjects']} subjects, "
+             f"{d[side]['sequences']} sequences, {d[side]['frames']} frames, {d[side]['images']} images)"
+             for side in ("old", "new")]
+    if d["identical"]:
+        return "\n".join(lines + ["identical: same images, masks, splits and cameras"])
+    for level in ("subjects", "sequences", "frames", "cameras"):
+        e = d[level]
+        lines.append(f"{level + ':':11s}{len(e['added']):6d} added {len(e['removed']):6d} removed "
+                     f"{len(e['changed']):6d} changed")
+    for level in ("subjects", "sequences", "frames", "cameras"):
+        name = level[:-1]
+        for sign, kind in (("+", "added"), ("-", "removed"), ("~", "changed")):
+            lines += [f"  {sign} {name} {x}" for x in d[level][kind]]
+    return "\n".join(lines)

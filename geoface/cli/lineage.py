@@ -1,0 +1,64 @@
+"""`geoface` subcommands of dataset versions (docs/lineage.md): audit, diff-captures, remote."""
+from __future__ import annotations
+
+import json
+
+from .base import command, show
+
+
+def audit(args) -> int:
+    from geoface.steps.audit import audit as run_audit, format_report
+
+    report = run_audit(args.model_dir)
+    if args.json:
+        show({"model": report.model, "stage": report.stage, "card": report.card, "card_error": report.card_error,
+              "status": [{"kind": k, "stage": s, "what": w} for k, s, w in report.entries],
+              "workspace_captures": dict(report.captures), "matches": report.matches})
+    else:
+        print(format_report(report))
+    return 0 if report.matches else 1
+
+
+def diff_captures(args) -> int:
+    from flame_fitting.formats.capture_version import format_diff
+    from geoface.steps.captures_diff import diff_captures as run_diff
+
+    d = run_diff(args.old, args.new, path=args.path, repo=args.repo)
+    print(json.dumps(d, indent=2) if args.json else format_diff(d))
+    return 0
+
+
+def remote(args) -> int:
+    from geoface.steps.remote import check_remote, transfer
+
+    show(check_remote(args.repo) if args.action == "check" else transfer(args.action, args.repo))
+    return 0
+
+
+def register(sub, chosen) -> None:
+    """Add the lineage subcommands to `sub` (`chosen` unused: they have no params sections)."""
+    p = command(sub, "audit", "print a trained model's lineage (its model card: captures version, shards and head "
+                "model hashes, params, git commit, date) and ask DVC (`dvc status` of every stage up to the model) "
+                "whether the workspace still holds the data it was trained on; exit status 1 when it does not",
+                audit, force=None)
+    p.add_argument("model_dir", metavar="MODEL_DIR", nargs="?", default=None,
+                   help="the model folder, an output of a dvc.yaml stage (default: models/geoface of the DVC "
+                        "repository around the working folder)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON instead of text")
+
+    p = command(sub, "diff-captures", "list the subjects, sequences, frames and cameras added, removed and changed "
+                "between two captures; each of OLD and NEW is a capture folder or a git revision (the capture "
+                "recorded in that revision's dvc.lock, read through DVC's cache or remote)", diff_captures, force=None)
+    p.add_argument("old", metavar="OLD", help="capture folder or git revision (commit, branch, tag)")
+    p.add_argument("new", metavar="NEW", help="capture folder or git revision (commit, branch, tag)")
+    p.add_argument("--path", default="data/captures",
+                   help="for a revision: the capture's path in the repository (default: %(default)s)")
+    p.add_argument("--repo", default=".", help="for a revision: a folder inside the git + DVC repository "
+                   "(default: the working folder)")
+    p.add_argument("--json", action="store_true", help="print the difference as JSON instead of text")
+
+    p = command(sub, "remote", "check the default DVC remote (configured, and writable when it is a local folder), "
+                "or push / pull the pipeline's data to / from it with DVC", remote, force=None)
+    p.add_argument("action", nargs="?", default="check", choices=("check", "push", "pull"),
+                   help="check (default), push or pull")
+    p.add_argument("--repo", default=".", help="a folder inside the DVC repository (default: the working folder)")

@@ -1,0 +1,172 @@
+"""`geoface audit [MODEL_DIR]`: the lineage of a trained model (its model card, geoface_model/lineage.py) and whether
+the workspace still holds the data it was trained on (docs/lineage.md).
+
+The answer is DVC's own: `Repo.status(targets=[the stage that writes MODEL_DIR], with_deps=True)` compares every
+stage up to the model with dvc.lock. Its entries are sorted into
+  data    an output of one of those stages differs from dvc.lock (modified, deleted, not in cache), or a dependency
+          that git does not track (a DVC-tracked or external data file) changed;
+  code    a git-tracked dependency (a script, a library folder) or a stage command changed;
+  params  a params.yaml key of one of those stages changed.
+The workspace matches when there is no `data` entry (code and params drift are reported: they mean `dvc repro` would
+re-run stages, not that the data on disk differ). The captures version recorded in the card is also compared with
+the workspace's capture folder(s) upstream of the model.
+"""
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dvc.exceptions import NotDvcRepoError, OutputNotFoundError
+from dvc.repo import Repo
+
+from flame_fitting.core.errors import GeofaceError
+from flame_fitting.formats.capture import CaptureError, capture_version
+from flame_fitting.formats.lineage import LineageError
+from geoface_model.lineage import CARD_JSON, read_model_card
+
+DEFAULT_MODEL = "models/geoface"  # the train stage's model output in dvc.yaml
+
+
+class AuditError(GeofaceError, ValueError):
+    """An audit that cannot be made (no DVC repository, a folder no stage writes): the message says what and where."""
+
+
+@dataclass
+class AuditReport:
+    model: str
+    stage: str
+    card: dict | None
+    card_error: str | None
+    entries: list[tuple[str, str, str]] = field(default_factory=list)  # (kind, stage, what)
+    captures: list[tuple[str, str | None]] = field(default_factory=list)  # (capture folder, its version)
+
+    @property
+    def matches(self) -> bool:
+        version = (self.card or {}).get("captures_version")
+        return (not any(kind == "data" for kind, _, _ in self.entries)
+                and not any(v != version for _, v in self.captures if version is not None))
+
+
+def _repo(start: Path) -> Repo:
+    probe = start.resolve()
+    while not probe.exists():
+        probe = probe.parent
+    try:
+        return Repo(Repo.find_root(str(probe)))
+    except NotDvcRepoError:
+        raise AuditError(f"{start}: not inside a DVC repository (no .dvc folder above it)") from None
+
+
+def _git_tracked(root: Path) -> set[str]:
+    r = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, text=True)
+    return set(r.stdout.split("\0")) - {""} if r.returncode == 0 else set()
+
+
+def _is_tracked(path: str, tracked: set[str]) -> bool:
+    p = path.rstrip("/")
+    return p in tracked or any(t.startswith(p + "/") for t in tracked)
+
+
+def classify(status: dict, tracked: set[str]) -> list[tuple[str, str, str]]:
+    """DVC status entries ({stage: [entry, ...]}) -> sorted (kind, stage, what) (module docstring)."""
+    out = []
+    for stage, entries in status.items():
+        for e in entries:
+            if isinstance(e, str):  # "changed command", "always changed"
+                out.append(("code", stage, e))
+                continue
+            for key, changes in e.items():
+                for path, state in (changes.items() if isinstance(changes, dict) else [(str(changes), "")]):
+                    what = f"{key.replace('changed ', '').rstrip('s')} {path}" + (f" {state}" if state else "")
+                    if key == "changed outs":
+                        out.append(("data", stage, what))
+                    elif key == "changed deps" and isinstance(state, dict):  # {params file: {key: state}}
+                        out += [("params", stage, f"param {k} {v} ({path})") for k, v in sorted(state.items())]
+                    elif key == "changed deps":
+                        out.append(("code" if _is_tracked(path, tracked) else "data", stage, what))
+                    elif key == "changed params":
+                        out.append(("params", stage, what))
+                    else:
+                        out.append(("code", stage, what))
+    return sorted(out)
+
+
+def audit(model_dir: Path | str | None = None) -> AuditReport:
+    """Audit MODEL_DIR (default: DEFAULT_MODEL of the repository around the working folder)."""
+    repo = _repo(Path(model_dir) if model_dir is not None else Path.cwd())
+    with repo:
+        root = Path(repo.root_dir)
+        model = Path(model_dir) if model_dir is not None else root / DEFAULT_MODEL
+        try:
+            outs = repo.find_outs_by_path(str(model.resolve()))
+        except OutputNotFoundError:
+            outs = []
+        if not outs:
+            raise AuditError(f"{model}: no stage of {root / 'dvc.yaml'} writes this folder, so DVC cannot say what it "
+                             f"was trained on (the train stage writes {DEFAULT_MODEL})")
+        stage = outs[0].stage
+        try:
+            card, card_error = read_model_card(model), None
+        except LineageError as e:
+            card, card_error = None, str(e)
+        stages = repo.stage.collect(stage.addressing, with_deps=True)
+        status = repo.status(targets=[stage.addressing], with_deps=True)
+        uncached = {(s.addressing, o.def_path) for s in stages for o in s.outs if not o.use_cache}
+        status = {s: [e for e in entries if not _only_uncached(s, e, uncached)] for s, entries in status.items()}
+        report = AuditReport(str(model), stage.addressing, card, card_error, classify(status, _git_tracked(root)))
+        for s in stages:
+            for o in s.outs:
+                path = Path(o.fs_path)
+                if (path / "capture.json").is_file():
+                    try:
+                        report.captures.append((str(path.relative_to(root)), capture_version(path)))
+                    except CaptureError:
+                        report.captures.append((str(path.relative_to(root)), None))
+    return report
+
+
+def _only_uncached(stage: str, entry, uncached: set) -> bool:
+    """True for a `changed outs` entry that names only outputs DVC does not cache (e.g. models/train_state: the
+    resumable training states, not data a model was trained on)."""
+    if not isinstance(entry, dict) or set(entry) != {"changed outs"}:
+        return False
+    entry["changed outs"] = {p: v for p, v in entry["changed outs"].items() if (stage, p) not in uncached}
+    return not entry["changed outs"]
+
+
+def format_report(r: AuditReport) -> str:
+    c = r.card or {}
+    git = c.get("git") or {}
+    lines = [f"model:              {r.model} (written by stage {r.stage!r})"]
+    if r.card is None:
+        lines.append(f"model card:         unavailable: {r.card_error}")
+    else:
+        commit = (git.get("commit") or "unknown") + (" (with uncommitted changes)" if git.get("dirty") else "")
+        lines += [f"captures version:   {c.get('captures_version')}",
+                  f"shards sha256:      {c.get('shards_sha256')}",
+                  f"head model sha256:  {c.get('head_model_sha256')}",
+                  f"training run:       {c.get('run_id')}",
+                  f"git commit:         {commit}",
+                  f"trained (UTC):      {c.get('date')}"]
+    for path, version in r.captures:
+        same = "" if c.get("captures_version") is None else (
+            " (same as the model's)" if version == c["captures_version"] else " (DIFFERS from the model's)")
+        lines.append(f"workspace captures: {path} version {version}{same}")
+    if r.entries:
+        lines.append(f"DVC status of the stages up to the model (`dvc status {r.stage} --with-deps`):")
+        grouped: dict[tuple[str, str], list[str]] = {}
+        for kind, stage, what in r.entries:
+            grouped.setdefault((kind, stage), []).append(what)
+        lines += [f"  {kind:6s} {stage}: {', '.join(whats)}" for (kind, stage), whats in grouped.items()]
+    else:
+        lines.append("DVC status of the stages up to the model: up to date")
+    if r.matches:
+        lines.append("verdict: the workspace data match what the model was trained on")
+    else:
+        hint = " (a fresh clone: `dvc pull`)" if any("deleted" in w or "not in cache" in w for _, _, w in r.entries) \
+            else ""
+        lines.append(f"verdict: the workspace data DO NOT match what the model was trained on{hint}")
+    if r.card is None:
+        lines.append(f"note: no lineage without {Path(r.model) / CARD_JSON}")
+    return "\n".join(lines)

@@ -1,0 +1,85 @@
+"""The trained model's card: where its data came from (docs/lineage.md). The train stage writes, beside the weights,
+
+    MODEL/model_card.json   captures version, shards hash, head model hash, params used, run id, git commit, date
+    MODEL/MODEL_CARD.md     the same for people
+
+`geoface audit MODEL` prints it and asks DVC whether the workspace still holds those data.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+from pathlib import Path
+
+from flame_fitting.core.fileio import write_json, write_text
+from flame_fitting.formats.lineage import LineageError, read_lineage, tree_hash
+
+CARD_JSON, CARD_MD = "model_card.json", "MODEL_CARD.md"
+
+
+def git_state(cwd: Path | str = ".") -> dict:
+    """{"commit": HEAD's sha or None (not a git checkout), "dirty": tracked files other than dvc.lock (which `dvc repro`
+    itself rewrites) differ from HEAD, "changed_files": the first 50 of them}."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=30)
+        if sha.returncode != 0:
+            return {"commit": None, "dirty": None, "changed_files": None}
+        st = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!dvc.lock"], cwd=cwd,
+                            capture_output=True, text=True, timeout=60)
+        files = [line[3:] for line in st.stdout.splitlines()] if st.returncode == 0 else None
+        return {"commit": sha.stdout.strip(), "dirty": None if files is None else bool(files),
+                "changed_files": None if files is None else files[:50]}
+    except (OSError, subprocess.TimeoutExpired):
+        return {"commit": None, "dirty": None, "changed_files": None}
+
+
+def model_card(data: Path | str, params: dict, run_id: str, metrics: dict | None = None) -> dict:
+    """The card of a model trained on the shards under `data` with `params` (the config's sections)."""
+    data = Path(data)
+    up = read_lineage(data)
+    return {"captures_version": up.get("captures_version"),
+            "shards_sha256": tree_hash(data, "**/*.safetensors"),
+            "head_model_sha256": up.get("head_model_sha256"),
+            "dataset": str(data), "dataset_params": up.get("params"), "params": params, "run_id": run_id,
+            "git": git_state(), "date": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+            "metrics": {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float, str, bool))}}
+
+
+def card_markdown(card: dict) -> str:
+    git = card.get("git") or {}
+    commit = (git.get("commit") or "unknown") + (" (with uncommitted changes)" if git.get("dirty") else "")
+    rows = [("captures version", card.get("captures_version")), ("shards sha256", card.get("shards_sha256")),
+            ("head model sha256", card.get("head_model_sha256")), ("dataset", card.get("dataset")),
+            ("training run id", card.get("run_id")), ("git commit", commit), ("date (UTC)", card.get("date"))]
+    lines = ["# Model card", "", "| | |", "|---|---|"] + [f"| {k} | `{v}` |" for k, v in rows]
+    lines += ["", "## Parameters used", "", "```json", json.dumps(card.get("params"), indent=2, sort_keys=True), "```"]
+    if card.get("dataset_params"):
+        lines += ["", "## Dataset parameters", "", "```json",
+                  json.dumps(card["dataset_params"], indent=2, sort_keys=True), "```"]
+    lines += ["", "Check that the workspace still holds these data: `geoface audit` (docs/lineage.md).", ""]
+    return "\n".join(lines)
+
+
+def write_model_card(model_dir: Path | str, data: Path | str, params: dict, run_id: str,
+                     metrics: dict | None = None) -> dict:
+    """Write MODEL_DIR/model_card.json and MODEL_CARD.md; returns the card."""
+    card = model_card(data, params, run_id, metrics)
+    write_json(Path(model_dir) / CARD_JSON, card)
+    write_text(Path(model_dir) / CARD_MD, card_markdown(card))
+    return card
+
+
+def read_model_card(model_dir: Path | str) -> dict:
+    """MODEL_DIR/model_card.json; LineageError naming the file when it is missing or unreadable."""
+    path = Path(model_dir) / CARD_JSON
+    try:
+        card = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise LineageError(f"{path}: missing (a model trained before geoface wrote model cards? re-run the train "
+                           "stage)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LineageError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(card, dict):
+        raise LineageError(f"{path}: expected a JSON object")
+    return card

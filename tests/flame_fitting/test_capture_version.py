@@ -1,0 +1,155 @@
+"""The capture version id (flame_fitting/formats/capture_version.py): recorded by the writer, stable under the order
+of rows and cameras, the folder's place and the layout of its JSON files, changed by any pixel, mask, split or
+calibration; and the capture diff behind `geoface diff-captures`."""
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from flame_fitting.formats.capture import CaptureError, CaptureWriter, capture_index, capture_version, load_capture
+from flame_fitting.formats.capture_version import diff_indexes, format_diff
+from flame_fitting.geometry.camera import Camera, intrinsics, look_at
+
+
+def cams(n=3, w=32, h=24, f=30.0):
+    return {f"cam{i}": Camera(K=intrinsics(f, f, w / 2, h / 2), width=w, height=h, name=f"cam{i}",
+                              world_to_cam=look_at([np.sin(i), 0, np.cos(i)], [0, 0, 0])) for i in range(n)}
+
+
+def content(subjects=("s1", "s2"), frames=2, n_cams=3, seed=0):
+    """{(subject, sequence, frame, camera): (image, mask)} and {(subject, sequence): cameras}."""
+    rng = np.random.default_rng(seed)
+    images, cameras = {}, {}
+    for s in subjects:
+        cameras[(s, "seq")] = cams(n_cams)
+        for f in range(frames):
+            for c in cameras[(s, "seq")]:
+                img = rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)
+                images[(s, "seq", f, c)] = (img, (img[..., 0] > 128).astype(np.uint8) * 255)
+    return images, cameras
+
+
+def write(root, images, cameras, order=None, split="train"):
+    keys = list(images) if order is None else order(list(images))
+    with CaptureWriter(root, source="test") as w:
+        for (s, q), c in cameras.items():
+            names = list(c) if order is None else order(list(c))
+            w.set_cameras(s, q, {n: c[n] for n in names})
+        for k in keys:
+            img, mask = images[k]
+            w.add_image(*k, img, split=split(k) if callable(split) else split, mask=mask)
+    return root
+
+
+def test_writer_records_the_version_and_it_equals_the_recomputed_one(tmp_path):
+    root = write(tmp_path / "cap", *content())
+    info = json.loads((root / "capture.json").read_text())
+    assert len(info["version_id"]) == 16
+    assert capture_index(root).version == info["version_id"] == capture_version(root)
+    assert load_capture(root).manifest.mask_sha256.str.len().eq(64).all()
+
+
+def test_version_is_stable_under_order_place_and_json_layout(tmp_path):
+    images, cameras = content()
+    a = write(tmp_path / "a", images, cameras)
+    b = write(tmp_path / "b", images, cameras, order=lambda xs: xs[::-1])  # rows and cameras in reverse order
+    assert capture_version(a) == capture_version(b)
+    moved = tmp_path / "elsewhere" / "renamed"
+    shutil.copytree(a, moved)
+    cam_file = moved / "s1" / "seq" / "cameras.json"  # same calibrations, other key order and layout
+    data = json.loads(cam_file.read_text())
+    data["cameras"] = dict(reversed(list(data["cameras"].items())))
+    cam_file.write_text(json.dumps(data, indent=4, sort_keys=True))
+    man = pd.read_parquet(moved / "manifest.parquet").sample(frac=1.0, random_state=1)  # rows shuffled
+    man.to_parquet(moved / "manifest.parquet", index=False)
+    assert capture_index(moved).version == capture_version(a)
+
+
+def test_a_capture_written_before_version_ids_gets_the_same_version(tmp_path):
+    root = write(tmp_path / "cap", *content())
+    stored = capture_version(root)
+    info = json.loads((root / "capture.json").read_text())
+    del info["version_id"]
+    (root / "capture.json").write_text(json.dumps(info))
+    man = pd.read_parquet(root / "manifest.parquet").drop(columns=["mask_sha256"])  # masks hashed from the files
+    man.to_parquet(root / "manifest.parquet", index=False)
+    assert capture_version(root) == stored
+
+
+@pytest.mark.parametrize("change", ["pixel", "mask", "split", "calibration", "extra_frame"])
+def test_any_content_change_changes_the_version(tmp_path, change):
+    images, cameras = content()
+    base = capture_version(write(tmp_path / "base", images, cameras))
+    images2, cameras2, split = dict(images), dict(cameras), "train"
+    key = ("s2", "seq", 1, "cam1")
+    if change == "pixel":
+        img = images[key][0].copy()
+        img[3, 4, 0] ^= 1
+        images2[key] = (img, images[key][1])
+    elif change == "mask":
+        images2[key] = (images[key][0], 255 - images[key][1])
+    elif change == "split":
+        split = lambda k: "val" if k[0] == "s2" else "train"  # noqa: E731
+    elif change == "calibration":
+        cameras2[("s2", "seq")] = {**cameras[("s2", "seq")], "cam1": cams(f=31.0)["cam1"]}
+    else:
+        for c in cameras[("s1", "seq")]:
+            images2[("s1", "seq", 2, c)] = images[("s1", "seq", 0, c)]
+    assert capture_version(write(tmp_path / "new", images2, cameras2, split=split)) != base
+
+
+def test_diff_lists_added_removed_and_changed_at_each_level(tmp_path):
+    images, cameras = content(subjects=("s1", "s2", "s3"))
+    old = write(tmp_path / "old", images, cameras)
+    new_images = {k: v for k, v in images.items() if k[0] != "s3" and k[:3] != ("s1", "seq", 1)}  # - s3, - frame 1
+    for k, v in content(subjects=("s4",), seed=5)[0].items():  # + subject s4
+        new_images[k] = v
+    img = new_images[("s2", "seq", 0, "cam2")][0].copy()
+    img[0, 0] = 255 - img[0, 0]
+    new_images[("s2", "seq", 0, "cam2")] = (img, new_images[("s2", "seq", 0, "cam2")][1])  # ~ one image
+    new_cameras = {("s1", "seq"): cameras[("s1", "seq")], ("s4", "seq"): cams(),
+                   ("s2", "seq"): {**cameras[("s2", "seq")], "cam0": cams(f=29.0)["cam0"]}}
+    new = write(tmp_path / "new", new_images, new_cameras)
+    d = diff_indexes(capture_index(old), capture_index(new))
+    assert d["subjects"] == {"added": ["s4"], "removed": ["s3"], "changed": []}
+    assert d["sequences"] == {"added": [], "removed": [], "changed": ["s1/seq", "s2/seq"]}
+    assert d["frames"] == {"added": [], "removed": ["s1/seq/00001"], "changed": ["s2/seq/00000 (1 image(s): cam2)"]}
+    assert d["cameras"] == {"added": [], "removed": [], "changed": ["s2/seq/cam0"]}
+    assert not d["identical"] and d["old"]["version"] != d["new"]["version"]
+    text = format_diff(d)
+    assert "  + subject s4" in text and "  - subject s3" in text and "  ~ camera s2/seq/cam0" in text
+    same = diff_indexes(capture_index(old), capture_index(old))
+    assert same["identical"] and "identical" in format_diff(same)
+
+
+def test_diff_reports_added_cameras_without_listing_every_frame(tmp_path):
+    images, cameras = content(subjects=("s1",), n_cams=2)
+    old = write(tmp_path / "old", images, cameras)
+    images3, cameras3 = content(subjects=("s1",), n_cams=3)  # same seed: cam0/cam1 images differ, so rebuild
+    new_images = dict(images)
+    for f in range(2):
+        new_images[("s1", "seq", f, "cam2")] = images3[("s1", "seq", f, "cam2")]
+    cameras3 = {("s1", "seq"): {**cameras[("s1", "seq")], "cam2": cameras3[("s1", "seq")]["cam2"]}}
+    new = write(tmp_path / "new", new_images, cameras3)
+    d = diff_indexes(capture_index(old), capture_index(new))
+    assert d["cameras"]["added"] == ["s1/seq/cam2"] and d["frames"] == {"added": [], "removed": [], "changed": []}
+
+
+@pytest.mark.parametrize("make", ["missing", "file", "empty", "other_json", "no_manifest"])
+def test_not_a_capture_is_one_clear_error_naming_the_folder(tmp_path, make):
+    root = tmp_path / "thing"
+    if make == "file":
+        root.write_text("x")
+    elif make != "missing":
+        root.mkdir()
+        if make == "other_json":
+            (root / "capture.json").write_text(json.dumps({"format": "something-else"}))
+        if make == "no_manifest":
+            (root / "capture.json").write_text(json.dumps({"format": "geoface-capture"}))
+    with pytest.raises(CaptureError) as e:
+        capture_index(root)
+    msg = str(e.value)
+    assert str(root) in msg and "\n" not in msg
+    assert ("not a geoface capture" in msg) or ("manifest.parquet: missing" in msg)

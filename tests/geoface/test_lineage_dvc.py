@@ -1,0 +1,258 @@
+"""Dataset versions under real git + DVC, in a temporary repository with a tiny pipeline (captures -> dataset ->
+train) whose stages call the toolkit's own lineage writers: `geoface audit` (DVC's status decides), `geoface
+diff-captures` between git revisions (read through DVC's cache, and from the remote on a fresh clone), and the
+default remote of the project's .dvc/config (`dvc push` / `dvc pull` round trip, bad remotes)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flame_fitting.formats.capture import capture_version
+from geoface.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+MAKE_CAPTURE = '''import sys, yaml, numpy as np
+from flame_fitting.formats.capture import CaptureWriter
+from flame_fitting.geometry.camera import Camera, intrinsics, look_at
+n = yaml.safe_load(open("params.yaml"))["captures"]["subjects"]
+cams = {f"cam{i}": Camera(K=intrinsics(20, 20, 8, 6), world_to_cam=look_at([np.sin(i), 0, np.cos(i)], [0, 0, 0]),
+                          width=16, height=12, name=f"cam{i}") for i in range(2)}
+with CaptureWriter(sys.argv[1], source="test") as w:
+    for s in range(n):
+        w.set_cameras(f"s{s}", "seq", cams)
+        for f in range(2):
+            for c in cams:
+                rng = np.random.default_rng([s, f, int(c[-1])])
+                w.add_image(f"s{s}", "seq", f, c, rng.integers(0, 255, (12, 16, 3), dtype=np.uint8))
+'''
+MAKE_DATASET = '''import sys
+from pathlib import Path
+from flame_fitting.core.fileio import write_bytes
+from flame_fitting.formats.lineage import captures_version_of, write_lineage
+cap, out = sys.argv[1:]
+write_bytes(Path(out) / "train" / "shard_0000.safetensors", (Path(cap) / "manifest.parquet").read_bytes())
+write_lineage(out, captures_version=captures_version_of(cap), head_model_sha256="0" * 64, params={"dataset": {}})
+'''
+TRAIN = '''import sys
+from pathlib import Path
+from flame_fitting.core.fileio import write_bytes
+from geoface_model.lineage import write_model_card
+data, model = sys.argv[1:]
+write_bytes(Path(model) / "weights.bin", b"w" + (Path(data) / "train" / "shard_0000.safetensors").read_bytes()[:64])
+write_model_card(model, data, {"train": {"steps": 1}}, "run0")
+'''
+DVC_YAML = {"stages": {
+    "captures": {"cmd": "python make_capture.py data/captures", "deps": ["make_capture.py"],
+                 "params": ["captures.subjects"], "outs": ["data/captures"]},
+    "dataset": {"cmd": "python make_dataset.py data/captures data/dataset",
+                "deps": ["make_dataset.py", "data/captures"], "outs": ["data/dataset"]},
+    "train": {"cmd": "python train.py data/dataset models/m", "deps": ["train.py", "data/dataset"],
+              "outs": ["models/m"]}}}
+
+
+def sh(cmd, cwd, env, check=True):
+    r = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{cmd} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return r
+
+
+def commit(repo, env, msg):
+    sh(["git", "add", "-A"], repo, env)
+    sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", msg], repo, env)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """(repo, env): two commits, `v1` (2 subjects) and HEAD (3 subjects), each reproduced and pushed to the default
+    remote of the project's own .dvc/config (the folder beside the repository)."""
+    repo = tmp_path_factory.mktemp("lineage") / "repo"
+    repo.mkdir()
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+           "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    sh(["git", "init", "-q"], repo, env)
+    sh([BIN / "dvc", "init", "-q"], repo, env)
+    shutil.copyfile(REPO / ".dvc" / "config", repo / ".dvc" / "config")  # the default remote under test
+    for name, text in (("make_capture.py", MAKE_CAPTURE), ("make_dataset.py", MAKE_DATASET), ("train.py", TRAIN)):
+        (repo / name).write_text(text)
+    (repo / "dvc.yaml").write_text(yaml.safe_dump(DVC_YAML, sort_keys=False))
+    for n, tag in ((2, "v1"), (3, None)):
+        (repo / "params.yaml").write_text(yaml.safe_dump({"captures": {"subjects": n}}))
+        sh([BIN / "dvc", "repro", "-q"], repo, env)
+        commit(repo, env, f"{n} subjects")
+        sh([BIN / "dvc", "push", "-q"], repo, env)
+        if tag:
+            sh(["git", "tag", tag], repo, env)
+    return repo, env
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    capsys.readouterr()
+    try:
+        rc = main([str(a) for a in args])
+    except SystemExit as e:
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_every_lineage_file_carries_the_captures_version(project):
+    repo, _ = project
+    version = capture_version(repo / "data/captures")
+    assert json.loads((repo / "data/captures/capture.json").read_text())["version_id"] == version
+    assert json.loads((repo / "data/dataset/lineage.json").read_text())["captures_version"] == version
+    card = json.loads((repo / "models/m/model_card.json").read_text())
+    assert card["captures_version"] == version and len(card["shards_sha256"]) == 64
+    assert card["git"]["commit"] and card["params"] == {"train": {"steps": 1}} and card["date"]
+    assert f"`{version}`" in (repo / "models/m/MODEL_CARD.md").read_text()
+
+
+def test_audit_matches_reports_code_drift_and_fails_on_changed_data(project, capsys, monkeypatch):
+    repo, env = project
+    version = capture_version(repo / "data/captures")
+    monkeypatch.chdir(repo)  # default MODEL_DIR is models/geoface: not in this pipeline
+    rc, out, err = cli(capsys, "audit")
+    assert rc == 2 and "models/geoface: no stage of" in err and len(err.strip().splitlines()) == 1
+    rc, out, _ = cli(capsys, "audit", repo / "models/m")
+    assert rc == 0, out
+    assert f"captures version:   {version}" in out and "up to date" in out and "data match" in out
+    assert f"workspace captures: data/captures version {version} (same as the model's)" in out
+    # a code change is drift (`dvc repro` would re-run) but not other data
+    script = (repo / "make_dataset.py").read_text()
+    try:
+        (repo / "make_dataset.py").write_text(script + "# edited\n")
+        rc, out, _ = cli(capsys, "audit", repo / "models/m")
+        assert rc == 0 and "code   dataset: dep make_dataset.py modified" in out, out
+    finally:
+        (repo / "make_dataset.py").write_text(script)
+    # the workspace's capture no longer the one the model was trained on: DVC says so, audit exits 1
+    (repo / "params.yaml").write_text(yaml.safe_dump({"captures": {"subjects": 4}}))
+    try:
+        sh([BIN / "dvc", "repro", "-q", "captures"], repo, env)
+        rc, out, _ = cli(capsys, "audit", repo / "models/m")
+        assert rc == 1, out
+        assert "data   dataset: dep data/captures modified" in out and "DIFFERS from the model's" in out
+        assert "DO NOT match" in out
+    finally:
+        sh(["git", "checkout", "-q", "HEAD", "--", "params.yaml", "dvc.lock"], repo, env)  # autostage: from HEAD
+        sh([BIN / "dvc", "checkout", "-q"], repo, env)
+    rc, out, _ = cli(capsys, "audit", repo / "models/m")
+    assert rc == 0, out
+    # a tampered file inside an output
+    img = next((repo / "data/captures").glob("s0/seq/00000/cam0.png"))
+    data = img.read_bytes()
+    img.unlink()
+    img.write_bytes(data + b"\0")
+    try:
+        rc, out, _ = cli(capsys, "audit", repo / "models/m", "--json")
+        rep = json.loads(out)
+        assert rc == 1 and not rep["matches"]
+        assert {"kind": "data", "stage": "captures", "what": "out data/captures modified"} in rep["status"]
+    finally:
+        sh([BIN / "dvc", "checkout", "-q", "--force"], repo, env)
+    assert cli(capsys, "audit", repo / "models/m")[0] == 0
+
+
+def test_audit_bad_input_is_one_line(project, capsys, tmp_path):
+    repo, _ = project
+    rc, _, err = cli(capsys, "audit", repo / "data")
+    assert rc == 2 and "data: no stage of" in err and len(err.strip().splitlines()) == 1
+    rc, _, err = cli(capsys, "audit", tmp_path / "models/m")
+    assert rc == 2 and "not inside a DVC repository" in err and len(err.strip().splitlines()) == 1
+
+
+def test_diff_captures_between_git_revisions_and_folders(project, capsys, tmp_path, monkeypatch):
+    repo, env = project
+    monkeypatch.chdir(repo)
+    rc, out, err = cli(capsys, "diff-captures", "v1", "HEAD")
+    assert rc == 0, err
+    assert "subjects:       1 added      0 removed      0 changed" in out and "  + subject s2" in out
+    assert "frames:         0 added" in out  # s2's frames are not listed again under its subject
+    rc, out, _ = cli(capsys, "diff-captures", "HEAD", "v1", "--json")
+    d = json.loads(out)
+    assert d["subjects"]["removed"] == ["s2"] and d["new"]["where"] == "v1:data/captures"
+    assert d["old"]["version"] == capture_version(repo / "data/captures")
+    rc, out, _ = cli(capsys, "diff-captures", "HEAD", repo / "data/captures")  # a revision against a folder
+    assert rc == 0 and "identical" in out
+    # bad input: a folder that is not a capture, a name that is neither folder nor revision
+    rc, _, err = cli(capsys, "diff-captures", repo / "data/dataset", "HEAD")
+    assert rc == 2 and f"{repo / 'data/dataset'}: not a geoface capture" in err and len(err.strip().splitlines()) == 1
+    rc, _, err = cli(capsys, "diff-captures", "no-such-rev", "HEAD")
+    assert rc == 2 and "no-such-rev: neither a capture folder nor a git revision" in err
+    rc, _, err = cli(capsys, "diff-captures", "v1", "HEAD", "--path", "data/dataset")
+    assert rc == 2 and "v1:data/dataset: not a geoface capture" in err
+
+
+def test_default_remote_round_trip_on_a_fresh_clone(project, capsys):
+    """The project's .dvc/config works as cloned: `dvc push` went to the folder beside the repository; a clone beside
+    it pulls the same data, passes `geoface audit`, and diffs a revision whose data only the remote holds."""
+    repo, env = project
+    remote = repo.parent / "geoface-dvc-remote"
+    assert (remote / "files" / "md5").is_dir()
+    clone = repo.parent / "clone"
+    sh(["git", "clone", "-q", repo, clone], repo.parent, env)
+    sh([BIN / "dvc", "pull", "-q"], clone, env)
+    for rel in ("data/captures", "data/dataset", "models/m"):
+        a = {p.relative_to(repo / rel): p.read_bytes() for p in (repo / rel).rglob("*") if p.is_file()}
+        b = {p.relative_to(clone / rel): p.read_bytes() for p in (clone / rel).rglob("*") if p.is_file()}
+        assert a == b, rel
+    rc, out, _ = cli(capsys, "audit", clone / "models/m")
+    assert rc == 0, out
+    rc, out, err = cli(capsys, "diff-captures", "v1", "HEAD", "--repo", clone)  # v1's manifest: remote only
+    assert rc == 0 and "  + subject s2" in out, err
+    rc, out, _ = cli(capsys, "remote", "--repo", clone)
+    assert rc == 0 and json.loads(out) == {"remote": "local", "url": str(remote), "kind": "local", "writable": True}
+
+
+def test_bad_remotes_are_one_line_naming_the_remote(project, capsys, tmp_path):
+    repo, env = project
+    clone = tmp_path / "c"
+    sh(["git", "clone", "-q", repo, clone], tmp_path, env)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    sh([BIN / "dvc", "remote", "modify", "--local", "local", "url", blocker / "remote"], clone, env)
+    for action in ("check", "push"):
+        rc, _, err = cli(capsys, "remote", action, "--repo", clone)
+        assert rc == 2 and f"DVC remote 'local' at {blocker / 'remote'}: not writable" in err, err
+        assert len(err.strip().splitlines()) == 1
+    sh([BIN / "dvc", "remote", "default", "--unset"], clone, env)
+    rc, _, err = cli(capsys, "remote", "pull", "--repo", clone)
+    assert rc == 2 and f"no default DVC remote is configured in {clone / '.dvc' / 'config'}" in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("cmd", ["audit", "diff-captures", "remote"])
+def test_help_documents_every_option(capsys, cmd):
+    from geoface.cli import parser
+
+    ap = parser([cmd])
+    sub = next(a for a in ap._actions if a.dest == "cmd").choices[cmd]
+    rc, out, _ = cli(capsys, cmd, "--help")
+    assert rc == 0
+    text = " ".join(out.split())
+    for action in sub._actions:
+        if action.dest == "help":
+            continue
+        assert action.help, (cmd, action.dest)
+        assert " ".join(action.help.replace("%(default)s", str(action.default)).split()) in text, (cmd, action.dest)
+
+
+def test_import_prints_the_capture_version(capsys, tmp_path):
+    """`geoface import` prints the version id it recorded in capture.json (here: re-importing a canonical capture
+    with the folder reader)."""
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"captures": {"subjects": 1}}))
+    (tmp_path / "make_capture.py").write_text(MAKE_CAPTURE)
+    sh([sys.executable, "make_capture.py", "cap"], tmp_path, env)
+    rc, out, err = cli(capsys, "import", "folder", tmp_path / "cap", "--out", tmp_path / "again")
+    assert rc == 0, err
+    printed = json.loads(out)["captures_version"]
+    assert printed == json.loads((tmp_path / "again/capture.json").read_text())["version_id"]
+    assert printed == capture_version(tmp_path / "again") and len(printed) == 16
