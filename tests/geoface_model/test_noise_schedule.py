@@ -41,9 +41,13 @@ def test_zero_terminal_snr_refuses_epsilon():
         GeoFaceConfig.from_sections(model={"prediction_type": "epsilon"}, train={"zero_terminal_snr": True})
 
 
-def test_presets_use_v_prediction_with_zero_terminal_snr():
+def test_presets_sample_from_pure_noise():
+    """Every preset has ᾱ_T = 0; the paper presets predict v (as SD 2.1 and CAMEO), the CPU preset x0."""
     for cfg in (tiny(), paper(), paper_sd21()):
-        assert cfg.model.prediction_type == "v_prediction" and cfg.train.zero_terminal_snr
+        assert cfg.train.zero_terminal_snr
+    assert tiny().model.prediction_type == "sample" and tiny().loss.align_weight == 0.02
+    for cfg in (paper(), paper_sd21()):
+        assert cfg.model.prediction_type == "v_prediction"
     for p in (paper(), paper_sd21()):
         assert p.train.snr_shift == 4.0 and p.train.cond_dropout == 0.1 and p.loss.align_weight == 0.02
 
@@ -94,3 +98,42 @@ def test_imperfect_oracle_samples_the_data_scale(error):
     for kind in ("ddim", "euler"):  # the tiny DiT preset gets the same protection, with either sampler
         s = _imperfect_sample(tiny(), error, kind=kind, data_std=data_std)
         assert abs(s / data_std - 1) < 0.10, (kind, s)
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "sample", "edm"])
+def test_training_target_inverts_to_x0(kind):
+    """The exact training target, read back by x0_from_prediction at the same t, is the clean sample — and for
+    edm and v the input passes through at t = 0 whatever the network outputs (pass-through by construction)."""
+    from geoface_model.diffusion import _target, make_noise_scheduler, x0_from_prediction
+
+    cfg = tiny().replace(model={"prediction_type": kind}, train={"zero_terminal_snr": kind != "epsilon"})
+    sched = make_noise_scheduler(cfg)
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(6, 3, 8, 8, generator=g) * 0.5, torch.randn(6, 3, 8, 8, generator=g)
+    for t in (0, 5, 500, 998):
+        tt = torch.full((6,), t)
+        x_t = sched.add_noise(x0, noise, tt)
+        target = _target(kind, sched, x0, noise, tt, cfg.model.sigma_data)
+        back = x0_from_prediction(kind, sched, x_t, target, t, cfg.model.sigma_data)
+        np.testing.assert_allclose(back.numpy(), x0.numpy(), atol=2e-3 if kind == "epsilon" and t > 900 else 1e-4)
+    if kind in ("edm", "v_prediction"):
+        junk = torch.randn(6, 3, 8, 8, generator=g)
+        x_t = sched.add_noise(x0, noise, torch.zeros(6, dtype=torch.long))
+        est = x0_from_prediction(kind, sched, x_t, junk, 0, cfg.model.sigma_data)
+        assert float((est - x0).abs().max()) < 0.05  # √(1−ᾱ_0) ≈ 0.006 scales the junk
+
+
+def test_per_loss_gradient_norms_add_up():
+    """The two measured gradients are the parts of the total: ∇(diff + w·align) = ∇diff + ∇(w·align)."""
+    from geoface_model.train import loss_grad_norms
+
+    lin = torch.nn.Linear(4, 3)
+    x = torch.randn(5, 4)
+    y = lin(x)
+    out = {"diffusion_term": y.square().mean(), "align_term": 0.1 * y.sum()}
+    n = loss_grad_norms(out, list(lin.parameters()))
+    gd = torch.autograd.grad(out["diffusion_term"], list(lin.parameters()), retain_graph=True)
+    ga = torch.autograd.grad(out["align_term"], list(lin.parameters()), retain_graph=True)
+    assert n["grad_norm_diffusion"] == pytest.approx(float(torch.sqrt(sum((g**2).sum() for g in gd))), rel=1e-6)
+    assert n["grad_norm_align"] == pytest.approx(float(torch.sqrt(sum((g**2).sum() for g in ga))), rel=1e-6)
+    assert math.isnan(loss_grad_norms({"diffusion_term": y.sum(), "align_term": None}, list(lin.parameters()))["grad_norm_align"])
