@@ -1,0 +1,195 @@
+"""Where the data stages' work units run: `executor: local | ray` (params.yaml, shared by the data stages).
+
+`open_executor(cfg)` connects first (a Ray cluster that cannot be reached is one GeofaceError line, raised before
+a stage deletes or writes anything); `Executor.map(fn, items, desc)` then calls `fn(item)` for every item and
+returns one `UnitResult` per item, in input order:
+- local, workers = 1: in this process, one after the other (no pool to start);
+- local, workers > 1: a pool of `workers` fresh (spawned) processes; a worker process that dies takes its pool
+  with it: the units not finished are resubmitted to a new pool, up to `retries` times;
+- ray: one Ray task per item on the cluster at `ray_address` (or $RAY_ADDRESS; none: a local Ray with `workers`
+  CPUs started here). A task whose worker process or node is lost is retried by Ray (`max_retries=retries`).
+An exception raised by `fn` is recorded in its UnitResult (ok False, error "Type: message") and the other items go
+on; it is never retried (the same input would raise again). `fn` and `items` must be picklable; `fn` a function of
+an importable module (workers import it: with Ray on several machines, every node needs this checkout at the same
+path, or the package installed, and a shared filesystem for the stage's folders).
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import socket
+import sys
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from tqdm import tqdm
+
+from flame_fitting.core.errors import GeofaceError
+from flame_fitting.core.params import build_config, spec
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding flame_fitting/ (workers import from it)
+
+
+class ExecutorError(GeofaceError, RuntimeError):
+    """The executor cannot run: a Ray cluster that does not answer, Ray not installed, a pool that keeps dying."""
+
+
+@dataclass
+class ExecutorConfig:
+    kind: str = spec("local", "local: a process pool on this machine; ray: tasks on a Ray cluster", choices=["local", "ray"])
+    workers: int = spec(2, "local: worker processes (1 = in the stage's own process); ray without an address: CPUs "
+                           "of the local Ray started by the stage", lo=1, hi=4096)
+    ray_address: str | None = spec(None, "Ray cluster address (host:port, ray://host:port or auto); null = $RAY_ADDRESS, "
+                                         "else a local Ray started by the stage")
+    retries: int = spec(3, "times a unit is re-run when its worker process or node is lost (not when it raises)",
+                        lo=0, hi=100)
+
+
+def executor_params(params: dict) -> ExecutorConfig:
+    """The `executor` section of params.yaml (shared by the data stages), validated."""
+    return build_config(ExecutorConfig, params.get("executor"), "params.yaml:executor")
+
+
+@dataclass
+class UnitResult:
+    item: Any
+    ok: bool
+    value: Any = None
+    error: str = ""  # "Type: message" when not ok
+    traceback: str = ""
+    seconds: float = 0.0
+
+
+def call_unit(fn: Callable, item) -> UnitResult:
+    """`fn(item)` as a UnitResult: an exception is recorded, never raised (runs inside the workers)."""
+    t0 = time.perf_counter()
+    try:
+        value = fn(item)
+    except Exception as e:  # noqa: BLE001 - one bad unit is recorded, the others go on
+        return UnitResult(item, False, None, f"{type(e).__name__}: {e}", traceback.format_exc(limit=4),
+                          time.perf_counter() - t0)
+    return UnitResult(item, True, value, "", "", time.perf_counter() - t0)
+
+
+def _spawn_init(path: list[str]) -> None:
+    sys.path[:0] = [p for p in path if p not in sys.path]
+
+
+class Executor:
+    """Runs units; made by `open_executor` (module docstring)."""
+
+    def __init__(self, cfg: ExecutorConfig, ray=None):
+        self.cfg, self.ray = cfg, ray
+
+    def map(self, fn: Callable, items: Sequence, desc: str = "units", progress: bool = True) -> list[UnitResult]:
+        items = list(items)
+        if not items:
+            return []
+        bar = tqdm(total=len(items), desc=desc, disable=not progress)
+        try:
+            if self.ray is not None:
+                return self._map_ray(fn, items, bar)
+            if self.cfg.workers == 1 or len(items) == 1:
+                out = []
+                for it in items:
+                    out.append(call_unit(fn, it))
+                    bar.update()
+                return out
+            return self._map_pool(fn, items, bar)
+        finally:
+            bar.close()
+
+    def _map_pool(self, fn, items, bar) -> list[UnitResult]:
+        results: dict[int, UnitResult] = {}
+        for attempt in range(self.cfg.retries + 1):
+            todo = [i for i in range(len(items)) if i not in results]
+            if not todo:
+                break
+            ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch / MediaPipe threads
+            try:
+                with ProcessPoolExecutor(min(self.cfg.workers, len(todo)), mp_context=ctx, initializer=_spawn_init,
+                                         initargs=([str(PACKAGE_ROOT)] + sys.path,)) as pool:
+                    futures = {pool.submit(call_unit, fn, items[i]): i for i in todo}
+                    for fut in as_completed(futures):
+                        results[futures[fut]] = fut.result()
+                        bar.update()
+            except BrokenProcessPool:
+                continue  # a worker process died: the unfinished units go to a new pool
+        for i in range(len(items)):
+            if i not in results:
+                results[i] = UnitResult(items[i], False, None, f"WorkerLost: the worker process died "
+                                        f"{self.cfg.retries + 1} times while this unit was running")
+        return [results[i] for i in range(len(items))]
+
+    def _map_ray(self, fn, items, bar) -> list[UnitResult]:
+        ray = self.ray
+        task = ray.remote(num_cpus=1, max_retries=self.cfg.retries)(call_unit)
+        fn_ref = ray.put(fn)
+        refs = [task.remote(fn_ref, it) for it in items]
+        index = {r: i for i, r in enumerate(refs)}
+        results: dict[int, UnitResult] = {}
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for r in done:
+                i = index[r]
+                try:
+                    results[i] = ray.get(r)
+                except Exception as e:  # noqa: BLE001 - retries exhausted (worker/node lost every time)
+                    results[i] = UnitResult(items[i], False, None, f"WorkerLost: {type(e).__name__}: "
+                                            f"{str(e).splitlines()[0] if str(e) else ''}")
+                bar.update()
+        return [results[i] for i in range(len(items))]
+
+
+def _check_reachable(address: str, where: str, timeout: float = 5.0) -> None:
+    """ExecutorError unless something listens at host:port of a Ray address (before ray.init, which may hang)."""
+    if address == "auto" or address.startswith("local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ExecutorError(f"{where}={address!r}: not a Ray address (host:port, ray://host:port or auto)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise ExecutorError(f"{where}={address!r}: no Ray cluster answers at {host}:{port} ({e.strerror or e}); "
+                            "start one (`ray start --head`) or set executor.kind: local; nothing was changed") from None
+
+
+@contextmanager
+def open_executor(cfg: ExecutorConfig) -> Iterator[Executor]:
+    """An Executor for `cfg`, connected (Ray) before the block runs; a Ray the block started is shut down after."""
+    if cfg.kind == "local":
+        yield Executor(cfg)
+        return
+    try:
+        import ray
+    except ImportError:
+        raise ExecutorError("executor.kind=ray: the ray package is not installed (pip install 'geoface[ray]')") from None
+    address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or None
+    where = "executor.ray_address" if cfg.ray_address else "RAY_ADDRESS"
+    started = False
+    if not ray.is_initialized():
+        if address:
+            _check_reachable(address, where)
+        env = {"PYTHONPATH": os.pathsep.join([str(PACKAGE_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(
+            os.pathsep) if p])}
+        kw = {"address": address} if address else {"num_cpus": cfg.workers, "include_dashboard": False}
+        try:
+            ray.init(runtime_env={"env_vars": env}, log_to_driver=False, logging_level="ERROR", **kw)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise ExecutorError(f"{where}={address!r}: cannot connect to Ray ({str(e).splitlines()[0]}); "
+                                "nothing was changed") from None
+        started = True
+    try:
+        yield Executor(cfg, ray)
+    finally:
+        if started:
+            ray.shutdown()
