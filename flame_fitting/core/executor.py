@@ -3,7 +3,7 @@
 `open_executor(cfg)` connects first (a Ray cluster that cannot be reached is one GeofaceError line, raised before
 a stage deletes or writes anything); `Executor.map(fn, items, desc)` then calls `fn(item)` for every item and
 returns one `UnitResult` per item, in input order:
-- local, workers = 1: in this process, one after the other (no pool to start);
+- local, workers = 1 (or a single item): in this process, one after the other (no pool to start);
 - local, workers > 1: a pool of `workers` fresh (spawned) processes; a worker process that dies takes its pool
   with it: the units not finished are resubmitted to a new pool, up to `retries` times;
 - ray: one Ray task per item on the cluster at `ray_address` (or $RAY_ADDRESS; none: a local Ray with `workers`

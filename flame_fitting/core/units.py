@@ -150,7 +150,10 @@ def _remove_unit(folder: Path, extras: Path | None) -> None:
     for name in rec.get("extras") or {}:
         if extras is not None:
             (extras / name).unlink(missing_ok=True)
-    shutil.rmtree(folder) if folder.is_dir() and not folder.is_symlink() else folder.unlink(missing_ok=True)
+    if folder.is_dir() and not folder.is_symlink():
+        shutil.rmtree(folder)
+    else:
+        folder.unlink(missing_ok=True)
 
 
 def _sweep(out: Path, keep_units: set[str], extras: Path | None) -> list[str]:
@@ -167,7 +170,7 @@ def _sweep(out: Path, keep_units: set[str], extras: Path | None) -> list[str]:
                     if seq.is_dir() and (seq / KEY_FILE).is_file():
                         removed.append(f"{top.name}/{seq.name}")
                         _remove_unit(seq, extras)
-            shutil.rmtree(top) if top.is_dir() and not top.is_symlink() else top.unlink(missing_ok=True)
+            _remove_unit(top, None)
             continue
         for seq in sorted(top.iterdir()):
             if f"{top.name}/{seq.name}" not in keep_units:
@@ -204,6 +207,8 @@ def run_units(executor, fn: Callable, units: Iterable[Unit], out: Path | str, de
             run.ran.append(r.item.rel)
         else:
             _remove_unit(out / r.item.subject / r.item.sequence, extras)
+            if (out / r.item.subject).is_dir() and not any((out / r.item.subject).iterdir()):
+                (out / r.item.subject).rmdir()
             run.failures.append({"subject": r.item.subject, "sequence": r.item.sequence, "error": r.error,
                                  "traceback": r.traceback})
     if extras is not None:  # extras no current unit lists (a killed worker's, a former layout's) go
