@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from unit_capture import EXTRAS, OUTS, build, run_data_stages, subjects_of, subset
 
-from flame_fitting.core.executor import ExecutorConfig
+from flame_fitting.core.executor import ExecutorConfig, ExecutorError
 from flame_fitting.core.units import KEY_FILE, tree_hashes
 
 LOCAL = ExecutorConfig(kind="local", workers=1)
@@ -117,3 +117,15 @@ def test_a_unit_that_raises_is_recorded_and_the_others_complete(pipeline):
     assert (m["units_run"], m["units_kept"], m["units_failed"]) == (1, 3, 0)
     assert tree_hashes(data / "fits" / names[2] / "synthetic")
     shutil.rmtree(data / "fits" / names[2])  # the later tests of this module must not rely on this one
+
+
+def test_an_unreachable_ray_cluster_changes_nothing(pipeline):
+    """The executor connects before a stage removes or writes anything: one error line, every output as it was."""
+    data, names = pipeline["data"], pipeline["names"]
+    before = snapshot(data)
+    cap = subset(pipeline["full"], pipeline["cap"], names[:2])  # two units vanished: they would be removed
+    ray_cfg = ExecutorConfig(kind="ray", ray_address="127.0.0.1:9")  # the discard port: nothing answers
+    for stage in OUTS:
+        with pytest.raises(ExecutorError, match=r"executor.ray_address='127.0.0.1:9': no Ray cluster answers"):
+            run_data_stages(cap, pipeline["head"], data, ray_cfg, stages=(stage,))
+    assert snapshot(data) == before
