@@ -45,16 +45,17 @@ def digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def tree_hashes(folder: Path | str) -> dict[str, str]:
-    """{relative path: sha256} of every file under `folder` except the key file, the output marker and temporaries
-    ({} when the folder does not exist)."""
+def tree_hashes(folder: Path | str, skip: set[str] | frozenset = frozenset()) -> dict[str, str]:
+    """{relative path: sha256} of every file under `folder` except the key file, the output marker, temporaries and
+    the relative paths in `skip` ({} when the folder does not exist)."""
     folder = Path(folder)
     if not folder.is_dir():
         return {}
     out = {}
     for p in sorted(folder.rglob("*")):
-        if p.is_file() and p.name not in (KEY_FILE, MARKER) and TMP_TAG not in str(p.relative_to(folder)):
-            out[p.relative_to(folder).as_posix()] = sha256_file(p)
+        rel = p.relative_to(folder).as_posix()
+        if p.is_file() and p.name not in (KEY_FILE, MARKER) and TMP_TAG not in rel and rel not in skip:
+            out[rel] = sha256_file(p)
     return out
 
 

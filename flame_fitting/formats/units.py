@@ -25,9 +25,9 @@ def capture_unit_hashes(cap: Capture, subject: str, sequence: str) -> str:
     """One hash of a sequence's share of the capture: its manifest rows (which carry the images' sha256, sizes,
     split), every other file of its folder (cameras.json, masks, ground truth) and the capture's source."""
     rows = unit_manifest(cap, subject, sequence).sort_values(["frame", "camera"])
-    images = set(rows.path)
-    others = {k: v for k, v in tree_hashes(cap.root / subject / sequence).items()
-              if f"{subject}/{sequence}/{k}" not in images}
+    prefix = f"{subject}/{sequence}/"
+    images = {p[len(prefix):] for p in rows.path if p.startswith(prefix)}  # hashed already: the manifest's sha256
+    others = tree_hashes(cap.root / subject / sequence, skip=images)
     return digest({"rows": rows.to_dict("records"), "files": others, "source": cap.info.get("source")})
 
 
