@@ -4,8 +4,9 @@
 a stage deletes or writes anything); `Executor.map(fn, items, desc)` then calls `fn(item)` for every item and
 returns one `UnitResult` per item, in input order:
 - local, workers = 1 (or a single item): in this process, one after the other (no pool to start);
-- local, workers > 1: a pool of `workers` fresh (spawned) processes; a worker process that dies takes its pool
-  with it: the units not finished are resubmitted to a new pool, up to `retries` times;
+- local, workers > 1: this process and a pool of `workers - 1` processes forked from a clean server process that
+  imported `fn`'s module once (multiprocessing's forkserver); this process runs units while the pool starts. A pool
+  process that dies takes its pool with it: its units go to a new pool, up to `retries` times;
 - ray: one Ray task per item on the cluster at `ray_address` (or $RAY_ADDRESS; none: a local Ray with `workers`
   CPUs started here). A task whose worker process or node is lost is retried by Ray (`max_retries=retries`).
 An exception raised by `fn` is recorded in its UnitResult (ok False, error "Type: message") and the other items go
@@ -21,7 +22,8 @@ import socket
 import sys
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections import Counter, deque
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,8 +45,8 @@ class ExecutorError(GeofaceError, RuntimeError):
 @dataclass
 class ExecutorConfig:
     kind: str = spec("local", "local: a process pool on this machine; ray: tasks on a Ray cluster", choices=["local", "ray"])
-    workers: int = spec(2, "local: worker processes (1 = in the stage's own process); ray without an address: CPUs "
-                           "of the local Ray started by the stage", lo=1, hi=4096)
+    workers: int = spec(2, "local: processes running units, the stage's own included (1 = the stage's process only); "
+                           "ray without an address: CPUs of the local Ray started by the stage", lo=1, hi=4096)
     ray_address: str | None = spec(None, "Ray cluster address (host:port, ray://host:port or auto); null = $RAY_ADDRESS, "
                                          "else a local Ray started by the stage")
     retries: int = spec(3, "times a unit is re-run when its worker process or node is lost (not when it raises)",
@@ -77,8 +79,27 @@ def call_unit(fn: Callable, item) -> UnitResult:
     return UnitResult(item, True, value, "", "", time.perf_counter() - t0)
 
 
-def _spawn_init(path: list[str]) -> None:
+def _pool_context(fn: Callable):
+    """A forkserver context whose server imports `fn`'s module once: workers are forked from that clean server
+    (never from the stage's process, which may hold torch / numba / MediaPipe threads), so each starts with the
+    imports done instead of paying them again as spawned processes would."""
+    ctx = multiprocessing.get_context("forkserver")
+    module = getattr(getattr(fn, "func", fn), "__module__", None)
+    if module and module != "__main__":
+        ctx.set_forkserver_preload([module])
+    return ctx
+
+
+def _spawn_init(path: list[str], fn: Callable | None = None) -> None:
+    """A pool process's start: this checkout's path first; unpickling `fn` imports its module before the ping."""
     sys.path[:0] = [p for p in path if p not in sys.path]
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Shut the pool down without waiting for processes still starting (all units are done or re-queued)."""
+    for p in list((getattr(pool, "_processes", None) or {}).values()):
+        p.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 class Executor:
@@ -106,25 +127,46 @@ class Executor:
             bar.close()
 
     def _map_pool(self, fn, items, bar) -> list[UnitResult]:
+        """`workers - 1` pool processes plus this one. A pool process gets a unit only once it is ready (it answered
+        a ping, i.e. it has imported `fn`'s module): meanwhile this process runs units itself, so the pool's start-up
+        never holds a unit back and costs no throughput."""
         results: dict[int, UnitResult] = {}
-        for attempt in range(self.cfg.retries + 1):
-            todo = [i for i in range(len(items)) if i not in results]
-            if not todo:
-                break
-            ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch / MediaPipe threads
+        pending, lost, n_pool = deque(range(len(items))), Counter(), self.cfg.workers - 1
+        while pending:
+            pool = ProcessPoolExecutor(n_pool, mp_context=_pool_context(fn), initializer=_spawn_init,
+                                       initargs=([str(PACKAGE_ROOT)] + sys.path, fn))
+            in_flight: dict = {pool.submit(os.getpid): None for _ in range(n_pool)}  # None: a ping
+            free = 0
             try:
-                with ProcessPoolExecutor(min(self.cfg.workers, len(todo)), mp_context=ctx, initializer=_spawn_init,
-                                         initargs=([str(PACKAGE_ROOT)] + sys.path,)) as pool:
-                    futures = {pool.submit(call_unit, fn, items[i]): i for i in todo}
-                    for fut in as_completed(futures):
-                        results[futures[fut]] = fut.result()
+                while pending or any(i is not None for i in in_flight.values()):
+                    while pending and free > 0:
+                        i = pending.popleft()
+                        in_flight[pool.submit(call_unit, fn, items[i])] = i
+                        free -= 1
+                    if pending:  # this process takes the next unit itself
+                        i = pending.popleft()
+                        results[i] = call_unit(fn, items[i])
                         bar.update()
-            except BrokenProcessPool:
-                continue  # a worker process died: the unfinished units go to a new pool
-        for i in range(len(items)):
-            if i not in results:
-                results[i] = UnitResult(items[i], False, None, f"WorkerLost: the worker process died "
-                                        f"{self.cfg.retries + 1} times while this unit was running")
+                    if not pending and all(i is None for i in in_flight.values()):
+                        break  # every unit done; pool processes still starting are not waited for
+                    done, _ = wait(in_flight, timeout=0 if pending else None, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        value = fut.result()  # BrokenProcessPool when a worker died
+                        if (i := in_flight.pop(fut)) is not None:
+                            results[i] = value
+                            bar.update()
+                        free += 1
+            except BrokenProcessPool:  # a worker process died: its units go to a new pool, `retries` times at most
+                for i in (i for i in in_flight.values() if i is not None):
+                    lost[i] += 1
+                    if lost[i] > self.cfg.retries:
+                        results[i] = UnitResult(items[i], False, None, f"WorkerLost: the worker process died "
+                                                f"{lost[i]} times while this unit was running")
+                        bar.update()
+                    else:
+                        pending.append(i)
+            finally:
+                _stop(pool)
         return [results[i] for i in range(len(items))]
 
     def _map_ray(self, fn, items, bar) -> list[UnitResult]:
