@@ -75,8 +75,10 @@ def build_dataset(captures: Path | str, fits: Path | str, uv: Path | str, corres
     check_output_dir(out, inputs, True)
     head, code = tree_digest(head_model), code_digest(*CODE)
     params = {**asdict(cfg), **asdict(tok)}
+    split_of = cap.manifest.groupby("subject").split.first().to_dict()
     units = [Unit(f.parent.name, f.name, unit_key(
-        "dataset", capture=capture_unit_hashes(cap, f.parent.name, f.name), fit=tree_digest(f), head=head, code=code,
+        "dataset", capture=capture_unit_hashes(cap, f.parent.name, f.name), split=split_of.get(f.parent.name),
+        fit=tree_digest(f), head=head, code=code,
         uv=tree_digest(uv / f.parent.name / f.name), params=params,
         correspondences=tree_digest(correspondences / f.parent.name / f.name))) for f in fit_folders(fits)]
     fn = partial(dataset_unit, str(cap.root), str(fits), str(uv), str(correspondences), str(head_model), cfg, tok)

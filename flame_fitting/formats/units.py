@@ -22,9 +22,11 @@ def unit_manifest(cap: Capture, subject: str, sequence: str):
 
 
 def capture_unit_hashes(cap: Capture, subject: str, sequence: str) -> str:
-    """One hash of a sequence's share of the capture: its manifest rows (which carry the images' sha256, sizes,
-    split), every other file of its folder (cameras.json, masks, ground truth) and the capture's source."""
-    rows = unit_manifest(cap, subject, sequence).sort_values(["frame", "camera"])
+    """One hash of a sequence's share of the capture: its manifest rows (which carry the images' sha256 and sizes)
+    without the `split` column (only the dataset stage uses it, and adds it to its own keys: a capture that assigns
+    splits anew when subjects are added re-fits nothing), every other file of its folder (cameras.json, masks,
+    ground truth) and the capture's source."""
+    rows = unit_manifest(cap, subject, sequence).sort_values(["frame", "camera"]).drop(columns=["split"])
     prefix = f"{subject}/{sequence}/"
     images = {p[len(prefix):] for p in rows.path if p.startswith(prefix)}  # hashed already: the manifest's sha256
     others = tree_hashes(cap.root / subject / sequence, skip=images)
