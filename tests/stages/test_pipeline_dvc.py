@@ -171,11 +171,11 @@ def test_adding_a_subject_reruns_only_its_units(tiny_repo):
             assert m["units"] == 4 and m["units_failed"] == 0, m
             assert _unit_files(dst, old) == before, attempt
             (dst / "params.yaml").write_text(good)
-            for cmd in (["git", "checkout", "--", "dvc.lock"], [dvc, "checkout"]):
+            for cmd in (["git", "checkout", "HEAD", "--", "dvc.lock"], [dvc, "checkout"]):
                 r = run(cmd, dst, env)
                 assert r.returncode == 0, r.stderr[-2000:]
             assert _unit_files(dst, old) == before and not (dst / "data/fits/synth003").exists()
     finally:
         (dst / "params.yaml").write_text(good)
-        run(["git", "checkout", "--", "dvc.lock"], dst, env)
+        run(["git", "checkout", "HEAD", "--", "dvc.lock"], dst, env)
         run([dvc, "checkout"], dst, env)
