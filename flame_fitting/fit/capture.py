@@ -1,6 +1,8 @@
 """Fit the head model to every sequence of a capture, write the results, score them.
 
-Shared by the `fit` DVC stage and `geoface fit` (same code path). Output folder layout:
+`fit_one_sequence` is one sequence's work: the `fit` stage and `geoface fit` run it as a work unit per sequence
+(flame_fitting/fit/run.py, core/units.py); `fit_capture` runs it over a whole capture in memory (the API). Output
+folder layout:
     <out>/<subject>/<sequence>/fit.npz        `SequenceFit.stacked()`: frame (T,), ok (T,), shape (T,S), expr (T,E),
                                               jaw_pose, neck_pose (T,3), eye_pose (T,6), global_orient, transl (T,3),
                                               vertices (T,V,3) world (skipped frames are absent)

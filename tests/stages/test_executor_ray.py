@@ -25,6 +25,21 @@ from flame_fitting.landmarks.capture import LandmarksParams, detect_folder
 FIT = FitConfig(iterations=5)
 
 
+def test_without_an_address_the_stage_starts_a_local_ray(monkeypatch):
+    """kind ray, no ray_address and no RAY_ADDRESS: a local Ray with `workers` CPUs, shut down after; a unit that
+    raises is recorded, the others complete. (Runs before the module's cluster starts.)"""
+    from flame_fitting.core.executor import open_executor
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert not ray.is_initialized()
+    with open_executor(ExecutorConfig(kind="ray", workers=2)) as ex:
+        assert ray.cluster_resources().get("CPU") == 2
+        res = ex.map(int, ["1", "x", "3"], progress=False)
+    assert not ray.is_initialized()
+    assert [r.value for r in res] == [1, None, 3]
+    assert res[1].error.startswith("ValueError: invalid literal")
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("ray")
