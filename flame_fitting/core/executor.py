@@ -90,9 +90,31 @@ def _pool_context(fn: Callable):
     return ctx
 
 
-def _spawn_init(path: list[str], fn: Callable | None = None) -> None:
-    """A pool process's start: this checkout's path first; unpickling `fn` imports its module before the ping."""
+def _set_threads(n: int) -> tuple[int, int]:
+    """Set torch's intra-op and numba's thread counts to `n` in this process, for the libraries already imported
+    (none is imported for it); returns the previous counts (0: library not loaded)."""
+    torch, numba = sys.modules.get("torch"), sys.modules.get("numba")
+    old = (torch.get_num_threads() if torch else 0, numba.get_num_threads() if numba else 0)
+    if torch and n > 0:
+        torch.set_num_threads(n)
+    if numba and n > 0:
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    return old
+
+
+def _restore_threads(old: tuple[int, int]) -> None:
+    torch, numba = sys.modules.get("torch"), sys.modules.get("numba")
+    if torch and old[0] > 0:
+        torch.set_num_threads(old[0])
+    if numba and old[1] > 0:
+        numba.set_num_threads(old[1])
+
+
+def _spawn_init(path: list[str], fn: Callable | None = None, threads: int = 0) -> None:
+    """A pool process's start: this checkout's path first; unpickling `fn` imports its module before the ping; its
+    share of the cores for torch and numba (the rasteriser's parallel kernels), so processes do not oversubscribe."""
     sys.path[:0] = [p for p in path if p not in sys.path]
+    _set_threads(threads)
 
 
 def _stop(pool: ProcessPoolExecutor) -> None:
@@ -129,12 +151,21 @@ class Executor:
     def _map_pool(self, fn, items, bar) -> list[UnitResult]:
         """`workers - 1` pool processes plus this one. A pool process gets a unit only once it is ready (it answered
         a ping, i.e. it has imported `fn`'s module): meanwhile this process runs units itself, so the pool's start-up
-        never holds a unit back and costs no throughput."""
+        never holds a unit back and costs no throughput. Every process gets its share of the cores for torch and
+        numba (`cpu_count // workers` threads)."""
         results: dict[int, UnitResult] = {}
         pending, lost, n_pool = deque(range(len(items))), Counter(), self.cfg.workers - 1
+        threads = max(1, (os.cpu_count() or 1) // self.cfg.workers)  # each process's share of the cores
+        old_threads = _set_threads(threads)
+        try:
+            return self._pool_loop(fn, items, bar, results, pending, lost, n_pool, threads)
+        finally:
+            _restore_threads(old_threads)
+
+    def _pool_loop(self, fn, items, bar, results, pending, lost, n_pool, threads) -> list[UnitResult]:
         while pending:
             pool = ProcessPoolExecutor(n_pool, mp_context=_pool_context(fn), initializer=_spawn_init,
-                                       initargs=([str(PACKAGE_ROOT)] + sys.path, fn))
+                                       initargs=([str(PACKAGE_ROOT)] + sys.path, fn, threads))
             in_flight: dict = {pool.submit(os.getpid): None for _ in range(n_pool)}  # None: a ping
             free = 0
             try:
