@@ -227,17 +227,3 @@ def run_units(executor, fn: Callable, units: Iterable[Unit], out: Path | str, de
 def write_unit_failures(path: Path | str, run: UnitRun) -> None:
     """The failed units of a run as JSON (subject, sequence, error, traceback), [] when none."""
     write_json(path, run.failures, indent=1)
-
-
-def unit_folders(root: Path | str, marker_file: str) -> list[tuple[str, str]]:
-    """(subject, sequence) of the unit folders under `root` that hold `marker_file`, sorted."""
-    return sorted((p.parent.parent.name, p.parent.name) for p in Path(root).glob(f"*/*/{marker_file}"))
-
-
-def unit_path(root: Path | str, subject: str, sequence: str) -> Path:
-    return Path(root) / subject / sequence
-
-
-__all__ = ["KEY_FILE", "Unit", "UnitRun", "UnitWork", "code_digest", "digest", "read_key_file", "run_units",
-           "tree_digest", "tree_hashes", "unit_folders", "unit_is_current", "unit_key", "unit_path",
-           "write_unit_failures"]

@@ -5,6 +5,7 @@ removes its outputs everywhere; an output changed behind the stage's back (a par
 raises is recorded and the others complete."""
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 
@@ -23,9 +24,8 @@ def snapshot(data):
     out = {}
     for name in list(OUTS.values()) + list(EXTRAS.values()):
         root = data / name
-        out[name] = {p.relative_to(root).as_posix(): h for p, h in
-                     ((p, __import__("hashlib").sha256(p.read_bytes()).hexdigest())
-                      for p in sorted(root.rglob("*")) if p.is_file())}
+        out[name] = {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                     for p in sorted(root.rglob("*")) if p.is_file()}
     return out
 
 
