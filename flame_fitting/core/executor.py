@@ -237,6 +237,21 @@ def _check_reachable(address: str, where: str, timeout: float = 5.0) -> None:
 
 
 @contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """File descriptor 2 sent to /dev/null for the block (native libraries write there directly)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+@contextmanager
 def open_executor(cfg: ExecutorConfig) -> Iterator[Executor]:
     """An Executor for `cfg`, connected (Ray) before the block runs; a Ray the block started is shut down after."""
     if cfg.kind == "local":
@@ -256,7 +271,8 @@ def open_executor(cfg: ExecutorConfig) -> Iterator[Executor]:
             os.pathsep) if p])}
         kw = {"address": address} if address else {"num_cpus": cfg.workers, "include_dashboard": False}
         try:
-            ray.init(runtime_env={"env_vars": env}, log_to_driver=False, logging_level="ERROR", **kw)
+            with _quiet_stderr():  # Ray's C++ client logs every failed attempt; the error below is the one line
+                ray.init(runtime_env={"env_vars": env}, log_to_driver=False, logging_level="ERROR", **kw)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise ExecutorError(f"{where}={address!r}: cannot connect to Ray ({str(e).splitlines()[0]}); "
                                 "nothing was changed") from None
