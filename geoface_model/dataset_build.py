@@ -6,22 +6,29 @@ masks), the refined cameras with K scaled to that resolution, the canonical UV p
 `tokens.uv_resolution` from the fitted canonical mesh (UV folder's .canonical.npy), and the token-level
 correspondence targets (computed at the same token grids: both read the `tokens` params section). Frames the
 fit marked as diverged are left out and counted. Splits come from the capture manifest (train / val / test by
-subject). Writes OUT/<split>/shard_XXXX.safetensors (format: geoface_model/data.py).
+subject). Writes OUT/<subject>/<sequence>/shard_XXXX.safetensors (format: geoface_model/data.py; each shard's
+metadata names its split), one work unit per fitted sequence (flame_fitting/core/units.py): a sequence whose
+inputs (its capture files, fit, UV maps, correspondences, the head model, the params, the code) did not change keeps
+its shards as they are. Readers take every shard under OUT in sorted path order (subject, sequence, shard), which is
+the sample order of the former OUT/<split>/ layout.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from functools import lru_cache, partial
 from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
-from flame_fitting.core.fileio import make_temp_dir, replace_dir, write_json
+from flame_fitting.core.executor import ExecutorConfig, open_executor
+from flame_fitting.core.fileio import check_output_dir, write_json
 from flame_fitting.core.params import spec
+from flame_fitting.core.units import Unit, code_digest, run_units, tree_digest, unit_key, write_unit_failures
 from flame_fitting.formats.capture import load_cameras, load_capture
-from flame_fitting.formats.fits import load_sequence_fit
+from flame_fitting.formats.fits import fit_folders, load_sequence_fit
 from flame_fitting.formats.lineage import captures_version_of, tree_hash, write_lineage
+from flame_fitting.formats.units import capture_unit_hashes, worker_capture
 from flame_fitting.head.head_model import load_head_model
 from flame_fitting.uv import UVLayout, bake_posmap
 from flame_fitting.uv.correspondences import load_correspondences
@@ -32,7 +39,7 @@ from .data import write_shard
 
 @dataclass
 class DatasetParams:
-    samples_per_shard: int = spec(64, "samples per safetensors shard", lo=1)
+    samples_per_shard: int = spec(64, "samples per safetensors shard (shards are per sequence)", lo=1)
 
 
 def view_arrays(cap, rows, cams, names, S):
@@ -54,56 +61,84 @@ def view_arrays(cap, rows, cams, names, S):
     return np.stack(imgs), np.stack(masks), np.stack(Ks), np.stack(w2cs)
 
 
+CODE = [Path(__file__).resolve().parents[1] / "flame_fitting" / r for r in
+        ("__init__.py", "core", "geometry", "formats", "head", "uv")] + \
+       [Path(__file__).resolve().parent / f for f in ("config.py", "data.py", "dataset_build.py")]
+
+
 def build_dataset(captures: Path | str, fits: Path | str, uv: Path | str, correspondences: Path | str,
                   head_model: Path | str, out: Path | str, cfg: DatasetParams, tok: TokensConfig,
-                  metrics_path: Path | str | None = None) -> dict:
-    """Shards of every successfully fitted frame (module docstring); returns (and writes) the metrics."""
-    cap, uv, correspondences = load_capture(captures), Path(uv), Path(correspondences)
-    m = cap.manifest
-    split_of = m.groupby("subject").split.first().to_dict()
-    samples = {"train": [], "val": [], "test": []}
-    skipped, model, layout = 0, None, None
-    for folder in tqdm(sorted(p.parent for p in Path(fits).glob("*/*/fit.npz")), desc="dataset"):
-        fit = load_sequence_fit(folder)
-        subject, sequence = folder.parent.name, folder.name
-        if model is None:
-            model = load_head_model(head_model, n_shape=fit["shape"].shape[1], n_expr=fit["expr"].shape[1])
-            layout = UVLayout.from_head_model(model)
-        cams = load_cameras(folder / "cameras.json")
-        for i, frame in enumerate(fit["frame"].tolist()):
-            if not fit["ok"][i]:
-                skipped += 1
-                continue
-            cpath = correspondences / subject / sequence / f"{frame:05d}.npz"
-            corr = load_correspondences(cpath)
-            if (corr.tokens.app_tokens, corr.tokens.geo_tokens) != (tok.app_tokens, tok.geo_tokens):
-                raise ValueError(f"{cpath}: token grids {corr.tokens.app_tokens}/{corr.tokens.geo_tokens} differ from "
-                                 f"params tokens {tok.app_tokens}/{tok.geo_tokens}; re-run the correspondences stage")
-            rows = m[(m.subject == subject) & (m.sequence == sequence) & (m.frame == frame)].set_index("camera")
-            names = list(corr.views)
-            images, masks, K, w2c = view_arrays(cap, rows, cams, names, tok.resolution)
-            canon = np.load(uv / subject / sequence / f"{frame:05d}.canonical.npy")
-            baked = bake_posmap(canon, layout, tok.uv_resolution, frame_id=f"{subject}/{sequence}/{frame:05d}")
-            samples[split_of[subject]].append(dict(
-                images=images, masks=masks, K=K, world_to_cam=w2c,
-                uv_posmap=baked.posmap.transpose(2, 0, 1), uv_mask=baked.mask[None].astype(np.float32),
-                a2g_index=corr.a2g_index, a2g_weight=corr.a2g_weight.astype(np.float32),
-                g2a_index=corr.g2a_index, g2a_weight=corr.g2a_weight.astype(np.float32),
-                subject=subject, sequence=sequence, frame=frame, cameras=names))
-    tmp = make_temp_dir(out)
-    for split, items in samples.items():
-        for k in range(0, len(items), cfg.samples_per_shard):
-            write_shard(tmp / split / f"shard_{k // cfg.samples_per_shard:04d}.safetensors",
-                        items[k:k + cfg.samples_per_shard], split=split, patch_size=tok.patch_size,
-                        geo_patch_size=tok.geo_patch_size)
+                  metrics_path: Path | str | None = None, executor: ExecutorConfig | None = None) -> dict:
+    """Shards of every successfully fitted frame (module docstring), the sequences whose inputs changed only, on
+    `executor`; returns (and writes) the metrics."""
+    cap, uv, correspondences, out = load_capture(captures), Path(uv), Path(correspondences), Path(out)
+    inputs = [captures, fits, uv, correspondences, head_model]
+    check_output_dir(out, inputs, True)
+    head, code = tree_digest(head_model), code_digest(*CODE)
+    params = {**asdict(cfg), **asdict(tok)}
+    split_of = cap.manifest.groupby("subject").split.first().to_dict()
+    units = [Unit(f.parent.name, f.name, unit_key(
+        "dataset", capture=capture_unit_hashes(cap, f.parent.name, f.name), split=split_of.get(f.parent.name),
+        fit=tree_digest(f), head=head, code=code,
+        uv=tree_digest(uv / f.parent.name / f.name), params=params,
+        correspondences=tree_digest(correspondences / f.parent.name / f.name))) for f in fit_folders(fits)]
+    fn = partial(dataset_unit, str(cap.root), str(fits), str(uv), str(correspondences), str(head_model), cfg, tok)
+    with open_executor(executor or ExecutorConfig(workers=1)) as ex:
+        run = run_units(ex, fn, units, out, "dataset", inputs=inputs)
+    write_unit_failures(out / "failures.json", run)
+    recs = run.records.values()
     version = captures_version_of(captures)  # lineage.json: what the train stage's model card reads
-    write_lineage(tmp, captures_version=version, head_model_sha256=tree_hash(head_model),
+    write_lineage(out, captures_version=version, head_model_sha256=tree_hash(head_model),
                   params={"dataset": cfg.__dict__, "tokens": tok.__dict__})
-    replace_dir(tmp, out)
-    metrics = {"captures_version": version, **{f"samples_{s}": len(v) for s, v in samples.items()}}
-    metrics.update({f"subjects_{s}": len({x["subject"] for x in v}) for s, v in samples.items()})
-    metrics.update({"frames_left_out_diverged": skipped, "resolution": tok.resolution, "uv_resolution": tok.uv_resolution,
-                    "app_tokens": tok.app_tokens, "geo_tokens": tok.geo_tokens})
+    metrics = {"captures_version": version}
+    metrics |= {f"samples_{s}": sum(r["samples"] for r in recs if r["split"] == s) for s in ("train", "val", "test")}
+    metrics.update({f"subjects_{s}": len({r["subject"] for r in recs if r["split"] == s and r["samples"]})
+                    for s in ("train", "val", "test")})
+    metrics.update({"frames_left_out_diverged": sum(r["skipped"] for r in recs), "resolution": tok.resolution,
+                    "uv_resolution": tok.uv_resolution, "app_tokens": tok.app_tokens, "geo_tokens": tok.geo_tokens,
+                    **run.summary()})
     if metrics_path is not None:
         write_json(metrics_path, metrics)
     return metrics
+
+
+@lru_cache(maxsize=2)
+def _layout(head_model: str, n_shape: int, n_expr: int) -> UVLayout:
+    return UVLayout.from_head_model(load_head_model(head_model, n_shape=n_shape, n_expr=n_expr))
+
+
+def dataset_unit(captures: str, fits: str, uv: str, correspondences: str, head_model: str, cfg: DatasetParams,
+                 tok: TokensConfig, unit: Unit, tmp: Path, extras) -> tuple[dict, list]:
+    """One dataset unit (runs in a worker): the shards of one fitted sequence into `tmp`."""
+    cap, subject, sequence = worker_capture(captures), unit.subject, unit.sequence
+    m = cap.manifest
+    split = str(m[m.subject == subject].split.iat[0])
+    folder = Path(fits) / subject / sequence
+    fit = load_sequence_fit(folder)
+    layout = _layout(head_model, fit["shape"].shape[1], fit["expr"].shape[1])
+    cams = load_cameras(folder / "cameras.json")
+    items, skipped = [], 0
+    for i, frame in enumerate(fit["frame"].tolist()):
+        if not fit["ok"][i]:
+            skipped += 1
+            continue
+        cpath = Path(correspondences) / subject / sequence / f"{frame:05d}.npz"
+        corr = load_correspondences(cpath)
+        if (corr.tokens.app_tokens, corr.tokens.geo_tokens) != (tok.app_tokens, tok.geo_tokens):
+            raise ValueError(f"{cpath}: token grids {corr.tokens.app_tokens}/{corr.tokens.geo_tokens} differ from "
+                             f"params tokens {tok.app_tokens}/{tok.geo_tokens}; re-run the correspondences stage")
+        rows = m[(m.subject == subject) & (m.sequence == sequence) & (m.frame == frame)].set_index("camera")
+        names = list(corr.views)
+        images, masks, K, w2c = view_arrays(cap, rows, cams, names, tok.resolution)
+        canon = np.load(Path(uv) / subject / sequence / f"{frame:05d}.canonical.npy")
+        baked = bake_posmap(canon, layout, tok.uv_resolution, frame_id=f"{subject}/{sequence}/{frame:05d}")
+        items.append(dict(
+            images=images, masks=masks, K=K, world_to_cam=w2c,
+            uv_posmap=baked.posmap.transpose(2, 0, 1), uv_mask=baked.mask[None].astype(np.float32),
+            a2g_index=corr.a2g_index, a2g_weight=corr.a2g_weight.astype(np.float32),
+            g2a_index=corr.g2a_index, g2a_weight=corr.g2a_weight.astype(np.float32),
+            subject=subject, sequence=sequence, frame=frame, cameras=names))
+    for k in range(0, len(items), cfg.samples_per_shard):
+        write_shard(tmp / f"shard_{k // cfg.samples_per_shard:04d}.safetensors", items[k:k + cfg.samples_per_shard],
+                    split=split, patch_size=tok.patch_size, geo_patch_size=tok.geo_patch_size)
+    return {"subject": subject, "split": split, "samples": len(items), "skipped": skipped}, []

@@ -14,7 +14,7 @@ from flame_fitting.core.fileio import write_json
 from flame_fitting.core.params import ParamsError, read_params
 
 STAGES = ("head_model", "captures", "landmarks", "fit", "uv", "correspondences", "dataset", "train", "evaluate")
-SECTIONS = STAGES[:6] + ("tokens", "dataset", "model", "loss", "train", "eval")
+SECTIONS = STAGES[:6] + ("executor", "tokens", "dataset", "model", "loss", "train", "eval")
 
 
 def check_params(path: Path | str = "params.yaml") -> list[str]:

@@ -1,28 +1,30 @@
 """DVC stage `dataset`: training samples in safetensors shards, split by subject (geoface_model/dataset_build.py).
 
 One sample = one fitted frame (views at `tokens.resolution`, cameras, UV position map at `tokens.uv_resolution`,
-correspondence targets); diverged frames are left out and counted. Writes OUT/<split>/*.safetensors and the
-metrics JSON. Run: `dvc repro dataset` (the paths are on its cmd line in dvc.yaml).
+correspondence targets); diverged frames are left out and counted. Writes OUT/<subject>/<sequence>/*.safetensors
+(one work unit per sequence on the `executor`; unchanged sequences kept) and the metrics JSON. Run: `dvc repro dataset` (the paths are on its cmd line in dvc.yaml).
 """
 from __future__ import annotations
 
 import common  # noqa: F401  (puts this checkout first on sys.path)
 from common import paths, run
 
+from flame_fitting.core.executor import ExecutorConfig, executor_params
 from flame_fitting.core.params import build_config, read_params
 from geoface_model.config import TokensConfig
 from geoface_model.dataset_build import DatasetParams, build_dataset
 
 
-def load_params(params: dict) -> tuple[DatasetParams, TokensConfig]:
+def load_params(params: dict) -> tuple[DatasetParams, TokensConfig, ExecutorConfig]:
     return (build_config(DatasetParams, params.get("dataset"), "params.yaml:dataset"),
-            build_config(TokensConfig, params.get("tokens"), "params.yaml:tokens"))
+            build_config(TokensConfig, params.get("tokens"), "params.yaml:tokens"), executor_params(params))
 
 
 def main() -> None:
     a = paths(__doc__, "captures", "fits", "uv", "correspondences", "head_model", "--out", "--metrics")
-    cfg, tok = load_params(read_params())
-    m = build_dataset(a.captures, a.fits, a.uv, a.correspondences, a.head_model, a.out, cfg, tok, metrics_path=a.metrics)
+    cfg, tok, ex = load_params(read_params())
+    m = build_dataset(a.captures, a.fits, a.uv, a.correspondences, a.head_model, a.out, cfg, tok,
+                      metrics_path=a.metrics, executor=ex)
     print("dataset: " + ", ".join(f"{s} {m[f'samples_{s}']}" for s in ("train", "val", "test")))
 
 

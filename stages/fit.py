@@ -1,5 +1,6 @@
-"""DVC stage `fit`: multi-view FLAME fitting by Levenberg–Marquardt bundle adjustment, per sequence
-(flame_fitting/fit/run.py, `fit_folder`; params section `fit` documented in flame_fitting/fit/config.py).
+"""DVC stage `fit`: multi-view FLAME fitting by Levenberg–Marquardt bundle adjustment, one work unit per sequence
+on the `executor` (flame_fitting/fit/run.py, `fit_folder`; params section `fit` documented in
+flame_fitting/fit/config.py). A sequence whose inputs did not change keeps its fit as it is.
 
 Writes the fits (parameters, vertices, refined cameras, residual tables per sequence), overlays, the cost per
 iteration of the first sequence (CSV) and the metrics JSON. A sequence or frame that fails is recorded and
@@ -10,20 +11,23 @@ from __future__ import annotations
 import common  # noqa: F401  (puts this checkout first on sys.path)
 from common import paths, run
 
+from flame_fitting.core.executor import ExecutorConfig, executor_params
 from flame_fitting.core.params import build_config, read_params
 from flame_fitting.fit import FitConfig
 from flame_fitting.fit.run import fit_folder
 
 
-def load_params(params: dict) -> FitConfig:
-    return build_config(FitConfig, params.get("fit"), "params.yaml:fit")
+def load_params(params: dict) -> tuple[FitConfig, ExecutorConfig]:
+    return build_config(FitConfig, params.get("fit"), "params.yaml:fit"), executor_params(params)
 
 
 def main() -> None:
     a = paths(__doc__, "captures", "landmarks", "head_model", "--out", "--overlays", "--cost-csv", "--metrics")
-    cfg = load_params(read_params())
-    m = fit_folder(a.captures, a.landmarks, a.head_model, a.out, cfg, a.overlays, a.cost_csv, metrics_path=a.metrics)
-    print(f"fit: {m['frames_ok']} frames ok, reprojection median {m['reprojection_px_median']} px")
+    cfg, ex = load_params(read_params())
+    m = fit_folder(a.captures, a.landmarks, a.head_model, a.out, cfg, a.overlays, a.cost_csv, metrics_path=a.metrics,
+                   executor=ex)
+    print(f"fit: {m['frames_ok']} frames ok ({m['units_run']} sequences fitted, {m['units_kept']} unchanged), "
+          f"reprojection median {m['reprojection_px_median']} px")
 
 
 if __name__ == "__main__":

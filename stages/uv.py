@@ -1,7 +1,8 @@
 """DVC stage `uv`: the canonical UV position map of every fitted frame (flame_fitting/uv/batch.py, `bake_fits`).
 
 Writes OUT/<subject>/<sequence>/<frame:05d>.npz (+ .canonical.npy), previews of the first frame of every
-sequence and the metrics JSON (round trip, clipped texels, UV-layout overlap, bake time).
+sequence and the metrics JSON (round trip, clipped texels, UV-layout overlap, bake time); one work unit per
+sequence on the `executor`, a sequence whose fit did not change kept as it is.
 Run: `dvc repro uv` (the paths are on its cmd line in dvc.yaml).
 """
 from __future__ import annotations
@@ -9,18 +10,19 @@ from __future__ import annotations
 import common  # noqa: F401  (puts this checkout first on sys.path)
 from common import paths, run
 
+from flame_fitting.core.executor import ExecutorConfig, executor_params
 from flame_fitting.core.params import build_config, read_params
 from flame_fitting.uv.batch import UVParams, bake_fits
 
 
-def load_params(params: dict) -> UVParams:
-    return build_config(UVParams, params.get("uv"), "params.yaml:uv")
+def load_params(params: dict) -> tuple[UVParams, ExecutorConfig]:
+    return build_config(UVParams, params.get("uv"), "params.yaml:uv"), executor_params(params)
 
 
 def main() -> None:
     a = paths(__doc__, "fits", "head_model", "--out", "--previews", "--metrics")
-    cfg = load_params(read_params())
-    m = bake_fits(a.fits, a.head_model, a.out, a.previews, cfg, metrics_path=a.metrics)
+    cfg, ex = load_params(read_params())
+    m = bake_fits(a.fits, a.head_model, a.out, a.previews, cfg, metrics_path=a.metrics, executor=ex)
     print(f"uv: {m['n_frames']} position maps at {cfg.resolution}², round trip {m['roundtrip_mm_mean']} mm")
 
 

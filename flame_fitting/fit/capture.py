@@ -1,6 +1,8 @@
 """Fit the head model to every sequence of a capture, write the results, score them.
 
-Shared by the `fit` DVC stage and `geoface fit` (same code path). Output folder layout:
+`fit_one_sequence` is one sequence's work: the `fit` stage and `geoface fit` run it as a work unit per sequence
+(flame_fitting/fit/run.py, core/units.py); `fit_capture` runs it over a whole capture in memory (the API). Output
+folder layout:
     <out>/<subject>/<sequence>/fit.npz        `SequenceFit.stacked()`: frame (T,), ok (T,), shape (T,S), expr (T,E),
                                               jaw_pose, neck_pose (T,3), eye_pose (T,6), global_orient, transl (T,3),
                                               vertices (T,V,3) world (skipped frames are absent)
@@ -125,6 +127,40 @@ def no_landmark_status(cap: Capture, ls: LandmarkSet, subject: str, sequence: st
     return out
 
 
+def fit_one_sequence(cap: Capture, ls: LandmarkSet, model: HeadModel, cfg: FitConfig, subject: str, sequence: str,
+                     folder: Path, overlay_dir: Path | None, face_region: np.ndarray | None) -> dict:
+    """Fit one sequence (cfg's silhouette mode resolved), write its files into `folder` (module docstring) and its
+    overlays into `overlay_dir` (None: none); raises when the fit does. Returns the JSON record the capture's
+    metrics are summed from: errors (gt vertex errors), statuses, n_fit, total_s, silhouette_used, masks_skipped,
+    overlays_skipped, overlays (file names written)."""
+    masks_skipped, overlays_skipped = [], []
+    masks = load_masks(cap, subject, sequence, masks_skipped) if cfg.silhouette_weight > 0 else None
+    fit = fit_sequence(model, cap.cameras(subject, sequence), ls.for_sequence(subject, sequence), cfg,
+                       progress=False, masks=masks, subject=subject, sequence=sequence)
+    fit.status = dict(sorted({**fit.status, **no_landmark_status(cap, ls, subject, sequence, fit.status)}.items()))
+    overlays, written = {}, []
+    if overlay_dir is not None:
+        try:
+            written = write_overlays(cap, subject, sequence, fit, model, ls, overlay_dir, skipped=overlays_skipped)
+        except Exception as e:  # noqa: BLE001 - a picture never costs the fit
+            overlays_skipped.append({"subject": subject, "sequence": sequence, "error": f"{type(e).__name__}: {e}"})
+        overlays = {"overlays": [p.name for p in written], "overlays_skipped": overlays_skipped}
+    save_sequence_fit(fit, folder, overlays)
+    return {"errors": gt_vertex_errors(cap, subject, sequence, fit, face_region),
+            "statuses": [{"subject": subject, "sequence": sequence, "frame": f, "status": s.status, "reason": s.reason}
+                         for f, s in fit.status.items()],
+            "n_fit": sum(s.status != "skipped" for s in fit.status.values()),
+            "total_s": float(fit.timing.get("total_s", np.nan)),
+            "silhouette_used": int(bool(fit.silhouette and fit.silhouette.get("used"))),
+            "masks_skipped": masks_skipped, "overlays_skipped": overlays_skipped, "overlays": [p.name for p in written]}
+
+
+def face_region_of(model: HeadModel) -> np.ndarray | None:
+    """The stand-in's face-region vertex mask (standin_extras.npz), None for other head models."""
+    extras = Path(model.folder) / "standin_extras.npz" if getattr(model, "folder", None) else None
+    return np.load(extras)["face_region"] if extras is not None and extras.is_file() else None
+
+
 def fit_capture(cap: Capture, ls: LandmarkSet, model: HeadModel, cfg: FitConfig, out: Path,
                 overlay_dir: Path | None = None, progress: bool = True, overwrite: bool = True) -> dict:
     """Fit every sequence; write `out` atomically (an existing `out` is replaced only if geoface wrote it and
@@ -132,41 +168,29 @@ def fit_capture(cap: Capture, ls: LandmarkSet, model: HeadModel, cfg: FitConfig,
     out = Path(out)
     check_output_dir(out, [cap.root], overwrite)
     tmp = make_temp_dir(out)
-    extras = Path(model.folder) / "standin_extras.npz" if getattr(model, "folder", None) else None
-    face_region = np.load(extras)["face_region"] if extras is not None and extras.is_file() else None
+    face_region = face_region_of(model)
     residuals, errors, failures, histories, timings, statuses = [], [], [], [], [], []
     sil_used, masks_skipped, overlays_skipped = 0, [], []
     cfg = resolve_silhouette_mode(cfg, cap)
     seqs = cap.sequences()
     for subject, sequence in tqdm(seqs, desc="fit", disable=not progress):
         try:
-            masks = load_masks(cap, subject, sequence, masks_skipped) if cfg.silhouette_weight > 0 else None
-            fit = fit_sequence(model, cap.cameras(subject, sequence), ls.for_sequence(subject, sequence), cfg,
-                               progress=False, masks=masks, subject=subject, sequence=sequence)
+            rec = fit_one_sequence(cap, ls, model, cfg, subject, sequence, tmp / subject / sequence, overlay_dir,
+                                   face_region)
         except Exception as e:  # one bad sequence is recorded, never fatal for the others
             failures.append({"subject": subject, "sequence": sequence, "error": f"{type(e).__name__}: {e}",
                              "traceback": traceback.format_exc(limit=3)})
             continue
-        fit.status = dict(sorted({**fit.status, **no_landmark_status(cap, ls, subject, sequence, fit.status)}.items()))
-        overlays = {}
-        if overlay_dir is not None:
-            n_before = len(overlays_skipped)
-            try:
-                written = write_overlays(cap, subject, sequence, fit, model, ls, overlay_dir, skipped=overlays_skipped)
-            except Exception as e:  # noqa: BLE001 - a picture never costs the fit
-                written = []
-                overlays_skipped.append({"subject": subject, "sequence": sequence, "error": f"{type(e).__name__}: {e}"})
-            overlays = {"overlays": [p.name for p in written], "overlays_skipped": overlays_skipped[n_before:]}
-        save_sequence_fit(fit, tmp / subject / sequence, overlays)
-        res = fit.residuals.assign(subject=subject, sequence=sequence)
-        residuals.append(res)
-        errors += gt_vertex_errors(cap, subject, sequence, fit, face_region)
-        histories.append(fit.history.assign(subject=subject, sequence=sequence))
-        n_fit = sum(s.status != "skipped" for s in fit.status.values())
-        sil_used += bool(fit.silhouette and fit.silhouette.get("used"))
-        timings.append((fit.timing.get("total_s", np.nan), n_fit))
-        statuses += [{"subject": subject, "sequence": sequence, "frame": f, "status": s.status, "reason": s.reason}
-                     for f, s in fit.status.items()]
+        masks_skipped += rec["masks_skipped"]
+        overlays_skipped += rec["overlays_skipped"]
+        residuals.append(pd.read_parquet(tmp / subject / sequence / "residuals.parquet").assign(subject=subject,
+                                                                                               sequence=sequence))
+        histories.append(pd.read_csv(tmp / subject / sequence / "history.csv").assign(subject=subject,
+                                                                                     sequence=sequence))
+        errors += rec["errors"]
+        sil_used += rec["silhouette_used"]
+        timings.append((rec["total_s"], rec["n_fit"]))
+        statuses += rec["statuses"]
     (tmp / "failures.json").write_text(json.dumps(failures, indent=1))
     if overlays_skipped:
         (tmp / "overlays_skipped.json").write_text(json.dumps(overlays_skipped, indent=1))

@@ -1,7 +1,8 @@
 """The landmarks stage's output format: one row per image in `detections.parquet` (KEYS, path, detected,
 reason, score, box_*, n_faces, multiple_faces, face_choice, face_choice_px) and the (N, 478, 2) float32
 MediaPipe points in `points.npy`, in the table's row order. Light (numpy + pandas): reading landmarks
-needs no detector.
+needs no detector. The landmarks stage writes one such pair per sequence, `<out>/<subject>/<sequence>/` (a work
+unit, flame_fitting/core/units.py); `load_landmarks` reads either layout.
 """
 from __future__ import annotations
 
@@ -36,16 +37,27 @@ def save_landmarks(ls: LandmarkSet, out_dir: Path | str, overwrite: bool = True)
     """Write `out_dir` atomically; an existing one is replaced only if geoface wrote it and `overwrite`."""
     out_dir = Path(out_dir)
     tmp = make_temp_dir(out_dir)
-    ls.table.to_parquet(tmp / "detections.parquet", index=False)
-    np.save(tmp / "points.npy", ls.points)
+    write_landmark_files(ls, tmp)
     replace_dir(tmp, out_dir, overwrite)
     return out_dir
 
 
+def write_landmark_files(ls: LandmarkSet, folder: Path) -> None:
+    """detections.parquet + points.npy into `folder` (a temporary folder the caller renames into place)."""
+    ls.table.to_parquet(folder / "detections.parquet", index=False)
+    np.save(folder / "points.npy", ls.points)
+
+
 def load_landmarks(out_dir: Path | str) -> LandmarkSet:
-    """The landmarks folder the landmarks stage wrote; CaptureError naming the file when it is missing or its
+    """The landmarks folder the landmarks stage wrote (one pair of files, or one per `<subject>/<sequence>/`
+    folder, concatenated in sorted order = manifest order); CaptureError naming the file when it is missing or its
     points do not match its table."""
     out_dir = Path(out_dir)
+    units = sorted(out_dir.glob("*/*/detections.parquet"))
+    if units and not (out_dir / "detections.parquet").is_file():  # the stage's layout: one folder per sequence
+        sets = [load_landmarks(p.parent) for p in units]
+        return LandmarkSet(pd.concat([s.table for s in sets], ignore_index=True),
+                           np.concatenate([s.points for s in sets]).astype(np.float32, copy=False))
     try:
         table = pd.read_parquet(out_dir / "detections.parquet")
         points = np.load(out_dir / "points.npy")

@@ -1,10 +1,11 @@
 """Landmarks of a whole capture: detect and score (the stored format and its reader/writer are in
-`flame_fitting.formats.landmarks`):
+`flame_fitting.formats.landmarks`), per sequence `<out>/<subject>/<sequence>/` (a work unit re-run only when its
+images change, flame_fitting/core/units.py):
     detections.parquet  one row per manifest image: subject, sequence, frame, camera, path,
                         detected, reason, score, box_x0..box_y1, n_faces, multiple_faces, face_choice,
                         face_choice_px
     points.npy          (N,478,2) float32 pixels, row i = row i of detections.parquet, NaN if not detected
-Written to a temporary folder and renamed. `detect_folder` is the `landmarks` stage's work (and `geoface
+Each unit is written to a temporary folder and renamed. `detect_folder` is the `landmarks` stage's work (and `geoface
 landmarks`); `geoface fit` uses `detect_capture`.
 
 A view in which MediaPipe finds more than one face is flagged (`multiple_faces`) and the face kept is the one
@@ -15,16 +16,20 @@ consistent with the other views of the same frame through the calibrated cameras
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from flame_fitting.core.executor import ExecutorConfig, open_executor
 from flame_fitting.core.fileio import check_output_dir, write_json
 from flame_fitting.core.params import spec
+from flame_fitting.core.units import Unit, code_digest, run_units, unit_key, write_unit_failures
 from flame_fitting.geometry.camera import Camera
 from flame_fitting.formats.capture import Capture, capture_version, load_capture
-from flame_fitting.formats.landmarks import KEYS, LandmarkSet, save_landmarks
+from flame_fitting.formats.landmarks import KEYS, LandmarkSet, load_landmarks, write_landmark_files
+from flame_fitting.formats.units import capture_unit_hashes, capture_units, sub_capture, worker_capture
 from flame_fitting.landmarks.detector import (LandmarkResult, band_means, detect_files, rates_by_yaw,
                                               results_to_arrays)
 
@@ -139,8 +144,9 @@ def gt_landmark_errors(cap: Capture, ls: LandmarkSet) -> np.ndarray:
     return err
 
 
-def landmark_metrics(cap: Capture, ls: LandmarkSet) -> dict:
-    """Detection rate overall and per |yaw| band, failure reasons, and pixel error vs ground truth if any."""
+def landmark_metrics(cap: Capture, ls: LandmarkSet, gt_err: np.ndarray | None = None) -> dict:
+    """Detection rate overall and per |yaw| band, failure reasons, and pixel error vs ground truth if any
+    (`gt_err`: `gt_landmark_errors`, already computed). `ls` has the rows of `cap.manifest`, in its order."""
     det = ls.table.detected.to_numpy()
     out: dict = {"n_images": int(len(det)), "n_detected": int(det.sum()),
                  "detection_rate": float(det.mean()) if len(det) else 0.0,
@@ -154,7 +160,7 @@ def landmark_metrics(cap: Capture, ls: LandmarkSet) -> dict:
         yaw = m.yaw_deg.to_numpy(np.float64)
         for key, rate in rates_by_yaw(det, yaw).items():
             out[f"detection_rate_{key}"] = rate
-        err = gt_landmark_errors(cap, ls)
+        err = gt_landmark_errors(cap, ls) if gt_err is None else gt_err
         if np.isfinite(err).any():
             out["pixel_error_mean"] = float(np.nanmean(err))
             out.update({f"pixel_error_{k}": v for k, v in band_means(err, yaw).items()})
@@ -167,15 +173,42 @@ class LandmarksParams:
 
 
 def detect_folder(captures: Path | str, out: Path | str, cfg: LandmarksParams, metrics_path: Path | str | None = None,
-                  overwrite: bool = True) -> dict:
-    """The `landmarks` stage's work (also `geoface landmarks`): detect every image of the canonical capture at
-    `captures`, write the landmark folder `out` (an existing one only if geoface wrote it and `overwrite`) and
-    return (and write) the metrics of `landmark_metrics`."""
+                  overwrite: bool = True, executor: ExecutorConfig | None = None) -> dict:
+    """The `landmarks` stage's work (also `geoface landmarks`): detect the images of the canonical capture at
+    `captures` whose sequence changed since the last run (all of them the first time) into the landmark folder `out`
+    (an existing one only if geoface wrote it and `overwrite`), one unit per sequence on `executor`; return (and
+    write) the metrics of `landmark_metrics` over every sequence, plus the units run / kept / removed / failed
+    (failed units are listed in `<out>/failures.json`)."""
     check_output_dir(out, [captures], overwrite)
     cap = load_capture(captures)
-    ls = detect_capture(cap, workers=cfg.workers)
-    save_landmarks(ls, Path(out), overwrite=overwrite)
-    metrics = {"captures_version": capture_version(captures), **landmark_metrics(cap, ls)}
+    code = code_digest(*(ROOT / r for r in ROOMS))
+    units = [Unit(u.subject, u.sequence, unit_key("landmarks", capture=capture_unit_hashes(cap, u.subject, u.sequence),
+                                                  params=asdict(cfg), code=code)) for u in capture_units(cap)]
+    with open_executor(executor or ExecutorConfig(workers=1)) as ex:
+        run = run_units(ex, partial(detect_unit, str(cap.root), cfg), units, out, "landmarks", inputs=[captures])
+    write_unit_failures(Path(out) / "failures.json", run)
+    done = {tuple(k.split("/", 1)) for k in run.records}
+    m = cap.manifest
+    ok = cap.manifest[[(s, q) in done for s, q in zip(m.subject, m.sequence)]].reset_index(drop=True)
+    ls = load_landmarks(out) if len(ok) else LandmarkSet(ok[KEYS + ["path"]].copy(), np.zeros((0, 478, 2), np.float32))
+    err = [np.asarray(run.records[k]["gt_error_px"], np.float64) for k in sorted(run.records)]
+    err = np.concatenate(err).astype(np.float32) if err else np.zeros(0, np.float32)
+    metrics = {"captures_version": capture_version(captures), **landmark_metrics(Capture(cap.root, ok, cap.info), ls, err),
+               **run.summary()}
     if metrics_path is not None:
         write_json(metrics_path, metrics)
     return metrics
+
+
+ROOT = Path(__file__).resolve().parents[1]  # flame_fitting/
+ROOMS = ("__init__.py", "core", "geometry", "formats", "landmarks")  # the code a landmark unit's result depends on
+
+
+def detect_unit(captures: str, cfg: LandmarksParams, unit: Unit, tmp: Path, extras: Path | None) -> tuple[dict, list]:
+    """One landmarks unit (runs in a worker): detect one sequence's images into `tmp`; the record keeps the
+    ground-truth errors (None where unknown) for the stage's metrics."""
+    sub = sub_capture(worker_capture(captures), unit.subject, unit.sequence)
+    ls = detect_capture(sub, workers=cfg.workers, progress=False)
+    write_landmark_files(ls, tmp)
+    err = gt_landmark_errors(sub, ls)
+    return {"n_images": len(ls.table), "gt_error_px": [None if not np.isfinite(e) else float(e) for e in err]}, []

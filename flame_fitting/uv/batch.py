@@ -13,22 +13,30 @@ token-level targets of the attention alignment loss, from the fitted (posed) mes
 Self-check: the cycle pixel → UV → 3D (through the frame's UV position map) → reprojected pixel; on synthetic
 captures, accuracy against the ground-truth pixel→surface map. Writes OUT/<subject>/<sequence>/<frame:05d>.npz,
 previews (colour-coded overlays and the paper's Figure 9 from ground truth where available, else from the fit).
+
+Both run one work unit per fitted sequence on an executor (flame_fitting/core/units.py, core/executor.py): a
+sequence whose inputs (its fit, its UV maps, its capture files, the head model, the params, the code) did not change
+keeps its outputs and previews as they are; the metrics are aggregated over every sequence from the units' records.
 """
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from flame_fitting.core.fileio import make_temp_dir, replace_dir, write_json, write_obj, write_png
+from flame_fitting.core.executor import ExecutorConfig, open_executor
+from flame_fitting.core.fileio import check_output_dir, write_json, write_obj, write_png
 from flame_fitting.core.params import spec
+from flame_fitting.core.units import Unit, code_digest, run_units, tree_digest, unit_key, write_unit_failures
 from flame_fitting.formats.capture import load_cameras, load_capture
 from flame_fitting.formats.fits import load_sequence_fit
 from flame_fitting.formats.lineage import captures_version_of
+from flame_fitting.formats.units import capture_unit_hashes, worker_capture
 from flame_fitting.head.head_model import load_head_model
 
 from .bake import UVLayout, bake_posmap, get_bake_table
@@ -65,97 +73,141 @@ def canonical_vertices(model, fit: dict, i: int) -> np.ndarray:
     return model.canonical(t("shape"), t("expr"), t("jaw_pose"), neck_pose=t("neck_pose"), eye_pose=t("eye_pose"))[0].numpy()
 
 
+ROOT = Path(__file__).resolve().parents[1]  # flame_fitting/
+ROOMS = ("__init__.py", "core", "geometry", "formats", "head", "uv")  # the code the uv outputs depend on
+
+
+@lru_cache(maxsize=2)
+def _model_layout(head_model: str, n_shape: int, n_expr: int):
+    model = load_head_model(head_model, n_shape=n_shape, n_expr=n_expr)
+    return model, UVLayout.from_head_model(model)
+
+
+def _plain(o):
+    return o.item() if hasattr(o, "item") else str(o)
+
+
 def bake_fits(fits: Path | str, head_model: Path | str, out: Path | str, previews: Path | str | None, cfg: UVParams,
-              metrics_path: Path | str | None = None) -> dict:
-    """Bake every fitted frame of `fits` (see the module docstring; `previews` None: none); returns (and writes) the
-    metrics."""
+              metrics_path: Path | str | None = None, executor: ExecutorConfig | None = None) -> dict:
+    """Bake every fitted frame of `fits` (see the module docstring; `previews` None: none), the sequences whose
+    inputs changed only, on `executor`; returns (and writes) the metrics."""
     folders, out = fit_folders(fits), Path(out)
-    first = load_sequence_fit(folders[0]) if folders else None
-    model = load_head_model(head_model, n_shape=first["shape"].shape[1], n_expr=first["expr"].shape[1]) if folders \
-        else None
-    layout = UVLayout.from_head_model(model) if model is not None else None
-    tmp = make_temp_dir(out)
-    roundtrip, clipped, bake_ms, n = [], 0, [], 0
-    if layout is not None:
-        get_bake_table(layout, cfg.resolution, cfg.gutter)  # one-off per layout
-    for folder in tqdm(folders, desc="uv"):
-        fit = load_sequence_fit(folder)
-        subject, sequence = folder.parent.name, folder.name
-        for i, frame in enumerate(fit["frame"].tolist()):
-            frame_id = f"{subject}/{sequence}/{frame:05d}"
-            canon = canonical_vertices(model, fit, i)
-            t0 = time.perf_counter()
-            baked = bake_posmap(canon, layout, cfg.resolution, cfg.gutter, frame_id=frame_id)
-            bake_ms.append((time.perf_counter() - t0) * 1e3)
-            path = tmp / subject / sequence / f"{frame:05d}.npz"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_posmap(path, baked, dtype=np.float16 if cfg.dtype == "float16" else np.float32, frame_id=frame_id)
-            np.save(path.with_suffix(".canonical.npy"), canon.astype(np.float32))
-            back = posmap_to_vertices(baked.posmap, layout, cfg.gutter)
-            roundtrip.append(float(np.linalg.norm(back - canon, axis=1).mean() * 1e3))
-            clipped += int(baked.n_clipped)
-            n += 1
-            if i == 0 and previews is not None:
-                previews = Path(previews)
-                write_png(previews / f"{subject}_{sequence}_{frame:05d}.png", posmap_rgb(baked.posmap, baked.mask))
-                write_obj(previews / f"{subject}_{sequence}_{frame:05d}_from_posmap.obj", back,
-                          model.faces.numpy(), layout.uv, layout.uv_faces)
-    replace_dir(tmp, out)
-    metrics = {"captures_version": captures_version_of(fits), "n_frames": n, "resolution": cfg.resolution,
+    check_output_dir(out, [fits, head_model], True)
+    head, code = tree_digest(head_model), code_digest(*(ROOT / r for r in ROOMS))
+    units = [Unit(f.parent.name, f.name, unit_key("uv", fit=tree_digest(f), head=head, params=asdict(cfg), code=code))
+             for f in folders]
+    with open_executor(executor or ExecutorConfig(workers=1)) as ex:
+        run = run_units(ex, partial(bake_unit, str(fits), str(head_model), cfg), units, out, "uv", extras=previews,
+                        inputs=[fits, head_model])
+    write_unit_failures(out / "failures.json", run)
+    recs = list(run.records.values())
+    roundtrip = [x for r in recs for x in r["roundtrip_mm"]]
+    bake_ms = [x for r in recs for x in r["bake_ms"]]
+    metrics = {"captures_version": captures_version_of(fits), "n_frames": sum(r["n"] for r in recs),
+               "resolution": cfg.resolution,
                "roundtrip_mm_mean": float(np.mean(roundtrip)) if roundtrip else None,
                "roundtrip_mm_max": float(np.max(roundtrip)) if roundtrip else None,
-               "clipped_texels": clipped, "bake_ms_median": float(np.median(bake_ms)) if bake_ms else None}
-    if layout is not None:
+               "clipped_texels": sum(r["clipped"] for r in recs),
+               "bake_ms_median": float(np.median(bake_ms)) if bake_ms else None}
+    if folders:
+        first = load_sequence_fit(folders[0])
+        _, layout = _model_layout(str(head_model), first["shape"].shape[1], first["expr"].shape[1])
         metrics.update({f"layout_{k}": v for k, v in layout_report(layout, cfg.resolution).items()
                         if isinstance(v, (int, float))})
+    metrics.update(run.summary())
     if metrics_path is not None:
         write_json(metrics_path, metrics)
     return metrics
+
+
+def bake_unit(fits: str, head_model: str, cfg: UVParams, unit: Unit, tmp: Path, previews: Path | None
+              ) -> tuple[dict, list[str]]:
+    """One uv unit (runs in a worker): the position maps of one fitted sequence into `tmp`, the preview and OBJ round
+    trip of its first frame into `previews`. Returns the record (round trips, bake times, clipped texels) and the
+    preview names."""
+    fit = load_sequence_fit(Path(fits) / unit.subject / unit.sequence)
+    model, layout = _model_layout(head_model, fit["shape"].shape[1], fit["expr"].shape[1])
+    get_bake_table(layout, cfg.resolution, cfg.gutter)  # one-off per layout and process
+    rec, names = {"roundtrip_mm": [], "bake_ms": [], "clipped": 0, "n": 0}, []
+    for i, frame in enumerate(fit["frame"].tolist()):
+        frame_id = f"{unit.subject}/{unit.sequence}/{frame:05d}"
+        canon = canonical_vertices(model, fit, i)
+        t0 = time.perf_counter()
+        baked = bake_posmap(canon, layout, cfg.resolution, cfg.gutter, frame_id=frame_id)
+        rec["bake_ms"].append((time.perf_counter() - t0) * 1e3)
+        path = tmp / f"{frame:05d}.npz"
+        save_posmap(path, baked, dtype=np.float16 if cfg.dtype == "float16" else np.float32, frame_id=frame_id)
+        np.save(path.with_suffix(".canonical.npy"), canon.astype(np.float32))
+        back = posmap_to_vertices(baked.posmap, layout, cfg.gutter)
+        rec["roundtrip_mm"].append(float(np.linalg.norm(back - canon, axis=1).mean() * 1e3))
+        rec["clipped"] += int(baked.n_clipped)
+        rec["n"] += 1
+        if i == 0 and previews is not None:
+            stem = f"{unit.subject}_{unit.sequence}_{frame:05d}"
+            write_png(previews / f"{stem}.png", posmap_rgb(baked.posmap, baked.mask))
+            write_obj(previews / f"{stem}_from_posmap.obj", back, model.faces.numpy(), layout.uv, layout.uv_faces)
+            names += [f"{stem}.png", f"{stem}_from_posmap.obj"]
+    return rec, names
 
 
 def correspondences_for_fits(fits: Path | str, uv: Path | str, captures: Path | str, head_model: Path | str,
                              out: Path | str, previews: Path | str | None, cfg: CorrespondenceParams, app_tokens: int,
-                             geo_tokens: int, metrics_path: Path | str | None = None) -> dict:
+                             geo_tokens: int, metrics_path: Path | str | None = None,
+                             executor: ExecutorConfig | None = None) -> dict:
     """Correspondences of every fitted frame of `fits` at token grids `app_tokens`² / `geo_tokens`² per side (see
-    the module docstring); `uv` holds the position maps of `bake_fits`; `previews` None: none. Returns (and
-    writes) the metrics."""
-    grid = TokenGrid(app_tokens, geo_tokens, cfg.min_app_coverage, cfg.min_geo_pixels)
+    the module docstring), the sequences whose inputs changed only, on `executor`; `uv` holds the position maps of
+    `bake_fits`; `previews` None: none. Returns (and writes) the metrics."""
     cap, uv, out = load_capture(captures), Path(uv), Path(out)
-    model, layout = None, None
-    tmp = make_temp_dir(out)
-    per_frame = []
-    for folder in tqdm(fit_folders(fits), desc="correspondences"):
-        fit = load_sequence_fit(folder)
-        if model is None:
-            model = load_head_model(head_model, n_shape=fit["shape"].shape[1], n_expr=fit["expr"].shape[1])
-            layout = UVLayout.from_head_model(model)
-        subject, sequence = folder.parent.name, folder.name
-        cams = load_cameras(folder / "cameras.json")
-        cam_list = [cams[n] for n in sorted(cams)]
-        for i, frame in enumerate(fit["frame"].tolist()):
-            frame_id = f"{subject}/{sequence}/{frame:05d}"
-            corr = compute_correspondences(fit["vertices"][i], layout, cam_list, grid, frame_id=frame_id)
-            save_correspondences(tmp / subject / sequence / f"{frame:05d}.npz", corr)
-            uvf = uv / subject / sequence / f"{frame:05d}.npz"
-            posmap = load_posmap(uvf).posmap
-            canon = np.load(uvf.with_suffix(".canonical.npy"))
-            frame_dir = cap.root / subject / sequence / f"{frame:05d}"
-            gt = load_gt_raster(frame_dir, corr.views) if (frame_dir / "gt_raster.npz").is_file() else None
-            per_frame.append(frame_metrics(corr, posmap, cam_list, canon, fit["vertices"][i], layout, gt=gt,
-                                           stride=cfg.check_stride))
-            if i == 0 and previews is not None:
-                write_previews(Path(previews), cap, subject, sequence, frame, corr, posmap, gt, layout)
-    replace_dir(tmp, out)
-    metrics = aggregate(per_frame)
-    metrics.update({"app_tokens": app_tokens, "geo_tokens": geo_tokens,
-                    "captures_version": captures_version_of(captures)})
+    check_output_dir(out, [fits, uv, captures, head_model], True)
+    head, code = tree_digest(head_model), code_digest(*(ROOT / r for r in ROOMS))
+    params = {**asdict(cfg), "app_tokens": app_tokens, "geo_tokens": geo_tokens}
+    units = [Unit(f.parent.name, f.name, unit_key(
+        "correspondences", fit=tree_digest(f), uv=tree_digest(uv / f.parent.name / f.name), head=head, params=params,
+        code=code, capture=capture_unit_hashes(cap, f.parent.name, f.name))) for f in fit_folders(fits)]
+    fn = partial(correspondence_unit, str(fits), str(uv), str(cap.root), str(head_model), cfg, app_tokens, geo_tokens)
+    with open_executor(executor or ExecutorConfig(workers=1)) as ex:
+        run = run_units(ex, fn, units, out, "correspondences", extras=previews, inputs=[fits, uv, captures, head_model])
+    write_unit_failures(out / "failures.json", run)
+    metrics = aggregate([f for r in run.records.values() for f in r["frames"]])
+    metrics.update({"app_tokens": app_tokens, "geo_tokens": geo_tokens, "captures_version": captures_version_of(captures),
+                    **run.summary()})
     if metrics_path is not None:
         write_json(metrics_path, metrics)
     return metrics
 
 
-def write_previews(previews: Path, cap, subject, sequence, frame, corr, posmap, gt, layout) -> None:
-    """Colour-coded overlays of up to 4 views and the paper's Figure 9 of one frame, under `previews`."""
+def correspondence_unit(fits: str, uv: str, captures: str, head_model: str, cfg: CorrespondenceParams,
+                        app_tokens: int, geo_tokens: int, unit: Unit, tmp: Path, previews: Path | None
+                        ) -> tuple[dict, list[str]]:
+    """One correspondences unit (runs in a worker): one fitted sequence into `tmp`, the previews of its first frame
+    into `previews`. Returns the record (per-frame self-check metrics) and the preview names."""
+    grid = TokenGrid(app_tokens, geo_tokens, cfg.min_app_coverage, cfg.min_geo_pixels)
+    cap, subject, sequence = worker_capture(captures), unit.subject, unit.sequence
+    folder = Path(fits) / subject / sequence
+    fit = load_sequence_fit(folder)
+    _, layout = _model_layout(head_model, fit["shape"].shape[1], fit["expr"].shape[1])
+    cams = load_cameras(folder / "cameras.json")
+    cam_list = [cams[n] for n in sorted(cams)]
+    per_frame, names = [], []
+    for i, frame in enumerate(fit["frame"].tolist()):
+        frame_id = f"{subject}/{sequence}/{frame:05d}"
+        corr = compute_correspondences(fit["vertices"][i], layout, cam_list, grid, frame_id=frame_id)
+        save_correspondences(tmp / f"{frame:05d}.npz", corr)
+        uvf = Path(uv) / subject / sequence / f"{frame:05d}.npz"
+        posmap = load_posmap(uvf).posmap
+        canon = np.load(uvf.with_suffix(".canonical.npy"))
+        frame_dir = cap.root / subject / sequence / f"{frame:05d}"
+        gt = load_gt_raster(frame_dir, corr.views) if (frame_dir / "gt_raster.npz").is_file() else None
+        per_frame.append(frame_metrics(corr, posmap, cam_list, canon, fit["vertices"][i], layout, gt=gt,
+                                       stride=cfg.check_stride))
+        if i == 0 and previews is not None:
+            names += write_previews(Path(previews), cap, subject, sequence, frame, corr, posmap, gt, layout)
+    return {"frames": json.loads(json.dumps(per_frame, default=_plain))}, names
+
+
+def write_previews(previews: Path, cap, subject, sequence, frame, corr, posmap, gt, layout) -> list[str]:
+    """Colour-coded overlays of up to 4 views and the paper's Figure 9 of one frame, under `previews`; returns the
+    file names written."""
     m = cap.manifest
     rows = m[(m.subject == subject) & (m.sequence == sequence) & (m.frame == frame)].set_index("camera")
     images = np.stack([cap.image(rows.loc[v]) for v in corr.views])
@@ -173,3 +225,4 @@ def write_previews(previews: Path, cap, subject, sequence, frame, corr, posmap, 
     fig = figure9(images[order], uv[order], vis[order], posmap_rgb(posmap, np.ones(posmap.shape[:2], bool)),
                   query_view=frontal, tol_texels=2.0, names=[corr.views[k] for k in order])
     write_png(previews / f"{subject}_{sequence}_{frame:05d}_figure9.png", fig)
+    return [f"{subject}_{sequence}_{frame:05d}_overlay.png", f"{subject}_{sequence}_{frame:05d}_figure9.png"]

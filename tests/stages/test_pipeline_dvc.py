@@ -145,3 +145,55 @@ def test_lineage_reaches_every_metrics_file_and_the_model_card(tiny_repo):
     assert (dst / "models/geoface/MODEL_CARD.md").is_file()
     audit = run([str(BIN / "python"), "-m", "geoface.cli", "audit"], dst, env)
     assert audit.returncode == 0 and f"captures version:   {version}" in audit.stdout, audit.stdout + audit.stderr
+
+
+def _unit_files(dst: Path, subjects: list[str]) -> dict[str, bytes]:
+    """The files of the data stages' units (and previews) of `subjects`, by path."""
+    out = {}
+    for folder in ("data/landmarks", "data/fits", "data/uv", "data/correspondences", "plots/fit/overlays", "plots/uv",
+                   "plots/correspondences"):
+        for p in sorted((dst / folder).rglob("*")):
+            rel = p.relative_to(dst / folder)
+            if p.is_file() and (rel.parts[0] in subjects or rel.name.startswith(tuple(f"{s}_" for s in subjects))):
+                out[f"{folder}/{rel}"] = p.read_bytes()
+    return out
+
+
+def test_adding_a_subject_reruns_only_its_units(tiny_repo):
+    """Issue 16 item 1 under real DVC (persistent outputs): 3 -> 4 synthetic subjects re-runs the landmarks, fit, uv
+    and correspondences stages for the new sequence only, the old sequences' files byte-identical; after
+    `git checkout` + `dvc checkout` of the 3-subject version the restored unit folders are trusted again (DVC restores
+    their key files with them), so going to 4 subjects once more again runs one unit per stage."""
+    import json
+
+    dst, env, first = tiny_repo
+    assert first.returncode == 0
+    good = (dst / "params.yaml").read_text()
+    old = sorted(p.name for p in (dst / "data/fits").iterdir() if p.is_dir())
+    assert len(old) == 3
+    before = _unit_files(dst, old)
+    params = yaml.safe_load(good)
+    params["captures"]["synthetic"]["subjects"] = 4
+    dvc = str(BIN / "dvc")
+    for cmd in (["git", "add", "dvc.lock"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "3"]):
+        subprocess.run(cmd, cwd=dst, env=env, check=True, capture_output=True)  # the 3-subject version
+    try:
+        for attempt in ("first", "after checkout"):
+            (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+            r = run([dvc, "repro", "dataset"], dst, env)
+            assert r.returncode == 0, (attempt, r.stdout[-3000:] + r.stderr[-3000:])
+            for stage in ("landmarks", "fit", "uv", "correspondences"):
+                m = json.loads((dst / f"metrics/{stage}.json").read_text())
+                assert (m["units_run"], m["units_kept"], m["units_removed"]) == (1, 3, 0), (attempt, stage, m)
+            m = json.loads((dst / "metrics/dataset.json").read_text())
+            assert m["units"] == 4 and m["units_failed"] == 0, m
+            assert _unit_files(dst, old) == before, attempt
+            (dst / "params.yaml").write_text(good)
+            for cmd in (["git", "checkout", "HEAD", "--", "dvc.lock"], [dvc, "checkout"]):
+                r = run(cmd, dst, env)
+                assert r.returncode == 0, r.stderr[-2000:]
+            assert _unit_files(dst, old) == before and not (dst / "data/fits/synth003").exists()
+    finally:
+        (dst / "params.yaml").write_text(good)
+        run(["git", "checkout", "HEAD", "--", "dvc.lock"], dst, env)
+        run([dvc, "checkout"], dst, env)

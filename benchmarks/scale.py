@@ -1,0 +1,121 @@
+"""Benchmark of the fit stage's throughput with 1 and 2 local workers (issue 16 item 2), in one run.
+
+A synthetic capture (stand-in head model; --subjects × --frames frames, --cameras views at --resolution²), its
+landmarks detected once; then the fit stage's library call (`fit_folder`, this checkout's params.yaml `fit` section,
+one torch thread per fit) with executor {kind: local, workers: 1} and {kind: local, workers: 2}, each in a fresh
+Python process into its own empty output folder, so the process start, imports and the workers' spawn count:
+  fps_1, fps_2  fitted frames per second of wall time;  speedup = fps_2 / fps_1 (target >= 1.7 on 2 idle cores)
+  identical     the two runs' fit.npz arrays are equal (the executor does not change results)
+  cpu_reference_speedup  the trivial baseline: the speedup of two processes over one on a pure-Python busy loop,
+                measured just before (on a machine shared with other work it is well below 2, and no executor can
+                beat it); the load average before and after is printed beside.
+
+Run: `nice python benchmarks/scale.py` (~4 min on 2 cores). The last line is the JSON. On a Ray cluster the same
+stage runs with `executor: {kind: ray}` (docs/scaling.md).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def _busy(n: int) -> int:
+    s = 0
+    for i in range(n):
+        s += i * i
+    return s
+
+
+def cpu_reference_speedup(n: int = 20_000_000) -> float:
+    """Wall time of two busy loops in one process over the same two in two processes (fork)."""
+    import multiprocessing
+
+    t0 = time.perf_counter()
+    _busy(n), _busy(n)
+    serial = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        pool.map(_busy, [n, n])
+    return serial / (time.perf_counter() - t0)
+
+
+def fit_phase(cap: Path, landmarks: Path, head: Path, out: Path, workers: int) -> dict:
+    from flame_fitting.core.executor import ExecutorConfig
+    from flame_fitting.core.params import build_config, read_params
+    from flame_fitting.fit import FitConfig
+    from flame_fitting.fit.run import fit_folder
+
+    cfg = build_config(FitConfig, read_params(REPO / "params.yaml").get("fit"), "fit")
+    m = fit_folder(cap, landmarks, head, out, cfg, executor=ExecutorConfig(kind="local", workers=workers))
+    return {"frames_ok": m["frames_ok"], "units_failed": m["units_failed"]}
+
+
+def timed_phase(cap, landmarks, head, out, workers) -> tuple[float, dict]:
+    t0 = time.perf_counter()
+    res = subprocess.run([sys.executable, __file__, "--phase", str(cap), str(landmarks), str(head), str(out),
+                          str(workers)], capture_output=True, text=True, check=True)
+    return time.perf_counter() - t0, json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def same_fits(a: Path, b: Path) -> bool:
+    fa, fb = sorted(p.relative_to(a) for p in a.glob("*/*/fit.npz")), sorted(p.relative_to(b) for p in b.glob("*/*/fit.npz"))
+    if fa != fb:
+        return False
+    for rel in fa:
+        with np.load(a / rel) as x, np.load(b / rel) as y:
+            if sorted(x.files) != sorted(y.files) or not all(np.array_equal(x[k], y[k]) for k in x.files):
+                return False
+    return True
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--subjects", type=int, default=12)
+    ap.add_argument("--frames", type=int, default=3)
+    ap.add_argument("--cameras", type=int, default=16)
+    ap.add_argument("--resolution", type=int, default=512)
+    ap.add_argument("--phase", nargs=5, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.phase:
+        cap, lmk, head, out, workers = a.phase
+        print(json.dumps(fit_phase(Path(cap), Path(lmk), Path(head), Path(out), int(workers))))
+        return
+    from flame_fitting.core.executor import ExecutorConfig
+    from flame_fitting.head.standin import build_standin
+    from flame_fitting.landmarks.capture import LandmarksParams, detect_folder
+    from pipelines.synthetic import SyntheticConfig, generate
+
+    with tempfile.TemporaryDirectory(prefix="geoface-scale-") as tmp:
+        root = Path(tmp)
+        build_standin(root / "head", seed=0)
+        generate(root / "head", root / "cap", SyntheticConfig(seed=0, subjects=a.subjects, frames=a.frames,
+                                                               cameras=a.cameras, resolution=a.resolution),
+                 progress=False)
+        detect_folder(root / "cap", root / "lmk", LandmarksParams(workers=2), executor=ExecutorConfig(workers=1))
+        load_before = os.getloadavg()
+        reference = cpu_reference_speedup()
+        s1, r1 = timed_phase(root / "cap", root / "lmk", root / "head", root / "fits1", 1)
+        s2, r2 = timed_phase(root / "cap", root / "lmk", root / "head", root / "fits2", 2)
+        identical = same_fits(root / "fits1", root / "fits2")
+    fps1, fps2 = r1["frames_ok"] / s1, r2["frames_ok"] / s2
+    print(json.dumps({"workers_1": {"s": round(s1, 2), **r1}, "workers_2": {"s": round(s2, 2), **r2},
+                      "identical": identical, "cpu_count": os.cpu_count(),
+                      "cpu_reference_speedup": round(reference, 3),
+                      "loadavg_1_5_15_before": [round(x, 2) for x in load_before],
+                      "loadavg_1_5_15_after": [round(x, 2) for x in os.getloadavg()]}))
+    print(json.dumps({"fps_1": round(fps1, 4), "fps_2": round(fps2, 4), "speedup": round(fps2 / fps1, 3)}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""Per-sequence work units of the data stages, keyed by the content of their inputs, run incrementally.
+
+A stage's output folder holds one folder per unit, `<out>/<subject>/<sequence>/`, and in it the key file
+`.geoface-unit.json`: the unit's key (a hash of everything its result depends on: the content hashes of its input
+files, the head model, the stage's params section and the library's version and source), the sha256 of every file
+of the unit folder, the files it wrote elsewhere (`extras`: previews, overlays, relative to the stage's extras
+folder, with their sha256) and a small `record` (what the stage's metrics are aggregated from).
+
+`run_units` re-runs only the units that are not current, i.e. whose key file is missing, names another key, or
+lists files that are not exactly the ones on disk with those hashes; it removes the folders (and extras) of units
+that vanished; current units are not touched (byte-identical). The check reads the outputs themselves, so it stays
+right whatever put them there: a DVC checkout or restore of another version brings that version's key files with
+it, a hand-edited or half-restored unit fails the hash check and is re-run. docs/scaling.md explains the choice.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Callable, Iterable
+
+from flame_fitting.core.fileio import (MARKER, TMP_TAG, check_output_dir, make_temp_dir, mark_output, replace_dir,
+                                       sha256_file, write_json)
+
+KEY_FILE = ".geoface-unit.json"
+UNIT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Unit:
+    subject: str
+    sequence: str
+    key: str = ""  # hex digest of the unit's inputs (unit_key)
+
+    @property
+    def rel(self) -> str:
+        return f"{self.subject}/{self.sequence}"
+
+
+def digest(obj) -> str:
+    """sha256 of the canonical JSON of `obj` (sorted keys)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def tree_hashes(folder: Path | str, skip: set[str] | frozenset = frozenset()) -> dict[str, str]:
+    """{relative path: sha256} of every file under `folder` except the key file, the output marker, temporaries and
+    the relative paths in `skip` ({} when the folder does not exist)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return {}
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder).as_posix()
+        if p.is_file() and p.name not in (KEY_FILE, MARKER) and TMP_TAG not in rel and rel not in skip:
+            out[rel] = sha256_file(p)
+    return out
+
+
+def tree_digest(folder: Path | str) -> str:
+    """One hash of the content of a folder (tree_hashes)."""
+    return digest(tree_hashes(folder))
+
+
+def code_digest(*folders: Path | str) -> str:
+    """The library version and the hash of every .py file under `folders`: a unit's result depends on the code."""
+    try:
+        version = metadata.version("geoface")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    files = {}
+    for folder in folders:
+        folder = Path(folder)
+        for p in sorted(folder.rglob("*.py")) if folder.is_dir() else [folder]:
+            files[p.relative_to(folder.parent).as_posix()] = sha256_file(p)
+    return digest({"version": version, "files": files})
+
+
+def unit_key(stage: str, **parts) -> str:
+    """The key of one unit of `stage`: a hash of `parts` (its input hashes, params, head model, code)."""
+    return digest({"stage": stage, "format": UNIT_FORMAT, **parts})
+
+
+def read_key_file(folder: Path | str) -> dict | None:
+    """The key file of a unit folder, None when missing or unreadable."""
+    try:
+        rec = json.loads((Path(folder) / KEY_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def unit_is_current(folder: Path, key: str, extras: Path | None) -> bool:
+    """True when `folder` holds the complete, unchanged output of a unit with key `key` (module docstring)."""
+    rec = read_key_file(folder)
+    if rec is None or rec.get("key") != key or rec.get("files") != tree_hashes(folder):
+        return False
+    for name, h in (rec.get("extras") or {}).items():
+        p = None if extras is None else extras / name
+        if p is None or not p.is_file() or sha256_file(p) != h:
+            return False
+    return True
+
+
+@dataclass
+class UnitWork:
+    """Runs one unit inside a worker: `fn(unit, tmp, extras)` writes the unit's files into the temporary folder
+    `tmp` (and its extras, atomically, under `extras`) and returns (record, extra file names); the key file is
+    added and `tmp` renamed to `<out>/<subject>/<sequence>` (atomic per unit). Picklable when `fn` is."""
+
+    fn: Callable
+    out: Path
+    extras: Path | None = None
+
+    def __call__(self, unit: Unit) -> dict:
+        dst = Path(self.out) / unit.subject / unit.sequence
+        tmp = make_temp_dir(dst)
+        try:
+            record, names = self.fn(unit, tmp, self.extras)
+            extras = {n: sha256_file(Path(self.extras) / n) for n in sorted(names)} if names else {}
+            write_json(tmp / KEY_FILE, {"key": unit.key, "subject": unit.subject, "sequence": unit.sequence,
+                                        "files": tree_hashes(tmp), "extras": extras, "record": record})
+            if dst.exists():  # a failed earlier attempt of this unit cannot be current: replace it
+                shutil.rmtree(dst)
+            replace_dir(tmp, dst)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return record
+
+
+@dataclass
+class UnitRun:
+    """What `run_units` did: units run now, kept as they were, removed; failures; the record of every current unit."""
+
+    ran: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    failures: list[dict] = field(default_factory=list)
+    records: dict[str, dict] = field(default_factory=dict)  # rel -> record, sorted by rel, failed units absent
+
+    def summary(self) -> dict:
+        return {"units": len(self.records) + len(self.failures), "units_run": len(self.ran),
+                "units_kept": len(self.kept), "units_removed": len(self.removed), "units_failed": len(self.failures)}
+
+
+def _remove_unit(folder: Path, extras: Path | None) -> None:
+    rec = read_key_file(folder) or {}
+    for name in rec.get("extras") or {}:
+        if extras is not None:
+            (extras / name).unlink(missing_ok=True)
+    if folder.is_dir() and not folder.is_symlink():
+        shutil.rmtree(folder)
+    else:
+        folder.unlink(missing_ok=True)
+
+
+def _sweep(out: Path, keep_units: set[str], extras: Path | None) -> list[str]:
+    """Remove every entry of `out` that is not the marker nor a folder of `keep_units` (unit folders of units that
+    vanished or must run again, a former layout's files, stale temporaries). `out` is geoface's output folder."""
+    removed = []
+    subjects = {k.split("/", 1)[0] for k in keep_units}
+    for top in sorted(out.iterdir()):
+        if top.name == MARKER:
+            continue
+        if top.name not in subjects or not top.is_dir() or top.is_symlink():
+            if top.is_dir() and not top.is_symlink():
+                for seq in sorted(top.iterdir()):
+                    if seq.is_dir() and (seq / KEY_FILE).is_file():
+                        removed.append(f"{top.name}/{seq.name}")
+                        _remove_unit(seq, extras)
+            _remove_unit(top, None)
+            continue
+        for seq in sorted(top.iterdir()):
+            if f"{top.name}/{seq.name}" not in keep_units:
+                if seq.is_dir() and (seq / KEY_FILE).is_file():
+                    removed.append(f"{top.name}/{seq.name}")
+                _remove_unit(seq, extras)
+    return removed
+
+
+def run_units(executor, fn: Callable, units: Iterable[Unit], out: Path | str, desc: str,
+              extras: Path | str | None = None, inputs: Iterable[Path | str] = (), progress: bool = True) -> UnitRun:
+    """Bring `out` (and `extras`) up to date with `units`: run the units that are not current with
+    `executor.map(UnitWork(fn, out, extras), ...)` (flame_fitting.core.executor; connect it before calling, so an
+    unreachable cluster changes nothing), remove the outputs of units not in `units`, keep the others untouched.
+    `out` (and `extras`) must be geoface's own folders (or absent); `inputs` must not be inside `out`."""
+    out = Path(out)
+    extras = None if extras is None else Path(extras)
+    units = sorted(units, key=lambda u: (u.subject, u.sequence))
+    check_output_dir(out, list(inputs), overwrite=True)
+    if extras is not None:
+        check_output_dir(extras, list(inputs), overwrite=True)
+        mark_output(extras)
+    mark_output(out)
+    run = UnitRun()
+    todo = []
+    for u in units:
+        (run.kept if unit_is_current(out / u.subject / u.sequence, u.key, extras) else todo).append(u)
+    run.kept = [u.rel for u in run.kept]
+    keep = set(run.kept)
+    run.removed = [r for r in _sweep(out, keep, extras) if r not in {u.rel for u in todo}]
+    results = executor.map(UnitWork(fn, out, extras), todo, desc=desc, progress=progress)
+    for r in results:
+        if r.ok:
+            run.ran.append(r.item.rel)
+        else:
+            _remove_unit(out / r.item.subject / r.item.sequence, extras)
+            if (out / r.item.subject).is_dir() and not any((out / r.item.subject).iterdir()):
+                (out / r.item.subject).rmdir()
+            run.failures.append({"subject": r.item.subject, "sequence": r.item.sequence, "error": r.error,
+                                 "traceback": r.traceback})
+    if extras is not None:  # extras no current unit lists (a killed worker's, a former layout's) go
+        listed = {n for u in units for n in (read_key_file(out / u.rel) or {}).get("extras", {})}
+        for p in sorted(extras.rglob("*")):
+            if p.is_file() and p.name != MARKER and p.relative_to(extras).as_posix() not in listed:
+                p.unlink()
+    for u in units:
+        rec = read_key_file(out / u.rel)
+        if rec is not None and rec.get("key") == u.key:
+            run.records[u.rel] = rec.get("record") or {}
+    return run
+
+
+def write_unit_failures(path: Path | str, run: UnitRun) -> None:
+    """The failed units of a run as JSON (subject, sequence, error, traceback), [] when none."""
+    write_json(path, run.failures, indent=1)

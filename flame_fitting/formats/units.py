@@ -1,0 +1,51 @@
+"""What a work unit (one subject + sequence) of a capture consists of, as hashes: the unit's key in every data stage
+starts from `capture_unit_hashes` (flame_fitting/core/units.py, docs/scaling.md)."""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from flame_fitting.core.fileio import sha256_file
+from flame_fitting.core.units import Unit, digest, tree_hashes
+from flame_fitting.formats.capture import Capture, load_capture
+
+
+def capture_units(cap: Capture) -> list[Unit]:
+    """(subject, sequence) of every sequence of the capture, sorted, without keys."""
+    return [Unit(str(s), str(q)) for s, q in sorted(cap.sequences())]
+
+
+def unit_manifest(cap: Capture, subject: str, sequence: str):
+    """The manifest rows of one sequence (a DataFrame, manifest order)."""
+    m = cap.manifest
+    return m[(m.subject == subject) & (m.sequence == sequence)]
+
+
+def capture_unit_hashes(cap: Capture, subject: str, sequence: str) -> str:
+    """One hash of a sequence's share of the capture: its manifest rows (which carry the images' sha256 and sizes)
+    without the `split` column (only the dataset stage uses it, and adds it to its own keys: a capture that assigns
+    splits anew when subjects are added re-fits nothing), every other file of its folder (cameras.json, masks,
+    ground truth) and the capture's source."""
+    rows = unit_manifest(cap, subject, sequence).sort_values(["frame", "camera"]).drop(columns=["split"])
+    prefix = f"{subject}/{sequence}/"
+    images = {p[len(prefix):] for p in rows.path if p.startswith(prefix)}  # hashed already: the manifest's sha256
+    others = tree_hashes(cap.root / subject / sequence, skip=images)
+    return digest({"rows": rows.to_dict("records"), "files": others, "source": cap.info.get("source")})
+
+
+def sub_capture(cap: Capture, subject: str, sequence: str) -> Capture:
+    """The capture restricted to one sequence (same root, manifest rows of that sequence only)."""
+    return Capture(cap.root, unit_manifest(cap, subject, sequence).reset_index(drop=True), cap.info)
+
+
+@lru_cache(maxsize=4)
+def _cached_capture(root: str, stamp: tuple) -> Capture:
+    return load_capture(root, check_files=False)
+
+
+def worker_capture(root: Path | str) -> Capture:
+    """The capture at `root` as a worker reads it: no per-image checks (the stage validated it before dispatching),
+    cached per process while its manifest is unchanged."""
+    root = Path(root)
+    st = (root / "manifest.parquet").stat()
+    return _cached_capture(str(root), (st.st_mtime_ns, st.st_size, sha256_file(root / "capture.json")))

@@ -1,0 +1,83 @@
+"""The local executor (flame_fitting/core/executor.py): results in input order, a unit that raises is recorded and
+the others complete, a worker process that dies has its unit re-run in a new pool, and a Ray address nobody answers
+is one clear error raised before anything runs."""
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from flame_fitting.core.errors import GeofaceError
+from flame_fitting.core.executor import ExecutorConfig, ExecutorError, open_executor
+
+
+def parse(text: str) -> int:
+    return int(text)  # raises ValueError on "x"
+
+
+def die_once(item: tuple[str, int]) -> int:
+    """In a pool process (not the test's, which runs units too), the first unit kills its process (a lost worker);
+    every unit takes 0.3 s so that the pool's processes get some. Returns the pid that ran it."""
+    marker, parent = item
+    path = Path(marker)
+    if os.getpid() != parent and not path.exists():
+        path.write_text(str(os.getpid()))
+        os._exit(1)
+    time.sleep(0.3)
+    return os.getpid()
+
+
+def die_always(parent: int) -> int:
+    """Kill every pool process that runs it; 0.3 s in the test's own process."""
+    if os.getpid() != parent:
+        os._exit(3)
+    time.sleep(0.3)
+    return parent
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_a_unit_that_raises_is_recorded_and_the_others_complete(workers):
+    with open_executor(ExecutorConfig(kind="local", workers=workers)) as ex:
+        res = ex.map(parse, ["1", "x", "3", "x", "5"], progress=False)
+    assert [r.ok for r in res] == [True, False, True, False, True]
+    assert [r.value for r in res] == [1, None, 3, None, 5]
+    assert res[1].error.startswith("ValueError: invalid literal")
+
+
+def test_a_lost_worker_process_gets_its_unit_retried(tmp_path):
+    marker = tmp_path / "killed"
+    with open_executor(ExecutorConfig(kind="local", workers=2, retries=2)) as ex:
+        res = ex.map(die_once, [(str(marker), os.getpid())] * 20, progress=False)
+    assert marker.is_file(), "no pool process ran a unit"
+    killed = int(marker.read_text())
+    assert all(r.ok for r in res) and killed not in {r.value for r in res}
+    assert {r.value for r in res} - {os.getpid()}, "no unit ran in a new pool process after the loss"
+
+
+def test_a_worker_that_always_dies_is_recorded_after_the_retries(tmp_path):
+    with open_executor(ExecutorConfig(kind="local", workers=2, retries=0)) as ex:
+        res = ex.map(die_always, [os.getpid()] * 20, progress=False)
+    assert all(r.value == os.getpid() for r in res if r.ok)
+    lost = [r for r in res if not r.ok]
+    assert lost and all(r.error == "WorkerLost: the worker process died 1 times while this unit was running"
+                        for r in lost)
+
+
+def test_unreachable_ray_address_is_one_clear_error():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    with pytest.raises(ExecutorError) as e:
+        with open_executor(ExecutorConfig(kind="ray", ray_address=f"127.0.0.1:{port}")):
+            pytest.fail("the block must not run")
+    msg = str(e.value)
+    assert isinstance(e.value, GeofaceError) and "\n" not in msg
+    assert f"executor.ray_address='127.0.0.1:{port}'" in msg and "no Ray cluster answers" in msg
+
+
+def test_a_malformed_ray_address_is_refused():
+    with pytest.raises(ExecutorError, match="not a Ray address"):
+        with open_executor(ExecutorConfig(kind="ray", ray_address="nohost")):
+            pass

@@ -1,0 +1,110 @@
+"""`executor: ray` (issue 16 item 2) on a real local Ray cluster with two worker nodes (ray.cluster_utils.Cluster,
+one per module): the landmarks and fit stages give the outputs of the local executor, and a worker process killed
+while it runs a unit has that unit retried by Ray, the stage completing with identical results."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import ray  # a dev dependency: its absence fails this module, it is not skipped
+from ray.cluster_utils import Cluster
+from unit_capture import build
+
+from flame_fitting.core.executor import ExecutorConfig
+from flame_fitting.fit import FitConfig
+from flame_fitting.fit.run import fit_folder
+from flame_fitting.formats.landmarks import load_landmarks
+from flame_fitting.landmarks.capture import LandmarksParams, detect_folder
+
+FIT = FitConfig(iterations=5)
+
+
+def test_without_an_address_the_stage_starts_a_local_ray(monkeypatch):
+    """kind ray, no ray_address and no RAY_ADDRESS: a local Ray with `workers` CPUs, shut down after; a unit that
+    raises is recorded, the others complete. (Runs before the module's cluster starts.)"""
+    from flame_fitting.core.executor import open_executor
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert not ray.is_initialized()
+    with open_executor(ExecutorConfig(kind="ray", workers=2)) as ex:
+        assert ray.cluster_resources().get("CPU") == 2
+        res = ex.map(int, ["1", "x", "3"], progress=False)
+    assert not ray.is_initialized()
+    assert [r.value for r in res] == [1, None, 3]
+    assert res[1].error.startswith("ValueError: invalid literal")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ray")
+    head, cap = build(root, subjects=4)
+    local = ExecutorConfig(kind="local", workers=1)
+    detect_folder(cap, root / "lmk_local", LandmarksParams(workers=1), executor=local)
+    fit_folder(cap, root / "lmk_local", head, root / "fits_local", FIT, executor=local)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    for _ in range(2):
+        cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    yield dict(root=root, head=head, cap=cap, ray=ExecutorConfig(kind="ray", ray_address=cluster.address, retries=3))
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster.shutdown()
+
+
+def assert_same_fits(a, b):
+    fa, fb = sorted(p.relative_to(a) for p in a.glob("*/*/fit.npz")), sorted(p.relative_to(b) for p in b.glob("*/*/fit.npz"))
+    assert fa == fb and len(fa) == 4
+    for rel in fa:
+        with np.load(a / rel) as x, np.load(b / rel) as y:
+            assert sorted(x.files) == sorted(y.files)
+            for k in x.files:
+                np.testing.assert_array_equal(x[k], y[k], err_msg=f"{rel}: {k}")
+        for name in ("cameras.json", "history.csv"):
+            assert (a / rel.parent / name).read_bytes() == (b / rel.parent / name).read_bytes(), rel.parent / name
+        pd.testing.assert_frame_equal(pd.read_parquet(a / rel.parent / "residuals.parquet"),
+                                      pd.read_parquet(b / rel.parent / "residuals.parquet"))
+
+
+def test_ray_landmarks_and_fit_equal_local(setup):
+    root, cap, head = setup["root"], setup["cap"], setup["head"]
+    m = detect_folder(cap, root / "lmk_ray", LandmarksParams(workers=1), executor=setup["ray"])
+    assert (m["units_run"], m["units_failed"]) == (4, 0)
+    a, b = load_landmarks(root / "lmk_local"), load_landmarks(root / "lmk_ray")
+    pd.testing.assert_frame_equal(a.table, b.table)
+    np.testing.assert_array_equal(a.points, b.points)
+    m = fit_folder(cap, root / "lmk_local", head, root / "fits_ray", FIT, executor=setup["ray"])
+    assert (m["units_run"], m["units_failed"]) == (4, 0)
+    assert_same_fits(root / "fits_local", root / "fits_ray")
+
+
+def test_a_killed_worker_has_its_unit_retried(setup):
+    root, cap, head = setup["root"], setup["cap"], setup["head"]
+    out, killed, stop = root / "fits_killed", [], threading.Event()
+    pattern = re.compile(r"\.geoface-tmp-[A-Za-z0-9]+-(\d+)-")
+
+    def kill_first_worker():  # a unit's temporary folder is named after the pid of the worker writing it
+        while not stop.is_set() and not killed:
+            for p in out.glob("*/.*"):
+                if (hit := pattern.search(p.name)) and int(hit.group(1)) != os.getpid():
+                    os.kill(int(hit.group(1)), signal.SIGKILL)
+                    killed.append((p.parent.name, int(hit.group(1))))
+                    return
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=kill_first_worker, daemon=True)
+    watcher.start()
+    try:
+        m = fit_folder(cap, root / "lmk_local", head, out, FIT, executor=setup["ray"])
+    finally:
+        stop.set()
+        watcher.join()
+    assert killed, "no worker was caught running a unit"
+    assert (m["units_run"], m["units_failed"]) == (4, 0), m
+    assert_same_fits(root / "fits_local", out)
+    assert not [p for p in out.rglob("*") if "geoface-tmp" in p.name], "a killed unit left its temporary behind"

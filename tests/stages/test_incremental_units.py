@@ -1,0 +1,153 @@
+"""Per-sequence work units (issue 16 item 1): the data stages (landmarks, fit, uv, correspondences, dataset), run by
+their library functions on a 3-subject synthetic capture, then on the same capture with a 4th subject: only the new
+sequence runs in every stage and the old sequences' outputs (and previews) stay byte-identical; removing a subject
+removes its outputs everywhere; an output changed behind the stage's back (a partial restore) is re-run; a unit that
+raises is recorded and the others complete."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import pytest
+from unit_capture import EXTRAS, OUTS, build, run_data_stages, subjects_of, subset
+
+from flame_fitting.core.executor import ExecutorConfig, ExecutorError
+from flame_fitting.core.units import KEY_FILE, tree_hashes
+
+LOCAL = ExecutorConfig(kind="local", workers=1)
+
+
+def snapshot(data):
+    """{folder: {relative path: sha256}} of every stage output and preview folder, key files included."""
+    out = {}
+    for name in list(OUTS.values()) + list(EXTRAS.values()):
+        root = data / name
+        out[name] = {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                     for p in sorted(root.rglob("*")) if p.is_file()}
+    return out
+
+
+def units_of(metrics):
+    return {k: (m["units_run"], m["units_kept"], m["units_removed"], m["units_failed"]) for k, m in metrics.items()}
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    root = tmp_path_factory.mktemp("units")
+    head, full = build(root, subjects=4)
+    names = subjects_of(full)
+    cap, data = root / "captures", root / "data"
+    first = run_data_stages(subset(full, cap, names[:3]), head, data, LOCAL)
+    before = snapshot(data)
+    added = run_data_stages(subset(full, cap, names), head, data, LOCAL)
+    after = snapshot(data)
+    return dict(root=root, head=head, full=full, names=names, cap=cap, data=data, first=first, before=before,
+                added=added, after=after)
+
+
+def test_first_run_runs_every_unit(pipeline):
+    assert units_of(pipeline["first"]) == {k: (3, 0, 0, 0) for k in OUTS}
+    assert pipeline["first"]["fit"]["frames_ok"] == 3
+
+
+def test_adding_a_subject_runs_only_its_unit(pipeline):
+    assert units_of(pipeline["added"]) == {k: (1, 3, 0, 0) for k in OUTS}
+    assert pipeline["added"]["fit"]["frames_ok"] == 4  # metrics cover every sequence, kept ones included
+    assert pipeline["added"]["landmarks"]["n_images"] == 4 * 4
+    assert sum(pipeline["added"]["dataset"][f"samples_{s}"] for s in ("train", "val", "test")) == 4
+
+
+def test_old_outputs_are_byte_identical(pipeline):
+    before, after, old, new = pipeline["before"], pipeline["after"], pipeline["names"][:3], pipeline["names"][3]
+    for folder, files in before.items():
+        unit_files = {k: h for k, h in files.items() if k.startswith(tuple(f"{s}/" for s in old) +
+                                                                     tuple(f"{s}_" for s in old))}
+        assert unit_files, folder
+        changed = [k for k, h in unit_files.items() if after[folder].get(k) != h]
+        assert not changed, f"{folder}: {changed} changed"
+        assert [k for k in after[folder] if k.startswith(new)], f"{folder}: nothing written for {new}"
+
+
+def test_the_result_equals_a_full_run(pipeline, tmp_path):
+    """The incremental outputs are those of one run over the 4-subject capture (array for array)."""
+    data = tmp_path / "data"
+    run_data_stages(pipeline["cap"], pipeline["head"], data, LOCAL, stages=("landmarks", "fit"))
+    inc = pipeline["data"] / "fits"
+    for f in sorted((data / "fits").glob("*/*/fit.npz")):
+        with np.load(f) as a, np.load(inc / f.relative_to(data / "fits")) as b:
+            assert sorted(a.files) == sorted(b.files)
+            for k in a.files:
+                np.testing.assert_array_equal(a[k], b[k], err_msg=f"{f}: {k}")
+
+
+def test_a_local_pool_gives_the_same_outputs(pipeline, tmp_path):
+    """executor.workers 2 (this process + one forked pool process) writes what workers 1 wrote, file for file (the
+    fit's .npz compared array for array: zip entries carry their write time; status.json and the key file's record
+    carry the fit's timing)."""
+    data = tmp_path / "data"
+    m = run_data_stages(pipeline["cap"], pipeline["head"], data, ExecutorConfig(kind="local", workers=2))
+    assert units_of(m) == {k: (4, 0, 0, 0) for k in OUTS}
+    ref = pipeline["after"]
+    for name, files in snapshot(data).items():
+        assert sorted(files) == sorted(ref[name]), name
+        for rel, h in files.items():
+            if h != ref[name][rel]:
+                assert rel.endswith(("fit.npz", KEY_FILE, "status.json")), f"{name}/{rel} differs"
+                if rel.endswith("status.json"):
+                    a, b = (json.loads((d / name / rel).read_text()) for d in (data, pipeline["data"]))
+                    assert {**a, "timing": None} == {**b, "timing": None}, rel
+    for f in sorted((data / "fits").glob("*/*/fit.npz")):
+        with np.load(f) as a, np.load(pipeline["data"] / "fits" / f.relative_to(data / "fits")) as b:
+            for k in a.files:
+                np.testing.assert_array_equal(a[k], b[k], err_msg=f"{f}: {k}")
+
+
+def test_a_changed_output_is_rerun_and_a_removed_subject_is_removed(pipeline):
+    data, names = pipeline["data"], pipeline["names"]
+    victim = data / "uv" / names[1] / "synthetic"
+    npz = sorted(victim.glob("*.npz"))[0]
+    good = npz.read_bytes()
+    npz.write_bytes(good[:-10])  # as a half-restored file would be
+    m = run_data_stages(subset(pipeline["full"], pipeline["cap"], names[1:]), pipeline["head"], data, LOCAL)
+    assert units_of(m)["landmarks"] == (0, 3, 1, 0)
+    assert units_of(m)["uv"] == (1, 2, 1, 0)
+    assert npz.read_bytes() == good  # re-made, identical content (the bake is deterministic)
+    for name in OUTS.values():
+        assert not (data / name / names[0]).exists(), f"{name}: the removed subject's outputs are still there"
+    for name in EXTRAS.values():
+        assert not [p for p in (data / name).iterdir() if p.name.startswith(names[0])], name
+
+
+def test_a_unit_that_raises_is_recorded_and_the_others_complete(pipeline):
+    data, names = pipeline["data"], pipeline["names"]
+    cap = subset(pipeline["full"], pipeline["cap"], names)
+    run_data_stages(cap, pipeline["head"], data, LOCAL, stages=("landmarks",))
+    points = data / "landmarks" / names[2] / "synthetic" / "points.npy"
+    saved = points.read_bytes()
+    np.save(points, np.zeros((2, 2), np.float32))  # wrong shape: loading this unit's landmarks raises
+    m = run_data_stages(cap, pipeline["head"], data, LOCAL, stages=("fit",))["fit"]
+    assert (m["units_run"], m["units_kept"], m["units_failed"]) == (1, 2, 1)  # subject 0 is back; one unit fails
+    failures = json.loads((data / "fits" / "failures.json").read_text())
+    assert [(f["subject"], f["sequence"]) for f in failures] == [(names[2], "synthetic")]
+    assert "points.npy" in failures[0]["error"] and "shape" in failures[0]["error"]
+    assert not (data / "fits" / names[2]).exists()
+    assert all((data / "fits" / n / "synthetic" / KEY_FILE).is_file() for n in names if n != names[2])
+    points.write_bytes(saved)
+    m = run_data_stages(cap, pipeline["head"], data, LOCAL, stages=("fit",))["fit"]
+    assert (m["units_run"], m["units_kept"], m["units_failed"]) == (1, 3, 0)
+    assert tree_hashes(data / "fits" / names[2] / "synthetic")
+    shutil.rmtree(data / "fits" / names[2])  # the later tests of this module must not rely on this one
+
+
+def test_an_unreachable_ray_cluster_changes_nothing(pipeline):
+    """The executor connects before a stage removes or writes anything: one error line, every output as it was."""
+    data, names = pipeline["data"], pipeline["names"]
+    before = snapshot(data)
+    cap = subset(pipeline["full"], pipeline["cap"], names[:2])  # two units vanished: they would be removed
+    ray_cfg = ExecutorConfig(kind="ray", ray_address="127.0.0.1:9")  # the discard port: nothing answers
+    for stage in OUTS:
+        with pytest.raises(ExecutorError, match=r"executor.ray_address='127.0.0.1:9': no Ray cluster answers"):
+            run_data_stages(cap, pipeline["head"], data, ray_cfg, stages=(stage,))
+    assert snapshot(data) == before
