@@ -164,6 +164,20 @@ def write_png(path: Path | str, img: np.ndarray) -> Path:
     return write_image(Path(path), img)
 
 
+def read_json_object(path: Path | str, error: type[Exception] = OutputError) -> dict:
+    """The JSON object in `path`; a missing file, unreadable JSON or another JSON type raises `error` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: missing")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise error(f"{path}: not readable JSON ({type(e).__name__}: {e})") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a JSON object")
+    return data
+
+
 def read_image(path: Path | str, with_alpha: bool = False, error: type[Exception] = OutputError):
     """(H, W, 3) uint8 RGB of any 8/16-bit grey/RGB/RGBA file OpenCV reads (16-bit scaled to 8), plus the
     (H, W) uint8 alpha or None when `with_alpha`. A missing or unreadable file raises `error` naming it."""

@@ -7,12 +7,12 @@ naming the file, the key and the expected/actual shape.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from flame_fitting.core.errors import GeofaceError
+from flame_fitting.core.fileio import read_json_object
 
 
 class HeadModelError(GeofaceError, ValueError):
@@ -83,12 +83,7 @@ def check_model_arrays(arrays: dict, where) -> tuple[int, int]:
 
 def read_head_model_json(path: Path) -> dict:
     """head_model.json, checked: kind in KINDS, 0 <= n_shape <= 300, 0 <= n_expr <= 100."""
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise HeadModelError(f"{path}: cannot read as JSON ({e})") from None
-    if not isinstance(meta, dict):
-        raise HeadModelError(f"{path}: expected a JSON object")
+    meta = read_json_object(path, HeadModelError)
     if meta.get("kind") not in KINDS:
         raise HeadModelError(f"{path}: key 'kind' must be one of {KINDS}, got {meta.get('kind')!r}")
     for key, hi in (("n_shape", SHAPE_SPACE), ("n_expr", EXPR_SPACE)):

@@ -16,13 +16,13 @@ Channel widths and head counts are free (the tests use a tiny model with the sam
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from diffusers import UNet2DConditionModel
 
 from flame_fitting.core.errors import GeofaceError
+from flame_fitting.core.fileio import read_json_object
 
 DOWN = ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"]
 UP = ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3
@@ -61,13 +61,7 @@ class BaseInfo:
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise BaseModelError(f"{path}: missing (expected a Stable Diffusion 2.x folder in diffusers layout)")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise BaseModelError(f"{path}: not readable JSON ({type(e).__name__}: {e})") from None
-    if not isinstance(data, dict):
-        raise BaseModelError(f"{path}: expected a JSON object")
-    return data
+    return read_json_object(path, BaseModelError)
 
 
 def _expect(cfg: dict, file: Path, field: str, want, got=None) -> None:

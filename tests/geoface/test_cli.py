@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from flame_fitting.core.fileio import MARKER
+from cliutil import cli
 from geoface.cli import main
 from geoface.cli.config import load_class
 
@@ -33,15 +34,6 @@ SECTIONS = {
 }
 
 
-def cli(capsys, *args) -> tuple[int, str, str]:
-    """Run `geoface ARGS` in this process: (exit status, stdout, stderr)."""
-    capsys.readouterr()
-    try:
-        rc = main([str(a) for a in args])
-    except SystemExit as e:  # argparse: --help, --version, usage errors
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def flat(text: str) -> str:

@@ -11,18 +11,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "flame_fitting"))
 from export_testdata import SEQUENCE, SUBJECT, make_export_data  # noqa: E402
 
-from geoface.cli import main  # noqa: E402
+from cliutil import cli  # noqa: E402
 from geoface.cli.exports import route  # noqa: E402
 
 
-def cli(capsys, *args) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        rc = main([str(a) for a in args])
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 @pytest.fixture(scope="module")

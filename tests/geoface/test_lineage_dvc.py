@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from flame_fitting.formats.capture import capture_version
-from geoface.cli import main
+from cliutil import cli
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -93,14 +93,6 @@ def project(tmp_path_factory):
     return repo, env
 
 
-def cli(capsys, *args) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        rc = main([str(a) for a in args])
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def test_every_lineage_file_carries_the_captures_version(project):
