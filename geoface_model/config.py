@@ -263,6 +263,9 @@ def _validate_sd21_tokens(cfg: GeoFaceConfig) -> None:
 
 
 PRESETS = {"tiny": tiny, "paper": paper, "paper_sd21": paper_sd21}
+# eval.guidance_scale / `geoface generate --guidance` each preset is meant to sample with: the paper presets are
+# trained with reference dropout (train.cond_dropout 0.1) and sample with guidance 2.0, as CAMEO's validation does
+PRESET_GUIDANCE = {"tiny": 1.0, "paper": 2.0, "paper_sd21": 2.0}
 
 
 def count_params(width: int, depth: int, mlp_ratio: float, latent_channels: int, latent_patch: int,

@@ -103,3 +103,20 @@ def test_changed_model_config_refuses_to_resume(data, tmp_path):
     other = micro(steps=2).replace(model=dict(width=64))
     with pytest.raises(ValueError, match="different 'model' config"):
         train(other, data, tmp_path, progress=False)
+
+
+def test_reference_dropout_trains_the_unconditional_branch(data, tmp_path):
+    """train.cond_dropout: micro-batches without their reference frames (guidance's unconditional branch) train
+    without error, log no alignment loss on those batches, and the paper presets sample with guidance 2.0."""
+    from geoface_model.config import PRESET_GUIDANCE, PRESETS
+    from geoface_model.diffusion import drop_reference
+
+    m = train(micro(cond_dropout=1.0, steps=2, checkpoint_every=2), data, tmp_path / "run", progress=False)
+    rows = read_csv(tmp_path / "run" / "loss.csv")
+    assert all(r["align_loss"] == 0.0 and math.isfinite(r["diffusion_loss"]) for r in rows) and m["completed"]
+    kw = {"app": torch.zeros(2, 3, 3, 8, 8), "plucker": torch.zeros(2, 3, 6, 8, 8), "app_cond": torch.ones(2, 3),
+          "timesteps": torch.zeros(2, 4), "geo": torch.zeros(2, 3, 8, 8)}
+    d = drop_reference(kw, 1)
+    assert d["app"].shape[1] == 2 and d["timesteps"].shape == (2, 3) and d["geo"] is kw["geo"]
+    assert PRESET_GUIDANCE == {k: (1.0 if k == "tiny" else 2.0) for k in PRESETS}
+    assert all(PRESETS[k]().train.cond_dropout == (0.0 if k == "tiny" else 0.1) for k in PRESETS)
