@@ -42,6 +42,8 @@ def fit_folder(captures: Path | str, landmarks: Path | str, head_model: Path | s
     units = [Unit(u.subject, u.sequence, unit_key(
         "fit", capture=capture_unit_hashes(cap, u.subject, u.sequence), params=asdict(cfg), head=head, code=code,
         landmarks=tree_digest(unit_landmarks(landmarks, u.subject, u.sequence)))) for u in capture_units(cap)]
+    _model(str(head_model), cfg.n_shape, cfg.n_expr)  # read and checked here once: a bad or malicious head model
+    # fails the stage before any output exists, instead of failing every unit
     fn = partial(fit_unit, str(cap.root), str(landmarks), str(head_model), cfg)
     with open_executor(executor or ExecutorConfig(workers=1)) as ex:
         run = run_units(ex, fn, units, out, "fit", extras=overlays, inputs=[captures, landmarks, head_model])
