@@ -27,7 +27,7 @@ from flame_fitting.core.params import spec
 from flame_fitting.core.units import Unit, code_digest, run_units, tree_digest, unit_key, write_unit_failures
 from flame_fitting.formats.capture import load_cameras, load_capture
 from flame_fitting.formats.fits import fit_folders, load_sequence_fit
-from flame_fitting.formats.lineage import captures_version_of, tree_hash, write_lineage
+from flame_fitting.formats.lineage import captures_version_of, write_lineage
 from flame_fitting.formats.units import capture_unit_hashes, worker_capture
 from flame_fitting.head.head_model import load_head_model
 from flame_fitting.uv import UVLayout, bake_posmap
@@ -88,7 +88,7 @@ def build_dataset(captures: Path | str, fits: Path | str, uv: Path | str, corres
     write_unit_failures(out / "failures.json", run)
     recs = run.records.values()
     version = captures_version_of(captures)  # lineage.json: what the train stage's model card reads
-    write_lineage(out, captures_version=version, head_model_sha256=tree_hash(head_model),
+    write_lineage(out, captures_version=version, head_model_sha256=head,
                   params={"dataset": cfg.__dict__, "tokens": tok.__dict__})
     metrics = {"captures_version": version}
     metrics |= {f"samples_{s}": sum(r["samples"] for r in recs if r["split"] == s) for s in ("train", "val", "test")}

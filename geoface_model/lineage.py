@@ -13,7 +13,8 @@ import subprocess
 from pathlib import Path
 
 from flame_fitting.core.fileio import write_json, write_text
-from flame_fitting.formats.lineage import LineageError, read_lineage, tree_hash
+from flame_fitting.core.units import digest, tree_hashes
+from flame_fitting.formats.lineage import LineageError, read_lineage
 
 CARD_JSON, CARD_MD = "model_card.json", "MODEL_CARD.md"
 
@@ -39,7 +40,7 @@ def model_card(data: Path | str, params: dict, run_id: str, metrics: dict | None
     data = Path(data)
     up = read_lineage(data)
     return {"captures_version": up.get("captures_version"),
-            "shards_sha256": tree_hash(data, "**/*.safetensors"),
+            "shards_sha256": digest({k: h for k, h in tree_hashes(data).items() if k.endswith(".safetensors")}),
             "head_model_sha256": up.get("head_model_sha256"),
             "dataset": str(data), "dataset_params": up.get("params"), "params": params, "run_id": run_id,
             "git": git_state(), "date": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),

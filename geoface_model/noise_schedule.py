@@ -8,10 +8,11 @@ Three knobs of `TrainConfig` on top of diffusers' beta schedules:
   training. Needs v-prediction (or x0): an ε-prediction carries no information at ᾱ = 0.
 - `num_train_timesteps`, `beta_schedule` as in diffusers.
 
-Why v-prediction + zero terminal SNR is the default (docs/model.md "Parameterisation"): the sample estimate is
-x̂0 = √ᾱ·x_t − √(1−ᾱ)·v̂, so at low noise a v error is multiplied by √(1−ᾱ) → 0 (the input passes through by
-construction), and at ᾱ = 0 it is x̂0 = −v̂ (bounded), whereas ε-prediction gives x̂0 = (x_t − √(1−ᾱ)ε̂)/√ᾱ, an
-ε error multiplied by √((1−ᾱ)/ᾱ) ≈ 2·10⁴ at the last step of the cosine schedule.
+Why the paper presets use v-prediction + zero terminal SNR (docs/model.md "Parameterisation"): the sample
+estimate is x̂0 = √ᾱ·x_t − √(1−ᾱ)·v̂, so at low noise a v error is multiplied by √(1−ᾱ) → 0 (the input passes
+through by construction), and at ᾱ = 0 it is x̂0 = −v̂ (bounded), whereas ε-prediction gives
+x̂0 = (x_t − √(1−ᾱ)ε̂)/√ᾱ, an ε error multiplied by √((1−ᾱ)/ᾱ) ≈ 2·10⁴ at the last step of the cosine schedule.
+The CPU preset predicts x0 with ᾱ_T = 0 instead: measured, it samples far better at a few thousand steps.
 """
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import pickle
 import resource
 import shutil
@@ -253,8 +254,6 @@ def loss_grad_norms(out: dict, params: list[torch.nn.Parameter]) -> dict[str, fl
 def grad_norm_summary(rows: list[dict]) -> dict[str, float]:
     """Means of the measured per-loss gradient norms over the first and the second half of the run, and the
     alignment / diffusion ratio over the whole run (metrics/train.json)."""
-    import math
-
     meas = [r for r in rows if not math.isnan(float(r.get("grad_norm_diffusion", float("nan"))))]
     if not meas:
         return {}

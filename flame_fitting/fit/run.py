@@ -16,7 +16,7 @@ from flame_fitting.core.executor import ExecutorConfig, open_executor
 from flame_fitting.core.fileio import check_output_dir, write_csv, write_json
 from flame_fitting.core.units import Unit, code_digest, run_units, tree_digest, unit_key, write_unit_failures
 from flame_fitting.formats.capture import capture_version, load_capture
-from flame_fitting.formats.lineage import tree_hash, write_lineage
+from flame_fitting.formats.lineage import write_lineage
 from flame_fitting.formats.landmarks import load_landmarks
 from flame_fitting.formats.units import capture_unit_hashes, capture_units, sub_capture, worker_capture
 from flame_fitting.head.head_model import load_head_model
@@ -67,7 +67,7 @@ def fit_folder(captures: Path | str, landmarks: Path | str, head_model: Path | s
     if cost_csv is not None:
         write_csv(cost_csv, history)
     metrics = {"captures_version": capture_version(captures), **{k: v for k, v in metrics.items() if k[0] != "_"}}
-    write_lineage(out, captures_version=metrics["captures_version"], head_model_sha256=tree_hash(head_model))
+    write_lineage(out, captures_version=metrics["captures_version"], head_model_sha256=head)
     metrics.update({"mediapipe_embedding": embedding_used(model, cfg), "silhouette_weight": float(cfg.silhouette_weight),
                     "silhouette_mode": cfg.silhouette_mode,
                     "silhouette_sequences": int(sum(r["silhouette_used"] for r in recs.values())),

@@ -3,16 +3,16 @@
 Every metrics file after the captures stage holds `captures_version`: the version id of the capture its data came
 from (capture_version.py). A stage whose later readers no longer see the capture (`fit`: uv reads only the fits;
 `dataset`: train reads only the shards) writes it, with the hash of the head model it used, to `lineage.json` in
-its output folder; the next stage reads it there (`captures_version_of`). Light: json and hashlib only.
+its output folder; the next stage reads it there (`captures_version_of`). Folder hashes are
+`core.units.tree_digest`, the same content hash the stages' work-unit keys use.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 from flame_fitting.core.errors import GeofaceError
-from flame_fitting.core.fileio import sha256_file, write_json
+from flame_fitting.core.fileio import write_json
 
 from .capture import capture_version
 
@@ -49,16 +49,3 @@ def captures_version_of(folder: Path | str) -> str | None:
     if (folder / "capture.json").is_file():
         return capture_version(folder)
     return read_lineage(folder).get("captures_version")
-
-
-def tree_hash(folder: Path | str, pattern: str = "**/*") -> str:
-    """SHA-256 (hex) of the files of `folder` matching `pattern`: their relative paths and contents, in sorted order.
-    Hidden files (the output marker, temporaries) and lineage.json are left out."""
-    folder = Path(folder)
-    h = hashlib.sha256()
-    for p in sorted(folder.glob(pattern)):
-        rel = p.relative_to(folder).as_posix()
-        if not p.is_file() or p.name == LINEAGE or any(part.startswith(".") for part in rel.split("/")):
-            continue
-        h.update(f"{rel}\0{sha256_file(p)}\n".encode())
-    return h.hexdigest()
