@@ -51,7 +51,9 @@ def cpu_reference_speedup(n: int = 20_000_000) -> float:
 
 
 def fit_phase(cap: Path, landmarks: Path, head: Path, out: Path, workers: int) -> dict:
-    from flame_fitting.core.executor import ExecutorConfig
+    from flame_fitting.core.executor import ExecutorConfig, start_pool_early
+
+    start_pool_early(ExecutorConfig(kind="local", workers=workers), "flame_fitting.fit.run")  # as stages/fit.py does
     from flame_fitting.core.params import build_config, read_params
     from flame_fitting.fit import FitConfig
     from flame_fitting.fit.run import fit_folder

@@ -1,6 +1,7 @@
 """Shared by the stage scripts: this checkout first on sys.path;
 `paths(...)`, the input and output paths of the stage's `cmd` line in dvc.yaml; `run(main)`, which prints the
-toolkit's own errors as one line (stage, file or key, problem) and exits 1."""
+toolkit's own errors as one line (stage, file or key, problem) and exits 1; `start_pool_early(module)`, which a data
+stage calls before its heavy imports."""
 from __future__ import annotations
 
 import argparse
@@ -31,3 +32,17 @@ def run(main) -> None:
     except GeofaceError as e:
         print(f"{Path(sys.argv[0]).stem}: error: {e}", file=sys.stderr)
         sys.exit(1)
+
+
+def start_pool_early(module: str) -> None:
+    """Start the local pool's fork server (params.yaml `executor`, when `local` with workers > 1) preloading `module`,
+    the stage's unit function's, so that it imports in parallel with this script's own imports
+    (flame_fitting.core.executor.start_pool_early). Bad params are left to the stage's own validation."""
+    from flame_fitting.core.executor import executor_params, start_pool_early as start
+    from flame_fitting.core.params import read_params
+
+    try:
+        cfg = executor_params(read_params())
+    except (GeofaceError, OSError):
+        return
+    start(cfg, module)

@@ -9,12 +9,15 @@ Run: `dvc repro correspondences` (the paths are on its cmd line in dvc.yaml).
 from __future__ import annotations
 
 import common  # noqa: F401  (puts this checkout first on sys.path)
-from common import paths, run
+from common import paths, run, start_pool_early
 
-from flame_fitting.core.executor import ExecutorConfig, executor_params
-from flame_fitting.core.params import build_config, read_params
-from flame_fitting.uv.batch import CorrespondenceParams, correspondences_for_fits
-from geoface_model.config import TokensConfig
+if __name__ == "__main__":
+    start_pool_early("flame_fitting.uv.batch")  # the pool imports while this script does
+
+from flame_fitting.core.executor import ExecutorConfig, executor_params  # noqa: E402
+from flame_fitting.core.params import build_config, read_params  # noqa: E402
+from flame_fitting.uv.batch import CorrespondenceParams, correspondences_for_fits  # noqa: E402
+from geoface_model.config import TokensConfig  # noqa: E402
 
 
 def load_params(params: dict) -> tuple[CorrespondenceParams, TokensConfig, ExecutorConfig]:

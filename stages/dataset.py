@@ -7,12 +7,15 @@ correspondence targets); diverged frames are left out and counted. Writes OUT/<s
 from __future__ import annotations
 
 import common  # noqa: F401  (puts this checkout first on sys.path)
-from common import paths, run
+from common import paths, run, start_pool_early
 
-from flame_fitting.core.executor import ExecutorConfig, executor_params
-from flame_fitting.core.params import build_config, read_params
-from geoface_model.config import TokensConfig
-from geoface_model.dataset_build import DatasetParams, build_dataset
+if __name__ == "__main__":
+    start_pool_early("geoface_model.dataset_build")  # the pool imports while this script does
+
+from flame_fitting.core.executor import ExecutorConfig, executor_params  # noqa: E402
+from flame_fitting.core.params import build_config, read_params  # noqa: E402
+from geoface_model.config import TokensConfig  # noqa: E402
+from geoface_model.dataset_build import DatasetParams, build_dataset  # noqa: E402
 
 
 def load_params(params: dict) -> tuple[DatasetParams, TokensConfig, ExecutorConfig]:

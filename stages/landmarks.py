@@ -9,11 +9,14 @@ and never stops the stage. Run: `dvc repro landmarks` (the paths are on its cmd 
 from __future__ import annotations
 
 import common  # noqa: F401  (puts this checkout first on sys.path)
-from common import paths, run
+from common import paths, run, start_pool_early
 
-from flame_fitting.core.executor import ExecutorConfig, executor_params
-from flame_fitting.core.params import build_config, read_params
-from flame_fitting.landmarks.capture import LandmarksParams, detect_folder
+if __name__ == "__main__":
+    start_pool_early("flame_fitting.landmarks.capture")  # the pool imports while this script does
+
+from flame_fitting.core.executor import ExecutorConfig, executor_params  # noqa: E402
+from flame_fitting.core.params import build_config, read_params  # noqa: E402
+from flame_fitting.landmarks.capture import LandmarksParams, detect_folder  # noqa: E402
 
 
 def load_params(params: dict) -> tuple[LandmarksParams, ExecutorConfig]:

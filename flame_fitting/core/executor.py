@@ -5,8 +5,9 @@ a stage deletes or writes anything); `Executor.map(fn, items, desc)` then calls 
 returns one `UnitResult` per item, in input order:
 - local, workers = 1 (or a single item): in this process, one after the other (no pool to start);
 - local, workers > 1: this process and a pool of `workers - 1` processes forked from a clean server process that
-  imported `fn`'s module once (multiprocessing's forkserver); this process runs units while the pool starts. A pool
-  process that dies takes its pool with it: its units go to a new pool, up to `retries` times;
+  imported `fn`'s module once (multiprocessing's forkserver), fed by a dispatcher thread while this process runs
+  units too (flame_fitting/core/workers.py). A pool process that dies takes its pool with it: its units go to a new
+  pool, up to `retries` times;
 - ray: one Ray task per item on the cluster at `ray_address` (or $RAY_ADDRESS; none: a local Ray with `workers`
   CPUs started here). A task whose worker process or node is lost is retried by Ray (`max_retries=retries`).
 An exception raised by `fn` is recorded in its UnitResult (ok False, error "Type: message") and the other items go
@@ -16,26 +17,21 @@ path, or the package installed, and a shared filesystem for the stage's folders)
 """
 from __future__ import annotations
 
-import multiprocessing
 import os
 import socket
 import sys
-import time
-import traceback
-from collections import Counter, deque
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from tqdm import tqdm
 
 from flame_fitting.core.errors import GeofaceError
 from flame_fitting.core.params import build_config, spec
+from flame_fitting.core.workers import PACKAGE_ROOT, UnitResult, call_unit, home_module, map_pool, start_pool_early
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding flame_fitting/ (workers import from it)
+__all__ = ["Executor", "ExecutorConfig", "ExecutorError", "UnitResult", "call_unit", "executor_params", "home_module",
+           "open_executor", "start_pool_early"]
 
 
 class ExecutorError(GeofaceError, RuntimeError):
@@ -58,72 +54,6 @@ def executor_params(params: dict) -> ExecutorConfig:
     return build_config(ExecutorConfig, params.get("executor"), "params.yaml:executor")
 
 
-@dataclass
-class UnitResult:
-    item: Any
-    ok: bool
-    value: Any = None
-    error: str = ""  # "Type: message" when not ok
-    traceback: str = ""
-    seconds: float = 0.0
-
-
-def call_unit(fn: Callable, item) -> UnitResult:
-    """`fn(item)` as a UnitResult: an exception is recorded, never raised (runs inside the workers)."""
-    t0 = time.perf_counter()
-    try:
-        value = fn(item)
-    except Exception as e:  # noqa: BLE001 - one bad unit is recorded, the others go on
-        return UnitResult(item, False, None, f"{type(e).__name__}: {e}", traceback.format_exc(limit=4),
-                          time.perf_counter() - t0)
-    return UnitResult(item, True, value, "", "", time.perf_counter() - t0)
-
-
-def _pool_context(fn: Callable):
-    """A forkserver context whose server imports `fn`'s module once: workers are forked from that clean server
-    (never from the stage's process, which may hold torch / numba / MediaPipe threads), so each starts with the
-    imports done instead of paying them again as spawned processes would."""
-    ctx = multiprocessing.get_context("forkserver")
-    module = getattr(getattr(fn, "func", fn), "__module__", None)
-    if module and module != "__main__":
-        ctx.set_forkserver_preload([module])
-    return ctx
-
-
-def _set_threads(n: int) -> tuple[int, int]:
-    """Set torch's intra-op and numba's thread counts to `n` in this process, for the libraries already imported
-    (none is imported for it); returns the previous counts (0: library not loaded)."""
-    torch, numba = sys.modules.get("torch"), sys.modules.get("numba")
-    old = (torch.get_num_threads() if torch else 0, numba.get_num_threads() if numba else 0)
-    if torch and n > 0:
-        torch.set_num_threads(n)
-    if numba and n > 0:
-        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-    return old
-
-
-def _restore_threads(old: tuple[int, int]) -> None:
-    torch, numba = sys.modules.get("torch"), sys.modules.get("numba")
-    if torch and old[0] > 0:
-        torch.set_num_threads(old[0])
-    if numba and old[1] > 0:
-        numba.set_num_threads(old[1])
-
-
-def _spawn_init(path: list[str], fn: Callable | None = None, threads: int = 0) -> None:
-    """A pool process's start: this checkout's path first; unpickling `fn` imports its module before the ping; its
-    share of the cores for torch and numba (the rasteriser's parallel kernels), so processes do not oversubscribe."""
-    sys.path[:0] = [p for p in path if p not in sys.path]
-    _set_threads(threads)
-
-
-def _stop(pool: ProcessPoolExecutor) -> None:
-    """Shut the pool down without waiting for processes still starting (all units are done or re-queued)."""
-    for p in list((getattr(pool, "_processes", None) or {}).values()):
-        p.terminate()
-    pool.shutdown(wait=True, cancel_futures=True)
-
-
 class Executor:
     """Runs units; made by `open_executor` (module docstring)."""
 
@@ -144,61 +74,9 @@ class Executor:
                     out.append(call_unit(fn, it))
                     bar.update()
                 return out
-            return self._map_pool(fn, items, bar)
+            return map_pool(fn, items, bar, self.cfg.workers, self.cfg.retries)
         finally:
             bar.close()
-
-    def _map_pool(self, fn, items, bar) -> list[UnitResult]:
-        """`workers - 1` pool processes plus this one. A pool process gets a unit only once it is ready (it answered
-        a ping, i.e. it has imported `fn`'s module): meanwhile this process runs units itself, so the pool's start-up
-        never holds a unit back and costs no throughput. Every process gets its share of the cores for torch and
-        numba (`cpu_count // workers` threads)."""
-        results: dict[int, UnitResult] = {}
-        pending, lost, n_pool = deque(range(len(items))), Counter(), self.cfg.workers - 1
-        threads = max(1, (os.cpu_count() or 1) // self.cfg.workers)  # each process's share of the cores
-        old_threads = _set_threads(threads)
-        try:
-            return self._pool_loop(fn, items, bar, results, pending, lost, n_pool, threads)
-        finally:
-            _restore_threads(old_threads)
-
-    def _pool_loop(self, fn, items, bar, results, pending, lost, n_pool, threads) -> list[UnitResult]:
-        while pending:
-            pool = ProcessPoolExecutor(n_pool, mp_context=_pool_context(fn), initializer=_spawn_init,
-                                       initargs=([str(PACKAGE_ROOT)] + sys.path, fn, threads))
-            in_flight: dict = {pool.submit(os.getpid): None for _ in range(n_pool)}  # None: a ping
-            free = 0
-            try:
-                while pending or any(i is not None for i in in_flight.values()):
-                    while pending and free > 0:
-                        i = pending.popleft()
-                        in_flight[pool.submit(call_unit, fn, items[i])] = i
-                        free -= 1
-                    if pending:  # this process takes the next unit itself
-                        i = pending.popleft()
-                        results[i] = call_unit(fn, items[i])
-                        bar.update()
-                    if not pending and all(i is None for i in in_flight.values()):
-                        break  # every unit done; pool processes still starting are not waited for
-                    done, _ = wait(in_flight, timeout=0 if pending else None, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        value = fut.result()  # BrokenProcessPool when a worker died
-                        if (i := in_flight.pop(fut)) is not None:
-                            results[i] = value
-                            bar.update()
-                        free += 1
-            except BrokenProcessPool:  # a worker process died: its units go to a new pool, `retries` times at most
-                for i in (i for i in in_flight.values() if i is not None):
-                    lost[i] += 1
-                    if lost[i] > self.cfg.retries:
-                        results[i] = UnitResult(items[i], False, None, f"WorkerLost: the worker process died "
-                                                f"{lost[i]} times while this unit was running")
-                        bar.update()
-                    else:
-                        pending.append(i)
-            finally:
-                _stop(pool)
-        return [results[i] for i in range(len(items))]
 
     def _map_ray(self, fn, items, bar) -> list[UnitResult]:
         ray = self.ray

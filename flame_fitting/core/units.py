@@ -114,6 +114,10 @@ class UnitWork:
     out: Path
     extras: Path | None = None
 
+    @property
+    def __wrapped__(self) -> Callable:  # the unit function (its module is what a pool process imports)
+        return self.fn
+
     def __call__(self, unit: Unit) -> dict:
         dst = Path(self.out) / unit.subject / unit.sequence
         tmp = make_temp_dir(dst)

@@ -4,12 +4,14 @@ is one clear error raised before anything runs."""
 import os
 import socket
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from flame_fitting.core.errors import GeofaceError
-from flame_fitting.core.executor import ExecutorConfig, ExecutorError, open_executor
+from flame_fitting.core.executor import ExecutorConfig, ExecutorError, home_module, open_executor, start_pool_early
+from flame_fitting.core.units import UnitWork
 
 
 def parse(text: str) -> int:
@@ -36,6 +38,12 @@ def die_always(parent: int) -> int:
     return parent
 
 
+def slow_here_fast_there(parent: int) -> int:
+    """1 s in the test's own process, 0.05 s in a pool process; returns the pid that ran it."""
+    time.sleep(1.0 if os.getpid() == parent else 0.05)
+    return os.getpid()
+
+
 @pytest.mark.parametrize("workers", [1, 2, 3])
 def test_a_unit_that_raises_is_recorded_and_the_others_complete(workers):
     with open_executor(ExecutorConfig(kind="local", workers=workers)) as ex:
@@ -43,6 +51,28 @@ def test_a_unit_that_raises_is_recorded_and_the_others_complete(workers):
     assert [r.ok for r in res] == [True, False, True, False, True]
     assert [r.value for r in res] == [1, None, 3, None, 5]
     assert res[1].error.startswith("ValueError: invalid literal")
+
+
+def test_a_pool_process_never_waits_for_the_stage_process():
+    """While the stage's process is busy with one long unit, the pool process takes unit after unit (it is fed as
+    soon as it is free, not when the stage's process comes back for more)."""
+    with open_executor(ExecutorConfig(kind="local", workers=2)) as ex:
+        res = ex.map(slow_here_fast_there, [os.getpid()] * 20, progress=False)
+    assert all(r.ok for r in res)
+    in_pool = sum(r.value != os.getpid() for r in res)
+    assert in_pool >= 14, f"the pool ran {in_pool} of 20 units; the stage's process ran the rest at 1 s each"
+
+
+def test_the_pool_preloads_the_unit_functions_module():
+    """UnitWork(partial(f)) is run by pool processes forked from a server that imported f's module; starting that
+    server early is a no-op for `workers: 1` and Ray, and otherwise leaves a working pool."""
+    assert home_module(UnitWork(partial(parse), Path("/nonexistent"))) == __name__
+    assert home_module(partial(die_always, 1)) == __name__
+    start_pool_early(ExecutorConfig(kind="local", workers=1), "json")  # nothing to start
+    start_pool_early(ExecutorConfig(kind="local", workers=2), __name__)
+    with open_executor(ExecutorConfig(kind="local", workers=2)) as ex:
+        res = ex.map(slow_here_fast_there, [os.getpid()] * 6, progress=False)
+    assert all(r.ok for r in res) and any(r.value != os.getpid() for r in res)
 
 
 def test_a_lost_worker_process_gets_its_unit_retried(tmp_path):
