@@ -41,7 +41,10 @@ of the nose tip (MediaPipe point 1 when embedded, else the front-most template v
                                   when silhouette_weight > 0 (FitConfig's default: silhouette_weight_default);
                                   *_landmarks_only: silhouette_weight=0; *_silhouette: silhouette_weight=
                                   SILHOUETTE_WEIGHT (a variant whose FitConfig equals an earlier one's reuses it)
-  mediapipe_camera_refinement     refine_cameras=True (default FitConfig otherwise) on the same MediaPipe capture:
+  mediapipe_camera_refinement     refine_cameras=True (default FitConfig otherwise) on the same MediaPipe capture, as
+                                  the fit stage runs it (fit.capture.fit_capture_sequence: the rig refined from the
+                                  images' feature tracks first, camera_features; the landmark camera solve only
+                                  when the images give too few tracks):
                                   "exact" (the true cameras), "perturbed" (every camera turned CAM_PERTURB[0]° about its
                                   centre and moved CAM_PERTURB[1] m, seeded per sequence) and "perturbed_no_refine";
                                   per setting: face vertex error (world frame; perturbed: after removing the rig
@@ -217,7 +220,7 @@ def run_mediapipe(head: HeadModel, face: np.ndarray, tmp: Path) -> dict:
         if not key:
             out["mediapipe_frames_fitted"], out["mediapipe_frames_ok"] = n_fit, n_ok
     out["silhouette_weight_default"] = FitConfig().silhouette_weight
-    out.update(run_camera_refinement(head, face, cap, ls, masks, out["vertex_error_mm_mediapipe"]))
+    out.update(run_camera_refinement(head, face, cap, ls, out["vertex_error_mm_mediapipe"]))
     for name, key in (("mediapipe_landmarks_only", "_landmarks_only"), ("mediapipe_default", "")):
         out[name] = {"vertex_error_mm_head": out[f"vertex_error_mm_mediapipe{key}_head"],
                      "vertex_error_mm_face": out[f"vertex_error_mm_mediapipe{key}"]}
@@ -225,14 +228,14 @@ def run_mediapipe(head: HeadModel, face: np.ndarray, tmp: Path) -> dict:
     return out
 
 
-def run_camera_refinement(head: HeadModel, face: np.ndarray, cap, ls, masks: dict, exact_error_mm: float) -> dict:
+def run_camera_refinement(head: HeadModel, face: np.ndarray, cap, ls, exact_error_mm: float) -> dict:
     """refine_cameras on the MediaPipe capture (default FitConfig otherwise): with the exact cameras, and with every
     camera perturbed by CAM_PERTURB (seeded per sequence). Vertex errors: face region, world frame; for perturbed
     cameras after removing the rig similarity that no image observes (`rig_similarity` to the true cameras, applied
     to the mesh as well). Camera errors: `rig_errors` against the true cameras (medians over cameras and sequences).
     Moves: the largest change of a camera from the given calibration (degrees, mm) and the prior σ it is bounded by."""
     from flame_fitting.fit.report import rig_errors, rig_similarity
-    from flame_fitting.fit.capture import gt_vertex_errors
+    from flame_fitting.fit.capture import fit_capture_sequence, gt_vertex_errors
 
     def moves(fit, given):
         rot = max(angle_deg(fit.cameras[n].R.astype(np.float64) @ given[n].R.astype(np.float64).T) for n in given)
@@ -245,8 +248,7 @@ def run_camera_refinement(head: HeadModel, face: np.ndarray, cap, ls, masks: dic
         perturbed = {n: perturb_camera(c, prng, *CAM_PERTURB) for n, c in true.items()}
         for key, given, refine in (("exact", true, True), ("perturbed_no_refine", perturbed, False),
                                    ("perturbed", perturbed, True)):
-            fit = fit_sequence(head, given, ls.for_sequence(subject, sequence), FitConfig(refine_cameras=refine),
-                               progress=False, subject=subject, sequence=sequence, masks=masks[(subject, sequence)])
+            fit = fit_capture_sequence(cap, ls, head, FitConfig(refine_cameras=refine), subject, sequence, given)
             s, R, t = rig_similarity(fit.cameras, true) if given is not true else (1.0, np.eye(3), np.zeros(3))
             aligned = replace(fit, vertices={f: (s * v.astype(np.float64) @ R.T + t) for f, v in fit.vertices.items()})
             ce = rig_errors(fit.cameras, true)

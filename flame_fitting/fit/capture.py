@@ -36,6 +36,7 @@ from tqdm import tqdm
 from flame_fitting.formats.capture import Capture, save_cameras
 from flame_fitting.core.fileio import check_output_dir, make_temp_dir, mark_output, replace_dir
 from flame_fitting.fit import FitConfig, SequenceFit, fit_sequence
+from flame_fitting.fit.features import feature_refined_cameras
 from flame_fitting.fit.overlay import overlay_png
 from flame_fitting.fit.report import FrameStatus
 from flame_fitting.head.head_model import HeadModel
@@ -127,6 +128,25 @@ def no_landmark_status(cap: Capture, ls: LandmarkSet, subject: str, sequence: st
     return out
 
 
+def fit_capture_sequence(cap: Capture, ls: LandmarkSet, model: HeadModel, cfg: FitConfig, subject: str, sequence: str,
+                         cameras: dict | None = None, masks_skipped: list[dict] | None = None) -> SequenceFit:
+    """`fit_sequence` of one sequence with what the capture adds: its masks (the silhouette term; the features'
+    region) and, with `refine_cameras` and `camera_features`, the rig refined from its images first (features.py;
+    `SequenceFit.camera_refinement` is then the feature solve's report, or the landmark solve's with the feature
+    report under "features" when the images gave too few tracks). cameras: the calibration to start from (default:
+    the capture's)."""
+    want_masks = cfg.silhouette_weight > 0 or (cfg.refine_cameras and cfg.camera_features)
+    masks = load_masks(cap, subject, sequence, masks_skipped) if want_masks else None
+    given = cap.cameras(subject, sequence) if cameras is None else cameras
+    cams, fit_cfg, features = feature_refined_cameras(cap, subject, sequence, given, masks, cfg)
+    fit = fit_sequence(model, cams, ls.for_sequence(subject, sequence), fit_cfg, progress=False,
+                       masks=masks if cfg.silhouette_weight > 0 else None, subject=subject, sequence=sequence)
+    if features is not None:
+        fit.camera_refinement = features if features["usable"] else {**(fit.camera_refinement or {}),
+                                                                      "features": features}
+    return fit
+
+
 def fit_one_sequence(cap: Capture, ls: LandmarkSet, model: HeadModel, cfg: FitConfig, subject: str, sequence: str,
                      folder: Path, overlay_dir: Path | None, face_region: np.ndarray | None) -> dict:
     """Fit one sequence (cfg's silhouette mode resolved), write its files into `folder` (module docstring) and its
@@ -134,9 +154,7 @@ def fit_one_sequence(cap: Capture, ls: LandmarkSet, model: HeadModel, cfg: FitCo
     metrics are summed from: errors (gt vertex errors), statuses, n_fit, total_s, silhouette_used, masks_skipped,
     overlays_skipped, overlays (file names written)."""
     masks_skipped, overlays_skipped = [], []
-    masks = load_masks(cap, subject, sequence, masks_skipped) if cfg.silhouette_weight > 0 else None
-    fit = fit_sequence(model, cap.cameras(subject, sequence), ls.for_sequence(subject, sequence), cfg,
-                       progress=False, masks=masks, subject=subject, sequence=sequence)
+    fit = fit_capture_sequence(cap, ls, model, cfg, subject, sequence, masks_skipped=masks_skipped)
     fit.status = dict(sorted({**fit.status, **no_landmark_status(cap, ls, subject, sequence, fit.status)}.items()))
     overlays, written = {}, []
     if overlay_dir is not None:

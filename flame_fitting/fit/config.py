@@ -96,6 +96,16 @@ class FitConfig:
     camera_max_sigmas: float = spec(1.5, "refuse a camera refinement that moves any camera's rotation or centre by "
                                          "more than this many prior σ (camera_rot_sigma_deg, camera_trans_sigma_mm)",
                                     lo=0.0)
+    camera_features: bool = spec(True, "with refine_cameras: refine the rig from image feature tracks (SIFT inside "
+                                       "the masks, bundle-adjusted; features.py) before the fit, which then holds "
+                                       "the cameras; the landmark camera solve runs only when the images give too "
+                                       "few tracks")
+    camera_feature_max_sigmas: float = spec(3.0, "refuse a feature camera refinement that moves any camera, relative "
+                                                 "to the rest of the rig, by more than this many prior σ (the priors "
+                                                 "are per axis: a calibration error of 1 σ per axis is √3 σ long)",
+                                            lo=0.0)
+    camera_feature_neighbours: int = spec(4, "cameras each camera's features are matched with (nearest optical "
+                                             "axes)", lo=1, hi=64)
     temporal_weight: float = spec(0.0, "weight of ||θ_t - θ_t-1||² between consecutive fitted frames (expr units, "
                                        "rotations in 0.1 rad, translation in cm); 0 = off", lo=0.0)
     n_shape: int | None = spec(None, "identity components fitted (null = all the head model has)", lo=0)

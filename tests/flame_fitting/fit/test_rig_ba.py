@@ -1,0 +1,89 @@
+"""Bundle adjustment of a rig from point tracks (flame_fitting/fit/rig_ba.py): the Schur-complement LM reaches
+scipy's least_squares minimum of the same objective (the reference), the gauge (mean rotation, centroid, size of
+the rig) is held exactly, exact tracks recover perturbed cameras, and cameras held stay put."""
+import numpy as np
+import pytest
+from scipy.optimize import least_squares
+
+from flame_fitting.fit.rig_ba import Tracks, bundle_adjust, exp_so3, gauge_basis, left_jacobian, triangulate
+
+
+def _rig(n_cams=6, n_points=60, noise_px=0.0, seed=0):
+    """Cameras on an arc 1 m from a 10 cm cloud of points; every point seen by every camera."""
+    rng = np.random.default_rng(seed)
+    K = np.array([[1500.0, 0, 256], [0, 1500.0, 256], [0, 0, 1]])
+    R, o = [], []
+    for yaw in np.linspace(-60, 60, n_cams):
+        c = np.array([np.sin(np.radians(yaw)), 0.05 * rng.standard_normal(), np.cos(np.radians(yaw))])
+        z = -c / np.linalg.norm(c)
+        x = np.cross([0, 1, 0], z); x /= np.linalg.norm(x)
+        R.append(np.stack([x, np.cross(z, x), z])); o.append(c)
+    R, o = np.array(R), np.array(o)
+    X = rng.normal(0, 0.05, (n_points, 3))
+    cam, point = np.repeat(np.arange(n_cams), n_points), np.tile(np.arange(n_points), n_cams)
+    xc = np.einsum("nij,nj->ni", R[cam], X[point] - o[cam])
+    uv = (xc @ K.T)[:, :2] / xc[:, 2:] + rng.normal(0, noise_px, (len(cam), 2))
+    return Tracks(cam, point, uv, n_points), np.repeat(K[None], n_cams, 0), R, o, X
+
+
+def _perturb(R, o, deg, mm, seed=1):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((len(R), 3))
+    w *= np.radians(deg) / np.linalg.norm(w, axis=1, keepdims=True)
+    d = rng.standard_normal((len(R), 3))
+    d *= mm * 1e-3 / np.linalg.norm(d, axis=1, keepdims=True)
+    return exp_so3(w) @ R, o + d
+
+
+def _aligned_errors(R, o, R_ref, o_ref):
+    """Rotation (deg) and centre (mm) errors after the best similarity (the gauge no image observes)."""
+    U, _, Vt = np.linalg.svd(sum(a.T @ b for a, b in zip(R_ref, R)))
+    Q = U @ np.diag([1, 1, np.sign(np.linalg.det(U @ Vt))]) @ Vt
+    a, b = o - o.mean(0), o_ref - o_ref.mean(0)
+    s = (b * (a @ Q.T)).sum() / (a ** 2).sum()
+    rot = [np.degrees(np.arccos(np.clip((np.trace(r @ Q.T @ rr.T) - 1) / 2, -1, 1))) for r, rr in zip(R, R_ref)]
+    return np.array(rot), np.linalg.norm(s * a @ Q.T - b, axis=1) * 1e3
+
+
+def test_left_jacobian_matches_finite_differences():
+    w, d = np.array([0.3, -0.2, 0.5]), np.array([1e-6, -2e-6, 1.5e-6])
+    lhs = exp_so3(w + d) @ exp_so3(w).T
+    rhs = exp_so3(left_jacobian(w) @ d)
+    assert np.abs(lhs - rhs).max() < 1e-11
+
+
+def test_schur_lm_reaches_the_scipy_reference_minimum():
+    tr, K, R, o, _ = _rig(noise_px=0.3)
+    R0, o0 = _perturb(R, o, 1.0, 10.0)
+    rs, ts = np.radians(2.0), 0.02
+    got = bundle_adjust(tr, K, R0, o0, rs, ts, scale_px=1e6, iterations=200, tol=1e-15)  # Huber at 1e6 px: least squares
+    basis = gauge_basis(o0)
+    C, P = len(R0), tr.n_points
+
+    def resid(x):  # the same objective, camera corrections in the same gauge subspace, scipy's solver
+        c = (basis @ x[:basis.shape[1]]).reshape(C, 6)
+        Rc, oc, X = exp_so3(c[:, :3]) @ R0, o0 + c[:, 3:], x[basis.shape[1]:].reshape(P, 3)
+        xc = np.einsum("nij,nj->ni", Rc[tr.cam], X[tr.point] - oc[tr.cam])
+        uv = np.einsum("nij,nj->ni", K[tr.cam], xc)
+        return np.concatenate([(uv[:, :2] / uv[:, 2:] - tr.uv).ravel(), (c[:, :3] / rs).ravel(), (c[:, 3:] / ts).ravel()])
+
+    x0 = np.concatenate([np.zeros(basis.shape[1]), triangulate(tr, K, R0, o0).ravel()])
+    ref = least_squares(resid, x0, method="lm", xtol=1e-15, ftol=1e-15, gtol=1e-15, max_nfev=20000)
+    c = (basis @ ref.x[:basis.shape[1]]).reshape(C, 6)
+    assert np.abs(exp_so3(c[:, :3]) @ R0 - got.R).max() < 1e-7
+    assert np.abs(o0 + c[:, 3:] - got.centers).max() < 1e-7
+    assert got.cost == pytest.approx(0.5 * (ref.fun ** 2).sum(), rel=1e-6)
+
+
+def test_exact_tracks_recover_the_cameras_and_the_gauge_is_held():
+    tr, K, R, o, _ = _rig(n_cams=8, n_points=120)
+    R0, o0 = _perturb(R, o, 2.0, 20.0, seed=3)
+    got = bundle_adjust(tr, K, R0, o0, np.radians(20.0), 0.2, iterations=200, tol=1e-14)
+    rot, centre = _aligned_errors(got.R, got.centers, R, o)
+    assert rot.max() < 0.01 and centre.max() < 0.2, (rot, centre)
+    assert np.abs(got.centers.mean(0) - o0.mean(0)).max() < 1e-12                       # centroid held
+    v = (o0 - o0.mean(0)) / np.sqrt(((o0 - o0.mean(0)) ** 2).sum(1).mean())
+    assert abs(((got.centers - o0) * v).sum()) < 1e-12                                   # size held (first order)
+    held = bundle_adjust(tr, K, R0, o0, np.radians(2.0), 0.02, hold_cameras=True)
+    assert np.array_equal(held.R, exp_so3(np.zeros((len(R0), 3))) @ R0) and np.array_equal(held.centers, o0)
+    assert held.cost > got.cost
