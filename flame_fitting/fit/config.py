@@ -104,6 +104,8 @@ class FitConfig:
                                                  "to the rest of the rig, by more than this many prior σ (the priors "
                                                  "are per axis: a calibration error of 1 σ per axis is √3 σ long)",
                                             lo=0.0)
+    camera_feature_frames: int = spec(4, "frames of a sequence (spread evenly) whose images the feature camera "
+                                         "refinement uses; the cameras are shared by all frames (0 = all)", lo=0)
     camera_feature_neighbours: int = spec(4, "cameras each camera's features are matched with (nearest optical "
                                              "axes)", lo=1, hi=64)
     temporal_weight: float = spec(0.0, "weight of ||θ_t - θ_t-1||² between consecutive fitted frames (expr units, "

@@ -3,7 +3,7 @@
 Unknowns: per camera a rotation correction ω_c about its own centre (R_c = Exp(ω_c) R0_c) and a centre move δo_c
 (o_c = o0_c + δo_c); per track a 3D point X_p. Intrinsics are held (observations are undistorted pixels of the
 pinhole K). Residual: the reprojection error in pixels, Huber-robust at `scale_px` (per observation, on the 2D
-error's length), plus Gaussian priors ω_c ~ N(0, rot_sigma²), δo_c ~ N(0, trans_sigma²) from the given
+error's length) and weighted per observation (`Tracks.weight`), plus Gaussian priors ω_c ~ N(0, rot_sigma²), δo_c ~ N(0, trans_sigma²) from the given
 calibration. The gauge (a similarity of rig + points leaves every projection unchanged) is held exactly: the
 camera step is solved in the subspace Σ_c ω_c = 0, Σ_c δo_c = 0 and Σ_c v_c·δo_c = 0 (v_c: unit-rms offsets of the
 centres from their centroid) — the rig keeps its mean orientation, centroid and size, as in the landmark camera
@@ -22,12 +22,14 @@ import numpy as np
 
 @dataclass
 class Tracks:
-    """Observations of points: cam (n,) camera index, point (n,) point index, uv (n, 2) undistorted pixels."""
+    """Observations of points: cam (n,) camera index, point (n,) point index, uv (n, 2) undistorted pixels,
+    weight (n,) each observation's weight in the cost (None: 1; e.g. 1 / σ² of its localisation)."""
 
     cam: np.ndarray
     point: np.ndarray
     uv: np.ndarray
     n_points: int
+    weight: np.ndarray | None = None
 
 
 @dataclass
@@ -98,10 +100,10 @@ def _project(K, R, C, X, tr):
     return uv[:, :2] / uv[:, 2:3] - tr.uv, xc
 
 
-def _cost(r, w, d, scale, rot_sigma, trans_sigma) -> float:
+def _cost(r, w, d, scale, rot_sigma, trans_sigma, weight) -> float:
     n = np.linalg.norm(r, axis=1)
     rho = np.where(n < scale, 0.5 * n ** 2, scale * n - 0.5 * scale ** 2)
-    return float(rho.sum() + 0.5 * ((w / rot_sigma) ** 2).sum() + 0.5 * ((d / trans_sigma) ** 2).sum())
+    return float((weight * rho).sum() + 0.5 * ((w / rot_sigma) ** 2).sum() + 0.5 * ((d / trans_sigma) ** 2).sum())
 
 
 def bundle_adjust(tr: Tracks, K: np.ndarray, R0: np.ndarray, centers0: np.ndarray, rot_sigma: float,
@@ -111,6 +113,7 @@ def bundle_adjust(tr: Tracks, K: np.ndarray, R0: np.ndarray, centers0: np.ndarra
     radians, trans_sigma in the centres' unit) and points X0 (default: `triangulate`). hold_cameras: points only
     (the objective of the given calibration, for the acceptance test)."""
     C, P, n = len(R0), tr.n_points, len(tr.cam)
+    obs_w = np.ones(n) if tr.weight is None else np.asarray(tr.weight, np.float64)
     X = triangulate(tr, K, R0, centers0) if X0 is None else X0.copy()
     w, d = np.zeros((C, 3)), np.zeros((C, 3))
     basis = gauge_basis(centers0)
@@ -125,11 +128,11 @@ def bundle_adjust(tr: Tracks, K: np.ndarray, R0: np.ndarray, centers0: np.ndarra
     pi, pj = np.concatenate(pi), np.concatenate(pj)
     R = exp_so3(w) @ R0
     r, xc = _project(K, R, centers0 + d, X, tr)
-    f = _cost(r, w, d, scale_px, rot_sigma, trans_sigma)
+    f = _cost(r, w, d, scale_px, rot_sigma, trans_sigma, obs_w)
     lam, it = 1e-3, 0
     for it in range(1, iterations + 1):
         nr = np.linalg.norm(r, axis=1)
-        wt = np.where(nr < scale_px, 1.0, scale_px / np.maximum(nr, 1e-12))  # IRLS weights of the Huber cost
+        wt = obs_w * np.where(nr < scale_px, 1.0, scale_px / np.maximum(nr, 1e-12))  # IRLS weights of the Huber cost
         Kc, z = K[tr.cam], xc[:, 2]
         dp = np.zeros((n, 2, 3))
         dp[:, 0, 0], dp[:, 0, 1] = Kc[:, 0, 0] / z, Kc[:, 0, 1] / z
@@ -167,7 +170,7 @@ def bundle_adjust(tr: Tracks, K: np.ndarray, R0: np.ndarray, centers0: np.ndarra
         w2, d2, X2 = w + dc[:, :3], d + dc[:, 3:], X + dX
         R2 = exp_so3(w2) @ R0
         r2, xc2 = _project(K, R2, centers0 + d2, X2, tr)
-        f2 = _cost(r2, w2, d2, scale_px, rot_sigma, trans_sigma)
+        f2 = _cost(r2, w2, d2, scale_px, rot_sigma, trans_sigma, obs_w)
         if np.isfinite(f2) and f2 < f:
             gain = (f - f2) / max(f, 1e-300)
             w, d, X, R, r, xc, f = w2, d2, X2, R2, r2, xc2, f2

@@ -69,6 +69,13 @@ def test_the_capture_fit_uses_the_recovered_rig(textured):
     assert rig_errors(fit.cameras, true).rot_deg.median() <= 0.3
 
 
+def test_at_most_the_asked_frames_are_read(textured):
+    _, cap, subject, sequence, images, _ = textured
+    assert sorted(images) == [0, 1]
+    assert sorted(sequence_images(cap, subject, sequence, max_frames=1)) == [0]
+    assert sorted(sequence_images(cap, subject, sequence, max_frames=5)) == [0, 1]
+
+
 def test_images_without_texture_fall_back_to_the_landmark_solve(textured):
     _, cap, subject, sequence, images, masks = textured
     flat = {f: {c: np.full_like(im, 128) for c, im in views.items()} for f, views in images.items()}

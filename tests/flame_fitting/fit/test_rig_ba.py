@@ -54,6 +54,7 @@ def test_left_jacobian_matches_finite_differences():
 
 def test_schur_lm_reaches_the_scipy_reference_minimum():
     tr, K, R, o, _ = _rig(noise_px=0.3)
+    tr.weight = np.random.default_rng(5).uniform(0.3, 3.0, len(tr.cam))  # per-observation weights in the cost
     R0, o0 = _perturb(R, o, 1.0, 10.0)
     rs, ts = np.radians(2.0), 0.02
     got = bundle_adjust(tr, K, R0, o0, rs, ts, scale_px=1e6, iterations=200, tol=1e-15)  # Huber at 1e6 px: least squares
@@ -65,7 +66,7 @@ def test_schur_lm_reaches_the_scipy_reference_minimum():
         Rc, oc, X = exp_so3(c[:, :3]) @ R0, o0 + c[:, 3:], x[basis.shape[1]:].reshape(P, 3)
         xc = np.einsum("nij,nj->ni", Rc[tr.cam], X[tr.point] - oc[tr.cam])
         uv = np.einsum("nij,nj->ni", K[tr.cam], xc)
-        return np.concatenate([(uv[:, :2] / uv[:, 2:] - tr.uv).ravel(), (c[:, :3] / rs).ravel(), (c[:, 3:] / ts).ravel()])
+        return np.concatenate([((uv[:, :2] / uv[:, 2:] - tr.uv) * np.sqrt(tr.weight)[:, None]).ravel(), (c[:, :3] / rs).ravel(), (c[:, 3:] / ts).ravel()])
 
     x0 = np.concatenate([np.zeros(basis.shape[1]), triangulate(tr, K, R0, o0).ravel()])
     ref = least_squares(resid, x0, method="lm", xtol=1e-15, ftol=1e-15, gtol=1e-15, max_nfev=20000)
