@@ -33,7 +33,7 @@ from .report import rig_errors
 from .rig_ba import BAResult, Tracks, bundle_adjust
 
 log = logging.getLogger(__name__)
-MIN_TRACKS = 50           # per camera: fewer observations and the camera is too weakly held to refine
+MIN_OBSERVATIONS = 15     # per camera: 30 equations for its 6 unknowns; fewer and the rig is not refined
 MIN_PAIR_MATCHES = 12     # matches of a camera pair before the epipolar check
 
 
@@ -143,10 +143,10 @@ def refine_rig(images: dict, masks: dict | None, cameras: dict[str, Camera], cfg
               "observations": int(len(tr.cam)), "objective_before": None, "objective_after": None,
               "threshold": cfg.camera_accept_gain * (6 * C - 7), "max_rot_deg": 0.0, "max_centre_mm": 0.0,
               "median_px": None}
-    if C < 3 or per_cam.min() < MIN_TRACKS:
+    if C < 3 or per_cam.min() < MIN_OBSERVATIONS:
         weakest = names[int(per_cam.argmin())] if C else ""
         report["reason"] = (f"too few feature tracks to refine the cameras (camera {weakest!r}: {int(per_cam.min())} "
-                            f"observations, fewer than {MIN_TRACKS})")
+                            f"observations, fewer than {MIN_OBSERVATIONS})")
         return cameras, report
     report["usable"] = True
     K = np.stack([cameras[n].K.astype(np.float64) for n in names])
