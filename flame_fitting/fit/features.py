@@ -132,6 +132,9 @@ def refine_rig(images: dict, masks: dict | None, cameras: dict[str, Camera], cfg
     """The cameras to fit with, and a report (accepted, usable, reason, objective_before / _after, threshold,
     max_rot_deg, max_centre_mm, tracks, observations, median_px). images: {frame: {camera: (H, W) uint8 gray}};
     masks: {frame: {camera: (H, W)}} or None."""
+    import cv2
+
+    cv2.setRNGSeed(0)  # RANSAC's draws: the same result whatever ran before in this process (pool worker or not)
     masks = masks or {}
     names = sorted(cameras)
     feats = {(f, c): view_features(img, masks.get(f, {}).get(c)) for f, views in images.items()
