@@ -6,7 +6,8 @@ The skin's texture can: per frame, SIFT features inside each view's mask (eroded
 silhouette's edge do not count) are matched between every camera and its `camera_feature_neighbours` nearest cameras
 (by optical axis) — Lowe's ratio test, mutual best match, a RANSAC epipolar check — and joined into multi-view tracks
 (a track that sees one camera twice is dropped). The rig is then bundle-adjusted over the tracks of all frames
-(rig_ba.py: rotations and centres, gauge held, priors from the calibration), each observation weighted by
+(rig_ba.py: rotations and centres, gauge held, priors from the calibration; Huber at `camera_feature_scale_px`,
+0.3 px), each observation weighted by
 (median keypoint size / its keypoint size)²: a keypoint's localisation error grows with its scale, and the large
 blobs shift most between viewpoints (on the benchmark capture: cameras 0.14° / 1.8 mm median off against 0.18° /
 2.8 mm unweighted).
@@ -156,8 +157,9 @@ def refine_rig(images: dict, masks: dict | None, cameras: dict[str, Camera], cfg
     R0 = np.stack([cameras[n].R.astype(np.float64) for n in names])
     o0 = np.stack([cameras[n].center.astype(np.float64) for n in names])
     rs, ts = np.radians(cfg.camera_rot_sigma_deg), cfg.camera_trans_sigma_mm * 1e-3
-    held = bundle_adjust(tr, K, R0, o0, rs, ts, hold_cameras=True)
-    cand: BAResult = bundle_adjust(tr, K, R0, o0, rs, ts, X0=held.X)
+    sp = cfg.camera_feature_scale_px
+    held = bundle_adjust(tr, K, R0, o0, rs, ts, scale_px=sp, hold_cameras=True)
+    cand: BAResult = bundle_adjust(tr, K, R0, o0, rs, ts, scale_px=sp, X0=held.X)
     out = {}
     for i, n in enumerate(names):
         m = np.eye(4)
