@@ -30,8 +30,10 @@ import numpy as np
 from flame_fitting.geometry.camera import Camera
 
 from .config import FitConfig
+from .observations import undistort_px
 from .report import rig_errors
 from .rig_ba import BAResult, Tracks, bundle_adjust
+from .so3 import angle_deg
 
 log = logging.getLogger(__name__)
 MIN_OBSERVATIONS = 15     # per camera: 30 equations for its 6 unknowns; fewer and the rig is not refined
@@ -103,6 +105,7 @@ def build_tracks(features: dict, cameras: dict[str, Camera], k: int) -> Tracks:
         groups.setdefault(find(key), []).append(key)
     names = sorted(cameras)
     index = {n: i for i, n in enumerate(names)}
+    pixels = {key: undistort_px(cameras[key[1]], pts[:, :2] + 0.5) for key, (pts, _) in features.items()}
     cam, point, uv, size = [], [], [], []
     for obs in sorted(groups.values()):
         if len(obs) < 2 or len({c for _, c, _ in obs}) != len(obs):
@@ -111,21 +114,12 @@ def build_tracks(features: dict, cameras: dict[str, Camera], k: int) -> Tracks:
         for f, c, i in obs:
             cam.append(index[c])
             point.append(p)
-            kp = features[(f, c)][0][i]
-            uv.append(_undistorted(cameras[c], kp[:2] + 0.5))
-            size.append(kp[2])
+            uv.append(pixels[(f, c)][i])
+            size.append(features[(f, c)][0][i, 2])
     size = np.array(size, np.float64)
     weight = (np.median(size) / size) ** 2 if len(size) else None  # localisation σ ∝ the keypoint's size
     return Tracks(np.array(cam, int), np.array(point, int), np.array(uv, np.float64).reshape(-1, 2),
                   (point[-1] + 1) if point else 0, weight)
-
-
-def _undistorted(cam: Camera, px: np.ndarray) -> np.ndarray:
-    if cam.dist is None:
-        return px
-    xn = cam.normalized(px[None])[0]
-    K = cam.K.astype(np.float64)
-    return xn @ K[:2, :2].T + K[:2, 2]
 
 
 def refine_rig(images: dict, masks: dict | None, cameras: dict[str, Camera], cfg: FitConfig
@@ -165,7 +159,7 @@ def refine_rig(images: dict, masks: dict | None, cameras: dict[str, Camera], cfg
         m = np.eye(4)
         m[:3, :3], m[:3, 3] = cand.R[i], -cand.R[i] @ cand.centers[i]
         out[n] = cameras[n].with_pose(m)
-    rot = np.degrees(np.arccos(np.clip((np.einsum("cij,cij->c", cand.R, R0) - 1) / 2, -1, 1)))
+    rot = np.array([angle_deg(a @ b.T) for a, b in zip(cand.R, R0)])
     centre = np.linalg.norm(cand.centers - o0, axis=1) * 1e3
     moved = rig_errors(out, cameras)  # each camera's move relative to the rest of the rig (gauge removed)
     report.update(objective_before=held.cost, objective_after=cand.cost, max_rot_deg=float(rot.max()),

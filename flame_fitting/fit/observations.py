@@ -68,7 +68,7 @@ def _points(value, frame: int, cam: str) -> np.ndarray:
     return pts
 
 
-def _undistort_px(cam: Camera, uv: np.ndarray) -> np.ndarray:
+def undistort_px(cam: Camera, uv: np.ndarray) -> np.ndarray:
     """(N, 2) distorted pixels -> ideal-pinhole pixels of the same K (NaN rows stay NaN)."""
     if cam.dist is None:
         return uv
@@ -101,7 +101,7 @@ def pack_observations(cameras: dict[str, Camera], observations: dict, landmark_i
         for c, name in enumerate(names):
             if name not in views:
                 continue
-            pts = _undistort_px(cameras[name], _points(views[name], frame, name)[idx])
+            pts = undistort_px(cameras[name], _points(views[name], frame, name)[idx])
             w = np.ones(L)
             if confidences is not None and name in confidences.get(frame, {}):
                 cw = np.asarray(confidences[frame][name], np.float64).reshape(-1)

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .so3 import hat_np, left_jacobian_np, rodrigues_np
+
 
 @dataclass
 class Tracks:
@@ -40,31 +42,6 @@ class BAResult:
     cost: float          # robust data cost + priors at the solution
     residuals: np.ndarray  # (n, 2) px
     iterations: int
-
-
-def hat(a: np.ndarray) -> np.ndarray:
-    K = np.zeros(a.shape[:-1] + (3, 3))
-    K[..., 0, 1], K[..., 0, 2], K[..., 1, 2] = -a[..., 2], a[..., 1], -a[..., 0]
-    K[..., 1, 0], K[..., 2, 0], K[..., 2, 1] = a[..., 2], -a[..., 1], a[..., 0]
-    return K
-
-
-def exp_so3(w: np.ndarray) -> np.ndarray:
-    """(..., 3) rotation vectors -> (..., 3, 3) rotations (Rodrigues)."""
-    th = np.linalg.norm(w, axis=-1)[..., None, None]
-    K = hat(w / np.maximum(th[..., 0], 1e-300))
-    return np.eye(3) + np.sin(th) * K + (1 - np.cos(th)) * K @ K
-
-
-def left_jacobian(w: np.ndarray) -> np.ndarray:
-    """(..., 3) -> (..., 3, 3) J with Exp(w + δ) ≈ Exp(J δ) Exp(w)."""
-    th = np.linalg.norm(w, axis=-1)[..., None, None]
-    W = hat(w)
-    small = th < 1e-6
-    t = np.where(small, 1.0, th)
-    a = np.where(small, 0.5, (1 - np.cos(t)) / t ** 2)
-    b = np.where(small, 1 / 6, (t - np.sin(t)) / t ** 3)
-    return np.eye(3) + a * W + b * W @ W
 
 
 def gauge_basis(centers: np.ndarray) -> np.ndarray:
@@ -126,7 +103,7 @@ def bundle_adjust(tr: Tracks, K: np.ndarray, R0: np.ndarray, centers0: np.ndarra
         pi.append(np.repeat(ids, len(ids)))
         pj.append(np.tile(ids, len(ids)))
     pi, pj = np.concatenate(pi), np.concatenate(pj)
-    R = exp_so3(w) @ R0
+    R = rodrigues_np(w) @ R0
     r, xc = _project(K, R, centers0 + d, X, tr)
     f = _cost(r, w, d, scale_px, rot_sigma, trans_sigma, obs_w)
     lam, it = 1e-3, 0
@@ -148,7 +125,7 @@ def bundle_adjust(tr: Tracks, K: np.ndarray, R0: np.ndarray, centers0: np.ndarra
         if hold_cameras:
             dc = np.zeros((C, 6))
         else:
-            A = np.concatenate([dp @ -hat(xc) @ left_jacobian(w)[tr.cam], dp @ -R[tr.cam]], axis=2)  # ∂r/∂(ω, δo)
+            A = np.concatenate([dp @ -hat_np(xc) @ left_jacobian_np(w)[tr.cam], dp @ -R[tr.cam]], axis=2)  # ∂r/∂(ω, δo)
             Aw = A * wt[:, None, None]
             Hcc = np.zeros((C, C, 6, 6))
             np.add.at(Hcc, (tr.cam, tr.cam), np.einsum("nki,nkj->nij", Aw, A))
@@ -168,7 +145,7 @@ def bundle_adjust(tr: Tracks, K: np.ndarray, R0: np.ndarray, centers0: np.ndarra
             np.add.at(hp, tr.point, np.einsum("nij,ni->nj", Hcp, dc[tr.cam]))
         dX = -np.einsum("pij,pj->pi", Hinv, hp)
         w2, d2, X2 = w + dc[:, :3], d + dc[:, 3:], X + dX
-        R2 = exp_so3(w2) @ R0
+        R2 = rodrigues_np(w2) @ R0
         r2, xc2 = _project(K, R2, centers0 + d2, X2, tr)
         f2 = _cost(r2, w2, d2, scale_px, rot_sigma, trans_sigma, obs_w)
         if np.isfinite(f2) and f2 < f:

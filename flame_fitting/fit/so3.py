@@ -55,6 +55,16 @@ def rodrigues_np(w: np.ndarray) -> np.ndarray:
     return rodrigues(torch.as_tensor(np.asarray(w, np.float64))).numpy()
 
 
+def hat_np(w: np.ndarray) -> np.ndarray:
+    """(..., 3) -> [w]_x (..., 3, 3) float64."""
+    return hat(torch.as_tensor(np.asarray(w, np.float64))).numpy()
+
+
+def left_jacobian_np(w: np.ndarray) -> np.ndarray:
+    """SO(3) left Jacobian (..., 3) -> (..., 3, 3) float64."""
+    return left_jacobian(torch.as_tensor(np.asarray(w, np.float64))).numpy()
+
+
 def log_np(R: np.ndarray) -> np.ndarray:
     """Rotation matrix (3, 3) -> axis-angle (3,) float64 (angle in [0, π])."""
     R = np.asarray(R, np.float64)
