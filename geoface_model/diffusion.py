@@ -192,9 +192,10 @@ def denoising_errors(model, batch: dict, codec: LatentCodec, scheduler: DDPMSche
     pt = cfg.model.prediction_type
     out: dict[str, float] = {}
     n_ref = batch["n_ref"]
+    x0 = codec.encode_frames(batch["images"].to(device))[:, n_ref:]  # clean latents: the same at every t
+    g0 = None
     for t in timesteps:
         kwargs, _, _ = prepare_inputs(batch, codec, scheduler, cfg, generator, device, timestep=int(t))
-        x0 = codec.encode_frames(batch["images"].to(device))[:, n_ref:]
         res = model(**kwargs)
         x_t = kwargs["app"][:, n_ref:]
         est = x0_from_prediction(pt, scheduler, x_t, res.app[:, n_ref:], t, cfg.model.sigma_data)
@@ -202,7 +203,7 @@ def denoising_errors(model, batch: dict, codec: LatentCodec, scheduler: DDPMSche
         out[f"identity_x0_mse_t{t}"] = float((x_t - x0).square().mean())
         out[f"zero_x0_mse_t{t}"] = float(x0.square().mean())
         if res.geo is not None:
-            g0 = codec.encode(batch["uv_posmap"].to(device))
+            g0 = codec.encode(batch["uv_posmap"].to(device)) if g0 is None else g0
             gest = x0_from_prediction(pt, scheduler, kwargs["geo"], res.geo, t, cfg.model.sigma_data)
             out[f"geo_x0_mse_t{t}"] = float((gest - g0).square().mean())
     return out

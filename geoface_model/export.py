@@ -28,13 +28,13 @@ from pathlib import Path
 import numpy as np
 
 from flame_fitting.core.errors import GeofaceError
-from flame_fitting.geometry.camera import Camera, invert_rigid
+from flame_fitting.geometry.camera import Camera
+from flame_fitting.geometry.camera import opengl_cam_to_world as opengl_c2w
 from flame_fitting.core.fileio import output_dir, write_png
 from flame_fitting.formats.capture import load_cameras, read_image
 from flame_fitting.geometry.raster import rasterize
 from flame_fitting.geometry.meshes import vertex_normals
 
-GL_FROM_CV = np.diag([1.0, -1.0, -1.0, 1.0])
 PLY_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("nx", "<f4"), ("ny", "<f4"), ("nz", "<f4"),
                       ("red", "u1"), ("green", "u1"), ("blue", "u1")])
 
@@ -51,11 +51,6 @@ def rotmat_to_qvec(R: np.ndarray) -> np.ndarray:
     vals, vecs = np.linalg.eigh(Km)
     q = vecs[[3, 0, 1, 2], np.argmax(vals)]
     return -q if q[0] < 0 else q
-
-
-def opengl_c2w(cam: Camera) -> np.ndarray:
-    """OpenGL camera→world (4,4) float64 of an OpenCV world_to_cam."""
-    return invert_rigid(cam.world_to_cam).astype(np.float64) @ GL_FROM_CV
 
 
 def vertex_colors(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarray], cameras: list[Camera],

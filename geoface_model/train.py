@@ -247,7 +247,7 @@ def loss_grad_norms(out: dict, params: list[torch.nn.Parameter]) -> dict[str, fl
         if term is None or not term.requires_grad:
             return float("nan")
         grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
-        return float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None)))
+        return float(torch.nn.utils.get_total_norm([g.float() for g in grads if g is not None]))
     return {"grad_norm_diffusion": norm(out["diffusion_term"]), "grad_norm_align": norm(out.get("align_term"))}
 
 

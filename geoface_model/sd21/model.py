@@ -24,13 +24,14 @@ weights" would be all of them; a saved model therefore loads without the base fo
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from diffusers import ConfigMixin, ModelMixin, UNet2DConditionModel
 from diffusers.configuration_utils import register_to_config
 from torch import nn
+
+from flame_fitting.core.fileio import read_json_object
 
 from ..attention import TokenLayout
 from ..model import GeoFaceOutput
@@ -170,10 +171,7 @@ def check_saved_backbone(path: Path, class_name: str, backbone: str) -> None:
     file = Path(path) / "config.json"
     if not file.is_file():
         raise BaseModelError(f"{file}: missing (not a saved {class_name} folder)")
-    try:
-        name = json.loads(file.read_text()).get("_class_name")
-    except (OSError, json.JSONDecodeError) as e:
-        raise BaseModelError(f"{file}: not readable JSON ({type(e).__name__})") from None
+    name = read_json_object(file, BaseModelError).get("_class_name")
     if name != class_name:
         raise BaseModelError(f"{file}: _class_name is {name!r}, model.backbone {backbone!r} needs {class_name!r} "
                              "(a checkpoint trained with another backbone)")
