@@ -28,23 +28,13 @@ import cv2
 import numpy as np
 
 from flame_fitting.geometry.camera import CameraError, check_rigid
+from flame_fitting.geometry.camera import world_to_cam_from_opengl as world_to_cam_from_gl
 from flame_fitting.formats.capture import CaptureError
 from pipelines.common import CaptureImport
 from pipelines.import_config import as_matrix, camera_names, ImportConfig, ImportReport, load_json, select_names
 from pipelines.views import read_image_file
 
-GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
-
-
-def world_to_cam_from_gl(c2w_gl: np.ndarray) -> np.ndarray:
-    """OpenGL camera→world (4,4) -> OpenCV world→camera (4,4), float64."""
-    c2w = c2w_gl @ GL_TO_CV
-    R, t = c2w[:3, :3], c2w[:3, 3]
-    out = np.eye(4)
-    out[:3, :3] = R.T
-    out[:3, 3] = -R.T @ t
-    return out
 
 
 # distortion keys (OpenCV order) each camera model has; the others must be absent or zero

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from flame_fitting.core.fileio import atomic_write, output_dir, write_bytes, write_json
-from flame_fitting.formats.fit_export import ExportFrame, ExportSequence, load_export_input, opengl_cam_to_world
+from flame_fitting.formats.fit_export import ExportFrame, ExportSequence, load_export_input
+from flame_fitting.geometry.camera import opengl_cam_to_world
 from flame_fitting.geometry.camera import Camera
 
 PLY_GREY = 128

@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from flame_fitting.core.fileio import output_dir, read_image, write_bytes, write_json, write_npz, write_png
-from flame_fitting.formats.fit_export import (ExportError, ExportSequence, load_export_input, opengl_cam_to_world)
-from flame_fitting.geometry.camera import Camera
+from flame_fitting.formats.fit_export import ExportError, ExportSequence, load_export_input
+from flame_fitting.geometry.camera import Camera, opengl_cam_to_world
 
 N_SHAPE, N_EXPR = 300, 100   # FLAME's widths, VHAP's and GaussianAvatars' defaults
 TRAIN_RATIO = 0.7            # VHAP's split_json default

@@ -14,9 +14,9 @@ size, a missing or malformed array) raise ExportError naming the file and what i
 otherwise pair parameters with the wrong images.
 
 Camera conventions: ours is OpenCV (x right, y down, z forward; world_to_cam; pixel centres at +0.5). OpenGL /
-Blender / NeRF camera→world: c2w_gl = inverse(world_to_cam) @ diag(1, -1, -1, 1) (`opengl_cam_to_world`); the
-inverse is `world_to_cam_from_opengl`. Both exports need pinhole cameras without skew or distortion (capture
-images are undistorted at import), else ExportError.
+Blender / NeRF camera→world: c2w_gl = inverse(world_to_cam) @ diag(1, -1, -1, 1) (geometry.camera
+`opengl_cam_to_world`; the inverse is `world_to_cam_from_opengl`). Both exports need pinhole cameras without skew or
+distortion (capture images are undistorted at import), else ExportError.
 """
 from __future__ import annotations
 
@@ -28,9 +28,8 @@ import numpy as np
 from flame_fitting.core.errors import GeofaceError
 from flame_fitting.formats.capture import CaptureError, load_capture, load_cameras
 from flame_fitting.formats.fits import fit_folders
-from flame_fitting.geometry.camera import Camera, invert_rigid
+from flame_fitting.geometry.camera import Camera
 
-GL_FROM_CV = np.diag([1.0, -1.0, -1.0, 1.0])  # its own inverse: flips the camera's y and z axes
 PARAMS = {"shape": None, "expr": None, "global_orient": 3, "transl": 3, "neck_pose": 3, "jaw_pose": 3, "eye_pose": 6}
 CAMERA_SOURCES = ("fit", "capture")
 
@@ -65,16 +64,6 @@ class ExportSequence:
     @property
     def camera_names(self) -> list[str]:
         return sorted(self.cameras)
-
-
-def opengl_cam_to_world(cam: Camera) -> np.ndarray:
-    """(4, 4) float64 OpenGL camera→world of an OpenCV camera."""
-    return invert_rigid(cam.world_to_cam.astype(np.float64)) @ GL_FROM_CV
-
-
-def world_to_cam_from_opengl(c2w_gl: np.ndarray) -> np.ndarray:
-    """(4, 4) float64 OpenCV world→camera of an OpenGL camera→world (the inverse of `opengl_cam_to_world`)."""
-    return invert_rigid(np.asarray(c2w_gl, np.float64) @ GL_FROM_CV)
 
 
 def check_pinhole(cam: Camera, where: str) -> None:

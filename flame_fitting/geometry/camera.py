@@ -191,6 +191,24 @@ def invert_rigid(m: np.ndarray) -> np.ndarray:
     return out.astype(np.float32)
 
 
+GL_FROM_CV = np.diag([1.0, -1.0, -1.0, 1.0])  # its own inverse: flips the camera's y and z axes (OpenCV <-> OpenGL)
+
+
+def opengl_cam_to_world(cam: Camera) -> np.ndarray:
+    """(4, 4) float64 OpenGL / Blender / NeRF camera→world of an OpenCV camera."""
+    return invert_rigid(cam.world_to_cam.astype(np.float64)).astype(np.float64) @ GL_FROM_CV
+
+
+def world_to_cam_from_opengl(c2w_gl: np.ndarray) -> np.ndarray:
+    """(4, 4) float64 OpenCV world→camera of an OpenGL camera→world (the inverse of `opengl_cam_to_world`)."""
+    c2w = np.asarray(c2w_gl, np.float64) @ GL_FROM_CV
+    R, t = c2w[:3, :3], c2w[:3, 3]
+    out = np.eye(4)
+    out[:3, :3] = R.T
+    out[:3, 3] = -R.T @ t
+    return out
+
+
 def look_at(eye: np.ndarray, target: np.ndarray, up=(0.0, 1.0, 0.0)) -> np.ndarray:
     """world_to_cam (4,4) of an OpenCV camera at `eye` looking at `target`, with world `up` up in the image."""
     eye, target, up = (np.asarray(v, np.float64) for v in (eye, target, up))

@@ -16,7 +16,8 @@ from flame_fitting.core.fileio import read_image
 from flame_fitting.formats.capture import load_capture
 from flame_fitting.formats.export_nerfstudio import export_nerfstudio
 from flame_fitting.formats.export_vhap import export_vhap
-from flame_fitting.formats.fit_export import ExportError, opengl_cam_to_world, world_to_cam_from_opengl
+from flame_fitting.formats.fit_export import ExportError
+from flame_fitting.geometry.camera import opengl_cam_to_world, world_to_cam_from_opengl
 from pipelines.import_config import ImportConfig
 from pipelines.registry import import_capture
 
