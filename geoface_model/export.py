@@ -30,6 +30,7 @@ import numpy as np
 from flame_fitting.core.errors import GeofaceError
 from flame_fitting.geometry.camera import Camera
 from flame_fitting.geometry.camera import opengl_cam_to_world as opengl_c2w
+from flame_fitting.core import fileio
 from flame_fitting.core.fileio import output_dir, write_png
 from flame_fitting.formats.capture import load_cameras, read_image
 from flame_fitting.geometry.raster import rasterize
@@ -82,18 +83,11 @@ def vertex_colors(vertices: np.ndarray, faces: np.ndarray, images: list[np.ndarr
 
 def write_ply(path: Path | str, points: np.ndarray, normals: np.ndarray, colors: np.ndarray) -> Path:
     """Binary little-endian PLY with 3DGS's vertex layout (`PLY_DTYPE`)."""
-    n = len(points)
-    data = np.empty(n, PLY_DTYPE)
+    data = np.empty(len(points), PLY_DTYPE)
     for k, name in enumerate("xyz"):
         data[name], data["n" + name] = points[:, k], normals[:, k]
     data["red"], data["green"], data["blue"] = colors[:, 0], colors[:, 1], colors[:, 2]
-    props = "".join(f"property {'float' if PLY_DTYPE[f].kind == 'f' else 'uchar'} {f}\n" for f in PLY_DTYPE.names)
-    header = f"ply\nformat binary_little_endian 1.0\nelement vertex {n}\n{props}end_header\n"
-    path = Path(path)
-    with open(path, "wb") as fh:
-        fh.write(header.encode("ascii"))
-        fh.write(data.tobytes())
-    return path
+    return fileio.write_ply(path, data)
 
 
 def read_ply(path: Path | str) -> np.ndarray:

@@ -126,6 +126,15 @@ def _json_default(o):
     raise TypeError(f"{type(o).__name__} is not JSON serialisable")
 
 
+def write_ply(path: Path | str, vertices: np.ndarray) -> Path:
+    """A binary little-endian PLY with one vertex element, atomically: `vertices` is a structured array whose float32 /
+    uint8 fields are the PLY properties, in order."""
+    kinds = {"f": "float", "u": "uchar"}
+    props = "".join(f"property {kinds[vertices.dtype[f].kind]} {f}\n" for f in vertices.dtype.names)
+    header = f"ply\nformat binary_little_endian 1.0\nelement vertex {len(vertices)}\n{props}end_header\n"
+    return atomic_write(path, lambda f: (f.write(header.encode("ascii")), f.write(vertices.tobytes())))
+
+
 def write_json(path: Path | str, data, indent: int | None = 2) -> Path:
     return write_text(path, json.dumps(data, indent=indent, default=_json_default) + "\n")
 

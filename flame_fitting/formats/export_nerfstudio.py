@@ -23,10 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from flame_fitting.core.fileio import atomic_write, output_dir, write_bytes, write_json
+from flame_fitting.core.fileio import output_dir, write_bytes, write_json, write_ply
 from flame_fitting.formats.fit_export import ExportFrame, ExportSequence, load_export_input
-from flame_fitting.geometry.camera import opengl_cam_to_world
-from flame_fitting.geometry.camera import Camera
+from flame_fitting.geometry.camera import Camera, opengl_cam_to_world
 
 PLY_GREY = 128
 PLY_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
@@ -39,17 +38,13 @@ def camera_frame(cam: Camera) -> dict:
             "h": cam.height}
 
 
-def write_ply(path: Path, points: np.ndarray) -> None:
-    """points (N, 3) as a binary little-endian PLY with grey colours."""
+def grey_points(points: np.ndarray) -> np.ndarray:
+    """points (N, 3) as PLY vertices (`PLY_DTYPE`) with grey colours."""
     data = np.zeros(len(points), PLY_DTYPE)
     for i, k in enumerate("xyz"):
         data[k] = points[:, i]
     data["red"] = data["green"] = data["blue"] = PLY_GREY
-    header = ("ply\nformat binary_little_endian 1.0\n"
-              f"element vertex {len(points)}\n"
-              + "".join(f"property float {k}\n" for k in "xyz")
-              + "".join(f"property uchar {k}\n" for k in ("red", "green", "blue")) + "end_header\n")
-    atomic_write(path, lambda f: (f.write(header.encode("ascii")), f.write(data.tobytes())))
+    return data
 
 
 def write_frame(seq: ExportSequence, fr: ExportFrame, folder: Path) -> dict:
@@ -63,7 +58,7 @@ def write_frame(seq: ExportSequence, fr: ExportFrame, folder: Path) -> dict:
             entry["mask_path"] = f"masks/{v.camera}.png"
             write_bytes(folder / entry["mask_path"], v.mask.read_bytes())
         frames.append(entry)
-    write_ply(folder / "points3d.ply", fr.vertices)
+    write_ply(folder / "points3d.ply", grey_points(fr.vertices))
     write_json(folder / "transforms.json", {"camera_model": "OPENCV", "frames": frames,
                                             "ply_file_path": "points3d.ply"}, indent=1)
     out = {"frame": fr.frame, "folder": f"{seq.subject}/{seq.sequence}/{fr.frame:05d}", "images": len(frames),
