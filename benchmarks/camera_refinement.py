@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _capture_args import add_capture_args
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -30,10 +31,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seed", type=int, default=0, help="synthetic generator seed (0: the pipeline's default capture)")
-    ap.add_argument("--subjects", type=int, default=6)
-    ap.add_argument("--frames", type=int, default=3)
-    ap.add_argument("--cameras", type=int, default=16)
-    ap.add_argument("--resolution", type=int, default=512)
+    add_capture_args(ap, 6)
     a = ap.parse_args()
     from fit import face_region, run_camera_refinement
 

@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _capture_args import add_capture_args
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "stages"))
@@ -82,10 +84,7 @@ def file_hashes(data: Path, subjects: list[str]) -> dict[str, str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--subjects", type=int, default=6, help="N, subjects of the first capture (>= 6 for the issue)")
-    ap.add_argument("--frames", type=int, default=3)
-    ap.add_argument("--cameras", type=int, default=16)
-    ap.add_argument("--resolution", type=int, default=512)
+    add_capture_args(ap, 6, subjects_help="N, subjects of the first capture (>= 6 for the issue)")
     ap.add_argument("--workers", type=int, default=1, help="executor.workers of both phases (local)")
     ap.add_argument("--phase", nargs=4, help=argparse.SUPPRESS)
     a = ap.parse_args()

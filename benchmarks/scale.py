@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _capture_args import add_capture_args
+
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,10 +85,7 @@ def same_fits(a: Path, b: Path) -> bool:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--subjects", type=int, default=12)
-    ap.add_argument("--frames", type=int, default=3)
-    ap.add_argument("--cameras", type=int, default=16)
-    ap.add_argument("--resolution", type=int, default=512)
+    add_capture_args(ap, 12)
     ap.add_argument("--phase", nargs=5, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.phase:
