@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from .config import GeoFaceConfig
-from .model import GeoFaceTransformer, model_kwargs
+from .model import GeoFaceTransformer, geo_norm_resolution, model_kwargs
 from .sd21 import BaseModelError, SD21MultiView, check_base_folder
 from .sd21.model import check_saved_backbone
 
@@ -29,7 +29,8 @@ def vae_path_of(cfg: GeoFaceConfig) -> str | None:
 def sd21_kwargs(cfg: GeoFaceConfig) -> dict:
     m = cfg.model
     return dict(geometry_stream=m.geometry_stream, align_layers=m.resolved_align_layers(), align_head=m.align_head,
-                qk_norm=m.qk_norm, prediction_type=m.prediction_type, camera_scale=m.camera_scale)
+                qk_norm=m.qk_norm, prediction_type=m.prediction_type, camera_scale=m.camera_scale,
+                geo_norm_resolution=geo_norm_resolution(cfg))
 
 
 def build_model(cfg: GeoFaceConfig, latent_channels: int, latent_downsample: int):

@@ -58,6 +58,9 @@ class ModelConfig:
     sigma_data: float = spec(0.5, "edm only: the data's standard deviation σd in the preconditioning", lo=1e-3)
     camera_scale: float = spec(2.0, "SEVA normalisation: distance of the reference camera to the views' centroid", lo=1e-3)
     gradient_checkpointing: bool = spec(False, "recompute block activations in the backward pass (saves memory)")
+    geometry_norm: str = spec("dataset", "how the geometry frame is diffused: dataset = (map − training mean map) / scale, "
+                                         "residuals filling [-1, 1] (geo_norm.py); none = the maps' box coordinates as they are",
+                              choices=["dataset", "none"])
     # --- backbone sd21_mv (geoface_model/sd21): Stable Diffusion 2.x UNet as the multi-view model
     backbone: str = spec("dit", "dit: the transformer trained from scratch; sd21_mv: fine-tune a local Stable Diffusion 2.x "
                                 "UNet (model.base_path; width/depth/heads/vae_path then unused)", choices=["dit", "sd21_mv"])

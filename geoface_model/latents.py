@@ -1,6 +1,7 @@
 """Where the diffusion runs: pixel space (identity) or the latent space of a local diffusers AutoencoderKL.
 
-Views and the UV position map go through the same codec (both are 3-channel images in [-1,1]).
+Views and the UV position map go through the same codec (both are 3-channel images in [-1,1]); the map first
+through the model's geometry normalisation when it has one (geo_norm.py: `encode_geometry` / `decode_geometry`).
 VAE latents are the posterior mean (deterministic), then `(z - shift_factor) * scaling_factor` as in
 diffusers' pipelines; `decode` inverts that. `vae_path` must be a local folder holding the VAE's
 config.json + weights (`AutoencoderKL.save_pretrained` layout): hub ids are refused, nothing is downloaded.
@@ -44,8 +45,9 @@ def latent_shape_info(vae_path: Path | str | None) -> tuple[int, int]:
 class LatentCodec:
     """encode (N,3,H,W) in [-1,1] -> (N,C,H/f,W/f); decode back. Frozen, no gradients."""
 
-    def __init__(self, vae=None):
+    def __init__(self, vae=None, geometry_norm=None):
         self.vae = vae
+        self.geometry_norm = geometry_norm  # geo_norm.GeometryNorm of the model, or None
         if vae is None:
             self.channels, self.downsample = 3, 1
             self.scaling, self.shift = 1.0, 0.0
@@ -91,6 +93,16 @@ class LatentCodec:
             return z.float().clamp(-1, 1)
         x = self.vae.decode((z / self.scaling + self.shift).to(self.vae.dtype)).sample
         return x.float().clamp(-1, 1)
+
+    def encode_geometry(self, posmap: torch.Tensor) -> torch.Tensor:
+        """UV position maps (N,3,R,R) in box coordinates -> the geometry frame's latents (normalised first)."""
+        return self.encode(posmap if self.geometry_norm is None else self.geometry_norm.normalize(posmap.float()))
+
+    @torch.no_grad()
+    def decode_geometry(self, z: torch.Tensor) -> torch.Tensor:
+        """The geometry frame's latents -> UV position maps (N,3,R,R) in box coordinates, clamped to [-1,1]."""
+        g = self.decode(z)
+        return g if self.geometry_norm is None else self.geometry_norm.denormalize(g).clamp(-1, 1)
 
     def encode_frames(self, x: torch.Tensor) -> torch.Tensor:
         """(B,F,3,H,W) -> (B,F,C,h,w)."""

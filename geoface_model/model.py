@@ -25,6 +25,7 @@ from torch import nn
 
 from .attention import AlignLogits, Attention, TokenLayout
 from .embeddings import sincos_2d, timestep_embedding
+from .geo_norm import GeometryNormMixin
 
 
 @dataclass
@@ -92,7 +93,7 @@ class FinalLayer(nn.Module):
         return y.reshape(B, Fr, C, gh * p, gw * p)
 
 
-class GeoFaceTransformer(ModelMixin, ConfigMixin):
+class GeoFaceTransformer(ModelMixin, ConfigMixin, GeometryNormMixin):
     """The dual-stream transformer; see the module docstring. Constructor arguments = saved config."""
 
     _supports_gradient_checkpointing = True
@@ -101,8 +102,10 @@ class GeoFaceTransformer(ModelMixin, ConfigMixin):
     def __init__(self, latent_channels: int = 3, patch_size: int = 8, geo_patch_size: int = 8, width: int = 128,
                  depth: int = 6, heads: int = 4, mlp_ratio: float = 4.0, geometry_stream: bool = True,
                  align_layers: list[int] | None = None, prediction_type: str = "epsilon",
-                 camera_scale: float = 2.0, freq_dim: int = 256, sigma_data: float = 0.5):
+                 camera_scale: float = 2.0, freq_dim: int = 256, sigma_data: float = 0.5,
+                 geo_norm_resolution: int = 0, geo_norm_scale: float = 0.0):
         super().__init__()
+        self._init_geometry_norm(geo_norm_resolution if geometry_stream else 0, geo_norm_scale)
         D, C = width, latent_channels
         self.align_layers = [depth // 2] if align_layers is None else list(align_layers)
         if any(not 0 <= i < depth for i in self.align_layers):
@@ -210,4 +213,10 @@ def model_kwargs(cfg, latent_channels: int, latent_downsample: int) -> dict:
     return dict(latent_channels=latent_channels, patch_size=t.patch_size // latent_downsample,
                 geo_patch_size=t.geo_patch_size // latent_downsample, width=m.width, depth=m.depth, heads=m.heads,
                 mlp_ratio=m.mlp_ratio, geometry_stream=m.geometry_stream, align_layers=m.resolved_align_layers(),
-                prediction_type=m.prediction_type, camera_scale=m.camera_scale, sigma_data=m.sigma_data)
+                prediction_type=m.prediction_type, camera_scale=m.camera_scale, sigma_data=m.sigma_data,
+                geo_norm_resolution=geo_norm_resolution(cfg))
+
+
+def geo_norm_resolution(cfg) -> int:
+    """Side of the geometry normalisation's mean map (tokens.uv_resolution), 0 when there is none."""
+    return cfg.tokens.uv_resolution if cfg.model.geometry_stream and cfg.model.geometry_norm == "dataset" else 0

@@ -120,7 +120,7 @@ class GeoFacePipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(transformer=transformer, scheduler=scheduler, vae=vae)
         self.register_to_config(resolution=int(resolution), uv_resolution=int(uv_resolution))
-        self.codec = LatentCodec(vae)
+        self.codec = LatentCodec(vae, transformer.geometry_norm())
         c, f = transformer.config, self.codec.downsample
         for what, size, p in (("resolution", resolution, c.patch_size * f), ("uv_resolution", uv_resolution, c.geo_patch_size * f)):
             if size % p:
@@ -307,7 +307,7 @@ class GeoFacePipeline(DiffusionPipeline):
         ref_u8 = ((ref_px.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
         posmap = verts = faces = None
         if geo_on:
-            posmap = self.codec.decode(geo).float().cpu()[0].permute(1, 2, 0).contiguous().numpy()  # (R, R, 3)
+            posmap = self.codec.decode_geometry(geo).float().cpu()[0].permute(1, 2, 0).contiguous().numpy()  # (R, R, 3)
             if mesh and self.uv_layout is not None:
                 with torch_threads():
                     verts = posmap_to_vertices(posmap, self.uv_layout, gutter=int(self.head_info.get("gutter", 4)))

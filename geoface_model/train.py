@@ -40,6 +40,7 @@ from .config import GeoFaceConfig
 from .data import GeoFaceDataset, ShardError, check_compatible, collate
 from .diffusion import make_noise_scheduler, training_losses
 from .latents import LatentCodec
+from .geo_norm import posmap_statistics
 
 log = logging.getLogger("geoface_model.train")
 
@@ -150,6 +151,9 @@ def train(cfg: GeoFaceConfig, data: str | Path | GeoFaceDataset, out_dir: str | 
     set_seed(tc.seed)
     codec = LatentCodec.from_path(vae_path_of(cfg), accelerator.device)
     model = build_model(cfg, codec.channels, codec.downsample)
+    if hasattr(model, "geo_norm_mean"):  # model.geometry_norm: dataset — the training split's statistics (geo_norm.py)
+        model.set_geometry_norm(*posmap_statistics(dataset))
+        codec.geometry_norm = model.geometry_norm()
     if cfg.model.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     n_params = sum(p.numel() for p in model.parameters())

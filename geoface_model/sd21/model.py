@@ -34,6 +34,7 @@ from torch import nn
 from flame_fitting.core.fileio import read_json_object
 
 from ..attention import TokenLayout
+from ..geo_norm import GeometryNormMixin
 from ..model import GeoFaceOutput
 from .attention import AlignRequest, LogitHead
 from .base import BaseInfo, BaseModelError, check_unet_config, load_base_unet
@@ -44,7 +45,7 @@ EXTRA_CHANNELS = 7  # mask + 6 Plücker
 DEFAULT_ALIGN_LAYER = 10
 
 
-class SD21MultiView(ModelMixin, ConfigMixin):
+class SD21MultiView(ModelMixin, ConfigMixin, GeometryNormMixin):
     """See the module docstring. Constructor arguments = saved config."""
 
     _supports_gradient_checkpointing = True
@@ -54,8 +55,9 @@ class SD21MultiView(ModelMixin, ConfigMixin):
                  align_head: str = "mean", align_head_mlp_ratio: float = 4.0, qk_norm: bool = False,
                  prediction_type: str = "epsilon", camera_scale: float = 2.0, latent_channels: int = 4,
                  patch_size: int | None = None, geo_patch_size: int | None = None, base_model: str = "",
-                 align_head_chunk: int = 256):
+                 align_head_chunk: int = 256, geo_norm_resolution: int = 0, geo_norm_scale: float = 0.0):
         super().__init__()
+        self._init_geometry_norm(geo_norm_resolution if geometry_stream else 0, geo_norm_scale)
         check_unet_config({"_class_name": "UNet2DConditionModel", **unet_config}, "unet_config")
         self.unet = UNet2DConditionModel(**{k: v for k, v in unet_config.items() if not k.startswith("_")})
         self.attn_names = self_attention_names(self.unet)

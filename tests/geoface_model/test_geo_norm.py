@@ -1,0 +1,69 @@
+"""Geometry normalisation (geo_norm.py): the statistics of the training maps, the codec's round trip, and that a
+trained model carries them through save_pretrained / from_pretrained into the pipeline."""
+import numpy as np
+import pytest
+import torch
+
+from geoface_model.config import GeoFaceConfig
+from geoface_model.data import GeoFaceDataset
+from geoface_model.geo_norm import COVER_QUANTILE, GeometryNorm, posmap_statistics
+from geoface_model.latents import LatentCodec
+from geoface_model.model import GeoFaceTransformer
+from geoface_model.pipeline import GeoFacePipeline
+from geoface_model.synthetic import make_synthetic_shard
+from geoface_model.train import train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ds")
+    make_synthetic_shard(d / "train.safetensors", n_samples=5, n_views=4, resolution=32, uv_resolution=32, seed=0)
+    return d
+
+
+def test_statistics_are_the_mean_map_and_a_scale_that_fills_the_unit_range(data):
+    ds = GeoFaceDataset(data, "train", 1, 2, 0)
+    maps = np.stack([ds.item(i, np.array([0]))["uv_posmap"].numpy() for i in range(len(ds))]).astype(np.float64)
+    covered = np.stack([ds.item(i, np.array([0]))["uv_mask"].numpy()[0] > 0.5 for i in range(len(ds))])
+    mean, scale = posmap_statistics(ds)
+    np.testing.assert_allclose(mean, maps.mean(0), atol=1e-6)
+    g = (maps - mean) / scale
+    inside = np.abs(g.transpose(0, 2, 3, 1)[covered]) <= 1 + 1e-6
+    assert inside.mean() == pytest.approx(COVER_QUANTILE, abs=2e-3)
+    assert scale < 0.5 * np.abs(maps).max()  # residuals are a small part of the map: normalising magnifies them
+
+
+def test_codec_round_trip_and_zero_is_the_mean_map():
+    rng = np.random.default_rng(0)
+    mean = torch.from_numpy(rng.uniform(-0.5, 0.5, (3, 16, 16)).astype(np.float32))
+    codec = LatentCodec(None, GeometryNorm(mean, 0.02))
+    posmap = mean[None] + 0.02 * torch.from_numpy(rng.uniform(-1, 1, (2, 3, 16, 16)).astype(np.float32))
+    z = codec.encode_geometry(posmap)
+    assert z.abs().max() <= 1 + 1e-5 and z.std() > 0.3  # the residuals fill the unit range
+    torch.testing.assert_close(codec.decode_geometry(z), posmap, atol=1e-6, rtol=0)
+    torch.testing.assert_close(codec.decode_geometry(torch.zeros(1, 3, 16, 16)), mean[None], atol=0, rtol=0)
+    plain = LatentCodec(None)  # no normalisation: the maps as they are
+    torch.testing.assert_close(plain.encode_geometry(posmap), posmap, atol=0, rtol=0)
+
+
+def test_a_trained_model_carries_its_statistics_into_the_pipeline(data, tmp_path):
+    cfg = GeoFaceConfig.from_sections(
+        tokens=dict(resolution=32, patch_size=8, uv_resolution=32, geo_patch_size=8),
+        model=dict(width=32, depth=2, heads=2, prediction_type="sample"),
+        train=dict(steps=2, batch_size=2, n_ref=1, n_tgt=2, lr=1e-3, warmup_steps=1, checkpoint_every=2,
+                   zero_terminal_snr=True))
+    train(cfg, data, tmp_path, progress=False)
+    mean, scale = posmap_statistics(GeoFaceDataset(data, "train", 1, 2, 0))
+    model = GeoFaceTransformer.from_pretrained(tmp_path / "model")
+    assert model.config.geo_norm_scale == pytest.approx(scale, rel=1e-6)
+    np.testing.assert_allclose(model.geo_norm_mean.numpy(), mean, atol=0)
+    pipe = GeoFacePipeline.from_training(tmp_path / "model", cfg)
+    norm = pipe.codec.geometry_norm
+    assert norm is not None and norm.scale == pytest.approx(scale, rel=1e-6)
+    pipe.save_pretrained(tmp_path / "pipe")
+    again = GeoFacePipeline.from_pretrained(tmp_path / "pipe")
+    torch.testing.assert_close(again.codec.geometry_norm.mean, norm.mean, atol=0, rtol=0)
+    off = GeoFaceTransformer(width=32, depth=2, heads=2)  # built without it (geometry_norm: none)
+    assert off.geometry_norm() is None and not hasattr(off, "geo_norm_mean")
