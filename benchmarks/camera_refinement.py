@@ -6,7 +6,9 @@ cameras perturbed by 2° / 20 mm without and with `refine_cameras`, MediaPipe la
 model built by the script (seed 0, 50 shape / 30 expression components, its own MediaPipe embedding: no
 calibration). The baseline printed beside: `exact_cameras_vertex_error_mm`, the default fit with the true cameras,
 which the perturbed-and-refined fit must come within 0.3 mm of (`perturbed.vertex_error_mm_minus_exact_cameras`);
-`perturbed_no_refine` is the trivial "keep the given cameras" result.
+`perturbed_no_refine` is the trivial "keep the given cameras" result. Per setting also: the face error of each
+sequence (`vertex_error_mm_per_sequence`), and its split into one rigid shift of the head relative to the rig
+(`face_mean_shift_mm`) and the rest (`vertex_error_mm_shift_removed`).
 
 Run: `python benchmarks/camera_refinement.py [--seed 0 --subjects 6 --frames 3]` (~6 min on 2 cores). The last line
 is the JSON.

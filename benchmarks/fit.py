@@ -228,12 +228,29 @@ def run_mediapipe(head: HeadModel, face: np.ndarray, tmp: Path) -> dict:
     return out
 
 
+def head_shift(cap, subject: str, sequence: str, fit, face: np.ndarray) -> tuple[float, float]:
+    """How much of a fit's face vertex error is one rigid shift of the head: (length of the mean displacement of
+    the face vertices from the ground truth, mm; the face error after removing that mean displacement, mm), means
+    over the fitted frames."""
+    m = cap.manifest
+    shifts, rest = [], []
+    for f, verts in fit.vertices.items():
+        sel = m[(m.subject == subject) & (m.sequence == sequence) & (m.frame == f)]
+        with np.load(cap.root / sel.gt_path.iat[0]) as z:
+            d = (verts.astype(np.float64) - z["vertices"])[face] * 1e3
+        shifts.append(np.linalg.norm(d.mean(0)))
+        rest.append(np.linalg.norm(d - d.mean(0), axis=1).mean())
+    return float(np.mean(shifts)), float(np.mean(rest))
+
+
 def run_camera_refinement(head: HeadModel, face: np.ndarray, cap, ls, exact_error_mm: float) -> dict:
     """refine_cameras on the MediaPipe capture (default FitConfig otherwise): with the exact cameras, and with every
     camera perturbed by CAM_PERTURB (seeded per sequence). Vertex errors: face region, world frame; for perturbed
     cameras after removing the rig similarity that no image observes (`rig_similarity` to the true cameras, applied
     to the mesh as well). Camera errors: `rig_errors` against the true cameras (medians over cameras and sequences).
-    Moves: the largest change of a camera from the given calibration (degrees, mm) and the prior σ it is bounded by."""
+    Moves: the largest change of a camera from the given calibration (degrees, mm) and the prior σ it is bounded by.
+    `face_mean_shift_mm` / `vertex_error_mm_shift_removed` (`head_shift`): how much of the face error is one rigid
+    shift of the head relative to the rig, and what is left without it (the shape and pose error)."""
     from flame_fitting.fit.report import rig_errors, rig_similarity
     from flame_fitting.fit.capture import fit_capture_sequence, gt_vertex_errors
 
@@ -253,9 +270,11 @@ def run_camera_refinement(head: HeadModel, face: np.ndarray, cap, ls, exact_erro
             aligned = replace(fit, vertices={f: (s * v.astype(np.float64) @ R.T + t) for f, v in fit.vertices.items()})
             ce = rig_errors(fit.cameras, true)
             mr, mc = moves(fit, given)
+            shift, unshifted = head_shift(cap, subject, sequence, aligned, face)
             res.setdefault(key, []).append({
                 "err": np.mean([r["vertex_error_mm_face"]
                                 for r in gt_vertex_errors(cap, subject, sequence, aligned, face)]),
+                "shift": shift, "unshifted": unshifted,
                 "rot": ce.rot_deg.to_numpy(), "centre": ce.centre_mm.to_numpy(), "move_deg": mr, "move_mm": mc,
                 "accepted": bool(fit.camera_refinement and fit.camera_refinement["accepted"]),
                 "cand": (fit.camera_refinement["max_rot_deg"], fit.camera_refinement["max_centre_mm"])
@@ -271,6 +290,9 @@ def run_camera_refinement(head: HeadModel, face: np.ndarray, cap, ls, exact_erro
                     "max_camera_move_deg": round(max(r["move_deg"] for r in rows), 4),
                     "max_camera_move_mm": round(max(r["move_mm"] for r in rows), 3),
                     "refinement_accepted": f"{sum(r['accepted'] for r in rows)}/{len(rows)}",
+                    "face_mean_shift_mm": round(float(np.mean([r["shift"] for r in rows])), 4),
+                    "vertex_error_mm_shift_removed": round(float(np.mean([r["unshifted"] for r in rows])), 4),
+                    "vertex_error_mm_per_sequence": [round(float(r["err"]), 3) for r in rows],
                     "candidate_max_move_deg": round(max(r["cand"][0] for r in rows), 3),
                     "candidate_max_move_mm": round(max(r["cand"][1] for r in rows), 2)}
     out["exact"]["vertex_error_mm_change"] = round(out["exact"]["vertex_error_mm"] - exact_error_mm, 4)
