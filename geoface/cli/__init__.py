@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from flame_fitting.core.errors import GeofaceError
@@ -54,6 +55,17 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()  # here, not at exit: a reader that stopped early is then caught below
+    except BrokenPipeError:  # the reader of our output stopped early (`geoface ... | head`): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would raise again
+        return 141  # what a shell reports for a command stopped by SIGPIPE (128 + 13)
+
+
+def _main(argv: list[str] | None) -> int:
     argv = exports.route(sys.argv[1:] if argv is None else list(argv))
     args = parser(argv).parse_args(argv)
     name = getattr(args, "display", None) or " ".join(x for x in (args.cmd, getattr(args, "action", None)) if x)

@@ -3,6 +3,7 @@
 correspondences) through the same library calls as the stages."""
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -47,6 +48,15 @@ def test_help_lists_every_subcommand_and_the_entry_point_runs():
     listed = r.stdout.split("options:")[0]
     for name in COMMANDS:
         assert f"\n    {name} " in listed or f"\n    {name}\n" in listed, (name, listed)
+
+
+def test_output_into_a_closed_pipe_is_not_a_traceback(monkeypatch):
+    """`geoface ... | head`: the reader has closed the pipe before the output is written -> exit 141, no traceback."""
+    r, w = os.pipe()
+    os.close(r)
+    with open(w, "w") as pipe:
+        monkeypatch.setattr(sys, "stdout", pipe)
+        assert main(["--version"]) == 141
 
 
 def test_version(capsys):
