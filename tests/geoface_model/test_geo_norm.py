@@ -10,17 +10,14 @@ from geoface_model.geo_norm import COVER_QUANTILE, GeometryNorm, posmap_statisti
 from geoface_model.latents import LatentCodec
 from geoface_model.model import GeoFaceTransformer
 from geoface_model.pipeline import GeoFacePipeline
-from geoface_model.synthetic import make_synthetic_shard
 from geoface_model.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("ds")
-    make_synthetic_shard(d / "train.safetensors", n_samples=5, n_views=4, resolution=32, uv_resolution=32, seed=0)
-    return d
+def data(micro_shards):
+    return micro_shards
 
 
 def test_statistics_are_the_mean_map_and_a_scale_that_fills_the_unit_range(data):

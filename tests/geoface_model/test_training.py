@@ -12,7 +12,6 @@ from geoface_model.checkpoint import read_csv, verify_checkpoint
 from geoface_model.config import GeoFaceConfig
 from geoface_model.data import ShardError
 from geoface_model.model import GeoFaceTransformer
-from geoface_model.synthetic import make_synthetic_shard
 from geoface_model.train import train
 
 
@@ -29,10 +28,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("ds")
-    make_synthetic_shard(d / "train.safetensors", n_samples=5, n_views=4, resolution=32, uv_resolution=32, seed=0)
-    return d
+def data(micro_shards):
+    return micro_shards
 
 
 def _params(path):
