@@ -44,21 +44,32 @@ class GeometryNorm:
         return g * self.scale + self.mean.to(g.device, g.dtype)
 
 
-def posmap_statistics(dataset) -> tuple[np.ndarray, float]:
-    """(mean (3, R, R) float32, scale) of every sample of a `data.GeoFaceDataset` (the training split): the
-    per-texel mean map and the scale that maps the COVER_QUANTILE of the residuals' |coordinates| over covered
-    texels to 1 (1.0 when the maps do not vary, e.g. one sample)."""
-    maps, masks = [], []
-    for i in range(len(dataset)):
-        it = dataset.item(i, np.array([0]))
-        maps.append(it["uv_posmap"].numpy().astype(np.float64))
-        masks.append(it["uv_mask"].numpy()[0] > 0.5)
-    if not maps:
+def posmap_statistics(dataset, max_samples: int = 1024, values_per_sample: int = 16384) -> tuple[np.ndarray, float]:
+    """(mean (3, R, R) float32, scale) of a `data.GeoFaceDataset` (the training split): the per-texel mean map and
+    the scale that maps the COVER_QUANTILE of the residuals' |coordinates| over covered texels to 1 (1.0 when the
+    maps do not vary, e.g. one sample). At most `max_samples` samples, spread evenly over the dataset, and two
+    streaming passes (memory: one map plus `values_per_sample` residual values per sample, a fixed-seed subsample,
+    for the quantile)."""
+    n = len(dataset)
+    if n == 0:
         raise ValueError("posmap_statistics: the dataset is empty")
-    stack, covered = np.stack(maps), np.stack(masks)              # (N, 3, R, R), (N, R, R)
-    mean = stack.mean(0)
-    resid = (stack - mean).transpose(0, 2, 3, 1)[covered]          # (M, 3)
-    q = float(np.quantile(np.abs(resid), COVER_QUANTILE)) if len(resid) else 0.0
+    ids = np.unique(np.linspace(0, n - 1, min(n, max_samples)).round().astype(int))
+
+    def maps():
+        for i in ids:
+            it = dataset.item(int(i), np.array([0]))
+            yield it["uv_posmap"].numpy().astype(np.float64), it["uv_mask"].numpy()[0] > 0.5
+
+    total = None
+    for m, _ in maps():
+        total = m if total is None else total + m
+    mean = total / len(ids)
+    rng, values = np.random.default_rng(0), []
+    for m, covered in maps():
+        r = np.abs((m - mean).transpose(1, 2, 0)[covered]).ravel()
+        values.append(r if len(r) <= values_per_sample else rng.choice(r, values_per_sample, replace=False))
+    v = np.concatenate(values)
+    q = float(np.quantile(v, COVER_QUANTILE)) if len(v) else 0.0
     return mean.astype(np.float32), (q if q > 1e-8 else 1.0)
 
 

@@ -64,3 +64,16 @@ def test_a_trained_model_carries_its_statistics_into_the_pipeline(data, tmp_path
     torch.testing.assert_close(again.codec.geometry_norm.mean, norm.mean, atol=0, rtol=0)
     off = GeoFaceTransformer(width=32, depth=2, heads=2)  # built without it (geometry_norm: none)
     assert off.geometry_norm() is None and not hasattr(off, "geo_norm_mean")
+
+
+def test_statistics_of_a_large_dataset_stay_bounded_and_close(data):
+    """Bounded passes (what keeps paper-scale datasets out of memory): with 300 residual values per sample the scale
+    is near the exact one; with 2 samples the mean is that of the first and the last."""
+    ds = GeoFaceDataset(data, "train", 1, 2, 0)
+    mean, full = posmap_statistics(ds)
+    sub_mean, sub = posmap_statistics(ds, values_per_sample=300)
+    np.testing.assert_array_equal(sub_mean, mean)
+    assert sub == pytest.approx(full, rel=0.1)
+    two, _ = posmap_statistics(ds, max_samples=2)
+    chosen = [ds.item(i, np.array([0]))["uv_posmap"].numpy().astype(np.float64) for i in (0, len(ds) - 1)]
+    np.testing.assert_allclose(two, np.mean(chosen, 0), atol=1e-6)
