@@ -37,6 +37,7 @@ from flame_fitting.head.landmarks_embed import interpolate_landmarks
 from flame_fitting.core.params import spec
 from flame_fitting.core.fileio import write_obj, write_png
 from flame_fitting.geometry.rigid import rigid_fit
+from flame_fitting.uv import BOX_HALF
 
 from .baselines import TrainingStats, band_timesteps, camera_only_hit_rate
 from .data import GeoFaceDataset, collate
@@ -199,7 +200,8 @@ def evaluate_sample(pipe, model, ds: GeoFaceDataset, i: int, fit: dict, frame_in
     bands = band_timesteps(cfg.train.num_train_timesteps)
     sched, batch = make_noise_scheduler(cfg), collate([item])
     m |= denoising_errors(pipe.transformer, batch, pipe.codec, sched, cfg,
-                          torch.Generator("cpu").manual_seed(p.seed + i), pipe.transformer.device)
+                          torch.Generator("cpu").manual_seed(p.seed + i), pipe.transformer.device,
+                          mm_per_unit=BOX_HALF * 1e3)
     if out.posmap is not None:
         g = posmap_error_mm(out.posmap, gt_posmap, uv_mask)
         m |= {"geometry_error_mm": g["geo_mean_mm"], "geometry_error_mm_p95": g["geo_p95_mm"]}

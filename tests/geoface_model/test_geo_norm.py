@@ -77,3 +77,30 @@ def test_statistics_of_a_large_dataset_stay_bounded_and_close(data):
     two, _ = posmap_statistics(ds, max_samples=2)
     chosen = [ds.item(i, np.array([0]))["uv_posmap"].numpy().astype(np.float64) for i in (0, len(ds) - 1)]
     np.testing.assert_allclose(two, np.mean(chosen, 0), atol=1e-6)
+
+
+def test_one_step_geometry_error_in_mm_matches_the_evaluation_metric(data):
+    """`geo_x0_mm_t<t>` of denoising_errors = posmap_error_mm (the metric of geometry_error_mm) of the decoded
+    one-step estimate: same units (box half-size 0.25 m), same covered texels."""
+    from flame_fitting.uv import BOX_HALF
+    from geoface_model.data import collate
+    from geoface_model.diffusion import denoising_errors, make_noise_scheduler, prepare_inputs, x0_from_prediction
+    from geoface_model.metrics import posmap_error_mm
+
+    cfg = GeoFaceConfig.from_sections(tokens=dict(resolution=32, patch_size=8, uv_resolution=32, geo_patch_size=8),
+                                      model=dict(width=32, depth=2, heads=2, prediction_type="sample"),
+                                      train=dict(n_ref=1, n_tgt=2, zero_terminal_snr=True))
+    ds = GeoFaceDataset(data, "train", 1, 2, 0)
+    model = GeoFaceTransformer(width=32, depth=2, heads=2, patch_size=8, geo_patch_size=8, prediction_type="sample",
+                               geo_norm_resolution=32)
+    model.set_geometry_norm(*posmap_statistics(ds))
+    codec, sched = LatentCodec(None, model.geometry_norm()), make_noise_scheduler(cfg)
+    batch = collate([ds.item(0, np.arange(3))])
+    with torch.no_grad():
+        got = denoising_errors(model, batch, codec, sched, cfg, torch.Generator().manual_seed(3), "cpu", timesteps=(300,),
+                               mm_per_unit=BOX_HALF * 1e3)
+        kw, _, _ = prepare_inputs(batch, codec, sched, cfg, torch.Generator().manual_seed(3), "cpu", timestep=300)
+        est = codec.decode_geometry(x0_from_prediction("sample", sched, kw["geo"], model(**kw).geo, 300, 0.5))
+    want = posmap_error_mm(est[0].permute(1, 2, 0).numpy(), batch["uv_posmap"][0].permute(1, 2, 0).numpy(),
+                           batch["uv_mask"][0, 0].numpy() > 0.5)["geo_mean_mm"]
+    assert got["geo_x0_mm_t300"] == pytest.approx(want, rel=1e-4) and want > 0
