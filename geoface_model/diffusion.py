@@ -185,14 +185,14 @@ def x0_from_prediction(prediction_type: str, scheduler: DDPMScheduler, x_t: torc
 @torch.no_grad()
 def denoising_errors(model, batch: dict, codec: LatentCodec, scheduler: DDPMScheduler, cfg: GeoFaceConfig,
                      generator: torch.Generator, device, timesteps=DENOISE_TIMESTEPS,
-                     mm_per_unit: float | None = None) -> dict[str, float]:
+                     geometry_error_mm=None) -> dict[str, float]:
     """One-step denoising at fixed noise levels: MSE of the model's x0 estimate of the target views
     ("x0_mse_t<t>") and of the geometry frame ("geo_x0_mse_t<t>"), beside the trivial estimates that make them
     readable: returning the noisy input ("identity_x0_mse_t<t>", exact at t → 0) and predicting 0 = the data
     mean of [-1, 1] images ("zero_x0_mse_t<t>", the best guess at pure noise without the reference). With
-    `mm_per_unit` (millimetres per UV-map box unit, flame_fitting.uv's BOX_HALF × 1000) also "geo_x0_mm_t<t>": the
-    geometry estimate decoded to a UV map, mean distance to the true map over covered texels in mm (compare with
-    the mean-UV baseline of the evaluation)."""
+    `geometry_error_mm(pred, target, mask)` ((B,3,R,R) decoded maps, (B,1,R,R) mask -> mm; the evaluation passes
+    its `geometry_error_mm` metric) also "geo_x0_mm_t<t>": that metric of the geometry estimate decoded to a UV map
+    (compare with the mean-UV baseline of the evaluation)."""
     pt = cfg.model.prediction_type
     out: dict[str, float] = {}
     n_ref = batch["n_ref"]
@@ -210,13 +210,8 @@ def denoising_errors(model, batch: dict, codec: LatentCodec, scheduler: DDPMSche
             g0 = codec.encode_geometry(batch["uv_posmap"].to(device)) if g0 is None else g0
             gest = x0_from_prediction(pt, scheduler, kwargs["geo"], res.geo, t, cfg.model.sigma_data)
             out[f"geo_x0_mse_t{t}"] = float((gest - g0).square().mean())
-            if mm_per_unit is not None:
-                out[f"geo_x0_mm_t{t}"] = mm_per_unit * _posmap_distance(
-                    codec.decode_geometry(gest), batch["uv_posmap"].to(device), batch["uv_mask"].to(device))
+            if geometry_error_mm is not None:
+                out[f"geo_x0_mm_t{t}"] = geometry_error_mm(codec.decode_geometry(gest), batch["uv_posmap"],
+                                                           batch["uv_mask"])
     return out
 
-
-def _posmap_distance(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> float:
-    """Mean distance in box units over covered texels of (B,3,R,R) box-coordinate maps (mask (B,1,R,R))."""
-    d = (pred.float() - target.float()).norm(dim=1)[mask[:, 0] > 0.5]
-    return float(d.mean())

@@ -37,7 +37,6 @@ from flame_fitting.head.landmarks_embed import interpolate_landmarks
 from flame_fitting.core.params import spec
 from flame_fitting.core.fileio import write_obj, write_png
 from flame_fitting.geometry.rigid import rigid_fit
-from flame_fitting.uv import BOX_HALF
 
 from .baselines import TrainingStats, band_timesteps, camera_only_hit_rate
 from .data import GeoFaceDataset, collate
@@ -142,6 +141,12 @@ def _finite(x):
     return None if x is None or not np.isfinite(x) else float(x)
 
 
+def batch_geometry_error_mm(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> float:
+    """`geometry_error_mm` (`posmap_error_mm`) of the first map of a batch: pred, target (B,3,R,R), mask (B,1,R,R)."""
+    to_np = lambda x: x[0].detach().float().cpu().permute(1, 2, 0).numpy()  # noqa: E731
+    return posmap_error_mm(to_np(pred), to_np(target), mask[0, 0].cpu().numpy() > 0.5)["geo_mean_mm"]
+
+
 def evaluate_sample(pipe, model, ds: GeoFaceDataset, i: int, fit: dict, frame_index: int, p: EvalParams,
                     cfg, stats: TrainingStats | None = None) -> SampleResult:
     """One held-out sample: generate, measure (module docstring). `fit`: its sequence's fit arrays; `stats`: the
@@ -201,7 +206,7 @@ def evaluate_sample(pipe, model, ds: GeoFaceDataset, i: int, fit: dict, frame_in
     sched, batch = make_noise_scheduler(cfg), collate([item])
     m |= denoising_errors(pipe.transformer, batch, pipe.codec, sched, cfg,
                           torch.Generator("cpu").manual_seed(p.seed + i), pipe.transformer.device,
-                          mm_per_unit=BOX_HALF * 1e3)
+                          geometry_error_mm=batch_geometry_error_mm)
     if out.posmap is not None:
         g = posmap_error_mm(out.posmap, gt_posmap, uv_mask)
         m |= {"geometry_error_mm": g["geo_mean_mm"], "geometry_error_mm_p95": g["geo_p95_mm"]}

@@ -82,9 +82,9 @@ def test_statistics_of_a_large_dataset_stay_bounded_and_close(data):
 def test_one_step_geometry_error_in_mm_matches_the_evaluation_metric(data):
     """`geo_x0_mm_t<t>` of denoising_errors = posmap_error_mm (the metric of geometry_error_mm) of the decoded
     one-step estimate: same units (box half-size 0.25 m), same covered texels."""
-    from flame_fitting.uv import BOX_HALF
     from geoface_model.data import collate
     from geoface_model.diffusion import denoising_errors, make_noise_scheduler, prepare_inputs, x0_from_prediction
+    from geoface_model.evaluate import batch_geometry_error_mm
     from geoface_model.metrics import posmap_error_mm
 
     cfg = GeoFaceConfig.from_sections(tokens=dict(resolution=32, patch_size=8, uv_resolution=32, geo_patch_size=8),
@@ -98,7 +98,7 @@ def test_one_step_geometry_error_in_mm_matches_the_evaluation_metric(data):
     batch = collate([ds.item(0, np.arange(3))])
     with torch.no_grad():
         got = denoising_errors(model, batch, codec, sched, cfg, torch.Generator().manual_seed(3), "cpu", timesteps=(300,),
-                               mm_per_unit=BOX_HALF * 1e3)
+                               geometry_error_mm=batch_geometry_error_mm)
         kw, _, _ = prepare_inputs(batch, codec, sched, cfg, torch.Generator().manual_seed(3), "cpu", timestep=300)
         est = codec.decode_geometry(x0_from_prediction("sample", sched, kw["geo"], model(**kw).geo, 300, 0.5))
     want = posmap_error_mm(est[0].permute(1, 2, 0).numpy(), batch["uv_posmap"][0].permute(1, 2, 0).numpy(),
