@@ -232,12 +232,11 @@ def head_shift(cap, subject: str, sequence: str, fit, face: np.ndarray) -> tuple
     """How much of a fit's face vertex error is one rigid shift of the head: (length of the mean displacement of
     the face vertices from the ground truth, mm; the face error after removing that mean displacement, mm), means
     over the fitted frames."""
-    m = cap.manifest
+    from flame_fitting.fit.capture import gt_vertices
+
     shifts, rest = [], []
     for f, verts in fit.vertices.items():
-        sel = m[(m.subject == subject) & (m.sequence == sequence) & (m.frame == f)]
-        with np.load(cap.root / sel.gt_path.iat[0]) as z:
-            d = (verts.astype(np.float64) - z["vertices"])[face] * 1e3
+        d = (verts.astype(np.float64) - gt_vertices(cap, subject, sequence, f))[face] * 1e3
         shifts.append(np.linalg.norm(d.mean(0)))
         rest.append(np.linalg.norm(d - d.mean(0), axis=1).mean())
     return float(np.mean(shifts)), float(np.mean(rest))

@@ -58,21 +58,26 @@ def save_sequence_fit(fit: SequenceFit, folder: Path, extra: dict | None = None)
     (folder / "status.json").write_text(json.dumps(status, indent=1, default=str))
 
 
+def gt_vertices(cap: Capture, subject: str, sequence: str, frame: int) -> np.ndarray | None:
+    """(V, 3) ground-truth vertices of one frame of a synthetic capture (its gt.npz), None when it has none."""
+    m = cap.manifest
+    if "gt_path" not in m.columns:
+        return None
+    sel = m[(m.subject == subject) & (m.sequence == sequence) & (m.frame == frame)]
+    if sel.empty or not isinstance(sel.gt_path.iat[0], str):
+        return None
+    with np.load(cap.root / sel.gt_path.iat[0]) as z:
+        return z["vertices"]
+
+
 def gt_vertex_errors(cap: Capture, subject: str, sequence: str, fit: SequenceFit, face_region: np.ndarray | None
                      ) -> list[dict]:
     """Per fitted frame: mean vertex error (mm) against the synthetic ground truth, whole head and face region.
     World-space (pose errors count) — the capture's cameras define the world for both."""
-    m = cap.manifest
-    if "gt_path" not in m.columns:
-        return []
     rows = []
     for f, verts in fit.vertices.items():
-        sel = m[(m.subject == subject) & (m.sequence == sequence) & (m.frame == f)]
-        if sel.empty or not isinstance(sel.gt_path.iat[0], str):
-            continue
-        with np.load(cap.root / sel.gt_path.iat[0]) as z:
-            gt = z["vertices"]
-        if gt.shape != verts.shape:
+        gt = gt_vertices(cap, subject, sequence, f)
+        if gt is None or gt.shape != verts.shape:
             continue
         d = np.linalg.norm(verts.astype(np.float64) - gt, axis=1) * 1e3
         rows.append({"subject": subject, "sequence": sequence, "frame": f, "vertex_error_mm": float(d.mean()),
