@@ -52,10 +52,13 @@ class ModelConfig:
     mlp_ratio: float = spec(4.0, "MLP hidden width / width", lo=1.0)
     geometry_stream: bool = spec(True, "add the geometry frame (noisy canonical UV position map); false = appearance-only ablation")
     align_layers: list[int] | None = spec(None, "blocks whose app↔geo attention is supervised; null = the middle block depth // 2", lo=0)
-    prediction_type: str = spec("epsilon", "what the network predicts: ε, v, x0 (sample), or edm = EDM-preconditioned "
-                                           "x̂0 = c_skip·x_t + c_out·F (noise_schedule.edm_coefficients)",
-                                choices=["epsilon", "v_prediction", "sample", "edm"])
-    sigma_data: float = spec(0.5, "edm only: the data's standard deviation σd in the preconditioning", lo=1e-3)
+    prediction_type: str = spec("epsilon", "what the network predicts: ε, v, x0 (sample), edm = EDM-preconditioned "
+                                           "x̂0 = c_skip·x_t + c_out·F (noise_schedule.edm_coefficients), or "
+                                           "sample_skip = x0 mixed with the noisy input at low noise, trained with "
+                                           "the x0 loss (noise_schedule.skip_coefficients)",
+                                choices=["epsilon", "v_prediction", "sample", "edm", "sample_skip"])
+    sigma_data: float = spec(0.5, "edm: the data's standard deviation σd in the preconditioning; sample_skip: the "
+                                  "noise level σ at which input and network count equally", lo=1e-3)
     camera_scale: float = spec(2.0, "SEVA normalisation: distance of the reference camera to the views' centroid", lo=1e-3)
     gradient_checkpointing: bool = spec(False, "recompute block activations in the backward pass (saves memory)")
     geometry_norm: str = spec("dataset", "how the geometry frame is diffused: dataset = (map − training mean map) / scale, "
@@ -147,7 +150,7 @@ class GeoFaceConfig:
         for part in (self.tokens, self.model, self.loss):
             part.validate()
         if self.train.zero_terminal_snr and self.model.prediction_type == "epsilon":
-            raise ParamsError("train.zero_terminal_snr needs model.prediction_type v_prediction, sample or edm: at ᾱ_T = 0 "
+            raise ParamsError("train.zero_terminal_snr needs model.prediction_type v_prediction, sample, sample_skip or edm: at ᾱ_T = 0 "
                               "an ε prediction says nothing about the image")
         if self.model.backbone == "sd21_mv":
             _validate_sd21_tokens(self)
@@ -180,13 +183,15 @@ def tiny() -> GeoFaceConfig:
     """Pixel space, 64² views (8×8 tokens, patch 8), 64² UV map (8×8 geo tokens), width 192, depth 6.
 
     1 reference + 3 targets + the geometry frame = 5 frames, 320 tokens; ≈ 0.3 s/step (batch 4) on 2 idle CPU
-    cores. Parameterisation x0 (`sample`) with a zero-terminal-SNR schedule and CAMEO's alignment weight 0.02:
+    cores. Parameterisation x0 with a skip at low noise (`sample_skip`, σd 0.03: the input passes through at low
+    noise, the network answers x0 elsewhere) with a zero-terminal-SNR schedule and CAMEO's alignment weight 0.02:
     the combination measured best at CPU scale (docs/model.md "Parameterisation", "Alignment weight"):
     v-prediction and EDM pass the input through at low noise by construction but, after the CPU run's few
     hundred to few thousand steps, their samples are far worse (geometry 105-130 mm vs 13 mm).
     """
     cfg = GeoFaceConfig()
-    cfg.model.prediction_type = "sample"
+    cfg.model.prediction_type = "sample_skip"
+    cfg.model.sigma_data = 0.03
     cfg.train.zero_terminal_snr = True
     cfg.loss.align_weight = 0.02
     cfg.validate()

@@ -17,12 +17,13 @@ from .config import GeoFaceConfig
 from .embeddings import plucker_rays
 from .latents import LatentCodec
 from .losses import alignment_loss, attention_mass, diffusion_loss
-from .noise_schedule import edm_coefficients, train_schedule
+from .noise_schedule import preconditioning, train_schedule
 
 
 def scheduler_prediction_type(prediction_type: str) -> str:
-    """What diffusers' schedulers are told: an EDM-preconditioned model is converted to x0 before each step."""
-    return "sample" if prediction_type == "edm" else prediction_type
+    """What diffusers' schedulers are told: a preconditioned model (edm, sample_skip) is converted to x0 before
+    each step."""
+    return "sample" if prediction_type in ("edm", "sample_skip") else prediction_type
 
 
 def make_noise_scheduler(cfg: GeoFaceConfig) -> DDPMScheduler:
@@ -92,18 +93,29 @@ def prepare_inputs(batch: dict, codec: LatentCodec, scheduler: DDPMScheduler, cf
 
 def _target(prediction_type: str, scheduler: DDPMScheduler, x0: torch.Tensor, noise: torch.Tensor,
             t: torch.Tensor, sigma_data: float = 0.5) -> torch.Tensor:
-    """What the network is trained to output: ε ("epsilon"), v ("v_prediction"), x0 ("sample") or the EDM
-    target F = (x0 − c_skip·x_t)/c_out ("edm")."""
+    """What the network is trained to output: ε ("epsilon"), v ("v_prediction"), x0 ("sample"), the EDM
+    target F = (x0 − c_skip·x_t)/c_out ("edm"), or for "sample_skip" x0, compared with the network's output
+    after `precondition` mixed it with x_t (the loss is in x0 space)."""
     if prediction_type == "edm":
         ab = scheduler.alphas_cumprod.to(x0.device)[t].reshape(-1, *([1] * (x0.dim() - 1)))
-        c_skip, c_out = edm_coefficients(ab, sigma_data)
+        c_skip, c_out = preconditioning(prediction_type, ab, sigma_data)
         x_t = ab.double().sqrt() * x0.double() + (1 - ab.double()).sqrt() * noise.double()
         return ((x0.double() - c_skip * x_t) / c_out).float()
     if prediction_type == "epsilon":
         return noise
-    if prediction_type == "sample":
+    if prediction_type in ("sample", "sample_skip"):
         return x0
     return scheduler.get_velocity(x0, noise, t)
+
+
+def precondition(prediction_type: str, alpha_bar: torch.Tensor, x_t: torch.Tensor, out: torch.Tensor,
+                 sigma_data: float) -> torch.Tensor:
+    """x̂0 = c_skip·x_t + c_out·out of a preconditioned prediction type (`edm`, `sample_skip`); alpha_bar
+    broadcastable to x_t. Coefficients in float64, the mix in float32 at least (float64 inputs stay float64),
+    returned in out's dtype (the gradient flows through `out`)."""
+    c_skip, c_out = preconditioning(prediction_type, alpha_bar, sigma_data)
+    dt = torch.promote_types(torch.promote_types(x_t.dtype, out.dtype), torch.float32)
+    return (c_skip.to(dt) * x_t.to(dt) + c_out.to(dt) * out.to(dt)).to(out.dtype)
 
 
 def training_losses(model, batch: dict, codec: LatentCodec, scheduler: DDPMScheduler, cfg: GeoFaceConfig,
@@ -119,7 +131,15 @@ def training_losses(model, batch: dict, codec: LatentCodec, scheduler: DDPMSched
         kwargs = drop_reference(kwargs, n_ref)  # the unconditional branch of classifier-free guidance
         n_ref, use_align = 0, False  # alignment targets index the reference view: not supervised here
     out = model(**kwargs, align=use_align, directions=tuple(cfg.loss.align_directions))
-    diff = diffusion_loss(out.app[:, n_ref:], target, 0, out.geo, target_geo, cfg.loss.geo_loss_weight)
+    pred_app, pred_geo = out.app[:, n_ref:], out.geo
+    if cfg.model.prediction_type == "sample_skip":  # x̂0 = c_skip·x_t + c_out·F, then the x0 loss
+        ab, ts, n_app = scheduler.alphas_cumprod.to(pred_app.device), kwargs["timesteps"], kwargs["app"].shape[1]
+        pred_app = precondition("sample_skip", ab[ts[:, n_ref:n_app]][..., None, None, None],
+                                kwargs["app"][:, n_ref:], pred_app, cfg.model.sigma_data)
+        if pred_geo is not None:
+            pred_geo = precondition("sample_skip", ab[ts[:, -1]][:, None, None, None],
+                                    kwargs["geo"], pred_geo, cfg.model.sigma_data)
+    diff = diffusion_loss(pred_app, target, 0, pred_geo, target_geo, cfg.loss.geo_loss_weight)
     if use_align:
         al = alignment_loss(out.align, align_targets(batch, cfg, device))
         term = cfg.loss.align_weight * al
@@ -170,9 +190,8 @@ def x0_from_prediction(prediction_type: str, scheduler: DDPMScheduler, x_t: torc
     ab = scheduler.alphas_cumprod[int(t)].to(x_t.device, torch.float64)
     a, s = ab.sqrt(), (1 - ab).sqrt()
     x, p = x_t.double(), pred.double()
-    if prediction_type == "edm":
-        c_skip, c_out = edm_coefficients(ab, sigma_data)
-        x0 = c_skip * x + c_out * p
+    if prediction_type in ("edm", "sample_skip"):
+        x0 = precondition(prediction_type, ab, x, p, sigma_data).double()
     elif prediction_type == "sample":
         x0 = p
     elif prediction_type == "v_prediction":

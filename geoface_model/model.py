@@ -8,8 +8,8 @@ and, instead of rays, a learned camera token added to every geometry token. Ever
 sin-cos position embedding of its frame grid and a learned frame-type embedding (appearance / geometry).
 Each frame has its own timestep, applied by adaLN-Zero modulation (DiT) broadcast over the frame's tokens.
 Blocks: pre-norm self-attention over the concatenated tokens of ALL frames (3D attention), then an MLP.
-Each frame type is unpatchified by its own final layer; the output is ε, v, x0 or the EDM-preconditioned F
-(`prediction_type`; `sigma_data` for edm).
+Each frame type is unpatchified by its own final layer; the output is ε, v, x0 or the F of edm / sample_skip
+(`prediction_type`; `sigma_data` for edm and sample_skip).
 
 Saved/loaded with diffusers' `save_pretrained` / `from_pretrained` (config.json + safetensors): the
 constructor arguments are the config.

@@ -12,7 +12,9 @@ Why the paper presets use v-prediction + zero terminal SNR (docs/model.md "Param
 estimate is x̂0 = √ᾱ·x_t − √(1−ᾱ)·v̂, so at low noise a v error is multiplied by √(1−ᾱ) → 0 (the input passes
 through by construction), and at ᾱ = 0 it is x̂0 = −v̂ (bounded), whereas ε-prediction gives
 x̂0 = (x_t − √(1−ᾱ)ε̂)/√ᾱ, an ε error multiplied by √((1−ᾱ)/ᾱ) ≈ 2·10⁴ at the last step of the cosine schedule.
-The CPU preset predicts x0 with ᾱ_T = 0 instead: measured, it samples far better at a few thousand steps.
+The CPU preset predicts x0 with ᾱ_T = 0 instead: measured, it samples far better at a few thousand steps; its
+`sample_skip` form (`skip_coefficients`) mixes the noisy input into x̂0 at low noise, so it passes the input through
+too without asking the network to reproduce x_t at mid noise.
 """
 from __future__ import annotations
 
@@ -70,3 +72,28 @@ def edm_coefficients(alpha_bar: torch.Tensor, sigma_data: float) -> tuple[torch.
     ab = alpha_bar.double()
     den = 1 - ab + ab * sigma_data**2
     return sigma_data**2 * ab.sqrt() / den, sigma_data * (1 - ab).sqrt() / den.sqrt()
+
+
+def skip_coefficients(alpha_bar: torch.Tensor, sigma_data: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """x0 prediction with a skip at low noise (`prediction_type: sample_skip`): x̂0 = c_skip·x_t + c_out·F with
+    EDM's c_skip = σd²√ᾱ / (1−ᾱ+ᾱσd²) and c_out = (1−ᾱ) / (1−ᾱ+ᾱσd²) = 1 − √ᾱ·c_skip, i.e. in the VE frame
+    x̃ = x_t/√ᾱ = x0 + σ·ε (σ² = (1−ᾱ)/ᾱ) a convex mix x̂0 = w·x̃ + (1−w)·F, w = σd²/(σ²+σd²).
+    σ ≫ σd: x̂0 = F, the plain x0 model (no noise to reproduce at mid and high noise, bounded at ᾱ = 0);
+    σ ≪ σd: x̂0 → x_t whatever F is (the input passes through). Trained with the x0 loss ‖x̂0 − x0‖² (the
+    network's output is mixed before the loss, `diffusion.precondition`), not EDM's weighting, which puts
+    1/c_out² on the low-noise steps. σd is where input and network count equally: about the x0 model's own
+    error at low noise (a mix w·x̃ + (1−w)·F with F's error e is best at w = e/(σ²+e), i.e. σd² = e)."""
+    ab = alpha_bar.double()
+    den = 1 - ab + ab * sigma_data**2
+    return sigma_data**2 * ab.sqrt() / den, (1 - ab) / den
+
+
+def preconditioning(prediction_type: str, alpha_bar: torch.Tensor, sigma_data: float
+                    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(c_skip, c_out) of the preconditioned prediction types (x̂0 = c_skip·x_t + c_out·F: `edm`,
+    `sample_skip`), None for the others."""
+    if prediction_type == "edm":
+        return edm_coefficients(alpha_bar, sigma_data)
+    if prediction_type == "sample_skip":
+        return skip_coefficients(alpha_bar, sigma_data)
+    return None

@@ -43,11 +43,11 @@ from flame_fitting.core.fileio import replace_dir, temp_path
 from flame_fitting.uv import UVLayout, posmap_to_vertices
 
 from .backbone import load_trained, vae_path_of
-from .diffusion import scheduler_prediction_type
+from .diffusion import precondition, scheduler_prediction_type
 from .embeddings import plucker_rays
 from .latents import LatentCodec
 from .model import GeoFaceTransformer
-from .noise_schedule import edm_coefficients, schedule_of, train_schedule
+from .noise_schedule import schedule_of, train_schedule
 
 SCHEDULERS = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler}
 HEAD_DIR, LAYOUT_FILE, HEAD_INFO_FILE = "head", "uv_layout.npz", "head_model.json"
@@ -231,15 +231,16 @@ class GeoFacePipeline(DiffusionPipeline):
         parts = [out.app[:, n_ref:].flatten(1)] + ([out.geo.flatten(1)] if geo is not None else [])
         return torch.cat(parts, 1)
 
-    def _edm_x0(self, x_t: torch.Tensor, f: torch.Tensor, t) -> torch.Tensor:
-        """x̂0 = c_skip·x_t + c_out·F at the scheduler's current noise level (VP x_t: Euler's scaled input)."""
+    def _preconditioned_x0(self, x_t: torch.Tensor, f: torch.Tensor, t) -> torch.Tensor:
+        """x̂0 = c_skip·x_t + c_out·F (edm, sample_skip) at the scheduler's current noise level (VP x_t: Euler's
+        scaled input)."""
         s = self.scheduler
         if hasattr(s, "sigmas"):  # Euler: ᾱ of the current step from its VE sigma
             ab = 1 / (1 + s.sigmas[s.step_index].double() ** 2)
         else:
             ab = s.alphas_cumprod[int(t)].double()
-        c_skip, c_out = edm_coefficients(ab, float(getattr(self.transformer.config, "sigma_data", 0.5)))
-        return (c_skip * x_t.double() + c_out * f.double()).to(f.dtype)
+        return precondition(self.transformer.config.prediction_type, ab, x_t, f,
+                            float(getattr(self.transformer.config, "sigma_data", 0.5)))
 
     @torch.no_grad()
     def __call__(self, reference_image: np.ndarray | list[np.ndarray], reference_camera: Camera | list[Camera],
@@ -297,8 +298,8 @@ class GeoFacePipeline(DiffusionPipeline):
             if guidance_scale != 1.0:
                 eps_u = self._predict(None, app, geo, t, plucker)
                 eps = eps_u + guidance_scale * (eps - eps_u)
-            if self.transformer.config.prediction_type == "edm":  # the scheduler is told "sample": give it x̂0
-                eps = self._edm_x0(xin, eps, t)
+            if self.transformer.config.prediction_type in ("edm", "sample_skip"):  # the scheduler is told "sample": x̂0
+                eps = self._preconditioned_x0(xin, eps, t)
             x = self.scheduler.step(eps, t, x, generator=generator).prev_sample
 
         app, geo = split(x)

@@ -162,9 +162,9 @@ class OracleTransformer(GeoFaceTransformer):
 
         def pred(x, x0):
             e = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
-            if kind == "edm":
-                from geoface_model.noise_schedule import edm_coefficients
-                c_skip, c_out = edm_coefficients(torch.as_tensor(ab), self.config.sigma_data)
+            if kind in ("edm", "sample_skip"):
+                from geoface_model.noise_schedule import preconditioning
+                c_skip, c_out = preconditioning(kind, torch.as_tensor(ab), self.config.sigma_data)
                 return ((x0.double() - c_skip * x.double()) / c_out).float()
             return {"epsilon": e, "sample": x0 + 0 * x, "v_prediction": ab.sqrt() * e - (1 - ab).sqrt() * x0}[kind]
         out_app = torch.zeros_like(app)
@@ -174,7 +174,8 @@ class OracleTransformer(GeoFaceTransformer):
 
 @pytest.mark.parametrize("kind,prediction", [("ddim", "epsilon"), ("euler", "epsilon"), ("ddim", "sample"),
                                              ("ddim", "v_prediction"), ("euler", "v_prediction"),
-                                             ("ddim", "edm"), ("euler", "edm")])
+                                             ("ddim", "edm"), ("euler", "edm"), ("ddim", "sample_skip"),
+                                             ("euler", "sample_skip")])
 def test_perfect_model_recovers_the_data(kind, prediction):
     """With the exact ε (or x0, or v) at every step, deterministic DDIM and Euler both end at the clean targets:
     checks the timesteps, the flattening of targets + geometry, the reference handling, the decoding of the loop
