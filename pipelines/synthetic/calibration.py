@@ -29,7 +29,8 @@ def calibrate_head_model(folder: Path | str, cfg: CalibrationConfig | None = Non
                          work_dir: Path | str | None = None) -> dict:
     """Render the calibration captures of the head model at `folder` (temporary folder under `work_dir`), detect
     MediaPipe landmarks, calibrate (lift + refine) and write the embedding beside the original. Returns the
-    provenance written to CALIBRATION_JSON."""
+    provenance written to CALIBRATION_JSON plus the run times (render_s, detect_s, total_s), which the file
+    leaves out so that the same inputs give the same bytes."""
     cfg, folder, t0 = cfg or CalibrationConfig(), Path(folder), time.perf_counter()
     info = load_flame_folder(folder)  # the ORIGINAL embedding: the generator textures through it
     emb, faces = info.mediapipe, np.asarray(info.template.faces, np.int64)
@@ -56,8 +57,7 @@ def calibrate_head_model(folder: Path | str, cfg: CalibrationConfig | None = Non
             "samples_per_landmark_median": float(np.median(res.n_samples)),
             "mean_shift_mm": round(float(res.shift_mm[moved].mean()), 4) if moved.any() else 0.0,
             "max_shift_mm": round(float(res.shift_mm.max()), 4),
-            "sample_spread_mm_median": round(float(np.nanmedian(res.spread_mm)), 4),
-            "render_s": round(t_render, 2), "detect_s": round(t_detect, 2),
+            "sample_spread_mm_median": round(float(np.nanmedian(res.spread_mm)), 4)}
+    write_calibrated_embedding(folder, res, emb.landmark_indices, prov)  # no run times in the folder (same bytes)
+    return {**prov, "render_s": round(t_render, 2), "detect_s": round(t_detect, 2),
             "total_s": round(time.perf_counter() - t0, 2)}
-    write_calibrated_embedding(folder, res, emb.landmark_indices, prov)
-    return prov

@@ -80,6 +80,26 @@ def test_second_repro_does_nothing(tiny_repo):
     assert "up to date" in status.stdout, status.stdout
 
 
+def test_rebuilding_the_head_model_leaves_the_later_stages_cached(tiny_repo):
+    """The head model folder holds no run times: forcing its stage again (stand-in build + landmark calibration)
+    writes the same bytes, so dvc.lock keeps the folder's hash and no later stage is out of date (before, build_s
+    and the calibration's timings in its JSON files gave the folder a new hash on every run)."""
+    dst, env, first = tiny_repo
+    assert first.returncode == 0
+
+    def folder_hash():
+        outs = yaml.safe_load((dst / "dvc.lock").read_text())["stages"]["head_model"]["outs"]
+        return next(o["md5"] for o in outs if o["path"] == "data/head_model")
+
+    before = folder_hash()
+    again = run([str(BIN / "dvc"), "repro", "-f", "-s", "head_model"], dst, env)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "Running stage 'head_model'" in again.stdout
+    assert folder_hash() == before
+    status = run([str(BIN / "dvc"), "status"], dst, env)
+    assert "up to date" in status.stdout, status.stdout
+
+
 @pytest.mark.parametrize("edit, message", [
     (("uv", "resolutin", 64), "params.yaml:uv: unknown keys ['resolutin']"),
     (("train", "steps", "abc"), "params.yaml:train.steps: expected an integer, got 'abc'"),
