@@ -30,7 +30,7 @@ def sd21_kwargs(cfg: GeoFaceConfig) -> dict:
     m = cfg.model
     return dict(geometry_stream=m.geometry_stream, align_layers=m.resolved_align_layers(), align_head=m.align_head,
                 qk_norm=m.qk_norm, prediction_type=m.prediction_type, camera_scale=m.camera_scale,
-                geo_norm_resolution=geo_norm_resolution(cfg))
+                sigma_data=m.sigma_data, geo_norm_resolution=geo_norm_resolution(cfg))
 
 
 def build_model(cfg: GeoFaceConfig, latent_channels: int, latent_downsample: int):

@@ -55,7 +55,8 @@ class SD21MultiView(ModelMixin, ConfigMixin, GeometryNormMixin):
                  align_head: str = "mean", align_head_mlp_ratio: float = 4.0, qk_norm: bool = False,
                  prediction_type: str = "epsilon", camera_scale: float = 2.0, latent_channels: int = 4,
                  patch_size: int | None = None, geo_patch_size: int | None = None, base_model: str = "",
-                 align_head_chunk: int = 256, geo_norm_resolution: int = 0, geo_norm_scale: float = 0.0):
+                 align_head_chunk: int = 256, geo_norm_resolution: int = 0, geo_norm_scale: float = 0.0,
+                 sigma_data: float = 0.5):
         super().__init__()
         self._init_geometry_norm(geo_norm_resolution if geometry_stream else 0, geo_norm_scale)
         check_unet_config({"_class_name": "UNet2DConditionModel", **unet_config}, "unet_config")

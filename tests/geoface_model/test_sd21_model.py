@@ -210,3 +210,22 @@ def test_a_checkpoint_of_another_backbone_is_refused(base, tmp_path):
     run.write_text(json.dumps(GeoFaceConfig().to_dict()))
     with pytest.raises(BaseModelError, match=r"geoface_config.json: model.backbone is 'dit', the config asks 'sd21_mv'"):
         check_run_backbone(run, sd_cfg)
+
+
+def test_the_preconditioning_scale_reaches_the_saved_model(base, tmp_path):
+    """sigma_data of an edm / sample_skip run is part of the sd21_mv model's config (the pipeline reads it from the
+    model to mix x_t into x̂0), as for the DiT; a model saved before it existed loads with the former default."""
+    from geoface_model.backbone import sd21_kwargs
+
+    cfg = GeoFaceConfig.from_sections(tokens=dict(resolution=64, patch_size=16, uv_resolution=64, geo_patch_size=16),
+                                      model=dict(backbone="sd21_mv", base_path=str(base), prediction_type="sample_skip",
+                                                 sigma_data=0.03),
+                                      train=dict(zero_terminal_snr=True))
+    model = SD21MultiView.from_base(check_base_folder(base), **sd21_kwargs(cfg))
+    assert model.config.prediction_type == "sample_skip" and model.config.sigma_data == 0.03
+    model.save_pretrained(tmp_path / "m")
+    assert SD21MultiView.from_pretrained(str(tmp_path / "m")).config.sigma_data == 0.03
+    conf = json.loads((tmp_path / "m" / "config.json").read_text())
+    del conf["sigma_data"]
+    (tmp_path / "m" / "config.json").write_text(json.dumps(conf))
+    assert SD21MultiView.from_pretrained(str(tmp_path / "m")).config.sigma_data == 0.5
