@@ -17,13 +17,13 @@ from .config import GeoFaceConfig
 from .embeddings import plucker_rays
 from .latents import LatentCodec
 from .losses import alignment_loss, attention_mass, diffusion_loss
-from .noise_schedule import preconditioning, train_schedule
+from .noise_schedule import PRECONDITIONED, preconditioning, train_schedule
 
 
 def scheduler_prediction_type(prediction_type: str) -> str:
     """What diffusers' schedulers are told: a preconditioned model (edm, sample_skip) is converted to x0 before
     each step."""
-    return "sample" if prediction_type in ("edm", "sample_skip") else prediction_type
+    return "sample" if prediction_type in PRECONDITIONED else prediction_type
 
 
 def make_noise_scheduler(cfg: GeoFaceConfig) -> DDPMScheduler:
@@ -190,7 +190,7 @@ def x0_from_prediction(prediction_type: str, scheduler: DDPMScheduler, x_t: torc
     ab = scheduler.alphas_cumprod[int(t)].to(x_t.device, torch.float64)
     a, s = ab.sqrt(), (1 - ab).sqrt()
     x, p = x_t.double(), pred.double()
-    if prediction_type in ("edm", "sample_skip"):
+    if prediction_type in PRECONDITIONED:
         x0 = precondition(prediction_type, ab, x, p, sigma_data).double()
     elif prediction_type == "sample":
         x0 = p

@@ -88,12 +88,13 @@ def skip_coefficients(alpha_bar: torch.Tensor, sigma_data: float) -> tuple[torch
     return sigma_data**2 * ab.sqrt() / den, (1 - ab) / den
 
 
+PRECONDITIONED = ("edm", "sample_skip")  # prediction types whose output F gives x̂0 = c_skip·x_t + c_out·F
+
+
 def preconditioning(prediction_type: str, alpha_bar: torch.Tensor, sigma_data: float
                     ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(c_skip, c_out) of the preconditioned prediction types (x̂0 = c_skip·x_t + c_out·F: `edm`,
     `sample_skip`), None for the others."""
-    if prediction_type == "edm":
-        return edm_coefficients(alpha_bar, sigma_data)
-    if prediction_type == "sample_skip":
-        return skip_coefficients(alpha_bar, sigma_data)
-    return None
+    if prediction_type not in PRECONDITIONED:
+        return None
+    return (edm_coefficients if prediction_type == "edm" else skip_coefficients)(alpha_bar, sigma_data)

@@ -47,7 +47,7 @@ from .diffusion import precondition, scheduler_prediction_type
 from .embeddings import plucker_rays
 from .latents import LatentCodec
 from .model import GeoFaceTransformer
-from .noise_schedule import schedule_of, train_schedule
+from .noise_schedule import PRECONDITIONED, schedule_of, train_schedule
 
 SCHEDULERS = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler}
 HEAD_DIR, LAYOUT_FILE, HEAD_INFO_FILE = "head", "uv_layout.npz", "head_model.json"
@@ -298,7 +298,7 @@ class GeoFacePipeline(DiffusionPipeline):
             if guidance_scale != 1.0:
                 eps_u = self._predict(None, app, geo, t, plucker)
                 eps = eps_u + guidance_scale * (eps - eps_u)
-            if self.transformer.config.prediction_type in ("edm", "sample_skip"):  # the scheduler is told "sample": x̂0
+            if self.transformer.config.prediction_type in PRECONDITIONED:  # the scheduler is told "sample": give it x̂0
                 eps = self._preconditioned_x0(xin, eps, t)
             x = self.scheduler.step(eps, t, x, generator=generator).prev_sample
 
