@@ -101,7 +101,12 @@ class HeadModel(nn.Module):
                     dtype: torch.dtype = torch.float32) -> HeadModel:
         """Validate the head model folder and load it. Refuses `n_shape` / `n_expr` beyond what the
         model provides (head_model.json `n_shape` / `n_expr`; real FLAME without it: 300 / 100)."""
-        info = load_flame_folder(path)
+        return cls.from_info(load_flame_folder(path), n_shape, n_expr, device, dtype)
+
+    @classmethod
+    def from_info(cls, info: FlameFolder, n_shape: int = 50, n_expr: int = 30, device="cpu",
+                  dtype: torch.dtype = torch.float32) -> HeadModel:
+        """`from_folder` of a folder validated already (`load_flame_folder`)."""
         for name, want, have in (("n_shape", n_shape, info.n_shape), ("n_expr", n_expr, info.n_expr)):
             if isinstance(want, bool) or not isinstance(want, int) or not 0 <= want <= have:
                 raise HeadModelError(f"{info.path}: {name}={want!r} requested, but this {info.kind} head model provides "
@@ -195,5 +200,5 @@ class HeadModel(nn.Module):
 def load_head_model(path: Path | str, n_shape: int | None = None, n_expr: int | None = None, device="cpu") -> HeadModel:
     """`HeadModel.from_folder` where None means every component the folder provides."""
     info = load_flame_folder(path)
-    return HeadModel.from_folder(path, n_shape=info.n_shape if n_shape is None else n_shape,
-                                 n_expr=info.n_expr if n_expr is None else n_expr, device=device)
+    return HeadModel.from_info(info, n_shape=info.n_shape if n_shape is None else n_shape,
+                               n_expr=info.n_expr if n_expr is None else n_expr, device=device)

@@ -111,6 +111,41 @@ def test_read_obj_formats(tmp_path):
     np.testing.assert_array_equal(m.faces, f)
 
 
+@pytest.mark.parametrize("text,fast", [
+    ("v 0 0 0\nv 1 0 0\nv 0 1 0\nvt 0 0\nvt 1 0\nvt 0 1\nf 1/1 2/2 3/3\nf 3/1 2/3 1/2\n", True),     # fast form
+    ("v 0 0 0\nv 1 0 0\nv 0 1 0\nvt 0 0\nvt 1 0\nvt 0 1\nvn 0 0 1\nf 1/1/1 2/2/1 3/3/1\n", True),  # fast, with normals
+    ("v 0 0 0 1 1 1\nv 1 0 0 1 1 1\nv 0 1 0 1 1 1\nvt 0 0\nvt 1 0\nvt 0 1\nf 1/1 2/2 3/3\n", False),  # vertex colours
+    ("v 0 0 0\nv 1 0 0\nv 0 1 0\nvt 0 0 0\nvt 1 0 0\nvt 0 1 0\nf 1/1 2/2 3/3\n", False),          # vt with w
+    ("v 0 0 0\nv 1 0 0\nv 0 1 0\nvt 0 0\nvt 1 0\nvt 0 1\nf 1/1 2/2/1 -1/-1\n", False),             # mixed, relative
+    ("v\t0 0 0\nv 1 0 0\nv 0 1 0\nvt 0 0\nvt 1 0\nvt 0 1\nf  1/1   2/2 3/3 \n", False),             # tabs, spaces
+])
+def test_fast_obj_parser_matches_the_reference(tmp_path, text, fast):
+    """read_obj's numpy path gives exactly the line-by-line reference parser's mesh, or hands the file to it."""
+    from flame_fitting.head.flame_assets import _read_obj_fast, _read_obj_lines
+
+    p = tmp_path / "m.obj"
+    p.write_text(text)
+    assert (_read_obj_fast(text.splitlines()) is not None) == fast
+    ref, got = _read_obj_lines(p, text.splitlines()), read_obj(p)
+    for name in ("verts", "uv", "faces", "uv_faces"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(ref, name), err_msg=name)
+        assert getattr(got, name).dtype == getattr(ref, name).dtype
+
+
+def test_fast_obj_parser_on_a_large_mesh(tmp_path):
+    from flame_fitting.head.flame_assets import _read_obj_fast, _read_obj_lines
+
+    rng = np.random.default_rng(1)
+    v, uv, f = rng.normal(size=(3000, 3)), rng.random((3100, 2)), rng.integers(0, 3000, (6000, 3))
+    p = tmp_path / "m.obj"
+    write_obj(p, v, uv, f, f % 3100)
+    lines = p.read_text().splitlines()
+    fast, ref = _read_obj_fast(lines), _read_obj_lines(p, lines)
+    assert fast is not None
+    for name in ("verts", "uv", "faces", "uv_faces"):
+        np.testing.assert_array_equal(getattr(fast, name), getattr(ref, name), err_msg=name)
+
+
 @pytest.mark.parametrize("file,data,needle", [
     ("mediapipe_landmark_embedding.npz", dict(lmk_b_coords=np.full((478, 3), 0.4)), "'lmk_b_coords' rows must sum to 1"),
     ("mediapipe_landmark_embedding.npz", dict(lmk_face_idx=np.full(478, 120)), "'lmk_face_idx' has face index 120"),
