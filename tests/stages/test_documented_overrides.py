@@ -22,7 +22,7 @@ def documented_runs() -> list[tuple[str, list[str]]]:
         for n, line in enumerate(text.splitlines(), 1):
             for cmd in re.findall(r"dvc exp run[^`\n#]*", line):
                 words = shlex.split(cmd)
-                sets = [words[i + 1] for i, w in enumerate(words[:-1]) if w in ("-S", "--set-param") and "=" in words[i + 1]]
+                sets = [v for w, v in zip(words, words[1:]) if w in ("-S", "--set-param") and "=" in v]
                 if sets:
                     runs.append((f"{path.name}:{n}", sets))
     return runs
