@@ -4,7 +4,8 @@ What runs: the five data stages (landmarks, fit, uv, correspondences, dataset) b
 calls the stage scripts make — with this checkout's params.yaml sections (fit, uv, correspondences, tokens,
 dataset, landmarks; executor.workers from --workers), on a synthetic capture (stand-in head model, --subjects N
 subjects, --frames, --cameras, --resolution; default the pipeline's default capture size). Each phase runs in a
-fresh Python process, so imports, model loading and MediaPipe start-up count in both:
+fresh Python process, so imports, model loading, MediaPipe start-up and the exit (after `gc_freeze.freeze()`, as a
+stage's process does) count in both:
   full_s     the five stages on the N-subject capture, into empty output folders
   add_one_s  the same capture with subject N+1 added (the old subjects' files byte for byte the same), the five
              stages again on the same output folders: only the new sequence's units run
@@ -91,6 +92,9 @@ def main() -> None:
     if a.phase:
         cap, head, data, workers = a.phase
         print(json.dumps(phase(Path(cap), Path(head), Path(data), int(workers))))
+        from flame_fitting.core.gc_freeze import freeze
+
+        freeze()  # as a stage's process does at its end (stages/common.py `run`)
         return
     from flame_fitting.head.standin import build_standin
     from pipelines.synthetic import SyntheticConfig, generate

@@ -3,7 +3,8 @@
 A synthetic capture (stand-in head model; --subjects × --frames frames, --cameras views at --resolution²), its
 landmarks detected once; then the fit stage's library call (`fit_folder`, this checkout's params.yaml `fit` section,
 one torch thread per fit) with executor {kind: local, workers: 1} and {kind: local, workers: 2}, each in a fresh
-Python process into its own empty output folder, so the process start, imports and the workers' spawn count:
+Python process into its own empty output folder, so the process start, imports, the workers' spawn and the exit
+(after `gc_freeze.freeze()`, as a stage's process does) count:
   fps_1, fps_2  fitted frames per second of wall time;  speedup = fps_2 / fps_1 (target >= 1.7 on 2 idle cores)
   identical     the two runs' fit.npz arrays are equal (the executor does not change results)
   cpu_reference_speedup  the trivial baseline: the speedup of two processes over one on a pure-Python busy loop,
@@ -91,6 +92,9 @@ def main() -> None:
     if a.phase:
         cap, lmk, head, out, workers = a.phase
         print(json.dumps(fit_phase(Path(cap), Path(lmk), Path(head), Path(out), int(workers))))
+        from flame_fitting.core.gc_freeze import freeze
+
+        freeze()  # as a stage's process does at its end (stages/common.py `run`)
         return
     from flame_fitting.core.executor import ExecutorConfig
     from flame_fitting.head.standin import build_standin

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding flame_fitting/ (workers import from it)
+FREEZE_MODULE = "flame_fitting.core.gc_freeze"  # imported by the fork server after the unit's module: a fast exit
 
 
 @dataclass
@@ -48,11 +49,12 @@ def call_unit(fn: Callable, item) -> UnitResult:
 def _pool_context(fn: Callable):
     """A forkserver context whose server imports `fn`'s module once: workers are forked from that clean server
     (never from the stage's process, which may hold torch / numba / MediaPipe threads), so each starts with the
-    imports done instead of paying them again as spawned processes would."""
+    imports done instead of paying them again as spawned processes would. The server then imports FREEZE_MODULE
+    (core/gc_freeze.py), so neither it nor the workers scan those imports' objects again when they exit."""
     ctx = multiprocessing.get_context("forkserver")
     module = home_module(fn)
     if module and module != "__main__":
-        ctx.set_forkserver_preload([module])
+        ctx.set_forkserver_preload([module, FREEZE_MODULE])
     return ctx
 
 
@@ -75,7 +77,7 @@ def start_pool_early(cfg, module: str) -> None:
         return
     from multiprocessing import forkserver
 
-    multiprocessing.get_context("forkserver").set_forkserver_preload([module])
+    multiprocessing.get_context("forkserver").set_forkserver_preload([module, FREEZE_MODULE])
     forkserver.ensure_running()
 
 
@@ -101,9 +103,14 @@ def _restore_threads(old: tuple[int, int]) -> None:
 
 def _spawn_init(path: list[str], fn: Callable | None = None, threads: int = 0) -> None:
     """A pool process's start: this checkout's path first; unpickling `fn` imports its module before the ping; its
-    share of the cores for torch and numba (the rasteriser's parallel kernels), so processes do not oversubscribe."""
+    share of the cores for torch and numba (the rasteriser's parallel kernels), so processes do not oversubscribe;
+    tqdm's lock a thread lock: a pool process shows no bars, and the semaphore tqdm makes by default (even for a
+    disabled bar) would be left behind when the pool is stopped ("leaked semaphore" at the stage's exit)."""
     sys.path[:0] = [p for p in path if p not in sys.path]
     _set_threads(threads)
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())
 
 
 def _stop(pool: ProcessPoolExecutor) -> None:

@@ -60,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
             return _main(argv)
         finally:
             sys.stdout.flush()  # here, not at exit: a reader that stopped early is then caught below
+            if argv is None:  # the process's own command (not a call from Python): a faster exit
+                from flame_fitting.core.gc_freeze import freeze  # (flame_fitting/core/gc_freeze.py)
+
+                freeze()
     except BrokenPipeError:  # the reader of our output stopped early (`geoface ... | head`): not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would raise again
         return 141  # what a shell reports for a command stopped by SIGPIPE (128 + 13)

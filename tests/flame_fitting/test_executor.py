@@ -111,3 +111,32 @@ def test_a_malformed_ray_address_is_refused():
     with pytest.raises(ExecutorError, match="not a Ray address"):
         with open_executor(ExecutorConfig(kind="ray", ray_address="nohost")):
             pass
+
+
+def bar_in_pool(parent: int) -> int:
+    """A disabled tqdm bar (as the fitter's LM loop makes in a worker); 0.2 s; returns the pid that ran it."""
+    from tqdm import tqdm
+
+    for _ in tqdm(range(3), disable=True):
+        time.sleep(0.07)
+    return os.getpid()
+
+
+def test_a_stopped_pool_leaves_no_semaphore_behind():
+    """tqdm makes a multiprocessing lock even for a disabled bar; in a pool process that lock was a named semaphore
+    that the pool's stop left behind, and the stage's exit printed "resource_tracker: There appear to be 1 leaked
+    semaphore objects". A fresh process runs units with bars on a pool of 2 and exits: no such warning."""
+    import subprocess
+    import sys
+
+    code = ("import os, sys; sys.path[:0] = {path!r}\n"
+            "from {module} import bar_in_pool\n"
+            "from flame_fitting.core.executor import ExecutorConfig, open_executor\n"
+            "if __name__ == '__main__':\n"
+            "    with open_executor(ExecutorConfig(kind='local', workers=2)) as ex:\n"
+            "        res = ex.map(bar_in_pool, [os.getpid()] * 8, progress=False)\n"
+            "    print(sum(r.ok for r in res), len({{r.value for r in res}}))\n").format(path=sys.path, module=__name__)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["8", "2"], out.stdout  # every unit ran, in both processes
+    assert "leaked" not in out.stderr, out.stderr
