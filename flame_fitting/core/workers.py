@@ -103,18 +103,16 @@ def _restore_threads(old: tuple[int, int]) -> None:
 
 def _spawn_init(path: list[str], fn: Callable | None = None, threads: int = 0) -> None:
     """A pool process's start: this checkout's path first; unpickling `fn` imports its module before the ping; its
-    share of the cores for torch and numba (the rasteriser's parallel kernels), so processes do not oversubscribe;
-    tqdm's lock a thread lock: a pool process shows no bars, and the semaphore tqdm makes by default (even for a
-    disabled bar) would be left behind when the pool is stopped ("leaked semaphore" at the stage's exit)."""
+    share of the cores for torch and numba (the rasteriser's parallel kernels), so processes do not oversubscribe."""
     sys.path[:0] = [p for p in path if p not in sys.path]
     _set_threads(threads)
-    from tqdm import tqdm
-
-    tqdm.set_lock(threading.RLock())
 
 
 def _stop(pool: ProcessPoolExecutor) -> None:
-    """Shut the pool down without waiting for processes still starting (all units are done or re-queued)."""
+    """Shut the pool down at once, its processes terminated (units still running are lost or re-queued). Only for a
+    broken or interrupted pool: a terminated process skips its exit handlers, which unlink the named semaphores the
+    libraries made in it (numba's thread-launch lock, tqdm's lock), and the stage's exit then warns "resource_tracker:
+    There appear to be 1 leaked semaphore objects"; a pool whose units are done is shut down normally."""
     for p in list((getattr(pool, "_processes", None) or {}).values()):
         p.terminate()
     pool.shutdown(wait=True, cancel_futures=True)
@@ -215,4 +213,7 @@ def _dispatch(fn: Callable, queue: _UnitQueue, n_pool: int, retries: int, thread
             for i in (i for i in in_flight.values() if i is not None):
                 queue.lost(i, retries)
         finally:
-            _stop(pool)
+            if any(i is not None for i in in_flight.values()):  # broken, or this process was interrupted
+                _stop(pool)
+            else:  # every unit is done: the processes exit normally, so their exit handlers run (below)
+                pool.shutdown(wait=True)

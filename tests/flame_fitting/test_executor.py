@@ -114,18 +114,23 @@ def test_a_malformed_ray_address_is_refused():
 
 
 def bar_in_pool(parent: int) -> int:
-    """A disabled tqdm bar (as the fitter's LM loop makes in a worker); 0.2 s; returns the pid that ran it."""
+    """What the stages' units do in a pool process: a disabled tqdm bar (the fitter's LM loop) and numba's parallel
+    threads (the rasteriser); 0.2 s; returns the pid that ran it."""
+    import numba
     from tqdm import tqdm
 
+    numba.get_num_threads()  # launches numba's threads
     for _ in tqdm(range(3), disable=True):
         time.sleep(0.07)
     return os.getpid()
 
 
-def test_a_stopped_pool_leaves_no_semaphore_behind():
-    """tqdm makes a multiprocessing lock even for a disabled bar; in a pool process that lock was a named semaphore
-    that the pool's stop left behind, and the stage's exit printed "resource_tracker: There appear to be 1 leaked
-    semaphore objects". A fresh process runs units with bars on a pool of 2 and exits: no such warning."""
+def test_a_finished_pool_leaves_no_semaphore_behind():
+    """tqdm (even for a disabled bar) and numba's thread launch make multiprocessing locks, named semaphores in a
+    pool process; they are unlinked by the process's exit handlers, which a terminated process skips: the pool
+    used to be terminated when its units were done, and every stage with `workers: 2` ended with "resource_tracker:
+    There appear to be 1 leaked semaphore objects". A fresh process runs such units on a pool of 2 and exits: no
+    such warning."""
     import subprocess
     import sys
 
