@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _capture_args import add_capture_args
+from _capture_args import add_capture_args, make_capture
 
 import numpy as np
 
@@ -41,19 +41,13 @@ def main() -> None:
     a = ap.parse_args()
     import cv2
 
-    from flame_fitting.head.standin import build_standin
     from flame_fitting.landmarks.detector import detect_rgb
-    from pipelines.synthetic import SyntheticConfig, generate
 
     pads = {"tall": (a.pad, 0), "wide": (0, a.pad), "square": (a.pad, a.pad)}
     shifts: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="geoface-aspect-") as tmp:
-        root = Path(tmp)
-        build_standin(root / "head", seed=0)
-        generate(root / "head", root / "cap", SyntheticConfig(seed=0, subjects=a.subjects, frames=a.frames,
-                                                               cameras=a.cameras, resolution=a.resolution),
-                 progress=False)
-        for path in sorted(root.glob("cap/*/*/*/*.png")):
+        _, cap = make_capture(tmp, a)
+        for path in sorted(cap.glob("*/*/*/*.png")):
             if path.parent.name == "masks":
                 continue
             img = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)

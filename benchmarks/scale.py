@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _capture_args import add_capture_args
+from _capture_args import add_capture_args, make_capture
 
 import numpy as np
 
@@ -97,16 +97,11 @@ def main() -> None:
         freeze()  # as a stage's process does at its end (stages/common.py `run`)
         return
     from flame_fitting.core.executor import ExecutorConfig
-    from flame_fitting.head.standin import build_standin
     from flame_fitting.landmarks.capture import LandmarksParams, detect_folder
-    from pipelines.synthetic import SyntheticConfig, generate
 
     with tempfile.TemporaryDirectory(prefix="geoface-scale-") as tmp:
         root = Path(tmp)
-        build_standin(root / "head", seed=0)
-        generate(root / "head", root / "cap", SyntheticConfig(seed=0, subjects=a.subjects, frames=a.frames,
-                                                               cameras=a.cameras, resolution=a.resolution),
-                 progress=False)
+        make_capture(root, a)
         detect_folder(root / "cap", root / "lmk", LandmarksParams(workers=2), executor=ExecutorConfig(workers=1))
         load_before = os.getloadavg()
         reference = cpu_reference_speedup()
