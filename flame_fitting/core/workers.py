@@ -118,6 +118,21 @@ def _stop(pool: ProcessPoolExecutor) -> None:
     pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _close(pool: ProcessPoolExecutor, timeout: float = 10.0) -> None:
+    """Shut down a pool whose units are done: its processes exit normally (their exit handlers run, see `_stop`); one
+    that has not exited after `timeout` s (stuck in its start) is terminated, so a stage never hangs here."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False)
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+            p.join(5.0)
+    pool.shutdown(wait=True)
+
+
 class _UnitQueue:
     """The units of one `Executor.map` on a local pool, shared by this process's thread and the dispatcher thread:
     indices not yet taken, results, how often each unit's worker was lost, and the progress bar."""
@@ -215,5 +230,5 @@ def _dispatch(fn: Callable, queue: _UnitQueue, n_pool: int, retries: int, thread
         finally:
             if any(i is not None for i in in_flight.values()):  # broken, or this process was interrupted
                 _stop(pool)
-            else:  # every unit is done: the processes exit normally, so their exit handlers run (below)
-                pool.shutdown(wait=True)
+            else:  # every unit is done: the processes exit normally, so their exit handlers run (_stop)
+                _close(pool)

@@ -145,3 +145,21 @@ def test_a_finished_pool_leaves_no_semaphore_behind():
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["8", "2"], out.stdout  # every unit ran, in both processes
     assert "leaked" not in out.stderr, out.stderr
+
+
+def test_closing_a_finished_pool_never_hangs_on_a_stuck_process():
+    """A finished pool is shut down normally, but a process stuck in its start (here an initializer that sleeps for
+    a minute) is terminated after the timeout instead of holding the stage's end."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from flame_fitting.core.workers import _close
+
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver"), initializer=time.sleep,
+                               initargs=(60,))
+    pool.submit(os.getpid)  # a ping the stuck process never answers
+    procs = list(pool._processes.values())
+    t0 = time.perf_counter()
+    _close(pool, timeout=1.0)
+    assert time.perf_counter() - t0 < 20  # a plain shutdown(wait=True) waits the minute out
+    assert len(procs) == 1 and not procs[0].is_alive()
