@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _capture_args import add_capture_args
+from _capture_args import add_capture_args, make_capture
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -96,21 +96,16 @@ def main() -> None:
 
         freeze()  # as a stage's process does at its end (stages/common.py `run`)
         return
-    from flame_fitting.head.standin import build_standin
-    from pipelines.synthetic import SyntheticConfig, generate
     from unit_capture import subjects_of, subset
 
     with tempfile.TemporaryDirectory(prefix="geoface-incremental-") as tmp:
         root = Path(tmp)
-        build_standin(root / "head", seed=0)
-        generate(root / "head", root / "all", SyntheticConfig(seed=0, subjects=a.subjects + 1, frames=a.frames,
-                                                               cameras=a.cameras, resolution=a.resolution),
-                 progress=False)
-        names = subjects_of(root / "all")
+        head, every = make_capture(root, a, subjects=a.subjects + 1)
+        names = subjects_of(every)
         cap, data = root / "captures", root / "data"
-        full_s, full = run_phase(subset(root / "all", cap, names[:-1]), root / "head", data, a.workers)
+        full_s, full = run_phase(subset(every, cap, names[:-1]), head, data, a.workers)
         before = file_hashes(data, names[:-1])
-        add_s, add = run_phase(subset(root / "all", cap, names), root / "head", data, a.workers)
+        add_s, add = run_phase(subset(every, cap, names), head, data, a.workers)
         identical = file_hashes(data, names[:-1]) == before
     load = os.getloadavg()
     print(json.dumps({"full": full, "add_one": add, "workers": a.workers, "frames": a.frames, "cameras": a.cameras,
