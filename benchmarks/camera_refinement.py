@@ -10,7 +10,7 @@ which the perturbed-and-refined fit must come within 0.3 mm of (`perturbed.verte
 sequence (`vertex_error_mm_per_sequence`), and its split into one rigid shift of the head relative to the rig
 (`face_mean_shift_mm`) and the rest (`vertex_error_mm_shift_removed`).
 
-Run: `python benchmarks/camera_refinement.py [--seed 0 --subjects 6 --frames 3]` (~6 min on 2 cores). The last line
+Run: `python benchmarks/camera_refinement.py [--seed 0 --subjects 6 --frames 3]` (~3 min on 2 cores). The last line
 is the JSON.
 """
 from __future__ import annotations

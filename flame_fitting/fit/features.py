@@ -7,13 +7,16 @@ silhouette's edge do not count) are matched between every camera and its `camera
 (by optical axis) — Lowe's ratio test, mutual best match, a RANSAC epipolar check — and joined into multi-view tracks
 (a track that sees one camera twice is dropped). The rig is then bundle-adjusted over the tracks of all frames
 (rig_ba.py: rotations and centres, gauge held, priors from the calibration; Huber at `camera_feature_scale_px`,
-0.3 px), each observation weighted by
+0.3 px) with the reprojection errors in units of the tracks' own noise (`noise_level_px` of a first solve in 1-px
+units, ~0.1 px on rendered skin: weighed at 1 px, the priors held the rig ~100-fold too firmly along its weak modes,
+0.11° / 1.35 mm instead of 0.06° / 1.0 mm median on the default capture), each observation weighted by
 (median keypoint size / its keypoint size)²: a keypoint's localisation error grows with its scale, and the large
 blobs shift most between viewpoints (on the benchmark capture: cameras 0.14° / 1.8 mm median off against 0.18° /
 2.8 mm unweighted).
 
 Acceptance, as for the landmark camera solve: the refined rig is kept only if the objective (robust reprojection
-cost at 1 px + priors) falls by more than `camera_accept_gain` per free camera parameter from the given cameras'
+cost at 1 px + priors: the tracks' errors are partly shared, so their nominal noise would overstate the evidence)
+falls by more than `camera_accept_gain` per free camera parameter from the given cameras'
 (points re-optimised with the cameras held), and no camera moves beyond `camera_feature_max_sigmas` (3) prior σ
 relative to the rest of the rig (the similarity that no image observes removed: `report.rig_errors`). The priors are
 per axis, so a calibration error of 1 σ per axis is √3 σ long: the landmark solve's 1.5 σ bound would refuse half of
@@ -32,7 +35,7 @@ from flame_fitting.geometry.camera import Camera
 from .config import FitConfig
 from .observations import undistort_px
 from .report import rig_errors
-from .rig_ba import BAResult, Tracks, bundle_adjust
+from .rig_ba import BAResult, Tracks, bundle_adjust, noise_level_px, prior_cost
 from .so3 import angle_deg
 
 log = logging.getLogger(__name__)
@@ -125,7 +128,7 @@ def build_tracks(features: dict, cameras: dict[str, Camera], k: int) -> Tracks:
 def refine_rig(images: dict, masks: dict | None, cameras: dict[str, Camera], cfg: FitConfig
                ) -> tuple[dict[str, Camera], dict]:
     """The cameras to fit with, and a report (accepted, usable, reason, objective_before / _after, threshold,
-    max_rot_deg, max_centre_mm, tracks, observations, median_px). images: {frame: {camera: (H, W) uint8 gray}};
+    max_rot_deg, max_centre_mm, tracks, observations, median_px, noise_px). images: {frame: {camera: (H, W) uint8 gray}};
     masks: {frame: {camera: (H, W)}} or None."""
     import cv2
 
@@ -140,7 +143,7 @@ def refine_rig(images: dict, masks: dict | None, cameras: dict[str, Camera], cfg
     report = {"accepted": False, "usable": False, "reason": "", "source": "features", "tracks": int(tr.n_points),
               "observations": int(len(tr.cam)), "objective_before": None, "objective_after": None,
               "threshold": cfg.camera_accept_gain * (6 * C - 7), "max_rot_deg": 0.0, "max_centre_mm": 0.0,
-              "median_px": None}
+              "median_px": None, "noise_px": None}
     if C < 3 or per_cam.min() < MIN_OBSERVATIONS:
         weakest = names[int(per_cam.argmin())] if C else ""
         report["reason"] = (f"too few feature tracks to refine the cameras (camera {weakest!r}: {int(per_cam.min())} "
@@ -153,7 +156,13 @@ def refine_rig(images: dict, masks: dict | None, cameras: dict[str, Camera], cfg
     rs, ts = np.radians(cfg.camera_rot_sigma_deg), cfg.camera_trans_sigma_mm * 1e-3
     sp = cfg.camera_feature_scale_px
     held = bundle_adjust(tr, K, R0, o0, rs, ts, scale_px=sp, hold_cameras=True)
-    cand: BAResult = bundle_adjust(tr, K, R0, o0, rs, ts, scale_px=sp, X0=held.X)
+    # the tracks' noise, from a first solve in 1-px units; the candidate weighs the images at that noise level
+    first = bundle_adjust(tr, K, R0, o0, rs, ts, scale_px=sp, X0=held.X)
+    noise = noise_level_px(tr, first.residuals, C)
+    cand: BAResult = bundle_adjust(tr, K, R0, o0, rs, ts, scale_px=sp, noise_px=noise, start=first)
+    # acceptance in the given calibration's objective (1-px units): points re-fitted to the candidate, its priors
+    after = (bundle_adjust(tr, K, cand.R, cand.centers, rs, ts, scale_px=sp, hold_cameras=True, X0=cand.X).cost
+             + prior_cost(cand.R, cand.centers, R0, o0, rs, ts))
     out = {}
     for i, n in enumerate(names):
         m = np.eye(4)
@@ -162,14 +171,14 @@ def refine_rig(images: dict, masks: dict | None, cameras: dict[str, Camera], cfg
     rot = np.array([angle_deg(a @ b.T) for a, b in zip(cand.R, R0)])
     centre = np.linalg.norm(cand.centers - o0, axis=1) * 1e3
     moved = rig_errors(out, cameras)  # each camera's move relative to the rest of the rig (gauge removed)
-    report.update(objective_before=held.cost, objective_after=cand.cost, max_rot_deg=float(rot.max()),
+    report.update(objective_before=held.cost, objective_after=after, noise_px=noise, max_rot_deg=float(rot.max()),
                   max_centre_mm=float(centre.max()), max_rot_deg_in_rig=float(moved.rot_deg.max()),
                   max_centre_mm_in_rig=float(moved.centre_mm.max()),
                   median_px=float(np.median(np.linalg.norm(cand.residuals, axis=1))))
     sig = cfg.camera_feature_max_sigmas
     limit_r, limit_c = sig * cfg.camera_rot_sigma_deg, sig * cfg.camera_trans_sigma_mm
-    if held.cost - cand.cost <= report["threshold"]:
-        report["reason"] = (f"objective fell by {held.cost - cand.cost:.4g}, not more than {report['threshold']:.4g}: "
+    if held.cost - after <= report["threshold"]:
+        report["reason"] = (f"objective fell by {held.cost - after:.4g}, not more than {report['threshold']:.4g}: "
                             "the images do not call for it")
     elif moved.rot_deg.max() > limit_r or moved.centre_mm.max() > limit_c:
         report["reason"] = (f"a camera moved {moved.rot_deg.max():.2f}° / {moved.centre_mm.max():.1f} mm relative to "

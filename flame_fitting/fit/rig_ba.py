@@ -9,6 +9,11 @@ camera step is solved in the subspace Σ_c ω_c = 0, Σ_c δo_c = 0 and Σ_c v_c
 centres from their centroid) — the rig keeps its mean orientation, centroid and size, as in the landmark camera
 solve (problem.py `_gauge_basis`).
 
+The data term is in units of the observations' noise: Σ weight · ρ(r) / noise_px² (`noise_px`; 1 px unless given).
+`noise_level_px` estimates it from a solution's residuals (robust, corrected for the unknowns the solution used up):
+with 0.1-px tracks a 1-px data term lets the calibration's priors outweigh the images ~100-fold and hold the cameras
+near the given ones along the rig's weak modes (docs/fitting.md "Camera refinement").
+
 Solver: Levenberg–Marquardt with the points eliminated by the Schur complement (3×3 blocks per point, a dense
 reduced camera system of 6C − 7 unknowns). `bundle_adjust` is tested against scipy's least_squares on small
 problems (tests/flame_fitting/fit/test_rig_ba.py).
@@ -19,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .so3 import hat_np, left_jacobian_np, rodrigues_np
+from .so3 import hat_np, left_jacobian_np, log_np, rodrigues_np
 
 
 @dataclass
@@ -83,16 +88,39 @@ def _cost(r, w, d, scale, rot_sigma, trans_sigma, weight) -> float:
     return float((weight * rho).sum() + 0.5 * ((w / rot_sigma) ** 2).sum() + 0.5 * ((d / trans_sigma) ** 2).sum())
 
 
+def noise_level_px(tr: Tracks, residuals: np.ndarray, n_cameras: int) -> float:
+    """The observations' noise σ (px per axis, at weight 1) from a solution's residuals (n, 2): the median weighted
+    residual length over the Rayleigh median √(2 ln 2), scaled by √(equations / (equations − unknowns)) for the
+    3 per point and 6C − 7 per rig the solution fitted. A floor of 0.01 px."""
+    w = np.ones(len(tr.cam)) if tr.weight is None else np.asarray(tr.weight, np.float64)
+    med = float(np.median(np.sqrt(w) * np.linalg.norm(residuals, axis=1))) / np.sqrt(2 * np.log(2))
+    eq, unknowns = 2 * len(tr.cam), 3 * tr.n_points + 6 * n_cameras - 7
+    return max(med * np.sqrt(eq / max(eq - unknowns, 1)), 0.01)
+
+
+def prior_cost(R: np.ndarray, centers: np.ndarray, R0: np.ndarray, centers0: np.ndarray, rot_sigma: float,
+               trans_sigma: float) -> float:
+    """The priors' share of the objective for cameras (R, centers) against the given (R0, centers0)."""
+    w = np.stack([log_np(a @ b.T) for a, b in zip(R, R0)])
+    return float(0.5 * ((w / rot_sigma) ** 2).sum() + 0.5 * (((centers - centers0) / trans_sigma) ** 2).sum())
+
+
 def bundle_adjust(tr: Tracks, K: np.ndarray, R0: np.ndarray, centers0: np.ndarray, rot_sigma: float,
                   trans_sigma: float, scale_px: float = 1.0, hold_cameras: bool = False, X0: np.ndarray | None = None,
-                  iterations: int = 100, tol: float = 1e-8) -> BAResult:
+                  iterations: int = 100, tol: float = 1e-8, noise_px: float = 1.0,
+                  start: BAResult | None = None) -> BAResult:
     """Minimise the module's objective from the given cameras (K (C,3,3), R0 (C,3,3), centers0 (C,3); rot_sigma in
     radians, trans_sigma in the centres' unit) and points X0 (default: `triangulate`). hold_cameras: points only
-    (the objective of the given calibration, for the acceptance test)."""
+    (the objective of the given calibration, for the acceptance test). noise_px: the data term's unit (module
+    docstring); the Huber scale stays in pixels. start: begin from that solution's cameras and points (the priors
+    still measured from R0, centers0)."""
     C, P, n = len(R0), tr.n_points, len(tr.cam)
-    obs_w = np.ones(n) if tr.weight is None else np.asarray(tr.weight, np.float64)
+    obs_w = (np.ones(n) if tr.weight is None else np.asarray(tr.weight, np.float64)) / noise_px ** 2
     X = triangulate(tr, K, R0, centers0) if X0 is None else X0.copy()
     w, d = np.zeros((C, 3)), np.zeros((C, 3))
+    if start is not None:
+        X, d = start.X.copy(), start.centers - centers0
+        w = np.stack([log_np(a @ b.T) for a, b in zip(start.R, R0)])
     basis = gauge_basis(centers0)
     prior = np.tile(np.r_[np.full(3, rot_sigma ** -2), np.full(3, trans_sigma ** -2)], C)
     order = np.argsort(tr.point, kind="stable")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy.optimize import least_squares
 
-from flame_fitting.fit.rig_ba import Tracks, bundle_adjust, gauge_basis, triangulate
+from flame_fitting.fit.rig_ba import Tracks, bundle_adjust, gauge_basis, noise_level_px, prior_cost, triangulate
 from flame_fitting.fit.so3 import left_jacobian_np as left_jacobian, rodrigues_np as exp_so3
 
 
@@ -89,3 +89,31 @@ def test_exact_tracks_recover_the_cameras_and_the_gauge_is_held():
     held = bundle_adjust(tr, K, R0, o0, np.radians(2.0), 0.02, hold_cameras=True)
     assert np.array_equal(held.R, exp_so3(np.zeros((len(R0), 3))) @ R0) and np.array_equal(held.centers, o0)
     assert held.cost > got.cost
+
+
+@pytest.mark.parametrize("noise", [0.1, 0.4])
+def test_the_noise_level_is_estimated_from_the_residuals(noise):
+    tr, K, R, o, _ = _rig(n_cams=12, n_points=150, noise_px=noise, seed=2)
+    R0, o0 = _perturb(R, o, 2.0, 20.0, seed=12)
+    got = bundle_adjust(tr, K, R0, o0, np.radians(2.0), 0.02, scale_px=1e6)
+    assert noise_level_px(tr, got.residuals, len(R0)) == pytest.approx(noise, rel=0.05)
+    tr.weight = np.full(len(tr.cam), 4.0)    # observations twice as precise as the unit: the noise at weight 1 doubles
+    assert noise_level_px(tr, got.residuals, len(R0)) == pytest.approx(2 * noise, rel=0.05)
+
+
+def test_the_data_term_in_noise_units_and_the_cost_split():
+    """noise_px divides the data term (the same minimum as weights of 1 / noise²), a start from a solution reaches
+    the cold start's minimum, and the data cost at held cameras + prior_cost is the solver's objective."""
+    tr, K, R, o, _ = _rig(n_cams=8, n_points=80, noise_px=0.1, seed=4)
+    R0, o0 = _perturb(R, o, 2.0, 20.0, seed=5)
+    rs, ts = np.radians(2.0), 0.02
+    first = bundle_adjust(tr, K, R0, o0, rs, ts, scale_px=0.3, tol=1e-14)
+    a = bundle_adjust(tr, K, R0, o0, rs, ts, scale_px=0.3, noise_px=0.1, tol=1e-14)
+    b = bundle_adjust(tr, K, R0, o0, rs, ts, scale_px=0.3, noise_px=0.1, start=first, tol=1e-14)
+    weighted = Tracks(tr.cam, tr.point, tr.uv, tr.n_points, np.full(len(tr.cam), 100.0))
+    c = bundle_adjust(weighted, K, R0, o0, rs, ts, scale_px=0.3, tol=1e-14)
+    assert np.abs(a.R - b.R).max() < 1e-8 and np.abs(a.centers - b.centers).max() < 1e-8
+    assert np.abs(a.R - c.R).max() < 1e-8 and a.cost == pytest.approx(c.cost, rel=1e-9)
+    assert np.abs(a.R - first.R).max() > 1e-5           # the images weigh more: a different minimum
+    held = bundle_adjust(tr, K, first.R, first.centers, rs, ts, scale_px=0.3, hold_cameras=True, X0=first.X)
+    assert held.cost + prior_cost(first.R, first.centers, R0, o0, rs, ts) == pytest.approx(first.cost, rel=1e-9)
