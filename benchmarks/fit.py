@@ -39,8 +39,12 @@ of the nose tip (MediaPipe point 1 when embedded, else the front-most template v
                                   mediapipe_s (wall time of this part: calibration + render + detect + fits);
                                   the fits get the capture's foreground masks (mediapipe_masks: how many), used
                                   when silhouette_weight > 0 (FitConfig's default: silhouette_weight_default);
-                                  *_landmarks_only: silhouette_weight=0; *_silhouette: silhouette_weight=
-                                  SILHOUETTE_WEIGHT (a variant whose FitConfig equals an earlier one's reuses it)
+                                  *_landmarks_only: silhouette_weight=0, with the surface points triangulated
+                                  from the images' feature tracks (features.frame_points, no mask; as the fit
+                                  stage does without masks; their time counts in its s_per_frame);
+                                  *_landmarks_only_no_points: the same with points_weight=0 (landmarks alone);
+                                  *_silhouette: silhouette_weight=SILHOUETTE_WEIGHT (a variant whose FitConfig
+                                  equals an earlier one's reuses it)
   mediapipe_camera_refinement     refine_cameras=True (default FitConfig otherwise) on the same MediaPipe capture, as
                                   the fit stage runs it (fit.capture.fit_capture_sequence: the rig refined from the
                                   images' feature tracks first, camera_features; the landmark camera solve only
@@ -56,9 +60,10 @@ of the nose tip (MediaPipe point 1 when embedded, else the front-most template v
                                   vertex_error_mm_minus_exact_cameras compare with vertex_error_mm_mediapipe (the same
                                   fits without refinement); flat copies: vertex_error_mm_mediapipe_refine_exact / _perturbed,
                                   camera_rot_error_deg_ / camera_centre_error_mm_mediapipe_refine_perturbed
-  mediapipe_landmarks_only / mediapipe_default
+  mediapipe_landmarks_only / mediapipe_landmarks_only_no_points / mediapipe_default
                                   {vertex_error_mm_head, vertex_error_mm_face} of the landmarks-only fit (no masks:
-                                  the landmarks-only priors, docs/fitting.md "Landmarks only") and of the default fit
+                                  the landmarks-only priors and the surface points, docs/fitting.md "Landmarks
+                                  only"), of the same without the points, and of the default fit
 The head model folder is copied without any calibrated embedding it may have (the GT-landmark figures fit the
 original embedding, whose projections they are); the MediaPipe part calibrates that copy itself.
 Run: python benchmarks/fit.py   (last line: JSON)
@@ -92,8 +97,10 @@ CAM_PERTURB = (2.0, 0.02)  # degrees about the camera's centre, metres: the Medi
 SILHOUETTE_WEIGHT = 1.0  # the "_silhouette" variant's silhouette_weight (FitConfig's default may differ)
 MP_VARIANTS = {"": {}, "_no_noise_model": {"noise_model": False}, "_uncalibrated": {"calibrated_embedding": False},
                "_uncalibrated_no_noise_model": {"calibrated_embedding": False, "noise_model": False},
-               "_landmarks_only": {"silhouette_weight": 0.0}, "_silhouette": {"silhouette_weight": SILHOUETTE_WEIGHT}}
-MP_KEYS = ["mediapipe_landmarks_only", "mediapipe_default",
+               "_landmarks_only": {"silhouette_weight": 0.0},
+               "_landmarks_only_no_points": {"silhouette_weight": 0.0, "points_weight": 0.0},
+               "_silhouette": {"silhouette_weight": SILHOUETTE_WEIGHT}}
+MP_KEYS = ["mediapipe_landmarks_only", "mediapipe_landmarks_only_no_points", "mediapipe_default",
            "mediapipe_detection_rate", "mediapipe_masks", "silhouette_weight_default", "mediapipe_calibration",
            "mediapipe_frames_fitted", "mediapipe_frames_ok", "mediapipe_s", "mediapipe_camera_refinement",
            "vertex_error_mm_mediapipe_refine_exact", "vertex_error_mm_mediapipe_refine_perturbed",
@@ -155,8 +162,9 @@ def main() -> None:
           f"{out['vertex_error_mm_mediapipe_uncalibrated']} mm; whole head {out['vertex_error_mm_mediapipe_head']} mm; "
           f"without the noise model {out['vertex_error_mm_mediapipe_no_noise_model']} / "
           f"{out['vertex_error_mm_mediapipe_uncalibrated_no_noise_model']} mm), {out['s_per_frame_mediapipe']} s/frame; "
-          f"landmarks only {out['vertex_error_mm_mediapipe_landmarks_only']} mm "
-          f"({out['s_per_frame_mediapipe_landmarks_only']} s/frame), default silhouette_weight "
+          f"landmarks only {out['vertex_error_mm_mediapipe_landmarks_only']} mm with the images' surface points "
+          f"({out['s_per_frame_mediapipe_landmarks_only']} s/frame; without them "
+          f"{out['vertex_error_mm_mediapipe_landmarks_only_no_points']} mm), default silhouette_weight "
           f"{out['silhouette_weight_default']}")
     cr = out.get("mediapipe_camera_refinement") or {}
     if cr:
@@ -176,6 +184,7 @@ def run_mediapipe(head: HeadModel, face: np.ndarray, tmp: Path) -> dict:
     against the ground truth. Keys: see the module docstring."""
     from flame_fitting.formats.capture import load_capture
     from flame_fitting.fit.capture import gt_vertex_errors, load_masks
+    from flame_fitting.fit.features import frame_points
     from flame_fitting.landmarks.calibration import CalibrationConfig
     from pipelines.synthetic.calibration import calibrate_head_model
     from flame_fitting.landmarks.capture import detect_capture
@@ -207,9 +216,11 @@ def run_mediapipe(head: HeadModel, face: np.ndarray, tmp: Path) -> dict:
         rows, fit_s, n_fit, n_ok = [], 0.0, 0, 0
         for subject, sequence in cap.sequences():
             t = time.perf_counter()
-            fit = fit_sequence(head, cap.cameras(subject, sequence), ls.for_sequence(subject, sequence),
-                               cfg, progress=False, subject=subject, sequence=sequence,
-                               masks=masks[(subject, sequence)])
+            cams = cap.cameras(subject, sequence)
+            points = (frame_points(cap, subject, sequence, cams, cfg)
+                      if cfg.silhouette_weight <= 0 and cfg.points_weight > 0 else None)
+            fit = fit_sequence(head, cams, ls.for_sequence(subject, sequence), cfg, progress=False, subject=subject,
+                               sequence=sequence, masks=masks[(subject, sequence)], points=points)
             fit_s += time.perf_counter() - t
             n_fit += len(fit.params)
             n_ok += sum(s.status == "ok" for s in fit.status.values())
@@ -221,7 +232,8 @@ def run_mediapipe(head: HeadModel, face: np.ndarray, tmp: Path) -> dict:
             out["mediapipe_frames_fitted"], out["mediapipe_frames_ok"] = n_fit, n_ok
     out["silhouette_weight_default"] = FitConfig().silhouette_weight
     out.update(run_camera_refinement(head, face, cap, ls, out["vertex_error_mm_mediapipe"]))
-    for name, key in (("mediapipe_landmarks_only", "_landmarks_only"), ("mediapipe_default", "")):
+    for name, key in (("mediapipe_landmarks_only", "_landmarks_only"),
+                      ("mediapipe_landmarks_only_no_points", "_landmarks_only_no_points"), ("mediapipe_default", "")):
         out[name] = {"vertex_error_mm_head": out[f"vertex_error_mm_mediapipe{key}_head"],
                      "vertex_error_mm_face": out[f"vertex_error_mm_mediapipe{key}"]}
     out["mediapipe_s"] = round(time.perf_counter() - t0, 1)

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from flame_fitting.formats.capture import Capture, save_cameras
 from flame_fitting.core.fileio import check_output_dir, make_temp_dir, mark_output, replace_dir
 from flame_fitting.fit import FitConfig, SequenceFit, fit_sequence
-from flame_fitting.fit.features import feature_refined_cameras
+from flame_fitting.fit.features import feature_refined_cameras, frame_points
 from flame_fitting.fit.overlay import overlay_png
 from flame_fitting.fit.report import FrameStatus
 from flame_fitting.head.head_model import HeadModel
@@ -54,6 +54,7 @@ def save_sequence_fit(fit: SequenceFit, folder: Path, extra: dict | None = None)
         fit.noise.to_csv(folder / "noise_model.csv", index=False)
     status = {"frames": {str(f): {"status": s.status, "reason": s.reason, "note": s.note} for f, s in fit.status.items()},
               "timing": fit.timing, "converged": bool(fit.converged), "silhouette": fit.silhouette,
+              "points": fit.points,
               "camera_refinement": fit.camera_refinement, **(extra or {})}
     (folder / "status.json").write_text(json.dumps(status, indent=1, default=str))
 
@@ -144,8 +145,11 @@ def fit_capture_sequence(cap: Capture, ls: LandmarkSet, model: HeadModel, cfg: F
     masks = load_masks(cap, subject, sequence, masks_skipped) if want_masks else None
     given = cap.cameras(subject, sequence) if cameras is None else cameras
     cams, fit_cfg, features = feature_refined_cameras(cap, subject, sequence, given, masks, cfg)
+    sil_masks = masks if cfg.silhouette_weight > 0 else None
+    points = (frame_points(cap, subject, sequence, cams, cfg)
+              if cfg.points_weight > 0 and not (sil_masks and any(sil_masks.values())) else None)
     fit = fit_sequence(model, cams, ls.for_sequence(subject, sequence), fit_cfg, progress=False,
-                       masks=masks if cfg.silhouette_weight > 0 else None, subject=subject, sequence=sequence)
+                       masks=sil_masks, points=points, subject=subject, sequence=sequence)
     if features is not None:
         fit.camera_refinement = features if features["usable"] else {**(fit.camera_refinement or {}),
                                                                       "features": features}

@@ -82,6 +82,16 @@ class FitConfig:
                                        lo=0.0)
     silhouette_reanneal: bool = spec(True, "anneal the landmarks' robust scale again in the silhouette solve (as the "
                                            "noise-model solve does); false: keep robust_scale_px from the start")
+    points_weight: float = spec(3.0, "weight of the surface-point term (points.py, docs/fitting.md) of a sequence "
+                                      "fitted without silhouettes: 3D points triangulated from the images' feature "
+                                      "tracks, ρ of their point-to-plane distance (mm) to the nearest model vertex; "
+                                      "0 = off (fit_capture reads the images)", lo=0.0)
+    points_loss: str = spec("huber", "robust loss of the surface-point term: huber | cauchy | l2",
+                            choices=["cauchy", "huber", "l2"])
+    points_scale_mm: float = spec(1.0, "robust scale of the surface-point term (mm)", lo=1e-6)
+    points_max_mm: float = spec(5.0, "points farther than this from every model vertex are not used (mm)", lo=0.0)
+    points_reproj_px: float = spec(1.0, "keep a triangulated track only if every observation reprojects within this "
+                                        "(pixels)", lo=0.0)
     refine_cameras: bool = spec(False, "bundle adjustment: refine each camera's extrinsics jointly with the head")
     refine_focal: bool = spec(False, "also refine a per-camera focal scale (needs refine_cameras)")
     camera_rot_sigma_deg: float = spec(2.0, "prior σ of a camera's rotation correction (degrees)", lo=1e-6)

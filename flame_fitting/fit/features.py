@@ -1,4 +1,5 @@
-"""Camera refinement from image feature tracks (`refine_cameras` with `camera_features`, docs/fitting.md).
+"""Camera refinement from image feature tracks (`refine_cameras` with `camera_features`, docs/fitting.md), and the
+same tracks triangulated into surface points for fits without masks (`frame_points`, points.py).
 
 MediaPipe's landmarks are biased per view by several pixels, far more than the sub-pixel parallax that tells a
 2° / 20 mm camera error apart from a moved head, so the landmark camera solve cannot recover the cameras (refine.py).
@@ -35,7 +36,7 @@ from flame_fitting.geometry.camera import Camera
 from .config import FitConfig
 from .observations import undistort_px
 from .report import rig_errors
-from .rig_ba import BAResult, Tracks, bundle_adjust, noise_level_px, prior_cost
+from .rig_ba import BAResult, Tracks, bundle_adjust, noise_level_px, prior_cost, reprojection_errors, triangulate
 from .so3 import angle_deg
 
 log = logging.getLogger(__name__)
@@ -188,24 +189,55 @@ def refine_rig(images: dict, masks: dict | None, cameras: dict[str, Camera], cfg
     return (out if report["accepted"] else cameras), report
 
 
+def frame_points(cap, subject: str, sequence: str, cameras: dict[str, Camera], cfg: FitConfig
+                 ) -> dict[int, np.ndarray]:
+    """{frame: (n, 3) float64 world points} of one sequence for the surface-point term (points.py): per frame, the
+    feature tracks of its views (no mask: whatever the images show), triangulated with `cameras`, those whose every
+    observation reprojects within `points_reproj_px`. Frames are read one at a time."""
+    names = sorted(cameras)
+    K = np.stack([cameras[n].K.astype(np.float64) for n in names])
+    R = np.stack([cameras[n].R.astype(np.float64) for n in names])
+    o = np.stack([cameras[n].center.astype(np.float64) for n in names])
+    m = cap.manifest
+    rows = m[(m.subject == subject) & (m.sequence == sequence)]
+    out: dict[int, np.ndarray] = {}
+    for f in sorted(rows.frame.unique()):
+        views = _gray_views(cap, rows[rows.frame == f])
+        feats = {(int(f), c): view_features(img, None) for c, img in views.items() if c in cameras}
+        tr = build_tracks(feats, cameras, cfg.camera_feature_neighbours)
+        if tr.n_points == 0:
+            continue
+        X = triangulate(tr, K, R, o)
+        worst = np.zeros(tr.n_points)
+        np.maximum.at(worst, tr.point, reprojection_errors(tr, K, R, o, X))
+        keep = (worst <= cfg.points_reproj_px) & np.isfinite(X).all(1)
+        out[int(f)] = X[keep]
+    return out
+
+
+def _gray_views(cap, rows) -> dict[str, np.ndarray]:
+    """{camera: (H, W) uint8 gray} of manifest rows; an unreadable image is left out (the fit records bad images)."""
+    import cv2
+
+    out = {}
+    for row in rows.to_dict("records"):
+        try:
+            out[row["camera"]] = cv2.cvtColor(cap.image(row), cv2.COLOR_RGB2GRAY)
+        except Exception:  # noqa: BLE001 - one unreadable view only has no features
+            continue
+    return out
+
+
 def sequence_images(cap, subject: str, sequence: str, max_frames: int = 0) -> dict[int, dict[str, np.ndarray]]:
     """{frame: {camera: (H, W) uint8 gray}} of one sequence of a capture, of at most `max_frames` frames spread
     evenly over it (0: all); an unreadable image is left out (it has no features; the fit records bad images)."""
-    import cv2
-
     m = cap.manifest
     rows = m[(m.subject == subject) & (m.sequence == sequence)]
     frames = sorted(rows.frame.unique())
     if 0 < max_frames < len(frames):
         frames = [frames[i] for i in np.unique(np.linspace(0, len(frames) - 1, max_frames).round().astype(int))]
-        rows = rows[rows.frame.isin(frames)]
-    out: dict[int, dict[str, np.ndarray]] = {}
-    for row in rows.to_dict("records"):
-        try:
-            out.setdefault(int(row["frame"]), {})[row["camera"]] = cv2.cvtColor(cap.image(row), cv2.COLOR_RGB2GRAY)
-        except Exception:  # noqa: BLE001 - one unreadable view only has no features
-            continue
-    return out
+    out = {int(f): _gray_views(cap, rows[rows.frame == f]) for f in frames}
+    return {f: v for f, v in out.items() if v}
 
 
 def feature_refined_cameras(cap, subject: str, sequence: str, cameras: dict[str, Camera], masks: dict | None,

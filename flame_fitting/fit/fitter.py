@@ -131,18 +131,22 @@ def landmarks_only_priors(cfg: FitConfig, kept: float) -> FitConfig:
                    prior_expr=cfg.prior_expr + (cfg.prior_expr_landmarks_only - cfg.prior_expr) * lost)
 
 
-def _refit_with_silhouettes(pb: Problem, out: LMOutcome, sil, progress: bool, desc: str) -> tuple[Problem, LMOutcome]:
-    """Solve again from `out`'s state with the silhouette term added (landmarks keep their weights)."""
+def _refit_with_surface(pb: Problem, out: LMOutcome, progress: bool, desc: str, sil=None, pts=None
+                        ) -> tuple[Problem, LMOutcome]:
+    """Solve again from `out`'s state with the silhouette term (sil) or the surface-point term (pts) added
+    (landmarks keep their weights)."""
     first = out
     cfg = pb.cfg
-    # re-pairing the mask boundaries at each step makes the cost noisy at the 1e-4 level: stop on silhouette_tolerance;
-    # the landmarks' robust scale was annealed by the first solve (silhouette_reanneal: anneal it again)
-    pb_s = replace(pb, sil=sil, cfg=replace(cfg, tolerance=max(cfg.tolerance, cfg.silhouette_tolerance),
-                                             robust_anneal=cfg.robust_anneal if cfg.silhouette_reanneal else 0.0))
+    what = "silhouette" if sil is not None else "surface-point"
+    # re-pairing at each step makes the cost noisy at the 1e-4 level: stop on silhouette_tolerance; the landmarks'
+    # robust scale was annealed by the first solve (silhouette_reanneal: anneal it again)
+    pb_s = replace(pb, sil=sil, pts=pts, cfg=replace(cfg, tolerance=max(cfg.tolerance, cfg.silhouette_tolerance),
+                                                      robust_anneal=cfg.robust_anneal if cfg.silhouette_reanneal
+                                                      else 0.0))
     try:
-        out = run_lm(pb_s, first.state, progress=progress, desc=f"{desc} (silhouettes)")
+        out = run_lm(pb_s, first.state, progress=progress, desc=f"{desc} ({what}s)")
     except Exception:  # noqa: BLE001 - keep the landmark-only result
-        log.exception("fit: %s: the silhouette solve failed; keeping the landmark-only result", desc)
+        log.exception("fit: %s: the %s solve failed; keeping the landmark-only result", desc, what)
         return pb, first
     offset = len(first.history)
     out.history = first.history + [{**row, "iteration": row["iteration"] + offset} for row in out.history]
@@ -183,7 +187,8 @@ def _silhouette_summary(pb: Problem, st: State, active: torch.Tensor) -> dict:
 
 def fit_sequence(model: HeadModel, cameras: dict[str, Camera], observations: dict, cfg: FitConfig | None = None,
                  progress: bool = True, *, confidences: dict | None = None, init: dict[int, FrameParams] | None = None,
-                 subject: str = "", sequence: str = "", masks: dict | None = None) -> SequenceFit:
+                 subject: str = "", sequence: str = "", masks: dict | None = None,
+                 points: dict | None = None) -> SequenceFit:
     """Fit the head model to multi-view landmarks of one sequence.
 
     observations: {frame: {camera: (478, 2) pixels in MediaPipe order, NaN rows missing}} (or objects with
@@ -195,12 +200,15 @@ def fit_sequence(model: HeadModel, cameras: dict[str, Camera], observations: dic
     masks: optional {frame: {camera: (H, W) foreground mask (> 0 = head)}}; with cfg.silhouette_weight > 0 the
     landmark solve is followed by one with the silhouette term (`silhouette.py`); frames / views without a mask
     have no silhouette residuals. `SequenceFit.silhouette` says what was used.
+    points: optional {frame: (n, 3) world points on the head's surface (metres; `features.frame_points`)}; without a
+    silhouette term and with cfg.points_weight > 0 the landmark solve is followed by one with the surface-point term
+    (`points.py`); `SequenceFit.points` says what was used.
     """
     cfg = cfg or FitConfig()
     if cfg.calibrated_embedding and model.has_calibrated_embedding:
         model = model.with_mediapipe_embedding(calibrated=True)
     with torch_threads(cfg.threads), torch.no_grad():
-        return _fit(model, cameras, observations, cfg, progress, confidences, init, subject, sequence, masks)
+        return _fit(model, cameras, observations, cfg, progress, confidences, init, subject, sequence, masks, points)
 
 
 def _silhouette_data(model: HeadModel, rm: ReducedModel, cameras: dict[str, Camera], packed, masks: dict | None,
@@ -226,7 +234,29 @@ def _silhouette_data(model: HeadModel, rm: ReducedModel, cameras: dict[str, Came
                                 cfg.silhouette_max_px, cfg.silhouette_mode == "inside")
 
 
-def _fit(model, cameras, observations, cfg, progress, confidences, init, subject, sequence, masks) -> SequenceFit:
+def _points_data(model: HeadModel, rm: ReducedModel, packed, points: dict | None, cfg: FitConfig):
+    """PointsData of the packed frames (None: no points or points_weight 0)."""
+    if cfg.points_weight <= 0 or not points or not any(len(points.get(fr, ())) for fr in packed.frames):
+        return None
+    from flame_fitting.fit.points import PointsData
+    sm = SilhouetteModel.cached(model, rm.n_shape, rm.n_expr, "all")
+    return PointsData.build(sm, [points.get(fr) for fr in packed.frames], cfg.points_weight, cfg.points_scale_mm,
+                            cfg.points_max_mm, cfg.points_loss)
+
+
+def _points_summary(pb: Problem, st: State, active: torch.Tensor) -> dict:
+    """{"used": bool, "n_points", "n_points_used", "median_mm"} of the final surface-point pairing."""
+    if pb.pts is None:
+        return {"used": False}
+    from flame_fitting.fit.points import points_errors
+    e = points_errors(pb.pts, st.shape, torch.where(active[:, None], st.thetas, 0.0))
+    e = e[torch.isfinite(e)]
+    return {"used": True, "n_points": int(pb.pts.valid.sum()), "n_points_used": int(e.numel()),
+            "median_mm": float(e.median()) if e.numel() else None}
+
+
+def _fit(model, cameras, observations, cfg, progress, confidences, init, subject, sequence, masks,
+         points=None) -> SequenceFit:
     t0 = time.perf_counter()
     where = f"subject {subject!r} sequence {sequence!r}"
     rm = ReducedModel.from_head_model(model, cfg.n_shape, cfg.n_expr)
@@ -252,6 +282,7 @@ def _fit(model, cameras, observations, cfg, progress, confidences, init, subject
     state = State(shape, thetas, rig.zeros())
     noise, cam_summary = None, None
     sil = _silhouette_data(model, rm, cameras, packed, masks, cfg, where)  # bad masks raise FitInputError
+    pts = _points_data(model, rm, packed, points, cfg) if sil is None else None
     try:
         desc = f"fit {subject}/{sequence}".rstrip("/ ")
         pb = pb_base = replace(pb, cameras_free=False)  # refine_cameras: the calibration is held until `refine_cameras`
@@ -267,7 +298,9 @@ def _fit(model, cameras, observations, cfg, progress, confidences, init, subject
                 out, again = refine_cameras(pb, out, progress, desc)
                 cam_summary = {**again, "accepted": True, "second_pass_accepted": again["accepted"]}
         if sil is not None:
-            pb, out = _refit_with_silhouettes(pb, out, sil, progress, desc)
+            pb, out = _refit_with_surface(pb, out, progress, desc, sil=sil)
+        elif pts is not None:
+            pb, out = _refit_with_surface(pb, out, progress, desc, pts=pts)
     except Exception as e:  # noqa: BLE001 - a numerical failure must not kill the sequence
         log.exception("fit: %s: the solver failed; all frames keep their initial state", where)
         out = LMOutcome(state=state, history=[], diverged={i: f"solver error: {type(e).__name__}: {e}"
@@ -302,7 +335,8 @@ def _fit(model, cameras, observations, cfg, progress, confidences, init, subject
         history=pd.DataFrame(out.history, columns=HISTORY_COLUMNS),
         status=dict(sorted(status.items())), timing={}, converged=out.converged, config=cfg,
         noise=noise.table() if noise is not None else None,
-        silhouette=_silhouette_summary(pb, st, active), camera_refinement=cam_summary)
+        silhouette=_silhouette_summary(pb, st, active), points=_points_summary(pb, st, active),
+        camera_refinement=cam_summary)
     t_end = time.perf_counter()
     n = max(1, len(packed.frames))
     fit.timing = {"init_s": t_init - t0, "solve_s": t_solve - t_init, "outputs_s": t_end - t_solve,

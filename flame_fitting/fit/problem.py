@@ -70,6 +70,7 @@ class Problem:
     conf: Tensor       # (F, C, L) float64, 0 where missing
     cfg: FitConfig
     sil: Any = None    # silhouette.SilhouetteData (mask boundaries + pairing) or None: no silhouette term
+    pts: Any = None    # points.PointsData (triangulated surface points + pairing) or None: no surface-point term
     cameras_free: bool = True  # with camera refinement: False holds the corrections at their current values
 
     @property
@@ -180,12 +181,16 @@ def frame_terms(pb: Problem, shape: Tensor, thetas: Tensor, xi: Tensor, obs: Ten
     """Cost (and normal-equation blocks) of B frames: thetas (B, n_f), obs (B, C, 2, L), base_w (B, C, L) =
     confidence × visibility (0 = unused). With pb.sil and sil_frames (the frames' rows in pb.sil, active (B,) bool),
     the silhouette term (`silhouette.py`) is added to the cost and to the [shape | θ_f] blocks (re-pairing the
-    mask boundaries at every Jacobian evaluation)."""
-    sil = None
+    mask boundaries at every Jacobian evaluation); so is the surface-point term with pb.pts (`points.py`)."""
+    extra = []  # (cost, A, g) of the silhouette and surface-point terms
     if pb.sil is not None and sil_frames is not None:
         from flame_fitting.fit.silhouette import silhouette_terms
-        sil = silhouette_terms(pb.sil, pb.rig, shape, thetas, xi, sil_frames, sil_active, jacobians, jacobians, rho,
-                               irls_weight)
+        extra.append(silhouette_terms(pb.sil, pb.rig, shape, thetas, xi, sil_frames, sil_active, jacobians, jacobians,
+                                      rho, irls_weight))
+    if pb.pts is not None and sil_frames is not None:
+        from flame_fitting.fit.points import points_terms
+        extra.append(points_terms(pb.pts, shape, thetas, sil_frames, sil_active, jacobians, jacobians, rho,
+                                  irls_weight))
     kind = pb.cfg.robust_loss
     X, _, D = forward_and_jacobian(pb.rm, shape, thetas, normals=False, jacobian=jacobians)
     if jacobians:
@@ -201,8 +206,8 @@ def frame_terms(pb: Problem, shape: Tensor, thetas: Tensor, xi: Tensor, obs: Ten
     cost_each = torch.where(front, base_w * rho(e_safe, scale, kind), torch.where(used & ~front, base_w * behind_cost,
                                                                                   torch.zeros_like(e)))
     out = FrameTerms(cost=cost_each.sum((1, 2)), errors=torch.where(front, e, torch.full_like(e, float("nan"))))
-    if sil is not None:
-        out.cost = out.cost + sil[0]
+    for t in extra:
+        out.cost = out.cost + t[0]
     if not jacobians:
         return out
     B, C, L = e.shape
@@ -215,8 +220,8 @@ def frame_terms(pb: Problem, shape: Tensor, thetas: Tensor, xi: Tensor, obs: Ten
     Dm = D.reshape(B, 3 * L, -1)
     A = Dm.transpose(1, 2) @ MD.reshape(B, 3 * L, -1)                             # (B, P, P)
     g = (Dm.transpose(1, 2) @ g3.reshape(B, 3 * L, 1))[..., 0]                    # (B, P)
-    if sil is not None:
-        A, g = A + sil[1], g + sil[2]
+    for t in extra:
+        A, g = A + t[1], g + t[2]
     n_s, k = pb.rm.n_shape, pb.rig.n_params
     nS = pb.n_shared
     A_ss = A.new_zeros(nS, nS)

@@ -65,6 +65,7 @@ class SequenceFit:
     config: FitConfig
     noise: pd.DataFrame | None = None     # landmark noise model per group (noise.NoiseModel.table); None when off
     silhouette: dict | None = None        # silhouette term: used, n_masks, n_samples_used, median_px (fitter.py)
+    points: dict | None = None            # surface-point term: used, n_points, n_points_used, median_mm (fitter.py)
     camera_refinement: dict | None = None  # refine_cameras: accepted, reason, objective_before / _after, threshold,
                                            # max_rot_deg, max_centre_mm (refine.py); None when not refining
 

@@ -76,6 +76,12 @@ def triangulate(tr: Tracks, K: np.ndarray, R: np.ndarray, centers: np.ndarray) -
     return h[:, :3] / np.where(np.abs(h[:, 3:]) > 1e-12, h[:, 3:], 1e-12)
 
 
+def reprojection_errors(tr: Tracks, K: np.ndarray, R: np.ndarray, centers: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """(n,) pixel length of each observation's reprojection error (inf behind the camera)."""
+    r, xc = _project(K, R, centers, X, tr)
+    return np.where(xc[:, 2] > 1e-6, np.linalg.norm(r, axis=1), np.inf)
+
+
 def _project(K, R, C, X, tr):
     xc = np.einsum("nij,nj->ni", R[tr.cam], X[tr.point] - C[tr.cam])
     uv = np.einsum("nij,nj->ni", K[tr.cam], xc)

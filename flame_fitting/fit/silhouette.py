@@ -249,12 +249,16 @@ def _paired_model(sd: SilhouetteData, rig: Rig, shape: Tensor, thetas: Tensor, x
         X = forward_and_jacobian(sd.sm.rm, shape, thetas, normals=False, jacobian=False)[0]
         uv = project(rig, xi, X, jacobians=False)[0]
         pair(sd, sl, uv, contour_vertices(sd.sm, X, corrected_centers(rig, xi)), active)
-        corr = sd.corr[sl]
-        ids, inv = torch.unique(corr[corr >= 0], return_inverse=True)
-        local = torch.full_like(corr, -1)
-        local[corr >= 0] = inv
-        sd.paired[key] = (subset(sd.sm, ids if len(ids) else torch.zeros(1, dtype=torch.long)), local)
+        sd.paired[key] = paired_subset(sd.sm, sd.corr[sl])
     return sd.paired[key]
+
+
+def paired_subset(sm: SilhouetteModel, corr: Tensor) -> tuple[ReducedModel, Tensor]:
+    """The model of the vertices a pairing `corr` (any shape, -1: none) uses, and the pairing as indices into it."""
+    ids, inv = torch.unique(corr[corr >= 0], return_inverse=True)
+    local = torch.full_like(corr, -1)
+    local[corr >= 0] = inv
+    return subset(sm, ids if len(ids) else torch.zeros(1, dtype=torch.long)), local
 
 
 def silhouette_terms(sd: SilhouetteData, rig: Rig, shape: Tensor, thetas: Tensor, xi: Tensor, sl: slice,
