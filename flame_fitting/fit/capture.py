@@ -147,7 +147,8 @@ def fit_capture_sequence(cap: Capture, ls: LandmarkSet, model: HeadModel, cfg: F
     cams, fit_cfg, features = feature_refined_cameras(cap, subject, sequence, given, masks, cfg)
     sil_masks = masks if cfg.silhouette_weight > 0 else None
     points = (frame_points(cap, subject, sequence, cams, cfg)
-              if cfg.points_weight > 0 and not (sil_masks and any(sil_masks.values())) else None)
+              if cfg.points_weight > 0 and (cfg.points_with_masks or not (sil_masks and any(sil_masks.values())))
+              else None)
     fit = fit_sequence(model, cams, ls.for_sequence(subject, sequence), fit_cfg, progress=False,
                        masks=sil_masks, points=points, subject=subject, sequence=sequence)
     if features is not None:

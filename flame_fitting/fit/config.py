@@ -86,6 +86,9 @@ class FitConfig:
                                       "fitted without silhouettes: 3D points triangulated from the images' feature "
                                       "tracks, ρ of their point-to-plane distance (mm) to the nearest model vertex; "
                                       "0 = off (fit_capture reads the images)", lo=0.0)
+    points_with_masks: bool = spec(False, "use the surface points also when the silhouette term runs (masks); "
+                                          "off by default so the pipeline's figures stay comparable (measured: "
+                                          "docs/fitting.md)")
     points_loss: str = spec("huber", "robust loss of the surface-point term: huber | cauchy | l2",
                             choices=["cauchy", "huber", "l2"])
     points_scale_mm: float = spec(1.0, "robust scale of the surface-point term (mm)", lo=1e-6)

@@ -137,7 +137,7 @@ def _refit_with_surface(pb: Problem, out: LMOutcome, progress: bool, desc: str, 
     (landmarks keep their weights)."""
     first = out
     cfg = pb.cfg
-    what = "silhouette" if sil is not None else "surface-point"
+    what = "+".join(n for n, t in (("silhouette", sil), ("surface-point", pts)) if t is not None)
     # re-pairing at each step makes the cost noisy at the 1e-4 level: stop on silhouette_tolerance; the landmarks'
     # robust scale was annealed by the first solve (silhouette_reanneal: anneal it again)
     pb_s = replace(pb, sil=sil, pts=pts, cfg=replace(cfg, tolerance=max(cfg.tolerance, cfg.silhouette_tolerance),
@@ -201,8 +201,8 @@ def fit_sequence(model: HeadModel, cameras: dict[str, Camera], observations: dic
     landmark solve is followed by one with the silhouette term (`silhouette.py`); frames / views without a mask
     have no silhouette residuals. `SequenceFit.silhouette` says what was used.
     points: optional {frame: (n, 3) world points on the head's surface (metres; `features.frame_points`)}; without a
-    silhouette term and with cfg.points_weight > 0 the landmark solve is followed by one with the surface-point term
-    (`points.py`); `SequenceFit.points` says what was used.
+    silhouette term (or with cfg.points_with_masks) and with cfg.points_weight > 0 the landmark solve is followed by
+    one with the surface-point term (`points.py`); `SequenceFit.points` says what was used.
     """
     cfg = cfg or FitConfig()
     if cfg.calibrated_embedding and model.has_calibrated_embedding:
@@ -282,7 +282,7 @@ def _fit(model, cameras, observations, cfg, progress, confidences, init, subject
     state = State(shape, thetas, rig.zeros())
     noise, cam_summary = None, None
     sil = _silhouette_data(model, rm, cameras, packed, masks, cfg, where)  # bad masks raise FitInputError
-    pts = _points_data(model, rm, packed, points, cfg) if sil is None else None
+    pts = _points_data(model, rm, packed, points, cfg) if sil is None or cfg.points_with_masks else None
     try:
         desc = f"fit {subject}/{sequence}".rstrip("/ ")
         pb = pb_base = replace(pb, cameras_free=False)  # refine_cameras: the calibration is held until `refine_cameras`
@@ -298,7 +298,7 @@ def _fit(model, cameras, observations, cfg, progress, confidences, init, subject
                 out, again = refine_cameras(pb, out, progress, desc)
                 cam_summary = {**again, "accepted": True, "second_pass_accepted": again["accepted"]}
         if sil is not None:
-            pb, out = _refit_with_surface(pb, out, progress, desc, sil=sil)
+            pb, out = _refit_with_surface(pb, out, progress, desc, sil=sil, pts=pts)
         elif pts is not None:
             pb, out = _refit_with_surface(pb, out, progress, desc, pts=pts)
     except Exception as e:  # noqa: BLE001 - a numerical failure must not kill the sequence
