@@ -1,8 +1,9 @@
 """Surface-point term of the fit: 3D points triangulated from the images' feature tracks pull on the model's surface.
 
-For sequences fitted without a silhouette term (no masks: NeRSemble without alpha maps, COLMAP folders), the only
-other data are MediaPipe's sparse landmarks, whose view-shared biases leave the head's pose off by 1–3° and the
-parts no landmark sees to the prior (docs/fitting.md, "Landmarks only"). The images still hold the skin's texture:
+For sequences fitted without a silhouette term (no masks: NeRSemble without alpha maps, COLMAP folders; with
+`points_with_masks` also beside one), the only other data are MediaPipe's sparse landmarks, whose view-shared
+biases leave the head's pose off by 1–3° and the parts no landmark sees to the prior (docs/fitting.md, "Landmarks
+only"). The images still hold the skin's texture:
 per frame, SIFT tracks between neighbouring cameras (features.py, no mask needed) are triangulated with the fit's
 cameras, and the tracks whose every observation reprojects within `points_reproj_px` are kept (`frame_points`).
 
@@ -11,8 +12,9 @@ Formulation (ICP-style, point -> model, point-to-plane), like the silhouette ter
     (k-d tree over the posed vertices); pairs farther than `points_max_mm` are dropped (the background of a real
     studio, hair); the vertex's unit normal n_i (area-weighted face normals of the posed mesh) is taken then;
   * residual r_i = 1000 · n_iᵀ(x_v(i) − p_i) (millimetres along the normal: no pull along the surface), cost
-    points_weight · ρ(r_i) with the robust loss `points_loss` at `points_scale_mm`; Jacobian 1000 · n_iᵀ · dx_v/d[shape | θ_f]
-    (`jacobian.forward_and_jacobian` on the paired vertices). Cameras are held in this term.
+    points_weight · ρ(r_i) with the robust loss `points_loss` at `points_scale_mm`; Jacobian
+    1000 · n_iᵀ · dx_v/d[shape | θ_f] (`jacobian.forward_and_jacobian` on the paired vertices). Cameras are held in
+    this term.
 The pairing and normals are held fixed while a candidate step is evaluated.
 """
 from __future__ import annotations
