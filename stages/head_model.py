@@ -7,11 +7,18 @@ and the metrics JSON. Run: `dvc repro head_model` (the paths are on its cmd line
 """
 from __future__ import annotations
 
-import common  # noqa: F401  (puts this checkout first on sys.path)
-from common import paths, run
+import os
 
-from flame_fitting.core.params import build_config, read_params
-from geoface.steps.head_model import HeadModelParams, build_head_model
+# One BLAS thread, set before numpy loads its BLAS: OpenBLAS's and MKL's sums differ in their last bits with the
+# number of threads, and the folder must be the same bytes in every run — its hash is the head model's version in
+# every lineage record after it (docs/lineage.md "Known defect", fixed).
+os.environ["OPENBLAS_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+
+import common  # noqa: E402,F401  (puts this checkout first on sys.path)
+from common import paths, run  # noqa: E402
+
+from flame_fitting.core.params import build_config, read_params  # noqa: E402
+from geoface.steps.head_model import HeadModelParams, build_head_model  # noqa: E402
 
 
 def load_params(params: dict) -> HeadModelParams:

@@ -13,12 +13,14 @@ from scipy.spatial import cKDTree
 
 def template_points(face: np.ndarray, bary: np.ndarray, verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """(face (N,), bary (N,3)) on the mesh verts (V,3) / faces (F,3) -> points (N,3) float64."""
-    return np.einsum("nk,nkd->nd", np.asarray(bary, np.float64), np.asarray(verts, np.float64)[faces[face]])
+    return (np.asarray(bary, np.float64)[:, :, None] * np.asarray(verts, np.float64)[faces[face]]).sum(1)
 
 
 def dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Batched dot product over the last axis."""
-    return np.einsum("...d,...d->...", a, b)
+    """Batched dot product over the last axis. Elementwise products and numpy's ordinary sum, not einsum: einsum's
+    vectorised kernels can sum in another order depending on how the arrays sit in memory, so the last bits (and a
+    closest-triangle choice between near-equal distances) could differ from one run to the next."""
+    return (np.asarray(a) * np.asarray(b)).sum(-1)
 
 
 def ray_triangles(o: np.ndarray, d: np.ndarray, tri: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -74,6 +76,9 @@ def closest_point_on_triangles(p: np.ndarray, a: np.ndarray, b: np.ndarray, c: n
     return best
 
 
+TIE_M = 1e-12  # distances closer than this (metres) are a tie (closest_points)
+
+
 def closest_points(points: np.ndarray, verts: np.ndarray, faces: np.ndarray, k: int = 48):
     """Closest surface point of each query: (face_idx (P,) int64, bary (P,3), dist (P,)).
 
@@ -86,8 +91,11 @@ def closest_points(points: np.ndarray, verts: np.ndarray, faces: np.ndarray, k: 
     f = cand.reshape(-1)
     tri = verts[faces[f]]
     bary = closest_point_on_triangles(rep, tri[:, 0], tri[:, 1], tri[:, 2])
-    q = np.einsum("nk,nkd->nd", bary, tri)
-    d = np.linalg.norm(q - rep, axis=1).reshape(n, kk)
-    best = d.argmin(1)
+    q = (bary[:, :, None] * tri).sum(1)
+    d = np.sqrt(((q - rep) ** 2).sum(1)).reshape(n, kk)
+    # of the candidates within TIE_M of the nearest, the lowest face index: a landmark on an edge or a vertex shared
+    # by several triangles gets the same triangle whatever the last bits of its distances
+    tie = d <= d.min(1, keepdims=True) + TIE_M
+    best = np.where(tie, cand, np.iinfo(np.int64).max).argmin(1)
     rows = np.arange(n) * kk + best
     return f[rows].astype(np.int64), bary[rows], d[np.arange(n), best]

@@ -88,6 +88,12 @@ def eyelid_close(ctx: FieldContext, eye: str) -> np.ndarray:
     return d
 
 
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    """a · b summed in a fixed order (numpy's pairwise sum of the products), not by BLAS, whose vectorised sums can
+    depend on how the arrays sit in memory: the stand-in's bases are then the same to the last bit in every run."""
+    return float(np.add.reduce(a * b))
+
+
 def gram_schmidt(fields: list[np.ndarray], start: int = 0) -> list[np.ndarray]:
     """Orthogonalise fields (each (V,3)) in order from index `start` against all earlier ones.
 
@@ -97,11 +103,11 @@ def gram_schmidt(fields: list[np.ndarray], start: int = 0) -> list[np.ndarray]:
     flat = [f.ravel() for f in out]
     for k in range(start, len(out)):
         x = flat[k].copy()
-        n0 = np.linalg.norm(x)
+        n0 = np.sqrt(_dot(x, x))
         for _ in range(2):  # twice is enough (re-orthogonalisation)
             for q in flat[:k]:
-                x -= (x @ q) / (q @ q) * q
-        if np.linalg.norm(x) < 1e-3 * n0:
+                x -= _dot(x, q) / _dot(q, q) * q
+        if np.sqrt(_dot(x, x)) < 1e-3 * n0:
             raise ValueError(f"fields: component {k} is (nearly) a combination of the earlier ones")
         flat[k] = x
         out[k] = x.reshape(out[k].shape)
