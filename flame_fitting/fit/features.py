@@ -126,6 +126,14 @@ def build_tracks(features: dict, cameras: dict[str, Camera], k: int) -> Tracks:
                   (point[-1] + 1) if point else 0, weight)
 
 
+def _rig_arrays(cameras: dict[str, Camera]) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """Camera names in sorted order (the track's camera indices) and their K, R, centres as float64 stacks."""
+    names = sorted(cameras)
+    K = np.stack([cameras[n].K.astype(np.float64) for n in names])
+    R = np.stack([cameras[n].R.astype(np.float64) for n in names])
+    return names, K, R, np.stack([cameras[n].center.astype(np.float64) for n in names])
+
+
 def refine_rig(images: dict, masks: dict | None, cameras: dict[str, Camera], cfg: FitConfig
                ) -> tuple[dict[str, Camera], dict]:
     """The cameras to fit with, and a report (accepted, usable, reason, objective_before / _after, threshold,
@@ -151,9 +159,7 @@ def refine_rig(images: dict, masks: dict | None, cameras: dict[str, Camera], cfg
                             f"observations, fewer than {MIN_OBSERVATIONS})")
         return cameras, report
     report["usable"] = True
-    K = np.stack([cameras[n].K.astype(np.float64) for n in names])
-    R0 = np.stack([cameras[n].R.astype(np.float64) for n in names])
-    o0 = np.stack([cameras[n].center.astype(np.float64) for n in names])
+    _, K, R0, o0 = _rig_arrays(cameras)
     rs, ts = np.radians(cfg.camera_rot_sigma_deg), cfg.camera_trans_sigma_mm * 1e-3
     sp = cfg.camera_feature_scale_px
     held = bundle_adjust(tr, K, R0, o0, rs, ts, scale_px=sp, hold_cameras=True)
@@ -194,10 +200,7 @@ def frame_points(cap, subject: str, sequence: str, cameras: dict[str, Camera], c
     """{frame: (n, 3) float64 world points} of one sequence for the surface-point term (points.py): per frame, the
     feature tracks of its views (no mask: whatever the images show), triangulated with `cameras`, those whose every
     observation reprojects within `points_reproj_px`. Frames are read one at a time."""
-    names = sorted(cameras)
-    K = np.stack([cameras[n].K.astype(np.float64) for n in names])
-    R = np.stack([cameras[n].R.astype(np.float64) for n in names])
-    o = np.stack([cameras[n].center.astype(np.float64) for n in names])
+    _, K, R, o = _rig_arrays(cameras)
     m = cap.manifest
     rows = m[(m.subject == subject) & (m.sequence == sequence)]
     out: dict[int, np.ndarray] = {}

@@ -104,11 +104,16 @@ def noise_level_px(tr: Tracks, residuals: np.ndarray, n_cameras: int) -> float:
     return max(med * np.sqrt(eq / max(eq - unknowns, 1)), 0.01)
 
 
+def _corrections(R: np.ndarray, centers: np.ndarray, R0: np.ndarray, centers0: np.ndarray):
+    """The unknowns (ω (C,3), δo (C,3)) that take the given cameras (R0, centers0) to (R, centers)."""
+    return np.stack([log_np(a @ b.T) for a, b in zip(R, R0)]), centers - centers0
+
+
 def prior_cost(R: np.ndarray, centers: np.ndarray, R0: np.ndarray, centers0: np.ndarray, rot_sigma: float,
                trans_sigma: float) -> float:
     """The priors' share of the objective for cameras (R, centers) against the given (R0, centers0)."""
-    w = np.stack([log_np(a @ b.T) for a, b in zip(R, R0)])
-    return float(0.5 * ((w / rot_sigma) ** 2).sum() + 0.5 * (((centers - centers0) / trans_sigma) ** 2).sum())
+    w, d = _corrections(R, centers, R0, centers0)
+    return float(0.5 * ((w / rot_sigma) ** 2).sum() + 0.5 * ((d / trans_sigma) ** 2).sum())
 
 
 def bundle_adjust(tr: Tracks, K: np.ndarray, R0: np.ndarray, centers0: np.ndarray, rot_sigma: float,
@@ -122,11 +127,11 @@ def bundle_adjust(tr: Tracks, K: np.ndarray, R0: np.ndarray, centers0: np.ndarra
     still measured from R0, centers0)."""
     C, P, n = len(R0), tr.n_points, len(tr.cam)
     obs_w = (np.ones(n) if tr.weight is None else np.asarray(tr.weight, np.float64)) / noise_px ** 2
-    X = triangulate(tr, K, R0, centers0) if X0 is None else X0.copy()
-    w, d = np.zeros((C, 3)), np.zeros((C, 3))
     if start is not None:
-        X, d = start.X.copy(), start.centers - centers0
-        w = np.stack([log_np(a @ b.T) for a, b in zip(start.R, R0)])
+        (w, d), X = _corrections(start.R, start.centers, R0, centers0), start.X.copy()
+    else:
+        w, d = np.zeros((C, 3)), np.zeros((C, 3))
+        X = triangulate(tr, K, R0, centers0) if X0 is None else X0.copy()
     basis = gauge_basis(centers0)
     prior = np.tile(np.r_[np.full(3, rot_sigma ** -2), np.full(3, trans_sigma ** -2)], C)
     order = np.argsort(tr.point, kind="stable")

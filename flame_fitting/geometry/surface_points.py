@@ -17,9 +17,8 @@ def template_points(face: np.ndarray, bary: np.ndarray, verts: np.ndarray, faces
 
 
 def dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Batched dot product over the last axis. Elementwise products and numpy's ordinary sum, not einsum: einsum's
-    vectorised kernels can sum in another order depending on how the arrays sit in memory, so the last bits (and a
-    closest-triangle choice between near-equal distances) could differ from one run to the next."""
+    """Batched dot product over the last axis: elementwise products and numpy's sum, in one fixed order (the head
+    model's build must give the same bits in every run, docs/lineage.md)."""
     return (np.asarray(a) * np.asarray(b)).sum(-1)
 
 

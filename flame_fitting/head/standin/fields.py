@@ -89,8 +89,8 @@ def eyelid_close(ctx: FieldContext, eye: str) -> np.ndarray:
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> float:
-    """a · b summed in a fixed order (numpy's pairwise sum of the products), not by BLAS, whose vectorised sums can
-    depend on how the arrays sit in memory: the stand-in's bases are then the same to the last bit in every run."""
+    """a · b summed in a fixed order (numpy's pairwise sum of the products), not by BLAS, whose sums differ in their
+    last bits with the number of BLAS threads: the stand-in's bases are then the same to the last bit in every run."""
     return float(np.add.reduce(a * b))
 
 
