@@ -3,12 +3,19 @@
 
     python -m geoface_model.ablations run     # one `dvc exp run --temp` per variant (train + evaluate each)
     python -m geoface_model.ablations table [--commit REV]   # `dvc exp show --json` -> docs/ablations.md
+    python -m geoface_model.ablations run --preset learn --jobs 2   # the README's learn preset, 2 at a time
+    python -m geoface_model.ablations table --preset learn           # -> docs/ablations_learn.md
 
 Each variant is an experiment named `ablation-<variant>-<commit>`, run in a temporary copy of the
 workspace (`--temp`), so the workspace, its params.yaml and its outputs are left as they are; an experiment of
 the same name from an earlier run on the same commit is replaced. Upstream stages (captures ... dataset)
 are restored from the DVC cache, not re-run, so run `dvc repro` (or `make repro`) first. Every variant
 keeps every other parameter of params.yaml; the table records the commit and the settings it came from.
+
+`--preset NAME` adds the preset's settings (`PRESETS`; `learn` = the README's learn preset) to every variant and
+names its experiments `ablation-NAME-<variant>-<commit>`. `--jobs N` (N > 1) builds the upstream stages once
+(`dvc exp run --temp ... dataset`, kept in DVC's run cache), then queues the variants and runs N at a time with
+DVC's own queue (`dvc queue start -j N`), each with cpu_count / N torch threads (OMP_NUM_THREADS, unless set).
 """
 from __future__ import annotations
 
@@ -22,6 +29,11 @@ from pathlib import Path
 
 from flame_fitting.core.fileio import write_text
 
+PRESETS: dict[str, list[str]] = {  # settings added to every variant (`--preset`)
+    "default": [],
+    "learn": ["captures.synthetic.subjects=40", "captures.synthetic.split_fractions=[0.75,0.1,0.15]",
+              "train.steps=6000", "train.checkpoint_every=500"],  # README "The learn preset"
+}
 VARIANTS: dict[str, list[str]] = {
     "full": [],
     "no_align_loss": ["loss.align_weight=0"],
@@ -57,19 +69,50 @@ def _git(*args: str) -> str:
     return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
 
 
-def exp_name(variant: str, commit: str) -> str:
-    return f"ablation-{variant.replace('_', '-')}-{commit[:7]}"
+def exp_name(variant: str, commit: str, preset: str = "default") -> str:
+    tag = "" if preset == "default" else f"{preset}-"
+    return f"ablation-{tag}{variant.replace('_', '-')}-{commit[:7]}"
 
 
-def run(variants: list[str]) -> None:
+def doc_path(preset: str = "default") -> Path:
+    return DOC if preset == "default" else DOC.with_name(f"ablations_{preset}.md")
+
+
+def _sets(settings: list[str]) -> list[str]:
+    return [a for s in settings for a in ("-S", s)]
+
+
+def _dvc(*args: str, env: dict | None = None, check: bool = True) -> None:
+    cmd = [os.environ.get("DVC", "dvc"), *args]
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=check, env=env)
+
+
+def run(variants: list[str], preset: str = "default", jobs: int = 1) -> None:
+    """Train and evaluate each variant as an experiment of HEAD; `jobs` > 1: that many at a time (DVC's queue)."""
     commit = _git("rev-parse", "HEAD")
-    dvc = os.environ.get("DVC", "dvc")
+    names = {v: exp_name(v, commit, preset) for v in variants}
+    for name in names.values():  # replace an earlier run of this commit
+        subprocess.run([os.environ.get("DVC", "dvc"), "exp", "remove", name], capture_output=True)
+    if jobs <= 1:
+        for v in variants:
+            _dvc("exp", "run", "--temp", "-n", names[v], *_sets(PRESETS[preset] + VARIANTS[v]))
+        return
+    data = exp_name("data", commit, preset)  # the upstream stages once, into the run cache
+    _dvc("exp", "run", "--temp", "-n", data, *_sets(PRESETS[preset]), "dataset")
+    _dvc("exp", "remove", data)
     for v in variants:
-        name = exp_name(v, commit)
-        subprocess.run([dvc, "exp", "remove", name], capture_output=True)  # replace an earlier run of this commit
-        cmd = [dvc, "exp", "run", "--temp", "-n", name, *[a for s in VARIANTS[v] for a in ("-S", s)]]
-        print("$", " ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True)
+        _dvc("exp", "run", "--queue", "-n", names[v], *_sets(PRESETS[preset] + VARIANTS[v]))
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
+    _dvc("queue", "start", "-j", str(jobs), env=env)
+    for name in names.values():  # follows each task's output until it ends
+        _dvc("queue", "logs", "--follow", name, check=False)
+    done = {v for v, _ in collect(commit, exp_show_json(commit), preset)}
+    missing = [names[v] for v in variants if v not in done]
+    if missing:
+        raise SystemExit(f"ablation experiment(s) {', '.join(missing)} did not finish: see `dvc queue status` and "
+                         f"`dvc queue logs NAME`")
 
 
 def _metric(exp: dict, file: str, key: str):
@@ -87,14 +130,14 @@ def exp_show_json(commit: str) -> list:
                                      check=True).stdout)
 
 
-def collect(commit: str, show: list) -> list[tuple[str, dict]]:
+def collect(commit: str, show: list, preset: str = "default") -> list[tuple[str, dict]]:
     """[(variant, experiment record)] of this commit's ablation experiments in `dvc exp show --json` output."""
     found: dict[str, dict] = {}
     for rev in show:
         for exp in rev.get("experiments") or []:
             for r in exp.get("revs") or []:
                 for v in VARIANTS:
-                    if r.get("name") == exp_name(v, commit):
+                    if r.get("name") == exp_name(v, commit, preset):
                         found[v] = r
     return [(v, found[v]) for v in VARIANTS if v in found]
 
@@ -112,13 +155,19 @@ def _fmt(x) -> str:
     return f"{x:.4g}" if isinstance(x, float) else str(x)
 
 
-def table(out: Path = DOC, commit: str | None = None, show: list | None = None) -> str:
+def table(out: Path | None = None, commit: str | None = None, show: list | None = None,
+          preset: str = "default") -> str:
     """Write the markdown table of `commit`'s ablation experiments (default: HEAD, `dvc exp show --json`)."""
     commit = commit or _git("rev-parse", "HEAD")
-    rows = collect(commit, exp_show_json(commit) if show is None else show)
+    out = out or doc_path(preset)
+    rows = collect(commit, exp_show_json(commit) if show is None else show, preset)
+    opt = "" if preset == "default" else f" --preset {preset}"
     if not rows:
-        raise SystemExit(f"no ablation experiments for commit {commit[:7]}: run `make ablations` (or "
-                         f"`python -m geoface_model.ablations run`) first")
+        raise SystemExit(f"no ablation experiments{opt} for commit {commit[:7]}: run "
+                         f"`python -m geoface_model.ablations run{opt}` first")
+    setting = ("params.yaml of that commit" if preset == "default" else
+               f"params.yaml of that commit with the `{preset}` preset ("
+               + ", ".join(f"`{s}`" for s in PRESETS[preset]) + ")")
     head = "| variant | align_weight | geometry_stream | " + " | ".join(h for _, _, h in COLUMNS) + " |"
     lines = [head, "|" + "---|" * (len(COLUMNS) + 3)]
     for v, exp in rows:  # the params are read back from each experiment, not assumed
@@ -134,9 +183,11 @@ def table(out: Path = DOC, commit: str | None = None, show: list | None = None) 
     md = "\n".join([
         "# Ablations",
         "",
-        f"Generated by `python -m geoface_model.ablations table` on {datetime.date.today().isoformat()} from commit "
-        f"`{commit[:12]}` (experiments {', '.join(exp_name(v, commit) for v, _ in rows)}). Produce it with "
-        "`make ablations`. Every variant is trained and evaluated with the params.yaml of that commit, except:",
+        f"Generated by `python -m geoface_model.ablations table{opt}` on {datetime.date.today().isoformat()} from "
+        f"commit `{commit[:12]}` (experiments {', '.join(exp_name(v, commit, preset) for v, _ in rows)}). Produce "
+        + ("it with `make ablations`" if preset == "default" else
+           f"it with `python -m geoface_model.ablations run{opt} --jobs 2` and `... table{opt}`")
+        + f". Every variant is trained and evaluated with the {setting}, except:",
         "",
         *[f"- **{v}**: " + (", ".join(f"`{s}`" for s in VARIANTS[v]) or "params.yaml as committed") for v, _ in rows],
         "",
@@ -149,8 +200,11 @@ def table(out: Path = DOC, commit: str | None = None, show: list | None = None) 
         "definitions in docs/evaluation.md). The camera-only attention baseline sees no noise, so its hit rate is "
         "the same in every band.",
         "",
-        "The default pipeline is a CPU smoke-scale run (a few hundred training steps on a handful of synthetic "
-        "subjects). Read the table as what these settings produce, not as the paper's comparison.",
+        ("The default pipeline is a CPU smoke-scale run (a few hundred training steps on a handful of synthetic "
+         "subjects). Read the table as what these settings produce, not as the paper's comparison."
+         if preset == "default" else
+         f"The `{preset}` preset is a CPU-scale run of the tiny model (docs/model.md). Read the table as what these "
+         "settings produce, not as the paper's comparison."),
         "",
     ])
     write_text(out, md)
@@ -163,16 +217,22 @@ def main(argv: list[str] | None = None) -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run the ablation experiments (dvc exp run --temp)")
     r.add_argument("variants", nargs="*", help=f"some of {', '.join(VARIANTS)} (default: all)")
-    t = sub.add_parser("table", help=f"write {DOC} from dvc exp show")
+    r.add_argument("--jobs", type=int, default=1, help="experiments run at a time (> 1: DVC's queue, the upstream "
+                   "stages built once first, cpu_count / jobs torch threads each; default 1, one after the other)")
+    t = sub.add_parser("table", help=f"write {DOC} (docs/ablations_<preset>.md with --preset) from dvc exp show")
     t.add_argument("--commit", default="HEAD", help="the commit the experiments were run from (default HEAD)")
+    for p in (r, t):
+        p.add_argument("--preset", default="default", choices=list(PRESETS),
+                       help="settings added to every variant: " + "; ".join(
+                           f"{k} = {' '.join(v) or 'params.yaml as it is'}" for k, v in PRESETS.items()))
     a = ap.parse_args(argv)
     if a.cmd == "run":
         unknown = [v for v in a.variants if v not in VARIANTS]
         if unknown:
             ap.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
-        run(a.variants or list(VARIANTS))
+        run(a.variants or list(VARIANTS), a.preset, a.jobs)
     else:
-        table(commit=_git("rev-parse", a.commit))
+        table(commit=_git("rev-parse", a.commit), preset=a.preset)
 
 
 if __name__ == "__main__":

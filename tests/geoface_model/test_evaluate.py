@@ -164,3 +164,31 @@ def test_ablation_table_from_dvc_exp_show(tmp_path):
     assert rows["baseline: copy the reference"][col["PSNR ↑"]] == "16.37"
     assert rows["ground truth (views / fitted mesh)"][col["TSED ↑"]] == "0"
     assert "59071faeb4bb" in md and (tmp_path / "ablations.md").read_text() == md
+
+
+def test_ablation_presets_name_their_experiments_and_match_the_readme(tmp_path):
+    """A preset's experiments carry its name (so they never mix with the default's in one table), its table goes to
+    its own file and says the settings, and the `learn` preset is the README's learn line, setting for setting."""
+    import json
+    import re
+    from pathlib import Path
+
+    from geoface_model.ablations import PRESETS, collect, doc_path, exp_name, table
+
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text()
+    line = readme[readme.index("dvc exp run -n learn"):].split("```")[0]
+    assert re.findall(r"-S '?([^' \\\n]+)'?", line) == PRESETS["learn"]
+    commit = "59071faeb4bb2807b71919ed30542012d03de866"
+    assert exp_name("no_align_loss", commit) == "ablation-no-align-loss-59071fa"
+    assert exp_name("no_align_loss", commit, "learn") == "ablation-learn-no-align-loss-59071fa"
+    assert doc_path() == Path("docs/ablations.md") and doc_path("learn") == Path("docs/ablations_learn.md")
+    show = json.loads((Path(__file__).parent / "data" / "dvc_exp_show.json").read_text())
+    assert collect(commit, show, "learn") == []  # the default run's experiments are not the preset's
+    for rev in show:  # the same records under the preset's names
+        for exp in rev.get("experiments") or []:
+            for r in exp.get("revs") or []:
+                r["name"] = r["name"].replace("ablation-", "ablation-learn-")
+    assert [v for v, _ in collect(commit, show, "learn")] == ["full", "no_align_loss", "no_geometry_stream"]
+    md = table(tmp_path / "t.md", commit=commit, show=show, preset="learn")
+    assert "ablation-learn-full-59071fa" in md and "`train.steps=6000`" in md and "table --preset learn" in md
