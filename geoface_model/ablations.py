@@ -8,14 +8,18 @@
 
 Each variant is an experiment named `ablation-<variant>-<commit>`, run in a temporary copy of the
 workspace (`--temp`), so the workspace, its params.yaml and its outputs are left as they are; an experiment of
-the same name from an earlier run on the same commit is replaced. Upstream stages (captures ... dataset)
-are restored from the DVC cache, not re-run, so run `dvc repro` (or `make repro`) first. Every variant
+the same name from an earlier run on the same commit is replaced. Every variant
 keeps every other parameter of params.yaml; the table records the commit and the settings it came from.
 
 `--preset NAME` adds the preset's settings (`PRESETS`; `learn` = the README's learn preset) to every variant and
-names its experiments `ablation-NAME-<variant>-<commit>`. `--jobs N` (N > 1) builds the upstream stages once
-(`dvc exp run --temp ... dataset`, kept in DVC's run cache), then queues the variants and runs N at a time with
-DVC's own queue (`dvc queue start -j N`), each with cpu_count / N torch threads (OMP_NUM_THREADS, unless set).
+names its experiments `ablation-NAME-<variant>-<commit>`. `--jobs N` (N > 1) queues the variants and runs N at a
+time with DVC's own queue (`dvc queue start -j N`), each with cpu_count / N torch threads (OMP_NUM_THREADS, unless
+set), and waits for them.
+
+The data stages with per-sequence units (landmarks ... dataset) have `persist` outputs, and DVC keeps no run cache
+for such stages: where the preset changes the data (`learn`: 40 subjects), every variant's temporary workspace
+builds them again (the same bytes: the stages are deterministic). The table records each variant's `data/dataset`
+hash and says so if they differ.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from flame_fitting.core.fileio import write_text
@@ -98,21 +103,45 @@ def run(variants: list[str], preset: str = "default", jobs: int = 1) -> None:
         for v in variants:
             _dvc("exp", "run", "--temp", "-n", names[v], *_sets(PRESETS[preset] + VARIANTS[v]))
         return
-    data = exp_name("data", commit, preset)  # the upstream stages once, into the run cache
-    _dvc("exp", "run", "--temp", "-n", data, *_sets(PRESETS[preset]), "dataset")
-    _dvc("exp", "remove", data)
     for v in variants:
         _dvc("exp", "run", "--queue", "-n", names[v], *_sets(PRESETS[preset] + VARIANTS[v]))
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
     _dvc("queue", "start", "-j", str(jobs), env=env)
-    for name in names.values():  # follows each task's output until it ends
-        _dvc("queue", "logs", "--follow", name, check=False)
-    done = {v for v, _ in collect(commit, exp_show_json(commit), preset)}
-    missing = [names[v] for v in variants if v not in done]
-    if missing:
-        raise SystemExit(f"ablation experiment(s) {', '.join(missing)} did not finish: see `dvc queue status` and "
-                         f"`dvc queue logs NAME`")
+    states = wait(commit, list(names.values()))
+    failed = [n for n in names.values() if states.get(n) != "success"]
+    if failed:
+        raise SystemExit(f"ablation experiment(s) {', '.join(failed)} did not succeed "
+                         f"({', '.join(str(states.get(n)) for n in failed)}): see `dvc queue logs NAME`")
+
+
+def exp_states(show: list, names: list[str]) -> dict[str, str]:
+    """{name: executor state} of the experiments `names` in `dvc exp show --json` output (queued, running,
+    success, failed; an experiment without an executor record is a finished one)."""
+    states = {}
+    for rev in show:
+        for exp in rev.get("experiments") or []:
+            if exp.get("name") in names:
+                states[exp["name"]] = (exp.get("executor") or {}).get("state") or "success"
+    return states
+
+
+def wait(commit: str, names: list[str], poll_s: float = 30.0) -> dict[str, str]:
+    """Wait until none of the experiments `names` is queued or running; their final states."""
+    last = None
+    while True:
+        try:
+            states = exp_states(exp_show_json(commit), names)
+        except subprocess.CalledProcessError:  # DVC busy (a task starting or saving): ask again
+            states = None
+        if states is not None:
+            if states != last:
+                print(time.strftime("%H:%M:%S"), ", ".join(f"{n}: {states.get(n, '?')}" for n in names),
+                      "(follow one with `dvc queue logs -f NAME`)", flush=True)
+                last = states
+            if not any(states.get(n, "queued") in ("queued", "running") for n in names):
+                return states
+        time.sleep(poll_s)
 
 
 def _metric(exp: dict, file: str, key: str):
@@ -149,6 +178,11 @@ def _param(exp: dict, dotted: str):
     return node
 
 
+def dataset_hash(exp: dict) -> str | None:
+    """The `data/dataset` hash the experiment trained on (its dvc.lock's dependency)."""
+    return (((exp.get("data") or {}).get("deps") or {}).get("data/dataset") or {}).get("hash")
+
+
 def _fmt(x) -> str:
     if x is None:
         return "—"
@@ -175,6 +209,14 @@ def table(out: Path | None = None, commit: str | None = None, show: list | None 
         vals = [None if k == "align_loss_last" and not aligned else _metric(exp, f, k) for f, k, _ in COLUMNS]
         lines.append(f"| {v} | {_fmt(_param(exp, 'loss.align_weight'))} | {_fmt(_param(exp, 'model.geometry_stream'))} | "
                      + " | ".join(_fmt(x) for x in vals) + " |")
+    hashes = {v: dataset_hash(exp) for v, exp in rows}
+    if None in hashes.values():
+        data_line = "(Not every experiment records its `data/dataset` dependency.)"
+    elif len(set(hashes.values())) == 1:
+        data_line = f"Every variant trained on the same dataset (`data/dataset` {next(iter(hashes.values()))})."
+    else:
+        data_line = ("**The variants' datasets differ** (`data/dataset`: "
+                     + ", ".join(f"{v} {h}" for v, h in hashes.items()) + ").")
     ref = rows[0][1]
     for label, prefix in REFERENCE_ROWS:
         vals = [_metric(ref, f, prefix + k) if f == "metrics/eval.json" else None for f, k, _ in COLUMNS]
@@ -191,7 +233,8 @@ def table(out: Path | None = None, commit: str | None = None, show: list | None 
         "",
         *[f"- **{v}**: " + (", ".join(f"`{s}`" for s in VARIANTS[v]) or "params.yaml as committed") for v, _ in rows],
         "",
-        "Metrics: `metrics/eval.json` of each experiment (definitions in docs/evaluation.md), held-out subjects.",
+        "Metrics: `metrics/eval.json` of each experiment (definitions in docs/evaluation.md), held-out subjects. "
+        + data_line,
         "",
         *lines,
         "",

@@ -173,7 +173,7 @@ def test_ablation_presets_name_their_experiments_and_match_the_readme(tmp_path):
     import re
     from pathlib import Path
 
-    from geoface_model.ablations import PRESETS, collect, doc_path, exp_name, table
+    from geoface_model.ablations import PRESETS, collect, doc_path, exp_name, exp_states, table
 
     root = Path(__file__).resolve().parents[2]
     readme = (root / "README.md").read_text()
@@ -192,3 +192,19 @@ def test_ablation_presets_name_their_experiments_and_match_the_readme(tmp_path):
     assert [v for v, _ in collect(commit, show, "learn")] == ["full", "no_align_loss", "no_geometry_stream"]
     md = table(tmp_path / "t.md", commit=commit, show=show, preset="learn")
     assert "ablation-learn-full-59071fa" in md and "`train.steps=6000`" in md and "table --preset learn" in md
+    assert "Not every experiment records" in md  # the trimmed records have no deps
+    recs = [r for rev in show for exp in rev.get("experiments") or [] for r in exp.get("revs") or []]
+    for r in recs:  # each variant's dvc.lock dependency on the dataset, as `dvc exp show --json` gives it
+        r["data"].setdefault("deps", {})["data/dataset"] = {"hash": "a9b1d1ff.dir", "size": 1, "nfiles": 2}
+    assert "same dataset (`data/dataset` a9b1d1ff.dir)" in table(tmp_path / "t.md", commit=commit, show=show,
+                                                                 preset="learn")
+    recs[0]["data"]["deps"]["data/dataset"]["hash"] = "0000.dir"
+    assert "datasets differ" in table(tmp_path / "t.md", commit=commit, show=show, preset="learn")
+    # the queue's states, as `wait` reads them (executor record per experiment; none once it is done)
+    exps = [exp for rev in show for exp in rev.get("experiments") or []]
+    names = [exp_name(v, commit, "learn") for v in ("full", "no_align_loss", "no_geometry_stream")]
+    given = dict(zip(names, ("running", "queued", None)))
+    for exp in exps:
+        exp["name"] = exp["revs"][0]["name"]
+        exp["executor"] = {"state": given[exp["name"]], "name": "dvc-task"} if given[exp["name"]] else None
+    assert exp_states(show, names) == {names[0]: "running", names[1]: "queued", names[2]: "success"}
