@@ -4,7 +4,11 @@ A stage's output folder holds one folder per unit, `<out>/<subject>/<sequence>/`
 `.geoface-unit.json`: the unit's key (a hash of everything its result depends on: the content hashes of its input
 files, the head model, the stage's params section and the library's version and source), the sha256 of every file
 of the unit folder, the files it wrote elsewhere (`extras`: previews, overlays, relative to the stage's extras
-folder, with their sha256) and a small `record` (what the stage's metrics are aggregated from).
+folder, with their sha256) and a small `record` (what the stage's metrics are aggregated from). A unit's outputs,
+key file included, are a function of its inputs: the same inputs give the same bytes in every run, so DVC gives
+the folder the same hash and a dataset version means the same data. Run times are not part of a result: a unit
+function returns them under its record's `timing` entry, which goes to the stage's metrics for the units run now
+(`UnitRun.timings`), never into the key file.
 
 `run_units` re-runs only the units that are not current, i.e. whose key file is missing, names another key, or
 lists files that are not exactly the ones on disk with those hashes; it removes the folders (and extras) of units
@@ -27,6 +31,7 @@ from flame_fitting.core.fileio import (MARKER, TMP_TAG, check_output_dir, make_t
 
 KEY_FILE = ".geoface-unit.json"
 UNIT_FORMAT = 1
+TIMING = "timing"  # the record's entry with run times: returned to the stage, not written (module docstring)
 
 
 @dataclass(frozen=True)
@@ -108,7 +113,8 @@ def unit_is_current(folder: Path, key: str, extras: Path | None) -> bool:
 class UnitWork:
     """Runs one unit inside a worker: `fn(unit, tmp, extras)` writes the unit's files into the temporary folder
     `tmp` (and its extras, atomically, under `extras`) and returns (record, extra file names); the key file is
-    added and `tmp` renamed to `<out>/<subject>/<sequence>` (atomic per unit). Picklable when `fn` is."""
+    added (the record without its `timing` entry) and `tmp` renamed to `<out>/<subject>/<sequence>` (atomic per
+    unit). Returns the whole record. Picklable when `fn` is."""
 
     fn: Callable
     out: Path
@@ -125,7 +131,8 @@ class UnitWork:
             record, names = self.fn(unit, tmp, self.extras)
             extras = {n: sha256_file(Path(self.extras) / n) for n in sorted(names)} if names else {}
             write_json(tmp / KEY_FILE, {"key": unit.key, "subject": unit.subject, "sequence": unit.sequence,
-                                        "files": tree_hashes(tmp), "extras": extras, "record": record})
+                                        "files": tree_hashes(tmp), "extras": extras,
+                                        "record": {k: v for k, v in record.items() if k != TIMING}})
             if dst.exists():  # a failed earlier attempt of this unit cannot be current: replace it
                 shutil.rmtree(dst)
             replace_dir(tmp, dst)
@@ -144,6 +151,7 @@ class UnitRun:
     removed: list[str] = field(default_factory=list)
     failures: list[dict] = field(default_factory=list)
     records: dict[str, dict] = field(default_factory=dict)  # rel -> record, sorted by rel, failed units absent
+    timings: dict[str, dict] = field(default_factory=dict)  # rel -> the `timing` entry of each unit run now
 
     def summary(self) -> dict:
         return {"units": len(self.records) + len(self.failures), "units_run": len(self.ran),
@@ -210,6 +218,8 @@ def run_units(executor, fn: Callable, units: Iterable[Unit], out: Path | str, de
     for r in results:
         if r.ok:
             run.ran.append(r.item.rel)
+            if isinstance(r.value, dict) and isinstance(r.value.get(TIMING), dict):
+                run.timings[r.item.rel] = r.value[TIMING]
         else:
             _remove_unit(out / r.item.subject / r.item.sequence, extras)
             if (out / r.item.subject).is_dir() and not any((out / r.item.subject).iterdir()):

@@ -9,7 +9,7 @@ folder layout:
     <out>/<subject>/<sequence>/cameras.json   the (refined) cameras, canonical form
     <out>/<subject>/<sequence>/residuals.parquet   per (frame, camera) reprojection statistics
     <out>/<subject>/<sequence>/history.csv    cost per LM iteration
-    <out>/<subject>/<sequence>/status.json    per-frame status with reasons (skipped / diverged), timing, notes,
+    <out>/<subject>/<sequence>/status.json    per-frame status with reasons (skipped / diverged), notes,
                                               silhouette term summary (used, masks, samples, median px),
                                               overlays written / skipped
 Every frame of the capture gets a status: a frame in which no view has landmarks is "skipped" with reason
@@ -53,7 +53,7 @@ def save_sequence_fit(fit: SequenceFit, folder: Path, extra: dict | None = None)
     if fit.noise is not None:  # the landmark noise model the second solve used (per group σ̂, weight)
         fit.noise.to_csv(folder / "noise_model.csv", index=False)
     status = {"frames": {str(f): {"status": s.status, "reason": s.reason, "note": s.note} for f, s in fit.status.items()},
-              "timing": fit.timing, "converged": bool(fit.converged), "silhouette": fit.silhouette,
+              "converged": bool(fit.converged), "silhouette": fit.silhouette,
               "points": fit.points,
               "camera_refinement": fit.camera_refinement, **(extra or {})}
     (folder / "status.json").write_text(json.dumps(status, indent=1, default=str))
@@ -161,8 +161,9 @@ def fit_one_sequence(cap: Capture, ls: LandmarkSet, model: HeadModel, cfg: FitCo
                      folder: Path, overlay_dir: Path | None, face_region: np.ndarray | None) -> dict:
     """Fit one sequence (cfg's silhouette mode resolved), write its files into `folder` (module docstring) and its
     overlays into `overlay_dir` (None: none); raises when the fit does. Returns the JSON record the capture's
-    metrics are summed from: errors (gt vertex errors), statuses, n_fit, total_s, silhouette_used, masks_skipped,
-    overlays_skipped, overlays (file names written)."""
+    metrics are summed from: errors (gt vertex errors), statuses, n_fit, silhouette_used, masks_skipped,
+    overlays_skipped, overlays (file names written) and `timing` (the fit's run times: returned, never written with
+    the results, so a sequence's folder is the same bytes in every run)."""
     masks_skipped, overlays_skipped = [], []
     fit = fit_capture_sequence(cap, ls, model, cfg, subject, sequence, masks_skipped=masks_skipped)
     fit.status = dict(sorted({**fit.status, **no_landmark_status(cap, ls, subject, sequence, fit.status)}.items()))
@@ -178,7 +179,7 @@ def fit_one_sequence(cap: Capture, ls: LandmarkSet, model: HeadModel, cfg: FitCo
             "statuses": [{"subject": subject, "sequence": sequence, "frame": f, "status": s.status, "reason": s.reason}
                          for f, s in fit.status.items()],
             "n_fit": sum(s.status != "skipped" for s in fit.status.values()),
-            "total_s": float(fit.timing.get("total_s", np.nan)),
+            "timing": {k: float(v) for k, v in fit.timing.items()},
             "silhouette_used": int(bool(fit.silhouette and fit.silhouette.get("used"))),
             "masks_skipped": masks_skipped, "overlays_skipped": overlays_skipped, "overlays": [p.name for p in written]}
 
@@ -217,7 +218,7 @@ def fit_capture(cap: Capture, ls: LandmarkSet, model: HeadModel, cfg: FitConfig,
                                                                                      sequence=sequence))
         errors += rec["errors"]
         sil_used += rec["silhouette_used"]
-        timings.append((rec["total_s"], rec["n_fit"]))
+        timings.append((rec["timing"].get("total_s", np.nan), rec["n_fit"]))
         statuses += rec["statuses"]
     (tmp / "failures.json").write_text(json.dumps(failures, indent=1))
     if overlays_skipped:
@@ -288,8 +289,8 @@ def summarise(residuals, errors, failures, histories, timings, statuses) -> dict
     per_view = res.median_px.to_numpy(np.float64)
     per_view = per_view[np.isfinite(per_view)]
     st = pd.DataFrame(statuses, columns=["subject", "sequence", "frame", "status", "reason"])
-    total_s = sum(t for t, _ in timings if np.isfinite(t))
-    n_frames = sum(n for _, n in timings)
+    total_s = sum(t for t, _ in timings if np.isfinite(t))  # the sequences fitted now (kept ones have no time)
+    n_frames = sum(n for t, n in timings if np.isfinite(t))
     metrics = {
         "n_sequences": len(timings) + len(failures), "failed_sequences": len(failures),
         "frames_ok": int((st.status == "ok").sum()), "frames_skipped": int((st.status == "skipped").sum()),

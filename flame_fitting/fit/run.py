@@ -59,8 +59,7 @@ def fit_folder(captures: Path | str, landmarks: Path | str, head_model: Path | s
                         [e for k in recs for e in recs[k]["errors"]], run.failures,
                         [read(k, "history.csv").assign(subject=k.split("/")[0], sequence=k.split("/", 1)[1])
                          for k in list(recs)[:1]],
-                        [(recs[k]["total_s"] if recs[k]["total_s"] is not None else np.nan, recs[k]["n_fit"])
-                         for k in recs],
+                        [(run.timings.get(k, {}).get("total_s", np.nan), recs[k]["n_fit"]) for k in recs],
                         [s for k in recs for s in recs[k]["statuses"]])
     model = _model(str(head_model), cfg.n_shape, cfg.n_expr)
     history = metrics.pop("_history")

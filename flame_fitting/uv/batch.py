@@ -102,7 +102,7 @@ def bake_fits(fits: Path | str, head_model: Path | str, out: Path | str, preview
     write_unit_failures(out / "failures.json", run)
     recs = list(run.records.values())
     roundtrip = [x for r in recs for x in r["roundtrip_mm"]]
-    bake_ms = [x for r in recs for x in r["bake_ms"]]
+    bake_ms = [x for t in run.timings.values() for x in t["bake_ms"]]  # the sequences baked now
     metrics = {"captures_version": captures_version_of(fits), "n_frames": sum(r["n"] for r in recs),
                "resolution": cfg.resolution,
                "roundtrip_mm_mean": float(np.mean(roundtrip)) if roundtrip else None,
@@ -124,17 +124,17 @@ def bake_unit(fits: str, head_model: str, cfg: UVParams, unit: Unit, tmp: Path, 
               ) -> tuple[dict, list[str]]:
     """One uv unit (runs in a worker): the position maps of one fitted sequence into `tmp`, the preview and OBJ round
     trip of its first frame into `previews`. Returns the record (round trips, bake times, clipped texels) and the
-    preview names."""
+    preview names; the bake times go under the record's `timing` (the stage's metrics, not the key file)."""
     fit = load_sequence_fit(Path(fits) / unit.subject / unit.sequence)
     model, layout = _model_layout(head_model, fit["shape"].shape[1], fit["expr"].shape[1])
     get_bake_table(layout, cfg.resolution, cfg.gutter)  # one-off per layout and process
-    rec, names = {"roundtrip_mm": [], "bake_ms": [], "clipped": 0, "n": 0}, []
+    rec, names = {"roundtrip_mm": [], "clipped": 0, "n": 0, "timing": {"bake_ms": []}}, []
     for i, frame in enumerate(fit["frame"].tolist()):
         frame_id = f"{unit.subject}/{unit.sequence}/{frame:05d}"
         canon = canonical_vertices(model, fit, i)
         t0 = time.perf_counter()
         baked = bake_posmap(canon, layout, cfg.resolution, cfg.gutter, frame_id=frame_id)
-        rec["bake_ms"].append((time.perf_counter() - t0) * 1e3)
+        rec["timing"]["bake_ms"].append((time.perf_counter() - t0) * 1e3)
         path = tmp / f"{frame:05d}.npz"
         save_posmap(path, baked, dtype=np.float16 if cfg.dtype == "float16" else np.float32, frame_id=frame_id)
         np.save(path.with_suffix(".canonical.npy"), canon.astype(np.float32))

@@ -83,25 +83,21 @@ def test_the_result_equals_a_full_run(pipeline, tmp_path):
 
 
 def test_a_local_pool_gives_the_same_outputs(pipeline, tmp_path):
-    """executor.workers 2 (this process + one forked pool process) writes what workers 1 wrote, file for file (the
-    fit's .npz compared array for array: zip entries carry their write time; status.json and the key file's record
-    carry the fit's timing)."""
+    """executor.workers 2 (this process + one forked pool process), in other folders and at another time, writes
+    what workers 1 wrote, byte for byte, key files included: no run time is written into a stage's output (before,
+    the fit's status.json and the fit and uv key files carried them, so every run gave data/fits, data/uv and
+    every later folder a new DVC hash). The run times are in the metrics, of the units run now only."""
     data = tmp_path / "data"
     m = run_data_stages(pipeline["cap"], pipeline["head"], data, ExecutorConfig(kind="local", workers=2))
     assert units_of(m) == {k: (4, 0, 0, 0) for k in OUTS}
     ref = pipeline["after"]
     for name, files in snapshot(data).items():
-        assert sorted(files) == sorted(ref[name]), name
-        for rel, h in files.items():
-            if h != ref[name][rel]:
-                assert rel.endswith(("fit.npz", KEY_FILE, "status.json")), f"{name}/{rel} differs"
-                if rel.endswith("status.json"):
-                    a, b = (json.loads((d / name / rel).read_text()) for d in (data, pipeline["data"]))
-                    assert {**a, "timing": None} == {**b, "timing": None}, rel
-    for f in sorted((data / "fits").glob("*/*/fit.npz")):
-        with np.load(f) as a, np.load(pipeline["data"] / "fits" / f.relative_to(data / "fits")) as b:
-            for k in a.files:
-                np.testing.assert_array_equal(a[k], b[k], err_msg=f"{f}: {k}")
+        assert files == ref[name], name
+    assert m["fit"]["s_per_frame"] > 0 and m["uv"]["bake_ms_median"] > 0
+    assert pipeline["added"]["fit"]["s_per_frame"] > 0  # the one sequence fitted in that run
+    for rec in (data / "fits").glob(f"*/*/{KEY_FILE}"):
+        assert "timing" not in json.loads(rec.read_text())["record"]
+    assert all("timing" not in json.loads(f.read_text()) for f in (data / "fits").glob("*/*/status.json"))
 
 
 def test_a_changed_output_is_rerun_and_a_removed_subject_is_removed(pipeline):

@@ -217,3 +217,26 @@ def test_adding_a_subject_reruns_only_its_units(tiny_repo):
         (dst / "params.yaml").write_text(good)
         run(["git", "checkout", "HEAD", "--", "dvc.lock"], dst, env)
         run([dvc, "checkout"], dst, env)
+
+
+def test_refitting_from_scratch_leaves_the_later_stages_cached(tiny_repo):
+    """The fit stage run again from nothing (its outputs deleted, as in a fresh clone without a DVC remote) writes
+    the same bytes: dvc.lock keeps data/fits' hash and `dvc repro` runs no later stage (before, the run times in
+    each sequence's status.json and key file gave data/fits a new hash, and uv, correspondences, dataset, train and
+    evaluate ran again on unchanged fits)."""
+    dst, env, first = tiny_repo
+    assert first.returncode == 0
+
+    def fits_hash():
+        outs = yaml.safe_load((dst / "dvc.lock").read_text())["stages"]["fit"]["outs"]
+        return next(o["md5"] for o in outs if o["path"] == "data/fits")
+
+    before = fits_hash()
+    shutil.rmtree(dst / "data" / "fits")
+    shutil.rmtree(dst / "plots" / "fit" / "overlays")
+    again = run([str(BIN / "dvc"), "repro"], dst, env)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "Running stage 'fit'" in again.stdout
+    ran = [line for line in again.stdout.splitlines() if line.startswith("Running stage")]
+    assert ran == ["Running stage 'fit':"], ran
+    assert fits_hash() == before
