@@ -47,7 +47,9 @@ VARIANTS: dict[str, list[str]] = {
 COLUMNS = [  # (metrics file, key, header)
     ("metrics/eval.json", "psnr", "PSNR ↑"), ("metrics/eval.json", "psnr_fg", "PSNR fg ↑"),
     ("metrics/eval.json", "ssim", "SSIM ↑"), ("metrics/eval.json", "ssim_fg", "SSIM fg ↑"),
-    ("metrics/eval.json", "tsed", "TSED ↑"), ("metrics/eval.json", "landmark_fit_rmse_px", "landmark fit px ↓"),
+    ("metrics/eval.json", "tsed", "TSED ↑"),
+    ("metrics/eval.json", "landmark_views_detected", "MediaPipe views found ↑"),
+    ("metrics/eval.json", "landmark_fit_rmse_px", "landmark fit px ↓"),
     ("metrics/eval.json", "mesh_alignment_px", "mesh↔view px ↓"),
     ("metrics/eval.json", "geometry_error_mm", "geometry mm ↓"),
     ("metrics/eval.json", "attention_hit_rate", "attention hit ↑"),

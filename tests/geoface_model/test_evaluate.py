@@ -158,7 +158,7 @@ def test_ablation_table_from_dvc_exp_show(tmp_path):
     col = {h: i for i, h in enumerate(header)}
     assert rows["full"][col["PSNR ↑"]] == "5.504"  # PSNR of the full run's metrics/eval.json
     assert rows["no_geometry_stream"][col["geometry mm ↓"]] == "—"  # no geometry stream: no geometry error
-    for h in ("PSNR fg ↑", "SSIM fg ↑", "hit low t ↑", "hit mid t ↑", "hit high t ↑"):
+    for h in ("PSNR fg ↑", "SSIM fg ↑", "hit low t ↑", "hit mid t ↑", "hit high t ↑", "MediaPipe views found ↑"):
         assert h in col
     # baseline rows under the variants, the baseline's value in the model's column (this file predates the others)
     assert rows["baseline: copy the reference"][col["PSNR ↑"]] == "16.37"
