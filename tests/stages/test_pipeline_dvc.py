@@ -37,6 +37,12 @@ def run(cmd, cwd, env):
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1800)
 
 
+def locked_hash(repo: Path, stage: str, path: str) -> str:
+    """The md5 dvc.lock records for output `path` of `stage`."""
+    outs = yaml.safe_load((repo / "dvc.lock").read_text())["stages"][stage]["outs"]
+    return next(o["md5"] for o in outs if o["path"] == path)
+
+
 @pytest.fixture(scope="module")
 def tiny_repo(tmp_path_factory):
     if shutil.which("git") is None:
@@ -86,16 +92,11 @@ def test_rebuilding_the_head_model_leaves_the_later_stages_cached(tiny_repo):
     and the calibration's timings in its JSON files gave the folder a new hash on every run)."""
     dst, env, first = tiny_repo
     assert first.returncode == 0
-
-    def folder_hash():
-        outs = yaml.safe_load((dst / "dvc.lock").read_text())["stages"]["head_model"]["outs"]
-        return next(o["md5"] for o in outs if o["path"] == "data/head_model")
-
-    before = folder_hash()
+    before = locked_hash(dst, "head_model", "data/head_model")
     again = run([str(BIN / "dvc"), "repro", "-f", "-s", "head_model"], dst, env)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "Running stage 'head_model'" in again.stdout
-    assert folder_hash() == before
+    assert locked_hash(dst, "head_model", "data/head_model") == before
     status = run([str(BIN / "dvc"), "status"], dst, env)
     assert "up to date" in status.stdout, status.stdout
 
@@ -226,12 +227,7 @@ def test_refitting_from_scratch_leaves_the_later_stages_cached(tiny_repo):
     evaluate ran again on unchanged fits)."""
     dst, env, first = tiny_repo
     assert first.returncode == 0
-
-    def fits_hash():
-        outs = yaml.safe_load((dst / "dvc.lock").read_text())["stages"]["fit"]["outs"]
-        return next(o["md5"] for o in outs if o["path"] == "data/fits")
-
-    before = fits_hash()
+    before = locked_hash(dst, "fit", "data/fits")
     shutil.rmtree(dst / "data" / "fits")
     shutil.rmtree(dst / "plots" / "fit" / "overlays")
     again = run([str(BIN / "dvc"), "repro"], dst, env)
@@ -239,4 +235,4 @@ def test_refitting_from_scratch_leaves_the_later_stages_cached(tiny_repo):
     assert "Running stage 'fit'" in again.stdout
     ran = [line for line in again.stdout.splitlines() if line.startswith("Running stage")]
     assert ran == ["Running stage 'fit':"], ran
-    assert fits_hash() == before
+    assert locked_hash(dst, "fit", "data/fits") == before
