@@ -89,18 +89,19 @@ def _sets(settings: list[str]) -> list[str]:
     return [a for s in settings for a in ("-S", s)]
 
 
-def _dvc(*args: str, env: dict | None = None, check: bool = True) -> None:
+def _dvc(*args: str, env: dict | None = None, check: bool = True, quiet: bool = False) -> None:
     cmd = [os.environ.get("DVC", "dvc"), *args]
-    print("$", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=check, env=env)
+    if not quiet:
+        print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=check, env=env, capture_output=quiet)
 
 
 def run(variants: list[str], preset: str = "default", jobs: int = 1) -> None:
     """Train and evaluate each variant as an experiment of HEAD; `jobs` > 1: that many at a time (DVC's queue)."""
     commit = _git("rev-parse", "HEAD")
     names = {v: exp_name(v, commit, preset) for v in variants}
-    for name in names.values():  # replace an earlier run of this commit
-        subprocess.run([os.environ.get("DVC", "dvc"), "exp", "remove", name], capture_output=True)
+    for name in names.values():  # replace an earlier run of this commit (none: DVC says so, not an error)
+        _dvc("exp", "remove", name, check=False, quiet=True)
     if jobs <= 1:
         for v in variants:
             _dvc("exp", "run", "--temp", "-n", names[v], *_sets(PRESETS[preset] + VARIANTS[v]))
@@ -262,8 +263,8 @@ def main(argv: list[str] | None = None) -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run the ablation experiments (dvc exp run --temp)")
     r.add_argument("variants", nargs="*", help=f"some of {', '.join(VARIANTS)} (default: all)")
-    r.add_argument("--jobs", type=int, default=1, help="experiments run at a time (> 1: DVC's queue, the upstream "
-                   "stages built once first, cpu_count / jobs torch threads each; default 1, one after the other)")
+    r.add_argument("--jobs", type=int, default=1, help="experiments run at a time (> 1: DVC's queue, cpu_count / jobs "
+                   "torch threads each, waits for them; default 1, one after the other)")
     t = sub.add_parser("table", help=f"write {DOC} (docs/ablations_<preset>.md with --preset) from dvc exp show")
     t.add_argument("--commit", default="HEAD", help="the commit the experiments were run from (default HEAD)")
     for p in (r, t):

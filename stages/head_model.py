@@ -11,7 +11,7 @@ import os
 
 # One BLAS thread, set before numpy loads its BLAS: OpenBLAS's and MKL's sums differ in their last bits with the
 # number of threads, and the folder must be the same bytes in every run — its hash is the head model's version in
-# every lineage record after it (docs/lineage.md "Known defect", fixed).
+# every lineage record after it (docs/lineage.md "The stand-in head model is the same bytes in every run").
 os.environ["OPENBLAS_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 
 import common  # noqa: E402,F401  (puts this checkout first on sys.path)

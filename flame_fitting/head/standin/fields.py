@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from flame_fitting.geometry.surface_points import dot
+
 MIRROR = np.array([-1.0, 1.0, 1.0])
 UPPER_LID = {"right": [33, 246, 161, 160, 159, 158, 157, 173, 133], "left": [263, 466, 388, 387, 386, 385, 384, 398, 362]}
 LOWER_LID = {"right": [33, 7, 163, 144, 145, 153, 154, 155, 133], "left": [263, 249, 390, 373, 374, 380, 381, 382, 362]}
@@ -88,12 +90,6 @@ def eyelid_close(ctx: FieldContext, eye: str) -> np.ndarray:
     return d
 
 
-def _dot(a: np.ndarray, b: np.ndarray) -> float:
-    """a · b summed in a fixed order (numpy's pairwise sum of the products), not by BLAS, whose sums differ in their
-    last bits with the number of BLAS threads: the stand-in's bases are then the same to the last bit in every run."""
-    return float(np.add.reduce(a * b))
-
-
 def gram_schmidt(fields: list[np.ndarray], start: int = 0) -> list[np.ndarray]:
     """Orthogonalise fields (each (V,3)) in order from index `start` against all earlier ones.
 
@@ -103,11 +99,13 @@ def gram_schmidt(fields: list[np.ndarray], start: int = 0) -> list[np.ndarray]:
     flat = [f.ravel() for f in out]
     for k in range(start, len(out)):
         x = flat[k].copy()
-        n0 = np.sqrt(_dot(x, x))
+        # fixed-order sums (surface_points.dot), not BLAS's, whose last bits change with its thread count: the
+        # stand-in's bases are the same to the last bit in every run (docs/lineage.md)
+        n0 = np.sqrt(dot(x, x))
         for _ in range(2):  # twice is enough (re-orthogonalisation)
             for q in flat[:k]:
-                x -= _dot(x, q) / _dot(q, q) * q
-        if np.sqrt(_dot(x, x)) < 1e-3 * n0:
+                x -= dot(x, q) / dot(q, q) * q
+        if np.sqrt(dot(x, x)) < 1e-3 * n0:
             raise ValueError(f"fields: component {k} is (nearly) a combination of the earlier ones")
         flat[k] = x
         out[k] = x.reshape(out[k].shape)
