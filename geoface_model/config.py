@@ -52,13 +52,13 @@ class ModelConfig:
     mlp_ratio: float = spec(4.0, "MLP hidden width / width", lo=1.0)
     geometry_stream: bool = spec(True, "add the geometry frame (noisy canonical UV position map); false = appearance-only ablation")
     align_layers: list[int] | None = spec(None, "blocks whose app↔geo attention is supervised; null = the middle block depth // 2", lo=0)
-    prediction_type: str = spec("epsilon", "what the network predicts: ε, v, x0 (sample), edm = EDM-preconditioned "
+    prediction_type: str = spec("sample_skip", "what the network predicts: ε, v, x0 (sample), edm = EDM-preconditioned "
                                            "x̂0 = c_skip·x_t + c_out·F (noise_schedule.edm_coefficients), or "
                                            "sample_skip = x0 mixed with the noisy input at low noise, trained with "
                                            "the x0 loss (noise_schedule.skip_coefficients)",
                                 choices=["epsilon", "v_prediction", "sample", "edm", "sample_skip"])
-    sigma_data: float = spec(0.5, "edm: the data's standard deviation σd in the preconditioning; sample_skip: the "
-                                  "noise level σ at which input and network count equally", lo=1e-3)
+    sigma_data: float = spec(0.03, "edm: the data's standard deviation σd in the preconditioning (EDM's own: 0.5); "
+                                   "sample_skip: the noise level σ at which input and network count equally", lo=1e-3)
     camera_scale: float = spec(2.0, "SEVA normalisation: distance of the reference camera to the views' centroid", lo=1e-3)
     gradient_checkpointing: bool = spec(False, "recompute block activations in the backward pass (saves memory)")
     geometry_norm: str = spec("dataset", "how the geometry frame is diffused: dataset = (map − training mean map) / scale, "
@@ -128,8 +128,9 @@ class TrainConfig:
     n_tgt: int = spec(3, "noisy target views per sample", lo=1)
     num_train_timesteps: int = spec(1000, "DDPM noise levels", lo=2)
     beta_schedule: str = spec("squaredcos_cap_v2", "DDPM beta schedule", choices=["linear", "scaled_linear", "squaredcos_cap_v2"])
-    zero_terminal_snr: bool = spec(False, "rescale the betas so that ᾱ_T = 0 (pure noise at the last step; needs "
-                                          "v_prediction or sample; geoface_model/noise_schedule.py)")
+    zero_terminal_snr: bool = spec(True, "rescale the betas so that ᾱ_T = 0 (pure noise at the last step; needs "
+                                         "model.prediction_type v_prediction, sample, sample_skip or edm; "
+                                         "geoface_model/noise_schedule.py)")
     snr_shift: float = spec(1.0, "divide the schedule's SNR at every t by this (> 1 = noisier; CAMEO: 4 at 512²)", lo=1e-3)
     cond_dropout: float = spec(0.0, "probability that a micro-batch is trained without its reference frames (the "
                                     "unconditional branch of classifier-free guidance, eval.guidance_scale > 1); CAMEO: 0.1",
@@ -151,7 +152,7 @@ class GeoFaceConfig:
             part.validate()
         if self.train.zero_terminal_snr and self.model.prediction_type == "epsilon":
             raise ParamsError("train.zero_terminal_snr needs model.prediction_type v_prediction, sample, sample_skip or edm: at ᾱ_T = 0 "
-                              "an ε prediction says nothing about the image")
+                              "an ε prediction says nothing about the image (set train.zero_terminal_snr false for ε)")
         if self.model.backbone == "sd21_mv":
             _validate_sd21_tokens(self)
 
@@ -188,12 +189,11 @@ def tiny() -> GeoFaceConfig:
     the combination measured best at CPU scale (docs/model.md "Parameterisation", "Alignment weight"):
     v-prediction and EDM pass the input through at low noise by construction but, after the CPU run's few
     hundred to few thousand steps, their samples are far worse (geometry 105-130 mm vs 13 mm).
+
+    The configs' defaults ARE this preset (and params.yaml's values: tests/geoface_model/test_config.py keeps the
+    three equal), so `geoface train` without `--params` trains the model `dvc repro` trains.
     """
     cfg = GeoFaceConfig()
-    cfg.model.prediction_type = "sample_skip"
-    cfg.model.sigma_data = 0.03
-    cfg.train.zero_terminal_snr = True
-    cfg.loss.align_weight = 0.02
     cfg.validate()
     return cfg
 

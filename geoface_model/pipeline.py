@@ -14,10 +14,10 @@ matter to the model; the mesh comes out in the head model's canonical frame (FLA
 
 Guidance (`guidance_scale`, classifier-free form): ε = ε_uncond + g·(ε_cond − ε_uncond), the unconditional
 branch being the same denoising step with the reference frame(s) dropped (their tokens removed; the rays of the
-targets stay expressed in the reference camera's frame). The model is trained WITHOUT reference dropout, so
-that branch is outside its training distribution: g = 1 (default) runs the conditional branch only; g > 1
-extrapolates away from whatever the model predicts without a reference — it strengthens reference-dependent
-content but is not a calibrated CFG, and costs a second forward pass per step.
+targets stay expressed in the reference camera's frame). A model trained without reference dropout (the tiny
+model, `train.cond_dropout: 0`) has never seen that branch: g = 1 (default) runs the conditional branch only;
+g > 1 extrapolates away from whatever it predicts without a reference — not a calibrated CFG. Trained with
+`train.cond_dropout` > 0 (the paper presets: 0.1) g > 1 is CFG. g != 1 costs a second forward pass per step.
 
 Saved with `save_pretrained` as a diffusers pipeline folder (model_index.json, transformer/, scheduler/,
 optional vae/) plus `head/uv_layout.npz` (the head model's UV layout: uv, uv_faces, faces, n_vertices, key) and

@@ -58,7 +58,7 @@ class FitConfig:
                                            "its mesh model, so neighbours share their errors", lo=1.0)
     calibrated_embedding: bool = spec(True, "fit with the head model's detector-calibrated MediaPipe embedding "
                                             "(mediapipe_landmark_embedding_calibrated.npz, flame_fitting."
-                                            "landmark_calibration) when its folder has one; false = the original")
+                                            "landmarks.calibration) when its folder has one; false = the original")
     silhouette_weight: float = spec(1.0, "weight of the multi-view silhouette term (silhouette.py, docs/fitting.md): "
                                           "per mask boundary sample, ρ of its point-to-line distance (px) to the "
                                           "nearest model contour vertex; 0 = off; needs masks", lo=0.0)
