@@ -27,6 +27,7 @@ import argparse
 import datetime
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -89,11 +90,29 @@ def _sets(settings: list[str]) -> list[str]:
     return [a for s in settings for a in ("-S", s)]
 
 
+def _env(base: dict | None = None) -> dict:
+    """The environment of the DVC calls: this interpreter's bin folder first on PATH, so `dvc` and the stages'
+    `python` (dvc.yaml's cmd lines) are this environment's even when it is not activated
+    (`.venv/bin/python -m geoface_model.ablations …`)."""
+    env = dict(os.environ if base is None else base)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def _dvc_cmd(*args: str) -> list[str]:
+    """`$DVC` (if set) or this environment's `dvc`; one line naming what is missing when there is none."""
+    exe = os.environ.get("DVC") or shutil.which("dvc", path=_env()["PATH"])
+    if not exe:
+        raise SystemExit(f"ablations: no `dvc` next to {sys.executable} nor on PATH: install the project "
+                         "(`make install`) or set DVC=/path/to/dvc")
+    return [exe, *args]
+
+
 def _dvc(*args: str, env: dict | None = None, check: bool = True, quiet: bool = False) -> None:
-    cmd = [os.environ.get("DVC", "dvc"), *args]
+    cmd = _dvc_cmd(*args)
     if not quiet:
         print("$", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=check, env=env, capture_output=quiet)
+    subprocess.run(cmd, check=check, env=_env(env), capture_output=quiet)
 
 
 def run(variants: list[str], preset: str = "default", jobs: int = 1) -> None:
@@ -157,9 +176,8 @@ def _metric(exp: dict, file: str, key: str):
 
 def exp_show_json(commit: str) -> list:
     """`dvc exp show --json` of the experiments derived from `commit`."""
-    dvc = os.environ.get("DVC", "dvc")
-    return json.loads(subprocess.run([dvc, "exp", "show", "--json", "--rev", commit], capture_output=True, text=True,
-                                     check=True).stdout)
+    return json.loads(subprocess.run(_dvc_cmd("exp", "show", "--json", "--rev", commit), capture_output=True,
+                                     text=True, check=True, env=_env()).stdout)
 
 
 def collect(commit: str, show: list, preset: str = "default") -> list[tuple[str, dict]]:

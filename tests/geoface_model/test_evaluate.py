@@ -208,3 +208,24 @@ def test_ablation_presets_name_their_experiments_and_match_the_readme(tmp_path):
         exp["name"] = exp["revs"][0]["name"]
         exp["executor"] = {"state": given[exp["name"]], "name": "dvc-task"} if given[exp["name"]] else None
     assert exp_states(show, names) == {names[0]: "running", names[1]: "queued", names[2]: "success"}
+
+
+def test_ablations_find_this_environments_dvc_without_activation(monkeypatch):
+    """`.venv/bin/python -m geoface_model.ablations run` with the environment not activated: DVC and the stages'
+    `python` are this interpreter's (it used to die with FileNotFoundError: 'dvc' before running anything)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from geoface_model.ablations import _dvc_cmd, _env
+
+    monkeypatch.delenv("DVC", raising=False)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    cmd = _dvc_cmd("--version")
+    assert Path(cmd[0]).parent == Path(sys.executable).parent
+    assert subprocess.run(cmd, env=_env(), capture_output=True, text=True, check=True).stdout.strip()
+    python = subprocess.run(["python", "-c", "import sys; print(sys.prefix)"], env=_env(), capture_output=True,
+                            text=True, check=True).stdout.strip()
+    assert python == sys.prefix
+    monkeypatch.setenv("DVC", "/opt/my-dvc")
+    assert _dvc_cmd("exp", "show")[:2] == ["/opt/my-dvc", "exp"]
