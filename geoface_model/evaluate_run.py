@@ -3,7 +3,9 @@ measure them (per-sample maths in geoface_model/evaluate.py; definitions in docs
 
 The model folder holds the config it was trained with (geoface_config.json beside the weights). For every sample
 of the `split` shards: the most frontal view is the reference, `n_targets` views are generated with their UV
-position map and mesh, and measured. A sample that fails is recorded and skipped. Writes:
+position map and mesh, and measured. A sample that fails is recorded and skipped. Checked before any work (one
+error line, nothing written): OUT and PLOTS are two folders neither inside the other, the model's config is a valid
+JSON config, the report's loss CSV / training metrics are readable files, the LPIPS weights load. Writes:
   METRICS (JSON)           means over samples: psnr, ssim (+ psnr_fg, ssim_fg inside the head mask), lpips (null +
                            status without local weights), tsed, landmark_fit_rmse_px, mesh_alignment_px,
                            geometry_error_mm, attention_hit_rate (+ per noise band), the same consistency metrics on
@@ -18,8 +20,8 @@ position map and mesh, and measured. A sample that fails is recorded and skipped
 """
 from __future__ import annotations
 
-import json
 import shutil
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -29,21 +31,59 @@ import pandas as pd
 from tqdm import tqdm
 
 from flame_fitting.core.errors import GeofaceError
-from flame_fitting.core.fileio import make_temp_dir, replace_dir, sha256_file, write_csv, write_json, write_png
+from flame_fitting.core.fileio import (make_temp_dir, read_json_object, replace_dir, sha256_file, write_csv, write_json,
+                                       write_png)
 from flame_fitting.formats.fits import load_sequence_fit
 from flame_fitting.formats.lineage import captures_version_of
 from flame_fitting.head.head_model import load_head_model
 
 from .baselines import TrainingStats, band_ranges, training_stats
-from .config import GeoFaceConfig
 from .data import GeoFaceDataset, ShardError
 from .evaluate import EvalParams, aggregate, canonical_transform, evaluate_sample, save_sample
-from .generate import load_pipeline
+from .generate import load_pipeline, read_model_config
+from .metrics import load_lpips
 from .report import loss_figure, overlay_figure, sample_grid, write_report
 
 
 class EvaluateError(GeofaceError, ValueError):
-    """An evaluation that cannot start (missing model config or fits) or in which every sample failed."""
+    """An evaluation that cannot start (missing model config or fits, clashing outputs, unreadable report inputs)
+    or in which every sample failed."""
+
+
+def _nested(a: Path, b: Path) -> bool:
+    a, b = a.resolve(), b.resolve()
+    return a == b or a in b.parents or b in a.parents
+
+
+def check_outputs(out: Path, plots: Path, metrics_path: Path | str | None) -> None:
+    """Refuse, before any work, a samples folder and plots folder that are the same or one inside the other (one
+    would replace or hide the other), and a metrics path that is a folder or one of them."""
+    if _nested(out, plots):
+        how = "the same folder" if out.resolve() == plots.resolve() else "one is inside the other"
+        raise EvaluateError(f"--out {out} and --plots {plots}: {how}; give two separate folders")
+    if metrics_path is not None:
+        m = Path(metrics_path)
+        if m.resolve() in (out.resolve(), plots.resolve()):
+            raise EvaluateError(f"--metrics {m}: is the --out or --plots folder; give the path of a file")
+        if m.is_dir():
+            raise EvaluateError(f"--metrics {m}: is a folder; give the path of a file")
+
+
+def read_report_inputs(loss_csv: Path | str | None, train_metrics: Path | str | None) -> dict | None:
+    """Check the training loss CSV and read the training metrics JSON shown in the report, before any work (each
+    optional; given, it must be a readable file): the metrics object, or None."""
+    if loss_csv is not None:
+        f = Path(loss_csv)
+        if not f.is_file():
+            raise EvaluateError(f"{f}: the training loss CSV is {'a folder' if f.is_dir() else 'missing'}")
+        try:
+            columns = pd.read_csv(f, nrows=1).columns
+        except (OSError, ValueError, UnicodeDecodeError) as e:  # pandas' parser errors are ValueErrors
+            why = (str(e).splitlines() or [""])[0]
+            raise EvaluateError(f"{f}: not a readable CSV ({type(e).__name__}: {why})") from None
+        if "step" not in columns:
+            raise EvaluateError(f"{f}: not a training loss CSV (no 'step' column)")
+    return read_json_object(train_metrics, EvaluateError) if train_metrics is not None else None
 
 
 def baseline_stats(dataset: Path, fit_of: dict, head) -> TrainingStats | None:
@@ -75,11 +115,14 @@ def evaluate_model(model_dir: Path | str, dataset: Path | str, fits: Path | str,
     """Evaluate the model in `model_dir` on the `p.split` shards of `dataset` (module docstring); returns (and
     writes) the summary. `loss_csv` / `train_metrics`: the training loss curve and metrics shown in the report."""
     model_dir, dataset, fits, out, plots = map(Path, (model_dir, dataset, fits, out, plots))
+    check_outputs(out, plots, metrics_path)
     cfg_path = model_dir / "geoface_config.json"
     if not cfg_path.is_file():
         raise EvaluateError(f"{cfg_path}: missing (the train stage writes it beside the model; run `dvc repro train`)")
-    cfg = GeoFaceConfig.from_sections(**{k: v for k, v in json.loads(cfg_path.read_text()).items()
-                                         if k in ("tokens", "model", "loss", "train")}, where=str(cfg_path))
+    cfg = read_model_config(cfg_path, EvaluateError)
+    train_info = read_report_inputs(loss_csv, train_metrics)
+    if p.lpips_weights is not None:
+        load_lpips(p.lpips_weights)  # unusable weights: one error now, not one traceback per sample
     fit_of = {f.parent.relative_to(fits).as_posix(): load_sequence_fit(f.parent) for f in sorted(fits.glob("*/*/fit.npz"))}
     if not fit_of:
         raise EvaluateError(f"{fits}: no fit.npz (run the fit stage)")
@@ -109,7 +152,10 @@ def evaluate_model(model_dir: Path | str, dataset: Path | str, fits: Path | str,
                 r = evaluate_sample(pipe, head, ds, i, fit, int(k[0]), p, cfg, stats)
             except Exception as e:  # one bad sample is recorded and skipped
                 failures.append({"sample": f"{key}/{int(info['frame']):05d}", "error": f"{type(e).__name__}: {e}"})
-                traceback.print_exc()
+                if isinstance(e, GeofaceError):  # about the input: its one line says it; anything else is a bug
+                    tqdm.write(f"evaluate: sample {failures[-1]['sample']} failed: {e}", file=sys.stderr)
+                else:
+                    traceback.print_exc()
                 continue
             results.append(r)
             stem = r.name.replace("/", "_")
@@ -140,9 +186,8 @@ def evaluate_model(model_dir: Path | str, dataset: Path | str, fits: Path | str,
         provenance = {"model": str(model_dir), "model_sha256": {w.name: sha256_file(w) for w in weights},
                       "config": cfg.to_dict(), "eval": p.__dict__,
                       "shards": {str(q): sha256_file(q) for q in sorted(dataset.glob("**/*.safetensors"))}}
-        train_json = Path(train_metrics) if train_metrics is not None else None
         write_report(plots_tmp / "report.html", summary, [{"sample": r.name, **r.metrics} for r in results], views, figs,
-                     provenance, json.loads(train_json.read_text()) if train_json and train_json.is_file() else None)
+                     provenance, train_info)
         replace_dir(out_tmp, out)
         replace_dir(plots_tmp, plots)
     except BaseException:

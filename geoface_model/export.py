@@ -172,20 +172,39 @@ def export_3dgs(out_dir: Path | str, images: list[np.ndarray], cameras: list[Cam
 
 
 def _read_mesh(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(V,3) float32 vertices and (F,3) int64 0-based faces of a triangle OBJ (with or without UVs)."""
+    """(V,3) float32 vertices and (F,3) int64 0-based faces of a triangle OBJ (with or without UVs); ExportError naming
+    the file (and line) when it is not readable text, a line is malformed or a face names a vertex it lacks."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as e:
+        raise ExportError(f"{path}: cannot read ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise ExportError(f"{path}: not a text OBJ file (not UTF-8)") from None
     v, f = [], []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         p = line.split()
         try:
             if p and p[0] == "v":
+                if len(p) < 4:
+                    raise ValueError(f"a vertex needs 3 coordinates, got {len(p) - 1}")
                 v.append([float(x) for x in p[1:4]])
+                if not np.isfinite(v[-1]).all():
+                    raise ValueError("non-finite coordinate")
             elif p and p[0] == "f":
                 if len(p) != 4:
                     raise ValueError("only triangles are supported")
-                f.append([int(c.split("/")[0]) - 1 for c in p[1:]])
+                idx = [int(c.split("/")[0]) for c in p[1:]]
+                if 0 in idx or min(idx) < -len(v):
+                    raise ValueError("vertex index 0 or before the first vertex")
+                f.append([i - 1 if i > 0 else len(v) + i for i in idx])  # OBJ: 1-based, negative = from the end
         except ValueError as e:
             raise ExportError(f"{path}:{n}: not a triangle OBJ line ({e}): {line!r}") from None
-    return np.asarray(v, np.float32).reshape(-1, 3), np.asarray(f, np.int64).reshape(-1, 3)
+    if not v or not f:
+        raise ExportError(f"{path}: no {'vertices' if not v else 'triangles'} (expected 'v x y z' and 'f a b c' lines)")
+    faces = np.asarray(f, np.int64)
+    if faces.max() >= len(v):
+        raise ExportError(f"{path}: a face names vertex {faces.max() + 1}, the file has {len(v)} vertices")
+    return np.asarray(v, np.float32), faces
 
 
 def export_sample(sample_dir: Path | str, out_dir: Path | str, colmap_points: bool = True) -> dict:

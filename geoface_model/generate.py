@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from flame_fitting.core.errors import GeofaceError
 from flame_fitting.geometry.camera import Camera
 from flame_fitting.formats.capture import save_cameras
-from flame_fitting.core.fileio import check_output_dir, output_dir, read_image, write_obj, write_png
+from flame_fitting.core.fileio import check_output_dir, output_dir, read_image, read_json_object, write_obj, write_png
 from flame_fitting.head.head_model import load_head_model
 from flame_fitting.geometry.render import Lighting, render_mesh
 from flame_fitting.uv import UVLayout
@@ -118,6 +118,21 @@ def detect_face(rgb: np.ndarray, where: str = "photo") -> PhotoFace:
     return PhotoFace(rgb, pts, box, len(boxes), notes)
 
 
+def read_model_config(path: Path | str, error: type[Exception] = GenerateError) -> GeoFaceConfig:
+    """The training config saved beside a model (geoface_config.json: its tokens, model, loss, train sections, as
+    training writes them); a missing file, unreadable JSON, another JSON type, a missing or non-object section or an
+    invalid config raises one `error` naming the file."""
+    data = read_json_object(path, error)
+    sections = ("tokens", "model", "loss", "train")
+    bad = [k for k in sections if not isinstance(data.get(k), dict)]
+    if bad:
+        raise error(f"{path}: sections {bad} are missing or not JSON objects (training writes {list(sections)})")
+    try:
+        return GeoFaceConfig.from_sections(**{k: data[k] for k in sections}, where=str(path))
+    except GeofaceError as e:  # a key's error names the file already; a check across sections does not
+        raise error(str(e) if str(e).startswith(str(path)) else f"{path}: {e}") from None
+
+
 def load_pipeline(model_dir: Path | str, head_model, cfg: GeoFaceConfig | None = None, scheduler: str = "ddim",
                   gutter: int = 4) -> GeoFacePipeline:
     """A pipeline folder, or a bare transformer folder + its training config (module docstring)."""
@@ -138,8 +153,7 @@ def load_pipeline(model_dir: Path | str, head_model, cfg: GeoFaceConfig | None =
             if not found:
                 raise GenerateError(f"{p}: a bare transformer folder needs its training config (pass cfg, or save a "
                                     f"pipeline with GeoFacePipeline.save_pretrained)")
-            cfg = GeoFaceConfig.from_sections(**{k: v for k, v in json.loads(found[0].read_text()).items()
-                                                 if k in ("tokens", "model", "loss", "train")}, where=str(found[0]))
+            cfg = read_model_config(found[0])
         return GeoFacePipeline.from_training(p, cfg, layout=layout, head_info=head_info_of(head_model, gutter),
                                              scheduler=scheduler)
     raise GenerateError(f"{p}: neither a GeoFace pipeline folder (model_index.json) nor a transformer folder (config.json)")

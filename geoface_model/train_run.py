@@ -4,8 +4,11 @@ Training state (checkpoints every `train.checkpoint_every` steps) lives in STATE
 from its latest valid checkpoint when called again with the same config and dataset. The run id is a hash of the
 config (every key but `train.keep_states`) and the dataset's shards (metadata and content), so other params or
 data start a new run beside the earlier ones, which stay resumable: each start stamps its run as used and the
-`train.keep_states` most recently used runs are kept, older ones deleted (only folders a run wrote). Publishes MODEL/ (EMA weights, `GeoFaceTransformer.from_pretrained`, with geoface_config.json
-beside them, which generation needs, and the model card: geoface_model/lineage.py) and the loss curve CSV (diffusion and alignment loss per step).
+`train.keep_states` most recently used runs are kept, older ones deleted (only folders a run wrote). The config, the
+dataset and the output paths are checked first (`check_file_outputs`, `check_start`), so a run that cannot start
+leaves STATE exactly as it was: no new run folder, no run pruned. Publishes MODEL/ (EMA weights,
+`GeoFaceTransformer.from_pretrained`, with geoface_config.json beside them, which generation needs, and the model
+card: geoface_model/lineage.py) and the loss curve CSV (diffusion and alignment loss per step).
 """
 from __future__ import annotations
 
@@ -16,13 +19,49 @@ from pathlib import Path
 
 from accelerate import PartialState
 
-from flame_fitting.core.fileio import replace_dir, sha256_file, temp_path, write_json
+from flame_fitting.core.errors import GeofaceError
+from flame_fitting.core.fileio import replace_dir, sha256_file, temp_path, write_bytes, write_json
 
+from .backbone import vae_path_of
 from .checkpoint import prune_runs, touch_run
 from .config import GeoFaceConfig
-from .data import read_shard_meta
+from .data import GeoFaceDataset, ShardError, check_compatible, read_shard_meta
+from .latents import latent_shape_info
 from .lineage import write_model_card
 from .train import train
+
+
+class TrainError(GeofaceError, ValueError):
+    """A training run that cannot start: an output path that cannot be written."""
+
+
+def check_start(cfg: GeoFaceConfig, data: Path | str) -> None:
+    """Refuse, before the run folder is created or any run pruned, what `train` would refuse first: an invalid
+    config, no training shard, shards of other token grids or with too few views or samples, a missing VAE."""
+    cfg.validate()
+    tc = cfg.train
+    dataset = GeoFaceDataset(data, "train", tc.n_ref, tc.n_tgt, tc.seed)
+    check_compatible(dataset.meta, cfg.tokens, str(data))
+    if len(dataset) // tc.batch_size < tc.grad_accum:  # train's own check, for one process
+        raise ShardError(f"{data}: {len(dataset)} samples give {len(dataset) // tc.batch_size} batches of "
+                         f"{tc.batch_size}, fewer than grad_accum = {tc.grad_accum}")
+    latent_shape_info(vae_path_of(cfg))  # the VAE folder's config (sd21_mv: the base folder) without loading it
+
+
+def check_file_outputs(model: Path, files: dict[str, Path | str | None]) -> None:
+    """Refuse file outputs ({what: path}) that are an existing folder, the model folder or under a file, before any
+    work: otherwise they fail only after training, with the model already published."""
+    for what, f in files.items():
+        if f is None:
+            continue
+        f = Path(f)
+        if f.resolve() == model.resolve():
+            raise TrainError(f"{f}: is the model folder; the {what} must be another path, a file")
+        if f.is_dir():
+            raise TrainError(f"{f}: is a folder; the {what} must be the path of a file")
+        parent = next((q for q in f.parents if q.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise TrainError(f"{f}: {parent} is a file, not a folder; the {what} cannot be written there")
 
 
 def run_id(cfg: GeoFaceConfig, data: Path | str) -> str:
@@ -42,6 +81,8 @@ def train_model(cfg: GeoFaceConfig, data: Path | str, state: Path | str, model: 
     """Train on the shards under `data` in `state`/<run id>, publish `model` and `loss_csv`; returns the metrics
     (and writes their scalar entries to `metrics_path`)."""
     state, model, loss_csv = Path(state), Path(model), Path(loss_csv)
+    check_file_outputs(model, {"loss CSV": loss_csv, "metrics JSON": metrics_path})
+    check_start(cfg, data)  # before touching STATE: a run that cannot start changes nothing there
     rid = run_id(cfg, data)
     run_dir = state / rid
     if PartialState().is_main_process:
@@ -55,8 +96,7 @@ def train_model(cfg: GeoFaceConfig, data: Path | str, state: Path | str, model: 
     shutil.copyfile(run_dir / "geoface_config.json", tmp / "geoface_config.json")  # generation needs the config
     metrics["captures_version"] = write_model_card(tmp, data, cfg.to_dict(), rid, metrics)["captures_version"]
     replace_dir(tmp, model)
-    loss_csv.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(run_dir / "loss.csv", loss_csv)
+    write_bytes(loss_csv, (run_dir / "loss.csv").read_bytes())
     if metrics_path is not None:
         write_json(metrics_path, {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))})
     return metrics

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as `python stages/x.py`: import this checkout's packages first
     sys.path.insert(0, str(ROOT))
 
-from flame_fitting.core.errors import GeofaceError  # noqa: E402
+from flame_fitting.core.errors import GeofaceError, os_error_line  # noqa: E402
 
 
 def paths(doc: str, *names: str, argv: list[str] | None = None) -> argparse.Namespace:
@@ -25,13 +25,16 @@ def paths(doc: str, *names: str, argv: list[str] | None = None) -> argparse.Name
 
 
 def run(main) -> None:
-    """Call `main()`; an error about the input (GeofaceError) becomes one line on stderr and exit status 1
+    """Call `main()`; an error about the input (GeofaceError, or an OSError naming a path) becomes one line on
+    stderr and exit status 1
     instead of a traceback. Any other exception is a bug and keeps its traceback. Then the objects alive are
     frozen for a faster exit (flame_fitting/core/gc_freeze.py: ~0.5 s per stage that imported torch)."""
     try:
         main()
-    except GeofaceError as e:
-        print(f"{Path(sys.argv[0]).stem}: error: {e}", file=sys.stderr)
+    except BrokenPipeError:
+        raise
+    except (GeofaceError, OSError) as e:  # OSError: the system's word about a path (permission, not a folder …)
+        print(f"{Path(sys.argv[0]).stem}: error: {os_error_line(e) if isinstance(e, OSError) else e}", file=sys.stderr)
         sys.exit(1)
     finally:
         from flame_fitting.core.gc_freeze import freeze

@@ -1,5 +1,10 @@
-"""The one check every loader makes of a numeric array it was given: numeric, the expected shape, finite."""
+"""The one check every loader makes of a numeric array it was given (numeric, the expected shape, finite), and the
+one way a loader reads an .npz it was given (`load_npz`: without pickle, one error naming the file)."""
 from __future__ import annotations
+
+import zipfile
+import zlib
+from pathlib import Path
 
 import numpy as np
 
@@ -17,3 +22,33 @@ def checked_array(value, shape: tuple[int | None, ...], what: str, error: type[E
     if not np.all(np.isfinite(arr)):
         raise error(f"{what}: contains NaN or inf")
     return arr
+
+
+def load_npz(path: Path | str, error: type[Exception] = ValueError, keys: tuple[str, ...] | None = None
+             ) -> dict[str, np.ndarray]:
+    """The arrays of the .npz `path` (only `keys`, when given), read without pickle (allow_pickle=False). A missing,
+    empty, truncated or corrupt file, one that is not an .npz, one holding object arrays, or one without one of `keys`
+    raises `error` naming the file and the problem."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:
+            files = list(z.files)
+            arrays = {k: z[k] for k in files if keys is None or k in keys}
+    except FileNotFoundError:
+        raise error(f"{path}: missing") from None
+    except OSError as e:  # a folder, no permission, ...
+        raise error(f"{path}: cannot read ({e.strerror or e})") from None
+    except ValueError as e:
+        if "Object arrays" in str(e):
+            raise error(f"{path}: holds object arrays, which are never loaded (no pickle); write plain numeric "
+                        "arrays (np.savez)") from None
+        why = "neither a zip archive nor numpy data" if "pickled data" in str(e) else str(e)
+        raise error(f"{path}: not a readable .npz ({why})") from None
+    except TypeError:  # np.load returned one array (an .npy under an .npz name), not an archive
+        raise error(f"{path}: not a readable .npz (an .npy array file, not an .npz archive)") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+        raise error(f"{path}: not a readable .npz: truncated or corrupt ({type(e).__name__}: {e})") from None
+    missing = [k for k in keys or () if k not in arrays]
+    if missing:
+        raise error(f"{path}: missing arrays {missing} (it has {sorted(files)})")
+    return arrays

@@ -9,3 +9,12 @@ bug and keeps its traceback.
 
 class GeofaceError(Exception):
     """An error about the user's input: the message names the file (or params key) and the problem."""
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for an error the system raised about a path (no permission, a file where a folder is needed, a
+    full disk …): `PATH: reason` (`PATH -> OTHER: reason` for a rename), else the error's own text."""
+    if e.filename is None:
+        return str(e)
+    what = f"{e.filename}" + (f" -> {e.filename2}" if getattr(e, "filename2", None) else "")
+    return f"{what}: {e.strerror or e}"

@@ -35,8 +35,6 @@ from flame_fitting.core.errors import GeofaceError
 TMP_TAG = ".geoface-tmp-"
 MARKER = ".geoface-output.json"
 _HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:24] or "host"
-# what geoface < 0.2 left behind: `.<name>.tmp-<8 hex>` / `.<name>.old-<8 hex>`
-_LEGACY = re.compile(r"\.(tmp|old)-[0-9a-f]{8}$")
 
 
 class OutputError(GeofaceError, ValueError):
@@ -67,7 +65,9 @@ def _pid_alive(pid: int) -> bool:
 
 
 def clean_stale(dst: Path | str) -> list[Path]:
-    """Remove the temporaries of `dst` left by runs of this host whose process is gone. Returns them."""
+    """Remove the temporaries of `dst` left by runs of this host whose process is gone. Returns them. Only names
+    in this module's scheme (`.<name>.geoface-tmp-<host>-<pid>-…`) are touched: geoface < 0.2's `.<name>.old-<hex>`
+    names are left alone, since a user's own folder may look like that."""
     dst = Path(dst)
     removed = []
     if not dst.parent.is_dir():
@@ -77,12 +77,11 @@ def clean_stale(dst: Path | str) -> list[Path]:
         rest = p.name[len(prefix):] if p.name.startswith(prefix) else None
         if rest is None:
             continue
-        if rest.startswith(TMP_TAG):
-            host, _, tail = rest[len(TMP_TAG):].partition("-")
-            pid = tail.split("-", 1)[0]
-            if host != _HOST or not pid.isdigit() or _pid_alive(int(pid)):
-                continue
-        elif not _LEGACY.fullmatch(rest):
+        if not rest.startswith(TMP_TAG):
+            continue
+        host, _, tail = rest[len(TMP_TAG):].partition("-")
+        pid = tail.split("-", 1)[0]
+        if host != _HOST or not pid.isdigit() or _pid_alive(int(pid)):
             continue
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
         removed.append(p)
@@ -260,16 +259,32 @@ def is_toolkit_output(folder: Path | str) -> bool:
     return (Path(folder) / MARKER).is_file()
 
 
+def output_kind(folder: Path | str) -> str | None:
+    """What wrote the geoface folder `folder` (its marker's `kind`: "capture", "uv", "uv previews", …); None when
+    the marker names none (written before kinds, or by a writer that gives none) or there is no marker."""
+    try:
+        kind = json.loads((Path(folder) / MARKER).read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return kind if isinstance(kind, str) else None
+
+
+def _marker(name: str, kind: str | None) -> str:
+    return json.dumps({"written_by": "geoface", "folder": name, **({"kind": kind} if kind else {})}) + "\n"
+
+
 def _inside(p: Path, root: Path) -> bool:
     return p == root or root in p.parents
 
 
 def check_output_dir(dst: Path | str, inputs: Iterable[Path | str] = (), overwrite: bool = False,
-                     option: str = "--force") -> Path:
+                     option: str = "--force", kind: str | None = None) -> Path:
     """Refuse `dst` as an output folder if replacing it could lose data the toolkit did not write.
 
     Refused: `dst` equal to or containing an input; `dst` an existing file; a non-empty `dst` without
-    the toolkit's marker; a toolkit-written `dst` when not `overwrite` (`option` names the switch)."""
+    the toolkit's marker; a toolkit-written `dst` when not `overwrite` (`option` names the switch); a `dst` whose
+    marker names another kind of output than `kind` (say a capture given as the uv stage's previews folder), even
+    with `overwrite` — only where both name one."""
     dst = Path(dst)
     real = dst.resolve()
     for inp in inputs:
@@ -284,25 +299,30 @@ def check_output_dir(dst: Path | str, inputs: Iterable[Path | str] = (), overwri
         if not is_toolkit_output(dst):
             raise OutputError(f"{dst}: exists, is not empty and was not written by geoface (no {MARKER}); "
                               "refusing to replace it: choose another output folder or move it away")
+        had = output_kind(dst)
+        if kind and had and had != kind:
+            raise OutputError(f"{dst}: holds geoface's {had} output, not {kind}; refusing to replace it: choose "
+                              "another folder")
         if not overwrite:
             raise OutputError(f"{dst}: exists (written by geoface); pass {option} to replace it")
     return dst
 
 
-def mark_output(folder: Path | str) -> Path:
-    """Mark `folder` as written by geoface (the marker `check_output_dir` looks for)."""
+def mark_output(folder: Path | str, kind: str | None = None) -> Path:
+    """Mark `folder` as written by geoface (the marker `check_output_dir` looks for), as output `kind`."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / MARKER).write_text(json.dumps({"written_by": "geoface", "folder": folder.name}) + "\n")
+    (folder / MARKER).write_text(_marker(folder.name, kind))
     return folder
 
 
-def replace_dir(src: Path | str, dst: Path | str, overwrite: bool = True, inputs: Iterable[Path | str] = ()) -> Path:
-    """Move the finished folder `src` to `dst`, marking it as the toolkit's; an existing `dst` is
+def replace_dir(src: Path | str, dst: Path | str, overwrite: bool = True, inputs: Iterable[Path | str] = (),
+                kind: str | None = None) -> Path:
+    """Move the finished folder `src` to `dst`, marking it as the toolkit's output `kind`; an existing `dst` is
     replaced only as `check_output_dir` allows, and removed only after the move succeeded."""
     src, dst = Path(src), Path(dst)
-    check_output_dir(dst, inputs, overwrite)
-    (src / MARKER).write_text(json.dumps({"written_by": "geoface", "folder": dst.name}) + "\n")  # dst's name
+    check_output_dir(dst, inputs, overwrite, kind=kind)
+    (src / MARKER).write_text(_marker(dst.name, kind))  # dst's name
     dst.parent.mkdir(parents=True, exist_ok=True)
     if dst.exists():
         old = temp_path(dst)
@@ -323,17 +343,17 @@ def make_temp_dir(dst: Path | str) -> Path:
 
 @contextmanager
 def output_dir(dst: Path | str, inputs: Iterable[Path | str] = (), overwrite: bool = True,
-               option: str = "--force") -> Iterator[Path]:
-    """`with output_dir(dst) as tmp:` write into `tmp`; on success it replaces `dst` atomically.
+               option: str = "--force", kind: str | None = None) -> Iterator[Path]:
+    """`with output_dir(dst) as tmp:` write into `tmp`; on success it replaces `dst` atomically (marked `kind`).
 
     The checks of `check_output_dir` run before anything is written, so a refused output costs nothing."""
     dst = Path(dst)
     inputs = [i for i in inputs if i is not None]
-    check_output_dir(dst, inputs, overwrite, option)
+    check_output_dir(dst, inputs, overwrite, option, kind=kind)
     tmp = make_temp_dir(dst)
     try:
         yield tmp
-        replace_dir(tmp, dst, overwrite, inputs)
+        replace_dir(tmp, dst, overwrite, inputs, kind=kind)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -7,6 +7,7 @@ and out-of-range values before any work starts, and fills defaults.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -98,6 +99,8 @@ def build_config(cls, section: dict, where: str):
             raise ParamsError(f"{key}: {v!r} not one of {md['choices']}")
         for item in (v if isinstance(v, list) else [v]):
             if isinstance(item, (int, float)) and not isinstance(item, bool):
+                if not math.isfinite(item):  # NaN passes every comparison; no setting means infinity
+                    raise ParamsError(f"{key}: {item} is not a finite number")
                 if md.get("lo") is not None and item < md["lo"]:
                     raise ParamsError(f"{key}: {item} is below the minimum {md['lo']}")
                 if md.get("hi") is not None and item > md["hi"]:

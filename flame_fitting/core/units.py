@@ -26,6 +26,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable, Iterable
 
+from flame_fitting.core.errors import GeofaceError
 from flame_fitting.core.fileio import (MARKER, TMP_TAG, check_output_dir, make_temp_dir, mark_output, replace_dir,
                                        sha256_file, write_json)
 
@@ -198,15 +199,18 @@ def run_units(executor, fn: Callable, units: Iterable[Unit], out: Path | str, de
     """Bring `out` (and `extras`) up to date with `units`: run the units that are not current with
     `executor.map(UnitWork(fn, out, extras), ...)` (flame_fitting.core.executor; connect it before calling, so an
     unreachable cluster changes nothing), remove the outputs of units not in `units`, keep the others untouched.
-    `out` (and `extras`) must be geoface's own folders (or absent); `inputs` must not be inside `out`."""
+    `out` (and `extras`) must be geoface's own folders (or absent) of this stage's kind (`desc`, `desc previews`:
+    the markers say so, so a capture or another stage's folder given as either is refused, never swept), apart
+    from each other; `inputs` must not be inside `out`."""
     out = Path(out)
     extras = None if extras is None else Path(extras)
     units = sorted(units, key=lambda u: (u.subject, u.sequence))
-    check_output_dir(out, list(inputs), overwrite=True)
+    others = list(inputs) + ([extras] if extras is not None else [])
+    check_output_dir(out, others, overwrite=True, kind=desc)
     if extras is not None:
-        check_output_dir(extras, list(inputs), overwrite=True)
-        mark_output(extras)
-    mark_output(out)
+        check_output_dir(extras, list(inputs) + [out], overwrite=True, kind=f"{desc} previews")
+        mark_output(extras, f"{desc} previews")
+    mark_output(out, desc)
     run = UnitRun()
     todo = []
     for u in units:
@@ -238,6 +242,19 @@ def run_units(executor, fn: Callable, units: Iterable[Unit], out: Path | str, de
     return run
 
 
+class AllUnitsFailedError(GeofaceError, RuntimeError):
+    """Every work unit of a stage failed: its output holds nothing a later stage could use."""
+
+
 def write_unit_failures(path: Path | str, run: UnitRun) -> None:
-    """The failed units of a run as JSON (subject, sequence, error, traceback), [] when none."""
+    """The failed units of a run as JSON (subject, sequence, error, traceback), [] when none. One failed unit is
+    recorded and the others go on; when EVERY unit failed (none ran or was kept), or there was none, this raises
+    AllUnitsFailedError after writing, so the stage exits non-zero instead of handing an empty folder on."""
     write_json(path, run.failures, indent=1)
+    if not (run.failures or run.ran or run.kept):
+        raise AllUnitsFailedError(f"{Path(path).parent}: no work units — the stage's inputs hold no sequences "
+                                  "(an empty or wrong input folder?)")
+    if run.failures and not run.ran and not run.kept:
+        first = run.failures[0]
+        raise AllUnitsFailedError(f"{path}: all {len(run.failures)} work unit(s) failed, none left in the output "
+                                  f"(first, {first['subject']}/{first['sequence']}: {first['error']})")

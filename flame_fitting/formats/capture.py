@@ -25,6 +25,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from flame_fitting.core.arrays import load_npz
 from flame_fitting.core.errors import GeofaceError
 from flame_fitting.geometry.camera import Camera, CameraError
 from flame_fitting.core import fileio
@@ -52,6 +53,14 @@ def read_image(path: Path) -> np.ndarray:
     return fileio.read_image(path, error=CaptureError)
 
 
+def read_gt_landmarks(path: Path) -> dict:
+    """The MediaPipe ground truth in a synthetic capture's gt.npz (manifest column gt_path): {"cameras": names,
+    "p": (C, 478, 2) projections, "vis": (C, 478) visibility}; CaptureError naming the file when it is missing,
+    unreadable (truncated, object arrays) or lacks them."""
+    z = load_npz(path, CaptureError, keys=("cameras", "lmk_mp_2d", "lmk_mp_visible"))
+    return {"cameras": [str(c) for c in z["cameras"].ravel()], "p": z["lmk_mp_2d"], "vis": z["lmk_mp_visible"]}
+
+
 class CaptureWriter:
     """Writes a capture atomically: `with CaptureWriter(root, source="synthetic") as w: ...`.
 
@@ -63,7 +72,7 @@ class CaptureWriter:
                  overwrite: bool = True, inputs: tuple = ()):
         self.root = Path(root)
         self.overwrite, self.inputs = overwrite, tuple(inputs)
-        check_output_dir(self.root, self.inputs, overwrite)
+        check_output_dir(self.root, self.inputs, overwrite, kind="capture")
         self.tmp = make_temp_dir(self.root)
         self.source, self.info, self.ext = source, dict(info or {}), image_ext
         self.rows: list[dict] = []
@@ -128,7 +137,7 @@ class CaptureWriter:
         meta = {"format": FORMAT, "version": VERSION, "source": self.source, "n_images": len(df),
                 "version_id": make_index(str(self.root), df, cams).version, **self.info}
         (self.tmp / "capture.json").write_text(json.dumps(meta, indent=2, default=str))
-        replace_dir(self.tmp, self.root, self.overwrite, self.inputs)
+        replace_dir(self.tmp, self.root, self.overwrite, self.inputs, kind="capture")
         return self.root
 
 
@@ -137,15 +146,32 @@ def save_cameras(path: Path, cameras: dict[str, Camera]) -> None:
     write_json(path, data, indent=1)
 
 
+_JSON_TYPES = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "true/false",
+               type(None): "null"}
+
+
+def _read_json_object(path: Path, missing: str) -> dict:
+    """The JSON object in `path`; CaptureError naming the file when it is missing (`PATH: {missing}`), unreadable, not
+    UTF-8 JSON, or another JSON type (`expected a JSON object, got a list`)."""
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise CaptureError(f"{path}: {missing}") from None
+    except OSError as e:
+        raise CaptureError(f"{path}: cannot read ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise CaptureError(f"{path}: not valid JSON (not UTF-8 text)") from None
+    except json.JSONDecodeError as e:
+        raise CaptureError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise CaptureError(f"{path}: expected a JSON object, got {_JSON_TYPES.get(type(data), type(data).__name__)}")
+    return data
+
+
 def load_cameras(path: Path) -> dict[str, Camera]:
     """cameras.json -> {name: Camera}; CaptureError naming the file on any problem."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CaptureError(f"{path}: cameras file is missing") from None
-    except json.JSONDecodeError as e:
-        raise CaptureError(f"{path}: not valid JSON ({e})") from None
+    data = _read_json_object(path, "cameras file is missing")
     if data.get("convention", "opencv") != "opencv":
         raise CaptureError(f"{path}: convention must be 'opencv', got {data.get('convention')!r}")
     if not isinstance(data.get("cameras"), dict) or not data["cameras"]:
@@ -190,10 +216,7 @@ def load_capture(root: Path | str, check_files: bool = True, check_hashes: bool 
     meta_path, man_path = root / "capture.json", root / "manifest.parquet"
     if not meta_path.is_file():
         raise CaptureError(f"{meta_path}: missing (is {root} a geoface capture?)")
-    try:
-        info = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as e:
-        raise CaptureError(f"{meta_path}: not valid JSON ({e})") from None
+    info = _read_json_object(meta_path, "missing")
     if info.get("format") != FORMAT:
         raise CaptureError(f"{meta_path}: format is {info.get('format')!r}, expected {FORMAT!r}")
     if not man_path.is_file():
@@ -242,9 +265,12 @@ def read_index(where: str, read: Callable[[str], bytes]) -> CaptureIndex:
         raise CaptureError(f"{where}: not a geoface capture (no capture.json)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CaptureError(f"{where}: not a geoface capture (capture.json is not valid JSON: {e})") from None
-    if not isinstance(info, dict) or info.get("format") != FORMAT:
-        got = info.get("format") if isinstance(info, dict) else type(info).__name__
-        raise CaptureError(f"{where}: not a geoface capture (capture.json format is {got!r}, expected {FORMAT!r})")
+    if not isinstance(info, dict):
+        raise CaptureError(f"{where}: not a geoface capture (capture.json: expected a JSON object, got "
+                           f"{_JSON_TYPES.get(type(info), type(info).__name__)})")
+    if info.get("format") != FORMAT:
+        raise CaptureError(f"{where}: not a geoface capture (capture.json format is {info.get('format')!r}, "
+                           f"expected {FORMAT!r})")
     try:
         df = pd.read_parquet(io.BytesIO(read("manifest.parquet")))
     except FileNotFoundError:
@@ -258,11 +284,17 @@ def read_index(where: str, read: Callable[[str], bytes]) -> CaptureIndex:
     for subject, sequence in df.groupby(["subject", "sequence"]).groups:
         rel = f"{subject}/{sequence}/cameras.json"
         try:
-            cams[(subject, sequence)] = json.loads(read(rel))["cameras"]
+            data = json.loads(read(rel))
         except FileNotFoundError:
             raise CaptureError(f"{where}/{rel}: cameras file is missing") from None
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CaptureError(f"{where}/{rel}: not a cameras file ({e})") from None
+        if not isinstance(data, dict) or not isinstance(data.get("cameras"), dict):
+            got = "a JSON object without a 'cameras' mapping" if isinstance(data, dict) else \
+                _JSON_TYPES.get(type(data), type(data).__name__)
+            raise CaptureError(f"{where}/{rel}: not a cameras file (expected a JSON object with a 'cameras' mapping, "
+                               f"got {got})")
+        cams[(subject, sequence)] = data["cameras"]
     for i, rel in masks_without_hash(df).items():  # captures written before the manifest held mask hashes
         try:
             masks[i] = hashlib.sha256(read(rel)).hexdigest()
@@ -285,7 +317,7 @@ def capture_version(root: Path | str) -> str:
     meta = Path(root) / "capture.json"
     try:
         info = json.loads(meta.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+    except (OSError, ValueError):  # missing, unreadable, not UTF-8 or not JSON: capture_index says what is wrong
         info = {}
     stored = info.get("version_id") if isinstance(info, dict) else None
     return stored if isinstance(stored, str) and stored else capture_index(root).version

@@ -9,6 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
+from flame_fitting.core.arrays import load_npz
+from flame_fitting.core.errors import GeofaceError
+
+
+class FitFileError(GeofaceError, ValueError):
+    """A fit.npz that cannot be read: the message names the file and what is wrong."""
+
 
 def fit_folders(fits_dir: Path | str) -> list[Path]:
     """The sequence folders under `fits_dir` that hold a fit.npz, sorted."""
@@ -16,6 +23,6 @@ def fit_folders(fits_dir: Path | str) -> list[Path]:
 
 
 def load_sequence_fit(folder: Path) -> dict[str, np.ndarray]:
-    """The arrays of `<folder>/fit.npz` (see the module docstring), read without pickle."""
-    with np.load(Path(folder) / "fit.npz", allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    """The arrays of `<folder>/fit.npz` (see the module docstring), read without pickle; FitFileError naming the
+    file when it is missing, truncated, not an .npz or holds object arrays."""
+    return load_npz(Path(folder) / "fit.npz", FitFileError)

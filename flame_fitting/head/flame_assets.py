@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flame_fitting.core.arrays import load_npz
 from flame_fitting.head.flame_pickle import _resolve, load_object_npy, load_pickle
 from flame_fitting.head.flame_spec import LAYOUT_HELP, N_MEDIAPIPE, HeadModelError, _shape_error
 
@@ -145,11 +146,7 @@ def check_embedding(data: dict, n_faces: int, where, count: int | None = None, n
 def _read_npz(path: Path) -> dict:
     if not path.exists():
         raise HeadModelError(f"{path}: missing. {LAYOUT_HELP}")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (ValueError, OSError) as e:
-        raise HeadModelError(f"{path}: cannot read as a plain npz ({e})") from None
+    return load_npz(path, HeadModelError)
 
 
 def load_mediapipe_embedding(path: Path, n_faces: int) -> Embedding:

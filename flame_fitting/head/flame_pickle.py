@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from flame_fitting.core.arrays import load_npz
 from flame_fitting.core.fileio import atomic_write
 from flame_fitting.head.flame_spec import LAYOUT_HELP, REQUIRED_KEYS, HeadModelError, check_model_arrays, convert_command
 
@@ -245,13 +246,7 @@ def load_model_arrays(path: Path | str) -> dict[str, np.ndarray]:
     """The numeric arrays of FLAME_NEUTRAL.npz / a plain FLAME pickle, checked by `check_model_arrays`."""
     path = Path(path)
     if path.suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        except ValueError as e:
-            raise HeadModelError(f"{path}: holds object arrays or is corrupt ({e}); write plain numeric arrays") from None
-        except OSError as e:
-            raise HeadModelError(f"{path}: cannot read ({e})") from None
+        arrays = load_npz(path, HeadModelError)
     else:
         data = load_pickle(path)
         if not isinstance(data, dict):

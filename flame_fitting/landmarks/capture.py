@@ -27,7 +27,7 @@ from flame_fitting.core.fileio import check_output_dir, write_json
 from flame_fitting.core.params import spec
 from flame_fitting.core.units import Unit, code_digest, run_units, unit_key, write_unit_failures
 from flame_fitting.geometry.camera import Camera
-from flame_fitting.formats.capture import Capture, capture_version, load_capture
+from flame_fitting.formats.capture import Capture, CaptureError, capture_version, load_capture, read_gt_landmarks
 from flame_fitting.formats.landmarks import KEYS, LandmarkSet, load_landmarks, write_landmark_files
 from flame_fitting.formats.units import capture_unit_hashes, capture_units, sub_capture, worker_capture
 from flame_fitting.landmarks.detector import (LandmarkResult, band_means, detect_files, rates_by_yaw,
@@ -134,9 +134,10 @@ def gt_landmark_errors(cap: Capture, ls: LandmarkSet) -> np.ndarray:
             continue
         gt = gt_cache.get(row.gt_path)
         if gt is None:
-            with np.load(cap.root / row.gt_path) as z:
-                gt = {"cameras": list(z["cameras"]), "p": z["lmk_mp_2d"], "vis": z["lmk_mp_visible"]}
+            gt = read_gt_landmarks(cap.root / row.gt_path)
             gt_cache = {row.gt_path: gt}  # rows are sorted by frame: keep one frame in memory
+        if row.camera not in gt["cameras"]:
+            raise CaptureError(f"{cap.root / row.gt_path}: no ground truth for camera {row.camera!r}")
         v = gt["cameras"].index(row.camera)
         vis = gt["vis"][v]
         if vis.any():

@@ -24,7 +24,7 @@ import argparse
 import os
 import sys
 
-from flame_fitting.core.errors import GeofaceError
+from flame_fitting.core.errors import GeofaceError, os_error_line
 
 from . import exports, geometry, lineage, model
 
@@ -77,7 +77,9 @@ def _main(argv: list[str] | None) -> int:
         from .base import configs
 
         rc = args.func(args, *(configs(args) if args.sections else []))
-    except (GeofaceError, ValueError, FileNotFoundError) as e:  # our errors name the file and the problem
-        print(f"geoface {name}: {e}", file=sys.stderr)
+    except BrokenPipeError:
+        raise
+    except (GeofaceError, ValueError, OSError) as e:  # our errors name the file and the problem; the system's
+        print(f"geoface {name}: {os_error_line(e) if isinstance(e, OSError) else e}", file=sys.stderr)
         return 2
     return rc if isinstance(rc, int) else 0

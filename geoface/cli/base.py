@@ -29,9 +29,10 @@ def need(path: str | Path | None, metavar: str, kind: str = "exists") -> Path:
     return p
 
 
-def check_out(out: str | Path, inputs, force: bool) -> Path:
-    """Refuse OUT before any work when replacing it could lose data (fileio.check_output_dir; --force)."""
-    return check_output_dir(out, [i for i in inputs if i is not None], force, option="--force")
+def check_out(out: str | Path, inputs, force: bool, kind: str | None = None) -> Path:
+    """Refuse OUT before any work when replacing it could lose data (fileio.check_output_dir; --force; `kind`: the
+    output's kind, refused where the folder's marker names another)."""
+    return check_output_dir(out, [i for i in inputs if i is not None], force, option="--force", kind=kind)
 
 
 def command(sub, name: str, help: str, func, sections: list[Section] = (), chosen: bool = True,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import textwrap
+import types
 import typing
 
 import yaml
@@ -77,19 +78,47 @@ def _prefix(section: str) -> str:
     return section.rsplit(".", 1)[-1]
 
 
+def _allows(tp, kind) -> bool:
+    """Whether the field type `tp` is `kind` or a union holding it (`str | None` allows str and None; `list[str]` is
+    neither)."""
+    return tp is kind or (typing.get_origin(tp) in (typing.Union, types.UnionType) and kind in typing.get_args(tp))
+
+
+def parse_value(key: str, value: str, tp=None):
+    """The --set VALUE of `key` parsed as YAML (as params.yaml is: null, true, 3, [1, 2], ...), for a field of type
+    `tp` (None: unknown): `None` is null too where the field may be null (the Python spelling --help shows for such a
+    default), and a field of type str takes VALUE as written where YAML would read another type or fails
+    (`mixed_precision=no` is "no", not false). ParamsError naming the key and the value when it is not YAML."""
+    if tp is not None and value.strip() == "None" and _allows(tp, type(None)):
+        return None
+    text_field = tp is not None and _allows(tp, str)
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        if text_field:
+            return value
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ParamsError(f"--set {key}={value}: not a valid value ({problem}; VALUE is read as YAML, as in "
+                          f"params.yaml)") from None
+    if text_field and parsed is not None and not isinstance(parsed, (str, list, dict)):
+        return value
+    return parsed
+
+
 def overrides(pairs: list[str] | None, sections: list[Section]) -> dict[str, dict]:
-    """`KEY=VALUE` pairs (values parsed as YAML) -> {section: {key: value}}: `PREFIX.KEY` goes to the later section
-    whose name ends in PREFIX, any other key to the first (where `build_config` refuses unknown keys)."""
+    """`KEY=VALUE` pairs (values parsed by `parse_value`) -> {section: {key: value}}: `PREFIX.KEY` goes to the later
+    section whose name ends in PREFIX, any other key to the first (where `build_config` refuses unknown keys)."""
     names = [s[0] for s in sections]
     later = {_prefix(s): s for s in names[1:]}
     out: dict[str, dict] = {s: {} for s in names}
+    hints = {s[0]: typing.get_type_hints(load_class(s[1])) for s in sections} if pairs else {}
     for pair in pairs or []:
         key, eq, value = pair.partition("=")
         if not eq or not key:
             raise ParamsError(f"--set expects KEY=VALUE, got {pair!r}")
         head, dot, rest = key.partition(".")
         section, name = (later[head], rest) if dot and head in later else (names[0], key)
-        out[section][name] = yaml.safe_load(value)
+        out[section][name] = parse_value(key, value, hints[section].get(name))
     return out
 
 

@@ -61,8 +61,9 @@ def landmarks(args, cfg) -> None:
 
 
 def fit(args, cfg) -> None:
-    from flame_fitting.core.fileio import write_json
+    from flame_fitting.core.fileio import mark_output, write_json
     from flame_fitting.fit.run import fit_folder
+    from flame_fitting.head.head_model import load_head_model
     from flame_fitting.landmarks.capture import LandmarksParams, detect_folder
 
     capture, head, out = need(args.capture, "CAPTURE", "dir"), Path(args.head_model), Path(args.out)
@@ -70,17 +71,24 @@ def fit(args, cfg) -> None:
         cfg = dataclasses.replace(cfg, refine_cameras=True)
         cfg.validate()
     subs = ("fits", "overlays") if args.landmarks else ("landmarks", "fits", "overlays")
-    for sub in subs:  # checked before any work, never replaces foreign data
+    # checked before any work, never replaces foreign data: OUT itself (it gets cost.csv and metrics.json beside
+    # the folders, so a user's folder is refused) and each folder in it
+    check_out(out, [capture, head, args.landmarks], args.force, kind="fit run")
+    for sub in subs:
         check_out(out / sub, [capture, head, args.landmarks], args.force)
     if not head.is_dir():
         raise CliError(f"--head-model {head} does not exist (run `dvc repro head_model` or `geoface head-model build`, "
                        "or pass a FLAME folder in smplx layout; see docs/head_model.md)")
-    metrics = {}
+    load_head_model(head)  # a folder that is not a head model stops here, before any detection is written
     lmk = Path(args.landmarks) if args.landmarks else out / "landmarks"
     if args.landmarks:
         need(lmk, "--landmarks", "dir")
-    else:
-        workers = LandmarksParams(workers=args.workers or min(os.cpu_count() or 1, 256))
+    if args.workers is not None and args.workers < 1:
+        raise CliError(f"--workers {args.workers}: must be at least 1")
+    workers = LandmarksParams(workers=args.workers or min(os.cpu_count() or 1, 256))
+    mark_output(out, "fit run")
+    metrics = {}
+    if not args.landmarks:
         metrics["landmarks"] = detect_folder(capture, lmk, workers, overwrite=args.force)
     metrics["fit"] = fit_folder(capture, lmk, head, out / "fits", cfg, out / "overlays", out / "cost.csv",
                                 overwrite=args.force)
@@ -92,7 +100,9 @@ def uv(args, cfg) -> None:
     from flame_fitting.uv.batch import bake_fits
 
     fits, head = need(args.fits, "FITS", "dir"), need(args.head_model, "HEAD_MODEL", "dir")
-    check_out(args.out, [fits, head], args.force)
+    check_out(args.out, [fits, head, args.previews], args.force)
+    if args.previews:
+        check_out(args.previews, [fits, head, args.out], args.force)
     show(bake_fits(fits, head, args.out, args.previews, cfg, metrics_path=args.metrics))
 
 
@@ -100,7 +110,9 @@ def correspondences(args, cfg, tok) -> None:
     from flame_fitting.uv.batch import correspondences_for_fits
 
     ins = [need(getattr(args, k), k.upper(), "dir") for k in ("fits", "uv", "captures", "head_model")]
-    check_out(args.out, ins, args.force)
+    check_out(args.out, ins + [args.previews], args.force)
+    if args.previews:
+        check_out(args.previews, ins + [args.out], args.force)
     show(correspondences_for_fits(*ins, args.out, args.previews, cfg, tok.app_tokens, tok.geo_tokens,
                                   metrics_path=args.metrics))
 

@@ -3,6 +3,7 @@ function as its DVC stage (generate and export: geoface_model.generate / geoface
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from pathlib import Path
 
@@ -13,6 +14,57 @@ DATASET = ("dataset", "geoface_model.dataset_build:DatasetParams")
 TRAIN = [("train", "geoface_model.config:TrainConfig"), TOKENS, ("model", "geoface_model.config:ModelConfig"),
          ("loss", "geoface_model.config:LossConfig")]
 EVAL = ("eval", "geoface_model.evaluate:EvalParams")
+FILE_FORCE = ("replace the outputs an earlier geoface run wrote: folders with geoface's marker, and the {files} "
+              "if their content is geoface's (a folder or file geoface did not write is never replaced)")
+
+
+def _csv_with(columns: tuple[str, ...]):
+    """Whether a file is a CSV whose header starts with `columns` (how geoface's loss CSV begins)."""
+    def ours(p: Path) -> bool:
+        try:
+            with open(p, encoding="utf-8") as f:
+                return f.readline(4096).strip().split(",")[:len(columns)] == list(columns)
+        except (OSError, UnicodeDecodeError):
+            return False
+    return ours
+
+
+def _json_with(keys: tuple[str, ...]):
+    """Whether a file is a JSON object holding `keys` (how geoface's metrics JSON of that command looks)."""
+    def ours(p: Path) -> bool:
+        try:
+            if p.stat().st_size > 1 << 20:
+                return False
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            return False
+        return isinstance(data, dict) and all(k in data for k in keys)
+    return ours
+
+
+LOSS_CSV = _csv_with(("step", "loss"))  # geoface_model/checkpoint.py COLUMNS
+TRAIN_METRICS = _json_with(("steps", "loss_last"))  # train_model's metrics
+EVAL_METRICS = _json_with(("n_samples", "split"))  # evaluate_model's summary
+
+
+def check_out_file(path: str | Path | None, option: str, force: bool, ours) -> Path | None:
+    """Refuse a file output before any work: a folder (or a path under a file); an existing file that `ours(path)`
+    does not recognise as geoface's, even with --force; one it does, without --force."""
+    if path is None:
+        return None
+    p = Path(path)
+    if p.is_dir():
+        raise CliError(f"{option} {p} is a folder; give the path of a file")
+    parent = next((q for q in p.parents if q.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise CliError(f"{option} {p}: {parent} is a file, not a folder")
+    if p.exists() or p.is_symlink():
+        if not p.is_file() or not ours(p):
+            raise CliError(f"{option} {p} exists and was not written by geoface; refusing to replace it: choose "
+                           "another path or move it away")
+        if not force:
+            raise CliError(f"{option} {p} exists (written by geoface); pass --force to replace it")
+    return p
 
 
 def dataset(args, cfg, tok) -> None:
@@ -30,13 +82,15 @@ def train(args, train_cfg, tok, model, loss) -> None:
     data, out = need(args.dataset, "DATASET", "dir"), Path(args.out)
     state = Path(args.state) if args.state else out.parent / f"{out.name}_train_state"
     check_out(out, [data], args.force)
+    loss_csv = check_out_file(args.loss_csv or out.parent / f"{out.name}_loss.csv", "--loss-csv", args.force,
+                              LOSS_CSV)
+    check_out_file(args.metrics, "--metrics", args.force, TRAIN_METRICS)
     if state.is_dir() and any(not re.fullmatch(r"[0-9a-f]{16}", p.name) for p in state.iterdir()):
         raise CliError(f"--state {state} holds files that are not geoface training runs; choose another folder")
     cfg = GeoFaceConfig.from_sections(**{k: dataclasses.asdict(c) for k, c in
                                          (("train", train_cfg), ("tokens", tok), ("model", model), ("loss", loss))},
                                       where="--set")
-    m = train_model(cfg, data, state, out, args.loss_csv or out.parent / f"{out.name}_loss.csv",
-                    metrics_path=args.metrics)
+    m = train_model(cfg, data, state, out, loss_csv, metrics_path=args.metrics)
     show({k: v for k, v in m.items() if isinstance(v, (int, float, str, bool))})
 
 
@@ -46,6 +100,10 @@ def evaluate(args, p, uv) -> None:
     ins = [need(getattr(args, k), k.upper(), "dir") for k in ("model", "dataset", "fits", "head_model")]
     check_out(args.out, ins, args.force)
     check_out(args.plots, ins, args.force)
+    check_out_file(args.metrics, "--metrics", args.force, EVAL_METRICS)
+    for option, path in (("--loss-csv", args.loss_csv), ("--train-metrics", args.train_metrics)):
+        if path is not None:
+            need(path, option, "file")
     show(evaluate_model(*ins, args.out, args.plots, p, uv.gutter, args.loss_csv, args.train_metrics,
                         metrics_path=args.metrics))
 
@@ -79,23 +137,27 @@ def register(sub, chosen) -> None:
     p.add_argument("--metrics", help="metrics JSON to write")
 
     p = command(sub, "train", "train the GeoFace transformer on dataset shards (the train stage); a killed run "
-                "resumes from --state", train, TRAIN, chosen("train"))
+                "resumes from --state", train, TRAIN, chosen("train"),
+                force=FILE_FORCE.format(files="--loss-csv / --metrics files"))
     p.add_argument("dataset", metavar="DATASET", help="dataset folder (dataset stage: train/val/test shards)")
     p.add_argument("--out", required=True, help="model folder to write (EMA weights + geoface_config.json)")
     p.add_argument("--state", help="training state folder (default: OUT_train_state beside OUT)")
-    p.add_argument("--loss-csv", help="loss curve CSV to write (default: OUT_loss.csv beside OUT)")
-    p.add_argument("--metrics", help="metrics JSON to write")
+    p.add_argument("--loss-csv", help="loss curve CSV to write (default: OUT_loss.csv beside OUT); an existing file "
+                   "is replaced only with --force and only if geoface wrote it")
+    p.add_argument("--metrics", help="metrics JSON to write; an existing file is replaced only with --force and only "
+                   "if geoface train wrote it")
 
     p = command(sub, "evaluate", "generate and measure held-out samples with a trained model (the evaluate stage)",
-                evaluate, [EVAL, UV], chosen("evaluate"))
+                evaluate, [EVAL, UV], chosen("evaluate"), force=FILE_FORCE.format(files="--metrics file"))
     for name, what in (("model", "trained model folder (train stage)"), ("dataset", "dataset folder (dataset stage)"),
                        ("fits", "fits folder (fit stage)"), ("head_model", "head model folder")):
         p.add_argument(name, metavar=name.upper(), help=what)
-    p.add_argument("--out", required=True, help="folder for the sample folders")
+    p.add_argument("--out", required=True, help="folder for the sample folders (not --plots, nor inside or around it)")
     p.add_argument("--plots", required=True, help="folder for grids, views.csv and report.html")
-    p.add_argument("--metrics", help="metrics JSON to write")
-    p.add_argument("--loss-csv", help="training loss CSV shown in the report")
-    p.add_argument("--train-metrics", help="training metrics JSON shown in the report")
+    p.add_argument("--metrics", help="metrics JSON to write; an existing file is replaced only with --force and only "
+                   "if geoface evaluate wrote it")
+    p.add_argument("--loss-csv", help="training loss CSV shown in the report (an existing file)")
+    p.add_argument("--train-metrics", help="training metrics JSON shown in the report (an existing file)")
 
     p = command(sub, "generate", "views + geometry from one face photo with a trained model", generate,
                 force="replace --out if an earlier geoface run wrote it")

@@ -94,6 +94,9 @@ def classify(status: dict, tracked: set[str]) -> list[tuple[str, str, str]]:
 
 def audit(model_dir: Path | str | None = None) -> AuditReport:
     """Audit MODEL_DIR (default: DEFAULT_MODEL of the repository around the working folder)."""
+    if model_dir is not None and Path(model_dir).is_file():
+        raise AuditError(f"{model_dir}: a file, not a model folder; MODEL_DIR is the folder a dvc.yaml stage writes "
+                         f"the model to (the train stage writes {DEFAULT_MODEL})")
     repo = _repo(Path(model_dir) if model_dir is not None else Path.cwd())
     with repo:
         root = Path(repo.root_dir)

@@ -28,6 +28,16 @@ class DiffError(GeofaceError, ValueError):
     """A capture that cannot be read: the message names it (folder, or revision and path)."""
 
 
+def _repo_folder(repo: Path | str) -> Path:
+    """`repo` (the --repo option: a folder inside the repository) as a Path; DiffError when it is no folder."""
+    p = Path(repo)
+    if not p.exists():
+        raise DiffError(f"--repo {repo}: no such folder")
+    if not p.is_dir():
+        raise DiffError(f"--repo {repo}: not a folder")
+    return p
+
+
 def _git_root(start: Path) -> Path | None:
     r = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=start, capture_output=True, text=True)
     return Path(r.stdout.strip()) if r.returncode == 0 else None
@@ -41,6 +51,7 @@ def _is_revision(rev: str, root: Path) -> bool:
 
 def revision_index(rev: str, path: str = DEFAULT_PATH, repo: Path | str = ".") -> CaptureIndex:
     """The index of the capture at `path` in revision `rev` of the DVC repository around `repo`."""
+    repo = _repo_folder(repo)
     try:
         root = Path(Repo.find_root(str(repo)))
     except NotDvcRepoError:
@@ -67,7 +78,7 @@ def load_side(arg: str, path: str = DEFAULT_PATH, repo: Path | str = ".") -> Cap
     p = Path(arg)
     if p.exists():
         return capture_index(p)
-    root = _git_root(Path(repo))
+    root = _git_root(_repo_folder(repo))
     if root is None or not _is_revision(arg, root):
         raise DiffError(f"{arg}: neither a capture folder nor a git revision of "
                         f"{root if root is not None else Path(repo).resolve()}")

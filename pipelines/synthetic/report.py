@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from flame_fitting.formats.capture import CaptureError, load_capture, read_image
+from flame_fitting.formats.capture import CaptureError, load_capture, read_gt_landmarks, read_image
 from flame_fitting.core.fileio import write_png
 from flame_fitting.landmarks.detector import band_means, detect_files, rates_by_yaw, yaw_bands
 
@@ -30,14 +30,13 @@ def _gt_points(root: Path, manifest) -> tuple[np.ndarray, np.ndarray]:
     pts, vis = [], []
     for row in manifest.itertuples():
         if row.gt_path not in cache:
-            with np.load(root / row.gt_path) as z:
-                cache[row.gt_path] = {"cameras": list(z["cameras"]), "p": z["lmk_mp_2d"], "v": z["lmk_mp_visible"]}
+            cache[row.gt_path] = read_gt_landmarks(root / row.gt_path)
         g = cache[row.gt_path]
         if row.camera not in g["cameras"]:
             raise CaptureError(f"{root / row.gt_path}: no ground truth for camera {row.camera!r}")
         i = g["cameras"].index(row.camera)
         pts.append(g["p"][i])
-        vis.append(g["v"][i])
+        vis.append(g["vis"][i])
     return np.stack(pts), np.stack(vis)
 
 

@@ -98,8 +98,8 @@ def test_stale_temporaries_of_dead_runs_are_removed(tmp_path):
         p.mkdir()
         (p / "f").write_text("x")
     removed = clean_stale(dst)
-    assert sorted(removed) == sorted([dead, legacy])
-    assert live.is_dir() and other_host.is_dir() and unrelated.is_dir()
+    assert removed == [dead]  # `.captures.tmp-0123abcd` may be the user's own: only our own scheme is removed
+    assert live.is_dir() and other_host.is_dir() and unrelated.is_dir() and (legacy / "f").is_file()
 
 
 def test_killed_writer_leaves_a_temporary_that_the_next_run_removes(tmp_path):
@@ -131,3 +131,25 @@ def test_killed_writer_leaves_a_temporary_that_the_next_run_removes(tmp_path):
     with output_dir(tmp_path / "captures") as tmp:
         (tmp / "x").write_text("x")
     assert sorted(q.name for q in tmp_path.iterdir()) == ["captures"]
+
+
+def test_an_output_of_another_kind_is_never_replaced(tmp_path):
+    """A folder's marker names what wrote it; a writer of another kind refuses it even with overwrite (the uv
+    stage's `--previews` given a capture used to sweep the capture's files away, exit 0)."""
+    from flame_fitting.core.fileio import mark_output, output_kind, replace_dir
+
+    cap = mark_output(tmp_path / "cap", "capture")
+    (cap / "capture.json").write_text("{}")
+    assert output_kind(cap) == "capture"
+    with pytest.raises(OutputError, match="holds geoface's capture output, not uv previews"):
+        check_output_dir(cap, overwrite=True, kind="uv previews")
+    tmp = tmp_path / "new"
+    tmp.mkdir()
+    with pytest.raises(OutputError, match="capture output"):
+        replace_dir(tmp, cap, overwrite=True, kind="export")
+    assert (cap / "capture.json").read_text() == "{}"
+    replace_dir(tmp, cap, overwrite=True, kind="capture")  # its own kind: replaced as before
+    assert output_kind(cap) == "capture" and not (cap / "capture.json").exists()
+    old = mark_output(tmp_path / "old")  # a marker without a kind (written before kinds): every writer may replace
+    (old / "x").write_text("x")
+    assert check_output_dir(old, overwrite=True, kind="uv") == old

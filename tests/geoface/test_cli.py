@@ -215,3 +215,30 @@ def test_every_option_of_every_command_is_documented():
 
     walk(build_parser([]), "geoface")
     assert not missing, missing
+
+
+def test_bad_outputs_are_refused_in_one_line_and_nothing_is_lost(capsys, run_dir, tmp_path):
+    """What a tester found: `fit --out <a user's folder>` overwrote its files; `uv --previews <a capture>` deleted
+    the capture; the system's errors about paths (a file where a folder goes, no permission) were tracebacks;
+    NaN passed every range check."""
+    d = run_dir
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "metrics.json").write_text("my own")
+    rc, _, err = cli(capsys, "fit", d / "cap", "--out", mine, "--head-model", d / "hm", "--workers", "1")
+    assert rc == 2 and "not written by geoface" in err and (mine / "metrics.json").read_text() == "my own"
+    cap_files = {p: p.read_bytes() for p in (d / "cap").rglob("*") if p.is_file()}
+    rc, _, err = cli(capsys, "uv", d / "fit" / "fits", d / "hm", "--out", tmp_path / "uv", "--previews", d / "cap",
+                     "--force")
+    assert rc == 2 and "capture output" in err and len(err.strip().splitlines()) == 1
+    assert {p: p.read_bytes() for p in (d / "cap").rglob("*") if p.is_file()} == cap_files
+    rc, _, err = cli(capsys, "uv", d / "fit" / "fits", d / "hm", "--out", tmp_path / "u2", "--previews", tmp_path / "u2")
+    assert rc == 2 and "is the input" in err
+    afile = tmp_path / "afile.txt"
+    afile.write_text("x")
+    rc, _, err = cli(capsys, "uv", d / "fit" / "fits", d / "hm", "--out", afile / "uv")
+    assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1 and str(afile) in err
+    rc, _, err = cli(capsys, "fit", d / "cap", "--out", tmp_path / "f", "--head-model", d / "hm", "--set",
+                     "lambda_init=.nan")
+    assert rc == 2 and err.strip() == "geoface fit: --set lambda_init: nan is not a finite number"
+    assert not (tmp_path / "f").exists()

@@ -137,6 +137,39 @@ def test_a_unit_that_raises_is_recorded_and_the_others_complete(pipeline):
     shutil.rmtree(data / "fits" / names[2])  # the later tests of this module must not rely on this one
 
 
+def test_a_capture_or_the_output_given_as_previews_is_refused_and_untouched(pipeline, tmp_path):
+    """`geoface uv FITS HEAD --out U --previews <a capture>` used to delete every file of the capture that was not a
+    uv preview, exit 0; `--previews U` (the output itself) deleted the output's units."""
+    from flame_fitting.core.fileio import OutputError
+    from flame_fitting.uv.batch import UVParams, bake_fits
+
+    data, cap = pipeline["data"], pipeline["full"]  # the capture as geoface wrote it (its marker says so)
+    before = {p: p.read_bytes() for p in cap.rglob("*") if p.is_file()}
+    with pytest.raises(OutputError, match="capture output, not uv previews"):
+        bake_fits(data / "fits", pipeline["head"], tmp_path / "uv", cap, UVParams(resolution=32), executor=LOCAL)
+    assert {p: p.read_bytes() for p in cap.rglob("*") if p.is_file()} == before
+    uv_before = snapshot(data)["uv"]
+    with pytest.raises(OutputError, match="is the input"):
+        bake_fits(data / "fits", pipeline["head"], data / "uv", data / "uv", UVParams(resolution=32), executor=LOCAL)
+    assert snapshot(data)["uv"] == uv_before
+
+
+def test_a_stage_whose_every_unit_fails_exits_with_an_error(pipeline, tmp_path):
+    """One failed unit is recorded and skipped; when every unit fails the stage raises (one line naming
+    failures.json and the first error) instead of handing an empty folder to the next stage with exit 0."""
+    from flame_fitting.core.units import AllUnitsFailedError
+    from flame_fitting.fit import FitConfig
+    from flame_fitting.fit.run import fit_folder
+
+    lmk = shutil.copytree(pipeline["data"] / "landmarks", tmp_path / "landmarks")
+    for points in lmk.glob("*/*/points.npy"):
+        np.save(points, np.zeros((2, 2), np.float32))  # wrong shape: every unit raises
+    with pytest.raises(AllUnitsFailedError, match=r"failures.json: all 4 work unit\(s\) failed.*points.npy"):
+        fit_folder(pipeline["cap"], lmk, pipeline["head"], tmp_path / "fits", FitConfig(iterations=5),
+                   executor=LOCAL)
+    assert len(json.loads((tmp_path / "fits" / "failures.json").read_text())) == 4
+
+
 def test_an_unreachable_ray_cluster_changes_nothing(pipeline):
     """The executor connects before a stage removes or writes anything: one error line, every output as it was."""
     data, names = pipeline["data"], pipeline["names"]

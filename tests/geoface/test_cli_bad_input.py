@@ -1,0 +1,152 @@
+"""Bad input on the `geoface` command line is one line naming the file (or --set key / option) and what is wrong:
+damaged .npz files of a head model or a fit, --set values that are not YAML, --set examples the --help shows,
+`audit` given a file, `diff-captures --repo` that is no folder, `export` of a sample with a malformed mesh.obj."""
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "flame_fitting"))
+from flame_folder_factory import write_flame_folder  # noqa: E402
+
+from cliutil import cli  # noqa: E402
+from geoface.cli.config import build, parse_value  # noqa: E402
+
+
+def one_line(err: str, prefix: str) -> str:
+    """The error line of `geoface CMD` (asserted to be the only stderr line and no traceback)."""
+    lines = [line for line in err.splitlines() if line.strip() and not re.match(r"^\S+:\s+\d+%\|", line)]
+    assert len(lines) == 1 and lines[0].startswith(prefix) and "Traceback" not in err, err
+    return lines[0]
+
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def object_npz(path: Path) -> None:
+    np.savez(path, a=np.array([{"x": 1}], dtype=object))
+
+
+@pytest.mark.parametrize("name", ["FLAME_NEUTRAL.npz", "mediapipe_landmark_embedding.npz"])
+@pytest.mark.parametrize("damage", [truncate, object_npz], ids=["truncated", "object"])
+def test_head_model_validate_names_a_damaged_npz(capsys, tmp_path, name, damage):
+    spec = write_flame_folder(tmp_path / "head", n_lat=6, n_lon=12, n_shape=5, n_expr=5)
+    damage(spec.path / name)
+    rc, _, err = cli(capsys, "head-model", "validate", spec.path)
+    assert rc == 2
+    one_line(err, f"geoface head-model validate: {spec.path / name}: ")
+
+
+@pytest.mark.parametrize("damage", [truncate, object_npz], ids=["truncated", "object"])
+def test_uv_names_a_damaged_fit_npz(capsys, tmp_path, damage):
+    spec = write_flame_folder(tmp_path / "head", n_lat=6, n_lon=12, n_shape=5, n_expr=5)
+    seq = tmp_path / "fits" / "s1" / "seq"
+    seq.mkdir(parents=True)
+    np.savez_compressed(seq / "fit.npz", frame=np.arange(2), shape=np.zeros((2, 5)), expr=np.zeros((2, 5)),
+                        vertices=np.zeros((2, 10, 3)))
+    damage(seq / "fit.npz")
+    rc, _, err = cli(capsys, "uv", tmp_path / "fits", spec.path, "--out", tmp_path / "uv", "--set", "resolution=16")
+    assert rc == 2
+    assert str(seq / "fit.npz") in one_line(err, "geoface uv: ")
+
+
+@pytest.mark.parametrize("value, problem", [("n_shape=[1", "expected ',' or ']'"),
+                                            ("n_shape=@x", "found character '@'"),
+                                            ("n_shape={a", "expected ',' or '}'")])
+def test_set_value_that_is_not_yaml_is_one_line_naming_key_and_value(capsys, tmp_path, value, problem):
+    rc, _, err = cli(capsys, "head-model", "build", "--out", tmp_path / "hm", "--set", value)
+    assert rc == 2
+    line = one_line(err, f"geoface head-model build: --set {value}: not a valid value (")
+    assert problem in line and not (tmp_path / "hm").exists()
+
+
+HEAD = [("head_model", "geoface.steps.head_model:HeadModelParams")]
+IMPORT = [("captures", "pipelines.common:ImportConfig"), ("captures.synthetic", "pipelines.synthetic:SyntheticConfig")]
+TRAIN = [("train", "geoface_model.config:TrainConfig")]
+
+
+@pytest.mark.parametrize("cmd, sections", [(["head-model", "build"], HEAD), (["import", "nersemble"], IMPORT),
+                                           (["train"], TRAIN)])
+def test_the_set_example_of_every_help_builds(capsys, cmd, sections):
+    """--help says `e.g. --set KEY=DEFAULT`: that exact override is accepted (None is null for a nullable key)."""
+    rc, out, _ = cli(capsys, *cmd, "--help")
+    example = re.search(r"e\.g\.\s+--set\s+(\S+)", out).group(1)
+    key, _, value = example.partition("=")
+    cfg = build(sections, [example])[0]
+    assert value != "None" or getattr(cfg, key) is None
+
+
+def test_set_null_none_and_strings_that_yaml_reads_as_other_types():
+    (head,) = build(HEAD, ["path=None"])
+    assert head.path is None and build(HEAD, ["path=null"])[0].path is None
+    imp, syn = build(IMPORT, ["subjects=None", "subject=017", "sequence=yes", "cameras=[\"00\"]", "synthetic.n_shape=None"])
+    assert imp.subjects is None and imp.subject == "017" and imp.sequence == "yes" and imp.cameras == ["00"]
+    assert syn.n_shape is None
+    (train,) = build(TRAIN, ["mixed_precision=no"])
+    assert train.mixed_precision == "no"
+    assert parse_value("k", "no", bool) is False and parse_value("k", "3", int) == 3
+    assert parse_value("k", "None", str) == "None" and parse_value("k", "@x", str | None) == "@x"
+
+
+def test_audit_of_a_file_says_it_needs_the_model_folder(capsys, tmp_path):
+    f = tmp_path / "params_check.json"
+    f.write_text("{}")
+    rc, _, err = cli(capsys, "audit", f)
+    assert rc == 2
+    assert "not a model folder" in one_line(err, f"geoface audit: {f}: ")
+
+
+def test_diff_captures_repo_that_is_no_folder(capsys, tmp_path):
+    rc, _, err = cli(capsys, "diff-captures", "HEAD", tmp_path / "cap", "--repo", tmp_path / "nofile")
+    assert rc == 2 and one_line(err, "geoface diff-captures: ") == \
+        f"geoface diff-captures: --repo {tmp_path / 'nofile'}: no such folder"
+    (tmp_path / "afile.txt").write_text("x")
+    rc, _, err = cli(capsys, "diff-captures", "HEAD", tmp_path / "cap", "--repo", tmp_path / "afile.txt")
+    assert rc == 2 and one_line(err, "geoface diff-captures: ") == \
+        f"geoface diff-captures: --repo {tmp_path / 'afile.txt'}: not a folder"
+
+
+def sample_folder(root: Path) -> Path:
+    from flame_fitting.core.fileio import write_png
+    from flame_fitting.formats.capture import save_cameras
+    from flame_fitting.geometry.camera import Camera, intrinsics, look_at
+
+    cams = [Camera(K=intrinsics(60, 60, 24, 20), world_to_cam=look_at(0.5 * np.array([np.sin(a), 0.1, np.cos(a)]),
+                                                                   np.zeros(3)), width=48, height=40, name=f"c{i}")
+            for i, a in enumerate(np.radians([-30, 0, 30]))]
+    write_png(root / "reference.png", np.full((40, 48, 3), 128, np.uint8))
+    for i in (0, 2):
+        write_png(root / "views" / f"c{i}.png", np.full((40, 48, 3), 64 * i, np.uint8))
+    save_cameras(root / "cameras.json", {c.name: c for c in cams})
+    return root
+
+
+@pytest.mark.parametrize("mesh, words", [
+    ("v 0 0 0\nv 1 0\nf 1 2 1\n", ":2: not a triangle OBJ line (a vertex needs 3 coordinates, got 2)"),
+    ("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 9\n", ": a face names vertex 9, the file has 3 vertices"),
+    ("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 0 1 2\n", ":4: not a triangle OBJ line (vertex index 0"),
+    ("v 0 0 0\nv 1 0 0\n", ": no triangles"),
+    (b"\x89PNG\r\n\x1a\n\xff\xfe", ": not a text OBJ file (not UTF-8)"),
+    ("v 0 0 nan\n", ":1: not a triangle OBJ line (non-finite coordinate)"),
+])
+def test_export_of_a_sample_with_a_bad_mesh_obj_names_it(capsys, tmp_path, mesh, words):
+    sample = sample_folder(tmp_path / "sample")
+    (sample / "mesh.obj").write_bytes(mesh if isinstance(mesh, bytes) else mesh.encode())
+    rc, _, err = cli(capsys, "export", sample, "--out", tmp_path / "gs")
+    assert rc == 2
+    assert one_line(err, f"geoface export: {sample / 'mesh.obj'}").startswith(
+        f"geoface export: {sample / 'mesh.obj'}{words}")
+    assert not (tmp_path / "gs").exists()
+
+
+def test_export_of_a_sample_with_negative_obj_indices(capsys, tmp_path):
+    sample = sample_folder(tmp_path / "sample")
+    (sample / "mesh.obj").write_text("v 0 0 0\nv 0.01 0 0\nv 0 0.01 0\nf -3 -2 -1\n")
+    rc, _, err = cli(capsys, "export", sample, "--out", tmp_path / "gs")
+    assert rc == 0, err
