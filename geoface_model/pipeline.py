@@ -36,6 +36,7 @@ import torch
 from diffusers import DDIMScheduler, DiffusionPipeline, EulerDiscreteScheduler
 from diffusers.utils import BaseOutput
 
+from flame_fitting.core.arrays import load_npz
 from flame_fitting.core.threads import torch_threads
 from flame_fitting.core.errors import GeofaceError
 from flame_fitting.geometry.camera import Camera
@@ -98,11 +99,11 @@ def _layout_arrays(layout: UVLayout) -> dict:
 def load_layout(path: Path | str) -> UVLayout:
     """`head/uv_layout.npz` of a pipeline folder -> UVLayout (refuses a file whose content hash differs)."""
     path = Path(path)
+    z = load_npz(path, PipelineError, keys=("uv", "uv_faces", "faces", "n_vertices", "key"))
     try:
-        with np.load(path) as z:
-            layout = UVLayout.from_arrays(z["uv"], z["uv_faces"], z["faces"], int(z["n_vertices"]))
-            key = str(z["key"])
-    except (OSError, KeyError, ValueError) as e:
+        layout = UVLayout.from_arrays(z["uv"], z["uv_faces"], z["faces"], int(z["n_vertices"]))
+        key = str(z["key"])
+    except (KeyError, ValueError, TypeError) as e:
         raise PipelineError(f"{path}: not a readable UV layout file ({type(e).__name__}: {e})") from None
     if layout.key != key:
         raise PipelineError(f"{path}: layout content hash {layout.key} does not match the stored key {key} (damaged file)")

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numba import njit, prange
 
+from flame_fitting.core.arrays import load_npz
 from flame_fitting.core.errors import GeofaceError
 from flame_fitting.geometry.render import front_facing
 from flame_fitting.geometry.camera import Camera, stack_cameras
@@ -269,17 +270,15 @@ def save_correspondences(path, corr: FrameCorrespondences):
 
 def load_correspondences(path) -> FrameCorrespondences:
     """Read `save_correspondences`' file (uv / depth as float32, depth inf where empty, weights float32)."""
-    with np.load(path) as z:
-        need = {"frame_id", "views", "a2g_index", "a2g_weight", "g2a_index", "g2a_weight", "pair_index", "pair_count",
-                "uv", "visible", "depth", "app_tokens", "geo_tokens", "min_app_coverage", "min_geo_pixels",
-                "empty_views", "empty_reasons"}
-        if need - set(z.files):
-            raise CorrespondenceError(f"{path}: not a correspondences file (missing {sorted(need - set(z.files))})")
-        tokens = TokenGrid(int(z["app_tokens"]), int(z["geo_tokens"]), float(z["min_app_coverage"]),
-                           int(z["min_geo_pixels"]))
-        depth = z["depth"].astype(np.float32)
-        return FrameCorrespondences(
-            str(z["frame_id"]), tuple(str(s) for s in z["views"]), tokens, z["uv"].astype(np.float32),
-            z["visible"].astype(bool), np.where(depth > 0, depth, np.inf).astype(np.float32),
-            z["pair_index"], z["pair_count"], z["a2g_index"], z["a2g_weight"].astype(np.float32), z["g2a_index"],
-            z["g2a_weight"].astype(np.float32), dict(zip(map(str, z["empty_views"]), map(str, z["empty_reasons"]))))
+    z = load_npz(path, CorrespondenceError, keys=(
+        "frame_id", "views", "a2g_index", "a2g_weight", "g2a_index", "g2a_weight", "pair_index", "pair_count", "uv",
+        "visible", "depth", "app_tokens", "geo_tokens", "min_app_coverage", "min_geo_pixels", "empty_views",
+        "empty_reasons"))
+    tokens = TokenGrid(int(z["app_tokens"]), int(z["geo_tokens"]), float(z["min_app_coverage"]),
+                       int(z["min_geo_pixels"]))
+    depth = z["depth"].astype(np.float32)
+    return FrameCorrespondences(
+        str(z["frame_id"]), tuple(str(s) for s in z["views"]), tokens, z["uv"].astype(np.float32),
+        z["visible"].astype(bool), np.where(depth > 0, depth, np.inf).astype(np.float32),
+        z["pair_index"], z["pair_count"], z["a2g_index"], z["a2g_weight"].astype(np.float32), z["g2a_index"],
+        z["g2a_weight"].astype(np.float32), dict(zip(map(str, z["empty_views"]), map(str, z["empty_reasons"]))))

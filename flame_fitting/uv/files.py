@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flame_fitting.core.arrays import load_npz
 from flame_fitting.core.fileio import atomic_write
 from flame_fitting.uv.bake import BOX_CENTER, BOX_HALF, BakedPosmap, UVError
 
@@ -24,12 +25,9 @@ def save_posmap(path: Path | str, baked: BakedPosmap, dtype=np.float32, frame_id
 
 def load_posmap(path: Path | str) -> BakedPosmap:
     """Read `save_posmap`'s file (posmap as float32); refuses a file written with another normalisation box."""
-    with np.load(path) as z:
-        missing = {"posmap", "mask", "box_center", "box_half", "layout_key", "n_clipped"} - set(z.files)
-        if missing:
-            raise UVError(f"{path}: not a UV position map file (missing {sorted(missing)})")
-        if not (np.allclose(z["box_center"], BOX_CENTER) and np.isclose(z["box_half"], BOX_HALF)):
-            raise UVError(f"{path}: written with box centre {z['box_center'].tolist()} half {float(z['box_half'])}, "
-                          f"this code uses {BOX_CENTER.tolist()} / {BOX_HALF}")
-        return BakedPosmap(z["posmap"].astype(np.float32), z["mask"].astype(bool), int(z["n_clipped"]),
-                           str(z["layout_key"]))
+    z = load_npz(path, UVError, keys=("posmap", "mask", "box_center", "box_half", "layout_key", "n_clipped"))
+    if not (np.allclose(z["box_center"], BOX_CENTER) and np.isclose(z["box_half"], BOX_HALF)):
+        raise UVError(f"{path}: written with box centre {z['box_center'].tolist()} half {float(z['box_half'])}, "
+                      f"this code uses {BOX_CENTER.tolist()} / {BOX_HALF}")
+    return BakedPosmap(z["posmap"].astype(np.float32), z["mask"].astype(bool), int(z["n_clipped"]),
+                       str(z["layout_key"]))

@@ -140,3 +140,23 @@ def test_cameras_json_of_the_wrong_type_names_the_file(tmp_path, content, words)
     if content.startswith(b"["):
         with pytest.raises(CaptureError, match=f"^{root}/s1/seq/cameras.json: not a cameras file .*got a list"):
             capture_index(root)
+
+
+@pytest.mark.parametrize("reader", ["posmap", "correspondences", "uv_layout"])
+def test_damaged_stage_files_read_by_later_stages_name_the_file(tmp_path, reader):
+    """A half-restored `data/uv/…/00000.npz`, correspondences file or a pipeline folder's `head/uv_layout.npz`: one
+    error naming the file (was zipfile.BadZipFile, or 'missing' keys listed without the file's own)."""
+    from flame_fitting.uv.correspondences import CorrespondenceError, load_correspondences
+    from flame_fitting.uv.files import UVError, load_posmap
+    from geoface_model.pipeline import PipelineError, load_layout
+
+    load, error = {"posmap": (load_posmap, UVError), "correspondences": (load_correspondences, CorrespondenceError),
+                   "uv_layout": (load_layout, PipelineError)}[reader]
+    path = tmp_path / f"{reader}.npz"
+    np.savez_compressed(path, uv=np.zeros((100, 2), np.float32), other=np.arange(1000))
+    with pytest.raises(error, match=re.escape(str(path)) + ": missing arrays"):
+        load(path)
+    truncate(path)
+    with pytest.raises(error, match=re.escape(str(path)) + ": not a readable .npz: truncated or corrupt"):
+        load(path)
+    assert issubclass(error, GeofaceError)
