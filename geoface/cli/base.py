@@ -29,6 +29,20 @@ def need(path: str | Path | None, metavar: str, kind: str = "exists") -> Path:
     return p
 
 
+def writable_file(path: str | Path | None, option: str) -> Path | None:
+    """Refuse, before any work, a file output that cannot be written: a folder, or a path under a file (it would
+    fail only after the work, with the other outputs written)."""
+    if path is None:
+        return None
+    p = Path(path)
+    if p.is_dir():
+        raise CliError(f"{option} {p} is a folder; give the path of a file")
+    parent = next((q for q in p.parents if q.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise CliError(f"{option} {p}: {parent} is a file, not a folder")
+    return p
+
+
 def check_out(out: str | Path, inputs, force: bool, kind: str | None = None) -> Path:
     """Refuse OUT before any work when replacing it could lose data (fileio.check_output_dir; --force; `kind`: the
     output's kind, refused where the folder's marker names another)."""

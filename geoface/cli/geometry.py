@@ -6,7 +6,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from .base import CliError, check_out, command, need, show
+from .base import CliError, check_out, command, need, show, writable_file
 
 HEAD = ("head_model", "geoface.steps.head_model:HeadModelParams")
 IMPORT = [("captures", "pipelines.common:ImportConfig", ("source", "root")), ("captures.synthetic", "pipelines.synthetic:SyntheticConfig")]
@@ -22,6 +22,8 @@ def head_build(args, cfg) -> None:
     from geoface.steps.head_model import build_head_model
 
     check_out(args.out, [cfg.path], args.force)
+    writable_file(args.preview, "--preview")
+    writable_file(args.metrics, "--metrics")
     show(build_head_model(args.out, args.preview, cfg, metrics_path=args.metrics))
 
 
@@ -47,6 +49,9 @@ def import_(args, import_cfg, synthetic_cfg) -> None:
         if args.root is None:
             raise CliError(f"ROOT is needed for source {args.source}")
         need(args.root, "ROOT")
+    writable_file(args.metrics, "--metrics")
+    if args.sheets is not None and Path(args.sheets).exists() and not Path(args.sheets).is_dir():
+        raise CliError(f"--sheets {args.sheets} is a file; give a folder for the contact sheets")
     src = CaptureSource(args.source, None if args.root is None else str(args.root))
     cfg = synthetic_cfg if args.source == "synthetic" else import_cfg
     show(make_captures(args.head_model, args.out, args.sheets, src, cfg, metrics_path=args.metrics,
@@ -57,6 +62,7 @@ def landmarks(args, cfg) -> None:
     from flame_fitting.landmarks.capture import detect_folder
 
     need(args.capture, "CAPTURE", "dir")
+    writable_file(args.metrics, "--metrics")
     show(detect_folder(args.capture, args.out, cfg, metrics_path=args.metrics, overwrite=args.force))
 
 
@@ -103,6 +109,7 @@ def uv(args, cfg) -> None:
     check_out(args.out, [fits, head, args.previews], args.force)
     if args.previews:
         check_out(args.previews, [fits, head, args.out], args.force)
+    writable_file(args.metrics, "--metrics")
     show(bake_fits(fits, head, args.out, args.previews, cfg, metrics_path=args.metrics))
 
 
@@ -113,6 +120,7 @@ def correspondences(args, cfg, tok) -> None:
     check_out(args.out, ins + [args.previews], args.force)
     if args.previews:
         check_out(args.previews, ins + [args.out], args.force)
+    writable_file(args.metrics, "--metrics")
     show(correspondences_for_fits(*ins, args.out, args.previews, cfg, tok.app_tokens, tok.geo_tokens,
                                   metrics_path=args.metrics))
 

@@ -7,7 +7,7 @@ import json
 import re
 from pathlib import Path
 
-from .base import CliError, check_out, command, need, show
+from .base import CliError, check_out, command, need, show, writable_file
 from .geometry import TOKENS, UV
 
 DATASET = ("dataset", "geoface_model.dataset_build:DatasetParams")
@@ -50,14 +50,9 @@ EVAL_METRICS = _json_with(("n_samples", "split"))  # evaluate_model's summary
 def check_out_file(path: str | Path | None, option: str, force: bool, ours) -> Path | None:
     """Refuse a file output before any work: a folder (or a path under a file); an existing file that `ours(path)`
     does not recognise as geoface's, even with --force; one it does, without --force."""
-    if path is None:
+    p = writable_file(path, option)
+    if p is None:
         return None
-    p = Path(path)
-    if p.is_dir():
-        raise CliError(f"{option} {p} is a folder; give the path of a file")
-    parent = next((q for q in p.parents if q.exists()), None)
-    if parent is not None and not parent.is_dir():
-        raise CliError(f"{option} {p}: {parent} is a file, not a folder")
     if p.exists() or p.is_symlink():
         if not p.is_file() or not ours(p):
             raise CliError(f"{option} {p} exists and was not written by geoface; refusing to replace it: choose "
@@ -72,6 +67,7 @@ def dataset(args, cfg, tok) -> None:
 
     ins = [need(getattr(args, k), k.upper(), "dir") for k in ("captures", "fits", "uv", "correspondences", "head_model")]
     check_out(args.out, ins, args.force)
+    writable_file(args.metrics, "--metrics")
     show(build_dataset(*ins, args.out, cfg, tok, metrics_path=args.metrics))
 
 

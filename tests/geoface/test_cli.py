@@ -242,3 +242,23 @@ def test_bad_outputs_are_refused_in_one_line_and_nothing_is_lost(capsys, run_dir
                      "lambda_init=.nan")
     assert rc == 2 and err.strip() == "geoface fit: --set lambda_init: nan is not a finite number"
     assert not (tmp_path / "f").exists()
+
+
+def test_file_options_that_cannot_be_written_are_refused_before_any_work(capsys, run_dir, tmp_path):
+    """`--metrics <a folder>` or `--sheets <a file>` failed only after the command's work (the capture, the maps
+    written, then a traceback); now one line first and nothing written."""
+    d = run_dir
+    folder = tmp_path / "adir"
+    folder.mkdir()
+    afile = tmp_path / "afile.txt"
+    afile.write_text("x")
+    cases = [(["uv", d / "fit" / "fits", d / "hm", "--out", tmp_path / "uv", "--metrics", folder], tmp_path / "uv",
+              f"--metrics {folder} is a folder"),
+             (["landmarks", d / "cap", "--out", tmp_path / "lmk", "--metrics", afile / "m.json"], tmp_path / "lmk",
+              f"{afile} is a file, not a folder"),
+             (["import", "synthetic", "--head-model", d / "hm", "--out", tmp_path / "cap", "--sheets", afile],
+              tmp_path / "cap", f"--sheets {afile} is a file")]
+    for args, out, message in cases:
+        rc, _, err = cli(capsys, *args)
+        assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, (args, err)
+        assert not out.exists(), args
