@@ -73,7 +73,7 @@ def build_dataset(captures: Path | str, fits: Path | str, uv: Path | str, corres
     `executor`; returns (and writes) the metrics."""
     cap, uv, correspondences, out = load_capture(captures), Path(uv), Path(correspondences), Path(out)
     inputs = [captures, fits, uv, correspondences, head_model]
-    check_output_dir(out, inputs, True)
+    check_output_dir(out, inputs, True, kind="dataset")
     head, code = tree_digest(head_model), code_digest(*CODE)
     params = {**asdict(cfg), **asdict(tok)}
     split_of = cap.manifest.groupby("subject").split.first().to_dict()

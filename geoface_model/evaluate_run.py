@@ -188,8 +188,8 @@ def evaluate_model(model_dir: Path | str, dataset: Path | str, fits: Path | str,
                       "shards": {str(q): sha256_file(q) for q in sorted(dataset.glob("**/*.safetensors"))}}
         write_report(plots_tmp / "report.html", summary, [{"sample": r.name, **r.metrics} for r in results], views, figs,
                      provenance, train_info)
-        replace_dir(out_tmp, out)
-        replace_dir(plots_tmp, plots)
+        replace_dir(out_tmp, out, kind="eval samples")
+        replace_dir(plots_tmp, plots, kind="eval plots")
     except BaseException:
         shutil.rmtree(out_tmp, ignore_errors=True)
         shutil.rmtree(plots_tmp, ignore_errors=True)

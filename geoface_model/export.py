@@ -146,7 +146,7 @@ def export_3dgs(out_dir: Path | str, images: list[np.ndarray], cameras: list[Cam
                               f"got {np.asarray(img).dtype} {np.asarray(img).shape}")
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with output_dir(out) as tmp:
+    with output_dir(out, kind="3dgs export") as tmp:
         (tmp / "images").mkdir(parents=True)
         for name, img in zip(names, images):
             write_png(tmp / "images" / f"{name}.png", np.asarray(img))

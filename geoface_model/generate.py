@@ -212,7 +212,7 @@ def generate_from_photo(photo: Path | str, model_dir: Path | str, n_views: int, 
     if n_views < 1:
         raise GenerateError(f"n_views must be >= 1, got {n_views}")
     inputs = [photo, model_dir, head_model_dir]
-    check_output_dir(out, inputs, overwrite)  # before any work: never replaces data geoface did not write
+    check_output_dir(out, inputs, overwrite, kind="generated views")  # before any work: never replaces data geoface did not write
     bar = tqdm(total=5, desc="generate", disable=not progress)
     rgb, notes, orig = read_photo(photo, max_side)
     face = detect_face(rgb, str(photo))
@@ -240,7 +240,7 @@ def generate_from_photo(photo: Path | str, model_dir: Path | str, n_views: int, 
     bar.update(1)
 
     names = [c.name for c in res.cameras]
-    with output_dir(out, inputs, overwrite) as tmp:
+    with output_dir(out, inputs, overwrite, kind="generated views") as tmp:
         write_png(tmp / "reference.png", res.reference[0])
         for name, img in zip(names, res.images):
             write_png(tmp / "views" / f"{name}.png", img)

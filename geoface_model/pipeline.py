@@ -184,7 +184,7 @@ class GeoFacePipeline(DiffusionPipeline):
         if self.uv_layout is not None:
             np.savez(tmp / HEAD_DIR / LAYOUT_FILE, **_layout_arrays(self.uv_layout))
         (tmp / HEAD_DIR / HEAD_INFO_FILE).write_text(json.dumps(self.head_info, indent=1))
-        replace_dir(tmp, out)
+        replace_dir(tmp, out, kind="pipeline")
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "GeoFacePipeline":

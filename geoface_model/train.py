@@ -228,7 +228,7 @@ def train(cfg: GeoFaceConfig, data: str | Path | GeoFaceDataset, out_dir: str | 
         ema.copy_to(unwrapped.parameters())
         tmp = temp_path(out_dir / "model")
         unwrapped.save_pretrained(str(tmp))
-        replace_dir(tmp, out_dir / "model")
+        replace_dir(tmp, out_dir / "model", kind="model")
     accelerator.wait_for_everyone()
     rows = losslog.rows
     k = max(1, min(5, len(rows) // 2))

@@ -31,6 +31,6 @@ def import_capture(source: str, root_in: Path | str, out: Path | str, cfg: Impor
     root_in = Path(root_in).expanduser()
     if not root_in.exists():
         raise CaptureError(f"captures.root: {root_in} does not exist")
-    check_output_dir(out, [root_in], overwrite)
+    check_output_dir(out, [root_in], overwrite, kind="capture")
     module = importlib.import_module(READERS[source])
     return module.import_capture(root_in, Path(out), cfg if cfg is not None else ImportConfig())

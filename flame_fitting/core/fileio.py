@@ -283,8 +283,9 @@ def check_output_dir(dst: Path | str, inputs: Iterable[Path | str] = (), overwri
 
     Refused: `dst` equal to or containing an input; `dst` an existing file; a non-empty `dst` without
     the toolkit's marker; a toolkit-written `dst` when not `overwrite` (`option` names the switch); a `dst` whose
-    marker names another kind of output than `kind` (say a capture given as the uv stage's previews folder), even
-    with `overwrite` — only where both name one."""
+    marker names a kind of output other than `kind` (say a capture given as the uv stage's previews folder, or to
+    `geoface export --force`), even with `overwrite`. A folder whose marker names no kind (written before kinds)
+    may be replaced by any writer, as before."""
     dst = Path(dst)
     real = dst.resolve()
     for inp in inputs:
@@ -300,7 +301,7 @@ def check_output_dir(dst: Path | str, inputs: Iterable[Path | str] = (), overwri
             raise OutputError(f"{dst}: exists, is not empty and was not written by geoface (no {MARKER}); "
                               "refusing to replace it: choose another output folder or move it away")
         had = output_kind(dst)
-        if kind and had and had != kind:
+        if had and had != kind:
             raise OutputError(f"{dst}: holds geoface's {had} output, not {kind}; refusing to replace it: choose "
                               "another folder")
         if not overwrite:

@@ -195,7 +195,7 @@ def fit_capture(cap: Capture, ls: LandmarkSet, model: HeadModel, cfg: FitConfig,
     """Fit every sequence; write `out` atomically (an existing `out` is replaced only if geoface wrote it and
     `overwrite`); return metrics (+ tables under private keys)."""
     out = Path(out)
-    check_output_dir(out, [cap.root], overwrite)
+    check_output_dir(out, [cap.root], overwrite, kind="fit")
     tmp = make_temp_dir(out)
     face_region = face_region_of(model)
     residuals, errors, failures, histories, timings, statuses = [], [], [], [], [], []
@@ -225,9 +225,9 @@ def fit_capture(cap: Capture, ls: LandmarkSet, model: HeadModel, cfg: FitConfig,
         (tmp / "overlays_skipped.json").write_text(json.dumps(overlays_skipped, indent=1))
     if masks_skipped:
         (tmp / "masks_skipped.json").write_text(json.dumps(masks_skipped, indent=1))
-    replace_dir(tmp, out, overwrite)
+    replace_dir(tmp, out, overwrite, kind="fit")
     if overlay_dir is not None:
-        mark_output(overlay_dir)
+        mark_output(overlay_dir, "fit previews")
     metrics = summarise(residuals, errors, failures, histories, timings, statuses)
     metrics["mediapipe_embedding"] = embedding_used(model, cfg)
     metrics["silhouette_weight"] = float(cfg.silhouette_weight)

@@ -35,7 +35,7 @@ def fit_folder(captures: Path | str, landmarks: Path | str, head_model: Path | s
     """Fit the capture at `captures` with the landmark folder `landmarks` and the head model folder `head_model`
     into `out` (an existing one only if geoface wrote it and `overwrite`), the sequences whose inputs changed only,
     on `executor`. Returns (and writes) the public metrics (+ units run / kept / removed / failed)."""
-    check_output_dir(out, [captures, landmarks, head_model], overwrite)
+    check_output_dir(out, [captures, landmarks, head_model], overwrite, kind="fit")
     cap, landmarks = load_capture(captures), Path(landmarks)
     cfg = resolve_silhouette_mode(cfg, cap)
     head, code = tree_digest(head_model), code_digest(*(ROOT / r for r in ROOMS))

@@ -74,7 +74,7 @@ def export_nerfstudio(capture: Path | str, fits: Path | str, out: Path | str, ca
     """Write one nerfstudio scene per fitted frame under `out` (module docstring); returns the summary that
     `<out>/export.json` holds. `out` is replaced only when geoface wrote it and `overwrite` (fileio.output_dir)."""
     seqs = load_export_input(capture, fits, cameras)
-    with output_dir(out, [capture, fits], overwrite) as tmp:
+    with output_dir(out, [capture, fits], overwrite, kind="nerfstudio export") as tmp:
         done = []
         for seq in seqs:
             scenes = [write_frame(seq, fr, tmp / seq.subject / seq.sequence / f"{fr.frame:05d}") for fr in seq.frames]

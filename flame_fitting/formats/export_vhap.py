@@ -154,7 +154,7 @@ def export_vhap(capture: Path | str, fits: Path | str, out: Path | str, cameras:
         if v < 0:
             raise ExportError(f"{name} must be >= 0, got {v}")
     seqs = load_export_input(capture, fits, cameras)
-    with output_dir(out, [capture, fits], overwrite) as tmp:
+    with output_dir(out, [capture, fits], overwrite, kind="vhap export") as tmp:
         done = []
         for seq in seqs:
             if not seq.frames:

@@ -38,7 +38,7 @@ def save_landmarks(ls: LandmarkSet, out_dir: Path | str, overwrite: bool = True)
     out_dir = Path(out_dir)
     tmp = make_temp_dir(out_dir)
     write_landmark_files(ls, tmp)
-    replace_dir(tmp, out_dir, overwrite)
+    replace_dir(tmp, out_dir, overwrite, kind="landmarks")
     return out_dir
 
 

@@ -180,7 +180,7 @@ def detect_folder(captures: Path | str, out: Path | str, cfg: LandmarksParams, m
     (an existing one only if geoface wrote it and `overwrite`), one unit per sequence on `executor`; return (and
     write) the metrics of `landmark_metrics` over every sequence, plus the units run / kept / removed / failed
     (failed units are listed in `<out>/failures.json`)."""
-    check_output_dir(out, [captures], overwrite)
+    check_output_dir(out, [captures], overwrite, kind="landmarks")
     cap = load_capture(captures)
     code = code_digest(*(ROOT / r for r in ROOMS))
     units = [Unit(u.subject, u.sequence, unit_key("landmarks", capture=capture_unit_hashes(cap, u.subject, u.sequence),

@@ -92,7 +92,7 @@ def bake_fits(fits: Path | str, head_model: Path | str, out: Path | str, preview
     """Bake every fitted frame of `fits` (see the module docstring; `previews` None: none), the sequences whose
     inputs changed only, on `executor`; returns (and writes) the metrics."""
     folders, out = fit_folders(fits), Path(out)
-    check_output_dir(out, [fits, head_model], True)
+    check_output_dir(out, [fits, head_model], True, kind="uv")
     head, code = tree_digest(head_model), code_digest(*(ROOT / r for r in ROOMS))
     units = [Unit(f.parent.name, f.name, unit_key("uv", fit=tree_digest(f), head=head, params=asdict(cfg), code=code))
              for f in folders]
@@ -158,7 +158,7 @@ def correspondences_for_fits(fits: Path | str, uv: Path | str, captures: Path | 
     the module docstring), the sequences whose inputs changed only, on `executor`; `uv` holds the position maps of
     `bake_fits`; `previews` None: none. Returns (and writes) the metrics."""
     cap, uv, out = load_capture(captures), Path(uv), Path(out)
-    check_output_dir(out, [fits, uv, captures, head_model], True)
+    check_output_dir(out, [fits, uv, captures, head_model], True, kind="correspondences")
     head, code = tree_digest(head_model), code_digest(*(ROOT / r for r in ROOMS))
     params = {**asdict(cfg), "app_tokens": app_tokens, "geo_tokens": geo_tokens}
     units = [Unit(f.parent.name, f.name, unit_key(

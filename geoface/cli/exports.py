@@ -35,7 +35,7 @@ def route(argv: list[str]) -> list[str]:
 
 def export_fits(args) -> None:
     capture, fits = need(args.capture, "CAPTURE", "dir"), need(args.fits, "FITS", "dir")
-    check_out(args.out, [capture, fits], args.force)
+    check_out(args.out, [capture, fits], args.force, kind=f"{args.format} export")
     if args.format == "vhap":
         from flame_fitting.formats.export_vhap import N_EXPR, N_SHAPE, TRAIN_RATIO, export_vhap
 

@@ -21,7 +21,7 @@ SOURCES = ("synthetic", "nersemble", "renderme360", "colmap", "transforms_json",
 def head_build(args, cfg) -> None:
     from geoface.steps.head_model import build_head_model
 
-    check_out(args.out, [cfg.path], args.force)
+    check_out(args.out, [cfg.path], args.force, kind="head model")
     writable_file(args.preview, "--preview")
     writable_file(args.metrics, "--metrics")
     show(build_head_model(args.out, args.preview, cfg, metrics_path=args.metrics))
@@ -44,7 +44,7 @@ def import_(args, import_cfg, synthetic_cfg) -> None:
 
     if args.source == "synthetic":
         need(args.head_model, "--head-model", "dir")
-        check_out(args.out, [args.head_model], args.force)
+        check_out(args.out, [args.head_model], args.force, kind="capture")
     else:
         if args.root is None:
             raise CliError(f"ROOT is needed for source {args.source}")
@@ -80,8 +80,9 @@ def fit(args, cfg) -> None:
     # checked before any work, never replaces foreign data: OUT itself (it gets cost.csv and metrics.json beside
     # the folders, so a user's folder is refused) and each folder in it
     check_out(out, [capture, head, args.landmarks], args.force, kind="fit run")
+    kinds = {"landmarks": "landmarks", "fits": "fit", "overlays": "fit previews"}
     for sub in subs:
-        check_out(out / sub, [capture, head, args.landmarks], args.force)
+        check_out(out / sub, [capture, head, args.landmarks], args.force, kind=kinds[sub])
     if not head.is_dir():
         raise CliError(f"--head-model {head} does not exist (run `dvc repro head_model` or `geoface head-model build`, "
                        "or pass a FLAME folder in smplx layout; see docs/head_model.md)")
@@ -106,9 +107,9 @@ def uv(args, cfg) -> None:
     from flame_fitting.uv.batch import bake_fits
 
     fits, head = need(args.fits, "FITS", "dir"), need(args.head_model, "HEAD_MODEL", "dir")
-    check_out(args.out, [fits, head, args.previews], args.force)
+    check_out(args.out, [fits, head, args.previews], args.force, kind="uv")
     if args.previews:
-        check_out(args.previews, [fits, head, args.out], args.force)
+        check_out(args.previews, [fits, head, args.out], args.force, kind="uv previews")
     writable_file(args.metrics, "--metrics")
     show(bake_fits(fits, head, args.out, args.previews, cfg, metrics_path=args.metrics))
 
@@ -117,9 +118,9 @@ def correspondences(args, cfg, tok) -> None:
     from flame_fitting.uv.batch import correspondences_for_fits
 
     ins = [need(getattr(args, k), k.upper(), "dir") for k in ("fits", "uv", "captures", "head_model")]
-    check_out(args.out, ins + [args.previews], args.force)
+    check_out(args.out, ins + [args.previews], args.force, kind="correspondences")
     if args.previews:
-        check_out(args.previews, ins + [args.out], args.force)
+        check_out(args.previews, ins + [args.out], args.force, kind="correspondences previews")
     writable_file(args.metrics, "--metrics")
     show(correspondences_for_fits(*ins, args.out, args.previews, cfg, tok.app_tokens, tok.geo_tokens,
                                   metrics_path=args.metrics))

@@ -66,7 +66,7 @@ def dataset(args, cfg, tok) -> None:
     from geoface_model.dataset_build import build_dataset
 
     ins = [need(getattr(args, k), k.upper(), "dir") for k in ("captures", "fits", "uv", "correspondences", "head_model")]
-    check_out(args.out, ins, args.force)
+    check_out(args.out, ins, args.force, kind="dataset")
     writable_file(args.metrics, "--metrics")
     show(build_dataset(*ins, args.out, cfg, tok, metrics_path=args.metrics))
 
@@ -77,7 +77,7 @@ def train(args, train_cfg, tok, model, loss) -> None:
 
     data, out = need(args.dataset, "DATASET", "dir"), Path(args.out)
     state = Path(args.state) if args.state else out.parent / f"{out.name}_train_state"
-    check_out(out, [data], args.force)
+    check_out(out, [data], args.force, kind="model")
     loss_csv = check_out_file(args.loss_csv or out.parent / f"{out.name}_loss.csv", "--loss-csv", args.force,
                               LOSS_CSV)
     check_out_file(args.metrics, "--metrics", args.force, TRAIN_METRICS)
@@ -94,8 +94,8 @@ def evaluate(args, p, uv) -> None:
     from geoface_model.evaluate_run import evaluate_model
 
     ins = [need(getattr(args, k), k.upper(), "dir") for k in ("model", "dataset", "fits", "head_model")]
-    check_out(args.out, ins, args.force)
-    check_out(args.plots, ins, args.force)
+    check_out(args.out, ins, args.force, kind="eval samples")
+    check_out(args.plots, ins, args.force, kind="eval plots")
     check_out_file(args.metrics, "--metrics", args.force, EVAL_METRICS)
     for option, path in (("--loss-csv", args.loss_csv), ("--train-metrics", args.train_metrics)):
         if path is not None:
@@ -117,7 +117,7 @@ def export(args) -> None:
     from geoface_model.export import export_sample
 
     sample = need(args.sample, "SAMPLE", "dir")
-    check_out(args.out, [sample], args.force)
+    check_out(args.out, [sample], args.force, kind="3dgs export")
     show(export_sample(sample, args.out, colmap_points=not args.no_points))
 
 

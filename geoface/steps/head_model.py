@@ -51,7 +51,7 @@ def copy_real_flame(src: Path, dst: Path) -> None:
     validate_flame_folder(src)  # refuses with a message naming the file and key
     tmp = temp_path(dst)
     shutil.copytree(src, tmp)
-    replace_dir(tmp, dst)
+    replace_dir(tmp, dst, kind="head model")
 
 
 def build_head_model(out: Path | str, preview: Path | str | None, cfg: HeadModelParams,

@@ -91,7 +91,7 @@ def build_standin(out_dir: Path, seed: int = 0, n_shape: int = 50, n_expr: int =
         "note": "geoface stand-in head model — NOT FLAME",
         "identity_names": id_names, "expr_names": ex_names,
     }
-    with output_dir(out_dir) as tmp:
+    with output_dir(out_dir, kind="head model") as tmp:
         np.savez(tmp / "FLAME_NEUTRAL.npz", v_template=v.astype(np.float32), f=f.astype(np.int64),
                  shapedirs=shapedirs.astype(np.float32), posedirs=np.zeros((len(v), 3, N_POSEDIRS), np.float32),
                  J_regressor=j_reg.astype(np.float32), kintree_table=KINTREE, weights=weights.astype(np.float32))
