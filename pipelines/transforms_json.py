@@ -22,7 +22,8 @@ producer used — usually not metres).
 from __future__ import annotations
 
 import math
-from pathlib import Path
+import posixpath
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import cv2
 import numpy as np
@@ -84,6 +85,12 @@ def intrinsics_of(meta: dict, frame: dict, width: int, height: int, what: str) -
 
 
 def find_image(base: Path, file_path: str) -> Path:
+    """The image of a frame's `file_path` (with or without its extension), which must name a file inside `base`
+    (the folder of transforms.json): an absolute path or one whose `..` leave it is refused (CaptureError), so a
+    downloaded transforms.json cannot pull files from elsewhere on the machine into the capture."""
+    rel = PurePosixPath(file_path.replace("\\", "/"))
+    if rel.is_absolute() or PureWindowsPath(file_path).drive or posixpath.normpath(rel.as_posix()).startswith(".."):
+        raise CaptureError(f"file_path {file_path!r} is outside the folder of the transforms file; refused")
     p = base / file_path
     if p.suffix in IMAGE_EXTS and p.is_file():
         return p
@@ -119,8 +126,8 @@ def import_capture(root_in: Path | str, out: Path | str, cfg: ImportConfig) -> I
         for name in select_names(entries, cfg.cameras):
             i, fr = entries[name]
             where = f"{path.name} [frames[{i}] {fr['file_path']}]"
-            img_path = find_image(base, fr["file_path"])
             try:
+                img_path = find_image(base, fr["file_path"])
                 m = fr.get("transform_matrix")
                 c2w = as_matrix(m, (3, 4) if isinstance(m, list) and len(m) == 3 else (4, 4), "transform_matrix")
                 if c2w.shape == (3, 4):

@@ -16,7 +16,7 @@ from flame_fitting.core.params import read_params
 
 def load_params(params: dict):
     """(CaptureSource, SyntheticConfig | ImportConfig) from the `captures` section, validated."""
-    return load_capture_params(params.get("captures"), "params.yaml:captures")
+    return load_capture_params(params.get("captures"), "params.yaml:captures", params.get("head_model") or {})
 
 
 def main() -> None:

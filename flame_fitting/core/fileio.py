@@ -294,7 +294,9 @@ def check_output_dir(dst: Path | str, inputs: Iterable[Path | str] = (), overwri
         if _inside(Path(inp).resolve(), real):
             raise OutputError(f"{dst}: the output folder {'is' if Path(inp).resolve() == real else 'contains'} the "
                               f"input {inp}; choose an output folder outside the inputs")
-    if dst.is_symlink() or (dst.exists() and not dst.is_dir()):
+    if dst.is_symlink():
+        raise OutputError(f"{dst}: is a symbolic link; refusing to write through it: give a real folder")
+    if dst.exists() and not dst.is_dir():
         raise OutputError(f"{dst}: exists and is not a folder; refusing to replace it")
     if dst.is_dir() and any(dst.iterdir()):
         if not is_toolkit_output(dst):
@@ -302,8 +304,8 @@ def check_output_dir(dst: Path | str, inputs: Iterable[Path | str] = (), overwri
                               "refusing to replace it: choose another output folder or move it away")
         had = output_kind(dst)
         if had and had != kind:
-            raise OutputError(f"{dst}: holds geoface's {had} output, not {kind}; refusing to replace it: choose "
-                              "another folder")
+            raise OutputError(f"{dst}: holds geoface's {had} output, not {kind or 'what this command writes'}; "
+                              "refusing to replace it: choose another folder")
         if not overwrite:
             raise OutputError(f"{dst}: exists (written by geoface); pass {option} to replace it")
     return dst

@@ -133,11 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("convert", help="FLAME pickle (chumpy or plain) -> plain npz")
     c.add_argument("src")
     c.add_argument("dst", help="e.g. DST_FOLDER/FLAME_NEUTRAL.npz")
+    c.add_argument("--force", action="store_true", help="replace DST if it exists")
     v = sub.add_parser("validate", help="check a head model folder")
     v.add_argument("folder")
     args = ap.parse_args(argv)
     try:
-        out = convert_flame_pickle(args.src, args.dst) if args.cmd == "convert" else validate_flame_folder(args.folder)
+        out = (convert_flame_pickle(args.src, args.dst, overwrite=args.force) if args.cmd == "convert"
+               else validate_flame_folder(args.folder))
     except HeadModelError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -211,15 +211,23 @@ def _as_array(value) -> np.ndarray | None:
     return None
 
 
-def convert_flame_pickle(src: Path | str, dst_npz: Path | str) -> dict:
+def convert_flame_pickle(src: Path | str, dst_npz: Path | str, overwrite: bool = False) -> dict:
     """Convert a FLAME pickle (chumpy or plain) to a plain npz: float arrays float32, integer arrays
     int64, sparse J_regressor dense, plus `source_file` (the pickle's name). Entries that are not
     arrays, or optional ones that cannot be rebuilt without chumpy, are skipped and listed with the
-    reason; a required key that cannot be rebuilt is an error. Writes atomically (tmp + rename).
+    reason; a required key that cannot be rebuilt is an error. Writes atomically (tmp + rename); an existing
+    `dst_npz` is replaced only with `overwrite`, a folder or a path under a file never.
     Returns {"dst", "keys", "skipped": {key: reason}, "n_vertices", "n_faces"}."""
     src, dst = Path(src), Path(dst_npz)
-    if dst.suffix != ".npz":
+    if dst.suffix.lower() != ".npz":
         raise HeadModelError(f"{dst}: destination must be a .npz file, e.g. {dst / 'FLAME_NEUTRAL.npz'}")
+    if dst.is_dir():
+        raise HeadModelError(f"{dst}: is a folder; the destination must be a .npz file, e.g. {dst / 'FLAME_NEUTRAL.npz'}")
+    if dst.exists() and not overwrite:
+        raise HeadModelError(f"{dst}: exists; pass --force to replace it")
+    parent = next((q for q in dst.parents if q.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise HeadModelError(f"{dst}: {parent} is a file, not a folder")
     data = load_pickle(src, allow_chumpy=True)
     if not isinstance(data, dict):
         raise HeadModelError(f"{src}: expected a pickled dict of arrays, found {type(data).__name__}")

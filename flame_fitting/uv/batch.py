@@ -109,8 +109,8 @@ def bake_fits(fits: Path | str, head_model: Path | str, out: Path | str, preview
                "roundtrip_mm_max": float(np.max(roundtrip)) if roundtrip else None,
                "clipped_texels": sum(r["clipped"] for r in recs),
                "bake_ms_median": float(np.median(bake_ms)) if bake_ms else None}
-    if folders:
-        first = load_sequence_fit(folders[0])
+    first = next((fit for fit in map(load_sequence_fit, folders) if fit["shape"].ndim == 2), None)
+    if first is not None:  # the layout's report needs the model's sizes, from a sequence with fitted frames
         _, layout = _model_layout(str(head_model), first["shape"].shape[1], first["expr"].shape[1])
         metrics.update({f"layout_{k}": v for k, v in layout_report(layout, cfg.resolution).items()
                         if isinstance(v, (int, float))})

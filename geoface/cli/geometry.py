@@ -36,7 +36,7 @@ def head_validate(args) -> None:
 def head_convert(args) -> None:
     from flame_fitting.head.flame_io import convert_flame_pickle
 
-    show(convert_flame_pickle(need(args.src, "SRC", "file"), args.dst))
+    show(convert_flame_pickle(need(args.src, "SRC", "file"), args.dst, overwrite=args.force))
 
 
 def import_(args, import_cfg, synthetic_cfg) -> None:
@@ -138,7 +138,8 @@ def register(sub, chosen) -> None:
     p.add_argument("--metrics", help="metrics JSON to write")
     p = command(hsub, "validate", "check a head model folder; prints what was found", head_validate, force=None)
     p.add_argument("folder", metavar="FOLDER", help="head model folder to check")
-    p = command(hsub, "convert", "FLAME pickle (chumpy or plain) -> plain npz", head_convert, force=None)
+    p = command(hsub, "convert", "FLAME pickle (chumpy or plain) -> plain npz", head_convert,
+                force="replace DST if it exists (without it an existing file is never overwritten)")
     p.add_argument("src", metavar="SRC", help="FLAME model pickle (e.g. generic_model.pkl)")
     p.add_argument("dst", metavar="DST", help="e.g. DST_FOLDER/FLAME_NEUTRAL.npz")
 

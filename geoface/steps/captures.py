@@ -31,16 +31,37 @@ class CaptureSource:
     def validate(self) -> None:
         if self.source != "synthetic" and not self.root:
             raise ParamsError(f"captures.root: needed for captures.source={self.source!r}")
+        if self.source != "synthetic" and not Path(self.root).expanduser().exists():
+            # checked with the params (check_params), before DVC removes the captures stage's outputs
+            raise ParamsError(f"captures.root: {self.root} does not exist")
 
 
-def load_capture_params(section: dict | None, where: str = "params.yaml:captures"):
-    """(CaptureSource, SyntheticConfig | ImportConfig) from a `captures` section, validated."""
+def load_capture_params(section: dict | None, where: str = "params.yaml:captures", head_model: dict | None = None):
+    """(CaptureSource, SyntheticConfig | ImportConfig) from a `captures` section, validated; with the `head_model`
+    section, also that the landmark calibration's subjects are not the synthetic captures' (their seeds differ)."""
+    if section is not None and not isinstance(section, dict):
+        raise ParamsError(f"{where}: expected a mapping, got {section!r}")
     section = dict(section or {})
     src = build_config(CaptureSource, {k: section.pop(k) for k in ("source", "root") if k in section}, where)
     synthetic = section.pop("synthetic", None) or {}
+    imported = build_config(ImportConfig, section, where)  # checked for every source: a typo is never ignored
     if src.source == "synthetic":
-        return src, build_config(SyntheticConfig, synthetic, f"{where}.synthetic")
-    return src, build_config(ImportConfig, section, where)
+        cfg = build_config(SyntheticConfig, synthetic, f"{where}.synthetic")
+        _check_calibration_seed(head_model, cfg, where)
+        return src, cfg
+    return src, imported
+
+
+def _check_calibration_seed(head_model: dict | None, cfg: SyntheticConfig, where: str) -> None:
+    from geoface.steps.head_model import HeadModelParams
+
+    if head_model is None:
+        return
+    head = build_config(HeadModelParams, head_model, where.replace("captures", "head_model"))
+    if head.calibrate_landmarks and head.calibration_config().seed == cfg.seed:
+        raise ParamsError(f"{where}.synthetic.seed = head_model.calibration.seed = {cfg.seed}: the landmark "
+                          "calibration would be rendered from the very subjects it is evaluated on; give them "
+                          "different seeds")
 
 
 def make_captures(head_model: Path | str | None, out: Path | str, sheets: Path | str | None, src: CaptureSource,

@@ -34,6 +34,9 @@ def _open(repo_dir: Path | str) -> Repo:
         return Repo(Repo.find_root(str(repo_dir)))
     except NotDvcRepoError:
         raise RemoteError(f"{Path(repo_dir).resolve()}: not inside a DVC repository") from None
+    except DvcException as e:  # e.g. ConfigError: a .dvc/config line or key DVC cannot read
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RemoteError(f"{Path(repo_dir).resolve()}: DVC cannot open the repository: {first}") from None
 
 
 def default_remote(repo: Repo) -> tuple[str, str]:

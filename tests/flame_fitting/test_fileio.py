@@ -147,7 +147,7 @@ def test_an_output_of_another_kind_is_never_replaced(tmp_path):
     tmp.mkdir()
     with pytest.raises(OutputError, match="capture output"):
         replace_dir(tmp, cap, overwrite=True, kind="export")
-    with pytest.raises(OutputError, match="capture output, not None"):  # a writer that names no kind: refused too
+    with pytest.raises(OutputError, match="capture output, not what this command writes"):  # a writer that names no kind: refused too
         check_output_dir(cap, overwrite=True)
     assert (cap / "capture.json").read_text() == "{}"
     replace_dir(tmp, cap, overwrite=True, kind="capture")  # its own kind: replaced as before

@@ -275,12 +275,29 @@ def test_unsupported_chumpy_object(tmp_path, spec):
         convert_flame_pickle(raw, tmp_path / "out")
 
 
+def test_convert_never_overwrites_a_file_without_overwrite(tmp_path, spec):
+    """`geoface head-model convert MODEL.pkl mine.npz` replaced an existing file (exit 0, no --force option)."""
+    raw = tmp_path / "generic_model.pkl"
+    _fake_chumpy_pickle(spec.model_dict(), raw, 2)
+    mine = tmp_path / "mine.npz"
+    mine.write_bytes(b"my own bytes")
+    with pytest.raises(HeadModelError, match=f"{mine}: exists; pass --force to replace it"):
+        convert_flame_pickle(raw, mine)
+    assert mine.read_bytes() == b"my own bytes"
+    (tmp_path / "adir.npz").mkdir()
+    with pytest.raises(HeadModelError, match="is a folder"):
+        convert_flame_pickle(raw, tmp_path / "adir.npz")
+    assert convert_flame_pickle(raw, mine, overwrite=True)["n_vertices"] > 0 and mine.read_bytes()[:2] == b"PK"
+
+
 def test_cli_convert_and_validate(tmp_path, spec):
     raw = tmp_path / "flame2023.pkl"
     _fake_chumpy_pickle(spec.model_dict(), raw, 2)
     run = lambda *a: subprocess.run([sys.executable, "-m", "flame_fitting.head.flame_io", *map(str, a)], cwd=ROOT,  # noqa: E731
                                     capture_output=True, text=True)
     r = run("convert", raw, spec.path / "FLAME_NEUTRAL.npz")
+    assert r.returncode == 1 and "exists; pass --force to replace it" in r.stderr  # never overwritten unasked
+    r = run("convert", raw, spec.path / "FLAME_NEUTRAL.npz", "--force")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["dst"] == str(spec.path / "FLAME_NEUTRAL.npz")
     r = run("validate", spec.path)

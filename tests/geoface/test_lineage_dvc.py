@@ -218,6 +218,11 @@ def test_bad_remotes_are_one_line_naming_the_remote(project, capsys, tmp_path):
     rc, _, err = cli(capsys, "remote", "pull", "--repo", clone)
     assert rc == 2 and f"no default DVC remote is configured in {clone / '.dvc' / 'config'}" in err, err
     assert len(err.strip().splitlines()) == 1
+    with open(clone / ".dvc" / "config", "a") as f:  # a line DVC cannot read: was a ConfigError traceback
+        f.write("garbage[[[\n")
+    for action in ("check", "push"):
+        rc, _, err = cli(capsys, "remote", action, "--repo", clone)
+        assert rc == 2 and "DVC cannot open the repository" in err and len(err.strip().splitlines()) == 1, err
 
 
 @pytest.mark.parametrize("cmd", ["audit", "diff-captures", "remote"])

@@ -140,3 +140,23 @@ def test_mask_path(tmp_path):
     cap = load_capture(tmp_path / "cap2")
     assert report.n_images == 3 and cap.manifest.set_index("camera").mask_path.notna().to_dict() == {"cam0": True, "cam1": False, "cam2": False}
     assert import_capture(tmp_path / "ns", tmp_path / "cap3", ImportConfig(masks=False)).skipped == []
+
+
+@pytest.mark.parametrize("escape", ["../outside.png", "images/../../outside.png", "ABSOLUTE"])
+def test_a_file_path_outside_the_folder_is_refused(tmp_path, escape):
+    """A downloaded transforms.json whose file_path leaves its folder (`..`, an absolute path) pulled that file into
+    the capture; now the frame is skipped with the reason (refused with strict) and the file is never read."""
+    scene = Scene(make_cameras(3))
+    write_transforms(tmp_path / "nerf", scene)
+    cv2.imwrite(str(tmp_path / "outside.png"), scene.image("cam1")[..., ::-1])
+    path = tmp_path / "nerf" / "transforms.json"
+    meta = json.loads(path.read_text())
+    bad = str(tmp_path / "outside.png") if escape == "ABSOLUTE" else escape
+    meta["frames"][1]["file_path"] = bad
+    path.write_text(json.dumps(meta))
+    report = import_capture(tmp_path / "nerf", tmp_path / "cap", ImportConfig())
+    assert report.n_images == 2
+    reasons = [s["reason"] for s in report.skipped]
+    assert any(f"file_path {bad!r} is outside the folder of the transforms file" in r for r in reasons), reasons
+    with pytest.raises(CaptureError, match="outside the folder of the transforms file"):
+        import_capture(tmp_path / "nerf", tmp_path / "cap2", ImportConfig(strict=True))

@@ -170,6 +170,22 @@ def test_a_stage_whose_every_unit_fails_exits_with_an_error(pipeline, tmp_path):
     assert len(json.loads((tmp_path / "fits" / "failures.json").read_text())) == 4
 
 
+def test_a_sequence_with_no_fitted_frame_does_not_stop_the_uv_stage(pipeline, tmp_path):
+    """A capture whose images of one subject were all unreadable gives that subject a fit with no frame (1-D empty
+    arrays, `SequenceFit.stacked`); sorted first, the uv stage's layout report read its sizes and died with an
+    IndexError after baking every other sequence (a user's folder import, found by running the pipeline)."""
+    from flame_fitting.uv.batch import UVParams, bake_fits
+
+    fits = shutil.copytree(pipeline["data"] / "fits", tmp_path / "fits")
+    empty = shutil.copytree(next(fits.glob("*/synthetic")), fits / "aaa_unreadable" / "synthetic")
+    with np.load(empty / "fit.npz") as z:
+        arrays = {k: (z[k][:0] if z[k].ndim <= 1 else np.zeros((0,) if k != "vertices" else (0, 0, 3), z[k].dtype))
+                  for k in z.files}
+    np.savez(empty / "fit.npz", **arrays)
+    m = bake_fits(fits, pipeline["head"], tmp_path / "uv", None, UVParams(resolution=32), executor=LOCAL)
+    assert m["n_frames"] == len(list(fits.glob("synth*/synthetic"))) and m["layout_n_charts"] > 0
+
+
 def test_an_unreachable_ray_cluster_changes_nothing(pipeline):
     """The executor connects before a stage removes or writes anything: one error line, every output as it was."""
     data, names = pipeline["data"], pipeline["names"]
