@@ -31,7 +31,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from flame_fitting.core.errors import GeofaceError
-from flame_fitting.core.fileio import (make_temp_dir, read_json_object, replace_dir, sha256_file, write_csv, write_json,
+from flame_fitting.core.fileio import (make_temp_dir, nested, read_json_object, replace_dir, sha256_file, write_csv, write_json,
                                        write_png)
 from flame_fitting.formats.fits import load_sequence_fit
 from flame_fitting.formats.lineage import captures_version_of
@@ -50,15 +50,10 @@ class EvaluateError(GeofaceError, ValueError):
     or in which every sample failed."""
 
 
-def _nested(a: Path, b: Path) -> bool:
-    a, b = a.resolve(), b.resolve()
-    return a == b or a in b.parents or b in a.parents
-
-
 def check_outputs(out: Path, plots: Path, metrics_path: Path | str | None) -> None:
     """Refuse, before any work, a samples folder and plots folder that are the same or one inside the other (one
     would replace or hide the other), and a metrics path that is a folder or one of them."""
-    if _nested(out, plots):
+    if nested(out, plots):
         how = "the same folder" if out.resolve() == plots.resolve() else "one is inside the other"
         raise EvaluateError(f"--out {out} and --plots {plots}: {how}; give two separate folders")
     if metrics_path is not None:

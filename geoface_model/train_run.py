@@ -20,7 +20,7 @@ from pathlib import Path
 from accelerate import PartialState
 
 from flame_fitting.core.errors import GeofaceError
-from flame_fitting.core.fileio import replace_dir, sha256_file, temp_path, write_bytes, write_json
+from flame_fitting.core.fileio import file_ancestor, replace_dir, sha256_file, temp_path, write_bytes, write_json
 
 from .backbone import vae_path_of
 from .checkpoint import prune_runs, touch_run
@@ -59,8 +59,7 @@ def check_file_outputs(model: Path, files: dict[str, Path | str | None]) -> None
             raise TrainError(f"{f}: is the model folder; the {what} must be another path, a file")
         if f.is_dir():
             raise TrainError(f"{f}: is a folder; the {what} must be the path of a file")
-        parent = next((q for q in f.parents if q.exists()), None)
-        if parent is not None and not parent.is_dir():
+        if (parent := file_ancestor(f)) is not None:
             raise TrainError(f"{f}: {parent} is a file, not a folder; the {what} cannot be written there")
 
 

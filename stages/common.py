@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as `python stages/x.py`: import this checkout's packages first
     sys.path.insert(0, str(ROOT))
 
-from flame_fitting.core.errors import GeofaceError, os_error_line  # noqa: E402
+from flame_fitting.core.errors import GeofaceError, error_line  # noqa: E402
 
 
 def paths(doc: str, *names: str, argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,7 +34,7 @@ def run(main) -> None:
     except BrokenPipeError:
         raise
     except (GeofaceError, OSError) as e:  # OSError: the system's word about a path (permission, not a folder …)
-        print(f"{Path(sys.argv[0]).stem}: error: {os_error_line(e) if isinstance(e, OSError) else e}", file=sys.stderr)
+        print(f"{Path(sys.argv[0]).stem}: error: {error_line(e)}", file=sys.stderr)
         sys.exit(1)
     finally:
         from flame_fitting.core.gc_freeze import freeze

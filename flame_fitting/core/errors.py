@@ -11,10 +11,11 @@ class GeofaceError(Exception):
     """An error about the user's input: the message names the file (or params key) and the problem."""
 
 
-def os_error_line(e: OSError) -> str:
-    """One line for an error the system raised about a path (no permission, a file where a folder is needed, a
-    full disk …): `PATH: reason` (`PATH -> OTHER: reason` for a rename), else the error's own text."""
-    if e.filename is None:
+def error_line(e: Exception) -> str:
+    """The one line an entry point prints for an input error: a GeofaceError's message, or for an error the system
+    raised about a path (no permission, a file where a folder is needed, a full disk …) `PATH: reason`
+    (`PATH -> OTHER: reason` for a rename)."""
+    if not isinstance(e, OSError) or e.filename is None:
         return str(e)
     what = f"{e.filename}" + (f" -> {e.filename2}" if getattr(e, "filename2", None) else "")
     return f"{what}: {e.strerror or e}"

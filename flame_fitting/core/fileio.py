@@ -277,6 +277,18 @@ def _inside(p: Path, root: Path) -> bool:
     return p == root or root in p.parents
 
 
+def nested(a: Path | str, b: Path | str) -> bool:
+    """Whether the folders `a` and `b` are the same or one is inside the other (symbolic links resolved)."""
+    a, b = Path(a).resolve(), Path(b).resolve()
+    return _inside(a, b) or _inside(b, a)
+
+
+def file_ancestor(path: Path | str) -> Path | None:
+    """The nearest existing ancestor of `path` when it is a file (so `path` cannot be written), else None."""
+    parent = next((q for q in Path(path).parents if q.exists()), None)
+    return parent if parent is not None and not parent.is_dir() else None
+
+
 def check_output_dir(dst: Path | str, inputs: Iterable[Path | str] = (), overwrite: bool = False,
                      option: str = "--force", kind: str | None = None) -> Path:
     """Refuse `dst` as an output folder if replacing it could lose data the toolkit did not write.

@@ -150,6 +150,10 @@ _JSON_TYPES = {list: "a list", str: "a string", int: "a number", float: "a numbe
                type(None): "null"}
 
 
+def _json_type(value) -> str:
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
 def _read_json_object(path: Path, missing: str) -> dict:
     """The JSON object in `path`; CaptureError naming the file when it is missing (`PATH: {missing}`), unreadable, not
     UTF-8 JSON, or another JSON type (`expected a JSON object, got a list`)."""
@@ -164,7 +168,7 @@ def _read_json_object(path: Path, missing: str) -> dict:
     except json.JSONDecodeError as e:
         raise CaptureError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(data, dict):
-        raise CaptureError(f"{path}: expected a JSON object, got {_JSON_TYPES.get(type(data), type(data).__name__)}")
+        raise CaptureError(f"{path}: expected a JSON object, got {_json_type(data)}")
     return data
 
 
@@ -267,7 +271,7 @@ def read_index(where: str, read: Callable[[str], bytes]) -> CaptureIndex:
         raise CaptureError(f"{where}: not a geoface capture (capture.json is not valid JSON: {e})") from None
     if not isinstance(info, dict):
         raise CaptureError(f"{where}: not a geoface capture (capture.json: expected a JSON object, got "
-                           f"{_JSON_TYPES.get(type(info), type(info).__name__)})")
+                           f"{_json_type(info)})")
     if info.get("format") != FORMAT:
         raise CaptureError(f"{where}: not a geoface capture (capture.json format is {info.get('format')!r}, "
                            f"expected {FORMAT!r})")
@@ -290,8 +294,7 @@ def read_index(where: str, read: Callable[[str], bytes]) -> CaptureIndex:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CaptureError(f"{where}/{rel}: not a cameras file ({e})") from None
         if not isinstance(data, dict) or not isinstance(data.get("cameras"), dict):
-            got = "a JSON object without a 'cameras' mapping" if isinstance(data, dict) else \
-                _JSON_TYPES.get(type(data), type(data).__name__)
+            got = "a JSON object without a 'cameras' mapping" if isinstance(data, dict) else _json_type(data)
             raise CaptureError(f"{where}/{rel}: not a cameras file (expected a JSON object with a 'cameras' mapping, "
                                f"got {got})")
         cams[(subject, sequence)] = data["cameras"]

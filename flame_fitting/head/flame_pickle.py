@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from flame_fitting.core.arrays import load_npz
-from flame_fitting.core.fileio import atomic_write
+from flame_fitting.core.fileio import atomic_write, file_ancestor
 from flame_fitting.head.flame_spec import LAYOUT_HELP, REQUIRED_KEYS, HeadModelError, check_model_arrays, convert_command
 
 
@@ -225,8 +225,7 @@ def convert_flame_pickle(src: Path | str, dst_npz: Path | str, overwrite: bool =
         raise HeadModelError(f"{dst}: is a folder; the destination must be a .npz file, e.g. {dst / 'FLAME_NEUTRAL.npz'}")
     if dst.exists() and not overwrite:
         raise HeadModelError(f"{dst}: exists; pass --force to replace it")
-    parent = next((q for q in dst.parents if q.exists()), None)
-    if parent is not None and not parent.is_dir():
+    if (parent := file_ancestor(dst)) is not None:
         raise HeadModelError(f"{dst}: {parent} is a file, not a folder")
     data = load_pickle(src, allow_chumpy=True)
     if not isinstance(data, dict):

@@ -24,7 +24,7 @@ import argparse
 import os
 import sys
 
-from flame_fitting.core.errors import GeofaceError, os_error_line
+from flame_fitting.core.errors import GeofaceError, error_line
 
 from . import exports, geometry, lineage, model
 
@@ -80,6 +80,6 @@ def _main(argv: list[str] | None) -> int:
     except BrokenPipeError:
         raise
     except (GeofaceError, ValueError, OSError) as e:  # our errors name the file and the problem; the system's
-        print(f"geoface {name}: {os_error_line(e) if isinstance(e, OSError) else e}", file=sys.stderr)
+        print(f"geoface {name}: {error_line(e)}", file=sys.stderr)
         return 2
     return rc if isinstance(rc, int) else 0

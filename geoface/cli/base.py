@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from flame_fitting.core.errors import GeofaceError
-from flame_fitting.core.fileio import check_output_dir
+from flame_fitting.core.fileio import check_output_dir, file_ancestor
 
 from .config import Section, build, describe, load_class
 
@@ -37,8 +37,7 @@ def writable_file(path: str | Path | None, option: str) -> Path | None:
     p = Path(path)
     if p.is_dir():
         raise CliError(f"{option} {p} is a folder; give the path of a file")
-    parent = next((q for q in p.parents if q.exists()), None)
-    if parent is not None and not parent.is_dir():
+    if (parent := file_ancestor(p)) is not None:
         raise CliError(f"{option} {p}: {parent} is a file, not a folder")
     return p
 

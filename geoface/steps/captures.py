@@ -16,6 +16,7 @@ from pathlib import Path
 from flame_fitting.core.fileio import write_json
 from flame_fitting.core.params import ParamsError, build_config, spec
 from flame_fitting.formats.capture import capture_version, load_capture
+from geoface.steps.head_model import HeadModelParams
 from pipelines.common import ImportConfig
 from pipelines.registry import SOURCES, import_capture
 from pipelines.synthetic import SyntheticConfig, contact_sheet, detection_report, generate
@@ -53,8 +54,6 @@ def load_capture_params(section: dict | None, where: str = "params.yaml:captures
 
 
 def _check_calibration_seed(head_model: dict | None, cfg: SyntheticConfig, where: str) -> None:
-    from geoface.steps.head_model import HeadModelParams
-
     if head_model is None:
         return
     head = build_config(HeadModelParams, head_model, where.replace("captures", "head_model"))
