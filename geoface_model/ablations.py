@@ -35,6 +35,8 @@ from pathlib import Path
 
 from flame_fitting.core.fileio import write_text
 
+from .summary import with_count
+
 PRESETS: dict[str, list[str]] = {  # settings added to every variant (`--preset`)
     "default": [],
     "learn": ["captures.synthetic.subjects=40", "captures.synthetic.split_fractions=[0.75,0.1,0.15]",
@@ -167,10 +169,12 @@ def wait(commit: str, names: list[str], poll_s: float = 30.0) -> dict[str, str]:
 
 
 def _metric(exp: dict, file: str, key: str):
+    """The value of `key` in the experiment's metrics file `file`; for a mean over fewer than all evaluated samples
+    (`<key>_n` in metrics/eval.json), the text "value (n k of N)"."""
     data = (exp.get("data") or {}).get("metrics", {})
     for path, content in data.items():
         if path.endswith(file):
-            return (content.get("data") or {}).get(key)
+            return with_count(content.get("data") or {}, key)
     return None
 
 

@@ -109,13 +109,14 @@ def _u8(x: torch.Tensor) -> np.ndarray:
     return ((x.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
-def _upscaled(images: np.ndarray, cams: list[Camera], side: int) -> tuple[list[np.ndarray], list[Camera]]:
+def _upscaled(images: np.ndarray, cams: list[Camera], side: int) -> tuple[list[np.ndarray], list[Camera], int]:
+    """The views and cameras upscaled by an integer factor to at least `side` pixels, and the factor."""
     s = max(1, int(math.ceil(side / images.shape[1])))
     if s == 1:
-        return list(images), cams
+        return list(images), cams, 1
     size = images.shape[1] * s
     return ([cv2.resize(im, (size, size), interpolation=cv2.INTER_CUBIC) for im in images],
-            [c.resized(size, size) for c in cams])
+            [c.resized(size, size) for c in cams], s)
 
 
 def mesh_view_alignment(model, vertices: np.ndarray, cameras: list[Camera], points: list[np.ndarray]) -> dict:
@@ -184,8 +185,8 @@ def evaluate_sample(pipe, model, ds: GeoFaceDataset, i: int, fit: dict, frame_in
     notes = []
     for tag, views in (("", out.images), ("gt_", gt)):
         if len(views) >= 2:
-            up, ucams = _upscaled(np.asarray(views), tcams, p.detect_min_side)
-            m[f"{tag}tsed"] = tsed(up, ucams)["tsed"]
+            up, ucams, scale = _upscaled(np.asarray(views), tcams, p.detect_min_side)
+            m[f"{tag}tsed"] = tsed(up, ucams, pixel_scale=scale)["tsed"]  # 2 px of the S×S views
         else:
             m[f"{tag}tsed"] = None
         pts = detect_landmarks(list(views), p.detect_min_side)

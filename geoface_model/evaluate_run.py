@@ -159,13 +159,16 @@ def evaluate_model(model_dir: Path | str, dataset: Path | str, fits: Path | str,
         if not results:
             raise EvaluateError(f"evaluate: every sample failed: {failures}")
         summary = {"captures_version": captures_version_of(dataset), "split": p.split, "n_samples": len(results), "n_failed": len(failures), "n_targets": p.n_targets,
-                   **aggregate(results), "s_per_sample": (time.perf_counter() - t0) / len(results),
+                   **aggregate(results), "s_per_sample": (time.perf_counter() - t0) / (len(results) + len(failures)),
                    "num_inference_steps": p.num_inference_steps, "scheduler": p.scheduler,
                    "noise_bands": band_ranges(cfg.train.num_train_timesteps),
                    "baseline_training_samples": stats.n_samples if stats is not None else 0,
                    "notes": sorted({note for r in results for note in r.notes} |
                                    ({"no training split: no mean-colour, mean-UV or camera-only baseline"}
-                                    if stats is None else set())), "failures": failures}
+                                    if stats is None else set()) |
+                                   ({"split 'train': the mean-colour, mean-UV and camera-only baselines were computed "
+                                     "from the evaluated samples themselves (they are the ground truth's own mean)"}
+                                    if p.split == "train" and stats is not None else set())), "failures": failures}
         views = [v for r in results for v in r.views]
         write_csv(plots_tmp / "views.csv", pd.DataFrame(views))
         figs = []

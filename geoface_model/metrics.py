@@ -9,7 +9,8 @@
 - TSED (Yu et al. 2023): SIFT (`cv2.SIFT_create`) matches between neighbouring generated views (Lowe ratio 0.8 and
   mutual nearest neighbours, no geometric verification — COLMAP's raw matches, as the reference code), symmetric
   epipolar distance ½(d(x₂, F x₁) + d(x₁, Fᵀ x₂)) with F from the known cameras; a pair is consistent with ≥ 10
-  matches and a median < 2 px; `tsed` is the fraction of consistent pairs.
+  matches and a median < 2 px of the views themselves (distances measured on views upscaled for SIFT are divided
+  by the scale); `tsed` is the fraction of consistent pairs.
 - Landmark-fit consistency: MediaPipe landmarks on the generated views (upscaled to ≥ 256 px for detection), one
   head fitted across them with `fit_sequence` (cameras fixed, the known ones), RMSE of the reprojected embedded
   landmarks in pixels of the views.
@@ -276,15 +277,17 @@ def sift_matches(img1: np.ndarray, img2: np.ndarray, ratio: float = 0.8) -> tupl
 
 
 def tsed(images: list[np.ndarray], cameras: list[Camera], pairs: list[tuple[int, int]] | None = None,
-         min_matches: int = 10, max_median_px: float = 2.0) -> dict:
-    """Fraction of consistent view pairs (default: neighbours i, i+1 in the given order) + per-pair details."""
+         min_matches: int = 10, max_median_px: float = 2.0, pixel_scale: float = 1.0) -> dict:
+    """Fraction of consistent view pairs (default: neighbours i, i+1 in the given order) + per-pair details.
+    `pixel_scale`: how many pixels of `images` make one pixel of the views they were upscaled from (for SIFT);
+    the distances (`median_sed_px`) and `max_median_px` are in the views' own pixels."""
     if len(images) != len(cameras) or len(images) < 2:
         raise MetricError(f"tsed: needs >= 2 images with one camera each, got {len(images)} / {len(cameras)}")
     pairs = pairs if pairs is not None else [(i, i + 1) for i in range(len(images) - 1)]
     rows = []
     for i, j in pairs:
         x1, x2 = sift_matches(images[i], images[j])
-        sed = symmetric_epipolar_distance(fundamental_matrix(cameras[i], cameras[j]), x1, x2)
+        sed = symmetric_epipolar_distance(fundamental_matrix(cameras[i], cameras[j]), x1, x2) / pixel_scale
         med = float(np.median(sed)) if len(sed) else None
         ok = len(sed) >= min_matches and med is not None and med < max_median_px
         rows.append({"i": i, "j": j, "n_matches": int(len(sed)), "median_sed_px": med, "consistent": bool(ok)})

@@ -23,6 +23,7 @@ from flame_fitting.core.fileio import atomic_write, encode_image
 from flame_fitting.uv.preview import posmap_rgb
 
 from .generate import contact_sheet
+from .summary import with_count
 
 # what each reported metric means (shown in the report; docs/evaluation.md has the definitions)
 METRIC_DOCS = {
@@ -54,11 +55,12 @@ MAIN = ["psnr", "psnr_fg", "ssim", "ssim_fg", "lpips", "tsed", "landmark_fit_rms
 
 def metric_rows(summary: dict) -> list[dict]:
     """The metric table: the model, the ground-truth views / fitted mesh, and one row per baseline (its
-    `baseline_<name>_<metric>` keys under the model's column names)."""
-    rows = [{"": "generated (model)", **{k: summary.get(k) for k in MAIN}},
-            {"": "ground-truth views / fitted mesh", **{k: summary.get(f"gt_{k}") for k in MAIN}}]
+    `baseline_<name>_<metric>` keys under the model's column names); a mean over fewer than all samples says over
+    how many (`with_count`)."""
+    rows = [{"": "generated (model)", **{k: with_count(summary, k) for k in MAIN}},
+            {"": "ground-truth views / fitted mesh", **{k: with_count(summary, f"gt_{k}") for k in MAIN}}]
     for name, label in BASELINES.items():
-        row = {k: summary.get(f"baseline_{name}_{k}") for k in MAIN}
+        row = {k: with_count(summary, f"baseline_{name}_{k}") for k in MAIN}
         if any(v is not None for v in row.values()):
             rows.append({"": label, **row})
     return rows

@@ -188,10 +188,10 @@ def train(cfg: GeoFaceConfig, data: str | Path | GeoFaceDataset, out_dir: str | 
     times = []
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
+    measured: list[dict] = []  # gradient norms measured since the last logged row (that row reports their mean)
     while state.step < end:
         t0 = time.perf_counter()
-        sums = {"loss": 0.0, "diffusion_loss": 0.0, "align_loss": 0.0}
-        norms = {"grad_norm_diffusion": float("nan"), "grad_norm_align": float("nan")}
+        sums = {"loss": 0.0, "diffusion_loss": 0.0, "align_loss": 0.0, "align_batches": 0.0}
         for micro in range(tc.grad_accum):
             batch = next(stream)
             gen.manual_seed(_step_seed(tc.seed, accelerator.process_index, state.step, micro))
@@ -199,10 +199,13 @@ def train(cfg: GeoFaceConfig, data: str | Path | GeoFaceDataset, out_dir: str | 
             with contextlib.nullcontext() if sync else accelerator.no_sync(model):
                 out = training_losses(model, batch, codec, scheduler, cfg, gen, accelerator.device)
                 if micro == 0 and state.step % tc.grad_norm_every == 0:
-                    norms = loss_grad_norms(out, params)
+                    measured.append(loss_grad_norms(out, params))
                 accelerator.backward(out["loss"] / tc.grad_accum)
-            for k in sums:
-                sums[k] += float(out[k].detach()) / tc.grad_accum
+            sums["loss"] += float(out["loss"].detach()) / tc.grad_accum
+            sums["diffusion_loss"] += float(out["diffusion_loss"]) / tc.grad_accum
+            if out["align_term"] is not None:  # a micro-batch without the loss (off, reference dropped) adds nothing
+                sums["align_loss"] += float(out["align_loss"])
+                sums["align_batches"] += 1
         if tc.max_grad_norm > 0:
             accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
         opt.step()
@@ -212,10 +215,14 @@ def train(cfg: GeoFaceConfig, data: str | Path | GeoFaceDataset, out_dir: str | 
         state.step += 1
         times.append(time.perf_counter() - t0)
         if state.step % tc.log_every == 0 or state.step == end:
-            vals = accelerator.reduce(torch.tensor([sums[k] for k in ("loss", "diffusion_loss", "align_loss")],
-                                                   device=accelerator.device), "mean").tolist()
-            row = {"step": state.step, **dict(zip(("loss", "diffusion_loss", "align_loss"), vals)), "lr": sched.get_last_lr()[0],
-                   **norms}
+            loss, diff, align, n_align = accelerator.reduce(torch.tensor(
+                [sums[k] for k in ("loss", "diffusion_loss", "align_loss", "align_batches")], dtype=torch.float32,
+                device=accelerator.device), "sum").tolist()
+            n_proc = accelerator.num_processes
+            row = {"step": state.step, "loss": loss / n_proc, "diffusion_loss": diff / n_proc,
+                   "align_loss": align / n_align if n_align else float("nan"), "lr": sched.get_last_lr()[0],
+                   **{k: _nanmean([m[k] for m in measured]) for k in ("grad_norm_diffusion", "grad_norm_align")}}
+            measured.clear()
             losslog.add(row)  # appends to loss.csv.partial on the main process only
             bar.set_postfix(loss=f"{row['loss']:.4f}")
         bar.update(1)
@@ -232,12 +239,12 @@ def train(cfg: GeoFaceConfig, data: str | Path | GeoFaceDataset, out_dir: str | 
     accelerator.wait_for_everyone()
     rows = losslog.rows
     k = max(1, min(5, len(rows) // 2))
-    mean = lambda rs, key="loss": sum(r[key] for r in rs) / len(rs) if rs else float("nan")  # noqa: E731
+    mean = lambda rs, key="loss": _number(_nanmean([r[key] for r in rs]))  # noqa: E731
     gn = grad_norm_summary(rows)
     return {"loss_first": mean(rows[:k]), "loss_last": mean(rows[-k:]),
             "diffusion_loss_last": mean(rows[-k:], "diffusion_loss"), "align_loss_last": mean(rows[-k:], "align_loss"),
             "steps": state.step, "steps_run": state.step - start,
-            "s_per_step": (sum(times[1:]) / (len(times) - 1)) if len(times) > 1 else (times[0] if times else float("nan")),
+            "s_per_step": (sum(times[1:]) / (len(times) - 1)) if len(times) > 1 else (times[0] if times else None),
             "peak_mem_mb": _peak_mem_mb(accelerator.device), "completed": completed, "resumed_from": resumed_from,
             "skipped_checkpoints": skipped, "mixed_precision": mp, "device": str(accelerator.device), "n_params": n_params,
             **gn}
@@ -255,14 +262,26 @@ def loss_grad_norms(out: dict, params: list[torch.nn.Parameter]) -> dict[str, fl
     return {"grad_norm_diffusion": norm(out["diffusion_term"]), "grad_norm_align": norm(out.get("align_term"))}
 
 
-def grad_norm_summary(rows: list[dict]) -> dict[str, float]:
+def _nanmean(values) -> float:
+    """Mean of the values that are numbers (not NaN); NaN when there is none."""
+    vals = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def _number(x: float) -> float | None:
+    """`x`, or None (JSON null: not measured) for NaN."""
+    return None if x is None or math.isnan(x) else float(x)
+
+
+def grad_norm_summary(rows: list[dict]) -> dict[str, float | None]:
     """Means of the measured per-loss gradient norms over the first and the second half of the run, and the
-    alignment / diffusion ratio over the whole run (metrics/train.json)."""
+    alignment / diffusion ratio over the whole run (metrics/train.json). The alignment norm is left out of its means
+    where it was not measured (loss off, the measured micro-batch's reference dropped): null when it never was."""
     meas = [r for r in rows if not math.isnan(float(r.get("grad_norm_diffusion", float("nan"))))]
     if not meas:
         return {}
     half = max(1, len(meas) // 2)
-    avg = lambda rs, k: float(sum(float(r[k]) for r in rs) / len(rs)) if rs else float("nan")  # noqa: E731
+    avg = lambda rs, k: _nanmean(float(r[k]) for r in rs)  # noqa: E731
     out = {"grad_norm_diffusion_first_half": avg(meas[:half], "grad_norm_diffusion"),
            "grad_norm_diffusion_second_half": avg(meas[half:] or meas, "grad_norm_diffusion"),
            "grad_norm_align_first_half": avg(meas[:half], "grad_norm_align"),
@@ -270,7 +289,7 @@ def grad_norm_summary(rows: list[dict]) -> dict[str, float]:
            "grad_norm_measurements": len(meas)}
     d, a = avg(meas, "grad_norm_diffusion"), avg(meas, "grad_norm_align")
     out["grad_norm_align_over_diffusion"] = a / d if d > 0 and not math.isnan(a) else float("nan")
-    return out
+    return {k: v if k == "grad_norm_measurements" else _number(v) for k, v in out.items()}
 
 
 def _save_checkpoint(accelerator: Accelerator, out_dir: Path, step: int, keep: int, losslog: LossLog, ema: EMAModel,

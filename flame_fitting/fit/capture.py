@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from flame_fitting.core.arrays import load_npz
 from flame_fitting.formats.capture import Capture, save_cameras
 from flame_fitting.core.fileio import check_output_dir, make_temp_dir, mark_output, replace_dir
 from flame_fitting.fit import FitConfig, SequenceFit, fit_sequence
@@ -67,8 +68,7 @@ def gt_vertices(cap: Capture, subject: str, sequence: str, frame: int) -> np.nda
     sel = m[(m.subject == subject) & (m.sequence == sequence) & (m.frame == frame)]
     if sel.empty or not isinstance(sel.gt_path.iat[0], str):
         return None
-    with np.load(cap.root / sel.gt_path.iat[0]) as z:
-        return z["vertices"]
+    return load_npz(cap.root / sel.gt_path.iat[0], keys=("vertices",))["vertices"]
 
 
 def gt_vertex_errors(cap: Capture, subject: str, sequence: str, fit: SequenceFit, face_region: np.ndarray | None
@@ -187,7 +187,9 @@ def fit_one_sequence(cap: Capture, ls: LandmarkSet, model: HeadModel, cfg: FitCo
 def face_region_of(model: HeadModel) -> np.ndarray | None:
     """The stand-in's face-region vertex mask (standin_extras.npz), None for other head models."""
     extras = Path(model.folder) / "standin_extras.npz" if getattr(model, "folder", None) else None
-    return np.load(extras)["face_region"] if extras is not None and extras.is_file() else None
+    if extras is None or not extras.is_file():
+        return None
+    return load_npz(extras, keys=("face_region",))["face_region"]
 
 
 def fit_capture(cap: Capture, ls: LandmarkSet, model: HeadModel, cfg: FitConfig, out: Path,

@@ -1,4 +1,8 @@
-"""Closed-form rigid and similarity alignment of two point sets (Umeyama 1991; Kabsch without scale)."""
+"""Closed-form rigid and similarity alignment of two point sets (Umeyama 1991; Kabsch without scale).
+
+The sums over points are numpy's elementwise products and sums, in one fixed order, not BLAS matrix products,
+whose last bits change with BLAS's thread count: a unit's recorded residual must be the same whichever process
+(main or pool, 2 or 1 BLAS threads) ran it (docs/lineage.md)."""
 from __future__ import annotations
 
 import numpy as np
@@ -15,9 +19,9 @@ def umeyama(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None = None,
     if (w > 0).sum() < 3:
         raise ValueError(f"umeyama: need at least 3 weighted points, got {(w > 0).sum()}")
     w = w / w.sum()
-    mu_s, mu_d = w @ src, w @ dst
+    mu_s, mu_d = (w[:, None] * src).sum(0), (w[:, None] * dst).sum(0)
     a, b = src - mu_s, dst - mu_d
-    cov = (b * w[:, None]).T @ a                                                 # Σ w (dst)(src)ᵀ
+    cov = ((b * w[:, None])[:, :, None] * a[:, None, :]).sum(0)                   # Σ w (dst)(src)ᵀ
     U, S, Vt = np.linalg.svd(cov)
     D = np.eye(3)
     if np.linalg.det(U) * np.linalg.det(Vt) < 0:
@@ -35,4 +39,5 @@ def rigid_fit(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         raise ValueError("rigid_fit: points contain NaN/inf")
     _, R, t = umeyama(a, b, with_scale=False)
-    return R, t, float(np.linalg.norm(a @ R.T + t - b, axis=1).max())
+    moved = (a[:, None, :] * R[None]).sum(-1) + t                                # a @ R.T + t, fixed order
+    return R, t, float(np.linalg.norm(moved - b, axis=1).max())

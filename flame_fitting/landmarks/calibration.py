@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flame_fitting.core.arrays import load_npz
 from flame_fitting.geometry.camera import Camera
 from flame_fitting.core.fileio import write_json, write_npz
 from flame_fitting.head.head_model import CALIBRATED_EMBEDDING, CALIBRATION_JSON
@@ -199,10 +200,10 @@ def collect(cap, ls, verts_t: np.ndarray, faces: np.ndarray, landmark_indices: n
     frames, stats = [], {"n_views": int(len(m)), "n_detected": 0, "n_views_used": 0}
     for (subject, sequence, gt_path), rows in m.groupby(["subject", "sequence", "gt_path"], sort=True):
         cams = cap.cameras(subject, sequence)
-        with np.load(cap.root / gt_path) as z:
-            names, verts, gt2d, gtvis = list(z["cameras"]), z["vertices"], z["lmk_mp_2d"], z["lmk_mp_visible"]
-        with np.load(cap.root / Path(gt_path).with_name("gt_raster.npz")) as z:
-            fid_all, dep_all = z["face_id"], z["depth"]
+        z = load_npz(cap.root / gt_path, keys=("cameras", "vertices", "lmk_mp_2d", "lmk_mp_visible"))
+        names, verts, gt2d, gtvis = list(z["cameras"]), z["vertices"], z["lmk_mp_2d"], z["lmk_mp_visible"]
+        z = load_npz(cap.root / Path(gt_path).with_name("gt_raster.npz"), keys=("face_id", "depth"))
+        fid_all, dep_all = z["face_id"], z["depth"]
         used_cams, dets = [], []
         for row in rows.itertuples():
             if not ls.table.detected.iat[row.row_id]:

@@ -150,7 +150,7 @@ def landmark_metrics(cap: Capture, ls: LandmarkSet, gt_err: np.ndarray | None = 
     (`gt_err`: `gt_landmark_errors`, already computed). `ls` has the rows of `cap.manifest`, in its order."""
     det = ls.table.detected.to_numpy()
     out: dict = {"n_images": int(len(det)), "n_detected": int(det.sum()),
-                 "detection_rate": float(det.mean()) if len(det) else 0.0,
+                 "detection_rate": float(det.mean()) if len(det) else None,
                  "failures": {str(k): int(v) for k, v in ls.table.reason[~det].value_counts().items()}}
     if "multiple_faces" in ls.table.columns:  # views with several faces and how the kept one was chosen
         many = ls.table.multiple_faces.to_numpy(bool)
@@ -192,7 +192,9 @@ def detect_folder(captures: Path | str, out: Path | str, cfg: LandmarksParams, m
     m = cap.manifest
     ok = cap.manifest[[(s, q) in done for s, q in zip(m.subject, m.sequence)]].reset_index(drop=True)
     ls = load_landmarks(out) if len(ok) else LandmarkSet(ok[KEYS + ["path"]].copy(), np.zeros((0, 478, 2), np.float32))
-    err = [np.asarray(run.records[k]["gt_error_px"], np.float64) for k in sorted(run.records)]
+    # in the manifest's order (the rows of `ls`), not the records' key strings' ('a-b/x' sorts before 'a/x')
+    order = dict.fromkeys(f"{s}/{q}" for s, q in zip(ok.subject, ok.sequence))
+    err = [np.asarray(run.records[k]["gt_error_px"], np.float64) for k in order]
     err = np.concatenate(err).astype(np.float32) if err else np.zeros(0, np.float32)
     metrics = {"captures_version": capture_version(captures), **landmark_metrics(Capture(cap.root, ok, cap.info), ls, err),
                **run.summary()}

@@ -21,6 +21,7 @@ import numpy as np
 
 from flame_fitting.geometry.camera import Camera
 from flame_fitting.geometry.rigid import rigid_fit
+from flame_fitting.core.arrays import load_npz
 from flame_fitting.uv.correspondences import CorrespondenceError, FrameCorrespondences, uv_from_fragments
 from flame_fitting.uv import UVLayout, denormalize_points, get_bake_table, sample_bilinear
 
@@ -127,14 +128,13 @@ def load_gt_raster(frame_dir: Path | str, views: tuple[str, ...]) -> tuple[np.nd
     """A synthetic frame's ground truth (gt.npz `cameras` order, gt_raster.npz) reordered to `views`
     -> face_id (N, H, W) int32, bary (N, H, W, 3) float16."""
     frame_dir = Path(frame_dir)
-    with np.load(frame_dir / "gt.npz") as g:
-        names = [str(c) for c in g["cameras"]]
+    names = [str(c) for c in load_npz(frame_dir / "gt.npz", CorrespondenceError, keys=("cameras",))["cameras"]]
     missing = [v for v in views if v not in names]
     if missing:
         raise CorrespondenceError(f"{frame_dir / 'gt.npz'}: no ground truth for cameras {missing}")
     order = [names.index(v) for v in views]
-    with np.load(frame_dir / "gt_raster.npz") as r:
-        return r["face_id"][order], r["bary"][order]
+    r = load_npz(frame_dir / "gt_raster.npz", CorrespondenceError, keys=("face_id", "bary"))
+    return r["face_id"][order], r["bary"][order]
 
 
 def aggregate(frames: list[dict]) -> dict:

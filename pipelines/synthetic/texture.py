@@ -28,6 +28,7 @@ from matplotlib.path import Path as MplPath
 from scipy import ndimage
 from scipy.spatial import Delaunay
 
+from flame_fitting.core.arrays import load_npz
 from flame_fitting.core.errors import GeofaceError
 from flame_fitting.head.flame_io import load_flame_folder
 from flame_fitting.geometry.raster import interpolate, rasterize_uv
@@ -111,9 +112,9 @@ def _landmark_triangulation(folder: Path, lmk_uv: np.ndarray, lmk_ids: np.ndarra
     """-> (photo_px (L,2) +0.5 convention, triangles (T,3) into the L embedded landmarks)."""
     extras = folder / "standin_extras.npz"
     if extras.is_file():
-        with np.load(extras) as z:
-            photo_px = z["photo_landmarks_px"].astype(np.float64)[lmk_ids]
-            mp_tris = z["mp_triangles"].astype(np.int64)
+        z = load_npz(extras, TextureError, keys=("photo_landmarks_px", "mp_triangles"))
+        photo_px = z["photo_landmarks_px"].astype(np.float64)[lmk_ids]
+        mp_tris = z["mp_triangles"].astype(np.int64)
         pos = np.full(478, -1, np.int64)
         pos[lmk_ids] = np.arange(len(lmk_ids))
         tris = pos[mp_tris]
@@ -205,9 +206,9 @@ def photo_detail(photo_uv: np.ndarray, skin_rgb: np.ndarray) -> np.ndarray:
 def _photo_name(folder: Path) -> str:
     extras = folder / "standin_extras.npz"
     if extras.is_file():
-        with np.load(extras) as z:
-            if "photo_name" in z.files:
-                return str(z["photo_name"])
+        z = load_npz(extras, TextureError)
+        if "photo_name" in z:
+            return str(z["photo_name"])
     return DEFAULT_PHOTO
 
 

@@ -105,3 +105,45 @@ def test_rates_by_yaw_bands():
     det = np.array([True, False, True, True, False, True])
     assert rates_by_yaw(det, yaw) == {"yaw_0_45": 0.5, "yaw_45_70": 1.0, "yaw_70_90": 0.5}
     assert rates_by_yaw(det[:1], yaw[:1])["yaw_45_70"] is None
+
+
+def _rename_subjects(cap: Path, names: dict[str, str], drop: tuple[str, str] | None = None) -> None:
+    """Rename subjects of a canonical capture in place (folders, manifest paths); `drop` (subject, camera): leave
+    that camera's rows out of the manifest."""
+    import pandas as pd
+
+    m = pd.read_parquet(cap / "manifest.parquet")
+    for old, new in names.items():
+        (cap / old).rename(cap / new)
+    for col in [c for c in m.columns if c == "subject" or c.endswith("path")]:
+        for old, new in names.items():
+            m[col] = m[col].map(lambda v: (new + v[len(old):]) if isinstance(v, str) and
+                                (v == old or v.startswith(old + "/")) else v)
+    if drop is not None:
+        m = m[~((m.subject == drop[0]) & (m.camera == drop[1]))]
+    m.sort_values(["subject", "sequence", "frame", "camera"]).reset_index(drop=True).to_parquet(
+        cap / "manifest.parquet", index=False)
+
+
+def test_band_errors_follow_the_manifest_order_of_units(tmp_path):
+    """The per-yaw-band pixel errors of metrics/landmarks.json pair each view's ground-truth error with that view's
+    yaw. The units' errors were joined in the order of their "subject/sequence" strings, which is not the
+    manifest's when a subject's name continues with a character sorting before '/' ('a-b/x' < 'a/x'): the bands
+    then mixed one subject's errors with another's yaws."""
+    from flame_fitting.formats.capture import load_capture
+    from flame_fitting.formats.landmarks import load_landmarks
+    from flame_fitting.landmarks.capture import LandmarksParams, detect_folder, landmark_metrics
+
+    build_standin(tmp_path / "head", seed=0, n_shape=10, n_expr=10)
+    cfg = SyntheticConfig(seed=3, subjects=2, frames=1, cameras=4, resolution=256, workers=1,
+                          yaw_range_deg=[-60.0, 60.0], texture_resolution=256)
+    generate(tmp_path / "head", tmp_path / "cap", cfg, progress=False)
+    # one camera fewer for "a": the two units' error lists differ in length, so a wrong join shifts every view
+    _rename_subjects(tmp_path / "cap", {"synth000": "a", "synth001": "a-b"}, drop=("a", "cam03"))
+    m = detect_folder(tmp_path / "cap", tmp_path / "lmk", LandmarksParams(workers=1))
+    cap = load_capture(tmp_path / "cap")
+    assert list(dict.fromkeys(cap.manifest.subject)) == ["a", "a-b"]
+    ref = landmark_metrics(cap, load_landmarks(tmp_path / "lmk"))  # errors recomputed row by row
+    bands = [k for k in ref if k.startswith("pixel_error_") and ref[k] is not None]
+    assert len(bands) >= 3 and all(m[k] == pytest.approx(ref[k], rel=1e-6) for k in bands), \
+        {k: (m[k], ref[k]) for k in bands}

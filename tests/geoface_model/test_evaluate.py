@@ -229,3 +229,30 @@ def test_ablations_find_this_environments_dvc_without_activation(monkeypatch):
     assert python == sys.prefix
     monkeypatch.setenv("DVC", "/opt/my-dvc")
     assert _dvc_cmd("exp", "show")[:2] == ["/opt/my-dvc", "exp"]
+
+
+def test_a_mean_over_some_samples_says_over_how_many(tmp_path):
+    """The landmark fit exists only for samples where MediaPipe found faces: the report's metric table and the
+    ablation table show the count beside such a mean (before, 1.95 px over 3 of 18 samples read as the best row)."""
+    import json
+    from pathlib import Path
+
+    from geoface_model.ablations import table
+    from geoface_model.report import metric_rows
+
+    summary = {"n_samples": 18, "psnr": 14.6, "landmark_fit_rmse_px": 1.946, "landmark_fit_rmse_px_n": 3,
+               "gt_landmark_fit_rmse_px": 1.39, "baseline_copy_reference_psnr": 14.03}
+    model, gt, copy_ref = metric_rows(summary)
+    assert model["landmark_fit_rmse_px"] == "1.946 (n 3 of 18)" and model["psnr"] == 14.6
+    assert gt["landmark_fit_rmse_px"] == 1.39 and copy_ref["psnr"] == 14.03  # every sample: the plain number
+    show = json.loads((Path(__file__).parent / "data" / "dvc_exp_show.json").read_text())
+    commit = "59071faeb4bb2807b71919ed30542012d03de866"
+    for rev in show:
+        for exp in rev.get("experiments") or []:
+            for r in exp.get("revs") or []:
+                for path, content in (r.get("data") or {}).get("metrics", {}).items():
+                    if path.endswith("metrics/eval.json"):
+                        content["data"].update(n_samples=18, landmark_fit_rmse_px=1.946, landmark_fit_rmse_px_n=3)
+    md = table(tmp_path / "t.md", commit=commit, show=show)
+    full = next(line for line in md.splitlines() if line.startswith("| full "))
+    assert "| 1.946 (n 3 of 18) |" in full

@@ -128,6 +128,10 @@ def test_tsed_right_vs_wrong_camera():
     wrong = [cams[0], cams[1].with_pose(pitch @ cams[1].world_to_cam)]
     bad = tsed(imgs, wrong)
     assert bad["tsed"] == 0.0 and bad["pairs"][0]["median_sed_px"] > 5, bad
+    # measured on views upscaled 4× (for SIFT), the threshold is 2 px of the views: a 3 px median there is 0.75
+    scaled = tsed(imgs, wrong, pixel_scale=4.0)["pairs"][0]
+    assert scaled["median_sed_px"] == pytest.approx(bad["pairs"][0]["median_sed_px"] / 4) and scaled["consistent"] == (
+        scaled["n_matches"] >= 10 and scaled["median_sed_px"] < 2.0)
     flat = [np.full((256, 256, 3), 128, np.uint8)] * 2  # no features: not consistent
     assert tsed(flat, cams)["pairs"][0] == {"i": 0, "j": 1, "n_matches": 0, "median_sed_px": None, "consistent": False}
 
