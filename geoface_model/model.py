@@ -23,6 +23,8 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
+from flame_fitting.core.errors import GeofaceError
+
 from .attention import AlignLogits, Attention, TokenLayout
 from .embeddings import sincos_2d, timestep_embedding
 from .geo_norm import GeometryNormMixin
@@ -93,6 +95,25 @@ class FinalLayer(nn.Module):
         return y.reshape(B, Fr, C, gh * p, gw * p)
 
 
+class ModelConfigError(GeofaceError, ValueError):
+    """A model config (a model folder's config.json) with a value no trained GeoFace model has."""
+
+
+# (lowest, highest) of the sizes a config.json sets: far beyond every preset, but a folder someone sent cannot make
+# loading allocate what it declares (geo_norm_resolution 200000 asked for 480 GB before any weight was read)
+CONFIG_RANGES = {"latent_channels": (1, 64), "patch_size": (1, 64), "geo_patch_size": (1, 64), "width": (1, 16384),
+                 "depth": (1, 256), "heads": (1, 256), "freq_dim": (2, 16384), "geo_norm_resolution": (0, 4096)}
+
+
+def check_config_ranges(values: dict) -> None:
+    """ModelConfigError naming the first config key whose value is not an integer in CONFIG_RANGES."""
+    for key, v in values.items():
+        lo, hi = CONFIG_RANGES[key]
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise ModelConfigError(f"GeoFaceTransformer config: {key} {v!r} is not an integer in {lo}..{hi} "
+                                   "(config.json of the model folder)")
+
+
 class GeoFaceTransformer(ModelMixin, ConfigMixin, GeometryNormMixin):
     """The dual-stream transformer; see the module docstring. Constructor arguments = saved config."""
 
@@ -105,6 +126,9 @@ class GeoFaceTransformer(ModelMixin, ConfigMixin, GeometryNormMixin):
                  camera_scale: float = 2.0, freq_dim: int = 256, sigma_data: float = 0.5,
                  geo_norm_resolution: int = 0, geo_norm_scale: float = 0.0):
         super().__init__()
+        check_config_ranges({"latent_channels": latent_channels, "patch_size": patch_size,
+                             "geo_patch_size": geo_patch_size, "width": width, "depth": depth, "heads": heads,
+                             "freq_dim": freq_dim, "geo_norm_resolution": geo_norm_resolution})
         self._init_geometry_norm(geo_norm_resolution if geometry_stream else 0, geo_norm_scale)
         D, C = width, latent_channels
         self.align_layers = [depth // 2] if align_layers is None else list(align_layers)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from flame_fitting.formats.capture import CaptureError
-from pipelines.common import CaptureImport
+from pipelines.common import CaptureImport, inside
 from pipelines.import_config import camera_names, ImportConfig, ImportReport, select_names
 
 # model id -> (name, number of params); every COLMAP model so unsupported ones are still parsed
@@ -180,9 +180,14 @@ def import_capture(root_in: Path | str, out: Path | str, cfg: ImportConfig) -> I
             w2c = np.eye(4)
             w2c[:3, :3] = qvec_to_rotmat(q / np.linalg.norm(q))
             w2c[:3, 3] = tvec
+            try:
+                path = inside(image_dir, name, "image NAME")
+            except CaptureError as e:
+                imp.skip(where, str(e))
+                continue
             cam = imp.camera(cname, K, w2c, w, h, dist, where)
             if cam is not None:
-                cameras[cname], files[cname] = cam, image_dir / name
+                cameras[cname], files[cname] = cam, path
         imp.set_cameras(subject, sequence, cameras, imp.rel(cam_file))
         for cname, path in files.items():
             imp.add_file(subject, sequence, 0, cname, path)

@@ -25,10 +25,11 @@ crop / resize per camera).
 """
 from __future__ import annotations
 
+import posixpath
 import shutil
 import sys
 from dataclasses import asdict
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 
@@ -40,6 +41,16 @@ from pipelines.views import ViewProcessor, read_image_file
 
 
 # --- the import session ------------------------------------------------------------------
+def inside(base: Path, name: str, where: str) -> Path:
+    """`base / name` for a file name read from a source's own files (transforms.json's file_path, COLMAP's image
+    NAME): CaptureError unless it is a relative path that stays inside `base` by its text, so a downloaded dataset
+    cannot pull files from elsewhere on the machine into the capture."""
+    rel = PurePosixPath(name.replace("\\", "/"))
+    if rel.is_absolute() or PureWindowsPath(name).drive or posixpath.normpath(rel.as_posix()).startswith(".."):
+        raise CaptureError(f"{where} {name!r} is outside {base}; refused")
+    return base / name
+
+
 class CaptureImport:
     """`with CaptureImport(source, root_in, out, cfg) as imp:` set cameras, add images, skip bad items.
     On success the capture is renamed into place and `imp.report` is filled."""

@@ -169,10 +169,18 @@ def video_frames(imp: CaptureImport, path: Path, frames: list[int]):
         imp.skip(imp.rel(path), f"video has only {t} frames; selected frames {sorted(wanted)} are missing")
 
 
+MAX_VIDEO_FRAMES = 1_000_000  # a NeRSemble take is minutes at 73 fps (~10^4 frames); a container can claim 2^31
+
+
 def video_length(path: Path) -> int:
+    """The frame count a video's container declares; CaptureError when it is beyond any real take (a few bytes of
+    AVI header can declare 2^31 frames: the reader would build the list of them)."""
     cap = cv2.VideoCapture(str(path))
     n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
     cap.release()
+    if n > MAX_VIDEO_FRAMES:
+        raise CaptureError(f"{path}: the video declares {n} frames, more than a capture holds ({MAX_VIDEO_FRAMES}); "
+                           "a damaged or hostile file")
     return n
 
 

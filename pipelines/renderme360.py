@@ -41,14 +41,57 @@ from pipelines.import_config import as_matrix, ImportConfig, ImportReport, selec
 FLAME_SKIP = ("albedos",)
 
 
+MAX_DATASET_BYTES = 1 << 30  # one dataset of a RenderMe-360 file: an encoded image, a frame's FLAME or keypoints
+
+
 def open_smc(path: Path) -> "h5py.File":
+    """The .smc file, opened after `check_self_contained`; CaptureError naming the file otherwise."""
     if h5py is None:
         raise CaptureError(f"{path}: reading RenderMe-360 .smc files needs h5py, which is not installed: "
                            "pip install 'geoface[renderme360]' (or pip install h5py)")
     try:
-        return h5py.File(path, "r")
+        f = h5py.File(path, "r")
     except OSError as e:
         raise CaptureError(f"{path}: not a readable HDF5 (.smc) file ({e})") from None
+    try:
+        check_self_contained(f, path)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def check_self_contained(f: "h5py.File", path: Path) -> None:
+    """CaptureError unless every object of the HDF5 file is stored in it: an external link, a dataset with external
+    storage or a virtual dataset would make reading it read other files of this machine (a hostile .smc could copy
+    a private key into the capture); a dataset declaring more than MAX_DATASET_BYTES (a few bytes of compressed
+    nothing can declare terabytes) is refused before it is read."""
+    problems: list[str] = []  # collected, not raised inside h5py's callbacks (its locks turn that into SystemError)
+
+    def link(name, lk):
+        if isinstance(lk, h5py.ExternalLink):
+            problems.append(f"{path} [{name}]: an external link to {lk.filename!r}; a RenderMe-360 file holds its "
+                            "data itself")
+
+    def item(name, obj):
+        if not isinstance(obj, h5py.Dataset):
+            return
+        if obj.external or obj.is_virtual:
+            problems.append(f"{path} [{name}]: stored outside the file (external or virtual dataset); a RenderMe-360 "
+                            "file holds its data itself")
+        elif obj.size * obj.dtype.itemsize > MAX_DATASET_BYTES:
+            problems.append(f"{path} [{name}]: declares {obj.shape} of {obj.dtype} "
+                            f"({obj.size * obj.dtype.itemsize / 2**30:.1f} GiB), more than one dataset of a "
+                            f"RenderMe-360 file holds ({MAX_DATASET_BYTES / 2**30:.0f} GiB)")
+
+    try:
+        f.visititems_links(link)
+        if not problems:  # visititems would follow the external links
+            f.visititems(item)
+    except (OSError, KeyError, ValueError, RuntimeError) as e:
+        raise CaptureError(f"{path}: not a readable HDF5 (.smc) file ({e})") from None
+    if problems:
+        raise CaptureError(problems[0])
 
 
 def find_pairs(root: Path) -> list[tuple[str, str, Path, Path | None]]:

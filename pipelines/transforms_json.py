@@ -22,8 +22,7 @@ producer used — usually not metres).
 from __future__ import annotations
 
 import math
-import posixpath
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -31,7 +30,7 @@ import numpy as np
 from flame_fitting.geometry.camera import CameraError, check_rigid
 from flame_fitting.geometry.camera import world_to_cam_from_opengl as world_to_cam_from_gl
 from flame_fitting.formats.capture import CaptureError
-from pipelines.common import CaptureImport
+from pipelines.common import CaptureImport, inside
 from pipelines.import_config import as_matrix, camera_names, ImportConfig, ImportReport, load_json, select_names
 from pipelines.views import read_image_file
 
@@ -88,10 +87,7 @@ def find_image(base: Path, file_path: str) -> Path:
     """The image of a frame's `file_path` (with or without its extension), which must name a file inside `base`
     (the folder of transforms.json): an absolute path or one whose `..` leave it is refused (CaptureError), so a
     downloaded transforms.json cannot pull files from elsewhere on the machine into the capture."""
-    rel = PurePosixPath(file_path.replace("\\", "/"))
-    if rel.is_absolute() or PureWindowsPath(file_path).drive or posixpath.normpath(rel.as_posix()).startswith(".."):
-        raise CaptureError(f"file_path {file_path!r} is outside the folder of the transforms file; refused")
-    p = base / file_path
+    p = inside(base, file_path, "file_path")
     if p.suffix in IMAGE_EXTS and p.is_file():
         return p
     for ext in IMAGE_EXTS[:3]:

@@ -24,16 +24,53 @@ def checked_array(value, shape: tuple[int | None, ...], what: str, error: type[E
     return arr
 
 
-def load_npz(path: Path | str, error: type[Exception] = ValueError, keys: tuple[str, ...] | None = None
-             ) -> dict[str, np.ndarray]:
+MAX_NPZ_ARRAY_BYTES = 8 << 30  # one array of an .npz the toolkit reads (the largest real ones are ~100 MB)
+
+
+def _declared_too_big(f, keys, max_bytes: int) -> str | None:
+    """What is wrong when an array of the .npz archive in `f` declares more than `max_bytes` (its .npy header, read
+    before any data: a 200-byte file can declare terabytes), else None. Archives numpy cannot open are left to
+    np.load, which says what is wrong with them."""
+    try:
+        zf = zipfile.ZipFile(f)
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return None
+    with zf:
+        for name in zf.namelist():
+            key = name[:-4] if name.endswith(".npy") else name
+            if keys is not None and key not in keys:
+                continue
+            try:
+                with zf.open(name) as m:
+                    version = np.lib.format.read_magic(m)
+                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read(m)
+            except Exception:  # noqa: BLE001 - not an .npy member or a bad header: np.load says what is wrong
+                continue
+            n = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            if n > max_bytes:
+                return (f"array {key!r} declares {shape} of {dtype} ({n / 2**30:.1f} GiB), more than a file the "
+                        f"toolkit reads holds ({max_bytes / 2**30:.0f} GiB); a damaged or hostile file")
+    return None
+
+
+def load_npz(path: Path | str, error: type[Exception] = ValueError, keys: tuple[str, ...] | None = None,
+             max_bytes: int = MAX_NPZ_ARRAY_BYTES) -> dict[str, np.ndarray]:
     """The arrays of the .npz `path` (only `keys`, when given), read without pickle (allow_pickle=False). A missing,
     empty, truncated or corrupt file, one that is not an .npz, one holding object arrays, or one without one of `keys`
-    raises `error` naming the file and the problem."""
+    raises `error` naming the file and the problem, and so does one whose arrays declare more than `max_bytes` each
+    (checked in the headers, before anything is allocated)."""
     path = Path(path)
     try:
-        with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:
-            files = list(z.files)
-            arrays = {k: z[k] for k in files if keys is None or k in keys}
+        with open(path, "rb") as f:
+            too_big = _declared_too_big(f, keys, max_bytes)
+            if too_big is None:
+                f.seek(0)
+                with np.load(f, allow_pickle=False) as z:
+                    files = list(z.files)
+                    arrays = {k: z[k] for k in files if keys is None or k in keys}
+    except MemoryError:
+        raise error(f"{path}: its arrays do not fit in this machine's memory") from None
     except FileNotFoundError:
         raise error(f"{path}: missing") from None
     except OSError as e:  # a folder, no permission, ...
@@ -48,6 +85,8 @@ def load_npz(path: Path | str, error: type[Exception] = ValueError, keys: tuple[
         raise error(f"{path}: not a readable .npz (an .npy array file, not an .npz archive)") from None
     except (zipfile.BadZipFile, zlib.error, EOFError) as e:
         raise error(f"{path}: not a readable .npz: truncated or corrupt ({type(e).__name__}: {e})") from None
+    if too_big is not None:
+        raise error(f"{path}: {too_big}")
     missing = [k for k in keys or () if k not in arrays]
     if missing:
         raise error(f"{path}: missing arrays {missing} (it has {sorted(files)})")

@@ -9,7 +9,10 @@ returns one `UnitResult` per item, in input order:
   units too (flame_fitting/core/workers.py). A pool process that dies takes its pool with it: its units go to a new
   pool, up to `retries` times;
 - ray: one Ray task per item on the cluster at `ray_address` (or $RAY_ADDRESS; none: a local Ray with `workers`
-  CPUs started here). A task whose worker process or node is lost is retried by Ray (`max_retries=retries`).
+  CPUs started here). A task whose worker process or node is lost is retried by Ray (`max_retries=retries`). Each
+  task runs in the stage's working folder (relative paths mean the same folders everywhere), with one thread per
+  library, and only on a node whose geoface code is the stage's (workers.ray_unit): a node without the folder or
+  with other code fails the unit with a line saying so.
 An exception raised by `fn` is recorded in its UnitResult (ok False, error "Type: message") and the other items go
 on; it is never retried (the same input would raise again). `fn` and `items` must be picklable; `fn` a function of
 an importable module (workers import it: with Ray on several machines, every node needs this checkout at the same
@@ -28,7 +31,8 @@ from tqdm import tqdm
 
 from flame_fitting.core.errors import GeofaceError
 from flame_fitting.core.params import build_config, spec
-from flame_fitting.core.workers import PACKAGE_ROOT, UnitResult, call_unit, home_module, map_pool, start_pool_early
+from flame_fitting.core.workers import (PACKAGE_ROOT, UnitResult, call_unit, home_module, map_pool, package_digest,
+                                        ray_unit, start_pool_early)
 
 __all__ = ["Executor", "ExecutorConfig", "ExecutorError", "UnitResult", "call_unit", "executor_params", "home_module",
            "open_executor", "start_pool_early"]
@@ -80,9 +84,9 @@ class Executor:
 
     def _map_ray(self, fn, items, bar) -> list[UnitResult]:
         ray = self.ray
-        task = ray.remote(num_cpus=1, max_retries=self.cfg.retries)(call_unit)
-        fn_ref = ray.put(fn)
-        refs = [task.remote(fn_ref, it) for it in items]
+        task = ray.remote(num_cpus=1, max_retries=self.cfg.retries)(ray_unit)
+        fn_ref, cwd, code = ray.put(fn), os.getcwd(), package_digest()
+        refs = [task.remote(fn_ref, it, cwd, code) for it in items]
         index = {r: i for i, r in enumerate(refs)}
         results: dict[int, UnitResult] = {}
         pending = list(refs)
@@ -146,7 +150,9 @@ def open_executor(cfg: ExecutorConfig) -> Iterator[Executor]:
         if address:
             _check_reachable(address, where)
         env = {"PYTHONPATH": os.pathsep.join([str(PACKAGE_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(
-            os.pathsep) if p])}
+            os.pathsep) if p]),
+               # a task holds one CPU: one thread for numba and the BLAS (set when Ray starts the worker process)
+               **{k: "1" for k in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}}
         kw = {"address": address} if address else {"num_cpus": cfg.workers, "include_dashboard": False}
         try:
             with _quiet_stderr():  # Ray's C++ client logs every failed attempt; the error below is the one line

@@ -34,7 +34,10 @@ from flame_fitting.core.errors import GeofaceError
 
 TMP_TAG = ".geoface-tmp-"
 MARKER = ".geoface-output.json"
-_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:24] or "host"
+# this host in temporary names: its name's letters and digits (readable) and a hash of the whole name (distinct for
+# hosts whose names differ only in other characters or after 16 characters, e.g. the pods of one Kubernetes set)
+_HOST = ((re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:16] or "host")
+         + hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8])
 
 
 class OutputError(GeofaceError, ValueError):
@@ -191,6 +194,11 @@ def read_image(path: Path | str, with_alpha: bool = False, error: type[Exception
     (H, W) uint8 alpha or None when `with_alpha`. A missing or unreadable file raises `error` naming it."""
     if not Path(path).is_file():
         raise error(f"{path}: image file is missing")
+    declared = _declared_size(path)
+    if declared is not None and declared[0] * declared[1] > MAX_IMAGE_PIXELS:
+        what = "over 178 million" if declared[0] == 1 << 31 else f"{declared[0]}×{declared[1]}"
+        raise error(f"{path}: the image declares {what} pixels, more than a capture's image holds "
+                    f"({MAX_IMAGE_PIXELS} pixels); a damaged or hostile file")
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED if with_alpha else cv2.IMREAD_COLOR)
     if img is None:
         raise error(f"{path}: not a readable image")
@@ -206,6 +214,25 @@ def read_image(path: Path | str, with_alpha: bool = False, error: type[Exception
     else:
         rgb = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     return (rgb, alpha) if with_alpha else rgb
+
+
+MAX_IMAGE_PIXELS = 1 << 27  # 134 MP: every real capture camera is far below; decoding it costs GBs already
+
+
+def _declared_size(path: Path | str) -> tuple[int, int] | None:
+    """(width, height) in the image's header (PIL's lazy open, no pixels decoded), before decoding: a few KB of PNG
+    can declare a 32767² 16-bit image (~20 GB once decoded and converted). Beyond PIL's own limit (2 × 89 MP) the
+    size is not read: (1 << 31, 1) stands for it. None when PIL cannot read the header (OpenCV then says whether it
+    is an image)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return int(im.size[0]), int(im.size[1])
+    except Image.DecompressionBombError:
+        return 1 << 31, 1
+    except Exception:  # noqa: BLE001 - PIL raises many types on corrupt headers
+        return None
 
 
 def image_size(path: Path | str) -> tuple[int, int] | None:

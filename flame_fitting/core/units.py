@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from flame_fitting.core.errors import GeofaceError
+from flame_fitting.core.names import name_problem
 from flame_fitting.core.fileio import (MARKER, TMP_TAG, check_output_dir, make_temp_dir, mark_output, replace_dir,
                                        sha256_file, write_json)
 
@@ -205,6 +206,10 @@ def run_units(executor, fn: Callable, units: Iterable[Unit], out: Path | str, de
     out = Path(out)
     extras = None if extras is None else Path(extras)
     units = sorted(units, key=lambda u: (u.subject, u.sequence))
+    for u in units:  # out/<subject>/<sequence> is written and deleted: never a path that leaves `out`
+        why = name_problem(u.subject) or name_problem(u.sequence)
+        if why:
+            raise GeofaceError(f"{out}: work unit {u.subject!r}/{u.sequence!r}: a name {why}")
     others = list(inputs) + ([extras] if extras is not None else [])
     check_output_dir(out, others, overwrite=True, kind=desc)
     if extras is not None:
@@ -218,7 +223,8 @@ def run_units(executor, fn: Callable, units: Iterable[Unit], out: Path | str, de
     run.kept = [u.rel for u in run.kept]
     keep = set(run.kept)
     run.removed = [r for r in _sweep(out, keep, extras) if r not in {u.rel for u in todo}]
-    results = executor.map(UnitWork(fn, out, extras), todo, desc=desc, progress=progress)
+    results = [_visible(out, r) for r in executor.map(UnitWork(fn, out, extras), todo, desc=desc, progress=progress)]
+    _remove_temporaries(out)
     for r in results:
         if r.ok:
             run.ran.append(r.item.rel)
@@ -240,6 +246,31 @@ def run_units(executor, fn: Callable, units: Iterable[Unit], out: Path | str, de
         if rec is not None and rec.get("key") == u.key:
             run.records[u.rel] = rec.get("record") or {}
     return run
+
+
+def _visible(out: Path, r):
+    """`r` (a UnitResult), or a failed one when its unit reported success but this process does not see the unit's
+    output (its key file): a Ray worker on another machine that wrote to its own disk, not to a file system the
+    stage's machine shares at the same path."""
+    if not r.ok:
+        return r
+    folder = out / r.item.subject / r.item.sequence
+    rec = read_key_file(folder)
+    if rec is not None and rec.get("key") == r.item.key:
+        return r
+    return type(r)(r.item, False, None, f"OutputNotVisible: the unit finished on its worker but {folder.resolve()} "
+                   "does not hold its output here (executor ray needs every node to see the stage's folders at the "
+                   "same path, on a shared file system)", "", r.seconds)
+
+
+def _remove_temporaries(out: Path) -> None:
+    """Every temporary left in `out/` and `out/<subject>/` once all units returned (whichever host or process wrote
+    it: a unit whose worker was lost and was retried elsewhere leaves its first attempt's; `clean_stale` only
+    removes this host's), so the folder DVC hashes holds the units' outputs only."""
+    for top in [out, *(p for p in out.iterdir() if p.is_dir() and not p.is_symlink())]:
+        for p in top.iterdir():
+            if TMP_TAG in p.name:
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
 
 
 class AllUnitsFailedError(GeofaceError, RuntimeError):

@@ -8,8 +8,11 @@ the caller's process runs units itself.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import multiprocessing
 import os
+import socket
 import sys
 import threading
 import time
@@ -44,6 +47,40 @@ def call_unit(fn: Callable, item) -> UnitResult:
         return UnitResult(item, False, None, f"{type(e).__name__}: {e}", traceback.format_exc(limit=4),
                           time.perf_counter() - t0)
     return UnitResult(item, True, value, "", "", time.perf_counter() - t0)
+
+
+CODE_PACKAGES = ("flame_fitting", "geoface_model", "pipelines", "geoface")  # what a unit's result can depend on
+
+
+@functools.lru_cache(maxsize=1)
+def package_digest() -> str:
+    """sha256 over the .py files of this checkout's packages (CODE_PACKAGES under PACKAGE_ROOT), once per process:
+    what a Ray worker compares with the stage's, so a node running other geoface code is caught."""
+    h = hashlib.sha256()
+    for pkg in CODE_PACKAGES:
+        for p in sorted((PACKAGE_ROOT / pkg).rglob("*.py")):
+            h.update(p.relative_to(PACKAGE_ROOT).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def ray_unit(fn: Callable, item, cwd: str, code: str) -> UnitResult:
+    """`call_unit(fn, item)` in a Ray task (executor.py): in the stage's working folder `cwd` (its relative paths
+    mean the same folders on every node: a shared file system at the same path), with one thread per library
+    (the task holds one CPU), and only when this node's geoface code is the stage's (`code`, package_digest)."""
+    host = socket.gethostname()
+    if not os.path.isdir(cwd):
+        return UnitResult(item, False, None, f"ExecutorError: node {host}: the stage's folder {cwd} does not exist "
+                          "here (executor ray needs every node to see the stage's folders at the same path, on a "
+                          "shared file system)")
+    if package_digest() != code:
+        return UnitResult(item, False, None, f"ExecutorError: node {host} runs other geoface code than the stage "
+                          f"({PACKAGE_ROOT}): every node needs the same checkout at the same path")
+    os.chdir(cwd)
+    old = _set_threads(1)
+    try:
+        return call_unit(fn, item)
+    finally:
+        _restore_threads(old)
 
 
 def _pool_context(fn: Callable):

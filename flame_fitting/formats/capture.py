@@ -27,6 +27,7 @@ import pandas as pd
 
 from flame_fitting.core.arrays import load_npz
 from flame_fitting.core.errors import GeofaceError
+from flame_fitting.core.names import name_problem, relpath_problem
 from flame_fitting.geometry.camera import Camera, CameraError
 from flame_fitting.core import fileio
 from flame_fitting.core.fileio import (check_output_dir, image_size, make_temp_dir, replace_dir, sha256_file, write_image,
@@ -93,6 +94,10 @@ class CaptureWriter:
         return self.tmp
 
     def set_cameras(self, subject: str, sequence: str, cameras: dict[str, Camera]) -> None:
+        for what, value in [("subject", subject), ("sequence", sequence)] + [("camera", c) for c in cameras]:
+            why = name_problem(value)
+            if why:  # a reader's names come from the source's files: one of them cannot be a folder or file name
+                raise CaptureError(f"{subject}/{sequence}: {what} {value!r} {why}")
         self._cameras[(subject, sequence)] = dict(cameras)
         path = self.tmp / subject / sequence / "cameras.json"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -182,6 +187,9 @@ def load_cameras(path: Path) -> dict[str, Camera]:
         raise CaptureError(f"{path}: no 'cameras' mapping")
     out = {}
     for name, d in data["cameras"].items():
+        why = name_problem(name)
+        if why:
+            raise CaptureError(f"{path}: camera name {name!r} {why}")
         try:
             out[name] = Camera.from_dict(d, name=name)
         except (CameraError, TypeError, ValueError) as e:
@@ -238,6 +246,7 @@ def load_capture(root: Path | str, check_files: bool = True, check_hashes: bool 
     bad_split = set(df.split) - set(SPLITS)
     if bad_split:
         raise CaptureError(f"{man_path}: unknown split values {sorted(bad_split)}")
+    check_manifest_paths(df, str(man_path))
     cap = Capture(root=root, manifest=df, info=info)
     for (subject, sequence), group in df.groupby(["subject", "sequence"]):
         cams = cap.cameras(subject, sequence)
@@ -257,6 +266,25 @@ def load_capture(root: Path | str, check_files: bool = True, check_hashes: bool 
             if check_hashes and sha256_file(root / row.path) != row.sha256:
                 raise CaptureError(f"{root / row.path}: content hash differs from the manifest (file changed)")
     return cap
+
+
+PATH_COLUMNS = ("path", "mask_path", "gt_path")  # manifest columns holding file paths relative to the root
+
+
+def check_manifest_paths(df: pd.DataFrame, where: str) -> None:
+    """CaptureError unless every subject, sequence and camera of the manifest is a safe single name and every path
+    column a relative path inside the capture (core/names.py): a hostile manifest could otherwise make a stage read
+    files elsewhere, or write and delete outside its output folder (`out/<subject>/<sequence>`)."""
+    for col in ("subject", "sequence", "camera"):
+        for value in df[col].unique():
+            why = name_problem(value)
+            if why:
+                raise CaptureError(f"{where}: {col} {value!r} {why}")
+    for col in [c for c in PATH_COLUMNS if c in df.columns]:
+        for value in df[col].dropna().unique():
+            why = relpath_problem(value)
+            if why:
+                raise CaptureError(f"{where}: {col} {value!r} {why}")
 
 
 def read_index(where: str, read: Callable[[str], bytes]) -> CaptureIndex:
@@ -284,6 +312,7 @@ def read_index(where: str, read: Callable[[str], bytes]) -> CaptureIndex:
     missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
     if missing:
         raise CaptureError(f"{where}/manifest.parquet: missing columns {missing}")
+    check_manifest_paths(df, f"{where}/manifest.parquet")
     cams, masks = {}, {}
     for subject, sequence in df.groupby(["subject", "sequence"]).groups:
         rel = f"{subject}/{sequence}/cameras.json"

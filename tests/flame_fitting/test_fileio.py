@@ -155,3 +155,26 @@ def test_an_output_of_another_kind_is_never_replaced(tmp_path):
     old = mark_output(tmp_path / "old")  # a marker without a kind (written before kinds): every writer may replace
     (old / "x").write_text("x")
     assert check_output_dir(old, overwrite=True, kind="uv") == old
+
+
+def _png_header_only(w: int, h: int, depth: int = 16, colour: int = 6) -> bytes:
+    """A PNG file of a few dozen bytes declaring w × h pixels (IHDR, an empty IDAT, IEND)."""
+    import struct
+    import zlib
+
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, colour, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("w, h, words", [(32767, 32767, "over 178 million"), (16000, 9000, "16000×9000")])
+def test_an_image_declaring_too_many_pixels_is_refused_before_decoding(tmp_path, w, h, words):
+    """A 2 MB 16384² 16-bit PNG cost ~5 GB to read (decoded, then converted to float32; found by an audit): the
+    header's size is checked first."""
+    from flame_fitting.core.fileio import read_image
+
+    path = tmp_path / "cam0.png"
+    path.write_bytes(_png_header_only(w, h))
+    with pytest.raises(OutputError, match=rf"cam0.png: the image declares {words} pixels, more than a capture's"):
+        read_image(path)

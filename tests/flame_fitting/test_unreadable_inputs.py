@@ -160,3 +160,33 @@ def test_damaged_stage_files_read_by_later_stages_name_the_file(tmp_path, reader
     with pytest.raises(error, match=re.escape(str(path)) + ": not a readable .npz: truncated or corrupt"):
         load(path)
     assert issubclass(error, GeofaceError)
+
+
+def test_an_npz_declaring_terabytes_is_one_line_before_any_allocation(tmp_path):
+    """A 200-byte .npz whose .npy header declares (1e7, 1e7) float64 made `geoface head-model validate` die with
+    numpy's "Unable to allocate 728. TiB" traceback (found by an audit); smaller lies would really be allocated.
+    load_npz reads the headers first and refuses, naming the file and the array."""
+    import io
+    import zipfile
+
+    from flame_fitting.core.arrays import load_npz
+
+    path = tmp_path / "FLAME_NEUTRAL.npz"
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (10**7, 10**7)})
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("shapedirs.npy", header.getvalue())  # the header (magic included), no data
+        z.writestr("f.npy", _npy_bytes(np.zeros((3, 3), np.int32)))
+    assert path.stat().st_size < 1000
+    with pytest.raises(ValueError, match=r"FLAME_NEUTRAL.npz: array 'shapedirs' declares \(10000000, 10000000\) of "
+                                         r"float64 \(745058\.1 GiB\), more than a file the toolkit reads holds"):
+        load_npz(path)
+    assert load_npz(path, keys=("f",))["f"].shape == (3, 3)  # only the arrays asked for are checked and read
+
+
+def _npy_bytes(a: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()

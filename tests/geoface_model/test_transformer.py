@@ -110,3 +110,22 @@ def test_presets_and_memory_estimate():
     assert est["full_attention_mb"] == 8192**2 * 16 * 4 / 2**20  # 4096 MiB
     assert est["align_block_mb"] == 2 * 7 * 1024 * 1024 * 4 / 2**20  # 56 MiB
     assert 6.5e8 < est["params"] < 7e8
+
+
+@pytest.mark.parametrize("key, value", [("geo_norm_resolution", 200000), ("width", 10**9), ("depth", -1),
+                                        ("patch_size", 0), ("heads", "4")])
+def test_a_model_folder_declaring_absurd_sizes_is_refused_before_allocating(tmp_path, key, value):
+    """A model folder someone sent: config.json's `geo_norm_resolution: 200000` made loading allocate 480 GB for the
+    geometry normaliser before any weight was read (found by an audit). Sizes outside what any GeoFace model has are
+    refused naming the key."""
+    import json
+
+    from geoface_model.model import ModelConfigError
+
+    m = GeoFaceTransformer(width=32, depth=2, heads=2, geo_norm_resolution=8)
+    m.save_pretrained(tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    cfg[key] = value
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelConfigError, match=f"config: {key} {value!r} is not an integer in"):
+        GeoFaceTransformer.from_pretrained(tmp_path / "m")

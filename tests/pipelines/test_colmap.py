@@ -1,6 +1,7 @@
 """COLMAP reader: text and binary sparse models round-trip to the canonical capture (cameras exact,
 images identical, known 3D points project onto the drawn dots), distortion is undistorted away,
 and bad input is skipped with a reason or refused naming the file."""
+import shutil
 import struct
 
 import numpy as np
@@ -101,3 +102,22 @@ def test_corrupt_models_are_refused_naming_the_file(tmp_path):
     assert not (tmp_path / "empty").exists()
     with pytest.raises(CaptureError, match="no COLMAP model"):
         import_capture(tmp_path, tmp_path / "cap4", ImportConfig())
+
+
+@pytest.mark.parametrize("escape", ["../private/passport_scan.png", "ABSOLUTE"])
+def test_an_image_name_outside_the_image_folder_is_refused(tmp_path, escape):
+    """COLMAP's images.txt NAME is a path relative to the image folder: one that leaves it ('..', absolute) pulled
+    that file into the capture (found by an audit); now the image is skipped with the reason, and never read."""
+    scene = Scene(make_cameras(3))
+    write_colmap(tmp_path / "proj", scene, binary=False)
+    private = tmp_path / "proj" / "private" / "passport_scan.png"
+    private.parent.mkdir()
+    shutil.copy(tmp_path / "proj" / "images" / "cam1.png", private)
+    bad = str(private) if escape == "ABSOLUTE" else escape
+    txt = tmp_path / "proj" / "sparse" / "0" / "images.txt"
+    txt.write_text(txt.read_text().replace(" cam1.png\n", f" {bad}\n"))
+    report = import_capture(tmp_path / "proj", tmp_path / "cap", ImportConfig())
+    assert report.n_images == 2
+    assert any(f"image NAME {bad!r} is outside" in s["reason"] for s in report.skipped), report.skipped
+    cap = load_capture(tmp_path / "cap")
+    assert not (cap.manifest.source_path.str.contains("passport")).any()

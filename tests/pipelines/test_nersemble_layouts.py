@@ -222,3 +222,25 @@ def test_vhap_copy_of_v1(tmp_path):
     for row in cap.manifest.to_dict("records"):
         assert np.abs(cap.image(row).astype(int) - scene.image(row["camera"], row["frame"])).mean() < 2  # colour corrected
         assert row["mask_path"]
+
+
+def test_a_video_declaring_billions_of_frames_is_refused(tmp_path):
+    """A few bytes of AVI header can declare 2^31 - 1 frames; the reader built the set of every frame index (about
+    100 GB, found by an audit). video_length refuses a count beyond any real take, naming the file."""
+    import struct
+
+    from pipelines.nersemble_layouts import video_length
+
+    path = tmp_path / "cam_222200037.avi"
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (32, 32))
+    for i in range(2):
+        w.write(np.full((32, 32, 3), 40 * i, np.uint8))
+    w.release()
+    assert video_length(path) == 2
+    data = bytearray(path.read_bytes())
+    for tag, offset in ((b"avih", 24), (b"strh", 40)):  # avih dwTotalFrames, strh dwLength
+        i = data.index(tag)
+        data[i + offset:i + offset + 4] = struct.pack("<I", 2**31 - 1)
+    path.write_bytes(bytes(data))
+    with pytest.raises(CaptureError, match=r"cam_222200037.avi: the video declares \d+ frames, more than"):
+        video_length(path)

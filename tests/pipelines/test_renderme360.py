@@ -1,6 +1,8 @@
 """RenderMe-360 reader: camera→world calibration, encoded images and masks in HDF5 .smc files, FLAME and
 2D keypoint side files; reading RT as world→camera provably fails the projection check; corrupt files,
 non-rigid RT and uncalibrated cameras are refused or recorded naming the file."""
+import re
+
 import cv2
 import h5py
 import numpy as np
@@ -94,3 +96,32 @@ def test_bad_input(tmp_path):
         import_capture(tmp_path / "rm", tmp_path / "cap3", ImportConfig(strict=True))
     with pytest.raises(CaptureError, match="no RenderMe-360 raw files"):
         import_capture(tmp_path / "rm" / "anno", tmp_path / "cap3", ImportConfig())
+
+
+@pytest.mark.parametrize("hostile", ["external_storage", "external_link", "virtual", "declared_terabytes"])
+def test_a_file_that_reads_elsewhere_or_declares_terabytes_is_refused(tmp_path, hostile):
+    """A hostile .smc must not pull another file of this machine into the capture (HDF5 external storage, external
+    links and virtual datasets read other files: found by an audit, a dataset stored in /abs/secret_key was copied
+    into the capture's FLAME side file), nor allocate what a tiny compressed dataset declares."""
+    secret = tmp_path / "secret_key"
+    secret.write_bytes(b"ssh-rsa PRIVATE KEY MATERIAL\n" + bytes(3 * 8 * 100))
+    scene = Scene(make_cameras(2, prefix=""))
+    raw, anno = write_renderme360(tmp_path / "rm", scene, frames=[0], flame=True)
+    with h5py.File(anno, "a") as f:
+        del f["FLAME/0/shape"]
+        if hostile == "external_storage":
+            f.create_dataset("FLAME/0/shape", shape=(100,), dtype="<u1", external=[(str(secret), 0, 100)])
+        elif hostile == "external_link":
+            f["FLAME/0/shape"] = h5py.ExternalLink(str(secret), "/data")
+        elif hostile == "virtual":
+            layout = h5py.VirtualLayout(shape=(100,), dtype="<u1")
+            layout[:] = h5py.VirtualSource(str(secret), "data", shape=(100,))
+            f.create_virtual_dataset("FLAME/0/shape", layout)
+        else:
+            f.create_dataset("FLAME/0/shape", shape=(10**7, 10**6), dtype="<f8", chunks=(1, 1000), compression="gzip")
+    words = {"external_storage": "stored outside the file", "external_link": "an external link",
+             "virtual": "stored outside the file", "declared_terabytes": "declares (10000000, 1000000)"}[hostile]
+    for strict in (True, False):  # not strict: the part is skipped, and it was the only one
+        with pytest.raises(CaptureError, match=r"0026_e0_anno.smc \[FLAME/0/shape\]: " + re.escape(words)):
+            import_capture(tmp_path / "rm", tmp_path / "cap", ImportConfig(strict=strict))
+        assert not (tmp_path / "cap").exists()

@@ -157,6 +157,6 @@ def test_a_file_path_outside_the_folder_is_refused(tmp_path, escape):
     report = import_capture(tmp_path / "nerf", tmp_path / "cap", ImportConfig())
     assert report.n_images == 2
     reasons = [s["reason"] for s in report.skipped]
-    assert any(f"file_path {bad!r} is outside the folder of the transforms file" in r for r in reasons), reasons
-    with pytest.raises(CaptureError, match="outside the folder of the transforms file"):
+    assert any(f"file_path {bad!r} is outside {tmp_path}" in r for r in reasons), reasons
+    with pytest.raises(CaptureError, match="is outside .*; refused"):
         import_capture(tmp_path / "nerf", tmp_path / "cap2", ImportConfig(strict=True))
