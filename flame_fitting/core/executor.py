@@ -51,6 +51,8 @@ class ExecutorConfig:
                                          "else a local Ray started by the stage")
     retries: int = spec(3, "times a unit is re-run when its worker process or node is lost (not when it raises)",
                         lo=0, hi=100)
+    ray_memory_gb: float | None = spec(None, "ray: memory one unit needs, in GiB (Ray places no more units on a node "
+                                             "than its memory holds); null = no request", lo=0.0, hi=4096.0)
 
 
 def executor_params(params: dict) -> ExecutorConfig:
@@ -84,14 +86,15 @@ class Executor:
 
     def _map_ray(self, fn, items, bar) -> list[UnitResult]:
         ray = self.ray
-        task = ray.remote(num_cpus=1, max_retries=self.cfg.retries)(ray_unit)
+        memory = {"memory": int(self.cfg.ray_memory_gb * 2**30)} if self.cfg.ray_memory_gb else {}
+        task = ray.remote(num_cpus=1, max_retries=self.cfg.retries, **memory)(ray_unit)
         fn_ref, cwd, code = ray.put(fn), os.getcwd(), package_digest()
         refs = [task.remote(fn_ref, it, cwd, code) for it in items]
         index = {r: i for i, r in enumerate(refs)}
         results: dict[int, UnitResult] = {}
         pending = list(refs)
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
+        while pending:  # every result ready within a second per call: not one call per unit (O(n²) for many units)
+            done, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
             for r in done:
                 i = index[r]
                 try:

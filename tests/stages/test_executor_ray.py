@@ -27,12 +27,13 @@ FIT = FitConfig(iterations=5)
 
 def test_without_an_address_the_stage_starts_a_local_ray(monkeypatch):
     """kind ray, no ray_address and no RAY_ADDRESS: a local Ray with `workers` CPUs, shut down after; a unit that
-    raises is recorded, the others complete. (Runs before the module's cluster starts.)"""
+    raises is recorded, the others complete; a unit's memory request (`ray_memory_gb`) is passed to Ray. (Runs
+    before the module's cluster starts.)"""
     from flame_fitting.core.executor import open_executor
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert not ray.is_initialized()
-    with open_executor(ExecutorConfig(kind="ray", workers=2)) as ex:
+    with open_executor(ExecutorConfig(kind="ray", workers=2, ray_memory_gb=0.05)) as ex:
         assert ray.cluster_resources().get("CPU") == 2
         res = ex.map(int, ["1", "x", "3"], progress=False)
     assert not ray.is_initialized()
