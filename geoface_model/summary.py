@@ -6,11 +6,11 @@ in 9 (the HTML report's metric table, the ablation tables). Light on purpose: th
 from __future__ import annotations
 
 
-def with_count(summary: dict, key: str, fmt=lambda v: f"{v:.4g}"):
+def with_count(summary: dict, key: str):
     """The value of `key` in `summary`, as text with the number of samples it is the mean of when that is fewer
     than all (`<key>_n`, written by `evaluate.aggregate`: e.g. the landmark fit exists only for samples where
     MediaPipe found faces): "6.672 (n 3 of 18)". The value itself (None, a number) when it covers every sample."""
     v, n = summary.get(key), summary.get(f"{key}_n")
     if v is None or n is None:
         return v
-    return f"{fmt(v) if isinstance(v, float) else v} (n {n} of {summary.get('n_samples', '?')})"
+    return f"{f'{v:.4g}' if isinstance(v, float) else v} (n {n} of {summary.get('n_samples', '?')})"

@@ -29,13 +29,14 @@ import posixpath
 import shutil
 import sys
 from dataclasses import asdict
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 
 import numpy as np
 
 from flame_fitting.geometry.camera import Camera, CameraError
 from flame_fitting.formats.capture import CaptureError, CaptureWriter
 from flame_fitting.core.fileio import sha256_file
+from flame_fitting.core.names import relpath_problem
 from pipelines.import_config import ImportConfig, ImportReport, as_matrix, subject_split
 from pipelines.views import ViewProcessor, read_image_file
 
@@ -45,8 +46,7 @@ def inside(base: Path, name: str, where: str) -> Path:
     """`base / name` for a file name read from a source's own files (transforms.json's file_path, COLMAP's image
     NAME): CaptureError unless it is a relative path that stays inside `base` by its text, so a downloaded dataset
     cannot pull files from elsewhere on the machine into the capture."""
-    rel = PurePosixPath(name.replace("\\", "/"))
-    if rel.is_absolute() or PureWindowsPath(name).drive or posixpath.normpath(rel.as_posix()).startswith(".."):
+    if relpath_problem(posixpath.normpath(name.replace("\\", "/"))):  # './a' and 'a/../b' are inside
         raise CaptureError(f"{where} {name!r} is outside {base}; refused")
     return base / name
 

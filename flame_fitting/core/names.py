@@ -4,8 +4,6 @@ write or delete outside the folder it names. A name is one path component; a rel
 by its text (symlinks are followed as the file system does: DVC may check data out as symlinks into its cache)."""
 from __future__ import annotations
 
-from pathlib import PurePosixPath
-
 _FORBIDDEN = ("/", "\\", "\0")
 
 
@@ -33,6 +31,6 @@ def relpath_problem(value) -> str | None:
     if value.startswith("/") or (len(value) > 1 and value[1] == ":"):
         return "an absolute path (paths are relative to the capture)"
     parts = value.split("/")
-    if any(p in ("", ".", "..") for p in parts) or PurePosixPath(value).is_absolute():
+    if any(p in ("", ".", "..") for p in parts):
         return "leaves its folder or has empty parts ('..', '.', '//')"
     return None

@@ -9,7 +9,6 @@ the caller's process runs units itself.
 from __future__ import annotations
 
 import functools
-import hashlib
 import multiprocessing
 import os
 import socket
@@ -54,13 +53,11 @@ CODE_PACKAGES = ("flame_fitting", "geoface_model", "pipelines", "geoface")  # wh
 
 @functools.lru_cache(maxsize=1)
 def package_digest() -> str:
-    """sha256 over the .py files of this checkout's packages (CODE_PACKAGES under PACKAGE_ROOT), once per process:
-    what a Ray worker compares with the stage's, so a node running other geoface code is caught."""
-    h = hashlib.sha256()
-    for pkg in CODE_PACKAGES:
-        for p in sorted((PACKAGE_ROOT / pkg).rglob("*.py")):
-            h.update(p.relative_to(PACKAGE_ROOT).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
-    return h.hexdigest()
+    """units.code_digest of this checkout's packages (CODE_PACKAGES under PACKAGE_ROOT), once per process: what a
+    Ray worker compares with the stage's, so a node running other geoface code is caught."""
+    from flame_fitting.core.units import code_digest  # here: this module stays free of the toolkit's imports
+
+    return code_digest(*(PACKAGE_ROOT / pkg for pkg in CODE_PACKAGES))
 
 
 def ray_unit(fn: Callable, item, cwd: str, code: str) -> UnitResult:
