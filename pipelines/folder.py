@@ -42,6 +42,9 @@ def read_cameras(imp: CaptureImport, path: Path) -> dict:
         raise CaptureError(f"{path}: no 'cameras' mapping")
     if data.get("convention", "opencv") != "opencv":
         raise CaptureError(f"{path}: convention must be 'opencv', got {data.get('convention')!r}")
+    if data.get("units", "m") != "m":
+        raise CaptureError(f"{path}: units must be 'm' (translations in metres), got {data.get('units')!r}; "
+                           "convert the world_to_cam translations to metres")
     cams = {}
     for name, d in data["cameras"].items():
         where = imp.rel(path)

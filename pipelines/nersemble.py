@@ -11,7 +11,8 @@ in capture.json["intrinsics"]. Masks: the benchmark's alpha_maps/*.mp4, v1's alp
 alpha_maps/ frames (resized to the image when they are a scaled copy). Colour: v2 color_calibration.json
 (linear light), v1 annotations/<seq>/color_correction/<serial>.npy (sRGB affine). A calibrated camera
 without images in a sequence is a warning (capture.json["missing_cameras"]), an error with `strict`.
-Not supported: background images (BACKGROUND sequence), FLAME tracking files, point clouds, audio.
+Not supported: background images (the BACKGROUND sequence is left out, with a warning), FLAME tracking files,
+point clouds, audio.
 """
 from __future__ import annotations
 
@@ -204,6 +205,10 @@ def import_sequence(imp: CaptureImport, part: Participant, cal: Calibration, sub
             imp.add(subject, seq, t, serial, rgb, src, key=key, mask=mask, whole_file=key is None)
 
 
+# nersemble-data's sequence of background images (the studio without the participant, every camera)
+BACKGROUND = "BACKGROUND"
+
+
 def import_participant(imp: CaptureImport, part: Participant) -> None:
     cal = Calibration(imp, part)
     if cal.ccms:
@@ -211,6 +216,9 @@ def import_participant(imp: CaptureImport, part: Participant) -> None:
     seq_root = part.sequences
     names = [d.name for d in seq_root.iterdir() if d.is_dir() and d.name not in ("calibration", "annotations")] \
         if seq_root.is_dir() else []
+    if BACKGROUND in names:  # the empty studio, shot by every camera: no head to detect or fit
+        names.remove(BACKGROUND)
+        imp.warn(f"{imp.rel(seq_root / BACKGROUND)}: not imported (the empty studio's background images, no head)")
     for seq in select_names(names, imp.cfg.sequences):
         try:
             import_sequence(imp, part, cal, part.subject, seq)

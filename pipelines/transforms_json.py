@@ -53,28 +53,42 @@ def camera_model(meta: dict, frame: dict, what: str) -> str:
 
 def intrinsics_of(meta: dict, frame: dict, width: int, height: int, what: str) -> tuple[np.ndarray, np.ndarray | None]:
     """K (3,3) float64 and OpenCV distortion (k1, k2, p1, p2[, k3]) or None, from frame keys falling back to
-    top-level keys. A distortion key the camera model does not have must be absent or zero, and the SIMPLE_
-    models have one focal length (fl_y absent or equal to fl_x)."""
-    def get(k):
-        v = frame.get(k, meta.get(k))
+    top-level keys: fx is the frame's fl_x, else its camera_angle_x, else the top level's; fy likewise from fl_y /
+    camera_angle_y, else fx, and from the frame's keys alone when it gives any focal length. A distortion key the camera model does not have
+    must be absent or zero, and the SIMPLE_ models have one focal length (fl_y absent or equal to fl_x). nerfstudio's
+    k4 (its r⁸ radial term) has no OpenCV counterpart: a non-zero one is refused."""
+    def num(src, k):
+        v = src.get(k)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
             raise CaptureError(f"{what}: {k} must be a number, got {v!r}")
         return None if v is None else float(v)
 
+    def get(k):
+        v = num(frame, k)
+        return num(meta, k) if v is None else v
+
+    def focal(src, key, angle_key, size):
+        if (f := num(src, key)) is not None:
+            return f
+        a = num(src, angle_key)
+        return None if a is None else 0.5 * size / math.tan(0.5 * a)
+
     model = camera_model(meta, frame, what)
-    fx, fy = get("fl_x"), get("fl_y")
+    # a frame that gives a focal length is a camera of its own: its fl_y is not the top level's
+    own = any(k in frame for k in ("fl_x", "camera_angle_x", "fl_y", "camera_angle_y"))
+    fx = focal(frame, "fl_x", "camera_angle_x", width)
+    fx = focal(meta, "fl_x", "camera_angle_x", width) if fx is None else fx
+    fy = focal(frame if own else meta, "fl_y", "camera_angle_y", height)
     if fx is None:
-        ax = get("camera_angle_x")
-        if ax is None:
-            raise CaptureError(f"{what}: no focal length (neither fl_x nor camera_angle_x)")
-        fx = 0.5 * width / math.tan(0.5 * ax)
-        ay = get("camera_angle_y")
-        fy = fy if fy is not None else (0.5 * height / math.tan(0.5 * ay) if ay is not None else fx)
+        raise CaptureError(f"{what}: no focal length (neither fl_x nor camera_angle_x)")
     fy = fx if fy is None else fy
     if model.startswith("SIMPLE_") and abs(fy - fx) > 1e-9 * abs(fx):
         raise CaptureError(f"{what}: camera_model {model} has one focal length, but fl_x = {fx} and fl_y = {fy}")
     cx, cy = get("cx"), get("cy")
     K = np.array([[fx, 0, width / 2 if cx is None else cx], [0, fy, height / 2 if cy is None else cy], [0, 0, 1]])
+    if get("k4"):
+        raise CaptureError(f"{what}: k4 = {get('k4')} (nerfstudio's r⁸ radial term) has no OpenCV counterpart; "
+                           "undistort the images and drop it, or give an OPENCV model with k1, k2, p1, p2, k3")
     d = [get(k) or 0.0 for k in DIST_KEYS]
     extra = [f"{k} = {v}" for k, v in zip(DIST_KEYS, d) if v and k not in MODELS[model]]
     if extra:

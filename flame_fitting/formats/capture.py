@@ -183,6 +183,8 @@ def load_cameras(path: Path) -> dict[str, Camera]:
     data = _read_json_object(path, "cameras file is missing")
     if data.get("convention", "opencv") != "opencv":
         raise CaptureError(f"{path}: convention must be 'opencv', got {data.get('convention')!r}")
+    if data.get("units", "m") != "m":
+        raise CaptureError(f"{path}: units must be 'm' (translations in metres), got {data.get('units')!r}")
     if not isinstance(data.get("cameras"), dict) or not data["cameras"]:
         raise CaptureError(f"{path}: no 'cameras' mapping")
     out = {}

@@ -1,5 +1,7 @@
 """Folder reader: flat and nested layouts with a canonical cameras.json, masks, re-import of a canonical
 capture (e.g. to downscale it), and bad input (unknown camera, truncated cameras.json)."""
+import json
+
 import cv2
 import numpy as np
 import pytest
@@ -74,3 +76,18 @@ def test_bad_input(tmp_path):
     cj.write_text(cj.read_text()[:150])
     with pytest.raises(CaptureError, match="cameras.json: not valid JSON"):
         import_capture(tmp_path / "in", tmp_path / "cap3", ImportConfig())
+
+
+def test_cameras_in_other_units_than_metres_are_refused(tmp_path):
+    """A hand-written cameras.json in millimetres would be a 1000× scale error if read as metres."""
+    scene = Scene(make_cameras(2))
+    write_folder(tmp_path / "in", scene, nested=False)
+    cj = tmp_path / "in/cameras.json"
+    cj.write_text(json.dumps({**json.loads(cj.read_text()), "units": "mm"}))
+    with pytest.raises(CaptureError, match=r"cameras.json: units must be 'm' \(translations in metres\), got 'mm'"):
+        import_capture(tmp_path / "in", tmp_path / "cap", ImportConfig())
+    assert not (tmp_path / "cap").exists()
+    # a capture's own cameras.json is checked the same way
+    from flame_fitting.formats.capture import load_cameras
+    with pytest.raises(CaptureError, match="units must be 'm'"):
+        load_cameras(cj)

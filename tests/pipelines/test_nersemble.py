@@ -124,3 +124,14 @@ def test_bad_input(tmp_path):
         import_capture(tmp_path / "ns", tmp_path / "cap3", ImportConfig())
     with pytest.raises(CaptureError, match="no NeRSemble participant folders"):
         import_capture(tmp_path / "ns" / "017" / "sequences", tmp_path / "cap3", ImportConfig())
+
+
+def test_the_background_sequence_is_left_out_with_a_warning(tmp_path, capsys):
+    """nersemble-data ships BACKGROUND (the empty studio, every camera) beside the sequences: no head to fit."""
+    scene = Scene(serial_cameras(2))
+    write_nersemble(tmp_path / "ns", scene, media="images", frames=[0])
+    write_nersemble(tmp_path / "ns", scene, seq="BACKGROUND", media="images", frames=[0])
+    report = import_capture(tmp_path / "ns", tmp_path / "cap", ImportConfig())
+    assert report.sequences == ["017/EMO-1"] and report.n_images == 2 and not report.skipped
+    assert any("017/sequences/BACKGROUND" in w and "background" in w for w in report.warnings)
+    assert "BACKGROUND" in capsys.readouterr().err

@@ -160,3 +160,39 @@ def test_a_file_path_outside_the_folder_is_refused(tmp_path, escape):
     assert any(f"file_path {bad!r} is outside {tmp_path}" in r for r in reasons), reasons
     with pytest.raises(CaptureError, match="is outside .*; refused"):
         import_capture(tmp_path / "nerf", tmp_path / "cap2", ImportConfig(strict=True))
+
+
+def test_a_frames_own_camera_angle_x_wins_over_the_top_level_fl_x(tmp_path):
+    """Per-frame keys override the top-level ones, also when the frame gives its focal length as an angle."""
+    from dataclasses import replace
+    cams = make_cameras(2, square=True)
+    K = cams["cam1"].K.astype(np.float64).copy()
+    K[0, 0] = K[1, 1] = 300.0
+    cams["cam1"] = replace(cams["cam1"], K=K.astype(np.float32))
+    scene = Scene(cams)
+    write_transforms(tmp_path / "ns", scene)  # top level: cam0's fl_x, fl_y
+    path = tmp_path / "ns/transforms.json"
+    meta = json.loads(path.read_text())
+    meta["frames"][1]["camera_angle_x"] = 2 * np.arctan(0.5 * cams["cam1"].width / 300.0)
+    path.write_text(json.dumps(meta))
+    report = import_capture(tmp_path / "ns", tmp_path / "cap", ImportConfig())
+    assert report.n_images == 2 and not report.skipped
+    cap = check(tmp_path / "cap", scene)  # K of each camera, and the dots where the cameras put them
+    assert cap.cameras(*cap.sequences()[0])["cam1"].K[0, 0] == pytest.approx(300.0)
+
+
+def test_nerfstudios_k4_is_refused(tmp_path):
+    """nerfstudio's k4 is an r⁸ radial term that OpenCV's distortion cannot express: refused, never dropped."""
+    scene = Scene(make_cameras(2, square=True))
+    write_transforms(tmp_path / "ns", scene, model="OPENCV")
+    path = tmp_path / "ns/transforms.json"
+    meta = json.loads(path.read_text())
+    meta["frames"][1]["k4"] = 0.1
+    path.write_text(json.dumps(meta))
+    report = import_capture(tmp_path / "ns", tmp_path / "cap", ImportConfig())
+    assert report.n_images == 1
+    reason, = [s["reason"] for s in report.skipped]
+    assert "k4 = 0.1 (nerfstudio's r⁸ radial term) has no OpenCV counterpart" in reason
+    meta["frames"][1]["k4"] = 0.0  # a zero k4 is no distortion
+    path.write_text(json.dumps(meta))
+    assert import_capture(tmp_path / "ns", tmp_path / "cap2", ImportConfig()).n_images == 2
