@@ -134,11 +134,13 @@ def training_losses(model, batch: dict, codec: LatentCodec, scheduler: DDPMSched
     pred_app, pred_geo = out.app[:, n_ref:], out.geo
     if cfg.model.prediction_type == "sample_skip":  # x̂0 = c_skip·x_t + c_out·F, then the x0 loss
         ab, ts, n_app = scheduler.alphas_cumprod.to(pred_app.device), kwargs["timesteps"], kwargs["app"].shape[1]
+        # in fp32: under bf16 autocast the network's output is bf16, and c_skip·x_t (the low-noise pass-through)
+        # must not be rounded to it
         pred_app = precondition("sample_skip", ab[ts[:, n_ref:n_app]][..., None, None, None],
-                                kwargs["app"][:, n_ref:], pred_app, cfg.model.sigma_data)
+                                kwargs["app"][:, n_ref:], pred_app.float(), cfg.model.sigma_data)
         if pred_geo is not None:
             pred_geo = precondition("sample_skip", ab[ts[:, -1]][:, None, None, None],
-                                    kwargs["geo"], pred_geo, cfg.model.sigma_data)
+                                    kwargs["geo"], pred_geo.float(), cfg.model.sigma_data)
     diff = diffusion_loss(pred_app, target, 0, pred_geo, target_geo, cfg.loss.geo_loss_weight)
     if use_align:
         al = alignment_loss(out.align, align_targets(batch, cfg, device))

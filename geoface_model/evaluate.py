@@ -58,6 +58,8 @@ class EvalParams:
     lpips_weights: str | None = spec(None, "local LPIPS weights (docs/evaluation.md); null = LPIPS unavailable")
     detect_min_side: int = spec(256, "views are upscaled to this side for SIFT and MediaPipe", lo=64, hi=2048)
     export_3dgs: bool = spec(True, "write a 3DGS starting point (transforms.json, COLMAP, PLY) per sample")
+    device: str = spec("auto", "where the model runs: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda "
+                               "or cuda:N")
 
 
 @dataclass

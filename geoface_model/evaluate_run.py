@@ -123,7 +123,7 @@ def evaluate_model(model_dir: Path | str, dataset: Path | str, fits: Path | str,
         raise EvaluateError(f"{fits}: no fit.npz (run the fit stage)")
     any_fit = next(iter(fit_of.values()))
     head = load_head_model(head_model, n_shape=any_fit["shape"].shape[1], n_expr=any_fit["expr"].shape[1])
-    pipe = load_pipeline(model_dir, head, cfg, scheduler=p.scheduler, gutter=gutter)
+    pipe = load_pipeline(model_dir, head, cfg, scheduler=p.scheduler, gutter=gutter, device=p.device)
     pipe.set_progress_bar_config(disable=True)
     ds = GeoFaceDataset(dataset, p.split, n_ref=1, n_tgt=p.n_targets, random_views=False)
     n = len(ds) if p.max_samples is None else min(len(ds), p.max_samples)
@@ -160,7 +160,7 @@ def evaluate_model(model_dir: Path | str, dataset: Path | str, fits: Path | str,
             raise EvaluateError(f"evaluate: every sample failed: {failures}")
         summary = {"captures_version": captures_version_of(dataset), "split": p.split, "n_samples": len(results), "n_failed": len(failures), "n_targets": p.n_targets,
                    **aggregate(results), "s_per_sample": (time.perf_counter() - t0) / (len(results) + len(failures)),
-                   "num_inference_steps": p.num_inference_steps, "scheduler": p.scheduler,
+                   "num_inference_steps": p.num_inference_steps, "scheduler": p.scheduler, "device": str(pipe.device),
                    "noise_bands": band_ranges(cfg.train.num_train_timesteps),
                    "baseline_training_samples": stats.n_samples if stats is not None else 0,
                    "notes": sorted({note for r in results for note in r.notes} |

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from flame_fitting.core.errors import GeofaceError
@@ -43,6 +44,7 @@ from flame_fitting.geometry.render import Lighting, render_mesh
 from flame_fitting.uv import UVLayout
 
 from .config import GeoFaceConfig
+from .device import resolve_device
 from .orbit import (DEFAULT_FILL, DEFAULT_FOCAL_MM, CameraEstimateError, crop_view, estimate_photo_camera, head_crop,
                     orbit_cameras)
 from .pipeline import GeoFacePipeline, head_info_of
@@ -134,8 +136,14 @@ def read_model_config(path: Path | str, error: type[Exception] = GenerateError) 
 
 
 def load_pipeline(model_dir: Path | str, head_model, cfg: GeoFaceConfig | None = None, scheduler: str = "ddim",
-                  gutter: int = 4) -> GeoFacePipeline:
-    """A pipeline folder, or a bare transformer folder + its training config (module docstring)."""
+                  gutter: int = 4, device: str | torch.device = "auto") -> GeoFacePipeline:
+    """A pipeline folder, or a bare transformer folder + its training config (module docstring), on `device`
+    (`device.resolve_device`: auto = a CUDA GPU when there is one)."""
+    dev = resolve_device(device)  # a GPU that is not there: one line before anything is read
+    return _load_pipeline(model_dir, head_model, cfg, scheduler, gutter).to(dev)
+
+
+def _load_pipeline(model_dir, head_model, cfg, scheduler, gutter) -> GeoFacePipeline:
     p = Path(model_dir)
     layout = UVLayout.from_head_model(head_model)
     if (p / "model_index.json").is_file():
@@ -203,14 +211,17 @@ def generate_from_photo(photo: Path | str, model_dir: Path | str, n_views: int, 
                         num_inference_steps: int = 25, scheduler: str = "ddim", guidance_scale: float = 1.0,
                         seed: int = 0, yaw_range_deg: tuple[float, float] = (-60.0, 60.0),
                         focal_mm: float = DEFAULT_FOCAL_MM, fill: float = DEFAULT_FILL, max_side: int = MAX_SIDE,
-                        export_gs: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
-    """Generate n_views views + mesh from one photo into out_dir (see the module docstring); returns the report."""
+                        export_gs: bool = False, overwrite: bool = False, progress: bool = True,
+                        device: str | torch.device = "auto") -> dict:
+    """Generate n_views views + mesh from one photo into out_dir (see the module docstring) with the model on
+    `device` (auto: a CUDA GPU when there is one); returns the report."""
     from .export import export_3dgs
 
     t0 = time.perf_counter()
     out = Path(out_dir)
     if n_views < 1:
         raise GenerateError(f"n_views must be >= 1, got {n_views}")
+    device = resolve_device(device)  # a GPU that is not there: one line before any work
     inputs = [photo, model_dir, head_model_dir]
     check_output_dir(out, inputs, overwrite, kind="generated views")  # before any work: never replaces data geoface did not write
     bar = tqdm(total=5, desc="generate", disable=not progress)
@@ -219,7 +230,7 @@ def generate_from_photo(photo: Path | str, model_dir: Path | str, n_views: int, 
     notes += face.notes
     bar.update(1)
     head = load_head_model(head_model_dir)
-    pipe = load_pipeline(model_dir, head, cfg, scheduler)
+    pipe = load_pipeline(model_dir, head, cfg, scheduler, device=device)
     pipe.set_progress_bar_config(disable=not progress, leave=False)
     bar.update(1)
     H, W = rgb.shape[:2]
@@ -264,6 +275,7 @@ def generate_from_photo(photo: Path | str, model_dir: Path | str, n_views: int, 
             "n_views": n_views, "yaw_range_deg": list(yaw_range_deg), "resolution": S,
             "uv_resolution": pipe.config.uv_resolution, "scheduler": type(pipe.scheduler).__name__,
             "num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale, "seed": seed,
+            "device": str(pipe.device),
             "model_dir": str(model_dir), "head_model": pipe.head_info,
             "seconds": {"generate": round(t_gen, 3), "total": round(time.perf_counter() - t0, 3)},
             "files": sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file()) + ["report.json"],

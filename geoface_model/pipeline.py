@@ -249,7 +249,7 @@ class GeoFacePipeline(DiffusionPipeline):
                  seed: int | None = 0, generator: torch.Generator | None = None, mesh: bool = True,
                  return_dict: bool = True) -> GeoFacePipelineOutput | tuple:
         """reference_image (H,W,3) uint8 RGB (or a list of them) with its `Camera` (or a list); target_cameras:
-        N `Camera`s (any size; K is rescaled to the model resolution S). seed (or a CPU `generator`) fixes the
+        N `Camera`s (any size; K is rescaled to the model resolution S). seed (or a `generator`, on any device) fixes the
         noise (seed None: a fresh random seed). mesh: also turn the generated UV position map into vertices (needs the UV layout)."""
         refs = reference_image if isinstance(reference_image, (list, tuple)) else [reference_image]
         ref_cams = reference_camera if isinstance(reference_camera, (list, tuple)) else [reference_camera]
@@ -261,7 +261,7 @@ class GeoFacePipeline(DiffusionPipeline):
         if int(num_inference_steps) < 1 or guidance_scale < 0:
             raise PipelineError(f"num_inference_steps must be >= 1 and guidance_scale >= 0, got "
                                 f"{num_inference_steps}, {guidance_scale}")
-        device, dtype = self.transformer.device, self.transformer.dtype
+        device, dtype = self._execution_device, self.transformer.dtype  # the GPU also under model CPU offload
         S, R, f = self.config.resolution, self.config.uv_resolution, self.codec.downsample
         geo_on = bool(self.transformer.config.geometry_stream)
         ref_px, ref_cams = self._views(refs, ref_cams)
@@ -285,7 +285,8 @@ class GeoFacePipeline(DiffusionPipeline):
         app_shape, geo_shape = (1, Ft, C, h, w), (1, C, R // f, R // f)
         n_app = int(np.prod(app_shape))
         n_geo = int(np.prod(geo_shape)) if geo_on else 0
-        x = torch.randn((1, n_app + n_geo), generator=generator, dtype=torch.float32).to(device, dtype)
+        x = torch.randn((1, n_app + n_geo), generator=generator, dtype=torch.float32,
+                        device=generator.device).to(device, dtype)  # drawn where the generator is (CPU: any machine)
         self.scheduler.set_timesteps(int(num_inference_steps), device=device)
         x = x * self.scheduler.init_noise_sigma
 

@@ -5,7 +5,12 @@ under `accelerate launch` (docs/model.md). Per optimizer step: `grad_accum` micr
 sync only on the last), clipping, AdamW, linear warm-up (then constant or cosine), EMA update.
 Determinism: data order = accelerate's seedable sampler (seed + epoch), view choice = Dataset
 (seed, epoch, item), noise = a generator re-seeded from (seed, process, step, micro-batch) — so a resumed
-run replays exactly the batches and noise of an uninterrupted one.
+run replays exactly the batches and noise of an uninterrupted one. On the CPU its weights are then the same bits;
+on a GPU close but not bit-identical (atomic adds in backward kernels, cuDNN's algorithm choice), and a GPU run
+draws other noise than a CPU run of the same seed. Several GPUs: DDP with `find_unused_parameters` (a
+reference-dropped micro-batch leaves the alignment head without gradients); only the main process writes files.
+accelerate's state is one per process: `mixed_precision` is set by the first `train` call of a process (a later
+call asking for another raises accelerate's error; run each training in its own process, as the stage does).
 
 Outputs in out_dir: checkpoints/step_XXXXXX/ (see checkpoint.py), loss.csv, geoface_config.json,
 model/ (EMA weights, `GeoFaceTransformer.from_pretrained`). Resume never unpickles anything but tensors and
@@ -26,7 +31,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
@@ -144,7 +149,11 @@ def train(cfg: GeoFaceConfig, data: str | Path | GeoFaceDataset, out_dir: str | 
     mp = tc.mixed_precision if torch.cuda.is_available() else "no"
     if mp != tc.mixed_precision:
         log.info("mixed_precision %r requested but no GPU: training in fp32", tc.mixed_precision)
-    accelerator = Accelerator(mixed_precision=mp, dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=tc.seed))
+    # several GPUs (DDP): a micro-batch whose reference was dropped (train.cond_dropout) or an alignment loss switched
+    # off leaves the alignment head without gradients, which DDP's reducer refuses unless told to look for them
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    accelerator = Accelerator(mixed_precision=mp, kwargs_handlers=[ddp],
+                              dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=tc.seed))
     out_dir.mkdir(parents=True, exist_ok=True)
     if resume:
         _check_run_dir(out_dir, cfg)

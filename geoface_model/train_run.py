@@ -90,12 +90,14 @@ def train_model(cfg: GeoFaceConfig, data: Path | str, state: Path | str, model: 
             print(f"train: deleted the state of run {old.name} (train.keep_states = {cfg.train.keep_states})")
     PartialState().wait_for_everyone()
     metrics = train(cfg, Path(data), run_dir)
-    tmp = temp_path(model)
-    shutil.copytree(run_dir / "model", tmp)
-    shutil.copyfile(run_dir / "geoface_config.json", tmp / "geoface_config.json")  # generation needs the config
-    metrics["captures_version"] = write_model_card(tmp, data, cfg.to_dict(), rid, metrics)["captures_version"]
-    replace_dir(tmp, model, kind="model")
-    write_bytes(loss_csv, (run_dir / "loss.csv").read_bytes())
-    if metrics_path is not None:
-        write_json(metrics_path, {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))})
+    if PartialState().is_main_process:  # one process publishes (several GPUs: the others would race its renames)
+        tmp = temp_path(model)
+        shutil.copytree(run_dir / "model", tmp)
+        shutil.copyfile(run_dir / "geoface_config.json", tmp / "geoface_config.json")  # generation needs the config
+        metrics["captures_version"] = write_model_card(tmp, data, cfg.to_dict(), rid, metrics)["captures_version"]
+        replace_dir(tmp, model, kind="model")
+        write_bytes(loss_csv, (run_dir / "loss.csv").read_bytes())
+        if metrics_path is not None:
+            write_json(metrics_path, {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))})
+    PartialState().wait_for_everyone()
     return metrics

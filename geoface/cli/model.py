@@ -110,7 +110,7 @@ def generate(args) -> None:
     need(args.photo, "PHOTO", "file")
     show(generate_from_photo(args.photo, args.model, args.views, args.out, head_model_dir=args.head_model,
                              num_inference_steps=args.steps, scheduler=args.scheduler, guidance_scale=args.guidance,
-                             seed=args.seed, export_gs=args.gs, overwrite=args.force))
+                             seed=args.seed, export_gs=args.gs, overwrite=args.force, device=args.device))
 
 
 def export(args) -> None:
@@ -168,6 +168,8 @@ def register(sub, chosen) -> None:
     p.add_argument("--guidance", type=float, default=1.0,
                    help="classifier-free guidance on the reference (1 = off; needs a model trained with train.cond_dropout)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
+    p.add_argument("--device", default="auto", help="where the model runs: auto (a CUDA GPU when there is one, else "
+                   "the CPU), cpu, cuda or cuda:N (default auto)")
     p.add_argument("--gs", action="store_true", help="also export transforms.json + COLMAP text + PLY for 3DGS")
 
     p = command(sub, "export", "3D Gaussian Splatting starting point (transforms.json, COLMAP text, PLY) of a "

@@ -46,7 +46,8 @@ class LogitHead(nn.Module):
             self.mlp = nn.Sequential(nn.Linear(heads, hidden), nn.GELU(), nn.Linear(hidden, 1))
 
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mlp(x)[..., 0]
+        with torch.autocast(x.device.type, enabled=False):  # fp32 logits under bf16/fp16 autocast (and its recompute)
+            return self.mlp(x.float())[..., 0]
 
     def forward(self, per_head: torch.Tensor) -> torch.Tensor:
         if self.kind == "mean":

@@ -150,3 +150,14 @@ def test_export_of_a_sample_with_negative_obj_indices(capsys, tmp_path):
     (sample / "mesh.obj").write_text("v 0 0 0\nv 0.01 0 0\nv 0 0.01 0\nf -3 -2 -1\n")
     rc, _, err = cli(capsys, "export", sample, "--out", tmp_path / "gs")
     assert rc == 0, err
+
+
+@pytest.mark.parametrize("device,why", [("tpu", "choose auto, cpu, cuda or cuda:N"),
+                                        ("cuda:99", "cuda:99")])
+def test_generate_names_a_device_it_cannot_use(capsys, tmp_path, device, why):
+    photo = tmp_path / "face.jpg"
+    photo.write_bytes(b"not read: the device is checked first")
+    rc, _, err = cli(capsys, "generate", photo, "--out", tmp_path / "out", "--device", device)
+    line = one_line(err, "geoface generate: ")
+    assert rc != 0 and f"device {device!r}" in line and why in line
+    assert not (tmp_path / "out").exists()
