@@ -27,7 +27,7 @@ from flame_fitting.core.params import spec
 from flame_fitting.core.units import Unit, code_digest, run_units, tree_digest, unit_key, write_unit_failures
 from flame_fitting.formats.capture import load_cameras, load_capture
 from flame_fitting.formats.fits import fit_folders, load_sequence_fit
-from flame_fitting.formats.lineage import captures_version_of, write_lineage
+from flame_fitting.formats.lineage import captures_version_of, check_same_capture, write_lineage
 from flame_fitting.formats.units import capture_unit_hashes, worker_capture
 from flame_fitting.head.head_model import load_head_model
 from flame_fitting.uv import UVLayout, bake_posmap
@@ -74,6 +74,7 @@ def build_dataset(captures: Path | str, fits: Path | str, uv: Path | str, corres
     cap, uv, correspondences, out = load_capture(captures), Path(uv), Path(correspondences), Path(out)
     inputs = [captures, fits, uv, correspondences, head_model]
     check_output_dir(out, inputs, True, kind="dataset")
+    check_same_capture(captures, fits, "fits")
     head, code = tree_digest(head_model), code_digest(*CODE)
     params = {**asdict(cfg), **asdict(tok)}
     split_of = cap.manifest.groupby("subject").split.first().to_dict()
@@ -84,7 +85,7 @@ def build_dataset(captures: Path | str, fits: Path | str, uv: Path | str, corres
         correspondences=tree_digest(correspondences / f.parent.name / f.name))) for f in fit_folders(fits)]
     fn = partial(dataset_unit, str(cap.root), str(fits), str(uv), str(correspondences), str(head_model), cfg, tok)
     with open_executor(executor or ExecutorConfig(workers=1)) as ex:
-        run = run_units(ex, fn, units, out, "dataset", inputs=inputs)
+        run = run_units(ex, fn, units, out, "dataset", inputs=inputs, source=fits)
     write_unit_failures(out / "failures.json", run)
     recs = run.records.values()
     version = captures_version_of(captures)  # lineage.json: what the train stage's model card reads
@@ -123,7 +124,7 @@ def dataset_unit(captures: str, fits: str, uv: str, correspondences: str, head_m
             skipped += 1
             continue
         cpath = Path(correspondences) / subject / sequence / f"{frame:05d}.npz"
-        corr = load_correspondences(cpath)
+        corr = load_correspondences(cpath, maps=False)  # token-level targets only: the maps are not shards' data
         if (corr.tokens.app_tokens, corr.tokens.geo_tokens) != (tok.app_tokens, tok.geo_tokens):
             raise ValueError(f"{cpath}: token grids {corr.tokens.app_tokens}/{corr.tokens.geo_tokens} differ from "
                              f"params tokens {tok.app_tokens}/{tok.geo_tokens}; re-run the correspondences stage")

@@ -219,68 +219,73 @@ def generate_from_photo(photo: Path | str, model_dir: Path | str, n_views: int, 
 
     t0 = time.perf_counter()
     out = Path(out_dir)
-    if n_views < 1:
-        raise GenerateError(f"n_views must be >= 1, got {n_views}")
+    if n_views < 1 or int(num_inference_steps) < 1 or guidance_scale < 0:  # before any work
+        raise GenerateError(f"n_views and num_inference_steps must be >= 1 and guidance_scale >= 0, got {n_views}, "
+                            f"{num_inference_steps}, {guidance_scale}")
     device = resolve_device(device)  # a GPU that is not there: one line before any work
     inputs = [photo, model_dir, head_model_dir]
     check_output_dir(out, inputs, overwrite, kind="generated views")  # before any work: never replaces data geoface did not write
     bar = tqdm(total=5, desc="generate", disable=not progress)
-    rgb, notes, orig = read_photo(photo, max_side)
-    face = detect_face(rgb, str(photo))
-    notes += face.notes
-    bar.update(1)
-    head = load_head_model(head_model_dir)
-    pipe = load_pipeline(model_dir, head, cfg, scheduler, device=device)
-    pipe.set_progress_bar_config(disable=not progress, leave=False)
-    bar.update(1)
-    H, W = rgb.shape[:2]
     try:
-        est = estimate_photo_camera(head, face.landmarks, W, H, focal_mm)
-    except CameraEstimateError as e:
-        raise GenerateError(f"{photo}: cannot estimate the camera ({e})") from None
-    if est.note:
-        notes.append(est.note)
-    S = pipe.config.resolution
-    ref_img, ref_cam = crop_view(rgb, est.camera, head_crop(est.camera, est.centre, est.head_height, fill), S)
-    ref_cam = Camera(K=ref_cam.K, world_to_cam=ref_cam.world_to_cam, width=S, height=S, name="reference")
-    targets = orbit_cameras(ref_cam, est.centre, n_views, yaw_range_deg)
-    bar.update(1)
-    t_gen = time.perf_counter()
-    res = pipe(ref_img, ref_cam, targets, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed)
-    t_gen = time.perf_counter() - t_gen
-    bar.update(1)
+        rgb, notes, orig = read_photo(photo, max_side)
+        face = detect_face(rgb, str(photo))
+        notes += face.notes
+        bar.update(1)
+        head = load_head_model(head_model_dir)
+        pipe = load_pipeline(model_dir, head, cfg, scheduler, device=device)
+        pipe.set_progress_bar_config(disable=not progress, leave=False)
+        bar.update(1)
+        H, W = rgb.shape[:2]
+        try:
+            est = estimate_photo_camera(head, face.landmarks, W, H, focal_mm)
+        except CameraEstimateError as e:
+            raise GenerateError(f"{photo}: cannot estimate the camera ({e})") from None
+        if est.note:
+            notes.append(est.note)
+        S = pipe.config.resolution
+        ref_img, ref_cam = crop_view(rgb, est.camera, head_crop(est.camera, est.centre, est.head_height, fill), S)
+        ref_cam = Camera(K=ref_cam.K, world_to_cam=ref_cam.world_to_cam, width=S, height=S, name="reference")
+        targets = orbit_cameras(ref_cam, est.centre, n_views, yaw_range_deg)
+        bar.update(1)
+        t_gen = time.perf_counter()
+        res = pipe(ref_img, ref_cam, targets, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                   seed=seed)
+        t_gen = time.perf_counter() - t_gen
+        bar.update(1)
 
-    names = [c.name for c in res.cameras]
-    with output_dir(out, inputs, overwrite, kind="generated views") as tmp:
-        write_png(tmp / "reference.png", res.reference[0])
-        for name, img in zip(names, res.images):
-            write_png(tmp / "views" / f"{name}.png", img)
-        if res.vertices is not None:
-            write_obj(tmp / "mesh.obj", res.vertices, res.faces, pipe.uv_layout.uv, pipe.uv_layout.uv_faces)
-        if res.posmap is not None:
-            np.save(tmp / "posmap.npy", res.posmap.astype(np.float32))
-        save_cameras(tmp / "cameras.json", {"reference": res.reference_cameras[0], **dict(zip(names, res.cameras))})
-        sheet = contact_sheet([res.reference[0], *res.images], [res.reference_cameras[0], *res.cameras],
-                              ["reference", *names], res.vertices, res.faces)
-        write_png(tmp / "contact_sheet.png", sheet)
-        if export_gs:
-            export_3dgs(tmp / "gs", [res.reference[0], *res.images], [res.reference_cameras[0], *res.cameras],
-                        res.vertices, res.faces, names=["reference", *names])
-        report = {
-            "photo": str(photo), "photo_size": list(orig), "used_size": [W, H], "faces_found": face.n_faces,
-            "face_box": [round(float(v), 1) for v in face.box], "notes": notes,
-            "camera": {"method": est.method, "landmark_rms_px": round(est.rms_px, 3), "focal_mm_equivalent": focal_mm,
-                       "head_height_m": round(est.head_height, 4), "head_centre": [float(x) for x in est.centre],
-                       "distance_m": round(float(np.linalg.norm(ref_cam.center - est.centre)), 4)},
-            "n_views": n_views, "yaw_range_deg": list(yaw_range_deg), "resolution": S,
-            "uv_resolution": pipe.config.uv_resolution, "scheduler": type(pipe.scheduler).__name__,
-            "num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale, "seed": seed,
-            "device": str(pipe.device),
-            "model_dir": str(model_dir), "head_model": pipe.head_info,
-            "seconds": {"generate": round(t_gen, 3), "total": round(time.perf_counter() - t0, 3)},
-            "files": sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file()) + ["report.json"],
-        }
-        (tmp / "report.json").write_text(json.dumps(report, indent=1))
-    bar.update(1)
-    bar.close()
+        names = [c.name for c in res.cameras]
+        with output_dir(out, inputs, overwrite, kind="generated views") as tmp:
+            write_png(tmp / "reference.png", res.reference[0])
+            for name, img in zip(names, res.images):
+                write_png(tmp / "views" / f"{name}.png", img)
+            if res.vertices is not None:
+                write_obj(tmp / "mesh.obj", res.vertices, res.faces, pipe.uv_layout.uv, pipe.uv_layout.uv_faces)
+            if res.posmap is not None:
+                np.save(tmp / "posmap.npy", res.posmap.astype(np.float32))
+            save_cameras(tmp / "cameras.json", {"reference": res.reference_cameras[0], **dict(zip(names, res.cameras))})
+            sheet = contact_sheet([res.reference[0], *res.images], [res.reference_cameras[0], *res.cameras],
+                                  ["reference", *names], res.vertices, res.faces)
+            write_png(tmp / "contact_sheet.png", sheet)
+            if export_gs:
+                export_3dgs(tmp / "gs", [res.reference[0], *res.images], [res.reference_cameras[0], *res.cameras],
+                            res.vertices, res.faces, names=["reference", *names])
+            report = {
+                "photo": str(photo), "photo_size": list(orig), "used_size": [W, H], "faces_found": face.n_faces,
+                "face_box": [round(float(v), 1) for v in face.box], "notes": notes,
+                "camera": {"method": est.method, "landmark_rms_px": round(est.rms_px, 3),
+                           "focal_mm_equivalent": focal_mm,
+                           "head_height_m": round(est.head_height, 4), "head_centre": [float(x) for x in est.centre],
+                           "distance_m": round(float(np.linalg.norm(ref_cam.center - est.centre)), 4)},
+                "n_views": n_views, "yaw_range_deg": list(yaw_range_deg), "resolution": S,
+                "uv_resolution": pipe.config.uv_resolution, "scheduler": type(pipe.scheduler).__name__,
+                "num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale, "seed": seed,
+                "device": str(pipe.device),
+                "model_dir": str(model_dir), "head_model": pipe.head_info,
+                "seconds": {"generate": round(t_gen, 3), "total": round(time.perf_counter() - t0, 3)},
+                "files": sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file()) + ["report.json"],
+            }
+            (tmp / "report.json").write_text(json.dumps(report, indent=1))
+        bar.update(1)
+    finally:  # an error's line is not glued to an open bar
+        bar.close()
     return report

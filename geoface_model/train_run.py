@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 from pathlib import Path
 
 from accelerate import PartialState
@@ -87,7 +88,8 @@ def train_model(cfg: GeoFaceConfig, data: Path | str, state: Path | str, model: 
     if PartialState().is_main_process:
         touch_run(run_dir, rid)
         for old in prune_runs(state, cfg.train.keep_states, run_dir):
-            print(f"train: deleted the state of run {old.name} (train.keep_states = {cfg.train.keep_states})")
+            print(f"train: deleted the state of run {old.name} (train.keep_states = {cfg.train.keep_states})",
+                  file=sys.stderr)
     PartialState().wait_for_everyone()
     metrics = train(cfg, Path(data), run_dir)
     if PartialState().is_main_process:  # one process publishes (several GPUs: the others would race its renames)

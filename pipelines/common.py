@@ -162,11 +162,18 @@ class CaptureImport:
 
     def close(self) -> None:
         rows = self.writer.rows
+        # asked-for subjects that nothing was imported of (ids compare with or without zero padding, as NeRSemble's)
+        got = {str(r["subject"]).lstrip("0") for r in rows}
+        absent = [w for w in (self.cfg.subjects or []) if str(w).lstrip("0") not in got]
         if not rows:
             shutil.rmtree(self.writer.tmp, ignore_errors=True)
             first = "; ".join(f"{s['item']}: {s['reason']}" for s in self.skipped[:5])
+            asked = f"; subjects asked for: {', '.join(map(str, absent))}" if absent else ""
             raise CaptureError(f"{self.root_in}: nothing imported from this {self.source} source "
-                               f"({len(self.skipped)} items skipped{': ' + first if first else ''})")
+                               f"({len(self.skipped)} items skipped{': ' + first if first else ''}{asked})")
+        if absent:
+            self.warn(f"subjects {', '.join(map(str, absent))} (the `subjects` setting) were not imported: not in "
+                      f"{self.root_in}, or every item of theirs was skipped")
         seqs = sorted({f"{r['subject']}/{r['sequence']}" for r in rows})
         splits = {s: self.split_of(s) for s in sorted({r["subject"] for r in rows})}
         self.writer.info.update(root_in=str(self.root_in), config=asdict(self.cfg), splits=splits,

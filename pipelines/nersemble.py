@@ -16,6 +16,7 @@ point clouds, audio.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import cv2
@@ -97,7 +98,7 @@ def report_intrinsics(imp: CaptureImport, subject: str, seq: str, serials) -> No
     for (ref, img, rule), ss in groups.items():
         what = "used as is" if ref == img else f"scaled by {img[0] / ref[0]:.4g} × {img[1] / ref[1]:.4g}"
         print(f"nersemble {subject}/{seq}: {len(ss)} camera(s): intrinsics are for {ref[0]}×{ref[1]} ({rule}); "
-              f"images are {img[0]}×{img[1]}: K {what}")
+              f"images are {img[0]}×{img[1]}: K {what}", file=sys.stderr)
 
 
 def v1_colour(imp: CaptureImport, part: Participant, seq: str, serials) -> dict[str, np.ndarray]:

@@ -24,6 +24,14 @@ def paths(doc: str, *names: str, argv: list[str] | None = None) -> argparse.Name
     return ap.parse_args(argv)
 
 
+def num(x, digits: int = 4) -> str:
+    """A metric for the stage's summary line: `digits` significant digits ("3.231", not 3.2309476285193544), "n/a"
+    where it could not be computed (None or NaN)."""
+    if x is None or (isinstance(x, float) and x != x):
+        return "n/a"
+    return f"{x:.{digits}g}" if isinstance(x, float) else str(x)
+
+
 def run(main) -> None:
     """Call `main()`; an error about the input (GeofaceError, or an OSError naming a path) becomes one line on
     stderr and exit status 1

@@ -9,7 +9,7 @@ Run: `dvc repro correspondences` (the paths are on its cmd line in dvc.yaml).
 from __future__ import annotations
 
 import common  # noqa: F401  (puts this checkout first on sys.path)
-from common import paths, run, start_pool_early
+from common import num, paths, run, start_pool_early
 
 if __name__ == "__main__":
     start_pool_early("flame_fitting.uv.batch")  # the pool imports while this script does
@@ -30,7 +30,7 @@ def main() -> None:
     cfg, tok, ex = load_params(read_params())
     m = correspondences_for_fits(a.fits, a.uv, a.captures, a.head_model, a.out, a.previews, cfg, tok.app_tokens,
                                  tok.geo_tokens, metrics_path=a.metrics, executor=ex)
-    print(f"correspondences: {m['frames']} frames, cycle error median {m['cycle_error_px_median']} px")
+    print(f"correspondences: {m['frames']} frames, cycle error median {num(m['cycle_error_px_median'])} px")
 
 
 if __name__ == "__main__":

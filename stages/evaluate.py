@@ -7,7 +7,7 @@ Reads params sections `eval` (EvalParams) and `uv.gutter`; writes the sample fol
 from __future__ import annotations
 
 import common  # noqa: F401  (puts this checkout first on sys.path)
-from common import paths, run
+from common import num, paths, run
 
 from flame_fitting.core.params import build_config, read_params
 from flame_fitting.uv.batch import UVParams
@@ -26,9 +26,10 @@ def main() -> None:
     p, uv = load_params(read_params())
     s = evaluate_model(a.model, a.dataset, a.fits, a.head_model, a.out, a.plots, p, uv.gutter, a.loss_csv,
                        a.train_metrics, metrics_path=a.metrics)
-    print(f"evaluate: {s['n_samples']} sample(s), {s['n_failed']} failed; psnr {s['psnr']}, ssim {s['ssim']}, "
-          f"tsed {s['tsed']} (gt {s['gt_tsed']}), geometry {s['geometry_error_mm']} mm, attention hit rate "
-          f"{s['attention_hit_rate']} (chance {s['attention_chance']}); report {a.plots / 'report.html'}")
+    print(f"evaluate: {s['n_samples']} sample(s), {s['n_failed']} failed; psnr {num(s['psnr'])}, ssim "
+          f"{num(s['ssim'])}, tsed {num(s['tsed'])} (gt {num(s['gt_tsed'])}), geometry {num(s['geometry_error_mm'])} "
+          f"mm, attention hit rate {num(s['attention_hit_rate'])} (chance {num(s['attention_chance'])}); report "
+          f"{a.plots / 'report.html'}")
 
 
 if __name__ == "__main__":

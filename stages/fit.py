@@ -9,7 +9,7 @@ skipped. Run: `dvc repro fit` (the paths are on its cmd line in dvc.yaml).
 from __future__ import annotations
 
 import common  # noqa: F401  (puts this checkout first on sys.path)
-from common import paths, run, start_pool_early
+from common import num, paths, run, start_pool_early
 
 if __name__ == "__main__":
     start_pool_early("flame_fitting.fit.run")  # the pool imports while this script does
@@ -30,7 +30,7 @@ def main() -> None:
     m = fit_folder(a.captures, a.landmarks, a.head_model, a.out, cfg, a.overlays, a.cost_csv, metrics_path=a.metrics,
                    executor=ex)
     print(f"fit: {m['frames_ok']} frames ok ({m['units_run']} sequences fitted, {m['units_kept']} unchanged), "
-          f"reprojection median {m['reprojection_px_median']} px")
+          f"reprojection median {num(m['reprojection_px_median'])} px")
 
 
 if __name__ == "__main__":

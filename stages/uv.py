@@ -8,7 +8,7 @@ Run: `dvc repro uv` (the paths are on its cmd line in dvc.yaml).
 from __future__ import annotations
 
 import common  # noqa: F401  (puts this checkout first on sys.path)
-from common import paths, run, start_pool_early
+from common import num, paths, run, start_pool_early
 
 if __name__ == "__main__":
     start_pool_early("flame_fitting.uv.batch")  # the pool imports while this script does
@@ -26,7 +26,7 @@ def main() -> None:
     a = paths(__doc__, "fits", "head_model", "--out", "--previews", "--metrics")
     cfg, ex = load_params(read_params())
     m = bake_fits(a.fits, a.head_model, a.out, a.previews, cfg, metrics_path=a.metrics, executor=ex)
-    print(f"uv: {m['n_frames']} position maps at {cfg.resolution}², round trip {m['roundtrip_mm_mean']} mm")
+    print(f"uv: {m['n_frames']} position maps at {cfg.resolution}², round trip {num(m['roundtrip_mm_mean'])} mm")
 
 
 if __name__ == "__main__":

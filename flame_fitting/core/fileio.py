@@ -235,6 +235,16 @@ def _declared_size(path: Path | str) -> tuple[int, int] | None:
         return None
 
 
+def preview_size(img: np.ndarray, side: int = 1024) -> np.ndarray:
+    """`img` (H, W[, C]) shrunk (area interpolation) so its longer side is at most `side`, unchanged when it is: the
+    size of a preview picture (full-resolution NeRSemble / RenderMe-360 frames made 3–5 MB PNGs per preview)."""
+    s = side / max(img.shape[:2])
+    if s >= 1:
+        return img
+    return cv2.resize(img, (max(1, round(img.shape[1] * s)), max(1, round(img.shape[0] * s))),
+                      interpolation=cv2.INTER_AREA)
+
+
 def image_size(path: Path | str) -> tuple[int, int] | None:
     """(width, height) of an image file as `cv2.imread` decodes it (JPEG EXIF orientation applied), read from the
     file's header only (PIL's lazy open: no pixels are decoded). None when the header is not a readable image

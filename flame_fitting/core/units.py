@@ -196,16 +196,21 @@ def _sweep(out: Path, keep_units: set[str], extras: Path | None) -> list[str]:
 
 
 def run_units(executor, fn: Callable, units: Iterable[Unit], out: Path | str, desc: str,
-              extras: Path | str | None = None, inputs: Iterable[Path | str] = (), progress: bool = True) -> UnitRun:
+              extras: Path | str | None = None, inputs: Iterable[Path | str] = (), progress: bool = True,
+              source: Path | str | None = None) -> UnitRun:
     """Bring `out` (and `extras`) up to date with `units`: run the units that are not current with
     `executor.map(UnitWork(fn, out, extras), ...)` (flame_fitting.core.executor; connect it before calling, so an
     unreachable cluster changes nothing), remove the outputs of units not in `units`, keep the others untouched.
     `out` (and `extras`) must be geoface's own folders (or absent) of this stage's kind (`desc`, `desc previews`:
     the markers say so, so a capture or another stage's folder given as either is refused, never swept), apart
-    from each other; `inputs` must not be inside `out`."""
+    from each other; `inputs` must not be inside `out`. `source`: the input folder the units come from; when it holds
+    none, AllUnitsFailedError names it before anything is written or removed (a wrong folder given for it)."""
     out = Path(out)
     extras = None if extras is None else Path(extras)
     units = sorted(units, key=lambda u: (u.subject, u.sequence))
+    if not units and source is not None:
+        raise AllUnitsFailedError(f"{source}: holds no sequences for the {desc} stage (an empty or wrong input "
+                                  f"folder?); {out} was not touched")
     for u in units:  # out/<subject>/<sequence> is written and deleted: never a path that leaves `out`
         why = name_problem(u.subject) or name_problem(u.sequence)
         if why:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import traceback
 from collections import Counter
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -35,10 +36,11 @@ from tqdm import tqdm
 
 from flame_fitting.core.arrays import load_npz
 from flame_fitting.formats.capture import Capture, save_cameras
-from flame_fitting.core.fileio import check_output_dir, make_temp_dir, mark_output, replace_dir
+from flame_fitting.core.fileio import check_output_dir, image_size, make_temp_dir, mark_output, replace_dir
 from flame_fitting.fit import FitConfig, SequenceFit, fit_sequence
 from flame_fitting.fit.features import feature_refined_cameras, frame_points
 from flame_fitting.fit.overlay import overlay_png
+from flame_fitting.fit.observations import FitInputError
 from flame_fitting.fit.report import FrameStatus
 from flame_fitting.head.head_model import HeadModel
 from flame_fitting.formats.landmarks import LandmarkSet
@@ -167,6 +169,9 @@ def fit_one_sequence(cap: Capture, ls: LandmarkSet, model: HeadModel, cfg: FitCo
     masks_skipped, overlays_skipped = [], []
     fit = fit_capture_sequence(cap, ls, model, cfg, subject, sequence, masks_skipped=masks_skipped)
     fit.status = dict(sorted({**fit.status, **no_landmark_status(cap, ls, subject, sequence, fit.status)}.items()))
+    if all(s.status == "skipped" for s in fit.status.values()):  # nothing to hand to the uv stage: a failed unit
+        why = sorted({s.note or s.reason for s in fit.status.values()})
+        raise FitInputError(f"{subject}/{sequence}: no frame could be fitted ({'; '.join(why)[:400]})")
     overlays, written = {}, []
     if overlay_dir is not None:
         try:
@@ -248,37 +253,66 @@ def resolve_silhouette_mode(cfg: FitConfig, cap: Capture) -> FitConfig:
     return replace(cfg, silhouette_mode="two_sided" if cap.info.get("source") == "synthetic" else "inside")
 
 
-def load_masks(cap: Capture, subject: str, sequence: str, skipped: list[dict] | None = None
-               ) -> dict[int, dict[str, np.ndarray]] | None:
-    """{frame: {camera: (H, W) uint8 mask}} of the capture's `mask_path` column (rows without one are absent),
-    None when the capture has no masks for this sequence. An unreadable mask, or one whose size is not its camera's,
-    is left out (that view simply has no silhouette term) and recorded in `skipped` as {"path", "error"}."""
-    import cv2
+UNDECODABLE = "missing or not a decodable image; view fitted without its silhouette"
 
+
+class FrameMasks(Mapping):
+    """{camera: (H, W) uint8 mask} of one frame, each decoded from its file when it is asked for, so a sequence's
+    masks are never all in memory at once (113 MB a frame at NeRSemble's 16 × 2200×3208; a 200-frame sequence held
+    them all before). `get` of a file that does not decode gives None (that view has no silhouette term), recorded
+    once in `skipped`."""
+
+    def __init__(self, paths: dict[str, Path], skipped: list[dict] | None):
+        self._paths, self._skipped, self._bad = paths, skipped, set()
+
+    def __getitem__(self, camera: str) -> np.ndarray:
+        import cv2
+
+        path = self._paths[camera]  # KeyError: no mask for this view
+        img = None if camera in self._bad else cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        if img is None:
+            if camera not in self._bad and self._skipped is not None:
+                self._skipped.append({"path": str(path), "error": UNDECODABLE})
+            self._bad.add(camera)
+            raise KeyError(camera)
+        return img
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._paths)
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+
+def load_masks(cap: Capture, subject: str, sequence: str, skipped: list[dict] | None = None
+               ) -> dict[int, FrameMasks] | None:
+    """{frame: {camera: (H, W) uint8 mask}} of the capture's `mask_path` column (rows without one are absent), each
+    mask decoded when it is used (`FrameMasks`), None when the capture has no masks for this sequence. A mask whose
+    header is unreadable, or whose size is not its camera's, is left out (that view simply has no silhouette term)
+    and recorded in `skipped` as {"path", "error"}; so is one that does not decode when it is used."""
     m = cap.manifest
     if "mask_path" not in m.columns:
         return None
     rows = m[(m.subject == subject) & (m.sequence == sequence)]
     cams = cap.cameras(subject, sequence)
-    out: dict[int, dict[str, np.ndarray]] = {}
+    paths: dict[int, dict[str, Path]] = {}
     for r in rows.itertuples():
         if not isinstance(r.mask_path, str) or not r.mask_path:
             continue
         path = cap.root / r.mask_path
-        img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-        if img is None:
+        size = image_size(path) if path.is_file() else None  # the header only: no pixels decoded here
+        if size is None:
             if skipped is not None:
-                skipped.append({"path": str(path), "error": "missing or not a decodable image; view fitted without "
-                                                            "its silhouette"})
+                skipped.append({"path": str(path), "error": UNDECODABLE})
             continue
         cam = cams.get(r.camera)
-        if cam is not None and img.shape != (cam.height, cam.width):
+        if cam is not None and size != (cam.width, cam.height):
             if skipped is not None:
-                skipped.append({"path": str(path), "error": f"mask is {img.shape[1]}×{img.shape[0]} but camera "
+                skipped.append({"path": str(path), "error": f"mask is {size[0]}×{size[1]} but camera "
                                 f"{r.camera!r} is {cam.width}×{cam.height}; view fitted without its silhouette"})
             continue
-        out.setdefault(int(r.frame), {})[r.camera] = img
-    return out or None
+        paths.setdefault(int(r.frame), {})[r.camera] = path
+    return {f: FrameMasks(p, skipped) for f, p in paths.items()} or None
 
 
 def embedding_used(model: HeadModel, cfg: FitConfig) -> str:

@@ -129,10 +129,12 @@ class FitConfig:
     n_shape: int | None = spec(None, "identity components fitted (null = all the head model has)", lo=0)
     n_expr: int | None = spec(None, "expression components fitted (null = all the head model has)", lo=0)
     min_views: int = spec(2, "fit a frame only when at least this many views have detections", lo=2)
-    triangulation_px: float = spec(12.0, "RANSAC inlier threshold of the initial triangulation (pixels)", lo=0.1)
+    triangulation_px: float = spec(12.0, "RANSAC inlier threshold of the initial triangulation (pixels of an image "
+                                         "up to 512 px on its longer side; scaled with the side above that)", lo=0.1)
     ransac_pairs: int = spec(12, "view pairs tried per landmark by the triangulation RANSAC (all when fewer)", lo=1)
     max_median_px: float = spec(25.0, "a fitted frame whose median reprojection error exceeds this is flagged "
-                                      "diverged", lo=0.0)
+                                      "diverged (pixels of an image up to 512 px on its longer side; scaled with the "
+                                      "side above that: landmark errors grow with resolution)", lo=0.0)
     chunk_frames: int = spec(32, "frames whose Jacobians are built at once (memory bound)", lo=1)
     threads: int = spec(1, "torch intra-op threads while fitting (0 = leave torch's setting); the linear algebra is "
                            "small, so run sequences in parallel processes instead", lo=0)

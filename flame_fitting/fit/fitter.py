@@ -185,6 +185,21 @@ def _silhouette_summary(pb: Problem, st: State, active: torch.Tensor) -> dict:
             "median_px": float(e.median()) if e.numel() else None}
 
 
+PIXEL_REFERENCE = 512  # the longer image side the decision thresholds in pixels are given for
+
+
+def pixel_scaled(cfg: FitConfig, cameras: dict[str, Camera]) -> FitConfig:
+    """cfg with `max_median_px` and `triangulation_px` grown by the cameras' median longer side / PIXEL_REFERENCE
+    when that is above 1 (unchanged up to 512 px). MediaPipe's landmark errors grow with the resolution (3.8 px at
+    512², 11.8 px at 1100×1604, ~26 px at 2200×3208 on the same synthetic heads, fits of 0.2–0.3 mm): a fixed 25 px
+    flagged good full-resolution NeRSemble fits as diverged, and the dataset stage dropped them."""
+    sides = [max(c.width, c.height) for c in cameras.values()]
+    s = float(np.median(sides)) / PIXEL_REFERENCE if sides else 1.0
+    if s <= 1.0:
+        return cfg
+    return replace(cfg, max_median_px=cfg.max_median_px * s, triangulation_px=cfg.triangulation_px * s)
+
+
 def fit_sequence(model: HeadModel, cameras: dict[str, Camera], observations: dict, cfg: FitConfig | None = None,
                  progress: bool = True, *, confidences: dict | None = None, init: dict[int, FrameParams] | None = None,
                  subject: str = "", sequence: str = "", masks: dict | None = None,
@@ -204,7 +219,7 @@ def fit_sequence(model: HeadModel, cameras: dict[str, Camera], observations: dic
     silhouette term (or with cfg.points_with_masks) and with cfg.points_weight > 0 the landmark solve is followed by
     one with the surface-point term (`points.py`); `SequenceFit.points` says what was used.
     """
-    cfg = cfg or FitConfig()
+    cfg = pixel_scaled(cfg or FitConfig(), cameras)
     if cfg.calibrated_embedding and model.has_calibrated_embedding:
         model = model.with_mediapipe_embedding(calibrated=True)
     with torch_threads(cfg.threads), torch.no_grad():

@@ -221,7 +221,7 @@ def run_lm(pb: Problem, state: State, progress: bool = False, desc: str = "fit")
                           f"to the best state"
             state.thetas[i] = best_thetas[i]
         elif not med[i] <= cfg.max_median_px:
-            diverged[i] = (f"median reprojection error {float(med[i]):.2f} px > max_median_px {cfg.max_median_px}"
+            diverged[i] = (f"median reprojection error {float(med[i]):.2f} px > max_median_px {cfg.max_median_px:.4g}"
                            if torch.isfinite(med[i]) else "no landmark in front of any camera")
     return LMOutcome(state=state, history=history, diverged=diverged, converged=converged, errors=errors, vis=vis,
                      robust_scale=scale)

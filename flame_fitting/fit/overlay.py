@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 from flame_fitting.geometry.camera import Camera
-from flame_fitting.core.fileio import write_png
+from flame_fitting.core.fileio import preview_size, write_png
 
 _SHIFT = 2  # fractional bits of the drawing coordinates
 OBS_COLOR, FIT_COLOR, RESIDUAL_COLOR, MESH_COLOR = (40, 220, 40), (235, 40, 40), (250, 220, 0), (90, 170, 255)
@@ -61,7 +61,10 @@ def draw_overlay(image: np.ndarray, camera: Camera, vertices: np.ndarray, faces:
 
 def overlay_png(image: np.ndarray, camera: Camera, vertices: np.ndarray, faces: np.ndarray,
                 landmarks_obs: np.ndarray | None, landmarks_fit: np.ndarray | None, out: Path | str) -> np.ndarray:
-    """Draw the overlay (see `draw_overlay`) and write it to `out` as PNG; returns the RGB image."""
-    img = draw_overlay(image, camera, vertices, faces, landmarks_obs, landmarks_fit)
+    """Draw the overlay (see `draw_overlay`) and write it to `out` as PNG, at most 1024 px on its longer
+    side (a 2200×3208 NeRSemble frame gave 3–4 MB per overlay, DVC-tracked for every sequence); returns the RGB
+    image as written."""
+    img = preview_size(draw_overlay(image, camera, vertices, faces, landmarks_obs, landmarks_fit))
     write_png(out, img)
     return img
+

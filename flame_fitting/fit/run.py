@@ -16,7 +16,7 @@ from flame_fitting.core.executor import ExecutorConfig, open_executor
 from flame_fitting.core.fileio import check_output_dir, write_csv, write_json
 from flame_fitting.core.units import Unit, code_digest, run_units, tree_digest, unit_key, write_unit_failures
 from flame_fitting.formats.capture import capture_version, load_capture
-from flame_fitting.formats.lineage import write_lineage
+from flame_fitting.formats.lineage import check_same_capture, write_lineage
 from flame_fitting.formats.landmarks import load_landmarks
 from flame_fitting.formats.units import capture_unit_hashes, capture_units, sub_capture, worker_capture
 from flame_fitting.head.head_model import load_head_model
@@ -37,6 +37,7 @@ def fit_folder(captures: Path | str, landmarks: Path | str, head_model: Path | s
     on `executor`. Returns (and writes) the public metrics (+ units run / kept / removed / failed)."""
     check_output_dir(out, [captures, landmarks, head_model], overwrite, kind="fit")
     cap, landmarks = load_capture(captures), Path(landmarks)
+    check_same_capture(captures, landmarks, "landmarks")
     cfg = resolve_silhouette_mode(cfg, cap)
     head, code = tree_digest(head_model), code_digest(*(ROOT / r for r in ROOMS))
     units = [Unit(u.subject, u.sequence, unit_key(
@@ -46,7 +47,8 @@ def fit_folder(captures: Path | str, landmarks: Path | str, head_model: Path | s
     # fails the stage before any output exists, instead of failing every unit
     fn = partial(fit_unit, str(cap.root), str(landmarks), str(head_model), cfg)
     with open_executor(executor or ExecutorConfig(workers=1)) as ex:
-        run = run_units(ex, fn, units, out, "fit", extras=overlays, inputs=[captures, landmarks, head_model])
+        run = run_units(ex, fn, units, out, "fit", extras=overlays, inputs=[captures, landmarks, head_model],
+                        source=captures)
     out = Path(out)
     write_unit_failures(out / "failures.json", run)
     recs = run.records

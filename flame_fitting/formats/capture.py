@@ -229,7 +229,8 @@ def load_capture(root: Path | str, check_files: bool = True, check_hashes: bool 
     root = Path(root)
     meta_path, man_path = root / "capture.json", root / "manifest.parquet"
     if not meta_path.is_file():
-        raise CaptureError(f"{meta_path}: missing (is {root} a geoface capture?)")
+        raise CaptureError(f"{meta_path}: missing (is {root} a geoface capture? a dataset in another layout is "
+                           f"imported first: `geoface import SOURCE {root} --out CAPTURE`, docs/sources.md)")
     info = _read_json_object(meta_path, "missing")
     if info.get("format") != FORMAT:
         raise CaptureError(f"{meta_path}: format is {info.get('format')!r}, expected {FORMAT!r}")

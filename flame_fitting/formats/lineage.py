@@ -49,3 +49,16 @@ def captures_version_of(folder: Path | str) -> str | None:
     if (folder / "capture.json").is_file():
         return capture_version(folder)
     return read_lineage(folder).get("captures_version")
+
+
+def check_same_capture(captures: Path | str, derived: Path | str, what: str) -> None:
+    """LineageError when the stage output folder `derived` (its lineage.json) was made from another capture than the
+    capture folder `captures` — images of one capture would be paired with the landmarks or geometry of another;
+    nothing when `derived` records no version (written before geoface recorded lineage)."""
+    theirs = captures_version_of(derived)
+    if theirs is None:
+        return
+    ours = capture_version(captures)
+    if theirs != ours:
+        raise LineageError(f"{derived}: {what} of capture version {theirs}, but {captures} is capture version {ours}; "
+                           f"give the capture they were made from")

@@ -227,6 +227,14 @@ def convert_flame_pickle(src: Path | str, dst_npz: Path | str, overwrite: bool =
         raise HeadModelError(f"{dst}: exists; pass --force to replace it")
     if (parent := file_ancestor(dst)) is not None:
         raise HeadModelError(f"{dst}: {parent} is a file, not a folder")
+    try:
+        with open(src, "rb") as f:
+            magic = f.read(4)
+    except OSError:
+        magic = b""  # load_pickle says what is wrong with the file
+    if magic == b"PK\x03\x04":  # a zip archive: an .npz, not a pickle
+        raise HeadModelError(f"{src}: an .npz archive already, not a FLAME pickle: nothing to convert (use it as "
+                             "FLAME_NEUTRAL.npz in the head model folder)")
     data = load_pickle(src, allow_chumpy=True)
     if not isinstance(data, dict):
         raise HeadModelError(f"{src}: expected a pickled dict of arrays, found {type(data).__name__}")

@@ -32,11 +32,11 @@ LAYOUT_HELP = (
     "generic_model.pkl without chumpy), flame_static_embedding.pkl, mediapipe_landmark_embedding.npz, "
     "head_template.obj, optionally flame_dynamic_embedding.npy, ibug68_landmark_embedding.npz and head_model.json "
     "({\"kind\": \"standin\"|\"flame2020\"|\"flame2023\", \"n_shape\": int, \"n_expr\": int}). Convert a chumpy pickle with: "
-    "python -m flame_fitting.head.flame_io convert SRC.pkl DST_FOLDER/FLAME_NEUTRAL.npz")
+    "geoface head-model convert SRC.pkl DST_FOLDER/FLAME_NEUTRAL.npz")
 
 
 def convert_command(src: Path) -> str:
-    return f"python -m flame_fitting.head.flame_io convert {src} {Path(src).parent / 'FLAME_NEUTRAL.npz'}"
+    return f"geoface head-model convert {src} {Path(src).parent / 'FLAME_NEUTRAL.npz'}"
 
 
 def _shape_error(where, key, expected: str, actual) -> HeadModelError:

@@ -122,7 +122,7 @@ class HeadModel(nn.Module):
                                     create_reye_pose=False)
             except Exception as e:  # noqa: BLE001 - validated already; report smplx's complaint with the file
                 raise HeadModelError(f"{info.model_file}: smplx could not load it ({type(e).__name__}: {e}); try "
-                                     f"python -m flame_fitting.head.flame_io convert {info.model_file} "
+                                     f"geoface head-model convert {info.model_file} "
                                      f"{info.path / 'FLAME_NEUTRAL.npz'}") from None
         return cls(flame, info, n_shape, n_expr, dtype).to(device)
 

@@ -29,6 +29,7 @@ from flame_fitting.core.units import Unit, code_digest, run_units, unit_key, wri
 from flame_fitting.geometry.camera import Camera
 from flame_fitting.formats.capture import Capture, CaptureError, capture_version, load_capture, read_gt_landmarks
 from flame_fitting.formats.landmarks import KEYS, LandmarkSet, load_landmarks, write_landmark_files
+from flame_fitting.formats.lineage import write_lineage
 from flame_fitting.formats.units import capture_unit_hashes, capture_units, sub_capture, worker_capture
 from flame_fitting.landmarks.detector import (LandmarkResult, band_means, detect_files, rates_by_yaw,
                                               results_to_arrays)
@@ -186,7 +187,8 @@ def detect_folder(captures: Path | str, out: Path | str, cfg: LandmarksParams, m
     units = [Unit(u.subject, u.sequence, unit_key("landmarks", capture=capture_unit_hashes(cap, u.subject, u.sequence),
                                                   params=asdict(cfg), code=code)) for u in capture_units(cap)]
     with open_executor(executor or ExecutorConfig(workers=1)) as ex:
-        run = run_units(ex, partial(detect_unit, str(cap.root), cfg), units, out, "landmarks", inputs=[captures])
+        run = run_units(ex, partial(detect_unit, str(cap.root), cfg), units, out, "landmarks", inputs=[captures],
+                        source=captures)
     write_unit_failures(Path(out) / "failures.json", run)
     done = {tuple(k.split("/", 1)) for k in run.records}
     m = cap.manifest
@@ -198,6 +200,7 @@ def detect_folder(captures: Path | str, out: Path | str, cfg: LandmarksParams, m
     err = np.concatenate(err).astype(np.float32) if err else np.zeros(0, np.float32)
     metrics = {"captures_version": capture_version(captures), **landmark_metrics(Capture(cap.root, ok, cap.info), ls, err),
                **run.summary()}
+    write_lineage(out, captures_version=metrics["captures_version"])  # the fit checks it is given this capture
     if metrics_path is not None:
         write_json(metrics_path, metrics)
     return metrics

@@ -30,12 +30,12 @@ import numpy as np
 import torch
 
 from flame_fitting.core.executor import ExecutorConfig, open_executor
-from flame_fitting.core.fileio import check_output_dir, write_json, write_obj, write_png
+from flame_fitting.core.fileio import check_output_dir, preview_size, write_json, write_obj, write_png
 from flame_fitting.core.params import spec
 from flame_fitting.core.units import Unit, code_digest, run_units, tree_digest, unit_key, write_unit_failures
 from flame_fitting.formats.capture import load_cameras, load_capture
 from flame_fitting.formats.fits import load_sequence_fit
-from flame_fitting.formats.lineage import captures_version_of
+from flame_fitting.formats.lineage import captures_version_of, check_same_capture
 from flame_fitting.formats.units import capture_unit_hashes, worker_capture
 from flame_fitting.head.head_model import load_head_model
 
@@ -98,7 +98,7 @@ def bake_fits(fits: Path | str, head_model: Path | str, out: Path | str, preview
              for f in folders]
     with open_executor(executor or ExecutorConfig(workers=1)) as ex:
         run = run_units(ex, partial(bake_unit, str(fits), str(head_model), cfg), units, out, "uv", extras=previews,
-                        inputs=[fits, head_model])
+                        inputs=[fits, head_model], source=fits)
     write_unit_failures(out / "failures.json", run)
     recs = list(run.records.values())
     roundtrip = [x for r in recs for x in r["roundtrip_mm"]]          # per frame: mean over the vertices
@@ -162,6 +162,7 @@ def correspondences_for_fits(fits: Path | str, uv: Path | str, captures: Path | 
     `bake_fits`; `previews` None: none. Returns (and writes) the metrics."""
     cap, uv, out = load_capture(captures), Path(uv), Path(out)
     check_output_dir(out, [fits, uv, captures, head_model], True, kind="correspondences")
+    check_same_capture(captures, fits, "fits")
     head, code = tree_digest(head_model), code_digest(*(ROOT / r for r in ROOMS))
     params = {**asdict(cfg), "app_tokens": app_tokens, "geo_tokens": geo_tokens}
     units = [Unit(f.parent.name, f.name, unit_key(
@@ -169,7 +170,8 @@ def correspondences_for_fits(fits: Path | str, uv: Path | str, captures: Path | 
         code=code, capture=capture_unit_hashes(cap, f.parent.name, f.name))) for f in fit_folders(fits)]
     fn = partial(correspondence_unit, str(fits), str(uv), str(cap.root), str(head_model), cfg, app_tokens, geo_tokens)
     with open_executor(executor or ExecutorConfig(workers=1)) as ex:
-        run = run_units(ex, fn, units, out, "correspondences", extras=previews, inputs=[fits, uv, captures, head_model])
+        run = run_units(ex, fn, units, out, "correspondences", extras=previews, inputs=[fits, uv, captures, head_model],
+                        source=fits)
     write_unit_failures(out / "failures.json", run)
     metrics = aggregate([f for r in run.records.values() for f in r["frames"]])
     metrics.update({"app_tokens": app_tokens, "geo_tokens": geo_tokens, "captures_version": captures_version_of(captures),
@@ -217,7 +219,7 @@ def write_previews(previews: Path, cap, subject, sequence, frame, corr, posmap, 
     order = np.argsort(rows.loc[list(corr.views)].yaw_deg.to_numpy()) if "yaw_deg" in rows.columns \
         else np.arange(len(corr.views))
     pick = order[np.unique(np.linspace(0, len(order) - 1, min(4, len(order))).round().astype(int))]
-    overlays = [correspondence_overlay(images[k], corr.uv[k], corr.visible[k]) for k in pick]
+    overlays = [preview_size(correspondence_overlay(images[k], corr.uv[k], corr.visible[k]), 512) for k in pick]
     write_png(previews / f"{subject}_{sequence}_{frame:05d}_overlay.png", np.concatenate(overlays, 1))
     if gt is not None:  # the paper's Figure 9 from the ground-truth pixel→surface map
         uv, vis = uv_from_fragments(gt[0], gt[1].astype(np.float32), layout), gt[0] >= 0

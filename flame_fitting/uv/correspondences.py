@@ -205,8 +205,10 @@ def _check_inputs(verts, layout: UVLayout, cameras: list[Camera], tokens: TokenG
             raise CorrespondenceError(f"frame {frame_id}: camera {cam.name!r} has lens distortion; the rasteriser "
                                       f"is pinhole only: undistort the images (and drop dist) first")
     if W % tokens.app_tokens or H % tokens.app_tokens:
-        raise CorrespondenceError(f"frame {frame_id}: image {W}×{H} is not divisible by app_tokens="
-                                  f"{tokens.app_tokens}")
+        t = tokens.app_tokens
+        raise CorrespondenceError(f"frame {frame_id}: image {W}×{H} is not divisible by app_tokens={t}; import the "
+                                  f"capture with sides that are (e.g. captures.resize [{W // t * t}, {H // t * t}], or "
+                                  f"captures.crop_head for square head crops)")
     return np.ascontiguousarray(v, np.float32), W, H
 
 
@@ -268,14 +270,22 @@ def save_correspondences(path, corr: FrameCorrespondences):
     return atomic_write(path, lambda fh: np.savez_compressed(fh, **arrays))
 
 
-def load_correspondences(path) -> FrameCorrespondences:
-    """Read `save_correspondences`' file (uv / depth as float32, depth inf where empty, weights float32)."""
+MAP_KEYS = ("uv", "visible", "depth")  # the per-pixel maps: the bulk of a file at a capture's full resolution
+
+
+def load_correspondences(path, maps: bool = True) -> FrameCorrespondences:
+    """Read `save_correspondences`' file (uv / depth as float32, depth inf where empty, weights float32). maps False:
+    the token-level arrays only, `uv` / `visible` / `depth` left empty ((0, 0, 0[, 2]) arrays): the dataset stage
+    needs no more, and at RenderMe-360's 60 × 2448×2048 the maps are ~200 MB a frame to decompress."""
     z = load_npz(path, CorrespondenceError, keys=(
-        "frame_id", "views", "a2g_index", "a2g_weight", "g2a_index", "g2a_weight", "pair_index", "pair_count", "uv",
-        "visible", "depth", "app_tokens", "geo_tokens", "min_app_coverage", "min_geo_pixels", "empty_views",
+        "frame_id", "views", "a2g_index", "a2g_weight", "g2a_index", "g2a_weight", "pair_index", "pair_count",
+        *(MAP_KEYS if maps else ()), "app_tokens", "geo_tokens", "min_app_coverage", "min_geo_pixels", "empty_views",
         "empty_reasons"))
     tokens = TokenGrid(int(z["app_tokens"]), int(z["geo_tokens"]), float(z["min_app_coverage"]),
                        int(z["min_geo_pixels"]))
+    if not maps:
+        z.update(uv=np.zeros((0, 0, 0, 2), np.float32), visible=np.zeros((0, 0, 0), bool),
+                 depth=np.zeros((0, 0, 0), np.float32))
     depth = z["depth"].astype(np.float32)
     return FrameCorrespondences(
         str(z["frame_id"]), tuple(str(s) for s in z["views"]), tokens, z["uv"].astype(np.float32),

@@ -76,6 +76,8 @@ def _main(argv: list[str] | None) -> int:
     try:
         from .base import configs
 
+        if getattr(args, "check_set", None) is not None:  # a subcommand's own check of its --set keys
+            args.check_set(args)
         rc = args.func(args, *(configs(args) if args.sections else []))
     except BrokenPipeError:
         raise

@@ -56,8 +56,9 @@ def command(sub, name: str, help: str, func, sections: list[Section] = (), chose
     p = sub.add_parser(name, help=help, description=help, formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog=describe(list(sections)) if sections and chosen else None)
     if sections:
-        p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                       help="params overrides (keys below)" + (f", e.g. --set {_example(sections)}" if chosen else ""))
+        p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                       help="params overrides (keys below; after the positional arguments, which it would take for "
+                            "its own)" + (f", e.g. --set {_example(sections)}" if chosen else ""))
         p.add_argument("--params", metavar="FILE", help="start from the section(s) of this params.yaml")
     if force:
         p.add_argument("--force", action="store_true", help=force)

@@ -84,13 +84,33 @@ def _allows(tp, kind) -> bool:
     return tp is kind or (typing.get_origin(tp) in (typing.Union, types.UnionType) and kind in typing.get_args(tp))
 
 
+def _names_field(tp) -> bool:
+    """Whether the field type `tp` is list[str] or a union holding it (a list of names: subjects, cameras, ...)."""
+    return any(typing.get_origin(t) is list and typing.get_args(t) == (str,)
+               for t in (typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)))
+
+
 def parse_value(key: str, value: str, tp=None):
     """The --set VALUE of `key` parsed as YAML (as params.yaml is: null, true, 3, [1, 2], ...), for a field of type
     `tp` (None: unknown): `None` is null too where the field may be null (the Python spelling --help shows for such a
     default), and a field of type str takes VALUE as written where YAML would read another type or fails
-    (`mixed_precision=no` is "no", not false). ParamsError naming the key and the value when it is not YAML."""
+    (`mixed_precision=no` is "no", not false). A list of names (list[str]) keeps its items as written (`[017, 18]`
+    is ['017', '18'], not YAML's octal 15 and 18), and one name is a list of one. ParamsError naming the key and the
+    value when it is not YAML."""
     if tp is not None and value.strip() == "None" and _allows(tp, type(None)):
         return None
+    if tp is not None and _names_field(tp):
+        try:
+            plain = yaml.safe_load(value)
+            items = yaml.load(value, Loader=yaml.BaseLoader)  # every scalar a string, as written
+        except yaml.YAMLError:
+            items = plain = None
+        if plain is None and items is not None and _allows(tp, type(None)):
+            return None
+        if isinstance(items, str):
+            return [items]
+        if isinstance(items, list) and all(isinstance(i, str) for i in items):
+            return items
     text_field = tp is not None and _allows(tp, str)
     try:
         parsed = yaml.safe_load(value)
@@ -132,6 +152,9 @@ def build(sections: list[Section], pairs: list[str] | None, params_file: str | N
     """The configs of `sections`: each from its section of `params_file` (if given) with the --set overrides on
     top, validated by `build_config`; errors name the --set key (or the file and section)."""
     base = read_params(params_file) if params_file else {}
+    if params_file and not any(isinstance(_lookup(base, s[0]), dict) for s in sections):  # not silently the defaults
+        raise ParamsError(f"{params_file}: has none of this command's sections ({', '.join(s[0] for s in sections)}); "
+                          "give a params.yaml that holds them")
     over = overrides(pairs, sections)
     configs = []
     for i, (section, ref, *given) in enumerate(sections):

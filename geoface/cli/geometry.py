@@ -39,6 +39,19 @@ def head_convert(args) -> None:
     show(convert_flame_pickle(need(args.src, "SRC", "file"), args.dst, overwrite=args.force))
 
 
+def import_keys(args) -> None:
+    """--set keys of the other kind of source are refused, not ignored: the synthetic generator's are synthetic.KEY,
+    an imported dataset's are bare (`--set subjects=3` for synthetic meant synthetic.subjects)."""
+    for pair in args.set:
+        key = pair.partition("=")[0]
+        synthetic_key = key.startswith("synthetic.")
+        if args.source == "synthetic" and not synthetic_key:
+            raise CliError(f"--set {key}: a setting of imported datasets, not used by the synthetic source (its "
+                           f"settings are synthetic.KEY, e.g. --set synthetic.{key}=...; `geoface import --help`)")
+        if args.source != "synthetic" and synthetic_key:
+            raise CliError(f"--set {key}: a setting of the synthetic source, not used when importing {args.source}")
+
+
 def import_(args, import_cfg, synthetic_cfg) -> None:
     from geoface.steps.captures import CaptureSource, make_captures
 
@@ -69,6 +82,7 @@ def landmarks(args, cfg) -> None:
 def fit(args, cfg) -> None:
     from flame_fitting.core.fileio import mark_output, write_json
     from flame_fitting.fit.run import fit_folder
+    from flame_fitting.formats.capture import load_capture
     from flame_fitting.head.head_model import load_head_model
     from flame_fitting.landmarks.capture import LandmarksParams, detect_folder
 
@@ -93,6 +107,7 @@ def fit(args, cfg) -> None:
     if args.workers is not None and args.workers < 1:
         raise CliError(f"--workers {args.workers}: must be at least 1")
     workers = LandmarksParams(workers=args.workers or min(os.cpu_count() or 1, 256))
+    load_capture(capture)  # not a capture: one line before OUT is created
     mark_output(out, "fit run")
     metrics = {}
     if not args.landmarks:
@@ -151,6 +166,7 @@ def register(sub, chosen) -> None:
     p.add_argument("--head-model", default="data/head_model", help="synthetic: head model folder (default: %(default)s)")
     p.add_argument("--sheets", help="folder for a contact sheet PNG per subject")
     p.add_argument("--metrics", help="metrics JSON to write")
+    p.set_defaults(check_set=import_keys)
 
     p = command(sub, "landmarks", "MediaPipe landmarks of every image of a canonical capture (the landmarks stage)",
                 landmarks, [LANDMARKS], chosen("landmarks"))

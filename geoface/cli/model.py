@@ -107,7 +107,18 @@ def evaluate(args, p, uv) -> None:
 def generate(args) -> None:
     from geoface_model.generate import generate_from_photo
 
+    from geoface_model.device import resolve_device
+
     need(args.photo, "PHOTO", "file")
+    resolve_device(args.device)  # a GPU that is not there: said first
+    for option, value, low in (("--views", args.views, 1), ("--steps", args.steps, 1), ("--guidance", args.guidance, 0)):
+        if value < low:
+            raise CliError(f"{option} {value}: must be at least {low}")
+    for option, path, made_by in (("--model", args.model, "`dvc repro train` or `geoface train`"),
+                                  ("--head-model", args.head_model, "`dvc repro head_model`")):
+        if not Path(path).exists():
+            raise CliError(f"{option} {path} does not exist (the default is relative to this folder: run from the "
+                           f"repository after {made_by}, or pass {option})")
     show(generate_from_photo(args.photo, args.model, args.views, args.out, head_model_dir=args.head_model,
                              num_inference_steps=args.steps, scheduler=args.scheduler, guidance_scale=args.guidance,
                              seed=args.seed, export_gs=args.gs, overwrite=args.force, device=args.device))
@@ -160,9 +171,10 @@ def register(sub, chosen) -> None:
     p.add_argument("photo", metavar="PHOTO", help="face photo (JPEG/PNG); the face is found, cropped and aligned")
     p.add_argument("--views", type=int, default=8, help="number of views generated on a yaw orbit (default 8)")
     p.add_argument("--out", required=True, help="folder to write: views/, contact sheet, cameras.json, UV map, mesh")
-    p.add_argument("--model", default="models/geoface", help="trained transformer or pipeline folder")
+    p.add_argument("--model", default="models/geoface", help="trained transformer or pipeline folder (default: "
+                   "%(default)s, relative to the current folder)")
     p.add_argument("--head-model", default="data/head_model",
-                   help="head model folder (UV layout, landmarks) the model was trained with")
+                   help="head model folder (UV layout, landmarks) the model was trained with (default: %(default)s)")
     p.add_argument("--steps", type=int, default=25, help="sampler steps (default 25)")
     p.add_argument("--scheduler", choices=["ddim", "euler"], default="ddim", help="sampler (default ddim)")
     p.add_argument("--guidance", type=float, default=1.0,

@@ -183,6 +183,11 @@ def test_targets_normalised_and_consistent(sphere, tmp_path):
     np.testing.assert_allclose(back.uv, corr.uv, atol=5e-4)
     with np.load(tmp_path / "c.npz") as z:
         assert z["a2g_index"].dtype == np.int32 and z["a2g_weight"].dtype == np.float16
+    # the token-level arrays alone (what the dataset stage reads): the same, without the per-pixel maps
+    tokens_only = load_correspondences(tmp_path / "c.npz", maps=False)
+    for k in ("a2g_index", "a2g_weight", "g2a_index", "g2a_weight", "pair_index", "pair_count"):
+        np.testing.assert_array_equal(getattr(tokens_only, k), getattr(back, k))
+    assert tokens_only.views == back.views and tokens_only.tokens == back.tokens and tokens_only.uv.size == 0
 
 
 def test_empty_views_recorded_not_errors(sphere):

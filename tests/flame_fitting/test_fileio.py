@@ -178,3 +178,16 @@ def test_an_image_declaring_too_many_pixels_is_refused_before_decoding(tmp_path,
     path.write_bytes(_png_header_only(w, h))
     with pytest.raises(OutputError, match=rf"cam0.png: the image declares {words} pixels, more than a capture's"):
         read_image(path)
+
+
+def test_preview_size_keeps_small_pictures_and_shrinks_large_ones():
+    import numpy as np
+
+    from flame_fitting.core.fileio import preview_size
+
+    small = np.zeros((512, 384, 3), np.uint8)
+    assert preview_size(small) is small
+    big = np.full((3208, 2200, 3), 200, np.uint8)
+    out = preview_size(big)
+    assert out.shape == (1024, 702, 3) and out.dtype == np.uint8 and (out == 200).all()
+    assert preview_size(np.zeros((100, 2000), np.uint8), 512).shape == (26, 512)

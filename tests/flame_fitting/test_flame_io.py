@@ -242,7 +242,7 @@ def test_chumpy_pickle_is_refused_then_converted(spec, protocol):
         HeadModel.from_folder(spec.path, n_shape=8, n_expr=5)
     msg = str(e.value)
     assert "generic_model.pkl" in msg and "chumpy.ch.Ch" in msg
-    assert f"python -m flame_fitting.head.flame_io convert {raw} {spec.path / 'FLAME_NEUTRAL.npz'}" in msg
+    assert f"geoface head-model convert {raw} {spec.path / 'FLAME_NEUTRAL.npz'}" in msg
 
     info = convert_flame_pickle(raw, spec.path / "FLAME_NEUTRAL.npz")
     assert "chumpy" not in sys.modules
@@ -288,6 +288,10 @@ def test_convert_never_overwrites_a_file_without_overwrite(tmp_path, spec):
     with pytest.raises(HeadModelError, match="is a folder"):
         convert_flame_pickle(raw, tmp_path / "adir.npz")
     assert convert_flame_pickle(raw, mine, overwrite=True)["n_vertices"] > 0 and mine.read_bytes()[:2] == b"PK"
+    # an .npz given as the pickle: said so (it was "cannot unpickle (UnpicklingError: persistent IDs ...)")
+    with pytest.raises(HeadModelError, match=f"{mine}: an .npz archive already, not a FLAME pickle: nothing to "
+                                             "convert"):
+        convert_flame_pickle(mine, tmp_path / "again.npz")
 
 
 def test_cli_convert_and_validate(tmp_path, spec):

@@ -161,3 +161,42 @@ def test_generate_names_a_device_it_cannot_use(capsys, tmp_path, device, why):
     line = one_line(err, "geoface generate: ")
     assert rc != 0 and f"device {device!r}" in line and why in line
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args,words", [
+    (["import", "synthetic", "--set", "subjects=3"], "--set subjects: a setting of imported datasets, not used by the "
+                                                     "synthetic source (its settings are synthetic.KEY, e.g. --set "
+                                                     "synthetic.subjects=..."),
+    (["import", "folder", "{tmp}", "--set", "synthetic.subjects=2"], "--set synthetic.subjects: a setting of the "
+                                                                     "synthetic source, not used when importing folder"),
+])
+def test_import_refuses_settings_of_the_other_kind_of_source(capsys, tmp_path, args, words):
+    rc, _, err = cli(capsys, *[a.format(tmp=tmp_path) for a in args], "--out", tmp_path / "cap")
+    assert rc == 2 and words in one_line(err, "geoface import: ")
+    assert not (tmp_path / "cap").exists()
+
+
+def test_a_bare_set_is_a_usage_error(capsys, tmp_path):
+    rc, _, err = cli(capsys, "import", "folder", tmp_path, "--out", tmp_path / "cap", "--set")
+    assert rc == 2 and "--set: expected at least one argument" in err
+
+
+@pytest.mark.parametrize("extra,words", [
+    (["--steps", "0"], "--steps 0: must be at least 1"),
+    (["--guidance", "-1"], "--guidance -1.0: must be at least 0"),
+    (["--model", "{tmp}/nowhere"], "--model {tmp}/nowhere does not exist (the default is relative to this folder"),
+])
+def test_generate_checks_its_options_before_any_work(capsys, tmp_path, extra, words):
+    photo = tmp_path / "face.jpg"
+    photo.write_bytes(b"never read: the options are checked first")
+    rc, _, err = cli(capsys, "generate", photo, "--out", tmp_path / "out", *[e.format(tmp=tmp_path) for e in extra])
+    assert rc == 2 and words.format(tmp=tmp_path) in one_line(err, "geoface generate: ")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_params_file_without_the_commands_section_is_refused(capsys, tmp_path):
+    other = tmp_path / "other.yaml"
+    other.write_text("stages:\n  fit:\n    cmd: python stages/fit.py\n")  # say dvc.yaml
+    rc, _, err = cli(capsys, "uv", tmp_path, tmp_path, "--out", tmp_path / "uv", "--params", other)
+    assert rc == 2 and f"{other}: has none of this command's sections (uv)" in one_line(err, "geoface uv: ")
+    assert not (tmp_path / "uv").exists()

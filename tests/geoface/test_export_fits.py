@@ -59,7 +59,8 @@ def test_export_fits_writes_the_library_result(capsys, data, tmp_path, fmt):
 @pytest.mark.parametrize("args,message", [
     (["{capture}", "{root}/nowhere"], "geoface export fits: FITS {root}/nowhere does not exist"),
     (["{root}/nowhere", "{fits}"], "geoface export fits: CAPTURE {root}/nowhere does not exist"),
-    (["{fits}", "{fits}"], "geoface export fits: {fits}/capture.json: missing (is {fits} a geoface capture?)"),
+    (["{fits}", "{fits}"], "geoface export fits: {fits}/capture.json: missing (is {fits} a geoface capture? a dataset "
+                           "in another layout is imported first"),
     (["{capture}", "{capture}"], "geoface export fits: {capture}: no <subject>/<sequence>/fit.npz"),
 ])
 def test_bad_input_is_one_line(capsys, data, tmp_path, args, message):

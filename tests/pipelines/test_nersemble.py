@@ -135,3 +135,21 @@ def test_the_background_sequence_is_left_out_with_a_warning(tmp_path, capsys):
     assert report.sequences == ["017/EMO-1"] and report.n_images == 2 and not report.skipped
     assert any("017/sequences/BACKGROUND" in w and "background" in w for w in report.warnings)
     assert "BACKGROUND" in capsys.readouterr().err
+
+
+def test_subjects_are_given_as_written_and_an_absent_one_is_named(tmp_path, capsys):
+    """`--set subjects=[017]` is the id '017' (YAML alone reads it as octal 15), and an id the source does not hold
+    is named in the warning (or the error, when nothing else was imported)."""
+    import typing
+
+    from geoface.cli.config import parse_value
+
+    wanted = parse_value("subjects", "[017, 018]", typing.get_type_hints(ImportConfig)["subjects"])
+    assert wanted == ["017", "018"] and parse_value("subjects", "17", list[str] | None) == ["17"]
+    scene = Scene(serial_cameras(2))
+    write_nersemble(tmp_path / "ns", scene, media="images", frames=[0])
+    report = import_capture(tmp_path / "ns", tmp_path / "cap", ImportConfig(subjects=wanted))
+    assert report.sequences == ["017/EMO-1"]
+    assert any(w.startswith("subjects 018 (the `subjects` setting) were not imported") for w in report.warnings)
+    with pytest.raises(CaptureError, match="nothing imported from this nersemble source .*subjects asked for: 018"):
+        import_capture(tmp_path / "ns", tmp_path / "cap2", ImportConfig(subjects=["018"]))

@@ -56,7 +56,7 @@ def test_benchmark_release_K_and_alpha_maps(tmp_path, size, capsys):
     check_cameras(cap, scene.cameras, scene)  # the ground-truth K the test wrote, dots within 1 px
     rec = cap.info["intrinsics"]["388/GLASSES/22220000"]
     assert rec["size"] == [w, h] and rec["image_size"] == [w, h] and rec["rule"].startswith("principal point")
-    assert f"intrinsics are for {w}×{h} (principal point); images are {w}×{h}: K used as is" in capsys.readouterr().out
+    assert f"intrinsics are for {w}×{h} (principal point); images are {w}×{h}: K used as is" in capsys.readouterr().err
     for row in cap.manifest.to_dict("records"):
         assert mask_mismatch(cap, row, silhouette(scene.cameras[row["camera"]])) < 0.01
 
@@ -70,7 +70,7 @@ def test_v2_shared_full_resolution_K_is_scaled_and_said(tmp_path, capsys):
     check_cameras(cap, stored_cameras(scene, 0.25), scene)
     rec = cap.info["intrinsics"]["017/EMO-1/22220001"]
     assert rec["size"] == [2200, 3208] and rec["image_size"] == [550, 802] and rec["scale"] == [0.25, 0.25]
-    assert "intrinsics are for 2200×3208 (principal point); images are 550×802: K scaled by 0.25 × 0.25" in capsys.readouterr().out
+    assert "intrinsics are for 2200×3208 (principal point); images are 550×802: K scaled by 0.25 × 0.25" in capsys.readouterr().err
 
 
 def test_intrinsics_size_rule():
@@ -169,7 +169,7 @@ def test_vhap_frames(tmp_path, capsys):
     half = stored_cameras(scene, 0.5)
     check_cameras(cap, half, scene)
     assert cap.info["intrinsics"]["017/EMO-1/22220000"]["scale"] == [0.5, 0.5]
-    assert "images are 200×160: K scaled by 0.5 × 0.5" in capsys.readouterr().out
+    assert "images are 200×160: K scaled by 0.5 × 0.5" in capsys.readouterr().err
     for row in cap.manifest.to_dict("records"):
         assert mask_mismatch(cap, row, silhouette(half[row["camera"]])) < 0.01
     # a missing or unreadable alpha map: recorded, naming it, and the image imported without a mask

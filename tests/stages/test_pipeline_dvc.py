@@ -124,6 +124,7 @@ def test_bad_params_fail_before_any_output_is_removed(tiny_repo, edit, message):
         assert f"check_params: error: {message}" in out and "Traceback" not in out, out[-3000:]
         for p, t in before.items():
             assert (dst / p).exists() and (dst / p).stat().st_mtime_ns == t, f"{p} was touched"
+        assert (dst / "data/params_check.json").is_file()  # not even the check's own output is removed
     finally:
         (dst / "params.yaml").write_text(good)
     again = run([str(BIN / "dvc"), "repro"], dst, env)

@@ -25,7 +25,7 @@ def _run(cwd: Path, **train_kw) -> tuple[str, dict]:
     r = subprocess.run([sys.executable, str(REPO / "stages" / "train.py"), *args], cwd=cwd, capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    return r.stdout, json.loads((cwd / "metrics" / "train.json").read_text())
+    return r.stderr, json.loads((cwd / "metrics" / "train.json").read_text())  # messages go to stderr
 
 
 def _states(cwd: Path) -> set[str]:

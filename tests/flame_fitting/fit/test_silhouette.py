@@ -159,6 +159,17 @@ def test_unreadable_mask_is_recorded_and_skipped(tmp_path, head, cams, truth):
     got = load_masks(cap, "s0", "seq", skipped)
     assert sorted(got[f]) == names[1:]
     assert len(skipped) == 1 and skipped[0]["path"] == str(bad)
+    # masks are decoded when used, not held for the whole sequence: one whose header reads but whose pixels do not
+    # decode is absent when asked for, recorded once
+    cut = cap.root / cap.manifest[cap.manifest.camera == names[1]].mask_path.iloc[0]
+    cut.write_bytes(cut.read_bytes()[:60])
+    skipped = []
+    got = load_masks(cap, "s0", "seq", skipped)
+    assert sorted(got[f]) == names[1:] and len(skipped) == 1  # its header alone was read: not (yet) recorded
+    assert got[f].get(names[1]) is None and got[f].get(names[1]) is None
+    np.testing.assert_array_equal(got[f][names[2]], masks[names[2]])
+    assert skipped[1:] == [{"path": str(cut), "error": "missing or not a decodable image; view fitted without its "
+                                                       "silhouette"}]
 
 
 def test_bad_mask_and_head_region(head, cams, truth, exact_obs):

@@ -1,0 +1,25 @@
+"""The dataset stage refuses fits of another capture than the one given, before writing anything (the images of
+one capture were paired with the geometry of another, and the lineage named the wrong capture)."""
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "flame_fitting"))
+from export_testdata import make_export_data  # noqa: E402
+
+from flame_fitting.formats.lineage import LineageError, write_lineage  # noqa: E402
+from geoface_model.config import TokensConfig  # noqa: E402
+from geoface_model.dataset_build import DatasetParams, build_dataset  # noqa: E402
+
+
+def test_the_dataset_refuses_fits_of_another_capture(tmp_path):
+    data = make_export_data(tmp_path / "data")
+    fits = shutil.copytree(data.fits, tmp_path / "fits")
+    write_lineage(fits, captures_version="0123456789abcdef")
+    with pytest.raises(LineageError, match=f"{fits}: fits of capture version 0123456789abcdef, but {data.capture} is "
+                                           "capture version"):
+        build_dataset(data.capture, fits, tmp_path / "uv", tmp_path / "corr", data.head, tmp_path / "ds",
+                      DatasetParams(), TokensConfig())
+    assert not (tmp_path / "ds").exists()
