@@ -68,22 +68,25 @@ CODE = [Path(__file__).resolve().parents[1] / "flame_fitting" / r for r in
 
 def build_dataset(captures: Path | str, fits: Path | str, uv: Path | str, correspondences: Path | str,
                   head_model: Path | str, out: Path | str, cfg: DatasetParams, tok: TokensConfig,
-                  metrics_path: Path | str | None = None, executor: ExecutorConfig | None = None) -> dict:
+                  metrics_path: Path | str | None = None, executor: ExecutorConfig | None = None,
+                  gutter: int = 4) -> dict:
     """Shards of every successfully fitted frame (module docstring), the sequences whose inputs changed only, on
-    `executor`; returns (and writes) the metrics."""
+    `executor`, their UV maps baked with `gutter` (the uv stage's `uv.gutter`, which evaluation's mesh from a
+    generated map uses too); returns (and writes) the metrics."""
     cap, uv, correspondences, out = load_capture(captures), Path(uv), Path(correspondences), Path(out)
     inputs = [captures, fits, uv, correspondences, head_model]
     check_output_dir(out, inputs, True, kind="dataset")
     check_same_capture(captures, fits, "fits")
     head, code = tree_digest(head_model), code_digest(*CODE)
-    params = {**asdict(cfg), **asdict(tok)}
+    params = {**asdict(cfg), **asdict(tok), "gutter": int(gutter)}
     split_of = cap.manifest.groupby("subject").split.first().to_dict()
     units = [Unit(f.parent.name, f.name, unit_key(
         "dataset", capture=capture_unit_hashes(cap, f.parent.name, f.name), split=split_of.get(f.parent.name),
         fit=tree_digest(f), head=head, code=code,
         uv=tree_digest(uv / f.parent.name / f.name), params=params,
         correspondences=tree_digest(correspondences / f.parent.name / f.name))) for f in fit_folders(fits)]
-    fn = partial(dataset_unit, str(cap.root), str(fits), str(uv), str(correspondences), str(head_model), cfg, tok)
+    fn = partial(dataset_unit, str(cap.root), str(fits), str(uv), str(correspondences), str(head_model), cfg, tok,
+                 gutter=int(gutter))
     with open_executor(executor or ExecutorConfig(workers=1)) as ex:
         run = run_units(ex, fn, units, out, "dataset", inputs=inputs, source=fits)
     write_unit_failures(out / "failures.json", run)
@@ -109,7 +112,7 @@ def _layout(head_model: str, n_shape: int, n_expr: int) -> UVLayout:
 
 
 def dataset_unit(captures: str, fits: str, uv: str, correspondences: str, head_model: str, cfg: DatasetParams,
-                 tok: TokensConfig, unit: Unit, tmp: Path, extras) -> tuple[dict, list]:
+                 tok: TokensConfig, unit: Unit, tmp: Path, extras, gutter: int = 4) -> tuple[dict, list]:
     """One dataset unit (runs in a worker): the shards of one fitted sequence into `tmp`."""
     cap, subject, sequence = worker_capture(captures), unit.subject, unit.sequence
     m = cap.manifest
@@ -132,7 +135,7 @@ def dataset_unit(captures: str, fits: str, uv: str, correspondences: str, head_m
         names = list(corr.views)
         images, masks, K, w2c = view_arrays(cap, rows, cams, names, tok.resolution)
         canon = np.load(Path(uv) / subject / sequence / f"{frame:05d}.canonical.npy")
-        baked = bake_posmap(canon, layout, tok.uv_resolution, frame_id=f"{subject}/{sequence}/{frame:05d}")
+        baked = bake_posmap(canon, layout, tok.uv_resolution, gutter, frame_id=f"{subject}/{sequence}/{frame:05d}")
         items.append(dict(
             images=images, masks=masks, K=K, world_to_cam=w2c,
             uv_posmap=baked.posmap.transpose(2, 0, 1), uv_mask=baked.mask[None].astype(np.float32),

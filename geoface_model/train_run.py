@@ -22,6 +22,7 @@ from accelerate import PartialState
 
 from flame_fitting.core.errors import GeofaceError
 from flame_fitting.core.fileio import file_ancestor, replace_dir, sha256_file, temp_path, write_bytes, write_json
+from flame_fitting.core.units import code_digest
 
 from .backbone import vae_path_of
 from .checkpoint import prune_runs, touch_run
@@ -64,15 +65,24 @@ def check_file_outputs(model: Path, files: dict[str, Path | str | None]) -> None
             raise TrainError(f"{f}: {parent} is a file, not a folder; the {what} cannot be written there")
 
 
+# the code a training run's result depends on (geoface_model imports these parts of flame_fitting), and the libraries
+TRAIN_CODE = (Path(__file__).resolve().parent, *(Path(__file__).resolve().parents[1] / "flame_fitting" / r
+                                                 for r in ("__init__.py", "core", "geometry", "formats")))
+
+
 def run_id(cfg: GeoFaceConfig, data: Path | str) -> str:
-    """Hash of the config and the dataset's content: resume only a run of the same config on the same data.
-    `train.keep_states` (how many runs to keep) is bookkeeping, not part of the run."""
+    """Hash of the config, the dataset's content and the training code (geoface_model, the flame_fitting parts it
+    uses, the versions of the libraries it computes with): resume only a run of the same config on the same data
+    with the same code. `train.keep_states` (how many runs to keep) is bookkeeping, not part of the run. (Without
+    the code, an edited loss re-ran the stage, which resumed the finished run of the old code at its last step and
+    published the old weights beside the new code's lineage.)"""
     shards = sorted(Path(data).glob("**/*.safetensors"))
     metas = [read_shard_meta(p).to_json() for p in shards]
     contents = [sha256_file(p) for p in shards]
     config = cfg.to_dict()
     config["train"].pop("keep_states")
-    blob = json.dumps({"config": config, "shards": metas, "sha256": contents}, sort_keys=True, default=str)
+    blob = json.dumps({"config": config, "shards": metas, "sha256": contents, "code": code_digest(*TRAIN_CODE)},
+                      sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -18,6 +18,7 @@ it, a hand-edited or half-restored unit fails the hash check and is re-run. docs
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -71,8 +72,26 @@ def tree_digest(folder: Path | str) -> str:
     return digest(tree_hashes(folder))
 
 
+# the installed libraries whose versions a result may depend on (distribution names; absent ones are None)
+LIBRARIES = ("numpy", "scipy", "pandas", "pyarrow", "numba", "torch", "smplx", "mediapipe", "opencv-contrib-python",
+             "opencv-python", "opencv-python-headless", "pillow", "diffusers", "accelerate", "safetensors")
+
+
+@functools.lru_cache(maxsize=1)
+def library_versions() -> tuple[tuple[str, str | None], ...]:
+    """(name, version) of LIBRARIES as installed here."""
+    def version(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+    return tuple((n, version(n)) for n in LIBRARIES)
+
+
 def code_digest(*folders: Path | str) -> str:
-    """The library version and the hash of every .py file under `folders`: a unit's result depends on the code."""
+    """The library version, the installed versions of the libraries it computes with (`LIBRARIES`: another MediaPipe
+    or torch gives other landmarks and fits) and the hash of every .py file under `folders`: a unit's result depends
+    on the code."""
     try:
         version = metadata.version("geoface")
     except metadata.PackageNotFoundError:
@@ -82,7 +101,7 @@ def code_digest(*folders: Path | str) -> str:
         folder = Path(folder)
         for p in sorted(folder.rglob("*.py")) if folder.is_dir() else [folder]:
             files[p.relative_to(folder.parent).as_posix()] = sha256_file(p)
-    return digest({"version": version, "files": files})
+    return digest({"version": version, "libraries": dict(library_versions()), "files": files})
 
 
 def unit_key(stage: str, **parts) -> str:

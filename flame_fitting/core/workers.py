@@ -70,8 +70,9 @@ def ray_unit(fn: Callable, item, cwd: str, code: str) -> UnitResult:
                           "here (executor ray needs every node to see the stage's folders at the same path, on a "
                           "shared file system)")
     if package_digest() != code:
-        return UnitResult(item, False, None, f"ExecutorError: node {host} runs other geoface code than the stage "
-                          f"({PACKAGE_ROOT}): every node needs the same checkout at the same path")
+        return UnitResult(item, False, None, f"ExecutorError: node {host} runs other geoface code or library versions "
+                          f"than the stage ({PACKAGE_ROOT}): every node needs the same checkout at the same path, "
+                          "installed from requirements.lock")
     os.chdir(cwd)
     old = _set_threads(1)
     try:

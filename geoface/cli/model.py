@@ -62,13 +62,13 @@ def check_out_file(path: str | Path | None, option: str, force: bool, ours) -> P
     return p
 
 
-def dataset(args, cfg, tok) -> None:
+def dataset(args, cfg, tok, uv) -> None:
     from geoface_model.dataset_build import build_dataset
 
     ins = [need(getattr(args, k), k.upper(), "dir") for k in ("captures", "fits", "uv", "correspondences", "head_model")]
     check_out(args.out, ins, args.force, kind="dataset")
     writable_file(args.metrics, "--metrics")
-    show(build_dataset(*ins, args.out, cfg, tok, metrics_path=args.metrics))
+    show(build_dataset(*ins, args.out, cfg, tok, metrics_path=args.metrics, gutter=uv.gutter))
 
 
 def train(args, train_cfg, tok, model, loss) -> None:
@@ -135,7 +135,7 @@ def export(args) -> None:
 def register(sub, chosen) -> None:
     """Add the model subcommands to `sub`; `chosen(name)`: whether that subcommand's --help is asked for."""
     p = command(sub, "dataset", "pack fitted frames into training shards split by subject (the dataset stage)",
-                dataset, [DATASET, TOKENS], chosen("dataset"))
+                dataset, [DATASET, TOKENS, UV], chosen("dataset"))
     for name, what in (("captures", "capture folder (captures stage)"), ("fits", "fits folder (fit stage)"),
                        ("uv", "UV folder (uv stage)"), ("correspondences", "correspondences folder"),
                        ("head_model", "head model folder")):

@@ -153,3 +153,15 @@ def test_not_a_capture_is_one_clear_error_naming_the_folder(tmp_path, make):
     msg = str(e.value)
     assert str(root) in msg and "\n" not in msg
     assert ("not a geoface capture" in msg) or ("manifest.parquet: missing" in msg)
+
+
+def test_the_code_digest_holds_the_library_versions(monkeypatch, tmp_path):
+    """Another MediaPipe or torch gives other landmarks and fits: a unit's key (and the Ray node check) changes with
+    the installed versions, not only with geoface's files."""
+    from flame_fitting.core import units
+
+    (tmp_path / "m.py").write_text("x = 1\n")
+    before = units.code_digest(tmp_path)
+    assert dict(units.library_versions())["numpy"] is not None
+    monkeypatch.setattr(units, "library_versions", lambda: (("numpy", "0.0.0"),))
+    assert units.code_digest(tmp_path) != before

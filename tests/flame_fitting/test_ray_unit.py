@@ -44,7 +44,7 @@ def test_a_node_without_the_stages_folder_fails_the_unit_with_one_line(tmp_path,
 
 def test_a_node_running_other_code_fails_the_unit(tmp_path, restore_cwd):
     r = ray_unit(_read_relative, "x", str(tmp_path), "0" * 64)
-    assert not r.ok and "runs other geoface code than the stage" in r.error
+    assert not r.ok and "runs other geoface code or library versions than the stage" in r.error
 
 
 def test_a_task_runs_its_unit_on_one_thread_and_gives_them_back(tmp_path, restore_cwd):

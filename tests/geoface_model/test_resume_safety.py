@@ -77,3 +77,20 @@ def test_resumed_ema_and_rows_come_from_safetensors_and_json(trained, tmp_path):
         load_file(run / "model" / "diffusion_pytorch_model.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+
+
+def test_the_run_id_changes_with_the_training_code(micro_shards, tmp_path, monkeypatch):
+    """An edited loss must train a new run: with a run id of config and data only, the stage resumed the old code's
+    finished run at its last step and published the old weights as the new code's model."""
+    from geoface_model import train_run
+    from geoface_model.config import GeoFaceConfig
+
+    cfg = GeoFaceConfig.from_sections(tokens=dict(resolution=32, patch_size=8, uv_resolution=32, geo_patch_size=8),
+                                      model=dict(width=32, depth=2, heads=2), loss={}, train=dict(steps=2))
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "diffusion.py").write_text("loss = diff + term\n")
+    monkeypatch.setattr(train_run, "TRAIN_CODE", (tmp_path / "code",))
+    a = train_run.run_id(cfg, micro_shards)
+    assert train_run.run_id(cfg, micro_shards) == a
+    (tmp_path / "code" / "diffusion.py").write_text("loss = diff + 2.0 * term\n")
+    assert train_run.run_id(cfg, micro_shards) != a
