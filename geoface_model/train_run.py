@@ -22,7 +22,7 @@ from accelerate import PartialState
 
 from flame_fitting.core.errors import GeofaceError
 from flame_fitting.core.fileio import file_ancestor, replace_dir, sha256_file, temp_path, write_bytes, write_json
-from flame_fitting.core.units import code_digest
+from flame_fitting.core.units import code_digest, tree_digest
 
 from .backbone import vae_path_of
 from .checkpoint import prune_runs, touch_run
@@ -71,9 +71,10 @@ TRAIN_CODE = (Path(__file__).resolve().parent, *(Path(__file__).resolve().parent
 
 
 def run_id(cfg: GeoFaceConfig, data: Path | str) -> str:
-    """Hash of the config, the dataset's content and the training code (geoface_model, the flame_fitting parts it
-    uses, the versions of the libraries it computes with): resume only a run of the same config on the same data
-    with the same code. `train.keep_states` (how many runs to keep) is bookkeeping, not part of the run. (Without
+    """Hash of the config, the dataset's content, the training code (geoface_model, the flame_fitting parts it
+    uses, the versions of the libraries it computes with) and the content of the weight folders the config names
+    (`model.base_path`, `model.vae_path`: replacing the weights behind the same path is another run): resume only a
+    run of the same config on the same data with the same code and weights. `train.keep_states` (how many runs to keep) is bookkeeping, not part of the run. (Without
     the code, an edited loss re-ran the stage, which resumed the finished run of the old code at its last step and
     published the old weights beside the new code's lineage.)"""
     shards = sorted(Path(data).glob("**/*.safetensors"))
@@ -81,8 +82,10 @@ def run_id(cfg: GeoFaceConfig, data: Path | str) -> str:
     contents = [sha256_file(p) for p in shards]
     config = cfg.to_dict()
     config["train"].pop("keep_states")
-    blob = json.dumps({"config": config, "shards": metas, "sha256": contents, "code": code_digest(*TRAIN_CODE)},
-                      sort_keys=True, default=str)
+    weights = {k: tree_digest(v) for k, v in (("base_path", cfg.model.base_path), ("vae_path", cfg.model.vae_path))
+               if v is not None and Path(v).is_dir()}
+    blob = json.dumps({"config": config, "shards": metas, "sha256": contents, "code": code_digest(*TRAIN_CODE),
+                       **({"weights": weights} if weights else {})}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -29,6 +29,22 @@ def need(path: str | Path | None, metavar: str, kind: str = "exists") -> Path:
     return p
 
 
+def add_jobs(p) -> None:
+    """--jobs: the sequences (work units) a data command runs at once on a local process pool."""
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="sequences run at once on a local process pool (default 1); the DVC stages take params.yaml's "
+                        "`executor` section instead (docs/scaling.md)")
+
+
+def executor_of(args):
+    """The local executor of --jobs (a CliError below 1)."""
+    from flame_fitting.core.executor import ExecutorConfig
+
+    if args.jobs < 1:
+        raise CliError(f"--jobs {args.jobs}: must be at least 1")
+    return ExecutorConfig(kind="local", workers=args.jobs)
+
+
 def writable_file(path: str | Path | None, option: str) -> Path | None:
     """Refuse, before any work, a file output that cannot be written: a folder, or a path under a file (it would
     fail only after the work, with the other outputs written)."""

@@ -6,7 +6,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from .base import CliError, check_out, command, need, show, writable_file
+from .base import CliError, add_jobs, check_out, command, executor_of, need, show, writable_file
 
 HEAD = ("head_model", "geoface.steps.head_model:HeadModelParams")
 IMPORT = [("captures", "pipelines.common:ImportConfig", ("source", "root")), ("captures.synthetic", "pipelines.synthetic:SyntheticConfig")]
@@ -76,7 +76,8 @@ def landmarks(args, cfg) -> None:
 
     need(args.capture, "CAPTURE", "dir")
     writable_file(args.metrics, "--metrics")
-    show(detect_folder(args.capture, args.out, cfg, metrics_path=args.metrics, overwrite=args.force))
+    show(detect_folder(args.capture, args.out, cfg, metrics_path=args.metrics, overwrite=args.force,
+                       executor=executor_of(args)))
 
 
 def fit(args, cfg) -> None:
@@ -111,9 +112,9 @@ def fit(args, cfg) -> None:
     mark_output(out, "fit run")
     metrics = {}
     if not args.landmarks:
-        metrics["landmarks"] = detect_folder(capture, lmk, workers, overwrite=args.force)
+        metrics["landmarks"] = detect_folder(capture, lmk, workers, overwrite=args.force, executor=executor_of(args))
     metrics["fit"] = fit_folder(capture, lmk, head, out / "fits", cfg, out / "overlays", out / "cost.csv",
-                                overwrite=args.force)
+                                overwrite=args.force, executor=executor_of(args))
     write_json(out / "metrics.json", metrics)
     show(metrics)
 
@@ -126,7 +127,7 @@ def uv(args, cfg) -> None:
     if args.previews:
         check_out(args.previews, [fits, head, args.out], args.force, kind="uv previews")
     writable_file(args.metrics, "--metrics")
-    show(bake_fits(fits, head, args.out, args.previews, cfg, metrics_path=args.metrics))
+    show(bake_fits(fits, head, args.out, args.previews, cfg, metrics_path=args.metrics, executor=executor_of(args)))
 
 
 def correspondences(args, cfg, tok) -> None:
@@ -138,7 +139,7 @@ def correspondences(args, cfg, tok) -> None:
         check_out(args.previews, ins + [args.out], args.force, kind="correspondences previews")
     writable_file(args.metrics, "--metrics")
     show(correspondences_for_fits(*ins, args.out, args.previews, cfg, tok.app_tokens, tok.geo_tokens,
-                                  metrics_path=args.metrics))
+                                  metrics_path=args.metrics, executor=executor_of(args)))
 
 
 def register(sub, chosen) -> None:
@@ -173,6 +174,7 @@ def register(sub, chosen) -> None:
     p.add_argument("capture", metavar="CAPTURE", help="canonical capture folder")
     p.add_argument("--out", required=True, help="landmark folder to write")
     p.add_argument("--metrics", help="metrics JSON to write")
+    add_jobs(p)
 
     p = command(sub, "fit", "landmarks + multi-view FLAME fit on a canonical capture (the landmarks and fit stages); "
                 "writes OUT/landmarks, OUT/fits, OUT/overlays, OUT/cost.csv, OUT/metrics.json", fit, [FIT],
@@ -183,6 +185,7 @@ def register(sub, chosen) -> None:
     p.add_argument("--landmarks", help="use this landmark folder instead of detecting into OUT/landmarks")
     p.add_argument("--refine-cameras", action="store_true", help="bundle adjustment of the cameras")
     p.add_argument("--workers", type=int, default=None, help="landmark detection threads (default: all cores)")
+    add_jobs(p)
 
     p = command(sub, "uv", "canonical UV position map of every fitted frame (the uv stage)", uv, [UV], chosen("uv"))
     p.add_argument("fits", metavar="FITS", help="fits folder (fit stage)")
@@ -190,6 +193,7 @@ def register(sub, chosen) -> None:
     p.add_argument("--out", required=True, help="UV folder to write")
     p.add_argument("--previews", help="folder for PNG previews and OBJ round trips")
     p.add_argument("--metrics", help="metrics JSON to write")
+    add_jobs(p)
 
     p = command(sub, "correspondences", "pixel -> UV correspondences and token targets of every fitted frame (the "
                 "correspondences stage)", correspondences, [CORR, TOKENS], chosen("correspondences"))
@@ -199,3 +203,4 @@ def register(sub, chosen) -> None:
     p.add_argument("--out", required=True, help="correspondence folder to write")
     p.add_argument("--previews", help="folder for overlay and Figure 9 PNGs")
     p.add_argument("--metrics", help="metrics JSON to write")
+    add_jobs(p)

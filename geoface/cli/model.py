@@ -7,7 +7,7 @@ import json
 import re
 from pathlib import Path
 
-from .base import CliError, check_out, command, need, show, writable_file
+from .base import CliError, add_jobs, check_out, command, executor_of, need, show, writable_file
 from .geometry import TOKENS, UV
 
 DATASET = ("dataset", "geoface_model.dataset_build:DatasetParams")
@@ -68,7 +68,8 @@ def dataset(args, cfg, tok, uv) -> None:
     ins = [need(getattr(args, k), k.upper(), "dir") for k in ("captures", "fits", "uv", "correspondences", "head_model")]
     check_out(args.out, ins, args.force, kind="dataset")
     writable_file(args.metrics, "--metrics")
-    show(build_dataset(*ins, args.out, cfg, tok, metrics_path=args.metrics, gutter=uv.gutter))
+    show(build_dataset(*ins, args.out, cfg, tok, metrics_path=args.metrics, gutter=uv.gutter,
+                       executor=executor_of(args)))
 
 
 def train(args, train_cfg, tok, model, loss) -> None:
@@ -142,6 +143,7 @@ def register(sub, chosen) -> None:
         p.add_argument(name, metavar=name.upper(), help=what)
     p.add_argument("--out", required=True, help="dataset folder to write")
     p.add_argument("--metrics", help="metrics JSON to write")
+    add_jobs(p)
 
     p = command(sub, "train", "train the GeoFace transformer on dataset shards (the train stage); a killed run "
                 "resumes from --state", train, TRAIN, chosen("train"),

@@ -200,3 +200,8 @@ def test_a_params_file_without_the_commands_section_is_refused(capsys, tmp_path)
     rc, _, err = cli(capsys, "uv", tmp_path, tmp_path, "--out", tmp_path / "uv", "--params", other)
     assert rc == 2 and f"{other}: has none of this command's sections (uv)" in one_line(err, "geoface uv: ")
     assert not (tmp_path / "uv").exists()
+
+
+def test_jobs_below_one_is_refused(capsys, tmp_path):
+    rc, _, err = cli(capsys, "uv", tmp_path, tmp_path, "--out", tmp_path / "uv", "--jobs", "0")
+    assert rc == 2 and "--jobs 0: must be at least 1" in one_line(err, "geoface uv: ")

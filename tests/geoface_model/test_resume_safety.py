@@ -94,3 +94,19 @@ def test_the_run_id_changes_with_the_training_code(micro_shards, tmp_path, monke
     assert train_run.run_id(cfg, micro_shards) == a
     (tmp_path / "code" / "diffusion.py").write_text("loss = diff + 2.0 * term\n")
     assert train_run.run_id(cfg, micro_shards) != a
+
+
+def test_the_run_id_changes_with_the_weights_behind_a_path(micro_shards, tmp_path):
+    """Replacing the VAE (or SD base) weights behind the same `model.vae_path` is another run, not a resume."""
+    from geoface_model.config import GeoFaceConfig
+    from geoface_model.train_run import run_id
+
+    vae = tmp_path / "vae"
+    vae.mkdir()
+    (vae / "diffusion_pytorch_model.safetensors").write_bytes(b"weights v1")
+    cfg = GeoFaceConfig.from_sections(tokens=dict(resolution=32, patch_size=8, uv_resolution=32, geo_patch_size=8),
+                                      model=dict(width=32, depth=2, heads=2, vae_path=str(vae)), loss={},
+                                      train=dict(steps=2))
+    a = run_id(cfg, micro_shards)
+    (vae / "diffusion_pytorch_model.safetensors").write_bytes(b"weights v2")
+    assert run_id(cfg, micro_shards) != a
