@@ -14,6 +14,7 @@ the sample order of the former OUT/<split>/ layout.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass
 from functools import lru_cache, partial
 from pathlib import Path
@@ -100,10 +101,22 @@ def build_dataset(captures: Path | str, fits: Path | str, uv: Path | str, corres
                     for s in ("train", "val", "test")})
     metrics.update({"frames_left_out_diverged": sum(r["skipped"] for r in recs), "resolution": tok.resolution,
                     "uv_resolution": tok.uv_resolution, "app_tokens": tok.app_tokens, "geo_tokens": tok.geo_tokens,
-                    **run.summary()})
+                    "view_aspect_stretch": aspect_stretch(cap), **run.summary()})
+    if metrics["view_aspect_stretch"] > 1.01:  # the model would learn stretched faces; generation gives square crops
+        print(f"dataset: warning: {cap.root} holds non-square views, resized to {tok.resolution}² in the shards (faces "
+              f"stretched up to {metrics['view_aspect_stretch']:.3g}×); import the capture with captures.crop_head "
+              "(square head crops) or crop_aspect: 1 (docs/sources.md)", file=sys.stderr)
     if metrics_path is not None:
         write_json(metrics_path, metrics)
     return metrics
+
+
+def aspect_stretch(cap) -> float:
+    """The largest width/height ratio (or its inverse) of the capture's views: how much the square shards stretch
+    a face (1.0 for square views; 1.46 for NeRSemble's 1100×1604)."""
+    m = cap.manifest
+    r = (m.width / m.height).to_numpy(float) if len(m) else np.ones(1)
+    return round(float(np.maximum(r, 1 / r).max()), 4)
 
 
 @lru_cache(maxsize=2)

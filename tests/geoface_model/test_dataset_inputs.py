@@ -23,3 +23,13 @@ def test_the_dataset_refuses_fits_of_another_capture(tmp_path):
         build_dataset(data.capture, fits, tmp_path / "uv", tmp_path / "corr", data.head, tmp_path / "ds",
                       DatasetParams(), TokensConfig())
     assert not (tmp_path / "ds").exists()
+
+
+def test_non_square_views_are_measured_as_a_stretch(tmp_path):
+    """NeRSemble's 1100×1604 frames resized to S×S stretch faces 1.46×: the dataset metrics say how much (and the
+    stage warns); a capture of square views is 1.0."""
+    from geoface_model.dataset_build import aspect_stretch
+    from flame_fitting.formats.capture import load_capture
+
+    data = make_export_data(tmp_path / "data")  # 60×44 views
+    assert aspect_stretch(load_capture(data.capture)) == round(60 / 44, 4)
