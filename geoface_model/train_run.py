@@ -65,7 +65,8 @@ def check_file_outputs(model: Path, files: dict[str, Path | str | None]) -> None
             raise TrainError(f"{f}: {parent} is a file, not a folder; the {what} cannot be written there")
 
 
-# the code a training run's result depends on (geoface_model imports these parts of flame_fitting), and the libraries
+# the code a training run's result depends on (geoface_model imports these parts of flame_fitting); code_digest adds
+# the libraries' versions
 TRAIN_CODE = (Path(__file__).resolve().parent, *(Path(__file__).resolve().parents[1] / "flame_fitting" / r
                                                  for r in ("__init__.py", "core", "geometry", "formats")))
 
@@ -74,9 +75,9 @@ def run_id(cfg: GeoFaceConfig, data: Path | str) -> str:
     """Hash of the config, the dataset's content, the training code (geoface_model, the flame_fitting parts it
     uses, the versions of the libraries it computes with) and the content of the weight folders the config names
     (`model.base_path`, `model.vae_path`: replacing the weights behind the same path is another run): resume only a
-    run of the same config on the same data with the same code and weights. `train.keep_states` (how many runs to keep) is bookkeeping, not part of the run. (Without
-    the code, an edited loss re-ran the stage, which resumed the finished run of the old code at its last step and
-    published the old weights beside the new code's lineage.)"""
+    run of the same config on the same data with the same code and weights. `train.keep_states` (how many runs to
+    keep) is bookkeeping, not part of the run. (Without the code, an edited loss re-ran the stage, which resumed the
+    finished run of the old code at its last step and published the old weights beside the new code's lineage.)"""
     shards = sorted(Path(data).glob("**/*.safetensors"))
     metas = [read_shard_meta(p).to_json() for p in shards]
     contents = [sha256_file(p) for p in shards]

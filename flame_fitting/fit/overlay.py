@@ -67,4 +67,3 @@ def overlay_png(image: np.ndarray, camera: Camera, vertices: np.ndarray, faces: 
     img = preview_size(draw_overlay(image, camera, vertices, faces, landmarks_obs, landmarks_fit))
     write_png(out, img)
     return img
-
