@@ -9,8 +9,8 @@ its landmarks detected once, then the fit stage's library call (`fit_folder`, on
   all_scales    the robust and silhouette scales scaled with the side too (the variant that was measured and not taken)
 each with frames_ok, frames_diverged, the median reprojection error and the ground-truth vertex error.
 
-Run: `nice python benchmarks/fit_resolution.py` (~2 min on 2 cores at 3072², ~9 GB peak while rendering the
-capture). The last line is the JSON.
+Run: `nice python benchmarks/fit_resolution.py` (~2 min on 2 cores at 3072²; rendering the capture takes several GB).
+The last line is the JSON.
 """
 from __future__ import annotations
 
