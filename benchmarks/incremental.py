@@ -10,6 +10,10 @@ stage's process does) count in both:
   add_one_s  the same capture with subject N+1 added (the old subjects' files byte for byte the same), the five
              stages again on the same output folders: only the new sequence's units run
   ratio      add_one_s / full_s (target: <= 1.2 / N); old_outputs_identical: every file of the N old units unchanged
+and, on the first JSON line, the same stages once more with nothing changed (every unit kept: what is left is the
+fixed cost of a run and the hashing of the N + 1 units' files), with the file-hash cache the phases share
+(flame_fitting/core/hash_cache.py; a new one in the temporary folder, as on a machine's first run) and without it
+(`unchanged_s`, `unchanged_no_hash_cache_s`).
 Not `dvc repro`: DVC's own hashing of the output folders is left out (seconds here), so is the capture stage
 (the synthetic generator renders every subject again; an importer re-imports every subject).
 
@@ -70,10 +74,11 @@ def phase(cap: Path, head: Path, data: Path, workers: int) -> dict:
     return {"stage_s": t, "units_run_kept_failed": units}
 
 
-def run_phase(cap: Path, head: Path, data: Path, workers: int) -> tuple[float, dict]:
+def run_phase(cap: Path, head: Path, data: Path, workers: int, hash_cache: Path | str) -> tuple[float, dict]:
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, __file__, "--phase", str(cap), str(head), str(data), str(workers)],
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True, check=True,
+                         env={**os.environ, "GEOFACE_HASH_CACHE": str(hash_cache)})
     return time.perf_counter() - t0, json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -103,12 +108,17 @@ def main() -> None:
         head, every = make_capture(root, a, subjects=a.subjects + 1)
         names = subjects_of(every)
         cap, data = root / "captures", root / "data"
-        full_s, full = run_phase(subset(every, cap, names[:-1]), head, data, a.workers)
+        hc = root / "sha256.sqlite"
+        full_s, full = run_phase(subset(every, cap, names[:-1]), head, data, a.workers, hc)
         before = file_hashes(data, names[:-1])
-        add_s, add = run_phase(subset(every, cap, names), head, data, a.workers)
+        add_s, add = run_phase(subset(every, cap, names), head, data, a.workers, hc)
         identical = file_hashes(data, names[:-1]) == before
+        same_s, same = run_phase(cap, head, data, a.workers, hc)
+        same_off_s, same_off = run_phase(cap, head, data, a.workers, "off")
     load = os.getloadavg()
-    print(json.dumps({"full": full, "add_one": add, "workers": a.workers, "frames": a.frames, "cameras": a.cameras,
+    print(json.dumps({"full": full, "add_one": add, "unchanged": same, "unchanged_no_hash_cache": same_off,
+                      "unchanged_s": round(same_s, 2), "unchanged_no_hash_cache_s": round(same_off_s, 2),
+                      "workers": a.workers, "frames": a.frames, "cameras": a.cameras,
                       "resolution": a.resolution, "old_outputs_identical": identical, "old_files": len(before),
                       "loadavg_1_5_15": [round(x, 2) for x in load]}))
     print(json.dumps({"full_s": round(full_s, 2), "add_one_s": round(add_s, 2), "ratio": round(add_s / full_s, 4),

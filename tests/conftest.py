@@ -13,3 +13,22 @@ def _rank(item) -> int:
 
 def pytest_collection_modifyitems(session, config, items):
     items.sort(key=_rank)  # stable: collection order within a rank
+
+
+def pytest_configure(config):
+    """The tests' file-hash cache (flame_fitting/core/hash_cache.py) is one temporary file per test process (and
+    the stages those tests start), not the user's ~/.cache."""
+    import os
+    import tempfile
+
+    if "GEOFACE_HASH_CACHE" not in os.environ:
+        config._geoface_hash_cache = tempfile.mkdtemp(prefix="geoface-test-hash-cache-")
+        os.environ["GEOFACE_HASH_CACHE"] = os.path.join(config._geoface_hash_cache, "sha256.sqlite")
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    folder = getattr(config, "_geoface_hash_cache", None)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from flame_fitting.core.errors import GeofaceError
+from flame_fitting.core.hash_cache import file_sha256
 from flame_fitting.core.names import name_problem
 from flame_fitting.core.fileio import (MARKER, TMP_TAG, check_output_dir, make_temp_dir, mark_output, replace_dir,
                                        sha256_file, write_json)
@@ -63,7 +64,7 @@ def tree_hashes(folder: Path | str, skip: set[str] | frozenset = frozenset()) ->
     for p in sorted(folder.rglob("*")):
         rel = p.relative_to(folder).as_posix()
         if p.is_file() and p.name not in (KEY_FILE, MARKER) and TMP_TAG not in rel and rel not in skip:
-            out[rel] = sha256_file(p)
+            out[rel] = file_sha256(p)
     return out
 
 
@@ -100,7 +101,7 @@ def code_digest(*folders: Path | str) -> str:
     for folder in folders:
         folder = Path(folder)
         for p in sorted(folder.rglob("*.py")) if folder.is_dir() else [folder]:
-            files[p.relative_to(folder.parent).as_posix()] = sha256_file(p)
+            files[p.relative_to(folder.parent).as_posix()] = file_sha256(p)
     return digest({"version": version, "libraries": dict(library_versions()), "files": files})
 
 
@@ -125,7 +126,7 @@ def unit_is_current(folder: Path, key: str, extras: Path | None) -> bool:
         return False
     for name, h in (rec.get("extras") or {}).items():
         p = None if extras is None else extras / name
-        if p is None or not p.is_file() or sha256_file(p) != h:
+        if p is None or not p.is_file() or file_sha256(p) != h:
             return False
     return True
 
