@@ -76,11 +76,22 @@ def read_shard_meta(path: Path | str) -> ShardMeta:
         raise ShardError(f"{path}: not a readable safetensors file ({e})") from None
     if raw is None:
         raise ShardError(f"{path}: no 'geoface' metadata in the header (not a geoface shard)")
-    d = json.loads(raw)
-    if d.pop("format", None) != FORMAT or d.pop("version", None) != VERSION:
+    try:
+        d = json.loads(raw)
+    except ValueError as e:
+        raise ShardError(f"{path}: the 'geoface' metadata is not JSON ({e})") from None
+    if not isinstance(d, dict) or d.pop("format", None) != FORMAT or d.pop("version", None) != VERSION:
         raise ShardError(f"{path}: not a {FORMAT} v{VERSION} file")
-    d.pop("app_tokens"), d.pop("geo_tokens")
-    return ShardMeta(**d)
+    d.pop("app_tokens", None), d.pop("geo_tokens", None)
+    try:
+        meta = ShardMeta(**d)
+    except TypeError as e:
+        raise ShardError(f"{path}: the 'geoface' metadata has other fields than a {FORMAT} v{VERSION} file ({e})") from None
+    sizes = ("resolution", "uv_resolution", "patch_size", "geo_patch_size", "n_samples", "n_views")
+    bad = [n for n in sizes if type(getattr(meta, n)) is not int or getattr(meta, n) < 1]
+    if bad or not isinstance(meta.split, str):
+        raise ShardError(f"{path}: the 'geoface' metadata's {bad or ['split']} must be positive integers (split a string)")
+    return meta
 
 
 def read_shard(path: Path | str) -> tuple[ShardMeta, dict[str, torch.Tensor]]:
@@ -176,9 +187,9 @@ class GeoFaceDataset(torch.utils.data.Dataset):
         self.random_views = split == "train" if random_views is None else random_views
         self.items = [(s, i) for s, m in enumerate(self.metas) for i in range(m.n_samples)]
         self.offsets = []
-        for p in self.paths:
+        for p, m in zip(self.paths, self.metas):
             with safe_open(str(p), "pt") as f:
-                self.offsets.append({n: f.get_tensor(f"{n}_offsets") for n in SPARSE})
+                self.offsets.append({n: _checked_offsets(f, n, m.n_samples, p) for n in SPARSE})
         self.epoch = 0
         self._handles: dict[int, object] = {}  # open safetensors handles of this process (opening costs ~50 ms)
 
@@ -220,12 +231,19 @@ class GeoFaceDataset(torch.utils.data.Dataset):
                 out[k] = torch.stack([sl[j : j + 1, int(v) : int(v) + 1][0, 0] for v in views])
             else:
                 out[k] = sl[j : j + 1][0]
-        vmap = torch.full((self.metas[s].n_views,), -1, dtype=torch.long)
+        meta = self.metas[s]
+        vmap = torch.full((meta.n_views,), -1, dtype=torch.long)
         vmap[vt] = torch.arange(len(views))
         for n in SPARSE:
             o0, o1 = (int(v) for v in self.offsets[s][n][j : j + 2])
             idx = f.get_slice(f"{n}_index")[o0:o1].long()
             w = f.get_slice(f"{n}_weight")[o0:o1]
+            La, Lg = meta.app_tokens ** 2, meta.geo_tokens ** 2  # tokens per view / UV map (per side squared)
+            nq, nk = (La, Lg) if n == "a2g" else (Lg, La)
+            if len(idx) and (idx.min() < 0 or idx[:, 0].max() >= meta.n_views or idx[:, 1].max() >= nq
+                             or idx[:, 2].max() >= nk):  # a negative view id would wrap round to another view
+                raise ShardError(f"{self.paths[s]}#{j}: {n}_index out of range (views {meta.n_views}, queries {nq}, "
+                                 f"keys {nk})")
             keep = vmap[idx[:, 0]] >= 0
             idx, w = idx[keep], w[keep]
             idx[:, 0] = vmap[idx[:, 0]]
@@ -234,6 +252,21 @@ class GeoFaceDataset(torch.utils.data.Dataset):
         for k in ("masks", "uv_mask"):
             out[k] = out[k].float()
         return out
+
+
+def _checked_offsets(f, name: str, n_samples: int, path: Path) -> torch.Tensor:
+    """The `<name>_offsets` of an open shard, refused unless they are (n_samples + 1,) from 0, non-decreasing, ending
+    at the number of `<name>_index` rows (a damaged or hand-made shard: ShardError naming it)."""
+    try:
+        off = f.get_tensor(f"{name}_offsets")
+        rows = f.get_slice(f"{name}_index").get_shape()[0]
+    except Exception as e:  # safetensors raises several types for a missing or unreadable tensor
+        raise ShardError(f"{path}: cannot read {name}_offsets / {name}_index ({e})") from None
+    if (off.ndim != 1 or len(off) != n_samples + 1 or off.dtype.is_floating_point or int(off[0]) != 0
+            or bool((off[1:] < off[:-1]).any()) or int(off[-1]) != rows):
+        raise ShardError(f"{path}: {name}_offsets must be {n_samples + 1} non-decreasing offsets from 0 to the "
+                         f"{rows} rows of {name}_index")
+    return off
 
 
 def collate(items: list[dict]) -> dict:

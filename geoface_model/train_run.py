@@ -114,6 +114,7 @@ def train_model(cfg: GeoFaceConfig, data: Path | str, state: Path | str, model: 
         replace_dir(tmp, model, kind="model")
         write_bytes(loss_csv, (run_dir / "loss.csv").read_bytes())
         if metrics_path is not None:
-            write_json(metrics_path, {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))})
+            write_json(metrics_path, {k: v for k, v in metrics.items()  # None: not measured (docs/model.md)
+                                      if v is None or isinstance(v, (int, float, str, bool))})
     PartialState().wait_for_everyone()
     return metrics

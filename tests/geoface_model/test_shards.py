@@ -144,3 +144,50 @@ def test_synthetic_targets_are_geometrically_correct():
     # the masks agree with the a2g queries: every supervised app token is mostly foreground
     m = s["masks"][:, 0].reshape(3, S // p, p, S // p, p).mean((2, 4)).reshape(3, -1)
     assert (m[s["a2g_index"][:, 0], s["a2g_index"][:, 1]] >= 0.4).all()
+
+
+def _tampered(src, dst, change):
+    """A copy of shard `src` at `dst` with `change(tensors, metadata)` applied (a damaged or hand-made shard)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(src), "pt") as f:
+        meta, t = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    change(t, meta)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    save_file(t, str(dst), metadata=meta)
+    return dst.parent
+
+
+def test_a_shard_with_targets_outside_its_grids_is_refused_by_name(shard_dir, tmp_path):
+    """A view id of -1 in a2g_index was remapped by wrap-around to the last chosen view (every row of the sample then
+    supervised that view); offsets that do not tile the index rows and a header that is not the format's JSON raised
+    TypeError / JSONDecodeError or read other samples' rows. Each is now a ShardError naming the file."""
+    src = shard_dir / "train-0.safetensors"
+
+    def negative_view(t, meta):
+        o = t["a2g_offsets"]
+        t["a2g_index"][int(o[0]):int(o[1]), 0] = -1
+
+    ds = GeoFaceDataset(_tampered(src, tmp_path / "neg" / "a.safetensors", negative_view), "train")
+    with pytest.raises(ShardError, match=r"a\.safetensors#0: a2g_index out of range"):
+        ds.item(0, np.arange(4))
+    assert len(ds.item(1, np.arange(4))["a2g_index"]) > 0  # the other samples read as before
+
+    def bad_offsets(t, meta):
+        t["g2a_offsets"][1] = t["g2a_offsets"][2] + 1  # not non-decreasing
+
+    with pytest.raises(ShardError, match="b.safetensors: g2a_offsets must be 4 non-decreasing offsets"):
+        GeoFaceDataset(_tampered(src, tmp_path / "off" / "b.safetensors", bad_offsets), "train")
+
+    def bad_header(t, meta):
+        meta["geoface"] = "{not json"
+
+    with pytest.raises(ShardError, match="c.safetensors: the 'geoface' metadata is not JSON"):
+        read_shard_meta(_tampered(src, tmp_path / "hdr" / "c.safetensors", bad_header) / "c.safetensors")
+
+    def bad_field(t, meta):
+        meta["geoface"] = meta["geoface"].replace('"n_views": 5', '"n_views": "5"')
+
+    with pytest.raises(ShardError, match="d.safetensors: the 'geoface' metadata's \\['n_views'\\]"):
+        read_shard_meta(_tampered(src, tmp_path / "fld" / "d.safetensors", bad_field) / "d.safetensors")

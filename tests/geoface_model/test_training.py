@@ -114,6 +114,12 @@ def test_reference_dropout_trains_the_unconditional_branch(data, tmp_path):
     assert all(math.isnan(r["align_loss"]) and math.isfinite(r["diffusion_loss"]) for r in rows) and m["completed"]
     assert m["align_loss_last"] is None and m["grad_norm_align_first_half"] is None
     assert m["grad_norm_diffusion_first_half"] > 0
+    from geoface_model.train_run import train_model  # what `dvc repro train` writes: the keys, as null (were left out)
+
+    train_model(micro(cond_dropout=1.0, steps=1), data, tmp_path / "state", tmp_path / "model", tmp_path / "loss.csv",
+                tmp_path / "train.json")
+    written = json.loads((tmp_path / "train.json").read_text())
+    assert written["align_loss_last"] is None and written["grad_norm_align_first_half"] is None
     kw = {"app": torch.zeros(2, 3, 3, 8, 8), "plucker": torch.zeros(2, 3, 6, 8, 8), "app_cond": torch.ones(2, 3),
           "timesteps": torch.zeros(2, 4), "geo": torch.zeros(2, 3, 8, 8)}
     d = drop_reference(kw, 1)
