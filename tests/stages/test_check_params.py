@@ -37,6 +37,11 @@ def _set(section: str, **values):
     (lambda p: p["head_model"]["calibration"].update(seed=p["captures"]["synthetic"]["seed"]),
      "captures.synthetic.seed = head_model.calibration.seed"),
     (_set("fit", lambda_init=float("nan")), "fit.lambda_init: nan is not a finite number"),
+    # views that do not divide into the app token grid: refused by the correspondences stage, after landmarks and fit
+    (lambda p: p["captures"]["synthetic"].update(resolution=500),
+     "captures.synthetic.resolution 500 is not divisible by the 8 app tokens per side"),
+    (lambda p: p["captures"].update(source="folder", root=str(REPO), resize=[640, 484]),
+     "captures.resize [640, 484] is not divisible by the 8 app tokens per side"),
 ])
 def test_check_params_refuses_in_one_line(tmp_path, edit, message):
     from check_params import check_params
