@@ -148,7 +148,9 @@ def register(sub, chosen) -> None:
     p = command(sub, "train", "train the GeoFace transformer on dataset shards (the train stage); a killed run "
                 "resumes from --state", train, TRAIN, chosen("train"),
                 force=FILE_FORCE.format(files="--loss-csv / --metrics files"))
-    p.add_argument("dataset", metavar="DATASET", help="dataset folder (dataset stage: train/val/test shards)")
+    p.add_argument("dataset", metavar="DATASET", help="dataset folder (dataset stage: "
+                   "<subject>/<sequence>/shard_XXXX.safetensors, each shard's metadata naming its split; the train "
+                   "split's shards are used)")
     p.add_argument("--out", required=True, help="model folder to write (EMA weights + geoface_config.json)")
     p.add_argument("--state", help="training state folder (default: OUT_train_state beside OUT)")
     p.add_argument("--loss-csv", help="loss curve CSV to write (default: OUT_loss.csv beside OUT); an existing file "
@@ -180,8 +182,9 @@ def register(sub, chosen) -> None:
     p.add_argument("--steps", type=int, default=25, help="sampler steps (default 25)")
     p.add_argument("--scheduler", choices=["ddim", "euler"], default="ddim", help="sampler (default ddim)")
     p.add_argument("--guidance", type=float, default=1.0,
-                   help="classifier-free guidance on the reference (1 = off; needs a model trained with train.cond_dropout)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
+                   help="classifier-free guidance on the reference (1 = off; needs a model trained with "
+                   "train.cond_dropout; default 1.0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial noise (default 0)")
     p.add_argument("--device", default="auto", help="where the model runs: auto (a CUDA GPU when there is one, else "
                    "the CPU), cpu, cuda or cuda:N (default auto)")
     p.add_argument("--gs", action="store_true", help="also export transforms.json + COLMAP text + PLY for 3DGS")
