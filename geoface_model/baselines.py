@@ -41,10 +41,12 @@ def band_ranges(T: int) -> dict[str, list[int]]:
 
 def best_targets(index: np.ndarray, weight: np.ndarray, n_views: int, n_app: int) -> np.ndarray:
     """Alignment targets index (M,3) [view, app_token, geo_token], weights (M,) -> (n_views, n_app) int64: the geo
-    token of largest weight per (view, app token), -1 where the token has no target (background)."""
+    token of largest weight per (view, app token), the first row among equal largest weights (the rule of
+    `metrics.attention_hit_rate`, which scores the model against the same truth), -1 where the token has no target
+    (background)."""
     idx, w = np.asarray(index, np.int64).reshape(-1, 3), np.asarray(weight, np.float64).reshape(-1)
     out = np.full((n_views, n_app), -1, np.int64)
-    order = np.argsort(w, kind="stable")  # ascending: the largest weight is written last and wins
+    order = np.lexsort((-np.arange(len(w)), w))  # ascending weight, ties last row first: the winner is written last
     out[idx[order, 0], idx[order, 1]] = idx[order, 2]
     return out
 

@@ -220,18 +220,27 @@ def _mean_or_none(vals) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
+PSNR_CAP_DB = 100.0  # a view identical to its target counts as this in the means (its PSNR is inf)
+
+
+def _capped(db: float | None) -> float | None:
+    return None if db is None else min(db, PSNR_CAP_DB)
+
+
 def image_metrics(preds: list[np.ndarray], targets: list[np.ndarray], lpips_weights: Path | str | None = None,
                   masks: list[np.ndarray] | None = None) -> dict:
     """Means over view pairs of PSNR, SSIM (uint8 RGB (H,W,3)) and LPIPS (or its unavailability); with `masks`
-    ((H,W) foreground per target) also `psnr_fg` / `ssim_fg` (means over the views with a non-empty mask)."""
+    ((H,W) foreground per target) also `psnr_fg` / `ssim_fg` (means over the views with a non-empty mask). A view's
+    PSNR enters the means capped at PSNR_CAP_DB (an identical view's inf made the whole mean inf, and the evaluation
+    then left the sample out)."""
     if len(preds) != len(targets) or not preds:
         raise MetricError(f"image_metrics: {len(preds)} predictions for {len(targets)} targets")
-    out = {"psnr": float(np.mean([psnr(a, b) for a, b in zip(preds, targets)])),
+    out = {"psnr": float(np.mean([_capped(psnr(a, b)) for a, b in zip(preds, targets)])),
            "ssim": float(np.mean([ssim(a, b) for a, b in zip(preds, targets)]))}
     if masks is not None:
         if len(masks) != len(targets):
             raise MetricError(f"image_metrics: {len(masks)} masks for {len(targets)} targets")
-        out["psnr_fg"] = _mean_or_none(psnr_fg(a, b, m) for a, b, m in zip(preds, targets, masks))
+        out["psnr_fg"] = _mean_or_none(_capped(psnr_fg(a, b, m)) for a, b, m in zip(preds, targets, masks))
         out["ssim_fg"] = _mean_or_none(ssim_fg(a, b, m) for a, b, m in zip(preds, targets, masks))
     if lpips_weights is None:
         return out | {"lpips": None, "lpips_status": "unavailable: no local weights"}

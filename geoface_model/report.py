@@ -153,6 +153,11 @@ def _img(rgb: np.ndarray, alt: str) -> str:
     return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(alt)}</figcaption></figure>'
 
 
+# metrics/train.json entries that say how a training run went, not what it produced (times, memory, a resume): left
+# out of the report, so it is the same bytes whenever the results are
+TRAIN_RUN_ENTRIES = ("s_per_step", "peak_mem_mb", "steps_run", "resumed_from", "skipped_checkpoints")
+
+
 def write_report(path: Path | str, summary: dict, samples: list[dict], views: list[dict], figures: list[tuple[str, np.ndarray]],
                  provenance: dict, train_metrics: dict | None = None) -> Path:
     """Self-contained HTML report (atomic write). summary: metrics/eval.json; samples: per-sample metric rows;
@@ -174,6 +179,7 @@ def write_report(path: Path | str, summary: dict, samples: list[dict], views: li
     notes = summary.get("notes") or []
     if notes:
         parts.append("<h3>Notes</h3><ul>" + "".join(f"<li>{html.escape(str(n))}</li>" for n in notes) + "</ul>")
+    train_metrics = {k: v for k, v in (train_metrics or {}).items() if k not in TRAIN_RUN_ENTRIES}
     if train_metrics:
         parts += ["<h2>Training</h2>", _table([train_metrics], list(train_metrics))]
     for caption, rgb in figures:

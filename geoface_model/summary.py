@@ -11,6 +11,8 @@ def with_count(summary: dict, key: str):
     than all (`<key>_n`, written by `evaluate.aggregate`: e.g. the landmark fit exists only for samples where
     MediaPipe found faces): "6.672 (n 3 of 18)". The value itself (None, a number) when it covers every sample."""
     v, n = summary.get(key), summary.get(f"{key}_n")
-    if v is None or n is None:
+    if n is None:
         return v
+    if v is None:  # defined for no sample (e.g. MediaPipe found no face in any generated view)
+        return f"— (n 0 of {summary.get('n_samples', '?')})"
     return f"{f'{v:.4g}' if isinstance(v, float) else v} (n {n} of {summary.get('n_samples', '?')})"

@@ -109,7 +109,15 @@ def test_aggregate_means_over_defined_values():
     agg = aggregate([_result("a", 10.0, None), _result("b", 20.0, 3.0)])
     assert agg["psnr"] == 15.0 and "psnr_n" not in agg
     assert agg["geometry_error_mm"] == 3.0 and agg["geometry_error_mm_n"] == 1
-    assert agg["lpips"] is None and agg["lpips_n"] == 0 and agg["lpips_status"] == "unavailable"
+    # unavailable to the whole run: its status says why, no "lpips_n": 0 (docs: *_n where some samples lack it)
+    assert agg["lpips"] is None and "lpips_n" not in agg and agg["lpips_status"] == "unavailable"
+    # defined for no sample (MediaPipe found no face anywhere): the count says so, and the report's tables show it
+    none = aggregate([_result("a", 10.0, None), _result("b", 20.0, None)])
+    assert none["geometry_error_mm"] is None and none["geometry_error_mm_n"] == 0
+    from geoface_model.summary import with_count
+
+    assert with_count(none | {"n_samples": 2}, "geometry_error_mm") == "— (n 0 of 2)"
+    assert with_count(agg | {"n_samples": 2}, "geometry_error_mm") == "3 (n 1 of 2)"
 
 
 def test_sample_grid_and_offline_report(tmp_path):
@@ -123,9 +131,12 @@ def test_sample_grid_and_offline_report(tmp_path):
                "psnr_fg": 9.75, "baseline_mean_colour_psnr_fg": 8.125, "baseline_mean_uv_geometry_error_mm": 3.625,
                "attention_hit_rate_mid": 0.4375, "baseline_camera_only_attention_hit_rate_mid": 0.8125}
     path = write_report(tmp_path / "r" / "report.html", summary, [{"sample": r.name, **r.metrics}], r.views,
-                        [("grid", grid)], {"model": "m"}, {"loss_last": 1.0})
+                        [("grid", grid)], {"model": "m"}, {"loss_last": 1.0, "s_per_step": 0.987654,
+                                                           "resumed_from": "models/train_state/x/step_9"})
     text = path.read_text()
     assert "12.5" in text and "0.25" in text and "a note" in text and "unavailable: no local weights" in text
+    # the training run's time and resume are not results: the report is the same bytes whenever the results are
+    assert "<th>loss_last</th>" in text and "0.987654" not in text and "train_state" not in text
     for label, value in (("constant mean training colour", "8.125"), ("mean training UV map", "3.625"),
                          ("camera-only attention", "0.8125"), ("generated (model)", "0.4375")):
         row = re.search(r"<tr><td>" + re.escape(label) + r"[^<]*</td>(.*?)</tr>", text).group(1)

@@ -223,3 +223,32 @@ def test_attention_hit_rate_batch_matches_direct(tmp_path):
     direct = attention_hit_rate(a2g, batch["a2g_index"], batch["a2g_weight"], (4, 4))
     assert rep["hit_rate_l1"] == direct["hit_rate"] and rep["chance"] == direct["chance"]
     assert rep["n_queries"] == len(torch.unique(batch["a2g_index"][:, :3], dim=0))
+
+
+def test_an_identical_view_counts_as_the_psnr_cap_not_as_a_lost_sample():
+    """A view equal to its target has PSNR inf: the mean over the sample's views was inf, and the evaluation dropped
+    the whole sample (its best) from the PSNR mean. It now enters the mean as PSNR_CAP_DB."""
+    from geoface_model.metrics import PSNR_CAP_DB
+
+    rng = np.random.default_rng(0)
+    gt = [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(2)]
+    noisy = np.clip(gt[1].astype(int) + 9, 0, 255).astype(np.uint8)
+    masks = [np.ones((16, 16), bool)] * 2
+    m = image_metrics([gt[0].copy(), noisy], gt, masks=masks)
+    assert psnr(gt[0], gt[0]) == float("inf")
+    assert m["psnr"] == pytest.approx((PSNR_CAP_DB + psnr(noisy, gt[1])) / 2)
+    assert m["psnr_fg"] == pytest.approx(m["psnr"])
+
+
+def test_the_camera_only_baseline_and_the_hit_rate_break_ties_alike():
+    """Among equal largest weights the hit rate took the first target row as the truth and the camera-only
+    baseline's table (`best_targets`) the last, so the two could be scored against different truths."""
+    from geoface_model.baselines import best_targets
+
+    index = torch.tensor([[0, 0, 0, 0], [0, 0, 0, 15]])  # one query, two geometry tokens far apart, equal weights
+    weight = torch.tensor([0.5, 0.5])
+    a2g = torch.zeros(1, 1, 1, 16)
+    a2g[0, 0, 0, 0] = 5  # attends to the first row's token
+    assert attention_hit_rate(a2g, index, weight, (4, 4))["hit_rate"] == 1.0  # its truth: the first row
+    assert best_targets(index[:, 1:].numpy(), weight.numpy(), 1, 1)[0, 0] == 0
+    assert best_targets(np.array([[0, 0, 3], [0, 0, 9], [0, 0, 5]]), np.array([0.2, 0.4, 0.4]), 1, 1)[0, 0] == 9
