@@ -311,7 +311,9 @@ def _fit(model, cameras, observations, cfg, progress, confidences, init, subject
                 # with the refined cameras (held), then refine once more from there
                 pb, out, noise = _refit_with_noise_model(pb_base, out, cfg, progress, desc, landmarks_only=sil is None)
                 out, again = refine_cameras(pb, out, progress, desc)
-                cam_summary = {**again, "accepted": True, "second_pass_accepted": again["accepted"]}
+                cam_summary = {**again, "accepted": True, "second_pass_accepted": again["accepted"],
+                               "reason": "first pass applied; second pass (after the noise model's re-estimate) "
+                                         + ("applied" if again["accepted"] else f"not applied: {again['reason']}")}
         if sil is not None:
             pb, out = _refit_with_surface(pb, out, progress, desc, sil=sil, pts=pts)
         elif pts is not None:

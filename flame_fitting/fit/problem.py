@@ -131,25 +131,37 @@ class Problem:
             return None
         if not self.cameras_free:
             return torch.eye(self.n_shared, self.rm.n_shape, dtype=torch.float64)
-        return _gauge_basis(self.rig, self.rm.n_shape, self.cfg.camera_scale == "rig")
+        return _gauge_basis(self.rig, self.rm.n_shape, self.cfg.camera_scale == "rig",
+                            observed=(self.conf > 0).any(2).any(0))
 
 
-def _gauge_basis(rig: Rig, n_shape: int, hold_scale: bool) -> Tensor:
-    """(n_shape + C·k, n_shape + C·k - 6 or 7) orthonormal basis of the shared unknowns whose camera corrections
+def _gauge_basis(rig: Rig, n_shape: int, hold_scale: bool, observed: Tensor | None = None) -> Tensor:
+    """(n_shape + C·k, n_shape + C'·k - 6 or 7) orthonormal basis of the shared unknowns whose camera corrections
     keep the rig's mean rotation (Σ_c ω_c = 0) and centroid (Σ_c δo_c = 0, δo_c = [o_c - p0]× ω_c - τ_c) and, with
-    hold_scale, its size (Σ_c v_c·δo_c = 0, v_c = (o_c - ō) / rms|o - ō|), to first order."""
+    hold_scale, its size (Σ_c v_c·δo_c = 0, v_c = (o_c - ō) / rms|o - ō|), to first order, the sums over the C'
+    `observed` (C,) cameras (default all); the corrections of the others are held at zero: with no landmark they
+    have only their priors, and in the sums they turned against the observed cameras (12 front cameras + 6 back
+    ones without detections: the observed rig turned 0.125°, each back camera 0.25° with no evidence)."""
     C, k = len(rig.names), rig.n_params
+    seen = torch.ones(C, dtype=torch.bool) if observed is None else torch.as_tensor(observed, dtype=torch.bool)
     o = rig.centers
     G = torch.zeros(7, n_shape + C * k, dtype=torch.float64)              # the constraints G s = 0
     Gc = G[:, n_shape:].view(7, C, k)
     dO = torch.zeros(C, 3, k, dtype=torch.float64)                        # δo_c = dO_c ξ_c
     dO[:, :, 0:3] = hat(o - rig.pivot)
     dO[:, :, 3:6] = -torch.eye(3, dtype=torch.float64)
-    Gc[0:3, :, 0:3] = torch.eye(3, dtype=torch.float64)[:, None]
+    dO = dO * seen[:, None, None]
+    Gc[0:3, :, 0:3] = torch.eye(3, dtype=torch.float64)[:, None] * seen[None, :, None]
     Gc[3:6] = dO.permute(1, 0, 2)
-    v = o - o.mean(0)
-    Gc[6] = ((v / v.pow(2).sum(1).mean().sqrt().clamp_min(1e-12))[:, :, None] * dO).sum(1)
+    v = torch.where(seen[:, None], o - o[seen].mean(0), torch.zeros_like(o))
+    Gc[6] = ((v / v[seen].pow(2).sum(1).mean().sqrt().clamp_min(1e-12))[:, :, None] * dO).sum(1)
     G = G if hold_scale else G[:6]
+    blind = torch.nonzero(~seen).flatten().tolist()
+    if blind:  # ξ_c = 0 for every camera without observations
+        H = torch.zeros(len(blind) * k, n_shape + C * k, dtype=torch.float64)
+        for j, c in enumerate(blind):
+            H[j * k:(j + 1) * k, n_shape + c * k:n_shape + (c + 1) * k] = torch.eye(k, dtype=torch.float64)
+        G = torch.cat([G, H])
     _, S, Vh = torch.linalg.svd(G, full_matrices=True)
     rank = int((S > 1e-9 * S[0]).sum())
     return Vh[rank:].T.contiguous()

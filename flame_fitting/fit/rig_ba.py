@@ -5,9 +5,14 @@ Unknowns: per camera a rotation correction ω_c about its own centre (R_c = Exp(
 pinhole K). Residual: the reprojection error in pixels, Huber-robust at `scale_px` (per observation, on the 2D
 error's length) and weighted per observation (`Tracks.weight`), plus Gaussian priors ω_c ~ N(0, rot_sigma²), δo_c ~ N(0, trans_sigma²) from the given
 calibration. The gauge (a similarity of rig + points leaves every projection unchanged) is held exactly: the
-camera step is solved in the subspace Σ_c ω_c = 0, Σ_c δo_c = 0 and Σ_c v_c·δo_c = 0 (v_c: unit-rms offsets of the
-centres from their centroid) — the rig keeps its mean orientation, centroid and size, as in the landmark camera
-solve (problem.py `_gauge_basis`).
+camera step is solved in the subspace Σ_c R0_cᵀ ω_c = 0 (ω_c turns camera c about its own axes, so R0_cᵀ ω_c is
+its turn in world axes; a turn of the whole rig by g is ω_c = −R0_c g), Σ_c δo_c = 0 and Σ_c v_c·δo_c = 0 (v_c:
+unit-rms offsets of the centres from their centroid) — the rig keeps its mean orientation, centroid and size, as in
+the landmark camera solve (problem.py `_gauge_basis`, whose ω are in world axes already). Until 2026-12-06 the
+rotation row was Σ_c ω_c = 0, which on a rig around the head (Σ_c R0_c nearly singular) left two turns of the whole
+rig free: the refined 360° ring turned 38–43° against the given cameras. Cameras without observations are held at
+the given calibration and left out of the gauge (they could otherwise turn against the observed ones at the cost of
+their priors alone).
 
 The data term is in units of the observations' noise: Σ weight · ρ(r) / noise_px² (`noise_px`; 1 px unless given).
 `noise_level_px` estimates it from a solution's residuals (robust, corrected for the unknowns the solution used up):
@@ -49,17 +54,23 @@ class BAResult:
     iterations: int
 
 
-def gauge_basis(centers: np.ndarray) -> np.ndarray:
-    """(6C, 6C - 7) orthonormal basis of camera corrections [ω_0, δo_0, ω_1, δo_1, ...] that keep the rig's mean
-    rotation, centroid and size (module docstring)."""
+def gauge_basis(centers: np.ndarray, R: np.ndarray, observed: np.ndarray | None = None) -> np.ndarray:
+    """(6C, 6C' - 7) orthonormal basis of camera corrections [ω_0, δo_0, ω_1, δo_1, ...] (C' observed cameras, R
+    (C,3,3) their world→camera rotations) that keep the rig's mean rotation in world axes, centroid and size and
+    hold the cameras that are not `observed` (C,) bool (default all observed) at zero (module docstring)."""
     C = len(centers)
-    v = centers - centers.mean(0)
-    v = v / max(np.sqrt((v ** 2).sum(1).mean()), 1e-12)
+    seen = np.ones(C, bool) if observed is None else np.asarray(observed, bool)
+    v = np.where(seen[:, None], centers - centers[seen].mean(0), 0.0)
+    v = v / max(np.sqrt((v[seen] ** 2).sum(1).mean()), 1e-12)
     G = np.zeros((7, C, 6))
-    G[0:3, :, 0:3] = np.eye(3)[:, None]
-    G[3:6, :, 3:6] = np.eye(3)[:, None]
+    G[0:3, :, 0:3] = np.transpose(R, (2, 0, 1)) * seen[None, :, None]      # rows i: Σ_c (R_cᵀ ω_c)_i
+    G[3:6, :, 3:6] = np.eye(3)[:, None] * seen[None, :, None]
     G[6, :, 3:6] = v
-    _, S, Vt = np.linalg.svd(G.reshape(7, 6 * C))
+    held = np.zeros((6 * int((~seen).sum()), C, 6))
+    for j, c in enumerate(np.flatnonzero(~seen)):
+        held[6 * j:6 * j + 6, c] = np.eye(6)
+    G = np.concatenate([G.reshape(7, 6 * C), held.reshape(-1, 6 * C)])
+    _, S, Vt = np.linalg.svd(G)
     rank = int((S > 1e-9 * S[0]).sum())
     return Vt[rank:].T
 
@@ -97,10 +108,11 @@ def _cost(r, w, d, scale, rot_sigma, trans_sigma, weight) -> float:
 def noise_level_px(tr: Tracks, residuals: np.ndarray, n_cameras: int) -> float:
     """The observations' noise σ (px per axis, at weight 1) from a solution's residuals (n, 2): the median weighted
     residual length over the Rayleigh median √(2 ln 2), scaled by √(equations / (equations − unknowns)) for the
-    3 per point and 6C − 7 per rig the solution fitted. A floor of 0.01 px."""
+    3 per point and 6C − 7 per rig the solution fitted (C: the cameras with observations, at most n_cameras; the
+    others are held). A floor of 0.01 px."""
     w = np.ones(len(tr.cam)) if tr.weight is None else np.asarray(tr.weight, np.float64)
     med = float(np.median(np.sqrt(w) * np.linalg.norm(residuals, axis=1))) / np.sqrt(2 * np.log(2))
-    eq, unknowns = 2 * len(tr.cam), 3 * tr.n_points + 6 * n_cameras - 7
+    eq, unknowns = 2 * len(tr.cam), 3 * tr.n_points + 6 * min(n_cameras, len(np.unique(tr.cam))) - 7
     return max(med * np.sqrt(eq / max(eq - unknowns, 1)), 0.01)
 
 
@@ -132,7 +144,7 @@ def bundle_adjust(tr: Tracks, K: np.ndarray, R0: np.ndarray, centers0: np.ndarra
     else:
         w, d = np.zeros((C, 3)), np.zeros((C, 3))
         X = triangulate(tr, K, R0, centers0) if X0 is None else X0.copy()
-    basis = gauge_basis(centers0)
+    basis = gauge_basis(centers0, R0, np.bincount(tr.cam, minlength=C) > 0)
     prior = np.tile(np.r_[np.full(3, rot_sigma ** -2), np.full(3, trans_sigma ** -2)], C)
     order = np.argsort(tr.point, kind="stable")
     starts = np.searchsorted(tr.point[order], np.arange(P + 1))

@@ -138,3 +138,29 @@ def test_shared_basis_spans_the_corrections_that_keep_the_rigid_gauge(head, cams
     assert (d * o).sum().abs() < 1e-3 * (d.norm(dim=1) * o.norm(dim=1)).sum()   # size
     held = Problem(pb.rm, rig, pb.obs, pb.conf, pb.cfg, cameras_free=False).shared_basis()
     assert torch.equal(held, torch.eye(4 + 6 * len(names), 4, dtype=torch.float64))
+
+
+def test_cameras_without_landmarks_are_held_and_out_of_the_gauge(head, cams, noisy_obs):
+    """Cameras that see no face (the back of a rig around the head) had only their priors in the camera solve, and
+    the gauge's sums over every camera let them turn against the observed ones: the observed rig turned 0.125° and
+    each blind camera 0.25° with no evidence (cameras.json). They are now held, and the refined fit is the one
+    without them."""
+    rng = np.random.default_rng(5)
+    given = {n: perturb_camera(c, rng, 2.0, 0.02) for n, c in cams.items()}
+    blind = {}
+    for i, c in enumerate(list(cams.values())[:3]):  # three more cameras turned 180° about the head: no detections
+        w2c = c.world_to_cam.astype(np.float64) @ np.diag([-1.0, 1.0, -1.0, 1.0])
+        blind[f"back{i}"] = replace(c.with_pose(w2c), name=f"back{i}")
+    obs = {f: {**views, **{n: np.full_like(next(iter(views.values())), np.nan) for n in blind}}
+           for f, views in noisy_obs.items()}
+    cfg = FitConfig(refine_cameras=True, min_views=2)
+    seen = fit_sequence(head, given, noisy_obs, cfg, progress=False)
+    both = fit_sequence(head, {**given, **blind}, obs, cfg, progress=False)
+    assert seen.camera_refinement["accepted"] and both.camera_refinement["accepted"]
+    if "second_pass_accepted" in both.camera_refinement:  # the summary of two passes says what each did
+        assert both.camera_refinement["reason"].startswith("first pass applied; second pass")
+    for n, c in blind.items():
+        assert np.array_equal(both.cameras[n].world_to_cam, c.world_to_cam)
+    for n in given:
+        assert angle_deg(both.cameras[n].R.astype(np.float64) @ seen.cameras[n].R.astype(np.float64).T) < 1e-3
+        assert np.linalg.norm(both.cameras[n].center - seen.cameras[n].center) * 1e3 < 0.01
