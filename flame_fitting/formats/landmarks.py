@@ -58,11 +58,37 @@ def load_landmarks(out_dir: Path | str) -> LandmarkSet:
         sets = [load_landmarks(p.parent) for p in units]
         return LandmarkSet(pd.concat([s.table for s in sets], ignore_index=True),
                            np.concatenate([s.points for s in sets]).astype(np.float32, copy=False))
+    tpath, ppath = out_dir / "detections.parquet", out_dir / "points.npy"
+    for p in (tpath, ppath):
+        if not p.is_file():
+            raise CaptureError(f"{p}: missing (run the landmarks stage first)")
     try:
-        table = pd.read_parquet(out_dir / "detections.parquet")
-        points = np.load(out_dir / "points.npy")
-    except FileNotFoundError as e:
-        raise CaptureError(f"{e.filename}: missing (run the landmarks stage first)") from None
-    if points.shape != (len(table), 478, 2):
-        raise CaptureError(f"{out_dir / 'points.npy'}: shape {points.shape} does not match {len(table)} detections")
+        table = pd.read_parquet(tpath)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for damaged files
+        raise CaptureError(f"{tpath}: not a readable parquet table ({type(e).__name__}: {e})") from None
+    try:
+        points = np.load(ppath, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:  # truncated, not .npy, or an object array (never unpickled)
+        raise CaptureError(f"{ppath}: not a readable .npy array ({type(e).__name__}: {e})") from None
+    check_landmark_table(table, tpath)
+    if points.shape != (len(table), 478, 2) or points.dtype.kind != "f":
+        raise CaptureError(f"{ppath}: {points.dtype} {points.shape} points, expected floats {(len(table), 478, 2)} "
+                           f"(one row per detection of {tpath.name})")
+    points = points.astype(np.float32, copy=False)
+    det = table["detected"].to_numpy()
+    if not np.isfinite(points[det]).any(axis=(1, 2)).all() or (np.abs(points[det][np.isfinite(points[det])]) > 1e6).any():
+        raise CaptureError(f"{ppath}: a detected image has no finite landmark, or landmarks beyond 1e6 px")
     return LandmarkSet(table, points)
+
+
+def check_landmark_table(table: pd.DataFrame, path: Path) -> None:
+    """CaptureError naming `path` unless the table has the KEYS and `detected` columns, `detected` is boolean and
+    no (subject, sequence, frame, camera) appears twice (one would silently win)."""
+    missing = [c for c in KEYS + ["detected"] if c not in table.columns]
+    if missing:
+        raise CaptureError(f"{path}: missing columns {missing}")
+    if table["detected"].dtype != bool:
+        raise CaptureError(f"{path}: column 'detected' is {table['detected'].dtype}, expected bool")
+    if table.duplicated(KEYS).any():
+        d = table[table.duplicated(KEYS)].iloc[0]
+        raise CaptureError(f"{path}: two rows for {d.subject}/{d.sequence} frame {d.frame} camera {d.camera}")

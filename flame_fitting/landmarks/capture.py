@@ -184,8 +184,11 @@ def detect_folder(captures: Path | str, out: Path | str, cfg: LandmarksParams, m
     check_output_dir(out, [captures], overwrite, kind="landmarks")
     cap = load_capture(captures)
     code = code_digest(*(ROOT / r for r in ROOMS))
+    # `workers` is not in the key: the thread count changes no byte of a result (test_landmarks.py), so changing it
+    # re-runs nothing (it re-ran every sequence)
+    params = {k: v for k, v in asdict(cfg).items() if k != "workers"}
     units = [Unit(u.subject, u.sequence, unit_key("landmarks", capture=capture_unit_hashes(cap, u.subject, u.sequence),
-                                                  params=asdict(cfg), code=code)) for u in capture_units(cap)]
+                                                  params=params, code=code)) for u in capture_units(cap)]
     with open_executor(executor or ExecutorConfig(workers=1)) as ex:
         run = run_units(ex, partial(detect_unit, str(cap.root), cfg), units, out, "landmarks", inputs=[captures],
                         source=captures)

@@ -17,8 +17,12 @@ Up to `MAX_FACES` faces are meshed per image (FaceMesh's `max_num_faces`): `face
 An image with more than one face is flagged by `n_faces` > 1; which face belongs to the capture's subject is
 decided across the calibrated views (`landmark_set.choose_faces`), not here.
 
-Coordinates are pixels in geoface's convention (pixel centres at +0.5): MediaPipe's normalised
-x, y times width, height. `box` is the landmarks' bounding box (x0, y0, x1, y1).
+Coordinates are pixels in geoface's convention (pixel centres at +0.5): MediaPipe's normalised x, y times width,
+height, plus 0.5. MediaPipe's x·W is a coordinate whose pixel centres are the integers (measured: the same view
+detected at twice the size by pixel duplication or area averaging gives d_2S − 2·d_S = +0.42…+0.55 px without the
++0.5, 0 with it; against rendered ground truth a constant −0.56 px in x and y at 256², 512² and 1024²), so before
+2026-12-06 every landmark sat half a pixel up and left (a 0.5 mm floor on a fit from exact landmarks at 512²).
+`box` is the landmarks' bounding box (x0, y0, x1, y1).
 `score` in [0, 1] is the confidence of MediaPipe's short-range face detector (BlazeFace,
 face_detection_short_range.tflite) for the face the mesh was fitted to: FaceMesh runs that
 detector on the whole image first and fits the mesh inside its box, so the score is read from
@@ -130,7 +134,7 @@ def _detect(mesh, rgb: np.ndarray) -> LandmarkResult:
     res = mesh.process({"image": rgb})
     if not res.multi_face_landmarks:
         return _empty("no_face")
-    faces = np.stack([np.array([(p.x, p.y) for p in f.landmark]) * (w, h)
+    faces = np.stack([np.array([(p.x, p.y) for p in f.landmark]) * (w, h) + 0.5  # pixel centres at +0.5
                       for f in res.multi_face_landmarks]).astype(np.float32)
     scores = _face_scores(faces, res.face_detections, w, h)
     return LandmarkResult(True, "", faces[0], float(scores[0]), _box(faces[0]), faces, scores)

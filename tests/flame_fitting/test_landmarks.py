@@ -5,6 +5,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 
 import flame_fitting.landmarks.detector as landmarks
@@ -39,7 +40,7 @@ def reference_detect(path: Path) -> tuple[bool, np.ndarray, float]:
         res = mesh.process(rgb)
     if not res.multi_face_landmarks:
         return False, np.full((478, 2), np.nan, np.float32), 0.0
-    pts = np.array([[p.x * w, p.y * h] for p in res.multi_face_landmarks[0].landmark], np.float32)
+    pts = np.array([[p.x * w + 0.5, p.y * h + 0.5] for p in res.multi_face_landmarks[0].landmark], np.float32)
     with mpipe.solutions.face_detection.FaceDetection(model_selection=0, min_detection_confidence=0.2) as det:
         dets = det.process(rgb).detections or []
     return True, pts, max((d.score[0] for d in dets), default=0.0)
@@ -60,6 +61,23 @@ def test_matches_the_two_pass_reference(views):
     assert (got["score"][det] >= 0.5).all() and (got["score"][det] <= 1.0).all()
     np.testing.assert_array_equal(got["box"][det, :2], ref_pts[det].min(1))
     np.testing.assert_array_equal(got["box"][det, 2:], ref_pts[det].max(1))
+
+
+def test_landmarks_follow_the_pixel_centre_convention(views):
+    """The same view at twice the size (pixel duplication) and at half (area averaging) must give landmarks that
+    scale by exactly 2 in the +0.5 convention: d_2S − 2·d_S = 0. MediaPipe's x·W counts pixel centres from 0, and
+    without the +0.5 the difference was +0.5 px in x and y (every landmark half a pixel up and left)."""
+    diffs = []
+    for p in views:
+        rgb = cv2.cvtColor(cv2.imread(str(p), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        half = cv2.resize(rgb, (rgb.shape[1] // 2, rgb.shape[0] // 2), interpolation=cv2.INTER_AREA)
+        for small, big in ((rgb, np.repeat(np.repeat(rgb, 2, 0), 2, 1)), (half, rgb)):
+            a, b = detect_rgb(np.ascontiguousarray(small)), detect_rgb(np.ascontiguousarray(big))
+            if a.detected and b.detected:
+                diffs.append((b.points.astype(np.float64) - 2 * a.points).mean(0))
+    d = np.array(diffs)
+    assert len(d) >= 4, "the frontal views should be found at every size"
+    assert np.abs(d.mean(0)).max() < 0.25, d  # 0.07 now; 0.55 before
 
 
 def test_bad_files_get_their_reason_and_the_run_goes_on(views, tmp_path):
@@ -147,3 +165,32 @@ def test_band_errors_follow_the_manifest_order_of_units(tmp_path):
     bands = [k for k in ref if k.startswith("pixel_error_") and ref[k] is not None]
     assert len(bands) >= 3 and all(m[k] == pytest.approx(ref[k], rel=1e-6) for k in bands), \
         {k: (m[k], ref[k]) for k in bands}
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: (d / "points.npy").write_bytes((d / "points.npy").read_bytes()[:200]), "points.npy: not a readable .npy"),
+    (lambda d: np.save(d / "points.npy", np.array([{"a": 1}], dtype=object)), "points.npy: not a readable .npy"),
+    (lambda d: (d / "detections.parquet").write_bytes(b"PAR1 garbage"), "detections.parquet: not a readable parquet"),
+    (lambda d: pd.read_parquet(d / "detections.parquet").drop(columns=["camera"]).to_parquet(d / "detections.parquet"),
+     r"detections.parquet: missing columns \['camera'\]"),
+    (lambda d: pd.read_parquet(d / "detections.parquet").assign(detected="yes").to_parquet(d / "detections.parquet"),
+     "column 'detected' is .*, expected bool"),
+    (lambda d: np.save(d / "points.npy", np.full_like(np.load(d / "points.npy"), 1e30)), "beyond 1e6 px"),
+    (lambda d: np.save(d / "points.npy", np.zeros((2, 478, 2), np.int64)), "int64"),
+])
+def test_a_damaged_landmark_file_is_refused_naming_it(tmp_path, damage, message):
+    """A truncated or pickled points.npy, a damaged table, a missing column, a non-boolean `detected` (every row
+    counted as detected) or absurd points raised numpy/pyarrow errors without the file, or were read as landmarks."""
+    from flame_fitting.formats.capture import CaptureError
+    from flame_fitting.formats.landmarks import KEYS, LandmarkSet, load_landmarks, save_landmarks
+
+    table = pd.DataFrame({"subject": ["s"] * 2, "sequence": ["q"] * 2, "frame": [0, 0], "camera": ["a", "b"],
+                          "path": ["x.png", "y.png"], "detected": [True, False]})
+    pts = np.full((2, 478, 2), np.nan, np.float32)
+    pts[0] = np.random.default_rng(0).uniform(0, 512, (478, 2))
+    folder = save_landmarks(LandmarkSet(table, pts), tmp_path / "lmk")
+    assert load_landmarks(folder).table[KEYS].equals(table[KEYS])
+    damage(folder)
+    with pytest.raises(CaptureError, match=message) as e:
+        load_landmarks(folder)
+    assert str(folder) in str(e.value) and "\n" not in str(e.value)

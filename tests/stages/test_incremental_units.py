@@ -70,6 +70,15 @@ def test_old_outputs_are_byte_identical(pipeline):
         assert [k for k in after[folder] if k.startswith(new)], f"{folder}: nothing written for {new}"
 
 
+def test_the_landmark_thread_count_re_runs_nothing(pipeline):
+    """landmarks.workers changes no byte of a result; it was part of the unit key and re-ran every sequence."""
+    from flame_fitting.landmarks.capture import LandmarksParams, detect_folder
+
+    m = detect_folder(pipeline["cap"], pipeline["data"] / OUTS["landmarks"], LandmarksParams(workers=3),
+                      executor=LOCAL)
+    assert m["units_run"] == 0 and m["units_kept"] >= 3
+
+
 def test_the_result_equals_a_full_run(pipeline, tmp_path):
     """The incremental outputs are those of one run over the 4-subject capture (array for array)."""
     data = tmp_path / "data"

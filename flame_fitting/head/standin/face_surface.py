@@ -174,7 +174,7 @@ def build_metric_face() -> MetricFace:
     lm, size = detect_landmarks(path)
     pts, pair = metric_face_from_landmarks(lm, size)
     tris = _orient(tessellation_triangles(), pts)
-    photo_px = lm[:, :2] * np.array(size, dtype=np.float64)
+    photo_px = lm[:, :2] * np.array(size, dtype=np.float64) + 0.5  # MediaPipe counts pixel centres from 0 (detector.py)
     return MetricFace(points=pts, triangles=tris, mirror=pair, photo_px=photo_px, photo_path=path)
 
 
