@@ -8,7 +8,12 @@
                                       c2w_gl = inverse(world_to_cam) @ diag(1, -1, -1, 1); camera_model OPENCV (no
                                       distortion); ply_file_path = points3d.ply (nerfstudio's 3DGS initialisation)
     sparse/0/cameras.txt              COLMAP: one PINHOLE camera per view (fx fy cx cy; COLMAP and geoface both put
-                                      pixel centres at +0.5, so K is written as is)
+                                      pixel centres at +0.5, so K is written as is). The original 3DGS's reader
+                                      keeps only the fields of view (it assumes cx, cy at the image centre): the
+                                      generated views have their principal point there (`orbit_cameras`), the
+                                      reference crop of `geoface generate` keeps the photo's offset (several px in
+                                      a 32-64 px view) and is misplaced by that much there; nerfstudio and gsplat
+                                      read cx, cy
     sparse/0/images.txt               world→camera as unit quaternion (qw ≥ 0) + translation, OpenCV axes as COLMAP
     sparse/0/points3D.txt             the mesh vertices with their colours and empty tracks (or no points)
     points3d.ply                      binary PLY: x y z nx ny nz (float32) red green blue (uint8), 3DGS's storePly layout

@@ -177,8 +177,11 @@ def crop_view(image: np.ndarray, camera: Camera, box: tuple[int, int, int], size
 
 def orbit_cameras(reference: Camera, centre: np.ndarray, n_views: int, yaw_range_deg: tuple[float, float] = (-60.0, 60.0),
                   pitch_deg: float | None = None, prefix: str = "view") -> list[Camera]:
-    """n_views cameras around `centre` (canonical frame): the reference's distance and K, yaws evenly over
-    yaw_range_deg (one view: the middle), elevation = the reference's unless pitch_deg is given."""
+    """n_views cameras around `centre` (canonical frame), each looking at it: the reference's distance, image size
+    and focal lengths, the principal point at the image centre (so the head centre is there, as in the reference
+    crop: the crop's K keeps the photo's principal point offset, which put the head centre off the middle of every
+    view — the chin below the frame of a portrait, the whole head out of it for a face far from the photo's centre),
+    yaws evenly over yaw_range_deg (one view: the middle), elevation = the reference's unless pitch_deg is given."""
     if n_views < 1:
         raise ValueError(f"orbit_cameras: n_views must be >= 1, got {n_views}")
     c = np.asarray(centre, np.float64)
@@ -189,9 +192,11 @@ def orbit_cameras(reference: Camera, centre: np.ndarray, n_views: int, yaw_range
     pitch = np.radians(pitch_deg) if pitch_deg is not None else np.arctan2(d[1], np.hypot(d[0], d[2]))
     lo, hi = yaw_range_deg
     yaws = np.radians(np.linspace(lo, hi, n_views) if n_views > 1 else [0.5 * (lo + hi)])
+    K = np.array(reference.K, copy=True)
+    K[0, 2], K[1, 2] = reference.width / 2, reference.height / 2
     cams = []
     for i, a in enumerate(yaws):
         eye = c + dist * np.array([np.sin(a) * np.cos(pitch), np.sin(pitch), np.cos(a) * np.cos(pitch)])
-        cams.append(Camera(K=reference.K, world_to_cam=look_at(eye, c, (0.0, 1.0, 0.0)), width=reference.width,
+        cams.append(Camera(K=K, world_to_cam=look_at(eye, c, (0.0, 1.0, 0.0)), width=reference.width,
                            height=reference.height, name=f"{prefix}_{i:02d}"))
     return cams

@@ -69,7 +69,10 @@ def test_orbit_and_crop_geometry(env):
     with torch.no_grad():
         v = head().vertices[0].numpy()
     centre = np.array([0.0, 0.01, 0.02])
-    ref = Camera(K=assumed_intrinsics(400, 300), world_to_cam=look_at(centre + [0.1, 0.15, 0.8], centre), width=400, height=300)
+    # the photo's camera looks past the head: the head is off the photo's centre, the crop's principal point is not
+    # the crop's centre
+    ref = Camera(K=assumed_intrinsics(400, 300), world_to_cam=look_at(centre + [0.1, 0.15, 0.8], centre + [0.05, -0.06, 0]),
+                 width=400, height=300)
     box = head_crop(ref, centre, 0.23, fill=0.5)
     img, cam = crop_view(np.zeros((300, 400, 3), np.uint8), ref, box, 64)
     assert img.shape == (64, 64, 3) and (cam.width, cam.height) == (64, 64)
@@ -81,8 +84,10 @@ def test_orbit_and_crop_geometry(env):
     for c, yaw in zip(views, np.linspace(-60, 60, 5)):
         assert np.linalg.norm(c.center - centre) == pytest.approx(d_ref, rel=1e-5)
         assert _yaw_deg(c.center, centre) == pytest.approx(yaw, abs=1e-3)
-        np.testing.assert_allclose(c.project(centre[None])[0][0], c.K[:2, 2], atol=1e-3)  # looks at the head
-        np.testing.assert_allclose(c.K, cam.K)
+        # looks at the head, and the head centre is in the middle of the view as in the reference crop (the crop's
+        # principal point, off-centre by the photo's, put it 7 px low in a 32² view of a portrait)
+        np.testing.assert_allclose(c.project(centre[None])[0][0], [32, 32], atol=1e-3)
+        np.testing.assert_allclose(c.K[[0, 1], [0, 1]], cam.K[[0, 1], [0, 1]])
     assert len(v) == head.n_vertices
 
 
