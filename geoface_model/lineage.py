@@ -44,7 +44,7 @@ def model_card(data: Path | str, params: dict, run_id: str, metrics: dict | None
             "head_model_sha256": up.get("head_model_sha256"),
             "dataset": str(data), "dataset_params": up.get("params"), "params": params, "run_id": run_id,
             "git": git_state(), "date": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
-            "metrics": {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float, str, bool))}}
+            "metrics": {k: v for k, v in (metrics or {}).items() if v is None or isinstance(v, (int, float, str, bool))}}
 
 
 def card_markdown(card: dict) -> str:

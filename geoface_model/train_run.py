@@ -90,6 +90,12 @@ def run_id(cfg: GeoFaceConfig, data: Path | str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def scalar_entries(metrics: dict) -> dict:
+    """The entries of a training run's metrics that metrics/train.json holds: numbers, strings, booleans, and None
+    for what was not measured (docs/model.md: null, never 0)."""
+    return {k: v for k, v in metrics.items() if v is None or isinstance(v, (int, float, str, bool))}
+
+
 def train_model(cfg: GeoFaceConfig, data: Path | str, state: Path | str, model: Path | str, loss_csv: Path | str,
                 metrics_path: Path | str | None = None) -> dict:
     """Train on the shards under `data` in `state`/<run id>, publish `model` and `loss_csv`; returns the metrics
@@ -114,7 +120,6 @@ def train_model(cfg: GeoFaceConfig, data: Path | str, state: Path | str, model: 
         replace_dir(tmp, model, kind="model")
         write_bytes(loss_csv, (run_dir / "loss.csv").read_bytes())
         if metrics_path is not None:
-            write_json(metrics_path, {k: v for k, v in metrics.items()  # None: not measured (docs/model.md)
-                                      if v is None or isinstance(v, (int, float, str, bool))})
+            write_json(metrics_path, scalar_entries(metrics))
     PartialState().wait_for_everyone()
     return metrics

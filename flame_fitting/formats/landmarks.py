@@ -72,8 +72,8 @@ def load_landmarks(out_dir: Path | str) -> LandmarkSet:
         raise CaptureError(f"{ppath}: not a readable .npy array ({type(e).__name__}: {e})") from None
     check_landmark_table(table, tpath)
     if points.shape != (len(table), 478, 2) or points.dtype.kind != "f":
-        raise CaptureError(f"{ppath}: {points.dtype} {points.shape} points, expected floats {(len(table), 478, 2)} "
-                           f"(one row per detection of {tpath.name})")
+        raise CaptureError(f"{ppath}: {points.dtype} points of shape {points.shape}, expected floats of shape "
+                           f"{(len(table), 478, 2)} (one row per detection of {tpath.name})")
     points = points.astype(np.float32, copy=False)
     det = table["detected"].to_numpy()
     if not np.isfinite(points[det]).any(axis=(1, 2)).all() or (np.abs(points[det][np.isfinite(points[det])]) > 1e6).any():

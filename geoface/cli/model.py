@@ -74,7 +74,7 @@ def dataset(args, cfg, tok, uv) -> None:
 
 def train(args, train_cfg, tok, model, loss) -> None:
     from geoface_model.config import GeoFaceConfig
-    from geoface_model.train_run import train_model
+    from geoface_model.train_run import scalar_entries, train_model
 
     data, out = need(args.dataset, "DATASET", "dir"), Path(args.out)
     state = Path(args.state) if args.state else out.parent / f"{out.name}_train_state"
@@ -88,7 +88,7 @@ def train(args, train_cfg, tok, model, loss) -> None:
                                          (("train", train_cfg), ("tokens", tok), ("model", model), ("loss", loss))},
                                       where="--set")
     m = train_model(cfg, data, state, out, loss_csv, metrics_path=args.metrics)
-    show({k: v for k, v in m.items() if isinstance(v, (int, float, str, bool))})
+    show(scalar_entries(m))
 
 
 def evaluate(args, p, uv) -> None:

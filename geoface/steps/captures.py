@@ -96,3 +96,22 @@ def make_captures(head_model: Path | str | None, out: Path | str, sheets: Path |
     if metrics_path is not None:
         write_json(metrics_path, metrics)
     return metrics
+
+
+def check_view_size(src: CaptureSource, cfg, tokens, path) -> None:
+    """ParamsError when the capture's views as the captures section (`src`, `cfg` of `load_capture_params`) sizes
+    them (captures.synthetic.resolution, or an import's captures.resize) do not divide into the app token grid
+    (tokens.resolution / tokens.patch_size tokens per side): the correspondences stage would refuse every frame,
+    after the landmarks and the fit had run (check_params calls it; an imported capture sized by its source is
+    checked by the correspondences stage)."""
+    t = tokens.app_tokens
+    if src.source == "synthetic":
+        key, size = "captures.synthetic.resolution", [cfg.resolution, cfg.resolution]
+    elif getattr(cfg, "resize", None):
+        key, size = "captures.resize", list(cfg.resize)
+    else:
+        return
+    if size[0] % t or size[1] % t:
+        raise ParamsError(f"{path}: {key} {size[0] if size[0] == size[1] else size} is not divisible by the "
+                          f"{t} app tokens per side (tokens.resolution / tokens.patch_size): the correspondences "
+                          f"stage would refuse every frame; use a multiple of {t}, e.g. {size[0] // t * t}")

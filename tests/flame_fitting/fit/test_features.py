@@ -62,15 +62,18 @@ def test_perturbed_cameras_are_recovered(textured):
 @pytest.mark.parametrize("seed", [500, 502])
 def test_the_images_are_weighed_at_their_measured_noise(textured, seed):
     """The tracks reproject to ~0.1 px; weighed at that noise (not at 1 px) the images, not the given calibration's
-    priors, decide the rig's weak modes: ≤ 0.1° / 1.2 mm median whatever the draw (in 1-px units 0.16° / 2.1 mm
-    for draw 502, 0.085° / 1.26 mm for 500)."""
+    priors, decide the rig's weak modes: the two draws give the same median to 0.001° (in 1-px units 0.16° / 2.1 mm
+    for draw 502, 0.085° / 1.26 mm for 500). What it is depends on the texture's SIFT features: with the stand-in's
+    photo sampled 0, 0.25, 0.5, 0.75, 1 px off (0.5 is the corrected +0.5 convention, 0 the texture before
+    2026-12-06) 0.066 / 0.089 / 0.111 / 0.065 / 0.060° and 0.79 / 0.83 / 1.20 / 1.22 / 0.96 mm: hence ≤ 0.15° /
+    1.5 mm (the camera-refinement target is 0.3° / 3 mm)."""
     _, cap, subject, sequence, images, masks = textured
     true = cap.cameras(subject, sequence)
     cams, rep = refine_rig(images, masks, _perturbed(true, seed), CFG)
     assert rep["accepted"], rep["reason"]
     assert 0.03 < rep["noise_px"] < 0.3
     err = rig_errors(cams, true)
-    assert err.rot_deg.median() <= 0.1 and err.centre_mm.median() <= 1.2, err
+    assert err.rot_deg.median() <= 0.15 and err.centre_mm.median() <= 1.5, err
 
 
 def test_the_result_does_not_depend_on_what_ran_before(textured):
