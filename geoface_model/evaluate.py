@@ -253,8 +253,8 @@ def aggregate(results: list[SampleResult]) -> dict:
         vals = [r.metrics.get(k) for r in results]
         vals = [v for v in vals if v is not None]
         out[k] = float(np.mean(vals)) if vals else None
-        if len(vals) != len(results) and not (not vals and f"{k}_status" in results[0].metrics):
-            out[f"{k}_n"] = len(vals)  # (a metric unavailable to the whole run, e.g. LPIPS: its _status says why)
+        if len(vals) != len(results) and (vals or f"{k}_status" not in results[0].metrics):
+            out[f"{k}_n"] = len(vals)  # not for a metric unavailable to the whole run (LPIPS: _status says why)
     out["lpips_status"] = results[0].metrics["lpips_status"]
     return out
 

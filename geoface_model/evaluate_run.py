@@ -103,9 +103,6 @@ def baseline_stats(dataset: Path, fit_of: dict, head) -> TrainingStats | None:
     return training_stats(train, frame_of)
 
 
-TIMINGS = ("generate_s", "s_per_sample")  # run times: in metrics/eval.json, not in the report
-
-
 def evaluate_model(model_dir: Path | str, dataset: Path | str, fits: Path | str, head_model: Path | str,
                    out: Path | str, plots: Path | str, p: EvalParams, gutter: int = 4,
                    loss_csv: Path | str | None = None, train_metrics: Path | str | None = None,
@@ -187,10 +184,8 @@ def evaluate_model(model_dir: Path | str, dataset: Path | str, fits: Path | str,
         provenance = {"model": str(model_dir), "model_sha256": {w.name: sha256_file(w) for w in weights},
                       "config": cfg.to_dict(), "eval": p.__dict__,
                       "shards": {str(q): sha256_file(q) for q in sorted(dataset.glob("**/*.safetensors"))}}
-        # run times stay in metrics/eval.json: the report (a DVC output) is the same bytes whenever the results are
-        write_report(plots_tmp / "report.html", {k: v for k, v in summary.items() if k not in TIMINGS},
-                     [{"sample": r.name, **{k: v for k, v in r.metrics.items() if k not in TIMINGS}} for r in results],
-                     views, figs, provenance, train_info)
+        write_report(plots_tmp / "report.html", summary, [{"sample": r.name, **r.metrics} for r in results], views,
+                     figs, provenance, train_info)
         replace_dir(out_tmp, out, kind="eval samples")
         replace_dir(plots_tmp, plots, kind="eval plots")
     except BaseException:

@@ -35,6 +35,12 @@ def git_state(cwd: Path | str = ".") -> dict:
         return {"commit": None, "dirty": None, "changed_files": None}
 
 
+def scalar_entries(metrics: dict | None) -> dict:
+    """The entries of a training run's metrics that metrics/train.json and the model card hold: numbers, strings,
+    booleans, and None for what was not measured (docs/model.md: null, never 0)."""
+    return {k: v for k, v in (metrics or {}).items() if v is None or isinstance(v, (int, float, str, bool))}
+
+
 def model_card(data: Path | str, params: dict, run_id: str, metrics: dict | None = None) -> dict:
     """The card of a model trained on the shards under `data` with `params` (the config's sections)."""
     data = Path(data)
@@ -44,7 +50,7 @@ def model_card(data: Path | str, params: dict, run_id: str, metrics: dict | None
             "head_model_sha256": up.get("head_model_sha256"),
             "dataset": str(data), "dataset_params": up.get("params"), "params": params, "run_id": run_id,
             "git": git_state(), "date": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
-            "metrics": {k: v for k, v in (metrics or {}).items() if v is None or isinstance(v, (int, float, str, bool))}}
+            "metrics": scalar_entries(metrics)}
 
 
 def card_markdown(card: dict) -> str:

@@ -153,15 +153,22 @@ def _img(rgb: np.ndarray, alt: str) -> str:
     return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(alt)}</figcaption></figure>'
 
 
-# metrics/train.json entries that say how a training run went, not what it produced (times, memory, a resume): left
-# out of the report, so it is the same bytes whenever the results are
-TRAIN_RUN_ENTRIES = ("s_per_step", "peak_mem_mb", "steps_run", "resumed_from", "skipped_checkpoints")
+# entries that say how a run went, not what it produced (times, memory, a resume): they stay in metrics/*.json and
+# are left out of the report (a DVC output), so it is the same bytes whenever the results are
+TIMINGS = ("generate_s", "s_per_sample")  # the evaluation's, in the summary and the per-sample rows
+TRAIN_RUN_ENTRIES = ("s_per_step", "peak_mem_mb", "steps_run", "resumed_from", "skipped_checkpoints")  # train.json's
+
+
+def _without(d: dict | None, keys: tuple[str, ...]) -> dict:
+    return {k: v for k, v in (d or {}).items() if k not in keys}
 
 
 def write_report(path: Path | str, summary: dict, samples: list[dict], views: list[dict], figures: list[tuple[str, np.ndarray]],
                  provenance: dict, train_metrics: dict | None = None) -> Path:
     """Self-contained HTML report (atomic write). summary: metrics/eval.json; samples: per-sample metric rows;
-    views: per-view rows; figures: (caption, RGB) pairs; provenance: JSON-able facts (model, data, settings)."""
+    views: per-view rows; figures: (caption, RGB) pairs; provenance: JSON-able facts (model, data, settings). Run
+    times and resumes (TIMINGS, TRAIN_RUN_ENTRIES) are left out."""
+    summary, samples = _without(summary, TIMINGS), [_without(s, TIMINGS) for s in samples]
     rows = metric_rows(summary)
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>geoface evaluation</title><style>",
@@ -179,7 +186,7 @@ def write_report(path: Path | str, summary: dict, samples: list[dict], views: li
     notes = summary.get("notes") or []
     if notes:
         parts.append("<h3>Notes</h3><ul>" + "".join(f"<li>{html.escape(str(n))}</li>" for n in notes) + "</ul>")
-    train_metrics = {k: v for k, v in (train_metrics or {}).items() if k not in TRAIN_RUN_ENTRIES}
+    train_metrics = _without(train_metrics, TRAIN_RUN_ENTRIES)
     if train_metrics:
         parts += ["<h2>Training</h2>", _table([train_metrics], list(train_metrics))]
     for caption, rgb in figures:

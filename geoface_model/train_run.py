@@ -29,7 +29,7 @@ from .checkpoint import prune_runs, touch_run
 from .config import GeoFaceConfig
 from .data import GeoFaceDataset, ShardError, check_compatible, read_shard_meta
 from .latents import latent_shape_info
-from .lineage import write_model_card
+from .lineage import scalar_entries, write_model_card
 from .train import train
 
 
@@ -88,12 +88,6 @@ def run_id(cfg: GeoFaceConfig, data: Path | str) -> str:
     blob = json.dumps({"config": config, "shards": metas, "sha256": contents, "code": code_digest(*TRAIN_CODE),
                        **({"weights": weights} if weights else {})}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def scalar_entries(metrics: dict) -> dict:
-    """The entries of a training run's metrics that metrics/train.json holds: numbers, strings, booleans, and None
-    for what was not measured (docs/model.md: null, never 0)."""
-    return {k: v for k, v in metrics.items() if v is None or isinstance(v, (int, float, str, bool))}
 
 
 def train_model(cfg: GeoFaceConfig, data: Path | str, state: Path | str, model: Path | str, loss_csv: Path | str,

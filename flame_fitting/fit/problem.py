@@ -78,6 +78,11 @@ class Problem:
         return self.rm.layout.n
 
     @property
+    def observed_cameras(self) -> Tensor:
+        """(C,) bool: cameras with a landmark in some frame (the others' corrections are held, `_gauge_basis`)."""
+        return (self.conf > 0).any(2).any(0)
+
+    @property
     def n_shared(self) -> int:
         return self.rm.n_shape + len(self.rig.names) * self.rig.n_params
 
@@ -131,8 +136,7 @@ class Problem:
             return None
         if not self.cameras_free:
             return torch.eye(self.n_shared, self.rm.n_shape, dtype=torch.float64)
-        return _gauge_basis(self.rig, self.rm.n_shape, self.cfg.camera_scale == "rig",
-                            observed=(self.conf > 0).any(2).any(0))
+        return _gauge_basis(self.rig, self.rm.n_shape, self.cfg.camera_scale == "rig", self.observed_cameras)
 
 
 def _gauge_basis(rig: Rig, n_shape: int, hold_scale: bool, observed: Tensor | None = None) -> Tensor:

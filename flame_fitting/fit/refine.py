@@ -63,7 +63,7 @@ def refine_cameras(pb: Problem, out: LMOutcome, progress: bool, desc: str) -> tu
     objective_before / _after, threshold, max_rot_deg, max_centre_mm (the candidate's largest move from the given
     calibration, which `pb.rig` holds)."""
     cfg, k = pb.cfg, pb.rig.n_params
-    C = int((pb.conf > 0).any(2).any(0).sum())  # cameras with landmarks: the others are held (problem.py)
+    C = int(pb.observed_cameras.sum())  # the others are held (problem.py)
     pb_c = replace(pb, cameras_free=True)
     summary = {"accepted": False, "reason": "", "objective_before": None, "objective_after": None,
                "threshold": cfg.camera_accept_gain * (C * k - (7 if cfg.camera_scale == "rig" else 6)),

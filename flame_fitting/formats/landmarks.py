@@ -75,8 +75,9 @@ def load_landmarks(out_dir: Path | str) -> LandmarkSet:
         raise CaptureError(f"{ppath}: {points.dtype} points of shape {points.shape}, expected floats of shape "
                            f"{(len(table), 478, 2)} (one row per detection of {tpath.name})")
     points = points.astype(np.float32, copy=False)
-    det = table["detected"].to_numpy()
-    if not np.isfinite(points[det]).any(axis=(1, 2)).all() or (np.abs(points[det][np.isfinite(points[det])]) > 1e6).any():
+    found = points[table["detected"].to_numpy()]
+    finite = np.isfinite(found)
+    if not finite.any(axis=(1, 2)).all() or (np.abs(found[finite]) > 1e6).any():
         raise CaptureError(f"{ppath}: a detected image has no finite landmark, or landmarks beyond 1e6 px")
     return LandmarkSet(table, points)
 
