@@ -8,11 +8,14 @@ images change, flame_fitting/core/units.py):
 Each unit is written to a temporary folder and renamed. `detect_folder` is the `landmarks` stage's work (and `geoface
 landmarks`); `geoface fit` uses `detect_capture`.
 
-A view in which MediaPipe finds more than one face is flagged (`multiple_faces`) and the face kept is the one
-consistent with the other views of the same frame through the calibrated cameras (`choose_faces`):
-  face_choice "consistent"  the candidate with the smallest median reprojection error (`face_choice_px`, pixels)
-                            of the landmarks triangulated from the frame's single-face views plus that candidate
-  face_choice "largest"     no view of the frame has a single face to compare with: the largest face is kept
+A view in which MediaPipe finds more than one face is flagged (`multiple_faces`). Which face of each view is the
+subject is decided per frame by a consensus over its calibrated views (`flame_fitting.landmarks.faces`):
+  face_choice "consistent"    a view with several faces keeps the one that agrees with the head most views agree on
+                              (`face_choice_px`: its median landmark reprojection error, pixels)
+  face_choice "inconsistent"  no face of the view agrees with the head most of the frame's views agree on (a poster,
+                              a second person where the subject was missed): the view is recorded as not detected,
+                              reason "inconsistent_face"
+  face_choice "largest"       a view with several faces and no head two views agree on: the largest face is kept
 """
 from __future__ import annotations
 
@@ -26,71 +29,14 @@ from flame_fitting.core.executor import ExecutorConfig, open_executor
 from flame_fitting.core.fileio import check_output_dir, write_json
 from flame_fitting.core.params import spec
 from flame_fitting.core.units import Unit, code_digest, run_units, unit_key, write_unit_failures
-from flame_fitting.geometry.camera import Camera
 from flame_fitting.formats.capture import Capture, CaptureError, capture_version, load_capture, read_gt_landmarks
 from flame_fitting.formats.landmarks import KEYS, LandmarkSet, load_landmarks, write_landmark_files
 from flame_fitting.formats.lineage import write_lineage
 from flame_fitting.formats.units import capture_unit_hashes, capture_units, sub_capture, worker_capture
-from flame_fitting.landmarks.detector import (LandmarkResult, band_means, detect_files, rates_by_yaw,
-                                              results_to_arrays)
+from flame_fitting.landmarks.detector import band_means, detect_files, rates_by_yaw, results_to_arrays
+from flame_fitting.landmarks.faces import choose_faces
 
-
-def _triangulate(cams: list[Camera], uv: np.ndarray) -> np.ndarray:
-    """Linear (DLT, least squares over all views) triangulation. uv (V, N, 2) pixels (NaN = missing) ->
-    (N, 3) world points, NaN where fewer than 2 views see a point or the system is singular."""
-    AtA, Atb = np.zeros((uv.shape[1], 3, 3)), np.zeros((uv.shape[1], 3))
-    n = np.zeros(uv.shape[1], int)
-    for cam, p in zip(cams, uv):
-        ok = np.all(np.isfinite(p), 1)
-        xn = np.where(ok[:, None], cam.normalized(np.where(ok[:, None], p, 0.0)), 0.0)
-        R, t = cam.R.astype(np.float64), cam.t.astype(np.float64)
-        A = xn[:, :, None] * R[None, 2:3, :] - R[None, :2, :]                       # (N, 2, 3)
-        b = t[:2][None] - xn * t[2]                                                 # (N, 2)
-        A, b = A * ok[:, None, None], b * ok[:, None]
-        AtA += A.transpose(0, 2, 1) @ A
-        Atb += (A * b[..., None]).sum(1)
-        n += ok
-    good = (n >= 2) & (np.abs(np.linalg.det(AtA)) > 1e-12)
-    X = np.full((uv.shape[1], 3), np.nan)
-    if good.any():
-        X[good] = np.linalg.solve(AtA[good], Atb[good][..., None])[..., 0]
-    return X
-
-
-def _reprojection_px(cams: list[Camera], uv: np.ndarray, X: np.ndarray) -> float:
-    """Median over points of the RMS over views of |project(X) - uv| (pixels); inf when nothing projects."""
-    err = np.full(uv.shape[:2], np.nan)
-    for v, (cam, p) in enumerate(zip(cams, uv)):
-        q, z = cam.project(X)
-        err[v] = np.where(z > 0, np.linalg.norm(q.astype(np.float64) - p, axis=1), np.nan)
-    with np.errstate(invalid="ignore"):
-        rms = np.sqrt(np.nanmean(err ** 2, 0)) if np.isfinite(err).any() else np.array([np.nan])
-    rms = rms[np.isfinite(rms)]
-    return float(np.median(rms)) if rms.size else float("inf")
-
-
-def choose_faces(cameras: dict[str, Camera], views: dict[str, LandmarkResult]) -> dict[str, tuple[int, str, float]]:
-    """For the views of ONE frame in which several faces were found: {camera: (face index, how, px)}.
-
-    how "consistent": the candidate whose landmarks, triangulated together with the frame's single-face views,
-    reproject best (px = median over landmarks of the RMS pixel error over those views); how "largest": no view
-    has a single face to compare with, so the face with the largest landmark box is kept (px = NaN)."""
-    multi = sorted(c for c, r in views.items() if r.detected and r.n_faces > 1)
-    single = sorted(c for c, r in views.items() if r.detected and r.n_faces == 1)
-    out = {}
-    for c in multi:
-        faces = views[c].faces.astype(np.float64)                                   # (K, 478, 2)
-        if not single:
-            size = [np.prod(f.max(0) - f.min(0)) for f in faces]
-            out[c] = (int(np.argmax(size)), "largest", float("nan"))
-            continue
-        cams = [cameras[s] for s in single] + [cameras[c]]
-        ref = np.stack([views[s].points for s in single]).astype(np.float64)       # (S, 478, 2)
-        px = [_reprojection_px(cams, uv, _triangulate(cams, uv))
-              for uv in (np.concatenate([ref, f[None]]) for f in faces)]
-        k = int(np.argmin(px))
-        out[c] = (k, "consistent", px[k])
-    return out
+INCONSISTENT = "inconsistent_face"  # the reason of a view whose faces agree with none the frame's views agree on
 
 
 def detect_capture(cap: Capture, workers: int | None = None, progress: bool = True) -> LandmarkSet:
@@ -101,13 +47,14 @@ def detect_capture(cap: Capture, workers: int | None = None, progress: bool = Tr
                            progress=progress)
     choice, choice_px = np.full(len(m), "", object), np.full(len(m), np.nan, np.float32)
     multi = np.array([r.n_faces > 1 for r in results], bool)
-    for subject, sequence, frame in m[multi].groupby(["subject", "sequence", "frame"]).groups:
-        sel = np.flatnonzero(((m.subject == subject) & (m.sequence == sequence) & (m.frame == frame)).to_numpy())
-        picked = choose_faces(cap.cameras(subject, sequence), {m.camera.iat[i]: results[i] for i in sel})
+    cameras = {}
+    for (subject, sequence, _), sel in m.groupby(["subject", "sequence", "frame"]).indices.items():
+        cams = cameras.setdefault((subject, sequence), cap.cameras(subject, sequence))
+        picked = choose_faces(cams, {m.camera.iat[i]: results[i] for i in sel})
         for i in sel:
             if m.camera.iat[i] in picked:
                 k, choice[i], choice_px[i] = picked[m.camera.iat[i]]
-                results[i] = results[i].with_face(k)
+                results[i] = results[i].with_face(k) if k >= 0 else results[i].dropped(INCONSISTENT)
     arr = results_to_arrays(results)
     table = m[KEYS + ["path"]].copy()
     table["detected"] = arr["detected"]

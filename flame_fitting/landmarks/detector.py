@@ -77,6 +77,11 @@ class LandmarkResult:
         pts = self.faces[k]
         return LandmarkResult(True, "", pts, float(self.face_scores[k]), _box(pts), self.faces, self.face_scores)
 
+    def dropped(self, reason: str) -> "LandmarkResult":
+        """The same result marked not detected for `reason` (its candidate faces kept for the record)."""
+        nan = np.full((N_LANDMARKS, 2), np.nan, np.float32)
+        return LandmarkResult(False, reason, nan, 0.0, np.full(4, np.nan, np.float32), self.faces, self.face_scores)
+
 
 def _new_mesh():
     from mediapipe.python.solution_base import SolutionBase

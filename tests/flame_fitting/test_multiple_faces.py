@@ -1,10 +1,12 @@
 """A second face in a capture view (issue 12, item 6): flagged `multiple_faces` in the landmark records, and the
-face kept is the one consistent with the other calibrated views, not the first one MediaPipe lists.
+face kept is the one consistent with the other calibrated views, not the first one MediaPipe lists; a view where
+only the second face was found is not trusted for being alone (the consensus over the frame's views decides).
 
 The real test pastes matplotlib's public-domain photo `grace_hopper.jpg` (a real face, which the detector ranks
 about as confidently as the rendered one) into the background of one view of a small synthetic capture, and
-checks that the rendered subject's face is kept. `choose_faces` itself is checked on exact projections of 3D
-points, with the decoy listed first and last, and without any single-face view (then the largest face is kept).
+checks that the rendered subject's face is kept; the same with the subject removed from two views (only the photo
+is found there). `choose_faces` itself is checked on exact projections of 3D points, with the decoy listed first
+and last, without any single-face view, with a second head that some views see alone, and on a 40-camera rig.
 """
 import cv2
 import numpy as np
@@ -14,8 +16,9 @@ from robust_capture import copy_capture, small_capture  # noqa: F401  (session f
 
 from flame_fitting.geometry.camera import Camera, intrinsics, look_at
 from flame_fitting.formats.capture import load_capture
-from flame_fitting.landmarks.capture import choose_faces, detect_capture, landmark_metrics
+from flame_fitting.landmarks.capture import INCONSISTENT, detect_capture, landmark_metrics
 from flame_fitting.landmarks.detector import LandmarkResult
+from flame_fitting.landmarks.faces import MAX_HYPOTHESES, choose_faces
 
 DECOY_WIDTH = 0.36  # of the image width: about the size of the rendered face, in the top-left background
 
@@ -81,9 +84,92 @@ def test_choose_faces_uses_the_calibrated_views(decoy_first):
     # only one other single-face view: two-view triangulation still tells them apart
     two = {"c0": views["c0"], "c2": views["c2"]}
     assert choose_faces(cams, two)["c2"][:2] == (1 if decoy_first else 0, "consistent")
-    # no single-face view to compare with: the largest face is kept, and said so
+    # no single-face view: two views with two faces each agree on the subject
     both = {"c1": _result(proj["c1"] * 0.5, proj["c1"]), "c2": views["c2"]}
     got = choose_faces(cams, both)
-    assert got["c1"][:2] == (1, "largest") and got["c2"][:2] == (1 if decoy_first else 0, "largest")
-    assert np.isnan(got["c1"][2])
+    assert got["c1"][:2] == (1, "consistent") and got["c2"][:2] == (1 if decoy_first else 0, "consistent")
+    # no head two views agree on: the largest face is kept, and said so
+    r1, r2 = rng.uniform(100, 200, (478, 2)), rng.uniform(100, 200, (478, 2)) + [0, 230]  # 230 px off the epipolar
+    got = choose_faces(cams, {"c1": _result(r1 * 0.5, r1), "c3": _result(r2, r2 * 0.5 + [0, 85])})
+    assert got["c1"][:2] == (1, "largest") and got["c3"][:2] == (0, "largest") and np.isnan(got["c1"][2])
     assert choose_faces(cams, {c: _result(p) for c, p in proj.items()}) == {}
+
+
+def _heads(n_cams: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    cams = _ring(n_cams)
+    head = rng.normal(0, 0.05, (478, 3))                          # the subject, at the rig's centre
+    other = rng.normal(0, 0.05, (478, 3)) + [0.0, 0.3, -0.5]      # a second head (a poster, a person) above, behind
+    return cams, {c: cam.project(head)[0] for c, cam in cams.items()}, {c: cam.project(other)[0]
+                                                                         for c, cam in cams.items()}
+
+
+def test_a_face_alone_in_its_view_is_not_trusted():
+    """The subject missed in c0 and c1, where only the second head is found: those views are dropped (they were
+    kept as the subject's landmarks, and they were the reference the multi-face views chose against)."""
+    cams, subj, other = _heads(7)
+    views = {c: _result(subj[c]) for c in cams}
+    views["c0"], views["c1"] = _result(other["c0"]), _result(other["c1"])
+    views["c2"], views["c3"] = _result(other["c2"], subj["c2"]), _result(other["c3"], subj["c3"])
+    got = choose_faces(cams, views)
+    assert set(got) == {"c0", "c1", "c2", "c3"}
+    assert got["c0"][:2] == got["c1"][:2] == (-1, "inconsistent") and got["c0"][2] > 20
+    assert got["c2"][:2] == got["c3"][:2] == (1, "consistent") and got["c2"][2] < 1e-2
+    # a noisy detection of the subject is not dropped (3 px of noise on ~100 px faces)
+    noisy = {c: _result(subj[c] + np.random.default_rng(1).normal(0, 3, subj[c].shape)) for c in cams}
+    assert choose_faces(cams, noisy) == {}
+    # two views against two: no head has a majority, nothing is dropped
+    few = {c: _result(other[c]) for c in ["c0", "c1"]} | {c: _result(subj[c]) for c in ["c5", "c6"]}
+    assert choose_faces(cams, few) == {}
+    # the rule is the majority of the detected views: three views that found only the second head outvote two
+    few["c2"] = _result(other["c2"])
+    assert {c: g[:2] for c, g in choose_faces(cams, few).items()} == {"c5": (-1, "inconsistent"),
+                                                                      "c6": (-1, "inconsistent")}
+    # undetected views take no part
+    missed = LandmarkResult(False, "no_face", np.full((478, 2), np.nan, np.float32), 0.0, np.full(4, np.nan, np.float32))
+    got = choose_faces(cams, views | {"c0": missed})
+    assert got == {"c1": (-1, "inconsistent", got["c1"][2]), "c2": (1, "consistent", got["c2"][2]),
+                   "c3": (1, "consistent", got["c3"][2])}
+    # a tie (each head agrees with 4 of the 6 detected views): nothing is dropped
+    assert "inconsistent" not in {g[1] for g in choose_faces(cams, views | {"c4": missed}).values()}
+
+
+def test_choose_faces_on_a_large_rig():
+    """40 cameras (780 pairs of candidates, MAX_HYPOTHESES of them tried): the same decisions."""
+    cams, subj, other = _heads(40, seed=2)
+    views = {c: _result(other[c], subj[c]) if k % 3 == 0 else _result(subj[c]) for k, c in enumerate(cams)}
+    views["c1"] = _result(other["c1"])
+    assert len(cams) * (len(cams) - 1) // 2 > MAX_HYPOTHESES
+    got = choose_faces(cams, views)
+    assert got.pop("c1")[:2] == (-1, "inconsistent")
+    assert {c: g[:2] for c, g in got.items()} == {c: (1, "consistent") for k, c in enumerate(cams) if k % 3 == 0}
+
+
+def test_subject_missed_where_only_a_photo_is_found(small_capture, tmp_path):  # noqa: F811
+    """The real detector: grace_hopper.jpg pasted into every view of frame 0 and the rendered subject painted out
+    of two of them. Before the consensus the photo was the reference: the three views with both faces kept the
+    photo, and the two photo-only views were the subject's landmarks."""
+    root = copy_capture(small_capture.capture, tmp_path / "cap")
+    cap = load_capture(root)
+    clean = detect_capture(cap, workers=1, progress=False)
+    m = cap.manifest
+    rows = np.flatnonzero((m.frame == 0).to_numpy())
+    blank = set(rows[[0, -1]])                                    # the two outermost views of frame 0
+    for i in rows:
+        path = root / m.path.iat[i]
+        rgb = cv2.imread(str(path), cv2.IMREAD_COLOR_RGB)
+        if i in blank:
+            rgb[:] = 128
+        cv2.imwrite(str(path), cv2.cvtColor(paste_decoy(rgb), cv2.COLOR_RGB2BGR))
+    ls = detect_capture(cap, workers=1, progress=False)
+    t = ls.table
+    for i in rows:
+        if i in blank:
+            assert not t.detected.iat[i] and t.reason.iat[i] == INCONSISTENT and t.face_choice.iat[i] == "inconsistent"
+            assert t.n_faces.iat[i] == 1
+        else:
+            assert t.detected.iat[i] and t.n_faces.iat[i] == 2 and t.face_choice.iat[i] == "consistent"
+            assert np.median(np.linalg.norm(ls.points[i] - clean.points[i], axis=1)) < 2.0
+    others = np.setdiff1d(np.arange(len(t)), rows)
+    np.testing.assert_array_equal(ls.points[others], clean.points[others])
+    assert landmark_metrics(cap, ls)["failures"] == {INCONSISTENT: 2}
