@@ -9,8 +9,8 @@ is reported with the file and the HDF5 path):
                                          FLAME/<frame>/{global_pose, neck_pose, jaw_pose, left_eye_pose,
                                                         right_eye_pose, trans, shape (100), exp (50), verts (5023,3)}
 e.g. raw/0026/0026_e0_raw.smc + anno/0026_e0_anno.smc (anno/<actor>/ also found). Camera ids '00'..'59',
-frame keys '0', '1', ... Calibration is read from the anno file (else from the raw file); masks
-from the anno file (else the raw file). Subject = <actor>, sequence = <part> (e.g. e0, s1_all, h1_2b),
+frame keys '0', '1', ... Calibration is read from the anno file (else from the raw file); masks, FLAME and
+Keypoints2d from the anno file (else the raw file: a release with one .smc per part). Subject = <actor>, sequence = <part> (e.g. e0, s1_all, h1_2b),
 camera = the camera id, frame = the frame key. World→camera = inverse(RT); D (k1,k2,p1,p2,k3) ->
 undistorted images. Image size = the decoded image's (2448×2048 in the release).
 Side files (when present, for the selected frames), inside the capture:
@@ -18,7 +18,8 @@ Side files (when present, for the selected frames), inside the capture:
                                                              verts are in RenderMe-360's world = ours
     <subject>/<part>/renderme360_keypoints2d/<frame:05d>.npz cameras (C,), uv (C,106,2) in the stored
                                                              images' pixels (undistorted/cropped/resized),
-                                                             uv_source (C,106,k) as in the file
+                                                             uv_source (C,106,k) as in the file; uv moves
+                                                             with `pixel_center_offset` as K does
 Not supported: audio, UV textures, scans, Keypoints3d, the actor info attributes.
 """
 from __future__ import annotations
@@ -209,8 +210,10 @@ def import_part(imp: CaptureImport, actor: str, part: str, raw_path: Path, anno_
                     except CaptureError as e:
                         imp.skip(f"{imp.rel(mask_file[0])} [{mkey}]", str(e))
                 imp.add(actor, part, t, c, rgb, raw_path, key=key, mask=mask, whole_file=False)
-        if anno is not None:
-            side_files(imp, actor, part, anno_path, anno, views, frames)
+        # the annotations' file when there is one, else the raw file (a release with one .smc per part)
+        side = next(((p, f) for p, f in files if "FLAME" in f or "Keypoints2d" in f), None)
+        if side is not None:
+            side_files(imp, actor, part, side[0], side[1], views, frames)
     finally:
         raw.close()
         if anno is not None:
@@ -231,7 +234,8 @@ def side_files(imp: CaptureImport, actor: str, part: str, path: Path, anno: h5py
                 names = [c for c in views if c in kp and key in kp[c] and np.asarray(kp[c][key]).size]
                 if names:
                     src = np.stack([np.asarray(kp[c][key][()], np.float64) for c in names])
-                    uv = np.stack([views[c].points(src[i, :, :2]) for i, c in enumerate(names)])
+                    off = imp.cfg.pixel_center_offset  # the source's pixel convention, as for its K (common.py)
+                    uv = np.stack([views[c].points(src[i, :, :2] + off) for i, c in enumerate(names)])
                     imp.side_file(actor, part, "renderme360_keypoints2d", t,
                                   {"cameras": np.array(names), "uv": uv, "uv_source": src.astype(np.float32)})
         except (OSError, KeyError, ValueError) as e:

@@ -1,4 +1,5 @@
-"""NeRF / instant-ngp / nerfstudio `transforms.json` -> canonical capture (one frame of one subject).
+"""NeRF / instant-ngp / nerfstudio `transforms.json` -> canonical capture (one frame of one subject), and VHAP's
+dynamic export (the layout GaussianAvatars trains on) -> one sequence with its frames.
 
 Input (`captures.root` = the folder holding the file, or the file itself):
     {"camera_angle_x"?, "camera_angle_y"?, "fl_x"?, "fl_y"?, "cx"?, "cy"?, "w"?, "h"?, "k1"?, "k2"?, "k3"?, "p1"?, "p2"?,
@@ -18,6 +19,15 @@ channel, 0 = background), else an RGBA image's alpha. Not supported: fisheye / e
 `camera_model`, per-frame time (dynamic scenes), depth maps, instant-ngp's `scale`/`offset`/`aabb_scale`
 (they only matter inside instant-ngp; the world stays the file's world, whose unit is whatever the
 producer used — usually not metres).
+
+VHAP's `export_as_nerf_dataset.py` (and geoface's `export fits --format vhap`) is recognised by a `timestep_index`
+in its frames: the entries are the views of many timesteps. Frame = `timestep_id` when it is a number, else
+`timestep_index`; camera = `camera_id`, else `camera_index`; the mask is `fg_mask_path`. VHAP counts cy from the
+image's bottom edge (its opencv->opengl conversion flips the principal point with the y axis): cy = h - cy here.
+A camera must be the same in every timestep (an entry that differs is recorded and skipped); the frame options
+(`frames`, `frame_start`, `frame_stride`, `max_frames`) select timesteps. The FLAME parameters
+(`flame_param_path`) are not imported: `geoface fit` fits its own. Read as a static scene, such a file made every
+(timestep, camera) a camera of one frame, with cy mirrored.
 """
 from __future__ import annotations
 
@@ -31,7 +41,8 @@ from flame_fitting.geometry.camera import CameraError, check_rigid
 from flame_fitting.geometry.camera import world_to_cam_from_opengl as world_to_cam_from_gl
 from flame_fitting.formats.capture import CaptureError
 from pipelines.common import CaptureImport, inside
-from pipelines.import_config import as_matrix, camera_names, ImportConfig, ImportReport, load_json, select_names
+from pipelines.import_config import (as_matrix, camera_names, ImportConfig, ImportReport, load_json, select_frames,
+                                     select_names)
 from pipelines.views import read_image_file
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
@@ -128,39 +139,103 @@ def import_capture(root_in: Path | str, out: Path | str, cfg: ImportConfig) -> I
                 frames.append((i, fr))
             else:
                 imp.skip(f"{path.name} [frames[{i}]]", "frame has no 'file_path' string")
-        names = camera_names([fr["file_path"] for _, fr in frames])
-        if len(set(names)) != len(names):
-            raise CaptureError(f"{path}: several frames have the same file_path")
-        entries = dict(zip(names, frames))
-        cameras, files = {}, {}
-        for name in select_names(entries, cfg.cameras):
-            i, fr = entries[name]
+        vhap = any("timestep_index" in fr for _, fr in frames)
+        shots = vhap_shots(imp, path, frames) if vhap else static_shots(path, frames)
+        imp.info["transforms_layout"] = "vhap" if vhap else "static"
+        wanted = set(select_frames({f for f, _, _, _ in shots}, cfg))
+        shots = [s for s in shots if s[0] in wanted]
+        first = {}
+        for shot in shots:
+            first.setdefault(shot[1], shot)
+        cameras, defined = {}, {}
+        for name in select_names(first, cfg.cameras):
+            _, _, i, fr = first[name]
             where = f"{path.name} [frames[{i}] {fr['file_path']}]"
             try:
-                img_path = find_image(base, fr["file_path"])
-                m = fr.get("transform_matrix")
-                c2w = as_matrix(m, (3, 4) if isinstance(m, list) and len(m) == 3 else (4, 4), "transform_matrix")
-                if c2w.shape == (3, 4):
-                    c2w = np.vstack([c2w, [0, 0, 0, 1]])
-                check_rigid(c2w, "transform_matrix (camera→world)")
-                w, h = fr.get("w", meta.get("w")), fr.get("h", meta.get("h"))
-                if w is None or h is None:  # NeRF synthetic: the size is the image's
-                    h, w = read_image_file(img_path)[0].shape[:2]
-                K, dist = intrinsics_of(meta, fr, int(w), int(h), where)
+                defined[name] = camera_of(meta, fr, base, where, cy_from_bottom=vhap)
             except (CaptureError, CameraError, TypeError, ValueError) as e:
                 imp.skip(where, str(e))
                 continue
-            cam = imp.camera(name, K, world_to_cam_from_gl(c2w), int(w), int(h), dist, where)
+            K, w2c, w, h, dist = defined[name]
+            cam = imp.camera(name, K, w2c, w, h, dist, where)
             if cam is not None:
-                cameras[name], files[name] = cam, (img_path, fr.get("mask_path"), where)
+                cameras[name] = cam
         imp.set_cameras(subject, sequence, cameras, path.name)
-        for name, (img_path, mask_path, where) in files.items():
-            add_frame(imp, subject, sequence, name, img_path, mask_path, base, where)
+        for frame, name, i, fr in shots:
+            if name not in cameras:
+                continue
+            where = f"{path.name} [frames[{i}] {fr['file_path']}]"
+            try:
+                img_path = find_image(base, fr["file_path"])
+                if (frame, name) != first[name][:2] and not same_camera(camera_of(meta, fr, base, where, vhap),
+                                                                        defined[name]):
+                    raise CaptureError(f"{where}: camera {name!r} differs from its frames[{first[name][2]}] (a camera "
+                                       "that moves between timesteps is not supported)")
+            except (CaptureError, CameraError, TypeError, ValueError) as e:
+                imp.skip(where, str(e))
+                continue
+            add_frame(imp, subject, sequence, frame, name, img_path, fr.get("mask_path", fr.get("fg_mask_path")),
+                      base, where)
     return imp.report
 
 
-def add_frame(imp: CaptureImport, subject: str, sequence: str, name: str, img_path: Path, mask_path, base: Path,
-              where: str) -> None:
+def static_shots(path: Path, frames: list[tuple[int, dict]]) -> list[tuple[int, str, int, dict]]:
+    """(frame 0, camera named after its file, index, entry) per entry of a static scene's transforms.json."""
+    names = camera_names([fr["file_path"] for _, fr in frames])
+    if len(set(names)) != len(names):
+        raise CaptureError(f"{path}: several frames have the same file_path")
+    return [(0, n, i, fr) for n, (i, fr) in zip(names, frames)]
+
+
+def vhap_shots(imp: CaptureImport, path: Path, frames: list[tuple[int, dict]]) -> list[tuple[int, str, int, dict]]:
+    """(frame, camera, index, entry) per entry of VHAP's dynamic export (`timestep_index` per frame): the frame is
+    `timestep_id` when it is a number (VHAP writes the original frame id there), else `timestep_index`; the camera
+    is `camera_id` (else `camera_index`, two digits). An entry without them, or a repeated (frame, camera), is
+    recorded and skipped."""
+    out, seen = [], set()
+    for i, fr in frames:
+        where = f"{path.name} [frames[{i}] {fr['file_path']}]"
+        tid, tix, cid, cix = (fr.get(k) for k in ("timestep_id", "timestep_index", "camera_id", "camera_index"))
+        frame = int(tid) if isinstance(tid, str) and tid.isdigit() else tix
+        camera = str(cid) if isinstance(cid, (str, int)) and not isinstance(cid, bool) and str(cid) else (
+            f"{cix:02d}" if isinstance(cix, int) and not isinstance(cix, bool) and cix >= 0 else None)
+        if not isinstance(frame, int) or isinstance(frame, bool) or frame < 0 or camera is None:
+            imp.skip(where, "a VHAP frame needs timestep_index (or a numeric timestep_id) >= 0 and camera_id or "
+                            "camera_index")
+        elif (frame, camera) in seen:
+            imp.skip(where, f"timestep {frame}, camera {camera!r} is listed twice")
+        else:
+            seen.add((frame, camera))
+            out.append((frame, camera, i, fr))
+    return out
+
+
+def camera_of(meta: dict, fr: dict, base: Path, where: str, cy_from_bottom: bool):
+    """(K, world_to_cam, w, h, dist) of one entry; `cy_from_bottom`: VHAP's export counts cy from the image's
+    bottom edge (its opencv->opengl conversion flips the principal point with the y axis), converted here."""
+    m = fr.get("transform_matrix")
+    c2w = as_matrix(m, (3, 4) if isinstance(m, list) and len(m) == 3 else (4, 4), "transform_matrix")
+    if c2w.shape == (3, 4):
+        c2w = np.vstack([c2w, [0, 0, 0, 1]])
+    check_rigid(c2w, "transform_matrix (camera→world)")
+    w, h = fr.get("w", meta.get("w")), fr.get("h", meta.get("h"))
+    if w is None or h is None:  # NeRF synthetic: the size is the image's
+        h, w = read_image_file(find_image(base, fr["file_path"]))[0].shape[:2]
+    K, dist = intrinsics_of(meta, fr, int(w), int(h), where)
+    if cy_from_bottom and ("cy" in fr or "cy" in meta):
+        K[1, 2] = int(h) - K[1, 2]
+    return K, world_to_cam_from_gl(c2w), int(w), int(h), dist
+
+
+def same_camera(a, b) -> bool:
+    (Ka, Ta, wa, ha, da), (Kb, Tb, wb, hb, db) = a, b
+    same_dist = (da is None and db is None) or (da is not None and db is not None and np.allclose(da, db, atol=1e-9))
+    return (wa, ha) == (wb, hb) and np.allclose(Ka, Kb, rtol=1e-6, atol=1e-6) and np.allclose(Ta, Tb, atol=1e-6) \
+        and same_dist
+
+
+def add_frame(imp: CaptureImport, subject: str, sequence: str, frame: int, name: str, img_path: Path, mask_path,
+              base: Path, where: str) -> None:
     """Store one frame's image with its mask: the file at `mask_path` (nerfstudio, relative to the json's folder;
     its first channel), else the image's alpha channel. An unusable mask is recorded and the image kept."""
     try:
@@ -176,7 +251,7 @@ def add_frame(imp: CaptureImport, subject: str, sequence: str, name: str, img_pa
         except CaptureError as e:
             imp.skip(f"{where} mask_path", str(e))
             mask = None
-    imp.add(subject, sequence, 0, name, rgb, img_path, mask=mask if imp.cfg.masks else None)
+    imp.add(subject, sequence, frame, name, rgb, img_path, mask=mask if imp.cfg.masks else None)
 
 
 def read_mask(path: Path) -> np.ndarray:

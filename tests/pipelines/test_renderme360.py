@@ -56,6 +56,35 @@ def test_roundtrip_with_side_files(tmp_path):
         np.testing.assert_allclose(kp["uv_source"][i], scene.cameras[c].project(KEYPOINTS)[0], atol=1e-4)
 
 
+def test_keypoints_follow_the_pixel_center_offset(tmp_path):
+    """`pixel_center_offset` 0.5 says the source counts pixel centres from 0: its K and its keypoints both move by
+    half a pixel (the keypoints stayed, half a pixel off their own camera, before 2026-12-07)."""
+    scene = scene_with_distortion()
+    write_renderme360(tmp_path / "rm", scene, frames=[0], keypoints=KEYPOINTS, flame=False, masks=False)
+    import_capture(tmp_path / "rm", tmp_path / "cap", ImportConfig(pixel_center_offset=0.5))
+    cams = load_capture(tmp_path / "cap").cameras("0026", "e0")
+    kp = np.load(tmp_path / "cap/0026/e0/renderme360_keypoints2d/00000.npz")
+    for i, c in enumerate(kp["cameras"]):
+        np.testing.assert_allclose(cams[c].K[:2, 2], scene.cameras[c].K[:2, 2] + 0.5, atol=1e-4)
+        np.testing.assert_allclose(kp["uv"][i], cams[c].project(KEYPOINTS)[0], atol=2e-3)
+
+
+def test_one_file_per_part(tmp_path):
+    """Calibration, FLAME and keypoints in the raw file itself (no anno file): the side files are still written."""
+    scene = scene_with_distortion()
+    raw, anno = write_renderme360(tmp_path / "rm", scene, frames=[0], keypoints=KEYPOINTS, masks=False)
+    with h5py.File(anno) as a, h5py.File(raw, "a") as r:
+        for g in ("Calibration", "FLAME", "Keypoints2d"):
+            a.copy(a[g], r, g)
+    anno.unlink()
+    report = import_capture(tmp_path / "rm", tmp_path / "cap", ImportConfig())
+    assert report.side_files == [f"0026/e0/renderme360_{k}/00000.npz" for k in ("flame", "keypoints2d")]
+    cams = load_capture(tmp_path / "cap").cameras("0026", "e0")
+    kp = np.load(tmp_path / "cap/0026/e0/renderme360_keypoints2d/00000.npz")
+    for i, c in enumerate(kp["cameras"]):
+        np.testing.assert_allclose(kp["uv"][i], cams[c].project(KEYPOINTS)[0], atol=2e-3)
+
+
 def test_crop_and_resize_follow_keypoints(tmp_path):
     scene = scene_with_distortion()
     write_renderme360(tmp_path / "rm", scene, frames=[0], keypoints=KEYPOINTS, flame=False, masks=False)

@@ -196,3 +196,59 @@ def test_nerfstudios_k4_is_refused(tmp_path):
     meta["frames"][1]["k4"] = 0.0  # a zero k4 is no distortion
     path.write_text(json.dumps(meta))
     assert import_capture(tmp_path / "ns", tmp_path / "cap2", ImportConfig()).n_images == 2
+
+
+def test_vhap_export_reads_back_as_its_capture(tmp_path):
+    """VHAP's dynamic export (here geoface's `export fits --format vhap`, VHAP's keys and conventions: cy from the
+    bottom edge, one entry per timestep and camera) imports as the capture it came from: its frames, cameras
+    (fx ≠ fy, off-centre principal point), images and masks. Read as a static scene it made 8 cameras of one frame
+    with cy mirrored by 5 px."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "flame_fitting"))
+    from export_testdata import DIVERGED, FRAMES, SEQUENCE, SUBJECT, UNMASKED, make_export_data
+
+    from flame_fitting.formats.export_vhap import export_vhap
+
+    data = make_export_data(tmp_path / "data")
+    export_vhap(data.capture, data.fits, tmp_path / "vhap", cameras="capture")
+    report = import_capture(tmp_path / "vhap" / SUBJECT / SEQUENCE, tmp_path / "cap", ImportConfig(sequence="s"))
+    assert not report.skipped
+    cap, src = load_capture(tmp_path / "cap", check_hashes=True), load_capture(data.capture)
+    (subject, sequence), = cap.sequences()
+    cams = cap.cameras(subject, sequence)
+    assert sorted(cams) == sorted(data.capture_cameras)
+    for name, ref in data.capture_cameras.items():
+        assert abs(ref.K[1, 2] - ref.height / 2) > 2                      # a mirrored cy would show
+        np.testing.assert_allclose(cams[name].K, ref.K, atol=1e-4)
+        np.testing.assert_allclose(cams[name].world_to_cam, ref.world_to_cam, atol=1e-5)
+    frames = [f for f in FRAMES if f != DIVERGED]
+    assert sorted(set(cap.manifest.frame)) == frames and len(cap.manifest) == len(frames) * len(cams)
+    for row in cap.manifest.to_dict("records"):
+        ref = src.manifest[(src.manifest.frame == row["frame"]) & (src.manifest.camera == row["camera"])].iloc[0]
+        np.testing.assert_array_equal(cap.image(row), src.image(ref))
+        assert isinstance(row["mask_path"], str) != ((row["frame"], row["camera"]) == UNMASKED)
+    # the frame options pick timesteps
+    import_capture(tmp_path / "vhap" / SUBJECT / SEQUENCE, tmp_path / "cap2", ImportConfig(frames=[frames[-1]]))
+    assert sorted(set(load_capture(tmp_path / "cap2").manifest.frame)) == [frames[-1]]
+
+
+def test_vhap_camera_that_moves_is_skipped(tmp_path):
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "flame_fitting"))
+    from export_testdata import SEQUENCE, SUBJECT, make_export_data
+
+    from flame_fitting.formats.export_vhap import export_vhap
+
+    data = make_export_data(tmp_path / "data")
+    export_vhap(data.capture, data.fits, tmp_path / "vhap", cameras="capture")
+    path = tmp_path / "vhap" / SUBJECT / SEQUENCE / "transforms.json"
+    meta = json.loads(path.read_text())
+    meta["frames"][-1]["transform_matrix"][0][3] += 0.01
+    meta["frames"][0].pop("timestep_index")
+    meta["frames"][0].pop("timestep_id")
+    path.write_text(json.dumps(meta))
+    report = import_capture(path, tmp_path / "cap", ImportConfig())
+    reasons = [s["reason"] for s in report.skipped]
+    assert len(reasons) == 2 and "differs from" in reasons[1] and "timestep_index" in reasons[0], reasons
