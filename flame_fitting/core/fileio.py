@@ -23,6 +23,7 @@ import re
 import shutil
 import socket
 import uuid
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
@@ -113,9 +114,16 @@ def write_text(path: Path | str, text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
 
 
-def write_npz(path: Path | str, **arrays) -> Path:
-    """Compressed .npz of `arrays` (numeric arrays only: it is read back with allow_pickle=False)."""
-    return atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+def write_npz(path: Path | str, compresslevel: int = 6, **arrays) -> Path:
+    """Compressed .npz of `arrays` (numeric arrays only: written and read back with allow_pickle=False), the file
+    numpy's `savez_compressed` writes; zlib `compresslevel` 6 is its default, 1 about twice as fast for ~10 % more
+    bytes on the correspondences' maps."""
+    def write(fh):
+        with zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED, allowZip64=True, compresslevel=compresslevel) as z:
+            for name, a in arrays.items():
+                with z.open(f"{name}.npy", "w", force_zip64=True) as f:
+                    np.lib.format.write_array(f, np.asanyarray(a), allow_pickle=False)
+    return atomic_write(path, write)
 
 
 def _json_default(o):

@@ -59,6 +59,9 @@ class CorrespondenceParams:
     min_app_coverage: float = spec(0.5, "a2g: fraction of an appearance token's pixels that must be visible", lo=0.0, hi=1.0)
     min_geo_pixels: int = spec(1, "g2a: pixels of a view that must see a geometry token", lo=1)
     check_stride: int = spec(2, "self-check every n-th pixel (1 = all)", lo=1)
+    save_maps: str = spec("all", "per-pixel uv / visible / depth maps in the frame files: all frames, the first frame "
+                          "of each sequence, or none (the token-level arrays are always written; the dataset stage "
+                          "reads nothing else)", choices=["all", "first", "none"])
 
 
 def fit_folders(fits: Path | str) -> list[Path]:
@@ -197,7 +200,8 @@ def correspondence_unit(fits: str, uv: str, captures: str, head_model: str, cfg:
     for i, frame in enumerate(fit["frame"].tolist()):
         frame_id = f"{subject}/{sequence}/{frame:05d}"
         corr = compute_correspondences(fit["vertices"][i], layout, cam_list, grid, frame_id=frame_id)
-        save_correspondences(tmp / f"{frame:05d}.npz", corr)
+        save_correspondences(tmp / f"{frame:05d}.npz", corr,
+                             maps=cfg.save_maps == "all" or (cfg.save_maps == "first" and i == 0))
         uvf = Path(uv) / subject / sequence / f"{frame:05d}.npz"
         posmap = load_posmap(uvf).posmap
         canon = np.load(uvf.with_suffix(".canonical.npy"))

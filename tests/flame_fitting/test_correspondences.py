@@ -188,6 +188,15 @@ def test_targets_normalised_and_consistent(sphere, tmp_path):
     for k in ("a2g_index", "a2g_weight", "g2a_index", "g2a_weight", "pair_index", "pair_count"):
         np.testing.assert_array_equal(getattr(tokens_only, k), getattr(back, k))
     assert tokens_only.views == back.views and tokens_only.tokens == back.tokens and tokens_only.uv.size == 0
+    # a file written without the maps (correspondences.save_maps first / none): the same token-level arrays, a
+    # fraction of the bytes, and a clear error when the maps are asked for
+    save_correspondences(tmp_path / "t.npz", corr, maps=False)
+    lean = load_correspondences(tmp_path / "t.npz", maps=False)
+    for k in ("a2g_index", "a2g_weight", "g2a_index", "g2a_weight", "pair_index", "pair_count"):
+        np.testing.assert_array_equal(getattr(lean, k), getattr(back, k))
+    assert (tmp_path / "t.npz").stat().st_size < 0.1 * (tmp_path / "c.npz").stat().st_size
+    with pytest.raises(CorrespondenceError, match=r"t\.npz: no per-pixel maps .*maps=False"):
+        load_correspondences(tmp_path / "t.npz")
 
 
 def test_empty_views_recorded_not_errors(sphere):

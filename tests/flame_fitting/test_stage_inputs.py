@@ -8,6 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -73,3 +74,24 @@ def test_landmarks_of_another_capture_and_a_sequence_without_any_fitted_frame(da
     with pytest.raises(LineageError, match="landmarks of capture version"):
         fit_folder(data.capture, lmk, data.head, tmp_path / "fits2", FitConfig(n_shape=10, n_expr=8))
     assert not (tmp_path / "fits2").exists()
+
+
+@pytest.mark.parametrize("save_maps,with_maps", [("first", [True, False, False]), ("none", [False] * 3)])
+def test_correspondences_save_maps(data, tmp_path, save_maps, with_maps):
+    """`correspondences.save_maps`: the per-pixel maps in every frame file, the first of each sequence, or none; the
+    token-level arrays the dataset stage reads are the same either way."""
+    from flame_fitting.uv.correspondences import load_correspondences
+
+    bake_fits(data.fits, data.head, tmp_path / "uv", None, UVParams())
+    runs = {}
+    for mode in ("all", save_maps):
+        out = tmp_path / f"corr_{mode}"
+        correspondences_for_fits(data.fits, tmp_path / "uv", data.capture, data.head, out, None,
+                                 CorrespondenceParams(save_maps=mode), 4, 4)
+        runs[mode] = sorted(out.glob("*/*/*.npz"))
+    assert [p.name for p in runs["all"]] == [p.name for p in runs[save_maps]] and len(runs["all"]) == 3
+    for full, lean, has in zip(runs["all"], runs[save_maps], with_maps):
+        a, b = load_correspondences(full), load_correspondences(lean, maps=has)
+        assert (b.uv.size > 0) == has
+        for k in ("a2g_index", "a2g_weight", "g2a_index", "g2a_weight", "pair_index", "pair_count"):
+            np.testing.assert_array_equal(getattr(a, k), getattr(b, k))
