@@ -26,7 +26,9 @@ jaw_pose (1, 3), eyes_pose (1, 6) = our eye_pose [left | right], expr (1, n_expr
 n_expr (default 300 / 100, FLAME's full widths, what VHAP's and GaussianAvatars' FlameHead build): the padded
 components are zero, so the vertices are ours exactly when the consumer loads the same FLAME model.
 Splits (VHAP's `split_json`): the first ceil(train_ratio · T) timesteps are train + val, the others test; val is
-one camera (`val_camera`, default the last), train the others; test has every camera. One camera: val is empty.
+one camera (`val_camera`; default VHAP's rule: camera index 8 when there are more than 8 — meant for NeRSemble's
+frontal camera; our index is the position in the sorted camera names — else the last), train the others; test has
+every camera. One camera: val is empty.
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ from flame_fitting.geometry.camera import Camera, opengl_cam_to_world
 N_SHAPE, N_EXPR = 300, 100   # FLAME's widths, VHAP's and GaussianAvatars' defaults
 TRAIN_RATIO = 0.7            # VHAP's split_json default
 CANONICAL_JAW = 0.3          # VHAP opens the canonical mouth this much (rad, about x)
+VHAP_VAL_INDEX = 8           # split_json: "use camera 8 for validation (front-view of the NeRSemble dataset)"
 
 
 def padded(a: np.ndarray, width: int, what: str) -> np.ndarray:
@@ -70,6 +73,13 @@ def camera_entry(cam: Camera) -> dict:
     return {"cx": cx, "cy": h - cy, "fl_x": fx, "fl_y": fy, "h": h, "w": w,
             "camera_angle_x": 2 * math.atan(w / (2 * fx)), "camera_angle_y": 2 * math.atan(h / (2 * fy)),
             "transform_matrix": opengl_cam_to_world(cam).tolist()}
+
+
+def val_index(names: list[str], val_camera: str | None) -> int:
+    """The index (in the sorted camera `names`) of the val split's camera: `val_camera`'s, else VHAP's rule."""
+    if val_camera in names:
+        return names.index(val_camera)
+    return VHAP_VAL_INDEX if len(names) > VHAP_VAL_INDEX else len(names) - 1
 
 
 def splits(db: dict, train_ratio: float, val_camera: int | None) -> dict[str, dict]:
@@ -129,7 +139,7 @@ def write_sequence(seq: ExportSequence, folder: Path, n_shape: int, n_expr: int,
     db = {"frames": frames, **last, "timestep_indices": list(range(len(seq.frames))),
           "camera_indices": sorted({f["camera_index"] for f in frames})}
     write_json(folder / "transforms.json", db, indent=1)
-    val = names.index(val_camera) if val_camera in names else len(names) - 1
+    val = val_index(names, val_camera)
     for name, d in splits(db, train_ratio, val).items():
         write_json(folder / f"transforms_{name}.json", d, indent=1)
     p0 = seq.frames[0].params

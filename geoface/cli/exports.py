@@ -68,7 +68,8 @@ def register(sub) -> None:
     p.add_argument("--n-expr", type=int, help="vhap: expression width, zero-padded (default 100; VHAP's n_expr)")
     p.add_argument("--train-ratio", type=float,
                    help="vhap: fraction of the timesteps in train/val, the rest is test (default 0.7, VHAP's)")
-    p.add_argument("--val-camera", metavar="NAME", help="vhap: the camera of the val split (default: the last name)")
+    p.add_argument("--val-camera", metavar="NAME", help="vhap: the camera of the val split (default as VHAP: the 9th "
+                   "name in sorted order when there are more than 8, else the last)")
     p.add_argument("--force", action="store_true",
                    help="replace --out if an earlier geoface run wrote it (a folder geoface did not write is never "
                         "replaced)")

@@ -15,7 +15,7 @@ from export_testdata import DIVERGED, FRAMES, N_EXPR, N_SHAPE, SEQUENCE, SUBJECT
 from flame_fitting.core.fileio import read_image
 from flame_fitting.formats.capture import load_capture
 from flame_fitting.formats.export_nerfstudio import export_nerfstudio
-from flame_fitting.formats.export_vhap import export_vhap
+from flame_fitting.formats.export_vhap import export_vhap, val_index
 from flame_fitting.formats.fit_export import ExportError
 from flame_fitting.geometry.camera import opengl_cam_to_world, world_to_cam_from_opengl
 from pipelines.import_config import ImportConfig
@@ -126,6 +126,13 @@ def test_vhap_splits(data, tmp_path):
     every = sorted(key(f) for n in d for f in d[n]["frames"])
     assert every == sorted(key(f) for f in json.loads((seq / "transforms.json").read_text())["frames"])
     assert len(set(every)) == len(every) and d["train"]["fl_x"] == d["test"]["fl_x"]
+
+
+def test_vhap_default_val_camera_is_vhaps():
+    """VHAP's split_json validates on camera index 8 when there is one (NeRSemble's frontal camera), else the last."""
+    names = [f"2220000{i:02d}" for i in range(16)]
+    assert val_index(names, None) == 8 and val_index(names[:9], None) == 8 and val_index(names[:8], None) == 7
+    assert val_index(names, names[3]) == 3 and val_index(["a"], None) == 0
 
 
 def test_nerfstudio_round_trip(data, tmp_path):
