@@ -68,10 +68,17 @@ class PhotoFace:
 
 
 def read_photo(path: Path | str, max_side: int = MAX_SIDE) -> tuple[np.ndarray, list[str], tuple[int, int]]:
-    """-> RGB uint8 (longest side <= max_side), notes, original (width, height)."""
+    """-> RGB uint8 (longest side <= max_side), notes, original (width, height). A photo with an alpha channel (a
+    portrait cut out of its background) is composited over white, as single-image-to-3D tools do: the colour of a
+    transparent pixel is whatever the cutting tool left there (often black)."""
     img = read_image(path, error=GenerateError)
     h, w = img.shape[:2]
     notes = []
+    alpha = read_image(path, with_alpha=True, error=GenerateError)[1]
+    if alpha is not None and alpha.shape == (h, w) and (alpha < 255).any():
+        a = alpha[..., None].astype(np.float32) / 255.0
+        img = (img * a + 255.0 * (1.0 - a) + 0.5).astype(np.uint8)
+        notes.append(f"composited over white: {float((alpha < 255).mean()):.0%} of the photo is (partly) transparent")
     if max(h, w) > max_side:
         s = max_side / max(h, w)
         img = cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)

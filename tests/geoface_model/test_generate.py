@@ -16,7 +16,7 @@ from flame_fitting.head.head_model import load_head_model
 from flame_fitting.head.standin import build_standin
 from flame_fitting.uv import UVLayout
 from geoface_model.config import tiny
-from geoface_model.generate import GenerateError, generate_from_photo
+from geoface_model.generate import GenerateError, generate_from_photo, read_photo
 from geoface_model.model import GeoFaceTransformer, model_kwargs
 from geoface_model.orbit import assumed_intrinsics, crop_view, estimate_photo_camera, head_crop, orbit_cameras
 from geoface_model.pipeline import GeoFacePipeline, head_info_of
@@ -147,3 +147,23 @@ def test_refuses_tiny_face(env, tmp_path):
     img = cv2.imread(PHOTO)
     cv2.imwrite(str(tmp_path / "small.png"), cv2.resize(img, None, fx=0.25, fy=0.25, interpolation=cv2.INTER_AREA))
     _refused(env, tmp_path, tmp_path / "small.png", r"small.png: the face is only \d+ px across \(need >= 64 px\)")
+
+
+def test_transparent_photo_is_composited_over_white(tmp_path):
+    """An RGBA cut-out: transparent pixels (black here, as many cutting tools leave them) become white, opaque ones
+    stay, half-transparent ones are blended; an opaque photo is read as before."""
+    rgb = cv2.imread(PHOTO, cv2.IMREAD_COLOR_RGB)
+    alpha = np.full(rgb.shape[:2], 255, np.uint8)
+    alpha[:, :100], alpha[:, 100:110] = 0, 128
+    rgba = np.dstack([np.where(alpha[..., None] == 0, 0, rgb), alpha])
+    cv2.imwrite(str(tmp_path / "cut.png"), cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
+    img, notes, size = read_photo(tmp_path / "cut.png")
+    assert size == (rgb.shape[1], rgb.shape[0]) and (img[:, :100] == 255).all()
+    np.testing.assert_array_equal(img[:, 110:], rgb[:, 110:])
+    np.testing.assert_allclose(img[:, 100:110], rgb[:, 100:110].astype(float) * 128 / 255 + 255 * 127 / 255, atol=1)
+    assert any("composited over white" in n for n in notes)
+    cv2.imwrite(str(tmp_path / "opaque.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    img, notes, _ = read_photo(tmp_path / "opaque.png")
+    np.testing.assert_array_equal(img, rgb)
+    assert not any("composited" in n for n in notes)
+
