@@ -82,6 +82,26 @@ def load_landmarks(out_dir: Path | str) -> LandmarkSet:
     return LandmarkSet(table, points)
 
 
+def load_landmark_tables(out_dir: Path | str) -> pd.DataFrame:
+    """The `detections.parquet` tables of a landmarks folder (per-sequence folders concatenated in sorted order, as
+    `load_landmarks`), without the points: what the stage's metrics need (the points of a dataset the size of
+    NeRSemble's are gigabytes, re-read on every incremental run before)."""
+    out_dir = Path(out_dir)
+    paths = sorted(out_dir.glob("*/*/detections.parquet")) if not (out_dir / "detections.parquet").is_file() else \
+        [out_dir / "detections.parquet"]
+    tables = []
+    for tpath in paths:
+        try:
+            table = pd.read_parquet(tpath)
+        except Exception as e:  # noqa: BLE001 - pyarrow raises several types for damaged files
+            raise CaptureError(f"{tpath}: not a readable parquet table ({type(e).__name__}: {e})") from None
+        check_landmark_table(table, tpath)
+        tables.append(table)
+    if not tables:
+        raise CaptureError(f"{out_dir / 'detections.parquet'}: missing (run the landmarks stage first)")
+    return pd.concat(tables, ignore_index=True)
+
+
 def check_landmark_table(table: pd.DataFrame, path: Path) -> None:
     """CaptureError naming `path` unless the table has the KEYS and `detected` columns, `detected` is boolean and
     no (subject, sequence, frame, camera) appears twice (one would silently win)."""

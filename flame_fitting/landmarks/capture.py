@@ -30,7 +30,7 @@ from flame_fitting.core.fileio import check_output_dir, write_json
 from flame_fitting.core.params import spec
 from flame_fitting.core.units import Unit, code_digest, run_units, unit_key, write_unit_failures
 from flame_fitting.formats.capture import Capture, CaptureError, capture_version, load_capture, read_gt_landmarks
-from flame_fitting.formats.landmarks import KEYS, LandmarkSet, load_landmarks, write_landmark_files
+from flame_fitting.formats.landmarks import KEYS, LandmarkSet, load_landmark_tables, write_landmark_files
 from flame_fitting.formats.lineage import write_lineage
 from flame_fitting.formats.units import capture_unit_hashes, capture_units, sub_capture, worker_capture
 from flame_fitting.landmarks.detector import band_means, detect_files, rates_by_yaw, results_to_arrays
@@ -143,7 +143,9 @@ def detect_folder(captures: Path | str, out: Path | str, cfg: LandmarksParams, m
     done = {tuple(k.split("/", 1)) for k in run.records}
     m = cap.manifest
     ok = cap.manifest[[(s, q) in done for s, q in zip(m.subject, m.sequence)]].reset_index(drop=True)
-    ls = load_landmarks(out) if len(ok) else LandmarkSet(ok[KEYS + ["path"]].copy(), np.zeros((0, 478, 2), np.float32))
+    # the tables only: the metrics need no points (with the errors from the records)
+    table = load_landmark_tables(out) if len(ok) else ok[KEYS + ["path"]].copy()
+    ls = LandmarkSet(table, np.zeros((0, 478, 2), np.float32))
     # in the manifest's order (the rows of `ls`), not the records' key strings' ('a-b/x' sorts before 'a/x')
     order = dict.fromkeys(f"{s}/{q}" for s, q in zip(ok.subject, ok.sequence))
     err = [np.asarray(run.records[k]["gt_error_px"], np.float64) for k in order]

@@ -194,3 +194,25 @@ def test_a_damaged_landmark_file_is_refused_naming_it(tmp_path, damage, message)
     with pytest.raises(CaptureError, match=message) as e:
         load_landmarks(folder)
     assert str(folder) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_landmark_tables_without_points(tmp_path):
+    """The stage's metrics read the tables only (load_landmark_tables): the same rows as load_landmarks, in the
+    same order across per-sequence folders, and a damaged table is refused naming it."""
+    from flame_fitting.formats.capture import CaptureError
+    from flame_fitting.formats.landmarks import LandmarkSet, load_landmark_tables, load_landmarks, save_landmarks
+
+    for subject in ("a", "a-b"):
+        table = pd.DataFrame({"subject": [subject] * 2, "sequence": ["q"] * 2, "frame": [0, 0], "camera": ["c0", "c1"],
+                              "path": ["x.png", "y.png"], "detected": [True, False]})
+        pts = np.full((2, 478, 2), np.nan, np.float32)
+        pts[0] = 100.0
+        save_landmarks(LandmarkSet(table, pts), tmp_path / "lmk" / subject / "q")
+    assert load_landmark_tables(tmp_path / "lmk").equals(load_landmarks(tmp_path / "lmk").table)
+    (tmp_path / "lmk/a-b/q/points.npy").unlink()  # not read
+    assert list(load_landmark_tables(tmp_path / "lmk").subject) == ["a", "a", "a-b", "a-b"]
+    (tmp_path / "lmk/a/q/detections.parquet").write_bytes(b"PAR1 garbage")
+    with pytest.raises(CaptureError, match=r"lmk/a/q/detections.parquet: not a readable parquet"):
+        load_landmark_tables(tmp_path / "lmk")
+    with pytest.raises(CaptureError, match="missing"):
+        load_landmark_tables(tmp_path / "nothing")
