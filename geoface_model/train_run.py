@@ -8,7 +8,11 @@ data start a new run beside the earlier ones, which stay resumable: each start s
 dataset and the output paths are checked first (`check_file_outputs`, `check_start`), so a run that cannot start
 leaves STATE exactly as it was: no new run folder, no run pruned. Publishes MODEL/ (EMA weights,
 `GeoFaceTransformer.from_pretrained`, with geoface_config.json beside them, which generation needs, and the model
-card: geoface_model/lineage.py) and the loss curve CSV (diffusion and alignment loss per step).
+card: geoface_model/lineage.py) and the loss curve CSV (diffusion and alignment loss per step). A finished run
+keeps what it published (STATE/<run id>/published/: the card, the config, the metrics); called again with nothing
+left to train (another `train.keep_states`, a forced stage, an unrelated change upstream that leaves the shards as
+they were) it publishes those same bytes, not a new card dated now with metrics of a resume that trained nothing
+(models/geoface and metrics/train.json changed, and the evaluation re-ran in full).
 """
 from __future__ import annotations
 
@@ -29,12 +33,26 @@ from .checkpoint import prune_runs, touch_run
 from .config import GeoFaceConfig
 from .data import GeoFaceDataset, ShardError, check_compatible, read_shard_meta
 from .latents import latent_shape_info
-from .lineage import scalar_entries, write_model_card
+from .lineage import CARD_JSON, CARD_MD, model_card, scalar_entries, write_model_card
 from .train import train
 
 
 class TrainError(GeofaceError, ValueError):
     """A training run that cannot start: an output path that cannot be written."""
+
+
+PUBLISHED, METRICS_JSON = "published", "metrics.json"  # STATE/<run id>/published/: what the finished run published
+
+
+def same_lineage(old: dict, new: dict) -> bool:
+    """Two model cards of one run that differ only in when and from which commit they were written, their metrics
+    and `train.keep_states` (bookkeeping, not part of the run): the dataset, its capture and head model, the params."""
+    def key(card: dict) -> dict:
+        c = {k: v for k, v in card.items() if k not in ("git", "date", "metrics")}
+        c["params"] = {**c.get("params", {}), "train": {k: v for k, v in c.get("params", {}).get("train", {}).items()
+                                                        if k != "keep_states"}}
+        return c
+    return json.dumps(key(old), sort_keys=True, default=str) == json.dumps(key(new), sort_keys=True, default=str)
 
 
 def check_start(cfg: GeoFaceConfig, data: Path | str) -> None:
@@ -109,8 +127,24 @@ def train_model(cfg: GeoFaceConfig, data: Path | str, state: Path | str, model: 
     if PartialState().is_main_process:  # one process publishes (several GPUs: the others would race its renames)
         tmp = temp_path(model)
         shutil.copytree(run_dir / "model", tmp)
-        shutil.copyfile(run_dir / "geoface_config.json", tmp / "geoface_config.json")  # generation needs the config
-        metrics["captures_version"] = write_model_card(tmp, data, cfg.to_dict(), rid, metrics)["captures_version"]
+        record = run_dir / PUBLISHED
+        if metrics.get("steps_run") == 0 and (record / METRICS_JSON).is_file() and same_lineage(
+                json.loads((record / CARD_JSON).read_text()), model_card(data, cfg.to_dict(), rid)):
+            # the run had finished: publish the same bytes as when it did (its card's date and commit, its metrics),
+            # so a no-op re-run changes no DVC output and re-runs no evaluation
+            for name in (CARD_JSON, CARD_MD, "geoface_config.json"):
+                shutil.copyfile(record / name, tmp / name)
+            metrics = json.loads((record / METRICS_JSON).read_text())
+        else:
+            shutil.copyfile(run_dir / "geoface_config.json", tmp / "geoface_config.json")  # generation needs it
+            metrics["captures_version"] = write_model_card(tmp, data, cfg.to_dict(), rid, metrics)["captures_version"]
+            if metrics.get("completed"):
+                keep = temp_path(record)
+                keep.mkdir(parents=True)
+                for name in (CARD_JSON, CARD_MD, "geoface_config.json"):
+                    shutil.copyfile(tmp / name, keep / name)
+                write_json(keep / METRICS_JSON, metrics)
+                replace_dir(keep, record, kind="published model record")
         replace_dir(tmp, model, kind="model")
         write_bytes(loss_csv, (run_dir / "loss.csv").read_bytes())
         if metrics_path is not None:

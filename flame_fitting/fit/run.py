@@ -25,7 +25,9 @@ from .capture import embedding_used, face_region_of, fit_one_sequence, resolve_s
 from .config import FitConfig
 
 ROOT = Path(__file__).resolve().parents[1]  # flame_fitting/
-ROOMS = ("__init__.py", "core", "geometry", "formats", "head", "landmarks", "fit")  # the code a fit depends on
+# the code a fit depends on (landmark files are read through `formats`; no `landmarks` module is imported, and a
+# change there re-ran every fit)
+ROOMS = ("__init__.py", "core", "geometry", "formats", "head", "fit")
 
 
 def fit_folder(captures: Path | str, landmarks: Path | str, head_model: Path | str, out: Path | str, cfg: FitConfig,

@@ -143,3 +143,28 @@ def test_every_gradient_norm_measured_is_logged(data, tmp_path, log_every, grad_
     expected = sorted({next(r["step"] for r in rows if r["step"] >= s + 1) for s in range(0, 6, grad_norm_every)})
     assert with_norms == expected
     assert m["grad_norm_measurements"] == len(expected) and m["grad_norm_align_over_diffusion"] > 0
+
+
+def test_a_finished_run_publishes_the_same_bytes(data, tmp_path):
+    """Called again with nothing to train (here another train.keep_states, which is not part of the run), the train
+    stage publishes the model folder, train.json and the loss CSV byte for byte as the finished run did: before, a
+    new card dated now and the metrics of a resume that trained nothing changed models/geoface and train.json, and
+    the evaluation re-ran in full. Another capture lineage or params is a new card."""
+    import time
+
+    from geoface_model.lineage import CARD_JSON
+    from geoface_model.train_run import same_lineage, train_model
+
+    cfg = micro(steps=1)
+    out = [tmp_path / "state", tmp_path / "model", tmp_path / "loss.csv", tmp_path / "train.json"]
+    snap = lambda: {p.relative_to(tmp_path).as_posix(): p.read_bytes() for p in sorted(tmp_path.rglob("*"))  # noqa: E731
+                    if p.is_file() and p.parts[len(tmp_path.parts)] != "state"}
+    first = train_model(cfg, data, *out)
+    before = snap()
+    time.sleep(1.1)  # a new card would carry another date (1 s resolution)
+    again = train_model(cfg.replace(train=dict(keep_states=cfg.train.keep_states + 1)), data, *out)
+    assert snap() == before and json.dumps(again, default=str) == json.dumps(first, default=str)
+    card = json.loads((tmp_path / "model" / CARD_JSON).read_text())
+    assert same_lineage(card, {**card, "date": "x", "git": {}, "metrics": {}})
+    assert not same_lineage(card, {**card, "captures_version": "0" * 16})
+    assert not same_lineage(card, {**card, "params": {**card["params"], "train": {**card["params"]["train"], "lr": 1}}})

@@ -1,5 +1,6 @@
 """The real pipeline under real DVC, on tiny parameters, in a temporary git repository:
 `dvc repro` succeeds and writes every declared output, and a second `dvc repro` does nothing."""
+import json
 import os
 import shutil
 import subprocess
@@ -74,6 +75,39 @@ def test_repro_runs_every_stage(tiny_repo):
         for out in stage.get("outs", []) + stage.get("metrics", []) + stage.get("plots", []):
             path = out if isinstance(out, str) else next(iter(out))
             assert (dst / path).exists(), f"stage {name} did not write {path}"
+
+
+def test_every_file_written_is_a_declared_output(tiny_repo):
+    """Nothing a stage writes under data/, models/, metrics/ or plots/ escapes DVC (the evaluation's output marker in
+    plots/eval did) but the training run's resumable states (models/train_state, docs/model.md) and DVC's own
+    .gitignore files."""
+    dst, _, first = tiny_repo
+    assert first.returncode == 0
+    stages = yaml.safe_load((dst / "dvc.yaml").read_text())["stages"]
+    outs = [o if isinstance(o, str) else next(iter(o)) for st in stages.values()
+            for o in st.get("outs", []) + st.get("metrics", []) + st.get("plots", [])]
+    loose = [rel for root in ("data", "models", "metrics", "plots") for f in sorted((dst / root).rglob("*"))
+             if f.is_file() and f.name != ".gitignore"
+             and not (rel := f.relative_to(dst).as_posix()).startswith("models/train_state/")
+             and not any(rel == o or rel.startswith(o.rstrip("/") + "/") for o in outs)]
+    assert not loose, loose
+
+
+def test_executor_settings_rerun_nothing(tiny_repo):
+    """`executor` changes no result and is no stage's param: only check_params (which reads all of params.yaml and
+    writes the same bytes) is out of date after a change (every data stage re-ran to keep every unit before)."""
+    dst, env, first = tiny_repo
+    assert first.returncode == 0
+    p = dst / "params.yaml"
+    text = p.read_text()
+    params = yaml.safe_load(text)
+    params["executor"]["workers"] += 1
+    p.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        status = run([str(BIN / "dvc"), "status", "--json"], dst, env)
+    finally:
+        p.write_text(text)
+    assert status.returncode == 0 and set(json.loads(status.stdout)) == {"check_params"}, status.stdout
 
 
 def test_second_repro_does_nothing(tiny_repo):
