@@ -36,7 +36,7 @@ import numpy as np
 from flame_fitting.geometry.camera import Camera, CameraError
 from flame_fitting.formats.capture import CaptureError, CaptureWriter
 from flame_fitting.core.fileio import sha256_file
-from flame_fitting.core.names import relpath_problem
+from flame_fitting.core.names import name_problem, relpath_problem
 from pipelines.import_config import ImportConfig, ImportReport, as_matrix, subject_split
 from pipelines.views import ViewProcessor, read_image_file
 
@@ -82,6 +82,18 @@ class CaptureImport:
         except ValueError:
             return p.as_posix()
 
+    def outside(self, path: Path | str) -> str | None:
+        """Why `path` may not be read into the capture (None when it may): it resolves (through symbolic links)
+        outside the source folder, and `follow_symlinks` is off. Links into a DVC cache (`.dvc/cache`, DVC's symlink
+        checkouts) are allowed."""
+        if self.cfg.follow_symlinks:
+            return None
+        real, root = Path(path).resolve(), self.root_in.resolve()
+        if real == root or root in real.parents or any(p.name == "cache" and p.parent.name == ".dvc" for p in real.parents):
+            return None
+        return (f"a symbolic link to {real}, outside the source folder {self.root_in}; refused (set "
+                "captures.follow_symlinks: true when the links are your own)")
+
     def skip(self, item: str, reason: str) -> None:
         """Record a skipped item (or raise CaptureError when cfg.strict)."""
         if self.cfg.strict:
@@ -111,6 +123,9 @@ class CaptureImport:
         """Register the source cameras of a sequence; returns the usable ones' processors."""
         views = {}
         for name, cam in sorted(cameras.items()):
+            if why := name_problem(name):  # one frame's or file's bad name skips that camera, not the import
+                self.skip(f"{where} [camera {name!r}]", f"camera name {why}")
+                continue
             try:
                 views[name] = ViewProcessor(cam, self.cfg)
             except CaptureError as e:
@@ -125,6 +140,9 @@ class CaptureImport:
         """Process and store one raw image (H,W,3) uint8 RGB; False (and a recorded skip) when unusable.
         `whole_file`: the source file is exactly this image, so its sha256 is recorded."""
         item = self.rel(source) + (f" [{key}]" if key is not None else "")
+        if why := self.outside(source):
+            self.skip(item, why)
+            return False
         view = self.views.get((subject, sequence), {}).get(camera)
         if view is None:
             self.skip(item, f"no usable calibration for camera {camera!r} of {subject}/{sequence}")
@@ -144,6 +162,9 @@ class CaptureImport:
     def add_file(self, subject: str, sequence: str, frame: int, camera: str, path: Path) -> bool:
         """Read one image file (its alpha channel becomes the mask when `cfg.masks`) and `add` it; an unreadable
         file is recorded as skipped."""
+        if why := self.outside(path):
+            self.skip(self.rel(path), why)
+            return False
         try:
             rgb, alpha = read_image_file(path)
         except CaptureError as e:
@@ -153,6 +174,9 @@ class CaptureImport:
 
     def side_file(self, subject: str, sequence: str, kind: str, frame: int, arrays: dict[str, np.ndarray]) -> str:
         """Store `arrays` as <subject>/<sequence>/<kind>/<frame:05d>.npz inside the capture; returns its path."""
+        for what, value in (("subject", subject), ("sequence", sequence), ("kind", kind)):
+            if why := name_problem(value):  # names come from the source's file names: '..' would leave the capture
+                raise CaptureError(f"{subject}/{sequence}: {what} {value!r} {why}")
         rel = f"{subject}/{sequence}/{kind}/{int(frame):05d}.npz"
         path = self.writer.work_dir / rel
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
-
+from flame_fitting.core.fileio import read_mask
 from flame_fitting.formats.capture import CaptureError
 from pipelines.common import CaptureImport
 from pipelines.import_config import ImportConfig, ImportReport, load_json, select_frames, select_names
@@ -79,9 +78,16 @@ def import_view_set(imp: CaptureImport, subject: str, sequence: str, cam_file: P
                 continue
             mpath = folder / "masks" / f"{cam}.png"
             if mpath.is_file() and imp.cfg.masks:
-                mask = cv2.imread(str(mpath), cv2.IMREAD_GRAYSCALE)
-                if mask is None:
-                    imp.skip(imp.rel(mpath), "not a readable mask image")
+                try:
+                    if why := imp.outside(mpath):
+                        raise CaptureError(why)
+                    mask = read_mask(mpath, error=CaptureError)
+                except CaptureError as e:
+                    imp.skip(imp.rel(mpath), str(e))
+                    mask = None
+                else:
+                    if mask is None:
+                        imp.skip(imp.rel(mpath), "not a readable mask image")
             imp.add(subject, sequence, f, cam, rgb, path, mask=mask if imp.cfg.masks else None)
 
 
@@ -109,7 +115,7 @@ def import_capture(root_in: Path | str, out: Path | str, cfg: ImportConfig) -> I
                 sdir = root / subject
                 for sequence in select_names([d.name for d in sdir.iterdir() if d.is_dir()], cfg.sequences):
                     qdir = sdir / sequence
-                    frames = {int(d.name): d for d in qdir.iterdir() if d.is_dir() and d.name.isdigit()}
+                    frames = {int(d.name): d for d in qdir.iterdir() if d.is_dir() and d.name.isascii() and d.name.isdigit()}
                     if not frames:
                         continue
                     cam_file = nearest_cameras(root, qdir, sdir)

@@ -45,6 +45,9 @@ class ImportConfig:
     split_fractions: list[float] = spec([0.8, 0.1, 0.1], "train/val/test fractions of subjects (hash rule)", lo=0.0, hi=1.0)
     split_seed: int = spec(0, "seed of the subject → split hash", lo=0)
     strict: bool = spec(False, "raise a CaptureError on the first bad item instead of skipping and recording it")
+    follow_symlinks: bool = spec(False, "read files that symbolic links in the source point to outside it (your own "
+                                 "symlink farm); off: they are skipped, so a downloaded dataset cannot copy files from "
+                                 "elsewhere on the machine into the capture (links into a DVC cache are always read)")
     nersemble_intrinsics_size: list[int] | None = spec(None, "NeRSemble: [width, height] of the images the intrinsics in "
                                                        "camera_params.json refer to; null = its width/height keys, else "
                                                        "inferred from the principal point (docs/sources.md)", lo=1)
@@ -130,14 +133,25 @@ def camera_names(paths: list[str]) -> list[str]:
     return stems if len(set(stems)) == len(stems) else [b.replace("/", "_") for b in bare]
 
 
+MAX_JSON_BYTES = 1 << 28  # 256 MiB: a dataset's largest metadata file (transforms.json of 10^5 frames) is far below
+
+
 def load_json(path: Path):
-    """Parsed JSON; CaptureError naming the file when missing or not valid JSON (e.g. truncated)."""
+    """Parsed JSON; CaptureError naming the file when missing, not a regular file (a FIFO, /dev/zero), larger than
+    MAX_JSON_BYTES, or not valid JSON (truncated, nested beyond the parser's depth, integers of 4300+ digits)."""
+    path = Path(path)
+    if not path.exists():
+        raise CaptureError(f"{path}: file is missing")
+    if not path.is_file():
+        raise CaptureError(f"{path}: not a regular file")
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise CaptureError(f"{path}: {path.stat().st_size} bytes, more than a metadata file holds ({MAX_JSON_BYTES})")
     try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise CaptureError(f"{path}: file is missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, and int() beyond 4300 digits
         raise CaptureError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise CaptureError(f"{path}: not valid JSON (nested too deeply)") from None
 
 
 def as_matrix(value, shape: tuple[int, ...], what: str) -> np.ndarray:

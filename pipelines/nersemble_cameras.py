@@ -100,7 +100,7 @@ def load_color_calibration(path: Path) -> dict[str, np.ndarray]:
 def load_color_correction(path: Path) -> np.ndarray:
     """v1: the (3,4)|(4,4) float64 affine colour correction of one camera from its .npy (no pickles)."""
     try:
-        m = np.load(path, allow_pickle=False)
+        m = np.array(np.load(path, allow_pickle=False, mmap_mode="r"))  # the header's shape is checked against the file
     except (OSError, ValueError, EOFError) as e:
         raise CaptureError(f"{path}: not a readable numeric .npy ({e})") from None
     if not isinstance(m, np.ndarray) or m.dtype.kind not in "fiu":

@@ -23,6 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from flame_fitting.core.fileio import read_mask as read_mask_file
 from flame_fitting.formats.capture import CaptureError
 from pipelines.common import CaptureImport
 from pipelines.import_config import ImportConfig
@@ -210,7 +211,7 @@ def base_size(view: View) -> tuple[int, int]:
 
 def read_mask(path: Path) -> np.ndarray:
     """(H,W) uint8 mask from an alpha-map image file (its first channel)."""
-    m = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    m = read_mask_file(path, cv2.IMREAD_GRAYSCALE, error=CaptureError)
     if m is None:
         raise CaptureError(f"{path}: not a readable alpha map")
     return m

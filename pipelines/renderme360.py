@@ -24,6 +24,7 @@ Not supported: audio, UV textures, scans, Keypoints3d, the actor info attributes
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import cv2
@@ -34,6 +35,7 @@ try:  # an optional extra: pip install 'geoface[renderme360]'
 except ImportError:  # pragma: no cover - the dev environment has it
     h5py = None
 
+from flame_fitting.core.fileio import check_declared_size
 from flame_fitting.geometry.camera import CameraError, check_rigid
 from flame_fitting.formats.capture import CaptureError
 from pipelines.common import CaptureImport
@@ -117,6 +119,7 @@ def decode(data, path: Path, key: str, flags: int) -> np.ndarray:
         buf = np.asarray(data[()], dtype=np.uint8).reshape(-1)
     except (OSError, KeyError, ValueError, TypeError) as e:
         raise CaptureError(f"{path} [{key}]: unreadable dataset ({e})") from None
+    check_declared_size(io.BytesIO(buf.tobytes()), f"{path} [{key}]", CaptureError)
     img = cv2.imdecode(buf, flags)
     if img is None:
         raise CaptureError(f"{path} [{key}]: not an encoded image")

@@ -39,6 +39,7 @@ import numpy as np
 
 from flame_fitting.geometry.camera import CameraError, check_rigid
 from flame_fitting.geometry.camera import world_to_cam_from_opengl as world_to_cam_from_gl
+from flame_fitting.core.fileio import read_mask as read_mask_file
 from flame_fitting.formats.capture import CaptureError
 from pipelines.common import CaptureImport, inside
 from pipelines.import_config import (as_matrix, camera_names, ImportConfig, ImportReport, load_json, select_frames,
@@ -247,7 +248,10 @@ def add_frame(imp: CaptureImport, subject: str, sequence: str, frame: int, name:
         try:
             if not isinstance(mask_path, str):
                 raise CaptureError(f"{where}: mask_path must be a string, got {mask_path!r}")
-            mask = read_mask(base / mask_path)
+            mpath = inside(base, mask_path, "mask_path")
+            if why := imp.outside(mpath):
+                raise CaptureError(f"{mpath}: {why}")
+            mask = read_mask(mpath)
         except CaptureError as e:
             imp.skip(f"{where} mask_path", str(e))
             mask = None
@@ -258,7 +262,7 @@ def read_mask(path: Path) -> np.ndarray:
     """(H,W) uint8 mask from an image file: grey, or the first channel (alpha when it has one)."""
     if not path.is_file():
         raise CaptureError(f"{path}: mask file is missing")
-    m = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    m = read_mask_file(path, cv2.IMREAD_UNCHANGED, error=CaptureError)
     if m is None or m.dtype not in (np.uint8, np.uint16):
         raise CaptureError(f"{path}: not a readable mask image")
     m = (m.astype(np.float32) / 257.0 + 0.5).astype(np.uint8) if m.dtype == np.uint16 else m

@@ -91,3 +91,30 @@ def load_npz(path: Path | str, error: type[Exception] = ValueError, keys: tuple[
     if missing:
         raise error(f"{path}: missing arrays {missing} (it has {sorted(files)})")
     return arrays
+
+
+MAX_PLAIN_ROWS = 1_000_000  # a table may hold more rows only where its file has at least MIN_BYTES_PER_ROW per row
+MIN_BYTES_PER_ROW = 1.0     # every real table row carries a unique path or key (several bytes after compression)
+
+
+def read_parquet_table(src, where: str, error: type[Exception] = ValueError):
+    """pandas DataFrame of a parquet file (`src`: a path or a binary buffer); `error` naming `where` when it is not
+    a readable table, or when it declares more than MAX_PLAIN_ROWS rows at under MIN_BYTES_PER_ROW bytes of file
+    per row: a few hundred KB can declare 50 million rows of repeated values, which took 2.7 GB and aborted the
+    process (`geoface diff-captures`) before any check of the content."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    try:
+        size = src.getbuffer().nbytes if hasattr(src, "getbuffer") else Path(src).stat().st_size
+        rows = pq.ParquetFile(src).metadata.num_rows
+        if hasattr(src, "seek"):
+            src.seek(0)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for damaged files
+        raise error(f"{where}: not a readable parquet table ({type(e).__name__}: {e})") from None
+    if rows > MAX_PLAIN_ROWS and size < MIN_BYTES_PER_ROW * rows:
+        raise error(f"{where}: declares {rows} rows in {size} bytes; a damaged or hostile file")
+    try:
+        return pd.read_parquet(src)
+    except Exception as e:  # noqa: BLE001
+        raise error(f"{where}: not a readable parquet table ({type(e).__name__}: {e})") from None

@@ -202,11 +202,7 @@ def read_image(path: Path | str, with_alpha: bool = False, error: type[Exception
     (H, W) uint8 alpha or None when `with_alpha`. A missing or unreadable file raises `error` naming it."""
     if not Path(path).is_file():
         raise error(f"{path}: image file is missing")
-    declared = _declared_size(path)
-    if declared is not None and declared[0] * declared[1] > MAX_IMAGE_PIXELS:
-        what = "over 178 million" if declared[0] == 1 << 31 else f"{declared[0]}×{declared[1]}"
-        raise error(f"{path}: the image declares {what} pixels, more than a capture's image holds "
-                    f"({MAX_IMAGE_PIXELS} pixels); a damaged or hostile file")
+    check_declared_size(path, path, error)
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED if with_alpha else cv2.IMREAD_COLOR)
     if img is None:
         raise error(f"{path}: not a readable image")
@@ -225,6 +221,22 @@ def read_image(path: Path | str, with_alpha: bool = False, error: type[Exception
 
 
 MAX_IMAGE_PIXELS = 1 << 27  # 134 MP: every real capture camera is far below; decoding it costs GBs already
+
+
+def check_declared_size(src, what, error: type[Exception] = OutputError) -> None:
+    """`error` naming `what` when the image in `src` (a path, or a file object over encoded bytes) declares more than
+    MAX_IMAGE_PIXELS in its header; call it before every cv2.imread / cv2.imdecode of an untrusted image or mask."""
+    declared = _declared_size(src)
+    if declared is not None and declared[0] * declared[1] > MAX_IMAGE_PIXELS:
+        size = "over 178 million" if declared[0] == 1 << 31 else f"{declared[0]}×{declared[1]}"
+        raise error(f"{what}: the image declares {size} pixels, more than a capture's image holds "
+                    f"({MAX_IMAGE_PIXELS} pixels); a damaged or hostile file")
+
+
+def read_mask(path: Path | str, flags: int = cv2.IMREAD_GRAYSCALE, error: type[Exception] = OutputError):
+    """cv2.imread(path, flags) of an untrusted mask after the header's size check; None when OpenCV cannot read it."""
+    check_declared_size(path, path, error)
+    return cv2.imread(str(path), flags)
 
 
 def _declared_size(path: Path | str) -> tuple[int, int] | None:

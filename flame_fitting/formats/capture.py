@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from flame_fitting.core.arrays import load_npz
+from flame_fitting.core.arrays import load_npz, read_parquet_table
 from flame_fitting.core.errors import GeofaceError
 from flame_fitting.core.names import name_problem, relpath_problem
 from flame_fitting.geometry.camera import Camera, CameraError
@@ -236,10 +236,7 @@ def load_capture(root: Path | str, check_files: bool = True, check_hashes: bool 
         raise CaptureError(f"{meta_path}: format is {info.get('format')!r}, expected {FORMAT!r}")
     if not man_path.is_file():
         raise CaptureError(f"{man_path}: missing")
-    try:
-        df = pd.read_parquet(man_path)
-    except Exception as e:  # pyarrow raises several types for corrupt files
-        raise CaptureError(f"{man_path}: unreadable parquet ({e})") from None
+    df = read_parquet_table(man_path, str(man_path), CaptureError)
     missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
     if missing:
         raise CaptureError(f"{man_path}: missing columns {missing}")
@@ -307,11 +304,10 @@ def read_index(where: str, read: Callable[[str], bytes]) -> CaptureIndex:
         raise CaptureError(f"{where}: not a geoface capture (capture.json format is {info.get('format')!r}, "
                            f"expected {FORMAT!r})")
     try:
-        df = pd.read_parquet(io.BytesIO(read("manifest.parquet")))
+        raw = read("manifest.parquet")
     except FileNotFoundError:
         raise CaptureError(f"{where}/manifest.parquet: missing") from None
-    except Exception as e:  # pyarrow raises several types for corrupt files
-        raise CaptureError(f"{where}/manifest.parquet: unreadable parquet ({e})") from None
+    df = read_parquet_table(io.BytesIO(raw), f"{where}/manifest.parquet", CaptureError)
     missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
     if missing:
         raise CaptureError(f"{where}/manifest.parquet: missing columns {missing}")

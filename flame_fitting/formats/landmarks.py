@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from flame_fitting.core.arrays import read_parquet_table
 from flame_fitting.core.fileio import make_temp_dir, replace_dir
 from flame_fitting.formats.capture import CaptureError
 
@@ -62,10 +63,7 @@ def load_landmarks(out_dir: Path | str) -> LandmarkSet:
     for p in (tpath, ppath):
         if not p.is_file():
             raise CaptureError(f"{p}: missing (run the landmarks stage first)")
-    try:
-        table = pd.read_parquet(tpath)
-    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for damaged files
-        raise CaptureError(f"{tpath}: not a readable parquet table ({type(e).__name__}: {e})") from None
+    table = read_parquet_table(tpath, str(tpath), CaptureError)
     try:
         points = np.load(ppath, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:  # truncated, not .npy, or an object array (never unpickled)
@@ -91,10 +89,7 @@ def load_landmark_tables(out_dir: Path | str) -> pd.DataFrame:
         [out_dir / "detections.parquet"]
     tables = []
     for tpath in paths:
-        try:
-            table = pd.read_parquet(tpath)
-        except Exception as e:  # noqa: BLE001 - pyarrow raises several types for damaged files
-            raise CaptureError(f"{tpath}: not a readable parquet table ({type(e).__name__}: {e})") from None
+        table = read_parquet_table(tpath, str(tpath), CaptureError)
         check_landmark_table(table, tpath)
         tables.append(table)
     if not tables:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 from flame_fitting.core.errors import GeofaceError, error_line
@@ -69,9 +70,15 @@ def main(argv: list[str] | None = None) -> int:
         return 141  # what a shell reports for a command stopped by SIGPIPE (128 + 13)
 
 
+def _terminated(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM unwinds the `with` blocks that remove temporaries, as Ctrl-C does
+
+
 def _main(argv: list[str] | None) -> int:
     argv = exports.route(sys.argv[1:] if argv is None else list(argv))
     args = parser(argv).parse_args(argv)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # `kill`: unwind like Ctrl-C, so temporaries are removed
+        signal.signal(signal.SIGTERM, _terminated)
     name = getattr(args, "display", None) or " ".join(x for x in (args.cmd, getattr(args, "action", None)) if x)
     try:
         from .base import configs
@@ -81,6 +88,9 @@ def _main(argv: list[str] | None) -> int:
         rc = args.func(args, *(configs(args) if args.sections else []))
     except BrokenPipeError:
         raise
+    except KeyboardInterrupt:
+        print(f"geoface {name}: interrupted; its output folder was not written (the temporary is removed)", file=sys.stderr)
+        return 130
     except (GeofaceError, ValueError, OSError) as e:  # our errors name the file and the problem; the system's
         print(f"geoface {name}: {error_line(e)}", file=sys.stderr)
         return 2

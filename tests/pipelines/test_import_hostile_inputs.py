@@ -1,0 +1,200 @@
+"""Hostile and odd inputs to the importers (the tenth session's security audit, 2026-12-07): files that symbolic links
+pull from outside the source, a mask_path that leaves it, names from file names that would write outside the output,
+masks and embedded images declaring billions of pixels, a .npy declaring terabytes, JSON nested or numbered to break
+the parser, a FIFO as metadata, one badly named frame, non-ASCII digits as frame folders, an output inside the input
+and --metrics / --sheets pointing at input files. Each was a traceback, a hang, a file copied or replaced, or a whole
+import lost before."""
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from writers import (Scene, make_cameras, write_folder, write_nersemble, write_png, write_renderme360,  # noqa: E402
+                     write_transforms, W, H)
+
+from flame_fitting.formats.capture import CaptureError  # noqa: E402
+from pipelines.import_config import ImportConfig  # noqa: E402
+from pipelines.registry import import_capture  # noqa: E402
+
+
+def png_bomb(path: Path, side: int, channels: int = 1) -> None:
+    """A valid side×side 8-bit PNG of zeros, a few hundred KB."""
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xffffffff)
+    co, row = zlib.compressobj(9), b"\0" * (1 + side * channels)
+    idat = b"".join(co.compress(row) for _ in range(side)) + co.flush()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, {1: 0, 3: 2}[channels], 0, 0, 0))
+                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def skipped(cap: Path) -> list[dict]:
+    return json.loads((cap / "capture.json").read_text())["skipped"]
+
+
+@pytest.fixture
+def scene():
+    return Scene(make_cameras(2))
+
+
+def test_an_image_symlinked_from_outside_the_source_is_not_copied(tmp_path, scene):
+    src = write_folder(tmp_path / "raw", scene, nested=False)
+    private = tmp_path / "private.png"
+    write_png(private, np.full((H, W, 3), 99, np.uint8))
+    (src / "cam0.png").unlink()
+    os.symlink(private, src / "cam0.png")
+    import_capture("folder", src, tmp_path / "cap", ImportConfig())
+    m = pd.read_parquet(tmp_path / "cap/manifest.parquet")
+    assert m.camera.tolist() == ["cam1"]
+    assert any("symbolic link" in s["reason"] and "follow_symlinks" in s["reason"] for s in skipped(tmp_path / "cap"))
+    # links of your own: captures.follow_symlinks reads them
+    import_capture("folder", src, tmp_path / "cap2", ImportConfig(follow_symlinks=True))
+    assert pd.read_parquet(tmp_path / "cap2/manifest.parquet").camera.tolist() == ["cam0", "cam1"]
+
+
+def test_transforms_mask_path_cannot_leave_the_source(tmp_path, scene):
+    src = write_transforms(tmp_path / "a" / "scene", scene)
+    write_png(tmp_path / "secret.png", np.full((H, W, 3), 77, np.uint8))
+    meta = json.loads((src / "transforms.json").read_text())
+    meta["frames"][0]["mask_path"] = "../../secret.png"
+    meta["frames"][1]["mask_path"] = str(tmp_path / "secret.png")
+    (src / "transforms.json").write_text(json.dumps(meta))
+    import_capture("transforms_json", src, tmp_path / "cap", ImportConfig())
+    m = pd.read_parquet(tmp_path / "cap/manifest.parquet")
+    assert len(m) == 2 and ("mask_path" not in m or m.mask_path.isna().all())
+    assert sum("mask_path" in s["item"] for s in skipped(tmp_path / "cap")) == 2
+
+
+def test_renderme360_names_from_file_names_never_write_outside_the_output(tmp_path, scene):
+    raw, anno = write_renderme360(tmp_path / "rm", scene, frames=range(1))
+    raw.rename(raw.parent / ".._.._raw.smc")
+    anno.rename(anno.parent / ".._.._anno.smc")
+    with h5py.File(anno.parent / ".._.._anno.smc", "a") as f:
+        for c in list(f["Calibration"]):
+            del f["Calibration"][c]
+    out = tmp_path / "o1" / "o2" / "cap"
+    out.parent.mkdir(parents=True)
+    with pytest.raises(CaptureError):
+        import_capture("renderme360", tmp_path / "rm", out, ImportConfig())
+    assert not (tmp_path / "o1" / "renderme360_flame").exists()
+
+
+def test_a_mask_declaring_too_many_pixels_is_skipped_before_decoding(tmp_path, scene):
+    src = write_folder(tmp_path / "raw", scene)
+    png_bomb(src / "s1/seq/00000/masks/cam0.png", 12000)
+    import_capture("folder", src, tmp_path / "cap", ImportConfig())
+    assert any("declares 12000×12000" in s["reason"] for s in skipped(tmp_path / "cap"))
+
+
+def test_an_encoded_image_in_an_smc_declaring_too_many_pixels_is_skipped(tmp_path, scene):
+    raw, _ = write_renderme360(tmp_path / "rm", scene, frames=range(1))
+    png_bomb(tmp_path / "bomb.png", 12000, 3)
+    with h5py.File(raw, "a") as f:
+        del f["Camera/cam0/color/0"]
+        f["Camera/cam0/color/0"] = np.frombuffer((tmp_path / "bomb.png").read_bytes(), np.uint8)
+    import_capture("renderme360", tmp_path / "rm", tmp_path / "cap", ImportConfig())
+    assert pd.read_parquet(tmp_path / "cap/manifest.parquet").camera.tolist() == ["cam1"]
+    assert any("declares 12000×12000" in s["reason"] for s in skipped(tmp_path / "cap"))
+
+
+def test_a_colour_correction_npy_declaring_terabytes_skips_its_camera(tmp_path, scene):
+    src = tmp_path / "ns"
+    write_nersemble(src, scene, version=1, frames=range(1), affine={s: np.eye(4) for s in scene.cameras})
+    npy = src / "017/annotations/EMO-1/color_correction/cam0.npy"
+    with open(npy, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f8", "fortran_order": False, "shape": (1 << 40,)})
+        f.write(b"\0" * 128)
+    import_capture("nersemble", src, tmp_path / "cap", ImportConfig())
+    assert any(s["item"].endswith("cam0.npy") for s in skipped(tmp_path / "cap"))
+
+
+@pytest.mark.parametrize("text, words", [("[" * 100000 + "]" * 100000, "nested too deeply"),
+                                         ('{"frames": [' + "9" * 5000 + "]}", "4300 digits")])
+def test_hostile_json_is_one_error_naming_the_file(tmp_path, scene, text, words):
+    src = write_transforms(tmp_path / "t", scene)
+    (src / "transforms.json").write_text(text)
+    with pytest.raises(CaptureError, match=words) as e:
+        import_capture("transforms_json", src, tmp_path / "cap", ImportConfig())
+    assert str(src / "transforms.json") in str(e.value)
+
+
+def test_a_metadata_file_that_is_a_fifo_is_refused_not_waited_on(tmp_path, scene):
+    src = write_transforms(tmp_path / "t", scene)
+    (src / "transforms.json").unlink()
+    os.mkfifo(src / "transforms.json")
+    code = ("import sys; from pipelines.registry import import_capture; from pipelines.import_config import ImportConfig\n"
+            f"import_capture('transforms_json', {str(src)!r}, {str(tmp_path / 'cap')!r}, ImportConfig())")
+    try:
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the import waits forever on a FIFO")
+    assert "not a regular file" in r.stderr
+
+
+def test_one_frame_with_a_hidden_name_is_skipped_not_fatal(tmp_path, scene):
+    src = write_transforms(tmp_path / "t", scene)
+    shutil.copy(src / "images/cam0.png", src / "images/.hidden.png")
+    meta = json.loads((src / "transforms.json").read_text())
+    meta["frames"].append({**meta["frames"][0], "file_path": "images/.hidden.png"})
+    (src / "transforms.json").write_text(json.dumps(meta))
+    import_capture("transforms_json", src, tmp_path / "cap", ImportConfig())
+    assert len(pd.read_parquet(tmp_path / "cap/manifest.parquet")) == 2
+
+
+def test_frame_folders_with_non_ascii_digits_are_not_frames(tmp_path, scene):
+    src = write_folder(tmp_path / "raw", scene, frames=(1,))
+    shutil.copytree(src / "s1/seq/00001", src / "s1/seq/\u00b2")
+    shutil.copytree(src / "s1/seq/00001", src / "s1/seq/\u0661")
+    import_capture("folder", src, tmp_path / "cap", ImportConfig())
+    m = pd.read_parquet(tmp_path / "cap/manifest.parquet")
+    assert sorted(m.source_path) == ["s1/seq/00001/cam0.png", "s1/seq/00001/cam1.png"]
+
+
+def test_an_output_inside_the_input_is_refused(tmp_path, scene):
+    src = write_folder(tmp_path / "raw", scene)
+    with pytest.raises(CaptureError, match="inside the input"):
+        import_capture("folder", src, src / "cap", ImportConfig())
+    assert not (src / "cap").exists()
+
+
+def test_import_metrics_and_sheets_never_replace_input_files(tmp_path, scene):
+    from geoface.cli import main
+    src = write_folder(tmp_path / "raw", scene, nested=False)
+    before = (src / "cameras.json").read_bytes()
+    assert main(["import", "folder", str(src), "--out", str(tmp_path / "cap"), "--metrics", str(src / "cameras.json")]) == 2
+    assert main(["import", "folder", str(src), "--out", str(tmp_path / "cap"), "--sheets", str(src), "--set", "subject=cam0"]) == 2
+    assert (src / "cameras.json").read_bytes() == before
+
+
+def test_a_manifest_declaring_millions_of_rows_in_a_few_kb_is_refused(tmp_path, scene, capsys):
+    """A parquet file of a few KB can declare 50 million rows of repeated values: `diff-captures` took 2.7 GB and
+    aborted (rc 134) before any check. A capture whose manifest declares more rows than its bytes can hold is
+    refused by `load_capture` and `read_index` (what diff-captures uses), naming the file."""
+    from flame_fitting.core.arrays import MAX_PLAIN_ROWS
+    from flame_fitting.formats.capture import load_capture
+
+    src = write_folder(tmp_path / "raw", scene)
+    import_capture("folder", src, tmp_path / "cap", ImportConfig())
+    import_capture("folder", src, tmp_path / "cap0", ImportConfig())
+    m = pd.read_parquet(tmp_path / "cap/manifest.parquet")
+    n = MAX_PLAIN_ROWS + 1
+    big = m.iloc[np.zeros(n, int)].reset_index(drop=True)
+    big.to_parquet(tmp_path / "cap/manifest.parquet", index=False)
+    assert (tmp_path / "cap/manifest.parquet").stat().st_size < n
+    with pytest.raises(CaptureError, match=r"manifest.parquet: declares 1000001 rows in \d+ bytes"):
+        load_capture(tmp_path / "cap")
+    from geoface.cli import main
+    capsys.readouterr()
+    assert main(["diff-captures", str(tmp_path / "cap0"), str(tmp_path / "cap")]) == 2
+    err = capsys.readouterr().err
+    assert "manifest.parquet: declares 1000001 rows" in err and len(err.strip().splitlines()) == 1, err
