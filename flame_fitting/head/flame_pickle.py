@@ -92,14 +92,37 @@ def _latin1_encode(obj, encoding: str = "utf-8", errors: str = "strict") -> byte
     return obj.encode("latin1", errors)
 
 
+MAX_ELEMENTS = 2 ** 27  # FLAME's largest array (shapedirs 5023 x 3 x 400) has 6.0e6; refuse memory bombs
+
+
+def _no_size(cls):
+    """`bytes` / `bytearray` without the `cls(n)` form, which allocates n zero bytes from a few bytes of pickle."""
+    def make(*args):
+        if args and isinstance(args[0], int):
+            raise pickle.UnpicklingError(f"{cls.__name__}(<int>) is not allowed")
+        return cls(*args)
+    return make
+
+
+def _capped(fn):
+    """numpy's `_reconstruct(subtype, shape, dtype)` with the element count capped (a shape costs a few bytes)."""
+    def make(*args, **kwargs):
+        shape = args[1] if len(args) > 1 else ()
+        if int(np.prod(np.asarray(shape, dtype=np.float64).reshape(-1))) > MAX_ELEMENTS:
+            raise pickle.UnpicklingError(f"an array of shape {shape} is larger than a FLAME file holds")
+        return fn(*args, **kwargs)
+    return make
+
+
 _SAFE_BUILTINS = {"object": object, "set": set, "frozenset": frozenset, "dict": dict, "list": list, "tuple": tuple,
                   "slice": slice, "complex": complex, "int": int, "float": float, "bool": bool, "str": str,
-                  "bytes": bytes, "bytearray": bytearray, "range": range,
-                  "unicode": str, "long": int, "xrange": range}  # the last three: Python 2 names
+                  "bytes": _no_size(bytes), "bytearray": _no_size(bytearray),
+                  "unicode": str, "long": int}  # the last two: Python 2 names; no range/xrange (lazy, unbounded)
 _ALLOWED = {  # (module, name) as written in the file -> the object it becomes; nothing else is ever imported
     **{(m, n): v for m in ("builtins", "__builtin__") for n, v in _SAFE_BUILTINS.items()},
-    **{(f"numpy.{core}.multiarray", n): _numpy_callable("multiarray", n)
-       for core in ("core", "_core") for n in ("_reconstruct", "scalar")},
+    **{(f"numpy.{core}.multiarray", "_reconstruct"): _capped(_numpy_callable("multiarray", "_reconstruct"))
+       for core in ("core", "_core")},
+    **{(f"numpy.{core}.multiarray", "scalar"): _numpy_callable("multiarray", "scalar") for core in ("core", "_core")},
     **{(f"numpy.{core}.numeric", "_frombuffer"): _numpy_callable("numeric", "_frombuffer") for core in ("core", "_core")},
     ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
     ("copy_reg", "_reconstructor"): copyreg._reconstructor, ("copyreg", "_reconstructor"): copyreg._reconstructor,

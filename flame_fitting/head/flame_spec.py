@@ -19,7 +19,8 @@ class HeadModelError(GeofaceError, ValueError):
     """A head model folder or file that is missing, malformed or needs conversion."""
 
 
-MODEL_FILES = ("FLAME_NEUTRAL.npz", "FLAME_NEUTRAL.pkl", "flame2023.pkl", "generic_model.pkl")  # by preference
+MODEL_FILES = ("FLAME_NEUTRAL.npz", "FLAME_NEUTRAL.pkl", "flame2023.pkl", "flame2023_no_jaw.pkl",
+               "flame2023_Open.pkl", "generic_model.pkl")  # by preference
 STATIC_EMBEDDING, DYNAMIC_EMBEDDING = "flame_static_embedding.pkl", "flame_dynamic_embedding.npy"
 MEDIAPIPE_EMBEDDING, IBUG68_EMBEDDING = "mediapipe_landmark_embedding.npz", "ibug68_landmark_embedding.npz"
 TEMPLATE_OBJ, HEAD_MODEL_JSON = "head_template.obj", "head_model.json"
