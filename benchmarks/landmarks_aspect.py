@@ -9,7 +9,7 @@ is framing alone in "square", framing plus any non-square effect in "tall" and "
   <roll>_<pad>_median_px  median over the images of each image's median shift of its 478 landmarks
   non_square_excess_px    the largest of tall − square and wide − square over both rolls (≈ 0: no bias)
 
-Run: `python benchmarks/landmarks_aspect.py` (~1 min). The last line is the JSON. Measured: README ("Messages").
+Run: `python benchmarks/landmarks_aspect.py` (~1 min). The last line is the JSON. Measured: README (the MediaPipe log lines).
 """
 from __future__ import annotations
 

@@ -43,7 +43,9 @@ class AuditReport:
 
     @property
     def matches(self) -> bool:
-        version = (self.card or {}).get("captures_version")
+        if self.card is None:  # nothing says what the model was trained on: no match to claim
+            return False
+        version = self.card.get("captures_version")
         return (not any(kind == "data" for kind, _, _ in self.entries)
                 and not any(v != version for _, v in self.captures if version is not None))
 
@@ -109,10 +111,13 @@ def audit(model_dir: Path | str | None = None) -> AuditReport:
             raise AuditError(f"{model}: no stage of {root / 'dvc.yaml'} writes this folder, so DVC cannot say what it "
                              f"was trained on (the train stage writes {DEFAULT_MODEL})")
         stage = outs[0].stage
-        try:
-            card, card_error = read_model_card(model), None
-        except LineageError as e:
-            card, card_error = None, str(e)
+        if not model.exists():
+            card, card_error = None, f"{model}: not in the workspace (a fresh clone: `dvc pull`; else `dvc repro`)"
+        else:
+            try:
+                card, card_error = read_model_card(model), None
+            except LineageError as e:
+                card, card_error = None, str(e)
         stages = repo.stage.collect(stage.addressing, with_deps=True)
         status = repo.status(targets=[stage.addressing], with_deps=True)
         uncached = {(s.addressing, o.def_path) for s in stages for o in s.outs if not o.use_cache}
@@ -164,7 +169,9 @@ def format_report(r: AuditReport) -> str:
         lines += [f"  {kind:6s} {stage}: {', '.join(whats)}" for (kind, stage), whats in grouped.items()]
     else:
         lines.append("DVC status of the stages up to the model: up to date")
-    if r.matches:
+    if r.card is None:
+        lines.append("verdict: no model card, so nothing says what the model was trained on")
+    elif r.matches:
         lines.append("verdict: the workspace data match what the model was trained on")
     else:
         hint = " (a fresh clone: `dvc pull`)" if any("deleted" in w or "not in cache" in w for _, _, w in r.entries) \

@@ -154,6 +154,9 @@ def test_audit_matches_reports_code_drift_and_fails_on_changed_data(project, cap
 
 def test_audit_bad_input_is_one_line(project, capsys, tmp_path):
     repo, _ = project
+    # a folder a stage writes but no model card: nothing to compare with, so no "match" (exit 0 before)
+    rc, out, _ = cli(capsys, "audit", repo / "data/captures")
+    assert rc == 1 and "verdict: no model card" in out and "data match" not in out, out
     rc, _, err = cli(capsys, "audit", repo / "data")
     assert rc == 2 and "data: no stage of" in err and len(err.strip().splitlines()) == 1
     rc, _, err = cli(capsys, "audit", tmp_path / "models/m")
@@ -190,6 +193,8 @@ def test_default_remote_round_trip_on_a_fresh_clone(project, capsys):
     assert (remote / "files" / "md5").is_dir()
     clone = repo.parent / "clone"
     sh(["git", "clone", "-q", repo, clone], repo.parent, env)
+    rc, out, _ = cli(capsys, "audit", clone / "models/m")  # before the pull: says so, matches nothing
+    assert rc == 1 and "not in the workspace (a fresh clone: `dvc pull`" in out and "no model card" in out, out
     sh([BIN / "dvc", "pull", "-q"], clone, env)
     for rel in ("data/captures", "data/dataset", "models/m"):
         a = {p.relative_to(repo / rel): p.read_bytes() for p in (repo / rel).rglob("*") if p.is_file()}
