@@ -30,7 +30,7 @@ FLAME_N_VERTICES, N_MEDIAPIPE = 5023, 478
 REQUIRED_KEYS = ("v_template", "f", "shapedirs", "posedirs", "J_regressor", "kintree_table", "weights")
 LAYOUT_HELP = (
     "A head model folder (docs/contracts.md) holds: FLAME_NEUTRAL.npz (or FLAME_NEUTRAL.pkl / flame2023.pkl / "
-    "generic_model.pkl without chumpy), flame_static_embedding.pkl, mediapipe_landmark_embedding.npz, "
+    "flame2023_Open.pkl / flame2023_no_jaw.pkl / generic_model.pkl without chumpy), flame_static_embedding.pkl, mediapipe_landmark_embedding.npz, "
     "head_template.obj, optionally flame_dynamic_embedding.npy, ibug68_landmark_embedding.npz and head_model.json "
     "({\"kind\": \"standin\"|\"flame2020\"|\"flame2023\", \"n_shape\": int, \"n_expr\": int}). Convert a chumpy pickle with: "
     "geoface head-model convert SRC.pkl DST_FOLDER/FLAME_NEUTRAL.npz")
