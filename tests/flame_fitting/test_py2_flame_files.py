@@ -4,7 +4,6 @@ real files' dtypes (uint32 faces, the kintree root 4294967295). The loaders were
 tenth session's head-model audit wrote these with tests/flame_fitting/py2_pickles.py (checked against the stock
 unpickler) and found them read exactly: the chumpy model refused with the convert hint, then converted array for
 array, the embeddings read as written, and the head model built from the result."""
-import pickle
 import pickletools
 import sys
 from pathlib import Path
@@ -19,16 +18,19 @@ from flame_folder_factory import write_flame_folder  # noqa: E402
 
 from flame_fitting.head.flame_assets import load_dynamic_embedding, load_static_embedding  # noqa: E402
 from flame_fitting.head.flame_io import load_flame_folder  # noqa: E402
-from flame_fitting.head.flame_pickle import convert_flame_pickle  # noqa: E402
+from flame_fitting.head.flame_pickle import convert_flame_pickle, load_pickle  # noqa: E402
 from flame_fitting.head.flame_spec import HeadModelError  # noqa: E402
 from flame_fitting.head.head_model import HeadModel  # noqa: E402
 
 
-def test_the_emitter_writes_python2_pickles():
+def test_the_emitter_writes_python2_pickles(tmp_path):
+    """Read back by the toolkit's allow-listed unpickler (the suite never calls pickle.loads): same arrays and dtypes,
+    written with Python 2's byte-string opcodes."""
     a = {"f8": np.random.default_rng(0).random((4, 3)), "u4": np.arange(6, dtype=np.uint32).reshape(2, 3),
          "i8": np.array([[4294967295, 0, 1], [0, 1, 2]]), "s": "lbs"}
     raw = P.dumps(a)
-    b = pickle.loads(raw, encoding="latin1")
+    (tmp_path / "a.pkl").write_bytes(raw)
+    b = load_pickle(tmp_path / "a.pkl")
     assert all(np.array_equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in ("f8", "u4", "i8")) and b["s"] == "lbs"
     ops = {op.name for op, _, _ in pickletools.genops(raw)}
     assert not ops & {"BINUNICODE", "SHORT_BINUNICODE"} and "SHORT_BINSTRING" in ops  # Python 2 byte strings
