@@ -253,6 +253,9 @@ def import_capture(root_in: Path | str, out: Path | str, cfg: ImportConfig) -> I
         for actor, part, raw, anno in pairs:
             if anno is None:
                 imp.warn(f"{imp.rel(raw)}: no {actor}_{part}_anno.smc found; calibration and masks are looked for in the raw file")
+            if why := next((w for f in (raw, anno) if f is not None and (w := imp.outside(f))), None):
+                imp.skip(imp.rel(raw), f"part {actor}_{part} not imported: {why}")  # not even opened
+                continue
             try:
                 import_part(imp, actor, part, raw, anno)
             except CaptureError as e:

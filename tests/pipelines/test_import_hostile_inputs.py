@@ -75,6 +75,21 @@ def test_transforms_mask_path_cannot_leave_the_source(tmp_path, scene):
     assert sum("mask_path" in s["item"] for s in skipped(tmp_path / "cap")) == 2
 
 
+def test_a_renderme360_file_linked_from_outside_is_not_opened(tmp_path, scene):
+    """Its images were refused one by one, but its FLAME and keypoint side files were still copied."""
+    raw, anno = write_renderme360(tmp_path / "rm", scene, frames=range(1), keypoints=np.zeros((106, 3)))
+    elsewhere = tmp_path / "elsewhere" / anno.name
+    elsewhere.parent.mkdir()
+    anno.rename(elsewhere)
+    os.symlink(elsewhere, anno)
+    with pytest.raises(CaptureError, match="nothing"):
+        import_capture("renderme360", tmp_path / "rm", tmp_path / "cap", ImportConfig())
+    assert not (tmp_path / "cap").exists()
+    import_capture("renderme360", tmp_path / "rm", tmp_path / "cap2", ImportConfig(follow_symlinks=True))
+    assert sorted(p.parent.name for p in (tmp_path / "cap2").glob("*/*/renderme360_*/*.npz")) == [
+        "renderme360_flame", "renderme360_keypoints2d"]
+
+
 def test_renderme360_names_from_file_names_never_write_outside_the_output(tmp_path, scene):
     raw, anno = write_renderme360(tmp_path / "rm", scene, frames=range(1))
     raw.rename(raw.parent / ".._.._raw.smc")
