@@ -78,16 +78,13 @@ def import_view_set(imp: CaptureImport, subject: str, sequence: str, cam_file: P
                 continue
             mpath = folder / "masks" / f"{cam}.png"
             if mpath.is_file() and imp.cfg.masks:
+                why = imp.outside(mpath)
                 try:
-                    if why := imp.outside(mpath):
-                        raise CaptureError(why)
-                    mask = read_mask(mpath, error=CaptureError)
+                    mask = None if why else read_mask(mpath, error=CaptureError)
                 except CaptureError as e:
-                    imp.skip(imp.rel(mpath), str(e))
-                    mask = None
-                else:
-                    if mask is None:
-                        imp.skip(imp.rel(mpath), "not a readable mask image")
+                    why = str(e)
+                if why or mask is None:
+                    imp.skip(imp.rel(mpath), why or "not a readable mask image")
             imp.add(subject, sequence, f, cam, rgb, path, mask=mask if imp.cfg.masks else None)
 
 

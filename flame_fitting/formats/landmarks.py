@@ -54,9 +54,9 @@ def load_landmarks(out_dir: Path | str) -> LandmarkSet:
     folder, concatenated in sorted order = manifest order); CaptureError naming the file when it is missing or its
     points do not match its table."""
     out_dir = Path(out_dir)
-    units = sorted(out_dir.glob("*/*/detections.parquet"))
-    if units and not (out_dir / "detections.parquet").is_file():  # the stage's layout: one folder per sequence
-        sets = [load_landmarks(p.parent) for p in units]
+    folders = landmark_folders(out_dir)
+    if folders != [out_dir]:  # the stage's layout: one folder per sequence
+        sets = [load_landmarks(f) for f in folders]
         return LandmarkSet(pd.concat([s.table for s in sets], ignore_index=True),
                            np.concatenate([s.points for s in sets]).astype(np.float32, copy=False))
     tpath, ppath = out_dir / "detections.parquet", out_dir / "points.npy"
@@ -84,17 +84,20 @@ def load_landmark_tables(out_dir: Path | str) -> pd.DataFrame:
     """The `detections.parquet` tables of a landmarks folder (per-sequence folders concatenated in sorted order, as
     `load_landmarks`), without the points: what the stage's metrics need (the points of a dataset the size of
     NeRSemble's are gigabytes, re-read on every incremental run before)."""
-    out_dir = Path(out_dir)
-    paths = sorted(out_dir.glob("*/*/detections.parquet")) if not (out_dir / "detections.parquet").is_file() else \
-        [out_dir / "detections.parquet"]
     tables = []
-    for tpath in paths:
-        table = read_parquet_table(tpath, str(tpath), CaptureError)
-        check_landmark_table(table, tpath)
-        tables.append(table)
-    if not tables:
-        raise CaptureError(f"{out_dir / 'detections.parquet'}: missing (run the landmarks stage first)")
+    for tpath in (f / "detections.parquet" for f in landmark_folders(Path(out_dir))):
+        if not tpath.is_file():
+            raise CaptureError(f"{tpath}: missing (run the landmarks stage first)")
+        tables.append(read_parquet_table(tpath, str(tpath), CaptureError))
+        check_landmark_table(tables[-1], tpath)
     return pd.concat(tables, ignore_index=True)
+
+
+def landmark_folders(out_dir: Path) -> list[Path]:
+    """The folders of a landmarks folder that hold a detections.parquet + points.npy pair: its `<subject>/<sequence>/`
+    units in sorted (= manifest) order, or `out_dir` itself (a single pair, or nothing yet)."""
+    units = sorted(p.parent for p in out_dir.glob("*/*/detections.parquet"))
+    return units if units and not (out_dir / "detections.parquet").is_file() else [out_dir]
 
 
 def check_landmark_table(table: pd.DataFrame, path: Path) -> None:

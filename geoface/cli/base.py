@@ -58,12 +58,6 @@ def writable_file(path: str | Path | None, option: str) -> Path | None:
     return p
 
 
-def nested_in(path: str | Path, root: str | Path) -> bool:
-    """Whether `path` is `root` or inside it (symbolic links resolved)."""
-    p, r = Path(path).resolve(), Path(root).resolve()
-    return p == r or r in p.parents
-
-
 def check_out(out: str | Path, inputs, force: bool, kind: str | None = None) -> Path:
     """Refuse OUT before any work when replacing it could lose data (fileio.check_output_dir; --force; `kind`: the
     output's kind, refused where the folder's marker names another)."""

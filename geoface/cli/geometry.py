@@ -6,7 +6,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from .base import CliError, add_jobs, check_out, command, executor_of, need, nested_in, show, writable_file
+from .base import CliError, add_jobs, check_out, command, executor_of, need, show, writable_file
 
 HEAD = ("head_model", "geoface.steps.head_model:HeadModelParams")
 IMPORT = [("captures", "pipelines.common:ImportConfig", ("source", "root")), ("captures.synthetic", "pipelines.synthetic:SyntheticConfig")]
@@ -53,6 +53,7 @@ def import_keys(args) -> None:
 
 
 def import_(args, import_cfg, synthetic_cfg) -> None:
+    from flame_fitting.core.fileio import nested
     from geoface.steps.captures import CaptureSource, make_captures
 
     if args.source == "synthetic":
@@ -64,7 +65,7 @@ def import_(args, import_cfg, synthetic_cfg) -> None:
         need(args.root, "ROOT")
     writable_file(args.metrics, "--metrics")
     for option, path in (("--metrics", args.metrics), ("--sheets", args.sheets)):
-        if path is not None and args.root is not None and nested_in(path, args.root):
+        if path is not None and args.root is not None and nested(path, args.root):
             raise CliError(f"{option} {path} is inside the input {args.root}; an output never replaces input files")
     if args.sheets is not None and Path(args.sheets).exists() and not Path(args.sheets).is_dir():
         raise CliError(f"--sheets {args.sheets} is a file; give a folder for the contact sheets")
