@@ -197,7 +197,7 @@ def vhap_shots(imp: CaptureImport, path: Path, frames: list[tuple[int, dict]]) -
     for i, fr in frames:
         where = f"{path.name} [frames[{i}] {fr['file_path']}]"
         tid, tix, cid, cix = (fr.get(k) for k in ("timestep_id", "timestep_index", "camera_id", "camera_index"))
-        frame = int(tid) if isinstance(tid, str) and tid.isdigit() else tix
+        frame = int(tid) if isinstance(tid, str) and tid.isascii() and tid.isdigit() else tix
         camera = str(cid) if isinstance(cid, (str, int)) and not isinstance(cid, bool) and str(cid) else (
             f"{cix:02d}" if isinstance(cix, int) and not isinstance(cix, bool) and cix >= 0 else None)
         if not isinstance(frame, int) or isinstance(frame, bool) or frame < 0 or camera is None:

@@ -248,7 +248,9 @@ def test_vhap_camera_that_moves_is_skipped(tmp_path):
     meta["frames"][-1]["transform_matrix"][0][3] += 0.01
     meta["frames"][0].pop("timestep_index")
     meta["frames"][0].pop("timestep_id")
+    meta["frames"][1].update(timestep_id="\u00b2", timestep_index=None)  # a non-ASCII digit: int() raised
     path.write_text(json.dumps(meta))
     report = import_capture(path, tmp_path / "cap", ImportConfig())
     reasons = [s["reason"] for s in report.skipped]
-    assert len(reasons) == 2 and "differs from" in reasons[1] and "timestep_index" in reasons[0], reasons
+    assert len(reasons) == 3 and "differs from" in reasons[2] and all("timestep_index" in r for r in reasons[:2]), \
+        reasons
