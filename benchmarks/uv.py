@@ -6,6 +6,8 @@ frontal arc (yaw -90…90°, pitch -25…25°, 1 m from the head, f = 1500 px, 5
 - bake_ms: canonical mesh → 256² UV position map (median of 50; the per-layout table is built once, bake_table_ms)
 - correspondences_ms_per_frame: 16-view rasterisation + per-pixel UV / visibility / depth + token targets
   (32² appearance tokens of 16 px, 16² geometry tokens), median of 7
+- save_ms / npz_mb: one frame's file (zlib level 1); _level6: the same arrays at numpy's default level (the files
+  before 2026-12-07); _no_maps: without the per-pixel maps (`correspondences.save_maps: none`)
 - cycle_error_px_median / _p95: pixel → UV → posmap → posed 3D → pixel, over every visible pixel of all views
 Run: .venv/bin/python benchmarks/uv.py   (last line: one JSON object)
 """
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 
 from flame_fitting.geometry.camera import Camera, intrinsics, look_at
+from flame_fitting.core.fileio import write_npz
 from flame_fitting.uv.correspondences import TokenGrid, compute_correspondences, save_correspondences
 from flame_fitting.head.head_model import HeadModel
 from flame_fitting.uv import UVLayout, bake_posmap, get_bake_table, posmap_to_vertices
@@ -88,6 +91,14 @@ def main() -> dict:
         path = save_correspondences(Path(tmp) / "corr.npz", corr)
         save_ms = (time.perf_counter() - t0) * 1e3
         size_mb = path.stat().st_size / 1e6
+        with np.load(path) as z:  # the same arrays at numpy's default zlib level (what the files used before)
+            arrays = dict(z)
+        t0 = time.perf_counter()
+        level6 = write_npz(Path(tmp) / "corr6.npz", compresslevel=6, **arrays)
+        save6_ms, size6_mb = (time.perf_counter() - t0) * 1e3, level6.stat().st_size / 1e6
+        t0 = time.perf_counter()
+        lean = save_correspondences(Path(tmp) / "lean.npz", corr, maps=False)  # correspondences.save_maps: none
+        lean_ms, lean_mb = (time.perf_counter() - t0) * 1e3, lean.stat().st_size / 1e6
 
         t0 = time.perf_counter()
         m = frame_metrics(corr, baked.posmap, cams, canonical, posed, layout)
@@ -101,6 +112,8 @@ def main() -> dict:
         "roundtrip_mm_mean": round(float(rt.mean()), 4), "roundtrip_mm_max": round(float(rt.max()), 3),
         "visible_fraction": round(float(corr.visible.mean()), 4), "a2g_rows": int(len(corr.a2g_index)),
         "g2a_rows": int(len(corr.g2a_index)), "save_ms": round(save_ms, 1), "npz_mb": round(size_mb, 2),
+        "save_ms_level6": round(save6_ms, 1), "npz_mb_level6": round(size6_mb, 2),
+        "save_ms_no_maps": round(lean_ms, 1), "npz_mb_no_maps": round(lean_mb, 3),
         "metrics_ms": round(metrics_ms, 1), "cycle_error_px_p95": round(m["cycle_error_px_p95"], 4),
         "cycle_error_px_worst_view_median": round(max(per_view), 4), "empty_views": m["empty_views"],
         "uv_overlap_fraction": lay["uv_overlap_fraction"], "n_shared_uv_points": lay["n_shared_uv_points"],
