@@ -9,8 +9,9 @@ so poses are used as is. Per camera the size K refers to is decided from the dat
 `nersemble_intrinsics_size`), K is scaled to the stored images, and the decision is printed and recorded
 in capture.json["intrinsics"]. Masks: the benchmark's alpha_maps/*.mp4, v1's alpha_map-*/ and VHAP's
 alpha_maps/ frames (resized to the image when they are a scaled copy). Colour: v2 color_calibration.json
-(linear light), v1 annotations/<seq>/color_correction/<serial>.npy (sRGB affine). A calibrated camera
-without images in a sequence is a warning (capture.json["missing_cameras"]), an error with `strict`.
+(linear light, Cheung 2004 polynomial terms), v1 annotations/<seq>/color_correction/<serial>.npy (sRGB
+affine). A calibrated camera without images in a sequence is a warning (capture.json["missing_cameras"]), an
+error with `strict`.
 Not supported: background images (the BACKGROUND sequence is left out, with a warning), FLAME tracking files,
 point clouds, audio.
 """
@@ -55,7 +56,7 @@ class Calibration:
         self.w2c, self.intr = self.params["world_2_cam"], self.params["intrinsics"]
         self.ccm_path = part.color_json
         use = imp.cfg.color_calibration and self.ccm_path is not None and self.ccm_path.is_file()
-        self.ccms = load_color_calibration(self.ccm_path) if use else {}
+        self.ccms, self.bad_ccms = load_color_calibration(self.ccm_path) if use else ({}, {})
 
     def camera(self, imp: CaptureImport, serial: str, view: View, where: str, key: str):
         """The camera of `serial` at its stored image size, or None after recording why not."""
@@ -190,6 +191,9 @@ def import_sequence(imp: CaptureImport, part: Participant, cal: Calibration, sub
     affine = v1_colour(imp, part, seq, cams) if part.version == 1 else {}
     for s in [s for s, m in affine.items() if m is None]:
         del cams[s]
+    for s in [s for s in cams if s in cal.bad_ccms]:
+        imp.skip(f"{imp.rel(cal.ccm_path)} [camera {s}]", cal.bad_ccms[s])
+        del cams[s]
     for serial in cams:
         if cal.ccms and serial not in cal.ccms:
             imp.warn(f"{imp.rel(cal.ccm_path)}: no colour matrix for camera {serial}; its images are not colour corrected")
@@ -212,7 +216,7 @@ BACKGROUND = "BACKGROUND"
 
 def import_participant(imp: CaptureImport, part: Participant) -> None:
     cal = Calibration(imp, part)
-    if cal.ccms:
+    if cal.ccms or cal.bad_ccms:
         imp.info.setdefault("color_calibration", []).append(imp.rel(cal.ccm_path))
     seq_root = part.sequences
     names = [d.name for d in seq_root.iterdir() if d.is_dir() and d.name not in ("calibration", "annotations")] \

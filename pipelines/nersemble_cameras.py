@@ -12,9 +12,12 @@ size on both axes) wins. None or several candidates → CaptureError naming the 
 the stored images and records / prints the decision; nothing is rescaled silently.
 
 Colour. v2 (`calibration/color_calibration.json`, as nersemble-data's `correct_color`): sRGB → linear,
-rgb' = M @ [r, g, b(, 1)] (Cheung 2004, 3 or 4 terms), → sRGB, clipped and *truncated* to uint8.
+rgb' = M @ f(r, g, b) with M (3, T) and f the T-term polynomial expansion of Cheung et al. 2004 as
+colour-science's `matrix_augmented_Cheung2004` orders it (T = 3: [r, g, b]; 4: [r, g, b, 1]; 5: [r, g, b,
+rgb, 1]; 7: [r, g, b, rg, rb, gb, 1]; … `CHEUNG_TERMS`), → sRGB, clipped and *truncated* to uint8.
 v1 (`annotations/<seq>/color_correction/<serial>.npy`, as nersemble's dataset code and VHAP): an affine
-M (3×4 or 4×4) applied to sRGB in [0, 1] as rgb' = rgb @ M[:3, :3] + M[:3, 3], clipped, truncated.
+M (3×4 or 4×4) applied to sRGB in [0, 1] as rgb' = rgb @ M[:3, :3] + M[:3, 3], clipped, truncated (upstream
+has no polynomial v1 files).
 """
 from __future__ import annotations
 
@@ -69,11 +72,48 @@ def intrinsics_size(K: np.ndarray, base: tuple[int, int], explicit: tuple[int, i
 
 
 # --- colour -----------------------------------------------------------------------------------
+# Cheung 2004 / Westland 2004 polynomial terms as (exponent of r, of g, of b), in colour-science's order
+_LIN, _ONE = [(1, 0, 0), (0, 1, 0), (0, 0, 1)], [(0, 0, 0)]
+_CROSS = [(1, 1, 0), (1, 0, 1), (0, 1, 1)]                    # rg, rb, gb
+_SQ, _CUBE = [(2, 0, 0), (0, 2, 0), (0, 0, 2)], [(3, 0, 0), (0, 3, 0), (0, 0, 3)]
+_RGB = [(1, 1, 1)]
+_SQ_NEXT = [(2, 1, 0), (0, 2, 1), (1, 0, 2)]                  # r²g, g²b, b²r
+_SQ_PREV = [(2, 0, 1), (1, 2, 0), (0, 1, 2)]                  # r²b, g²r, b²g
+_DEG2 = _LIN + _CROSS + _SQ
+_DEG3 = _DEG2 + _RGB + _SQ_NEXT + _SQ_PREV + _CUBE
+_DEG4 = (_DEG3 + [(3, 1, 0), (3, 0, 1), (1, 3, 0), (0, 3, 1), (1, 0, 3), (0, 1, 3)]   # r³g, r³b, g³r, g³b, b³r, b³g
+         + [(2, 1, 1), (1, 2, 1), (1, 1, 2), (2, 2, 0), (2, 0, 2), (0, 2, 2)] + [(4, 0, 0), (0, 4, 0), (0, 0, 4)])
+CHEUNG_TERMS: dict[int, list[tuple[int, int, int]]] = {
+    3: _LIN, 4: _LIN + _ONE, 5: _LIN + _RGB + _ONE, 7: _LIN + _CROSS + _ONE, 8: _LIN + _CROSS + _RGB + _ONE,
+    10: _DEG2 + _ONE, 11: _DEG2 + _RGB + _ONE, 14: _DEG2 + _RGB + _CUBE + _ONE,
+    16: _DEG2 + _RGB + _SQ_NEXT + _CUBE, 17: _DEG2 + _RGB + _SQ_NEXT + _CUBE + _ONE,
+    19: _DEG3, 20: _DEG3 + _ONE, 22: _DEG3 + [(2, 1, 1), (1, 2, 1), (1, 1, 2)], 35: _DEG4 + _ONE,
+}
+
+
+def _monomial(rgb: np.ndarray, e: tuple[int, int, int]) -> np.ndarray:
+    """(N,) r^e0 · g^e1 · b^e2 of rgb (N,3)."""
+    out = np.ones(len(rgb))
+    for c, k in enumerate(e):
+        if k:
+            out = out * rgb[:, c] ** k
+    return out
+
+
+def cheung_features(rgb: np.ndarray, terms: int) -> np.ndarray:
+    """(N,3) -> (N,terms) polynomial expansion of Cheung 2004 (columns as `CHEUNG_TERMS[terms]`)."""
+    return np.stack([_monomial(rgb, e) for e in CHEUNG_TERMS[terms]], axis=1)
+
+
 def correct_color(rgb: np.ndarray, ccm: np.ndarray) -> np.ndarray:
-    """v2: (H,W,3) uint8 sRGB, ccm (3,3)|(3,4) applied in linear RGB -> (H,W,3) uint8 sRGB (truncated)."""
+    """v2: (H,W,3) uint8 sRGB, ccm (3,T), T in CHEUNG_TERMS, applied to the expansion of linear RGB
+    -> (H,W,3) uint8 sRGB (truncated). Terms are added one at a time (no (N,T) array)."""
     lin = _SRGB_TO_LINEAR[rgb].reshape(-1, 3)
     M = np.asarray(ccm, np.float64)
-    out = lin @ M[:, :3].T + (M[:, 3] if M.shape[1] == 4 else 0.0)
+    exps = CHEUNG_TERMS[M.shape[1]]
+    out = lin @ M[:, :3].T  # every expansion starts with r, g, b
+    for k, e in enumerate(exps[3:], start=3):
+        out += M[:, k] if e == (0, 0, 0) else _monomial(lin, e)[:, None] * M[:, k]
     out = np.where(out <= 0.0031308, 12.92 * out, 1.055 * np.maximum(out, 0.0031308) ** (1 / 2.4) - 0.055)
     return np.clip(out * 255.0, 0, 255).astype(np.uint8).reshape(rgb.shape)
 
@@ -85,16 +125,23 @@ def correct_color_affine(rgb: np.ndarray, M: np.ndarray) -> np.ndarray:
     return (np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8).reshape(rgb.shape)
 
 
-def load_color_calibration(path: Path) -> dict[str, np.ndarray]:
-    """v2: {serial: (3,3)|(3,4) float64} from color_calibration.json."""
+def load_color_calibration(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """v2: ({serial: (3,T) float64, T in CHEUNG_TERMS}, {serial: why its matrix is unusable}) from
+    color_calibration.json; CaptureError when the file is not a {serial: matrix} object."""
     raw = load_json(path)
     if not isinstance(raw, dict):
-        raise CaptureError(f"{path}: expected {{serial: 3×3 or 3×4 matrix}}")
-    out = {}
+        raise CaptureError(f"{path}: expected {{serial: 3×T matrix}}")
+    out, bad = {}, {}
     for s, m in raw.items():
-        cols = len(m[0]) if isinstance(m, list) and m and isinstance(m[0], list) else 3
-        out[s] = as_matrix(m, (3, 4) if cols == 4 else (3, 3), f"{path} [camera {s}]")
-    return out
+        try:
+            out[s] = as_matrix(m, (None, None), "")
+        except CaptureError as e:
+            bad[s] = f"colour matrix of camera {s}{e}"
+            continue
+        if out[s].shape[0] != 3 or out[s].shape[1] not in CHEUNG_TERMS:
+            bad[s] = (f"colour matrix of camera {s} is {'×'.join(map(str, out.pop(s).shape))}; expected 3×T with T one of "
+                      f"{', '.join(map(str, CHEUNG_TERMS))} (the terms of Cheung 2004's expansions)")
+    return out, bad
 
 
 def load_color_correction(path: Path) -> np.ndarray:
