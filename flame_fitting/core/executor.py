@@ -6,13 +6,21 @@ returns one `UnitResult` per item, in input order:
 - local, workers = 1 (or a single item): in this process, one after the other (no pool to start);
 - local, workers > 1: this process and a pool of `workers - 1` processes forked from a clean server process that
   imported `fn`'s module once (multiprocessing's forkserver), fed by a dispatcher thread while this process runs
-  units too (flame_fitting/core/workers.py). A pool process that dies takes its pool with it: its units go to a new
+  units too (flame_fitting/core/pool.py). A pool process that dies takes its pool with it: its units go to a new
   pool, up to `retries` times;
+- local with `unit_timeout_s`: a pool of `workers` processes (even for workers = 1) and this process runs none, so
+  that a unit running past the limit can be stopped (its pool is; the pool's other units go to a new pool);
 - ray: one Ray task per item on the cluster at `ray_address` (or $RAY_ADDRESS; none: a local Ray with `workers`
   CPUs started here). A task whose worker process or node is lost is retried by Ray (`max_retries=retries`). Each
   task runs in the stage's working folder (relative paths mean the same folders everywhere), with one thread per
   library, and only on a node whose geoface code is the stage's (workers.ray_unit): a node without the folder or
-  with other code fails the unit with a line saying so.
+  with other code fails the unit with a line saying so. With `unit_timeout_s`, each task tells a small actor
+  (workers.StartClock) when it starts, and one still running `unit_timeout_s` after the stage learnt of its start
+  (polled once a second) is cancelled (`ray.cancel(force=True)`: its worker process is killed; Ray retries no
+  cancelled task).
+A unit stopped for running past `unit_timeout_s` is recorded as failed (error "UnitTimeout: ran past
+unit_timeout_s=… s") and never retried (it would hang again); its output is not written (a unit's folder is renamed
+into place only when complete, core/units.py, and `run_units` removes a failed unit's).
 An exception raised by `fn` is recorded in its UnitResult (ok False, error "Type: message") and the other items go
 on; it is never retried (the same input would raise again). `fn` and `items` must be picklable; `fn` a function of
 an importable module (workers import it: with Ray on several machines, every node needs this checkout at the same
@@ -23,6 +31,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
@@ -31,8 +40,9 @@ from tqdm import tqdm
 
 from flame_fitting.core.errors import GeofaceError
 from flame_fitting.core.params import build_config, spec
-from flame_fitting.core.workers import (PACKAGE_ROOT, UnitResult, call_unit, home_module, map_pool, package_digest,
-                                        ray_unit, start_pool_early)
+from flame_fitting.core.pool import map_pool, start_pool_early
+from flame_fitting.core.workers import (PACKAGE_ROOT, StartClock, UnitResult, call_unit, home_module, package_digest,
+                                        ray_unit, timeout_result)
 
 __all__ = ["Executor", "ExecutorConfig", "ExecutorError", "UnitResult", "call_unit", "executor_params", "home_module",
            "open_executor", "start_pool_early"]
@@ -53,6 +63,10 @@ class ExecutorConfig:
                         lo=0, hi=100)
     ray_memory_gb: float | None = spec(None, "ray: memory one unit needs, in GiB (Ray places no more units on a node "
                                              "than its memory holds); null = no request", lo=0.0, hi=4096.0)
+    unit_timeout_s: float | None = spec(None, "seconds one unit may run: one running longer is stopped and recorded as "
+                                              "failed (UnitTimeout), never retried; null = no limit. local: units then "
+                                              "run in `workers` pool processes, none in the stage's own; ray: from "
+                                              "when the task starts on its node", lo=1.0, hi=1e7)
 
 
 def executor_params(params: dict) -> ExecutorConfig:
@@ -74,13 +88,14 @@ class Executor:
         try:
             if self.ray is not None:
                 return self._map_ray(fn, items, bar)
-            if self.cfg.workers == 1 or len(items) == 1:
+            limit = self.cfg.unit_timeout_s
+            if limit is None and (self.cfg.workers == 1 or len(items) == 1):
                 out = []
                 for it in items:
                     out.append(call_unit(fn, it))
                     bar.update()
                 return out
-            return map_pool(fn, items, bar, self.cfg.workers, self.cfg.retries)
+            return map_pool(fn, items, bar, self.cfg.workers, self.cfg.retries, limit)
         finally:
             bar.close()
 
@@ -89,7 +104,9 @@ class Executor:
         memory = {"memory": int(self.cfg.ray_memory_gb * 2**30)} if self.cfg.ray_memory_gb else {}
         task = ray.remote(num_cpus=1, max_retries=self.cfg.retries, **memory)(ray_unit)
         fn_ref, cwd, code = ray.put(fn), os.getcwd(), package_digest()
-        refs = [task.remote(fn_ref, it, cwd, code) for it in items]
+        limits = None if self.cfg.unit_timeout_s is None else _RayLimits(ray, self.cfg.unit_timeout_s)
+        clocked = (lambda i: (limits.clock, i)) if limits else (lambda i: ())  # ray_unit's clock and unit index
+        refs = [task.remote(fn_ref, it, cwd, code, *clocked(i)) for i, it in enumerate(items)]
         index = {r: i for i, r in enumerate(refs)}
         results: dict[int, UnitResult] = {}
         pending = list(refs)
@@ -99,11 +116,54 @@ class Executor:
                 i = index[r]
                 try:
                     results[i] = ray.get(r)
-                except Exception as e:  # noqa: BLE001 - retries exhausted (worker/node lost every time)
-                    results[i] = UnitResult(items[i], False, None, f"WorkerLost: {type(e).__name__}: "
-                                            f"{str(e).splitlines()[0] if str(e) else ''}")
+                except Exception as e:  # noqa: BLE001 - retries exhausted (worker/node lost every time), or cancelled
+                    if limits and i in limits.cancelled:
+                        results[i] = limits.stopped(i, items[i])
+                    else:
+                        results[i] = UnitResult(items[i], False, None, f"WorkerLost: {type(e).__name__}: "
+                                                f"{str(e).splitlines()[0] if str(e) else ''}")
                 bar.update()
+            if limits:
+                for r in limits.poll({index[r]: r for r in pending}):  # cancelled, and not gone after a grace period
+                    pending.remove(r)
+                    results[index[r]] = limits.stopped(index[r], items[index[r]])
+                    bar.update()
         return [results[i] for i in range(len(items))]
+
+
+class _RayLimits:
+    """`unit_timeout_s` on Ray (module docstring): when each unit started (a StartClock actor the tasks report to,
+    read without blocking once a second), and which were cancelled for running past the limit."""
+
+    GRACE_S = 30.0  # a cancelled task whose result has not come back by then is recorded without it
+
+    def __init__(self, ray, limit: float):
+        self.ray, self.limit = ray, limit
+        self.clock = ray.remote(num_cpus=0)(StartClock).remote()
+        self.reading = self.clock.take.remote()
+        self.started: dict[int, float] = {}  # unit index -> time.monotonic() when the stage learnt it started
+        self.cancelled: dict[int, float] = {}  # unit index -> when it was cancelled
+
+    def poll(self, pending: dict) -> list:
+        """Read the starts reported since the last call, cancel the units of `pending` (index -> ref) that have run
+        past the limit; returns the refs cancelled more than GRACE_S ago that are still pending (their worker could
+        not be reached: the stage stops waiting for them)."""
+        now = time.monotonic()
+        if self.reading is not None and self.ray.wait([self.reading], timeout=0)[0]:
+            try:
+                self.started.update((i, now) for i in self.ray.get(self.reading))
+                self.reading = self.clock.take.remote()
+            except Exception:  # noqa: BLE001 - the clock's node was lost: units not seen starting are timed from now
+                self.started.update((i, now) for i in pending if i not in self.started)
+                self.reading = None
+        for i, ref in pending.items():
+            if i not in self.cancelled and i in self.started and now - self.started[i] > self.limit:
+                self.ray.cancel(ref, force=True)  # kills the worker process; a cancelled task is not retried
+                self.cancelled[i] = now
+        return [ref for i, ref in pending.items() if i in self.cancelled and now - self.cancelled[i] > self.GRACE_S]
+
+    def stopped(self, i: int, item) -> UnitResult:
+        return timeout_result(item, self.limit, self.cancelled[i] - self.started[i])
 
 
 def _check_reachable(address: str, where: str, timeout: float = 5.0) -> None:

@@ -6,7 +6,7 @@ only cycles left at exit are not collected (the operating system reclaims them; 
 every file before that, flame_fitting/core/fileio.py).
 
 Importing this module freezes too: the local pool's fork server imports it after the stage's unit module
-(flame_fitting/core/workers.py), so neither the server nor the pool processes forked from it pay that scan when
+(flame_fitting/core/pool.py), so neither the server nor the pool processes forked from it pay that scan when
 they exit.
 """
 from __future__ import annotations

@@ -11,7 +11,7 @@ import pytest
 
 from flame_fitting.core.errors import GeofaceError
 from flame_fitting.core.executor import ExecutorConfig, ExecutorError, home_module, open_executor, start_pool_early
-from flame_fitting.core.units import UnitWork
+from flame_fitting.core.units import Unit, UnitWork, run_units
 
 
 def parse(text: str) -> int:
@@ -153,7 +153,7 @@ def test_closing_a_finished_pool_never_hangs_on_a_stuck_process():
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from flame_fitting.core.workers import _close
+    from flame_fitting.core.pool import _close
 
     pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver"), initializer=time.sleep,
                                initargs=(60,))
@@ -163,3 +163,71 @@ def test_closing_a_finished_pool_never_hangs_on_a_stuck_process():
     _close(pool, timeout=1.0)
     assert time.perf_counter() - t0 < 20  # a plain shutdown(wait=True) waits the minute out
     assert len(procs) == 1 and not procs[0].is_alive()
+
+
+def run_or_hang(item: tuple[str, str]) -> tuple[str, int]:
+    """Logs its name (one line per run) to the file `item[1]`; "hang" then sleeps a minute (a unit that never
+    returns), the others 0.3 s. Returns its name and the pid that ran it."""
+    name, log = item
+    with open(log, "a") as f:
+        f.write(name + "\n")
+    time.sleep(60 if name == "hang" else 0.3)
+    return name, os.getpid()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_unit_past_the_time_limit_is_stopped_recorded_and_not_retried(workers, tmp_path):
+    """unit_timeout_s: the unit that hangs is stopped after ~1 s and recorded as UnitTimeout, having run once; the
+    others complete, in pool processes only (the stage's process could not stop one). retries=0: a unit the other
+    pool process was running when its pool was stopped goes back to the queue without counting as a lost worker."""
+    log = tmp_path / "runs.txt"
+    names = ["a", "hang", "b", "c", "d", "e", "f"]
+    t0 = time.monotonic()
+    with open_executor(ExecutorConfig(kind="local", workers=workers, retries=0, unit_timeout_s=1.0)) as ex:
+        res = ex.map(run_or_hang, [(n, str(log)) for n in names], progress=False)
+    assert time.monotonic() - t0 < 30, "the stage waited for the unit that hangs"
+    assert [r.ok for r in res] == [n != "hang" for n in names], [r.error for r in res]
+    assert res[1].error == "UnitTimeout: ran past unit_timeout_s=1 s" and 1.0 <= res[1].seconds < 5
+    assert log.read_text().split().count("hang") == 1, "the unit that timed out was retried"
+    assert [r.value[0] for r in res if r.ok] == [n for n in names if n != "hang"]
+    assert os.getpid() not in {r.value[1] for r in res if r.ok}
+
+
+def write_or_hang(unit: Unit, tmp: Path, extras) -> tuple[dict, list]:
+    """A stage's unit function: writes its file into the unit's temporary folder; subject "hang" then hangs."""
+    (tmp / "out.txt").write_text(unit.rel)
+    if unit.subject == "hang":
+        time.sleep(60)
+    return {"subject": unit.subject}, []
+
+
+def test_a_stopped_unit_leaves_no_output(tmp_path):
+    """Through run_units (what the stages call): the unit that hangs after writing half its output has neither a
+    folder nor a temporary left, and is a UnitTimeout failure; the others are written."""
+    units = [Unit(s, "seq", key=f"k{s}") for s in ("a", "hang", "b", "c")]
+    with open_executor(ExecutorConfig(kind="local", workers=2, unit_timeout_s=1.0)) as ex:
+        run = run_units(ex, write_or_hang, units, tmp_path / "out", "test", progress=False)
+    assert run.ran == ["a/seq", "b/seq", "c/seq"]
+    assert [(f["subject"], f["error"]) for f in run.failures] == [("hang", "UnitTimeout: ran past unit_timeout_s=1 s")]
+    left = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*"))
+    assert not [p for p in left if p.startswith("hang") or "geoface-tmp" in p], left
+    assert [p for p in left if p.endswith("out.txt")] == ["a/seq/out.txt", "b/seq/out.txt", "c/seq/out.txt"]
+
+
+def test_without_a_time_limit_workers_1_runs_units_in_the_stages_process(tmp_path):
+    log = tmp_path / "runs.txt"
+    with open_executor(ExecutorConfig(kind="local", workers=1)) as ex:
+        assert ex.cfg.unit_timeout_s is None  # the default: no limit
+        res = ex.map(run_or_hang, [(n, str(log)) for n in "ab"], progress=False)
+    assert [r.value for r in res] == [("a", os.getpid()), ("b", os.getpid())]
+
+
+def test_the_time_limit_is_validated():
+    from flame_fitting.core.executor import executor_params
+    from flame_fitting.core.params import ParamsError
+
+    assert executor_params({"executor": {"unit_timeout_s": None}}).unit_timeout_s is None
+    assert executor_params({"executor": {"unit_timeout_s": 600}}).unit_timeout_s == 600.0
+    for bad, why in ((0, "below the minimum 1.0"), (-5.0, "below the minimum"), ("1h", "is not of type")):
+        with pytest.raises(ParamsError, match=why):
+            executor_params({"executor": {"unit_timeout_s": bad}})
