@@ -36,7 +36,7 @@ import numpy as np
 from flame_fitting.geometry.camera import Camera, CameraError
 from flame_fitting.formats.capture import CaptureError, CaptureWriter
 from flame_fitting.core.fileio import sha256_file
-from flame_fitting.core.names import name_problem, relpath_problem
+from flame_fitting.core.names import name_problem, outside_target, relpath_problem
 from pipelines.import_config import ImportConfig, ImportReport, as_matrix, subject_split
 from pipelines.views import ViewProcessor, read_image_file
 
@@ -84,12 +84,9 @@ class CaptureImport:
 
     def outside(self, path: Path | str) -> str | None:
         """Why `path` may not be read into the capture (None when it may): it resolves (through symbolic links)
-        outside the source folder, and `follow_symlinks` is off. Links into a DVC cache (`.dvc/cache`, DVC's symlink
-        checkouts) are allowed."""
-        if self.cfg.follow_symlinks:
-            return None
-        real, root = Path(path).resolve(), self.root_in.resolve()
-        if real == root or root in real.parents or any(p.name == "cache" and p.parent.name == ".dvc" for p in real.parents):
+        outside the source folder, and `follow_symlinks` is off. Links into the DVC cache (`.dvc/cache`, DVC's symlink
+        checkouts) of a repository holding the source are allowed (core.names.outside_target)."""
+        if self.cfg.follow_symlinks or (real := outside_target(path, self.root_in)) is None:
             return None
         return (f"a symbolic link to {real}, outside the source folder {self.root_in}; refused (set "
                 "captures.follow_symlinks: true when the links are your own)")

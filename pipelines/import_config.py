@@ -47,7 +47,8 @@ class ImportConfig:
     strict: bool = spec(False, "raise a CaptureError on the first bad item instead of skipping and recording it")
     follow_symlinks: bool = spec(False, "read files that symbolic links in the source point to outside it (your own "
                                  "symlink farm); off: they are skipped, so a downloaded dataset cannot copy files from "
-                                 "elsewhere on the machine into the capture (links into a DVC cache are always read)")
+                                 "elsewhere on the machine into the capture (links into the DVC cache of a repository "
+                                 "holding the source are always read)")
     nersemble_intrinsics_size: list[int] | None = spec(None, "NeRSemble: [width, height] of the images the intrinsics in "
                                                        "camera_params.json refer to; null = its width/height keys, else "
                                                        "inferred from the principal point (docs/sources.md)", lo=1)

@@ -29,8 +29,8 @@ from pipelines.import_config import ImportConfig, ImportReport, load_json, selec
 from pipelines.views import read_image_file
 from pipelines.nersemble_cameras import (OPTION, correct_color, correct_color_affine, intrinsics_size, load_color_calibration,
                                          load_color_correction, same_aspect)
-from pipelines.nersemble_layouts import (Participant, View, base_size, find_participants, list_views, read_mask, stored_size,
-                                         video_frames, video_length)
+from pipelines.nersemble_layouts import (Participant, View, base_size, declared_video_size, find_participants, list_views,
+                                         read_mask, stored_size, video_frames, video_length)
 
 __all__ = ["correct_color", "correct_color_affine", "find_participants", "import_capture"]
 
@@ -72,6 +72,8 @@ class Calibration:
             if K.shape != (3, 3):
                 raise CaptureError(f"{imp.rel(self.path)}: intrinsics of camera {serial} must be 3×3, got shape {K.shape}")
             size, stored = base_size(view), stored_size(view)
+            if view.alpha_video is not None:  # its masks are decoded with the images: refuse a huge one up front
+                declared_video_size(view.alpha_video)
             what = f"{imp.rel(self.path)} [camera {serial}] intrinsics"
             ref, rule = intrinsics_size(K, size, imp.cfg.nersemble_intrinsics_size, size_keys(self.params, serial, self.path), what)
             if ref != stored and not same_aspect(ref, stored):

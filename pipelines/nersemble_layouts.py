@@ -23,6 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from flame_fitting.core.fileio import check_pixel_count
 from flame_fitting.core.fileio import read_mask as read_mask_file
 from flame_fitting.formats.capture import CaptureError
 from pipelines.common import CaptureImport
@@ -146,14 +147,35 @@ def pick_folder(seq_dir: Path, frame_dirs, pattern: str, chosen: str | None, opt
 
 
 # --- decoding ---------------------------------------------------------------------------------
+def declared_video_size(path: Path, cap=None) -> tuple[int, int]:
+    """(width, height) a video declares for its frames (FFmpeg reads it from the stream's headers: nothing is
+    decoded), (0, 0) when it is not a readable video; CaptureError naming the file when that is more pixels than
+    MAX_IMAGE_PIXELS (a 1.4 MB MJPEG AVI can declare 15000×12000 frames: 2.6 GB to decode one, 180 MP stored).
+    Call it before decoding frames of an untrusted video; `cap`: an open cv2.VideoCapture of it (else opened here)."""
+    own = cap is None
+    cap = cv2.VideoCapture(str(path)) if own else cap
+    size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))) if cap.isOpened() else (0, 0)
+    if own:
+        cap.release()
+    check_pixel_count(size, path, CaptureError, kind="video")
+    return size
+
+
 def video_frames(imp: CaptureImport, path: Path, frames: list[int]):
-    """Yield (t, rgb (H,W,3) uint8) of the selected frames, decoding sequentially; missing ones are recorded."""
+    """Yield (t, rgb (H,W,3) uint8) of the selected frames, decoding sequentially; missing ones are recorded, and so
+    is a video declaring more than MAX_IMAGE_PIXELS per frame, before any frame is decoded (a later frame whose own
+    header says more is decoded by FFmpeg within its own 268 MP limit; OpenCV 4.11 returns it at the declared size)."""
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         imp.skip(imp.rel(path), "not a readable video")
         return
     wanted, t = set(frames), 0
     try:
+        try:
+            declared_video_size(path, cap)
+        except CaptureError as e:
+            imp.skip(imp.rel(path), str(e).removeprefix(f"{path}: "))
+            return
         while wanted and t <= max(wanted):
             if not cap.grab():
                 break
@@ -186,11 +208,10 @@ def video_length(path: Path) -> int:
 
 
 def stored_size(view: View) -> tuple[int, int]:
-    """(width, height) of a camera's stored images: the video's frame size or the first image's."""
+    """(width, height) of a camera's stored images: the video's declared frame size (CaptureError beyond
+    MAX_IMAGE_PIXELS) or the first image's."""
     if view.video is not None:
-        cap = cv2.VideoCapture(str(view.video))
-        size = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
-        cap.release()
+        size = declared_video_size(view.video)
         if min(size) <= 0:
             raise CaptureError(f"{view.video}: not a readable video")
         return size

@@ -226,10 +226,17 @@ MAX_IMAGE_PIXELS = 1 << 27  # 134 MP: every real capture camera is far below; de
 def check_declared_size(src, what, error: type[Exception] = OutputError) -> None:
     """`error` naming `what` when the image in `src` (a path, or a file object over encoded bytes) declares more than
     MAX_IMAGE_PIXELS in its header; call it before every cv2.imread / cv2.imdecode of an untrusted image or mask."""
-    declared = _declared_size(src)
-    if declared is not None and declared[0] * declared[1] > MAX_IMAGE_PIXELS:
-        size = "over 178 million" if declared[0] == 1 << 31 else f"{declared[0]}×{declared[1]}"
-        raise error(f"{what}: the image declares {size} pixels, more than a capture's image holds "
+    check_pixel_count(_declared_size(src), what, error)
+
+
+def check_pixel_count(size: tuple[int, int] | None, what, error: type[Exception] = OutputError,
+                      kind: str = "image") -> None:
+    """`error` naming `what` when `size` (width, height), what a file's header declares for its image (or a video's
+    frames, `kind="video"`), is beyond MAX_IMAGE_PIXELS; None (no size known) passes."""
+    if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
+        shown = "over 178 million" if size[0] == 1 << 31 else f"{size[0]}×{size[1]}"
+        per = " per frame" if kind == "video" else ""
+        raise error(f"{what}: the {kind} declares {shown} pixels{per}, more than a capture's image holds "
                     f"({MAX_IMAGE_PIXELS} pixels); a damaged or hostile file")
 
 

@@ -7,7 +7,8 @@ head as the initial point cloud (read by nerfstudio's `nerfstudio-data` parser, 
         images/<camera><ext>       the capture's image files, byte for byte
         masks/<camera>.png         the capture's masks (uint8, 255 = foreground; nerfstudio ignores pixels at 0)
         points3d.ply               the fitted vertices (binary PLY: x y z float32, red green blue uint8 grey)
-    <out>/export.json              what was written and what was left out
+    <out>/export.json              what was written and what was left out (diverged frames, frames with a file
+                                   linked from outside the capture: fit_export)
 
 Cameras: `transform_matrix` is the OpenGL camera→world (x right, y up, z backward) = inverse(world_to_cam) @
 diag(1, -1, -1, 1); fl_x, fl_y, cx, cy are our K as is (nerfstudio, like geoface, puts pixel centres at +0.5 and
@@ -70,17 +71,19 @@ def write_frame(seq: ExportSequence, fr: ExportFrame, folder: Path) -> dict:
 
 
 def export_nerfstudio(capture: Path | str, fits: Path | str, out: Path | str, cameras: str = "fit",
-                      overwrite: bool = False) -> dict:
+                      overwrite: bool = False, follow_symlinks: bool = False) -> dict:
     """Write one nerfstudio scene per fitted frame under `out` (module docstring); returns the summary that
-    `<out>/export.json` holds. `out` is replaced only when geoface wrote it and `overwrite` (fileio.output_dir)."""
-    seqs = load_export_input(capture, fits, cameras)
+    `<out>/export.json` holds. `out` is replaced only when geoface wrote it and `overwrite` (fileio.output_dir).
+    A frame whose image or mask is a symbolic link leaving the capture is skipped unless `follow_symlinks`
+    (fit_export.load_export_input)."""
+    seqs = load_export_input(capture, fits, cameras, follow_symlinks)
     with output_dir(out, [capture, fits], overwrite, kind="nerfstudio export") as tmp:
         done = []
         for seq in seqs:
             scenes = [write_frame(seq, fr, tmp / seq.subject / seq.sequence / f"{fr.frame:05d}") for fr in seq.frames]
             done.append({"subject": seq.subject, "sequence": seq.sequence, "scenes": scenes, "skipped": seq.skipped})
         summary = {"format": "nerfstudio", "capture": str(capture), "fits": str(fits), "out": str(out),
-                   "cameras": cameras, "sequences": done,
+                   "cameras": cameras, "follow_symlinks": follow_symlinks, "sequences": done,
                    "scenes": sum(len(d["scenes"]) for d in done),
                    "images": sum(s["images"] for d in done for s in d["scenes"]),
                    "masks": sum(s["masks"] for d in done for s in d["scenes"])}

@@ -7,7 +7,9 @@
         flame_param/{timestep_index:05d}.npz                    one frame's FLAME parameters (below)
         canonical_flame_param.npz                               the identity, zero pose, jaw opened 0.3 rad
         transforms.json, transforms_train.json, transforms_val.json, transforms_test.json
-    <out>/export.json                                           what was written and what was left out
+    <out>/export.json                                           what was written and what was left out (diverged
+                                                                frames, frames with a file linked from outside the
+                                                                capture: fit_export)
 
 transforms*.json (VHAP's keys): top level `frames`, `timestep_indices`, `camera_indices` and one camera's
 fl_x, fl_y, cx, cy, w, h, camera_angle_x, camera_angle_y (VHAP writes them "to be compatible with other nerf
@@ -155,15 +157,17 @@ def write_sequence(seq: ExportSequence, folder: Path, n_shape: int, n_expr: int,
 
 def export_vhap(capture: Path | str, fits: Path | str, out: Path | str, cameras: str = "fit", n_shape: int = N_SHAPE,
                 n_expr: int = N_EXPR, train_ratio: float = TRAIN_RATIO, val_camera: str | None = None,
-                overwrite: bool = False) -> dict:
+                overwrite: bool = False, follow_symlinks: bool = False) -> dict:
     """Write the VHAP layout of every fitted sequence under `out` (module docstring); returns the summary that
-    `<out>/export.json` holds. `out` is replaced only when geoface wrote it and `overwrite` (fileio.output_dir)."""
+    `<out>/export.json` holds. `out` is replaced only when geoface wrote it and `overwrite` (fileio.output_dir).
+    A frame whose image or mask is a symbolic link leaving the capture is skipped unless `follow_symlinks`
+    (fit_export.load_export_input)."""
     if not 0 < train_ratio <= 1:
         raise ExportError(f"--train-ratio must be in (0, 1], got {train_ratio}")
     for name, v in (("--n-shape", n_shape), ("--n-expr", n_expr)):
         if v < 0:
             raise ExportError(f"{name} must be >= 0, got {v}")
-    seqs = load_export_input(capture, fits, cameras)
+    seqs = load_export_input(capture, fits, cameras, follow_symlinks)
     with output_dir(out, [capture, fits], overwrite, kind="vhap export") as tmp:
         done = []
         for seq in seqs:
@@ -173,7 +177,7 @@ def export_vhap(capture: Path | str, fits: Path | str, out: Path | str, cameras:
             done.append(write_sequence(seq, tmp / seq.subject / seq.sequence, n_shape, n_expr, train_ratio,
                                        val_camera))
         summary = {"format": "vhap", "capture": str(capture), "fits": str(fits), "out": str(out), "cameras": cameras,
-                   "n_shape": n_shape, "n_expr": n_expr, "train_ratio": train_ratio, "sequences": done,
+                   "follow_symlinks": follow_symlinks, "n_shape": n_shape, "n_expr": n_expr, "train_ratio": train_ratio, "sequences": done,
                    "timesteps": sum(d["timesteps"] for d in done), "images": sum(d.get("images", 0) for d in done)}
         write_json(tmp / "export.json", summary)
     return summary

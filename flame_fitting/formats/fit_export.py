@@ -7,7 +7,10 @@ folder (formats.fits: `<fits>/<subject>/<sequence>/fit.npz` + `cameras.json`) an
 `cameras="capture"`), and per exported frame the FLAME parameters in our names (shape (S,), expr (E,),
 global_orient / transl / neck_pose / jaw_pose (3,), eye_pose (6,) = [left | right]; FLAME frame, world
 coordinates, metres), the fitted vertices (V, 3) and the views (camera, image file, mask file or None).
-Frames whose fit is not `ok` (diverged) are left out and listed in `skipped`.
+Frames whose fit is not `ok` (diverged) are left out and listed in `skipped`; so is a frame whose image or mask file
+resolves (through a symbolic link) outside the capture folder, with a warning on stderr naming the file, unless
+`follow_symlinks` (a hand-made capture could otherwise copy /etc/passwd or a private image into the export; links
+into the DVC cache of a repository holding the capture are followed, as the importers do: core.names.outside_target).
 
 Fits that do not match the capture (a sequence, frame or camera the capture does not have, a camera of another
 size, a missing or malformed array) raise ExportError naming the file and what is wrong: the export would
@@ -20,12 +23,14 @@ distortion (capture images are undistorted at import), else ExportError.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from flame_fitting.core.errors import GeofaceError
+from flame_fitting.core.names import outside_target
 from flame_fitting.formats.capture import CaptureError, load_capture, load_cameras
 from flame_fitting.formats.fits import fit_folders
 from flame_fitting.geometry.camera import Camera
@@ -119,9 +124,21 @@ def _fit_cameras(folder: Path, capture_cams: dict[str, Camera], used: set[str]) 
     return cams
 
 
-def load_export_input(capture_root: Path | str, fits_root: Path | str, cameras: str = "fit") -> list[ExportSequence]:
+def linked_from_outside(views: list[View], root: Path) -> str | None:
+    """Why a frame with these views may not be exported (None when it may): one of its files is a symbolic link that
+    resolves outside the capture folder `root`."""
+    for f in (f for v in views for f in (v.image, v.mask) if f is not None):
+        if (real := outside_target(f, root)) is not None:
+            return (f"{f}: a symbolic link to {real}, outside the capture {root}; frame skipped (--follow-symlinks "
+                    f"when the links are your own)")
+    return None
+
+
+def load_export_input(capture_root: Path | str, fits_root: Path | str, cameras: str = "fit",
+                      follow_symlinks: bool = False) -> list[ExportSequence]:
     """The fitted sequences of the capture at `capture_root` with the fits at `fits_root` (module docstring).
-    `cameras`: "fit" (the fit's refined cameras.json, consistent with the parameters) or "capture"."""
+    `cameras`: "fit" (the fit's refined cameras.json, consistent with the parameters) or "capture".
+    `follow_symlinks`: export files that symbolic links resolve to outside the capture (else their frame is skipped)."""
     if cameras not in CAMERA_SOURCES:
         raise ExportError(f"cameras must be one of {CAMERA_SOURCES}, got {cameras!r}")
     fits_root = Path(fits_root)
@@ -163,6 +180,10 @@ def load_export_input(capture_root: Path | str, fits_root: Path | str, cameras: 
             views = [View(r.camera, cap.root / r.path,
                           cap.root / r.mask_path if isinstance(getattr(r, "mask_path", None), str) else None)
                      for r in by_frame[frame].itertuples()]
+            if not follow_symlinks and (why := linked_from_outside(views, cap.root)):
+                print(f"warning: {why}", file=sys.stderr)
+                seq.skipped.append({"frame": int(frame), "reason": why})
+                continue
             seq.frames.append(ExportFrame(int(frame), params, arrays["vertices"][i].astype(np.float32), views))
         if n_vertices == 0 and seq.frames:
             raise ExportError(f"{npz}: array 'vertices' has no vertices")

@@ -41,14 +41,16 @@ def export_fits(args) -> None:
 
         opt = lambda k, d: d if getattr(args, k) is None else getattr(args, k)  # noqa: E731
         show(export_vhap(capture, fits, args.out, args.cameras, opt("n_shape", N_SHAPE), opt("n_expr", N_EXPR),
-                         opt("train_ratio", TRAIN_RATIO), args.val_camera, overwrite=args.force))
+                         opt("train_ratio", TRAIN_RATIO), args.val_camera, overwrite=args.force,
+                         follow_symlinks=args.follow_symlinks))
     else:
         given = [flag for k, flag in VHAP_ONLY.items() if getattr(args, k) is not None]
         if given:
             raise CliError(f"{', '.join(given)}: only for --format vhap")
         from flame_fitting.formats.export_nerfstudio import export_nerfstudio
 
-        show(export_nerfstudio(capture, fits, args.out, args.cameras, overwrite=args.force))
+        show(export_nerfstudio(capture, fits, args.out, args.cameras, overwrite=args.force,
+                               follow_symlinks=args.follow_symlinks))
 
 
 def register(sub) -> None:
@@ -70,6 +72,12 @@ def register(sub) -> None:
                    help="vhap: fraction of the timesteps in train/val, the rest is test (default 0.7, VHAP's)")
     p.add_argument("--val-camera", metavar="NAME", help="vhap: the camera of the val split (default as VHAP: the 9th "
                    "name in sorted order when there are more than 8, else the last)")
+    p.add_argument("--follow-symlinks", action="store_true",
+                   help="copy image / mask files that symbolic links in CAPTURE resolve to outside it (your own "
+                        "symlink farm; the importers' captures.follow_symlinks). Off, such a frame is skipped with a "
+                        "warning naming the file, so a hand-made capture cannot copy files from elsewhere on the "
+                        "machine into the export; links into the .dvc/cache of a DVC repository holding CAPTURE "
+                        "are always followed")
     p.add_argument("--force", action="store_true",
                    help="replace --out if an earlier geoface run wrote it (a folder geoface did not write is never "
                         "replaced)")

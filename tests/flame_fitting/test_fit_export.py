@@ -5,6 +5,7 @@ The round trip must give back our cameras (OpenCV K, world_to_cam) and, through 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -291,3 +292,69 @@ def test_the_fit_stage_output_round_trips(data, tmp_path):
     assert cam_err < CAM_TOL and vert_err < VERT_TOL, (cam_err, vert_err)
     print("\nfit stage output round trip (vhap):", json.dumps({"max_camera_error": cam_err,
                                                               "max_vertex_error_m": vert_err}))
+
+
+def linked_capture(data, root):
+    """A copy of the test capture inside a DVC repository `root` (a `.dvc` folder beside it), with links: frame 0's
+    c0 image -> a private file outside (refused); frame 2's c0 image -> the file moved into the repository's
+    `.dvc/cache` (DVC's symlink checkout: followed) and its c1 image -> frame 0's c2 image (inside: followed).
+    Returns (capture, the private file)."""
+    cap = root / "data" / "capture"
+    shutil.copytree(data.capture, cap)
+    seq = cap / SUBJECT / SEQUENCE
+    secret = root.parent / "secret.txt"
+    secret.write_bytes(b"root:x:0:0:private\n")
+    (seq / "00000/c0.png").unlink()
+    os.symlink(secret, seq / "00000/c0.png")
+    cached = root / ".dvc/cache/files/md5/ab/cdef0123"
+    cached.parent.mkdir(parents=True)
+    (seq / "00002/c0.png").rename(cached)
+    os.symlink(cached, seq / "00002/c0.png")
+    (seq / "00002/c1.png").unlink()
+    os.symlink("../00000/c2.png", seq / "00002/c1.png")
+    return cap, secret
+
+
+def exported_bytes(out) -> list[bytes]:
+    return [p.read_bytes() for p in out.rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("fmt", ["vhap", "nerfstudio"])
+def test_a_capture_file_linked_from_outside_is_not_exported(data, tmp_path, capsys, fmt):
+    """Regression (security): a hand-made capture whose image is a symbolic link to a file elsewhere on the machine
+    (/etc/passwd, a private picture) had that file's bytes copied into the export. The frame is now skipped with a
+    warning naming the file, as the importers do (captures.follow_symlinks); links inside the capture and into the
+    DVC cache of the repository holding it are followed; follow_symlinks exports the outside file too."""
+    cap, secret = linked_capture(data, tmp_path / "repo")
+    export = export_vhap if fmt == "vhap" else export_nerfstudio
+    s = export(cap, data.fits, tmp_path / "out")
+    assert secret.read_bytes() not in exported_bytes(tmp_path / "out")
+    skipped = s["sequences"][0]["skipped"]
+    assert [d["frame"] for d in skipped] == [0, DIVERGED]
+    link = cap / SUBJECT / SEQUENCE / "00000" / "c0.png"
+    assert skipped[0]["reason"].startswith(f"{link}: a symbolic link to {secret}, outside the capture {cap}")
+    assert "--follow-symlinks" in skipped[0]["reason"]
+    err = capsys.readouterr().err
+    assert err == f"warning: {skipped[0]['reason']}\n", err
+    # frame 2 is exported, its links into the capture and the repository's DVC cache followed
+    seq = cap / SUBJECT / SEQUENCE
+    got = exported_bytes(tmp_path / "out")
+    assert (seq / "00002/c0.png").read_bytes() in got and (seq / "00000/c2.png").read_bytes() in got
+    assert (s["timesteps"] if fmt == "vhap" else s["scenes"]) == 1
+    # opted in: the outside file is exported as the link says
+    s = export(cap, data.fits, tmp_path / "out2", follow_symlinks=True)
+    assert s["follow_symlinks"] and [d["frame"] for d in s["sequences"][0]["skipped"]] == [DIVERGED]
+    assert secret.read_bytes() in exported_bytes(tmp_path / "out2")
+
+
+def test_a_link_into_another_repositorys_dvc_cache_is_not_exported(data, tmp_path):
+    """Only the DVC cache of a repository holding the capture is DVC's checkout; another one's is somebody's data."""
+    cap, _ = linked_capture(data, tmp_path / "repo")
+    other = tmp_path / "other" / ".dvc/cache/files/md5/12/3456"
+    other.parent.mkdir(parents=True)
+    mask = cap / SUBJECT / SEQUENCE / "00002/masks/c1.png"
+    mask.rename(other)
+    os.symlink(other, mask)
+    s = export_nerfstudio(cap, data.fits, tmp_path / "out")
+    assert s["scenes"] == 0 and [d["frame"] for d in s["sequences"][0]["skipped"]] == [0, DIVERGED, 2]
+    assert s["sequences"][0]["skipped"][2]["reason"].startswith(f"{mask}: a symbolic link to {other}, outside")

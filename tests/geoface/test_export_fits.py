@@ -3,6 +3,8 @@ the same library calls as flame_fitting.formats.export_*, every option in --help
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -26,7 +28,7 @@ def test_help_documents_every_option(capsys):
     rc, out, _ = cli(capsys, "export", "fits", "--help")
     assert rc == 0 and "geoface export fits" in out
     for opt in ("CAPTURE", "FITS", "--format", "{vhap,nerfstudio}", "--out", "--cameras", "--n-shape", "--n-expr",
-                "--train-ratio", "--val-camera", "--force"):
+                "--train-ratio", "--val-camera", "--follow-symlinks", "--force"):
         assert opt in out, opt
     rc, out, _ = cli(capsys, "export", "--help")
     assert rc == 0 and "geoface export fits --format vhap|nerfstudio CAPTURE FITS --out DIR" in " ".join(out.split())
@@ -74,3 +76,34 @@ def test_vhap_options_are_refused_for_nerfstudio(capsys, data, tmp_path):
     rc, _, err = cli(capsys, "export", "fits", "--format", "nerfstudio", data.capture, data.fits,
                      "--out", tmp_path / "o", "--n-shape", "300")
     assert rc == 2 and "--n-shape: only for --format vhap" in err
+
+
+@pytest.mark.parametrize("fmt", ["vhap", "nerfstudio"])
+def test_a_frame_linked_from_outside_the_capture_is_skipped_with_one_warning(capsys, data, tmp_path, fmt):
+    """Regression (security): an image that is a symbolic link out of the capture was copied into the export."""
+    cap = tmp_path / "capture"
+    shutil.copytree(data.capture, cap)
+    (tmp_path / "private.txt").write_text("private\n")
+    link = cap / SUBJECT / SEQUENCE / "00000" / "c0.png"
+    link.unlink()
+    os.symlink(tmp_path / "private.txt", link)
+    rc, out, err = cli(capsys, "export", "fits", "--format", fmt, cap, data.fits, "--out", tmp_path / "o")
+    assert rc == 0 and err.count("\n") == 1 and err.startswith(f"warning: {link}: a symbolic link to "), err
+    assert "--follow-symlinks" in err and json.loads(out)["sequences"][0]["skipped"][0]["frame"] == 0
+    assert not any(p.read_bytes() == b"private\n" for p in (tmp_path / "o").rglob("*") if p.is_file())
+    rc, out, err = cli(capsys, "export", "fits", "--format", fmt, cap, data.fits, "--out", tmp_path / "o2",
+                       "--follow-symlinks")
+    assert rc == 0 and err == "" and json.loads(out)["follow_symlinks"] is True
+    assert any(p.read_bytes() == b"private\n" for p in (tmp_path / "o2").rglob("*") if p.is_file())
+
+
+def test_a_mask_that_is_a_symlink_loop_is_one_line(capsys, data, tmp_path):
+    """The link check must not turn a link loop into a traceback (Path.resolve raises RuntimeError on Python 3.11)."""
+    cap = tmp_path / "capture"
+    shutil.copytree(data.capture, cap)
+    masks = cap / SUBJECT / SEQUENCE / "00000" / "masks"
+    (masks / "c1.png").unlink()
+    os.symlink("x", masks / "c1.png")
+    os.symlink("c1.png", masks / "x")
+    rc, _, err = cli(capsys, "export", "fits", "--format", "nerfstudio", cap, data.fits, "--out", tmp_path / "o")
+    assert rc == 2 and err.count("\n") == 1 and f"{masks / 'c1.png'}: Too many levels of symbolic links" in err, err

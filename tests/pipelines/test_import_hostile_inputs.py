@@ -13,6 +13,7 @@ import sys
 import zlib
 from pathlib import Path
 
+import cv2
 import h5py
 import numpy as np
 import pandas as pd
@@ -21,6 +22,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from writers import (Scene, make_cameras, write_folder, write_nersemble, write_png, write_renderme360,  # noqa: E402
                      write_transforms, W, H)
+from flame_fitting.core.fileio import MAX_IMAGE_PIXELS  # noqa: E402
 
 from flame_fitting.formats.capture import CaptureError  # noqa: E402
 from pipelines.import_config import ImportConfig  # noqa: E402
@@ -60,6 +62,21 @@ def test_an_image_symlinked_from_outside_the_source_is_not_copied(tmp_path, scen
     # links of your own: captures.follow_symlinks reads them
     import_capture("folder", src, tmp_path / "cap2", ImportConfig(follow_symlinks=True))
     assert pd.read_parquet(tmp_path / "cap2/manifest.parquet").camera.tolist() == ["cam0", "cam1"]
+
+
+def test_only_the_dvc_cache_of_the_repository_holding_the_source_is_read(tmp_path, scene):
+    """DVC's symlink checkout links into `.dvc/cache` of the repository holding the data: read. A link into another
+    repository's cache (anything under some `.dvc/cache` was read before) is a file from elsewhere: refused."""
+    src = write_folder(tmp_path / "repo" / "raw", scene, nested=False)
+    for cam, repo in (("cam0", tmp_path / "repo"), ("cam1", tmp_path / "other")):
+        cached = repo / ".dvc/cache/files/md5/ab" / cam
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        (src / f"{cam}.png").rename(cached)
+        os.symlink(cached, src / f"{cam}.png")
+    import_capture("folder", src, tmp_path / "cap", ImportConfig())
+    assert pd.read_parquet(tmp_path / "cap/manifest.parquet").camera.tolist() == ["cam0"]
+    (s,) = skipped(tmp_path / "cap")
+    assert "cam1.png" in s["item"] and s["reason"].startswith(f"a symbolic link to {tmp_path / 'other'}/.dvc/cache/")
 
 
 def test_transforms_mask_path_cannot_leave_the_source(tmp_path, scene):
@@ -213,3 +230,80 @@ def test_a_manifest_declaring_millions_of_rows_in_a_few_kb_is_refused(tmp_path, 
     assert main(["diff-captures", str(tmp_path / "cap0"), str(tmp_path / "cap")]) == 2
     err = capsys.readouterr().err
     assert "manifest.parquet: declares 1000001 rows" in err and len(err.strip().splitlines()) == 1, err
+
+
+# --- videos declaring huge frames (NeRSemble's images/ and alpha_maps/ cam_<serial>.mp4) ----------------------------
+BIG = (13000, 10400)  # 135 MP > MAX_IMAGE_PIXELS, W:H as the test cameras' 200:160, so the reader would scale K to it
+
+
+def riff(cid: bytes, data: bytes) -> bytes:
+    return cid + struct.pack("<I", len(data)) + data + b"\0" * (len(data) % 2)
+
+
+def mjpeg_avi(path: Path, sizes: list[tuple[int, int]]) -> None:
+    """An MJPG AVI, one frame per (width, height) of `sizes`: a 16×16 JPEG whose header is patched to that size,
+    padded with comment segments (FFmpeg refuses a JPEG far smaller than its size; ~0.5 MB here). The container
+    declares the first size. Before the fix, the NeRSemble reader decoded such frames: 2.6–3.1 GB for 15000×12000
+    from a 1.4 MB file, and stored a 180 MP image."""
+    frames = []
+    for w, h in sizes:
+        jpg = bytearray(cv2.imencode(".jpg", np.full((16, 16, 3), 128, np.uint8))[1].tobytes())
+        struct.pack_into(">HH", jpg, jpg.index(b"\xff\xc0") + 5, h, w)
+        pad = ((w + 7) // 8) * ((h + 7) // 8) // 4 + 1024
+        com = (b"\xff\xfe" + struct.pack(">H", 65535) + bytes(65533)) * (pad // 65537 + 1)
+        frames.append(bytes(jpg[:2]) + com + bytes(jpg[2:]))
+    (w, h), n, big = sizes[0], len(frames), max(map(len, frames))
+    avih = struct.pack("<14I", 100000, big, 0, 0x10, n, 0, 1, big, w, h, 0, 0, 0, 0)
+    strh = struct.pack("<4s4sIHHIIIIIIIIhhhh", b"vids", b"MJPG", 0, 0, 0, 0, 1, 10, 0, n, big, 0xFFFFFFFF, 0, 0, 0,
+                       min(w, 32767), min(h, 32767))
+    strf = struct.pack("<IiiHH4sIiiII", 40, w, h, 1, 24, b"MJPG", 0, 0, 0, 0, 0)
+    hdrl = riff(b"LIST", b"hdrl" + riff(b"avih", avih) + riff(b"LIST", b"strl" + riff(b"strh", strh) + riff(b"strf", strf)))
+    movi, idx, off = b"", b"", 4
+    for f in frames:
+        idx += b"00dc" + struct.pack("<III", 0x10, off, len(f))
+        movi += riff(b"00dc", f)
+        off += len(riff(b"00dc", f))
+    body = b"AVI " + hdrl + riff(b"LIST", b"movi" + movi) + riff(b"idx1", idx)
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+
+
+def nersemble_videos(root: Path):
+    """The benchmark layout (images/ and alpha_maps/ cam_<serial>.mp4, size keys), two cameras, frames 0 and 1."""
+    scene = Scene({f"2222000{i}": c for i, c in enumerate(make_cameras(2).values())})
+    write_nersemble(root, scene, pid="388", seq="GLASSES", frames=[0, 1], per_serial_intrinsics=True, alpha=True)
+    return root / "388/sequences/GLASSES"
+
+
+@pytest.mark.parametrize("folder", ["images", "alpha_maps"])
+def test_a_video_declaring_huge_frames_skips_its_camera_before_decoding(tmp_path, folder):
+    seq = nersemble_videos(tmp_path / "nvs")
+    video = seq / folder / "cam_22220000.mp4"
+    mjpeg_avi(video, [BIG, BIG])
+    assert video.stat().st_size < 2_000_000 and cv2.VideoCapture(str(video)).get(cv2.CAP_PROP_FRAME_WIDTH) == BIG[0]
+    report = import_capture("nersemble", tmp_path / "nvs", tmp_path / "cap", ImportConfig())
+    m = pd.read_parquet(tmp_path / "cap/manifest.parquet")
+    assert sorted(set(m.camera)) == ["22220001"] and (m.width == W).all()
+    (reason,) = [s["reason"] for s in report.skipped if "22220000" in s["item"]]
+    assert reason == (f"{video}: the video declares {BIG[0]}×{BIG[1]} pixels per frame, more than a capture's image "
+                      f"holds ({MAX_IMAGE_PIXELS} pixels); a damaged or hostile file")
+
+
+
+def test_video_frames_refuses_a_video_declaring_huge_frames_before_decoding(tmp_path):
+    from pipelines.nersemble_layouts import video_frames
+
+    class Imp:
+        def __init__(self):
+            self.skipped = []
+
+        def rel(self, p):
+            return Path(p).name
+
+        def skip(self, item, reason):
+            self.skipped.append((item, reason))
+
+    mjpeg_avi(tmp_path / "cam_0.mp4", [BIG])
+    imp = Imp()
+    assert list(video_frames(imp, tmp_path / "cam_0.mp4", [0])) == []
+    assert imp.skipped == [("cam_0.mp4", f"the video declares {BIG[0]}×{BIG[1]} pixels per frame, more than a capture's "
+                                         f"image holds ({MAX_IMAGE_PIXELS} pixels); a damaged or hostile file")]
