@@ -1,13 +1,15 @@
 """In-the-wild generation (`geoface generate PHOTO --views N --out DIR`): one photo -> N views on an orbit around
 the head, the head mesh, cameras and a contact sheet.
 
-Steps (`generate_from_photo`): read the photo (refused: missing file, not a decodable image; longest side above
-`max_side` px is downscaled, noted) -> MediaPipe face detection (full-range model); no face is an error, several
-faces are noted and the largest is used -> MediaPipe FaceMesh (478 landmarks) on a square around that face; a
-face under `MIN_FACE_PX` px tall is refused -> camera of the photo in the head's canonical frame
-(`orbit.estimate_photo_camera`: assumed 50 mm-equivalent focal length, PnP + single-view head fit) -> square
-crop around the head at the model resolution (`orbit.head_crop`) -> N target cameras on an orbit
-(`orbit.orbit_cameras`) -> `GeoFacePipeline` -> files.
+Steps (`generate_from_photo`): read the photo as a viewer shows it (`read_photo`: PIL; JPEG, PNG, WebP, TIFF, BMP,
+GIF; EXIF orientation applied, first frame of a multi-frame file, transparency composited over white, ICC profile
+not applied; refused in one line: missing, a folder, empty, not an image, truncated or damaged, a header declaring
+more than fileio.MAX_IMAGE_PIXELS; longest side above `max_side` px is downscaled, noted) -> MediaPipe face
+detection (full-range model); no face is an error, several faces are noted and the largest is used -> MediaPipe
+FaceMesh (478 landmarks) on a square around that face; a face under `MIN_FACE_PX` px tall is refused -> camera of
+the photo in the head's canonical frame (`orbit.estimate_photo_camera`: assumed 50 mm-equivalent focal length, PnP +
+single-view head fit) -> square crop around the head at the model resolution (`orbit.head_crop`) -> N target cameras
+on an orbit (`orbit.orbit_cameras`) -> `GeoFacePipeline` -> files.
 
 Outputs in out_dir (written to a temporary sibling folder and renamed at the end, so a failure leaves nothing):
     reference.png          the crop the model saw (S×S)
@@ -26,19 +28,23 @@ models/geoface) with the `GeoFaceConfig` it was trained with (`cfg`, or geoface_
 from __future__ import annotations
 
 import json
+import struct
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from flame_fitting.core.errors import GeofaceError
 from flame_fitting.geometry.camera import Camera
 from flame_fitting.formats.capture import save_cameras
-from flame_fitting.core.fileio import check_output_dir, output_dir, read_image, read_json_object, write_obj, write_png
+from flame_fitting.core.fileio import (check_declared_size, check_output_dir, output_dir, read_json_object, write_obj,
+                                      write_png)
 from flame_fitting.head.head_model import load_head_model
 from flame_fitting.geometry.render import Lighting, render_mesh
 from flame_fitting.uv import UVLayout
@@ -67,18 +73,66 @@ class PhotoFace:
     notes: list[str] = field(default_factory=list)
 
 
+def _upright_rgb(im: Image.Image, path, notes: list[str]) -> np.ndarray:
+    """A loaded PIL image -> (H, W, 3|4) uint8 RGB[A] turned upright by its EXIF orientation (4 channels when it
+    carries transparency); notes what it turned."""
+    try:
+        turn = im.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # noqa: BLE001 - PIL raises many types on a damaged EXIF block; the pixels are still good
+        turn = None
+        notes.append("its EXIF block is unreadable: no orientation applied")
+    if turn in range(2, 9):
+        im = ImageOps.exif_transpose(im)
+        notes.append(f"turned upright by its EXIF orientation ({turn})")
+    if im.mode.startswith("I;16"):  # 16-bit grey (PNG, TIFF): PIL's own conversion would clip at 255
+        im = Image.fromarray((np.asarray(im, np.float32) / 257.0 + 0.5).astype(np.uint8))
+    try:
+        if im.mode in ("I", "F"):
+            raise ValueError("32-bit pixels")
+        return np.asarray(im.convert("RGBA" if im.has_transparency_data else "RGB"))
+    except ValueError as e:
+        raise GenerateError(f"{path}: unsupported pixel format {im.mode} ({e}); save the photo as an 8- or 16-bit "
+                            "JPEG or PNG") from None
+
+
 def read_photo(path: Path | str, max_side: int = MAX_SIDE) -> tuple[np.ndarray, list[str], tuple[int, int]]:
-    """-> RGB uint8 (longest side <= max_side), notes, original (width, height). A photo with an alpha channel (a
-    portrait cut out of its background) is composited over white, as single-image-to-3D tools do: the colour of a
-    transparent pixel is whatever the cutting tool left there (often black)."""
-    img = read_image(path, error=GenerateError)
-    h, w = img.shape[:2]
+    """-> RGB uint8 (longest side <= max_side), notes, (width, height) as shown. Read with PIL, as a photo viewer
+    shows it: turned upright by its EXIF orientation (phones store portraits sideways with Orientation 6 or 8), the
+    first frame of a multi-frame file (GIF, TIFF, WebP animation; noted), 16-bit scaled to 8, grey / palette / CMYK
+    converted to RGB; an embedded ICC profile is not applied. A photo with transparency (a portrait cut out of its
+    background; RGBA, LA, a palette with a transparent entry) is composited over white, as single-image-to-3D tools
+    do: the colour of a transparent pixel is whatever the cutting tool left there (often black). A missing path, a
+    folder, a header declaring more than fileio.MAX_IMAGE_PIXELS, a file PIL cannot identify, or a truncated or
+    damaged file raises one GenerateError naming the file."""
+    p = Path(path)
+    if not p.exists():
+        raise GenerateError(f"{path}: image file is missing")
+    if not p.is_file():
+        raise GenerateError(f"{path}: is {'a folder' if p.is_dir() else 'not a regular file'}, not an image file")
+    if p.stat().st_size == 0:
+        raise GenerateError(f"{path}: the file is empty (0 bytes)")
+    check_declared_size(p, path, GenerateError)  # before any pixel is decoded
     notes = []
-    alpha = read_image(path, with_alpha=True, error=GenerateError)[1]
-    if alpha is not None and alpha.shape == (h, w) and (alpha < 255).any():
+    try:
+        with warnings.catch_warnings():  # PIL's own bomb warning: sizes up to MAX_IMAGE_PIXELS are accepted above
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(p) as im:
+                if getattr(im, "n_frames", 1) > 1 and im.format != "MPO":  # MPO: a phone JPEG + its extra pictures
+                    notes.append(f"{im.n_frames} frames ({im.format}); using the first")
+                im.load()
+                rgba = _upright_rgb(im, path, notes)
+    except UnidentifiedImageError:
+        raise GenerateError(f"{path}: not a readable image (JPEG, PNG, WebP, TIFF, BMP or GIF; an iPhone HEIC photo: "
+                            "export it as JPEG)") from None
+    except (OSError, SyntaxError, EOFError, struct.error) as e:  # PIL's errors on damaged pixel data
+        raise GenerateError(f"{path}: truncated or damaged image ({e})") from None
+    img, alpha = rgba[..., :3], (rgba[..., 3] if rgba.shape[2] == 4 else None)
+    h, w = img.shape[:2]
+    if alpha is not None and (alpha < 255).any():
         a = alpha[..., None].astype(np.float32) / 255.0
         img = (img * a + 255.0 * (1.0 - a) + 0.5).astype(np.uint8)
         notes.append(f"composited over white: {float((alpha < 255).mean()):.0%} of the photo is (partly) transparent")
+    img = np.ascontiguousarray(img)
     if max(h, w) > max_side:
         s = max_side / max(h, w)
         img = cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)

@@ -23,6 +23,7 @@ import re
 import shutil
 import socket
 import uuid
+import warnings
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -254,8 +255,10 @@ def _declared_size(path: Path | str) -> tuple[int, int] | None:
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
-            return int(im.size[0]), int(im.size[1])
+        with warnings.catch_warnings():  # PIL warns above 89 MP: the caller compares with MAX_IMAGE_PIXELS instead
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return int(im.size[0]), int(im.size[1])
     except Image.DecompressionBombError:
         return 1 << 31, 1
     except Exception:  # noqa: BLE001 - PIL raises many types on corrupt headers

@@ -1,13 +1,20 @@
 """In-the-wild generation: the photo camera estimate recovers a known camera, orbit / crop geometry, and
 `generate_from_photo` on matplotlib's grace_hopper.jpg with a tiny random model (2 views, 2 steps) writes every
-output, while refusing non-images, faceless images, tiny faces and a non-empty output folder, writing nothing."""
+output, while refusing non-images, faceless images, tiny faces and a non-empty output folder, writing nothing; the
+photo is read as a viewer shows it (EXIF orientation, first frame, every pixel format) and a damaged file is refused
+in one line."""
 import json
+import struct
+import warnings
+import zlib
+from pathlib import Path
 
 import cv2
 import matplotlib.cbook as cbook
 import numpy as np
 import pytest
 import torch
+from PIL import ExifTags, Image
 
 from flame_fitting.geometry.camera import Camera, look_at
 from flame_fitting.formats.capture import load_cameras
@@ -167,3 +174,124 @@ def test_transparent_photo_is_composited_over_white(tmp_path):
     np.testing.assert_array_equal(img, rgb)
     assert not any("composited" in n for n in notes)
 
+
+
+def _upright() -> np.ndarray:
+    return np.asarray(Image.open(PHOTO).convert("RGB"))
+
+
+def _close(img: np.ndarray, ref: np.ndarray, tol: float = 2.0) -> bool:
+    """Same shape and a mean |difference| of a JPEG/WebP re-encode (a sideways image differs by ~50)."""
+    return img.shape == ref.shape and float(np.abs(img.astype(float) - ref).mean()) < tol
+
+
+@pytest.mark.parametrize("ext,orientation", [("jpg", 6), ("jpg", 8), ("png", 6), ("webp", 6), ("webp", 8)])
+def test_phone_photo_stored_sideways_is_read_upright(tmp_path, ext, orientation):
+    """A phone portrait: pixels stored rotated, EXIF Orientation 6 / 8 says how to show them; read as every viewer
+    shows it (OpenCV applied it to JPEG and PNG only: a WebP came out sideways and its face was not found)."""
+    up = Image.fromarray(_upright())
+    stored = up.transpose(Image.Transpose.ROTATE_90 if orientation == 6 else Image.Transpose.ROTATE_270)
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = orientation
+    stored.save(tmp_path / f"phone.{ext}", exif=exif, **({} if ext == "png" else {"quality": 95}))
+    img, notes, size = read_photo(tmp_path / f"phone.{ext}")
+    assert size == up.size and _close(img, _upright())
+    assert f"turned upright by its EXIF orientation ({orientation})" in notes
+
+
+def test_sideways_cut_out_keeps_its_transparency(tmp_path):
+    """An RGBA PNG stored sideways (Orientation 6): the alpha turns with the colour (it was dropped, the cut-out's
+    black background kept, when OpenCV turned the colour but not the alpha)."""
+    rgb = _upright()
+    alpha = np.full(rgb.shape[:2], 255, np.uint8)
+    alpha[:, :100] = 0
+    rgba = Image.fromarray(np.dstack([np.where(alpha[..., None] == 0, 0, rgb), alpha]))
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    rgba.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "cut.png", exif=exif)
+    img, notes, _ = read_photo(tmp_path / "cut.png")
+    assert (img[:, :100] == 255).all()
+    np.testing.assert_array_equal(img[:, 100:], rgb[:, 100:])
+    assert any("composited over white" in n for n in notes)
+
+
+def test_multi_frame_file_uses_its_first_frame(tmp_path):
+    """An animated GIF (OpenCV refused it: 'not a readable image') and a two-page TIFF: the first frame, noted."""
+    other = Image.new("RGB", (512, 600), (0, 128, 255))
+    Image.fromarray(_upright()).save(tmp_path / "anim.gif", save_all=True, append_images=[other], duration=100)
+    Image.fromarray(_upright()).save(tmp_path / "pages.tiff", save_all=True, append_images=[other])
+    for name, fmt, tol in (("anim.gif", "GIF", 4.0), ("pages.tiff", "TIFF", 0.5)):
+        img, notes, _ = read_photo(tmp_path / name)
+        assert _close(img, _upright(), tol) and f"2 frames ({fmt}); using the first" in notes
+
+
+@pytest.mark.parametrize("mode", ["L", "I;16", "LA", "P", "CMYK", "RGB16"])
+def test_grey_palette_16_bit_and_cmyk_photos(tmp_path, mode):
+    """Every pixel format a photo comes in is read as RGB uint8 (16-bit scaled, not clipped; a palette's transparent
+    entry and LA's alpha composited over white)."""
+    rgb = _upright()
+    grey = np.asarray(Image.fromarray(rgb).convert("L"))
+    clear = np.zeros(rgb.shape[:2], bool)
+    clear[:, :60] = True
+    if mode == "RGB16":
+        cv2.imwrite(str(tmp_path / "p.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR).astype(np.uint16) * 257)
+        want = rgb
+    elif mode == "I;16":
+        Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "p.png")
+        want = np.dstack([grey] * 3)
+    elif mode == "LA":
+        Image.fromarray(np.dstack([grey, np.where(clear, 0, 255).astype(np.uint8)]), "LA").save(tmp_path / "p.png")
+        want = np.where(clear[..., None], 255, np.dstack([grey] * 3))
+    elif mode == "P":
+        p = Image.fromarray(rgb).quantize(255)
+        idx = np.where(clear, 255, np.asarray(p)).astype(np.uint8)
+        q = Image.fromarray(idx, "P")
+        q.putpalette(p.getpalette()[:255 * 3] + [0, 0, 0])
+        q.save(tmp_path / "p.png", transparency=255)
+        want = np.where(clear[..., None], 255, np.asarray(p.convert("RGB")))
+    elif mode == "CMYK":
+        Image.fromarray(rgb).convert("CMYK").save(tmp_path / "p.png", "JPEG", quality=95)  # content decides, not name
+        want = rgb
+    else:
+        Image.fromarray(grey).save(tmp_path / "p.png")
+        want = np.dstack([grey] * 3)
+    img, _, _ = read_photo(tmp_path / "p.png")
+    assert img.dtype == np.uint8 and _close(img, want, 1.0 if mode != "CMYK" else 2.0)
+
+
+def test_refuses_damaged_files_in_one_line(env, tmp_path):
+    """A truncated JPEG (OpenCV decoded it with the missing part grey, and generate ran on it), an empty file and a
+    folder (said to be 'missing') are refused naming the file; a header declaring a huge image is refused without
+    PIL's DecompressionBombWarning on stderr."""
+    raw = Path(PHOTO).read_bytes()
+    (tmp_path / "cut short.jpg").write_bytes(raw[:len(raw) * 6 // 10])
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "photo_dir.jpg").mkdir()
+    _refused(env, tmp_path, tmp_path / "cut short.jpg", r"cut short.jpg: truncated or damaged image \(image file is "
+                                                         r"truncated")
+    _refused(env, tmp_path, tmp_path / "empty.jpg", r"empty.jpg: the file is empty \(0 bytes\)")
+    _refused(env, tmp_path, tmp_path / "photo_dir.jpg", "photo_dir.jpg: is a folder, not an image file")
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", 12000, 12000, 8, 2, 0, 0, 0))  # 432 MB of RGB once decoded
+    (tmp_path / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                                        + chunk(b"IEND", b""))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _refused(env, tmp_path, tmp_path / "bomb.png", r"bomb.png: the image declares 12000×12000 pixels")
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+def test_generate_from_a_sideways_webp(env, tmp_path):
+    """End to end: a phone WebP stored sideways (OpenCV: 'no face found') gives the upright face's report."""
+    root, _ = env
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    Image.fromarray(_upright()).transpose(Image.Transpose.ROTATE_90).save(tmp_path / "phone photo ü.webp",
+                                                                          quality=95, exif=exif)
+    rep = generate_from_photo(tmp_path / "phone photo ü.webp", root / "model", 1, tmp_path / "out",
+                              head_model_dir=root / "head", num_inference_steps=1, max_side=400, progress=False)
+    assert rep["photo_size"] == [512, 600] and rep["used_size"] == [341, 400] and rep["faces_found"] == 1
+    assert "turned upright by its EXIF orientation (6)" in rep["notes"]
+    ref = load_cameras(tmp_path / "out" / "cameras.json")["reference"]
+    assert abs(_yaw_deg(ref.center, np.array(rep["camera"]["head_centre"]))) < 25  # the frontal portrait, upright
