@@ -36,6 +36,7 @@ except ImportError:  # pragma: no cover - the dev environment has it
     h5py = None
 
 from flame_fitting.core.fileio import check_declared_size
+from flame_fitting.core.jpeg_end import jpeg_cut_short
 from flame_fitting.geometry.camera import CameraError, check_rigid
 from flame_fitting.formats.capture import CaptureError
 from pipelines.common import CaptureImport
@@ -119,7 +120,10 @@ def decode(data, path: Path, key: str, flags: int) -> np.ndarray:
         buf = np.asarray(data[()], dtype=np.uint8).reshape(-1)
     except (OSError, KeyError, ValueError, TypeError) as e:
         raise CaptureError(f"{path} [{key}]: unreadable dataset ({e})") from None
-    check_declared_size(io.BytesIO(buf.tobytes()), f"{path} [{key}]", CaptureError)
+    data = buf.tobytes()
+    check_declared_size(io.BytesIO(data), f"{path} [{key}]", CaptureError)
+    if jpeg_cut_short(data):
+        raise CaptureError(f"{path} [{key}]: truncated JPEG (its data end before the end-of-image marker)")
     img = cv2.imdecode(buf, flags)
     if img is None:
         raise CaptureError(f"{path} [{key}]: not an encoded image")

@@ -33,6 +33,7 @@ import cv2
 import numpy as np
 
 from flame_fitting.core.errors import GeofaceError
+from flame_fitting.core.jpeg_end import jpeg_cut_short
 
 TMP_TAG = ".geoface-tmp-"
 MARKER = ".geoface-output.json"
@@ -200,10 +201,13 @@ def read_json_object(path: Path | str, error: type[Exception] = OutputError) -> 
 
 def read_image(path: Path | str, with_alpha: bool = False, error: type[Exception] = OutputError):
     """(H, W, 3) uint8 RGB of any 8/16-bit grey/RGB/RGBA file OpenCV reads (16-bit scaled to 8), plus the
-    (H, W) uint8 alpha or None when `with_alpha`. A missing or unreadable file raises `error` naming it."""
+    (H, W) uint8 alpha or None when `with_alpha`. A missing, unreadable or truncated (JPEG: `jpeg_end`) file raises
+    `error` naming it."""
     if not Path(path).is_file():
         raise error(f"{path}: image file is missing")
     check_declared_size(path, path, error)
+    if jpeg_cut_short(path):  # OpenCV would fill the missing rows with grey and say nothing
+        raise error(f"{path}: truncated JPEG (its data end before the end-of-image marker; an interrupted copy?)")
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED if with_alpha else cv2.IMREAD_COLOR)
     if img is None:
         raise error(f"{path}: not a readable image")

@@ -91,3 +91,17 @@ def test_cameras_in_other_units_than_metres_are_refused(tmp_path):
     from flame_fitting.formats.capture import load_cameras
     with pytest.raises(CaptureError, match="units must be 'm'"):
         load_cameras(cj)
+
+
+def test_truncated_jpeg_is_skipped(tmp_path):
+    """A JPEG cut short (OpenCV decodes it with grey rows and no error) is a skipped frame, not a grey one."""
+    scene = Scene(make_cameras(3))
+    write_folder(tmp_path / "in", scene, nested=False)
+    ok, enc = cv2.imencode(".jpg", cv2.cvtColor(scene.image("cam1", 0), cv2.COLOR_RGB2BGR))
+    (tmp_path / "in/cam1.png").unlink()
+    (tmp_path / "in/cam1.jpg").write_bytes(enc.tobytes()[:len(enc) // 2])
+    report = import_capture(tmp_path / "in", tmp_path / "cap", ImportConfig())
+    assert report.n_images == 2
+    assert [s["item"] for s in report.skipped] == ["cam1.jpg"] and "truncated JPEG" in report.skipped[0]["reason"]
+    (tmp_path / "in/cam1.jpg").write_bytes(enc.tobytes())  # the whole file imports
+    assert import_capture(tmp_path / "in", tmp_path / "cap2", ImportConfig()).n_images == 3
