@@ -235,14 +235,14 @@ def check_declared_size(src, what, error: type[Exception] = OutputError) -> None
 
 
 def check_pixel_count(size: tuple[int, int] | None, what, error: type[Exception] = OutputError,
-                      kind: str = "image") -> None:
+                      kind: str = "image", limit: int = MAX_IMAGE_PIXELS, holder: str = "a capture's image") -> None:
     """`error` naming `what` when `size` (width, height), what a file's header declares for its image (or a video's
-    frames, `kind="video"`), is beyond MAX_IMAGE_PIXELS; None (no size known) passes."""
-    if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
+    frames, `kind="video"`), is beyond `limit` pixels, more than `holder` holds; None (no size known) passes."""
+    if size is not None and size[0] * size[1] > limit:
         shown = "over 178 million" if size[0] == 1 << 31 else f"{size[0]}×{size[1]}"
         per = " per frame" if kind == "video" else ""
-        raise error(f"{what}: the {kind} declares {shown} pixels{per}, more than a capture's image holds "
-                    f"({MAX_IMAGE_PIXELS} pixels); a damaged or hostile file")
+        raise error(f"{what}: the {kind} declares {shown} pixels{per}, more than {holder} holds "
+                    f"({limit} pixels); a damaged or hostile file")
 
 
 def read_mask(path: Path | str, flags: int = cv2.IMREAD_GRAYSCALE, error: type[Exception] = OutputError):

@@ -173,8 +173,9 @@ def register(sub, chosen) -> None:
     p = command(sub, "generate", "views + geometry from one face photo with a trained model", generate,
                 force="replace --out if an earlier geoface run wrote it")
     p.add_argument("photo", metavar="PHOTO", help="face photo (JPEG, PNG, WebP, TIFF, BMP, GIF; read as a viewer "
-                   "shows it: EXIF orientation applied, first frame, transparency over white; HEIC: export as JPEG); "
-                   "the face is found, cropped and aligned")
+                   "shows it: EXIF orientation applied, first frame, ICC profile (Display P3, CMYK, grey) converted to "
+                   "sRGB, transparency over white; a JPEG up to 537 MP, other formats up to 134 MP; HEIC: export as "
+                   "JPEG); the face is found, cropped and aligned")
     p.add_argument("--views", type=int, default=8, help="number of views generated on a yaw orbit (default 8)")
     p.add_argument("--out", required=True, help="folder to write: views/, contact sheet, cameras.json, UV map, mesh")
     p.add_argument("--model", default="models/geoface", help="trained transformer or pipeline folder (default: "

@@ -1,10 +1,12 @@
 """In-the-wild generation: the photo camera estimate recovers a known camera, orbit / crop geometry, and
 `generate_from_photo` on matplotlib's grace_hopper.jpg with a tiny random model (2 views, 2 steps) writes every
 output, while refusing non-images, faceless images, tiny faces and a non-empty output folder, writing nothing; the
-photo is read as a viewer shows it (EXIF orientation, first frame, every pixel format) and a damaged file is refused
-in one line."""
+photo is read as a viewer shows it (EXIF orientation, first frame, every pixel format, its ICC profile converted to
+sRGB, a 200 MP JPEG decoded at reduced scale) and a damaged file is refused in one line."""
+import io
 import json
 import struct
+import time
 import warnings
 import zlib
 from pathlib import Path
@@ -14,7 +16,7 @@ import matplotlib.cbook as cbook
 import numpy as np
 import pytest
 import torch
-from PIL import ExifTags, Image
+from PIL import ExifTags, Image, ImageCms
 
 from flame_fitting.geometry.camera import Camera, look_at
 from flame_fitting.formats.capture import load_cameras
@@ -23,6 +25,7 @@ from flame_fitting.head.head_model import load_head_model
 from flame_fitting.head.standin import build_standin
 from flame_fitting.uv import UVLayout
 from geoface_model.config import tiny
+from geoface_model import generate
 from geoface_model.generate import GenerateError, generate_from_photo, read_photo
 from geoface_model.model import GeoFaceTransformer, model_kwargs
 from geoface_model.orbit import assumed_intrinsics, crop_view, estimate_photo_camera, head_crop, orbit_cameras
@@ -278,7 +281,8 @@ def test_refuses_damaged_files_in_one_line(env, tmp_path):
                                         + chunk(b"IEND", b""))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        _refused(env, tmp_path, tmp_path / "bomb.png", r"bomb.png: the image declares 12000×12000 pixels")
+        _refused(env, tmp_path, tmp_path / "bomb.png", r"bomb.png: the photo declares 12000×12000 pixels; a PNG photo "
+                                                       r"is read up to 134217728 pixels \(a JPEG up to 536870912")
     assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
 
 
@@ -295,3 +299,212 @@ def test_generate_from_a_sideways_webp(env, tmp_path):
     assert "turned upright by its EXIF orientation (6)" in rep["notes"]
     ref = load_cameras(tmp_path / "out" / "cameras.json")["reference"]
     assert abs(_yaw_deg(ref.center, np.array(rep["camera"]["head_centre"]))) < 25  # the frontal portrait, upright
+
+
+# ---- ICC profiles: hand-written v2 profiles (tests build their own data) ----
+
+D50 = (0.9642, 1.0, 0.8249)
+
+
+def _s15(x: float) -> bytes:
+    return struct.pack(">i", round(x * 65536))
+
+
+def _xyz(v) -> bytes:
+    return b"XYZ " + bytes(4) + b"".join(_s15(c) for c in v)
+
+
+def _icc(device_class: bytes, space: bytes, tags: list[tuple[bytes, bytes]]) -> bytes:
+    """An ICC v2 profile (PCS XYZ, D50) with a description, a white point and `tags`."""
+    desc = b"test profile\0"
+    tags = [(b"desc", b"desc" + bytes(4) + struct.pack(">I", len(desc)) + desc + bytes(8 + 3 + 67)),
+            (b"wtpt", _xyz(D50))] + tags
+    off, table, body = 128 + 4 + 12 * len(tags), b"", b""
+    for sig, data in tags:
+        data += bytes(-len(data) % 4)
+        table += sig + struct.pack(">II", off + len(body), len(data))
+        body += data
+    header = (struct.pack(">I", off + len(body)) + b"lcms" + bytes([2, 0x10, 0, 0]) + device_class + space + b"XYZ "
+              + bytes(12) + b"acsp" + bytes(28) + b"".join(_s15(c) for c in D50) + bytes(48))
+    return header + struct.pack(">I", len(tags)) + table + body
+
+
+def _display_p3() -> bytes:
+    """Display P3 as Apple writes it: P3 primaries adapted to D50, the sRGB transfer curve (parametric type 3)."""
+    trc = b"para" + bytes(4) + struct.pack(">HH", 3, 0) + b"".join(
+        _s15(c) for c in (2.4, 1 / 1.055, 0.055 / 1.055, 1 / 12.92, 0.04045))
+    colorants = [(b"rXYZ", (0.5151, 0.2412, -0.0011)), (b"gXYZ", (0.2920, 0.6922, 0.0419)),
+                 (b"bXYZ", (0.1571, 0.0666, 0.7841))]
+    trcs = [(t, trc) for t in (b"rTRC", b"gTRC", b"bTRC")]
+    return _icc(b"mntr", b"RGB ", [(t, _xyz(v)) for t, v in colorants] + trcs)
+
+
+def _grey_gamma_18() -> bytes:
+    """Adobe's 'Gray Gamma 1.8' kind of grey profile."""
+    return _icc(b"mntr", b"GRAY", [(b"kTRC", b"curv" + bytes(4) + struct.pack(">IH", 1, round(1.8 * 256)) + bytes(2))])
+
+
+def _cmyk_profile() -> bytes:
+    """A CMYK printer profile whose A2B0 (lut16, 2 grid points) maps the ink corners to sRGB-primaries XYZ."""
+    m = np.array([[0.4361, 0.3851, 0.1431], [0.2225, 0.7169, 0.0606], [0.0139, 0.0971, 0.7141]])  # sRGB, D50
+    clut = b"".join(struct.pack(">3H", *np.minimum(65535, np.round(m @ ((1 - np.array([c, mg, y])) * (1 - k)) * 32768))
+                                .astype(int))
+                    for c in (0, 1) for mg in (0, 1) for y in (0, 1) for k in (0, 1))
+    ramp = struct.pack(">2H", 0, 65535)
+    lut = (b"mft2" + bytes(4) + bytes([4, 3, 2, 0]) + b"".join(_s15(v) for v in np.eye(3).ravel())
+           + struct.pack(">HH", 2, 2) + ramp * 4 + clut + ramp * 3)
+    return _icc(b"prtr", b"CMYK", [(b"A2B0", lut)])
+
+
+def _srgb_encode(x: np.ndarray) -> np.ndarray:
+    x = np.clip(x, 0, 1)
+    return 255 * np.where(x <= 0.0031308, 12.92 * x, 1.055 * x ** (1 / 2.4) - 0.055)
+
+
+def _srgb_decode(v: np.ndarray) -> np.ndarray:
+    v = v / 255.0
+    return np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)
+
+
+def _rgb_to_xyz(primaries) -> np.ndarray:
+    """(3, 3) linear RGB -> XYZ of primaries (x, y) with the D65 white."""
+    p = np.array([[x / y, 1, (1 - x - y) / y] for x, y in primaries]).T
+    return p * np.linalg.solve(p, np.array([0.3127 / 0.3290, 1, (1 - 0.3127 - 0.3290) / 0.3290]))
+
+
+P3_COLOURS = np.array([[255, 0, 0], [0, 255, 0], [200, 80, 60], [230, 180, 150], [40, 90, 200], [128, 128, 128],
+                       [255, 255, 255], [10, 10, 10]], np.uint8)
+
+
+def _patches(colours: np.ndarray, px: int = 16) -> np.ndarray:
+    """One px × px patch per colour, side by side (JPEG blocks never straddle two)."""
+    return np.repeat(np.repeat(colours[None], px, 0), px, 1)
+
+
+@pytest.mark.parametrize("ext", ["png", "jpg"])
+def test_display_p3_photo_reads_as_a_colour_managed_viewer_shows_it(tmp_path, ext):
+    """An iPhone photo is Display P3: its pixels read as sRGB were duller and shifted (P3 (200, 80, 60) is sRGB
+    (216, 69, 50)). Now converted: the analytic P3 -> sRGB (linear-light matrix from the two sets of primaries, same
+    D65 white, clipped to the sRGB gamut, sRGB curve), within a few levels."""
+    Image.fromarray(_patches(P3_COLOURS)).save(tmp_path / f"p3.{ext}", icc_profile=_display_p3(),
+                                               **({"quality": 100, "subsampling": 0} if ext == "jpg" else {}))
+    img, notes, _ = read_photo(tmp_path / f"p3.{ext}")
+    a = np.linalg.solve(_rgb_to_xyz([(0.64, 0.33), (0.30, 0.60), (0.15, 0.06)]),
+                        _rgb_to_xyz([(0.680, 0.320), (0.265, 0.690), (0.150, 0.060)]))
+    want = _srgb_encode(_srgb_decode(P3_COLOURS.astype(float)) @ a.T)
+    got = img[8, 8::16].astype(float)
+    assert np.abs(got - want).max() <= 2, np.c_[P3_COLOURS, got, want.round()]
+    assert np.abs(got[2] - P3_COLOURS[2]).max() > 10  # not read as sRGB
+    assert "colours converted from its ICC profile (test profile) to sRGB" in notes
+
+
+def test_srgb_tagged_photo_reads_unchanged(tmp_path):
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.fromarray(_upright()).save(tmp_path / "srgb.png", icc_profile=srgb)
+    img, notes, _ = read_photo(tmp_path / "srgb.png")
+    assert np.abs(img.astype(int) - _upright()).max() <= 1 and any("to sRGB" in n for n in notes)
+
+
+def test_icc_profile_on_rgba_grey_and_cmyk_photos(tmp_path):
+    """RGBA keeps its alpha (the transparent half composited over white, the opaque half converted from P3); grey with
+    a 'Gray Gamma 1.8' profile reads as that curve in sRGB (128 -> 146, not 128); a CMYK JPEG with a CMYK profile is
+    converted through the profile (as ImageCms does it independently), not PIL's naive 255 - ink."""
+    rgba = np.dstack([_patches(P3_COLOURS[2:3]), np.full((16, 16), 255, np.uint8)])
+    rgba[:, :8, 3] = 0
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "cut.png", icc_profile=_display_p3())
+    img, notes, _ = read_photo(tmp_path / "cut.png")
+    assert (img[:, :8] == 255).all() and np.abs(img[:, 8:].astype(int) - [216, 69, 50]).max() <= 1, img[0, 8]
+    assert any("to sRGB" in n for n in notes) and any("composited over white" in n for n in notes)
+
+    ramp = np.array([[0, 64, 128, 192, 255]], np.uint8).repeat(4, 0)
+    Image.fromarray(ramp).save(tmp_path / "grey.png", icc_profile=_grey_gamma_18())
+    img, notes, _ = read_photo(tmp_path / "grey.png")
+    assert np.abs(img[0, :, 0] - _srgb_encode((ramp[0] / 255.0) ** 1.8)).max() <= 1.5
+    assert (img[..., 1] == img[..., 0]).all()
+
+    inks = np.array([[0, 0, 0, 0], [255, 0, 0, 0], [0, 128, 0, 64], [50, 100, 150, 20], [0, 0, 0, 255]], np.uint8)
+    cmyk = Image.fromarray(_patches(inks), "CMYK")
+    cmyk.save(tmp_path / "cmyk.jpg", quality=100, icc_profile=_cmyk_profile())
+    img, notes, _ = read_photo(tmp_path / "cmyk.jpg")
+    want = np.asarray(ImageCms.profileToProfile(cmyk, ImageCms.ImageCmsProfile(io.BytesIO(_cmyk_profile())),
+                                                ImageCms.createProfile("sRGB"), outputMode="RGB"), float)
+    assert np.abs(img.astype(float) - want).max() <= 3
+    assert np.abs(img.astype(float) - np.asarray(cmyk.convert("RGB"))).max() > 20  # not PIL's naive conversion
+    assert any("to sRGB" in n for n in notes)
+
+
+def test_unusable_icc_profile_is_noted_and_the_pixels_read_as_srgb(tmp_path):
+    """A damaged profile, and a grey profile on RGB pixels: noted, not fatal, the pixels as stored."""
+    Image.fromarray(_patches(P3_COLOURS)).save(tmp_path / "bad.png", icc_profile=_display_p3()[:200])
+    Image.fromarray(_patches(P3_COLOURS)).save(tmp_path / "mismatch.png", icc_profile=_grey_gamma_18())
+    for name, note in (("bad.png", "its ICC profile is unreadable ("),
+                       ("mismatch.png", "its ICC profile (test profile) is for GRAY pixels, not RGB: colours read as "
+                                        "sRGB")):
+        img, notes, _ = read_photo(tmp_path / name)
+        np.testing.assert_array_equal(img, _patches(P3_COLOURS))
+        assert any(n.startswith(note) for n in notes), notes
+
+
+# ---- photos above fileio.MAX_IMAGE_PIXELS ----
+
+def _grey_jpeg(w: int, h: int) -> bytes:
+    """A real baseline greyscale JPEG of w × h mid-grey (128) pixels in ~w·h/256 bytes: every 8×8 block is 'DC
+    unchanged, end of block', each a 1-bit code of a one-symbol Huffman table (16320×12240: 780 KB, built in ms)."""
+    def seg(marker: int, data: bytes) -> bytes:
+        return bytes([0xFF, marker]) + struct.pack(">H", len(data) + 2) + data
+    one = bytes([1] + [0] * 15)  # one code of length 1, symbol 0 (DC: category 0; AC: end of block)
+    bits = 2 * -(-w // 8) * -(-h // 8)
+    data = bytes(bits // 8) + (bytes([0xFF >> (bits % 8)]) if bits % 8 else b"")  # padded with 1 bits
+    return (b"\xff\xd8" + seg(0xDB, bytes([0]) + bytes([1]) * 64)
+            + seg(0xC0, struct.pack(">BHHB", 8, h, w, 1) + b"\x01\x11\x00")
+            + seg(0xC4, b"\x00" + one + b"\x00" + b"\x10" + one + b"\x00")
+            + seg(0xDA, b"\x01\x01\x00\x00\x3f\x00") + data + b"\xff\xd9")
+
+
+def test_200_mp_phone_jpeg_is_decoded_at_reduced_scale(tmp_path):
+    """Samsung's 200 MP mode (16320×12240) was refused ('more than a capture's image holds'; PIL itself refuses
+    above 179 MP): a JPEG is now decoded at 1/2 scale by the decoder (~150 MB, not 600 MB) and downscaled to
+    max_side as before; the same size as PNG is still refused (no reduced decode), and so is a JPEG declaring more
+    than PHOTO_MAX_PIXELS."""
+    (tmp_path / "200mp.jpg").write_bytes(_grey_jpeg(16320, 12240))
+    t = time.perf_counter()
+    img, notes, size = read_photo(tmp_path / "200mp.jpg")
+    assert time.perf_counter() - t < 5
+    assert size == (16320, 12240) and img.shape == (3072, 4096, 3) and (img == 128).all()
+    assert notes == ["decoded at 1/2 scale (JPEG DCT scaling; 16320x12240 is more than 134217728 pixels)",
+                     "downscaled from 16320x12240 to 4096x3072 (longest side > 4096 px)"]
+    ihdr = _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 16320, 12240, 8, 2, 0, 0, 0))
+    (tmp_path / "200mp.png").write_bytes(b"\x89PNG\r\n\x1a\n" + ihdr + _png_chunk(b"IEND", b""))
+    with pytest.raises(GenerateError, match=r"200mp.png: the photo declares 16320×12240 pixels; a PNG photo is read "
+                                            r"up to 134217728 pixels \(a JPEG up to 536870912: it is decoded at "
+                                            r"reduced scale\); save it as JPEG, or smaller$"):
+        read_photo(tmp_path / "200mp.png")
+    (tmp_path / "huge.jpg").write_bytes(_grey_jpeg(30000, 20000)[:4096])  # refused from the header alone
+    with pytest.raises(GenerateError, match=r"huge.jpg: the photo declares 30000×20000 pixels, more than a photo "
+                                            r"holds \(536870912 pixels\); a damaged or hostile file$"):
+        read_photo(tmp_path / "huge.jpg")
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_big_jpeg_reads_like_a_full_decode_downscaled(tmp_path, monkeypatch, orientation):
+    """With the limits made small (grace_hopper, 512×600, above a 100 000-pixel limit): the reduced-scale decode +
+    area downscale matches a full decode + area downscale within JPEG's own error, turned upright by EXIF; the size
+    is the shown one; a max_side the 1/2..1/8 scales cannot bring under the limit is refused in one line."""
+    monkeypatch.setattr(generate, "MAX_IMAGE_PIXELS", 100_000)
+    monkeypatch.setattr(generate, "PHOTO_MAX_PIXELS", 400_000)
+    up = Image.fromarray(_upright())
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = orientation
+    (up if orientation == 1 else up.transpose(Image.Transpose.ROTATE_90)).save(tmp_path / "big.jpg", quality=95,
+                                                                               exif=exif)
+    img, notes, size = read_photo(tmp_path / "big.jpg", max_side=200)
+    full = cv2.resize(_upright(), (171, 200), interpolation=cv2.INTER_AREA)
+    assert size == (512, 600) and img.shape == full.shape and _close(img, full, 2.0)
+    assert notes[0].startswith("decoded at 1/2 scale") and "downscaled from 512x600 to 171x200" in notes[-1]
+    with pytest.raises(GenerateError, match=r"big.jpg: the photo has \d+×\d+ pixels; at most 100000 are decoded, "
+                                            r"\d+×\d+ at the scale max_side=400 needs; use a smaller max_side$"):
+        read_photo(tmp_path / "big.jpg", max_side=400)
