@@ -25,7 +25,7 @@ from flame_fitting.head.head_model import load_head_model
 from flame_fitting.head.standin import build_standin
 from flame_fitting.uv import UVLayout
 from geoface_model.config import tiny
-from geoface_model import generate
+from geoface_model import photo
 from geoface_model.generate import GenerateError, generate_from_photo, read_photo
 from geoface_model.model import GeoFaceTransformer, model_kwargs
 from geoface_model.orbit import assumed_intrinsics, crop_view, estimate_photo_camera, head_crop, orbit_cameras
@@ -494,8 +494,8 @@ def test_big_jpeg_reads_like_a_full_decode_downscaled(tmp_path, monkeypatch, ori
     """With the limits made small (grace_hopper, 512×600, above a 100 000-pixel limit): the reduced-scale decode +
     area downscale matches a full decode + area downscale within JPEG's own error, turned upright by EXIF; the size
     is the shown one; a max_side the 1/2..1/8 scales cannot bring under the limit is refused in one line."""
-    monkeypatch.setattr(generate, "MAX_IMAGE_PIXELS", 100_000)
-    monkeypatch.setattr(generate, "PHOTO_MAX_PIXELS", 400_000)
+    monkeypatch.setattr(photo, "MAX_IMAGE_PIXELS", 100_000)
+    monkeypatch.setattr(photo, "PHOTO_MAX_PIXELS", 400_000)
     up = Image.fromarray(_upright())
     exif = Image.Exif()
     exif[ExifTags.Base.Orientation] = orientation
