@@ -30,10 +30,14 @@ import json
 import re
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from flame_fitting.core.errors import GeofaceError
 from flame_fitting.core.fileio import TMP_TAG, replace_dir, sha256_file, write_json, write_text
 
 COLUMNS = ("step", "loss", "diffusion_loss", "align_loss", "lr", "grad_norm_diffusion", "grad_norm_align")
@@ -41,6 +45,43 @@ MARKER = "complete.json"
 EMA_FILE, STATE_FILE, RUN_FILE = "ema.safetensors", "train_state.json", "run.json"
 EMA_KEYS = ("decay", "min_decay", "optimization_step", "update_after_step", "use_ema_warmup", "inv_gamma", "power")
 _STEP_RE = re.compile(r"^step_(\d{6,})$")
+
+
+class WriteError(GeofaceError, OSError):
+    """A checkpoint or model folder that could not be written (a full disk, a file-size limit, an I/O error)."""
+
+
+# how torch.save reports a write the system refused (its C++ stream writer raises RuntimeError, not OSError)
+_TORCH_WRITE_FAILED = ("iostream error", "unexpected pos", "file write failed", "PytorchStreamWriter failed")
+
+
+def _write_failure(e: BaseException) -> str | None:
+    """Why writing failed, when `e` is the system refusing a write (OSError, safetensors' I/O error, torch's stream
+    writer); None for anything else (a bug, an interrupt, our own error), which is left as it is."""
+    if isinstance(e, GeofaceError):
+        return None
+    if isinstance(e, OSError):
+        return f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
+    if isinstance(e, SafetensorError) or (isinstance(e, RuntimeError) and any(m in str(e) for m in _TORCH_WRITE_FAILED)):
+        return f"{(str(e).splitlines() or [''])[0][:200]}; a full disk?"
+    return None
+
+
+@contextmanager
+def writing(tmp: Path, what: Path, remove: bool = True) -> Iterator[None]:
+    """`with writing(tmp, final):` write the folder `final` via its temporary `tmp`. On any failure (an interrupt
+    too) `tmp` is removed when `remove` (the process that owns it), so a full disk keeps no half-written copy; a
+    write the system refused becomes one line naming `final` (`WriteError`)."""
+    try:
+        yield
+    except BaseException as e:
+        if remove:
+            shutil.rmtree(tmp, ignore_errors=True)
+        why = _write_failure(e)
+        if why is None:
+            raise
+        raise WriteError(f"{what}: cannot be written ({why}); the training state is that of the last checkpoint "
+                         "written: run again to resume from it") from e
 
 
 class TrainState:

@@ -40,7 +40,7 @@ from flame_fitting.core.fileio import replace_dir, temp_path, write_json
 
 from .backbone import build_model, check_run_backbone, vae_path_of
 from .checkpoint import (LossLog, TrainState, checkpoint_dir, finalize_checkpoint, list_checkpoints, load_extra_state,
-                         pickled_custom_state, prune_checkpoints, save_extra_state, verify_checkpoint)
+                         pickled_custom_state, prune_checkpoints, save_extra_state, verify_checkpoint, writing)
 from .config import GeoFaceConfig
 from .data import GeoFaceDataset, ShardError, check_compatible, collate
 from .diffusion import make_noise_scheduler, training_losses
@@ -59,7 +59,11 @@ def _check_run_dir(out_dir: Path, cfg: GeoFaceConfig) -> None:
     saved = out_dir / "geoface_config.json"
     if saved.is_file() and list_checkpoints(out_dir):
         check_run_backbone(saved, cfg)
-        old = json.loads(saved.read_text())
+        try:
+            old = json.loads(saved.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{saved}: unreadable ({e}); it records the config of the checkpoints beside it: "
+                             f"delete {out_dir} to train that run again from the start") from None
         for sec in ("model", "tokens"):
             if old.get(sec) != cfg.to_dict()[sec]:
                 raise ValueError(f"{out_dir}: checkpoints were written with a different '{sec}' config "
@@ -198,53 +202,56 @@ def train(cfg: GeoFaceConfig, data: str | Path | GeoFaceDataset, out_dir: str | 
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
     measured: list[dict] = []  # gradient norms measured since the last logged row (that row reports their mean)
-    while state.step < end:
-        t0 = time.perf_counter()
-        sums = {"loss": 0.0, "diffusion_loss": 0.0, "align_loss": 0.0, "align_batches": 0.0}
-        for micro in range(tc.grad_accum):
-            batch = next(stream)
-            gen.manual_seed(_step_seed(tc.seed, accelerator.process_index, state.step, micro))
-            sync = micro == tc.grad_accum - 1
-            with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-                out = training_losses(model, batch, codec, scheduler, cfg, gen, accelerator.device)
-                if micro == 0 and state.step % tc.grad_norm_every == 0:
-                    measured.append(loss_grad_norms(out, params))
-                accelerator.backward(out["loss"] / tc.grad_accum)
-            sums["loss"] += float(out["loss"].detach()) / tc.grad_accum
-            sums["diffusion_loss"] += float(out["diffusion_loss"]) / tc.grad_accum
-            if out["align_term"] is not None:  # a micro-batch without the loss (off, reference dropped) adds nothing
-                sums["align_loss"] += float(out["align_loss"])
-                sums["align_batches"] += 1
-        if tc.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        ema.step(unwrapped.parameters())
-        state.step += 1
-        times.append(time.perf_counter() - t0)
-        if state.step % tc.log_every == 0 or state.step == end:
-            loss, diff, align, n_align = accelerator.reduce(torch.tensor(
-                [sums[k] for k in ("loss", "diffusion_loss", "align_loss", "align_batches")], dtype=torch.float32,
-                device=accelerator.device), "sum").tolist()
-            n_proc = accelerator.num_processes
-            row = {"step": state.step, "loss": loss / n_proc, "diffusion_loss": diff / n_proc,
-                   "align_loss": align / n_align if n_align else float("nan"), "lr": sched.get_last_lr()[0],
-                   **{k: _nanmean([m[k] for m in measured]) for k in ("grad_norm_diffusion", "grad_norm_align")}}
-            measured.clear()
-            losslog.add(row)  # appends to loss.csv.partial on the main process only
-            bar.set_postfix(loss=f"{row['loss']:.4f}")
-        bar.update(1)
-        if state.step % tc.checkpoint_every == 0 or state.step == tc.steps:
-            _save_checkpoint(accelerator, out_dir, state.step, tc.keep_checkpoints, losslog, ema, state)
-    bar.close()
+    try:  # the bar ends its line before an error (or `interrupted`) is printed after it
+        while state.step < end:
+            t0 = time.perf_counter()
+            sums = {"loss": 0.0, "diffusion_loss": 0.0, "align_loss": 0.0, "align_batches": 0.0}
+            for micro in range(tc.grad_accum):
+                batch = next(stream)
+                gen.manual_seed(_step_seed(tc.seed, accelerator.process_index, state.step, micro))
+                sync = micro == tc.grad_accum - 1
+                with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+                    out = training_losses(model, batch, codec, scheduler, cfg, gen, accelerator.device)
+                    if micro == 0 and state.step % tc.grad_norm_every == 0:
+                        measured.append(loss_grad_norms(out, params))
+                    accelerator.backward(out["loss"] / tc.grad_accum)
+                sums["loss"] += float(out["loss"].detach()) / tc.grad_accum
+                sums["diffusion_loss"] += float(out["diffusion_loss"]) / tc.grad_accum
+                if out["align_term"] is not None:  # a micro-batch without the loss (off, reference dropped) adds nothing
+                    sums["align_loss"] += float(out["align_loss"])
+                    sums["align_batches"] += 1
+            if tc.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            ema.step(unwrapped.parameters())
+            state.step += 1
+            times.append(time.perf_counter() - t0)
+            if state.step % tc.log_every == 0 or state.step == end:
+                loss, diff, align, n_align = accelerator.reduce(torch.tensor(
+                    [sums[k] for k in ("loss", "diffusion_loss", "align_loss", "align_batches")], dtype=torch.float32,
+                    device=accelerator.device), "sum").tolist()
+                n_proc = accelerator.num_processes
+                row = {"step": state.step, "loss": loss / n_proc, "diffusion_loss": diff / n_proc,
+                       "align_loss": align / n_align if n_align else float("nan"), "lr": sched.get_last_lr()[0],
+                       **{k: _nanmean([m[k] for m in measured]) for k in ("grad_norm_diffusion", "grad_norm_align")}}
+                measured.clear()
+                losslog.add(row)  # appends to loss.csv.partial on the main process only
+                bar.set_postfix(loss=f"{row['loss']:.4f}")
+            bar.update(1)
+            if state.step % tc.checkpoint_every == 0 or state.step == tc.steps:
+                _save_checkpoint(accelerator, out_dir, state.step, tc.keep_checkpoints, losslog, ema, state)
+    finally:
+        bar.close()
     completed = state.step >= tc.steps
     if completed and accelerator.is_main_process:
         losslog.flush()
         ema.copy_to(unwrapped.parameters())
         tmp = temp_path(out_dir / "model")
-        unwrapped.save_pretrained(str(tmp))
-        replace_dir(tmp, out_dir / "model", kind="model")
+        with writing(tmp, out_dir / "model"):
+            unwrapped.save_pretrained(str(tmp))
+            replace_dir(tmp, out_dir / "model", kind="model")
     accelerator.wait_for_everyone()
     rows = losslog.rows
     k = max(1, min(5, len(rows) // 2))
@@ -309,11 +316,13 @@ def _save_checkpoint(accelerator: Accelerator, out_dir: Path, step: int, keep: i
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
+    with writing(tmp, final, remove=accelerator.is_main_process):  # a full disk keeps no half-written checkpoint
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            save_extra_state(tmp, ema, state)
+            finalize_checkpoint(tmp, final, step)
     if accelerator.is_main_process:
-        save_extra_state(tmp, ema, state)
-        finalize_checkpoint(tmp, final, step)
         losslog.flush()
         prune_checkpoints(out_dir, keep)
     accelerator.wait_for_everyone()

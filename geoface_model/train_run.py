@@ -29,7 +29,7 @@ from flame_fitting.core.fileio import file_ancestor, replace_dir, sha256_file, t
 from flame_fitting.core.units import code_digest, tree_digest
 
 from .backbone import vae_path_of
-from .checkpoint import prune_runs, touch_run
+from .checkpoint import prune_runs, touch_run, writing
 from .config import GeoFaceConfig
 from .data import GeoFaceDataset, ShardError, check_compatible, read_shard_meta
 from .latents import latent_shape_info
@@ -108,6 +108,48 @@ def run_id(cfg: GeoFaceConfig, data: Path | str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _published_record(record: Path) -> tuple[dict, dict] | None:
+    """The card and metrics a finished run published (`record`), or None when there is none or it is unreadable
+    (then the run publishes afresh and writes the record again, with a warning naming the file)."""
+    if not (record / METRICS_JSON).is_file():
+        return None
+    out = []
+    for f in (record / CARD_JSON, record / METRICS_JSON):
+        try:
+            out.append(json.loads(f.read_text()))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            print(f"train: {f}: unreadable ({e}); publishing the finished run afresh", file=sys.stderr)
+            return None
+    return out[0], out[1]
+
+
+def _publish(cfg: GeoFaceConfig, data: Path | str, rid: str, run_dir: Path, model: Path, tmp: Path,
+             metrics: dict) -> dict:
+    """Write the model folder into `tmp`, then rename it to `model`; returns the metrics published."""
+    shutil.copytree(run_dir / "model", tmp)
+    record = run_dir / PUBLISHED
+    old = _published_record(record) if metrics.get("steps_run") == 0 else None
+    if old is not None and same_lineage(old[0], model_card(data, cfg.to_dict(), rid)):
+        # the run had finished: publish the same bytes as when it did (its card's date and commit, its metrics),
+        # so a no-op re-run changes no DVC output and re-runs no evaluation
+        for name in (CARD_JSON, CARD_MD, "geoface_config.json"):
+            shutil.copyfile(record / name, tmp / name)
+        metrics = old[1]
+    else:
+        shutil.copyfile(run_dir / "geoface_config.json", tmp / "geoface_config.json")  # generation needs it
+        metrics["captures_version"] = write_model_card(tmp, data, cfg.to_dict(), rid, metrics)["captures_version"]
+        if metrics.get("completed"):
+            keep = temp_path(record)
+            with writing(keep, record):
+                keep.mkdir(parents=True)
+                for name in (CARD_JSON, CARD_MD, "geoface_config.json"):
+                    shutil.copyfile(tmp / name, keep / name)
+                write_json(keep / METRICS_JSON, metrics)
+                replace_dir(keep, record, kind="published model record")
+    replace_dir(tmp, model, kind="model")
+    return metrics
+
+
 def train_model(cfg: GeoFaceConfig, data: Path | str, state: Path | str, model: Path | str, loss_csv: Path | str,
                 metrics_path: Path | str | None = None) -> dict:
     """Train on the shards under `data` in `state`/<run id>, publish `model` and `loss_csv`; returns the metrics
@@ -126,26 +168,8 @@ def train_model(cfg: GeoFaceConfig, data: Path | str, state: Path | str, model: 
     metrics = train(cfg, Path(data), run_dir)
     if PartialState().is_main_process:  # one process publishes (several GPUs: the others would race its renames)
         tmp = temp_path(model)
-        shutil.copytree(run_dir / "model", tmp)
-        record = run_dir / PUBLISHED
-        if metrics.get("steps_run") == 0 and (record / METRICS_JSON).is_file() and same_lineage(
-                json.loads((record / CARD_JSON).read_text()), model_card(data, cfg.to_dict(), rid)):
-            # the run had finished: publish the same bytes as when it did (its card's date and commit, its metrics),
-            # so a no-op re-run changes no DVC output and re-runs no evaluation
-            for name in (CARD_JSON, CARD_MD, "geoface_config.json"):
-                shutil.copyfile(record / name, tmp / name)
-            metrics = json.loads((record / METRICS_JSON).read_text())
-        else:
-            shutil.copyfile(run_dir / "geoface_config.json", tmp / "geoface_config.json")  # generation needs it
-            metrics["captures_version"] = write_model_card(tmp, data, cfg.to_dict(), rid, metrics)["captures_version"]
-            if metrics.get("completed"):
-                keep = temp_path(record)
-                keep.mkdir(parents=True)
-                for name in (CARD_JSON, CARD_MD, "geoface_config.json"):
-                    shutil.copyfile(tmp / name, keep / name)
-                write_json(keep / METRICS_JSON, metrics)
-                replace_dir(keep, record, kind="published model record")
-        replace_dir(tmp, model, kind="model")
+        with writing(tmp, model):  # a full disk or an interrupt leaves no half-written copy beside MODEL
+            metrics = _publish(cfg, data, rid, run_dir, model, tmp, metrics)
         write_bytes(loss_csv, (run_dir / "loss.csv").read_bytes())
         if metrics_path is not None:
             write_json(metrics_path, scalar_entries(metrics))
