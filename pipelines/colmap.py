@@ -8,8 +8,8 @@ The model folder may also be <root> itself. COLMAP images store world→camera a
 (qw, qx, qy, qz) and translation t in OpenCV's camera frame (x right, y down, z forward), so the pose
 needs no axis change; COLMAP's pixel centres are at +0.5 like geoface's, so K is used as is.
 Camera models: SIMPLE_PINHOLE, PINHOLE, SIMPLE_RADIAL, RADIAL, OPENCV, FULL_OPENCV (their
-distortion is OpenCV's; images are undistorted onto the same K). Fisheye, FOV and thin-prism
-models are refused. Camera name = the image file stem (the path with '/' -> '_' when stems repeat); subject =
+distortion is OpenCV's; images are undistorted onto the same K). The others (fisheye, FOV, thin-prism, and
+COLMAP 4's division, EUCM and equirectangular models) are refused by name when an image uses them. Camera name = the image file stem (the path with '/' -> '_' when stems repeat); subject =
 `captures.subject` or the root folder's name, sequence = `captures.sequence`, frame 0.
 Binary layout as COLMAP's read_write_model.py (little-endian).
 """
@@ -24,10 +24,13 @@ from flame_fitting.formats.capture import CaptureError
 from pipelines.common import CaptureImport, inside
 from pipelines.import_config import camera_names, ImportConfig, ImportReport, select_names
 
-# model id -> (name, number of params); every COLMAP model so unsupported ones are still parsed
+# model id -> (name, number of params), as COLMAP's src/colmap/sensor/models.h (CameraModelId); every model, so a
+# cameras.bin holding an unsupported one is still parsed (its params must be skipped to reach the next camera)
 MODELS = {0: ("SIMPLE_PINHOLE", 3), 1: ("PINHOLE", 4), 2: ("SIMPLE_RADIAL", 4), 3: ("RADIAL", 5), 4: ("OPENCV", 8),
           5: ("OPENCV_FISHEYE", 8), 6: ("FULL_OPENCV", 12), 7: ("FOV", 5), 8: ("SIMPLE_RADIAL_FISHEYE", 4),
-          9: ("RADIAL_FISHEYE", 5), 10: ("THIN_PRISM_FISHEYE", 12), 11: ("RAD_TAN_THIN_PRISM_FISHEYE", 16)}
+          9: ("RADIAL_FISHEYE", 5), 10: ("THIN_PRISM_FISHEYE", 12), 11: ("RAD_TAN_THIN_PRISM_FISHEYE", 16),
+          12: ("SIMPLE_DIVISION", 4), 13: ("DIVISION", 5), 14: ("SIMPLE_FISHEYE", 3), 15: ("FISHEYE", 4),
+          16: ("EUCM", 6), 17: ("EQUIRECTANGULAR", 2)}  # 12-17: COLMAP 4.0
 N_PARAMS = {name: n for name, n in MODELS.values()}
 SUPPORTED = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV", "FULL_OPENCV")
 
@@ -106,6 +109,12 @@ class _Bin:
         self.pos += size
         return out
 
+    def skip(self, n_bytes: int, what: str) -> None:
+        if self.pos + n_bytes > len(self.data):
+            raise CaptureError(f"{self.path}: truncated at byte {self.pos} (file has {len(self.data)} bytes; {what} "
+                               f"need {n_bytes})")
+        self.pos += n_bytes
+
     def cstring(self) -> str:
         end = self.data.find(b"\x00", self.pos)
         if end < 0:
@@ -135,7 +144,7 @@ def read_images_binary(path: Path) -> list[tuple]:
         qvec, tvec, cam_id = rest[0:4], rest[4:7], rest[7]
         name = b.cstring()
         (n_pts,) = b.read("Q")
-        b.read("ddq" * n_pts)
+        b.skip(24 * n_pts, f"image {img_id}'s {n_pts} points2D (x, y: double, point3D_id: uint64)")
         images.append((img_id, list(qvec), list(tvec), cam_id, name))
     return images
 

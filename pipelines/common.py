@@ -45,10 +45,11 @@ from pipelines.views import ViewProcessor, read_image_file
 def inside(base: Path, name: str, where: str) -> Path:
     """`base / name` for a file name read from a source's own files (transforms.json's file_path, COLMAP's image
     NAME): CaptureError unless it is a relative path that stays inside `base` by its text, so a downloaded dataset
-    cannot pull files from elsewhere on the machine into the capture."""
+    cannot pull files from elsewhere on the machine into the capture. A backslash is a separator (a file written on
+    Windows; instant-ngp's loader reads them so), in the check and in the path returned."""
     if relpath_problem(posixpath.normpath(name.replace("\\", "/"))):  # './a' and 'a/../b' are inside
         raise CaptureError(f"{where} {name!r} is outside {base}; refused")
-    return base / name
+    return base / name.replace("\\", "/")
 
 
 class CaptureImport:

@@ -15,10 +15,12 @@ OPENCV (k1, k2, p1, p2[, k3]); the distortion (OpenCV order) -> undistorted imag
 non-zero distortion key the model does not have, or fl_y ≠ fl_x for a SIMPLE_ model, is refused for that
 frame (contradictory). `file_path` is relative to the json's folder, with or without extension (.png,
 .jpg, .jpeg tried); the mask is nerfstudio's per-frame `mask_path` (relative to the json's folder, first
-channel, 0 = background), else an RGBA image's alpha. Not supported: fisheye / equirectangular
-`camera_model`, per-frame time (dynamic scenes), depth maps, instant-ngp's `scale`/`offset`/`aabb_scale`
-(they only matter inside instant-ngp; the world stays the file's world, whose unit is whatever the
-producer used — usually not metres).
+channel, 0 = background), else an RGBA image's alpha. nerfstudio's `distortion_params` [k1, k2, k3, k4, p1, p2]
+(its get_distortion_params order) stands for those keys of the same object. Not supported: fisheye /
+equirectangular `camera_model`, instant-ngp's lens keys (`is_fisheye` true: k1..k4 are then OpenCV-fisheye terms;
+`equirectangular`, `latlong`, `orthographic`, `ftheta_p0`), per-frame time (dynamic scenes), depth maps.
+Ignored: instant-ngp's `scale`/`offset`/`aabb_scale` (they only matter inside instant-ngp; the world stays the
+file's world, whose unit is whatever the producer used — usually not metres).
 
 VHAP's `export_as_nerf_dataset.py` (and geoface's `export fits --format vhap`) is recognised by a `timestep_index`
 in its frames: the entries are the views of many timesteps. Frame = `timestep_id` when it is a number, else
@@ -53,14 +55,36 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
 MODELS = {"SIMPLE_PINHOLE": (), "PINHOLE": (), "SIMPLE_RADIAL": ("k1",), "RADIAL": ("k1", "k2"),
           "OPENCV": ("k1", "k2", "p1", "p2", "k3")}
 DIST_KEYS = ("k1", "k2", "p1", "p2", "k3")
+NERFSTUDIO_DIST = ("k1", "k2", "k3", "k4", "p1", "p2")  # the order of nerfstudio's `distortion_params`
+# instant-ngp's lens modes other than the pinhole (nerf_loader.cu read_lens: the key's presence sets the mode)
+NGP_LENSES = {"equirectangular": "an equirectangular", "latlong": "a lat-long", "orthographic": "an orthographic",
+              "ftheta_p0": "an f-theta"}
 
 
 def camera_model(meta: dict, frame: dict, what: str) -> str:
-    """The frame's camera_model (frame key, else top level, else OPENCV), upper case; CaptureError if unsupported."""
+    """The frame's camera_model (frame key, else top level, else OPENCV), upper case; CaptureError if unsupported,
+    or if instant-ngp's keys make it a non-pinhole lens (`is_fisheye` true, `equirectangular`, ...)."""
     model = frame.get("camera_model", meta.get("camera_model", "OPENCV"))
     if not isinstance(model, str) or model.upper() not in MODELS:
         raise CaptureError(f"{what}: camera_model {model} is not supported (only pinhole ones: {', '.join(MODELS)})")
+    if frame.get("is_fisheye", meta.get("is_fisheye")):
+        raise CaptureError(f"{what}: is_fisheye (instant-ngp's OpenCV fisheye lens, k1..k4 its angle terms) is not "
+                           f"supported (only pinhole ones: {', '.join(MODELS)})")
+    for key, lens in NGP_LENSES.items():
+        if key in frame or key in meta:
+            raise CaptureError(f"{what}: '{key}' makes it {lens} lens in instant-ngp; not supported (only pinhole ones)")
     return model.upper()
+
+
+def with_distortion_params(src: dict, what: str) -> dict:
+    """`src` with nerfstudio's `distortion_params` [k1, k2, k3, k4, p1, p2] spelt out as those keys (the list wins
+    over the single keys of the same object, as in nerfstudio's dataparser)."""
+    if "distortion_params" not in src:
+        return src
+    d = src["distortion_params"]
+    if not isinstance(d, list) or len(d) != len(NERFSTUDIO_DIST):
+        raise CaptureError(f"{what}: distortion_params must be a list [k1, k2, k3, k4, p1, p2], got {d!r}")
+    return {**src, **dict(zip(NERFSTUDIO_DIST, d))}
 
 
 def intrinsics_of(meta: dict, frame: dict, width: int, height: int, what: str) -> tuple[np.ndarray, np.ndarray | None]:
@@ -86,6 +110,7 @@ def intrinsics_of(meta: dict, frame: dict, width: int, height: int, what: str) -
         return None if a is None else 0.5 * size / math.tan(0.5 * a)
 
     model = camera_model(meta, frame, what)
+    meta, frame = with_distortion_params(meta, what), with_distortion_params(frame, what)
     # a frame that gives a focal length is a camera of its own: its fl_y is not the top level's
     own = any(k in frame for k in ("fl_x", "camera_angle_x", "fl_y", "camera_angle_y"))
     fx = focal(frame, "fl_x", "camera_angle_x", width)

@@ -121,3 +121,40 @@ def test_an_image_name_outside_the_image_folder_is_refused(tmp_path, escape):
     assert any(f"image NAME {bad!r} is outside" in s["reason"] for s in report.skipped), report.skipped
     cap = load_capture(tmp_path / "cap")
     assert not (cap.manifest.source_path.str.contains("passport")).any()
+
+
+@pytest.mark.parametrize("model_id,name,n_params", [(12, "SIMPLE_DIVISION", 4), (13, "DIVISION", 5), (14, "SIMPLE_FISHEYE", 3),
+                                                    (15, "FISHEYE", 4), (16, "EUCM", 6), (17, "EQUIRECTANGULAR", 2)])
+def test_colmap4_camera_models_are_parsed_and_refused_by_name(tmp_path, model_id, name, n_params):
+    """COLMAP 4.0 added model ids 12-17 (src/colmap/sensor/models.h); a cameras.bin holding one was refused whole as
+    'unknown model id' (found by an audit), even when no image used that camera. Now an unused one is parsed past,
+    and a used one is refused by its name."""
+    scene = Scene(make_cameras(2))
+    write_colmap(tmp_path / "p", scene, binary=True)
+    cams = tmp_path / "p/sparse/0/cameras.bin"
+    data = cams.read_bytes()
+    extra = struct.pack("<iiQQ", 77, model_id, 200, 160) + struct.pack(f"<{n_params}d", *([100.0] * n_params))
+    cams.write_bytes(struct.pack("<Q", 3) + data[8:] + extra)  # appended after the 2 cameras images use
+    report = import_capture(tmp_path / "p", tmp_path / "cap", ImportConfig())
+    assert report.n_images == 2 and report.skipped == []
+    check_capture(tmp_path / "cap", scene)
+    cams.write_bytes(struct.pack("<Q", 3) + extra + data[8:])  # first: parsed past, the 2 cameras still read
+    import_capture(tmp_path / "p", tmp_path / "cap2", ImportConfig())
+    imgs = tmp_path / "p/sparse/0/images.bin"
+    raw = bytearray(imgs.read_bytes())
+    struct.pack_into("<i", raw, 8 + 4 + 7 * 8, 77)  # image 1 now uses camera 77
+    imgs.write_bytes(bytes(raw))
+    with pytest.raises(CaptureError, match=rf"cameras.bin \[camera 77\]: camera model {name} is not supported"):
+        import_capture(tmp_path / "p", tmp_path / "cap3", ImportConfig())
+
+
+def test_a_points2d_count_past_the_end_is_refused_naming_the_file(tmp_path):
+    """images.bin's uint64 points2D count was turned into a struct format of 3 × count letters: a corrupt count
+    (2^61) raised MemoryError, not a CaptureError naming the file (found by an audit)."""
+    write_colmap(tmp_path / "p", Scene(make_cameras(2)), binary=True)
+    path = tmp_path / "p/sparse/0/images.bin"
+    raw = bytearray(path.read_bytes())
+    struct.pack_into("<Q", raw, raw.index(b"\x00", 8 + 64) + 1, 2**61)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CaptureError, match=r"images.bin: truncated at byte 89 .*image 1's 2305843009213693952 points2D"):
+        import_capture(tmp_path / "p", tmp_path / "cap", ImportConfig())

@@ -254,3 +254,54 @@ def test_vhap_camera_that_moves_is_skipped(tmp_path):
     reasons = [s["reason"] for s in report.skipped]
     assert len(reasons) == 3 and "differs from" in reasons[2] and all("timestep_index" in r for r in reasons[:2]), \
         reasons
+
+
+@pytest.mark.parametrize("key,value", [("is_fisheye", True), ("equirectangular", True), ("latlong", True),
+                                       ("orthographic", True), ("ftheta_p0", 0.0)])
+def test_instant_ngp_lens_keys_are_refused(tmp_path, key, value):
+    """instant-ngp's colmap2nerf.py writes `is_fisheye: true` (k1..k4 then OpenCV-fisheye angle terms) and its loader
+    takes `equirectangular`/`latlong`/`orthographic`/`ftheta_p0` as other lenses; all were read as a pinhole (with
+    OpenCV radial k1) without a word (found by an audit). Now: refused at the top level, a frame skipped."""
+    scene = Scene(make_cameras(2))
+    src = write_transforms(tmp_path / "nerf", scene)
+    meta = json.loads((src / "transforms.json").read_text())
+    (src / "transforms.json").write_text(json.dumps({**meta, key: value, "k1": -0.05, "is_fisheye": key == "is_fisheye"}))
+    with pytest.raises(CaptureError, match=f"transforms.json: '?{key}'? .*not supported"):
+        import_capture(src, tmp_path / "cap", ImportConfig())
+    meta["frames"][1][key] = value
+    (src / "transforms.json").write_text(json.dumps({**meta, "is_fisheye": False}))
+    report = import_capture(src, tmp_path / "cap2", ImportConfig())
+    assert report.n_images == 1 and key in report.skipped[0]["reason"]
+
+
+@pytest.mark.parametrize("per_frame", [False, True])
+def test_nerfstudios_distortion_params_list_is_read(tmp_path, per_frame):
+    """nerfstudio's dataparser reads `distortion_params` [k1, k2, k3, k4, p1, p2] in place of the single keys; it was
+    ignored, so the images kept their distortion (2 px off; found by an audit)."""
+    scene = Scene(make_cameras(3, dist=lambda i: np.array([-0.3, 0.1, 0.003, -0.002])), points=WIDE_POINTS)
+    src = write_transforms(tmp_path / "nerf", scene, per_frame=per_frame)
+    meta = json.loads((src / "transforms.json").read_text())
+    for d in meta["frames"] if per_frame else [meta]:
+        k1, k2, p1, p2 = (d.pop(k) for k in ("k1", "k2", "p1", "p2"))
+        d["distortion_params"] = [k1, k2, 0.0, 0.0, p1, p2]
+    (src / "transforms.json").write_text(json.dumps(meta))
+    import_capture(src, tmp_path / "cap", ImportConfig())
+    check(tmp_path / "cap", scene, exact=False, tol=0.4)
+    meta["frames"][0]["distortion_params"] = [-0.3, 0.1]
+    (src / "transforms.json").write_text(json.dumps(meta))
+    report = import_capture(src, tmp_path / "cap2", ImportConfig())
+    assert report.n_images == 2 and "distortion_params must be a list [k1, k2, k3, k4, p1, p2]" in report.skipped[0]["reason"]
+
+
+def test_a_windows_file_path_with_backslashes_is_read(tmp_path):
+    """colmap2nerf.py run on Windows writes `.\\images\\0001.jpg`-style paths, which instant-ngp's loader reads;
+    they were skipped as missing files on Linux (found by an audit)."""
+    scene = Scene(make_cameras(2))
+    src = write_transforms(tmp_path / "nerf", scene)
+    meta = json.loads((src / "transforms.json").read_text())
+    for fr in meta["frames"]:
+        fr["file_path"] = "." + "\\" + fr["file_path"].replace("/", "\\")
+    (src / "transforms.json").write_text(json.dumps(meta))
+    report = import_capture(src, tmp_path / "cap", ImportConfig())
+    assert report.n_images == 2 and not report.skipped
+    check(tmp_path / "cap", scene)
