@@ -9,7 +9,8 @@ replaced only when the toolkit wrote them, stale temporaries removed, hashing.
   block ends without error (and is removed when it raises). The new folder carries a marker file
   (`.geoface-output.json`); an existing non-empty `dst` without that marker was not written by the
   toolkit and is never replaced, one with it only when `overwrite` (a stage's own output, `--force`).
-  An output that equals or contains one of the command's inputs is refused.
+  An output that equals or contains one of the command's inputs is refused. Files a library wrote private
+  (safetensors: 0600) get the mode of any new file here (`share_like_umask`).
 - Every temporary is named `.<name>.geoface-tmp-<host>-<pid>-<random>` beside its destination; each
   write first removes the stale ones of the same destination (their process is gone), so a killed run
   leaves nothing that piles up.
@@ -22,6 +23,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import uuid
 import warnings
 import zipfile
@@ -409,6 +411,7 @@ def replace_dir(src: Path | str, dst: Path | str, overwrite: bool = True, inputs
     src, dst = Path(src), Path(dst)
     check_output_dir(dst, inputs, overwrite, kind=kind)
     (src / MARKER).write_text(_marker(dst.name, kind))  # dst's name
+    share_like_umask(src)
     dst.parent.mkdir(parents=True, exist_ok=True)
     if dst.exists():
         old = temp_path(dst)
@@ -418,6 +421,27 @@ def replace_dir(src: Path | str, dst: Path | str, overwrite: bool = True, inputs
     else:
         os.rename(src, dst)
     return dst
+
+
+def share_like_umask(folder: Path | str) -> None:
+    """Give the files under `folder` that a library wrote private (safetensors' `save_file`, hence every
+    `save_pretrained`, writes mode 0600) the mode any other file gets here (0666 less the umask): weights in a
+    lab's shared models folder were unreadable to the rest of the group. Files with a group or other bit are left
+    as they are."""
+    folder = Path(folder)
+    probe = temp_path(folder / "mode-probe")
+    fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)  # the umask applies, as to any new file
+    try:
+        mode = os.fstat(fd).st_mode & 0o777
+    finally:
+        os.close(fd)
+        os.unlink(probe)
+    for root, _, files in os.walk(folder):
+        for name in files:
+            p = os.path.join(root, name)
+            st = os.lstat(p)
+            if stat.S_ISREG(st.st_mode) and not st.st_mode & 0o077 and st.st_mode & 0o777 != mode:
+                os.chmod(p, mode)
 
 
 def make_temp_dir(dst: Path | str) -> Path:

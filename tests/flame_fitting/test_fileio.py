@@ -191,3 +191,27 @@ def test_preview_size_keeps_small_pictures_and_shrinks_large_ones():
     out = preview_size(big)
     assert out.shape == (1024, 702, 3) and out.dtype == np.uint8 and (out == 200).all()
     assert preview_size(np.zeros((100, 2000), np.uint8), 512).shape == (26, 512)
+
+
+def test_output_files_get_the_umask_mode_not_a_librarys_0600(tmp_path):
+    """safetensors' save_file (every save_pretrained) writes 0600: a lab's shared model folder was unreadable to the
+    group. A folder the toolkit puts in place gives such files the mode of any new file (0666 less the umask)."""
+    import torch
+    from safetensors.torch import save_file
+
+    old = os.umask(0o002)  # a group-shared project
+    try:
+        with output_dir(tmp_path / "model", kind="model") as tmp:
+            save_file({"w": torch.zeros(2)}, str(tmp / "model.safetensors"))
+            (tmp / "sub").mkdir()
+            save_file({"w": torch.zeros(2)}, str(tmp / "sub" / "ema.safetensors"))
+            write_json(tmp / "config.json", {"a": 1})
+            (tmp / "kept.txt").write_text("x")
+            os.chmod(tmp / "kept.txt", 0o640)  # a file with a group bit keeps its mode
+            assert os.stat(tmp / "model.safetensors").st_mode & 0o777 == 0o600  # the library's mode
+    finally:
+        os.umask(old)
+    modes = {p.relative_to(tmp_path / "model").as_posix(): p.stat().st_mode & 0o777
+             for p in (tmp_path / "model").rglob("*") if p.is_file()}
+    assert modes["model.safetensors"] == modes["sub/ema.safetensors"] == modes["config.json"] == 0o664
+    assert modes["kept.txt"] == 0o640 and not [n for n in os.listdir(tmp_path) if "mode-probe" in n]
