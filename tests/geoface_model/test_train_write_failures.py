@@ -6,20 +6,13 @@ import resource
 from contextlib import contextmanager
 
 import pytest
+from test_resume_safety import micro  # the same micro config (4 steps, a checkpoint every 2)
 
 from geoface_model.checkpoint import WriteError
-from geoface_model.config import GeoFaceConfig
 from geoface_model.train import train
 from geoface_model.train_run import PUBLISHED, run_id, train_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def micro() -> GeoFaceConfig:
-    return GeoFaceConfig.from_sections(
-        tokens=dict(resolution=32, patch_size=8, uv_resolution=32, geo_patch_size=8), model=dict(width=32, depth=2, heads=2),
-        loss=dict(align_weight=0.5), train=dict(steps=4, batch_size=2, n_ref=1, n_tgt=2, lr=1e-3, warmup_steps=1,
-                                                checkpoint_every=2, ema_decay=0.9))
 
 
 @contextmanager
