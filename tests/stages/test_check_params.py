@@ -61,3 +61,59 @@ def test_an_exponent_without_a_dot_is_a_number(tmp_path):
     assert yaml.safe_load(path.read_text())["train"]["lr"] == "3e-4"
     check_params(path)
     assert load_params(yaml.safe_load(path.read_text())).train.lr == pytest.approx(3e-4)
+
+
+def _synthetic(**values):
+    return lambda p: p["captures"]["synthetic"].update(values)
+
+
+def _both(*edits):
+    def edit(p):
+        for e in edits:
+            e(p)
+    return edit
+
+
+@pytest.mark.parametrize("edit,message", [
+    # more components than the head model has: a ValueError in every fit unit / the captures stage, after the
+    # head model and the captures had been built
+    (_set("fit", n_shape=51), "fit.n_shape = 51 is above head_model.n_shape = 50"),
+    (_set("fit", n_expr=31), "fit.n_expr = 31 is above head_model.n_expr = 30"),
+    (_synthetic(n_shape=60), "captures.synthetic.n_shape = 60 is above head_model.n_shape = 50"),
+    # one camera: the fit skipped every frame (min_views 2) and the stages after it had nothing to work on
+    (_synthetic(cameras=1), "captures.synthetic.cameras = 1 is below fit.min_views = 2"),
+    # fewer views than a training sample draws: the train stage failed after every data stage had run
+    (_synthetic(cameras=3), "captures.synthetic.cameras = 3 is below train.n_ref + train.n_tgt = 4"),
+    # fewer views than the evaluation's reference + targets: the evaluate stage failed after training
+    (_set("eval", n_targets=16), "captures.synthetic.cameras = 16 is below 1 + eval.n_targets = 17"),
+    # no test subject: the evaluate stage failed (no shard of split 'test') after the whole pipeline had run
+    (_synthetic(subjects=1), "eval.split = test: captures.synthetic.subjects = 1 with split_fractions [0.6, 0.2, 0.2] "
+                             "gives 1 train / 0 val / 0 test subjects"),
+    (_synthetic(split_fractions=[1.0, 0.0, 0.0]), "gives 6 train / 0 val / 0 test subjects"),
+    (_both(_synthetic(subjects=2), _set("eval", split="val")), "eval.split = val: captures.synthetic.subjects = 2"),
+    # fewer training samples than one batch: the train stage failed after every data stage had run
+    (_set("train", batch_size=100), "train.batch_size × train.grad_accum = 100 is above the 12 training samples"),
+    (_both(_synthetic(subjects=2, frames=2), _set("train", grad_accum=2)),
+     "train.batch_size × train.grad_accum = 8 is above the 2 training samples"),
+])
+def test_check_params_refuses_combinations_no_run_can_use(tmp_path, edit, message):
+    from check_params import check_params
+
+    with pytest.raises(ParamsError) as e:
+        check_params(edited(tmp_path, edit))
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("edit", [
+    _synthetic(subjects=2, frames=4),  # 1 train (4 samples: one batch), 0 val, 1 test subject
+    _both(_synthetic(subjects=2, frames=2), _set("train", batch_size=2)),
+    _both(_synthetic(split_fractions=[1.0, 0.0, 0.0]), _set("eval", split="train")),
+    _both(_synthetic(cameras=4), _set("eval", n_targets=3)),
+    _both(_set("fit", n_shape=50, n_expr=0)),
+    # an imported capture's cameras and subjects are unknown to params.yaml: only its stages can check them
+    lambda p: p["captures"].update(source="folder", root=str(REPO)) or p["train"].update(batch_size=100),
+])
+def test_check_params_accepts_combinations_at_their_limits(tmp_path, edit):
+    from check_params import check_params
+
+    check_params(edited(tmp_path, edit))
