@@ -8,7 +8,7 @@ config.json + weights (`AutoencoderKL.save_pretrained` layout): hub ids are refu
 """
 from __future__ import annotations
 
-import json
+from .weights import read_config_json
 from pathlib import Path
 
 import torch
@@ -28,9 +28,14 @@ def _vae_config(vae_path: Path | str) -> dict:
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise LatentError(f"{cfg_file}: missing (expected an AutoencoderKL saved with save_pretrained)")
-    cfg = json.loads(cfg_file.read_text())
+    cfg = read_config_json(cfg_file, LatentError)
     if cfg.get("_class_name") not in (None, "AutoencoderKL"):
         raise LatentError(f"{cfg_file}: _class_name is {cfg.get('_class_name')!r}, expected 'AutoencoderKL'")
+    blocks, channels = cfg.get("block_out_channels", [0] * 4), cfg.get("latent_channels", 4)
+    sizes = [channels, *blocks] if isinstance(blocks, list) and 1 <= len(blocks) <= 8 else None
+    if sizes is None or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 4096 for v in sizes):
+        raise LatentError(f"{cfg_file}: block_out_channels {blocks!r} / latent_channels {channels!r} are not 1-8 "
+                          "levels of 1..4096 channels (a VAE config declaring what no VAE has)")
     return cfg
 
 
@@ -65,7 +70,7 @@ class LatentCodec:
         _vae_config(vae_path)
         from diffusers import AutoencoderKL
 
-        vae = AutoencoderKL.from_pretrained(str(vae_path), local_files_only=True, torch_dtype=dtype)
+        vae = AutoencoderKL.from_pretrained(str(vae_path), local_files_only=True, use_safetensors=True, torch_dtype=dtype)
         vae.requires_grad_(False).eval().to(device)
         return cls(vae)
 

@@ -28,6 +28,7 @@ from flame_fitting.core.errors import GeofaceError
 from .attention import AlignLogits, Attention, TokenLayout
 from .embeddings import sincos_2d, timestep_embedding
 from .geo_norm import GeometryNormMixin
+from .weights import load_model_folder
 
 
 @dataclass
@@ -105,9 +106,23 @@ CONFIG_RANGES = {"latent_channels": (1, 64), "patch_size": (1, 64), "geo_patch_s
                  "depth": (1, 256), "heads": (1, 256), "freq_dim": (2, 16384), "geo_norm_resolution": (0, 4096)}
 
 
+# real numbers of a config.json: finite and in range (mlp_ratio 1e6 asked for 147 GB; a NaN geo_norm_scale or
+# sigma_data made every generated map NaN); geo_norm_scale 0 = not set (an untrained model)
+FLOAT_RANGES = {"mlp_ratio": (1.0, 64.0), "camera_scale": (1e-3, 1e3), "sigma_data": (1e-3, 1e3),
+                "geo_norm_scale": (0.0, 1e6)}
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "edm", "sample_skip")
+
+
 def check_config_ranges(values: dict) -> None:
-    """ModelConfigError naming the first config key whose value is not an integer in CONFIG_RANGES."""
+    """ModelConfigError naming the first config key whose value is not an integer in CONFIG_RANGES or a finite
+    number in FLOAT_RANGES."""
     for key, v in values.items():
+        if key in FLOAT_RANGES:
+            lo, hi = FLOAT_RANGES[key]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:  # NaN fails too
+                raise ModelConfigError(f"GeoFaceTransformer config: {key} {v!r} is not a number in {lo:g}..{hi:g} "
+                                       "(config.json of the model folder)")
+            continue
         lo, hi = CONFIG_RANGES[key]
         if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
             raise ModelConfigError(f"GeoFaceTransformer config: {key} {v!r} is not an integer in {lo}..{hi} "
@@ -128,7 +143,14 @@ class GeoFaceTransformer(ModelMixin, ConfigMixin, GeometryNormMixin):
         super().__init__()
         check_config_ranges({"latent_channels": latent_channels, "patch_size": patch_size,
                              "geo_patch_size": geo_patch_size, "width": width, "depth": depth, "heads": heads,
-                             "freq_dim": freq_dim, "geo_norm_resolution": geo_norm_resolution})
+                             "freq_dim": freq_dim, "geo_norm_resolution": geo_norm_resolution, "mlp_ratio": mlp_ratio,
+                             "camera_scale": camera_scale, "sigma_data": sigma_data, "geo_norm_scale": geo_norm_scale})
+        if prediction_type not in PREDICTION_TYPES:
+            raise ModelConfigError(f"GeoFaceTransformer config: prediction_type {prediction_type!r} is not one of "
+                                   f"{list(PREDICTION_TYPES)} (config.json of the model folder)")
+        if not isinstance(geometry_stream, bool):
+            raise ModelConfigError(f"GeoFaceTransformer config: geometry_stream {geometry_stream!r} is not true/false "
+                                   "(config.json of the model folder)")
         self._init_geometry_norm(geo_norm_resolution if geometry_stream else 0, geo_norm_scale)
         D, C = width, latent_channels
         self.align_layers = [depth // 2] if align_layers is None else list(align_layers)
@@ -146,6 +168,13 @@ class GeoFaceTransformer(ModelMixin, ConfigMixin, GeometryNormMixin):
         self.blocks = nn.ModuleList(GeoFaceBlock(D, heads, mlp_ratio) for _ in range(depth))
         self._pos_cache: dict = {}
         self._init_weights()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> "GeoFaceTransformer":
+        """A saved model folder, checked first (`weights.load_model_folder`: configs, safetensors header, no pickle,
+        finite weights)."""
+        return load_model_folder(cls, super().from_pretrained, pretrained_model_name_or_path, ModelConfigError,
+                                 *args, **kwargs)
 
     def _init_weights(self) -> None:
         for m in self.modules():

@@ -27,6 +27,7 @@ renamed. `from_pretrained` reads it back (local folders only).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,10 +48,19 @@ from .backbone import load_trained, vae_path_of
 from .diffusion import precondition, scheduler_prediction_type
 from .embeddings import plucker_rays
 from .latents import LatentCodec
-from .model import GeoFaceTransformer
+from .model import PREDICTION_TYPES, GeoFaceTransformer, ModelConfigError
 from .noise_schedule import PRECONDITIONED, schedule_of, train_schedule
+from .weights import read_config_json
 
 SCHEDULERS = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler}
+# what a pipeline folder's model_index.json may name: diffusers resolves these entries to classes and loads them,
+# so an entry naming anything else (a UNet config declaring 600 GB, a module of the process) is refused first
+COMPONENTS = {"transformer": [["geoface_model.model", "GeoFaceTransformer"], ["geoface_model.sd21.model", "SD21MultiView"]],
+              "scheduler": [["diffusers", c.__name__] for c in SCHEDULERS.values()],
+              "vae": [[None, None], ["diffusers", "AutoencoderKL"]]}
+MAX_RESOLUTION = 4096          # resolution / uv_resolution of model_index.json (65536 asked for 12 GB per view)
+MAX_TRAIN_TIMESTEPS = 100_000  # a scheduler config's num_train_timesteps (10^12 looped, then asked for 4 TB)
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 HEAD_DIR, LAYOUT_FILE, HEAD_INFO_FILE = "head", "uv_layout.npz", "head_model.json"
 
 
@@ -108,6 +118,56 @@ def load_layout(path: Path | str) -> UVLayout:
     if layout.key != key:
         raise PipelineError(f"{path}: layout content hash {layout.key} does not match the stored key {key} (damaged file)")
     return layout
+
+
+def check_pipeline_folder(path: Path) -> dict:
+    """model_index.json of a pipeline folder: PipelineError naming the file unless it is a GeoFacePipeline's whose
+    components are among COMPONENTS and whose resolutions are integers in 1..MAX_RESOLUTION."""
+    file = path / "model_index.json"
+    index = read_config_json(file, PipelineError, "model_index.json")
+    if index.get("_class_name") != "GeoFacePipeline":
+        raise PipelineError(f"{file}: _class_name is {index.get('_class_name')!r}, expected 'GeoFacePipeline'")
+    for key in ("transformer", "scheduler"):
+        if key not in index:
+            raise PipelineError(f"{file}: no {key!r} entry")
+    for key, value in index.items():
+        if key.startswith("_"):
+            continue
+        if key in ("resolution", "uv_resolution"):
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_RESOLUTION:
+                raise PipelineError(f"{file}: {key} {value!r} is not an integer in 1..{MAX_RESOLUTION}")
+        elif key not in COMPONENTS:
+            raise PipelineError(f"{file}: unknown entry {key!r} (a GeoFace pipeline has {sorted(COMPONENTS)})")
+        elif value not in COMPONENTS[key]:
+            raise PipelineError(f"{file}: {key} is {value!r}; a GeoFace pipeline's is one of {COMPONENTS[key]}")
+    return index
+
+
+def load_scheduler(file: Path, kind: str, prediction_type: str, clip_sample: bool):
+    """The pipeline's sampler from its scheduler_config.json: the noise schedule is checked before anything is
+    built (timesteps, beta schedule, trained betas), every other key must be what `make_scheduler` sets (a
+    prediction type that is not the transformer's turned generation into noise)."""
+    cfg = read_config_json(file, PipelineError, "scheduler config")
+    T, betas, bs = cfg.get("num_train_timesteps"), cfg.get("trained_betas"), cfg.get("beta_schedule")
+    if isinstance(T, bool) or not isinstance(T, int) or not 2 <= T <= MAX_TRAIN_TIMESTEPS:
+        raise PipelineError(f"{file}: num_train_timesteps {T!r} is not an integer in 2..{MAX_TRAIN_TIMESTEPS}")
+    if bs not in BETA_SCHEDULES:
+        raise PipelineError(f"{file}: beta_schedule {bs!r} is not one of {list(BETA_SCHEDULES)}")
+    if betas is not None:
+        ok = isinstance(betas, list) and len(betas) == T and all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) and 0 < b < 1 for b in betas)
+        if not ok:
+            raise PipelineError(f"{file}: trained_betas must be num_train_timesteps ({T}) numbers in (0, 1)")
+    if not isinstance(cfg.get("rescale_betas_zero_snr", False), bool):
+        raise PipelineError(f"{file}: rescale_betas_zero_snr {cfg['rescale_betas_zero_snr']!r} is not true/false")
+    sched = make_scheduler(kind, num_train_timesteps=T, beta_schedule=bs, trained_betas=betas,
+                           rescale_betas_zero_snr=cfg.get("rescale_betas_zero_snr", False),
+                           prediction_type=prediction_type, clip_sample=clip_sample)
+    for key, value in cfg.items():
+        if not key.startswith("_") and key in sched.config and value != sched.config[key]:
+            raise PipelineError(f"{file}: {key} is {value!r}, the GeoFace {kind} sampler of this transformer uses "
+                                f"{sched.config[key]!r} (a file edited by hand or of another model)")
+    return sched
 
 
 class GeoFacePipeline(DiffusionPipeline):
@@ -188,15 +248,29 @@ class GeoFacePipeline(DiffusionPipeline):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "GeoFacePipeline":
-        """Load a folder written by `save_pretrained` (local only, nothing is downloaded)."""
+        """Load a folder written by `save_pretrained` (local only, nothing is downloaded, no pickle is read): its
+        JSON files are checked first (`check_pipeline_folder`, `load_scheduler`), the transformer's weights by its
+        own `from_pretrained` (`weights.load_model_folder`)."""
         path = Path(pretrained_model_name_or_path)
-        if not (path / "model_index.json").is_file():
+        if not os.path.lexists(path / "model_index.json"):
             raise PipelineError(f"{path}: not a GeoFace pipeline folder (no model_index.json); a bare transformer "
                                 f"folder (config.json + weights) needs GeoFacePipeline.build")
-        kwargs["local_files_only"] = True
+        index = check_pipeline_folder(path)
+        if index.get("vae", [None])[0] is not None and "vae" not in kwargs:  # its config checked, safetensors only
+            kwargs["vae"] = LatentCodec.from_path(path / "vae").vae
+        if "scheduler" not in kwargs:
+            tcfg = read_config_json(path / "transformer" / "config.json", PipelineError)
+            if tcfg.get("prediction_type") not in PREDICTION_TYPES:  # before the sampler is judged by it
+                raise ModelConfigError(f"GeoFaceTransformer config: prediction_type {tcfg.get('prediction_type')!r} "
+                                       f"is not one of {list(PREDICTION_TYPES)} ({path / 'transformer' / 'config.json'})")
+            kind = next(k for k, c in SCHEDULERS.items() if c.__name__ == index["scheduler"][1])
+            kwargs["scheduler"] = load_scheduler(path / "scheduler" / "scheduler_config.json", kind,
+                                                 scheduler_prediction_type(tcfg.get("prediction_type")),
+                                                 clip_sample=index.get("vae", [None])[0] is None)
+        kwargs.update(local_files_only=True, use_safetensors=True)
         pipe = super().from_pretrained(str(path), **kwargs)
         info_file = path / HEAD_DIR / HEAD_INFO_FILE
-        info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+        info = read_config_json(info_file, PipelineError, "head model description") if os.path.lexists(info_file) else {}
         layout = load_layout(path / HEAD_DIR / LAYOUT_FILE) if (path / HEAD_DIR / LAYOUT_FILE).is_file() else None
         pipe.set_head(layout, info)
         return pipe

@@ -118,13 +118,15 @@ def check_base_folder(base_path: str | Path | None, where: str = "model.base_pat
     if pred not in ("epsilon", "v_prediction"):
         raise BaseModelError(f"{sched_file}: prediction_type is {pred!r}, SD 2.x uses 'epsilon' or 'v_prediction'")
     for w in ("unet", "vae"):
-        if not any((path / w).glob("*.safetensors")) and not any((path / w).glob("*.bin")):
-            raise BaseModelError(f"{path / w}: no weights (*.safetensors or *.bin)")
+        if not any((path / w).glob("*.safetensors")):
+            pickles = any((path / w).glob("*.bin"))
+            raise BaseModelError(f"{path / w}: no weights (*.safetensors)" + ("; *.bin files are pickles, which can "
+                                 "run code and are never loaded (download the safetensors weights)" if pickles else ""))
     strip = lambda d: {k: v for k, v in d.items() if not k.startswith("_")}  # noqa: E731
     return BaseInfo(path=path, unet_config=strip(unet_cfg), vae_config=strip(vae_cfg), prediction_type=pred)
 
 
 def load_base_unet(info: BaseInfo, dtype=None) -> UNet2DConditionModel:
     """The base UNet of a checked folder, local files only (the VAE: `LatentCodec.from_path(info.path / "vae")`)."""
-    kw = dict(local_files_only=True, **({"torch_dtype": dtype} if dtype is not None else {}))
+    kw = dict(local_files_only=True, use_safetensors=True, **({"torch_dtype": dtype} if dtype is not None else {}))
     return UNet2DConditionModel.from_pretrained(str(info.path), subfolder="unet", **kw)

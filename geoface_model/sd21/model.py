@@ -36,6 +36,7 @@ from flame_fitting.core.fileio import read_json_object
 from ..attention import TokenLayout
 from ..geo_norm import GeometryNormMixin
 from ..model import GeoFaceOutput
+from ..weights import load_model_folder
 from .attention import AlignRequest, LogitHead
 from .base import BaseInfo, BaseModelError, check_unet_config, load_base_unet
 from .surgery import (add_qk_norm, install_processors, latent_stride, remove_text_cross_attention,
@@ -106,8 +107,8 @@ class SD21MultiView(ModelMixin, ConfigMixin, GeometryNormMixin):
         """Load a saved SD21MultiView (local folder; a checkpoint of another backbone is refused first)."""
         path = Path(pretrained_model_name_or_path) / (kwargs.get("subfolder") or "")
         check_saved_backbone(path, cls.__name__, "sd21_mv")
-        kwargs["local_files_only"] = True
-        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        return load_model_folder(cls, super().from_pretrained, pretrained_model_name_or_path, BaseModelError,
+                                 *args, **kwargs)
 
     def forward(self, app: torch.Tensor, timesteps: torch.Tensor, plucker: torch.Tensor, app_cond: torch.Tensor,
                 geo: torch.Tensor | None = None, geo_cond: torch.Tensor | None = None, align: bool = False,
