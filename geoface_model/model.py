@@ -153,9 +153,17 @@ class GeoFaceTransformer(ModelMixin, ConfigMixin, GeometryNormMixin):
                                    "(config.json of the model folder)")
         self._init_geometry_norm(geo_norm_resolution if geometry_stream else 0, geo_norm_scale)
         D, C = width, latent_channels
-        self.align_layers = [depth // 2] if align_layers is None else list(align_layers)
-        if any(not 0 <= i < depth for i in self.align_layers):
-            raise ValueError(f"GeoFaceTransformer: align_layers {self.align_layers} outside 0..{depth - 1}")
+        if width % heads:
+            raise ModelConfigError(f"GeoFaceTransformer config: width {width} is not divisible by heads {heads} "
+                                   "(config.json of the model folder)")
+        self.align_layers = [depth // 2] if align_layers is None else align_layers
+        if not isinstance(self.align_layers, (list, tuple)) or len(self.align_layers) > depth or any(
+                isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < depth for i in self.align_layers):
+            shown = repr(self.align_layers)
+            raise ModelConfigError(f"GeoFaceTransformer config: align_layers "
+                                   f"{shown if len(shown) <= 80 else shown[:77] + '...'} is not a list of at most "
+                                   f"{depth} layer indices in 0..{depth - 1} (config.json of the model folder)")
+        self.align_layers = list(self.align_layers)
         self.gradient_checkpointing = False
         self.t_embed = nn.Sequential(nn.Linear(freq_dim, D), nn.SiLU(), nn.Linear(D, D))
         self.app_embed = nn.Conv2d(C + 7, D, patch_size, stride=patch_size)

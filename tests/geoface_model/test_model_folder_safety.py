@@ -194,6 +194,19 @@ def test_a_transformer_config_with_values_no_model_has_is_refused(folder, key, v
         GeoFacePipeline.from_pretrained(folder)
 
 
+@pytest.mark.parametrize("key, value, message", [
+    ("heads", 5, r"width \d+ is not divisible by heads 5 \(config.json of the model folder\)$"),
+    ("align_layers", list(range(10 ** 6)), r"align_layers \[0, 1, 2, .{60,70}\.\.\. is not a list of at most \d+ "),
+    ("align_layers", [True], r"align_layers \[True\] is not"), ("align_layers", 3, r"align_layers 3 is not")])
+def test_heads_and_align_layers_are_named_in_one_short_line(folder, key, value, message):
+    """`heads` that does not divide the width was a ValueError not naming the file; a million-entry align_layers was
+    printed whole."""
+    _edit_json(folder / "transformer/config.json", **{key: value})
+    with pytest.raises(ModelConfigError, match=message) as e:
+        GeoFacePipeline.from_pretrained(folder)
+    assert len(str(e.value)) < 300
+
+
 def test_head_description_must_be_a_json_object(folder):
     (folder / "head/head_model.json").write_text("[1]")
     with pytest.raises(PipelineError, match="head_model.json: expected a JSON object"):
