@@ -12,7 +12,6 @@ shapes differ from the model's, then lets diffusers load with `use_safetensors=T
 """
 from __future__ import annotations
 
-import json
 import os
 import stat
 import struct
@@ -20,6 +19,8 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
+
+from flame_fitting.core.fileio import read_json
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 MAX_CONFIG_BYTES = 16 << 20   # 16 MiB: a config is ~1 KB, a scheduler's trained_betas of 100000 timesteps ~2.5 MB
@@ -41,18 +42,9 @@ def _regular_file(path: Path, error: type[Exception], what: str) -> int:
 
 
 def read_config_json(path: Path | str, error: type[Exception], what: str = "config file") -> dict:
-    """The JSON object in `path`: `error` naming the file when it is missing, not a regular file, larger than
-    MAX_CONFIG_BYTES, not JSON (also nested too deeply, integers of 4300+ digits) or not an object."""
-    path = Path(path)
-    size = _regular_file(path, error, what)
-    if size > MAX_CONFIG_BYTES:
-        raise error(f"{path}: {size} bytes, more than a model's {what} holds ({MAX_CONFIG_BYTES})")
-    try:
-        data = json.loads(path.read_bytes())
-    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, int() beyond 4300 digits
-        raise error(f"{path}: not valid JSON ({e})") from None
-    except RecursionError:
-        raise error(f"{path}: not valid JSON (nested too deeply)") from None
+    """The JSON object in `path` (`fileio.read_json` with a model config's size limit, MAX_CONFIG_BYTES): `error`
+    naming the file when it is missing, not a regular file, too large, not JSON or not an object."""
+    data = read_json(path, error, MAX_CONFIG_BYTES, f"model's {what}")
     if not isinstance(data, dict):
         raise error(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data

@@ -7,13 +7,13 @@ matrix parsing that raises a `CaptureError` naming the file or item. No image co
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from flame_fitting.core.arrays import checked_array
+from flame_fitting.core.fileio import read_json
 from flame_fitting.formats.capture import SPLITS, CaptureError
 from flame_fitting.core.params import ParamsError, spec
 
@@ -134,25 +134,10 @@ def camera_names(paths: list[str]) -> list[str]:
     return stems if len(set(stems)) == len(stems) else [b.replace("/", "_") for b in bare]
 
 
-MAX_JSON_BYTES = 1 << 28  # 256 MiB: a dataset's largest metadata file (transforms.json of 10^5 frames) is far below
-
-
 def load_json(path: Path):
-    """Parsed JSON; CaptureError naming the file when missing, not a regular file (a FIFO, /dev/zero), larger than
-    MAX_JSON_BYTES, or not valid JSON (truncated, nested beyond the parser's depth, integers of 4300+ digits)."""
-    path = Path(path)
-    if not path.exists():
-        raise CaptureError(f"{path}: file is missing")
-    if not path.is_file():
-        raise CaptureError(f"{path}: not a regular file")
-    if path.stat().st_size > MAX_JSON_BYTES:
-        raise CaptureError(f"{path}: {path.stat().st_size} bytes, more than a metadata file holds ({MAX_JSON_BYTES})")
-    try:
-        return json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, and int() beyond 4300 digits
-        raise CaptureError(f"{path}: not valid JSON ({e})") from None
-    except RecursionError:
-        raise CaptureError(f"{path}: not valid JSON (nested too deeply)") from None
+    """Parsed JSON of a dataset's metadata file (`fileio.read_json`: CaptureError naming the file when missing, not a
+    regular file, larger than MAX_JSON_BYTES or not valid JSON)."""
+    return read_json(path, CaptureError)
 
 
 def as_matrix(value, shape: tuple[int, ...], what: str) -> np.ndarray:

@@ -187,6 +187,29 @@ def write_png(path: Path | str, img: np.ndarray) -> Path:
     return write_image(Path(path), img)
 
 
+MAX_JSON_BYTES = 1 << 28  # 256 MiB: a dataset's largest metadata file (transforms.json of 10^5 frames) is far below
+
+
+def read_json(path: Path | str, error: type[Exception] = OutputError, max_bytes: int = MAX_JSON_BYTES,
+              what: str = "metadata file"):
+    """Parsed JSON of an untrusted file; `error` naming it when missing, not a regular file (a FIFO would block,
+    /dev/zero never ends), larger than `max_bytes` (what `what` holds at most), or not valid JSON (truncated, nested
+    beyond the parser's depth, integers of 4300+ digits)."""
+    path = Path(path)
+    if not path.exists():
+        raise error(f"{path}: file is missing")
+    if not path.is_file():
+        raise error(f"{path}: not a regular file")
+    if (size := path.stat().st_size) > max_bytes:
+        raise error(f"{path}: {size} bytes, more than a {what} holds ({max_bytes})")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, and int() beyond 4300 digits
+        raise error(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise error(f"{path}: not valid JSON (nested too deeply)") from None
+
+
 def read_json_object(path: Path | str, error: type[Exception] = OutputError) -> dict:
     """The JSON object in `path`; a missing file, unreadable JSON or another JSON type raises `error` naming it."""
     path = Path(path)
