@@ -29,7 +29,7 @@ from flame_fitting.core.units import Unit, code_digest, run_units, tree_digest, 
 from flame_fitting.formats.capture import load_cameras, load_capture
 from flame_fitting.formats.fits import fit_folders, load_sequence_fit
 from flame_fitting.formats.lineage import captures_version_of, check_same_capture, write_lineage
-from flame_fitting.formats.units import capture_unit_hashes, worker_capture
+from flame_fitting.formats.units import capture_unit_hashes, unit_capture
 from flame_fitting.head.head_model import load_head_model
 from flame_fitting.uv import UVLayout, bake_posmap
 from flame_fitting.uv.correspondences import load_correspondences
@@ -74,7 +74,8 @@ def build_dataset(captures: Path | str, fits: Path | str, uv: Path | str, corres
     """Shards of every successfully fitted frame (module docstring), the sequences whose inputs changed only, on
     `executor`, their UV maps baked with `gutter` (the uv stage's `uv.gutter`, which evaluation's mesh from a
     generated map uses too); returns (and writes) the metrics."""
-    cap, uv, correspondences, out = load_capture(captures), Path(uv), Path(correspondences), Path(out)
+    cap, uv, correspondences, out = (load_capture(captures, check_files=False),  # units check their images
+                                     Path(uv), Path(correspondences), Path(out))
     inputs = [captures, fits, uv, correspondences, head_model]
     check_output_dir(out, inputs, True, kind="dataset")
     check_same_capture(captures, fits, "fits")
@@ -127,7 +128,8 @@ def _layout(head_model: str, n_shape: int, n_expr: int) -> UVLayout:
 def dataset_unit(captures: str, fits: str, uv: str, correspondences: str, head_model: str, cfg: DatasetParams,
                  tok: TokensConfig, unit: Unit, tmp: Path, extras, gutter: int = 4) -> tuple[dict, list]:
     """One dataset unit (runs in a worker): the shards of one fitted sequence into `tmp`."""
-    cap, subject, sequence = worker_capture(captures), unit.subject, unit.sequence
+    subject, sequence = unit.subject, unit.sequence
+    cap = unit_capture(captures, subject, sequence)
     m = cap.manifest
     split = str(m[m.subject == subject].split.iat[0])
     folder = Path(fits) / subject / sequence

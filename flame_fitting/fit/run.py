@@ -18,7 +18,7 @@ from flame_fitting.core.units import Unit, code_digest, run_units, tree_digest, 
 from flame_fitting.formats.capture import capture_version, load_capture
 from flame_fitting.formats.lineage import check_same_capture, write_lineage
 from flame_fitting.formats.landmarks import load_landmarks
-from flame_fitting.formats.units import capture_unit_hashes, capture_units, sub_capture, worker_capture
+from flame_fitting.formats.units import capture_unit_hashes, capture_units, unit_capture
 from flame_fitting.head.head_model import load_head_model
 
 from .capture import embedding_used, face_region_of, fit_one_sequence, resolve_silhouette_mode, summarise
@@ -38,7 +38,7 @@ def fit_folder(captures: Path | str, landmarks: Path | str, head_model: Path | s
     into `out` (an existing one only if geoface wrote it and `overwrite`), the sequences whose inputs changed only,
     on `executor`. Returns (and writes) the public metrics (+ units run / kept / removed / failed)."""
     check_output_dir(out, [captures, landmarks, head_model], overwrite, kind="fit")
-    cap, landmarks = load_capture(captures), Path(landmarks)
+    cap, landmarks = load_capture(captures, check_files=False), Path(landmarks)  # units check their images
     check_same_capture(captures, landmarks, "landmarks")
     cfg = resolve_silhouette_mode(cfg, cap)
     head, code = tree_digest(head_model), code_digest(*(ROOT / r for r in ROOMS))
@@ -94,7 +94,7 @@ def _model(head_model: str, n_shape, n_expr):
 def fit_unit(captures: str, landmarks: str, head_model: str, cfg: FitConfig, unit: Unit, tmp: Path,
              extras: Path | None) -> tuple[dict, list[str]]:
     """One fit unit (runs in a worker): fit one sequence into `tmp`, its overlays into `extras`."""
-    cap = sub_capture(worker_capture(captures), unit.subject, unit.sequence)
+    cap = unit_capture(captures, unit.subject, unit.sequence)
     ls = load_landmarks(unit_landmarks(Path(landmarks), unit.subject, unit.sequence))
     model = _model(head_model, cfg.n_shape, cfg.n_expr)
     rec = fit_one_sequence(cap, ls, model, cfg, unit.subject, unit.sequence, tmp, extras, face_region_of(model))

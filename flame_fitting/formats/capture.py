@@ -257,15 +257,28 @@ def load_capture(root: Path | str, check_files: bool = True, check_hashes: bool 
                 raise CaptureError(f"{root / row.path}: camera {row.camera!r} is not in {cam_file}")
             if (cam.width, cam.height) != (row.width, row.height):
                 raise CaptureError(f"{root / row.path}: manifest size {row.width}×{row.height} differs from camera {row.camera!r} ({cam.width}×{cam.height}) in {cam_file}")
-            if check_files and not (root / row.path).is_file():
-                raise CaptureError(f"{root / row.path}: image file is missing")
-            real = image_size(root / row.path) if check_files else None
-            if real is not None and real != (cam.width, cam.height):
-                raise CaptureError(f"{root / row.path}: image is {real[0]}×{real[1]} pixels but camera {row.camera!r} "
-                                   f"in {cam_file} is {cam.width}×{cam.height}")
-            if check_hashes and sha256_file(root / row.path) != row.sha256:
-                raise CaptureError(f"{root / row.path}: content hash differs from the manifest (file changed)")
+    if check_files or check_hashes:
+        check_image_files(cap, hashes=check_hashes)
     return cap
+
+
+def check_image_files(cap: Capture, hashes: bool = False) -> None:
+    """CaptureError naming the first image of `cap.manifest` that is missing or whose header gives another size than
+    the manifest's (the manifest's size is its camera's: `load_capture`); with `hashes`, also one whose content hash
+    differs from the manifest's. Only headers are read (an image whose header cannot be read is left to the stages,
+    which record it as unreadable). The data stages check a sequence's images in the unit that reads them
+    (`formats.units.unit_capture`), so a run whose units are all current opens no image."""
+    for row in cap.manifest.itertuples():
+        path = cap.root / row.path
+        if not path.is_file():
+            raise CaptureError(f"{path}: image file is missing")
+        real = image_size(path)
+        if real is not None and real != (row.width, row.height):
+            cam_file = cap.root / row.subject / row.sequence / "cameras.json"
+            raise CaptureError(f"{path}: image is {real[0]}×{real[1]} pixels but camera {row.camera!r} "
+                               f"in {cam_file} is {row.width}×{row.height}")
+        if hashes and sha256_file(path) != row.sha256:
+            raise CaptureError(f"{path}: content hash differs from the manifest (file changed)")
 
 
 PATH_COLUMNS = ("path", "mask_path", "gt_path")  # manifest columns holding file paths relative to the root

@@ -32,7 +32,7 @@ from flame_fitting.core.units import Unit, code_digest, run_units, unit_key, wri
 from flame_fitting.formats.capture import Capture, CaptureError, capture_version, load_capture, read_gt_landmarks
 from flame_fitting.formats.landmarks import KEYS, LandmarkSet, load_landmark_tables, write_landmark_files
 from flame_fitting.formats.lineage import write_lineage
-from flame_fitting.formats.units import capture_unit_hashes, capture_units, sub_capture, worker_capture
+from flame_fitting.formats.units import capture_unit_hashes, capture_units, unit_capture
 from flame_fitting.landmarks.detector import band_means, detect_files, rates_by_yaw, results_to_arrays
 from flame_fitting.landmarks.faces import choose_faces
 
@@ -129,7 +129,7 @@ def detect_folder(captures: Path | str, out: Path | str, cfg: LandmarksParams, m
     write) the metrics of `landmark_metrics` over every sequence, plus the units run / kept / removed / failed
     (failed units are listed in `<out>/failures.json`)."""
     check_output_dir(out, [captures], overwrite, kind="landmarks")
-    cap = load_capture(captures)
+    cap = load_capture(captures, check_files=False)  # each unit checks its own images (unit_capture)
     code = code_digest(*(ROOT / r for r in ROOMS))
     # `workers` is not in the key: the thread count changes no byte of a result (test_landmarks.py), so changing it
     # re-runs nothing (it re-ran every sequence)
@@ -165,7 +165,7 @@ ROOMS = ("__init__.py", "core", "geometry", "formats", "landmarks")  # the code 
 def detect_unit(captures: str, cfg: LandmarksParams, unit: Unit, tmp: Path, extras: Path | None) -> tuple[dict, list]:
     """One landmarks unit (runs in a worker): detect one sequence's images into `tmp`; the record keeps the
     ground-truth errors (None where unknown) for the stage's metrics."""
-    sub = sub_capture(worker_capture(captures), unit.subject, unit.sequence)
+    sub = unit_capture(captures, unit.subject, unit.sequence)
     ls = detect_capture(sub, workers=cfg.workers, progress=False)
     write_landmark_files(ls, tmp)
     err = gt_landmark_errors(sub, ls)

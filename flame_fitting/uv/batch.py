@@ -36,7 +36,7 @@ from flame_fitting.core.units import Unit, code_digest, run_units, tree_digest, 
 from flame_fitting.formats.capture import load_cameras, load_capture
 from flame_fitting.formats.fits import load_sequence_fit
 from flame_fitting.formats.lineage import captures_version_of, check_same_capture
-from flame_fitting.formats.units import capture_unit_hashes, worker_capture
+from flame_fitting.formats.units import capture_unit_hashes, unit_capture
 from flame_fitting.head.head_model import load_head_model
 
 from .bake import UVLayout, bake_posmap, get_bake_table
@@ -163,7 +163,7 @@ def correspondences_for_fits(fits: Path | str, uv: Path | str, captures: Path | 
     """Correspondences of every fitted frame of `fits` at token grids `app_tokens`² / `geo_tokens`² per side (see
     the module docstring), the sequences whose inputs changed only, on `executor`; `uv` holds the position maps of
     `bake_fits`; `previews` None: none. Returns (and writes) the metrics."""
-    cap, uv, out = load_capture(captures), Path(uv), Path(out)
+    cap, uv, out = load_capture(captures, check_files=False), Path(uv), Path(out)  # units check their images
     check_output_dir(out, [fits, uv, captures, head_model], True, kind="correspondences")
     check_same_capture(captures, fits, "fits")
     head, code = tree_digest(head_model), code_digest(*(ROOT / r for r in ROOMS))
@@ -190,7 +190,8 @@ def correspondence_unit(fits: str, uv: str, captures: str, head_model: str, cfg:
     """One correspondences unit (runs in a worker): one fitted sequence into `tmp`, the previews of its first frame
     into `previews`. Returns the record (per-frame self-check metrics) and the preview names."""
     grid = TokenGrid(app_tokens, geo_tokens, cfg.min_app_coverage, cfg.min_geo_pixels)
-    cap, subject, sequence = worker_capture(captures), unit.subject, unit.sequence
+    subject, sequence = unit.subject, unit.sequence
+    cap = unit_capture(captures, subject, sequence)
     folder = Path(fits) / subject / sequence
     fit = load_sequence_fit(folder)
     _, layout = _model_layout(head_model, fit["shape"].shape[1], fit["expr"].shape[1])

@@ -205,3 +205,35 @@ def test_an_unreachable_ray_cluster_changes_nothing(pipeline):
         with pytest.raises(ExecutorError, match=r"executor.ray_address='127.0.0.1:9': no Ray cluster answers"):
             run_data_stages(cap, pipeline["head"], data, ray_cfg, stages=(stage,))
     assert snapshot(data) == before
+
+
+def test_images_are_checked_by_the_units_that_run_them(pipeline, tmp_path):
+    """The stages opened every image header of the capture on every run (load_capture's size check, in each of the
+    four stages that read the capture): a re-read of the whole dataset to add one subject. A stage now loads the
+    capture without opening an image and each unit checks its own sequence's images (`unit_capture`): an image
+    changed behind the manifest's back in a kept unit is not read (the unit is current by the manifest's hashes; it
+    made the stage refuse the capture), and a wrong-size image of a unit that runs fails that unit only, named."""
+    import cv2
+    import pandas as pd
+
+    from flame_fitting.landmarks.capture import LandmarksParams, detect_folder
+
+    names, out = pipeline["names"], tmp_path / "landmarks"
+    cap = subset(pipeline["full"], tmp_path / "cap", names[:3])
+    assert detect_folder(cap, out, LandmarksParams(workers=1), executor=LOCAL)["units_run"] == 3
+
+    def shrink(subject):  # a half-size PNG over one of the subject's images; the manifest is not told
+        path = cap / pd.read_parquet(cap / "manifest.parquet").query("subject == @subject").path.iat[0]
+        cv2.imwrite(str(path), np.zeros((96, 96, 3), np.uint8))
+        return path
+
+    shrink(names[0])
+    m = detect_folder(cap, out, LandmarksParams(workers=1), executor=LOCAL)
+    assert (m["units_run"], m["units_kept"], m["units_failed"]) == (0, 3, 0)
+    cap = subset(pipeline["full"], tmp_path / "cap", names)  # every file as generated, one more subject
+    bad = shrink(names[3])
+    m = detect_folder(cap, out, LandmarksParams(workers=1), executor=LOCAL)
+    assert (m["units_run"], m["units_kept"], m["units_failed"]) == (0, 3, 1)
+    failures = json.loads((out / "failures.json").read_text())
+    assert [(f["subject"], f["sequence"]) for f in failures] == [(names[3], "synthetic")]
+    assert f"{bad}: image is 96×96 pixels but camera" in failures[0]["error"]
