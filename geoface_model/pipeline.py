@@ -19,14 +19,12 @@ model, `train.cond_dropout: 0`) has never seen that branch: g = 1 (default) runs
 g > 1 extrapolates away from whatever it predicts without a reference — not a calibrated CFG. Trained with
 `train.cond_dropout` > 0 (the paper presets: 0.1) g > 1 is CFG. g != 1 costs a second forward pass per step.
 
-Saved with `save_pretrained` as a diffusers pipeline folder (model_index.json, transformer/, scheduler/,
-optional vae/) plus `head/uv_layout.npz` (the head model's UV layout: uv, uv_faces, faces, n_vertices, key) and
-`head/head_model.json` (kind, sizes, gutter), which `posmap → mesh` needs; written to a temporary sibling and
-renamed. `from_pretrained` reads it back (local folders only).
+Saved with `save_pretrained` as a diffusers pipeline folder plus the head model's UV layout (head/), written to a
+temporary sibling and renamed; `from_pretrained` reads it back (local folders only), its files checked first. What
+the folder holds and those checks: `pipeline_folder.py`.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,12 +32,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, DiffusionPipeline, EulerDiscreteScheduler
+from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
-from flame_fitting.core.arrays import load_npz
 from flame_fitting.core.threads import torch_threads
-from flame_fitting.core.errors import GeofaceError
 from flame_fitting.geometry.camera import Camera
 from flame_fitting.core.fileio import replace_dir, temp_path
 from flame_fitting.uv import UVLayout, posmap_to_vertices
@@ -48,24 +44,14 @@ from .backbone import load_trained, vae_path_of
 from .diffusion import precondition, scheduler_prediction_type
 from .embeddings import plucker_rays
 from .latents import LatentCodec
-from .model import PREDICTION_TYPES, GeoFaceTransformer, ModelConfigError
+from .model import GeoFaceTransformer
 from .noise_schedule import PRECONDITIONED, schedule_of, train_schedule
-from .weights import read_config_json
+from .pipeline_folder import (SCHEDULERS, PipelineError, check_pipeline_folder, folder_scheduler, load_layout,
+                              load_scheduler, make_scheduler, read_head, write_head)
 
-SCHEDULERS = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler}
-# what a pipeline folder's model_index.json may name: diffusers resolves these entries to classes and loads them,
-# so an entry naming anything else (a UNet config declaring 600 GB, a module of the process) is refused first
-COMPONENTS = {"transformer": [["geoface_model.model", "GeoFaceTransformer"], ["geoface_model.sd21.model", "SD21MultiView"]],
-              "scheduler": [["diffusers", c.__name__] for c in SCHEDULERS.values()],
-              "vae": [[None, None], ["diffusers", "AutoencoderKL"]]}
-MAX_RESOLUTION = 4096          # resolution / uv_resolution of model_index.json (65536 asked for 12 GB per view)
-MAX_TRAIN_TIMESTEPS = 100_000  # a scheduler config's num_train_timesteps (10^12 looped, then asked for 4 TB)
-BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
-HEAD_DIR, LAYOUT_FILE, HEAD_INFO_FILE = "head", "uv_layout.npz", "head_model.json"
-
-
-class PipelineError(GeofaceError, ValueError):
-    """Bad input to the pipeline or an unusable pipeline folder (names the file / argument)."""
+# the public names of this module (load_layout, check_pipeline_folder, load_scheduler: their home is pipeline_folder)
+__all__ = ["GeoFacePipeline", "GeoFacePipelineOutput", "PipelineError", "SCHEDULERS", "check_pipeline_folder",
+           "head_info_of", "load_layout", "load_scheduler", "make_scheduler"]
 
 
 @dataclass
@@ -79,95 +65,10 @@ class GeoFacePipelineOutput(BaseOutput):
     reference_cameras: list         # n_ref `Camera`s at S×S
 
 
-def make_scheduler(kind: str = "ddim", num_train_timesteps: int = 1000, beta_schedule: str = "squaredcos_cap_v2",
-                   prediction_type: str = "epsilon", clip_sample: bool = True, rescale_betas_zero_snr: bool = False,
-                   trained_betas: list[float] | None = None):
-    """A DDIM or Euler scheduler on the training noise schedule (`noise_schedule.schedule_kwargs` of the
-    `TrainConfig`: timesteps, beta schedule, zero terminal SNR, SNR-shifted betas) and `ModelConfig.prediction_type`;
-    'trailing' timestep spacing (the first step is t = T - 1, pure noise). clip_sample (DDIM only): clamp x̂0 to
-    [-1, 1] — right in pixel space, wrong for VAE latents."""
-    if kind not in SCHEDULERS:
-        raise PipelineError(f"scheduler {kind!r}: choose one of {sorted(SCHEDULERS)}")
-    common = dict(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule, prediction_type=prediction_type,
-                  timestep_spacing="trailing", rescale_betas_zero_snr=rescale_betas_zero_snr, trained_betas=trained_betas)
-    if kind == "ddim":
-        return DDIMScheduler(**common, clip_sample=clip_sample, set_alpha_to_one=True)
-    return EulerDiscreteScheduler(**common)
-
-
 def head_info_of(model, gutter: int = 4) -> dict:
     """JSON description of a `HeadModel` stored with the pipeline (gutter = the `uv` stage's bake gutter)."""
     return {"kind": model.kind, "n_shape": int(model.n_shape), "n_expr": int(model.n_expr),
             "n_vertices": int(model.n_vertices), "n_faces": int(model.n_faces), "gutter": int(gutter)}
-
-
-def _layout_arrays(layout: UVLayout) -> dict:
-    return dict(uv=layout.uv, uv_faces=layout.uv_faces, faces=layout.faces, n_vertices=np.int64(layout.n_vertices),
-                key=np.array(layout.key))
-
-
-def load_layout(path: Path | str) -> UVLayout:
-    """`head/uv_layout.npz` of a pipeline folder -> UVLayout (refuses a file whose content hash differs)."""
-    path = Path(path)
-    z = load_npz(path, PipelineError, keys=("uv", "uv_faces", "faces", "n_vertices", "key"))
-    try:
-        layout = UVLayout.from_arrays(z["uv"], z["uv_faces"], z["faces"], int(z["n_vertices"]))
-        key = str(z["key"])
-    except (KeyError, ValueError, TypeError) as e:
-        raise PipelineError(f"{path}: not a readable UV layout file ({type(e).__name__}: {e})") from None
-    if layout.key != key:
-        raise PipelineError(f"{path}: layout content hash {layout.key} does not match the stored key {key} (damaged file)")
-    return layout
-
-
-def check_pipeline_folder(path: Path) -> dict:
-    """model_index.json of a pipeline folder: PipelineError naming the file unless it is a GeoFacePipeline's whose
-    components are among COMPONENTS and whose resolutions are integers in 1..MAX_RESOLUTION."""
-    file = path / "model_index.json"
-    index = read_config_json(file, PipelineError, "model_index.json")
-    if index.get("_class_name") != "GeoFacePipeline":
-        raise PipelineError(f"{file}: _class_name is {index.get('_class_name')!r}, expected 'GeoFacePipeline'")
-    for key in ("transformer", "scheduler"):
-        if key not in index:
-            raise PipelineError(f"{file}: no {key!r} entry")
-    for key, value in index.items():
-        if key.startswith("_"):
-            continue
-        if key in ("resolution", "uv_resolution"):
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_RESOLUTION:
-                raise PipelineError(f"{file}: {key} {value!r} is not an integer in 1..{MAX_RESOLUTION}")
-        elif key not in COMPONENTS:
-            raise PipelineError(f"{file}: unknown entry {key!r} (a GeoFace pipeline has {sorted(COMPONENTS)})")
-        elif value not in COMPONENTS[key]:
-            raise PipelineError(f"{file}: {key} is {value!r}; a GeoFace pipeline's is one of {COMPONENTS[key]}")
-    return index
-
-
-def load_scheduler(file: Path, kind: str, prediction_type: str, clip_sample: bool):
-    """The pipeline's sampler from its scheduler_config.json: the noise schedule is checked before anything is
-    built (timesteps, beta schedule, trained betas), every other key must be what `make_scheduler` sets (a
-    prediction type that is not the transformer's turned generation into noise)."""
-    cfg = read_config_json(file, PipelineError, "scheduler config")
-    T, betas, bs = cfg.get("num_train_timesteps"), cfg.get("trained_betas"), cfg.get("beta_schedule")
-    if isinstance(T, bool) or not isinstance(T, int) or not 2 <= T <= MAX_TRAIN_TIMESTEPS:
-        raise PipelineError(f"{file}: num_train_timesteps {T!r} is not an integer in 2..{MAX_TRAIN_TIMESTEPS}")
-    if bs not in BETA_SCHEDULES:
-        raise PipelineError(f"{file}: beta_schedule {bs!r} is not one of {list(BETA_SCHEDULES)}")
-    if betas is not None:
-        ok = isinstance(betas, list) and len(betas) == T and all(
-            isinstance(b, (int, float)) and not isinstance(b, bool) and 0 < b < 1 for b in betas)
-        if not ok:
-            raise PipelineError(f"{file}: trained_betas must be num_train_timesteps ({T}) numbers in (0, 1)")
-    if not isinstance(cfg.get("rescale_betas_zero_snr", False), bool):
-        raise PipelineError(f"{file}: rescale_betas_zero_snr {cfg['rescale_betas_zero_snr']!r} is not true/false")
-    sched = make_scheduler(kind, num_train_timesteps=T, beta_schedule=bs, trained_betas=betas,
-                           rescale_betas_zero_snr=cfg.get("rescale_betas_zero_snr", False),
-                           prediction_type=prediction_type, clip_sample=clip_sample)
-    for key, value in cfg.items():
-        if not key.startswith("_") and key in sched.config and value != sched.config[key]:
-            raise PipelineError(f"{file}: {key} is {value!r}, the GeoFace {kind} sampler of this transformer uses "
-                                f"{sched.config[key]!r} (a file edited by hand or of another model)")
-    return sched
 
 
 class GeoFacePipeline(DiffusionPipeline):
@@ -240,16 +141,13 @@ class GeoFacePipeline(DiffusionPipeline):
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = temp_path(out)
         super().save_pretrained(str(tmp), **kwargs)
-        (tmp / HEAD_DIR).mkdir()
-        if self.uv_layout is not None:
-            np.savez(tmp / HEAD_DIR / LAYOUT_FILE, **_layout_arrays(self.uv_layout))
-        (tmp / HEAD_DIR / HEAD_INFO_FILE).write_text(json.dumps(self.head_info, indent=1))
+        write_head(tmp, self.uv_layout, self.head_info)
         replace_dir(tmp, out, kind="pipeline")
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "GeoFacePipeline":
         """Load a folder written by `save_pretrained` (local only, nothing is downloaded, no pickle is read): its
-        JSON files are checked first (`check_pipeline_folder`, `load_scheduler`), the transformer's weights by its
+        JSON files are checked first (`check_pipeline_folder`, `folder_scheduler`), the transformer's weights by its
         own `from_pretrained` (`weights.load_model_folder`)."""
         path = Path(pretrained_model_name_or_path)
         if not os.path.lexists(path / "model_index.json"):
@@ -259,20 +157,10 @@ class GeoFacePipeline(DiffusionPipeline):
         if index.get("vae", [None])[0] is not None and "vae" not in kwargs:  # its config checked, safetensors only
             kwargs["vae"] = LatentCodec.from_path(path / "vae").vae
         if "scheduler" not in kwargs:
-            tcfg = read_config_json(path / "transformer" / "config.json", PipelineError)
-            if tcfg.get("prediction_type") not in PREDICTION_TYPES:  # before the sampler is judged by it
-                raise ModelConfigError(f"GeoFaceTransformer config: prediction_type {tcfg.get('prediction_type')!r} "
-                                       f"is not one of {list(PREDICTION_TYPES)} ({path / 'transformer' / 'config.json'})")
-            kind = next(k for k, c in SCHEDULERS.items() if c.__name__ == index["scheduler"][1])
-            kwargs["scheduler"] = load_scheduler(path / "scheduler" / "scheduler_config.json", kind,
-                                                 scheduler_prediction_type(tcfg.get("prediction_type")),
-                                                 clip_sample=index.get("vae", [None])[0] is None)
+            kwargs["scheduler"] = folder_scheduler(path, index)
         kwargs.update(local_files_only=True, use_safetensors=True)
         pipe = super().from_pretrained(str(path), **kwargs)
-        info_file = path / HEAD_DIR / HEAD_INFO_FILE
-        info = read_config_json(info_file, PipelineError, "head model description") if os.path.lexists(info_file) else {}
-        layout = load_layout(path / HEAD_DIR / LAYOUT_FILE) if (path / HEAD_DIR / LAYOUT_FILE).is_file() else None
-        pipe.set_head(layout, info)
+        pipe.set_head(*read_head(path))
         return pipe
 
     # ------------------------------------------------------------------ inference
