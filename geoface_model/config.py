@@ -46,7 +46,8 @@ class TokensConfig:
 @dataclass
 class ModelConfig:
     vae_path: str | None = spec(None, "local folder of a diffusers AutoencoderKL (never a hub id); null = pixel space")
-    width: int = spec(192, "transformer width D (token channels; ≥ the values per patch, 3·8² = 192 for the tiny pixel-space model)", lo=8)
+    width: int = spec(192, "transformer width D (token channels; ≥ the values per patch, 3·8² = 192 for the tiny "
+                           "pixel-space model, else a warning: train_run.config_warnings)", lo=8)
     depth: int = spec(6, "number of transformer blocks", lo=1)
     heads: int = spec(4, "attention heads per block (width must be divisible by heads)", lo=1)
     mlp_ratio: float = spec(4.0, "MLP hidden width / width", lo=1.0)
@@ -122,7 +123,8 @@ class TrainConfig:
     keep_checkpoints: int = spec(3, "most recent checkpoints kept (older ones deleted)", lo=2)
     keep_states: int = spec(3, "train stage: resumable runs (models/train_state/<run id>/) kept, the most recently "
                                "used ones; older runs are deleted. Not part of the run id", lo=1)
-    log_every: int = spec(1, "optimizer steps between loss-curve rows", lo=1)
+    log_every: int = spec(1, "optimizer steps between loss-curve rows (and a row at the last step); ≥ steps: one "
+                              "row, a warning", lo=1)
     num_workers: int = spec(0, "DataLoader worker processes", lo=0)
     n_ref: int = spec(1, "clean reference views per sample", lo=1)
     n_tgt: int = spec(3, "noisy target views per sample", lo=1)

@@ -68,6 +68,32 @@ def check_start(cfg: GeoFaceConfig, data: Path | str) -> None:
     latent_shape_info(vae_path_of(cfg))  # the VAE folder's config (sd21_mv: the base folder) without loading it
 
 
+def config_warnings(cfg: GeoFaceConfig, latent: tuple[int, int] | None) -> list[str]:
+    """What a run of `cfg` can do but most likely should not, one line each; printed by `check_params` and when
+    `train_model` starts, never refused (small test configs use them):
+    - model.width below the latent values per patch of a stream (backbone dit): a token's prediction is a linear map
+      of its width-D state to channels·p² values (`model.FinalLayer`), so it spans at most D of them and no
+      prediction can reproduce an arbitrary patch. p = tokens.patch_size (appearance) or geo_patch_size (geometry)
+      over the codec's downsampling; `latent` = the codec's (channels, downsampling): (3, 1) in pixel space, the
+      VAE's latent_channels and 2^(blocks - 1) (`latents.latent_shape_info`); None = not known, not checked;
+    - train.log_every ≥ train.steps > 1: the loss curve gets one row, the last step's (loss_first = loss_last)."""
+    out, m, t, tc = [], cfg.model, cfg.tokens, cfg.train
+    if latent is not None and m.backbone == "dit":
+        channels, f = latent
+        streams = [("tokens.patch_size", t.patch_size)]
+        if m.geometry_stream:
+            streams.append(("tokens.geo_patch_size", t.geo_patch_size))
+        for key, patch in streams:
+            if patch % f == 0 and m.width < (n := channels * (patch // f) ** 2):
+                out.append(f"model.width = {m.width} is below the {n} latent values of a token's patch ({key} "
+                           f"= {patch}: {channels} channels × {patch // f}² at {f}× downsampling): its prediction "
+                           f"spans at most {m.width} of them (use a width of at least {n})")
+    if tc.log_every >= tc.steps > 1:
+        out.append(f"train.log_every = {tc.log_every} is not below train.steps = {tc.steps}: the loss curve gets one "
+                   f"row (step {tc.steps}) and loss_first = loss_last (use a log_every below {tc.steps})")
+    return out
+
+
 def check_file_outputs(model: Path, files: dict[str, Path | str | None]) -> None:
     """Refuse file outputs ({what: path}) that are an existing folder, the model folder or under a file, before any
     work: otherwise they fail only after training, with the model already published."""
@@ -160,6 +186,8 @@ def train_model(cfg: GeoFaceConfig, data: Path | str, state: Path | str, model: 
     rid = run_id(cfg, data)
     run_dir = state / rid
     if PartialState().is_main_process:
+        for warning in config_warnings(cfg, latent_shape_info(vae_path_of(cfg))):
+            print(f"train: warning: {warning}", file=sys.stderr)
         touch_run(run_dir, rid)
         for old in prune_runs(state, cfg.train.keep_states, run_dir):
             print(f"train: deleted the state of run {old.name} (train.keep_states = {cfg.train.keep_states})",

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from flame_fitting.core.params import ParamsError, read_params
 from geoface.steps.captures import check_view_size
+from geoface_model.latents import latent_shape_info
+from geoface_model.train_run import config_warnings
 from pipelines.synthetic.sampling import split_subjects
 
 STAGES = ("head_model", "captures", "landmarks", "fit", "uv", "correspondences", "dataset", "train", "evaluate")
@@ -18,7 +20,8 @@ STAGES_DIR = Path(__file__).resolve().parents[2] / "stages"  # this checkout's s
 def check_params(path: Path | str = "params.yaml", stages_dir: Path | str = STAGES_DIR) -> list[str]:
     """Validate every section of `path` with the stage scripts' own loaders (in `stages_dir`), the view size
     against the token grid (`check_view_size`) and the settings of different sections that cannot work together
-    (`check_combinations`); ParamsError on the first problem. Returns the sections checked."""
+    (`check_combinations`); ParamsError on the first problem. Settings that work but most likely defeat the run's
+    purpose are printed as warnings (`train_run.config_warnings`). Returns the sections checked."""
     params = read_params(path)
     if unknown := sorted(set(params) - set(SECTIONS)):
         raise ParamsError(f"{path}: unknown sections {unknown}; known: {list(SECTIONS)}")
@@ -30,6 +33,9 @@ def check_params(path: Path | str = "params.yaml", stages_dir: Path | str = STAG
         loaded[name] = module.load_params(params)
     check_view_size(*loaded["captures"], loaded["correspondences"][1], path)
     check_combinations(loaded, path)
+    cfg = loaded["train"]  # a VAE's latent shape is in its folder, read when training starts: pixel space only here
+    for warning in config_warnings(cfg, latent_shape_info(None) if cfg.model.vae_path is None else None):
+        print(f"check_params: warning: {warning}", file=sys.stderr)
     return sorted(params)
 
 

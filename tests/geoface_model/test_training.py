@@ -168,3 +168,38 @@ def test_a_finished_run_publishes_the_same_bytes(data, tmp_path):
     assert same_lineage(card, {**card, "date": "x", "git": {}, "metrics": {}})
     assert not same_lineage(card, {**card, "captures_version": "0" * 16})
     assert not same_lineage(card, {**card, "params": {**card["params"], "train": {**card["params"]["train"], "lr": 1}}})
+
+
+@pytest.mark.parametrize("cfg, latent, expected", [
+    (micro(), (3, 1), ["model.width = 32 is below the 192 latent values of a token's patch (tokens.patch_size = 8",
+                       "model.width = 32 is below the 192 latent values of a token's patch (tokens.geo_patch_size = 8"]),
+    (micro().replace(model=dict(geometry_stream=False)), (3, 1), ["(tokens.patch_size = 8: 3 channels × 8² at 1×"]),
+    (micro().replace(model=dict(width=192)), (3, 1), []),  # the tiny preset's width: one value per channel
+    (micro().replace(model=dict(width=64)), (4, 2), []),  # a VAE's 4 latent channels, 8 px = 4² latents per token
+    (micro().replace(tokens=dict(geo_patch_size=16), model=dict(width=64)), (4, 2),
+     ["model.width = 64 is below the 256 latent values of a token's patch (tokens.geo_patch_size = 16: 4 channels"]),
+    (micro(), None, []),  # the VAE's latent shape not known (check_params with model.vae_path): not judged
+    (micro(log_every=4).replace(model=dict(width=192)), (3, 1),
+     ["train.log_every = 4 is not below train.steps = 4: the loss curve gets one row (step 4)"]),
+    (micro(log_every=3).replace(model=dict(width=192)), (3, 1), []),  # rows at steps 3 and 4
+    (micro(steps=1, log_every=5).replace(model=dict(width=192)), (3, 1), []),  # one step: one row whatever log_every
+])
+def test_config_warnings(cfg, latent, expected):
+    """Settings a run accepts but that defeat its purpose: a token narrower than the values of its patch in
+    either stream (with the codec's channels and downsampling), a loss curve of one row."""
+    from geoface_model.train_run import config_warnings
+
+    got = config_warnings(cfg, latent)
+    assert len(got) == len(expected) and all(e in g and "\n" not in g for e, g in zip(expected, got)), got
+
+
+def test_training_start_prints_the_warnings(data, tmp_path, capsys):
+    """`train_model` (the train stage, `geoface train`) prints each warning once, before training, and trains."""
+    from geoface_model.train_run import train_model
+
+    m = train_model(micro(steps=2, log_every=2, checkpoint_every=2), data, tmp_path / "state", tmp_path / "model",
+                    tmp_path / "loss.csv")
+    err = capsys.readouterr().err
+    assert err.count("train: warning: model.width = 32 is below the 192 latent values") == 2  # app and geo streams
+    assert err.count("train: warning: train.log_every = 2 is not below train.steps = 2") == 1
+    assert m["completed"] and len(read_csv(tmp_path / "loss.csv")) == 1  # what the warning said

@@ -9,7 +9,7 @@ from geoface_model.model import GeoFaceTransformer
 def _model(geometry_stream=True, **kw):
     torch.manual_seed(0)
     args = dict(latent_channels=3, patch_size=4, geo_patch_size=8, width=32, depth=3, heads=4,
-                geometry_stream=geometry_stream, **kw)
+                geometry_stream=geometry_stream) | kw
     return GeoFaceTransformer(**args)
 
 
@@ -129,3 +129,17 @@ def test_a_model_folder_declaring_absurd_sizes_is_refused_before_allocating(tmp_
     (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ModelConfigError, match=f"config: {key} {value!r} is not an integer in"):
         GeoFaceTransformer.from_pretrained(tmp_path / "m")
+
+
+@pytest.mark.parametrize("width, rank", [(32, 32), (48, 48)])
+def test_a_token_predicts_at_most_width_values_of_its_patch(width, rank):
+    """Why `train_run.config_warnings` flags model.width < channels·p²: each token's prediction is a linear map of
+    its width-D state, so the predicted 4×4×3 = 48-value patches (centred) span at most D dimensions, all 48 only
+    from D = 48 on."""
+    m = _model(width=width)
+    _randomize(m)
+    with torch.no_grad():
+        app = m(**_inputs()).app.double()  # (2, 3, 3, 16, 16), patch 4
+    patches = app.reshape(2, 3, 3, 4, 4, 4, 4).permute(0, 1, 3, 5, 2, 4, 6).reshape(-1, 48)  # (96, C·p·p)
+    s = torch.linalg.svdvals(patches - patches.mean(0))
+    assert int((s > 1e-4 * s[0]).sum()) == rank

@@ -117,3 +117,21 @@ def test_check_params_accepts_combinations_at_their_limits(tmp_path, edit):
     from check_params import check_params
 
     check_params(edited(tmp_path, edit))
+
+
+@pytest.mark.parametrize("edit, warnings", [
+    (lambda p: None, []),  # params.yaml as shipped: width 192 = 3·8², log_every 1 of 300 steps
+    # a token narrower than its patch's pixels (both streams), and a loss curve of one row: accepted, said once
+    (_set("model", width=64), ["check_params: warning: model.width = 64 is below the 192 latent values of a "
+                               "token's patch (tokens.patch_size = 8", "(tokens.geo_patch_size = 8"]),
+    (_set("train", log_every=300), ["check_params: warning: train.log_every = 300 is not below train.steps = 300"]),
+    (_set("train", log_every=299), []),
+    # a VAE folder's latent channels are read when training starts, not here (check_params reads params.yaml only)
+    (_set("model", width=64, vae_path="models/vae"), []),
+])
+def test_check_params_warns_about_settings_that_defeat_the_run(tmp_path, capsys, edit, warnings):
+    from check_params import check_params
+
+    check_params(edited(tmp_path, edit))
+    lines = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(lines) == len(warnings) and all(w in line for w, line in zip(warnings, lines)), lines
