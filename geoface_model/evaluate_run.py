@@ -31,6 +31,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from flame_fitting.core.errors import GeofaceError
+from flame_fitting.core.names import terminal_safe
 from flame_fitting.core.fileio import (make_temp_dir, nested, read_json_object, replace_dir, sha256_file, write_csv, write_json,
                                        write_png)
 from flame_fitting.formats.fits import load_sequence_fit
@@ -148,7 +149,7 @@ def evaluate_model(model_dir: Path | str, dataset: Path | str, fits: Path | str,
             except Exception as e:  # one bad sample is recorded and skipped
                 failures.append({"sample": f"{key}/{int(info['frame']):05d}", "error": f"{type(e).__name__}: {e}"})
                 if isinstance(e, GeofaceError):  # about the input: its one line says it; anything else is a bug
-                    tqdm.write(f"evaluate: sample {failures[-1]['sample']} failed: {e}", file=sys.stderr)
+                    tqdm.write(terminal_safe(f"evaluate: sample {failures[-1]['sample']} failed: {e}"), file=sys.stderr)
                 else:
                     traceback.print_exc()
                 continue

@@ -25,6 +25,7 @@ from pathlib import Path
 from accelerate import PartialState
 
 from flame_fitting.core.errors import GeofaceError
+from flame_fitting.core.names import terminal_safe
 from flame_fitting.core.fileio import file_ancestor, replace_dir, sha256_file, temp_path, write_bytes, write_json
 from flame_fitting.core.units import code_digest, tree_digest
 
@@ -144,7 +145,7 @@ def _published_record(record: Path) -> tuple[dict, dict] | None:
         try:
             out.append(json.loads(f.read_text()))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            print(f"train: {f}: unreadable ({e}); publishing the finished run afresh", file=sys.stderr)
+            print(terminal_safe(f"train: {f}: unreadable ({e}); publishing the finished run afresh"), file=sys.stderr)
             return None
     return out[0], out[1]
 

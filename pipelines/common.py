@@ -36,7 +36,7 @@ import numpy as np
 from flame_fitting.geometry.camera import Camera, CameraError
 from flame_fitting.formats.capture import CaptureError, CaptureWriter
 from flame_fitting.core.fileio import sha256_file
-from flame_fitting.core.names import name_problem, outside_target, relpath_problem
+from flame_fitting.core.names import name_key, name_problem, outside_target, relpath_problem, terminal_safe
 from pipelines.import_config import ImportConfig, ImportReport, as_matrix, subject_split
 from pipelines.views import ViewProcessor, read_image_file
 
@@ -64,6 +64,8 @@ class CaptureImport:
         self.skipped: list[dict] = []
         self.warnings: list[str] = []
         self.side_files: list[str] = []
+        self.refused: dict[tuple[str, str], str] = {}  # (subject, sequence) -> why none of it is imported
+        self.folded: dict[tuple, str] = {}  # name_key of each subject / sequence -> the name imported as it
         self.info: dict = {}
         self.report: ImportReport | None = None
 
@@ -99,9 +101,9 @@ class CaptureImport:
         self.skipped.append({"item": item, "reason": reason})
 
     def warn(self, message: str) -> None:
-        """Record a warning (capture.json["warnings"]) and print it to stderr."""
+        """Record a warning (capture.json["warnings"]) and print it to stderr (its names escaped: terminal_safe)."""
         self.warnings.append(message)
-        print(f"warning: {message}", file=sys.stderr)
+        print(f"warning: {terminal_safe(message)}", file=sys.stderr)
 
     def split_of(self, subject: str) -> str:
         return subject_split(subject, self.cfg.split_fractions, self.cfg.split_seed)
@@ -118,11 +120,22 @@ class CaptureImport:
             return None
 
     def set_cameras(self, subject: str, sequence: str, cameras: dict[str, Camera], where: str) -> dict[str, ViewProcessor]:
-        """Register the source cameras of a sequence; returns the usable ones' processors."""
-        views = {}
+        """Register the source cameras of a sequence; returns the usable ones' processors. A subject or sequence
+        whose name cannot be a folder name skips that sequence, a camera's that camera (not the import); so does a
+        name that differs from another only by case or Unicode normalisation (one file on macOS and Windows)."""
+        views, keys = {}, {}
+        if why := self._sequence_problem(subject, sequence):
+            self.refused[(subject, sequence)] = why
+            self.skip(f"{where} [{subject}/{sequence}]", why)
+            self.views[(subject, sequence)] = views
+            return views
         for name, cam in sorted(cameras.items()):
             if why := name_problem(name):  # one frame's or file's bad name skips that camera, not the import
                 self.skip(f"{where} [camera {name!r}]", f"camera name {why}")
+                continue
+            if (other := keys.setdefault(name_key(name), name)) != name:
+                self.skip(f"{where} [camera {name!r}]", f"camera name differs from camera {other!r} only by case or "
+                          "Unicode normalisation (one file on macOS and Windows)")
                 continue
             try:
                 views[name] = ViewProcessor(cam, self.cfg)
@@ -132,6 +145,19 @@ class CaptureImport:
             self.writer.set_cameras(subject, sequence, {n: v.camera for n, v in views.items()})
         self.views[(subject, sequence)] = views
         return views
+
+    def _sequence_problem(self, subject: str, sequence: str) -> str | None:
+        """Why the sequence cannot be imported under these names (None when it can): core/names.py `name_problem`, or
+        a subject (sequence of the subject) that differs from one imported before only by case or normalisation."""
+        for what, value in (("subject", subject), ("sequence", sequence)):
+            if why := name_problem(value):
+                return f"{what} name {value!r} {why}"
+        for what, key, value in (("subject", (name_key(subject),), subject),
+                                 ("sequence", (subject, name_key(sequence)), sequence)):
+            if (other := self.folded.setdefault(key, value)) != value:
+                return (f"{what} name {value!r} differs from {other!r} only by case or Unicode normalisation (one "
+                        "folder on macOS and Windows)")
+        return None
 
     def add(self, subject: str, sequence: str, frame: int, camera: str, rgb: np.ndarray, source: Path,
             key: str | None = None, mask: np.ndarray | None = None, whole_file: bool = True) -> bool:
@@ -143,7 +169,8 @@ class CaptureImport:
             return False
         view = self.views.get((subject, sequence), {}).get(camera)
         if view is None:
-            self.skip(item, f"no usable calibration for camera {camera!r} of {subject}/{sequence}")
+            self.skip(item, self.refused.get((subject, sequence))
+                      or f"no usable calibration for camera {camera!r} of {subject}/{sequence}")
             return False
         src = view.src
         if rgb.ndim != 3 or rgb.shape[:2] != (src.height, src.width):
@@ -172,6 +199,8 @@ class CaptureImport:
 
     def side_file(self, subject: str, sequence: str, kind: str, frame: int, arrays: dict[str, np.ndarray]) -> str:
         """Store `arrays` as <subject>/<sequence>/<kind>/<frame:05d>.npz inside the capture; returns its path."""
+        if why := self.refused.get((subject, sequence)):
+            raise CaptureError(f"{subject!r}/{sequence!r}: {why}")
         for what, value in (("subject", subject), ("sequence", sequence), ("kind", kind)):
             if why := name_problem(value):  # names come from the source's file names: '..' would leave the capture
                 raise CaptureError(f"{subject}/{sequence}: {what} {value!r} {why}")

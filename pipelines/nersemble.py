@@ -23,6 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from flame_fitting.core.names import terminal_safe
 from flame_fitting.formats.capture import CaptureError
 from pipelines.common import CaptureImport
 from pipelines.import_config import ImportConfig, ImportReport, load_json, select_frames, select_names
@@ -100,8 +101,8 @@ def report_intrinsics(imp: CaptureImport, subject: str, seq: str, serials) -> No
         groups.setdefault((tuple(d["size"]), tuple(d["image_size"]), d["rule"].split(" (")[0]), []).append(s)
     for (ref, img, rule), ss in groups.items():
         what = "used as is" if ref == img else f"scaled by {img[0] / ref[0]:.4g} × {img[1] / ref[1]:.4g}"
-        print(f"nersemble {subject}/{seq}: {len(ss)} camera(s): intrinsics are for {ref[0]}×{ref[1]} ({rule}); "
-              f"images are {img[0]}×{img[1]}: K {what}", file=sys.stderr)
+        print(terminal_safe(f"nersemble {subject}/{seq}: {len(ss)} camera(s): intrinsics are for {ref[0]}×{ref[1]} "
+                            f"({rule}); images are {img[0]}×{img[1]}: K {what}"), file=sys.stderr)
 
 
 def v1_colour(imp: CaptureImport, part: Participant, seq: str, serials) -> dict[str, np.ndarray]:

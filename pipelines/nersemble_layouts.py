@@ -23,7 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from flame_fitting.core.fileio import check_pixel_count
+from flame_fitting.core.fileio import check_pixel_count, cv2_path
 from flame_fitting.core.fileio import read_mask as read_mask_file
 from flame_fitting.formats.capture import CaptureError
 from pipelines.common import CaptureImport
@@ -153,7 +153,7 @@ def declared_video_size(path: Path, cap=None) -> tuple[int, int]:
     MAX_IMAGE_PIXELS (a 1.4 MB MJPEG AVI can declare 15000×12000 frames: 2.6 GB to decode one, 180 MP stored).
     Call it before decoding frames of an untrusted video; `cap`: an open cv2.VideoCapture of it (else opened here)."""
     own = cap is None
-    cap = cv2.VideoCapture(str(path)) if own else cap
+    cap = cv2.VideoCapture(cv2_path(path, CaptureError)) if own else cap
     size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))) if cap.isOpened() else (0, 0)
     if own:
         cap.release()
@@ -165,7 +165,11 @@ def video_frames(imp: CaptureImport, path: Path, frames: list[int]):
     """Yield (t, rgb (H,W,3) uint8) of the selected frames, decoding sequentially; missing ones are recorded, and so
     is a video declaring more than MAX_IMAGE_PIXELS per frame, before any frame is decoded (a later frame whose own
     header says more is decoded by FFmpeg within its own 268 MP limit; OpenCV 4.11 returns it at the declared size)."""
-    cap = cv2.VideoCapture(str(path))
+    try:
+        cap = cv2.VideoCapture(cv2_path(path, CaptureError))
+    except CaptureError as e:  # a file name OpenCV cannot take
+        imp.skip(imp.rel(path), str(e))
+        return
     if not cap.isOpened():
         imp.skip(imp.rel(path), "not a readable video")
         return
@@ -198,7 +202,7 @@ MAX_VIDEO_FRAMES = 1_000_000  # a NeRSemble take is minutes at 73 fps (~10^4 fra
 def video_length(path: Path) -> int:
     """The frame count a video's container declares; CaptureError when it is beyond any real take (a few bytes of
     AVI header can declare 2^31 frames: the reader would build the list of them)."""
-    cap = cv2.VideoCapture(str(path))
+    cap = cv2.VideoCapture(cv2_path(path, CaptureError))
     n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
     cap.release()
     if n > MAX_VIDEO_FRAMES:

@@ -5,6 +5,7 @@ from `GeofaceError`, and its message names the file or key and what is wrong. Co
 (stage scripts, `geoface`) print such an error as one line and exit non-zero; any other exception is a
 bug and keeps its traceback.
 """
+from flame_fitting.core.names import terminal_safe
 
 
 class GeofaceError(Exception):
@@ -14,8 +15,9 @@ class GeofaceError(Exception):
 def error_line(e: Exception) -> str:
     """The one line an entry point prints for an input error: a GeofaceError's message, or for an error the system
     raised about a path (no permission, a file where a folder is needed, a full disk …) `PATH: reason`
-    (`PATH -> OTHER: reason` for a rename)."""
+    (`PATH -> OTHER: reason` for a rename). The names and paths in it come from files, so its control and format
+    characters are written as escapes (core/names.py `terminal_safe`): one line, and nothing the terminal obeys."""
     if not isinstance(e, OSError) or e.filename is None:
-        return str(e)
+        return terminal_safe(e)
     what = f"{e.filename}" + (f" -> {e.filename2}" if getattr(e, "filename2", None) else "")
-    return f"{what}: {e.strerror or e}"
+    return terminal_safe(f"{what}: {e.strerror or e}")

@@ -36,6 +36,7 @@ import numpy as np
 
 from flame_fitting.core.errors import GeofaceError
 from flame_fitting.core.jpeg_end import jpeg_cut_short
+from flame_fitting.core.names import terminal_safe
 
 TMP_TAG = ".geoface-tmp-"
 MARKER = ".geoface-output.json"
@@ -224,6 +225,19 @@ def read_json_object(path: Path | str, error: type[Exception] = OutputError) -> 
     return data
 
 
+def cv2_path(path: Path | str, error: type[Exception] = OutputError) -> str:
+    """`str(path)` for OpenCV to open (cv2.imread, cv2.VideoCapture); `error` naming the file when its name holds
+    bytes that are not UTF-8 (Python keeps them as lone surrogates, and OpenCV 4.11's binding crashes the process,
+    a segmentation fault, on such a string)."""
+    s = str(path)
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        raise error(f"{terminal_safe(s)}: the file name holds bytes that are not UTF-8, which OpenCV cannot open; "
+                    "rename the file") from None
+    return s
+
+
 def read_image(path: Path | str, with_alpha: bool = False, error: type[Exception] = OutputError):
     """(H, W, 3) uint8 RGB of any 8/16-bit grey/RGB/RGBA file OpenCV reads (16-bit scaled to 8), plus the
     (H, W) uint8 alpha or None when `with_alpha`. A missing, unreadable or truncated (JPEG: `jpeg_end`) file raises
@@ -233,7 +247,7 @@ def read_image(path: Path | str, with_alpha: bool = False, error: type[Exception
     check_declared_size(path, path, error)
     if jpeg_cut_short(path):  # OpenCV would fill the missing rows with grey and say nothing
         raise error(f"{path}: truncated JPEG (its data end before the end-of-image marker; an interrupted copy?)")
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED if with_alpha else cv2.IMREAD_COLOR)
+    img = cv2.imread(cv2_path(path, error), cv2.IMREAD_UNCHANGED if with_alpha else cv2.IMREAD_COLOR)
     if img is None:
         raise error(f"{path}: not a readable image")
     if img.dtype == np.uint16:
@@ -273,7 +287,7 @@ def check_pixel_count(size: tuple[int, int] | None, what, error: type[Exception]
 def read_mask(path: Path | str, flags: int = cv2.IMREAD_GRAYSCALE, error: type[Exception] = OutputError):
     """cv2.imread(path, flags) of an untrusted mask after the header's size check; None when OpenCV cannot read it."""
     check_declared_size(path, path, error)
-    return cv2.imread(str(path), flags)
+    return cv2.imread(cv2_path(path, error), flags)
 
 
 def _declared_size(path: Path | str) -> tuple[int, int] | None:

@@ -2,18 +2,45 @@
 its manifest's `path` columns, the camera names of a cameras.json): a hostile file must not make the toolkit read,
 write or delete outside the folder it names. A name is one path component; a relative path stays inside its root
 by its text (symlinks are followed as the file system does: DVC may check data out as symlinks into its cache);
-`outside_target` says where a symbolic link really leads when that leaves the folder."""
+`outside_target` says where a symbolic link really leads when that leaves the folder.
+
+Such names and the files' other strings also reach the terminal (one-line errors, warnings, `geoface audit`):
+`terminal_safe` writes their control and format characters as escapes, so a name cannot colour or retitle the
+terminal, move its cursor, forge a log line or reverse the text around it (U+202E)."""
 from __future__ import annotations
 
 import os
+import unicodedata
 from pathlib import Path
 
 _FORBIDDEN = ("/", "\\", "\0")
+# control (C0, DEL, C1: ESC, CR, LF …), format (bidi overrides, zero-width), surrogate (undecodable file-name bytes),
+# line and paragraph separator characters
+UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+NAME_MAX_BYTES = 128  # in UTF-8: a file system's limit is 255 bytes per name, temporaries and suffixes add to a name
+
+
+def terminal_safe(text) -> str:
+    """`str(text)` with every control, format, surrogate or line separator character written as its Python escape
+    (ESC -> `\\x1b`, a newline -> `\\n`, U+202E -> `\\u202e`): what one line on a terminal may show of a string read
+    from a file."""
+    s = str(text)
+    if s.isascii() and s.isprintable():  # the common case
+        return s
+    return "".join(ascii(c)[1:-1] if unicodedata.category(c) in UNSAFE_CATEGORIES else c for c in s)
+
+
+def name_key(name: str) -> str:
+    """What two names share when a case-insensitive or normalising file system (macOS, Windows) stores them as one
+    file: the canonical caseless form (NFC of the case-folded NFD), so 'Cam' ~ 'cam' and 'Jos\\u00e9' ~ 'Jose\\u0301'."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFD", name).casefold())
 
 
 def name_problem(value) -> str | None:
     """Why `value` is not a safe single name (None when it is): text, not empty, no path separator or NUL, not
-    '.'/'..', not starting with '.' (the toolkit's temporaries and markers are hidden names)."""
+    '.'/'..', not starting with '.' (the toolkit's temporaries and markers are hidden names), no control, format or
+    surrogate character (UNSAFE_CATEGORIES: a name is printed and becomes a file name), at most NAME_MAX_BYTES
+    bytes in UTF-8."""
     if not isinstance(value, str):
         return f"not text ({type(value).__name__})"
     if not value:
@@ -22,16 +49,23 @@ def name_problem(value) -> str | None:
         return "holds a path separator or NUL (a name is one path component)"
     if value.startswith("."):
         return "starts with '.' ('.', '..' and hidden names are refused)"
+    if any(unicodedata.category(c) in UNSAFE_CATEGORIES for c in value):
+        return ("holds a control, format or undecodable character (escape sequences, line breaks, bidi overrides, "
+                "bytes that are not UTF-8)")
+    if len(value.encode("utf-8")) > NAME_MAX_BYTES:
+        return f"longer than {NAME_MAX_BYTES} bytes in UTF-8 ({len(value.encode('utf-8'))})"
     return None
 
 
 def relpath_problem(value) -> str | None:
     """Why `value` is not a safe relative path inside its root (None when it is): text, relative, '/'-separated
-    names without '.', '..' or empty parts."""
+    names without '.', '..' or empty parts, and no control, format or surrogate character (as `name_problem`)."""
     if not isinstance(value, str):
         return f"not text ({type(value).__name__})"
     if not value or "\\" in value or "\0" in value:
         return "empty, or holds a backslash or NUL"
+    if any(unicodedata.category(c) in UNSAFE_CATEGORIES for c in value):
+        return "holds a control, format or undecodable character (escape sequences, line breaks, bytes not UTF-8)"
     if value.startswith("/") or (len(value) > 1 and value[1] == ":"):
         return "an absolute path (paths are relative to the capture)"
     parts = value.split("/")

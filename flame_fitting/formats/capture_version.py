@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from flame_fitting.core.names import terminal_safe
+
 KEY = ["subject", "sequence", "frame", "camera"]
 ID_DIGITS = 16
 
@@ -136,12 +138,12 @@ def _by_sequence(index: CaptureIndex) -> dict[tuple[str, str], dict[int, dict[st
 
 def format_diff(d: dict) -> str:
     """The diff of `diff_indexes` as text: a header, one count line per level, then one line per entry
-    (`+` added, `-` removed, `~` changed)."""
+    (`+` added, `-` removed, `~` changed); control characters of the names and folders are escaped (terminal_safe)."""
     lines = [f"{side}: {d[side]['where']} (capture version {d[side]['version']}: {d[side]['subjects']} subjects, "
              f"{d[side]['sequences']} sequences, {d[side]['frames']} frames, {d[side]['images']} images)"
              for side in ("old", "new")]
     if d["identical"]:
-        return "\n".join(lines + ["identical: same images, masks, splits and cameras"])
+        return "\n".join(map(terminal_safe, lines + ["identical: same images, masks, splits and cameras"]))
     for level in ("subjects", "sequences", "frames", "cameras"):
         e = d[level]
         lines.append(f"{level + ':':11s}{len(e['added']):6d} added {len(e['removed']):6d} removed "
@@ -150,4 +152,4 @@ def format_diff(d: dict) -> str:
         name = level[:-1]
         for sign, kind in (("+", "added"), ("-", "removed"), ("~", "changed")):
             lines += [f"  {sign} {name} {x}" for x in d[level][kind]]
-    return "\n".join(lines)
+    return "\n".join(map(terminal_safe, lines))  # names and paths of captures from elsewhere: one line each

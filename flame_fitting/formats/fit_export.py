@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from flame_fitting.core.errors import GeofaceError
-from flame_fitting.core.names import outside_target
+from flame_fitting.core.names import outside_target, terminal_safe
 from flame_fitting.formats.capture import CaptureError, load_capture, load_cameras
 from flame_fitting.formats.fits import fit_folders
 from flame_fitting.geometry.camera import Camera
@@ -181,7 +181,7 @@ def load_export_input(capture_root: Path | str, fits_root: Path | str, cameras: 
                           cap.root / r.mask_path if isinstance(getattr(r, "mask_path", None), str) else None)
                      for r in by_frame[frame].itertuples()]
             if not follow_symlinks and (why := linked_from_outside(views, cap.root)):
-                print(f"warning: {why}", file=sys.stderr)
+                print(f"warning: {terminal_safe(why)}", file=sys.stderr)
                 seq.skipped.append({"frame": int(frame), "reason": why})
                 continue
             seq.frames.append(ExportFrame(int(frame), params, arrays["vertices"][i].astype(np.float32), views))

@@ -21,6 +21,7 @@ from dvc.exceptions import NotDvcRepoError, OutputNotFoundError
 from dvc.repo import Repo
 
 from flame_fitting.core.errors import GeofaceError
+from flame_fitting.core.names import terminal_safe
 from flame_fitting.formats.capture import CaptureError, capture_version
 from flame_fitting.formats.lineage import LineageError
 from geoface_model.lineage import CARD_JSON, read_model_card
@@ -179,4 +180,4 @@ def format_report(r: AuditReport) -> str:
         lines.append(f"verdict: the workspace data DO NOT match what the model was trained on{hint}")
     if r.card is None:
         lines.append(f"note: no lineage without {Path(r.model) / CARD_JSON}")
-    return "\n".join(lines)
+    return "\n".join(map(terminal_safe, lines))  # the card is another's file: its strings must not forge a line

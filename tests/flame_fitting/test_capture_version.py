@@ -165,3 +165,14 @@ def test_the_code_digest_holds_the_library_versions(monkeypatch, tmp_path):
     assert dict(units.library_versions())["numpy"] is not None
     monkeypatch.setattr(units, "library_versions", lambda: (("numpy", "0.0.0"),))
     assert units.code_digest(tmp_path) != before
+
+
+def test_diff_text_escapes_what_a_terminal_would_obey(tmp_path):
+    # the folders (or git revisions) named on the command line and the captures' names are printed one line each
+    images, cameras = content(subjects=("s1",))
+    old = write(tmp_path / "old\x1b]0;owned\x07", images, cameras)
+    new = write(tmp_path / "new\rforged", images, cameras)
+    text = format_diff(diff_indexes(capture_index(old), capture_index(new)))
+    assert "\x1b" not in text and "\x07" not in text and "\r" not in text
+    assert "old\\x1b]0;owned\\x07 (capture version" in text and "new\\rforged (capture version" in text
+    assert len(text.splitlines()) == 3  # old, new, identical

@@ -1,28 +1,35 @@
 """A hostile capture cannot make a stage read, write or delete outside its folders (found by an audit: a manifest
 subject 'evil/../..' made `geoface landmarks` delete and replace a user's folder beside the output; a cameras.json
 key '../../victim/figure' made `geoface export` overwrite a PNG anywhere; an absolute manifest path copied any file
-into an export). Names are single path components, manifest paths relative paths inside the capture."""
+into an export). Names are single path components, manifest paths relative paths inside the capture.
+The names also reach the terminal: no control or format character (an ESC sequence, a line break, U+202E) in a name,
+and every error line escapes them (a later audit: a camera named 'cam\\x1b]0;...\\x07' retitled the terminal)."""
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from flame_fitting.core.errors import GeofaceError
+from flame_fitting.core.errors import GeofaceError, error_line
 from flame_fitting.core.executor import ExecutorConfig, open_executor
-from flame_fitting.core.names import name_problem, relpath_problem
+from flame_fitting.core.names import name_key, name_problem, relpath_problem, terminal_safe
 from flame_fitting.core.units import Unit, run_units
 from flame_fitting.formats.capture import CaptureError, CaptureWriter, capture_index, load_cameras, load_capture
 
 from test_capture import write_small
 
 
-@pytest.mark.parametrize("name", ["..", ".", "", "a/b", "evil/../..", "/abs", "a\\b", "x\0y", ".hidden", 3])
+@pytest.mark.parametrize("name", ["..", ".", "", "a/b", "evil/../..", "/abs", "a\\b", "x\0y", ".hidden", 3,
+                                  "cam\x1b[31m", "a\nERROR: x", "a\rb", "a\u202egnp.exe", "a\u200bb", "a\u2028b",
+                                  "cam\udcff", "c" * 129, "\u00e9" * 65])
 def test_unsafe_names(name):
     assert name_problem(name)
 
 
-@pytest.mark.parametrize("name", ["cam0", "222200037", "subject 1", "a-b", "a.1", "E001_Neutral_Eyes_Open"])
+@pytest.mark.parametrize("name", ["cam0", "222200037", "subject 1", "a-b", "a.1", "E001_Neutral_Eyes_Open",
+                                  "Jos\u00e9", "\u5f20\u4e09", "c" * 128])
 def test_safe_names(name):
     assert name_problem(name) is None
 
@@ -31,6 +38,40 @@ def test_safe_names(name):
                                   "s\\x.png", ""])
 def test_unsafe_paths(path):
     assert relpath_problem(path)
+
+
+def test_a_control_character_in_a_relative_path_is_refused():
+    assert relpath_problem("s1/seq/00000/cam\x1b[2J.png") and relpath_problem("s1/seq\n/x.png")
+
+
+def test_terminal_safe_escapes_what_a_terminal_obeys_and_keeps_the_rest():
+    assert terminal_safe("cam\x1b]0;owned\x07 a\nb\rc \u202eexe\x9b \udcff") == \
+        "cam\\x1b]0;owned\\x07 a\\nb\\rc \\u202eexe\\x9b \\udcff"
+    assert terminal_safe("Jos\u00e9 \u5f20 cam_0: ok") == "Jos\u00e9 \u5f20 cam_0: ok"
+
+
+def test_an_error_line_is_one_line_without_escape_sequences():
+    for e in (GeofaceError("s1/cam\x1b[2J\nverdict: all good: bad"), FileNotFoundError(2, "No such file", "x\r\x1b[1Ay")):
+        line = error_line(e)
+        assert "\n" not in line and "\r" not in line and "\x1b" not in line and "\\x1b" in line, line
+
+
+def test_names_that_one_file_system_stores_as_one_share_a_key():
+    assert name_key("Jos\u00e9") == name_key("Jose\u0301") == name_key("JOS\u00c9")
+    assert name_key("cam1") != name_key("cam2")
+
+
+def test_an_image_whose_name_is_not_utf8_is_an_error_not_a_crash(tmp_path):
+    # OpenCV 4.11's binding segfaults on a path holding a lone surrogate (bytes not UTF-8): run it in a child
+    code = ("import os, sys, numpy as np; from pathlib import Path; from flame_fitting.core.fileio import read_image, "
+            "read_mask, write_png, OutputError\n"
+            "d = Path(sys.argv[1]); write_png(d / 'a.png', np.zeros((4, 4, 3), np.uint8))\n"
+            "p = d / os.fsdecode(b'cam\\xff.png'); os.rename(d / 'a.png', p)\n"
+            "for read in (read_image, read_mask):\n"
+            "    try:\n        read(p)\n    except OutputError as e:\n        print(e)\n")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    assert r.stdout.count("cam\\udcff.png: the file name holds bytes that are not UTF-8") == 2, r.stdout
 
 
 def test_safe_path():
@@ -51,6 +92,7 @@ def _edit_manifest(root: Path, **changes) -> None:
     ("path", "/home/user/.aws/credentials", "path '/home/user/.aws/credentials' an absolute path"),
     ("path", "s1/../../secret.png", "leaves its folder"),
     ("mask_path", "/dev/zero", "mask_path '/dev/zero' an absolute path"),
+    ("subject", "s1\x1b]0;owned\x07", "subject 's1\\x1b]0;owned\\x07' holds a control"),
 ])
 def test_a_hostile_manifest_is_refused_by_name(tmp_path, col, value, words):
     root = tmp_path / "cap"

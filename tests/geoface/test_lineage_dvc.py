@@ -163,6 +163,28 @@ def test_audit_bad_input_is_one_line(project, capsys, tmp_path):
     assert rc == 2 and "not inside a DVC repository" in err and len(err.strip().splitlines()) == 1
 
 
+def test_audit_prints_the_strings_of_a_model_card_escaped(project, capsys):
+    # a model card is another's file: before, its run id printed raw forged a second verdict line ("the workspace data
+    # match") and an ESC sequence hid the real one (ESC[8m: concealed text)
+    repo, env = project
+    path = repo / "models/m/model_card.json"
+    data = path.read_bytes()
+    card = json.loads(data)
+    card["run_id"] = "run0\nverdict: the workspace data match what the model was trained on\x1b[8m"
+    path.unlink()  # DVC may link an output into its cache
+    path.write_text(json.dumps(card))
+    try:
+        rc, out, _ = cli(capsys, "audit", repo / "models/m")
+        verdicts = [line for line in out.splitlines() if line.startswith("verdict:")]
+        assert rc == 1 and len(verdicts) == 1 and "DO NOT match" in verdicts[0], out
+        assert "\x1b" not in out and "training run:       run0\\nverdict: the workspace data match" in out, out
+    finally:
+        path.unlink()
+        path.write_bytes(data)
+        sh([BIN / "dvc", "checkout", "-q", "--force"], repo, env)
+    assert cli(capsys, "audit", repo / "models/m")[0] == 0
+
+
 def test_diff_captures_between_git_revisions_and_folders(project, capsys, tmp_path, monkeypatch):
     repo, env = project
     monkeypatch.chdir(repo)

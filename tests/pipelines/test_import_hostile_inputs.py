@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -20,9 +21,12 @@ import pandas as pd
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "geoface"))
+from cliutil import cli  # noqa: E402
 from writers import (Scene, make_cameras, write_folder, write_nersemble, write_png, write_renderme360,  # noqa: E402
                      write_transforms, W, H)
 from flame_fitting.core.fileio import MAX_IMAGE_PIXELS  # noqa: E402
+from flame_fitting.core.names import name_key  # noqa: E402
 
 from flame_fitting.formats.capture import CaptureError  # noqa: E402
 from pipelines.import_config import ImportConfig  # noqa: E402
@@ -307,3 +311,65 @@ def test_video_frames_refuses_a_video_declaring_huge_frames_before_decoding(tmp_
     assert list(video_frames(imp, tmp_path / "cam_0.mp4", [0])) == []
     assert imp.skipped == [("cam_0.mp4", f"the video declares {BIG[0]}×{BIG[1]} pixels per frame, more than a capture's "
                                          f"image holds ({MAX_IMAGE_PIXELS} pixels); a damaged or hostile file")]
+
+
+# --- names on their way to the terminal and to file names (the s2 audit, 2026-12-07) ---------------------------
+def named_scene(*names: str) -> Scene:
+    return Scene({n: replace(c, name=n) for n, c in zip(names, make_cameras(len(names)).values())})
+
+
+def test_names_that_drive_a_terminal_are_skipped_and_the_error_line_escapes_them(tmp_path, capsys):
+    # before: all four were imported as cameras (file names with ESC/BEL/CR/LF/U+202E), and an error naming one
+    # printed it raw: the terminal's title set, a line erased, a forged line, text reversed
+    src = write_folder(tmp_path / "raw", named_scene("cam\x1b]0;owned\x07", "cam\nwarning: forged", "cam\r\x1b[2K",
+                                                     "cam\u202egnp.exe"))
+    rc, out, err = cli(capsys, "import", "folder", src, "--out", tmp_path / "cap")
+    assert rc == 2 and not (tmp_path / "cap").exists(), (rc, out, err)
+    assert err.endswith("\n") and err.count("\n") == 1 and "nothing imported" in err, err
+    assert not any(c in err[:-1] for c in "\x1b\x07\r\n\u202e"), err
+    assert "cam\\x1b]0;owned\\x07" in err and "cam\\u202egnp.exe" in err
+
+
+def test_a_name_too_long_for_the_file_system_skips_its_camera_not_the_import(tmp_path):
+    # before: the capture's temporary '.<name>.png.geoface-tmp-…' passed 255 bytes: "File name too long", nothing imported
+    src = write_folder(tmp_path / "raw", named_scene("cam0", "c" * 240))
+    import_capture("folder", src, tmp_path / "cap", ImportConfig())
+    assert list(pd.read_parquet(tmp_path / "cap/manifest.parquet").camera) == ["cam0"]
+    assert any("longer than 128 bytes" in s["reason"] for s in skipped(tmp_path / "cap"))
+
+
+def test_names_that_macos_stores_as_one_file_are_not_both_imported(tmp_path):
+    # before: 'cam0'/'CAM0' and NFC/NFD 'José' became four files, two of which are one on macOS and Windows
+    src = write_folder(tmp_path / "raw", named_scene("cam0", "CAM0", "Jos\u00e9", "Jose\u0301"))
+    import_capture("folder", src, tmp_path / "cap", ImportConfig())
+    keys = [name_key(c) for c in pd.read_parquet(tmp_path / "cap/manifest.parquet").camera]
+    assert len(keys) == len(set(keys)) == 2
+    assert sum("only by case or Unicode normalisation" in s["reason"] for s in skipped(tmp_path / "cap")) == 2
+
+
+def test_a_subject_whose_name_cannot_be_a_folder_skips_only_its_sequence(tmp_path, scene):
+    # before: one subject folder named 'bad\name' (a backslash: a separator on Windows) failed the whole import
+    for subject in ("good", "bad\\name", "GOOD"):
+        write_folder(tmp_path / "raw", scene, subject=subject)
+    import_capture("folder", tmp_path / "raw", tmp_path / "cap", ImportConfig())
+    m = pd.read_parquet(tmp_path / "cap/manifest.parquet")
+    assert set(m.subject) == {"GOOD"} and len(m) == 2  # 'good' is one folder with 'GOOD' on macOS: skipped too
+    reasons = " ".join(s["reason"] for s in skipped(tmp_path / "cap"))
+    assert "subject name 'bad\\\\name' holds a path separator" in reasons and "differs from 'GOOD' only by case" in reasons
+
+
+def test_an_image_whose_file_name_is_not_utf8_is_skipped_not_a_crash(tmp_path, scene):
+    # before: OpenCV's binding segfaulted on the path (a lone surrogate): the import died with no message
+    src = write_folder(tmp_path / "raw", scene)
+    bad = os.fsdecode(b"cam1\xff")
+    os.rename(src / "s1/seq/00000/cam1.png", src / "s1/seq/00000" / f"{bad}.png")
+    cams = json.loads((src / "s1/seq/cameras.json").read_text())
+    cams["cameras"][bad] = cams["cameras"].pop("cam1")
+    (src / "s1/seq/cameras.json").write_text(json.dumps(cams))
+    code = ("import sys; from pipelines.registry import import_capture; from pipelines.import_config import ImportConfig;"
+            "import_capture('folder', sys.argv[1], sys.argv[2], ImportConfig())")
+    r = subprocess.run([sys.executable, "-c", code, str(src), str(tmp_path / "cap")], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    assert list(pd.read_parquet(tmp_path / "cap/manifest.parquet").camera) == ["cam0"]
+    assert any("not UTF-8" in s["reason"] for s in skipped(tmp_path / "cap"))
