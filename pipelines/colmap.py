@@ -1,4 +1,4 @@
-"""COLMAP sparse model -> canonical capture (one frame of one subject).
+"""COLMAP sparse model -> canonical capture (one subject: one frame, or a multi-camera rig's frames).
 
 Input (`captures.root` = the COLMAP project folder):
     <root>/<colmap_model>/cameras.bin|cameras.txt     (default colmap_model: sparse/0; .bin preferred)
@@ -11,18 +11,20 @@ Camera models: SIMPLE_PINHOLE, PINHOLE, SIMPLE_RADIAL, RADIAL, OPENCV, FULL_OPEN
 distortion is OpenCV's; images are undistorted onto the same K). The others (fisheye, FOV, thin-prism, and
 COLMAP 4's division, EUCM and equirectangular models) are refused by name when an image uses them. Camera name = the image file stem (the path with '/' -> '_' when stems repeat); subject =
 `captures.subject` or the root folder's name, sequence = `captures.sequence`, frame 0.
+COLMAP >= 3.12's rigs.bin|txt + frames.bin|txt: when one rig has several cameras, its frames are the frames and its
+cameras the cameras (pipelines/colmap_rigs.py; `captures.colmap_rig_frames`).
 Binary layout as COLMAP's read_write_model.py (little-endian).
 """
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 
 import numpy as np
 
 from flame_fitting.formats.capture import CaptureError
+from pipelines.colmap_rigs import BinReader, moving_camera, read_rigs_frames, rig_views
 from pipelines.common import CaptureImport, inside
-from pipelines.import_config import camera_names, ImportConfig, ImportReport, select_names
+from pipelines.import_config import camera_names, ImportConfig, ImportReport, select_frames, select_names
 
 # model id -> (name, number of params), as COLMAP's src/colmap/sensor/models.h (CameraModelId); every model, so a
 # cameras.bin holding an unsupported one is still parsed (its params must be skipped to reach the next camera)
@@ -97,35 +99,8 @@ def read_images_text(path: Path) -> list[tuple]:
     return images
 
 
-class _Bin:
-    def __init__(self, path: Path):
-        self.path, self.data, self.pos = path, path.read_bytes(), 0
-
-    def read(self, fmt: str):
-        size = struct.calcsize("<" + fmt)
-        if self.pos + size > len(self.data):
-            raise CaptureError(f"{self.path}: truncated at byte {self.pos} (file has {len(self.data)} bytes)")
-        out = struct.unpack_from("<" + fmt, self.data, self.pos)
-        self.pos += size
-        return out
-
-    def skip(self, n_bytes: int, what: str) -> None:
-        if self.pos + n_bytes > len(self.data):
-            raise CaptureError(f"{self.path}: truncated at byte {self.pos} (file has {len(self.data)} bytes; {what} "
-                               f"need {n_bytes})")
-        self.pos += n_bytes
-
-    def cstring(self) -> str:
-        end = self.data.find(b"\x00", self.pos)
-        if end < 0:
-            raise CaptureError(f"{self.path}: truncated inside an image name at byte {self.pos}")
-        s = self.data[self.pos:end].decode("utf-8", errors="replace")
-        self.pos = end + 1
-        return s
-
-
 def read_cameras_binary(path: Path) -> dict[int, tuple]:
-    b, cams = _Bin(path), {}
+    b, cams = BinReader(path), {}
     (n,) = b.read("Q")
     for _ in range(n):
         cam_id, model_id, w, h = b.read("iiQQ")
@@ -137,7 +112,7 @@ def read_cameras_binary(path: Path) -> dict[int, tuple]:
 
 
 def read_images_binary(path: Path) -> list[tuple]:
-    b, images = _Bin(path), []
+    b, images = BinReader(path), []
     (n,) = b.read("Q")
     for _ in range(n):
         img_id, *rest = b.read("idddddddi")
@@ -158,6 +133,22 @@ def read_model(model_dir: Path) -> tuple[dict, list, Path, Path]:
     raise CaptureError(f"{model_dir}: no COLMAP model (cameras.bin + images.bin or cameras.txt + images.txt)")
 
 
+def _views(root_in: Path, model_dir: Path, cam_file: Path, images: list, img_file: Path, cfg: ImportConfig):
+    """({index in images: (frame, camera name)}, rig views or None): a multi-camera rig's frames and cameras when
+    rigs/frames say so (pipelines/colmap_rigs.py), else every image a camera of frame 0."""
+    rf = read_rigs_frames(model_dir, cam_file.suffix) if cfg.colmap_rig_frames else None
+    rig = rig_views(*rf[:2], images, *(str(p.relative_to(root_in)) for p in rf[2:])) if rf else None
+    if rig is not None:
+        keep, wanted = set(select_frames({f for f, _ in rig.views.values()}, cfg)), select_names(rig.names.values(), cfg.cameras)
+        return {k: rig.views[im[0]] for k, im in enumerate(images)
+                if im[0] in rig.views and rig.views[im[0]][0] in keep and rig.views[im[0]][1] in wanted}, rig
+    names = camera_names([im[4] for im in images])
+    if len(set(names)) != len(names):
+        raise CaptureError(f"{img_file}: several images have the same name")
+    wanted = set(select_names(names, cfg.cameras))
+    return {k: (0, n) for k, n in enumerate(names) if n in wanted}, None
+
+
 def import_capture(root_in: Path | str, out: Path | str, cfg: ImportConfig) -> ImportReport:
     root_in = Path(root_in)
     model_dir = root_in / cfg.colmap_model
@@ -165,17 +156,21 @@ def import_capture(root_in: Path | str, out: Path | str, cfg: ImportConfig) -> I
         if (root_in / "cameras.bin").is_file() or (root_in / "cameras.txt").is_file():
             model_dir = root_in
     cams_raw, images, cam_file, img_file = read_model(model_dir)
+    views, rig = _views(root_in, model_dir, cam_file, images, img_file, cfg)
     image_dir = root_in / cfg.colmap_images
     subject, sequence = cfg.subject or root_in.resolve().name, cfg.sequence
     with CaptureImport("colmap", root_in, out, cfg) as imp:
         imp.info["colmap_model"] = [imp.rel(cam_file), imp.rel(img_file)]
-        names = camera_names([im[4] for im in images])
-        if len(set(names)) != len(names):
-            raise CaptureError(f"{img_file}: several images have the same name")
-        by_name = dict(zip(names, images))
-        cameras, files = {}, {}
-        for cname in select_names(by_name, cfg.cameras):
-            img_id, qvec, tvec, cam_id, name = by_name[cname]
+        by_id = {im[0]: im for im in images}  # rig mode refuses repeated image ids (colmap_rigs.rig_views)
+        if rig is not None:
+            imp.info["colmap_rig"] = {"rig_id": rig.rig_id, "cameras": {n: c for c, n in sorted(rig.names.items())}}
+            for img_id, reason in rig.skipped:
+                imp.skip(f"{imp.rel(img_file)} [image {img_id} {by_id[img_id][4]}]", reason)
+            for note in rig.notes:
+                imp.warn(note)
+        poses, files, cameras = {}, [], {}  # camera -> [(frame, world_to_cam)], [(frame, camera, path)], camera -> Camera
+        for k, (frame, cname) in sorted(views.items(), key=lambda kv: kv[1]):
+            img_id, qvec, tvec, cam_id, name = images[k]
             where = f"{imp.rel(img_file)} [image {img_id} {name}]"
             if cam_id not in cams_raw:
                 imp.skip(where, f"camera_id {cam_id} is not in {imp.rel(cam_file)}")
@@ -186,18 +181,40 @@ def import_capture(root_in: Path | str, out: Path | str, cfg: ImportConfig) -> I
             if abs(np.linalg.norm(q) - 1.0) > 1e-4:
                 imp.skip(where, f"quaternion {q.tolist()} is not a unit quaternion (|q| = {np.linalg.norm(q):.6f}), not a rotation")
                 continue
-            w2c = np.eye(4)
-            w2c[:3, :3] = qvec_to_rotmat(q / np.linalg.norm(q))
-            w2c[:3, 3] = tvec
             try:
                 path = inside(image_dir, name, "image NAME")
             except CaptureError as e:
                 imp.skip(where, str(e))
                 continue
-            cam = imp.camera(cname, K, w2c, w, h, dist, where)
-            if cam is not None:
-                cameras[cname], files[cname] = cam, path
-        imp.set_cameras(subject, sequence, cameras, imp.rel(cam_file))
-        for cname, path in files.items():
-            imp.add_file(subject, sequence, 0, cname, path)
+            w2c = np.eye(4)
+            w2c[:3, :3] = qvec_to_rotmat(q / np.linalg.norm(q))
+            w2c[:3, 3] = tvec
+            if cname not in cameras:
+                cameras[cname] = imp.camera(cname, K, w2c, w, h, dist, where)
+            if cameras[cname] is None:  # recorded by imp.camera
+                continue
+            poses.setdefault(cname, []).append((frame, w2c))
+            files.append((frame, cname, path))
+        if rig is not None and (why := moving_camera(poses)):
+            raise CaptureError(f"{img_file}: the rig moves between frames ({why}); a sequence's cameras.json holds one pose "
+                               f"per camera. For a static head filmed by a moving rig set captures.colmap_rig_frames: "
+                               f"false (every image a view of frame 0)")
+        if rig is not None:
+            _warn_missing(imp, files, rig.names.values(), model_dir / f"frames{cam_file.suffix}")
+        imp.set_cameras(subject, sequence, {n: c for n, c in cameras.items() if c is not None}, imp.rel(cam_file))
+        for frame, cname, path in files:
+            imp.add_file(subject, sequence, frame, cname, path)
     return imp.report
+
+
+def _warn_missing(imp: CaptureImport, files: list, names, frame_file: str) -> None:
+    """One warning for the imported frames that lack some of the rig's cameras."""
+    have: dict[int, set] = {}
+    for frame, cname, _ in files:
+        have.setdefault(frame, set()).add(cname)
+    want = set(select_names(names, imp.cfg.cameras))
+    short = {f: sorted(want - c) for f, c in sorted(have.items()) if want - c}
+    if short:
+        f0 = next(iter(short))
+        imp.warn(f"{imp.rel(frame_file)}: {len(short)} of {len(have)} frames lack cameras of the rig (frame {f0}: "
+                 f"{', '.join(short[f0])})")

@@ -57,6 +57,8 @@ class ImportConfig:
     nersemble_image_folder: str | None = spec(None, "NeRSemble v1: which images-* folder to read; null = the only one present")
     colmap_model: str = spec("sparse/0", "COLMAP: model folder (cameras.bin|txt, images.bin|txt) relative to the input root")
     colmap_images: str = spec("images", "COLMAP: image folder relative to the input root")
+    colmap_rig_frames: bool = spec(True, "COLMAP >= 3.12: a multi-camera rig's frames (rigs.bin|txt, frames.bin|txt) "
+                                         "become frames, its cameras one camera each; false: every image a camera of frame 0")
     transforms_file: str = spec("transforms.json", "transforms_json: file name relative to the input root")
 
     def validate(self) -> None:

@@ -1,0 +1,163 @@
+"""COLMAP ≥ 3.12 rigs and frames: a multi-camera rig filmed over several timesteps imports as one geoface frame per
+COLMAP frame with one camera per rig camera (poses exact, images identical, dots on the projected points); COLMAP's
+trivial one-rig-per-camera files change nothing; a moving rig, a stray or unframed image, a frame missing a camera,
+IMU sensors and damaged files are refused or skipped with a clear reason."""
+import struct
+
+import numpy as np
+import pytest
+from colmap_rig_writer import write_colmap_rig
+from writers import Scene, make_cameras, projection_error, write_colmap
+
+from flame_fitting.formats.capture import CaptureError, load_capture
+from pipelines.colmap import import_capture
+from pipelines.import_config import ImportConfig
+
+FRAMES = (1, 2, 3, 5)  # COLMAP frame ids (4 never registered)
+
+
+def check_rig_capture(out, scene, frames=FRAMES, missing=()):
+    cap = load_capture(out, check_hashes=True)
+    (subject, sequence), = cap.sequences()
+    cams = cap.cameras(subject, sequence)
+    assert sorted(cams) == sorted(scene.cameras)
+    want = {(f, c) for f in frames for c in scene.cameras} - set(missing)
+    assert {(r["frame"], r["camera"]) for r in cap.manifest.to_dict("records")} == want
+    for row in cap.manifest.to_dict("records"):
+        cam, ref = cams[row["camera"]], scene.cameras[row["camera"]]
+        np.testing.assert_allclose(cam.K.astype(np.float64), ref.K.astype(np.float64), atol=1e-6)
+        np.testing.assert_allclose(cam.world_to_cam.astype(np.float64), ref.world_to_cam.astype(np.float64), atol=1e-6)
+        assert row["source_path"] == f"images/rig1/{row['camera']}/{row['frame']:04d}.png"
+        img = cap.image(row)
+        np.testing.assert_array_equal(img, scene.image(row["camera"], FRAMES.index(row["frame"])))
+        assert projection_error(cam, img, scene.points) < 0.3
+    return cap
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_rig_frames_become_frames_and_rig_cameras_cameras(tmp_path, binary):
+    """Before: the 12 images of 3 rig cameras × 4 timesteps became 12 cameras of frame 0."""
+    scene = Scene(make_cameras(3))
+    write_colmap_rig(tmp_path / "p", scene, binary=binary, imu=True, strays=(2,))
+    report = import_capture(tmp_path / "p", tmp_path / "cap", ImportConfig(subject="anna"))
+    assert report.n_images == 12
+    ext = ".bin" if binary else ".txt"
+    assert report.skipped == [{"item": f"sparse/0/images{ext} [image 7 extra/0002.png]",
+                               "reason": "its frame 10002 is of rig 2, not of the multi-camera rig 1"}]
+    assert report.warnings == [f"sparse/0/rigs{ext}, sparse/0/frames{ext}: 1 non-camera sensors of rig 1 and 4 "
+                               f"non-camera measurements in frames are not read (geoface imports images)"]
+    cap = check_rig_capture(tmp_path / "cap", scene)
+    assert cap.info["colmap_rig"] == {"rig_id": 1, "cameras": {"cam0": 1, "cam1": 2, "cam2": 3}}
+    # frame selection works on COLMAP frame ids
+    import_capture(tmp_path / "p", tmp_path / "cap2", ImportConfig(frame_start=2, max_frames=2, cameras=["cam0", "cam2"]))
+    rows = load_capture(tmp_path / "cap2").manifest
+    assert sorted(set(rows.frame)) == [2, 3] and sorted(set(rows.camera)) == ["cam0", "cam2"] and len(rows) == 4
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_trivial_rigs_of_colmap_3_12_change_nothing(tmp_path, binary):
+    """Without a rig configuration COLMAP ≥ 3.12 writes one rig per camera and one frame per image: not timesteps."""
+    scene = Scene(make_cameras(4))
+    write_colmap(tmp_path / "p", scene, binary=binary)
+    mdir = tmp_path / "p/sparse/0"
+    if binary:
+        (mdir / "rigs.bin").write_bytes(struct.pack("<Q", 4) + b"".join(struct.pack("<IIiI", i, 1, 0, i) for i in range(1, 5)))
+        (mdir / "frames.bin").write_bytes(struct.pack("<Q", 4) + b"".join(
+            struct.pack("<II7dIiIQ", i, i, 1, 0, 0, 0, 0, 0, 0, 1, 0, i, i) for i in range(1, 5)))
+    else:
+        (mdir / "rigs.txt").write_text("# Rig calib list\n" + "".join(f"{i} 1 CAMERA {i}\n" for i in range(1, 5)))
+        (mdir / "frames.txt").write_text("# Frame list\n" + "".join(f"{i} {i} 1 0 0 0 0 0 0 1 CAMERA {i} {i}\n" for i in range(1, 5)))
+    report = import_capture(tmp_path / "p", tmp_path / "cap", ImportConfig())
+    assert report.n_images == 4 and report.skipped == [] and report.warnings == []
+    cap = load_capture(tmp_path / "cap")
+    assert set(cap.manifest.frame) == {0} and sorted(cap.manifest.camera) == ["cam0", "cam1", "cam2", "cam3"]
+    assert "colmap_rig" not in cap.info
+
+
+def test_a_moving_rig_is_refused_unless_frames_are_ignored(tmp_path):
+    """cameras.json holds one pose per camera and sequence: a rig that moves between frames cannot be one."""
+    scene = Scene(make_cameras(3))
+    turn = np.eye(4)
+    turn[:3, :3] = [[np.cos(0.01), 0, np.sin(0.01)], [0, 1, 0], [-np.sin(0.01), 0, np.cos(0.01)]]
+    write_colmap_rig(tmp_path / "p", scene, binary=True, moves={3: turn})
+    with pytest.raises(CaptureError, match=r"images.bin: the rig moves between frames \(camera 'cam0' in frame 3 is "
+                                           r"0.573° .*colmap_rig_frames: false"):
+        import_capture(tmp_path / "p", tmp_path / "cap", ImportConfig())
+    assert not (tmp_path / "cap").exists()
+    report = import_capture(tmp_path / "p", tmp_path / "cap", ImportConfig(colmap_rig_frames=False))
+    cap = load_capture(tmp_path / "cap")
+    assert report.n_images == 12 and set(cap.manifest.frame) == {0} and len(cap.cameras(*cap.sequences()[0])) == 12
+    # a jitter far below the tolerance is one rig pose (the first frame's is kept)
+    nudge = np.eye(4)
+    nudge[:3, 3] = [1e-5, 0, 0]
+    write_colmap_rig(tmp_path / "q", scene, binary=False, moves={3: nudge})
+    import_capture(tmp_path / "q", tmp_path / "cap2", ImportConfig())
+    check_rig_capture(tmp_path / "cap2", scene)
+
+
+def test_missing_and_unframed_images(tmp_path):
+    """A frame without one camera's image is imported without it (one warning); an image in no frame is skipped."""
+    scene = Scene(make_cameras(3))
+    write_colmap_rig(tmp_path / "p", scene, binary=True, drop=((2, "cam1"), (5, "cam0")), unframed=((3, "cam2"),))
+    report = import_capture(tmp_path / "p", tmp_path / "cap", ImportConfig())
+    assert report.n_images == 9
+    assert report.skipped == [{"item": "sparse/0/images.bin [image 8 rig1/cam2/0003.png]",
+                               "reason": "not in any frame of sparse/0/frames.bin"}]
+    assert report.warnings == ["sparse/0/frames.bin: 3 of 4 frames lack cameras of the rig (frame 2: cam1)"]
+    check_rig_capture(tmp_path / "cap", scene, missing=((2, "cam1"), (5, "cam0"), (3, "cam2")))
+
+
+def test_camera_names_without_a_folder_per_camera(tmp_path):
+    scene = Scene(make_cameras(2))
+    write_colmap_rig(tmp_path / "p", scene, binary=False, name="{f:04d}_{cam}.png")
+    import_capture(tmp_path / "p", tmp_path / "cap", ImportConfig())
+    cap = load_capture(tmp_path / "cap")
+    assert sorted(set(cap.manifest.camera)) == ["camera1", "camera2"] and sorted(set(cap.manifest.frame)) == list(FRAMES)
+    assert cap.info["colmap_rig"]["cameras"] == {"camera1": 1, "camera2": 2}
+
+
+def test_damaged_rig_files_are_refused_naming_the_file(tmp_path):
+    scene = Scene(make_cameras(2))
+    write_colmap_rig(tmp_path / "b", scene, binary=True)
+    frames = tmp_path / "b/sparse/0/frames.bin"
+    good = frames.read_bytes()
+    frames.write_bytes(good[:-5])
+    with pytest.raises(CaptureError, match=r"frames.bin: truncated at byte"):
+        import_capture(tmp_path / "b", tmp_path / "cap", ImportConfig())
+    bad = bytearray(good)
+    struct.pack_into("<i", bad, 8 + 4 + 4 + 56 + 4, 7)  # frame 1's first sensor type
+    frames.write_bytes(bytes(bad))
+    with pytest.raises(CaptureError, match=r"frames.bin: frame 1 has sensor type 7 \(expected CAMERA or IMU\)"):
+        import_capture(tmp_path / "b", tmp_path / "cap", ImportConfig())
+    frames.write_bytes(good)
+    (tmp_path / "b/sparse/0/rigs.bin").unlink()
+    with pytest.raises(CaptureError, match=r"frames.bin: frames without rigs.bin"):
+        import_capture(tmp_path / "b", tmp_path / "cap", ImportConfig())
+    write_colmap_rig(tmp_path / "t", scene, binary=False)
+    rigs = tmp_path / "t/sparse/0/rigs.txt"
+    rigs.write_text(rigs.read_text().replace(" CAMERA 2 1 ", " CAMERA 2 "))
+    with pytest.raises(CaptureError, match=r"rigs.txt:4: not a rig line"):
+        import_capture(tmp_path / "t", tmp_path / "cap", ImportConfig())
+    two = tmp_path / "t/sparse/0/rigs.txt"
+    lines = two.read_text().replace(" CAMERA 2 ", " CAMERA 2 1 ").splitlines()
+    two.write_text("\n".join(lines + ["7 2 CAMERA 5 CAMERA 6 0"]) + "\n")
+    with pytest.raises(CaptureError, match=r"rigs.txt: rigs 1, 7 each have several cameras"):
+        import_capture(tmp_path / "t", tmp_path / "cap", ImportConfig())
+    assert not (tmp_path / "cap").exists()
+
+
+def test_frames_that_contradict_images(tmp_path):
+    """An image listed under another camera than images.txt gives it is skipped; an image in two frames is refused."""
+    scene = Scene(make_cameras(3))
+    write_colmap_rig(tmp_path / "p", scene, binary=False)
+    frames = tmp_path / "p/sparse/0/frames.txt"
+    text = frames.read_text()
+    assert " CAMERA 2 5 " in text
+    frames.write_text(text.replace(" CAMERA 2 5 ", " CAMERA 3 5 "))
+    report = import_capture(tmp_path / "p", tmp_path / "cap", ImportConfig())
+    assert report.n_images == 11 and report.skipped == [
+        {"item": "sparse/0/images.txt [image 5 rig1/cam1/0002.png]",
+         "reason": "sparse/0/frames.txt frame 2 lists it as camera 3, images lists camera 2"}]
+    frames.write_text(text.replace(" CAMERA 1 4 ", " CAMERA 1 1 "))
+    with pytest.raises(CaptureError, match=r"frames.txt: image 1 is in frame 1 and frame 2"):
+        import_capture(tmp_path / "p", tmp_path / "cap2", ImportConfig())
