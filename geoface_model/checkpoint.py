@@ -6,7 +6,9 @@ Layout under `out_dir` (one run):
                                random_states_<rank>.pkl; accelerate reads these with torch's weights_only
                                unpickler) + ema.safetensors (EMA shadow weights) + train_state.json (step, loss
                                rows, EMA counters) + complete.json {"step", "files": {name: sha256}} written last
-    run.json                   {"run_id", "last_used"}: when the run was last started (see `prune_runs`)
+    run.json                   {"run_id", "last_used", "pid", "host"}: when the run was last started, and by which
+                               process (see `prune_runs`, run_lock.py)
+    .geoface-train.lock        held by the training of the run while it runs (run_lock.py)
     loss.csv                   step, loss, diffusion_loss, align_loss, lr (rewritten atomically)
     loss.csv.partial           the same rows appended live at every logging step
 
@@ -20,15 +22,18 @@ and accelerate's files are read with `weights_only=True`. A checkpoint holding p
 (`custom_checkpoint_*.pkl`, the format before) is never loaded.
 
 Several runs live side by side under one state root (the `train` stage: models/train_state/<run id>/);
-`touch_run` stamps a run as used and `prune_runs` deletes the least recently used beyond `keep`.
+`touch_run` stamps a run as used and `prune_runs` deletes the least recently used beyond `keep`, never one that
+another training holds (run_lock.py).
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
+import os
 import re
 import shutil
+import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,6 +44,8 @@ from safetensors.torch import load_file, save_file
 
 from flame_fitting.core.errors import GeofaceError
 from flame_fitting.core.fileio import TMP_TAG, replace_dir, sha256_file, write_json, write_text
+
+from .run_lock import try_lock
 
 COLUMNS = ("step", "loss", "diffusion_loss", "align_loss", "lr", "grad_norm_diffusion", "grad_norm_align")
 MARKER = "complete.json"
@@ -131,10 +138,11 @@ def pickled_custom_state(ckpt: Path) -> list[str]:
 
 
 def touch_run(run_dir: Path, run_id: str) -> None:
-    """Create `run_dir` and stamp it as used now (`RUN_FILE`)."""
+    """Create `run_dir` and stamp it as used now by this process (`RUN_FILE`)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / RUN_FILE, {"run_id": run_id, "last_used": time.time()}, indent=None)
+    write_json(run_dir / RUN_FILE, {"run_id": run_id, "last_used": time.time(), "pid": os.getpid(),
+                                    "host": socket.gethostname()}, indent=None)
 
 
 def _last_used(run_dir: Path) -> float:
@@ -146,15 +154,23 @@ def _last_used(run_dir: Path) -> float:
 
 def prune_runs(state_root: Path, keep: int, current: Path) -> list[Path]:
     """Delete the least recently used run folders under `state_root` so that at most `keep` remain,
-    never `current`. Only folders a training run wrote (with `RUN_FILE`, or `geoface_config.json` from
-    before) count; anything else is left alone. Returns the deleted folders."""
+    never `current` nor one another training holds (run_lock.py; it is deleted holding its lock). Only folders a
+    training run wrote (with `RUN_FILE`, or `geoface_config.json` from before) count; anything else is left alone.
+    Returns the deleted folders."""
     root, current = Path(state_root), Path(current)
     runs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.resolve() != current.resolve()
             and ((p / RUN_FILE).is_file() or (p / "geoface_config.json").is_file())] if root.is_dir() else []
     runs.sort(key=lambda p: (_last_used(p), p.name), reverse=True)
-    gone = runs[max(keep - 1, 0):]
-    for p in gone:
-        shutil.rmtree(p)
+    gone = []
+    for p in runs[max(keep - 1, 0):]:
+        fd = try_lock(p)
+        if fd is None:  # training now: kept
+            continue
+        try:
+            shutil.rmtree(p)
+        finally:
+            os.close(fd)
+        gone.append(p)
     return gone
 
 

@@ -13,6 +13,8 @@ keeps what it published (STATE/<run id>/published/: the card, the config, the me
 left to train (another `train.keep_states`, a forced stage, an unrelated change upstream that leaves the shards as
 they were) it publishes those same bytes, not a new card dated now with metrics of a resume that trained nothing
 (models/geoface and metrics/train.json changed, and the evaluation re-ran in full).
+A second training of the same run while one trains (a second terminal, a resume started too early) refuses to start
+(run_lock.py): both wrote the one temporary checkpoint folder of the run, and one of them died mid-run.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import hashlib
 import json
 import shutil
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 from accelerate import PartialState
@@ -35,6 +38,7 @@ from .config import GeoFaceConfig
 from .data import GeoFaceDataset, ShardError, check_compatible, read_shard_meta
 from .latents import latent_shape_info
 from .lineage import CARD_JSON, CARD_MD, model_card, scalar_entries, write_model_card
+from .run_lock import run_lock
 from .train import train
 
 
@@ -186,21 +190,23 @@ def train_model(cfg: GeoFaceConfig, data: Path | str, state: Path | str, model: 
     check_start(cfg, data)  # before touching STATE: a run that cannot start changes nothing there
     rid = run_id(cfg, data)
     run_dir = state / rid
-    if PartialState().is_main_process:
-        for warning in config_warnings(cfg, latent_shape_info(vae_path_of(cfg))):
-            print(f"train: warning: {warning}", file=sys.stderr)
-        touch_run(run_dir, rid)
-        for old in prune_runs(state, cfg.train.keep_states, run_dir):
-            print(f"train: deleted the state of run {old.name} (train.keep_states = {cfg.train.keep_states})",
-                  file=sys.stderr)
-    PartialState().wait_for_everyone()
-    metrics = train(cfg, Path(data), run_dir)
-    if PartialState().is_main_process:  # one process publishes (several GPUs: the others would race its renames)
-        tmp = temp_path(model)
-        with writing(tmp, model):  # a full disk or an interrupt leaves no half-written copy beside MODEL
-            metrics = _publish(cfg, data, rid, run_dir, model, tmp, metrics)
-        write_bytes(loss_csv, (run_dir / "loss.csv").read_bytes())
-        if metrics_path is not None:
-            write_json(metrics_path, scalar_entries(metrics))
-    PartialState().wait_for_everyone()
+    main = PartialState().is_main_process
+    with run_lock(run_dir) if main else nullcontext():  # one training at a time in a run folder (run_lock.py)
+        if main:
+            for warning in config_warnings(cfg, latent_shape_info(vae_path_of(cfg))):
+                print(f"train: warning: {warning}", file=sys.stderr)
+            touch_run(run_dir, rid)
+            for old in prune_runs(state, cfg.train.keep_states, run_dir):
+                print(f"train: deleted the state of run {old.name} (train.keep_states = {cfg.train.keep_states})",
+                      file=sys.stderr)
+        PartialState().wait_for_everyone()
+        metrics = train(cfg, Path(data), run_dir)
+        if main:  # one process publishes (several GPUs: the others would race its renames)
+            tmp = temp_path(model)
+            with writing(tmp, model):  # a full disk or an interrupt leaves no half-written copy beside MODEL
+                metrics = _publish(cfg, data, rid, run_dir, model, tmp, metrics)
+            write_bytes(loss_csv, (run_dir / "loss.csv").read_bytes())
+            if metrics_path is not None:
+                write_json(metrics_path, scalar_entries(metrics))
+        PartialState().wait_for_everyone()
     return metrics

@@ -17,6 +17,7 @@ replaced only when the toolkit wrote them, stale temporaries removed, hashing.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -418,10 +419,15 @@ def check_output_dir(dst: Path | str, inputs: Iterable[Path | str] = (), overwri
                               f"input {inp}; choose an output folder outside the inputs")
     if dst.is_symlink():
         raise OutputError(f"{dst}: is a symbolic link; refusing to write through it: give a real folder")
-    if dst.exists() and not dst.is_dir():
+    try:
+        is_file = not stat.S_ISDIR(os.stat(dst).st_mode)  # one stat: a folder being replaced is not "a file"
+    except (FileNotFoundError, NotADirectoryError):
+        is_file = False
+    if is_file:
         raise OutputError(f"{dst}: exists and is not a folder; refusing to replace it")
-    if dst.is_dir() and any(dst.iterdir()):
-        if not is_toolkit_output(dst):
+    names = _names(dst)  # one listing: a folder another writer is replacing now is read as it was, or as absent
+    if names:
+        if MARKER not in names:
             raise OutputError(f"{dst}: exists, is not empty and was not written by geoface (no {MARKER}); "
                               "refusing to replace it: choose another output folder or move it away")
         had = output_kind(dst)
@@ -431,6 +437,14 @@ def check_output_dir(dst: Path | str, inputs: Iterable[Path | str] = (), overwri
         if not overwrite:
             raise OutputError(f"{dst}: exists (written by geoface); pass {option} to replace it")
     return dst
+
+
+def _names(folder: Path) -> list[str]:
+    """The names in `folder`; [] when it is not a folder (or is gone by now)."""
+    try:
+        return os.listdir(folder) if folder.is_dir() else []
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def mark_output(folder: Path | str, kind: str | None = None) -> Path:
@@ -444,20 +458,44 @@ def mark_output(folder: Path | str, kind: str | None = None) -> Path:
 def replace_dir(src: Path | str, dst: Path | str, overwrite: bool = True, inputs: Iterable[Path | str] = (),
                 kind: str | None = None) -> Path:
     """Move the finished folder `src` to `dst`, marking it as the toolkit's output `kind`; an existing `dst` is
-    replaced only as `check_output_dir` allows, and removed only after the move succeeded."""
+    replaced only as `check_output_dir` allows, and removed only after the move succeeded.
+
+    Another process may replace `dst` at the same time (two commands given one output folder, a retried work unit
+    whose first attempt still runs): the last to finish wins, and `dst` is always one writer's whole folder. A `dst`
+    that another writer filled meanwhile is checked again as the first one was (without `overwrite`: "pass
+    --force"). (Before, the slower writer failed with the system's "Directory not empty" or "No such file or
+    directory", leaving the output it had moved aside behind.)"""
     src, dst = Path(src), Path(dst)
     check_output_dir(dst, inputs, overwrite, kind=kind)
     (src / MARKER).write_text(_marker(dst.name, kind))  # dst's name
     share_like_umask(src)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    if dst.exists():
-        old = temp_path(dst)
-        os.rename(dst, old)
-        os.rename(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(src, dst)
-    return dst
+    olds: list[Path] = []  # earlier outputs this call moved aside
+    try:
+        for _ in range(100):
+            if dst.exists():
+                old = temp_path(dst)
+                try:
+                    os.rename(dst, old)
+                    olds.append(old)
+                except FileNotFoundError:  # another writer moved it aside first
+                    pass
+            try:
+                os.rename(src, dst)
+                return dst
+            except OSError as e:
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+            check_output_dir(dst, inputs, overwrite, kind=kind)  # another writer's output is there now
+        raise OutputError(f"{dst}: other processes kept replacing it while this one wrote it; run again")
+    finally:
+        if olds and not dst.exists():  # nothing took the place of the output moved aside: put it back
+            try:
+                os.rename(olds.pop(), dst)
+            except OSError:
+                pass
+        for old in olds:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def share_like_umask(folder: Path | str) -> None:

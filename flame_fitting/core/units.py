@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -31,7 +32,7 @@ from flame_fitting.core.errors import GeofaceError
 from flame_fitting.core.hash_cache import file_sha256
 from flame_fitting.core.names import name_problem
 from flame_fitting.core.fileio import (MARKER, TMP_TAG, check_output_dir, make_temp_dir, mark_output, replace_dir,
-                                       sha256_file, write_json)
+                                       sha256_file, temp_path, write_json)
 
 KEY_FILE = ".geoface-unit.json"
 UNIT_FORMAT = 1
@@ -156,7 +157,12 @@ class UnitWork:
                                         "files": tree_hashes(tmp), "extras": extras,
                                         "record": {k: v for k, v in record.items() if k != TIMING}})
             if dst.exists():  # a failed earlier attempt of this unit cannot be current: replace it
-                shutil.rmtree(dst)
+                old = temp_path(dst)  # moved aside first: another attempt of the unit may be replacing it now
+                try:
+                    os.rename(dst, old)
+                except FileNotFoundError:
+                    pass
+                shutil.rmtree(old, ignore_errors=True)
             replace_dir(tmp, dst)
         finally:
             if tmp.exists():
