@@ -9,7 +9,9 @@ command use; `help(geoface.fit_sequence)` shows its documentation)::
     head = geoface.load_head_model("data/head_model")              # FLAME (smplx layout) or the stand-in
     marks = geoface.detect_landmarks(cap)                          # MediaPipe, every image
     fit = geoface.fit_sequence(head, cap.cameras("synth000", "synthetic"), marks.for_sequence("synth000", "synthetic"))
-    posmap = geoface.bake_posmap(canonical_vertices, geoface.UVLayout.from_head_model(head))
+    p = fit.params[fit.frames[0]].tensors()                        # the first fitted frame's FLAME parameters
+    canonical = head.canonical(p["shape"], p["expr"], p["jaw_pose"], p["neck_pose"], p["eye_pose"])[0].detach().numpy()
+    baked = geoface.bake_posmap(canonical, geoface.UVLayout.from_head_model(head))   # .posmap (256, 256, 3), .mask
 
 Names are imported on first use, so `import geoface` stays fast (the command line starts without torch).
 """

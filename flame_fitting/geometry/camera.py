@@ -5,17 +5,21 @@
 metres. Readers of foreign formats convert to this at the reader and nowhere else.
 
 Numpy for the `Camera` value type (I/O, geometry set-up); torch functions at the bottom for
-the batched, differentiable paths (fitting, model conditioning).
+the batched, differentiable paths (fitting, model conditioning). They use only the tensors' own methods, so this
+module does not import torch: every reader of a capture imports it, and none of them needs torch.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from flame_fitting.core.arrays import checked_array
 from flame_fitting.core.errors import GeofaceError
+
+if TYPE_CHECKING:  # annotations only (a string under `from __future__ import annotations`)
+    import torch
 
 
 class CameraError(GeofaceError, ValueError):

@@ -1,5 +1,6 @@
 """What every `geoface` subcommand shares: errors in the CLI's own words (`geoface CMD: ROOT /x does not exist`),
-input checks, the --set / --params / --force options and the output check behind --force."""
+input checks, the --set / --params / --force options, the output check behind --force, and the data commands'
+executor options (params.yaml's `executor` keys)."""
 from __future__ import annotations
 
 import argparse
@@ -29,20 +30,60 @@ def need(path: str | Path | None, metavar: str, kind: str = "exists") -> Path:
     return p
 
 
-def add_jobs(p) -> None:
-    """--jobs: the sequences (work units) a data command runs at once on a local process pool."""
-    p.add_argument("--jobs", type=int, default=1, metavar="N",
-                   help="sequences run at once on a local process pool (default 1); the DVC stages take params.yaml's "
-                        "`executor` section instead (docs/scaling.md)")
+# the executor options of every data command -> the ExecutorConfig field (params.yaml `executor.KEY`) each sets
+EXECUTOR_OPTIONS = {"--executor": "kind", "--jobs": "workers", "--ray-address": "ray_address",
+                    "--unit-timeout-s": "unit_timeout_s", "--retries": "retries", "--ray-memory-gb": "ray_memory_gb"}
+RAY_ONLY = ("--ray-address", "--ray-memory-gb")
+
+
+def add_executor(p) -> None:
+    """The options of where a data command's work units (one per sequence) run: the DVC stages' params.yaml
+    `executor` section (flame_fitting.core.executor.ExecutorConfig), one option per key, validated by the same
+    build_config (`executor_of`)."""
+    g = p.add_argument_group("where the work units (one per sequence) run; the DVC stages take params.yaml's "
+                             "`executor` section instead (docs/scaling.md)")
+    g.add_argument("--executor", default="local", metavar="local|ray",
+                   help="local: a process pool on this machine; ray: one task per sequence on a Ray cluster (pip "
+                        "install 'geoface[ray]') (executor.kind; default %(default)s)")
+    g.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="local: sequences run at once, this process's own included; ray without an address: the CPUs "
+                        "of the local Ray started for the command (executor.workers; default 1)")
+    g.add_argument("--ray-address", metavar="ADDRESS",
+                   help="with --executor ray: the cluster (host:port, ray://host:port or auto), connected to before "
+                        "anything is written (executor.ray_address; default $RAY_ADDRESS, else a local Ray)")
+    g.add_argument("--unit-timeout-s", type=float, metavar="S",
+                   help="seconds one sequence may run: one running longer is stopped and recorded as failed "
+                        "(UnitTimeout in the output folder's failures.json), not retried; local: every sequence "
+                        "then runs in a pool process (executor.unit_timeout_s; default: no limit)")
+    g.add_argument("--retries", type=int, metavar="N",
+                   help="times a sequence is re-run when its worker process or node is lost, not when it raises "
+                        "(executor.retries; default 3)")
+    g.add_argument("--ray-memory-gb", type=float, metavar="GB",
+                   help="with --executor ray: GiB of memory one sequence needs (Ray places no more on a node than its "
+                        "memory holds) (executor.ray_memory_gb; default: no request)")
 
 
 def executor_of(args):
-    """The local executor of --jobs (a CliError below 1)."""
+    """The ExecutorConfig of the executor options, validated as params.yaml's `executor` section is; a CliError
+    naming the option otherwise (a ray option without --executor ray is refused, not ignored)."""
     from flame_fitting.core.executor import ExecutorConfig
+    from flame_fitting.core.params import ParamsError, build_config
 
     if args.jobs < 1:
         raise CliError(f"--jobs {args.jobs}: must be at least 1")
-    return ExecutorConfig(kind="local", workers=args.jobs)
+    given = {option: getattr(args, option[2:].replace("-", "_")) for option in EXECUTOR_OPTIONS}
+    if given["--executor"] == "local":  # (another value than local or ray is refused by build_config below)
+        for option in RAY_ONLY:
+            if given[option] is not None:
+                raise CliError(f"{option} is an option of --executor ray (this run is --executor "
+                               f"{given['--executor']})")
+    values = {EXECUTOR_OPTIONS[o]: v for o, v in given.items() if v is not None}
+    try:
+        return build_config(ExecutorConfig, values, "executor")
+    except ParamsError as e:  # `executor.KEY: problem` in the words of the option that set KEY
+        key, _, problem = str(e).partition(": ")
+        option = next((o for o, k in EXECUTOR_OPTIONS.items() if key == f"executor.{k}"), None)
+        raise CliError(f"{option}: {problem}" if option else str(e)) from None
 
 
 def writable_file(path: str | Path | None, option: str) -> Path | None:

@@ -6,7 +6,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from .base import CliError, add_jobs, check_out, command, executor_of, need, show, writable_file
+from .base import CliError, add_executor, check_out, command, executor_of, need, show, writable_file
 
 HEAD = ("head_model", "geoface.steps.head_model:HeadModelParams")
 IMPORT = [("captures", "pipelines.common:ImportConfig", ("source", "root")), ("captures.synthetic", "pipelines.synthetic:SyntheticConfig")]
@@ -78,19 +78,22 @@ def import_(args, import_cfg, synthetic_cfg) -> None:
 def landmarks(args, cfg) -> None:
     from flame_fitting.landmarks.capture import detect_folder
 
+    ex = executor_of(args)
     need(args.capture, "CAPTURE", "dir")
     writable_file(args.metrics, "--metrics")
     show(detect_folder(args.capture, args.out, cfg, metrics_path=args.metrics, overwrite=args.force,
-                       executor=executor_of(args)))
+                       executor=ex))
 
 
 def fit(args, cfg) -> None:
+    from flame_fitting.core.executor import open_executor
     from flame_fitting.core.fileio import mark_output, write_json
     from flame_fitting.fit.run import fit_folder
     from flame_fitting.formats.capture import load_capture
     from flame_fitting.head.head_model import load_head_model
     from flame_fitting.landmarks.capture import LandmarksParams, detect_folder
 
+    ex = executor_of(args)
     capture, head, out = need(args.capture, "CAPTURE", "dir"), Path(args.head_model), Path(args.out)
     if args.refine_cameras:
         cfg = dataclasses.replace(cfg, refine_cameras=True)
@@ -113,12 +116,13 @@ def fit(args, cfg) -> None:
         raise CliError(f"--workers {args.workers}: must be at least 1")
     workers = LandmarksParams(workers=args.workers or min(os.cpu_count() or 1, 256))
     load_capture(capture)  # not a capture: one line before OUT is created
-    mark_output(out, "fit run")
     metrics = {}
-    if not args.landmarks:
-        metrics["landmarks"] = detect_folder(capture, lmk, workers, overwrite=args.force, executor=executor_of(args))
-    metrics["fit"] = fit_folder(capture, lmk, head, out / "fits", cfg, out / "overlays", out / "cost.csv",
-                                overwrite=args.force, executor=executor_of(args))
+    with open_executor(ex):  # a Ray cluster that does not answer: one line before OUT is created (both steps use it)
+        mark_output(out, "fit run")
+        if not args.landmarks:
+            metrics["landmarks"] = detect_folder(capture, lmk, workers, overwrite=args.force, executor=ex)
+        metrics["fit"] = fit_folder(capture, lmk, head, out / "fits", cfg, out / "overlays", out / "cost.csv",
+                                    overwrite=args.force, executor=ex)
     write_json(out / "metrics.json", metrics)
     show(metrics)
 
@@ -126,24 +130,26 @@ def fit(args, cfg) -> None:
 def uv(args, cfg) -> None:
     from flame_fitting.uv.batch import bake_fits
 
+    ex = executor_of(args)
     fits, head = need(args.fits, "FITS", "dir"), need(args.head_model, "HEAD_MODEL", "dir")
     check_out(args.out, [fits, head, args.previews], args.force, kind="uv")
     if args.previews:
         check_out(args.previews, [fits, head, args.out], args.force, kind="uv previews")
     writable_file(args.metrics, "--metrics")
-    show(bake_fits(fits, head, args.out, args.previews, cfg, metrics_path=args.metrics, executor=executor_of(args)))
+    show(bake_fits(fits, head, args.out, args.previews, cfg, metrics_path=args.metrics, executor=ex))
 
 
 def correspondences(args, cfg, tok) -> None:
     from flame_fitting.uv.batch import correspondences_for_fits
 
+    ex = executor_of(args)
     ins = [need(getattr(args, k), k.upper(), "dir") for k in ("fits", "uv", "captures", "head_model")]
     check_out(args.out, ins + [args.previews], args.force, kind="correspondences")
     if args.previews:
         check_out(args.previews, ins + [args.out], args.force, kind="correspondences previews")
     writable_file(args.metrics, "--metrics")
     show(correspondences_for_fits(*ins, args.out, args.previews, cfg, tok.app_tokens, tok.geo_tokens,
-                                  metrics_path=args.metrics, executor=executor_of(args)))
+                                  metrics_path=args.metrics, executor=ex))
 
 
 def register(sub, chosen) -> None:
@@ -178,7 +184,7 @@ def register(sub, chosen) -> None:
     p.add_argument("capture", metavar="CAPTURE", help="canonical capture folder")
     p.add_argument("--out", required=True, help="landmark folder to write")
     p.add_argument("--metrics", help="metrics JSON to write")
-    add_jobs(p)
+    add_executor(p)
 
     p = command(sub, "fit", "landmarks + multi-view FLAME fit on a canonical capture (the landmarks and fit stages); "
                 "writes OUT/landmarks, OUT/fits, OUT/overlays, OUT/cost.csv, OUT/metrics.json", fit, [FIT],
@@ -189,7 +195,7 @@ def register(sub, chosen) -> None:
     p.add_argument("--landmarks", help="use this landmark folder instead of detecting into OUT/landmarks")
     p.add_argument("--refine-cameras", action="store_true", help="bundle adjustment of the cameras")
     p.add_argument("--workers", type=int, default=None, help="landmark detection threads (default: all cores)")
-    add_jobs(p)
+    add_executor(p)
 
     p = command(sub, "uv", "canonical UV position map of every fitted frame (the uv stage)", uv, [UV], chosen("uv"))
     p.add_argument("fits", metavar="FITS", help="fits folder (fit stage)")
@@ -197,7 +203,7 @@ def register(sub, chosen) -> None:
     p.add_argument("--out", required=True, help="UV folder to write")
     p.add_argument("--previews", help="folder for PNG previews and OBJ round trips")
     p.add_argument("--metrics", help="metrics JSON to write")
-    add_jobs(p)
+    add_executor(p)
 
     p = command(sub, "correspondences", "pixel -> UV correspondences and token targets of every fitted frame (the "
                 "correspondences stage)", correspondences, [CORR, TOKENS], chosen("correspondences"))
@@ -207,4 +213,4 @@ def register(sub, chosen) -> None:
     p.add_argument("--out", required=True, help="correspondence folder to write")
     p.add_argument("--previews", help="folder for overlay and Figure 9 PNGs")
     p.add_argument("--metrics", help="metrics JSON to write")
-    add_jobs(p)
+    add_executor(p)

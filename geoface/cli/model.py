@@ -7,7 +7,7 @@ import json
 import re
 from pathlib import Path
 
-from .base import CliError, add_jobs, check_out, command, executor_of, need, show, writable_file
+from .base import CliError, add_executor, check_out, command, executor_of, need, show, writable_file
 from .geometry import TOKENS, UV
 
 DATASET = ("dataset", "geoface_model.dataset_build:DatasetParams")
@@ -65,11 +65,12 @@ def check_out_file(path: str | Path | None, option: str, force: bool, ours) -> P
 def dataset(args, cfg, tok, uv) -> None:
     from geoface_model.dataset_build import build_dataset
 
+    ex = executor_of(args)
     ins = [need(getattr(args, k), k.upper(), "dir") for k in ("captures", "fits", "uv", "correspondences", "head_model")]
     check_out(args.out, ins, args.force, kind="dataset")
     writable_file(args.metrics, "--metrics")
     show(build_dataset(*ins, args.out, cfg, tok, metrics_path=args.metrics, gutter=uv.gutter,
-                       executor=executor_of(args)))
+                       executor=ex))
 
 
 def train(args, train_cfg, tok, model, loss) -> None:
@@ -143,7 +144,7 @@ def register(sub, chosen) -> None:
         p.add_argument(name, metavar=name.upper(), help=what)
     p.add_argument("--out", required=True, help="dataset folder to write")
     p.add_argument("--metrics", help="metrics JSON to write")
-    add_jobs(p)
+    add_executor(p)
 
     p = command(sub, "train", "train the GeoFace transformer on dataset shards (the train stage); a killed run "
                 "resumes from --state", train, TRAIN, chosen("train"),

@@ -23,3 +23,13 @@ def test_import_is_light():
     code = "import sys, geoface; print(sorted(m for m in ('torch', 'mediapipe', 'diffusers') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_reading_captures_and_landmarks_loads_no_torch():
+    """The readers of the API (a capture, its cameras, landmarks, the dataset importers) and the landmark stage's
+    unit module need no torch; `geometry.camera` imported it (~2 s) for a function none of them calls."""
+    names = ("load_capture", "Camera", "load_landmarks", "import_capture", "load_sequence_fit", "GeofaceError")
+    code = (f"import sys, geoface; [getattr(geoface, n) for n in {names!r}]; import flame_fitting.landmarks.capture; "
+            "print(sorted(m for m in ('torch', 'mediapipe', 'diffusers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

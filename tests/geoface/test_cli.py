@@ -262,3 +262,72 @@ def test_file_options_that_cannot_be_written_are_refused_before_any_work(capsys,
         rc, _, err = cli(capsys, *args)
         assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, (args, err)
         assert not out.exists(), args
+
+
+def test_an_executor_that_cannot_run_is_one_line_before_anything_is_written(capsys, run_dir, tmp_path):
+    """`--executor ray --ray-address` of a cluster nobody answers (the stage's `executor.ray_address`): one line and
+    no output folder, also for `fit`, which marks OUT before its two steps; so is a bad --jobs (fit created OUT)."""
+    import socket
+
+    d = run_dir
+    with socket.socket() as s:  # a port nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    runs = {"fit": ["fit", d / "cap", "--head-model", d / "hm", "--landmarks", d / "fit" / "landmarks", "--out"],
+            "uv": ["uv", d / "fit" / "fits", d / "hm", "--out"]}
+    for cmd, args in runs.items():
+        out = tmp_path / cmd
+        rc, _, err = cli(capsys, *args, out, "--executor", "ray", "--ray-address", f"127.0.0.1:{port}")
+        assert rc == 2 and err.count("\n") == 1 and err.startswith(
+            f"geoface {cmd}: executor.ray_address='127.0.0.1:{port}': no Ray cluster answers at 127.0.0.1:{port} ("), err
+        assert err.strip().endswith("nothing was changed") and not out.exists(), err
+        rc, _, err = cli(capsys, *args, out, "--jobs", "0")
+        assert rc == 2 and err.strip() == f"geoface {cmd}: --jobs 0: must be at least 1" and not out.exists(), err
+
+
+def test_unit_timeout_s_stops_a_sequence_and_changes_no_result(capsys, run_dir, tmp_path):
+    """`--unit-timeout-s` reaches the executor as `executor.unit_timeout_s` does from params.yaml: a sequence running
+    past it (a UV map at 4096², seconds of work, against 1 s) is stopped and recorded as failed, nothing of it
+    written; under a limit it does not reach, the maps are those of a run without one (run in a pool process)."""
+    d = run_dir
+    uv = ["uv", d / "fit" / "fits", d / "hm", "--set", "resolution=32", "--out"]
+    rc, _, err = cli(capsys, *uv, tmp_path / "plain")
+    assert rc == 0, err
+    rc, out, err = cli(capsys, *uv, tmp_path / "limited", "--unit-timeout-s", "600")
+    assert rc == 0 and json.loads(out)["units_run"] == 1, err
+    name = Path("synth000", "synthetic", "00000.npz")
+    for key, a in np.load(tmp_path / "plain" / name).items():
+        np.testing.assert_array_equal(np.load(tmp_path / "limited" / name)[key], a)
+
+    slow = tmp_path / "slow"
+    rc, _, err = cli(capsys, "uv", d / "fit" / "fits", d / "hm", "--set", "resolution=4096", "--out", slow,
+                     "--unit-timeout-s", "1")
+    assert rc == 2 and "all 1 work unit(s) failed" in err and "UnitTimeout: ran past unit_timeout_s=1 s" in err, err
+    failures = json.loads((slow / "failures.json").read_text())
+    assert [(f["subject"], f["error"]) for f in failures] == [("synth000", "UnitTimeout: ran past unit_timeout_s=1 s")]
+    assert not (slow / "synth000").exists()
+
+
+def test_the_public_api_examples_run_as_written(run_dir, tmp_path, monkeypatch):
+    """The example of `geoface.__doc__` and README's "From Python" run as written on a capture in the layout they
+    name (data/captures, data/head_model: run_dir's, 1 subject synth000), and the docstring's canonical vertices are
+    the uv stage's (`canonical_vertices` of the saved fit arrays). The docstring baked an undefined name."""
+    import re
+    import textwrap
+
+    import geoface
+    from flame_fitting.uv.batch import canonical_vertices
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "captures").symlink_to(run_dir / "cap")
+    (tmp_path / "data" / "head_model").symlink_to(run_dir / "hm")
+    monkeypatch.chdir(tmp_path)
+    docstring = textwrap.dedent(geoface.__doc__.split("::\n", 1)[1].strip("\n").split("\n\n")[0])
+    readme = re.search(r"## From Python\n\n```python\n(.*?)```", (REPO / "README.md").read_text(), re.S).group(1)
+    for code in (readme, docstring):
+        ns: dict = {}
+        exec(compile(code, "example", "exec"), ns)  # noqa: S102 - the documented example itself
+        assert ns["fit"].frames == [0] and ns["fit"].status[0].status == "ok"
+    baked, head = ns["baked"], ns["head"]
+    assert baked.posmap.shape == (256, 256, 3) and baked.mask.any()
+    np.testing.assert_allclose(ns["canonical"], canonical_vertices(head, ns["fit"].stacked(), 0), atol=1e-6)

@@ -205,3 +205,31 @@ def test_a_params_file_without_the_commands_section_is_refused(capsys, tmp_path)
 def test_jobs_below_one_is_refused(capsys, tmp_path):
     rc, _, err = cli(capsys, "uv", tmp_path, tmp_path, "--out", tmp_path / "uv", "--jobs", "0")
     assert rc == 2 and "--jobs 0: must be at least 1" in one_line(err, "geoface uv: ")
+
+
+DATA_COMMANDS = {"landmarks": 1, "fit": 1, "uv": 2, "correspondences": 4, "dataset": 5}  # command -> its folders
+EXECUTOR_KEYS = {"--executor": "kind", "--jobs": "workers", "--ray-address": "ray_address",  # option -> params key
+                 "--unit-timeout-s": "unit_timeout_s", "--retries": "retries", "--ray-memory-gb": "ray_memory_gb"}
+
+
+@pytest.mark.parametrize("cmd", list(DATA_COMMANDS))
+def test_executor_options_are_checked_as_params_yaml_executor_is(capsys, tmp_path, cmd):
+    """Every data command takes params.yaml's `executor` keys as options (--executor, --jobs, --ray-address,
+    --unit-timeout-s, --retries, --ray-memory-gb), refused in ExecutorConfig's words before anything is read or
+    written; a Ray option without --executor ray is refused, not ignored."""
+    _, out, _ = cli(capsys, cmd, "--help")
+    text = " ".join(out.split())
+    for option, key in EXECUTOR_KEYS.items():
+        assert f"{option} " in text and f"(executor.{key};" in text, (cmd, option)
+    args = [cmd, *[tmp_path / "missing"] * DATA_COMMANDS[cmd], "--out", tmp_path / "out"]
+    cases = [(["--unit-timeout-s", "0.5"], "--unit-timeout-s: 0.5 is below the minimum 1.0"),
+             (["--unit-timeout-s", "nan"], "--unit-timeout-s: nan is not a finite number"),
+             (["--executor", "rey"], "--executor: 'rey' not one of ['local', 'ray']"),
+             (["--retries", "-1"], "--retries: -1 is below the minimum 0"),
+             (["--executor", "ray", "--ray-memory-gb", "-2"], "--ray-memory-gb: -2.0 is below the minimum 0.0"),
+             (["--ray-address", "127.0.0.1:6379"], "--ray-address is an option of --executor ray (this run is "
+                                                   "--executor local)")]
+    for extra, message in cases:
+        rc, _, err = cli(capsys, *args, *extra)
+        assert rc == 2 and one_line(err, f"geoface {cmd}: ") == f"geoface {cmd}: {message}", (extra, err)
+    assert not (tmp_path / "out").exists()
