@@ -12,11 +12,13 @@ import json
 import subprocess
 from pathlib import Path
 
-from flame_fitting.core.fileio import write_json, write_text
+from flame_fitting.core.fileio import read_json, write_json, write_text
 from flame_fitting.core.units import digest, tree_hashes
 from flame_fitting.formats.lineage import LineageError, read_lineage
 
 CARD_JSON, CARD_MD = "model_card.json", "MODEL_CARD.md"
+MAX_CARD_BYTES = 1 << 24  # 16 MiB: a card (hashes, params, scalar metrics) is a few KiB
+_TEXT_KEYS = ("captures_version", "shards_sha256", "head_model_sha256", "run_id", "date")  # what `audit` prints
 
 
 def git_state(cwd: Path | str = ".") -> dict:
@@ -78,15 +80,21 @@ def write_model_card(model_dir: Path | str, data: Path | str, params: dict, run_
 
 
 def read_model_card(model_dir: Path | str) -> dict:
-    """MODEL_DIR/model_card.json; LineageError naming the file when it is missing or unreadable."""
+    """MODEL_DIR/model_card.json; LineageError naming the file when it is missing, not a regular file, larger than
+    MAX_CARD_BYTES, not valid JSON (nested too deeply included), not an object, or holds an entry `audit` reads of
+    another type than the train stage writes (text or null; `git` an object of a text commit and a boolean dirty)."""
     path = Path(model_dir) / CARD_JSON
-    try:
-        card = json.loads(path.read_text())
-    except FileNotFoundError:
+    if not path.exists():
         raise LineageError(f"{path}: missing (a model trained before geoface wrote model cards? re-run the train "
-                           "stage)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LineageError(f"{path}: not valid JSON ({e})") from None
+                           "stage)")
+    card = read_json(path, LineageError, MAX_CARD_BYTES, "model card")
     if not isinstance(card, dict):
         raise LineageError(f"{path}: expected a JSON object")
+    for key in _TEXT_KEYS:
+        if not isinstance(card.get(key), (str, type(None))):
+            raise LineageError(f"{path}: {key} must be text or null, got {type(card[key]).__name__}")
+    git = card.get("git")
+    if not (git is None or (isinstance(git, dict) and isinstance(git.get("commit"), (str, type(None)))
+                            and isinstance(git.get("dirty"), (bool, type(None))))):
+        raise LineageError(f"{path}: git must be an object with a text commit and a boolean dirty, got {git!r:.80}")
     return card

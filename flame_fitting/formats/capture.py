@@ -310,6 +310,8 @@ def read_index(where: str, read: Callable[[str], bytes]) -> CaptureIndex:
         raise CaptureError(f"{where}: not a geoface capture (no capture.json)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CaptureError(f"{where}: not a geoface capture (capture.json is not valid JSON: {e})") from None
+    except RecursionError:
+        raise CaptureError(f"{where}: not a geoface capture (capture.json: JSON nested too deeply)") from None
     if not isinstance(info, dict):
         raise CaptureError(f"{where}: not a geoface capture (capture.json: expected a JSON object, got "
                            f"{_json_type(info)})")
@@ -334,6 +336,8 @@ def read_index(where: str, read: Callable[[str], bytes]) -> CaptureIndex:
             raise CaptureError(f"{where}/{rel}: cameras file is missing") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CaptureError(f"{where}/{rel}: not a cameras file ({e})") from None
+        except RecursionError:
+            raise CaptureError(f"{where}/{rel}: not a cameras file (JSON nested too deeply)") from None
         if not isinstance(data, dict) or not isinstance(data.get("cameras"), dict):
             got = "a JSON object without a 'cameras' mapping" if isinstance(data, dict) else _json_type(data)
             raise CaptureError(f"{where}/{rel}: not a cameras file (expected a JSON object with a 'cameras' mapping, "
@@ -352,7 +356,14 @@ def capture_index(root: Path | str) -> CaptureIndex:
     root = Path(root)
     if not root.is_dir():
         raise CaptureError(f"{root}: not a geoface capture (not a folder)")
-    return read_index(str(root), lambda rel: (root / rel).read_bytes())
+
+    def read(rel: str) -> bytes:
+        path = root / rel
+        if path.exists() and not path.is_file():  # a FIFO would block, /dev/zero never ends
+            raise CaptureError(f"{path}: not a regular file")
+        return path.read_bytes()
+
+    return read_index(str(root), read)
 
 
 def capture_version(root: Path | str) -> str:
@@ -360,8 +371,8 @@ def capture_version(root: Path | str) -> str:
     computed from its files for a capture written before geoface recorded it (the same value)."""
     meta = Path(root) / "capture.json"
     try:
-        info = json.loads(meta.read_text())
-    except (OSError, ValueError):  # missing, unreadable, not UTF-8 or not JSON: capture_index says what is wrong
+        info = json.loads(meta.read_text()) if meta.is_file() else {}  # (not a FIFO: it would block)
+    except (OSError, ValueError, RecursionError):  # missing, unreadable, not JSON: capture_index says what is wrong
         info = {}
     stored = info.get("version_id") if isinstance(info, dict) else None
     return stored if isinstance(stored, str) and stored else capture_index(root).version

@@ -8,15 +8,15 @@ its output folder; the next stage reads it there (`captures_version_of`). Folder
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from flame_fitting.core.errors import GeofaceError
-from flame_fitting.core.fileio import write_json
+from flame_fitting.core.fileio import read_json, write_json
 
 from .capture import capture_version
 
 LINEAGE = "lineage.json"
+MAX_LINEAGE_BYTES = 1 << 24  # 16 MiB: versions, hashes and a params section are a few KiB
 
 
 class LineageError(GeofaceError, ValueError):
@@ -29,16 +29,17 @@ def write_lineage(folder: Path | str, **fields) -> Path:
 
 
 def read_lineage(folder: Path | str) -> dict:
-    """FOLDER/lineage.json as a dict; {} when the folder has none (written before geoface recorded lineage)."""
+    """FOLDER/lineage.json as a dict; {} when the folder has none (written before geoface recorded lineage);
+    LineageError naming it when it is not a regular file, huge, not a JSON object, or its version / hash is not text."""
     path = Path(folder) / LINEAGE
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
+    if not path.exists():
         return {}
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LineageError(f"{path}: not valid JSON ({e})") from None
+    data = read_json(path, LineageError, MAX_LINEAGE_BYTES, "lineage file")  # a FIFO, huge or too deep: refused
     if not isinstance(data, dict):
         raise LineageError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    for key in ("captures_version", "head_model_sha256"):
+        if not isinstance(data.get(key), (str, type(None))):
+            raise LineageError(f"{path}: {key} must be text or null, got {type(data[key]).__name__}")
     return data
 
 

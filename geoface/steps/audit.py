@@ -17,7 +17,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dvc.exceptions import NotDvcRepoError, OutputNotFoundError
+from dvc.exceptions import DvcException, NotDvcRepoError, OutputNotFoundError
 from dvc.repo import Repo
 
 from flame_fitting.core.errors import GeofaceError
@@ -30,7 +30,15 @@ DEFAULT_MODEL = "models/geoface"  # the train stage's model output in dvc.yaml
 
 
 class AuditError(GeofaceError, ValueError):
-    """An audit that cannot be made (no DVC repository, a folder no stage writes): the message says what and where."""
+    """An audit that cannot be made (no DVC repository, one whose .dvc/config, dvc.yaml or dvc.lock DVC cannot read, a
+    folder no stage writes): the message says what and where."""
+
+
+def _dvc_problem(where: Path, e: DvcException) -> AuditError:
+    """AuditError of an exception DVC raised: its first line (a traceback ended with exit 1, the status of "the data
+    do not match")."""
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return AuditError(f"{where}: DVC cannot read the repository: {first}")
 
 
 @dataclass
@@ -59,6 +67,8 @@ def _repo(start: Path) -> Repo:
         return Repo(Repo.find_root(str(probe)))
     except NotDvcRepoError:
         raise AuditError(f"{start}: not inside a DVC repository (no .dvc folder above it)") from None
+    except DvcException as e:  # e.g. ConfigError: a .dvc/config line DVC cannot read
+        raise _dvc_problem(probe, e) from None
 
 
 def _git_tracked(root: Path) -> set[str]:
@@ -101,37 +111,44 @@ def audit(model_dir: Path | str | None = None) -> AuditReport:
         raise AuditError(f"{model_dir}: a file, not a model folder; MODEL_DIR is the folder a dvc.yaml stage writes "
                          f"the model to (the train stage writes {DEFAULT_MODEL})")
     repo = _repo(Path(model_dir) if model_dir is not None else Path.cwd())
-    with repo:
-        root = Path(repo.root_dir)
-        model = Path(model_dir) if model_dir is not None else root / DEFAULT_MODEL
+    try:
+        with repo:
+            return _audit(repo, model_dir)
+    except DvcException as e:  # dvc.yaml or dvc.lock DVC cannot parse or validate, ...
+        raise _dvc_problem(Path(repo.root_dir), e) from None
+
+
+def _audit(repo: Repo, model_dir: Path | str | None) -> AuditReport:
+    root = Path(repo.root_dir)
+    model = Path(model_dir) if model_dir is not None else root / DEFAULT_MODEL
+    try:
+        outs = repo.find_outs_by_path(str(model.resolve()))
+    except OutputNotFoundError:
+        outs = []
+    if not outs:
+        raise AuditError(f"{model}: no stage of {root / 'dvc.yaml'} writes this folder, so DVC cannot say what it "
+                         f"was trained on (the train stage writes {DEFAULT_MODEL})")
+    stage = outs[0].stage
+    if not model.exists():
+        card, card_error = None, f"{model}: not in the workspace (a fresh clone: `dvc pull`; else `dvc repro`)"
+    else:
         try:
-            outs = repo.find_outs_by_path(str(model.resolve()))
-        except OutputNotFoundError:
-            outs = []
-        if not outs:
-            raise AuditError(f"{model}: no stage of {root / 'dvc.yaml'} writes this folder, so DVC cannot say what it "
-                             f"was trained on (the train stage writes {DEFAULT_MODEL})")
-        stage = outs[0].stage
-        if not model.exists():
-            card, card_error = None, f"{model}: not in the workspace (a fresh clone: `dvc pull`; else `dvc repro`)"
-        else:
-            try:
-                card, card_error = read_model_card(model), None
-            except LineageError as e:
-                card, card_error = None, str(e)
-        stages = repo.stage.collect(stage.addressing, with_deps=True)
-        status = repo.status(targets=[stage.addressing], with_deps=True)
-        uncached = {(s.addressing, o.def_path) for s in stages for o in s.outs if not o.use_cache}
-        status = {s: [e for e in entries if not _only_uncached(s, e, uncached)] for s, entries in status.items()}
-        report = AuditReport(str(model), stage.addressing, card, card_error, classify(status, _git_tracked(root)))
-        for s in stages:
-            for o in s.outs:
-                path = Path(o.fs_path)
-                if (path / "capture.json").is_file():
-                    try:
-                        report.captures.append((str(path.relative_to(root)), capture_version(path)))
-                    except CaptureError:
-                        report.captures.append((str(path.relative_to(root)), None))
+            card, card_error = read_model_card(model), None
+        except LineageError as e:
+            card, card_error = None, str(e)
+    stages = repo.stage.collect(stage.addressing, with_deps=True)
+    status = repo.status(targets=[stage.addressing], with_deps=True)
+    uncached = {(s.addressing, o.def_path) for s in stages for o in s.outs if not o.use_cache}
+    status = {s: [e for e in entries if not _only_uncached(s, e, uncached)] for s, entries in status.items()}
+    report = AuditReport(str(model), stage.addressing, card, card_error, classify(status, _git_tracked(root)))
+    for s in stages:
+        for o in s.outs:
+            path = Path(o.fs_path)
+            if (path / "capture.json").is_file():
+                try:
+                    report.captures.append((str(path.relative_to(root)), capture_version(path)))
+                except CaptureError:
+                    report.captures.append((str(path.relative_to(root)), None))
     return report
 
 

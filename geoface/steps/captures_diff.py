@@ -14,8 +14,11 @@ import subprocess
 from pathlib import Path
 
 from dvc.api import DVCFileSystem
+from dvc.config import ConfigError
 from dvc.exceptions import NotDvcRepoError
 from dvc.repo import Repo
+from dvc.utils.serialize import ParseError
+from dvc.utils.strictyaml import YAMLValidationError
 
 from flame_fitting.core.errors import GeofaceError
 from flame_fitting.formats.capture import capture_index, read_index
@@ -65,6 +68,9 @@ def revision_index(rev: str, path: str = DEFAULT_PATH, repo: Path | str = ".") -
             return fs.read_bytes(name)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise
+        except (ParseError, YAMLValidationError, ConfigError) as e:  # not a cache miss: no `dvc fetch` would help
+            raise DiffError(f"{where}/{rel}: DVC cannot read the repository at revision {rev}: "
+                            f"{str(e).strip().splitlines()[0]}") from None
         except Exception as e:  # not in the cache nor on the remote, remote unreachable, ...
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise DiffError(f"{where}/{rel}: DVC cannot read it from the cache or the default remote ({first}); "

@@ -2,7 +2,9 @@
 of rows and cameras, the folder's place and the layout of its JSON files, changed by any pixel, mask, split or
 calibration; and the capture diff behind `geoface diff-captures`."""
 import json
+import os
 import shutil
+import threading
 
 import numpy as np
 import pandas as pd
@@ -10,6 +12,7 @@ import pytest
 
 from flame_fitting.formats.capture import CaptureError, CaptureWriter, capture_index, capture_version, load_capture
 from flame_fitting.formats.capture_version import diff_indexes, format_diff
+from flame_fitting.formats.lineage import LineageError, read_lineage
 from flame_fitting.geometry.camera import Camera, intrinsics, look_at
 
 
@@ -176,3 +179,63 @@ def test_diff_text_escapes_what_a_terminal_would_obey(tmp_path):
     assert "\x1b" not in text and "\x07" not in text and "\r" not in text
     assert "old\\x1b]0;owned\\x07 (capture version" in text and "new\\rforged (capture version" in text
     assert len(text.splitlines()) == 3  # old, new, identical
+
+
+def _feed_fifo(fifo, data: bytes) -> threading.Thread:
+    """A writer that hands `data` to whoever opens the FIFO (the code before refused nothing and read it)."""
+    def feed():
+        with open(fifo, "wb") as f:
+            f.write(data)
+    t = threading.Thread(target=feed, daemon=True)
+    t.start()
+    return t
+
+
+def _release(fifo, writer: threading.Thread) -> None:
+    """Let the writer finish when nobody read the FIFO (the reader refused it)."""
+    if writer.is_alive():
+        fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        writer.join()
+        os.close(fd)
+
+
+@pytest.mark.parametrize("damage", ["deep capture.json", "deep cameras.json", "fifo capture.json"])
+def test_hostile_json_files_of_a_capture_are_one_error_naming_them(tmp_path, damage):
+    """`geoface diff-captures` / `audit` read capture.json and cameras.json through capture_index: JSON nested beyond
+    the parser's depth was a RecursionError traceback, and a FIFO (a capture from someone else) was read."""
+    root = write(tmp_path / "cap", *content(subjects=("s1",), frames=1, n_cams=2))
+    good = (root / "capture.json").read_bytes()
+    target = root / ("s1/seq/cameras.json" if "cameras" in damage else "capture.json")
+    target.unlink()
+    writer = None
+    if damage.startswith("fifo"):
+        os.mkfifo(target)
+        writer = _feed_fifo(target, good)
+    else:
+        target.write_text("[" * 100_000 + "]" * 100_000)
+    try:
+        with pytest.raises(CaptureError) as e:
+            capture_index(root)
+        msg = str(e.value)
+        assert "\n" not in msg and msg.startswith(str(target) if "cameras" in damage or writer else str(root))
+        assert ("not a regular file" if writer else "nested too deeply") in msg
+        if damage == "deep capture.json":  # the version falls back to the content index, which says why
+            with pytest.raises(CaptureError, match="nested too deeply"):
+                capture_version(root)
+    finally:
+        if writer is not None:
+            _release(target, writer)
+
+
+@pytest.mark.parametrize("text, words", [("[" * 100_000 + "]" * 100_000, "not valid JSON (nested too deeply)"),
+                                         ('{"captures_version": ["a"]}', "captures_version must be text or null"),
+                                         ('{"head_model_sha256": 5}', "head_model_sha256 must be text or null"),
+                                         ("[1]", "expected a JSON object")])
+def test_a_lineage_file_of_the_wrong_shape_names_it(tmp_path, text, words):
+    """lineage.json of a stage output from elsewhere: one LineageError naming it (a RecursionError before; a list
+    `captures_version` was passed on into the next lineage and the model card)."""
+    (tmp_path / "lineage.json").write_text(text)
+    with pytest.raises(LineageError) as e:
+        read_lineage(tmp_path)
+    assert str(e.value).startswith(f"{tmp_path / 'lineage.json'}: ") and words in str(e.value)
+    assert read_lineage(tmp_path / "none") == {}

@@ -93,8 +93,6 @@ def project(tmp_path_factory):
     return repo, env
 
 
-
-
 def test_every_lineage_file_carries_the_captures_version(project):
     repo, _ = project
     version = capture_version(repo / "data/captures")
@@ -183,6 +181,63 @@ def test_audit_prints_the_strings_of_a_model_card_escaped(project, capsys):
         path.write_bytes(data)
         sh([BIN / "dvc", "checkout", "-q", "--force"], repo, env)
     assert cli(capsys, "audit", repo / "models/m")[0] == 0
+
+
+@pytest.mark.parametrize("card, words", [
+    ("[" * 100_000 + "]" * 100_000, "not valid JSON (nested too deeply)"),
+    ({"git": "abc"}, "git must be an object with a text commit and a boolean dirty"),
+    ({"git": {"commit": 5}}, "git must be an object with a text commit and a boolean dirty"),
+    ({"captures_version": ["x"]}, "captures_version must be text or null, got list"),
+    ({"date": {"y": 2026}}, "date must be text or null, got dict")])
+def test_audit_of_a_model_card_of_the_wrong_shape_says_so(project, capsys, card, words):
+    """A model folder from someone else whose card has entries of other types than the train stage writes: the
+    card is reported unusable and the audit fails (exit 1) - it was a traceback (AttributeError, TypeError,
+    RecursionError) that also exited 1. DVC still reports the changed model folder."""
+    repo, env = project
+    path = repo / "models/m/model_card.json"
+    text = card if isinstance(card, str) else json.dumps({**json.loads(path.read_text()), **card})
+    path.unlink()  # not written through: DVC may have linked it to its cache
+    path.write_text(text)
+    try:
+        rc, out, err = cli(capsys, "audit", repo / "models/m")
+        assert rc == 1 and err == "", err
+        assert f"model card:         unavailable: {path}: {words}" in out and "verdict: no model card" in out, out
+        assert "out models/m modified" in out
+    finally:
+        sh([BIN / "dvc", "checkout", "-q", "--force", "train"], repo, env)
+    assert cli(capsys, "audit", repo / "models/m")[0] == 0
+
+
+@pytest.mark.parametrize("file, text, words", [
+    ("dvc.lock", 'schema: "2.0"\nstages: [\n {{{\n', "dvc.lock', YAML file structure is corrupted"),
+    ("dvc.lock", 'schema: "2.0"\nstages: 5\n', "dvc.lock' validation failed"),
+    ("dvc.yaml", "stages: [\n", "dvc.yaml', YAML file structure is corrupted"),
+    (".dvc/config", "garbage[[[\n", "config file error")])
+def test_audit_of_a_repository_dvc_cannot_read_is_one_line(project, capsys, tmp_path, file, text, words):
+    """dvc.lock / dvc.yaml / .dvc/config that DVC cannot parse: exit 2 and one line (a DVC traceback and exit 1,
+    the status of 'the data do not match', before)."""
+    repo, _ = project
+    copy = tmp_path / "r"
+    shutil.copytree(repo, copy, symlinks=True)
+    (copy / file).write_text(text)
+    rc, out, err = cli(capsys, "audit", copy / "models/m")
+    assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1, (out, err)
+    assert err.startswith("geoface audit: ") and "DVC cannot read the repository: " in err and words in err, err
+
+
+@pytest.mark.parametrize("lock", ['schema: "2.0"\nstages: [\n {{{\n', 'schema: "2.0"\nstages: 5\n'])
+def test_diff_captures_of_a_revision_whose_dvc_lock_dvc_cannot_read(project, capsys, tmp_path, lock):
+    """A committed dvc.lock that is not YAML or not DVC's schema: one line saying DVC cannot read that revision (it
+    said the cache and remote lacked the file and to `dvc fetch`, which cannot help)."""
+    repo, env = project
+    copy = tmp_path / "r"
+    shutil.copytree(repo, copy, symlinks=True)
+    (copy / "dvc.lock").write_text(lock)
+    commit(copy, env, "a damaged dvc.lock")
+    rc, out, err = cli(capsys, "diff-captures", "v1", "HEAD", "--repo", copy)
+    assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1, (out, err)
+    assert "HEAD:data/captures/capture.json: DVC cannot read the repository at revision HEAD: " in err, err
+    assert "dvc.lock" in err and "dvc fetch" not in err
 
 
 def test_diff_captures_between_git_revisions_and_folders(project, capsys, tmp_path, monkeypatch):
