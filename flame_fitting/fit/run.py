@@ -21,7 +21,8 @@ from flame_fitting.formats.landmarks import load_landmarks
 from flame_fitting.formats.units import capture_unit_hashes, capture_units, unit_capture
 from flame_fitting.head.head_model import load_head_model
 
-from .capture import embedding_used, face_region_of, fit_one_sequence, resolve_silhouette_mode, summarise
+from .capture import (embedding_used, face_region_of, fit_one_sequence, resolve_silhouette_mode, summarise,
+                      unpack_medians)
 from .config import FitConfig
 
 ROOT = Path(__file__).resolve().parents[1]  # flame_fitting/
@@ -57,11 +58,12 @@ def fit_folder(captures: Path | str, landmarks: Path | str, head_model: Path | s
     for name in ("overlays_skipped", "masks_skipped"):
         rows = [r for k in recs for r in recs[k][name]]
         (write_json(out / f"{name}.json", rows, indent=1) if rows else (out / f"{name}.json").unlink(missing_ok=True))
-    read = lambda k, f: pd.read_parquet(out / k / f) if f.endswith("parquet") else pd.read_csv(out / k / f)  # noqa: E731
-    metrics = summarise([read(k, "residuals.parquet").assign(subject=k.split("/")[0], sequence=k.split("/", 1)[1])
-                         for k in recs],
+    # the records alone (key files, which run_units read): no kept sequence's residuals.parquet is opened; only the
+    # first sequence's history.csv, for cost_csv
+    metrics = summarise([unpack_medians(recs[k]["median_px"]) for k in recs],
                         [e for k in recs for e in recs[k]["errors"]], run.failures,
-                        [read(k, "history.csv").assign(subject=k.split("/")[0], sequence=k.split("/", 1)[1])
+                        [pd.read_csv(out / k / "history.csv").assign(subject=k.split("/")[0],
+                                                                     sequence=k.split("/", 1)[1])
                          for k in list(recs)[:1]],
                         [(run.timings.get(k, {}).get("total_s", np.nan), recs[k]["n_fit"]) for k in recs],
                         [s for k in recs for s in recs[k]["statuses"]])

@@ -82,13 +82,49 @@ def test_the_landmark_thread_count_re_runs_nothing(pipeline):
 def test_the_result_equals_a_full_run(pipeline, tmp_path):
     """The incremental outputs are those of one run over the 4-subject capture (array for array)."""
     data = tmp_path / "data"
-    run_data_stages(pipeline["cap"], pipeline["head"], data, LOCAL, stages=("landmarks", "fit"))
+    full = run_data_stages(pipeline["cap"], pipeline["head"], data, LOCAL, stages=("landmarks", "fit"))
+    assert same_metrics(full["fit"], pipeline["added"]["fit"])  # 4 run == 1 run + 3 kept (from their records)
     inc = pipeline["data"] / "fits"
     for f in sorted((data / "fits").glob("*/*/fit.npz")):
         with np.load(f) as a, np.load(inc / f.relative_to(data / "fits")) as b:
             assert sorted(a.files) == sorted(b.files)
             for k in a.files:
                 np.testing.assert_array_equal(a[k], b[k], err_msg=f"{f}: {k}")
+
+
+def same_metrics(a: dict, b: dict) -> bool:
+    """Two runs' metrics agree on every value except the run times and the units run / kept."""
+    other = {"s_per_frame", "bake_ms_median", "units_run", "units_kept"}
+    return {k: v for k, v in a.items() if k not in other} == {k: v for k, v in b.items() if k not in other}
+
+
+def test_the_fit_metrics_open_no_kept_sequences_residuals(pipeline, tmp_path):
+    """The fit's metrics read every sequence's residuals.parquet (for reprojection_px_median / _p95) on every run,
+    kept sequences included: one file per sequence of the dataset to add one. The unit's record (its key file, read
+    anyway to decide currency) now carries the per-view medians. Shown with a kept sequence whose residuals.parquet
+    is replaced by bytes no parquet reader accepts, its key file listing their sha256 (so the unit stays current):
+    the stage keeps every unit and its metrics are those of the run that wrote the files."""
+    import hashlib
+
+    import pandas as pd
+
+    from flame_fitting.fit.capture import unpack_medians
+
+    data = tmp_path / "data"
+    for name in ("landmarks", "fits", "overlays"):
+        shutil.copytree(pipeline["data"] / name, data / name)
+    for key in sorted((data / "fits").glob(f"*/*/{KEY_FILE}")):  # the record's medians are the table's, exactly
+        medians = pd.read_parquet(key.parent / "residuals.parquet").median_px.to_numpy(np.float64)
+        np.testing.assert_array_equal(unpack_medians(json.loads(key.read_text())["record"]["median_px"]),
+                                      medians[np.isfinite(medians)])
+    unit = data / "fits" / pipeline["names"][1] / "synthetic"  # not the first: its history.csv is cost.csv
+    (unit / "residuals.parquet").write_bytes(b"not a parquet file")
+    key = json.loads((unit / KEY_FILE).read_text())
+    key["files"]["residuals.parquet"] = hashlib.sha256(b"not a parquet file").hexdigest()
+    (unit / KEY_FILE).write_text(json.dumps(key))
+    m = run_data_stages(pipeline["cap"], pipeline["head"], data, LOCAL, stages=("fit",))["fit"]
+    assert (m["units_run"], m["units_kept"], m["units_failed"]) == (0, 4, 0)
+    assert same_metrics(m, pipeline["added"]["fit"]) and m["reprojection_px_p95"] > 0
 
 
 def test_a_local_pool_gives_the_same_outputs(pipeline, tmp_path):
