@@ -23,10 +23,10 @@ import cv2
 import numpy as np
 
 from flame_fitting.core.executor import ExecutorConfig, open_executor
-from flame_fitting.core.fileio import check_output_dir, write_json
+from flame_fitting.core.fileio import check_output_dir, read_mask, write_json
 from flame_fitting.core.params import spec
 from flame_fitting.core.units import Unit, code_digest, run_units, tree_digest, unit_key, write_unit_failures
-from flame_fitting.formats.capture import load_cameras, load_capture
+from flame_fitting.formats.capture import CaptureError, load_cameras, load_capture
 from flame_fitting.formats.fits import fit_folders, load_sequence_fit
 from flame_fitting.formats.lineage import captures_version_of, check_same_capture, write_lineage
 from flame_fitting.formats.units import capture_unit_hashes, unit_capture
@@ -51,7 +51,10 @@ def view_arrays(cap, rows, cams, names, S):
         img = cv2.resize(cap.image(row), (S, S), interpolation=cv2.INTER_AREA)
         imgs.append(img.transpose(2, 0, 1).astype(np.float32) / 127.5 - 1)
         if isinstance(row.get("mask_path"), str):
-            m = cv2.imread(str(cap.root / row["mask_path"]), cv2.IMREAD_GRAYSCALE)
+            path = cap.root / row["mask_path"]
+            m = read_mask(path, error=CaptureError)  # its header's size checked before it is decoded
+            if m is None:
+                raise CaptureError(f"{path}: the mask is missing or not a decodable image")
             m = cv2.resize(m.astype(np.float32) / 255, (S, S), interpolation=cv2.INTER_AREA) > 0.5
         else:
             m = np.ones((S, S), bool)

@@ -37,7 +37,8 @@ from tqdm import tqdm
 
 from flame_fitting.core.arrays import load_npz
 from flame_fitting.formats.capture import Capture, save_cameras
-from flame_fitting.core.fileio import check_output_dir, image_size, make_temp_dir, mark_output, replace_dir
+from flame_fitting.core.fileio import (OutputError, check_output_dir, cv2_path, image_size, make_temp_dir,
+                                       mark_output, replace_dir)
 from flame_fitting.fit import FitConfig, SequenceFit, fit_sequence
 from flame_fitting.fit.features import feature_refined_cameras, frame_points
 from flame_fitting.fit.overlay import overlay_png
@@ -293,7 +294,10 @@ class FrameMasks(Mapping):
         import cv2
 
         path = self._paths[camera]  # KeyError: no mask for this view
-        img = None if camera in self._bad else cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        try:  # the header's size was checked against the camera's (load_masks)
+            img = None if camera in self._bad else cv2.imread(cv2_path(path), cv2.IMREAD_GRAYSCALE)
+        except OutputError:  # a name OpenCV would crash on (not UTF-8)
+            img = None
         if img is None:
             if camera not in self._bad and self._skipped is not None:
                 self._skipped.append({"path": str(path), "error": UNDECODABLE})

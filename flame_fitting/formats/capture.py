@@ -27,10 +27,10 @@ import pandas as pd
 
 from flame_fitting.core.arrays import load_npz, read_parquet_table
 from flame_fitting.core.errors import GeofaceError
-from flame_fitting.core.names import name_problem, relpath_problem
+from flame_fitting.core.names import name_problem, relpath_problem, terminal_safe
 from flame_fitting.geometry.camera import Camera, CameraError
 from flame_fitting.core import fileio
-from flame_fitting.core.fileio import (check_output_dir, image_size, make_temp_dir, replace_dir, sha256_file, write_image,
+from flame_fitting.core.fileio import (check_output_dir, check_pixel_count, image_size, make_temp_dir, replace_dir, sha256_file, write_image,
                                        write_json)
 
 from .capture_version import CaptureIndex, make_index, masks_without_hash
@@ -227,6 +227,11 @@ def load_capture(root: Path | str, check_files: bool = True, check_hashes: bool 
     exists and its header's size is its camera's (an image whose header cannot be read is left to the stages,
     which record it as unreadable and go on)."""
     root = Path(root)
+    try:  # OpenCV's binding crashes the process on such a path (fileio.cv2_path): refuse it here, once
+        str(root).encode("utf-8")
+    except UnicodeEncodeError:
+        raise CaptureError(f"{terminal_safe(str(root))}: the capture folder's path holds bytes that are not UTF-8, "
+                           "which OpenCV cannot open; rename it") from None
     meta_path, man_path = root / "capture.json", root / "manifest.parquet"
     if not meta_path.is_file():
         raise CaptureError(f"{meta_path}: missing (is {root} a geoface capture? a dataset in another layout is "
@@ -265,11 +270,14 @@ def load_capture(root: Path | str, check_files: bool = True, check_hashes: bool 
 def check_image_files(cap: Capture, hashes: bool = False) -> None:
     """CaptureError naming the first image of `cap.manifest` that is missing or whose header gives another size than
     the manifest's (the manifest's size is its camera's: `load_capture`); with `hashes`, also one whose content hash
-    differs from the manifest's. Only headers are read (an image whose header cannot be read is left to the stages,
+    differs from the manifest's; and one whose camera is larger than fileio.MAX_IMAGE_PIXELS (the images and masks
+    are decoded at that size: a hand-made capture's 12000×12000 camera is 432 MB an image). Only headers are read (an image whose header cannot be read is left to the stages,
     which record it as unreadable). The data stages check a sequence's images in the unit that reads them
     (`formats.units.unit_capture`), so a run whose units are all current opens no image."""
     for row in cap.manifest.itertuples():
         path = cap.root / row.path
+        # the size every reader of the image and its mask will decode: a hand-made capture may declare any
+        check_pixel_count((row.width, row.height), path, CaptureError)
         if not path.is_file():
             raise CaptureError(f"{path}: image file is missing")
         real = image_size(path)

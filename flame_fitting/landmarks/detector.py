@@ -43,6 +43,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from flame_fitting.core.fileio import OutputError, cv2_path
+
 N_LANDMARKS = 478
 LOOKAHEAD_BYTES = 64 << 20  # decoded pixels a thread may hold while MediaPipe loads (81 images at 512²)
 MAX_FACES = 2  # faces meshed per image: a second face is seen (and flagged) instead of hiding the first
@@ -163,7 +165,10 @@ Job = tuple[str, int | None, int | None]  # path, expected width, expected heigh
 def _decode(job: Job) -> np.ndarray | LandmarkResult:
     """(H,W,3) uint8 RGB image of a job, or the failed result if it is unreadable or has the wrong size."""
     path, width, height = job
-    img = cv2.imread(path, cv2.IMREAD_COLOR_RGB)
+    try:
+        img = cv2.imread(cv2_path(path), cv2.IMREAD_COLOR_RGB)
+    except OutputError:  # a name OpenCV would crash on (not UTF-8)
+        img = None
     if img is None:
         return _empty("unreadable")
     if width is not None and (img.shape[1], img.shape[0]) != (width, height):

@@ -45,3 +45,60 @@ def test_jpeg_sizes_follow_exif_orientation(tmp_path):
     Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(tmp_path / "plain.jpg")
     assert image_size(tmp_path / "plain.jpg") == (64, 48)
 
+
+
+def png_header(width: int, height: int) -> bytes:
+    """The first bytes of a grey PNG declaring width × height (signature, IHDR, the start of an IDAT): what a reader
+    that trusts the header allocates before it finds the pixels missing."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(bytes(64))))
+
+
+def test_a_camera_beyond_the_pixel_limit_is_refused_before_any_decode(tmp_path):
+    """A hand-made capture whose camera, manifest and image header all say 12000×12000 was consistent, so every
+    stage decoded its images at that size (432 MB an RGB image, and the fit its masks); the images' own reader
+    (fileio.read_image) refuses more than MAX_IMAGE_PIXELS, the landmark detector's and the masks' did not. The
+    check of a capture's images (load_capture, and each data-stage unit: unit_capture) now refuses the camera."""
+    import pandas as pd
+
+    from flame_fitting.formats.capture import check_image_files, save_cameras
+
+    root = tmp_path / "cap"
+    write_small(root)
+    cap = load_capture(root)
+    row = cap.manifest.iloc[0]
+    cams = cap.cameras(row.subject, row.sequence)
+    save_cameras(root / row.subject / row.sequence / "cameras.json", {**cams, row.camera: cams[row.camera].resized(12000, 12000)})
+    m = pd.read_parquet(root / "manifest.parquet")
+    m.loc[m.camera == row.camera, ["width", "height"]] = 12000
+    m.to_parquet(root / "manifest.parquet", index=False)
+    for rel in m[m.camera == row.camera].path:
+        (root / rel).write_bytes(png_header(12000, 12000))
+    assert image_size(root / rel) == (12000, 12000)
+    with pytest.raises(CaptureError, match=rf"{row.camera}\.png: the image declares 12000×12000 pixels, more than a "
+                                           r"capture's image holds \(134217728 pixels\)"):
+        load_capture(root)
+    cap = load_capture(root, check_files=False)  # what the stages load: the units check their own images
+    with pytest.raises(CaptureError, match="12000×12000 pixels"):
+        check_image_files(cap)
+
+
+def test_a_capture_folder_whose_path_is_not_utf8_is_refused(tmp_path):
+    """A capture folder whose path holds bytes that are not UTF-8 (the names inside a capture are checked,
+    core/names.py, its own folder was not) was reported as a manifest that is "not a readable parquet table
+    (UnicodeEncodeError ...)", the wrong problem; had it been read, OpenCV's binding crashes the process (SIGSEGV)
+    on such a path. load_capture names the folder and the reason."""
+    import os
+    from pathlib import Path
+
+    write_small(tmp_path / "cafe")
+    root = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9"))
+    os.rename(tmp_path / "cafe", root)
+    with pytest.raises(CaptureError, match=r"caf\\udce9: the capture folder's path holds bytes that are not UTF-8"):
+        load_capture(root)
