@@ -10,11 +10,13 @@ returns one `UnitResult` per item, in input order:
   pool, up to `retries` times;
 - local with `unit_timeout_s`: a pool of `workers` processes (even for workers = 1) and this process runs none, so
   that a unit running past the limit can be stopped (its pool is; the pool's other units go to a new pool);
-- ray: one Ray task per item on the cluster at `ray_address` (or $RAY_ADDRESS; none: a local Ray with `workers`
-  CPUs started here). A task whose worker process or node is lost is retried by Ray (`max_retries=retries`). Each
-  task runs in the stage's working folder (relative paths mean the same folders everywhere), with one thread per
-  library, and only on a node whose geoface code is the stage's (workers.ray_unit): a node without the folder or
-  with other code fails the unit with a line saying so. With `unit_timeout_s`, each task tells a small actor
+- ray: one Ray task per item on the cluster at `ray_address` (or $RAY_ADDRESS; none or "local": a local Ray with
+  `workers` CPUs started here, listening on loopback only, without dashboard, shut down when the block ends: Ray has
+  no authentication, whoever reaches it runs code; docs/scaling.md "Who can reach the Ray"). A task whose worker
+  process or node is lost is retried by Ray (`max_retries=retries`). Each task runs in the stage's working folder
+  (relative paths mean the same folders everywhere), with one thread per library, and only on a node whose geoface
+  code is the stage's (workers.ray_unit): a node without the folder or with other code fails the unit with a line
+  saying so. With `unit_timeout_s`, each task tells a small actor
   (workers.StartClock) when it starts, and one still running `unit_timeout_s` after the stage learnt of its start
   (polled once a second) is cancelled (`ray.cancel(force=True)`: its worker process is killed; Ray retries no
   cancelled task).
@@ -28,11 +30,12 @@ path, or the package installed, and a shared filesystem for the stage's folders)
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
@@ -58,7 +61,7 @@ class ExecutorConfig:
     workers: int = spec(2, "local: processes running units, the stage's own included (1 = the stage's process only); "
                            "ray without an address: CPUs of the local Ray started by the stage", lo=1, hi=4096)
     ray_address: str | None = spec(None, "Ray cluster address (host:port, ray://host:port or auto); null = $RAY_ADDRESS, "
-                                         "else a local Ray started by the stage")
+                                         "else a local Ray started by the stage, on loopback only")
     retries: int = spec(3, "times a unit is re-run when its worker process or node is lost (not when it raises)",
                         lo=0, hi=100)
     ray_memory_gb: float | None = spec(None, "ray: memory one unit needs, in GiB (Ray places no more units on a node "
@@ -197,6 +200,27 @@ def _quiet_stderr() -> Iterator[None]:
 
 
 @contextmanager
+def _loopback_node(ray) -> Iterator[None]:
+    """A Ray started in the block takes 127.0.0.1 as its node's address, so its GCS, raylet, agents and workers listen
+    on loopback only (with the machine's address as the node's, they listened on every interface). On
+    Linux `ray.init(_node_ip_address="127.0.0.1")` alone does not do it: Ray replaces a loopback address by the
+    machine's (`services.resolve_ip_for_localhost`) unless it runs as a single-machine Ray, as on macOS and Windows
+    (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, read when Ray is imported: set here for the processes the block starts,
+    and in this process's copy of the constant)."""
+    constants = ray._private.ray_constants
+    saved, env = constants.ENABLE_RAY_CLUSTER, os.environ.get(constants.ENABLE_RAY_CLUSTERS_ENV_VAR)
+    constants.ENABLE_RAY_CLUSTER, os.environ[constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = False, "0"
+    try:
+        yield
+    finally:
+        constants.ENABLE_RAY_CLUSTER = saved
+        if env is None:
+            os.environ.pop(constants.ENABLE_RAY_CLUSTERS_ENV_VAR, None)
+        else:
+            os.environ[constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = env
+
+
+@contextmanager
 def open_executor(cfg: ExecutorConfig) -> Iterator[Executor]:
     """An Executor for `cfg`, connected (Ray) before the block runs; a Ray the block started is shut down after."""
     if cfg.kind == "local":
@@ -208,6 +232,8 @@ def open_executor(cfg: ExecutorConfig) -> Iterator[Executor]:
         raise ExecutorError("executor.kind=ray: the ray package is not installed (pip install 'geoface[ray]')") from None
     address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or None
     where = "executor.ray_address" if cfg.ray_address else "RAY_ADDRESS"
+    if address == "local":  # Ray's word for "start a new local Ray": the stage's own, below
+        address = None
     started = False
     if not ray.is_initialized():
         if address:
@@ -216,14 +242,23 @@ def open_executor(cfg: ExecutorConfig) -> Iterator[Executor]:
             os.pathsep) if p]),
                # a task holds one CPU: one thread for numba and the BLAS (set when Ray starts the worker process)
                **{k: "1" for k in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}}
-        kw = {"address": address} if address else {"num_cpus": cfg.workers, "include_dashboard": False}
+        # a local Ray of the stage's own: reachable from this machine only (Ray has no authentication: whoever
+        # reaches its GCS or dashboard runs code), no dashboard, no client server (ray.init starts none)
+        kw = ({"address": address} if address else
+              {"address": "local", "num_cpus": cfg.workers, "include_dashboard": False, "_node_ip_address": "127.0.0.1"})
         try:
-            with _quiet_stderr():  # Ray's C++ client logs every failed attempt; the error below is the one line
+            with _quiet_stderr(), (_loopback_node(ray) if not address else nullcontext()):
+                # Ray's C++ client logs every failed attempt; the error below is the one line
                 ray.init(runtime_env={"env_vars": env}, log_to_driver=False, logging_level="ERROR", **kw)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise ExecutorError(f"{where}={address!r}: cannot connect to Ray ({str(e).splitlines()[0]}); "
                                 "nothing was changed") from None
         started = True
+        if not address and not ipaddress.ip_address(node_ip := ray.util.get_node_ip_address()).is_loopback:
+            ray.shutdown()  # its servers listen beyond this machine: fail closed
+            raise ExecutorError(f"executor.kind=ray: the local Ray started at {node_ip!r}, not on loopback; set "
+                                "executor.kind: local, or give the executor.ray_address of a Ray on a private "
+                                "network; nothing was changed")
     try:
         yield Executor(cfg, ray)
     finally:

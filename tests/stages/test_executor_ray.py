@@ -1,19 +1,25 @@
 """`executor: ray` (issue 16 item 2) on a real local Ray cluster with two worker nodes (ray.cluster_utils.Cluster,
 one per module): the landmarks and fit stages give the outputs of the local executor, a worker process killed
 while it runs a unit has that unit retried by Ray, the stage completing with identical results, and a unit that runs
-past `unit_timeout_s` is cancelled and recorded, not retried."""
+past `unit_timeout_s` is cancelled and recorded, not retried. Before that cluster starts: the Ray a stage starts
+itself (no address) listens on loopback only, from the OS's socket table, and is gone once the stage is done."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import ipaddress
 import os
 import re
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 import ray  # a dev dependency: its absence fails this module, it is not skipped
 from ray.cluster_utils import Cluster
@@ -42,6 +48,98 @@ def test_without_an_address_the_stage_starts_a_local_ray(monkeypatch):
     assert not ray.is_initialized()
     assert [r.value for r in res] == [1, None, 3]
     assert res[1].error.startswith("ValueError: invalid literal")
+
+
+def _command(pid: int) -> str:
+    try:
+        return " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:  # exited meanwhile (a zombie until its parent reaps it)
+        return "?"
+
+
+def _listening(pids: set[int]) -> list[tuple[str, int, str]]:
+    """(address, port, command line) of every listening TCP socket of `pids`, from the OS's socket table."""
+    return sorted((c.laddr.ip, c.laddr.port, _command(c.pid)[:80]) for c in psutil.net_connections("tcp")
+                  if c.status == psutil.CONN_LISTEN and c.pid in pids)
+
+
+def _loopback(ip: str) -> bool:
+    a = ipaddress.ip_address(ip.split("%")[0])
+    return a.is_loopback or (a.version == 6 and a.ipv4_mapped is not None and a.ipv4_mapped.is_loopback)
+
+
+@pytest.mark.parametrize("address", [None, "local"])
+def test_the_local_ray_listens_on_loopback_only_and_is_gone_after(monkeypatch, address):
+    """The Ray the stage starts itself (no address, or Ray's "local") can be reached from this machine only: every
+    listening socket of its processes (the stage's own included) is on loopback, none is the dashboard's or the Ray
+    client server's; and once the executor is closed none of its processes and none of those sockets is left. Before,
+    the GCS, the raylet, the agents and every worker listened on all interfaces or the machine's address (anyone who
+    reaches the GCS can run code: Ray has no authentication), and "local" started Ray with its own defaults (every
+    CPU of the machine, not `workers`; the dashboard where its packages are installed). (Runs before the module's
+    cluster.)"""
+    from flame_fitting.core.executor import open_executor
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert not ray.is_initialized()
+    me = psutil.Process()
+    before = _listening({me.pid})
+    with open_executor(ExecutorConfig(kind="ray", workers=1, ray_address=address)) as ex:
+        assert ray.cluster_resources().get("CPU") == 1
+        assert [r.value for r in ex.map(int, ["1", "2"], progress=False)] == [1, 2]  # workers started and listening
+        procs = me.children(recursive=True)
+        pids = {p.pid for p in procs}
+        names = [_command(p.pid) for p in procs]
+        assert any("gcs_server" in n for n in names) and any("raylet" in n for n in names)
+        sockets = _listening(pids | {me.pid})
+        assert len(sockets) >= 3  # the GCS, the raylet, a worker: the check below looks at real sockets
+        assert [s for s in sockets if not _loopback(s[0])] == []
+        assert not {8265, 10001} & {s[1] for s in sockets}  # no dashboard (job submission), no Ray client server
+        assert not [s for s in sockets if "dashboard" in s[2]]
+    assert not ray.is_initialized()
+    gone, alive = psutil.wait_procs(procs, timeout=60)  # the workers and agents exit once their raylet has
+    assert [p.pid for p in alive] == []
+    assert _listening({me.pid}) == before
+    # the single-machine switch was for that start only: connecting to a cluster later in this process still works
+    assert ray._private.ray_constants.ENABLE_RAY_CLUSTER and "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in os.environ
+
+
+def test_a_local_ray_not_on_loopback_is_refused(monkeypatch):
+    """Should Ray ignore the request for a loopback node (a later Ray, another platform), the stage stops with one
+    line, before any unit runs, and leaves no Ray running."""
+    from flame_fitting.core import executor
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if _loopback(ray.util.get_node_ip_address()):  # before ray.init: the address Ray would take by default
+        pytest.skip("this machine's only address is loopback: Ray's default node address is already loopback")
+    monkeypatch.setattr(executor, "_loopback_node", lambda ray: contextlib.nullcontext())  # Ray's Linux default
+    with pytest.raises(executor.ExecutorError, match=r"the local Ray started at '[0-9.:a-f]+', not on loopback") as e:
+        with executor.open_executor(ExecutorConfig(kind="ray", workers=1)):
+            pytest.fail("the block ran")
+    assert len(str(e.value).splitlines()) == 1
+    assert not ray.is_initialized()
+
+
+def test_a_ray_started_elsewhere_on_the_machine_is_not_taken_for_the_stages_own(monkeypatch):
+    """No address: the stage starts its own Ray even where `ray start` left its address in Ray's temporary folder
+    (/tmp/ray/ray_current_cluster, written by whoever ran `ray start` on the machine, or left by a killed one).
+    Before, `ray.init()` without an address took that file's cluster for the one to join and the stage failed ("When
+    connecting to an existing cluster, num_cpus and num_gpus must not be provided")."""
+    from flame_fitting.core.executor import open_executor
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    tmp = tempfile.mkdtemp(prefix="geoface-ray-", dir="/tmp")  # short: Ray's socket paths live under it
+    try:
+        monkeypatch.setenv("RAY_TMPDIR", tmp)
+        os.mkdir(os.path.join(tmp, "ray"))
+        with open(os.path.join(tmp, "ray", "ray_current_cluster"), "w") as f:
+            f.write("127.0.0.1:9\n")  # the discard port: no Ray there
+        with open_executor(ExecutorConfig(kind="ray", workers=1)) as ex:
+            assert ray.get_runtime_context().gcs_address != "127.0.0.1:9"
+            assert ray.cluster_resources().get("CPU") == 1
+            assert [r.value for r in ex.map(int, ["4"], progress=False)] == [4]
+        assert not ray.is_initialized()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
