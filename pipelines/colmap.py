@@ -95,8 +95,27 @@ def read_images_text(path: Path) -> list[tuple]:
             raise CaptureError(f"{path}:{i}: not an image line 'IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME': {line!r}") from None
         if not images[-1][4]:
             raise CaptureError(f"{path}:{i}: image line has no NAME")
+        if i < len(lines) and not _points2d_line(lines[i].split()):  # an image line without its POINTS2D line
+            raise CaptureError(f"{path}:{i + 1}: not a POINTS2D line 'X Y POINT3D_ID ...' after image {images[-1][0]} "
+                               f"(COLMAP's images.txt has two lines per image, the second empty when it has no "
+                               f"points): {lines[i].strip()[:120]!r}")
         i += 1  # the POINTS2D line that follows every image line (possibly empty)
     return images
+
+
+def _points2d_line(e: list[str]) -> bool:
+    """Whether the tokens `e` can be a POINTS2D line: (X, Y, POINT3D_ID) triplets, the last an integer (-1 = none).
+    An image line read in its place (a hand-written images.txt without them) has a NAME there: every other image
+    was taken for points and silently dropped."""
+    if not e:
+        return True
+    if len(e) % 3:
+        return False
+    try:
+        int(e[-1]), float(e[-2]), float(e[-3])
+    except ValueError:
+        return False
+    return True
 
 
 def read_cameras_binary(path: Path) -> dict[int, tuple]:

@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -30,7 +31,7 @@ from typing import Callable, Iterable
 
 from flame_fitting.core.errors import GeofaceError
 from flame_fitting.core.hash_cache import file_sha256
-from flame_fitting.core.names import name_problem
+from flame_fitting.core.names import name_problem, terminal_safe
 from flame_fitting.core.fileio import (MARKER, TMP_TAG, check_output_dir, make_temp_dir, mark_output, replace_dir,
                                        sha256_file, temp_path, write_json)
 
@@ -310,8 +311,10 @@ class AllUnitsFailedError(GeofaceError, RuntimeError):
 
 def write_unit_failures(path: Path | str, run: UnitRun) -> None:
     """The failed units of a run as JSON (subject, sequence, error, traceback), [] when none. One failed unit is
-    recorded and the others go on; when EVERY unit failed (none ran or was kept), or there was none, this raises
-    AllUnitsFailedError after writing, so the stage exits non-zero instead of handing an empty folder on."""
+    recorded and the others go on, with one warning line on stderr naming `path`, how many failed and the first
+    (exit status 0: the other units' outputs are good); when EVERY unit failed (none ran or was kept), or there was
+    none, this raises AllUnitsFailedError after writing, so the stage exits non-zero instead of handing an empty
+    folder on."""
     write_json(path, run.failures, indent=1)
     if not (run.failures or run.ran or run.kept):
         raise AllUnitsFailedError(f"{Path(path).parent}: no work units — the stage's inputs hold no sequences "
@@ -320,3 +323,9 @@ def write_unit_failures(path: Path | str, run: UnitRun) -> None:
         first = run.failures[0]
         raise AllUnitsFailedError(f"{path}: all {len(run.failures)} work unit(s) failed, none left in the output "
                                   f"(first, {first['subject']}/{first['sequence']}: {first['error']})")
+    if run.failures:
+        first = run.failures[0]
+        print(f"warning: {terminal_safe(path)}: {len(run.failures)} of {len(run.failures) + len(run.records)} work "
+              f"unit(s) failed, the others are in the output; the next run tries them again (first, "
+              f"{terminal_safe(first['subject'])}/{terminal_safe(first['sequence'])}: {terminal_safe(first['error'])})",
+              file=sys.stderr)

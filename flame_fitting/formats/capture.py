@@ -30,8 +30,8 @@ from flame_fitting.core.errors import GeofaceError
 from flame_fitting.core.names import name_problem, relpath_problem, terminal_safe
 from flame_fitting.geometry.camera import Camera, CameraError
 from flame_fitting.core import fileio
-from flame_fitting.core.fileio import (check_output_dir, check_pixel_count, image_size, make_temp_dir, replace_dir, sha256_file, write_image,
-                                       write_json)
+from flame_fitting.core.fileio import (check_declared_size, check_output_dir, check_pixel_count, image_size,
+                                       make_temp_dir, replace_dir, sha256_file, write_image, write_json)
 
 from .capture_version import CaptureIndex, make_index, masks_without_hash
 
@@ -281,6 +281,8 @@ def check_image_files(cap: Capture, hashes: bool = False) -> None:
         if not path.is_file():
             raise CaptureError(f"{path}: image file is missing")
         real = image_size(path)
+        if real is None:  # no size read: a header PIL refuses as a decompression bomb is refused here, before OpenCV
+            check_declared_size(path, path, CaptureError)  # stops a stage's unit with its raw assertion instead
         if real is not None and real != (row.width, row.height):
             cam_file = cap.root / row.subject / row.sequence / "cameras.json"
             raise CaptureError(f"{path}: image is {real[0]}×{real[1]} pixels but camera {row.camera!r} "

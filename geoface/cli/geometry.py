@@ -6,7 +6,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from .base import CliError, add_executor, check_out, command, executor_of, need, show, writable_file
+from .base import DATA_FORCE, CliError, add_executor, check_out, command, executor_of, need, show, writable_file
 
 HEAD = ("head_model", "geoface.steps.head_model:HeadModelParams")
 IMPORT = [("captures", "pipelines.common:ImportConfig", ("source", "root")), ("captures.synthetic", "pipelines.synthetic:SyntheticConfig")]
@@ -180,7 +180,7 @@ def register(sub, chosen) -> None:
     p.set_defaults(check_set=import_keys)
 
     p = command(sub, "landmarks", "MediaPipe landmarks of every image of a canonical capture (the landmarks stage)",
-                landmarks, [LANDMARKS], chosen("landmarks"))
+                landmarks, [LANDMARKS], chosen("landmarks"), force=DATA_FORCE)
     p.add_argument("capture", metavar="CAPTURE", help="canonical capture folder")
     p.add_argument("--out", required=True, help="landmark folder to write")
     p.add_argument("--metrics", help="metrics JSON to write")
@@ -188,7 +188,7 @@ def register(sub, chosen) -> None:
 
     p = command(sub, "fit", "landmarks + multi-view FLAME fit on a canonical capture (the landmarks and fit stages); "
                 "writes OUT/landmarks, OUT/fits, OUT/overlays, OUT/cost.csv, OUT/metrics.json", fit, [FIT],
-                chosen("fit"))
+                chosen("fit"), force=DATA_FORCE)
     p.add_argument("capture", metavar="CAPTURE", help="canonical capture folder")
     p.add_argument("--out", required=True, help="folder to write (landmarks/, fits/, overlays/, cost.csv, metrics.json)")
     p.add_argument("--head-model", default="data/head_model", help="FLAME-layout folder (default: %(default)s)")
@@ -197,7 +197,8 @@ def register(sub, chosen) -> None:
     p.add_argument("--workers", type=int, default=None, help="landmark detection threads (default: all cores)")
     add_executor(p)
 
-    p = command(sub, "uv", "canonical UV position map of every fitted frame (the uv stage)", uv, [UV], chosen("uv"))
+    p = command(sub, "uv", "canonical UV position map of every fitted frame (the uv stage)", uv, [UV], chosen("uv"),
+                force=DATA_FORCE)
     p.add_argument("fits", metavar="FITS", help="fits folder (fit stage)")
     p.add_argument("head_model", metavar="HEAD_MODEL", help="head model folder")
     p.add_argument("--out", required=True, help="UV folder to write")
@@ -206,7 +207,8 @@ def register(sub, chosen) -> None:
     add_executor(p)
 
     p = command(sub, "correspondences", "pixel -> UV correspondences and token targets of every fitted frame (the "
-                "correspondences stage)", correspondences, [CORR, TOKENS], chosen("correspondences"))
+                "correspondences stage)", correspondences, [CORR, TOKENS], chosen("correspondences"),
+                force=DATA_FORCE)
     for name, what in (("fits", "fits folder (fit stage)"), ("uv", "UV folder (uv stage)"),
                        ("captures", "capture folder"), ("head_model", "head model folder")):
         p.add_argument(name, metavar=name.upper(), help=what)

@@ -7,7 +7,7 @@ import json
 import re
 from pathlib import Path
 
-from .base import CliError, add_executor, check_out, command, executor_of, need, show, writable_file
+from .base import DATA_FORCE, CliError, add_executor, check_out, command, executor_of, need, show, writable_file
 from .geometry import TOKENS, UV
 
 DATASET = ("dataset", "geoface_model.dataset_build:DatasetParams")
@@ -137,7 +137,7 @@ def export(args) -> None:
 def register(sub, chosen) -> None:
     """Add the model subcommands to `sub`; `chosen(name)`: whether that subcommand's --help is asked for."""
     p = command(sub, "dataset", "pack fitted frames into training shards split by subject (the dataset stage)",
-                dataset, [DATASET, TOKENS, UV], chosen("dataset"))
+                dataset, [DATASET, TOKENS, UV], chosen("dataset"), force=DATA_FORCE)
     for name, what in (("captures", "capture folder (captures stage)"), ("fits", "fits folder (fit stage)"),
                        ("uv", "UV folder (uv stage)"), ("correspondences", "correspondences folder"),
                        ("head_model", "head model folder")):

@@ -89,6 +89,24 @@ def test_a_camera_beyond_the_pixel_limit_is_refused_before_any_decode(tmp_path):
         check_image_files(cap)
 
 
+def test_an_image_header_beyond_pils_limit_is_refused_by_the_image_check(tmp_path):
+    """A 64×48 camera whose PNG header declares 60000×60000 (beyond PIL's decompression-bomb limit, so the header
+    reader gave no size and the check passed it): the landmarks unit then died in cv2.imread with OpenCV's raw
+    "(-215:Assertion failed) pixels <= CV_IO_MAX_IMAGE_PIXELS". The check now names the file and the limit."""
+    from flame_fitting.formats.capture import check_image_files
+
+    root = tmp_path / "cap"
+    write_small(root)
+    bomb = root / "s1/seq/00001/cam2.png"
+    bomb.write_bytes(png_header(60000, 60000))
+    assert image_size(bomb) is None
+    with pytest.raises(CaptureError, match=r"00001/cam2\.png: the image declares over 178 million pixels, more than a "
+                                           r"capture's image holds \(134217728 pixels\); a damaged or hostile file"):
+        load_capture(root)
+    with pytest.raises(CaptureError, match=r"cam2\.png: the image declares over 178 million pixels"):
+        check_image_files(load_capture(root, check_files=False))  # a data stage's unit (formats.units.unit_capture)
+
+
 def test_a_capture_folder_whose_path_is_not_utf8_is_refused(tmp_path):
     """A capture folder whose path holds bytes that are not UTF-8 (the names inside a capture are checked,
     core/names.py, its own folder was not) was reported as a manifest that is "not a readable parquet table

@@ -11,7 +11,7 @@ import pytest
 
 from flame_fitting.core.errors import GeofaceError
 from flame_fitting.core.executor import ExecutorConfig, ExecutorError, home_module, open_executor, start_pool_early
-from flame_fitting.core.units import Unit, UnitWork, run_units
+from flame_fitting.core.units import Unit, UnitWork, run_units, write_unit_failures
 
 
 def parse(text: str) -> int:
@@ -212,6 +212,34 @@ def test_a_stopped_unit_leaves_no_output(tmp_path):
     left = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*"))
     assert not [p for p in left if p.startswith("hang") or "geoface-tmp" in p], left
     assert [p for p in left if p.endswith("out.txt")] == ["a/seq/out.txt", "b/seq/out.txt", "c/seq/out.txt"]
+
+
+def write_or_raise(unit: Unit, tmp: Path, extras) -> tuple[dict, list]:
+    """A stage's unit function: subject "bad" raises (an unreadable input), the others write their file."""
+    if unit.subject == "bad":
+        raise ValueError(f"{unit.rel}/cam0.png: cannot read")
+    (tmp / "out.txt").write_text(unit.rel)
+    return {"subject": unit.subject}, []
+
+
+def test_a_run_where_some_units_failed_says_so_on_stderr(tmp_path, capsys):
+    """A stage (or `geoface fit --unit-timeout-s`) where some sequences failed exits 0 with the others' outputs; it
+    used to say so only in failures.json and the metrics' units_failed, so a command-line user saw a clean run. Now
+    one warning line names failures.json, how many failed and the first error; a run with no failure prints none."""
+    out = tmp_path / "out"
+    units = [Unit(s, "seq", key=f"k{s}") for s in ("a", "bad", "c")]
+    with open_executor(ExecutorConfig(kind="local", workers=1)) as ex:
+        run = run_units(ex, write_or_raise, units, out, "test", progress=False)
+        capsys.readouterr()
+        write_unit_failures(out / "failures.json", run)
+        err = capsys.readouterr().err
+        assert err.splitlines() == [f"warning: {out / 'failures.json'}: 1 of 3 work unit(s) failed, the others are in "
+                                    "the output; the next run tries them again (first, bad/seq: ValueError: "
+                                    "bad/seq/cam0.png: cannot read)"]
+        again = run_units(ex, write_or_raise, units[:1] + units[2:], out, "test", progress=False)
+        capsys.readouterr()
+        write_unit_failures(out / "failures.json", again)
+    assert again.kept == ["a/seq", "c/seq"] and capsys.readouterr().err == ""
 
 
 def test_without_a_time_limit_workers_1_runs_units_in_the_stages_process(tmp_path):

@@ -148,11 +148,11 @@ def test_uv_and_correspondences_through_the_cli(capsys, run_dir):
     c = json.loads((d / "corr.json").read_text())
     assert c["frames"] == 1 and c["app_tokens"] == 4 and c["geo_tokens"] == 4 and c["empty_views"] == 0
     assert c["cycle_error_px_median"] < 1.0 and c["gt_uv_accuracy"] > 0.5
-    # --force: a second run refuses to replace its own output without it, and replaces it with it
+    # --force: a second run refuses to write into its own output without it; with it, the current sequence is kept
     rc, _, err = cli(capsys, *args)
     assert rc == 2 and "--force" in err and err.startswith("geoface correspondences: ")
-    rc, _, err = cli(capsys, *args, "--force")
-    assert rc == 0, err
+    rc, out, err = cli(capsys, *args, "--force")
+    assert rc == 0 and (json.loads(out)["units_kept"], json.loads(out)["units_run"]) == (1, 0), err
     # an output folder geoface did not write is never replaced
     (d / "mine").mkdir()
     (d / "mine" / "notes.txt").write_text("keep")
@@ -195,6 +195,17 @@ def test_export_of_a_sample_folder(capsys, tmp_path):
     assert (got["red"] == want["red"]).mean() > 0.95
     rc, _, err = cli(capsys, "export", sample, "--out", tmp_path / "gs")
     assert rc == 2 and "--force" in err
+
+
+@pytest.mark.parametrize("cmd", ["landmarks", "fit", "uv", "correspondences", "dataset"])
+def test_the_data_commands_force_says_that_current_sequences_are_kept(capsys, cmd):
+    """A data command's --force does not rebuild OUT: run_units keeps every sequence whose key did not change (the
+    correspondences run above: units_kept). Its --help said "replace the output folder(s)", so a user re-running
+    after adding one subject feared losing hours of fits and did not pass it."""
+    rc, out, _ = cli(capsys, cmd, "--help")
+    assert rc == 0 and "replace the output folder" not in flat(out)
+    assert ("--force write into OUT again when an earlier geoface run wrote it: its sequences whose inputs, params and "
+            "code did not change are kept as they are (units_kept)") in flat(out)
 
 
 def test_every_option_of_every_command_is_documented():

@@ -104,6 +104,25 @@ def test_corrupt_models_are_refused_naming_the_file(tmp_path):
         import_capture(tmp_path, tmp_path / "cap4", ImportConfig())
 
 
+def test_an_images_txt_without_its_points2d_lines_is_refused_naming_the_line(tmp_path):
+    """COLMAP's images.txt has two lines per image, the second (POINTS2D) empty when the image has no points. One
+    written by hand or by a script for known poses (a calibrated dome) often leaves the second line out: the reader
+    took every other image line for points, so half the images vanished without a reason in `skipped` (and a rig's
+    cameras lost their folder names). Now the first image line found where POINTS2D belongs is one error."""
+    scene = Scene(make_cameras(4))
+    write_colmap(tmp_path / "proj", scene, binary=False)
+    txt = tmp_path / "proj/sparse/0/images.txt"
+    rows = [ln for ln in txt.read_text().splitlines() if ln.startswith("#") or ln.endswith(".png")]
+    txt.write_text("\n".join(rows) + "\n")  # comments and image lines only
+    n_comments = sum(ln.startswith("#") for ln in rows)
+    with pytest.raises(CaptureError, match=rf"images.txt:{n_comments + 2}: not a POINTS2D line 'X Y POINT3D_ID \.\.\.' "
+                                           r"after image 1 \(COLMAP's images.txt has two lines per image"):
+        import_capture(tmp_path / "proj", tmp_path / "cap", ImportConfig())
+    assert not (tmp_path / "cap").exists()
+    txt.write_text("\n".join(ln if ln.startswith("#") else ln + "\n" for ln in rows) + "\n")  # empty POINTS2D lines
+    assert import_capture(tmp_path / "proj", tmp_path / "cap", ImportConfig()).n_images == 4
+
+
 @pytest.mark.parametrize("escape", ["../private/passport_scan.png", "ABSOLUTE"])
 def test_an_image_name_outside_the_image_folder_is_refused(tmp_path, escape):
     """COLMAP's images.txt NAME is a path relative to the image folder: one that leaves it ('..', absolute) pulled
