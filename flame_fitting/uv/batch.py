@@ -9,7 +9,8 @@ trips of the first frame of every sequence, and metrics (round trip posmap → m
 canonical mesh, clipped texels, UV-layout overlap, bake time).
 
 `correspondences_for_fits`: per view of every fitted frame, pixel → (u, v) with visibility and depth, and the
-token-level targets of the attention alignment loss, from the fitted (posed) mesh and the refined cameras.
+token-level targets of the attention alignment loss, from the fitted (posed) mesh and the refined cameras (a mixed
+rig's views, cameras of different sizes, on one pixel grid: `one_grid`).
 Self-check: the cycle pixel → UV → 3D (through the frame's UV position map) → reprojected pixel; on synthetic
 captures, accuracy against the ground-truth pixel→surface map. Writes OUT/<subject>/<sequence>/<frame:05d>.npz,
 previews (colour-coded overlays and the paper's Figure 9 from ground truth where available, else from the fit).
@@ -26,6 +27,7 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache, partial
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
@@ -37,6 +39,7 @@ from flame_fitting.formats.capture import load_cameras, load_capture
 from flame_fitting.formats.fits import load_sequence_fit
 from flame_fitting.formats.lineage import captures_version_of, check_same_capture
 from flame_fitting.formats.units import capture_unit_hashes, unit_capture
+from flame_fitting.geometry.camera import Camera
 from flame_fitting.head.head_model import load_head_model
 
 from .bake import UVLayout, bake_posmap, get_bake_table
@@ -196,7 +199,8 @@ def correspondence_unit(fits: str, uv: str, captures: str, head_model: str, cfg:
     fit = load_sequence_fit(folder)
     _, layout = _model_layout(head_model, fit["shape"].shape[1], fit["expr"].shape[1])
     cams = load_cameras(folder / "cameras.json")
-    cam_list = [cams[n] for n in sorted(cams)]
+    cam_list = one_grid([cams[n] for n in sorted(cams)])
+    mixed = any(c.size != cams[c.name].size for c in cam_list)
     per_frame, names = [], []
     for i, frame in enumerate(fit["frame"].tolist()):
         frame_id = f"{subject}/{sequence}/{frame:05d}"
@@ -207,7 +211,7 @@ def correspondence_unit(fits: str, uv: str, captures: str, head_model: str, cfg:
         posmap = load_posmap(uvf).posmap
         canon = np.load(uvf.with_suffix(".canonical.npy"))
         frame_dir = cap.root / subject / sequence / f"{frame:05d}"
-        gt = load_gt_raster(frame_dir, corr.views) if (frame_dir / "gt_raster.npz").is_file() else None
+        gt = load_gt_raster(frame_dir, corr.views) if (frame_dir / "gt_raster.npz").is_file() and not mixed else None
         per_frame.append(frame_metrics(corr, posmap, cam_list, canon, fit["vertices"][i], layout, gt=gt,
                                        stride=cfg.check_stride))
         if i == 0 and previews is not None:
@@ -215,12 +219,21 @@ def correspondence_unit(fits: str, uv: str, captures: str, head_model: str, cfg:
     return {"frames": json.loads(json.dumps(per_frame, default=_plain))}, names
 
 
+def one_grid(cameras: list[Camera]) -> list[Camera]:
+    """A frame's cameras on one pixel grid: on a mixed rig (views of different sizes) every view is resampled to the
+    largest width × height among them (`Camera.resized`, K scaled per axis). An appearance token is a fixed fraction
+    of its view (row ⌊y·A/H⌋, column ⌊x·A/W⌋), so the token targets are those of each view at its own size up to
+    pixel sampling; the per-pixel maps are on that grid. One-size rigs are returned as they are."""
+    W, H = max(c.width for c in cameras), max(c.height for c in cameras)
+    return [c if c.size == (W, H) else c.resized(W, H) for c in cameras]
+
+
 def write_previews(previews: Path, cap, subject, sequence, frame, corr, posmap, gt, layout) -> list[str]:
     """Colour-coded overlays of up to 4 views and the paper's Figure 9 of one frame, under `previews`; returns the
     file names written."""
     m = cap.manifest
     rows = m[(m.subject == subject) & (m.sequence == sequence) & (m.frame == frame)].set_index("camera")
-    images = np.stack([cap.image(rows.loc[v]) for v in corr.views])
+    images = np.stack([on_size(cap.image(rows.loc[v]), corr.size) for v in corr.views])  # a mixed rig: one grid
     order = np.argsort(rows.loc[list(corr.views)].yaw_deg.to_numpy()) if "yaw_deg" in rows.columns \
         else np.arange(len(corr.views))
     pick = order[np.unique(np.linspace(0, len(order) - 1, min(4, len(order))).round().astype(int))]
@@ -236,3 +249,10 @@ def write_previews(previews: Path, cap, subject, sequence, frame, corr, posmap, 
                   query_view=frontal, tol_texels=2.0, names=[corr.views[k] for k in order])
     write_png(previews / f"{subject}_{sequence}_{frame:05d}_figure9.png", fig)
     return [f"{subject}_{sequence}_{frame:05d}_overlay.png", f"{subject}_{sequence}_{frame:05d}_figure9.png"]
+
+
+def on_size(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H,W,3) `image` resized to size = (width, height) (as `one_grid` resized its camera), unchanged if it is."""
+    if (image.shape[1], image.shape[0]) == tuple(size):
+        return image
+    return cv2.resize(image, tuple(int(x) for x in size), interpolation=cv2.INTER_AREA)
