@@ -7,6 +7,7 @@
     fits/        <subject>/<sequence>/fit.npz (frames 0, 1, 2 fitted, frame 1 not ok = diverged) with random
                  parameters in every slot and the head model's vertices for them, and cameras.json: the capture's
                  cameras moved by a few mm (the "refined" ones), so `--cameras fit|capture` can be told apart
+`make_export_data(root, MIXED)` makes a mixed rig instead: each camera its own size and aspect (`MIXED`).
 From another test folder put `Path(__file__).parents[1] / "flame_fitting"` on sys.path first.
 """
 from __future__ import annotations
@@ -29,6 +30,8 @@ DIVERGED = 1          # fitted but not ok: left out of the exports
 UNMASKED = (2, "c3")  # (frame, camera) stored without a mask
 N_SHAPE, N_EXPR = 10, 8
 W, H = 60, 44
+# a mixed rig: per camera (width, height), portrait / landscape / square / wide, the same K (principal points inside)
+MIXED = {"c0": (44, 60), "c1": (60, 44), "c2": (48, 48), "c3": (72, 40)}
 
 
 @dataclass
@@ -44,12 +47,14 @@ class ExportData:
     vertices: dict[int, np.ndarray]            # frame -> (V, 3) float32
 
 
-def cameras() -> dict[str, Camera]:
+def cameras(sizes: dict[str, tuple[int, int]] | None = None) -> dict[str, Camera]:
+    """Four cameras of W×H pixels, or of `sizes[name]` = (width, height)."""
     out = {}
     for i, yaw in enumerate(np.radians([-40, -10, 15, 45])):
         eye = 0.6 * np.array([np.sin(yaw), 0.1 * (i - 1.5), np.cos(yaw)])
         K = intrinsics(80.0 + 3 * i, 84.0 + 2 * i, 27.25 + i, 19.5 - 1.5 * i)  # off-centre: cx ≠ W/2, cy ≠ H/2
-        out[f"c{i}"] = Camera(K=K, world_to_cam=look_at(eye, np.array([0.0, 0.01, 0.0])), width=W, height=H,
+        w, h = (sizes or {}).get(f"c{i}", (W, H))
+        out[f"c{i}"] = Camera(K=K, world_to_cam=look_at(eye, np.array([0.0, 0.01, 0.0])), width=w, height=h,
                               name=f"c{i}")
     return out
 
@@ -75,18 +80,19 @@ def head_vertices(model: HeadModel, params: dict[str, np.ndarray]) -> np.ndarray
         return model(**{k: torch.as_tensor(v)[None] for k, v in params.items()}).vertices[0].numpy()
 
 
-def make_export_data(root: Path) -> ExportData:
+def make_export_data(root: Path, sizes: dict[str, tuple[int, int]] | None = None) -> ExportData:
     root = Path(root)
     spec = write_flame_folder(root / "head", n_shape=N_SHAPE, n_expr=N_EXPR, seed=5)
     model = HeadModel.from_folder(spec.path, N_SHAPE, N_EXPR)
     rng = np.random.default_rng(0)
-    cams = cameras()
+    cams = cameras(sizes)
     with CaptureWriter(root / "capture", source="test") as w:
         w.set_cameras(SUBJECT, SEQUENCE, cams)
         for f in FRAMES:
             for name in cams:
-                rgb = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
-                mask = None if (f, name) == UNMASKED else (rng.random((H, W)) > 0.5).astype(np.uint8) * 255
+                size = (cams[name].height, cams[name].width)
+                rgb = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+                mask = None if (f, name) == UNMASKED else (rng.random(size) > 0.5).astype(np.uint8) * 255
                 w.add_image(SUBJECT, SEQUENCE, f, name, rgb, mask=mask)
     fit_cams = {n: moved(c, rng) for n, c in cams.items()}
     shape = rng.standard_normal(N_SHAPE).astype(np.float32)

@@ -10,7 +10,7 @@ import shutil
 
 import numpy as np
 import pytest
-from export_testdata import DIVERGED, FRAMES, N_EXPR, N_SHAPE, SEQUENCE, SUBJECT, UNMASKED, head_vertices, \
+from export_testdata import DIVERGED, FRAMES, MIXED, N_EXPR, N_SHAPE, SEQUENCE, SUBJECT, UNMASKED, head_vertices, \
     make_export_data
 
 from flame_fitting.core.fileio import read_image
@@ -185,6 +185,78 @@ def read_ply_xyz(path) -> np.ndarray:
     n = int(next(line.split()[2] for line in head.decode().splitlines() if line.startswith("element vertex")))
     rec = np.frombuffer(body, np.dtype([("xyz", "<f4", 3), ("rgb", "u1", 3)]), count=n)
     return rec["xyz"]
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    return make_export_data(tmp_path_factory.mktemp("export_mixed"), MIXED)
+
+
+def test_a_mixed_rig_round_trips(mixed, tmp_path):
+    """A mixed rig (cameras of different sizes and aspects in one frame: 44×60, 60×44, 48×48, 72×40, off-centre
+    principal points): every exported view carries its own camera's size and intrinsics (VHAP's NeRFDataset and
+    nerfstudio read them per frame; GaussianAvatars reads w, h, camera_angle_x per frame), its image and mask are
+    its own size, and both layouts read back (VHAP reader above, geoface's transforms.json importer) to every
+    camera of the fit (K, world_to_cam, size) and the fitted vertices."""
+    assert len({(c.width, c.height) for c in mixed.fit_cameras.values()}) == 4
+    cap = load_capture(mixed.capture)
+    man = cap.manifest.set_index(["frame", "camera"])
+    ok_frames = [f for f in FRAMES if f != DIVERGED]
+    export_vhap(mixed.capture, mixed.fits, tmp_path / "vhap")
+    seq = tmp_path / "vhap" / SUBJECT / SEQUENCE
+    cam_err = vert_err = 0.0
+    for split in ("", "_train", "_val", "_test"):
+        for f in json.loads((seq / f"transforms{split}.json").read_text())["frames"]:
+            want = mixed.fit_cameras[f["camera_id"]]
+            frame = ok_frames[f["timestep_index"]]
+            assert (f["w"], f["h"]) == (want.width, want.height), (split, f["camera_id"])
+            cam_err = max(cam_err, camera_error(*vhap_camera(f), want))
+            # GaussianAvatars: fx from camera_angle_x and the frame's w (its fy = fx, principal point centred)
+            assert f["w"] / (2 * np.tan(f["camera_angle_x"] / 2)) == pytest.approx(want.K[0, 0], rel=1e-9)
+            assert f["h"] / (2 * np.tan(f["camera_angle_y"] / 2)) == pytest.approx(want.K[1, 1], rel=1e-9)
+            assert read_image(seq / f["file_path"]).shape[:2] == (want.height, want.width)
+            row = man.loc[(frame, f["camera_id"])]
+            assert (seq / f["file_path"]).read_bytes() == (cap.root / row.path).read_bytes()
+            if "fg_mask_path" in f:
+                assert read_image(seq / f["fg_mask_path"]).shape[:2] == (want.height, want.width)
+    for ti, frame in enumerate(ok_frames):
+        p = vhap_params(seq / f"flame_param/{ti:05d}.npz")
+        vert_err = max(vert_err, float(np.abs(head_vertices(mixed.model, p) - mixed.vertices[frame]).max()))
+    import_capture("transforms_json", seq, tmp_path / "vhap_back", ImportConfig(sequence="s"))
+    back = load_capture(tmp_path / "vhap_back")
+    (subject, sequence), = back.sequences()
+    for name, got in back.cameras(subject, sequence).items():
+        want = mixed.fit_cameras[name]
+        assert (got.width, got.height) == (want.width, want.height), name
+        cam_err = max(cam_err, camera_error(got.K, got.world_to_cam, want))
+    for row in back.manifest.to_dict("records"):
+        assert back.image(row).shape[:2] == (mixed.fit_cameras[row["camera"]].height,
+                                             mixed.fit_cameras[row["camera"]].width)
+    export_nerfstudio(mixed.capture, mixed.fits, tmp_path / "ns")
+    pts_err = 0.0
+    for frame in ok_frames:
+        scene = tmp_path / "ns" / SUBJECT / SEQUENCE / f"{frame:05d}"
+        meta = json.loads((scene / "transforms.json").read_text())
+        # nerfstudio's dataparser takes a top-level fl_x / cx / w / h as every frame's: there must be none
+        assert not {"fl_x", "fl_y", "cx", "cy", "w", "h"} & set(meta)
+        for f in meta["frames"]:
+            name = f["file_path"].split("/")[1].split(".")[0]
+            want = mixed.fit_cameras[name]
+            assert (f["w"], f["h"]) == (want.width, want.height), name
+            assert read_image(scene / f["file_path"]).shape[:2] == (want.height, want.width)
+            if "mask_path" in f:
+                assert read_image(scene / f["mask_path"]).shape[:2] == (want.height, want.width)
+        import_capture("transforms_json", scene, tmp_path / f"ns_back{frame}", ImportConfig(subject="s"))
+        cams = load_capture(tmp_path / f"ns_back{frame}").cameras("s", "default")
+        assert sorted(cams) == sorted(mixed.fit_cameras)
+        for name, got in cams.items():
+            want = mixed.fit_cameras[name]
+            assert (got.width, got.height) == (want.width, want.height), name
+            cam_err = max(cam_err, camera_error(got.K, got.world_to_cam, want))
+        pts_err = max(pts_err, float(np.abs(read_ply_xyz(scene / "points3d.ply") - mixed.vertices[frame]).max()))
+    assert cam_err < CAM_TOL and vert_err < VERT_TOL and pts_err == 0.0, (cam_err, vert_err, pts_err)
+    print("\nmixed rig export round trip:", json.dumps({"max_camera_error": cam_err, "vhap_max_vertex_error_m": vert_err,
+                                                       "nerfstudio_max_point_error_m": pts_err}))
 
 
 def test_capture_cameras_option(data, tmp_path):
