@@ -121,16 +121,17 @@ def read_key_file(folder: Path | str) -> dict | None:
     return rec if isinstance(rec, dict) else None
 
 
-def unit_is_current(folder: Path, key: str, extras: Path | None) -> bool:
-    """True when `folder` holds the complete, unchanged output of a unit with key `key` (module docstring)."""
+def current_key_file(folder: Path, key: str, extras: Path | None) -> dict | None:
+    """The parsed key file of `folder` when it holds the complete, unchanged output of a unit with key `key` (the
+    unit is current: module docstring), else None."""
     rec = read_key_file(folder)
     if rec is None or rec.get("key") != key or rec.get("files") != tree_hashes(folder):
-        return False
+        return None
     for name, h in (rec.get("extras") or {}).items():
         p = None if extras is None else extras / name
         if p is None or not p.is_file() or file_sha256(p) != h:
-            return False
-    return True
+            return None
+    return rec
 
 
 @dataclass
@@ -250,12 +251,19 @@ def run_units(executor, fn: Callable, units: Iterable[Unit], out: Path | str, de
     mark_output(out, desc)
     run = UnitRun()
     todo = []
+    # each unit's key file is parsed once a run: rel -> the key file of a unit kept (as its currency check read it)
+    # or run now (as `_visible` read it); a unit re-run or removed has none
+    parsed: dict[str, dict] = {}
     for u in units:
-        (run.kept if unit_is_current(out / u.subject / u.sequence, u.key, extras) else todo).append(u)
-    run.kept = [u.rel for u in run.kept]
-    keep = set(run.kept)
-    run.removed = [r for r in _sweep(out, keep, extras) if r not in {u.rel for u in todo}]
-    results = [_visible(out, r) for r in executor.map(UnitWork(fn, out, extras), todo, desc=desc, progress=progress)]
+        rec = current_key_file(out / u.subject / u.sequence, u.key, extras)
+        if rec is None:
+            todo.append(u)
+        else:
+            run.kept.append(u.rel)
+            parsed[u.rel] = rec
+    run.removed = [r for r in _sweep(out, set(run.kept), extras) if r not in {u.rel for u in todo}]
+    results = [_visible(out, r, parsed)
+               for r in executor.map(UnitWork(fn, out, extras), todo, desc=desc, progress=progress)]
     _remove_temporaries(out)
     for r in results:
         if r.ok:
@@ -263,32 +271,34 @@ def run_units(executor, fn: Callable, units: Iterable[Unit], out: Path | str, de
             if isinstance(r.value, dict) and isinstance(r.value.get(TIMING), dict):
                 run.timings[r.item.rel] = r.value[TIMING]
         else:
+            parsed.pop(r.item.rel, None)
             _remove_unit(out / r.item.subject / r.item.sequence, extras)
             if (out / r.item.subject).is_dir() and not any((out / r.item.subject).iterdir()):
                 (out / r.item.subject).rmdir()
             run.failures.append({"subject": r.item.subject, "sequence": r.item.sequence, "error": r.error,
                                  "traceback": r.traceback})
     if extras is not None:  # extras no current unit lists (a killed worker's, a former layout's) go
-        listed = {n for u in units for n in (read_key_file(out / u.rel) or {}).get("extras", {})}
+        listed = {n for u in units for n in (parsed.get(u.rel) or {}).get("extras") or {}}
         for p in sorted(extras.rglob("*")):
             if p.is_file() and p.name != MARKER and p.relative_to(extras).as_posix() not in listed:
                 p.unlink()
     for u in units:
-        rec = read_key_file(out / u.rel)
+        rec = parsed.get(u.rel)
         if rec is not None and rec.get("key") == u.key:
             run.records[u.rel] = rec.get("record") or {}
     return run
 
 
-def _visible(out: Path, r):
+def _visible(out: Path, r, parsed: dict[str, dict]):
     """`r` (a UnitResult), or a failed one when its unit reported success but this process does not see the unit's
     output (its key file): a Ray worker on another machine that wrote to its own disk, not to a file system the
-    stage's machine shares at the same path."""
+    stage's machine shares at the same path. The key file read is kept in `parsed` (run_units)."""
     if not r.ok:
         return r
     folder = out / r.item.subject / r.item.sequence
     rec = read_key_file(folder)
     if rec is not None and rec.get("key") == r.item.key:
+        parsed[r.item.rel] = rec
         return r
     return type(r)(r.item, False, None, f"OutputNotVisible: the unit finished on its worker but {folder.resolve()} "
                    "does not hold its output here (executor ray needs every node to see the stage's folders at the "

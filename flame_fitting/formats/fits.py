@@ -22,7 +22,8 @@ def fit_folders(fits_dir: Path | str) -> list[Path]:
     return sorted(p.parent for p in Path(fits_dir).glob("*/*/fit.npz"))
 
 
-def load_sequence_fit(folder: Path) -> dict[str, np.ndarray]:
-    """The arrays of `<folder>/fit.npz` (see the module docstring), read without pickle; FitFileError naming the
-    file when it is missing, truncated, not an .npz or holds object arrays."""
-    return load_npz(Path(folder) / "fit.npz", FitFileError)
+def load_sequence_fit(folder: Path, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of `<folder>/fit.npz` (see the module docstring; only `keys`, when given: the others, the
+    vertices of every frame among them, are not read), without pickle; FitFileError naming the file when it is
+    missing, truncated, not an .npz, holds object arrays or lacks one of `keys`."""
+    return load_npz(Path(folder) / "fit.npz", FitFileError, keys=keys)

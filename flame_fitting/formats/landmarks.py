@@ -82,8 +82,7 @@ def load_landmarks(out_dir: Path | str) -> LandmarkSet:
 
 def load_landmark_tables(out_dir: Path | str) -> pd.DataFrame:
     """The `detections.parquet` tables of a landmarks folder (per-sequence folders concatenated in sorted order, as
-    `load_landmarks`), without the points: what the stage's metrics need (the points of a dataset the size of
-    NeRSemble's are gigabytes, re-read on every incremental run before)."""
+    `load_landmarks`), without the points (those of a dataset the size of NeRSemble's are gigabytes)."""
     tables = []
     for tpath in (f / "detections.parquet" for f in landmark_folders(Path(out_dir))):
         if not tpath.is_file():

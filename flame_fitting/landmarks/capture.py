@@ -19,18 +19,20 @@ subject is decided per frame by a consensus over its calibrated views (`flame_fi
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from flame_fitting.core.executor import ExecutorConfig, open_executor
 from flame_fitting.core.fileio import check_output_dir, write_json
 from flame_fitting.core.params import spec
 from flame_fitting.core.units import Unit, code_digest, run_units, unit_key, write_unit_failures
 from flame_fitting.formats.capture import Capture, CaptureError, capture_version, load_capture, read_gt_landmarks
-from flame_fitting.formats.landmarks import KEYS, LandmarkSet, load_landmark_tables, write_landmark_files
+from flame_fitting.formats.landmarks import KEYS, LandmarkSet, write_landmark_files
 from flame_fitting.formats.lineage import write_lineage
 from flame_fitting.formats.units import capture_unit_hashes, capture_units, unit_capture
 from flame_fitting.landmarks.detector import band_means, detect_files, rates_by_yaw, results_to_arrays
@@ -96,23 +98,56 @@ def gt_landmark_errors(cap: Capture, ls: LandmarkSet) -> np.ndarray:
 def landmark_metrics(cap: Capture, ls: LandmarkSet, gt_err: np.ndarray | None = None) -> dict:
     """Detection rate overall and per |yaw| band, failure reasons, and pixel error vs ground truth if any
     (`gt_err`: `gt_landmark_errors`, already computed). `ls` has the rows of `cap.manifest`, in its order."""
-    det = ls.table.detected.to_numpy()
+    if gt_err is None and "yaw_deg" in cap.manifest.columns:
+        gt_err = gt_landmark_errors(cap, ls)
+    return summaries_metrics(cap.manifest, [table_summary(ls.table)], gt_err)
+
+
+def table_summary(table: pd.DataFrame) -> dict:
+    """What `summaries_metrics` needs of a detection table (a landmarks unit's record carries it, so the stage's
+    metrics open no kept sequence's detections.parquet): `detected`, one '0'/'1' per row in row order (the yaw
+    bands pair each view with its yaw); `failures` {reason: views} of the undetected rows and, with the
+    multiple_faces column, `multiple_faces` (views) and `multiple_faces_choice` {choice: views}, each dict in order
+    of first appearance (so that counts merged over units sort as value_counts over the concatenated tables)."""
+    det = table.detected.to_numpy(bool)
+    out = {"detected": (det.astype(np.uint8) + ord("0")).tobytes().decode("ascii"),
+           "failures": dict(Counter(str(v) for v in table.reason[~det].dropna()))}
+    if "multiple_faces" in table.columns:
+        many = table.multiple_faces.to_numpy(bool)
+        out["multiple_faces"] = int(many.sum())
+        out["multiple_faces_choice"] = dict(Counter(str(v) for v in table.face_choice[many].dropna()))
+    return out
+
+
+def _merged_counts(counts: list[dict]) -> dict[str, int]:
+    """{value: count} summed over `counts` (dicts in order of first appearance), most frequent first, ties in order
+    of first appearance: pandas' value_counts of the concatenated values."""
+    total: dict[str, int] = {}
+    for c in counts:
+        for k, n in c.items():
+            total[k] = total.get(k, 0) + int(n)
+    return dict(sorted(total.items(), key=lambda kv: -kv[1]))
+
+
+def summaries_metrics(manifest: pd.DataFrame, summaries: list[dict], gt_err: np.ndarray | None = None) -> dict:
+    """`landmark_metrics` of the units whose `table_summary` are `summaries` (in manifest order; `manifest`: their
+    rows, `gt_err`: their views' ground-truth errors, in its order)."""
+    det = np.concatenate([np.zeros(0, bool), *(np.frombuffer(s["detected"].encode("ascii"), np.uint8) == ord("1")
+                                               for s in summaries)])
     out: dict = {"n_images": int(len(det)), "n_detected": int(det.sum()),
                  "detection_rate": float(det.mean()) if len(det) else None,
-                 "failures": {str(k): int(v) for k, v in ls.table.reason[~det].value_counts().items()}}
-    if "multiple_faces" in ls.table.columns:  # views with several faces and how the kept one was chosen
-        many = ls.table.multiple_faces.to_numpy(bool)
-        out["multiple_faces"] = int(many.sum())
-        out["multiple_faces_choice"] = {str(k): int(v) for k, v in ls.table.face_choice[many].value_counts().items()}
-    m = cap.manifest.reset_index(drop=True)
+                 "failures": _merged_counts([s["failures"] for s in summaries])}
+    if summaries and all("multiple_faces" in s for s in summaries):  # views with several faces, the kept one's choice
+        out["multiple_faces"] = sum(s["multiple_faces"] for s in summaries)
+        out["multiple_faces_choice"] = _merged_counts([s["multiple_faces_choice"] for s in summaries])
+    m = manifest.reset_index(drop=True)
     if "yaw_deg" in m.columns:
         yaw = m.yaw_deg.to_numpy(np.float64)
         for key, rate in rates_by_yaw(det, yaw).items():
             out[f"detection_rate_{key}"] = rate
-        err = gt_landmark_errors(cap, ls) if gt_err is None else gt_err
-        if np.isfinite(err).any():
-            out["pixel_error_mean"] = float(np.nanmean(err))
-            out.update({f"pixel_error_{k}": v for k, v in band_means(err, yaw).items()})
+        if gt_err is not None and np.isfinite(gt_err).any():
+            out["pixel_error_mean"] = float(np.nanmean(gt_err))
+            out.update({f"pixel_error_{k}": v for k, v in band_means(gt_err, yaw).items()})
     return out
 
 
@@ -143,15 +178,13 @@ def detect_folder(captures: Path | str, out: Path | str, cfg: LandmarksParams, m
     done = {tuple(k.split("/", 1)) for k in run.records}
     m = cap.manifest
     ok = cap.manifest[[(s, q) in done for s, q in zip(m.subject, m.sequence)]].reset_index(drop=True)
-    # the tables only: the metrics need no points (with the errors from the records)
-    table = load_landmark_tables(out) if len(ok) else ok[KEYS + ["path"]].copy()
-    ls = LandmarkSet(table, np.zeros((0, 478, 2), np.float32))
-    # in the manifest's order (the rows of `ls`), not the records' key strings' ('a-b/x' sorts before 'a/x')
+    # from the records alone (the key files run_units read): no kept sequence's detections.parquet is opened. In the
+    # manifest's order (that of the manifest rows and yaws), not the records' key strings' ('a-b/x' < 'a/x')
     order = dict.fromkeys(f"{s}/{q}" for s, q in zip(ok.subject, ok.sequence))
     err = [np.asarray(run.records[k]["gt_error_px"], np.float64) for k in order]
     err = np.concatenate(err).astype(np.float32) if err else np.zeros(0, np.float32)
-    metrics = {"captures_version": capture_version(captures), **landmark_metrics(Capture(cap.root, ok, cap.info), ls, err),
-               **run.summary()}
+    metrics = {"captures_version": capture_version(captures),
+               **summaries_metrics(ok, [run.records[k] for k in order], err), **run.summary()}
     write_lineage(out, captures_version=metrics["captures_version"])  # the fit checks it is given this capture
     if metrics_path is not None:
         write_json(metrics_path, metrics)
@@ -163,10 +196,11 @@ ROOMS = ("__init__.py", "core", "geometry", "formats", "landmarks")  # the code 
 
 
 def detect_unit(captures: str, cfg: LandmarksParams, unit: Unit, tmp: Path, extras: Path | None) -> tuple[dict, list]:
-    """One landmarks unit (runs in a worker): detect one sequence's images into `tmp`; the record keeps the
-    ground-truth errors (None where unknown) for the stage's metrics."""
+    """One landmarks unit (runs in a worker): detect one sequence's images into `tmp`; the record keeps what the
+    stage's metrics need: the ground-truth errors (None where unknown) and the table's `table_summary`."""
     sub = unit_capture(captures, unit.subject, unit.sequence)
     ls = detect_capture(sub, workers=cfg.workers, progress=False)
     write_landmark_files(ls, tmp)
     err = gt_landmark_errors(sub, ls)
-    return {"n_images": len(ls.table), "gt_error_px": [None if not np.isfinite(e) else float(e) for e in err]}, []
+    return {"n_images": len(ls.table), "gt_error_px": [None if not np.isfinite(e) else float(e) for e in err],
+            **table_summary(ls.table)}, []

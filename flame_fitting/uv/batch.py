@@ -72,9 +72,12 @@ def fit_folders(fits: Path | str) -> list[Path]:
     return sorted(p.parent for p in Path(fits).glob("*/*/fit.npz"))
 
 
+CANONICAL_KEYS = ("frame", "shape", "expr", "jaw_pose", "neck_pose", "eye_pose")  # the fit arrays a uv unit reads
+
+
 @torch.no_grad()
 def canonical_vertices(model, fit: dict, i: int) -> np.ndarray:
-    """(V,3) canonical vertices of fitted frame index i (fit arrays as saved by the fit stage)."""
+    """(V,3) canonical vertices of fitted frame index i (fit arrays as saved by the fit stage: CANONICAL_KEYS)."""
     t = lambda k: torch.as_tensor(fit[k][i:i + 1], dtype=torch.float32)  # noqa: E731
     return model.canonical(t("shape"), t("expr"), t("jaw_pose"), neck_pose=t("neck_pose"), eye_pose=t("eye_pose"))[0].numpy()
 
@@ -116,8 +119,11 @@ def bake_fits(fits: Path | str, head_model: Path | str, out: Path | str, preview
                "roundtrip_mm_max": float(np.max(worst)) if worst else None,
                "clipped_texels": sum(r["clipped"] for r in recs),
                "bake_ms_median": float(np.median(bake_ms)) if bake_ms else None}
-    first = next((fit for fit in map(load_sequence_fit, folders) if fit["shape"].ndim == 2), None)
-    if first is not None:  # the layout's report needs the model's sizes, from a sequence with fitted frames
+    # the layout's report needs the model's sizes, from a sequence with fitted frames: its shape and expr arrays only
+    # (not its vertices: tens of MB per sequence at NeRSemble's scale)
+    first = next((fit for fit in (load_sequence_fit(f, keys=("shape", "expr")) for f in folders)
+                  if fit["shape"].ndim == 2), None)
+    if first is not None:
         _, layout = _model_layout(str(head_model), first["shape"].shape[1], first["expr"].shape[1])
         metrics.update({f"layout_{k}": v for k, v in layout_report(layout, cfg.resolution).items()
                         if isinstance(v, (int, float))})
@@ -132,7 +138,7 @@ def bake_unit(fits: str, head_model: str, cfg: UVParams, unit: Unit, tmp: Path, 
     """One uv unit (runs in a worker): the position maps of one fitted sequence into `tmp`, the preview and OBJ round
     trip of its first frame into `previews`. Returns the record (round trips, bake times, clipped texels) and the
     preview names; the bake times go under the record's `timing` (the stage's metrics, not the key file)."""
-    fit = load_sequence_fit(Path(fits) / unit.subject / unit.sequence)
+    fit = load_sequence_fit(Path(fits) / unit.subject / unit.sequence, keys=CANONICAL_KEYS)  # not its vertices
     model, layout = _model_layout(head_model, fit["shape"].shape[1], fit["expr"].shape[1])
     get_bake_table(layout, cfg.resolution, cfg.gutter)  # one-off per layout and process
     rec, names = {"roundtrip_mm": [], "roundtrip_mm_worst": [], "clipped": 0, "n": 0, "timing": {"bake_ms": []}}, []

@@ -1,6 +1,7 @@
 """The local executor (flame_fitting/core/executor.py): results in input order, a unit that raises is recorded and
 the others complete, a worker process that dies has its unit re-run in a new pool, and a Ray address nobody answers
 is one clear error raised before anything runs."""
+import json
 import os
 import socket
 import time
@@ -11,7 +12,7 @@ import pytest
 
 from flame_fitting.core.errors import GeofaceError
 from flame_fitting.core.executor import ExecutorConfig, ExecutorError, home_module, open_executor, start_pool_early
-from flame_fitting.core.units import Unit, UnitWork, run_units, write_unit_failures
+from flame_fitting.core.units import KEY_FILE, Unit, UnitWork, run_units, write_unit_failures
 
 
 def parse(text: str) -> int:
@@ -259,3 +260,32 @@ def test_the_time_limit_is_validated():
     for bad, why in ((0, "below the minimum 1.0"), (-5.0, "below the minimum"), ("1h", "is not of type")):
         with pytest.raises(ParamsError, match=why):
             executor_params({"executor": {"unit_timeout_s": bad}})
+
+
+def write_and_rewrite_a(out: str, unit: Unit, tmp: Path, extras: Path) -> tuple[dict, list]:
+    """A stage's unit function with a preview; unit "b" also rewrites kept unit "a"'s key file meanwhile (another
+    process's write between the run's currency check and its end): another record, no extras listed."""
+    (tmp / "out.txt").write_text(unit.rel)
+    (extras / f"{unit.subject}.png").write_text(unit.rel)
+    if unit.subject == "b":
+        key = Path(out) / "a" / "seq" / KEY_FILE
+        rec = json.loads(key.read_text())
+        key.write_text(json.dumps({**rec, "record": {"subject": "rewritten"}, "extras": {}}))
+    return {"subject": unit.subject}, [f"{unit.subject}.png"]
+
+
+def test_a_kept_units_key_file_is_read_once_a_run(tmp_path):
+    """run_units parsed each unit's key file up to three times a run: the currency check, the extras listing and
+    the records (1.2 ms a time for a 2,400-view sequence's record, at 10^4 sequences). It is now parsed once: a kept
+    unit's record and listed previews are those of the key file its currency check accepted, even when that file
+    is rewritten before the run ends (here by the next unit)."""
+    out, extras = tmp_path / "out", tmp_path / "previews"
+    fn = partial(write_and_rewrite_a, str(out))
+    with open_executor(ExecutorConfig(kind="local", workers=1)) as ex:
+        first = run_units(ex, fn, [Unit("a", "seq", key="ka")], out, "test", extras=extras, progress=False)
+        assert first.ran == ["a/seq"] and (extras / "a.png").is_file()
+        run = run_units(ex, fn, [Unit("a", "seq", key="ka"), Unit("b", "seq", key="kb")], out, "test",
+                        extras=extras, progress=False)
+    assert (run.kept, run.ran) == (["a/seq"], ["b/seq"])
+    assert run.records == {"a/seq": {"subject": "a"}, "b/seq": {"subject": "b"}}
+    assert (extras / "a.png").read_text() == "a/seq" and (extras / "b.png").is_file()

@@ -1,6 +1,7 @@
 """flame_fitting.landmarks.detector: threaded FaceMesh on files against the slow reference (MediaPipe's own
 FaceMesh + FaceDetection solutions, one image at a time), bad files recorded with their reason,
 input order kept for any thread count, and the yaw-band helpers."""
+import json
 from pathlib import Path
 
 import cv2
@@ -216,3 +217,35 @@ def test_landmark_tables_without_points(tmp_path):
         load_landmark_tables(tmp_path / "lmk")
     with pytest.raises(CaptureError, match="missing"):
         load_landmark_tables(tmp_path / "nothing")
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_metrics_from_unit_summaries_equal_those_of_the_whole_table(seed):
+    """The landmarks stage takes its metrics from the units' records (`table_summary`, merged by
+    `summaries_metrics`), not from the concatenated tables: every value equal to the tables' (value_counts over
+    the concatenation, ties included: the counts' order is first appearance, as pandas'), the dicts in the same
+    order, on random tables of few reasons (many ties) split into units of different sizes."""
+    from flame_fitting.landmarks.capture import summaries_metrics, table_summary
+    from flame_fitting.landmarks.detector import band_means, rates_by_yaw
+
+    rng = np.random.default_rng(seed)
+    n = 60
+    det, many = rng.random(n) < 0.5, rng.random(n) < 0.3
+    table = pd.DataFrame({"subject": np.sort(rng.integers(0, 5, n)).astype(str), "sequence": "q", "frame": 0,
+                          "camera": [f"c{i}" for i in range(n)], "path": "x.png", "detected": det,
+                          "reason": np.where(det, "", np.array(["no_face", "too_small", "inconsistent_face"])[
+                              rng.integers(0, 3, n)]),
+                          "multiple_faces": many,
+                          "face_choice": np.where(many, np.array(["consistent", "largest"])[rng.integers(0, 2, n)], "")})
+    manifest = table[["subject", "sequence", "frame", "camera"]].assign(yaw_deg=rng.uniform(-90, 90, n))
+    err = np.where(det, rng.uniform(0, 5, n), np.nan).astype(np.float32)
+    got = summaries_metrics(manifest, [table_summary(g) for _, g in table.groupby("subject")], err)
+    yaw = manifest.yaw_deg.to_numpy()
+    ref = {"n_images": n, "n_detected": int(det.sum()), "detection_rate": float(det.mean()),
+           "failures": {str(k): int(v) for k, v in table.reason[~det].value_counts().items()},
+           "multiple_faces": int(many.sum()),
+           "multiple_faces_choice": {str(k): int(v) for k, v in table.face_choice[many].value_counts().items()},
+           **{f"detection_rate_{k}": v for k, v in rates_by_yaw(det, yaw).items()},
+           "pixel_error_mean": float(np.nanmean(err)),
+           **{f"pixel_error_{k}": v for k, v in band_means(err, yaw).items()}}
+    assert json.dumps(got) == json.dumps(ref)  # values and the order of every dict

@@ -104,8 +104,6 @@ def test_the_fit_metrics_open_no_kept_sequences_residuals(pipeline, tmp_path):
     anyway to decide currency) now carries the per-view medians. Shown with a kept sequence whose residuals.parquet
     is replaced by bytes no parquet reader accepts, its key file listing their sha256 (so the unit stays current):
     the stage keeps every unit and its metrics are those of the run that wrote the files."""
-    import hashlib
-
     import pandas as pd
 
     from flame_fitting.fit.capture import unpack_medians
@@ -125,6 +123,54 @@ def test_the_fit_metrics_open_no_kept_sequences_residuals(pipeline, tmp_path):
     m = run_data_stages(pipeline["cap"], pipeline["head"], data, LOCAL, stages=("fit",))["fit"]
     assert (m["units_run"], m["units_kept"], m["units_failed"]) == (0, 4, 0)
     assert same_metrics(m, pipeline["added"]["fit"]) and m["reprojection_px_p95"] > 0
+
+
+def test_the_landmark_metrics_open_no_kept_sequences_detections(pipeline, tmp_path):
+    """The landmarks stage's metrics read every sequence's detections.parquet on every run, kept sequences included.
+    The unit's record now carries what they need (`table_summary`: the views' detected flags, the failure reasons'
+    and face choices' counts). Shown with a kept sequence whose detections.parquet is replaced by bytes no parquet
+    reader accepts, its key file listing their sha256 (so the unit stays current): the stage keeps every unit and
+    its metrics are those of the run that wrote the files; every record's summary is its table's."""
+    import pandas as pd
+
+    from flame_fitting.landmarks.capture import table_summary
+
+    data = tmp_path / "data"
+    shutil.copytree(pipeline["data"] / "landmarks", data / "landmarks")
+    for key in sorted((data / "landmarks").glob(f"*/*/{KEY_FILE}")):
+        record = json.loads(key.read_text())["record"]
+        summary = table_summary(pd.read_parquet(key.parent / "detections.parquet"))
+        assert {k: record[k] for k in summary} == summary and len(summary["detected"]) == record["n_images"]
+    unit = data / "landmarks" / pipeline["names"][1] / "synthetic"
+    (unit / "detections.parquet").write_bytes(b"not a parquet file")
+    key = json.loads((unit / KEY_FILE).read_text())
+    key["files"]["detections.parquet"] = hashlib.sha256(b"not a parquet file").hexdigest()
+    (unit / KEY_FILE).write_text(json.dumps(key))
+    m = run_data_stages(pipeline["cap"], pipeline["head"], data, LOCAL, stages=("landmarks",))["landmarks"]
+    assert (m["units_run"], m["units_kept"], m["units_failed"]) == (0, 4, 0)
+    assert same_metrics(m, pipeline["added"]["landmarks"]) and m["n_detected"] > 0
+
+
+def test_the_uv_stage_reads_no_vertices_of_a_fit(pipeline, tmp_path):
+    """The uv stage needs a fit's parameters (its units bake the canonical mesh they give; the layout report the
+    model's sizes), never its per-frame posed vertices, the bulk of a fit.npz (tens of MB a sequence at NeRSemble's
+    scale): it loaded every unit's whole fit.npz, and the first fit's once more for the report. Shown with fits
+    whose `vertices` is an object array, which no geoface reader loads: the uv outputs and metrics are those of the
+    intact fits."""
+    from flame_fitting.uv.batch import UVParams, bake_fits
+
+    fits = shutil.copytree(pipeline["data"] / "fits", tmp_path / "fits")
+    for f in sorted(fits.glob("*/*/fit.npz")):
+        with np.load(f) as z:
+            arrays = {k: z[k] for k in z.files}
+        arrays["vertices"] = np.array([{"not": "vertices"}], dtype=object)
+        np.savez(f, **arrays)
+    m = bake_fits(fits, pipeline["head"], tmp_path / "uv", None, UVParams(resolution=32), executor=LOCAL)
+    assert (m["units_run"], m["units_failed"]) == (4, 0)
+    assert same_metrics(m, pipeline["added"]["uv"]) and m["layout_n_charts"] > 0
+    ref = pipeline["data"] / "uv"
+    for p in sorted((tmp_path / "uv").glob("*/*/*.npy")) + sorted((tmp_path / "uv").glob("*/*/*.npz")):
+        assert p.read_bytes() == (ref / p.relative_to(tmp_path / "uv")).read_bytes(), p
 
 
 def test_a_local_pool_gives_the_same_outputs(pipeline, tmp_path):
