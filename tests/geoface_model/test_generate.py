@@ -34,19 +34,23 @@ from geoface_model.pipeline import GeoFacePipeline, head_info_of
 PHOTO = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
 
 
+def tiny_model(root: Path):
+    """A stand-in head model at root/head and a random tiny GeoFace pipeline at root/model; returns the head."""
+    build_standin(root / "head", seed=0, n_shape=10, n_expr=10)
+    head = load_head_model(root / "head")
+    torch.manual_seed(0)
+    pipe = GeoFacePipeline.build(GeoFaceTransformer(**model_kwargs(tiny(), 3, 1)), layout=UVLayout.from_head_model(head),
+                                 head_info=head_info_of(head))
+    pipe.save_pretrained(root / "model")
+    return head
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("gen")
-    build_standin(root / "head", seed=0, n_shape=10, n_expr=10)
-    head = load_head_model(root / "head")
-    torch.manual_seed(0)
-    cfg = tiny()
-    pipe = GeoFacePipeline.build(GeoFaceTransformer(**model_kwargs(cfg, 3, 1)), layout=UVLayout.from_head_model(head),
-                                 head_info=head_info_of(head))
-    pipe.save_pretrained(root / "model")
-    yield root, head
+    yield root, tiny_model(root)
     torch.set_num_threads(n)
 
 

@@ -13,15 +13,10 @@ import pytest
 import torch
 
 from flame_fitting.formats.capture import load_cameras
-from flame_fitting.head.head_model import load_head_model
-from flame_fitting.head.standin import build_standin
-from flame_fitting.uv import UVLayout
-from geoface_model.config import tiny
 from geoface_model.generate import GenerateError, crop_notes, detect_face, generate_from_photo
-from geoface_model.model import GeoFaceTransformer, model_kwargs
 from geoface_model.orbit import assumed_intrinsics
-from geoface_model.pipeline import GeoFacePipeline, head_info_of
 from pipelines.synthetic import SyntheticConfig, generate as synthesise
+from test_generate import tiny_model
 
 PHOTO = cv2.imread(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False), cv2.IMREAD_COLOR_RGB)  # (600, 512)
 FACE = PHOTO[40:330, 80:440]  # her face and cap
@@ -32,12 +27,7 @@ def env(tmp_path_factory):
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("content")
-    build_standin(root / "head", seed=0, n_shape=10, n_expr=10)
-    head = load_head_model(root / "head")
-    torch.manual_seed(0)
-    pipe = GeoFacePipeline.build(GeoFaceTransformer(**model_kwargs(tiny(), 3, 1)),
-                                 layout=UVLayout.from_head_model(head), head_info=head_info_of(head))
-    pipe.save_pretrained(root / "model")
+    tiny_model(root)
     yield root
     torch.set_num_threads(n)
 

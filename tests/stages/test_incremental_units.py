@@ -98,6 +98,16 @@ def same_metrics(a: dict, b: dict) -> bool:
     return {k: v for k, v in a.items() if k not in other} == {k: v for k, v in b.items() if k not in other}
 
 
+def garble_kept(unit, name: str) -> None:
+    """Replace the unit's file `name` by bytes no reader accepts and list their sha256 in its key file, so the unit
+    stays current: a stage that still opened the file would fail on it."""
+    bad = b"not a parquet file"
+    (unit / name).write_bytes(bad)
+    key = json.loads((unit / KEY_FILE).read_text())
+    key["files"][name] = hashlib.sha256(bad).hexdigest()
+    (unit / KEY_FILE).write_text(json.dumps(key))
+
+
 def test_the_fit_metrics_open_no_kept_sequences_residuals(pipeline, tmp_path):
     """The fit's metrics read every sequence's residuals.parquet (for reprojection_px_median / _p95) on every run,
     kept sequences included: one file per sequence of the dataset to add one. The unit's record (its key file, read
@@ -115,11 +125,7 @@ def test_the_fit_metrics_open_no_kept_sequences_residuals(pipeline, tmp_path):
         medians = pd.read_parquet(key.parent / "residuals.parquet").median_px.to_numpy(np.float64)
         np.testing.assert_array_equal(unpack_medians(json.loads(key.read_text())["record"]["median_px"]),
                                       medians[np.isfinite(medians)])
-    unit = data / "fits" / pipeline["names"][1] / "synthetic"  # not the first: its history.csv is cost.csv
-    (unit / "residuals.parquet").write_bytes(b"not a parquet file")
-    key = json.loads((unit / KEY_FILE).read_text())
-    key["files"]["residuals.parquet"] = hashlib.sha256(b"not a parquet file").hexdigest()
-    (unit / KEY_FILE).write_text(json.dumps(key))
+    garble_kept(data / "fits" / pipeline["names"][1] / "synthetic", "residuals.parquet")  # not the first: cost.csv
     m = run_data_stages(pipeline["cap"], pipeline["head"], data, LOCAL, stages=("fit",))["fit"]
     assert (m["units_run"], m["units_kept"], m["units_failed"]) == (0, 4, 0)
     assert same_metrics(m, pipeline["added"]["fit"]) and m["reprojection_px_p95"] > 0
@@ -141,11 +147,7 @@ def test_the_landmark_metrics_open_no_kept_sequences_detections(pipeline, tmp_pa
         record = json.loads(key.read_text())["record"]
         summary = table_summary(pd.read_parquet(key.parent / "detections.parquet"))
         assert {k: record[k] for k in summary} == summary and len(summary["detected"]) == record["n_images"]
-    unit = data / "landmarks" / pipeline["names"][1] / "synthetic"
-    (unit / "detections.parquet").write_bytes(b"not a parquet file")
-    key = json.loads((unit / KEY_FILE).read_text())
-    key["files"]["detections.parquet"] = hashlib.sha256(b"not a parquet file").hexdigest()
-    (unit / KEY_FILE).write_text(json.dumps(key))
+    garble_kept(data / "landmarks" / pipeline["names"][1] / "synthetic", "detections.parquet")
     m = run_data_stages(pipeline["cap"], pipeline["head"], data, LOCAL, stages=("landmarks",))["landmarks"]
     assert (m["units_run"], m["units_kept"], m["units_failed"]) == (0, 4, 0)
     assert same_metrics(m, pipeline["added"]["landmarks"]) and m["n_detected"] > 0
