@@ -32,7 +32,7 @@ def main() -> None:
     a = ap.parse_args()
     import cv2
 
-    from flame_fitting.core.fileio import read_image
+    from flame_fitting.core.readers import read_image
     from flame_fitting.formats.capture import load_capture, read_gt_landmarks
     from flame_fitting.landmarks.detector import detect_rgb
 

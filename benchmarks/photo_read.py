@@ -3,7 +3,7 @@
 A 16320×12240 JPEG (Samsung's 200 MP mode; matplotlib's grace_hopper.jpg upscaled with fine noise so it does not
 compress to nothing, quality 90) is read in a fresh process each way, and the peak memory the read adds to the
 process (max RSS after the read minus after the imports) and its seconds are reported:
-  read_photo   what `geoface generate` does: above fileio.MAX_IMAGE_PIXELS a JPEG is decoded at reduced scale by
+  read_photo   what `geoface generate` does: above readers.MAX_IMAGE_PIXELS a JPEG is decoded at reduced scale by
                the JPEG decoder (PIL's draft, DCT scaling), then downscaled to max_side (4096)
   full_decode  the same photo decoded at full size by PIL, then downscaled to 4096 with INTER_AREA (what reading it
                without DCT scaling costs; before 2026-12-07 read_photo refused such a photo instead)

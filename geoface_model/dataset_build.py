@@ -23,7 +23,8 @@ import cv2
 import numpy as np
 
 from flame_fitting.core.executor import ExecutorConfig, open_executor
-from flame_fitting.core.fileio import check_output_dir, read_mask, write_json
+from flame_fitting.core.fileio import check_output_dir, write_json
+from flame_fitting.core.readers import read_mask
 from flame_fitting.core.params import spec
 from flame_fitting.core.units import Unit, code_digest, run_units, tree_digest, unit_key, write_unit_failures
 from flame_fitting.formats.capture import CaptureError, load_cameras, load_capture

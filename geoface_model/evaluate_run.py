@@ -32,8 +32,8 @@ from tqdm import tqdm
 
 from flame_fitting.core.errors import GeofaceError
 from flame_fitting.core.names import terminal_safe
-from flame_fitting.core.fileio import (make_temp_dir, nested, read_json_object, replace_dir, sha256_file, write_csv, write_json,
-                                       write_png)
+from flame_fitting.core.fileio import make_temp_dir, nested, replace_dir, sha256_file, write_csv, write_json, write_png
+from flame_fitting.core.readers import read_json_object
 from flame_fitting.formats.fits import load_sequence_fit
 from flame_fitting.formats.lineage import captures_version_of
 from flame_fitting.head.head_model import load_head_model

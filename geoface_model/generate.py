@@ -5,7 +5,7 @@ Steps (`generate_from_photo`): read the photo as a viewer shows it (`photo.read_
 GIF; EXIF orientation applied, first frame of a multi-frame file, an embedded ICC profile converted to sRGB,
 transparency composited over white; refused in one line: missing, a folder, empty, not an image, truncated or
 damaged, a header declaring more than `PHOTO_MAX_PIXELS` (a JPEG; decoded at reduced scale above
-fileio.MAX_IMAGE_PIXELS) or fileio.MAX_IMAGE_PIXELS (other formats); longest side above `max_side` px is downscaled,
+readers.MAX_IMAGE_PIXELS) or readers.MAX_IMAGE_PIXELS (other formats); longest side above `max_side` px is downscaled,
 noted) -> MediaPipe face detection (full-range model; a photo where it finds none is searched again on
 `DETECT_TILE` px tiles: it misses faces under ~5 % of the photo's side; photo_face.py); no face is an error (one
 found only with the photo turned 90° or 180° says how to turn it), several faces are noted (their sizes, where the
@@ -46,7 +46,8 @@ from tqdm.auto import tqdm
 from flame_fitting.core.errors import GeofaceError
 from flame_fitting.geometry.camera import Camera
 from flame_fitting.formats.capture import save_cameras
-from flame_fitting.core.fileio import check_output_dir, output_dir, read_json_object, write_obj, write_png
+from flame_fitting.core.fileio import check_output_dir, output_dir, write_obj, write_png
+from flame_fitting.core.readers import read_json_object
 from flame_fitting.head.head_model import load_head_model
 from flame_fitting.geometry.render import Lighting, render_mesh
 from flame_fitting.uv import UVLayout

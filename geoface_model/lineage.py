@@ -12,7 +12,8 @@ import json
 import subprocess
 from pathlib import Path
 
-from flame_fitting.core.fileio import read_json, write_json, write_text
+from flame_fitting.core.fileio import write_json, write_text
+from flame_fitting.core.readers import read_json
 from flame_fitting.core.units import digest, tree_hashes
 from flame_fitting.formats.lineage import LineageError, read_lineage
 

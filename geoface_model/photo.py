@@ -1,6 +1,6 @@
 """Reading the user's photo for `geoface generate` (`read_photo`): as a photo viewer shows it, or one GenerateError
 line naming the file (module `generate`, step 1). PIL decodes it: EXIF orientation, the first frame of a multi-frame
-file, an ICC profile converted to sRGB, transparency composited over white, a JPEG above fileio.MAX_IMAGE_PIXELS
+file, an ICC profile converted to sRGB, transparency composited over white, a JPEG above readers.MAX_IMAGE_PIXELS
 decoded at reduced scale (DCT scaling) up to `PHOTO_MAX_PIXELS`.
 """
 from __future__ import annotations
@@ -15,12 +15,12 @@ import numpy as np
 from PIL import ExifTags, Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from flame_fitting.core.errors import GeofaceError
-from flame_fitting.core.fileio import MAX_IMAGE_PIXELS, check_pixel_count
+from flame_fitting.core.readers import MAX_IMAGE_PIXELS, check_pixel_count
 
 __all__ = ["GenerateError", "MAX_SIDE", "PHOTO_MAX_PIXELS", "read_photo"]
 
 MAX_SIDE = 4096
-# A JPEG photo may declare up to 4× fileio.MAX_IMAGE_PIXELS (537 MP: Samsung's 200 MP mode is 16320×12240, a
+# A JPEG photo may declare up to 4× readers.MAX_IMAGE_PIXELS (537 MP: Samsung's 200 MP mode is 16320×12240, a
 # medium-format pixel-shift shot ~400 MP): above MAX_IMAGE_PIXELS it is decoded at 1/2, 1/4 or 1/8 scale by the JPEG
 # decoder itself (DCT scaling, PIL's `draft`), so no more than MAX_IMAGE_PIXELS are ever decoded; the limit on the
 # declared size bounds the decoding time (the whole file is still entropy-decoded). Other formats have no reduced
@@ -48,7 +48,7 @@ def _open_photo(p: Path) -> Image.Image:
 
 
 def _decode_size(im: Image.Image, path, max_side: int, notes: list[str]) -> None:
-    """Refuse a photo declaring more than it may (`PHOTO_MAX_PIXELS` for a JPEG, fileio.MAX_IMAGE_PIXELS for other
+    """Refuse a photo declaring more than it may (`PHOTO_MAX_PIXELS` for a JPEG, readers.MAX_IMAGE_PIXELS for other
     formats); a JPEG above MAX_IMAGE_PIXELS is set to decode at the smallest DCT scale (1/2, 1/4, 1/8) that still
     holds `max_side` px on its longest side (a JPEG below it decodes in full, as before: DCT scaling differs from
     full decoding + area downscaling by ~0.5 level on average)."""
@@ -138,9 +138,9 @@ def read_photo(path: Path | str, max_side: int = MAX_SIDE) -> tuple[np.ndarray, 
     (`_to_srgb`; noted; an unreadable profile is noted and the pixels read as sRGB). A photo with transparency (a
     portrait cut out of its background; RGBA, LA, a palette with a transparent entry) is composited over white, as
     single-image-to-3D tools do: the colour of a transparent pixel is whatever the cutting tool left there (often
-    black). A JPEG of more than fileio.MAX_IMAGE_PIXELS (a 200 MP phone photo) is decoded at 1/2-1/8 scale
+    black). A JPEG of more than readers.MAX_IMAGE_PIXELS (a 200 MP phone photo) is decoded at 1/2-1/8 scale
     (`_decode_size`; noted). A missing path, a folder, a header declaring more than `PHOTO_MAX_PIXELS` (a JPEG) or
-    fileio.MAX_IMAGE_PIXELS (other formats), a file PIL cannot identify, or a truncated or damaged file raises one
+    readers.MAX_IMAGE_PIXELS (other formats), a file PIL cannot identify, or a truncated or damaged file raises one
     GenerateError naming the file."""
     p = Path(path)
     if not p.exists():

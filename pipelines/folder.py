@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flame_fitting.core.fileio import read_mask
+from flame_fitting.core.readers import read_mask
 from flame_fitting.formats.capture import CaptureError
 from pipelines.common import CaptureImport
 from pipelines.import_config import ImportConfig, ImportReport, load_json, select_frames, select_names

@@ -23,8 +23,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from flame_fitting.core.fileio import check_pixel_count, cv2_path
-from flame_fitting.core.fileio import read_mask as read_mask_file
+from flame_fitting.core.readers import check_pixel_count, cv2_path
+from flame_fitting.core.readers import read_mask as read_mask_file
 from flame_fitting.formats.capture import CaptureError
 from pipelines.common import CaptureImport
 from pipelines.import_config import ImportConfig

@@ -35,7 +35,7 @@ try:  # an optional extra: pip install 'geoface[renderme360]'
 except ImportError:  # pragma: no cover - the dev environment has it
     h5py = None
 
-from flame_fitting.core.fileio import check_declared_size
+from flame_fitting.core.readers import check_declared_size
 from flame_fitting.core.jpeg_end import jpeg_cut_short
 from flame_fitting.geometry.camera import CameraError, check_rigid
 from flame_fitting.formats.capture import CaptureError

@@ -41,7 +41,7 @@ import numpy as np
 
 from flame_fitting.geometry.camera import CameraError, check_rigid
 from flame_fitting.geometry.camera import world_to_cam_from_opengl as world_to_cam_from_gl
-from flame_fitting.core.fileio import read_mask as read_mask_file
+from flame_fitting.core.readers import read_mask as read_mask_file
 from flame_fitting.formats.capture import CaptureError
 from pipelines.common import CaptureImport, inside
 from pipelines.import_config import (as_matrix, camera_names, ImportConfig, ImportReport, load_json, select_frames,

@@ -12,7 +12,7 @@ from dataclasses import replace
 import cv2
 import numpy as np
 
-from flame_fitting.core.fileio import read_image
+from flame_fitting.core.readers import read_image
 from flame_fitting.geometry.camera import Camera
 from flame_fitting.formats.capture import CaptureError
 from pipelines.import_config import ImportConfig

@@ -4,7 +4,7 @@ replaced only when the toolkit wrote them, stale temporaries removed, hashing.
 - `atomic_write(path, write)` / `write_bytes` / `write_text` / `write_json` / `write_csv` / `write_npz` /
   `write_png` / `write_obj`: the data go
   to a temporary sibling that is renamed over `path` only when complete.
-- `read_image(path)`: an RGB image or one clear error naming the file.
+- Reading files the toolkit did not write (JSON, images, masks, image sizes): readers.py.
 - `output_dir(dst, ...)`: a context manager yielding a temporary folder that replaces `dst` when the
   block ends without error (and is removed when it raises). The new folder carries a marker file
   (`.geoface-output.json`); an existing non-empty `dst` without that marker was not written by the
@@ -26,7 +26,6 @@ import shutil
 import socket
 import stat
 import uuid
-import warnings
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,8 +35,6 @@ import cv2
 import numpy as np
 
 from flame_fitting.core.errors import GeofaceError
-from flame_fitting.core.jpeg_end import jpeg_cut_short
-from flame_fitting.core.names import terminal_safe
 
 TMP_TAG = ".geoface-tmp-"
 MARKER = ".geoface-output.json"
@@ -189,126 +186,6 @@ def write_png(path: Path | str, img: np.ndarray) -> Path:
     return write_image(Path(path), img)
 
 
-MAX_JSON_BYTES = 1 << 28  # 256 MiB: a dataset's largest metadata file (transforms.json of 10^5 frames) is far below
-
-
-def read_json(path: Path | str, error: type[Exception] = OutputError, max_bytes: int = MAX_JSON_BYTES,
-              what: str = "metadata file"):
-    """Parsed JSON of an untrusted file; `error` naming it when missing, not a regular file (a FIFO would block,
-    /dev/zero never ends), larger than `max_bytes` (what `what` holds at most), or not valid JSON (truncated, nested
-    beyond the parser's depth, integers of 4300+ digits)."""
-    path = Path(path)
-    if not path.exists():
-        raise error(f"{path}: file is missing")
-    if not path.is_file():
-        raise error(f"{path}: not a regular file")
-    if (size := path.stat().st_size) > max_bytes:
-        raise error(f"{path}: {size} bytes, more than a {what} holds ({max_bytes})")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, and int() beyond 4300 digits
-        raise error(f"{path}: not valid JSON ({e})") from None
-    except RecursionError:
-        raise error(f"{path}: not valid JSON (nested too deeply)") from None
-
-
-def read_json_object(path: Path | str, error: type[Exception] = OutputError) -> dict:
-    """The JSON object in `path`; a missing file, unreadable JSON or another JSON type raises `error` naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise error(f"{path}: missing")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise error(f"{path}: not readable JSON ({type(e).__name__}: {e})") from None
-    if not isinstance(data, dict):
-        raise error(f"{path}: expected a JSON object")
-    return data
-
-
-def cv2_path(path: Path | str, error: type[Exception] = OutputError) -> str:
-    """`str(path)` for OpenCV to open (cv2.imread, cv2.VideoCapture); `error` naming the file when its name holds
-    bytes that are not UTF-8 (Python keeps them as lone surrogates, and OpenCV 4.11's binding crashes the process,
-    a segmentation fault, on such a string)."""
-    s = str(path)
-    try:
-        s.encode("utf-8")
-    except UnicodeEncodeError:
-        raise error(f"{terminal_safe(s)}: the file name holds bytes that are not UTF-8, which OpenCV cannot open; "
-                    "rename the file") from None
-    return s
-
-
-def read_image(path: Path | str, with_alpha: bool = False, error: type[Exception] = OutputError):
-    """(H, W, 3) uint8 RGB of any 8/16-bit grey/RGB/RGBA file OpenCV reads (16-bit scaled to 8), plus the
-    (H, W) uint8 alpha or None when `with_alpha`. A missing, unreadable or truncated (JPEG: `jpeg_end`) file raises
-    `error` naming it."""
-    if not Path(path).is_file():
-        raise error(f"{path}: image file is missing")
-    check_declared_size(path, path, error)
-    if jpeg_cut_short(path):  # OpenCV would fill the missing rows with grey and say nothing
-        raise error(f"{path}: truncated JPEG (its data end before the end-of-image marker; an interrupted copy?)")
-    img = cv2.imread(cv2_path(path, error), cv2.IMREAD_UNCHANGED if with_alpha else cv2.IMREAD_COLOR)
-    if img is None:
-        raise error(f"{path}: not a readable image")
-    if img.dtype == np.uint16:
-        img = (img.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
-    if img.dtype != np.uint8:
-        raise error(f"{path}: unsupported pixel type {img.dtype}")
-    alpha = None
-    if img.ndim == 2:
-        rgb = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
-    elif img.shape[2] == 4:
-        rgb, alpha = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB), np.ascontiguousarray(img[..., 3])
-    else:
-        rgb = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    return (rgb, alpha) if with_alpha else rgb
-
-
-MAX_IMAGE_PIXELS = 1 << 27  # 134 MP: every real capture camera is far below; decoding it costs GBs already
-
-
-def check_declared_size(src, what, error: type[Exception] = OutputError) -> None:
-    """`error` naming `what` when the image in `src` (a path, or a file object over encoded bytes) declares more than
-    MAX_IMAGE_PIXELS in its header; call it before every cv2.imread / cv2.imdecode of an untrusted image or mask."""
-    check_pixel_count(_declared_size(src), what, error)
-
-
-def check_pixel_count(size: tuple[int, int] | None, what, error: type[Exception] = OutputError,
-                      kind: str = "image", limit: int = MAX_IMAGE_PIXELS, holder: str = "a capture's image") -> None:
-    """`error` naming `what` when `size` (width, height), what a file's header declares for its image (or a video's
-    frames, `kind="video"`), is beyond `limit` pixels, more than `holder` holds; None (no size known) passes."""
-    if size is not None and size[0] * size[1] > limit:
-        shown = "over 178 million" if size[0] == 1 << 31 else f"{size[0]}×{size[1]}"
-        per = " per frame" if kind == "video" else ""
-        raise error(f"{what}: the {kind} declares {shown} pixels{per}, more than {holder} holds "
-                    f"({limit} pixels); a damaged or hostile file")
-
-
-def read_mask(path: Path | str, flags: int = cv2.IMREAD_GRAYSCALE, error: type[Exception] = OutputError):
-    """cv2.imread(path, flags) of an untrusted mask after the header's size check; None when OpenCV cannot read it."""
-    check_declared_size(path, path, error)
-    return cv2.imread(cv2_path(path, error), flags)
-
-
-def _declared_size(path: Path | str) -> tuple[int, int] | None:
-    """(width, height) in the image's header (PIL's lazy open, no pixels decoded), before decoding: a few KB of PNG
-    can declare a 32767² 16-bit image (~20 GB once decoded and converted). Beyond PIL's own limit (2 × 89 MP) the
-    size is not read: (1 << 31, 1) stands for it. None when PIL cannot read the header (OpenCV then says whether it
-    is an image)."""
-    from PIL import Image
-
-    try:
-        with warnings.catch_warnings():  # PIL warns above 89 MP: the caller compares with MAX_IMAGE_PIXELS instead
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                return int(im.size[0]), int(im.size[1])
-    except Image.DecompressionBombError:
-        return 1 << 31, 1
-    except Exception:  # noqa: BLE001 - PIL raises many types on corrupt headers
-        return None
-
-
 def preview_size(img: np.ndarray, side: int = 1024) -> np.ndarray:
     """`img` (H, W[, C]) shrunk (area interpolation) so its longer side is at most `side`, unchanged when it is: the
     size of a preview picture (full-resolution NeRSemble / RenderMe-360 frames made 3–5 MB PNGs per preview)."""
@@ -317,22 +194,6 @@ def preview_size(img: np.ndarray, side: int = 1024) -> np.ndarray:
         return img
     return cv2.resize(img, (max(1, round(img.shape[1] * s)), max(1, round(img.shape[0] * s))),
                       interpolation=cv2.INTER_AREA)
-
-
-def image_size(path: Path | str) -> tuple[int, int] | None:
-    """(width, height) of an image file as `cv2.imread` decodes it (JPEG EXIF orientation applied), read from the
-    file's header only (PIL's lazy open: no pixels are decoded). None when the header is not a readable image
-    header (the file is then reported as unreadable by whichever stage decodes it)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-            # only JPEG's EXIF is read here (PNG's may sit after the pixels: reading it would decode them)
-            turned = im.format == "JPEG" and "exif" in im.info and im.getexif().get(0x0112, 1) in (5, 6, 7, 8)
-    except Exception:  # noqa: BLE001 - PIL raises many types on corrupt headers; such files are recorded later
-        return None
-    return (h, w) if turned else (w, h)
 
 
 def write_obj(path: Path | str, verts: np.ndarray, faces: np.ndarray, uv: np.ndarray | None = None,

@@ -37,8 +37,8 @@ from tqdm import tqdm
 
 from flame_fitting.core.arrays import load_npz
 from flame_fitting.formats.capture import Capture, save_cameras
-from flame_fitting.core.fileio import (OutputError, check_output_dir, cv2_path, image_size, make_temp_dir,
-                                       mark_output, replace_dir)
+from flame_fitting.core.fileio import OutputError, check_output_dir, make_temp_dir, mark_output, replace_dir
+from flame_fitting.core.readers import cv2_path, image_size
 from flame_fitting.fit import FitConfig, SequenceFit, fit_sequence
 from flame_fitting.fit.features import feature_refined_cameras, frame_points
 from flame_fitting.fit.overlay import overlay_png

@@ -29,9 +29,9 @@ from flame_fitting.core.arrays import load_npz, read_parquet_table
 from flame_fitting.core.errors import GeofaceError
 from flame_fitting.core.names import name_problem, relpath_problem, terminal_safe
 from flame_fitting.geometry.camera import Camera, CameraError
-from flame_fitting.core import fileio
-from flame_fitting.core.fileio import (check_declared_size, check_output_dir, check_pixel_count, image_size,
-                                       make_temp_dir, replace_dir, sha256_file, write_image, write_json)
+from flame_fitting.core import readers
+from flame_fitting.core.fileio import check_output_dir, make_temp_dir, replace_dir, sha256_file, write_image, write_json
+from flame_fitting.core.readers import check_declared_size, check_pixel_count, image_size
 
 from .capture_version import CaptureIndex, make_index, masks_without_hash
 
@@ -51,7 +51,7 @@ def frame_dir(subject: str, sequence: str, frame: int) -> str:
 
 def read_image(path: Path) -> np.ndarray:
     """(H,W,3) uint8 RGB; raises CaptureError naming the file if it is missing or unreadable."""
-    return fileio.read_image(path, error=CaptureError)
+    return readers.read_image(path, error=CaptureError)
 
 
 def read_gt_landmarks(path: Path) -> dict:
@@ -227,7 +227,7 @@ def load_capture(root: Path | str, check_files: bool = True, check_hashes: bool 
     exists and its header's size is its camera's (an image whose header cannot be read is left to the stages,
     which record it as unreadable and go on)."""
     root = Path(root)
-    try:  # OpenCV's binding crashes the process on such a path (fileio.cv2_path): refuse it here, once
+    try:  # OpenCV's binding crashes the process on such a path (readers.cv2_path): refuse it here, once
         str(root).encode("utf-8")
     except UnicodeEncodeError:
         raise CaptureError(f"{terminal_safe(str(root))}: the capture folder's path holds bytes that are not UTF-8, "
@@ -270,7 +270,7 @@ def load_capture(root: Path | str, check_files: bool = True, check_hashes: bool 
 def check_image_files(cap: Capture, hashes: bool = False) -> None:
     """CaptureError naming the first image of `cap.manifest` that is missing or whose header gives another size than
     the manifest's (the manifest's size is its camera's: `load_capture`); with `hashes`, also one whose content hash
-    differs from the manifest's; and one whose camera is larger than fileio.MAX_IMAGE_PIXELS (the images and masks
+    differs from the manifest's; and one whose camera is larger than readers.MAX_IMAGE_PIXELS (the images and masks
     are decoded at that size: a hand-made capture's 12000×12000 camera is 432 MB an image). Only headers are read (an image whose header cannot be read is left to the stages,
     which record it as unreadable). The data stages check a sequence's images in the unit that reads them
     (`formats.units.unit_capture`), so a run whose units are all current opens no image."""

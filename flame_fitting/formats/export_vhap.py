@@ -39,7 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-from flame_fitting.core.fileio import output_dir, read_image, write_bytes, write_json, write_npz, write_png
+from flame_fitting.core.fileio import output_dir, write_bytes, write_json, write_npz, write_png
+from flame_fitting.core.readers import read_image
 from flame_fitting.formats.fit_export import ExportError, ExportSequence, load_export_input
 from flame_fitting.geometry.camera import Camera, opengl_cam_to_world
 

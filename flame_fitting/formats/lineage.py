@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from flame_fitting.core.errors import GeofaceError
-from flame_fitting.core.fileio import read_json, write_json
+from flame_fitting.core.fileio import write_json
+from flame_fitting.core.readers import read_json
 
 from .capture import capture_version
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from flame_fitting.core.errors import GeofaceError
-from flame_fitting.core.fileio import read_json_object
+from flame_fitting.core.readers import read_json_object
 
 
 class HeadModelError(GeofaceError, ValueError):

@@ -43,7 +43,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from flame_fitting.core.fileio import OutputError, cv2_path
+from flame_fitting.core.fileio import OutputError
+from flame_fitting.core.readers import cv2_path
 
 N_LANDMARKS = 478
 LOOKAHEAD_BYTES = 64 << 20  # decoded pixels a thread may hold while MediaPipe loads (81 images at 512²)

@@ -22,7 +22,7 @@ from pathlib import Path
 from diffusers import UNet2DConditionModel
 
 from flame_fitting.core.errors import GeofaceError
-from flame_fitting.core.fileio import read_json_object
+from flame_fitting.core.readers import read_json_object
 
 DOWN = ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"]
 UP = ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3

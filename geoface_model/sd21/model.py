@@ -31,7 +31,7 @@ from diffusers import ConfigMixin, ModelMixin, UNet2DConditionModel
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
-from flame_fitting.core.fileio import read_json_object
+from flame_fitting.core.readers import read_json_object
 
 from ..attention import TokenLayout
 from ..geo_norm import GeometryNormMixin

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flame_fitting.core.fileio import image_size
+from flame_fitting.core.readers import image_size
 from flame_fitting.formats.capture import CaptureError, load_capture
 from test_capture import write_small
 
@@ -63,7 +63,7 @@ def png_header(width: int, height: int) -> bytes:
 def test_a_camera_beyond_the_pixel_limit_is_refused_before_any_decode(tmp_path):
     """A hand-made capture whose camera, manifest and image header all say 12000×12000 was consistent, so every
     stage decoded its images at that size (432 MB an RGB image, and the fit its masks); the images' own reader
-    (fileio.read_image) refuses more than MAX_IMAGE_PIXELS, the landmark detector's and the masks' did not. The
+    (readers.read_image) refuses more than MAX_IMAGE_PIXELS, the landmark detector's and the masks' did not. The
     check of a capture's images (load_capture, and each data-stage unit: unit_capture) now refuses the camera."""
     import pandas as pd
 

@@ -172,7 +172,7 @@ def _png_header_only(w: int, h: int, depth: int = 16, colour: int = 6) -> bytes:
 def test_an_image_declaring_too_many_pixels_is_refused_before_decoding(tmp_path, w, h, words):
     """A 2 MB 16384² 16-bit PNG cost ~5 GB to read (decoded, then converted to float32; found by an audit): the
     header's size is checked first."""
-    from flame_fitting.core.fileio import read_image
+    from flame_fitting.core.readers import read_image
 
     path = tmp_path / "cam0.png"
     path.write_bytes(_png_header_only(w, h))

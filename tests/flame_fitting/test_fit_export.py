@@ -13,7 +13,7 @@ import pytest
 from export_testdata import DIVERGED, FRAMES, MIXED, N_EXPR, N_SHAPE, SEQUENCE, SUBJECT, UNMASKED, head_vertices, \
     make_export_data
 
-from flame_fitting.core.fileio import read_image
+from flame_fitting.core.readers import read_image
 from flame_fitting.formats.capture import load_capture
 from flame_fitting.formats.export_nerfstudio import export_nerfstudio
 from flame_fitting.formats.export_vhap import export_vhap, val_index

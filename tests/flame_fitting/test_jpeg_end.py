@@ -1,6 +1,6 @@
 """A JPEG cut short is refused (OpenCV decodes it with grey rows and no error): `jpeg_end.jpeg_cut_short` against
 the stream's real structure — complete files, files cut anywhere, an EXIF thumbnail's own end marker, data after
-the end (motion photos), progressive JPEGs — and `fileio.read_image` refusing it (an import skipping it:
+the end (motion photos), progressive JPEGs — and `readers.read_image` refusing it (an import skipping it:
 tests/pipelines/test_folder.py)."""
 import io
 
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flame_fitting.core.fileio import OutputError, read_image
+from flame_fitting.core.fileio import OutputError
+from flame_fitting.core.readers import read_image
 from flame_fitting.core.jpeg_end import jpeg_cut_short
 
 

@@ -449,7 +449,7 @@ def test_unusable_icc_profile_is_noted_and_the_pixels_read_as_srgb(tmp_path):
         assert any(n.startswith(note) for n in notes), notes
 
 
-# ---- photos above fileio.MAX_IMAGE_PIXELS ----
+# ---- photos above readers.MAX_IMAGE_PIXELS ----
 
 def _grey_jpeg(w: int, h: int) -> bytes:
     """A real baseline greyscale JPEG of w × h mid-grey (128) pixels in ~w·h/256 bytes: every 8×8 block is 'DC

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "geoface"))
 from cliutil import cli  # noqa: E402
 from writers import (Scene, make_cameras, write_folder, write_nersemble, write_png, write_renderme360,  # noqa: E402
                      write_transforms, W, H)
-from flame_fitting.core.fileio import MAX_IMAGE_PIXELS  # noqa: E402
+from flame_fitting.core.readers import MAX_IMAGE_PIXELS  # noqa: E402
 from flame_fitting.core.names import name_key  # noqa: E402
 
 from flame_fitting.formats.capture import CaptureError  # noqa: E402
