@@ -63,8 +63,8 @@ def test_names_that_one_file_system_stores_as_one_share_a_key():
 
 def test_an_image_whose_name_is_not_utf8_is_an_error_not_a_crash(tmp_path):
     # OpenCV 4.11's binding segfaults on a path holding a lone surrogate (bytes not UTF-8): run it in a child
-    code = ("import os, sys, numpy as np; from pathlib import Path; from flame_fitting.core.fileio import read_image, "
-            "read_mask, write_png, OutputError\n"
+    code = ("import os, sys, numpy as np; from pathlib import Path; from flame_fitting.core.fileio import write_png, "
+            "OutputError; from flame_fitting.core.readers import read_image, read_mask\n"
             "d = Path(sys.argv[1]); write_png(d / 'a.png', np.zeros((4, 4, 3), np.uint8))\n"
             "p = d / os.fsdecode(b'cam\\xff.png'); os.rename(d / 'a.png', p)\n"
             "for read in (read_image, read_mask):\n"
