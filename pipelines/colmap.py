@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from flame_fitting.formats.capture import CaptureError
-from pipelines.colmap_rigs import BinReader, moving_camera, read_rigs_frames, rig_views
+from pipelines.colmap_rigs import BinReader, moving_camera, read_rigs_frames, rig_views, text_lines
 from pipelines.common import CaptureImport, inside
 from pipelines.import_config import camera_names, ImportConfig, ImportReport, select_frames, select_names
 
@@ -67,11 +67,7 @@ def qvec_to_rotmat(q) -> np.ndarray:
 # --- parsers: cameras {id: (model, width, height, params)}, images [(id, qvec, tvec, camera_id, name)] ---
 def read_cameras_text(path: Path) -> dict[int, tuple]:
     cams = {}
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        e = line.split()
+    for i, line, e in text_lines(path):
         try:
             cams[int(e[0])] = (e[1], int(e[2]), int(e[3]), [float(v) for v in e[4:]])
         except (IndexError, ValueError):

@@ -96,7 +96,8 @@ def read_frames_binary(path: Path) -> dict[int, tuple[int, list[tuple[str, int, 
     return frames
 
 
-def _lines(path: Path):
+def text_lines(path: Path):
+    """(line number, stripped line, its fields) of every line of a COLMAP text file that is not empty or a comment."""
     for i, line in enumerate(path.read_text().splitlines(), 1):
         if (line := line.strip()) and not line.startswith("#"):
             yield i, line, line.split()
@@ -104,7 +105,7 @@ def _lines(path: Path):
 
 def read_rigs_text(path: Path) -> dict[int, list[tuple[str, int]]]:
     rigs = {}
-    for i, line, e in _lines(path):
+    for i, line, e in text_lines(path):
         try:
             rig_id, n_sensors, sensors, k = int(e[0]), int(e[1]), [], 2
             for j in range(n_sensors):
@@ -121,7 +122,7 @@ def read_rigs_text(path: Path) -> dict[int, list[tuple[str, int]]]:
 
 def read_frames_text(path: Path) -> dict[int, tuple[int, list[tuple[str, int, int]]]]:
     frames = {}
-    for i, line, e in _lines(path):
+    for i, line, e in text_lines(path):
         try:
             n_data, _ = int(e[9]), [float(v) for v in e[2:9]]
             if len(e) != 10 + 3 * n_data:

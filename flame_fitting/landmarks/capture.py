@@ -122,11 +122,10 @@ def table_summary(table: pd.DataFrame) -> dict:
 def _merged_counts(counts: list[dict]) -> dict[str, int]:
     """{value: count} summed over `counts` (dicts in order of first appearance), most frequent first, ties in order
     of first appearance: pandas' value_counts of the concatenated values."""
-    total: dict[str, int] = {}
+    total = Counter()
     for c in counts:
-        for k, n in c.items():
-            total[k] = total.get(k, 0) + int(n)
-    return dict(sorted(total.items(), key=lambda kv: -kv[1]))
+        total.update(c)
+    return dict(total.most_common())  # a stable sort: ties keep their order of first appearance
 
 
 def summaries_metrics(manifest: pd.DataFrame, summaries: list[dict], gt_err: np.ndarray | None = None) -> dict:
