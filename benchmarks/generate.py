@@ -31,10 +31,11 @@ import torch  # noqa: E402
 from flame_fitting.geometry.camera import Camera, look_at  # noqa: E402
 from flame_fitting.head.head_model import load_head_model  # noqa: E402
 from flame_fitting.uv import UVLayout  # noqa: E402
-from geoface_model.config import GeoFaceConfig, tiny  # noqa: E402
+from geoface_model.config import GeoFaceConfig  # noqa: E402
 from geoface_model.model import GeoFaceTransformer, model_kwargs  # noqa: E402
 from geoface_model.orbit import assumed_intrinsics, orbit_cameras  # noqa: E402
 from geoface_model.pipeline import GeoFacePipeline, head_info_of  # noqa: E402
+from geoface_model.presets import tiny  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_S = 30.0

@@ -3,8 +3,8 @@
 Independent of the diffusion model. Uses the data of a geoface checkout (data/dataset shards, data/fits,
 data/captures, data/head_model) and geoface's own code for the reference choice (evaluate.canonical_transform,
 yaw_pitch, choose_views: the evaluation's most frontal view), the target (the shards' uv_posmap / uv_mask = the
-fitted head) and the error (metrics.posmap_error_mm = `geometry_error_mm`; mean over samples of the per-sample mean
-and of the per-sample p95, as metrics/eval.json aggregates them).
+fitted head) and the error (metrics_geometry.posmap_error_mm = `geometry_error_mm`; mean over samples of the
+per-sample mean and of the per-sample p95, as metrics/eval.json aggregates them).
 
 Estimators (all scored on the test split): mean training map; ridge (kernel form) from reference pixels (+ mask,
 + camera); a small CNN; oracle maps from the fit's / generator's coefficients with one factor removed; R^2 in
@@ -34,7 +34,7 @@ from flame_fitting.uv import UVLayout, bake_posmap
 from flame_fitting.uv.bake import denormalize_points
 from geoface_model.data import GeoFaceDataset
 from geoface_model.evaluate import canonical_transform, choose_views, yaw_pitch
-from geoface_model.metrics import posmap_error_mm
+from geoface_model.metrics_geometry import posmap_error_mm
 
 torch.set_num_threads(1)
 MM = 250.0  # box half-size: 1 normalised unit = 0.25 m (denormalize_points is affine with this slope)

@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from geoface_model.config import paper_sd21  # noqa: E402
 from geoface_model.losses import alignment_loss, diffusion_loss  # noqa: E402
+from geoface_model.presets import paper_sd21  # noqa: E402
 from geoface_model.sd21 import SD21_UNET_CONFIG, SD21MultiView  # noqa: E402
 
 GiB = 2.0**30

@@ -1,6 +1,6 @@
 """Benchmark: seconds per training step and peak memory of the `tiny` config on this machine, plus the
 memory of the supervised block's explicit app↔geo logits against the full attention matrix at paper scale
-(computed from the shapes by `config.estimate_memory`, not run).
+(computed from the shapes by `presets.estimate_memory`, not run).
 
     python benchmarks/train_step.py [--steps 30] [--threads N]
 
@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from geoface_model.config import estimate_memory, paper, tiny  # noqa: E402
+from geoface_model.presets import estimate_memory, paper, tiny  # noqa: E402
 from geoface_model.synthetic import make_synthetic_shard  # noqa: E402
 from geoface_model.train import train  # noqa: E402
 

@@ -9,7 +9,7 @@ averaged over heads, ONLY these two blocks of the attention logits (CAMEO's reci
 
 Head averaging costs no extra memory: Σ_h q_h·k_h is the dot product of the full-width q and k, so the
 blocks are one (La×D)·(D×Lg) matmul per view. Memory: 2·B·Fa·La·Lg·4 bytes, against B·H·N²·4 for the full
-matrix with N = Fa·La + Lg (see `config.estimate_memory`).
+matrix with N = Fa·La + Lg (see `presets.estimate_memory`).
 
 Token layout (row-major within each frame): [view 0 | view 1 | … | view Fa-1 | geometry].
 """

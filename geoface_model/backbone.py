@@ -56,7 +56,7 @@ def check_run_backbone(saved_config: Path, cfg: GeoFaceConfig) -> None:
     try:
         old = json.loads(Path(saved_config).read_text()).get("model", {}).get("backbone", "dit")
     except (OSError, json.JSONDecodeError, AttributeError):
-        return  # an unreadable file is the caller's (train._check_run_dir) to judge
+        return  # an unreadable file is the caller's (train_checkpoint.check_run_dir) to judge
     if old != cfg.model.backbone:
         raise BaseModelError(f"{saved_config}: model.backbone is {old!r}, the config asks {cfg.model.backbone!r}; "
                              "checkpoints trained with another backbone are never loaded (use a fresh out_dir)")

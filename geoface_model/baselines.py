@@ -10,7 +10,7 @@ numbers can be read (definitions in docs/evaluation.md, "Baselines").
   geometry token) of the training view whose camera is nearest (`nearest_view`: the training camera, in the
   head's canonical frame, that projects a fixed point set closest to where the evaluated camera projects it,
   mean pixel distance). No image content is used; the same hit-rate criterion as the model
-  (`metrics.attention_hit_rate`): the predicted geometry token within Chebyshev distance 1 of the true one.
+  (`metrics_geometry.attention_hit_rate`): the predicted geometry token within Chebyshev distance 1 of the true one.
 Noise bands of the per-band attention hit rate: `NOISE_BANDS` (fractions of the training timesteps T).
 """
 from __future__ import annotations
@@ -42,8 +42,8 @@ def band_ranges(T: int) -> dict[str, list[int]]:
 def best_targets(index: np.ndarray, weight: np.ndarray, n_views: int, n_app: int) -> np.ndarray:
     """Alignment targets index (M,3) [view, app_token, geo_token], weights (M,) -> (n_views, n_app) int64: the geo
     token of largest weight per (view, app token), the first row among equal largest weights (the rule of
-    `metrics.attention_hit_rate`, which scores the model against the same truth), -1 where the token has no target
-    (background)."""
+    `metrics_geometry.attention_hit_rate`, which scores the model against the same truth), -1 where the token has no
+    target (background)."""
     idx, w = np.asarray(index, np.int64).reshape(-1, 3), np.asarray(weight, np.float64).reshape(-1)
     out = np.full((n_views, n_app), -1, np.int64)
     order = np.lexsort((-np.arange(len(w)), w))  # ascending weight, ties last row first: the winner is written last

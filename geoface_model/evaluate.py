@@ -7,11 +7,11 @@ Per sample (one frame of one held-out subject, all its views at the model resolu
   * reference = the most frontal view; targets = `n_targets` views with |yaw| <= `max_yaw_deg`, evenly spread
     in yaw, in yaw order;
   * `GeoFacePipeline` (seeded) -> target views, UV position map, mesh;
-  * metrics (geoface_model/metrics.py): PSNR / SSIM (/ LPIPS only with local weights) against the ground-truth
-    views; TSED on neighbouring generated views; landmark-fit RMSE (MediaPipe on the generated views, one head
-    fitted across them with step 3's bundle adjustment, cameras fixed); UV position-map error (mm) against the
-    fitted head the model was trained on; mesh-to-view alignment (the generated mesh's embedded landmarks
-    projected into the generated views vs MediaPipe's detections there, px); attention hit rate at the
+  * metrics (geoface_model/metrics.py, metrics_geometry.py): PSNR / SSIM (/ LPIPS only with local weights) against
+    the ground-truth views; TSED on neighbouring generated views; landmark-fit RMSE (MediaPipe on the generated
+    views, one head fitted across them with step 3's bundle adjustment, cameras fixed); UV position-map error (mm)
+    against the fitted head the model was trained on; mesh-to-view alignment (the generated mesh's embedded
+    landmarks projected into the generated views vs MediaPipe's detections there, px); attention hit rate at the
     supervised block(s) on the sample noised as in training.
 Every consistency metric is also computed on the ground-truth views (and the fitted mesh) — the value a
 perfect model would get at this resolution — and every metric has baselines beside it (geoface_model/baselines.py:
@@ -42,7 +42,8 @@ from .baselines import TrainingStats, band_timesteps, camera_only_hit_rate
 from .data import GeoFaceDataset, collate
 from .diffusion import denoising_errors, make_noise_scheduler
 from .export import export_3dgs
-from .metrics import attention_hit_rate_batch, detect_landmarks, image_metrics, landmark_fit_rmse, posmap_error_mm, tsed
+from .metrics import image_metrics
+from .metrics_geometry import attention_hit_rate_batch, detect_landmarks, landmark_fit_rmse, posmap_error_mm, tsed
 
 
 @dataclass

@@ -13,19 +13,16 @@ accelerate's state is one per process: `mixed_precision` is set by the first `tr
 call asking for another raises accelerate's error; run each training in its own process, as the stage does).
 
 Outputs in out_dir: checkpoints/step_XXXXXX/ (see checkpoint.py), loss.csv, geoface_config.json,
-model/ (EMA weights, `GeoFaceTransformer.from_pretrained`). Resume never unpickles anything but tensors and
-plain containers (checkpoint.py): EMA and step/loss rows are safetensors + JSON, accelerate's own files are
-read with `weights_only=True`.
+model/ (EMA weights, `GeoFaceTransformer.from_pretrained`). Saving and resuming checkpoints: train_checkpoint.py;
+resume never unpickles anything but tensors and plain containers: EMA and step/loss rows are safetensors + JSON,
+accelerate's own files are read with `weights_only=True`.
 """
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
-import pickle
 import resource
-import shutil
 import time
 from pathlib import Path
 
@@ -38,74 +35,20 @@ from tqdm.auto import tqdm
 
 from flame_fitting.core.fileio import replace_dir, temp_path, write_json
 
-from .backbone import build_model, check_run_backbone, vae_path_of
-from .checkpoint import (LossLog, TrainState, checkpoint_dir, finalize_checkpoint, list_checkpoints, load_extra_state,
-                         pickled_custom_state, prune_checkpoints, save_extra_state, verify_checkpoint, writing)
+from .backbone import build_model, vae_path_of
+from .checkpoint import LossLog, TrainState, writing
 from .config import GeoFaceConfig
 from .data import GeoFaceDataset, ShardError, check_compatible, collate
 from .diffusion import make_noise_scheduler, training_losses
 from .latents import LatentCodec
 from .geo_norm import posmap_statistics
+from .train_checkpoint import check_run_dir, resume_newest, save_checkpoint
 
 log = logging.getLogger("geoface_model.train")
 
 
 def _step_seed(seed: int, rank: int, step: int, micro: int) -> int:
     return ((seed * 1_000_003 + rank) * 10_000_019 + step * 131 + micro) % (2**63 - 1)
-
-
-def _check_run_dir(out_dir: Path, cfg: GeoFaceConfig) -> None:
-    """Refuse to resume checkpoints written with a different model or token grid."""
-    saved = out_dir / "geoface_config.json"
-    if saved.is_file() and list_checkpoints(out_dir):
-        check_run_backbone(saved, cfg)
-        try:
-            old = json.loads(saved.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{saved}: unreadable ({e}); it records the config of the checkpoints beside it: "
-                             f"delete {out_dir} to train that run again from the start") from None
-        for sec in ("model", "tokens"):
-            if old.get(sec) != cfg.to_dict()[sec]:
-                raise ValueError(f"{out_dir}: checkpoints were written with a different '{sec}' config "
-                                 f"({old.get(sec)} vs {cfg.to_dict()[sec]}); use a fresh out_dir")
-
-
-def _tensor_file_reason(f: Path) -> str | None:
-    """None if accelerate's `.bin` / `.pkl` file `f` loads with torch's weights_only unpickler (tensors, plain
-    containers, numpy RNG arrays), else why not (the refused global, when that is the reason)."""
-    from accelerate.utils import load as accelerate_load  # torch.load(weights_only=True) + numpy RNG classes
-
-    try:
-        accelerate_load(f, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any failure makes the checkpoint unusable
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        why = next((ln for ln in lines if "Unsupported global" in ln), lines[0] if lines else "")
-        return f"{f.name} is not plain tensors, not loaded ({type(e).__name__}: {why[:300]})"
-    return None
-
-
-def _resume(accelerator: Accelerator, out_dir: Path, ema: EMAModel, state: TrainState) -> tuple[str | None, list[dict]]:
-    """Load the newest intact checkpoint; returns (its path, the skipped ones with reasons)."""
-    skipped = []
-    for step, path in list_checkpoints(out_dir):
-        reason = verify_checkpoint(path)
-        if reason is None and pickled_custom_state(path):
-            reason = (f"holds pickled state ({', '.join(pickled_custom_state(path))}), which is never loaded; "
-                      "it was written by an older version")
-        if reason is None:  # accelerate swallows an unreadable RNG file and goes on with other random states
-            reason = next(filter(None, map(_tensor_file_reason, sorted(path.glob("random_states_*.pkl")))), None)
-        if reason is None:
-            try:
-                accelerator.load_state(str(path), load_kwargs={"weights_only": True})
-                load_extra_state(path, ema, state)
-                return str(path), skipped
-            except Exception as e:  # a damaged file that still hashes (e.g. truncated before hashing)
-                reason = f"load failed: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"
-                if isinstance(e, pickle.UnpicklingError):  # name the file torch refused
-                    reason = next(filter(None, map(_tensor_file_reason, sorted(path.glob("*.bin")))), reason)
-        log.warning("checkpoint %s is unusable (%s); falling back to the previous one", path, reason)
-        skipped.append({"path": str(path), "reason": reason})
-    return None, skipped
 
 
 def _batches(loader, dataset, start_micro: int, per_epoch: int):
@@ -160,7 +103,7 @@ def train(cfg: GeoFaceConfig, data: str | Path | GeoFaceDataset, out_dir: str | 
                               dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=tc.seed))
     out_dir.mkdir(parents=True, exist_ok=True)
     if resume:
-        _check_run_dir(out_dir, cfg)
+        check_run_dir(out_dir, cfg)
     set_seed(tc.seed)
     codec = LatentCodec.from_path(vae_path_of(cfg), accelerator.device)
     model = build_model(cfg, codec.channels, codec.downsample)
@@ -181,7 +124,7 @@ def train(cfg: GeoFaceConfig, data: str | Path | GeoFaceDataset, out_dir: str | 
     ema = EMAModel(unwrapped.parameters(), decay=tc.ema_decay)
     ema.to(accelerator.device)
     state = TrainState()
-    resumed_from, skipped = _resume(accelerator, out_dir, ema, state) if resume else (None, [])
+    resumed_from, skipped = resume_newest(accelerator, out_dir, ema, state) if resume else (None, [])
     if resumed_from:
         log.info("resumed from %s at step %d", resumed_from, state.step)
     if accelerator.is_main_process:
@@ -241,7 +184,7 @@ def train(cfg: GeoFaceConfig, data: str | Path | GeoFaceDataset, out_dir: str | 
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
             bar.update(1)
             if state.step % tc.checkpoint_every == 0 or state.step == tc.steps:
-                _save_checkpoint(accelerator, out_dir, state.step, tc.keep_checkpoints, losslog, ema, state)
+                save_checkpoint(accelerator, out_dir, state.step, tc.keep_checkpoints, losslog, ema, state)
     finally:
         bar.close()
     completed = state.step >= tc.steps
@@ -306,23 +249,3 @@ def grad_norm_summary(rows: list[dict]) -> dict[str, float | None]:
     d, a = avg(meas, "grad_norm_diffusion"), avg(meas, "grad_norm_align")
     out["grad_norm_align_over_diffusion"] = a / d if d > 0 and not math.isnan(a) else float("nan")
     return {k: v if k == "grad_norm_measurements" else _number(v) for k, v in out.items()}
-
-
-def _save_checkpoint(accelerator: Accelerator, out_dir: Path, step: int, keep: int, losslog: LossLog, ema: EMAModel,
-                     state: TrainState) -> None:
-    final = checkpoint_dir(out_dir, step)
-    tmp = temp_path(final, shared=True)  # every process of the run writes into the same folder
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    with writing(tmp, final, remove=accelerator.is_main_process):  # a full disk keeps no half-written checkpoint
-        accelerator.save_state(str(tmp))
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            save_extra_state(tmp, ema, state)
-            finalize_checkpoint(tmp, final, step)
-    if accelerator.is_main_process:
-        losslog.flush()
-        prune_checkpoints(out_dir, keep)
-    accelerator.wait_for_everyone()

@@ -4,11 +4,11 @@ align_weight = 0, in both directions. ~15-30 s on the 2-core CPU (2 × 80 steps)
 import pytest
 import torch
 
-from geoface_model.config import tiny
 from geoface_model.data import GeoFaceDataset, collate
 from geoface_model.diffusion import attention_report, make_noise_scheduler
 from geoface_model.latents import LatentCodec
 from geoface_model.model import GeoFaceTransformer
+from geoface_model.presets import tiny
 from geoface_model.synthetic import make_synthetic_shard
 from geoface_model.train import train
 

@@ -10,7 +10,8 @@ from flame_fitting.geometry.camera import Camera, intrinsics, look_at
 from geoface_model.baselines import (NOISE_BANDS, band_ranges, band_timesteps, best_targets, camera_only_hit_rate,
                                      nearest_view, training_stats)
 from geoface_model.data import GeoFaceDataset, read_shard
-from geoface_model.metrics import PSNR_CAP_DB, image_metrics, posmap_error_mm, psnr, psnr_fg, ssim, ssim_fg, ssim_map
+from geoface_model.metrics import PSNR_CAP_DB, image_metrics, psnr, psnr_fg, ssim, ssim_fg, ssim_map
+from geoface_model.metrics_geometry import posmap_error_mm
 from geoface_model.synthetic import make_synthetic_shard
 
 
@@ -155,7 +156,7 @@ def test_hit_rate_at_a_fixed_noise_level(shards):
     from geoface_model.data import collate
     from geoface_model.diffusion import make_noise_scheduler, prepare_inputs
     from geoface_model.latents import LatentCodec
-    from geoface_model.metrics import attention_hit_rate_batch
+    from geoface_model.metrics_geometry import attention_hit_rate_batch
     from geoface_model.model import GeoFaceTransformer, model_kwargs
 
     cfg = GeoFaceConfig.from_sections(tokens=dict(resolution=32, uv_resolution=32), model=dict(width=32, depth=2, heads=2),

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from flame_fitting.core.params import read_params
-from geoface_model.config import GeoFaceConfig, tiny
+from geoface_model.config import GeoFaceConfig
+from geoface_model.presets import tiny
 
 REPO = Path(__file__).resolve().parents[2]
 STAGES = ("head_model", "captures", "landmarks", "fit", "uv", "correspondences", "dataset", "train", "evaluate")
@@ -71,7 +72,7 @@ UNUSED_BY_SD21 = ("width", "depth", "heads", "mlp_ratio")
 def test_the_docs_sd21_block_is_paper_sd21():
     """A user pasting the block into params.yaml (merged into its sections, or as the whole sections) trains
     `paper_sd21()` and samples with its guidance."""
-    from geoface_model.config import PRESET_GUIDANCE, paper_sd21
+    from geoface_model.presets import PRESET_GUIDANCE, paper_sd21
 
     block, committed = _sd21_block(), read_params(REPO / "params.yaml")
     for start in (committed, {}):

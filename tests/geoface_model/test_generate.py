@@ -24,12 +24,12 @@ from flame_fitting.core.fileio import OutputError
 from flame_fitting.head.head_model import load_head_model
 from flame_fitting.head.standin import build_standin
 from flame_fitting.uv import UVLayout
-from geoface_model.config import tiny
 from geoface_model import photo
 from geoface_model.generate import GenerateError, generate_from_photo, read_photo
 from geoface_model.model import GeoFaceTransformer, model_kwargs
 from geoface_model.orbit import assumed_intrinsics, crop_view, estimate_photo_camera, head_crop, orbit_cameras
 from geoface_model.pipeline import GeoFacePipeline, head_info_of
+from geoface_model.presets import tiny
 
 PHOTO = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
 

@@ -85,7 +85,7 @@ def test_one_step_geometry_error_in_mm_matches_the_evaluation_metric(data):
     from geoface_model.data import collate
     from geoface_model.diffusion import denoising_errors, make_noise_scheduler, prepare_inputs, x0_from_prediction
     from geoface_model.evaluate import batch_geometry_error_mm
-    from geoface_model.metrics import posmap_error_mm
+    from geoface_model.metrics_geometry import posmap_error_mm
 
     cfg = GeoFaceConfig.from_sections(tokens=dict(resolution=32, patch_size=8, uv_resolution=32, geo_patch_size=8),
                                       model=dict(width=32, depth=2, heads=2, prediction_type="sample"),

@@ -8,9 +8,9 @@ import torch
 from flame_fitting.geometry.camera import Camera, intrinsics, look_at
 from flame_fitting.head.head_model import load_head_model
 from flame_fitting.head.standin import build_standin
-from geoface_model.metrics import (LPIPSAlex, MetricError, attention_hit_rate, attention_hit_rate_batch,
-                                   fundamental_matrix, gaussian_window, image_metrics, landmark_fit_rmse, posmap_error_mm,
-                                   psnr, ssim, symmetric_epipolar_distance, tsed)
+from geoface_model.metrics import LPIPSAlex, MetricError, gaussian_window, image_metrics, psnr, ssim
+from geoface_model.metrics_geometry import (attention_hit_rate, attention_hit_rate_batch, fundamental_matrix,
+                                            landmark_fit_rmse, posmap_error_mm, symmetric_epipolar_distance, tsed)
 
 
 def ssim_reference(x, y, rng, win=11, sigma=1.5):

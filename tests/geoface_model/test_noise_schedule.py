@@ -10,9 +10,10 @@ import torch
 from diffusers import DDPMScheduler
 
 from flame_fitting.core.params import ParamsError
-from geoface_model.config import GeoFaceConfig, paper, paper_sd21, tiny
+from geoface_model.config import GeoFaceConfig
 from geoface_model.noise_schedule import alphas_cumprod, schedule_kwargs, train_schedule
 from geoface_model.pipeline import make_scheduler
+from geoface_model.presets import paper, paper_sd21, tiny
 
 
 def test_zero_terminal_snr_and_shift():

@@ -14,8 +14,9 @@ from diffusers import UNet2DConditionModel
 
 from geoface_model.attention import TokenLayout
 from geoface_model.backbone import check_run_backbone, load_trained
-from geoface_model.config import GeoFaceConfig, paper_sd21
+from geoface_model.config import GeoFaceConfig
 from geoface_model.model import GeoFaceTransformer
+from geoface_model.presets import paper_sd21
 from geoface_model.sd21 import SD21_UNET_CONFIG, BaseModelError, SD21MultiView, check_base_folder
 from geoface_model.sd21.attention import MultiViewAttnProcessor, reference_mv_attention
 from geoface_model.sd21.surgery import remove_text_cross_attention

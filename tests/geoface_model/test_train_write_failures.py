@@ -52,7 +52,7 @@ def test_a_full_disk_while_publishing_keeps_the_published_model_and_no_temporary
 
 
 def test_an_interrupt_while_checkpointing_leaves_no_temporary(micro_shards, tmp_path, monkeypatch):
-    import geoface_model.train as tr
+    import geoface_model.train_checkpoint as tr
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt

@@ -105,7 +105,7 @@ def test_changed_model_config_refuses_to_resume(data, tmp_path):
 def test_reference_dropout_trains_the_unconditional_branch(data, tmp_path):
     """train.cond_dropout: micro-batches without their reference frames (guidance's unconditional branch) train
     without error, log no alignment loss on those batches, and the paper presets sample with guidance 2.0."""
-    from geoface_model.config import PRESET_GUIDANCE, PRESETS
+    from geoface_model.presets import PRESET_GUIDANCE, PRESETS
     from geoface_model.diffusion import drop_reference
 
     m = train(micro(cond_dropout=1.0, steps=2, checkpoint_every=2), data, tmp_path / "run", progress=False)

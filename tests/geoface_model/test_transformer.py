@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from geoface_model.config import count_params, estimate_memory, paper, tiny
 from geoface_model.model import GeoFaceTransformer
+from geoface_model.presets import count_params, estimate_memory, paper, tiny
 
 
 def _model(geometry_stream=True, **kw):
