@@ -38,7 +38,8 @@ def main() -> None:
     from fit import face_region, run_camera_refinement
 
     from flame_fitting.fit import FitConfig
-    from flame_fitting.fit.capture import fit_capture_sequence, gt_vertex_errors
+    from flame_fitting.fit.capture import fit_capture_sequence
+    from flame_fitting.fit.capture_results import gt_vertex_errors
     from flame_fitting.formats.capture import load_capture
     from flame_fitting.head.head_model import HeadModel
     from flame_fitting.head.standin.build import build_standin

@@ -183,7 +183,8 @@ def run_mediapipe(head: HeadModel, face: np.ndarray, tmp: Path) -> dict:
     seed (MP_CAPTURE), detect MediaPipe landmarks, fit every sequence (MP_VARIANTS of the default FitConfig), score
     against the ground truth. Keys: see the module docstring."""
     from flame_fitting.formats.capture import load_capture
-    from flame_fitting.fit.capture import gt_vertex_errors, load_masks
+    from flame_fitting.fit.capture_masks import load_masks
+    from flame_fitting.fit.capture_results import gt_vertex_errors
     from flame_fitting.fit.features import frame_points
     from flame_fitting.landmarks.calibration import CalibrationConfig
     from pipelines.synthetic.calibration import calibrate_head_model
@@ -244,7 +245,7 @@ def head_shift(cap, subject: str, sequence: str, fit, face: np.ndarray) -> tuple
     """How much of a fit's face vertex error is one rigid shift of the head: (length of the mean displacement of
     the face vertices from the ground truth, mm; the face error after removing that mean displacement, mm), means
     over the fitted frames."""
-    from flame_fitting.fit.capture import gt_vertices
+    from flame_fitting.fit.capture_results import gt_vertices
 
     shifts, rest = [], []
     for f, verts in fit.vertices.items():
@@ -263,7 +264,8 @@ def run_camera_refinement(head: HeadModel, face: np.ndarray, cap, ls, exact_erro
     `face_mean_shift_mm` / `vertex_error_mm_shift_removed` (`head_shift`): how much of the face error is one rigid
     shift of the head relative to the rig, and what is left without it (the shape and pose error)."""
     from flame_fitting.fit.report import rig_errors, rig_similarity
-    from flame_fitting.fit.capture import fit_capture_sequence, gt_vertex_errors
+    from flame_fitting.fit.capture import fit_capture_sequence
+    from flame_fitting.fit.capture_results import gt_vertex_errors
 
     def moves(fit, given):
         rot = max(angle_deg(fit.cameras[n].R.astype(np.float64) @ given[n].R.astype(np.float64).T) for n in given)

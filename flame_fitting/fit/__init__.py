@@ -6,9 +6,10 @@ its landmarks, analytic Jacobians), triangulate / init (robust initialisation), 
 their corrections), problem (cost, normal equations), schur (linear solves), lm (the optimiser),
 noise (per-group landmark noise model and weights), silhouette (mask boundaries vs the model's
 occluding contour), points (surface points triangulated from the images vs the model's surface, without masks),
-features / rig_ba (SIFT tracks: camera refinement and those points), capture (a capture's sequences), fitter
-(orchestration), report (outputs, camera errors), overlay (drawing), synthetic (test data). The method:
-docs/fitting.md.
+features / rig_ba (SIFT tracks: camera refinement and those points), capture (a capture's sequences; its masks
+in capture_masks, its written results and metrics in capture_results), fitter (orchestration), refits (the solves
+after the first: noise model, silhouette / surface points), report (outputs, camera errors), overlay (drawing),
+synthetic (test data). The method: docs/fitting.md.
 """
 from flame_fitting.fit.config import FitConfig
 from flame_fitting.fit.fitter import fit_sequence

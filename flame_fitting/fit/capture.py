@@ -1,17 +1,9 @@
 """Fit the head model to every sequence of a capture, write the results, score them.
 
 `fit_one_sequence` is one sequence's work: the `fit` stage and `geoface fit` run it as a work unit per sequence
-(flame_fitting/fit/run.py, core/units.py); `fit_capture` runs it over a whole capture in memory (the API). Output
-folder layout:
-    <out>/<subject>/<sequence>/fit.npz        `SequenceFit.stacked()`: frame (T,), ok (T,), shape (T,S), expr (T,E),
-                                              jaw_pose, neck_pose (T,3), eye_pose (T,6), global_orient, transl (T,3),
-                                              vertices (T,V,3) world (skipped frames are absent)
-    <out>/<subject>/<sequence>/cameras.json   the (refined) cameras, canonical form
-    <out>/<subject>/<sequence>/residuals.parquet   per (frame, camera) reprojection statistics
-    <out>/<subject>/<sequence>/history.csv    cost per LM iteration
-    <out>/<subject>/<sequence>/status.json    per-frame status with reasons (skipped / diverged), notes,
-                                              silhouette term summary (used, masks, samples, median px),
-                                              overlays written / skipped
+(flame_fitting/fit/run.py, core/units.py); `fit_capture` runs it over a whole capture in memory (the API). The files
+it writes (`<out>/<subject>/<sequence>/`: fit.npz, cameras.json, residuals.parquet, history.csv, status.json) and the
+metrics summed from its records are in `capture_results.py`; the capture's masks are read by `capture_masks.py`.
 Every frame of the capture gets a status: a frame in which no view has landmarks is "skipped" with reason
 "no_landmarks" (the note lists each view's landmark failure), counted in `frames_skipped`.
 Masks (`mask_path` in the manifest) are loaded when cfg.silhouette_weight > 0; silhouette_mode "auto" is resolved
@@ -23,11 +15,9 @@ sequence's status.json (`overlays_skipped` in the metrics); the fit itself is ke
 """
 from __future__ import annotations
 
-import base64
 import json
 import traceback
 from collections import Counter
-from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -36,89 +26,17 @@ import pandas as pd
 from tqdm import tqdm
 
 from flame_fitting.core.arrays import load_npz
-from flame_fitting.formats.capture import Capture, save_cameras
-from flame_fitting.core.fileio import OutputError, check_output_dir, make_temp_dir, mark_output, replace_dir
-from flame_fitting.core.readers import cv2_path, image_size
+from flame_fitting.formats.capture import Capture
+from flame_fitting.core.fileio import check_output_dir, make_temp_dir, mark_output, replace_dir
 from flame_fitting.fit import FitConfig, SequenceFit, fit_sequence
+from flame_fitting.fit.capture_masks import load_masks
+from flame_fitting.fit.capture_results import (gt_vertex_errors, pack_medians, save_sequence_fit, summarise,
+                                               view_medians, write_overlays)
 from flame_fitting.fit.features import feature_refined_cameras, frame_points
-from flame_fitting.fit.overlay import overlay_png
 from flame_fitting.fit.observations import FitInputError
 from flame_fitting.fit.report import FrameStatus
 from flame_fitting.head.head_model import HeadModel
 from flame_fitting.formats.landmarks import LandmarkSet
-
-
-def save_sequence_fit(fit: SequenceFit, folder: Path, extra: dict | None = None) -> None:
-    """Write one sequence's outputs (module docstring); `extra` entries are added to status.json."""
-    folder.mkdir(parents=True, exist_ok=True)
-    np.savez(folder / "fit.npz", **fit.stacked())
-    save_cameras(folder / "cameras.json", fit.cameras)
-    fit.residuals.to_parquet(folder / "residuals.parquet", index=False)
-    fit.history.to_csv(folder / "history.csv", index=False)
-    if fit.noise is not None:  # the landmark noise model the second solve used (per group σ̂, weight)
-        fit.noise.to_csv(folder / "noise_model.csv", index=False)
-    status = {"frames": {str(f): {"status": s.status, "reason": s.reason, "note": s.note} for f, s in fit.status.items()},
-              "converged": bool(fit.converged), "silhouette": fit.silhouette,
-              "points": fit.points,
-              "camera_refinement": fit.camera_refinement, **(extra or {})}
-    (folder / "status.json").write_text(json.dumps(status, indent=1, default=str))
-
-
-def gt_vertices(cap: Capture, subject: str, sequence: str, frame: int) -> np.ndarray | None:
-    """(V, 3) ground-truth vertices of one frame of a synthetic capture (its gt.npz), None when it has none."""
-    m = cap.manifest
-    if "gt_path" not in m.columns:
-        return None
-    sel = m[(m.subject == subject) & (m.sequence == sequence) & (m.frame == frame)]
-    if sel.empty or not isinstance(sel.gt_path.iat[0], str):
-        return None
-    return load_npz(cap.root / sel.gt_path.iat[0], keys=("vertices",))["vertices"]
-
-
-def gt_vertex_errors(cap: Capture, subject: str, sequence: str, fit: SequenceFit, face_region: np.ndarray | None
-                     ) -> list[dict]:
-    """Per fitted frame: mean vertex error (mm) against the synthetic ground truth, whole head and face region.
-    World-space (pose errors count) — the capture's cameras define the world for both."""
-    rows = []
-    for f, verts in fit.vertices.items():
-        gt = gt_vertices(cap, subject, sequence, f)
-        if gt is None or gt.shape != verts.shape:
-            continue
-        d = np.linalg.norm(verts.astype(np.float64) - gt, axis=1) * 1e3
-        rows.append({"subject": subject, "sequence": sequence, "frame": f, "vertex_error_mm": float(d.mean()),
-                     "vertex_error_mm_face": float(d[face_region].mean()) if face_region is not None else np.nan})
-    return rows
-
-
-def write_overlays(cap: Capture, subject: str, sequence: str, fit: SequenceFit, model: HeadModel, ls: LandmarkSet,
-                   out_dir: Path, n_views: int = 4, skipped: list[dict] | None = None) -> list[Path]:
-    """PNG overlays (mesh + observed/fitted landmarks) on `n_views` views spread over the first fitted frame.
-    A view whose overlay cannot be made (unreadable image, size differing from its camera, write error) is left
-    out and recorded in `skipped` as {"subject", "sequence", "frame", "camera", "path", "error"}."""
-    if not fit.vertices:
-        return []
-    frame = min(fit.vertices)
-    m = cap.manifest
-    rows = m[(m.subject == subject) & (m.sequence == sequence) & (m.frame == frame)].sort_values("camera")
-    if "yaw_deg" in rows.columns:
-        rows = rows.sort_values("yaw_deg")
-    pick = rows.iloc[np.unique(np.linspace(0, len(rows) - 1, min(n_views, len(rows))).round().astype(int))]
-    obs = ls.for_sequence(subject, sequence).get(frame, {})
-    faces = model.faces.cpu().numpy()
-    out = []
-    for row in pick.to_dict("records"):
-        path = out_dir / f"{subject}_{sequence}_{frame:05d}_{row['camera']}.png"
-        try:
-            overlay_png(cap.image(row), fit.cameras[row["camera"]], fit.vertices[frame], faces,
-                        obs.get(row["camera"]), fit.landmarks_2d(frame, row["camera"]), path)
-        except Exception as e:  # noqa: BLE001 - a picture never costs the fit
-            if skipped is not None:
-                skipped.append({"subject": subject, "sequence": sequence, "frame": int(frame),
-                                "camera": row["camera"], "path": str(cap.root / row["path"]),
-                                "error": f"{type(e).__name__}: {e}"})
-            continue
-        out.append(path)
-    return out
 
 
 def no_landmark_status(cap: Capture, ls: LandmarkSet, subject: str, sequence: str, fitted: dict[int, FrameStatus]
@@ -163,7 +81,7 @@ def fit_capture_sequence(cap: Capture, ls: LandmarkSet, model: HeadModel, cfg: F
 
 def fit_one_sequence(cap: Capture, ls: LandmarkSet, model: HeadModel, cfg: FitConfig, subject: str, sequence: str,
                      folder: Path, overlay_dir: Path | None, face_region: np.ndarray | None) -> dict:
-    """Fit one sequence (cfg's silhouette mode resolved), write its files into `folder` (module docstring) and its
+    """Fit one sequence (cfg's silhouette mode resolved), write its files into `folder` (capture_results.py) and its
     overlays into `overlay_dir` (None: none); raises when the fit does. Returns the JSON record the capture's
     metrics are summed from: errors (gt vertex errors), median_px (`pack_medians`), statuses, n_fit, silhouette_used,
     masks_skipped, overlays_skipped, overlays (file names written) and `timing` (the fit's run times: returned, never
@@ -190,26 +108,6 @@ def fit_one_sequence(cap: Capture, ls: LandmarkSet, model: HeadModel, cfg: FitCo
             "timing": {k: float(v) for k, v in fit.timing.items()},
             "silhouette_used": int(bool(fit.silhouette and fit.silhouette.get("used"))),
             "masks_skipped": masks_skipped, "overlays_skipped": overlays_skipped, "overlays": [p.name for p in written]}
-
-
-def view_medians(residuals: pd.DataFrame) -> np.ndarray:
-    """(n,) float64: the finite per-(frame, camera) median reprojection errors (px) of a residual table, in its row
-    order: what the metrics' `reprojection_px_median` / `_p95` are taken over."""
-    v = residuals.median_px.to_numpy(np.float64)
-    return v[np.isfinite(v)]
-
-
-def pack_medians(v: np.ndarray) -> str:
-    """`view_medians` as the fit unit's record carries them (so the stage's metrics never re-read a kept sequence's
-    residuals.parquet): base64 of little-endian float64, exact. A JSON list of a 150-frame, 16-view sequence's 2,400
-    numbers (47 kB) takes 1.2 ms to parse, this string (26 kB) 0.02 ms, and `run_units` parses every unit's key file
-    on every run."""
-    return base64.b64encode(np.asarray(v, "<f8").tobytes()).decode("ascii")
-
-
-def unpack_medians(s: str) -> np.ndarray:
-    """The array `pack_medians` packed."""
-    return np.frombuffer(base64.b64decode(s, validate=True), "<f8")
 
 
 def face_region_of(model: HeadModel) -> np.ndarray | None:
@@ -278,99 +176,6 @@ def resolve_silhouette_mode(cfg: FitConfig, cap: Capture) -> FitConfig:
     return replace(cfg, silhouette_mode="two_sided" if cap.info.get("source") == "synthetic" else "inside")
 
 
-UNDECODABLE = "missing or not a decodable image; view fitted without its silhouette"
-
-
-class FrameMasks(Mapping):
-    """{camera: (H, W) uint8 mask} of one frame, each decoded from its file when it is asked for, so a sequence's
-    masks are never all in memory at once (113 MB a frame at NeRSemble's 16 × 2200×3208; a 200-frame sequence held
-    them all before). `get` of a file that does not decode gives None (that view has no silhouette term), recorded
-    once in `skipped`."""
-
-    def __init__(self, paths: dict[str, Path], skipped: list[dict] | None):
-        self._paths, self._skipped, self._bad = paths, skipped, set()
-
-    def __getitem__(self, camera: str) -> np.ndarray:
-        import cv2
-
-        path = self._paths[camera]  # KeyError: no mask for this view
-        try:  # the header's size was checked against the camera's (load_masks)
-            img = None if camera in self._bad else cv2.imread(cv2_path(path), cv2.IMREAD_GRAYSCALE)
-        except OutputError:  # a name OpenCV would crash on (not UTF-8)
-            img = None
-        if img is None:
-            if camera not in self._bad and self._skipped is not None:
-                self._skipped.append({"path": str(path), "error": UNDECODABLE})
-            self._bad.add(camera)
-            raise KeyError(camera)
-        return img
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._paths)
-
-    def __len__(self) -> int:
-        return len(self._paths)
-
-
-def load_masks(cap: Capture, subject: str, sequence: str, skipped: list[dict] | None = None
-               ) -> dict[int, FrameMasks] | None:
-    """{frame: {camera: (H, W) uint8 mask}} of the capture's `mask_path` column (rows without one are absent), each
-    mask decoded when it is used (`FrameMasks`), None when the capture has no masks for this sequence. A mask whose
-    header is unreadable, or whose size is not its camera's, is left out (that view simply has no silhouette term)
-    and recorded in `skipped` as {"path", "error"}; so is one that does not decode when it is used."""
-    m = cap.manifest
-    if "mask_path" not in m.columns:
-        return None
-    rows = m[(m.subject == subject) & (m.sequence == sequence)]
-    cams = cap.cameras(subject, sequence)
-    paths: dict[int, dict[str, Path]] = {}
-    for r in rows.itertuples():
-        if not isinstance(r.mask_path, str) or not r.mask_path:
-            continue
-        path = cap.root / r.mask_path
-        size = image_size(path) if path.is_file() else None  # the header only: no pixels decoded here
-        if size is None:
-            if skipped is not None:
-                skipped.append({"path": str(path), "error": UNDECODABLE})
-            continue
-        cam = cams.get(r.camera)
-        if cam is not None and size != (cam.width, cam.height):
-            if skipped is not None:
-                skipped.append({"path": str(path), "error": f"mask is {size[0]}×{size[1]} but camera "
-                                f"{r.camera!r} is {cam.width}×{cam.height}; view fitted without its silhouette"})
-            continue
-        paths.setdefault(int(r.frame), {})[r.camera] = path
-    return {f: FrameMasks(p, skipped) for f, p in paths.items()} or None
-
-
 def embedding_used(model: HeadModel, cfg: FitConfig) -> str:
     """Which MediaPipe embedding `fit_sequence` fits `model` with under `cfg`: "calibrated" | "original"."""
     return "calibrated" if cfg.calibrated_embedding and model.has_calibrated_embedding else "original"
-
-
-def summarise(median_px, errors, failures, histories, timings, statuses) -> dict:
-    """The fit metrics of the sequences' records: median_px, per sequence its views' median reprojection errors
-    (`view_medians`); errors, statuses: the records' entries; histories: cost tables (the first is kept); timings:
-    (total_s, frames fitted) per sequence (NaN: not fitted now)."""
-    per_view = np.concatenate([np.zeros(0), *median_px])
-    st = pd.DataFrame(statuses, columns=["subject", "sequence", "frame", "status", "reason"])
-    total_s = sum(t for t, _ in timings if np.isfinite(t))  # the sequences fitted now (kept ones have no time)
-    n_frames = sum(n for t, n in timings if np.isfinite(t))
-    metrics = {
-        "n_sequences": len(timings) + len(failures), "failed_sequences": len(failures),
-        "frames_ok": int((st.status == "ok").sum()), "frames_skipped": int((st.status == "skipped").sum()),
-        "frames_skipped_no_landmarks": int(((st.status == "skipped") & (st.reason == "no_landmarks")).sum()),
-        "frames_diverged": int((st.status == "diverged").sum()),
-        "reprojection_px_median": float(np.median(per_view)) if per_view.size else None,
-        "reprojection_px_p95": float(np.percentile(per_view, 95)) if per_view.size else None,
-        "s_per_frame": float(total_s / n_frames) if n_frames else None,
-    }
-    if errors:
-        e = pd.DataFrame(errors)
-        metrics["vertex_error_mm"] = float(e.vertex_error_mm.mean())
-        if e.vertex_error_mm_face.notna().any():
-            metrics["vertex_error_mm_face"] = float(e.vertex_error_mm_face.mean())
-    metrics["_status"] = st
-    metrics["_history"] = histories[0] if histories else pd.DataFrame()
-    metrics["_failures"] = failures
-    return metrics

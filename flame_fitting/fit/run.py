@@ -21,8 +21,8 @@ from flame_fitting.formats.landmarks import load_landmarks
 from flame_fitting.formats.units import capture_unit_hashes, capture_units, unit_capture
 from flame_fitting.head.head_model import load_head_model
 
-from .capture import (embedding_used, face_region_of, fit_one_sequence, resolve_silhouette_mode, summarise,
-                      unpack_medians)
+from .capture import embedding_used, face_region_of, fit_one_sequence, resolve_silhouette_mode
+from .capture_results import summarise, unpack_medians
 from .config import FitConfig
 
 ROOT = Path(__file__).resolve().parents[1]  # flame_fitting/

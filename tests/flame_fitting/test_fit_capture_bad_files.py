@@ -86,7 +86,7 @@ def test_divergence_messages_name_subject_and_sequence(small_capture, model, tmp
 def test_mask_of_another_size_is_skipped_not_fatal(small_capture, tmp_path):  # noqa: F811
     """A mask whose size is not its camera's leaves that view without a silhouette term (recorded), instead of
     failing the whole sequence in the fitter."""
-    from flame_fitting.fit.capture import load_masks
+    from flame_fitting.fit.capture_masks import load_masks
 
     root = copy_capture(small_capture.capture, tmp_path / "cap")
     cap = load_capture(root)

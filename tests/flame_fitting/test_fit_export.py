@@ -345,7 +345,7 @@ def test_the_fit_stage_output_round_trips(data, tmp_path):
     """fit.npz and cameras.json as the fit stage writes them (fit_sequence with camera refinement on exact
     landmarks, save_sequence_fit) export and read back to the fitter's own cameras and vertices."""
     from flame_fitting.fit import FitConfig, fit_sequence
-    from flame_fitting.fit.capture import save_sequence_fit
+    from flame_fitting.fit.capture_results import save_sequence_fit
     from flame_fitting.fit.report import FrameParams
     from flame_fitting.fit.synthetic import project_landmarks
 

@@ -116,7 +116,7 @@ def test_the_fit_metrics_open_no_kept_sequences_residuals(pipeline, tmp_path):
     the stage keeps every unit and its metrics are those of the run that wrote the files."""
     import pandas as pd
 
-    from flame_fitting.fit.capture import unpack_medians
+    from flame_fitting.fit.capture_results import unpack_medians
 
     data = tmp_path / "data"
     for name in ("landmarks", "fits", "overlays"):

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from flame_fitting.fit import FitConfig
-from flame_fitting.fit.capture import fit_capture_sequence, load_masks
+from flame_fitting.fit.capture import fit_capture_sequence
+from flame_fitting.fit.capture_masks import load_masks
 from flame_fitting.fit.features import refine_rig, sequence_images
 from flame_fitting.fit.report import rig_errors
 from flame_fitting.fit.synthetic import perturb_camera

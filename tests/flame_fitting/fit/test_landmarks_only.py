@@ -1,11 +1,12 @@
 """Landmarks-only fits (no silhouette term) lean on the identity / expression priors by as much as the noise model
-discounted the landmarks (`fitter.landmarks_only_priors`, docs/fitting.md "Landmarks only")."""
+discounted the landmarks (`refits.landmarks_only_priors`, docs/fitting.md "Landmarks only")."""
 import numpy as np
 import pytest
 
 from flame_fitting.fit import FitConfig, fit_sequence
-from flame_fitting.fit.capture import fit_capture_sequence, gt_vertex_errors
-from flame_fitting.fit.fitter import landmarks_only_priors
+from flame_fitting.fit.capture import fit_capture_sequence
+from flame_fitting.fit.capture_results import gt_vertex_errors
+from flame_fitting.fit.refits import landmarks_only_priors
 from flame_fitting.formats.capture import load_capture
 from flame_fitting.head.head_model import HeadModel
 from flame_fitting.head.standin.build import build_standin

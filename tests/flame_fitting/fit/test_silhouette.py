@@ -120,7 +120,8 @@ def test_capture_masks_load_and_mode_resolution(tmp_path, head, cams, truth):
     """fit_capture's mask loading: every view with a mask_path comes back as its mask, views without one are absent;
     silhouette_mode "auto" becomes two_sided for synthetic captures, inside for other sources."""
     from flame_fitting.formats.capture import CaptureWriter, load_capture
-    from flame_fitting.fit.capture import load_masks, resolve_silhouette_mode
+    from flame_fitting.fit.capture import resolve_silhouette_mode
+    from flame_fitting.fit.capture_masks import load_masks
     f = min(truth)
     masks = render_masks(head, cams, model_outputs(head, truth[f])[0])
     names = sorted(cams)
@@ -144,7 +145,7 @@ def test_capture_masks_load_and_mode_resolution(tmp_path, head, cams, truth):
 def test_unreadable_mask_is_recorded_and_skipped(tmp_path, head, cams, truth):
     """A mask file that cannot be decoded leaves that view without a silhouette and is recorded; the others load."""
     from flame_fitting.formats.capture import CaptureWriter, load_capture
-    from flame_fitting.fit.capture import load_masks
+    from flame_fitting.fit.capture_masks import load_masks
     f = min(truth)
     masks = render_masks(head, cams, model_outputs(head, truth[f])[0])
     names = sorted(cams)
