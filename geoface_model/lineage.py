@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import subprocess
 from pathlib import Path
 
 from flame_fitting.core.fileio import write_json, write_text
+from flame_fitting.core.names import terminal_safe
 from flame_fitting.core.readers import read_json
 from flame_fitting.core.units import digest, tree_hashes
 from flame_fitting.formats.lineage import LineageError, read_lineage
@@ -56,13 +58,26 @@ def model_card(data: Path | str, params: dict, run_id: str, metrics: dict | None
             "metrics": scalar_entries(metrics)}
 
 
+def code_cell(value) -> str:
+    """`value` as a Markdown table cell holding one code span that reads back as `str(value)`: control characters
+    (a newline would end the row) written as escapes (core/names.py `terminal_safe`), a fence of one backtick more
+    than the longest run in the text (padded with a space when the text starts or ends with a backtick or space),
+    and every '|' escaped (GitHub's tables split cells at '|' even inside a code span); empty text, an empty cell."""
+    text = terminal_safe(value)
+    if not text:
+        return ""
+    fence = "`" * (max((len(r) for r in re.findall("`+", text)), default=0) + 1)
+    pad = " " if (text[0] in "` " or text[-1] in "` ") and text.strip(" ") else ""
+    return f"{fence}{pad}{text}{pad}{fence}".replace("|", "\\|")
+
+
 def card_markdown(card: dict) -> str:
     git = card.get("git") or {}
     commit = (git.get("commit") or "unknown") + (" (with uncommitted changes)" if git.get("dirty") else "")
     rows = [("captures version", card.get("captures_version")), ("shards sha256", card.get("shards_sha256")),
             ("head model sha256", card.get("head_model_sha256")), ("dataset", card.get("dataset")),
             ("training run id", card.get("run_id")), ("git commit", commit), ("date (UTC)", card.get("date"))]
-    lines = ["# Model card", "", "| | |", "|---|---|"] + [f"| {k} | `{v}` |" for k, v in rows]
+    lines = ["# Model card", "", "| | |", "|---|---|"] + [f"| {k} | {code_cell(v)} |" for k, v in rows]
     lines += ["", "## Parameters used", "", "```json", json.dumps(card.get("params"), indent=2, sort_keys=True), "```"]
     if card.get("dataset_params"):
         lines += ["", "## Dataset parameters", "", "```json",

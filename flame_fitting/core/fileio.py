@@ -17,6 +17,7 @@ replaced only when the toolkit wrote them, stale temporaries removed, hashing.
 """
 from __future__ import annotations
 
+import csv
 import errno
 import hashlib
 import json
@@ -35,6 +36,7 @@ import cv2
 import numpy as np
 
 from flame_fitting.core.errors import GeofaceError
+from flame_fitting.core.names import spreadsheet_safe
 
 TMP_TAG = ".geoface-tmp-"
 MARKER = ".geoface-output.json"
@@ -153,8 +155,20 @@ def write_json(path: Path | str, data, indent: int | None = 2) -> Path:
 
 
 def write_csv(path: Path | str, df) -> Path:
-    """A pandas DataFrame as CSV without the index."""
-    return write_text(path, df.to_csv(index=False))
+    """A pandas DataFrame as CSV without the index. A text cell a spreadsheet would run as a formula (starting with
+    '=', '+', '-', '@', tab or CR: names and messages from another's files) is written with a leading "'"
+    (core/names.py `spreadsheet_safe`); numbers, negative ones included, are written as they are. A text cell
+    holding a CR puts every text cell in quotes (the csv module quotes LF but not CR, which readers take for the end
+    of a row)."""
+    text = [i for i, t in enumerate(df.dtypes) if t.kind == "O"]  # object and pandas' string dtypes
+    quoting = csv.QUOTE_MINIMAL
+    if text:
+        df = df.copy()
+        for i in text:
+            df.isetitem(i, df.iloc[:, i].map(spreadsheet_safe))
+            if df.iloc[:, i].map(lambda v: isinstance(v, str) and "\r" in v).any():
+                quoting = csv.QUOTE_NONNUMERIC
+    return write_text(path, df.to_csv(index=False, quoting=quoting))
 
 
 def encode_image(img: np.ndarray, ext: str = ".png", png_level: int = 1, jpeg_quality: int = 95,

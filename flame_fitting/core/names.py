@@ -6,7 +6,12 @@ by its text (symlinks are followed as the file system does: DVC may check data o
 
 Such names and the files' other strings also reach the terminal (one-line errors, warnings, `geoface audit`):
 `terminal_safe` writes their control and format characters as escapes, so a name cannot colour or retitle the
-terminal, move its cursor, forge a log line or reverse the text around it (U+202E)."""
+terminal, move its cursor, forge a log line or reverse the text around it (U+202E).
+
+They also reach the CSV files the stages write (`plots/fit/cost.csv`, `plots/eval/views.csv`), which people open in
+a spreadsheet: a cell starting with '=', '+', '-' or '@' is run as a formula there (OWASP's "CSV injection"). A name
+may not start with one (no dataset layout geoface reads names its subjects, sequences or cameras so), and
+`spreadsheet_safe` neutralises the other text cells at the CSV writer (`core.fileio.write_csv`)."""
 from __future__ import annotations
 
 import os
@@ -17,6 +22,9 @@ _FORBIDDEN = ("/", "\\", "\0")
 # control (C0, DEL, C1: ESC, CR, LF …), format (bidi overrides, zero-width), surrogate (undecodable file-name bytes),
 # line and paragraph separator characters
 UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+# a spreadsheet (Excel, LibreOffice, Google Sheets) runs a cell starting with one of these as a formula; tab and CR
+# are control characters (refused in names above), listed for `spreadsheet_safe`
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 NAME_MAX_BYTES = 128  # in UTF-8: a file system's limit is 255 bytes per name, temporaries and suffixes add to a name
 
 
@@ -30,6 +38,13 @@ def terminal_safe(text) -> str:
     return "".join(ascii(c)[1:-1] if unicodedata.category(c) in UNSAFE_CATEGORIES else c for c in s)
 
 
+def spreadsheet_safe(value):
+    """`value` as a CSV cell a spreadsheet shows as text: a text starting with a FORMULA_START character gets a
+    leading "'" (OWASP's mitigation of CSV injection: Excel and LibreOffice show the rest as text); anything else, a
+    number included, is returned unchanged."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_START) else value
+
+
 def name_key(name: str) -> str:
     """What two names share when a case-insensitive or normalising file system (macOS, Windows) stores them as one
     file: the canonical caseless form (NFC of the case-folded NFD), so 'Cam' ~ 'cam' and 'Jos\\u00e9' ~ 'Jose\\u0301'."""
@@ -38,9 +53,10 @@ def name_key(name: str) -> str:
 
 def name_problem(value) -> str | None:
     """Why `value` is not a safe single name (None when it is): text, not empty, no path separator or NUL, not
-    '.'/'..', not starting with '.' (the toolkit's temporaries and markers are hidden names), no control, format or
-    surrogate character (UNSAFE_CATEGORIES: a name is printed and becomes a file name), at most NAME_MAX_BYTES
-    bytes in UTF-8."""
+    '.'/'..', not starting with '.' (the toolkit's temporaries and markers are hidden names), not starting with a
+    character a spreadsheet reads as a formula ('=', '+', '-', '@': names are written to CSV files), no control,
+    format or surrogate character (UNSAFE_CATEGORIES: a name is printed and becomes a file name), at most
+    NAME_MAX_BYTES bytes in UTF-8."""
     if not isinstance(value, str):
         return f"not text ({type(value).__name__})"
     if not value:
@@ -49,6 +65,9 @@ def name_problem(value) -> str | None:
         return "holds a path separator or NUL (a name is one path component)"
     if value.startswith("."):
         return "starts with '.' ('.', '..' and hidden names are refused)"
+    if value.startswith(FORMULA_START[:4]):
+        return (f"starts with {value[0]!r} (a spreadsheet opening the CSV files the toolkit writes would run it as a "
+                "formula)")
     if any(unicodedata.category(c) in UNSAFE_CATEGORIES for c in value):
         return ("holds a control, format or undecodable character (escape sequences, line breaks, bidi overrides, "
                 "bytes that are not UTF-8)")

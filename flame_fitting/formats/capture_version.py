@@ -136,9 +136,13 @@ def _by_sequence(index: CaptureIndex) -> dict[tuple[str, str], dict[int, dict[st
     return out
 
 
-def format_diff(d: dict) -> str:
+DIFF_LIMIT = 50  # entries listed per level and kind by `format_diff` (`geoface diff-captures --limit`)
+
+
+def format_diff(d: dict, limit: int = DIFF_LIMIT) -> str:
     """The diff of `diff_indexes` as text: a header, one count line per level, then one line per entry
-    (`+` added, `-` removed, `~` changed); control characters of the names and folders are escaped (terminal_safe)."""
+    (`+` added, `-` removed, `~` changed), at most `limit` per level and kind (0: all) and then one line saying how
+    many more the JSON lists; control characters of the names and folders are escaped (terminal_safe)."""
     lines = [f"{side}: {d[side]['where']} (capture version {d[side]['version']}: {d[side]['subjects']} subjects, "
              f"{d[side]['sequences']} sequences, {d[side]['frames']} frames, {d[side]['images']} images)"
              for side in ("old", "new")]
@@ -151,5 +155,9 @@ def format_diff(d: dict) -> str:
     for level in ("subjects", "sequences", "frames", "cameras"):
         name = level[:-1]
         for sign, kind in (("+", "added"), ("-", "removed"), ("~", "changed")):
-            lines += [f"  {sign} {name} {x}" for x in d[level][kind]]
+            items = d[level][kind]
+            shown = items[:limit] if limit else items
+            lines += [f"  {sign} {name} {x}" for x in shown]
+            if len(items) > len(shown):
+                lines.append(f"  {sign} … and {len(items) - len(shown)} more {level} {kind} (--json lists all)")
     return "\n".join(map(terminal_safe, lines))  # names and paths of captures from elsewhere: one line each

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from .base import command, show
+from .base import CliError, command, show
 
 
 def audit(args) -> int:
@@ -23,8 +23,10 @@ def diff_captures(args) -> int:
     from flame_fitting.formats.capture_version import format_diff
     from geoface.steps.captures_diff import diff_captures as run_diff
 
+    if args.limit < 0:
+        raise CliError(f"--limit {args.limit}: must be at least 0 (0 lists all)")
     d = run_diff(args.old, args.new, path=args.path, repo=args.repo)
-    print(json.dumps(d, indent=2) if args.json else format_diff(d))
+    print(json.dumps(d, indent=2) if args.json else format_diff(d, args.limit))
     return 0
 
 
@@ -39,7 +41,8 @@ def register(sub, chosen) -> None:
     """Add the lineage subcommands to `sub` (`chosen` unused: they have no params sections)."""
     p = command(sub, "audit", "print a trained model's lineage (its model card: captures version, shards and head "
                 "model hashes, params, git commit, date) and ask DVC (`dvc status` of every stage up to the model) "
-                "whether the workspace still holds the data it was trained on; exit status 1 when it does not",
+                "whether the workspace still holds the data it was trained on; exit status 1 when it does not, or when "
+                "that cannot be confirmed (no model card, or one that records no captures version)",
                 audit, force=None)
     p.add_argument("model_dir", metavar="MODEL_DIR", nargs="?", default=None,
                    help="the model folder, an output of a dvc.yaml stage (default: models/geoface of the DVC "
@@ -56,6 +59,11 @@ def register(sub, chosen) -> None:
     p.add_argument("--repo", default=".", help="for a revision: a folder inside the git + DVC repository "
                    "(default: the working folder)")
     p.add_argument("--json", action="store_true", help="print the difference as JSON instead of text")
+    # capture_version.DIFF_LIMIT (that module, and pandas, are imported when the command runs, not to parse it)
+    p.add_argument("--limit", type=int, default=50, metavar="N",
+                   help="list at most N subjects, sequences, frames or cameras of each kind (added, removed, changed) "
+                        "in the text, then how many more; 0 lists all (default: %(default)s; the counts and --json "
+                        "always cover all)")
 
     p = command(sub, "remote", "check the default DVC remote (configured, and writable when it is a local folder), "
                 "or push / pull the pipeline's data to / from it with DVC", remote, force=None)

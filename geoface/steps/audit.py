@@ -9,7 +9,8 @@ stage up to the model with dvc.lock. Its entries are sorted into
   params  a params.yaml key of one of those stages changed.
 The workspace matches when there is no `data` entry (code and params drift are reported: they mean `dvc repro` would
 re-run stages, not that the data on disk differ). The captures version recorded in the card is also compared with
-the workspace's capture folder(s) upstream of the model.
+the workspace's capture folder(s) upstream of the model; a card that records none (null or missing) matches nothing:
+the audit says the version is unknown and exits 1 (docs/lineage.md).
 """
 from __future__ import annotations
 
@@ -51,12 +52,18 @@ class AuditReport:
     captures: list[tuple[str, str | None]] = field(default_factory=list)  # (capture folder, its version)
 
     @property
+    def version_unknown(self) -> bool:
+        """A card that records no captures version (null or missing: a dataset without lineage.json): the workspace
+        capture cannot be compared with what the model was trained on."""
+        return self.card is not None and self.card.get("captures_version") is None
+
+    @property
     def matches(self) -> bool:
-        if self.card is None:  # nothing says what the model was trained on: no match to claim
+        if self.card is None or self.version_unknown:  # nothing says what the model was trained on: no match to claim
             return False
-        version = self.card.get("captures_version")
+        version = self.card["captures_version"]
         return (not any(kind == "data" for kind, _, _ in self.entries)
-                and not any(v != version for _, v in self.captures if version is not None))
+                and not any(v != version for _, v in self.captures))
 
 
 def _repo(start: Path) -> Repo:
@@ -169,14 +176,16 @@ def format_report(r: AuditReport) -> str:
         lines.append(f"model card:         unavailable: {r.card_error}")
     else:
         commit = (git.get("commit") or "unknown") + (" (with uncommitted changes)" if git.get("dirty") else "")
-        lines += [f"captures version:   {c.get('captures_version')}",
+        lines += [f"captures version:   {c.get('captures_version')}" if not r.version_unknown else
+                  "captures version:   unknown (the model card records none), so the workspace capture cannot be "
+                  "checked against it",
                   f"shards sha256:      {c.get('shards_sha256')}",
                   f"head model sha256:  {c.get('head_model_sha256')}",
                   f"training run:       {c.get('run_id')}",
                   f"git commit:         {commit}",
                   f"trained (UTC):      {c.get('date')}"]
     for path, version in r.captures:
-        same = "" if c.get("captures_version") is None else (
+        same = "" if r.card is None else " (not compared: the model's is unknown)" if r.version_unknown else (
             " (same as the model's)" if version == c["captures_version"] else " (DIFFERS from the model's)")
         lines.append(f"workspace captures: {path} version {version}{same}")
     if r.entries:
@@ -191,6 +200,9 @@ def format_report(r: AuditReport) -> str:
         lines.append("verdict: no model card, so nothing says what the model was trained on")
     elif r.matches:
         lines.append("verdict: the workspace data match what the model was trained on")
+    elif r.version_unknown and not any(kind == "data" for kind, _, _ in r.entries):
+        lines.append("verdict: UNCONFIRMED: the model card records no captures version, so the workspace capture "
+                     "cannot be checked against the one the model was trained on (DVC's status alone is clean)")
     else:
         hint = " (a fresh clone: `dvc pull`)" if any("deleted" in w or "not in cache" in w for _, _, w in r.entries) \
             else ""

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from flame_fitting.core.fileio import (MARKER, TMP_TAG, OutputError, atomic_write, check_output_dir, clean_stale,
-                                  output_dir, replace_dir, temp_path, write_json, write_npz)
+                                  output_dir, replace_dir, temp_path, write_csv, write_json, write_npz)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -215,3 +215,26 @@ def test_output_files_get_the_umask_mode_not_a_librarys_0600(tmp_path):
              for p in (tmp_path / "model").rglob("*") if p.is_file()}
     assert modes["model.safetensors"] == modes["sub/ema.safetensors"] == modes["config.json"] == 0o664
     assert modes["kept.txt"] == 0o640 and not [n for n in os.listdir(tmp_path) if "mode-probe" in n]
+
+
+def test_csv_cells_a_spreadsheet_would_run_are_written_as_text(tmp_path):
+    """A name or message from another's file starting with '=', '+', '-', '@', tab or CR: a spreadsheet opening the
+    CSV ran it as a formula (OWASP "CSV injection"; before, the cell was written as it is). Now it gets a leading "'";
+    numbers, negative ones included, and other text are written unchanged."""
+    import csv
+
+    import pandas as pd
+
+    bad = ['=HYPERLINK("http://x","y")', "+1", "-1+2", "@SUM(A1)", "\t=1", "\r=1"]
+    df = pd.DataFrame({"camera": bad + ["cam-0", None], "yaw_deg": [-1.5, 2.0, -3.25, 0.0, 1.0, -0.0, 7.0, -8.5],
+                       "n": list(range(-4, 4)), "note": pd.Series(["a=b"] * 7 + ["-x"], dtype="string")})
+    write_csv(tmp_path / "v.csv", df)
+    with open(tmp_path / "v.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["camera", "yaw_deg", "n", "note"]
+    assert [r[0] for r in rows[1:]] == ["'" + b for b in bad] + ["cam-0", ""]
+    assert [r[3] for r in rows[1:]] == ["a=b"] * 7 + ["'-x"]
+    back = pd.read_csv(tmp_path / "v.csv")
+    np.testing.assert_allclose(back.yaw_deg, df.yaw_deg, rtol=0, atol=0)
+    assert back.n.tolist() == list(range(-4, 4))
+    assert df.camera.tolist()[:2] == bad[:2]  # the caller's frame is not changed

@@ -23,13 +23,15 @@ from test_capture import write_small
 
 @pytest.mark.parametrize("name", ["..", ".", "", "a/b", "evil/../..", "/abs", "a\\b", "x\0y", ".hidden", 3,
                                   "cam\x1b[31m", "a\nERROR: x", "a\rb", "a\u202egnp.exe", "a\u200bb", "a\u2028b",
-                                  "cam\udcff", "c" * 129, "\u00e9" * 65])
+                                  "cam\udcff", "c" * 129, "\u00e9" * 65,
+                                  '=HYPERLINK("x.example.com","y")', "+1", "-1+2", "-1", "@SUM(A1)"])
 def test_unsafe_names(name):
     assert name_problem(name)
 
 
 @pytest.mark.parametrize("name", ["cam0", "222200037", "subject 1", "a-b", "a.1", "E001_Neutral_Eyes_Open",
-                                  "Jos\u00e9", "\u5f20\u4e09", "c" * 128])
+                                  "Jos\u00e9", "\u5f20\u4e09", "c" * 128,
+                                  "EMO-1-shout+laugh", "cam_222200037", "s1_all", "a=b", "cam@2"])  # NeRSemble, RenderMe
 def test_safe_names(name):
     assert name_problem(name) is None
 
@@ -93,6 +95,8 @@ def _edit_manifest(root: Path, **changes) -> None:
     ("path", "s1/../../secret.png", "leaves its folder"),
     ("mask_path", "/dev/zero", "mask_path '/dev/zero' an absolute path"),
     ("subject", "s1\x1b]0;owned\x07", "subject 's1\\x1b]0;owned\\x07' holds a control"),
+    ("camera", "=SUM(1,2)", "camera '=SUM(1,2)' starts with '=' (a spreadsheet"),
+    ("subject", "-1+2", "subject '-1+2' starts with '-' (a spreadsheet"),
 ])
 def test_a_hostile_manifest_is_refused_by_name(tmp_path, col, value, words):
     root = tmp_path / "cap"

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -208,6 +209,41 @@ def test_audit_of_a_model_card_of_the_wrong_shape_says_so(project, capsys, card,
     assert cli(capsys, "audit", repo / "models/m")[0] == 0
 
 
+@pytest.mark.parametrize("version", ["null", "missing"])
+def test_audit_of_a_card_without_a_captures_version_says_so_and_fails(project, capsys, version):
+    """A card that records no captures version (a dataset without lineage.json): the audit exited 0 with "the
+    workspace data match" on DVC's status alone, its captures line printing `None` and the workspace capture's
+    version compared with nothing. Now it says the version is unknown and cannot be checked, and exits 1."""
+    repo, env = project
+    path = repo / "models/m/model_card.json"
+    card = json.loads(path.read_text())
+    if version == "null":
+        card["captures_version"] = None
+    else:
+        del card["captures_version"]
+    path.unlink()  # not written through: DVC may have linked it to its cache
+    path.write_text(json.dumps(card))
+    try:
+        sh([BIN / "dvc", "commit", "-q", "--force", "train"], repo, env)  # DVC's status is clean again
+        rc, out, err = cli(capsys, "audit", repo / "models/m")
+        assert rc == 1 and err == "", err
+        assert "DVC status of the stages up to the model: up to date" in out, out
+        assert "captures version:   unknown (the model card records none), so the workspace capture cannot be " \
+               "checked against it" in out, out
+        assert f"workspace captures: data/captures version {capture_version(repo / 'data/captures')} (not " \
+               "compared: the model's is unknown)" in out, out
+        verdicts = [line for line in out.splitlines() if line.startswith("verdict:")]
+        assert verdicts == ["verdict: UNCONFIRMED: the model card records no captures version, so the workspace "
+                            "capture cannot be checked against the one the model was trained on (DVC's status alone "
+                            "is clean)"], out
+        rc, out, _ = cli(capsys, "audit", repo / "models/m", "--json")
+        assert rc == 1 and json.loads(out)["matches"] is False
+    finally:
+        sh(["git", "checkout", "-q", "--", "dvc.lock"], repo, env)
+        sh([BIN / "dvc", "checkout", "-q", "--force", "train"], repo, env)
+    assert cli(capsys, "audit", repo / "models/m")[0] == 0
+
+
 @pytest.mark.parametrize("file, text, words", [
     ("dvc.lock", 'schema: "2.0"\nstages: [\n {{{\n', "dvc.lock', YAML file structure is corrupted"),
     ("dvc.lock", 'schema: "2.0"\nstages: 5\n', "dvc.lock' validation failed"),
@@ -260,6 +296,44 @@ def test_diff_captures_between_git_revisions_and_folders(project, capsys, tmp_pa
     assert rc == 2 and "no-such-rev: neither a capture folder nor a git revision" in err
     rc, _, err = cli(capsys, "diff-captures", "v1", "HEAD", "--path", "data/dataset")
     assert rc == 2 and "v1:data/dataset: not a geoface capture" in err
+
+
+def _frames_capture(root, frames):
+    from flame_fitting.formats.capture import CaptureWriter
+    from flame_fitting.geometry.camera import Camera, intrinsics, look_at
+
+    cam = Camera(K=intrinsics(20, 20, 8, 6), world_to_cam=look_at([0, 0, 1], [0, 0, 0]), width=16, height=12,
+                 name="cam0")
+    with CaptureWriter(root, source="test") as w:
+        w.set_cameras("s0", "seq", {"cam0": cam})
+        for f in frames:
+            w.add_image("s0", "seq", f, "cam0", np.full((12, 16, 3), f % 256, np.uint8))
+    return root
+
+
+def test_diff_captures_text_lists_at_most_limit_entries_of_each_kind(capsys, tmp_path):
+    """Two real captures 60 frames apart: the text listed one line per frame (10^5 frames apart: 10^5 lines); now at
+    most --limit (default 50) lines per level and kind, then one saying how many more; --limit 0 and --json list
+    all, and the counts always cover all."""
+    from flame_fitting.formats.capture_version import DIFF_LIMIT
+
+    old = _frames_capture(tmp_path / "old", range(3))
+    new = _frames_capture(tmp_path / "new", range(63))
+    rc, out, err = cli(capsys, "diff-captures", old, new)
+    assert rc == 0, err
+    listed = [line for line in out.splitlines() if line.startswith("  + frame s0/seq/")]
+    assert DIFF_LIMIT == 50 and listed == [f"  + frame s0/seq/{f:05d}" for f in range(3, 53)], out
+    assert "frames:        60 added      0 removed      0 changed" in out
+    assert out.splitlines()[-1] == "  + … and 10 more frames added (--json lists all)", out
+    rc, out, _ = cli(capsys, "diff-captures", old, new, "--limit", "7")
+    assert rc == 0 and sum(line.startswith("  + frame ") for line in out.splitlines()) == 7
+    assert out.splitlines()[-1] == "  + … and 53 more frames added (--json lists all)"
+    rc, out, _ = cli(capsys, "diff-captures", old, new, "--limit", "0")
+    assert rc == 0 and sum(line.startswith("  + frame ") for line in out.splitlines()) == 60 and "more" not in out
+    rc, out, _ = cli(capsys, "diff-captures", old, new, "--json", "--limit", "1")
+    assert rc == 0 and len(json.loads(out)["frames"]["added"]) == 60
+    rc, _, err = cli(capsys, "diff-captures", old, new, "--limit", "-1")
+    assert rc == 2 and "--limit -1: must be at least 0" in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_default_remote_round_trip_on_a_fresh_clone(project, capsys):

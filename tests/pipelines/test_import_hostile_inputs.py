@@ -330,6 +330,20 @@ def test_names_that_drive_a_terminal_are_skipped_and_the_error_line_escapes_them
     assert "cam\\x1b]0;owned\\x07" in err and "cam\\u202egnp.exe" in err
 
 
+def test_names_a_spreadsheet_runs_as_formulas_skip_their_camera_not_the_import(tmp_path):
+    # before: all were imported; the names reach the CSV files the stages write (plots/fit/cost.csv, plots/eval/
+    # views.csv), and a spreadsheet opening one ran '=HYPERLINK(...)' as a formula (OWASP "CSV injection")
+    bad = ['=HYPERLINK("x.example.com","y")', "+1", "-1+2", "@SUM(1)"]
+    src = write_folder(tmp_path / "raw", named_scene("cam0", "a-b=c@d+e", *bad))
+    import_capture("folder", src, tmp_path / "cap", ImportConfig())
+    assert sorted(pd.read_parquet(tmp_path / "cap/manifest.parquet").camera.unique()) == ["a-b=c@d+e", "cam0"]
+    reasons = [s for s in skipped(tmp_path / "cap") if "run it as a formula" in s["reason"]]
+    assert len(reasons) == len(bad), skipped(tmp_path / "cap")
+    for name in bad:  # one line naming the file and the name
+        assert any(s["item"].endswith(f"s1/seq/cameras.json [camera {name!r}]") and f"starts with {name[0]!r}"
+                   in s["reason"] for s in reasons), (name, reasons)
+
+
 def test_a_name_too_long_for_the_file_system_skips_its_camera_not_the_import(tmp_path):
     # before: the capture's temporary '.<name>.png.geoface-tmp-…' passed 255 bytes: "File name too long", nothing imported
     src = write_folder(tmp_path / "raw", named_scene("cam0", "c" * 240))
