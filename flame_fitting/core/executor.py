@@ -6,10 +6,10 @@ returns one `UnitResult` per item, in input order:
 - local, workers = 1 (or a single item): in this process, one after the other (no pool to start);
 - local, workers > 1: this process and a pool of `workers - 1` processes forked from a clean server process that
   imported `fn`'s module once (multiprocessing's forkserver), fed by a dispatcher thread while this process runs
-  units too (flame_fitting/core/pool.py). A pool process that dies takes its pool with it: its units go to a new
-  pool, up to `retries` times;
+  units too (flame_fitting/core/pool.py). A pool process that dies is replaced: its unit is re-run, up to `retries`
+  times, while the other pool processes' units go on;
 - local with `unit_timeout_s`: a pool of `workers` processes (even for workers = 1) and this process runs none, so
-  that a unit running past the limit can be stopped (its pool is; the pool's other units go to a new pool);
+  that a unit running past the limit can be stopped (its process only: the units the others run go on);
 - ray: one Ray task per item on the cluster at `ray_address` (or $RAY_ADDRESS; none or "local": a local Ray with
   `workers` CPUs started here, listening on loopback only, without dashboard, shut down when the block ends: Ray has
   no authentication, whoever reaches it runs code; docs/scaling.md "Who can reach the Ray"). A task whose worker

@@ -2,9 +2,10 @@
 "Executor"): `workers - 1` processes forked from a clean server process (multiprocessing's forkserver) that imported
 the unit function's module (`workers.home_module`) once, plus the caller's own process. `start_pool_early` starts
 that server before the caller's own imports. A dispatcher thread hands a pool process its next unit the moment it is
-free, while the caller's process runs units itself. With a time limit per unit (`executor.unit_timeout_s`) the
-caller's process runs none (it could not be stopped): the pool has `workers` processes, and one running a unit past
-the limit is stopped with its pool.
+free, while the caller's process runs units itself. Each pool process is managed on its own (a pipe it takes units
+on and answers through): one that dies, or runs a unit past the time limit (`executor.unit_timeout_s`, then the
+caller's process runs none: it could not be stopped, and the pool has `workers` processes), is replaced alone, and
+the units the other processes are running go on.
 """
 from __future__ import annotations
 
@@ -14,8 +15,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.connection import wait
 from typing import Callable
 
 from flame_fitting.core.workers import (PACKAGE_ROOT, UnitResult, call_unit, home_module, restore_threads, set_threads,
@@ -49,21 +49,56 @@ def start_pool_early(cfg, module: str) -> None:
     forkserver.ensure_running()
 
 
-def _spawn_init(path: list[str], fn: Callable | None = None, threads: int = 0) -> None:
-    """A pool process's start: this checkout's path first; unpickling `fn` imports its module before the ping; its
-    share of the cores for torch and numba (the rasteriser's parallel kernels), so processes do not oversubscribe."""
+def _serve(conn, path: list[str], fn: Callable, threads: int) -> None:
+    """A pool process: this checkout's path first (`fn` was unpickled, i.e. its module imported, before this runs);
+    its share of the cores for torch and numba (the rasteriser's parallel kernels), so processes do not
+    oversubscribe; then it says it is ready (None) and answers each item it is sent with `call_unit(fn, item)`, until
+    it is sent None (or the pipe closes) and returns: a normal exit, its exit handlers run (`_stop`)."""
     sys.path[:0] = [p for p in path if p not in sys.path]
     set_threads(threads)
+    conn.send(None)
+    try:
+        while (item := conn.recv()) is not None:
+            result = call_unit(fn, item)
+            try:
+                conn.send(result)
+            except Exception as e:  # noqa: BLE001 - a value that cannot be pickled: the unit failed, the process goes on
+                conn.send(UnitResult(item, False, None, f"{type(e).__name__}: the unit's result cannot be sent back "
+                                     f"from its pool process: {e}", "", result.seconds))
+    except EOFError:  # the caller's end closed
+        pass
 
 
-def _stop(pool: ProcessPoolExecutor, grace: float = 5.0) -> None:
-    """Shut the pool down at once, its processes terminated, killed after `grace` s when SIGTERM did not end them (a
-    unit stuck in native code with the signal handled) (units still running are lost, re-queued or timed out). Only
-    for a broken, interrupted or timed-out pool: a terminated process skips its exit handlers, which unlink the named
-    semaphores the libraries made in it (numba's thread-launch lock, tqdm's lock), and the stage's exit then warns
-    "resource_tracker: There appear to be 1 leaked semaphore objects"; a pool whose units are done is shut down
-    normally."""
-    procs = list((getattr(pool, "_processes", None) or {}).values())
+class _Worker:
+    """One pool process, the caller's end of its pipe, and the unit it runs (None: idle, or not ready yet)."""
+
+    def __init__(self, ctx, fn: Callable, threads: int):
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve, args=(child, [str(PACKAGE_ROOT)] + sys.path, fn, threads),
+                                name="geoface-pool")
+        self.proc.start()
+        child.close()
+        self.ready, self.unit, self.started = False, None, 0.0
+
+    def answer(self) -> tuple[bool, UnitResult | None]:
+        """(alive, what it sent): (True, None) when it has sent nothing (or its ready message); (False, None) when
+        its process died (a result it sent before is still read first)."""
+        try:
+            if not self.conn.poll():  # no message, no end of file: dead only if the process is gone
+                return self.proc.is_alive(), None
+            message = self.conn.recv()
+        except (EOFError, OSError):
+            return False, None
+        self.ready = True
+        return True, message
+
+
+def _stop(procs: list, grace: float = 5.0) -> None:
+    """Stop processes at once: terminated, killed after `grace` s when SIGTERM did not end them (a unit stuck in
+    native code with the signal handled). Only for a process whose unit timed out, or when the caller was
+    interrupted: a terminated process skips its exit handlers, which unlink the named semaphores the libraries made in
+    it (numba's thread-launch lock, tqdm's lock), and the stage's exit then warns "resource_tracker: There appear to
+    be 1 leaked semaphore objects"; a process whose units are done is closed normally (`_close`)."""
     for p in procs:
         p.terminate()
     deadline = time.monotonic() + grace
@@ -71,14 +106,12 @@ def _stop(pool: ProcessPoolExecutor, grace: float = 5.0) -> None:
         p.join(max(0.0, deadline - time.monotonic()))
         if p.is_alive():
             p.kill()
-    pool.shutdown(wait=True, cancel_futures=True)
+            p.join()
 
 
-def _close(pool: ProcessPoolExecutor, timeout: float = 10.0) -> None:
-    """Shut down a pool whose units are done: its processes exit normally (their exit handlers run, see `_stop`); one
-    that has not exited after `timeout` s (stuck in its start) is terminated, so a stage never hangs here."""
-    procs = list((getattr(pool, "_processes", None) or {}).values())
-    pool.shutdown(wait=False)
+def _close(procs: list, timeout: float = 10.0) -> None:
+    """Wait for processes told to stop (sent None) to exit normally (their exit handlers run, see `_stop`); one that
+    has not exited after `timeout` s (stuck in its start) is terminated, so a stage never hangs here."""
     deadline = time.monotonic() + timeout
     for p in procs:
         p.join(max(0.0, deadline - time.monotonic()))
@@ -86,9 +119,6 @@ def _close(pool: ProcessPoolExecutor, timeout: float = 10.0) -> None:
         if p.is_alive():
             p.terminate()
             p.join(5.0)
-    pool.shutdown(wait=True)
-
-
 class _UnitQueue:
     """The units of one `Executor.map` on a local pool, shared by this process's thread and the dispatcher thread:
     indices not yet taken, results, how often each unit's worker was lost, and the progress bar."""
@@ -130,8 +160,8 @@ class _UnitQueue:
             self.cond.notify_all()
 
     def requeue(self, i: int) -> None:
-        """Unit `i` was stopped through no fault of its own (another unit of its pool timed out): back to the queue,
-        not counted as lost."""
+        """Unit `i` never started (its pool process died before it could be sent): back to the queue, not counted as
+        lost."""
         with self.cond:
             self.running -= 1
             self.pending.append(i)
@@ -153,10 +183,10 @@ def map_pool(fn: Callable, items: list, bar, workers: int, retries: int,
     A dispatcher thread feeds the pool: a pool process gets a unit once it is ready (it answered a ping, i.e. it
     has imported `fn`'s module) and its next one the moment it returns a result, while this process runs units
     itself; so the pool's start-up never holds a unit back and no process waits for another. Every process gets
-    its share of the cores for torch and numba (`cpu_count // workers` threads). A pool process that dies breaks
-    the pool: its units go back to the queue (`retries` times at most per unit) and a new pool starts.
+    its share of the cores for torch and numba (`cpu_count // workers` threads). A pool process that dies is
+    replaced: its unit goes back to the queue (`retries` times at most per unit), the other processes' units go on.
     `timeout` (s, executor.unit_timeout_s): this process runs no unit, the pool has `workers` processes, and a unit
-    running longer is recorded as UnitTimeout, never retried (`_stop_late`)."""
+    running longer has its process stopped (that one only) and is recorded as UnitTimeout, never retried."""
     threads = max(1, (os.cpu_count() or 1) // workers)  # each process's share of the cores
     queue = _UnitQueue(items, bar)
     old_threads = set_threads(threads)
@@ -179,53 +209,55 @@ def map_pool(fn: Callable, items: list, bar, workers: int, retries: int,
 
 def _dispatch(fn: Callable, queue: _UnitQueue, n_pool: int, retries: int, threads: int,
               timeout: float | None) -> None:
-    """The dispatcher thread of `map_pool`: pools of `n_pool` processes, each process fed the next unit as soon as
-    it is free (so a unit's time limit runs from its submission: it starts at once)."""
-    while queue.has_pending():
-        pool = ProcessPoolExecutor(n_pool, mp_context=_pool_context(fn), initializer=_spawn_init,
-                                   initargs=([str(PACKAGE_ROOT)] + sys.path, fn, threads))
-        in_flight: dict[Future, int | None] = {pool.submit(os.getpid): None for _ in range(n_pool)}  # None: a ping
-        started: dict[Future, float] = {}  # a unit's future: when it was handed to a free pool process
-        try:
-            while in_flight:
-                done, _ = wait(in_flight, timeout=0.2, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    value = fut.result()  # BrokenProcessPool when a worker died
-                    if (i := in_flight.pop(fut)) is not None:
-                        queue.finish(i, value)
-                    if (j := queue.take(wait=False)) is not None:
-                        unit = pool.submit(call_unit, fn, queue.items[j])
-                        in_flight[unit], started[unit] = j, time.monotonic()
-                if timeout is not None and _stop_late(queue, in_flight, started, timeout):
-                    break  # the pool is stopped below (its processes still run units)
-                if queue.closed or (not queue.has_pending() and all(i is None for i in in_flight.values())):
-                    break  # nothing left for the pool; processes still starting are not waited for
-        except BrokenProcessPool:  # a worker process died
-            for i in (i for i in in_flight.values() if i is not None):
-                queue.lost(i, retries)
-        finally:
-            if any(i is not None for i in in_flight.values()):  # broken, timed out, or this process was interrupted
-                _stop(pool)
-            else:  # every unit is done: the processes exit normally, so their exit handlers run (_stop)
-                _close(pool)
-
-
-def _stop_late(queue: _UnitQueue, in_flight: dict, started: dict, timeout: float) -> bool:
-    """True when a unit of the pool has run past `timeout` s: each such unit is recorded as UnitTimeout (never
-    retried: it would hang again), and the pool must be stopped (`_stop`; which of its processes runs which unit is
-    not known, and one that dies breaks the pool anyway): its other units keep a result that came back meanwhile or
-    go back to the queue, not counted as lost (`retries` is for lost workers)."""
-    now = time.monotonic()
-    late = {f for f, i in in_flight.items() if i is not None and not f.done() and now - started[f] > timeout}
-    if not late:
-        return False
-    for fut, i in in_flight.items():
-        if i is None:
-            continue
-        if fut in late:
-            queue.finish(i, timeout_result(queue.items[i], timeout, now - started[fut]))
-        elif fut.done() and fut.exception() is None:
-            queue.finish(i, fut.result())
-        else:
-            queue.requeue(i)
-    return True
+    """The dispatcher thread of `map_pool`: `n_pool` pool processes, each fed the next unit as soon as it is free
+    (so a unit's time limit runs from when it is sent: it starts at once). A process that dies has its unit go back
+    to the queue (`queue.lost`); one whose unit runs past `timeout` s is stopped and the unit recorded as
+    UnitTimeout, never retried; either is replaced by a new process while units are left, and the other processes'
+    units go on."""
+    ctx = _pool_context(fn)
+    pool = [_Worker(ctx, fn, threads) for _ in range(n_pool)]
+    try:
+        while not queue.closed and (queue.has_pending() or any(w.unit is not None for w in pool)):
+            wait([w.conn for w in pool] + [w.proc.sentinel for w in pool], timeout=0.2)
+            for k, w in enumerate(pool):
+                alive, result = w.answer()
+                unit = w.unit
+                if result is not None and unit is not None:
+                    queue.finish(unit, result)
+                    w.unit = unit = None
+                if alive and unit is not None and timeout is not None and time.monotonic() - w.started > timeout:
+                    ran = time.monotonic() - w.started
+                    _stop([w.proc])  # only this process: the others' units go on
+                    queue.finish(unit, timeout_result(queue.items[unit], timeout, ran))
+                    w.unit, alive = None, False
+                elif not alive and unit is not None:
+                    queue.lost(unit, retries)
+                    w.unit = None
+                if not alive:
+                    w.proc.join()
+                    w.conn.close()
+                    if not queue.has_pending():
+                        pool[k] = None
+                        continue
+                    pool[k] = w = _Worker(ctx, fn, threads)  # not ready yet: it gets a unit once it says so
+                if w.ready and w.unit is None and (j := queue.take(wait=False)) is not None:
+                    try:
+                        w.conn.send(queue.items[j])
+                    except OSError:  # it died since: the unit never started; its next pass replaces the process
+                        queue.requeue(j)
+                        continue
+                    w.unit, w.started = j, time.monotonic()
+            pool = [w for w in pool if w is not None]
+    finally:
+        pool = [w for w in pool if w is not None]
+        busy = [w for w in pool if w.unit is not None]  # this process was interrupted
+        _stop([w.proc for w in busy])
+        for w in pool:
+            if w.unit is None:
+                try:
+                    w.conn.send(None)  # done: it exits normally, its exit handlers run (_stop)
+                except OSError:
+                    pass
+        _close([w.proc for w in pool if w.unit is None])
+        for w in pool:
+            w.conn.close()

@@ -1,5 +1,6 @@
 """The local executor (flame_fitting/core/executor.py): results in input order, a unit that raises is recorded and
-the others complete, a worker process that dies has its unit re-run in a new pool, and a Ray address nobody answers
+the others complete, a worker process that dies has its unit re-run in a new pool process (the other processes'
+units go on; so do they beside a unit stopped for its time limit), and a Ray address nobody answers
 is one clear error raised before anything runs."""
 import json
 import os
@@ -149,38 +150,34 @@ def test_a_finished_pool_leaves_no_semaphore_behind():
 
 
 def test_closing_a_finished_pool_never_hangs_on_a_stuck_process():
-    """A finished pool is shut down normally, but a process stuck in its start (here an initializer that sleeps for
-    a minute) is terminated after the timeout instead of holding the stage's end."""
+    """A finished pool's processes are left to exit normally, but one stuck (here in a sleep of a minute, as in a
+    start that never ends) is terminated after the timeout instead of holding the stage's end."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
 
     from flame_fitting.core.pool import _close
 
-    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver"), initializer=time.sleep,
-                               initargs=(60,))
-    pool.submit(os.getpid)  # a ping the stuck process never answers
-    procs = list(pool._processes.values())
+    proc = multiprocessing.get_context("forkserver").Process(target=time.sleep, args=(60,))
+    proc.start()
     t0 = time.perf_counter()
-    _close(pool, timeout=1.0)
-    assert time.perf_counter() - t0 < 20  # a plain shutdown(wait=True) waits the minute out
-    assert len(procs) == 1 and not procs[0].is_alive()
+    _close([proc], timeout=1.0)
+    assert time.perf_counter() - t0 < 20  # a plain join waits the minute out
+    assert not proc.is_alive()
 
 
-def run_or_hang(item: tuple[str, str]) -> tuple[str, int]:
+def run_or_hang(item: tuple) -> tuple[str, int]:
     """Logs its name (one line per run) to the file `item[1]`; "hang" then sleeps a minute (a unit that never
-    returns), the others 0.3 s. Returns its name and the pid that ran it."""
-    name, log = item
+    returns), the others `item[2]` s (default 0.3). Returns its name and the pid that ran it."""
+    name, log, *secs = item
     with open(log, "a") as f:
         f.write(name + "\n")
-    time.sleep(60 if name == "hang" else 0.3)
+    time.sleep(60 if name == "hang" else (secs or [0.3])[0])
     return name, os.getpid()
 
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_unit_past_the_time_limit_is_stopped_recorded_and_not_retried(workers, tmp_path):
     """unit_timeout_s: the unit that hangs is stopped after ~1 s and recorded as UnitTimeout, having run once; the
-    others complete, in pool processes only (the stage's process could not stop one). retries=0: a unit the other
-    pool process was running when its pool was stopped goes back to the queue without counting as a lost worker."""
+    others complete, in pool processes only (the stage's process could not stop one)."""
     log = tmp_path / "runs.txt"
     names = ["a", "hang", "b", "c", "d", "e", "f"]
     t0 = time.monotonic()
@@ -192,6 +189,47 @@ def test_a_unit_past_the_time_limit_is_stopped_recorded_and_not_retried(workers,
     assert log.read_text().split().count("hang") == 1, "the unit that timed out was retried"
     assert [r.value[0] for r in res if r.ok] == [n for n in names if n != "hang"]
     assert os.getpid() not in {r.value[1] for r in res if r.ok}
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_a_timed_out_unit_stops_only_its_own_process(workers, tmp_path):
+    """The units running beside one that times out are not stopped with it: each ran once and succeeded, in time
+    (they used to be killed with the whole pool and re-run from the start: with workers=3, "c" and "d" ran twice)."""
+    log = tmp_path / "runs.txt"
+    names = ["hang", "a", "b", "c", "d"]  # a, b start with "hang"; c, d after them and still run when it times out
+    with open_executor(ExecutorConfig(kind="local", workers=workers, retries=0, unit_timeout_s=2.0)) as ex:
+        res = ex.map(run_or_hang, [(n, str(log), 1.5) for n in names], progress=False)
+    assert res[0].error == "UnitTimeout: ran past unit_timeout_s=2 s"
+    assert [r.ok for r in res[1:]] == [True] * 4, [r.error for r in res]
+    runs = log.read_text().split()
+    assert {n: runs.count(n) for n in names} == dict.fromkeys(names, 1), runs
+
+
+def die_or_sleep(item: tuple[str, str, int]) -> str:
+    """Logs its name (one line per run) to the file `item[1]`; "die" kills its pool process after 0.5 s (never the
+    test's own, `item[2]`), the others take 1.5 s (4 s in the test's own process: time for the pool to start)."""
+    name, log, parent = item
+    with open(log, "a") as f:
+        f.write(name + "\n")
+    time.sleep(0.5)
+    if name == "die" and os.getpid() != parent:
+        os._exit(1)
+    time.sleep(1.0 if os.getpid() != parent else 3.5)
+    return name
+
+
+@pytest.mark.parametrize("limit", [None, 30.0])
+def test_a_lost_worker_takes_no_other_unit_with_it(limit, tmp_path):
+    """retries=0: the unit whose process died is WorkerLost; the units the other pool processes were running meanwhile
+    finish, each run once (they used to be lost with the whole pool: WorkerLost too, or re-run with retries > 0)."""
+    log = tmp_path / "runs.txt"
+    names = ["a", "die", "b", "c"]  # without a limit the test's process takes "a" first, its 2 pool processes the next
+    with open_executor(ExecutorConfig(kind="local", workers=3, retries=0, unit_timeout_s=limit)) as ex:
+        res = ex.map(die_or_sleep, [(n, str(log), os.getpid()) for n in names], progress=False)
+    runs = log.read_text().split()
+    assert {n: runs.count(n) for n in names} == dict.fromkeys(names, 1), runs
+    assert [r.value for r in res] == ["a", None, "b", "c"], [r.error for r in res]
+    assert res[1].error == "WorkerLost: the worker process died 1 times while this unit was running"
 
 
 def write_or_hang(unit: Unit, tmp: Path, extras) -> tuple[dict, list]:
