@@ -89,6 +89,34 @@ def file_sha256(path: Path | str) -> str:
             row = None
         if row is not None:
             return row[0]
+    return _hash(p, st, key, db)
+
+
+def folder_sha256(folder: Path | str, paths: list[Path | str]) -> list[str]:
+    """`file_sha256` of each of `paths`, files inside `folder`, with one cache query for all of them (the rows
+    recorded under `folder`) instead of one per file, which was half of what a remembered file cost
+    (docs/scaling.md)."""
+    base, db = os.path.abspath(folder), _db()
+    known = {}
+    if db is not None:
+        try:  # every path that starts with base + "/", as an index range ("0" follows "/")
+            known = dict(((p, s), d) for p, s, d in db.execute(
+                "SELECT path, stat, digest FROM sha256 WHERE path >= ? AND path < ?", (base + "/", base + "0")))
+        except sqlite3.Error:
+            known = {}
+    out = []
+    for path in paths:
+        p = os.path.abspath(path)
+        st = os.stat(p)
+        key = _stat_key(st)
+        hit = known.get((p, key))
+        out.append(hit if hit is not None else _hash(p, st, key, db))
+    return out
+
+
+def _hash(p: str, st: os.stat_result, key: str, db: sqlite3.Connection | None) -> str:
+    """The sha256 of the file at absolute path `p` (stat `st`, `_stat_key` `key`), read now and remembered when
+    its stat is old enough and unchanged by the read (module docstring)."""
     digest = sha256_file(p)
     if db is not None and time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > RACY_S * 1e9:
         try:

@@ -14,6 +14,7 @@ every image file's real size (read from its header only, `image_size`) against i
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -216,6 +217,13 @@ class Capture:
 
     def sequences(self) -> list[tuple[str, str]]:
         return list(self.manifest.groupby(["subject", "sequence"]).groups.keys())
+
+    @functools.cached_property
+    def sequence_rows(self) -> dict[tuple[str, str], np.ndarray]:
+        """(subject, sequence) -> the positions of its rows in `manifest`, ascending (manifest order): grouped once
+        per capture (the manifest is not replaced once loaded), so taking every sequence's rows costs one pass over
+        the manifest, not one per sequence (`formats.units.unit_manifest`)."""
+        return self.manifest.groupby(["subject", "sequence"], observed=True).indices
 
     def frames(self, subject: str, sequence: str) -> list[int]:
         m = self.manifest

@@ -16,9 +16,15 @@ def capture_units(cap: Capture) -> list[Unit]:
 
 
 def unit_manifest(cap: Capture, subject: str, sequence: str):
-    """The manifest rows of one sequence (a DataFrame, manifest order)."""
-    m = cap.manifest
-    return m[(m.subject == subject) & (m.sequence == sequence)]
+    """The manifest rows of one sequence (a DataFrame, manifest order, the manifest's index), taken by their positions
+    (`Capture.sequence_rows`, grouped once per capture): a boolean mask over the whole manifest per sequence made
+    the keys of every unit cost units × rows (docs/scaling.md)."""
+    m, rows = cap.manifest, cap.sequence_rows.get((subject, sequence))
+    if rows is None:
+        return m.iloc[:0]
+    if rows[-1] - rows[0] + 1 == len(rows):  # one block (a manifest in the writer's order): a slice, not a gather
+        return m.iloc[rows[0]:rows[-1] + 1]
+    return m.iloc[rows]
 
 
 def capture_unit_hashes(cap: Capture, subject: str, sequence: str) -> str:

@@ -14,7 +14,7 @@ import pytest
 from flame_fitting.core import hash_cache
 from flame_fitting.core.executor import ExecutorConfig, open_executor
 from flame_fitting.core.hash_cache import file_sha256
-from flame_fitting.core.units import Unit, run_units
+from flame_fitting.core.units import Unit, run_units, tree_hashes
 
 
 def sha(data: bytes) -> str:
@@ -106,3 +106,37 @@ def test_a_unit_whose_output_was_edited_after_its_hash_was_remembered_is_rerun(c
         third = run_units(ex, write_unit, units, out, "test", progress=False)
     assert third.ran == ["s1/seq"] and third.kept == ["s2/seq"]
     assert edited.read_text() == "result of s1/seq\n"
+
+
+def test_a_folders_files_are_answered_with_one_cache_query(cache, tmp_path, monkeypatch):
+    """`tree_hashes` (every unit's currency check and most of its key) looks a folder's files up with one query, not
+    one per file (issue 16 item 1: per file, that query was most of a cached hash's cost), with the same answers:
+    from the cache while a file is unchanged, hashed again once it changed."""
+    monkeypatch.setattr(hash_cache, "RACY_S", 0.0)
+    unit, sibling = tmp_path / "s1" / "seq", tmp_path / "s1" / "seq0"  # a name after "seq/" in the cache's order
+    data = {f"{i:05d}.npz": bytes([i]) * (100 + i) for i in range(10)}
+    data |= {"masks/cam0.png": b"m0", "masks/cam1.png": b"m1"}
+    for folder in (unit, sibling):
+        for rel, b in data.items():
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            (folder / rel).write_bytes(b)
+            age(folder / rel)
+    time.sleep(0.05)
+    want = {rel: sha(b) for rel, b in sorted(data.items())}
+    assert tree_hashes(unit) == tree_hashes(sibling) == want  # hashed, remembered
+    assert len(rows(cache)) == 2 * len(data)
+    with sqlite3.connect(cache) as c:  # what the cache says is what is answered while a file's stat is the same
+        c.execute("UPDATE sha256 SET digest = 'remembered:' || substr(path, -9)")
+    queries = []
+    hash_cache._db().set_trace_callback(queries.append)
+    try:
+        got = tree_hashes(unit)
+    finally:
+        hash_cache._db().set_trace_callback(None)
+    assert got == {rel: f"remembered:{(unit / rel).as_posix()[-9:]}" for rel in want}
+    assert len([q for q in queries if q.lstrip().upper().startswith("SELECT")]) == 1
+    time.sleep(0.05)
+    (unit / "00003.npz").write_bytes(b"\xff" * 103)  # same size, in place
+    again = tree_hashes(unit)
+    assert again["00003.npz"] == sha(b"\xff" * 103)
+    assert {k: v for k, v in again.items() if k != "00003.npz"} == {k: v for k, v in got.items() if k != "00003.npz"}
