@@ -242,6 +242,8 @@ class LossLog:
     def add(self, row: dict) -> None:
         self.rows.append(row)
         if self.append_live:
+            # appended, not rewritten through core/fileio.py: a live log (to watch a run; after a kill it still holds
+            # the rows since the last checkpoint), rewriting it whole would cost O(rows) a step; `flush` is atomic
             with open(self.partial, "a", newline="") as f:
                 csv.DictWriter(f, fieldnames=COLUMNS).writerow({k: row.get(k, float("nan")) for k in COLUMNS})
 

@@ -12,7 +12,8 @@ A shard is one safetensors file holding N samples of one split with the same num
 Sample n's sparse targets are rows offsets[n]:offsets[n+1]. The header metadata key "geoface" is JSON:
 {"format": "geoface-shard", "version": 1, "split", "resolution", "uv_resolution", "patch_size",
 "geo_patch_size", "app_tokens": [h, w], "geo_tokens": [h, w], "n_samples", "n_views", "subjects",
-"samples": [{"subject", "sequence", "frame", "cameras"}]}.
+"samples": [{"subject", "sequence", "frame", "cameras"}]}. Its names are untrusted input (a dataset from
+someone else): a header whose names are not safe single names is refused (shard_names.py).
 
 `GeoFaceDataset` picks per item n_ref reference + n_tgt target views (random per epoch for train,
 fixed per item for val/test) and remaps the sparse targets to the chosen views (references first).
@@ -31,6 +32,8 @@ from safetensors.torch import save
 from flame_fitting.core.arrays import checked_array
 from flame_fitting.core.errors import GeofaceError
 from flame_fitting.core.fileio import write_bytes
+
+from .shard_names import header_names_problem
 
 FORMAT, VERSION = "geoface-shard", 1
 DENSE = ("images", "masks", "K", "world_to_cam", "uv_posmap", "uv_mask")
@@ -91,6 +94,8 @@ def read_shard_meta(path: Path | str) -> ShardMeta:
     bad = [n for n in sizes if type(getattr(meta, n)) is not int or getattr(meta, n) < 1]
     if bad or not isinstance(meta.split, str):
         raise ShardError(f"{path}: the 'geoface' metadata's {bad or ['split']} must be positive integers (split a string)")
+    if why := header_names_problem(meta.samples, meta.subjects, meta.n_samples, meta.n_views):
+        raise ShardError(f"{path}: the 'geoface' metadata's {why}")
     return meta
 
 
@@ -154,6 +159,8 @@ def write_shard(path: Path | str, samples: list[dict], *, split: str, patch_size
     recs = [{"subject": str(s["subject"]), "sequence": str(s["sequence"]), "frame": int(s["frame"]),
              "cameras": list(s.get("cameras", [str(v) for v in range(V)]))} for s in samples]
     meta = ShardMeta(split, S, R, patch_size, geo_patch_size, len(samples), V, sorted({r["subject"] for r in recs}), recs)
+    if why := header_names_problem(meta.samples, meta.subjects, meta.n_samples, meta.n_views):
+        raise ShardError(f"{path}: {why}")
     write_bytes(path, save({k: v.contiguous() for k, v in t.items()}, metadata={"geoface": meta.to_json()}))
     return meta
 

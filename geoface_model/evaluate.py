@@ -44,6 +44,7 @@ from .diffusion import denoising_errors, make_noise_scheduler
 from .export import export_3dgs
 from .metrics import image_metrics
 from .metrics_geometry import attention_hit_rate_batch, detect_landmarks, landmark_fit_rmse, posmap_error_mm, tsed
+from .shard_names import sample_name
 
 
 @dataclass
@@ -157,7 +158,7 @@ def evaluate_sample(pipe, model, ds: GeoFaceDataset, i: int, fit: dict, frame_in
     training split's baseline statistics (geoface_model/baselines.py; None = no training-based baselines)."""
     s, j = ds.items[i]
     info = ds.metas[s].samples[j]
-    name = f"{info['subject']}/{info['sequence']}/{int(info['frame']):05d}"
+    name = sample_name(info)
     V, S = ds.metas[s].n_views, ds.meta.resolution
     full = ds.item(i, np.arange(V))
     T, canon = canonical_transform(model, fit, frame_index)

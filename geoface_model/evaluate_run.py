@@ -17,6 +17,8 @@ JSON config, the report's loss CSV / training metrics are readable files, the LP
   PLOTS/report.html        everything above in one offline HTML file
   OUT/<sample>/            views/*.png, reference.png, mesh.obj, posmap.npy, cameras.json (canonical head frame),
                            gs/ (3DGS start: transforms.json, COLMAP text, points3d.ply) when `export_3dgs`
+<sample> is <subject>_<sequence>_<frame:05d>, with '~' and a hash of the name when that is too long or another
+sample's too (shard_names.py); a dataset holding one sample twice is refused before any work.
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ from .evaluate import EvalParams, aggregate, canonical_transform, evaluate_sampl
 from .generate import load_pipeline, read_model_config
 from .metrics import load_lpips
 from .report import loss_figure, overlay_figure, sample_grid, write_report
+from .shard_names import sample_name, sample_stems
 
 
 class EvaluateError(GeofaceError, ValueError):
@@ -104,6 +107,19 @@ def baseline_stats(dataset: Path, fit_of: dict, head) -> TrainingStats | None:
     return training_stats(train, frame_of)
 
 
+def output_stems(ds: GeoFaceDataset, n: int) -> list[str]:
+    """The file name of each of the first `n` samples' outputs (shard_names.py `sample_stems`: collision-free), before
+    any work; a sample held twice (two shards, or one shard twice) is refused naming both places."""
+    seen: dict[str, str] = {}
+    for i in range(n):
+        s, j = ds.items[i]
+        name, where = sample_name(ds.metas[s].samples[j]), f"{ds.paths[s]}#{j}"
+        if (other := seen.setdefault(name, where)) != where:
+            raise EvaluateError(f"{where}: sample {terminal_safe(name)} is also {other}: a dataset holds each frame "
+                                "once (its outputs and its place in the means would be the same)")
+    return sample_stems(list(seen))
+
+
 def evaluate_model(model_dir: Path | str, dataset: Path | str, fits: Path | str, head_model: Path | str,
                    out: Path | str, plots: Path | str, p: EvalParams, gutter: int = 4,
                    loss_csv: Path | str | None = None, train_metrics: Path | str | None = None,
@@ -119,6 +135,9 @@ def evaluate_model(model_dir: Path | str, dataset: Path | str, fits: Path | str,
     train_info = read_report_inputs(loss_csv, train_metrics)
     if p.lpips_weights is not None:
         load_lpips(p.lpips_weights)  # unusable weights: one error now, not one traceback per sample
+    ds = GeoFaceDataset(dataset, p.split, n_ref=1, n_tgt=p.n_targets, random_views=False)  # names checked
+    n = len(ds) if p.max_samples is None else min(len(ds), p.max_samples)
+    stems = output_stems(ds, n)
     fit_of = {f.parent.relative_to(fits).as_posix(): load_sequence_fit(f.parent) for f in sorted(fits.glob("*/*/fit.npz"))}
     if not fit_of:
         raise EvaluateError(f"{fits}: no fit.npz (run the fit stage)")
@@ -126,8 +145,6 @@ def evaluate_model(model_dir: Path | str, dataset: Path | str, fits: Path | str,
     head = load_head_model(head_model, n_shape=any_fit["shape"].shape[1], n_expr=any_fit["expr"].shape[1])
     pipe = load_pipeline(model_dir, head, cfg, scheduler=p.scheduler, gutter=gutter, device=p.device)
     pipe.set_progress_bar_config(disable=True)
-    ds = GeoFaceDataset(dataset, p.split, n_ref=1, n_tgt=p.n_targets, random_views=False)
-    n = len(ds) if p.max_samples is None else min(len(ds), p.max_samples)
     faces = head.faces.numpy()
     stats = baseline_stats(dataset, fit_of, head)
 
@@ -147,14 +164,14 @@ def evaluate_model(model_dir: Path | str, dataset: Path | str, fits: Path | str,
                     raise ValueError(f"frame {info['frame']} of {key} has no successful fit")
                 r = evaluate_sample(pipe, head, ds, i, fit, int(k[0]), p, cfg, stats)
             except Exception as e:  # one bad sample is recorded and skipped
-                failures.append({"sample": f"{key}/{int(info['frame']):05d}", "error": f"{type(e).__name__}: {e}"})
+                failures.append({"sample": sample_name(info), "error": f"{type(e).__name__}: {e}"})
                 if isinstance(e, GeofaceError):  # about the input: its one line says it; anything else is a bug
                     tqdm.write(terminal_safe(f"evaluate: sample {failures[-1]['sample']} failed: {e}"), file=sys.stderr)
                 else:
                     traceback.print_exc()
                 continue
             results.append(r)
-            stem = r.name.replace("/", "_")
+            stem = stems[i]
             save_sample(out_tmp / stem, r, faces, p.export_3dgs)
             write_png(plots_tmp / "samples" / f"{stem}.png", sample_grid(r, faces))
         if not results:

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from flame_fitting.core.arrays import load_npz
+from flame_fitting.core.fileio import atomic_write, write_csv, write_text
 from flame_fitting.formats.capture import Capture, save_cameras
 from flame_fitting.fit import SequenceFit
 from flame_fitting.fit.overlay import overlay_png
@@ -34,17 +35,19 @@ from flame_fitting.formats.landmarks import LandmarkSet
 def save_sequence_fit(fit: SequenceFit, folder: Path, extra: dict | None = None) -> None:
     """Write one sequence's outputs (module docstring); `extra` entries are added to status.json."""
     folder.mkdir(parents=True, exist_ok=True)
-    np.savez(folder / "fit.npz", **fit.stacked())
+    # each file atomically (core/fileio.py), as the bytes pandas / numpy / json wrote before (the fit's DVC hashes)
+    stacked = fit.stacked()
+    atomic_write(folder / "fit.npz", lambda fh: np.savez(fh, **stacked))
     save_cameras(folder / "cameras.json", fit.cameras)
-    fit.residuals.to_parquet(folder / "residuals.parquet", index=False)
-    fit.history.to_csv(folder / "history.csv", index=False)
+    atomic_write(folder / "residuals.parquet", lambda fh: fit.residuals.to_parquet(fh, index=False))
+    write_csv(folder / "history.csv", fit.history)
     if fit.noise is not None:  # the landmark noise model the second solve used (per group σ̂, weight)
-        fit.noise.to_csv(folder / "noise_model.csv", index=False)
+        write_csv(folder / "noise_model.csv", fit.noise)
     status = {"frames": {str(f): {"status": s.status, "reason": s.reason, "note": s.note} for f, s in fit.status.items()},
               "converged": bool(fit.converged), "silhouette": fit.silhouette,
               "points": fit.points,
               "camera_refinement": fit.camera_refinement, **(extra or {})}
-    (folder / "status.json").write_text(json.dumps(status, indent=1, default=str))
+    write_text(folder / "status.json", json.dumps(status, indent=1, default=str))
 
 
 def gt_vertices(cap: Capture, subject: str, sequence: str, frame: int) -> np.ndarray | None:

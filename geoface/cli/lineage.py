@@ -42,7 +42,8 @@ def register(sub, chosen) -> None:
     p = command(sub, "audit", "print a trained model's lineage (its model card: captures version, shards and head "
                 "model hashes, params, git commit, date) and ask DVC (`dvc status` of every stage up to the model) "
                 "whether the workspace still holds the data it was trained on; exit status 1 when it does not, or when "
-                "that cannot be confirmed (no model card, or one that records no captures version)",
+                "that cannot be confirmed (no model card, one that records no captures version, or no capture "
+                "folder among the outputs of the stages up to the model)",
                 audit, force=None)
     p.add_argument("model_dir", metavar="MODEL_DIR", nargs="?", default=None,
                    help="the model folder, an output of a dvc.yaml stage (default: models/geoface of the DVC "

@@ -10,7 +10,8 @@ stage up to the model with dvc.lock. Its entries are sorted into
 The workspace matches when there is no `data` entry (code and params drift are reported: they mean `dvc repro` would
 re-run stages, not that the data on disk differ). The captures version recorded in the card is also compared with
 the workspace's capture folder(s) upstream of the model; a card that records none (null or missing) matches nothing:
-the audit says the version is unknown and exits 1 (docs/lineage.md).
+the audit says the version is unknown and exits 1 (docs/lineage.md). So does a pipeline with no capture folder among
+the outputs of the stages up to the model: the version cannot be compared, the audit says so and exits 1.
 """
 from __future__ import annotations
 
@@ -58,8 +59,15 @@ class AuditReport:
         return self.card is not None and self.card.get("captures_version") is None
 
     @property
+    def capture_unfound(self) -> bool:
+        """No output of the stages up to the model is a capture folder (a capture.json: say the capture is outside
+        the pipeline, or a dataset built elsewhere): the card's captures version cannot be compared with anything."""
+        return self.card is not None and not self.captures
+
+    @property
     def matches(self) -> bool:
-        if self.card is None or self.version_unknown:  # nothing says what the model was trained on: no match to claim
+        # nothing says what the model was trained on, or nothing to compare it with: no match to claim
+        if self.card is None or self.version_unknown or self.capture_unfound:
             return False
         version = self.card["captures_version"]
         return (not any(kind == "data" for kind, _, _ in self.entries)
@@ -188,6 +196,9 @@ def format_report(r: AuditReport) -> str:
         same = "" if r.card is None else " (not compared: the model's is unknown)" if r.version_unknown else (
             " (same as the model's)" if version == c["captures_version"] else " (DIFFERS from the model's)")
         lines.append(f"workspace captures: {path} version {version}{same}")
+    if r.capture_unfound:
+        lines.append("workspace captures: none found (no output of the stages up to the model holds a capture.json), "
+                     "so the model's captures version cannot be compared with the workspace's")
     if r.entries:
         lines.append(f"DVC status of the stages up to the model (`dvc status {r.stage} --with-deps`):")
         grouped: dict[tuple[str, str], list[str]] = {}
@@ -200,9 +211,11 @@ def format_report(r: AuditReport) -> str:
         lines.append("verdict: no model card, so nothing says what the model was trained on")
     elif r.matches:
         lines.append("verdict: the workspace data match what the model was trained on")
-    elif r.version_unknown and not any(kind == "data" for kind, _, _ in r.entries):
-        lines.append("verdict: UNCONFIRMED: the model card records no captures version, so the workspace capture "
-                     "cannot be checked against the one the model was trained on (DVC's status alone is clean)")
+    elif (r.version_unknown or r.capture_unfound) and not any(kind == "data" for kind, _, _ in r.entries):
+        why = ("the model card records no captures version" if r.version_unknown else
+               "no capture folder is among the outputs of the stages up to the model")
+        lines.append(f"verdict: UNCONFIRMED: {why}, so the workspace capture cannot be checked against the one the "
+                     "model was trained on (DVC's status alone is clean)")
     else:
         hint = " (a fresh clone: `dvc pull`)" if any("deleted" in w or "not in cache" in w for _, _, w in r.entries) \
             else ""

@@ -244,6 +244,43 @@ def test_audit_of_a_card_without_a_captures_version_says_so_and_fails(project, c
     assert cli(capsys, "audit", repo / "models/m")[0] == 0
 
 
+def test_audit_of_a_pipeline_without_a_capture_output_says_so_and_fails(tmp_path, capsys):
+    """The capture is outside the pipeline (the dataset stage reads a folder no stage writes): the card records a
+    captures version but no output of the stages up to the model is a capture. The audit compared that version with
+    nothing, printed no workspace capture line and exited 0 with "the workspace data match" on DVC's status alone.
+    Now it says the workspace capture was not found, and exits 1 with UNCONFIRMED (as for a card without a version)."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+           "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"captures": {"subjects": 1}}))
+    (tmp_path / "make_capture.py").write_text(MAKE_CAPTURE)
+    sh([sys.executable, "make_capture.py", tmp_path / "capture"], tmp_path, env)  # outside the repository
+    sh(["git", "init", "-q"], repo, env)
+    sh([BIN / "dvc", "init", "-q"], repo, env)
+    for name, text in (("make_dataset.py", MAKE_DATASET), ("train.py", TRAIN)):
+        (repo / name).write_text(text)
+    stages = {"dataset": {"cmd": f"python make_dataset.py {tmp_path / 'capture'} data/dataset",
+                          "deps": ["make_dataset.py"], "outs": ["data/dataset"]}, "train": DVC_YAML["stages"]["train"]}
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
+    sh([BIN / "dvc", "repro", "-q"], repo, env)
+    commit(repo, env, "a pipeline whose capture is outside it")
+    version = capture_version(tmp_path / "capture")
+    rc, out, err = cli(capsys, "audit", repo / "models/m")
+    assert rc == 1 and err == "", (out, err)
+    assert f"captures version:   {version}" in out and "DVC status of the stages up to the model: up to date" in out
+    assert "workspace captures: none found (no output of the stages up to the model holds a capture.json), so the " \
+           "model's captures version cannot be compared with the workspace's" in out, out
+    verdicts = [line for line in out.splitlines() if line.startswith("verdict:")]
+    assert verdicts == ["verdict: UNCONFIRMED: no capture folder is among the outputs of the stages up to the model, "
+                        "so the workspace capture cannot be checked against the one the model was trained on (DVC's "
+                        "status alone is clean)"], out
+    rc, out, _ = cli(capsys, "audit", repo / "models/m", "--json")
+    rep = json.loads(out)
+    assert rc == 1 and rep["matches"] is False and rep["workspace_captures"] == {}
+    assert rep["card"]["captures_version"] == version
+
+
 @pytest.mark.parametrize("file, text, words", [
     ("dvc.lock", 'schema: "2.0"\nstages: [\n {{{\n', "dvc.lock', YAML file structure is corrupted"),
     ("dvc.lock", 'schema: "2.0"\nstages: 5\n', "dvc.lock' validation failed"),
