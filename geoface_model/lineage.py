@@ -16,7 +16,7 @@ from pathlib import Path
 from flame_fitting.core.fileio import write_json, write_text
 from flame_fitting.core.names import terminal_safe
 from flame_fitting.core.readers import read_json
-from flame_fitting.core.units import digest, tree_hashes
+from flame_fitting.core.unit_keys import digest, tree_hashes
 from flame_fitting.formats.lineage import LineageError, read_lineage
 
 CARD_JSON, CARD_MD = "model_card.json", "MODEL_CARD.md"

@@ -30,7 +30,7 @@ from accelerate import PartialState
 from flame_fitting.core.errors import GeofaceError
 from flame_fitting.core.names import terminal_safe
 from flame_fitting.core.fileio import file_ancestor, replace_dir, sha256_file, temp_path, write_bytes, write_json
-from flame_fitting.core.units import code_digest, tree_digest
+from flame_fitting.core.unit_keys import code_digest, tree_digest
 
 from .backbone import vae_path_of
 from .checkpoint import prune_runs, touch_run, writing

@@ -49,9 +49,9 @@ CODE_PACKAGES = ("flame_fitting", "geoface_model", "pipelines", "geoface")  # wh
 
 @functools.lru_cache(maxsize=1)
 def package_digest() -> str:
-    """units.code_digest of this checkout's packages (CODE_PACKAGES under PACKAGE_ROOT), once per process: what a
+    """unit_keys.code_digest of this checkout's packages (CODE_PACKAGES under PACKAGE_ROOT), once per process: what a
     Ray worker compares with the stage's, so a node running other geoface code is caught."""
-    from flame_fitting.core.units import code_digest  # here: this module stays free of the toolkit's imports
+    from flame_fitting.core.unit_keys import code_digest  # here: this module stays free of the toolkit's imports
 
     return code_digest(*(PACKAGE_ROOT / pkg for pkg in CODE_PACKAGES))
 

@@ -14,7 +14,8 @@ import pandas as pd
 
 from flame_fitting.core.executor import ExecutorConfig, open_executor
 from flame_fitting.core.fileio import check_output_dir, write_csv, write_json
-from flame_fitting.core.units import Unit, code_digest, run_units, tree_digest, unit_key, write_unit_failures
+from flame_fitting.core.unit_keys import Unit, code_digest, tree_digest, unit_key
+from flame_fitting.core.units import run_units, write_unit_failures
 from flame_fitting.formats.capture import capture_version, load_capture
 from flame_fitting.formats.lineage import check_same_capture, write_lineage
 from flame_fitting.formats.landmarks import load_landmarks

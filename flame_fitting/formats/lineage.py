@@ -4,7 +4,7 @@ Every metrics file after the captures stage holds `captures_version`: the versio
 from (capture_version.py). A stage whose later readers no longer see the capture (`fit`: uv reads only the fits;
 `dataset`: train reads only the shards) writes it, with the hash of the head model it used, to `lineage.json` in
 its output folder; the next stage reads it there (`captures_version_of`). Folder hashes are
-`core.units.tree_digest`, the same content hash the stages' work-unit keys use.
+`core.unit_keys.tree_digest`, the same content hash the stages' work-unit keys use.
 """
 from __future__ import annotations
 

@@ -1,12 +1,12 @@
 """What a work unit (one subject + sequence) of a capture consists of, as hashes: the unit's key in every data stage
-starts from `capture_unit_hashes` (flame_fitting/core/units.py, docs/scaling.md)."""
+starts from `capture_unit_hashes` (flame_fitting/core/unit_keys.py, docs/scaling.md)."""
 from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
 
 from flame_fitting.core.fileio import sha256_file
-from flame_fitting.core.units import Unit, digest, tree_hashes
+from flame_fitting.core.unit_keys import Unit, digest, tree_hashes
 from flame_fitting.formats.capture import Capture, check_image_files, load_capture
 
 

@@ -30,7 +30,8 @@ import pandas as pd
 from flame_fitting.core.executor import ExecutorConfig, open_executor
 from flame_fitting.core.fileio import check_output_dir, write_json
 from flame_fitting.core.params import spec
-from flame_fitting.core.units import Unit, code_digest, run_units, unit_key, write_unit_failures
+from flame_fitting.core.unit_keys import Unit, code_digest, unit_key
+from flame_fitting.core.units import run_units, write_unit_failures
 from flame_fitting.formats.capture import Capture, CaptureError, capture_version, load_capture, read_gt_landmarks
 from flame_fitting.formats.landmarks import KEYS, LandmarkSet, write_landmark_files
 from flame_fitting.formats.lineage import write_lineage

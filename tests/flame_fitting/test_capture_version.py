@@ -161,13 +161,13 @@ def test_not_a_capture_is_one_clear_error_naming_the_folder(tmp_path, make):
 def test_the_code_digest_holds_the_library_versions(monkeypatch, tmp_path):
     """Another MediaPipe or torch gives other landmarks and fits: a unit's key (and the Ray node check) changes with
     the installed versions, not only with geoface's files."""
-    from flame_fitting.core import units
+    from flame_fitting.core import unit_keys
 
     (tmp_path / "m.py").write_text("x = 1\n")
-    before = units.code_digest(tmp_path)
-    assert dict(units.library_versions())["numpy"] is not None
-    monkeypatch.setattr(units, "library_versions", lambda: (("numpy", "0.0.0"),))
-    assert units.code_digest(tmp_path) != before
+    before = unit_keys.code_digest(tmp_path)
+    assert dict(unit_keys.library_versions())["numpy"] is not None
+    monkeypatch.setattr(unit_keys, "library_versions", lambda: (("numpy", "0.0.0"),))
+    assert unit_keys.code_digest(tmp_path) != before
 
 
 def test_diff_text_escapes_what_a_terminal_would_obey(tmp_path):

@@ -30,7 +30,8 @@ UNIT_WRITER = """
 import json, os, sys
 from pathlib import Path
 from flame_fitting.core.fileio import write_text
-from flame_fitting.core.units import Unit, UnitWork
+from flame_fitting.core.unit_keys import Unit
+from flame_fitting.core.units import UnitWork
 
 
 def fn(unit, tmp, extras):

@@ -13,7 +13,8 @@ import pytest
 
 from flame_fitting.core.errors import GeofaceError
 from flame_fitting.core.executor import ExecutorConfig, ExecutorError, home_module, open_executor, start_pool_early
-from flame_fitting.core.units import KEY_FILE, Unit, UnitWork, run_units, write_unit_failures
+from flame_fitting.core.unit_keys import KEY_FILE, Unit
+from flame_fitting.core.units import UnitWork, run_units, write_unit_failures
 
 
 def parse(text: str) -> int:

@@ -14,7 +14,8 @@ import pytest
 from flame_fitting.core import hash_cache
 from flame_fitting.core.executor import ExecutorConfig, open_executor
 from flame_fitting.core.hash_cache import file_sha256
-from flame_fitting.core.units import Unit, run_units, tree_hashes
+from flame_fitting.core.unit_keys import Unit, tree_hashes
+from flame_fitting.core.units import run_units
 
 
 def sha(data: bytes) -> str:

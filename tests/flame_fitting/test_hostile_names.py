@@ -15,7 +15,8 @@ import pytest
 from flame_fitting.core.errors import GeofaceError, error_line
 from flame_fitting.core.executor import ExecutorConfig, open_executor
 from flame_fitting.core.names import name_key, name_problem, relpath_problem, terminal_safe
-from flame_fitting.core.units import Unit, run_units
+from flame_fitting.core.unit_keys import Unit
+from flame_fitting.core.units import run_units
 from flame_fitting.formats.capture import CaptureError, CaptureWriter, capture_index, load_cameras, load_capture
 
 from test_capture import write_small

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flame_fitting.core.units import digest, tree_hashes
+from flame_fitting.core.unit_keys import digest, tree_hashes
 from flame_fitting.formats.capture import Capture, CaptureWriter, load_capture
 from flame_fitting.formats.units import capture_unit_hashes, capture_units, sub_capture, unit_manifest
 from test_capture import cams

@@ -14,7 +14,7 @@ import pytest
 from unit_capture import EXTRAS, OUTS, build, run_data_stages, subjects_of, subset
 
 from flame_fitting.core.executor import ExecutorConfig, ExecutorError
-from flame_fitting.core.units import KEY_FILE, tree_hashes
+from flame_fitting.core.unit_keys import KEY_FILE, tree_hashes
 
 LOCAL = ExecutorConfig(kind="local", workers=1)
 
