@@ -8,7 +8,9 @@ Determinism: data order = accelerate's seedable sampler (seed + epoch), view cho
 run replays exactly the batches and noise of an uninterrupted one. On the CPU its weights are then the same bits;
 on a GPU close but not bit-identical (atomic adds in backward kernels, cuDNN's algorithm choice), and a GPU run
 draws other noise than a CPU run of the same seed. Several GPUs: DDP with `find_unused_parameters` (a
-reference-dropped micro-batch leaves the alignment head without gradients); only the main process writes files.
+reference-dropped micro-batch leaves the alignment head without gradients); only the main process writes files, and
+an error of one process before the others would wait for it (at the start, a checkpoint, a loss row, the model's
+save) stops every process (ranks.py).
 accelerate's state is one per process: `mixed_precision` is set by the first `train` call of a process (a later
 call asking for another raises accelerate's error; run each training in its own process, as the stage does).
 
@@ -42,6 +44,7 @@ from .data import GeoFaceDataset, ShardError, check_compatible, collate
 from .diffusion import make_noise_scheduler, training_losses
 from .latents import LatentCodec
 from .geo_norm import posmap_statistics
+from .ranks import stop_together
 from .train_checkpoint import check_run_dir, resume_newest, save_checkpoint
 
 log = logging.getLogger("geoface_model.train")
@@ -88,11 +91,6 @@ def train(cfg: GeoFaceConfig, data: str | Path | GeoFaceDataset, out_dir: str | 
     """
     cfg.validate()
     tc, out_dir = cfg.train, Path(out_dir)
-    dataset = data if isinstance(data, GeoFaceDataset) else GeoFaceDataset(data, "train", tc.n_ref, tc.n_tgt, tc.seed)
-    where = str(data if not isinstance(data, GeoFaceDataset) else dataset.paths[0])
-    check_compatible(dataset.meta, cfg.tokens, where)
-    if (dataset.n_ref, dataset.n_tgt) != (tc.n_ref, tc.n_tgt):
-        raise ShardError(f"{where}: dataset yields {dataset.n_ref}+{dataset.n_tgt} views, config asks {tc.n_ref}+{tc.n_tgt}")
     mp = tc.mixed_precision if torch.cuda.is_available() else "no"
     if mp != tc.mixed_precision:
         log.info("mixed_precision %r requested but no GPU: training in fp32", tc.mixed_precision)
@@ -101,39 +99,48 @@ def train(cfg: GeoFaceConfig, data: str | Path | GeoFaceDataset, out_dir: str | 
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
     accelerator = Accelerator(mixed_precision=mp, kwargs_handlers=[ddp],
                               dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=tc.seed))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if resume:
-        check_run_dir(out_dir, cfg)
-    set_seed(tc.seed)
-    codec = LatentCodec.from_path(vae_path_of(cfg), accelerator.device)
-    model = build_model(cfg, codec.channels, codec.downsample)
-    if hasattr(model, "geo_norm_mean"):  # model.geometry_norm: dataset — the training split's statistics (geo_norm.py)
-        model.set_geometry_norm(*posmap_statistics(dataset))
-        codec.geometry_norm = model.geometry_norm()
-    if cfg.model.gradient_checkpointing:
-        model.enable_gradient_checkpointing()
-    n_params = sum(p.numel() for p in model.parameters())
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    n_proc = accelerator.num_processes
-    sched = get_scheduler("constant_with_warmup" if tc.lr_schedule == "constant" else "cosine", opt,
-                          num_warmup_steps=tc.warmup_steps * n_proc, num_training_steps=tc.steps * n_proc)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=tc.batch_size, shuffle=True, drop_last=True,
-                                         collate_fn=collate, num_workers=tc.num_workers)
+    with stop_together("could not start"):  # an error of one process stops all, before DDP waits (ranks.py)
+        dataset = (data if isinstance(data, GeoFaceDataset)
+                   else GeoFaceDataset(data, "train", tc.n_ref, tc.n_tgt, tc.seed))
+        where = str(data if not isinstance(data, GeoFaceDataset) else dataset.paths[0])
+        check_compatible(dataset.meta, cfg.tokens, where)
+        if (dataset.n_ref, dataset.n_tgt) != (tc.n_ref, tc.n_tgt):
+            raise ShardError(f"{where}: dataset yields {dataset.n_ref}+{dataset.n_tgt} views, "
+                             f"config asks {tc.n_ref}+{tc.n_tgt}")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            check_run_dir(out_dir, cfg)
+        set_seed(tc.seed)
+        codec = LatentCodec.from_path(vae_path_of(cfg), accelerator.device)
+        model = build_model(cfg, codec.channels, codec.downsample)
+        if hasattr(model, "geo_norm_mean"):  # model.geometry_norm: dataset — the training split's statistics
+            model.set_geometry_norm(*posmap_statistics(dataset))
+            codec.geometry_norm = model.geometry_norm()
+        if cfg.model.gradient_checkpointing:
+            model.enable_gradient_checkpointing()
+        n_params = sum(p.numel() for p in model.parameters())
+        opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        n_proc = accelerator.num_processes
+        sched = get_scheduler("constant_with_warmup" if tc.lr_schedule == "constant" else "cosine", opt,
+                              num_warmup_steps=tc.warmup_steps * n_proc, num_training_steps=tc.steps * n_proc)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=tc.batch_size, shuffle=True, drop_last=True,
+                                             collate_fn=collate, num_workers=tc.num_workers)
     model, opt, sched, loader = accelerator.prepare(model, opt, sched, loader)
     unwrapped = accelerator.unwrap_model(model)
     ema = EMAModel(unwrapped.parameters(), decay=tc.ema_decay)
     ema.to(accelerator.device)
     state = TrainState()
-    resumed_from, skipped = resume_newest(accelerator, out_dir, ema, state) if resume else (None, [])
-    if resumed_from:
-        log.info("resumed from %s at step %d", resumed_from, state.step)
-    if accelerator.is_main_process:
-        write_json(out_dir / "geoface_config.json", cfg.to_dict(), indent=1)
-    per_epoch = (len(loader) // tc.grad_accum) * tc.grad_accum
-    if per_epoch == 0:
-        raise ShardError(f"{where}: {len(dataset)} samples give {len(loader)} batches of {tc.batch_size} per process, "
-                         f"fewer than grad_accum = {tc.grad_accum}")
-    losslog = LossLog(out_dir / "loss.csv", state.rows, append=accelerator.is_main_process)
+    with stop_together("could not start"):
+        resumed_from, skipped = resume_newest(accelerator, out_dir, ema, state) if resume else (None, [])
+        if resumed_from:
+            log.info("resumed from %s at step %d", resumed_from, state.step)
+        if accelerator.is_main_process:
+            write_json(out_dir / "geoface_config.json", cfg.to_dict(), indent=1)
+        per_epoch = (len(loader) // tc.grad_accum) * tc.grad_accum
+        if per_epoch == 0:
+            raise ShardError(f"{where}: {len(dataset)} samples give {len(loader)} batches of {tc.batch_size} per "
+                             f"process, fewer than grad_accum = {tc.grad_accum}")
+        losslog = LossLog(out_dir / "loss.csv", state.rows, append=accelerator.is_main_process)
     state.rows = losslog.rows
     scheduler = make_noise_scheduler(cfg)
     gen = torch.Generator(device=accelerator.device)
@@ -180,7 +187,8 @@ def train(cfg: GeoFaceConfig, data: str | Path | GeoFaceDataset, out_dir: str | 
                        "align_loss": align / n_align if n_align else float("nan"), "lr": sched.get_last_lr()[0],
                        **{k: _nanmean([m[k] for m in measured]) for k in ("grad_norm_diffusion", "grad_norm_align")}}
                 measured.clear()
-                losslog.add(row)  # appends to loss.csv.partial on the main process only
+                with stop_together(f"could not log step {state.step}"):
+                    losslog.add(row)  # appends to loss.csv.partial on the main process only
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
             bar.update(1)
             if state.step % tc.checkpoint_every == 0 or state.step == tc.steps:
@@ -188,14 +196,14 @@ def train(cfg: GeoFaceConfig, data: str | Path | GeoFaceDataset, out_dir: str | 
     finally:
         bar.close()
     completed = state.step >= tc.steps
-    if completed and accelerator.is_main_process:
-        losslog.flush()
-        ema.copy_to(unwrapped.parameters())
-        tmp = temp_path(out_dir / "model")
-        with writing(tmp, out_dir / "model"):
-            unwrapped.save_pretrained(str(tmp))
-            replace_dir(tmp, out_dir / "model", kind="model")
-    accelerator.wait_for_everyone()
+    with stop_together("could not save the model"):
+        if completed and accelerator.is_main_process:
+            losslog.flush()
+            ema.copy_to(unwrapped.parameters())
+            tmp = temp_path(out_dir / "model")
+            with writing(tmp, out_dir / "model"):
+                unwrapped.save_pretrained(str(tmp))
+                replace_dir(tmp, out_dir / "model", kind="model")
     rows = losslog.rows
     k = max(1, min(5, len(rows) // 2))
     mean = lambda rs, key="loss": _number(_nanmean([r[key] for r in rs]))  # noqa: E731

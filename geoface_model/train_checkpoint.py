@@ -1,7 +1,7 @@
 """Saving and resuming the accelerate state of a training run (`train.train`): the check that a run folder's
 checkpoints were written with this model and token config (`check_run_dir`), resume from the newest checkpoint
 that verifies and loads, each skipped one with its reason (`resume_newest`), and the checkpoint every process
-writes together (`save_checkpoint`).
+writes together (`save_checkpoint`; an error of one process stops them all: ranks.py).
 
 The checkpoint layout, checksums, completion marker, pruning and our own state files: checkpoint.py. Resume never
 unpickles anything but tensors and plain containers: EMA and step/loss rows are safetensors + JSON, accelerate's
@@ -25,6 +25,7 @@ from .backbone import check_run_backbone
 from .checkpoint import (LossLog, TrainState, checkpoint_dir, finalize_checkpoint, list_checkpoints, load_extra_state,
                          pickled_custom_state, prune_checkpoints, save_extra_state, verify_checkpoint, writing)
 from .config import GeoFaceConfig
+from .ranks import stop_together
 
 log = logging.getLogger("geoface_model.train")  # the training's logger: resume warnings belong to the run
 
@@ -88,17 +89,19 @@ def save_checkpoint(accelerator: Accelerator, out_dir: Path, step: int, keep: in
                      state: TrainState) -> None:
     final = checkpoint_dir(out_dir, step)
     tmp = temp_path(final, shared=True)  # every process of the run writes into the same folder
+    main, what = accelerator.is_main_process, f"could not write checkpoint {final.name}"
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    with writing(tmp, final, remove=accelerator.is_main_process):  # a full disk keeps no half-written checkpoint
-        accelerator.save_state(str(tmp))
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            save_extra_state(tmp, ema, state)
-            finalize_checkpoint(tmp, final, step)
-    if accelerator.is_main_process:
-        losslog.flush()
-        prune_checkpoints(out_dir, keep)
-    accelerator.wait_for_everyone()
+    with stop_together(what):  # an error of one process stops every process, none waits for it (ranks.py)
+        if main and tmp.exists():
+            shutil.rmtree(tmp)
+    with writing(tmp, final, remove=main):  # a full disk keeps no half-written checkpoint
+        with stop_together(what):
+            accelerator.save_state(str(tmp))
+        with stop_together(what):
+            if main:
+                save_extra_state(tmp, ema, state)
+                finalize_checkpoint(tmp, final, step)
+    with stop_together(what):
+        if main:
+            losslog.flush()
+            prune_checkpoints(out_dir, keep)

@@ -15,6 +15,8 @@ they were) it publishes those same bytes, not a new card dated now with metrics 
 (models/geoface and metrics/train.json changed, and the evaluation re-ran in full).
 A second training of the same run while one trains (a second terminal, a resume started too early) refuses to start
 (run_lock.py): both wrote the one temporary checkpoint folder of the run, and one of them died mid-run.
+Several processes (GPUs): the main one alone locks, prunes and publishes; when it (or any process) cannot start or
+publish, every process stops with one line naming it (ranks.py), instead of waiting at a barrier for it.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import hashlib
 import json
 import shutil
 import sys
-from contextlib import nullcontext
+from contextlib import ExitStack
 from pathlib import Path
 
 from accelerate import PartialState
@@ -38,6 +40,7 @@ from .config import GeoFaceConfig
 from .data import GeoFaceDataset, ShardError, check_compatible, read_shard_meta
 from .latents import latent_shape_info
 from .lineage import CARD_JSON, CARD_MD, model_card, scalar_entries, write_model_card
+from .ranks import stop_together
 from .run_lock import run_lock
 from .train import train
 
@@ -186,27 +189,30 @@ def train_model(cfg: GeoFaceConfig, data: Path | str, state: Path | str, model: 
     """Train on the shards under `data` in `state`/<run id>, publish `model` and `loss_csv`; returns the metrics
     (and writes their scalar entries to `metrics_path`)."""
     state, model, loss_csv = Path(state), Path(model), Path(loss_csv)
-    check_file_outputs(model, {"loss CSV": loss_csv, "metrics JSON": metrics_path})
-    check_start(cfg, data)  # before touching STATE: a run that cannot start changes nothing there
-    rid = run_id(cfg, data)
-    run_dir = state / rid
     main = PartialState().is_main_process
-    with run_lock(run_dir) if main else nullcontext():  # one training at a time in a run folder (run_lock.py)
-        if main:
-            for warning in config_warnings(cfg, latent_shape_info(vae_path_of(cfg))):
-                print(f"train: warning: {warning}", file=sys.stderr)
-            touch_run(run_dir, rid)
-            for old in prune_runs(state, cfg.train.keep_states, run_dir):
-                print(f"train: deleted the state of run {old.name} (train.keep_states = {cfg.train.keep_states})",
-                      file=sys.stderr)
-        PartialState().wait_for_everyone()
+    with ExitStack() as held:
+        # an error of any process (the main one alone takes the lock, prunes, publishes) stops every process (ranks.py)
+        with stop_together("could not start"):
+            check_file_outputs(model, {"loss CSV": loss_csv, "metrics JSON": metrics_path})
+            check_start(cfg, data)  # before touching STATE: a run that cannot start changes nothing there
+            rid = run_id(cfg, data)
+            run_dir = state / rid
+        with stop_together("could not start"):  # after every process checked: one that cannot start changes nothing
+            if main:
+                held.enter_context(run_lock(run_dir))  # one training at a time in a run folder (run_lock.py)
+                for warning in config_warnings(cfg, latent_shape_info(vae_path_of(cfg))):
+                    print(f"train: warning: {warning}", file=sys.stderr)
+                touch_run(run_dir, rid)
+                for old in prune_runs(state, cfg.train.keep_states, run_dir):
+                    print(f"train: deleted the state of run {old.name} (train.keep_states = "
+                          f"{cfg.train.keep_states})", file=sys.stderr)
         metrics = train(cfg, Path(data), run_dir)
-        if main:  # one process publishes (several GPUs: the others would race its renames)
-            tmp = temp_path(model)
-            with writing(tmp, model):  # a full disk or an interrupt leaves no half-written copy beside MODEL
-                metrics = _publish(cfg, data, rid, run_dir, model, tmp, metrics)
-            write_bytes(loss_csv, (run_dir / "loss.csv").read_bytes())
-            if metrics_path is not None:
-                write_json(metrics_path, scalar_entries(metrics))
-        PartialState().wait_for_everyone()
+        with stop_together("could not publish the model"):
+            if main:  # one process publishes (several GPUs: the others would race its renames)
+                tmp = temp_path(model)
+                with writing(tmp, model):  # a full disk or an interrupt leaves no half-written copy beside MODEL
+                    metrics = _publish(cfg, data, rid, run_dir, model, tmp, metrics)
+                write_bytes(loss_csv, (run_dir / "loss.csv").read_bytes())
+                if metrics_path is not None:
+                    write_json(metrics_path, scalar_entries(metrics))
     return metrics

@@ -1,7 +1,9 @@
 """Training on several processes (what several GPUs run under `accelerate launch`), as a CPU DDP group (gloo):
 a reference-dropped micro-batch leaves the sd21 MLP alignment head without gradients, which DDP refuses unless
 it looks for unused parameters ("Expected to have finished reduction in the prior iteration" before the fix), and
-only the main process publishes the model, loss CSV and metrics (every process renamed them before)."""
+only the main process publishes the model, loss CSV and metrics (every process renamed them before); a process that
+cannot start stops every process, with one line naming it (the others waited at a barrier for as long as it lived)."""
+import inspect
 import json
 import os
 import socket
@@ -9,28 +11,43 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
-from geoface_model.checkpoint import read_csv
+from geoface_model.checkpoint import read_csv, touch_run
+from geoface_model.run_lock import try_lock
 from geoface_model.sd21.tiny import write_tiny_sd21
 from geoface_model.synthetic import make_synthetic_shard
+from geoface_model.train_run import run_id
 
 REPO = Path(__file__).resolve().parents[2]
-RANK_SCRIPT = """
+
+
+def config(root):
+    from geoface_model.config import GeoFaceConfig
+    return GeoFaceConfig.from_sections(
+        tokens=dict(resolution=64, patch_size=16, uv_resolution=64, geo_patch_size=16),
+        model=dict(backbone="sd21_mv", base_path=root + "/base", align_head="mlp", qk_norm=True),
+        loss=dict(align_weight=0.5),
+        train=dict(steps=3, batch_size=1, n_ref=1, n_tgt=2, lr=1e-3, warmup_steps=1, checkpoint_every=3, ema_decay=0.9,
+                   cond_dropout=0.5, log_every=1))
+
+
+RANK_SCRIPT = inspect.getsource(config) + """
 import sys
 import torch
 torch.set_num_threads(1)
 from accelerate import PartialState
 PartialState(cpu=True)  # the processes form a DDP group on the CPU (gloo), as several GPUs would
-from geoface_model.config import GeoFaceConfig
+from flame_fitting.core.errors import GeofaceError, error_line
 from geoface_model.train_run import train_model
-root = sys.argv[1]
-cfg = GeoFaceConfig.from_sections(
-    tokens=dict(resolution=64, patch_size=16, uv_resolution=64, geo_patch_size=16),
-    model=dict(backbone="sd21_mv", base_path=root + "/base", align_head="mlp", qk_norm=True),
-    loss=dict(align_weight=0.5),
-    train=dict(steps=3, batch_size=1, n_ref=1, n_tgt=2, lr=1e-3, warmup_steps=1, checkpoint_every=3, ema_decay=0.9,
-               cond_dropout=0.5, log_every=1))
-m = train_model(cfg, root + "/ds", root + "/state", root + "/model", root + "/loss.csv", root + "/train.json")
+root, data = sys.argv[1], sys.argv[2]
+try:
+    m = train_model(config(root), data, root + "/state", root + "/model", root + "/loss.csv", root + "/train.json")
+except (GeofaceError, OSError) as e:  # what the stage prints as one line (stages/common.py `run`)
+    print("error:", error_line(e), flush=True)
+    if sys.argv[3:] == ["linger"]:  # stays alive after its error, as a caller that caught it (a notebook) or a dead
+        sys.stdin.read()            # peer that NCCL does not notice: the others must not wait for it
+    sys.exit(1)
 print("steps_run", m["steps_run"])
 """
 
@@ -47,13 +64,7 @@ def test_two_processes_train_with_reference_dropout_and_publish_once(tmp_path):
                          uv_resolution=64, patch_size=16, geo_patch_size=16, seed=0)
     (tmp_path / "rank.py").write_text(RANK_SCRIPT)
     port = free_port()
-    procs = []
-    for rank in (0, 1):
-        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1",
-               "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-        procs.append(subprocess.Popen([sys.executable, str(tmp_path / "rank.py"), str(tmp_path)], env=env, cwd=tmp_path,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    procs = launch(tmp_path, [str(tmp_path / "ds")] * 2)
     outs = [p.communicate(timeout=280)[0] for p in procs]
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-3000:]
@@ -63,3 +74,60 @@ def test_two_processes_train_with_reference_dropout_and_publish_once(tmp_path):
     assert json.loads((tmp_path / "train.json").read_text())["steps_run"] == 3
     assert (tmp_path / "model" / "geoface_config.json").is_file()
     assert not [p.name for p in tmp_path.iterdir() if ".geoface-tmp-" in p.name]  # no race left a temporary
+
+
+def launch(tmp_path, data, linger=None):
+    """Start the two processes of a run (rank r trains on data[r]); the one numbered `linger` stays alive after its
+    error until its stdin closes."""
+    port = free_port()
+    procs = []
+    for rank in (0, 1):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1",
+               "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+        args = [sys.executable, str(tmp_path / "rank.py"), str(tmp_path), data[rank]] + (["linger"] * (rank == linger))
+        procs.append(subprocess.Popen(args, env=env, cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    return procs
+
+
+@pytest.mark.parametrize("refusal", ["run folder locked", "shard damaged on rank 1", "config unwritable on rank 0"])
+def test_a_process_that_cannot_start_stops_every_process(tmp_path, refusal):
+    """The failing process stays alive after its error: the other one stops on its own (it waited at a barrier
+    before: a hang, here until the test's time ran out), exits 1 and names the failing process and its error."""
+    write_tiny_sd21(tmp_path / "base", seed=0)
+    make_synthetic_shard(tmp_path / "ds" / "train.safetensors", n_samples=4, n_views=3, resolution=64,
+                         uv_resolution=64, patch_size=16, geo_patch_size=16, seed=0)
+    (tmp_path / "rank.py").write_text(RANK_SCRIPT)
+    data = [str(tmp_path / "ds")] * 2
+    run_dir = tmp_path / "state" / run_id(config(str(tmp_path)), tmp_path / "ds")
+    if refusal == "run folder locked":  # another training (this test's process) holds the run folder
+        failing, lock = 0, try_lock(run_dir)
+        touch_run(run_dir, run_dir.name)
+        expected = f"{run_dir}: another training of this run is in progress (process {os.getpid()} on "
+    elif refusal == "shard damaged on rank 1":  # as on a node with its own copy of the dataset
+        failing, shard = 1, (tmp_path / "ds" / "train.safetensors").read_bytes()
+        (tmp_path / "bad").mkdir()
+        (tmp_path / "bad" / "train.safetensors").write_bytes(shard[:len(shard) // 2])
+        data[1] = str(tmp_path / "bad")
+        expected = f"{tmp_path / 'bad' / 'train.safetensors'}: not a readable safetensors file"
+    else:  # the main process alone writes the run's config; a folder stands where it goes (a full disk would do)
+        failing = 0
+        (run_dir / "geoface_config.json").mkdir(parents=True)
+        expected = f"-> {run_dir / 'geoface_config.json'}: Is a directory"  # the rename of its temporary
+    procs = launch(tmp_path, data, linger=failing)
+    try:
+        other = procs[1 - failing].communicate(timeout=150)[0]
+    finally:
+        failed = procs[failing].communicate(input="", timeout=150)[0]
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    if refusal == "run folder locked":
+        os.close(lock)
+    assert procs[failing].returncode == 1 and procs[1 - failing].returncode == 1, (failed, other)
+    failed_line, = [ln for ln in failed.splitlines() if ln.startswith("error: ")]
+    other_line, = [ln for ln in other.splitlines() if ln.startswith("error: ")]
+    assert expected in failed_line
+    assert other_line == f"error: stopping with process {failing} of 2, which could not start: " + failed_line[7:]
+    assert not (tmp_path / "model").exists()
