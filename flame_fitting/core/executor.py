@@ -11,8 +11,9 @@ returns one `UnitResult` per item, in input order:
 - local with `unit_timeout_s`: a pool of `workers` processes (even for workers = 1) and this process runs none, so
   that a unit running past the limit can be stopped (its process only: the units the others run go on);
 - ray: one Ray task per item on the cluster at `ray_address` (or $RAY_ADDRESS; none or "local": a local Ray with
-  `workers` CPUs started here, listening on loopback only, without dashboard, shut down when the block ends: Ray has
-  no authentication, whoever reaches it runs code; docs/scaling.md "Who can reach the Ray"). A task whose worker
+  `workers` CPUs started here, listening on loopback only, without dashboard, with a fresh token it asks of every
+  client and a temporary folder of this user's only (core/ray_session.py), shut down when the block ends: whoever
+  reaches it with its token runs code; docs/scaling.md "Who can reach the Ray"). A task whose worker
   process or node is lost is retried by Ray (`max_retries=retries`). Each task runs in the stage's working folder
   (relative paths mean the same folders everywhere), with one thread per library, and only on a node whose geoface
   code is the stage's (workers.ray_unit): a node without the folder or with other code fails the unit with a line
@@ -44,6 +45,7 @@ from tqdm import tqdm
 from flame_fitting.core.errors import GeofaceError
 from flame_fitting.core.params import build_config, spec
 from flame_fitting.core.pool import map_pool, start_pool_early
+from flame_fitting.core.ray_session import private_ray_session
 from flame_fitting.core.workers import (PACKAGE_ROOT, StartClock, UnitResult, call_unit, home_module, package_digest,
                                         ray_unit, timeout_result)
 
@@ -234,33 +236,36 @@ def open_executor(cfg: ExecutorConfig) -> Iterator[Executor]:
     where = "executor.ray_address" if cfg.ray_address else "RAY_ADDRESS"
     if address == "local":  # Ray's word for "start a new local Ray": the stage's own, below
         address = None
-    started = False
-    if not ray.is_initialized():
-        if address:
-            _check_reachable(address, where)
-        env = {"PYTHONPATH": os.pathsep.join([str(PACKAGE_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(
-            os.pathsep) if p]),
-               # a task holds one CPU: one thread for numba and the BLAS (set when Ray starts the worker process)
-               **{k: "1" for k in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}}
-        # a local Ray of the stage's own: reachable from this machine only (Ray has no authentication: whoever
-        # reaches its GCS or dashboard runs code), no dashboard, no client server (ray.init starts none)
-        kw = ({"address": address} if address else
-              {"address": "local", "num_cpus": cfg.workers, "include_dashboard": False, "_node_ip_address": "127.0.0.1"})
+    own = not address and not ray.is_initialized()  # a local Ray of the stage's own: started below
+    with private_ray_session(ray) if own else nullcontext():  # a fresh token, a folder of this user's only
+        started = False
+        if not ray.is_initialized():
+            if address:
+                _check_reachable(address, where)
+            path = [str(PACKAGE_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+            env = {"PYTHONPATH": os.pathsep.join(path),
+                   # a task holds one CPU: one thread for numba and the BLAS (set when Ray starts the worker process)
+                   **{k: "1" for k in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                       "MKL_NUM_THREADS")}}
+            # a local Ray of the stage's own: reachable from this machine only (whoever reaches its GCS with its
+            # token runs code), no dashboard, no client server (ray.init starts none)
+            kw = ({"address": address} if address else {"address": "local", "num_cpus": cfg.workers,
+                                                         "include_dashboard": False, "_node_ip_address": "127.0.0.1"})
+            try:
+                with _quiet_stderr(), (_loopback_node(ray) if not address else nullcontext()):
+                    # Ray's C++ client logs every failed attempt; the error below is the one line
+                    ray.init(runtime_env={"env_vars": env}, log_to_driver=False, logging_level="ERROR", **kw)
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                raise ExecutorError(f"{where}={address!r}: cannot connect to Ray ({str(e).splitlines()[0]}); "
+                                    "nothing was changed") from None
+            started = True
+            if not address and not ipaddress.ip_address(node_ip := ray.util.get_node_ip_address()).is_loopback:
+                ray.shutdown()  # its servers listen beyond this machine: fail closed
+                raise ExecutorError(f"executor.kind=ray: the local Ray started at {node_ip!r}, not on loopback; set "
+                                    "executor.kind: local, or give the executor.ray_address of a Ray on a private "
+                                    "network; nothing was changed")
         try:
-            with _quiet_stderr(), (_loopback_node(ray) if not address else nullcontext()):
-                # Ray's C++ client logs every failed attempt; the error below is the one line
-                ray.init(runtime_env={"env_vars": env}, log_to_driver=False, logging_level="ERROR", **kw)
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            raise ExecutorError(f"{where}={address!r}: cannot connect to Ray ({str(e).splitlines()[0]}); "
-                                "nothing was changed") from None
-        started = True
-        if not address and not ipaddress.ip_address(node_ip := ray.util.get_node_ip_address()).is_loopback:
-            ray.shutdown()  # its servers listen beyond this machine: fail closed
-            raise ExecutorError(f"executor.kind=ray: the local Ray started at {node_ip!r}, not on loopback; set "
-                                "executor.kind: local, or give the executor.ray_address of a Ray on a private "
-                                "network; nothing was changed")
-    try:
-        yield Executor(cfg, ray)
-    finally:
-        if started:
-            ray.shutdown()
+            yield Executor(cfg, ray)
+        finally:
+            if started:
+                ray.shutdown()

@@ -9,9 +9,12 @@ import contextlib
 import dataclasses
 import ipaddress
 import os
+import pathlib
 import re
 import shutil
 import signal
+import stat
+import subprocess
 import sys
 import tempfile
 import threading
@@ -130,7 +133,7 @@ def test_a_ray_started_elsewhere_on_the_machine_is_not_taken_for_the_stages_own(
     from flame_fitting.core.executor import open_executor
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    tmp = tempfile.mkdtemp(prefix="geoface-ray-", dir="/tmp")  # short: Ray's socket paths live under it
+    tmp = tempfile.mkdtemp(prefix="gf-", dir="/tmp")  # short: Ray's socket paths live under it (twice nested)
     try:
         monkeypatch.setenv("RAY_TMPDIR", tmp)
         os.mkdir(os.path.join(tmp, "ray"))
@@ -143,6 +146,59 @@ def test_a_ray_started_elsewhere_on_the_machine_is_not_taken_for_the_stages_own(
         assert not ray.is_initialized()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# a second process that knows the local Ray's address (another user finds it with `ps`, `ss` or in Ray's folder),
+# asks it to run a task that writes a file; exit status 3: Ray refused it
+_CLIENT = """
+import os, sys, ray
+@ray.remote
+def write(path):
+    with open(path, "w") as f:
+        f.write(str(os.getuid()))
+try:
+    ray.init(address=sys.argv[1], log_to_driver=False, logging_level="ERROR")
+except Exception as e:
+    print("refused:", type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+    sys.exit(3)
+ray.get(write.remote(sys.argv[2]), timeout=120)
+"""
+
+
+def test_the_local_ray_runs_only_what_a_holder_of_its_fresh_token_submits(monkeypatch, tmp_path):
+    """The Ray the stage starts itself runs in token mode with a fresh random token held in the stage's environment
+    only: a second process that knows its address but not the token is refused, with no token or with the user's
+    `~/.ray/auth_token` (before, Ray 2.60 took that file's token, mode 0644, the same for every Ray of the user: the
+    second process ran its task); one given the stage's token runs its task (the check is real), and the stage's own
+    units run. Ray's folder is one only this user can enter, holds the token in no file, and is removed after; no
+    command line holds the token; Ray's settings in the environment are as before once the executor is closed. (Runs
+    before the module's cluster.)"""
+    from flame_fitting.core.executor import open_executor
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    before = dict(os.environ)
+    with open_executor(ExecutorConfig(kind="ray", workers=1)) as ex:
+        assert [r.value for r in ex.map(int, ["1", "2"], progress=False)] == [1, 2]
+        address, token = ray.get_runtime_context().gcs_address, os.environ.get("RAY_AUTH_TOKEN", "")
+        outsider = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_TMPDIR"))}
+        outsider["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # a client on this machine: keep 127.0.0.1 as it is
+        clients = {"no token": outsider, "~/.ray/auth_token": {**outsider, "RAY_AUTH_MODE": "token"},
+                   "the stage's token": {**outsider, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}}
+        procs = {name: subprocess.Popen([sys.executable, "-c", _CLIENT, address, str(tmp_path / str(i))], env=env,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for i, (name, env) in enumerate(clients.items())}  # at once: a refusal takes Ray some 20 s
+        out = {name: (p.wait(timeout=180), p.stdout.read()[-2000:]) for name, p in procs.items()}
+        assert {name: rc for name, (rc, _) in out.items()} == {"no token": 3, "~/.ray/auth_token": 3,
+                                                               "the stage's token": 0}, out
+        assert sorted(f.name for f in tmp_path.iterdir()) == ["2"]  # only the holder of the token ran code
+        assert len(token) == 64 and token != before.get("RAY_AUTH_TOKEN")
+        folder = pathlib.Path(ray._private.worker._global_node.get_session_dir_path()).parents[1]
+        assert folder.stat().st_uid == os.getuid() and stat.S_IMODE(folder.stat().st_mode) == 0o700
+        assert [f for f in folder.rglob("*") if f.is_file() and token.encode() in f.read_bytes()] == []
+        assert [p.pid for p in psutil.process_iter() if token in _command(p.pid)] == []
+    assert not ray.is_initialized() and not folder.exists()
+    mine = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_TMPDIR")  # what the stage set for its Ray
+    assert {k: os.environ.get(k) for k in mine} == {k: before.get(k) for k in mine}
 
 
 @pytest.fixture(scope="module")
