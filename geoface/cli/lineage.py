@@ -43,7 +43,8 @@ def register(sub, chosen) -> None:
                 "model hashes, params, git commit, date) and ask DVC (`dvc status` of every stage up to the model) "
                 "whether the workspace still holds the data it was trained on; exit status 1 when it does not, or when "
                 "that cannot be confirmed (no model card, one that records no captures version, or no capture "
-                "folder among the outputs of the stages up to the model)",
+                "folder among the outputs or dependencies of the stages up to the model); each capture folder found "
+                "(a capture.json) must have the card's captures version",
                 audit, force=None)
     p.add_argument("model_dir", metavar="MODEL_DIR", nargs="?", default=None,
                    help="the model folder, an output of a dvc.yaml stage (default: models/geoface of the DVC "

@@ -10,8 +10,11 @@ stage up to the model with dvc.lock. Its entries are sorted into
 The workspace matches when there is no `data` entry (code and params drift are reported: they mean `dvc repro` would
 re-run stages, not that the data on disk differ). The captures version recorded in the card is also compared with
 the workspace's capture folder(s) upstream of the model; a card that records none (null or missing) matches nothing:
-the audit says the version is unknown and exits 1 (docs/lineage.md). So does a pipeline with no capture folder among
-the outputs of the stages up to the model: the version cannot be compared, the audit says so and exits 1.
+the audit says the version is unknown and exits 1 (docs/lineage.md). The workspace captures are the folders holding a
+capture.json among the outputs AND the dependencies of the stages up to the model (a stage's output, a `dvc add`-tracked
+folder, a folder imported outside DVC or outside the repository that a stage lists in `deps`); each one found must have
+the card's version. A pipeline with no such folder (a capture a stage reads without declaring it) cannot be compared:
+the audit says so and exits 1.
 """
 from __future__ import annotations
 
@@ -60,8 +63,9 @@ class AuditReport:
 
     @property
     def capture_unfound(self) -> bool:
-        """No output of the stages up to the model is a capture folder (a capture.json: say the capture is outside
-        the pipeline, or a dataset built elsewhere): the card's captures version cannot be compared with anything."""
+        """No output or dependency of the stages up to the model is a capture folder (a capture.json: say the
+        dataset stage reads a capture it does not list in `deps`, or a dataset built elsewhere): the card's captures
+        version cannot be compared with anything."""
         return self.card is not None and not self.captures
 
     @property
@@ -156,15 +160,29 @@ def _audit(repo: Repo, model_dir: Path | str | None) -> AuditReport:
     uncached = {(s.addressing, o.def_path) for s in stages for o in s.outs if not o.use_cache}
     status = {s: [e for e in entries if not _only_uncached(s, e, uncached)] for s, entries in status.items()}
     report = AuditReport(str(model), stage.addressing, card, card_error, classify(status, _git_tracked(root)))
-    for s in stages:
-        for o in s.outs:
-            path = Path(o.fs_path)
-            if (path / "capture.json").is_file():
-                try:
-                    report.captures.append((str(path.relative_to(root)), capture_version(path)))
-                except CaptureError:
-                    report.captures.append((str(path.relative_to(root)), None))
+    report.captures = _captures(stages, root)
     return report
+
+
+def _captures(stages, root: Path) -> list[tuple[str, str | None]]:
+    """(folder, its version or None when unreadable) of every capture folder (a folder holding capture.json) that a
+    stage up to the model writes or reads: the stages' outputs (a `dvc add`-tracked folder is the output of its .dvc
+    file's stage) and their dependencies (a folder imported outside DVC, a path outside the repository), each once,
+    in DVC's stage order. A path inside the repository is shown relative to it, one outside as it is."""
+    found: dict[Path, str | None] = {}
+    root = root.resolve()
+    for s in stages:
+        for o in [*s.outs, *s.deps]:
+            if getattr(o.fs, "protocol", None) != "local":
+                continue  # a `dvc import` or remote-URL dependency: not a folder on this machine
+            path = Path(o.fs_path).resolve()
+            if path in found or not (path / "capture.json").is_file():
+                continue
+            try:
+                found[path] = capture_version(path)
+            except CaptureError:
+                found[path] = None
+    return [(str(p.relative_to(root)) if p.is_relative_to(root) else str(p), v) for p, v in found.items()]
 
 
 def _only_uncached(stage: str, entry, uncached: set) -> bool:
@@ -194,11 +212,12 @@ def format_report(r: AuditReport) -> str:
                   f"trained (UTC):      {c.get('date')}"]
     for path, version in r.captures:
         same = "" if r.card is None else " (not compared: the model's is unknown)" if r.version_unknown else (
-            " (same as the model's)" if version == c["captures_version"] else " (DIFFERS from the model's)")
+            " (same as the model's)" if version == c["captures_version"] else
+            f" (DIFFERS from the model's {c['captures_version']})")
         lines.append(f"workspace captures: {path} version {version}{same}")
     if r.capture_unfound:
-        lines.append("workspace captures: none found (no output of the stages up to the model holds a capture.json), "
-                     "so the model's captures version cannot be compared with the workspace's")
+        lines.append("workspace captures: none found (no output or dependency of the stages up to the model holds a "
+                     "capture.json), so the model's captures version cannot be compared with the workspace's")
     if r.entries:
         lines.append(f"DVC status of the stages up to the model (`dvc status {r.stage} --with-deps`):")
         grouped: dict[tuple[str, str], list[str]] = {}
@@ -213,7 +232,7 @@ def format_report(r: AuditReport) -> str:
         lines.append("verdict: the workspace data match what the model was trained on")
     elif (r.version_unknown or r.capture_unfound) and not any(kind == "data" for kind, _, _ in r.entries):
         why = ("the model card records no captures version" if r.version_unknown else
-               "no capture folder is among the outputs of the stages up to the model")
+               "no capture folder is among the outputs or dependencies of the stages up to the model")
         lines.append(f"verdict: UNCONFIRMED: {why}, so the workspace capture cannot be checked against the one the "
                      "model was trained on (DVC's status alone is clean)")
     else:

@@ -245,8 +245,8 @@ def test_audit_of_a_card_without_a_captures_version_says_so_and_fails(project, c
 
 
 def test_audit_of_a_pipeline_without_a_capture_output_says_so_and_fails(tmp_path, capsys):
-    """The capture is outside the pipeline (the dataset stage reads a folder no stage writes): the card records a
-    captures version but no output of the stages up to the model is a capture. The audit compared that version with
+    """The capture is outside the pipeline (the dataset stage reads a folder no stage writes nor lists in `deps`): the
+    card records a captures version but no output or dependency of the stages up to the model is a capture. The audit compared that version with
     nothing, printed no workspace capture line and exited 0 with "the workspace data match" on DVC's status alone.
     Now it says the workspace capture was not found, and exits 1 with UNCONFIRMED (as for a card without a version)."""
     repo = tmp_path / "repo"
@@ -269,16 +269,98 @@ def test_audit_of_a_pipeline_without_a_capture_output_says_so_and_fails(tmp_path
     rc, out, err = cli(capsys, "audit", repo / "models/m")
     assert rc == 1 and err == "", (out, err)
     assert f"captures version:   {version}" in out and "DVC status of the stages up to the model: up to date" in out
-    assert "workspace captures: none found (no output of the stages up to the model holds a capture.json), so the " \
-           "model's captures version cannot be compared with the workspace's" in out, out
+    assert "workspace captures: none found (no output or dependency of the stages up to the model holds a " \
+           "capture.json), so the model's captures version cannot be compared with the workspace's" in out, out
     verdicts = [line for line in out.splitlines() if line.startswith("verdict:")]
-    assert verdicts == ["verdict: UNCONFIRMED: no capture folder is among the outputs of the stages up to the model, "
-                        "so the workspace capture cannot be checked against the one the model was trained on (DVC's "
-                        "status alone is clean)"], out
+    assert verdicts == ["verdict: UNCONFIRMED: no capture folder is among the outputs or dependencies of the stages up "
+                        "to the model, so the workspace capture cannot be checked against the one the model was trained "
+                        "on (DVC's status alone is clean)"], out
     rc, out, _ = cli(capsys, "audit", repo / "models/m", "--json")
     rep = json.loads(out)
     assert rc == 1 and rep["matches"] is False and rep["workspace_captures"] == {}
     assert rep["card"]["captures_version"] == version
+
+
+def make_capture_at(tmp_path, cap, subjects, env):
+    """A capture of `subjects` subjects written to `cap` (a folder this test owns, replaced); its version."""
+    shutil.rmtree(cap, ignore_errors=True)
+    (tmp_path / "make_capture.py").write_text(MAKE_CAPTURE)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"captures": {"subjects": subjects}}))
+    sh([sys.executable, "make_capture.py", cap], tmp_path, env)
+    return capture_version(cap)
+
+
+def pipeline_reading(repo, env, reads, deps):
+    """dataset (reads capture `reads`, lists `deps` besides its script) -> train, reproduced and committed."""
+    for name, text in (("make_dataset.py", MAKE_DATASET), ("train.py", TRAIN)):
+        (repo / name).write_text(text)
+    stages = {"dataset": {"cmd": f"python make_dataset.py {reads} data/dataset",
+                          "deps": ["make_dataset.py", *deps], "outs": ["data/dataset"]},
+              "train": DVC_YAML["stages"]["train"]}
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
+    sh([BIN / "dvc", "repro", "-q"], repo, env)
+    commit(repo, env, f"a pipeline reading {reads} as a dependency")
+
+
+def new_repo(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+           "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    sh(["git", "init", "-q"], repo, env)
+    sh([BIN / "dvc", "init", "-q"], repo, env)
+    return repo, env
+
+
+@pytest.mark.parametrize("kind", ["dvc add", "external dep", "git-tracked dep"])
+def test_audit_compares_a_capture_the_pipeline_reads_as_a_dependency(tmp_path, capsys, kind):
+    """The capture is no stage's output but a dependency of the dataset stage: a folder tracked with `dvc add` (its
+    .dvc file's stage), a folder outside the repository listed in `deps`, a folder committed to git. The audit looked
+    only among the stages' outputs: for the last two "none found", UNCONFIRMED, exit 1 although the capture is there.
+    Now it compares its version: exit 0 when it is the card's, 1 naming both versions when it differs - also after
+    `dvc commit`, when DVC's status alone is clean."""
+    repo, env = new_repo(tmp_path)
+    cap = {"dvc add": repo / "data/captures", "external dep": tmp_path / "capture",
+           "git-tracked dep": repo / "captures"}[kind]
+    trained = make_capture_at(tmp_path, cap, 1, env)
+    if kind == "dvc add":
+        sh([BIN / "dvc", "add", "-q", cap], repo, env)
+    dep = str(cap.relative_to(repo)) if cap.is_relative_to(repo) else str(cap)
+    pipeline_reading(repo, env, dep, [dep])
+    rc, out, err = cli(capsys, "audit", repo / "models/m")
+    assert rc == 0 and err == "", (out, err)
+    assert f"workspace captures: {dep} version {trained} (same as the model's)" in out, out
+    assert "verdict: the workspace data match what the model was trained on" in out
+    rc, out, _ = cli(capsys, "audit", repo / "models/m", "--json")
+    assert rc == 0 and json.loads(out)["workspace_captures"] == {dep: trained}
+
+    other = make_capture_at(tmp_path, cap, 2, env)  # the workspace's capture is no longer the model's
+    assert other != trained
+    differs = f"workspace captures: {dep} version {other} (DIFFERS from the model's {trained})"
+    rc, out, _ = cli(capsys, "audit", repo / "models/m")
+    assert rc == 1 and differs in out and f"captures version:   {trained}" in out, out
+    assert f"dataset: dep {dep} modified" in out and "DO NOT match" in out  # (a git-tracked one shows as code)
+    sh([BIN / "dvc", "commit", "-q", "-f"], repo, env)  # dvc.lock now records the new capture: DVC's status is clean
+    rc, out, _ = cli(capsys, "audit", repo / "models/m")
+    assert rc == 1 and differs in out and "DVC status of the stages up to the model: up to date" in out, out
+    assert "verdict: the workspace data DO NOT match what the model was trained on" in out
+    rc, out, _ = cli(capsys, "audit", repo / "models/m", "--json")
+    assert rc == 1 and json.loads(out)["workspace_captures"] == {dep: other} and json.loads(out)["matches"] is False
+
+
+def test_audit_compares_each_of_several_captures(tmp_path, capsys):
+    """Two captures upstream of the model (the dataset stage reads one, lists another in `deps`): each is compared
+    with the card's one version; the one that differs is named and the audit does not claim a match (docs/lineage.md:
+    "Several captures found")."""
+    repo, env = new_repo(tmp_path)
+    read = make_capture_at(tmp_path, tmp_path / "capture", 1, env)
+    other = make_capture_at(tmp_path, tmp_path / "calibration", 2, env)
+    pipeline_reading(repo, env, tmp_path / "capture", [str(tmp_path / "capture"), str(tmp_path / "calibration")])
+    rc, out, err = cli(capsys, "audit", repo / "models/m")
+    assert rc == 1 and err == "" and "DVC status of the stages up to the model: up to date" in out, (out, err)
+    assert f"workspace captures: {tmp_path / 'capture'} version {read} (same as the model's)" in out, out
+    assert f"workspace captures: {tmp_path / 'calibration'} version {other} (DIFFERS from the model's {read})" in out
+    assert "verdict: the workspace data DO NOT match what the model was trained on" in out
 
 
 @pytest.mark.parametrize("file, text, words", [
