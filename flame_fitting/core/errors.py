@@ -12,6 +12,11 @@ class GeofaceError(Exception):
     """An error about the user's input: the message names the file (or params key) and the problem."""
 
 
+class ExecutorError(GeofaceError, RuntimeError):
+    """The executor cannot run (core/executor.py, core/pool.py): a Ray cluster that does not answer, Ray not
+    installed, a local pool whose processes keep dying before they are ready."""
+
+
 def error_line(e: Exception) -> str:
     """The one line an entry point prints for an input error: a GeofaceError's message, or for an error the system
     raised about a path (no permission, a file where a folder is needed, a full disk …) `PATH: reason`

@@ -7,7 +7,9 @@ returns one `UnitResult` per item, in input order:
 - local, workers > 1: this process and a pool of `workers - 1` processes forked from a clean server process that
   imported `fn`'s module once (multiprocessing's forkserver), fed by a dispatcher thread while this process runs
   units too (flame_fitting/core/pool.py). A pool process that dies is replaced: its unit is re-run, up to `retries`
-  times, while the other pool processes' units go on;
+  times, while the other pool processes' units go on. `retries + 1` pool processes in a row that die before they
+  are ready (a unit module that fails to import in a fresh process, processes killed as they start) stop the pool:
+  the units running finish, none not yet started is run, and `map` raises ExecutorError naming the module;
 - local with `unit_timeout_s`: a pool of `workers` processes (even for workers = 1) and this process runs none, so
   that a unit running past the limit can be stopped (its process only: the units the others run go on);
 - ray: one Ray task per item on the cluster at `ray_address` (or $RAY_ADDRESS; none or "local": a local Ray with
@@ -42,7 +44,7 @@ from typing import Callable, Iterator, Sequence
 
 from tqdm import tqdm
 
-from flame_fitting.core.errors import GeofaceError
+from flame_fitting.core.errors import ExecutorError
 from flame_fitting.core.params import build_config, spec
 from flame_fitting.core.pool import map_pool, start_pool_early
 from flame_fitting.core.ray_session import private_ray_session
@@ -53,10 +55,6 @@ __all__ = ["Executor", "ExecutorConfig", "ExecutorError", "UnitResult", "call_un
            "open_executor", "start_pool_early"]
 
 
-class ExecutorError(GeofaceError, RuntimeError):
-    """The executor cannot run: a Ray cluster that does not answer, Ray not installed, a pool that keeps dying."""
-
-
 @dataclass
 class ExecutorConfig:
     kind: str = spec("local", "local: a process pool on this machine; ray: tasks on a Ray cluster", choices=["local", "ray"])
@@ -64,7 +62,8 @@ class ExecutorConfig:
                            "ray without an address: CPUs of the local Ray started by the stage", lo=1, hi=4096)
     ray_address: str | None = spec(None, "Ray cluster address (host:port, ray://host:port or auto); null = $RAY_ADDRESS, "
                                          "else a local Ray started by the stage, on loopback only")
-    retries: int = spec(3, "times a unit is re-run when its worker process or node is lost (not when it raises)",
+    retries: int = spec(3, "times a unit is re-run when its worker process or node is lost (not when it raises); "
+                           "local: retries + 1 pool processes in a row dying before they are ready stop the pool",
                         lo=0, hi=100)
     ray_memory_gb: float | None = spec(None, "ray: memory one unit needs, in GiB (Ray places no more units on a node "
                                              "than its memory holds); null = no request", lo=0.0, hi=4096.0)

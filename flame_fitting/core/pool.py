@@ -5,19 +5,23 @@ that server before the caller's own imports. A dispatcher thread hands a pool pr
 free, while the caller's process runs units itself. Each pool process is managed on its own (a pipe it takes units
 on and answers through): one that dies, or runs a unit past the time limit (`executor.unit_timeout_s`, then the
 caller's process runs none: it could not be stopped, and the pool has `workers` processes), is replaced alone, and
-the units the other processes are running go on.
+the units the other processes are running go on. Processes that die before they are ready (`retries + 1` in a row: a
+unit module that fails to import in a fresh process, processes killed as they start) end the map with ExecutorError
+once the units already running are done, instead of being replaced for ever.
 """
 from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import time
-from collections import Counter, deque
 from multiprocessing.connection import wait
 from typing import Callable
 
+from flame_fitting.core.errors import ExecutorError
+from flame_fitting.core.unit_queue import UnitQueue
 from flame_fitting.core.workers import (PACKAGE_ROOT, UnitResult, call_unit, home_module, restore_threads, set_threads,
                                         timeout_result)
 
@@ -76,8 +80,13 @@ class _Worker:
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_serve, args=(child, [str(PACKAGE_ROOT)] + sys.path, fn, threads),
                                 name="geoface-pool")
-        self.proc.start()
-        child.close()
+        try:
+            self.proc.start()
+        except BaseException:  # not started (`_start`): no pipe left open
+            self.conn.close()
+            raise
+        finally:
+            child.close()
         self.ready, self.unit, self.started = False, None, 0.0
 
     def answer(self) -> tuple[bool, UnitResult | None]:
@@ -91,6 +100,22 @@ class _Worker:
             return False, None
         self.ready = True
         return True, message
+
+    def start_failure(self) -> str:
+        """How its process ended (before it was ready): its exit code, or the signal that killed it."""
+        code = self.proc.exitcode
+        if code is None or code >= 0:
+            return f"exit code {code}"
+        return f"killed by {next((s.name for s in signal.Signals if s.value == -code), f'signal {-code}')}"
+
+
+def _start(ctx, fn: Callable, threads: int) -> tuple[_Worker | None, str]:
+    """A new pool process, or (None, why) when the fork server could not start one (the server died, or the new
+    process was killed before it read its start data: EOFError, BrokenPipeError)."""
+    try:
+        return _Worker(ctx, fn, threads), ""
+    except (OSError, EOFError) as e:
+        return None, f"the fork server could not start it: {type(e).__name__}: {e}"
 
 
 def _stop(procs: list, grace: float = 5.0) -> None:
@@ -119,62 +144,6 @@ def _close(procs: list, timeout: float = 10.0) -> None:
         if p.is_alive():
             p.terminate()
             p.join(5.0)
-class _UnitQueue:
-    """The units of one `Executor.map` on a local pool, shared by this process's thread and the dispatcher thread:
-    indices not yet taken, results, how often each unit's worker was lost, and the progress bar."""
-
-    def __init__(self, items: list, bar):
-        self.items, self.bar = items, bar
-        self.pending, self.results, self.n_lost = deque(range(len(items))), {}, Counter()
-        self.running, self.closed = 0, False
-        self.cond = threading.Condition()
-
-    def take(self, wait: bool) -> int | None:
-        """The next unit to run, or None: none left (wait=False), or none left and none running elsewhere that could
-        come back to the queue (wait=True; it waits for either)."""
-        with self.cond:
-            while wait and not self.pending and self.running and not self.closed:
-                self.cond.wait()
-            if not self.pending or self.closed:
-                return None
-            self.running += 1
-            return self.pending.popleft()
-
-    def finish(self, i: int, result: UnitResult) -> None:
-        with self.cond:
-            self.results[i], self.running = result, self.running - 1
-            self.bar.update()
-            self.cond.notify_all()
-
-    def lost(self, i: int, retries: int) -> None:
-        """Unit `i`'s worker process died: back to the queue, or recorded as lost after `retries` re-runs."""
-        with self.cond:
-            self.n_lost[i] += 1
-            self.running -= 1
-            if self.n_lost[i] > retries:
-                self.results[i] = UnitResult(self.items[i], False, None, f"WorkerLost: the worker process died "
-                                             f"{self.n_lost[i]} times while this unit was running")
-                self.bar.update()
-            else:
-                self.pending.append(i)
-            self.cond.notify_all()
-
-    def requeue(self, i: int) -> None:
-        """Unit `i` never started (its pool process died before it could be sent): back to the queue, not counted as
-        lost."""
-        with self.cond:
-            self.running -= 1
-            self.pending.append(i)
-            self.cond.notify_all()
-
-    def has_pending(self) -> bool:
-        with self.cond:
-            return bool(self.pending) and not self.closed
-
-    def close(self) -> None:
-        with self.cond:
-            self.closed = True
-            self.cond.notify_all()
 
 
 def map_pool(fn: Callable, items: list, bar, workers: int, retries: int,
@@ -186,9 +155,12 @@ def map_pool(fn: Callable, items: list, bar, workers: int, retries: int,
     its share of the cores for torch and numba (`cpu_count // workers` threads). A pool process that dies is
     replaced: its unit goes back to the queue (`retries` times at most per unit), the other processes' units go on.
     `timeout` (s, executor.unit_timeout_s): this process runs no unit, the pool has `workers` processes, and a unit
-    running longer has its process stopped (that one only) and is recorded as UnitTimeout, never retried."""
+    running longer has its process stopped (that one only) and is recorded as UnitTimeout, never retried.
+    ExecutorError when `retries + 1` pool processes in a row die before they are ready (or cannot be started): the
+    units not yet taken are not run, the running ones finish first (their outputs are written), and the error names
+    `fn`'s module and how the last process ended."""
     threads = max(1, (os.cpu_count() or 1) // workers)  # each process's share of the cores
-    queue = _UnitQueue(items, bar)
+    queue = UnitQueue(items, bar)
     old_threads = set_threads(threads)
     own = timeout is None  # this process runs units too (one could not be stopped here)
     n_pool = workers - 1 if own else workers
@@ -204,23 +176,48 @@ def map_pool(fn: Callable, items: list, bar, workers: int, retries: int,
         queue.close()  # the dispatcher stops submitting (all done, or this process was interrupted)
         dispatcher.join()
         restore_threads(old_threads)
+    if queue.broken:
+        raise ExecutorError(queue.broken)
     return [queue.results[i] for i in range(len(items))]
 
 
-def _dispatch(fn: Callable, queue: _UnitQueue, n_pool: int, retries: int, threads: int,
+def _dispatch(fn: Callable, queue: UnitQueue, n_pool: int, retries: int, threads: int,
               timeout: float | None) -> None:
     """The dispatcher thread of `map_pool`: `n_pool` pool processes, each fed the next unit as soon as it is free
     (so a unit's time limit runs from when it is sent: it starts at once). A process that dies has its unit go back
     to the queue (`queue.lost`); one whose unit runs past `timeout` s is stopped and the unit recorded as
     UnitTimeout, never retried; either is replaced by a new process while units are left, and the other processes'
-    units go on."""
+    units go on. Processes that die before they are ready (or cannot be started) are counted: after `retries + 1` in
+    a row (none ready in between) no unit more is handed out and none is replaced (`queue.fail`)."""
     ctx = _pool_context(fn)
-    pool = [_Worker(ctx, fn, threads) for _ in range(n_pool)]
+    failed = 0  # processes in a row that died before they were ready
+
+    def start_failed(why: str) -> None:
+        nonlocal failed
+        failed += 1
+        if failed > retries and not queue.broken:
+            module = home_module(fn)
+            queue.fail(f"the local pool's processes for units of {module} died before they were "
+                       f"ready {failed} times in a row (executor.retries={retries}; the last: {why}), so "
+                       f"units not yet started were not run; each is forked from a server that preloads {module}: a "
+                       f"module that fails to import in a fresh process (its traceback is on stderr above) or "
+                       f"processes killed as they start (out of memory?)")
+
+    pool: list[_Worker] = []
     try:
         while not queue.closed and (queue.has_pending() or any(w.unit is not None for w in pool)):
+            while len(pool) < n_pool and queue.has_pending():  # (re)start: it gets a unit once it says it is ready
+                w, why = _start(ctx, fn, threads)
+                if w is None:
+                    start_failed(why)
+                else:
+                    pool.append(w)
             wait([w.conn for w in pool] + [w.proc.sentinel for w in pool], timeout=0.2)
-            for k, w in enumerate(pool):
+            for w in list(pool):
+                was_ready = w.ready
                 alive, result = w.answer()
+                if w.ready and not was_ready:
+                    failed = 0
                 unit = w.unit
                 if result is not None and unit is not None:
                     queue.finish(unit, result)
@@ -236,10 +233,10 @@ def _dispatch(fn: Callable, queue: _UnitQueue, n_pool: int, retries: int, thread
                 if not alive:
                     w.proc.join()
                     w.conn.close()
-                    if not queue.has_pending():
-                        pool[k] = None
-                        continue
-                    pool[k] = w = _Worker(ctx, fn, threads)  # not ready yet: it gets a unit once it says so
+                    pool.remove(w)  # replaced at the next pass while units are left
+                    if not w.ready:
+                        start_failed(w.start_failure())
+                    continue
                 if w.ready and w.unit is None and (j := queue.take(wait=False)) is not None:
                     try:
                         w.conn.send(queue.items[j])
@@ -247,9 +244,7 @@ def _dispatch(fn: Callable, queue: _UnitQueue, n_pool: int, retries: int, thread
                         queue.requeue(j)
                         continue
                     w.unit, w.started = j, time.monotonic()
-            pool = [w for w in pool if w is not None]
     finally:
-        pool = [w for w in pool if w is not None]
         busy = [w for w in pool if w.unit is not None]  # this process was interrupted
         _stop([w.proc for w in busy])
         for w in pool:
