@@ -8,9 +8,11 @@ The model folder may also be <root> itself. COLMAP images store world→camera a
 (qw, qx, qy, qz) and translation t in OpenCV's camera frame (x right, y down, z forward), so the pose
 needs no axis change; COLMAP's pixel centres are at +0.5 like geoface's, so K is used as is.
 Camera models: SIMPLE_PINHOLE, PINHOLE, SIMPLE_RADIAL, RADIAL, OPENCV, FULL_OPENCV (their
-distortion is OpenCV's; images are undistorted onto the same K). The others (fisheye, FOV, thin-prism, and
-COLMAP 4's division, EUCM and equirectangular models) are refused by name when an image uses them. Camera name = the image file stem (the path with '/' -> '_' when stems repeat); subject =
-`captures.subject` or the root folder's name, sequence = `captures.sequence`, frame 0.
+distortion is OpenCV's; images are undistorted onto the same K). The images of a camera with another model (fisheye,
+FOV, thin-prism, COLMAP 4's division, EUCM and equirectangular models) are skipped with the reason; the import is
+refused, naming the models, only when no image has a supported camera. A parameter count that is not the model's
+is a malformed file (refused). Camera name = the image file stem (the path with '/' -> '_' when stems repeat);
+subject = `captures.subject` or the root folder's name, sequence = `captures.sequence`, frame 0.
 COLMAP >= 3.12's rigs.bin|txt + frames.bin|txt: when one rig has several cameras, its frames are the frames and its
 cameras the cameras (pipelines/colmap_rigs.py; `captures.colmap_rig_frames`).
 Binary layout as COLMAP's read_write_model.py (little-endian).
@@ -37,13 +39,19 @@ N_PARAMS = {name: n for name, n in MODELS.values()}
 SUPPORTED = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV", "FULL_OPENCV")
 
 
+class UnsupportedModel(CaptureError):
+    """A well-formed camera whose model geoface does not read: its images are skipped, not the import."""
+
+
 def intrinsics_from_params(model: str, params, what: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """COLMAP camera model + params -> K (3,3) float64, OpenCV distortion (k,) or None."""
-    if model not in SUPPORTED:
-        raise CaptureError(f"{what}: camera model {model} is not supported (supported: {', '.join(SUPPORTED)})")
+    """COLMAP camera model + params -> K (3,3) float64, OpenCV distortion (k,) or None. A parameter count that is
+    not the model's (any model COLMAP defines) is a malformed file: CaptureError; a model outside SUPPORTED (fisheye,
+    FOV, thin-prism, COLMAP 4's 12-17, a name COLMAP does not define): UnsupportedModel."""
     p = [float(v) for v in params]
-    if len(p) != N_PARAMS[model]:
+    if model in N_PARAMS and len(p) != N_PARAMS[model]:
         raise CaptureError(f"{what}: {model} needs {N_PARAMS[model]} params, got {len(p)}")
+    if model not in SUPPORTED:
+        raise UnsupportedModel(f"{what}: camera model {model} is not supported (supported: {', '.join(SUPPORTED)})")
     if model in ("SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL"):
         fx = fy = p[0]
         cx, cy = p[1], p[2]
@@ -172,6 +180,7 @@ def import_capture(root_in: Path | str, out: Path | str, cfg: ImportConfig) -> I
             model_dir = root_in
     cams_raw, images, cam_file, img_file = read_model(model_dir)
     views, rig = _views(root_in, model_dir, cam_file, images, img_file, cfg)
+    intrinsics, unsupported = _intrinsics(cams_raw, {images[k][3] for k in views}, cam_file)
     image_dir = root_in / cfg.colmap_images
     subject, sequence = cfg.subject or root_in.resolve().name, cfg.sequence
     with CaptureImport("colmap", root_in, out, cfg) as imp:
@@ -190,8 +199,12 @@ def import_capture(root_in: Path | str, out: Path | str, cfg: ImportConfig) -> I
             if cam_id not in cams_raw:
                 imp.skip(where, f"camera_id {cam_id} is not in {imp.rel(cam_file)}")
                 continue
-            model, w, h, params = cams_raw[cam_id]
-            K, dist = intrinsics_from_params(model, params, f"{cam_file} [camera {cam_id}]")
+            model, w, h, _ = cams_raw[cam_id]
+            if cam_id in unsupported:
+                imp.skip(where, f"camera {cam_id} in {imp.rel(cam_file)} has camera model {model}, which geoface does "
+                                f"not read (supported: {', '.join(SUPPORTED)})")
+                continue
+            K, dist = intrinsics[cam_id]
             q = np.asarray(qvec, np.float64)
             if abs(np.linalg.norm(q) - 1.0) > 1e-4:
                 imp.skip(where, f"quaternion {q.tolist()} is not a unit quaternion (|q| = {np.linalg.norm(q):.6f}), not a rotation")
@@ -220,6 +233,27 @@ def import_capture(root_in: Path | str, out: Path | str, cfg: ImportConfig) -> I
         for frame, cname, path in files:
             imp.add_file(subject, sequence, frame, cname, path)
     return imp.report
+
+
+def _intrinsics(cams_raw: dict, used: set[int], cam_file: Path) -> tuple[dict, dict]:
+    """({camera_id: (K, dist)}, {camera_id: model}) of the cameras the selected images use: the supported ones, and
+    the ones whose model geoface does not read (their images are skipped). A malformed camera is a CaptureError, and
+    so is a model where no used camera is supported (nothing could be imported)."""
+    intrinsics, unsupported = {}, {}
+    for cam_id in sorted(used & cams_raw.keys()):
+        model, _, _, params = cams_raw[cam_id]
+        try:
+            intrinsics[cam_id] = intrinsics_from_params(model, params, f"{cam_file} [camera {cam_id}]")
+        except UnsupportedModel:
+            unsupported[cam_id] = model
+    if unsupported and not intrinsics:
+        by_model: dict[str, list[str]] = {}
+        for cam_id, model in unsupported.items():
+            by_model.setdefault(model, []).append(str(cam_id))
+        found = "; ".join(f"{m} (camera {', '.join(ids)})" for m, ids in sorted(by_model.items()))
+        raise CaptureError(f"{cam_file}: no image uses a supported camera model (found {found}; supported: "
+                           f"{', '.join(SUPPORTED)})")
+    return intrinsics, unsupported
 
 
 def _warn_missing(imp: CaptureImport, files: list, names, frame_file: str) -> None:

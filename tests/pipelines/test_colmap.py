@@ -80,14 +80,17 @@ def test_corrupt_models_are_refused_naming_the_file(tmp_path):
     path.write_bytes(path.read_bytes()[:-30])
     with pytest.raises(CaptureError, match=r"images.bin: truncated at byte"):
         import_capture(tmp_path / "p", tmp_path / "cap", ImportConfig())
-    # an unsupported camera model (OPENCV_FISHEYE = 5) is refused by name
+    # every camera of an unsupported model (OPENCV_FISHEYE = 5): nothing to import, refused naming the models
     write_colmap(tmp_path / "f", scene, binary=True, model="OPENCV")
     cams = tmp_path / "f/sparse/0/cameras.bin"
     data = bytearray(cams.read_bytes())
     struct.pack_into("<i", data, 8 + 4, 5)
+    struct.pack_into("<i", data, 8 + 24 + 8 * 8 + 4, 5)
     cams.write_bytes(bytes(data))
-    with pytest.raises(CaptureError, match="cameras.bin \\[camera 1\\]: camera model OPENCV_FISHEYE is not supported"):
+    with pytest.raises(CaptureError, match=r"cameras.bin: no image uses a supported camera model \(found OPENCV_FISHEYE "
+                                           r"\(camera 1, 2\); supported: SIMPLE_PINHOLE, PINHOLE"):
         import_capture(tmp_path / "f", tmp_path / "cap", ImportConfig())
+    assert not (tmp_path / "cap").exists()
     # a non-unit quaternion is not a rotation: that image is skipped
     write_colmap(tmp_path / "q", scene, binary=False)
     txt = tmp_path / "q/sparse/0/images.txt"
@@ -144,10 +147,10 @@ def test_an_image_name_outside_the_image_folder_is_refused(tmp_path, escape):
 
 @pytest.mark.parametrize("model_id,name,n_params", [(12, "SIMPLE_DIVISION", 4), (13, "DIVISION", 5), (14, "SIMPLE_FISHEYE", 3),
                                                     (15, "FISHEYE", 4), (16, "EUCM", 6), (17, "EQUIRECTANGULAR", 2)])
-def test_colmap4_camera_models_are_parsed_and_refused_by_name(tmp_path, model_id, name, n_params):
+def test_colmap4_camera_models_are_parsed_and_their_images_skipped_by_name(tmp_path, model_id, name, n_params):
     """COLMAP 4.0 added model ids 12-17 (src/colmap/sensor/models.h); a cameras.bin holding one was refused whole as
     'unknown model id' (found by an audit), even when no image used that camera. Now an unused one is parsed past,
-    and a used one is refused by its name."""
+    and the images of a used one are skipped naming it."""
     scene = Scene(make_cameras(2))
     write_colmap(tmp_path / "p", scene, binary=True)
     cams = tmp_path / "p/sparse/0/cameras.bin"
@@ -163,8 +166,10 @@ def test_colmap4_camera_models_are_parsed_and_refused_by_name(tmp_path, model_id
     raw = bytearray(imgs.read_bytes())
     struct.pack_into("<i", raw, 8 + 4 + 7 * 8, 77)  # image 1 now uses camera 77
     imgs.write_bytes(bytes(raw))
-    with pytest.raises(CaptureError, match=rf"cameras.bin \[camera 77\]: camera model {name} is not supported"):
-        import_capture(tmp_path / "p", tmp_path / "cap3", ImportConfig())
+    report = import_capture(tmp_path / "p", tmp_path / "cap3", ImportConfig())  # image 1 skipped, image 2 kept
+    assert report.n_images == 1 and [s["item"] for s in report.skipped] == ["sparse/0/images.bin [image 1 cam0.png]"]
+    assert f"camera 77 in sparse/0/cameras.bin has camera model {name}, which geoface does not read" in \
+        report.skipped[0]["reason"]
 
 
 def test_a_points2d_count_past_the_end_is_refused_naming_the_file(tmp_path):
@@ -176,4 +181,62 @@ def test_a_points2d_count_past_the_end_is_refused_naming_the_file(tmp_path):
     struct.pack_into("<Q", raw, raw.index(b"\x00", 8 + 64) + 1, 2**61)
     path.write_bytes(bytes(raw))
     with pytest.raises(CaptureError, match=r"images.bin: truncated at byte 89 .*image 1's 2305843009213693952 points2D"):
+        import_capture(tmp_path / "p", tmp_path / "cap", ImportConfig())
+
+
+def _fisheye_camera_3(mdir, binary: bool) -> None:
+    """Camera 3 of write_colmap's model becomes OPENCV_FISHEYE (COLMAP id 5: fx fy cx cy k1 k2 k3 k4)."""
+    if binary:
+        data = (mdir / "cameras.bin").read_bytes()
+        rec = 24 + 4 * 8  # PINHOLE: id, model, w, h + 4 doubles
+        cid, _, w, h = struct.unpack_from("<iiQQ", data, 8 + 2 * rec)
+        p = struct.unpack_from("<4d", data, 8 + 2 * rec + 24)
+        (mdir / "cameras.bin").write_bytes(data[:8 + 2 * rec] + struct.pack("<iiQQ", cid, 5, w, h)
+                                           + struct.pack("<8d", *p, 0.01, 0.0, 0.0, 0.0))
+    else:
+        lines = (mdir / "cameras.txt").read_text().splitlines()
+        e = lines[-1].split()
+        lines[-1] = " ".join([e[0], "OPENCV_FISHEYE", *e[2:], "0.01", "0.0", "0.0", "0.0"])
+        (mdir / "cameras.txt").write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_a_camera_of_an_unsupported_model_skips_its_images_not_the_import(tmp_path, binary):
+    """A model with two PINHOLE cameras and one OPENCV_FISHEYE camera was refused whole ('camera model OPENCV_FISHEYE
+    is not supported'), although one bad camera is recorded and skipped, not fatal. Now the fisheye camera's image is
+    skipped with the reason, and the other two import exactly; strict mode still refuses."""
+    scene = Scene(make_cameras(3))
+    write_colmap(tmp_path / "p", scene, binary=binary)
+    _fisheye_camera_3(tmp_path / "p/sparse/0", binary)
+    report = import_capture(tmp_path / "p", tmp_path / "cap", ImportConfig())
+    ext = ".bin" if binary else ".txt"
+    assert report.n_images == 2 and report.skipped == [
+        {"item": f"sparse/0/images{ext} [image 3 cam2.png]",
+         "reason": f"camera 3 in sparse/0/cameras{ext} has camera model OPENCV_FISHEYE, which geoface does not read "
+                   "(supported: SIMPLE_PINHOLE, PINHOLE, SIMPLE_RADIAL, RADIAL, OPENCV, FULL_OPENCV)"}]
+    cap = load_capture(tmp_path / "cap", check_hashes=True)
+    assert cap.info["skipped"] == report.skipped and sorted(cap.manifest.camera) == ["cam0", "cam1"]
+    del scene.cameras["cam2"]
+    check_capture(tmp_path / "cap", scene)
+    with pytest.raises(CaptureError, match=rf"images{ext} \[image 3 cam2.png\]: camera 3 .* OPENCV_FISHEYE"):
+        import_capture(tmp_path / "p", tmp_path / "cap2", ImportConfig(strict=True))
+    # selecting only the fisheye camera leaves nothing: refused naming the file and the model
+    with pytest.raises(CaptureError, match=rf"cameras{ext}: no image uses a supported camera model \(found "
+                                           r"OPENCV_FISHEYE \(camera 3\)"):
+        import_capture(tmp_path / "p", tmp_path / "cap3", ImportConfig(cameras=["cam2"]))
+
+
+def test_a_wrong_parameter_count_is_a_malformed_file_not_an_unsupported_model(tmp_path):
+    """PINHOLE has 4 parameters: a line with 3 is a malformed cameras.txt, refused naming the file and camera (a
+    camera of an unsupported model would only skip its images)."""
+    write_colmap(tmp_path / "p", Scene(make_cameras(3)), binary=False)
+    txt = tmp_path / "p/sparse/0/cameras.txt"
+    lines = txt.read_text().splitlines()
+    lines[-1] = " ".join(lines[-1].split()[:-1])
+    txt.write_text("\n".join(lines) + "\n")
+    with pytest.raises(CaptureError, match=r"cameras.txt \[camera 3\]: PINHOLE needs 4 params, got 3"):
+        import_capture(tmp_path / "p", tmp_path / "cap", ImportConfig())
+    lines[-1] = lines[-1].replace("PINHOLE", "OPENCV_FISHEYE")  # 3 params for an 8-parameter model: malformed too
+    txt.write_text("\n".join(lines) + "\n")
+    with pytest.raises(CaptureError, match=r"cameras.txt \[camera 3\]: OPENCV_FISHEYE needs 8 params, got 3"):
         import_capture(tmp_path / "p", tmp_path / "cap", ImportConfig())
