@@ -2,23 +2,20 @@
 dynamic export (the layout GaussianAvatars trains on) -> one sequence with its frames.
 
 Input (`captures.root` = the folder holding the file, or the file itself):
-    {"camera_angle_x"?, "camera_angle_y"?, "fl_x"?, "fl_y"?, "cx"?, "cy"?, "w"?, "h"?, "k1"?, "k2"?, "k3"?, "p1"?, "p2"?,
-     "camera_model"?, "frames": [{"file_path": "images/0001[.png]", "transform_matrix": 4×4 (or 3×4),
-                                  "mask_path"?: "masks/0001.png", <same keys>?}, ...]}
+    {"x_fov"?, "y_fov"?, "fl_x"?, "fl_y"?, "camera_angle_x"?, "camera_angle_y"?, "cx"?, "cy"?, "w"?, "h"?, "k1"?,
+     "k2"?, "k3"?, "p1"?, "p2"?, "camera_model"?, "frames": [{"file_path": "images/0001[.png]",
+     "transform_matrix": 4×4 (or 3×4), "mask_path"?: "masks/0001.png", <same keys>?}, ...]}
 Per-frame keys override the top-level ones. `transform_matrix` is camera→world in OpenGL's camera
 frame (x right, y up, z backward); converted here: c2w_cv = c2w_gl @ diag(1, -1, -1, 1), world_to_cam =
-inverse(c2w_cv). Focal: fl_x (fl_y defaults to fl_x), else fx = 0.5 w / tan(camera_angle_x / 2) (fy from
-camera_angle_y if given, else fy = fx). cx, cy default to w/2, h/2 (pixel centres at +0.5, as
-instant-ngp/nerfstudio). w, h come from the file or, when absent (NeRF synthetic), from the image.
-camera_model (default OPENCV): SIMPLE_PINHOLE, PINHOLE (no distortion), SIMPLE_RADIAL (k1), RADIAL (k1, k2),
-OPENCV (k1, k2, p1, p2[, k3]); the distortion (OpenCV order) -> undistorted images, as for every source. A
-non-zero distortion key the model does not have, or fl_y ≠ fl_x for a SIMPLE_ model, is refused for that
-frame (contradictory). `file_path` is relative to the json's folder, with or without extension (.png,
-.jpg, .jpeg tried); the mask is nerfstudio's per-frame `mask_path` (relative to the json's folder, first
-channel, 0 = background), else an RGBA image's alpha. nerfstudio's `distortion_params` [k1, k2, k3, k4, p1, p2]
-(its get_distortion_params order) stands for those keys of the same object. Not supported: fisheye /
-equirectangular `camera_model`, instant-ngp's lens keys (`is_fisheye` true: k1..k4 are then OpenCV-fisheye terms;
-`equirectangular`, `latlong`, `orthographic`, `ftheta_p0`), per-frame time (dynamic scenes), depth maps.
+inverse(c2w_cv). Intrinsics (pipelines/transforms_intrinsics.py): per axis x_fov (degrees) over fl_x over
+camera_angle_x (radians), as instant-ngp; an axis without a key takes the other's focal length; cx, cy default to
+w/2, h/2 (pixel centres at +0.5, as instant-ngp/nerfstudio). w, h come from the file or, when absent (NeRF
+synthetic), from the image. camera_model (default OPENCV): SIMPLE_PINHOLE, PINHOLE, SIMPLE_RADIAL (k1), RADIAL
+(k1, k2), OPENCV (k1, k2, p1, p2[, k3]); the distortion -> undistorted images, as for every source; a
+contradictory entry is refused for that frame. `file_path` is relative to the json's folder, with or without
+extension (.png, .jpg, .jpeg tried); the mask is nerfstudio's per-frame `mask_path` (relative to the json's folder,
+first channel, 0 = background), else an RGBA image's alpha. Not supported: fisheye / equirectangular
+`camera_model`, instant-ngp's lens keys, per-frame time (dynamic scenes), depth maps.
 Ignored: instant-ngp's `scale`/`offset`/`aabb_scale` (they only matter inside instant-ngp; the world stays the
 file's world, whose unit is whatever the producer used — usually not metres).
 
@@ -33,7 +30,6 @@ A camera must be the same in every timestep (an entry that differs is recorded a
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import cv2
@@ -46,92 +42,10 @@ from flame_fitting.formats.capture import CaptureError
 from pipelines.common import CaptureImport, inside
 from pipelines.import_config import (as_matrix, camera_names, ImportConfig, ImportReport, load_json, select_frames,
                                      select_names)
+from pipelines.transforms_intrinsics import camera_model, check_angles, intrinsics_of
 from pipelines.views import read_image_file
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
-
-
-# distortion keys (OpenCV order) each camera model has; the others must be absent or zero
-MODELS = {"SIMPLE_PINHOLE": (), "PINHOLE": (), "SIMPLE_RADIAL": ("k1",), "RADIAL": ("k1", "k2"),
-          "OPENCV": ("k1", "k2", "p1", "p2", "k3")}
-DIST_KEYS = ("k1", "k2", "p1", "p2", "k3")
-NERFSTUDIO_DIST = ("k1", "k2", "k3", "k4", "p1", "p2")  # the order of nerfstudio's `distortion_params`
-# instant-ngp's lens modes other than the pinhole (nerf_loader.cu read_lens: the key's presence sets the mode)
-NGP_LENSES = {"equirectangular": "an equirectangular", "latlong": "a lat-long", "orthographic": "an orthographic",
-              "ftheta_p0": "an f-theta"}
-
-
-def camera_model(meta: dict, frame: dict, what: str) -> str:
-    """The frame's camera_model (frame key, else top level, else OPENCV), upper case; CaptureError if unsupported,
-    or if instant-ngp's keys make it a non-pinhole lens (`is_fisheye` true, `equirectangular`, ...)."""
-    model = frame.get("camera_model", meta.get("camera_model", "OPENCV"))
-    if not isinstance(model, str) or model.upper() not in MODELS:
-        raise CaptureError(f"{what}: camera_model {model} is not supported (only pinhole ones: {', '.join(MODELS)})")
-    if frame.get("is_fisheye", meta.get("is_fisheye")):
-        raise CaptureError(f"{what}: is_fisheye (instant-ngp's OpenCV fisheye lens, k1..k4 its angle terms) is not "
-                           f"supported (only pinhole ones: {', '.join(MODELS)})")
-    for key, lens in NGP_LENSES.items():
-        if key in frame or key in meta:
-            raise CaptureError(f"{what}: '{key}' makes it {lens} lens in instant-ngp; not supported (only pinhole ones)")
-    return model.upper()
-
-
-def with_distortion_params(src: dict, what: str) -> dict:
-    """`src` with nerfstudio's `distortion_params` [k1, k2, k3, k4, p1, p2] spelt out as those keys (the list wins
-    over the single keys of the same object, as in nerfstudio's dataparser)."""
-    if "distortion_params" not in src:
-        return src
-    d = src["distortion_params"]
-    if not isinstance(d, list) or len(d) != len(NERFSTUDIO_DIST):
-        raise CaptureError(f"{what}: distortion_params must be a list [k1, k2, k3, k4, p1, p2], got {d!r}")
-    return {**src, **dict(zip(NERFSTUDIO_DIST, d))}
-
-
-def intrinsics_of(meta: dict, frame: dict, width: int, height: int, what: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """K (3,3) float64 and OpenCV distortion (k1, k2, p1, p2[, k3]) or None, from frame keys falling back to
-    top-level keys: fx is the frame's fl_x, else its camera_angle_x, else the top level's; fy likewise from fl_y /
-    camera_angle_y, else fx, and from the frame's keys alone when it gives any focal length. A distortion key the camera model does not have
-    must be absent or zero, and the SIMPLE_ models have one focal length (fl_y absent or equal to fl_x). nerfstudio's
-    k4 (its r⁸ radial term) has no OpenCV counterpart: a non-zero one is refused."""
-    def num(src, k):
-        v = src.get(k)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
-            raise CaptureError(f"{what}: {k} must be a number, got {v!r}")
-        return None if v is None else float(v)
-
-    def get(k):
-        v = num(frame, k)
-        return num(meta, k) if v is None else v
-
-    def focal(src, key, angle_key, size):
-        if (f := num(src, key)) is not None:
-            return f
-        a = num(src, angle_key)
-        return None if a is None else 0.5 * size / math.tan(0.5 * a)
-
-    model = camera_model(meta, frame, what)
-    meta, frame = with_distortion_params(meta, what), with_distortion_params(frame, what)
-    # a frame that gives a focal length is a camera of its own: its fl_y is not the top level's
-    own = any(k in frame for k in ("fl_x", "camera_angle_x", "fl_y", "camera_angle_y"))
-    fx = focal(frame, "fl_x", "camera_angle_x", width)
-    fx = focal(meta, "fl_x", "camera_angle_x", width) if fx is None else fx
-    fy = focal(frame if own else meta, "fl_y", "camera_angle_y", height)
-    if fx is None:
-        raise CaptureError(f"{what}: no focal length (neither fl_x nor camera_angle_x)")
-    fy = fx if fy is None else fy
-    if model.startswith("SIMPLE_") and abs(fy - fx) > 1e-9 * abs(fx):
-        raise CaptureError(f"{what}: camera_model {model} has one focal length, but fl_x = {fx} and fl_y = {fy}")
-    cx, cy = get("cx"), get("cy")
-    K = np.array([[fx, 0, width / 2 if cx is None else cx], [0, fy, height / 2 if cy is None else cy], [0, 0, 1]])
-    if get("k4"):
-        raise CaptureError(f"{what}: k4 = {get('k4')} (nerfstudio's r⁸ radial term) has no OpenCV counterpart; "
-                           "undistort the images and drop it, or give an OPENCV model with k1, k2, p1, p2, k3")
-    d = [get(k) or 0.0 for k in DIST_KEYS]
-    extra = [f"{k} = {v}" for k, v in zip(DIST_KEYS, d) if v and k not in MODELS[model]]
-    if extra:
-        raise CaptureError(f"{what}: camera_model {model} has no {', '.join(e.split(' ')[0] for e in extra)} "
-                           f"distortion, but the file gives {', '.join(extra)}")
-    return K, (np.asarray(d) if any(d) else None)
 
 
 def find_image(base: Path, file_path: str) -> Path:
@@ -155,6 +69,7 @@ def import_capture(root_in: Path | str, out: Path | str, cfg: ImportConfig) -> I
     if not isinstance(meta, dict) or not isinstance(meta.get("frames"), list) or not meta["frames"]:
         raise CaptureError(f"{path}: no 'frames' list")
     camera_model(meta, {}, str(path))
+    check_angles(meta, str(path))
     subject = cfg.subject or (root_in if root_in.is_dir() else base).resolve().name
     sequence = cfg.sequence
     with CaptureImport("transforms_json", base, out, cfg) as imp:

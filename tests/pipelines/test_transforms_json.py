@@ -2,6 +2,7 @@
 that project known 3D points onto the drawn dots; reading OpenGL as OpenCV provably fails that check;
 bad input is skipped with a reason or refused naming the file."""
 import json
+import re
 
 import cv2
 import numpy as np
@@ -305,3 +306,78 @@ def test_a_windows_file_path_with_backslashes_is_read(tmp_path):
     report = import_capture(src, tmp_path / "cap", ImportConfig())
     assert report.n_images == 2 and not report.skipped
     check(tmp_path / "cap", scene)
+
+
+def _as_fov(src: dict, axes: str) -> None:
+    """Replace fl_x / fl_y of `src` by instant-ngp's x_fov / y_fov (degrees) for the given axes, dropping the others'."""
+    fl = {"x": src.pop("fl_x"), "y": src.pop("fl_y")}
+    for a in axes:
+        src[f"{a}_fov"] = float(np.degrees(2 * np.arctan(0.5 * src["w" if a == "x" else "h"] / fl[a])))
+
+
+@pytest.mark.parametrize("per_frame,axes,square", [(False, "x", True), (False, "xy", False), (True, "xy", False),
+                                                   (True, "y", True)])
+def test_instant_ngps_x_fov_in_degrees_gives_the_fl_x_camera(tmp_path, per_frame, axes, square):
+    """instant-ngp's own focal keys x_fov / y_fov (field of view in degrees; nerf_loader.cu: "x_fov is in degrees,
+    camera_angle_x in radians") were not read: a file giving its focal length only as x_fov imported nothing ('no
+    focal length'). Now fl = 0.5 w / tan(radians(x_fov) / 2), an axis without a key takes the other's focal length,
+    top level or per frame, and the cameras equal those of the same file written with fl_x / fl_y (1e-6 relative)."""
+    scene = Scene(make_cameras(3, square=square))
+    write_transforms(tmp_path / "fl", scene, per_frame=per_frame)
+    import_capture(tmp_path / "fl", tmp_path / "cap_fl", ImportConfig())
+    write_transforms(tmp_path / "fov", scene, per_frame=per_frame)
+    path = tmp_path / "fov/transforms.json"
+    meta = json.loads(path.read_text())
+    for src in meta["frames"] if per_frame else [meta]:
+        _as_fov(src, axes)
+    path.write_text(json.dumps(meta))
+    report = import_capture(tmp_path / "fov", tmp_path / "cap_fov", ImportConfig())
+    assert report.n_images == 3 and not report.skipped
+    cap = check(tmp_path / "cap_fov", scene)
+    ref = load_capture(tmp_path / "cap_fl")
+    for name, cam in cap.cameras(*cap.sequences()[0]).items():
+        np.testing.assert_allclose(cam.K.astype(np.float64), ref.cameras(*ref.sequences()[0])[name].K.astype(np.float64),
+                                   rtol=1e-6, atol=0)
+
+
+def test_focal_keys_follow_instant_ngps_precedence(tmp_path):
+    """Several focal keys in one object: x_fov over fl_x over camera_angle_x, as instant-ngp's read_focal_length."""
+    scene = Scene(make_cameras(2, square=True))
+    write_transforms(tmp_path / "t", scene)
+    path = tmp_path / "t/transforms.json"
+    meta = json.loads(path.read_text())
+    fx, w = meta["fl_x"], meta["w"]
+    del meta["fl_y"]  # y takes x's focal length
+    meta.update(x_fov=float(np.degrees(2 * np.arctan(0.5 * w / fx))), fl_x=fx * 2, camera_angle_x=1.0)
+    path.write_text(json.dumps(meta))
+    import_capture(tmp_path / "t", tmp_path / "cap", ImportConfig())
+    check(tmp_path / "cap", scene)  # x_fov's K, not fl_x's (2×) nor camera_angle_x's
+    del meta["x_fov"]
+    meta.update(fl_x=fx, camera_angle_x=1.0)
+    path.write_text(json.dumps(meta))
+    import_capture(tmp_path / "t", tmp_path / "cap2", ImportConfig())
+    check(tmp_path / "cap2", scene)  # fl_x's K, not camera_angle_x's
+
+
+@pytest.mark.parametrize("key,value", [("x_fov", 0.0), ("x_fov", 180.0), ("x_fov", -40.0), ("y_fov", 200.0),
+                                       ("camera_angle_x", 0.0), ("camera_angle_x", 50.0)])
+def test_a_field_of_view_outside_its_range_is_refused_naming_the_file(tmp_path, key, value):
+    """x_fov / y_fov in (0, 180) degrees, camera_angle_x / _y in (0, π) radians: another value is no pinhole camera
+    (camera_angle_x = 0 was a ZeroDivisionError traceback). At the top level: one error naming the file; in a frame:
+    that frame skipped with the reason."""
+    scene = Scene(make_cameras(2, square=True))
+    write_transforms(tmp_path / "t", scene)
+    path = tmp_path / "t/transforms.json"
+    meta = json.loads(path.read_text())
+    meta[key] = value
+    path.write_text(json.dumps(meta))
+    unit = "degrees" if key.endswith("fov") else "radians"
+    with pytest.raises(CaptureError, match=rf"^{re.escape(str(path))}: {key} = {value} is not a field of view in {unit} \(0 < {key} <"):
+        import_capture(tmp_path / "t", tmp_path / "cap", ImportConfig())
+    assert not (tmp_path / "cap").exists()
+    del meta[key]
+    meta["frames"][1][key] = value
+    path.write_text(json.dumps(meta))
+    report = import_capture(tmp_path / "t", tmp_path / "cap", ImportConfig())
+    assert report.n_images == 1 and len(report.skipped) == 1
+    assert f"{key} = {value} is not a field of view in {unit}" in report.skipped[0]["reason"]
