@@ -25,6 +25,8 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from flame_fitting.core.arrays import load_npz, read_parquet_table
 from flame_fitting.core.errors import GeofaceError
@@ -160,15 +162,21 @@ def _json_type(value) -> str:
     return _JSON_TYPES.get(type(value), type(value).__name__)
 
 
-def _read_json_object(path: Path, missing: str) -> dict:
-    """The JSON object in `path`; CaptureError naming the file when it is missing (`PATH: {missing}`), unreadable, not
-    UTF-8 JSON, or another JSON type (`expected a JSON object, got a list`)."""
+def _read_bytes(path: Path, missing: str) -> bytes:
+    """The bytes of `path`; CaptureError naming the file when it is missing (`PATH: {missing}`) or unreadable."""
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
+        return path.read_bytes()
     except FileNotFoundError:
         raise CaptureError(f"{path}: {missing}") from None
     except OSError as e:
         raise CaptureError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def _read_json_object(path: Path, missing: str, raw: bytes | None = None) -> dict:
+    """The JSON object in `path` (whose bytes are `raw` when given); CaptureError naming the file when it is missing
+    (`PATH: {missing}`), unreadable, not UTF-8 JSON, or another JSON type (`expected a JSON object, got a list`)."""
+    try:
+        data = json.loads((_read_bytes(path, missing) if raw is None else raw).decode("utf-8"))
     except UnicodeDecodeError:
         raise CaptureError(f"{path}: not valid JSON (not UTF-8 text)") from None
     except json.JSONDecodeError as e:
@@ -178,10 +186,15 @@ def _read_json_object(path: Path, missing: str) -> dict:
     return data
 
 
-def load_cameras(path: Path) -> dict[str, Camera]:
-    """cameras.json -> {name: Camera}; CaptureError naming the file on any problem."""
+def load_cameras(path: Path, known: dict[bytes, dict[str, Camera]] | None = None) -> dict[str, Camera]:
+    """cameras.json -> {name: Camera}; CaptureError naming the file on any problem. `known`: the cameras of files
+    already read, by content, filled in here (the sequences of a subject usually share one calibration: the same
+    bytes are validated once; the returned dict is then shared, not to be changed)."""
     path = Path(path)
-    data = _read_json_object(path, "cameras file is missing")
+    raw = _read_bytes(path, "cameras file is missing")
+    if known is not None and raw in known:
+        return known[raw]
+    data = _read_json_object(path, "cameras file is missing", raw)
     if data.get("convention", "opencv") != "opencv":
         raise CaptureError(f"{path}: convention must be 'opencv', got {data.get('convention')!r}")
     if data.get("units", "m") != "m":
@@ -197,6 +210,8 @@ def load_cameras(path: Path) -> dict[str, Camera]:
             out[name] = Camera.from_dict(d, name=name)
         except (CameraError, TypeError, ValueError) as e:
             raise CaptureError(f"{path}: camera {name!r}: {e}") from None
+    if known is not None:
+        known[raw] = out
     return out
 
 
@@ -256,20 +271,13 @@ def load_capture(root: Path | str, check_files: bool = True, check_hashes: bool 
     if df.duplicated(["subject", "sequence", "frame", "camera"]).any():
         dup = df[df.duplicated(["subject", "sequence", "frame", "camera"])].iloc[0]
         raise CaptureError(f"{man_path}: duplicate row for {dup.subject}/{dup.sequence}/{dup.frame}/{dup.camera}")
-    bad_split = set(df.split) - set(SPLITS)
+    bad_split = set() if df.split.isin(SPLITS).all() else set(df.split) - set(SPLITS)
     if bad_split:
         raise CaptureError(f"{man_path}: unknown split values {sorted(bad_split)}")
     check_manifest_paths(df, str(man_path))
     cap = Capture(root=root, manifest=df, info=info)
-    for (subject, sequence), group in df.groupby(["subject", "sequence"]):
-        cams = cap.cameras(subject, sequence)
-        cam_file = root / subject / sequence / "cameras.json"
-        for row in group.itertuples():
-            cam = cams.get(row.camera)
-            if cam is None:
-                raise CaptureError(f"{root / row.path}: camera {row.camera!r} is not in {cam_file}")
-            if (cam.width, cam.height) != (row.width, row.height):
-                raise CaptureError(f"{root / row.path}: manifest size {row.width}×{row.height} differs from camera {row.camera!r} ({cam.width}×{cam.height}) in {cam_file}")
+    known: dict[bytes, dict[str, Camera]] = {}
+    check_manifest_cameras(df, root, lambda s, q: load_cameras(root / s / q / "cameras.json", known))
     if check_files or check_hashes:
         check_image_files(cap, hashes=check_hashes)
     return cap
@@ -312,10 +320,75 @@ def check_manifest_paths(df: pd.DataFrame, where: str) -> None:
             if why:
                 raise CaptureError(f"{where}: {col} {value!r} {why}")
     for col in [c for c in PATH_COLUMNS if c in df.columns]:
-        for value in df[col].dropna().unique():
+        values = df[col]
+        # a text column's suspects (`_path_suspects`) in manifest order, else every distinct value in that order: the
+        # first that `relpath_problem` refuses is the first of the column's values it refuses
+        maybe = values.iloc[_path_suspects(values)] if isinstance(values.dtype, pd.StringDtype) else values
+        for value in maybe.dropna().unique():
             why = relpath_problem(value)
             if why:
                 raise CaptureError(f"{where}: {col} {value!r} {why}")
+
+
+def _path_suspects(values: pd.Series) -> np.ndarray:
+    """Positions (ascending) of the text values that `relpath_problem` may refuse, every refused one among them: the
+    values one of whose '/'-separated parts it refuses on its own (an empty, '.' or '..' part, a backslash, NUL or
+    unsafe character; an absolute path's first part is empty, a drive's 'C:'), each distinct part checked once (a
+    capture's 1.6 million paths have a few thousand). Nulls are not paths (as `dropna`)."""
+    text = pc.cast(pa.array(values), pa.large_string())
+    text = text.combine_chunks() if isinstance(text, pa.ChunkedArray) else text
+    parts = pc.split_pattern(text, "/")
+    flat, parent = pc.list_flatten(parts), pc.list_parent_indices(parts).to_numpy()
+    distinct = pc.unique(flat)
+    refused = np.array([relpath_problem(p) is not None for p in distinct.to_pylist()], dtype=bool)
+    return np.unique(parent[refused[pc.index_in(flat, value_set=distinct).to_numpy()]])
+
+
+_EXACT = 2 ** 53  # sizes a float64 compares exactly with an integer
+
+
+def _compares_exactly(dtype) -> bool:
+    """Whether numpy compares a column of `dtype` with int64 sizes below _EXACT as Python compares the numbers."""
+    return isinstance(dtype, np.dtype) and (dtype.kind in "if" or (dtype.kind == "u" and dtype.itemsize < 8))
+
+
+def check_manifest_cameras(df: pd.DataFrame, root: Path, cameras: Callable[[str, str], dict[str, Camera]]) -> None:
+    """CaptureError naming the image of the first manifest row whose camera is not in its sequence's cameras.json, or
+    whose width and height are not that camera's; sequences in `groupby` order (sorted), rows in manifest order
+    within each; a sequence's cameras (`cameras(subject, sequence)`) are read before its rows are checked, so a bad
+    cameras.json is reported where its sequence comes. Each sequence's rows are compared as whole columns against
+    its cameras (each camera name looked up once); only a row that fails that is checked on its own, as before."""
+    group = df.groupby(["subject", "sequence"]).ngroup().to_numpy()  # numbered in iteration order
+    order = np.argsort(group, kind="stable")
+    starts = np.searchsorted(group[order], np.arange(group.max(initial=-1) + 2))
+    firsts = order[starts[:-1]]
+    keys = zip(df["subject"].iloc[firsts].tolist(), df["sequence"].iloc[firsts].tolist())
+    codes, names = pd.factorize(df["camera"])
+    names = names.tolist()
+    width, height = df["width"].to_numpy(), df["height"].to_numpy()
+    numeric = _compares_exactly(df["width"].dtype) and _compares_exactly(df["height"].dtype)
+    for g, (subject, sequence) in enumerate(keys):
+        rows = order[starts[g]:starts[g + 1]]
+        cams = cameras(subject, sequence)
+        used, inverse = np.unique(codes[rows], return_inverse=True)
+        cam = [cams.get(names[c]) for c in used]
+        known = np.array([c is not None and max(c.width, c.height) < _EXACT for c in cam], dtype=bool)
+        size = np.array([(c.width, c.height) if k else (-1, -1) for c, k in zip(cam, known)], dtype=np.int64)[inverse]
+        fine = known[inverse] & (width[rows] == size[:, 0]) & (height[rows] == size[:, 1]) if numeric else \
+            np.zeros(len(rows), dtype=bool)
+        if not fine.all():
+            _check_rows(df.iloc[rows[~fine]], cams, root / subject / sequence / "cameras.json", root)
+
+
+def _check_rows(rows: pd.DataFrame, cams: dict[str, Camera], cam_file: Path, root: Path) -> None:
+    """The row-by-row check of `check_manifest_cameras`, in the order of `rows`."""
+    for row in rows.itertuples():
+        cam = cams.get(row.camera)
+        if cam is None:
+            raise CaptureError(f"{root / row.path}: camera {row.camera!r} is not in {cam_file}")
+        if (cam.width, cam.height) != (row.width, row.height):
+            raise CaptureError(f"{root / row.path}: manifest size {row.width}×{row.height} differs from camera "
+                               f"{row.camera!r} ({cam.width}×{cam.height}) in {cam_file}")
 
 
 def read_index(where: str, read: Callable[[str], bytes]) -> CaptureIndex:
