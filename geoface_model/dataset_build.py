@@ -28,7 +28,8 @@ from flame_fitting.core.readers import read_mask
 from flame_fitting.core.params import spec
 from flame_fitting.core.unit_keys import Unit, code_digest, tree_digest, unit_key
 from flame_fitting.core.units import run_units, write_unit_failures
-from flame_fitting.formats.capture import CaptureError, load_cameras, load_capture
+from flame_fitting.formats.capture import CaptureError, load_capture
+from flame_fitting.formats.capture_checks import load_cameras
 from flame_fitting.formats.fits import fit_folders, load_sequence_fit
 from flame_fitting.formats.lineage import captures_version_of, check_same_capture, write_lineage
 from flame_fitting.formats.units import capture_unit_hashes, unit_capture

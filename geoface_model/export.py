@@ -37,7 +37,8 @@ from flame_fitting.geometry.camera import Camera
 from flame_fitting.geometry.camera import opengl_cam_to_world as opengl_c2w
 from flame_fitting.core import fileio
 from flame_fitting.core.fileio import output_dir, write_png
-from flame_fitting.formats.capture import load_cameras, read_image
+from flame_fitting.formats.capture import read_image
+from flame_fitting.formats.capture_checks import load_cameras
 from flame_fitting.geometry.raster import rasterize
 from flame_fitting.geometry.meshes import vertex_normals
 

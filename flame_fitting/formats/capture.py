@@ -9,8 +9,8 @@ Layout (see docs/capture_format.md):
     <root>/<subject>/<sequence>/<frame:05d>/masks/<camera>.png   (optional)
 
 `CaptureWriter` writes into a temporary sibling directory and renames it into place on `close()`,
-so an interrupted run never leaves a half-written capture. `load_capture` validates: manifest, cameras, and
-every image file's real size (read from its header only, `image_size`) against its camera.
+so an interrupted run never leaves a half-written capture. `load_capture` validates (capture_checks.py): manifest,
+cameras, and every image file's real size (read from its header only, `image_size`) against its camera.
 """
 from __future__ import annotations
 
@@ -25,28 +25,21 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from flame_fitting.core.arrays import load_npz, read_parquet_table
-from flame_fitting.core.errors import GeofaceError
-from flame_fitting.core.names import name_problem, relpath_problem, terminal_safe
-from flame_fitting.geometry.camera import Camera, CameraError
+from flame_fitting.core.names import name_problem, terminal_safe
+from flame_fitting.geometry.camera import Camera
 from flame_fitting.core import readers
 from flame_fitting.core.fileio import check_output_dir, make_temp_dir, replace_dir, sha256_file, write_image, write_json
-from flame_fitting.core.readers import check_declared_size, check_pixel_count, image_size
 
+from .capture_checks import (CaptureError, check_image_files, check_manifest_cameras, check_manifest_paths, json_type,
+                             load_cameras, read_json_object)
 from .capture_version import CaptureIndex, make_index, masks_without_hash
 
 FORMAT = "geoface-capture"
 VERSION = 1
 MANIFEST_COLUMNS = ["subject", "sequence", "frame", "camera", "path", "width", "height", "sha256", "split", "source"]
 SPLITS = ("train", "val", "test")
-
-
-class CaptureError(GeofaceError, ValueError):
-    """Malformed capture: the message names the file and what is wrong."""
-
 
 def frame_dir(subject: str, sequence: str, frame: int) -> str:
     return f"{subject}/{sequence}/{int(frame):05d}"
@@ -154,67 +147,6 @@ def save_cameras(path: Path, cameras: dict[str, Camera]) -> None:
     write_json(path, data, indent=1)
 
 
-_JSON_TYPES = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "true/false",
-               type(None): "null"}
-
-
-def _json_type(value) -> str:
-    return _JSON_TYPES.get(type(value), type(value).__name__)
-
-
-def _read_bytes(path: Path, missing: str) -> bytes:
-    """The bytes of `path`; CaptureError naming the file when it is missing (`PATH: {missing}`) or unreadable."""
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise CaptureError(f"{path}: {missing}") from None
-    except OSError as e:
-        raise CaptureError(f"{path}: cannot read ({e.strerror or e})") from None
-
-
-def _read_json_object(path: Path, missing: str, raw: bytes | None = None) -> dict:
-    """The JSON object in `path` (whose bytes are `raw` when given); CaptureError naming the file when it is missing
-    (`PATH: {missing}`), unreadable, not UTF-8 JSON, or another JSON type (`expected a JSON object, got a list`)."""
-    try:
-        data = json.loads((_read_bytes(path, missing) if raw is None else raw).decode("utf-8"))
-    except UnicodeDecodeError:
-        raise CaptureError(f"{path}: not valid JSON (not UTF-8 text)") from None
-    except json.JSONDecodeError as e:
-        raise CaptureError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise CaptureError(f"{path}: expected a JSON object, got {_json_type(data)}")
-    return data
-
-
-def load_cameras(path: Path, known: dict[bytes, dict[str, Camera]] | None = None) -> dict[str, Camera]:
-    """cameras.json -> {name: Camera}; CaptureError naming the file on any problem. `known`: the cameras of files
-    already read, by content, filled in here (the sequences of a subject usually share one calibration: the same
-    bytes are validated once; the returned dict is then shared, not to be changed)."""
-    path = Path(path)
-    raw = _read_bytes(path, "cameras file is missing")
-    if known is not None and raw in known:
-        return known[raw]
-    data = _read_json_object(path, "cameras file is missing", raw)
-    if data.get("convention", "opencv") != "opencv":
-        raise CaptureError(f"{path}: convention must be 'opencv', got {data.get('convention')!r}")
-    if data.get("units", "m") != "m":
-        raise CaptureError(f"{path}: units must be 'm' (translations in metres), got {data.get('units')!r}")
-    if not isinstance(data.get("cameras"), dict) or not data["cameras"]:
-        raise CaptureError(f"{path}: no 'cameras' mapping")
-    out = {}
-    for name, d in data["cameras"].items():
-        why = name_problem(name)
-        if why:
-            raise CaptureError(f"{path}: camera name {name!r} {why}")
-        try:
-            out[name] = Camera.from_dict(d, name=name)
-        except (CameraError, TypeError, ValueError) as e:
-            raise CaptureError(f"{path}: camera {name!r}: {e}") from None
-    if known is not None:
-        known[raw] = out
-    return out
-
-
 @dataclass
 class Capture:
     """A validated capture on disk. `manifest` has one row per image."""
@@ -259,7 +191,7 @@ def load_capture(root: Path | str, check_files: bool = True, check_hashes: bool 
     if not meta_path.is_file():
         raise CaptureError(f"{meta_path}: missing (is {root} a geoface capture? a dataset in another layout is "
                            f"imported first: `geoface import SOURCE {root} --out CAPTURE`, docs/sources.md)")
-    info = _read_json_object(meta_path, "missing")
+    info = read_json_object(meta_path, "missing")
     if info.get("format") != FORMAT:
         raise CaptureError(f"{meta_path}: format is {info.get('format')!r}, expected {FORMAT!r}")
     if not man_path.is_file():
@@ -283,114 +215,6 @@ def load_capture(root: Path | str, check_files: bool = True, check_hashes: bool 
     return cap
 
 
-def check_image_files(cap: Capture, hashes: bool = False) -> None:
-    """CaptureError naming the first image of `cap.manifest` that is missing or whose header gives another size than
-    the manifest's (the manifest's size is its camera's: `load_capture`); with `hashes`, also one whose content hash
-    differs from the manifest's; and one whose camera is larger than readers.MAX_IMAGE_PIXELS (the images and masks
-    are decoded at that size: a hand-made capture's 12000×12000 camera is 432 MB an image). Only headers are read (an image whose header cannot be read is left to the stages,
-    which record it as unreadable). The data stages check a sequence's images in the unit that reads them
-    (`formats.units.unit_capture`), so a run whose units are all current opens no image."""
-    for row in cap.manifest.itertuples():
-        path = cap.root / row.path
-        # the size every reader of the image and its mask will decode: a hand-made capture may declare any
-        check_pixel_count((row.width, row.height), path, CaptureError)
-        if not path.is_file():
-            raise CaptureError(f"{path}: image file is missing")
-        real = image_size(path)
-        if real is None:  # no size read: a header PIL refuses as a decompression bomb is refused here, before OpenCV
-            check_declared_size(path, path, CaptureError)  # stops a stage's unit with its raw assertion instead
-        if real is not None and real != (row.width, row.height):
-            cam_file = cap.root / row.subject / row.sequence / "cameras.json"
-            raise CaptureError(f"{path}: image is {real[0]}×{real[1]} pixels but camera {row.camera!r} "
-                               f"in {cam_file} is {row.width}×{row.height}")
-        if hashes and sha256_file(path) != row.sha256:
-            raise CaptureError(f"{path}: content hash differs from the manifest (file changed)")
-
-
-PATH_COLUMNS = ("path", "mask_path", "gt_path")  # manifest columns holding file paths relative to the root
-
-
-def check_manifest_paths(df: pd.DataFrame, where: str) -> None:
-    """CaptureError unless every subject, sequence and camera of the manifest is a safe single name and every path
-    column a relative path inside the capture (core/names.py): a hostile manifest could otherwise make a stage read
-    files elsewhere, or write and delete outside its output folder (`out/<subject>/<sequence>`)."""
-    for col in ("subject", "sequence", "camera"):
-        for value in df[col].unique():
-            why = name_problem(value)
-            if why:
-                raise CaptureError(f"{where}: {col} {value!r} {why}")
-    for col in [c for c in PATH_COLUMNS if c in df.columns]:
-        values = df[col]
-        # a text column's suspects (`_path_suspects`) in manifest order, else every distinct value in that order: the
-        # first that `relpath_problem` refuses is the first of the column's values it refuses
-        maybe = values.iloc[_path_suspects(values)] if isinstance(values.dtype, pd.StringDtype) else values
-        for value in maybe.dropna().unique():
-            why = relpath_problem(value)
-            if why:
-                raise CaptureError(f"{where}: {col} {value!r} {why}")
-
-
-def _path_suspects(values: pd.Series) -> np.ndarray:
-    """Positions (ascending) of the text values that `relpath_problem` may refuse, every refused one among them: the
-    values one of whose '/'-separated parts it refuses on its own (an empty, '.' or '..' part, a backslash, NUL or
-    unsafe character; an absolute path's first part is empty, a drive's 'C:'), each distinct part checked once (a
-    capture's 1.6 million paths have a few thousand). Nulls are not paths (as `dropna`)."""
-    text = pc.cast(pa.array(values), pa.large_string())
-    text = text.combine_chunks() if isinstance(text, pa.ChunkedArray) else text
-    parts = pc.split_pattern(text, "/")
-    flat, parent = pc.list_flatten(parts), pc.list_parent_indices(parts).to_numpy()
-    distinct = pc.unique(flat)
-    refused = np.array([relpath_problem(p) is not None for p in distinct.to_pylist()], dtype=bool)
-    return np.unique(parent[refused[pc.index_in(flat, value_set=distinct).to_numpy()]])
-
-
-_EXACT = 2 ** 53  # sizes a float64 compares exactly with an integer
-
-
-def _compares_exactly(dtype) -> bool:
-    """Whether numpy compares a column of `dtype` with int64 sizes below _EXACT as Python compares the numbers."""
-    return isinstance(dtype, np.dtype) and (dtype.kind in "if" or (dtype.kind == "u" and dtype.itemsize < 8))
-
-
-def check_manifest_cameras(df: pd.DataFrame, root: Path, cameras: Callable[[str, str], dict[str, Camera]]) -> None:
-    """CaptureError naming the image of the first manifest row whose camera is not in its sequence's cameras.json, or
-    whose width and height are not that camera's; sequences in `groupby` order (sorted), rows in manifest order
-    within each; a sequence's cameras (`cameras(subject, sequence)`) are read before its rows are checked, so a bad
-    cameras.json is reported where its sequence comes. Each sequence's rows are compared as whole columns against
-    its cameras (each camera name looked up once); only a row that fails that is checked on its own, as before."""
-    group = df.groupby(["subject", "sequence"]).ngroup().to_numpy()  # numbered in iteration order
-    order = np.argsort(group, kind="stable")
-    starts = np.searchsorted(group[order], np.arange(group.max(initial=-1) + 2))
-    firsts = order[starts[:-1]]
-    keys = zip(df["subject"].iloc[firsts].tolist(), df["sequence"].iloc[firsts].tolist())
-    codes, names = pd.factorize(df["camera"])
-    names = names.tolist()
-    width, height = df["width"].to_numpy(), df["height"].to_numpy()
-    numeric = _compares_exactly(df["width"].dtype) and _compares_exactly(df["height"].dtype)
-    for g, (subject, sequence) in enumerate(keys):
-        rows = order[starts[g]:starts[g + 1]]
-        cams = cameras(subject, sequence)
-        used, inverse = np.unique(codes[rows], return_inverse=True)
-        cam = [cams.get(names[c]) for c in used]
-        known = np.array([c is not None and max(c.width, c.height) < _EXACT for c in cam], dtype=bool)
-        size = np.array([(c.width, c.height) if k else (-1, -1) for c, k in zip(cam, known)], dtype=np.int64)[inverse]
-        fine = known[inverse] & (width[rows] == size[:, 0]) & (height[rows] == size[:, 1]) if numeric else \
-            np.zeros(len(rows), dtype=bool)
-        if not fine.all():
-            _check_rows(df.iloc[rows[~fine]], cams, root / subject / sequence / "cameras.json", root)
-
-
-def _check_rows(rows: pd.DataFrame, cams: dict[str, Camera], cam_file: Path, root: Path) -> None:
-    """The row-by-row check of `check_manifest_cameras`, in the order of `rows`."""
-    for row in rows.itertuples():
-        cam = cams.get(row.camera)
-        if cam is None:
-            raise CaptureError(f"{root / row.path}: camera {row.camera!r} is not in {cam_file}")
-        if (cam.width, cam.height) != (row.width, row.height):
-            raise CaptureError(f"{root / row.path}: manifest size {row.width}×{row.height} differs from camera "
-                               f"{row.camera!r} ({cam.width}×{cam.height}) in {cam_file}")
-
-
 def read_index(where: str, read: Callable[[str], bytes]) -> CaptureIndex:
     """The content index (capture_version.py) of the capture whose files `read(relative path) -> bytes` returns: a
     folder (`capture_index`) or any other file source (a DVC revision); `where` names it in messages. Raises
@@ -405,7 +229,7 @@ def read_index(where: str, read: Callable[[str], bytes]) -> CaptureIndex:
         raise CaptureError(f"{where}: not a geoface capture (capture.json: JSON nested too deeply)") from None
     if not isinstance(info, dict):
         raise CaptureError(f"{where}: not a geoface capture (capture.json: expected a JSON object, got "
-                           f"{_json_type(info)})")
+                           f"{json_type(info)})")
     if info.get("format") != FORMAT:
         raise CaptureError(f"{where}: not a geoface capture (capture.json format is {info.get('format')!r}, "
                            f"expected {FORMAT!r})")
@@ -430,7 +254,7 @@ def read_index(where: str, read: Callable[[str], bytes]) -> CaptureIndex:
         except RecursionError:
             raise CaptureError(f"{where}/{rel}: not a cameras file (JSON nested too deeply)") from None
         if not isinstance(data, dict) or not isinstance(data.get("cameras"), dict):
-            got = "a JSON object without a 'cameras' mapping" if isinstance(data, dict) else _json_type(data)
+            got = "a JSON object without a 'cameras' mapping" if isinstance(data, dict) else json_type(data)
             raise CaptureError(f"{where}/{rel}: not a cameras file (expected a JSON object with a 'cameras' mapping, "
                                f"got {got})")
         cams[(subject, sequence)] = data["cameras"]

@@ -31,7 +31,8 @@ import numpy as np
 
 from flame_fitting.core.errors import GeofaceError
 from flame_fitting.core.names import outside_target, terminal_safe
-from flame_fitting.formats.capture import CaptureError, load_capture, load_cameras
+from flame_fitting.formats.capture import CaptureError, load_capture
+from flame_fitting.formats.capture_checks import load_cameras
 from flame_fitting.formats.fits import fit_folders
 from flame_fitting.geometry.camera import Camera
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from flame_fitting.core.fileio import sha256_file
 from flame_fitting.core.unit_keys import Unit, digest, tree_hashes
-from flame_fitting.formats.capture import Capture, check_image_files, load_capture
+from flame_fitting.formats.capture import Capture, load_capture
+from flame_fitting.formats.capture_checks import check_image_files
 
 
 def capture_units(cap: Capture) -> list[Unit]:

@@ -279,7 +279,8 @@ def reference_checks(root: Path) -> None:
     """The row-by-row validation `load_capture` made before it worked on whole columns (names, paths, splits, each
     row's camera and size), restated as the slow reference of the column checks."""
     from flame_fitting.core.names import name_problem, relpath_problem
-    from flame_fitting.formats.capture import SPLITS, load_cameras
+    from flame_fitting.formats.capture import SPLITS
+    from flame_fitting.formats.capture_checks import load_cameras
 
     man = root / "manifest.parquet"
     df = pd.read_parquet(man)

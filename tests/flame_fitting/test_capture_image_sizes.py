@@ -67,7 +67,8 @@ def test_a_camera_beyond_the_pixel_limit_is_refused_before_any_decode(tmp_path):
     check of a capture's images (load_capture, and each data-stage unit: unit_capture) now refuses the camera."""
     import pandas as pd
 
-    from flame_fitting.formats.capture import check_image_files, save_cameras
+    from flame_fitting.formats.capture import save_cameras
+    from flame_fitting.formats.capture_checks import check_image_files
 
     root = tmp_path / "cap"
     write_small(root)
@@ -93,7 +94,7 @@ def test_an_image_header_beyond_pils_limit_is_refused_by_the_image_check(tmp_pat
     """A 64×48 camera whose PNG header declares 60000×60000 (beyond PIL's decompression-bomb limit, so the header
     reader gave no size and the check passed it): the landmarks unit then died in cv2.imread with OpenCV's raw
     "(-215:Assertion failed) pixels <= CV_IO_MAX_IMAGE_PIXELS". The check now names the file and the limit."""
-    from flame_fitting.formats.capture import check_image_files
+    from flame_fitting.formats.capture_checks import check_image_files
 
     root = tmp_path / "cap"
     write_small(root)

@@ -291,7 +291,8 @@ def copy_fits(data, tmp_path):
 ])
 def test_fits_that_do_not_match_the_capture(data, tmp_path, case, message):
     from flame_fitting.core.fileio import write_npz
-    from flame_fitting.formats.capture import load_cameras, save_cameras
+    from flame_fitting.formats.capture import save_cameras
+    from flame_fitting.formats.capture_checks import load_cameras
 
     fits, seq = copy_fits(data, tmp_path)
     with np.load(seq / "fit.npz") as z:

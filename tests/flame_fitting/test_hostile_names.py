@@ -17,7 +17,8 @@ from flame_fitting.core.executor import ExecutorConfig, open_executor
 from flame_fitting.core.names import name_key, name_problem, relpath_problem, terminal_safe
 from flame_fitting.core.unit_keys import Unit
 from flame_fitting.core.units import run_units
-from flame_fitting.formats.capture import CaptureError, CaptureWriter, capture_index, load_cameras, load_capture
+from flame_fitting.formats.capture import CaptureError, CaptureWriter, capture_index, load_capture
+from flame_fitting.formats.capture_checks import load_cameras
 
 from test_capture import write_small
 

@@ -19,7 +19,7 @@ import torch
 from PIL import ExifTags, Image, ImageCms
 
 from flame_fitting.geometry.camera import Camera, look_at
-from flame_fitting.formats.capture import load_cameras
+from flame_fitting.formats.capture_checks import load_cameras
 from flame_fitting.core.fileio import OutputError
 from flame_fitting.head.head_model import load_head_model
 from flame_fitting.head.standin import build_standin

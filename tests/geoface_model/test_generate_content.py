@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from flame_fitting.formats.capture import load_cameras
+from flame_fitting.formats.capture_checks import load_cameras
 from geoface_model.generate import GenerateError, crop_notes, detect_face, generate_from_photo
 from geoface_model.orbit import assumed_intrinsics
 from pipelines.synthetic import SyntheticConfig, generate as synthesise

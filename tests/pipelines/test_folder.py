@@ -88,7 +88,7 @@ def test_cameras_in_other_units_than_metres_are_refused(tmp_path):
         import_capture(tmp_path / "in", tmp_path / "cap", ImportConfig())
     assert not (tmp_path / "cap").exists()
     # a capture's own cameras.json is checked the same way
-    from flame_fitting.formats.capture import load_cameras
+    from flame_fitting.formats.capture_checks import load_cameras
     with pytest.raises(CaptureError, match="units must be 'm'"):
         load_cameras(cj)
 

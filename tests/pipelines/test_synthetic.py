@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from flame_fitting.formats.capture import load_capture, load_cameras
+from flame_fitting.formats.capture import load_capture
+from flame_fitting.formats.capture_checks import load_cameras
 from flame_fitting.core.params import ParamsError, build_config
 from flame_fitting.geometry.render import antialias_silhouette, antialias_views
 from flame_fitting.head.standin import build_standin

@@ -15,7 +15,8 @@ import pytest
 from unit_capture import TOKENS, build, run_data_stages
 
 from flame_fitting.core.executor import ExecutorConfig
-from flame_fitting.formats.capture import CaptureWriter, load_cameras, load_capture
+from flame_fitting.formats.capture import CaptureWriter, load_capture
+from flame_fitting.formats.capture_checks import load_cameras
 from flame_fitting.formats.fits import load_sequence_fit
 from flame_fitting.geometry.raster import rasterize
 from flame_fitting.head.head_model import load_head_model
