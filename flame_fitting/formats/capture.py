@@ -205,7 +205,7 @@ def load_capture(root: Path | str, check_files: bool = True, check_hashes: bool 
         raise CaptureError(f"{man_path}: duplicate row for {dup.subject}/{dup.sequence}/{dup.frame}/{dup.camera}")
     bad_split = set() if df.split.isin(SPLITS).all() else set(df.split) - set(SPLITS)
     if bad_split:
-        raise CaptureError(f"{man_path}: unknown split values {sorted(bad_split)}")
+        raise CaptureError(f"{man_path}: unknown split values {sorted(bad_split, key=repr)}")  # mixed types sort too
     check_manifest_paths(df, str(man_path))
     cap = Capture(root=root, manifest=df, info=info)
     known: dict[bytes, dict[str, Camera]] = {}

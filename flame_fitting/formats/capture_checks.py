@@ -133,6 +133,10 @@ def check_manifest_paths(df: pd.DataFrame, where: str) -> None:
                 raise CaptureError(f"{where}: {col} {value!r} {why}")
     for col in [c for c in PATH_COLUMNS if c in df.columns]:
         values = df[col]
+        if col == "path" and values.isna().any():  # every row is an image: a null would reach a unit as `root / nan`
+            row = df.iloc[int(values.isna().to_numpy().argmax())]
+            raise CaptureError(f"{where}: path of {row.subject}/{row.sequence}/{row.frame}/{row.camera} is null "
+                               "(every manifest row names its image)")
         # a text column's suspects (`_path_suspects`) in manifest order, else every distinct value in that order: the
         # first that `relpath_problem` refuses is the first of the column's values it refuses
         maybe = values.iloc[_path_suspects(values)] if isinstance(values.dtype, pd.StringDtype) else values

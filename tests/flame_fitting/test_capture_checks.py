@@ -86,6 +86,7 @@ REFUSED = [
      f"{MAN}: camera '-c' starts with '-' (a spreadsheet opening the CSV files the toolkit writes would run it as a "
      "formula)"),
     ("path-int", _column("path", 3), f"{MAN}: path 3 not text (int64)"),
+    ("path-null", _set("path", None, (6,)), f"{MAN}: path of s0/q1/1/c0 is null (every manifest row names its image)"),
     ("path-bytes", lambda m: m.assign(path=m.path.str.encode("utf-8")),
      f"{MAN}: path b's0/q0/00000/c0.png' not text (bytes)"),
     ("path-absolute", _set("path", "/etc/passwd", (6,)),
@@ -131,6 +132,8 @@ REFUSED = [
     ("unknown-splits", lambda m: _set("split", "Train", (9,))(_set("split", "dev", (1,))(m)),
      f"{MAN}: unknown split values ['Train', 'dev']"),
     ("null-split", _set("split", None, (1,)), f"{MAN}: unknown split values [nan]"),
+    ("null-and-unknown-split", lambda m: _set("split", "dev", (4,))(_set("split", None, (1,))(m)),
+     f"{MAN}: unknown split values ['dev', nan]"),
     ("camera-not-in-cameras", _set("camera", "c9", (5,)),
      "{root}/s0/q1/00000/c1.png: camera 'c9' is not in {root}/s0/q1/cameras.json"),
     ("size-differs", _set("width", 41, (10,)), "{root}/s1/q0/00001/c0.png: manifest size 41×30 differs from camera "
