@@ -157,7 +157,8 @@ def run_units(executor, fn: Callable, units: Iterable[Unit], out: Path | str, de
         else:
             run.kept.append(u.rel)
             parsed[u.rel] = rec
-    run.removed = [r for r in _sweep(out, set(run.kept), extras) if r not in {u.rel for u in todo}]
+    to_run = {u.rel for u in todo}
+    run.removed = [r for r in _sweep(out, set(run.kept), extras) if r not in to_run]
     results = [_visible(out, r, parsed)
                for r in executor.map(UnitWork(fn, out, extras), todo, desc=desc, progress=progress)]
     _remove_temporaries(out)
