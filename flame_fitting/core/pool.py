@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from multiprocessing.connection import wait
+from multiprocessing.reduction import ForkingPickler
 from typing import Callable
 
 from flame_fitting.core.errors import ExecutorError
@@ -89,17 +90,23 @@ class _Worker:
             child.close()
         self.ready, self.unit, self.started = False, None, 0.0
 
-    def answer(self) -> tuple[bool, UnitResult | None]:
+    def answer(self, items: list) -> tuple[bool, UnitResult | None]:
         """(alive, what it sent): (True, None) when it has sent nothing (or its ready message); (False, None) when
-        its process died (a result it sent before is still read first)."""
+        its process died (a result it sent before is still read first). A result that cannot be unpickled here (its
+        bytes are read whole, so the pipe stays in step) is a failed result of the unit it runs (`items[self.unit]`)."""
         try:
             if not self.conn.poll():  # no message, no end of file: dead only if the process is gone
                 return self.proc.is_alive(), None
-            message = self.conn.recv()
+            data = self.conn.recv_bytes()
         except (EOFError, OSError):
             return False, None
         self.ready = True
-        return True, message
+        try:
+            return True, ForkingPickler.loads(data)
+        except Exception as e:  # noqa: BLE001 - one unit's unreadable result fails that unit, not the stage
+            item = items[self.unit] if self.unit is not None else None
+            return True, UnitResult(item, False, None, f"{type(e).__name__}: the unit's result cannot be read back "
+                                    f"from its pool process: {e}")
 
     def start_failure(self) -> str:
         """How its process ended (before it was ready): its exit code, or the signal that killed it."""
@@ -176,6 +183,8 @@ def map_pool(fn: Callable, items: list, bar, workers: int, retries: int,
         queue.close()  # the dispatcher stops submitting (all done, or this process was interrupted)
         dispatcher.join()
         restore_threads(old_threads)
+    if queue.error is not None:  # the dispatcher thread failed (e.g. `fn` cannot be pickled): never a hang
+        raise queue.error
     if queue.broken:
         raise ExecutorError(queue.broken)
     return [queue.results[i] for i in range(len(items))]
@@ -215,7 +224,7 @@ def _dispatch(fn: Callable, queue: UnitQueue, n_pool: int, retries: int, threads
             wait([w.conn for w in pool] + [w.proc.sentinel for w in pool], timeout=0.2)
             for w in list(pool):
                 was_ready = w.ready
-                alive, result = w.answer()
+                alive, result = w.answer(queue.items)
                 if w.ready and not was_ready:
                     failed = 0
                 unit = w.unit
@@ -244,6 +253,8 @@ def _dispatch(fn: Callable, queue: UnitQueue, n_pool: int, retries: int, threads
                         queue.requeue(j)
                         continue
                     w.unit, w.started = j, time.monotonic()
+    except BaseException as e:  # noqa: BLE001 - handed to map_pool, which raises it: the caller never waits forever
+        queue.close(e)
     finally:
         busy = [w for w in pool if w.unit is not None]  # this process was interrupted
         _stop([w.proc for w in busy])

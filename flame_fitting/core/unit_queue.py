@@ -17,6 +17,7 @@ class UnitQueue:
         self.items, self.bar = items, bar
         self.pending, self.results, self.n_lost = deque(range(len(items))), {}, Counter()
         self.running, self.closed, self.broken = 0, False, None  # broken: why no more units are handed out
+        self.error: BaseException | None = None  # what stopped the dispatcher thread early (map_pool raises it)
         self.cond = threading.Condition()
 
     def take(self, wait: bool) -> int | None:
@@ -67,7 +68,8 @@ class UnitQueue:
             self.broken = why
             self.cond.notify_all()
 
-    def close(self) -> None:
+    def close(self, error: BaseException | None = None) -> None:
+        """No unit is taken any more; `error`: why the dispatcher thread stopped early (raised by `map_pool`)."""
         with self.cond:
-            self.closed = True
+            self.closed, self.error = True, self.error or error
             self.cond.notify_all()

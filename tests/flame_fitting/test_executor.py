@@ -233,6 +233,46 @@ def test_a_lost_worker_takes_no_other_unit_with_it(limit, tmp_path):
     assert res[1].error == "WorkerLost: the worker process died 1 times while this unit was running"
 
 
+def _refuse_to_load(name: str):
+    raise RuntimeError(f"{name} cannot be rebuilt here")
+
+
+class Unloadable:
+    """Pickled fine in a pool process; unpickling it in the stage's process raises."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __reduce__(self):
+        return _refuse_to_load, (self.name,)
+
+
+def unloadable_or_name(name: str):
+    time.sleep(0.2)
+    return Unloadable(name) if name == "bad" else name
+
+
+def test_a_result_the_stage_cannot_unpickle_fails_only_its_unit():
+    """A pool process's result that cannot be unpickled in the stage's process is that unit's failure, with a clear
+    error; the other units complete (it used to kill the pool's dispatcher thread: map then failed with KeyError 0,
+    or, when the stage's process runs units too, waited forever for the unit)."""
+    names = ["a", "bad", "b", "c"]
+    with open_executor(ExecutorConfig(kind="local", workers=2, retries=0, unit_timeout_s=30.0)) as ex:
+        res = ex.map(unloadable_or_name, names, progress=False)
+    assert [r.value for r in res] == ["a", None, "b", "c"], [r.error for r in res]
+    assert res[1].item == "bad"
+    assert res[1].error == ("RuntimeError: the unit's result cannot be read back from its pool process: "
+                            "bad cannot be rebuilt here")
+
+
+def test_a_unit_function_a_pool_process_cannot_get_is_one_clear_error():
+    """A unit function that cannot be pickled to a pool process (a lambda) is the pickling error, raised by map
+    (it used to be KeyError: 0 once the dispatcher thread had died)."""
+    with open_executor(ExecutorConfig(kind="local", workers=2, unit_timeout_s=30.0)) as ex:
+        with pytest.raises(Exception, match="pickle"):
+            ex.map(lambda x: x, [1, 2, 3], progress=False)
+
+
 def write_or_hang(unit: Unit, tmp: Path, extras) -> tuple[dict, list]:
     """A stage's unit function: writes its file into the unit's temporary folder; subject "hang" then hangs."""
     (tmp / "out.txt").write_text(unit.rel)
