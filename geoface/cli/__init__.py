@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -80,18 +81,22 @@ def _main(argv: list[str] | None) -> int:
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # `kill`: unwind like Ctrl-C, so temporaries are removed
         signal.signal(signal.SIGTERM, _terminated)
     name = getattr(args, "display", None) or " ".join(x for x in (args.cmd, getattr(args, "action", None)) if x)
+    from .words import Annotating, annotate, options_of
+
+    words = options_of(args)  # the params keys the library's messages name -> this command's options (words.py)
     try:
         from .base import configs
 
-        if getattr(args, "check_set", None) is not None:  # a subcommand's own check of its --set keys
-            args.check_set(args)
-        rc = args.func(args, *(configs(args) if args.sections else []))
+        with contextlib.redirect_stderr(Annotating(sys.stderr, words)):  # the library's warnings, in our words
+            if getattr(args, "check_set", None) is not None:  # a subcommand's own check of its --set keys
+                args.check_set(args)
+            rc = args.func(args, *(configs(args) if args.sections else []))
     except BrokenPipeError:
         raise
     except KeyboardInterrupt:
         print(f"geoface {name}: interrupted; its output folder was not written (the temporary is removed)", file=sys.stderr)
         return 130
     except (GeofaceError, ValueError, OSError) as e:  # our errors name the file and the problem; the system's
-        print(f"geoface {name}: {error_line(e)}", file=sys.stderr)
+        print(f"geoface {name}: {annotate(error_line(e), words)}", file=sys.stderr)
         return 2
     return rc if isinstance(rc, int) else 0

@@ -16,6 +16,13 @@ UV = ("uv", "flame_fitting.uv.batch:UVParams")
 CORR = ("correspondences", "flame_fitting.uv.batch:CorrespondenceParams")
 TOKENS = ("tokens", "geoface_model.config:TokensConfig")
 SOURCES = ("synthetic", "nersemble", "renderme360", "colmap", "transforms_json", "folder")
+# the input folders of the data commands, as their --help says each positional: what it is and what writes it
+FOLDERS = {"captures": "canonical capture folder (the captures stage; `geoface import --out`)",
+           "fits": "fits folder (the fit stage; OUT/fits of `geoface fit --out OUT`)",
+           "uv": "UV folder (the uv stage; `geoface uv --out`)",
+           "correspondences": "correspondences folder (the correspondences stage; `geoface correspondences --out`)",
+           "head_model": "head model folder (the head_model stage; `geoface head-model build --out`, or a FLAME "
+                         "folder)"}
 
 
 def head_build(args, cfg) -> None:
@@ -177,7 +184,7 @@ def register(sub, chosen) -> None:
     p.add_argument("--head-model", default="data/head_model", help="synthetic: head model folder (default: %(default)s)")
     p.add_argument("--sheets", help="folder for a contact sheet PNG per subject")
     p.add_argument("--metrics", help="metrics JSON to write")
-    p.set_defaults(check_set=import_keys)
+    p.set_defaults(check_set=import_keys, used_sections=lambda a: [IMPORT[a.source == "synthetic"][0]])
 
     p = command(sub, "landmarks", "MediaPipe landmarks of every image of a canonical capture (the landmarks stage)",
                 landmarks, [LANDMARKS], chosen("landmarks"), force=DATA_FORCE)
@@ -199,8 +206,8 @@ def register(sub, chosen) -> None:
 
     p = command(sub, "uv", "canonical UV position map of every fitted frame (the uv stage)", uv, [UV], chosen("uv"),
                 force=DATA_FORCE)
-    p.add_argument("fits", metavar="FITS", help="fits folder (fit stage)")
-    p.add_argument("head_model", metavar="HEAD_MODEL", help="head model folder")
+    for name in ("fits", "head_model"):
+        p.add_argument(name, metavar=name.upper(), help=FOLDERS[name])
     p.add_argument("--out", required=True, help="UV folder to write")
     p.add_argument("--previews", help="folder for PNG previews and OBJ round trips")
     p.add_argument("--metrics", help="metrics JSON to write")
@@ -209,9 +216,8 @@ def register(sub, chosen) -> None:
     p = command(sub, "correspondences", "pixel -> UV correspondences and token targets of every fitted frame (the "
                 "correspondences stage)", correspondences, [CORR, TOKENS], chosen("correspondences"),
                 force=DATA_FORCE)
-    for name, what in (("fits", "fits folder (fit stage)"), ("uv", "UV folder (uv stage)"),
-                       ("captures", "capture folder"), ("head_model", "head model folder")):
-        p.add_argument(name, metavar=name.upper(), help=what)
+    for name in ("fits", "uv", "captures", "head_model"):
+        p.add_argument(name, metavar=name.upper(), help=FOLDERS[name])
     p.add_argument("--out", required=True, help="correspondence folder to write")
     p.add_argument("--previews", help="folder for overlay and Figure 9 PNGs")
     p.add_argument("--metrics", help="metrics JSON to write")

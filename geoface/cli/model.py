@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from .base import DATA_FORCE, CliError, add_executor, check_out, command, executor_of, need, show, writable_file
-from .geometry import TOKENS, UV
+from .geometry import FOLDERS, TOKENS, UV
 
 DATASET = ("dataset", "geoface_model.dataset_build:DatasetParams")
 TRAIN = [("train", "geoface_model.config:TrainConfig"), TOKENS, ("model", "geoface_model.config:ModelConfig"),
@@ -138,10 +138,8 @@ def register(sub, chosen) -> None:
     """Add the model subcommands to `sub`; `chosen(name)`: whether that subcommand's --help is asked for."""
     p = command(sub, "dataset", "pack fitted frames into training shards split by subject (the dataset stage)",
                 dataset, [DATASET, TOKENS, UV], chosen("dataset"), force=DATA_FORCE)
-    for name, what in (("captures", "capture folder (captures stage)"), ("fits", "fits folder (fit stage)"),
-                       ("uv", "UV folder (uv stage)"), ("correspondences", "correspondences folder"),
-                       ("head_model", "head model folder")):
-        p.add_argument(name, metavar=name.upper(), help=what)
+    for name in ("captures", "fits", "uv", "correspondences", "head_model"):
+        p.add_argument(name, metavar=name.upper(), help=FOLDERS[name])
     p.add_argument("--out", required=True, help="dataset folder to write")
     p.add_argument("--metrics", help="metrics JSON to write")
     add_executor(p)
@@ -161,9 +159,10 @@ def register(sub, chosen) -> None:
 
     p = command(sub, "evaluate", "generate and measure held-out samples with a trained model (the evaluate stage)",
                 evaluate, [EVAL, UV], chosen("evaluate"), force=FILE_FORCE.format(files="--metrics file"))
-    for name, what in (("model", "trained model folder (train stage)"), ("dataset", "dataset folder (dataset stage)"),
-                       ("fits", "fits folder (fit stage)"), ("head_model", "head model folder")):
-        p.add_argument(name, metavar=name.upper(), help=what)
+    folders = {"model": "trained model folder (the train stage; `geoface train --out`)",
+               "dataset": "dataset folder (the dataset stage; `geoface dataset --out`)", **FOLDERS}
+    for name in ("model", "dataset", "fits", "head_model"):
+        p.add_argument(name, metavar=name.upper(), help=folders[name])
     p.add_argument("--out", required=True, help="folder for the sample folders (not --plots, nor inside or around it)")
     p.add_argument("--plots", required=True, help="folder for grids, views.csv and report.html")
     p.add_argument("--metrics", help="metrics JSON to write; an existing file is replaced only with --force and only "

@@ -290,8 +290,10 @@ def test_an_executor_that_cannot_run_is_one_line_before_anything_is_written(caps
         out = tmp_path / cmd
         rc, _, err = cli(capsys, *args, out, "--executor", "ray", "--ray-address", f"127.0.0.1:{port}")
         assert rc == 2 and err.count("\n") == 1 and err.startswith(
-            f"geoface {cmd}: executor.ray_address='127.0.0.1:{port}': no Ray cluster answers at 127.0.0.1:{port} ("), err
-        assert err.strip().endswith("nothing was changed") and not out.exists(), err
+            f"geoface {cmd}: executor.ray_address='127.0.0.1:{port}' (--ray-address '127.0.0.1:{port}'): no Ray "
+            f"cluster answers at 127.0.0.1:{port} ("), err  # the params key and this command's option (cli/words.py)
+        assert err.strip().endswith("or set executor.kind: local (--executor local); nothing was changed"), err
+        assert not out.exists(), err
         rc, _, err = cli(capsys, *args, out, "--jobs", "0")
         assert rc == 2 and err.strip() == f"geoface {cmd}: --jobs 0: must be at least 1" and not out.exists(), err
 
