@@ -50,6 +50,14 @@ def test_help_lists_every_subcommand_and_the_entry_point_runs():
         assert f"\n    {name} " in listed or f"\n    {name}\n" in listed, (name, listed)
 
 
+def test_python_dash_m_geoface_is_the_command():
+    """`python -m geoface` (an environment whose scripts folder is not on PATH) runs the same command line."""
+    runs = [subprocess.run([sys.executable, "-m", m, "--version"], cwd=REPO, capture_output=True, text=True,
+                           timeout=120) for m in ("geoface", "geoface.cli")]
+    assert [r.returncode for r in runs] == [0, 0], [r.stderr for r in runs]
+    assert runs[0].stdout == runs[1].stdout and runs[0].stdout.startswith("geoface ")
+
+
 def test_output_into_a_closed_pipe_is_not_a_traceback(monkeypatch):
     """`geoface ... | head`: the reader has closed the pipe before the output is written -> exit 141, no traceback."""
     r, w = os.pipe()
