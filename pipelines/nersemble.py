@@ -17,6 +17,7 @@ point clouds, audio.
 """
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -42,8 +43,8 @@ def size_keys(params: dict, serial: str, path: Path) -> tuple[int, int] | None:
     if wh == [None, None]:
         return None
     for key, v in zip(("width", "height"), wh):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
-            raise CaptureError(f"{path}: {key} of camera {serial} must be a positive number, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
+            raise CaptureError(f"{path}: {key} of camera {serial} must be a positive finite number, got {v!r}")
     return int(wh[0]), int(wh[1])
 
 

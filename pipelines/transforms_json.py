@@ -30,6 +30,7 @@ A camera must be the same in every timestep (an entry that differs is recorded a
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import cv2
@@ -95,7 +96,7 @@ def import_capture(root_in: Path | str, out: Path | str, cfg: ImportConfig) -> I
             try:
                 defined[name] = camera_of(meta, fr, base, where, cy_from_bottom=vhap)
             except (CaptureError, CameraError, TypeError, ValueError) as e:
-                imp.skip(where, str(e))
+                imp.skip(where, reason(e, where))
                 continue
             K, w2c, w, h, dist = defined[name]
             cam = imp.camera(name, K, w2c, w, h, dist, where)
@@ -113,7 +114,7 @@ def import_capture(root_in: Path | str, out: Path | str, cfg: ImportConfig) -> I
                     raise CaptureError(f"{where}: camera {name!r} differs from its frames[{first[name][2]}] (a camera "
                                        "that moves between timesteps is not supported)")
             except (CaptureError, CameraError, TypeError, ValueError) as e:
-                imp.skip(where, str(e))
+                imp.skip(where, reason(e, where))
                 continue
             add_frame(imp, subject, sequence, frame, name, img_path, fr.get("mask_path", fr.get("fg_mask_path")),
                       base, where)
@@ -151,6 +152,13 @@ def vhap_shots(imp: CaptureImport, path: Path, frames: list[tuple[int, dict]]) -
     return out
 
 
+def reason(e: Exception, where: str) -> str:
+    """The skip reason of an error about the entry at `where` (the skip's item): its message without a leading
+    `where: `, which the intrinsics' errors carry, so the location is said once."""
+    text = str(e)
+    return text[len(where) + 2:] if text.startswith(f"{where}: ") else text
+
+
 def camera_of(meta: dict, fr: dict, base: Path, where: str, cy_from_bottom: bool):
     """(K, world_to_cam, w, h, dist) of one entry; `cy_from_bottom`: VHAP's export counts cy from the image's
     bottom edge (its opencv->opengl conversion flips the principal point with the y axis), converted here."""
@@ -162,6 +170,9 @@ def camera_of(meta: dict, fr: dict, base: Path, where: str, cy_from_bottom: bool
     w, h = fr.get("w", meta.get("w")), fr.get("h", meta.get("h"))
     if w is None or h is None:  # NeRF synthetic: the size is the image's
         h, w = read_image_file(find_image(base, fr["file_path"]))[0].shape[:2]
+    for key, v in (("w", w), ("h", h)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf or v != int(v):
+            raise CaptureError(f"{key} must be a positive whole number of pixels, got {v!r}")
     K, dist = intrinsics_of(meta, fr, int(w), int(h), where)
     if cy_from_bottom and ("cy" in fr or "cy" in meta):
         K[1, 2] = int(h) - K[1, 2]

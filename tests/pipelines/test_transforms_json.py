@@ -381,3 +381,25 @@ def test_a_field_of_view_outside_its_range_is_refused_naming_the_file(tmp_path, 
     report = import_capture(tmp_path / "t", tmp_path / "cap", ImportConfig())
     assert report.n_images == 1 and len(report.skipped) == 1
     assert f"{key} = {value} is not a field of view in {unit}" in report.skipped[0]["reason"]
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_a_frame_skipped_for_its_intrinsics_says_its_location_once(tmp_path, strict):
+    """The intrinsics' errors name the entry (`transforms.json [frames[0] ./images/cam0.png]`) and so did the skip
+    item they were recorded under: the location was said twice. Now once, in the record and in strict mode's error."""
+    scene = Scene(make_cameras(2))
+    write_transforms(tmp_path / "t", scene, per_frame=True)
+    path = tmp_path / "t/transforms.json"
+    meta = json.loads(path.read_text())
+    for key in ("fl_x", "fl_y"):
+        del meta["frames"][0][key]
+    path.write_text(json.dumps(meta))
+    where = "transforms.json [frames[0] ./images/cam0.png]"
+    if strict:
+        with pytest.raises(CaptureError) as e:
+            import_capture(tmp_path / "t", tmp_path / "cap", ImportConfig(strict=True))
+        assert str(e.value).startswith(f"{where}: no focal length") and str(e.value).count("frames[0]") == 1
+        return
+    report = import_capture(tmp_path / "t", tmp_path / "cap", ImportConfig())
+    assert report.skipped == [{"item": where, "reason": report.skipped[0]["reason"]}]
+    assert report.skipped[0]["reason"].startswith("no focal length (none of x_fov")
