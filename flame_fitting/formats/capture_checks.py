@@ -89,7 +89,8 @@ def load_cameras(path: Path, known: dict[bytes, dict[str, Camera]] | None = None
         try:
             out[name] = Camera.from_dict(d, name=name)
         except (CameraError, TypeError, ValueError) as e:
-            raise CaptureError(f"{path}: camera {name!r}: {e}") from None
+            what = str(e) if str(e).startswith(f"camera {name!r}") else f"camera {name!r}: {e}"  # Camera's name it
+            raise CaptureError(f"{path}: {what}") from None
     if known is not None:
         known[raw] = out
     return out
