@@ -63,7 +63,6 @@ def test_two_processes_train_with_reference_dropout_and_publish_once(tmp_path):
     make_synthetic_shard(tmp_path / "ds" / "train.safetensors", n_samples=4, n_views=3, resolution=64,
                          uv_resolution=64, patch_size=16, geo_patch_size=16, seed=0)
     (tmp_path / "rank.py").write_text(RANK_SCRIPT)
-    port = free_port()
     procs = launch(tmp_path, [str(tmp_path / "ds")] * 2)
     outs = [p.communicate(timeout=280)[0] for p in procs]
     for p, out in zip(procs, outs):
