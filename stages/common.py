@@ -1,6 +1,7 @@
 """Shared by the stage scripts: this checkout first on sys.path;
 `paths(...)`, the input and output paths of the stage's `cmd` line in dvc.yaml; `run(main)`, which prints the
-toolkit's own errors as one line (stage, file or key, problem) and exits 1, and makes the exit fast;
+toolkit's own errors as one line (stage, file or key, problem) and exits 1, unwinds on SIGTERM as on Ctrl-C (exit
+130), and makes the exit fast;
 `start_pool_early(module)`, which a data stage calls before its heavy imports."""
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ if str(ROOT) not in sys.path:  # run as `python stages/x.py`: import this checko
     sys.path.insert(0, str(ROOT))
 
 from flame_fitting.core.errors import GeofaceError, error_line  # noqa: E402
+from flame_fitting.core.interrupt import INTERRUPTED, unwind_on_sigterm  # noqa: E402
 
 
 def paths(doc: str, *names: str, argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,12 +37,19 @@ def num(x, digits: int = 4) -> str:
 def run(main) -> None:
     """Call `main()`; an error about the input (GeofaceError, or an OSError naming a path) becomes one line on
     stderr and exit status 1
-    instead of a traceback. Any other exception is a bug and keeps its traceback. Then the objects alive are
-    frozen for a faster exit (flame_fitting/core/gc_freeze.py: ~0.5 s per stage that imported torch)."""
+    instead of a traceback. Any other exception is a bug and keeps its traceback. SIGTERM (`kill`, a scheduler's
+    cancel) unwinds as Ctrl-C does (flame_fitting/core/interrupt.py: the pool's busy processes are stopped, the
+    temporaries removed): one line, exit status 130. Then the objects alive are frozen for a faster exit
+    (flame_fitting/core/gc_freeze.py: ~0.5 s per stage that imported torch)."""
+    unwind_on_sigterm()
     try:
         main()
     except BrokenPipeError:
         raise
+    except KeyboardInterrupt:
+        print(f"{Path(sys.argv[0]).stem}: interrupted; what it had not finished was not written (the temporaries "
+              "are removed; units and checkpoints completed before stay)", file=sys.stderr)
+        sys.exit(INTERRUPTED)
     except (GeofaceError, OSError) as e:  # OSError: the system's word about a path (permission, not a folder …)
         print(f"{Path(sys.argv[0]).stem}: error: {error_line(e)}", file=sys.stderr)
         sys.exit(1)

@@ -45,6 +45,7 @@ from typing import Callable, Iterator, Sequence
 from tqdm import tqdm
 
 from flame_fitting.core.errors import ExecutorError
+from flame_fitting.core.interrupt import keeping_sigterm_handler
 from flame_fitting.core.params import build_config, spec
 from flame_fitting.core.pool import map_pool, start_pool_early
 from flame_fitting.core.ray_session import private_ray_session
@@ -251,8 +252,10 @@ def open_executor(cfg: ExecutorConfig) -> Iterator[Executor]:
             kw = ({"address": address} if address else {"address": "local", "num_cpus": cfg.workers,
                                                          "include_dashboard": False, "_node_ip_address": "127.0.0.1"})
             try:
-                with _quiet_stderr(), (_loopback_node(ray) if not address else nullcontext()):
-                    # Ray's C++ client logs every failed attempt; the error below is the one line
+                # Ray's C++ client logs every failed attempt (the error below is the one line); ray.init sets a
+                # SIGTERM handler of its own: the stage's (core/interrupt.py) is set again after
+                with _quiet_stderr(), (_loopback_node(ray) if not address else nullcontext()), \
+                        keeping_sigterm_handler():
                     ray.init(runtime_env={"env_vars": env}, log_to_driver=False, logging_level="ERROR", **kw)
             except (ConnectionError, RuntimeError, ValueError) as e:
                 raise ExecutorError(f"{where}={address!r}: cannot connect to Ray ({str(e).splitlines()[0]}); "

@@ -159,9 +159,11 @@ def run_units(executor, fn: Callable, units: Iterable[Unit], out: Path | str, de
             parsed[u.rel] = rec
     to_run = {u.rel for u in todo}
     run.removed = [r for r in _sweep(out, set(run.kept), extras) if r not in to_run]
-    results = [_visible(out, r, parsed)
-               for r in executor.map(UnitWork(fn, out, extras), todo, desc=desc, progress=progress)]
-    _remove_temporaries(out)
+    try:
+        results = [_visible(out, r, parsed)
+                   for r in executor.map(UnitWork(fn, out, extras), todo, desc=desc, progress=progress)]
+    finally:  # every unit returned, or the stage was interrupted (Ctrl-C, SIGTERM: the pool's processes are stopped)
+        _remove_temporaries(out, extras)
     for r in results:
         if r.ok:
             run.ran.append(r.item.rel)
@@ -202,11 +204,16 @@ def _visible(out: Path, r, parsed: dict[str, dict]):
                    "same path, on a shared file system)", "", r.seconds)
 
 
-def _remove_temporaries(out: Path) -> None:
-    """Every temporary left in `out/` and `out/<subject>/` once all units returned (whichever host or process wrote
+def _remove_temporaries(out: Path, extras: Path | None = None) -> None:
+    """Every temporary left in `out/` and `out/<subject>/` (and in `extras`' folders) once all units returned, or
+    the stage was interrupted and its pool's busy processes were stopped mid-unit (whichever host or process wrote
     it: a unit whose worker was lost and was retried elsewhere leaves its first attempt's; `clean_stale` only
     removes this host's), so the folder DVC hashes holds the units' outputs only."""
-    for top in [out, *(p for p in out.iterdir() if p.is_dir() and not p.is_symlink())]:
+    tops = [out, *(p for p in out.iterdir() if p.is_dir() and not p.is_symlink())]
+    if extras is not None and extras.is_dir():  # previews: written file by file (fileio.atomic_write), any depth
+        tops += [extras, *(p for p in extras.rglob("*") if p.is_dir() and not p.is_symlink()
+                           and TMP_TAG not in p.relative_to(extras).as_posix())]
+    for top in tops:
         for p in top.iterdir():
             if TMP_TAG in p.name:
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)

@@ -23,10 +23,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import signal
 import sys
 
 from flame_fitting.core.errors import GeofaceError, error_line
+from flame_fitting.core.interrupt import INTERRUPTED, unwind_on_sigterm
 
 from . import exports, geometry, lineage, model
 
@@ -71,15 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         return 141  # what a shell reports for a command stopped by SIGPIPE (128 + 13)
 
 
-def _terminated(signum, frame):
-    raise KeyboardInterrupt  # SIGTERM unwinds the `with` blocks that remove temporaries, as Ctrl-C does
-
-
 def _main(argv: list[str] | None) -> int:
     argv = exports.route(sys.argv[1:] if argv is None else list(argv))
     args = parser(argv).parse_args(argv)
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # `kill`: unwind like Ctrl-C, so temporaries are removed
-        signal.signal(signal.SIGTERM, _terminated)
+    unwind_on_sigterm()  # `kill`: unwind like Ctrl-C, so temporaries are removed (flame_fitting/core/interrupt.py)
     name = getattr(args, "display", None) or " ".join(x for x in (args.cmd, getattr(args, "action", None)) if x)
     from .words import Annotating, annotate, options_of
 
@@ -95,7 +90,7 @@ def _main(argv: list[str] | None) -> int:
         raise
     except KeyboardInterrupt:
         print(f"geoface {name}: interrupted; its output folder was not written (the temporary is removed)", file=sys.stderr)
-        return 130
+        return INTERRUPTED
     except (GeofaceError, ValueError, OSError) as e:  # our errors name the file and the problem; the system's
         print(f"geoface {name}: {annotate(error_line(e), words)}", file=sys.stderr)
         return 2

@@ -1,0 +1,48 @@
+"""SIGTERM unwinds a command like Ctrl-C: `unwind_on_sigterm()`, called first by the `geoface` command
+(geoface/cli/__init__.py) and by every stage script (stages/common.py `run`), makes SIGTERM (`kill PID`, a cluster
+scheduler's job cancel, a CI timeout) raise KeyboardInterrupt in the process's main thread. Its `with` and `finally`
+blocks then run as on Ctrl-C: the local pool's busy processes are stopped (core/pool.py), a local Ray is shut down
+(core/executor.py), the temporaries being written are removed (core/fileio.py, core/units.py), and the command exits
+with INTERRUPTED. With SIGTERM's default action the process died at once, and the pool's processes (forked from their
+own server, not from the stage) ran on: a hung unit for ever.
+
+Only the main thread of the command's own process installs it: the pool's processes are forked from a server that
+never calls it, so they keep SIGTERM's default action, which is how the pool stops them (`pool._stop`). A handler
+installed before (a caller's own) is left as it is.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+INTERRUPTED = 130  # the exit status of a command interrupted by Ctrl-C or SIGTERM (a shell's for SIGINT: 128 + 2)
+
+
+def _terminated(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM unwinds the `with` blocks that remove temporaries, as Ctrl-C does
+
+
+def unwind_on_sigterm() -> bool:
+    """Make SIGTERM raise KeyboardInterrupt in this process (module docstring); True when installed now. Nothing in a
+    thread other than the main one (Python runs handlers there only), nor when SIGTERM already has a handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return False
+    signal.signal(signal.SIGTERM, _terminated)
+    return True
+
+
+@contextmanager
+def keeping_sigterm_handler() -> Iterator[None]:
+    """The SIGTERM handler set before the block is set again after it, unless it was the default action: `ray.init`
+    replaces it by Ray's own (`sys.exit(15)`, behind Ray's C++ signal report), and a stage using Ray then ended with
+    status 1 and that report instead of the `interrupted` line and 130."""
+    old = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if old not in (None, signal.SIG_DFL) and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, old)
