@@ -1,5 +1,6 @@
 """Benchmark of UV position maps and pixel↔UV correspondences (flame_fitting/uv/__init__.py, correspondences.py,
-uv_checks.py) on the head model: data/head_model if it exists, else the stand-in built into a temp folder.
+correspondence_files.py, uv_checks.py) on the head model: data/head_model if it exists, else the stand-in built
+into a temp folder.
 
 One random frame (seeded identity, expression, jaw, neck, eyes, global pose) seen by 16 cameras on a
 frontal arc (yaw -90…90°, pitch -25…25°, 1 m from the head, f = 1500 px, 512²). Times with the JIT warm:
@@ -25,7 +26,8 @@ import torch
 
 from flame_fitting.geometry.camera import Camera, intrinsics, look_at
 from flame_fitting.core.fileio import write_npz
-from flame_fitting.uv.correspondences import TokenGrid, compute_correspondences, save_correspondences
+from flame_fitting.uv.correspondence_files import save_correspondences
+from flame_fitting.uv.correspondences import TokenGrid, compute_correspondences
 from flame_fitting.head.head_model import HeadModel
 from flame_fitting.uv import UVLayout, bake_posmap, get_bake_table, posmap_to_vertices
 from flame_fitting.uv.checks import frame_metrics, layout_report

@@ -35,7 +35,7 @@ from flame_fitting.formats.lineage import captures_version_of, check_same_captur
 from flame_fitting.formats.units import capture_unit_hashes, unit_capture
 from flame_fitting.head.head_model import load_head_model
 from flame_fitting.uv import UVLayout, bake_posmap
-from flame_fitting.uv.correspondences import load_correspondences
+from flame_fitting.uv.correspondence_files import load_correspondences
 
 from .config import TokensConfig
 from .data import write_shard

@@ -24,7 +24,8 @@ UV copies averaged; `vertex_sampler`) and `posmap_to_points` (valid texels), bot
 `save_posmap` / `load_posmap` (files written atomically).
 
 The package's modules: `bake` (layout, box, texel table, baking), `sample` (bilinear lookup, inverse),
-`files` (the posmap npz: `save_posmap` / `load_posmap`), `correspondences` (pixel → UV per view, token targets), `checks` (self-checks),
+`files` (the posmap npz: `save_posmap` / `load_posmap`), `correspondences` (pixel → UV per view, token targets),
+`correspondence_files` (their npz: `save_correspondences` / `load_correspondences`), `checks` (self-checks),
 `preview` (pictures). This `__init__` lists the public names.
 """
 from __future__ import annotations

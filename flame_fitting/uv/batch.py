@@ -46,7 +46,8 @@ from flame_fitting.head.head_model import load_head_model
 
 from .bake import UVLayout, bake_posmap, get_bake_table
 from .checks import aggregate, frame_metrics, layout_report, load_gt_raster
-from .correspondences import TokenGrid, compute_correspondences, save_correspondences, uv_from_fragments
+from .correspondence_files import save_correspondences
+from .correspondences import TokenGrid, compute_correspondences, uv_from_fragments
 from .files import load_posmap, save_posmap
 from .preview import correspondence_overlay, figure9, posmap_rgb
 from .sample import posmap_to_vertices

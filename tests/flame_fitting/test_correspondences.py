@@ -1,15 +1,15 @@
 """Pixel↔UV correspondences, token targets, self-checks and previews (flame_fitting/uv/correspondences.py,
-uv_checks.py, uv_preview.py): exact answers on a plane and a sphere, kernels vs numpy references,
-target normalisation and a2g/g2a consistency, empty views, refusals, cycle error and ground-truth accuracy
+correspondence_files.py, uv_checks.py, uv_preview.py): exact answers on a plane and a sphere, kernels vs numpy
+references, target normalisation and a2g/g2a consistency, empty views, refusals, cycle error and ground-truth accuracy
 on the stand-in head."""
 import numpy as np
 import pytest
 import torch
 
 from flame_fitting.geometry.camera import Camera, intrinsics, look_at
+from flame_fitting.uv.correspondence_files import load_correspondences, save_correspondences
 from flame_fitting.uv.correspondences import (CorrespondenceError, TokenGrid, _pixel_uv_reference, compute_correspondences,
-                                           front_faces, load_correspondences, pairs_reference, pixel_correspondences,
-                                           save_correspondences)
+                                           front_faces, pairs_reference, pixel_correspondences)
 from flame_fitting.head.head_model import HeadModel
 from flame_fitting.geometry.raster import rasterize
 from flame_fitting.head.standin import build_standin

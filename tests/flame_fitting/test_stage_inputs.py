@@ -80,7 +80,7 @@ def test_landmarks_of_another_capture_and_a_sequence_without_any_fitted_frame(da
 def test_correspondences_save_maps(data, tmp_path, save_maps, with_maps):
     """`correspondences.save_maps`: the per-pixel maps in every frame file, the first of each sequence, or none; the
     token-level arrays the dataset stage reads are the same either way."""
-    from flame_fitting.uv.correspondences import load_correspondences
+    from flame_fitting.uv.correspondence_files import load_correspondences
 
     bake_fits(data.fits, data.head, tmp_path / "uv", None, UVParams())
     runs = {}

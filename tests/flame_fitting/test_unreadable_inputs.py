@@ -146,7 +146,8 @@ def test_cameras_json_of_the_wrong_type_names_the_file(tmp_path, content, words)
 def test_damaged_stage_files_read_by_later_stages_name_the_file(tmp_path, reader):
     """A half-restored `data/uv/…/00000.npz`, correspondences file or a pipeline folder's `head/uv_layout.npz`: one
     error naming the file (was zipfile.BadZipFile, or 'missing' keys listed without the file's own)."""
-    from flame_fitting.uv.correspondences import CorrespondenceError, load_correspondences
+    from flame_fitting.uv.correspondence_files import load_correspondences
+    from flame_fitting.uv.correspondences import CorrespondenceError
     from flame_fitting.uv.files import UVError, load_posmap
     from geoface_model.pipeline import PipelineError, load_layout
 

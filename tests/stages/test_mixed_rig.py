@@ -21,7 +21,8 @@ from flame_fitting.formats.fits import load_sequence_fit
 from flame_fitting.geometry.raster import rasterize
 from flame_fitting.head.head_model import load_head_model
 from flame_fitting.uv import UVLayout
-from flame_fitting.uv.correspondences import TokenGrid, compute_correspondences, load_correspondences
+from flame_fitting.uv.correspondence_files import load_correspondences
+from flame_fitting.uv.correspondences import TokenGrid, compute_correspondences
 from geoface_model.data import read_shard
 
 # per camera (sorted names): crop (x0, y0, w, h) of the 192² view, then resize to (W, H); every side divisible by
