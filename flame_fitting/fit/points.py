@@ -28,7 +28,8 @@ from torch import Tensor
 
 from flame_fitting.fit.jacobian import forward_and_jacobian
 from flame_fitting.fit.reduced import ReducedModel
-from flame_fitting.fit.silhouette import SilhouetteModel, paired_subset
+from flame_fitting.fit.silhouette import paired_subset
+from flame_fitting.fit.silhouette_data import SilhouetteModel
 
 
 def vertex_normals(X: Tensor, faces: Tensor) -> Tensor:

@@ -69,7 +69,7 @@ class Problem:
     obs: Tensor        # (F, C, 2, L) float64 undistorted pixels
     conf: Tensor       # (F, C, L) float64, 0 where missing
     cfg: FitConfig
-    sil: Any = None    # silhouette.SilhouetteData (mask boundaries + pairing) or None: no silhouette term
+    sil: Any = None    # silhouette_data.SilhouetteData (mask boundaries + pairing) or None: no silhouette term
     pts: Any = None    # points.PointsData (triangulated surface points + pairing) or None: no surface-point term
     cameras_free: bool = True  # with camera refinement: False holds the corrections at their current values
 

@@ -120,7 +120,8 @@ class ReducedModel:
                    dtype: torch.dtype = torch.float64) -> ReducedModel:
         """Restrict `model` to L surface points given as barycentric combinations of mesh triangles:
         tri (L, 3) vertex ids, bary (L, 3), labels (L,) int ids stored as `landmark_indices` (e.g. vertex ids
-        for the silhouette model of `silhouette.py`, whose points are single vertices: tri (v, v, v), bary (1, 0, 0))."""
+        for the silhouette model of `silhouette_data.py`, whose points are single vertices: tri (v, v, v),
+        bary (1, 0, 0))."""
         fl = model.flame
         V = model.n_vertices
         tri = np.asarray(tri, np.int64).reshape(-1, 3)

@@ -21,7 +21,7 @@ from flame_fitting.fit.noise import NoiseModel, estimate_noise, landmark_groups
 from flame_fitting.fit.observations import FitInputError
 from flame_fitting.fit.problem import Problem
 from flame_fitting.fit.reduced import ReducedModel
-from flame_fitting.fit.silhouette import SilhouetteData, SilhouetteModel, mask_targets
+from flame_fitting.fit.silhouette_data import SilhouetteData, SilhouetteModel, mask_targets
 from flame_fitting.head.head_model import HeadModel
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from flame_fitting.fit import FitConfig, fit_sequence
 from flame_fitting.fit.jacobian import forward_and_jacobian
 from flame_fitting.fit.points import PointsData, pair_points, points_terms, vertex_normals
 from flame_fitting.fit.problem import irls_weight, rho
-from flame_fitting.fit.silhouette import SilhouetteModel
+from flame_fitting.fit.silhouette_data import SilhouetteModel
 from flame_fitting.fit.synthetic import model_outputs, project_landmarks, random_params
 
 

@@ -1,5 +1,6 @@
-"""Silhouette term (flame_fitting.fit.silhouette): mask boundary sampling, contour parity with the loop reference,
-analytic gradient against finite differences, and identity recovery from exact masks + noisy landmarks."""
+"""Silhouette term (flame_fitting.fit.silhouette, .silhouette_data): mask boundary sampling, contour parity with
+the loop reference, analytic gradient against finite differences, and identity recovery from exact masks + noisy
+landmarks."""
 import numpy as np
 import pytest
 import torch
@@ -8,8 +9,9 @@ from fit_testdata import N_EXPR, N_SHAPE, vertex_error_mm
 from flame_fitting.fit import FitConfig, fit_sequence
 from flame_fitting.fit.problem import irls_weight, rho
 from flame_fitting.fit.rig import Rig
-from flame_fitting.fit.silhouette import (SilhouetteData, SilhouetteModel, contour_vertices, contour_vertices_ref,
-                                          mask_targets, silhouette_terms)
+from flame_fitting.fit.silhouette import silhouette_terms
+from flame_fitting.fit.silhouette_data import (SilhouetteData, SilhouetteModel, contour_vertices, contour_vertices_ref,
+                                               mask_targets)
 from flame_fitting.fit.synthetic import model_outputs, project_landmarks, random_params
 from flame_fitting.geometry.raster import rasterize
 
