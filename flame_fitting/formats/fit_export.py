@@ -18,8 +18,9 @@ otherwise pair parameters with the wrong images.
 
 Camera conventions: ours is OpenCV (x right, y down, z forward; world_to_cam; pixel centres at +0.5). OpenGL /
 Blender / NeRF camera→world: c2w_gl = inverse(world_to_cam) @ diag(1, -1, -1, 1) (geometry.camera
-`opengl_cam_to_world`; the inverse is `world_to_cam_from_opengl`). Both exports need pinhole cameras without skew or
-distortion (capture images are undistorted at import), else ExportError.
+`opengl_cam_to_world`; the inverse is `world_to_cam_from_opengl`). Both exports need pinhole cameras without
+distortion (capture images are undistorted at import), else ExportError. Neither format has skew: `Camera` refuses a
+skew beyond 1e-6 of fx (geometry/camera_checks.py), and what it lets through (rounding of a zero) is not written.
 """
 from __future__ import annotations
 
@@ -73,13 +74,10 @@ class ExportSequence:
 
 
 def check_pinhole(cam: Camera, where: str) -> None:
-    """ExportError unless `cam` is a pinhole camera without skew and distortion (what both formats can say)."""
+    """ExportError unless `cam` is a pinhole camera without distortion (what both formats can say; skew: docstring)."""
     if cam.dist is not None:
         raise ExportError(f"{where}: camera {cam.name!r} has lens distortion {cam.dist.tolist()}; the export formats "
                           f"describe undistorted pinhole cameras (import the capture with undistort: true)")
-    if cam.K[0, 1] != 0:
-        raise ExportError(f"{where}: camera {cam.name!r} has skew K[0, 1] = {float(cam.K[0, 1])}; the export formats "
-                          f"have no skew")
 
 
 def _sequence_fit(path: Path) -> dict[str, np.ndarray]:

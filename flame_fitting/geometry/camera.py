@@ -17,14 +17,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from flame_fitting.core.arrays import checked_array
-from flame_fitting.core.errors import GeofaceError
+from flame_fitting.geometry.camera_checks import CameraError, check_intrinsics
 
 if TYPE_CHECKING:  # annotations only (a string under `from __future__ import annotations`)
     import torch
-
-
-class CameraError(GeofaceError, ValueError):
-    """A camera that is not a valid OpenCV pinhole camera."""
 
 
 def _as_f32(a, shape: tuple[int | None, ...], what: str) -> np.ndarray:
@@ -35,25 +31,10 @@ def _as_f32(a, shape: tuple[int | None, ...], what: str) -> np.ndarray:
     return out
 
 
-MAX_VIEW_ANGLE_DEG = 85.0  # no pinhole image reaches further from the optical axis (a 170° field of view)
-
-
 def _pixels(v) -> int | None:
     """`v` as a whole positive number of pixels (an int or an integral float), else None."""
     ok = not isinstance(v, (bool, np.bool_)) and isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(v)
     return int(v) if ok and v == int(v) and int(v) > 0 else None
-
-
-def check_view_angle(K: np.ndarray, width: int, height: int, what: str) -> None:
-    """CameraError unless every image corner is within MAX_VIEW_ANGLE_DEG of K's optical axis (a principal point far
-    outside the image, a focal length far too small: K of another size or unit); crops and resizes of real cameras pass."""
-    K = np.asarray(K, np.float64)
-    tan = np.maximum(np.abs(K[:2, 2]), np.abs(np.array([width, height]) - K[:2, 2])) / np.diag(K)[:2]
-    angle = math.degrees(math.atan(math.hypot(*tan)))
-    if angle > MAX_VIEW_ANGLE_DEG:
-        raise CameraError(f"{what}: an image corner is {angle:.3f}° from the optical axis (more than {MAX_VIEW_ANGLE_DEG:g}°, "
-                          f"no pinhole camera sees that far): principal point ({K[0, 2]:.6g}, {K[1, 2]:.6g}), focal length "
-                          f"({K[0, 0]:.6g}, {K[1, 1]:.6g}), {width}×{height} image; K is for another size or unit, or damaged")
 
 
 def check_rigid(m: np.ndarray, what: str = "world_to_cam", tol: float = 1e-4) -> None:
@@ -98,10 +79,7 @@ class Camera:
                               f"{self.width!r}×{self.height!r}")
         object.__setattr__(self, "width", width)
         object.__setattr__(self, "height", height)
-        K = self.K
-        if K[0, 0] <= 0 or K[1, 1] <= 0 or K[2, 2] != 1 or np.any(K[2, :2] != 0) or K[1, 0] != 0:
-            raise CameraError(f"camera {self.name!r}: K must be [[fx,s,cx],[0,fy,cy],[0,0,1]] with fx, fy > 0, got {K.tolist()}")
-        check_view_angle(K, width, height, f"camera {self.name!r}")
+        check_intrinsics(self.K, width, height, f"camera {self.name!r}")
         check_rigid(self.world_to_cam, f"camera {self.name!r} world_to_cam")
 
     # --- geometry -----------------------------------------------------------------

@@ -321,6 +321,32 @@ def test_fits_that_do_not_match_the_capture(data, tmp_path, case, message):
         assert not (tmp_path / "out").exists()
 
 
+def test_a_camera_whose_skew_is_rounding_is_exported_without_it(data, tmp_path):
+    """`Camera` refuses a skew beyond 1e-6 of fx (tests/pipelines/test_implausible_cameras.py); what it keeps, the
+    exports keep too (an import that succeeds is not refused at export), writing fx, fy, cx, cy unchanged."""
+    from dataclasses import replace
+
+    from flame_fitting.formats.capture import save_cameras
+    from flame_fitting.formats.capture_checks import load_cameras
+
+    fits, seq = copy_fits(data, tmp_path)
+    cams = load_cameras(seq / "cameras.json")
+    K = cams["c0"].K.astype(np.float64)
+    K[0, 1] = 1e-7 * K[0, 0]  # a pixel 1000 rows off the principal point moves 1e-4 px without it
+    save_cameras(seq / "cameras.json", {**cams, "c0": replace(cams["c0"], K=K)})
+    export_nerfstudio(data.capture, fits, tmp_path / "ns")
+    export_vhap(data.capture, fits, tmp_path / "vhap")
+    frame = next(f for f in FRAMES if f != DIVERGED)
+    scene = tmp_path / "ns" / SUBJECT / SEQUENCE / f"{frame:05d}"
+    f = next(e for e in json.loads((scene / "transforms.json").read_text())["frames"]
+             if e["file_path"].startswith("images/c0."))
+    assert [f["fl_x"], f["fl_y"], f["cx"], f["cy"]] == pytest.approx([K[0, 0], K[1, 1], K[0, 2], K[1, 2]], rel=1e-6)
+    db = json.loads((tmp_path / "vhap" / SUBJECT / SEQUENCE / "transforms.json").read_text())
+    Kv, _ = vhap_camera(next(e for e in db["frames"] if e["camera_id"] == "c0"))
+    K[0, 1] = 0.0
+    np.testing.assert_allclose(Kv, K, rtol=1e-6)
+
+
 def test_an_output_geoface_did_not_write_is_kept(data, tmp_path):
     from flame_fitting.core.fileio import OutputError
 
