@@ -8,9 +8,9 @@ correspondence targets (computed at the same token grids: both read the `tokens`
 fit marked as diverged are left out and counted. Splits come from the capture manifest (train / val / test by
 subject). Writes OUT/<subject>/<sequence>/shard_XXXX.safetensors (format: geoface_model/data.py; each shard's
 metadata names its split), one work unit per fitted sequence (flame_fitting/core/units.py): a sequence whose
-inputs (its capture files, fit, UV maps, correspondences, the head model, the params, the code) did not change keeps
-its shards as they are. Readers take every shard under OUT in sorted path order (subject, sequence, shard), which is
-the sample order of the former OUT/<split>/ layout.
+inputs (its capture files, the fit's arrays and cameras, canonical meshes and correspondences it reads: `READS`; the
+head model, the params, the code) did not change keeps its shards as they are. Readers take every shard under OUT
+in sorted path order (subject, sequence, shard), which is the sample order of the former OUT/<split>/ layout.
 """
 from __future__ import annotations
 
@@ -70,7 +70,13 @@ def view_arrays(cap, rows, cams, names, S):
 
 CODE = [Path(__file__).resolve().parents[1] / "flame_fitting" / r for r in
         ("__init__.py", "core", "geometry", "formats", "head", "uv")] + \
-       [Path(__file__).resolve().parent / f for f in ("config.py", "data.py", "dataset_build.py")]
+       [Path(__file__).resolve().parent / f for f in ("__init__.py", "config.py", "data.py", "shard_names.py",
+                                                      "dataset_build.py")]
+# the files of its input unit folders a unit reads (dataset_unit), the only ones its key hashes: a fit's status.json,
+# history.csv or residuals.parquet and the UV folder's position maps (.npz: the shards' maps are baked from the
+# canonical mesh) may change without re-running it. Every frame's canonical mesh and correspondences are hashed,
+# the diverged frames' (not read) too: they change only with the fit.npz, which is hashed.
+READS = {"fit": ("fit.npz", "cameras.json"), "uv": ("*.canonical.npy",), "correspondences": ("*.npz",)}
 
 
 def build_dataset(captures: Path | str, fits: Path | str, uv: Path | str, correspondences: Path | str,
@@ -90,9 +96,10 @@ def build_dataset(captures: Path | str, fits: Path | str, uv: Path | str, corres
     split_of = cap.manifest.groupby("subject").split.first().to_dict()
     units = [Unit(f.parent.name, f.name, unit_key(
         "dataset", capture=capture_unit_hashes(cap, f.parent.name, f.name), split=split_of.get(f.parent.name),
-        fit=tree_digest(f), head=head, code=code,
-        uv=tree_digest(uv / f.parent.name / f.name), params=params,
-        correspondences=tree_digest(correspondences / f.parent.name / f.name))) for f in fit_folders(fits)]
+        fit=tree_digest(f, READS["fit"]), head=head, code=code,
+        uv=tree_digest(uv / f.parent.name / f.name, READS["uv"]), params=params,
+        correspondences=tree_digest(correspondences / f.parent.name / f.name, READS["correspondences"])))
+        for f in fit_folders(fits)]
     fn = partial(dataset_unit, str(cap.root), str(fits), str(uv), str(correspondences), str(head_model), cfg, tok,
                  gutter=int(gutter))
     with open_executor(executor or ExecutorConfig(workers=1)) as ex:

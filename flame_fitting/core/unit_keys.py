@@ -1,17 +1,19 @@
 """The keys of the data stages' per-sequence work units and the key files that record them (core/units.py runs them).
 
 A stage's output folder holds one folder per unit, `<out>/<subject>/<sequence>/`, and in it the key file
-`.geoface-unit.json`: the unit's key (a hash of everything its result depends on: the content hashes of its input
-files, the head model, the stage's params section and the library's version and source), the sha256 of every file
-of the unit folder, the files it wrote elsewhere (`extras`: previews, overlays, relative to the stage's extras
-folder, with their sha256) and a small `record` (what the stage's metrics are aggregated from). A unit's outputs,
-key file included, are a function of its inputs: the same inputs give the same bytes in every run, so DVC gives
-the folder the same hash and a dataset version means the same data. Run times are not part of a result (core/units.py
+`.geoface-unit.json`: the unit's key (a hash of everything its result depends on: the content hashes of the input
+files it reads — not of the other files of an input unit folder, such as a fit's status.json — the head model, the
+stage's params section and the library's version and source), the sha256 of every file of the unit folder, the
+files it wrote elsewhere (`extras`: previews, overlays, relative to the stage's extras folder, with their sha256)
+and a small `record` (what the stage's metrics are aggregated from). A unit's outputs, key file included, are a
+function of its inputs: the same inputs give the same bytes in every run, so DVC gives the folder the same hash and a
+dataset version means the same data. Run times are not part of a result (core/units.py
 `TIMING`). A unit is current when its key file names its key and lists exactly the files on disk with those hashes
 (`current_key_file`). docs/scaling.md explains the choice.
 """
 from __future__ import annotations
 
+import fnmatch
 import functools
 import hashlib
 import json
@@ -42,9 +44,11 @@ def digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def tree_hashes(folder: Path | str, skip: set[str] | frozenset = frozenset()) -> dict[str, str]:
+def tree_hashes(folder: Path | str, skip: set[str] | frozenset = frozenset(),
+                only: tuple[str, ...] | None = None) -> dict[str, str]:
     """{relative path: sha256} of every file under `folder` except the key file, the output marker, temporaries and
-    the relative paths in `skip` ({} when the folder does not exist)."""
+    the relative paths in `skip` ({} when the folder does not exist); `only`: of the files whose relative path
+    matches one of these `fnmatch` patterns alone."""
     folder = Path(folder)
     if not folder.is_dir():
         return {}
@@ -52,14 +56,17 @@ def tree_hashes(folder: Path | str, skip: set[str] | frozenset = frozenset()) ->
     for p in sorted(folder.rglob("*")):
         rel = p.relative_to(folder).as_posix()
         # no stat for a skipped file: the capture's images, whose sha256 the manifest holds (1.6 M at NeRSemble)
-        if rel not in skip and p.name not in (KEY_FILE, MARKER) and TMP_TAG not in rel and p.is_file():
+        if (rel not in skip and p.name not in (KEY_FILE, MARKER) and TMP_TAG not in rel
+                and (only is None or any(fnmatch.fnmatchcase(rel, pat) for pat in only)) and p.is_file()):
             files[rel] = p
     return dict(zip(files, folder_sha256(folder, list(files.values()))))
 
 
-def tree_digest(folder: Path | str) -> str:
-    """One hash of the content of a folder (tree_hashes)."""
-    return digest(tree_hashes(folder))
+def tree_digest(folder: Path | str, only: tuple[str, ...] | None = None) -> str:
+    """One hash of the content of a folder (tree_hashes); `only`: of the files matching these patterns alone, the
+    ones a unit reads of an input unit folder (a file it does not read, such as a fit's status.json, then re-runs
+    nothing when it changes)."""
+    return digest(tree_hashes(folder, only=only))
 
 
 # the installed libraries whose versions a result may depend on (distribution names; absent ones are None)

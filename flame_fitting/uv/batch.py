@@ -16,8 +16,9 @@ captures, accuracy against the ground-truth pixel→surface map. Writes OUT/<sub
 previews (colour-coded overlays and the paper's Figure 9 from ground truth where available, else from the fit).
 
 Both run one work unit per fitted sequence on an executor (flame_fitting/core/units.py, core/executor.py): a
-sequence whose inputs (its fit, its UV maps, its capture files, the head model, the params, the code) did not change
-keeps its outputs and previews as they are; the metrics are aggregated over every sequence from the units' records.
+sequence whose inputs (the files of its fit and UV maps it reads, its capture files, the head model, the params, the
+code) did not change keeps its outputs and previews as they are; the metrics are aggregated over every sequence from
+the units' records.
 """
 from __future__ import annotations
 
@@ -76,6 +77,10 @@ def fit_folders(fits: Path | str) -> list[Path]:
 
 
 CANONICAL_KEYS = ("frame", "shape", "expr", "jaw_pose", "neck_pose", "eye_pose")  # the fit arrays a uv unit reads
+# the files of a fit folder a unit reads, the only ones its key hashes: the fit's status.json, history.csv,
+# residuals.parquet and noise_model.csv may change (a note, an overlay list) without re-running the units after it
+UV_FIT_FILES = ("fit.npz",)
+CORRESPONDENCE_FIT_FILES = ("fit.npz", "cameras.json")
 
 
 @torch.no_grad()
@@ -106,8 +111,8 @@ def bake_fits(fits: Path | str, head_model: Path | str, out: Path | str, preview
     folders, out = fit_folders(fits), Path(out)
     check_output_dir(out, [fits, head_model], True, kind="uv")
     head, code = tree_digest(head_model), code_digest(*(ROOT / r for r in ROOMS))
-    units = [Unit(f.parent.name, f.name, unit_key("uv", fit=tree_digest(f), head=head, params=asdict(cfg), code=code))
-             for f in folders]
+    units = [Unit(f.parent.name, f.name, unit_key("uv", fit=tree_digest(f, UV_FIT_FILES), head=head, params=asdict(cfg),
+                                                  code=code)) for f in folders]
     with open_executor(executor or ExecutorConfig(workers=1)) as ex:
         run = run_units(ex, partial(bake_unit, str(fits), str(head_model), cfg), units, out, "uv", extras=previews,
                         inputs=[fits, head_model], source=fits)
@@ -181,8 +186,9 @@ def correspondences_for_fits(fits: Path | str, uv: Path | str, captures: Path | 
     head, code = tree_digest(head_model), code_digest(*(ROOT / r for r in ROOMS))
     params = {**asdict(cfg), "app_tokens": app_tokens, "geo_tokens": geo_tokens}
     units = [Unit(f.parent.name, f.name, unit_key(
-        "correspondences", fit=tree_digest(f), uv=tree_digest(uv / f.parent.name / f.name), head=head, params=params,
-        code=code, capture=capture_unit_hashes(cap, f.parent.name, f.name))) for f in fit_folders(fits)]
+        "correspondences", fit=tree_digest(f, CORRESPONDENCE_FIT_FILES), uv=tree_digest(uv / f.parent.name / f.name),
+        head=head, params=params, code=code, capture=capture_unit_hashes(cap, f.parent.name, f.name)))
+        for f in fit_folders(fits)]
     fn = partial(correspondence_unit, str(fits), str(uv), str(cap.root), str(head_model), cfg, app_tokens, geo_tokens)
     with open_executor(executor or ExecutorConfig(workers=1)) as ex:
         run = run_units(ex, fn, units, out, "correspondences", extras=previews, inputs=[fits, uv, captures, head_model],
