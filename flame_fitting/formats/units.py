@@ -6,6 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from flame_fitting.core.fileio import sha256_file
+from flame_fitting.core.hash_cache import file_sha256
 from flame_fitting.core.unit_keys import Unit, digest, tree_hashes
 from flame_fitting.formats.capture import Capture, load_capture
 from flame_fitting.formats.capture_checks import check_image_files
@@ -32,12 +33,27 @@ def capture_unit_hashes(cap: Capture, subject: str, sequence: str) -> str:
     """One hash of a sequence's share of the capture: its manifest rows (which carry the images' sha256 and sizes)
     without the `split` column (only the dataset stage uses it, and adds it to its own keys: a capture that assigns
     splits anew when subjects are added re-fits nothing), every other file of its folder (cameras.json, masks,
-    ground truth) and the capture's source."""
+    ground truth), the masks and ground truth its rows name elsewhere without a hash (`files_outside`) and the
+    capture's source."""
     rows = unit_manifest(cap, subject, sequence).sort_values(["frame", "camera"]).drop(columns=["split"])
     prefix = f"{subject}/{sequence}/"
     images = {p[len(prefix):] for p in rows.path if p.startswith(prefix)}  # hashed already: the manifest's sha256
     others = tree_hashes(cap.root / subject / sequence, skip=images)
-    return digest({"rows": rows.to_dict("records"), "files": others, "source": cap.info.get("source")})
+    outside = files_outside(cap, rows, prefix)
+    return digest({"rows": rows.to_dict("records"), "files": others, "source": cap.info.get("source"),
+                   **({"outside": outside} if outside else {})})  # absent: the keys of before, to the byte
+
+
+def files_outside(cap: Capture, rows, prefix: str) -> dict[str, str | None]:
+    """{path: sha256, None when missing} of the masks and ground-truth files that `rows` name outside the sequence's
+    folder (a hand-made manifest may put them anywhere in the capture) and whose hash the manifest does not hold
+    (masks without `mask_sha256`, every `gt_path`): the units read them, and a change to one re-ran none of them."""
+    recorded = set()
+    if "mask_path" in rows.columns and "mask_sha256" in rows.columns:
+        recorded = {p for p, h in zip(rows.mask_path, rows.mask_sha256) if isinstance(h, str) and h}
+    paths = sorted({p for col in ("mask_path", "gt_path") if col in rows.columns for p in rows[col]
+                    if isinstance(p, str) and not p.startswith(prefix) and p not in recorded})
+    return {p: file_sha256(cap.root / p) if (cap.root / p).is_file() else None for p in paths}
 
 
 def sub_capture(cap: Capture, subject: str, sequence: str) -> Capture:

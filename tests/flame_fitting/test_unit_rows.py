@@ -78,3 +78,40 @@ def test_unit_keys_are_unchanged(capture):
         assert capture_unit_hashes(shuffled, subject, sequence) == want == old_capture_unit_hashes(shuffled, subject,
                                                                                                   sequence)
     assert len({capture_unit_hashes(cap, s, q) for s, q in SEQUENCES}) == len(SEQUENCES)
+
+
+def test_masks_and_ground_truth_outside_the_sequence_folder_are_in_the_key(tmp_path):
+    """A hand-made manifest may name masks and ground truth anywhere in the capture. The key hashed the sequence's
+    folder and the manifest's rows only, so a mask elsewhere without `mask_sha256` (captures written before it) or a
+    ground-truth file elsewhere (no hash column) could change and re-run no unit that reads it."""
+    import shutil
+
+    from flame_fitting.core.fileio import write_image
+
+    root = tmp_path / "cap"
+    rng = np.random.default_rng(0)
+    with CaptureWriter(root, source="test") as w:
+        for subject in ("a", "b"):
+            w.set_cameras(subject, "s", cams(2, 16, 12))
+            for name in ("cam0", "cam1"):
+                w.add_image(subject, "s", 0, name, rng.integers(0, 255, (12, 16, 3), dtype=np.uint8),
+                            mask=rng.integers(0, 255, (12, 16), dtype=np.uint8))
+    m = pd.read_parquet(root / "manifest.parquet")
+    moved = [f"elsewhere/{r.subject}_{r.camera}.png" for r in m.itertuples()]
+    (root / "elsewhere").mkdir()
+    for old, new in zip(m.mask_path, moved):
+        shutil.move(root / old, root / new)
+    m = m.assign(mask_path=moved, gt_path=[f"elsewhere/{s}_gt.npz" for s in m.subject]).drop(columns=["mask_sha256"])
+    m.to_parquet(root / "manifest.parquet", index=False)
+    for s in ("a", "b"):
+        np.savez(root / f"elsewhere/{s}_gt.npz", vertices=np.zeros((3, 3)))
+    key = lambda: {s: capture_unit_hashes(load_capture(root), s, "s") for s in ("a", "b")}  # noqa: E731
+    before = key()
+    write_image(root / moved[0], np.zeros((12, 16), np.uint8))  # subject a's mask of cam0
+    after_mask = key()
+    assert after_mask["a"] != before["a"] and after_mask["b"] == before["b"]
+    np.savez(root / "elsewhere/b_gt.npz", vertices=np.ones((3, 3)))
+    after_gt = key()
+    assert after_gt["b"] != after_mask["b"] and after_gt["a"] == after_mask["a"]
+    (root / "elsewhere/b_gt.npz").unlink()  # a missing file changes the key too (its unit then fails on it)
+    assert key()["b"] not in (after_gt["b"], after_mask["b"])
