@@ -4,16 +4,17 @@ flame_fitting/core/fileio.py, the one io module every write goes through (it re-
 - Every temporary is named `.<name>.geoface-tmp-<host>-<pid>-<random>` beside its destination (`temp_path`,
   `make_temp_dir`); each write first removes the stale ones of the same destination (their process is gone,
   `clean_stale`), so a killed run leaves nothing that piles up.
-- `output_dir(dst, ...)`: a context manager yielding a temporary folder that replaces `dst` when the
-  block ends without error (and is removed when it raises). The new folder carries a marker file
-  (`.geoface-output.json`); an existing non-empty `dst` without that marker was not written by the
-  toolkit and is never replaced, one with it only when `overwrite` (a stage's own output, `--force`).
-  An output that equals or contains one of the command's inputs is refused (`check_output_dir`; `replace_dir`
-  moves a finished folder into place). Files a library wrote private (safetensors: 0600) get the mode of any new
-  file here (`share_like_umask`).
+- `output_dir(dst, ...)`: a context manager yielding a temporary folder that replaces `dst` when the block ends
+  without error (and is removed when it raises), swapped with it in one step where the system can, so that `dst` is
+  never absent (`replace_dir`). The new folder carries a marker file (`.geoface-output.json`); an existing non-empty
+  `dst` without that marker was not written by the toolkit and is never replaced, one with it only when `overwrite`
+  (a stage's own output, `--force`). An output that equals or contains one of the command's inputs is refused
+  (`check_output_dir`; `replace_dir` moves a finished folder into place). Files a library wrote private
+  (safetensors: 0600) get the mode of any new file here (`share_like_umask`).
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import json
@@ -35,6 +36,14 @@ MARKER = ".geoface-output.json"
 # hosts whose names differ only in other characters or after 16 characters, e.g. the pods of one Kubernetes set)
 _HOST = ((re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:16] or "host")
          + hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8])
+
+
+EXCHANGE = True  # False: replace_dir never swaps (exchange_dirs), as on a system that cannot (the fallback's tests)
+try:
+    _renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+except (OSError, AttributeError):  # not Linux, or an older C library
+    _renameat2 = None
 
 
 class OutputError(GeofaceError, ValueError):
@@ -182,6 +191,11 @@ def replace_dir(src: Path | str, dst: Path | str, overwrite: bool = True, inputs
     """Move the finished folder `src` to `dst`, marking it as the toolkit's output `kind`; an existing `dst` is
     replaced only as `check_output_dir` allows, and removed only after the move succeeded.
 
+    An existing `dst` is swapped with `src` in one step (`exchange_dirs`): a reader (another stage, `dvc status`, a
+    process asking whether a unit is done) always finds the whole old folder or the whole new one; the old one, now
+    at `src`'s name, is then removed. Where the system cannot swap (not Linux, a filesystem without exchange, e.g.
+    some network filesystems), `dst` is renamed away and `src` renamed in, and is absent in between.
+
     Another process may replace `dst` at the same time (two commands given one output folder, a retried work unit
     whose first attempt still runs): the last to finish wins, and `dst` is always one writer's whole folder. A `dst`
     that another writer filled meanwhile is checked again as the first one was (without `overwrite`: "pass
@@ -196,8 +210,11 @@ def replace_dir(src: Path | str, dst: Path | str, overwrite: bool = True, inputs
     try:
         for _ in range(100):
             if dst.exists():
-                old = temp_path(dst)
                 try:
+                    if exchange_dirs(src, dst):  # dst is the new folder now, the earlier output at src's name
+                        shutil.rmtree(src, ignore_errors=True)
+                        return dst
+                    old = temp_path(dst)
                     os.rename(dst, old)
                     olds.append(old)
                 except FileNotFoundError:  # another writer moved it aside first
@@ -218,6 +235,21 @@ def replace_dir(src: Path | str, dst: Path | str, overwrite: bool = True, inputs
                 pass
         for old in olds:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def exchange_dirs(a: Path, b: Path) -> bool:
+    """Swap the existing paths `a` and `b` in one step, so that neither is ever absent (renameat2 with
+    RENAME_EXCHANGE: Linux >= 3.15, glibc >= 2.28). False, having changed nothing, where the system cannot
+    (`EXCHANGE` off, not Linux, a C library without renameat2, a filesystem without exchange: EINVAL, ENOSYS,
+    EOPNOTSUPP); other failures raise OSError (FileNotFoundError when either is gone)."""
+    if not EXCHANGE or _renameat2 is None:
+        return False
+    if _renameat2(-100, os.fsencode(a), -100, os.fsencode(b), 2) == 0:  # AT_FDCWD, RENAME_EXCHANGE
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
 
 
 def share_like_umask(folder: Path | str) -> None:
@@ -251,7 +283,7 @@ def make_temp_dir(dst: Path | str) -> Path:
 @contextmanager
 def output_dir(dst: Path | str, inputs: Iterable[Path | str] = (), overwrite: bool = True,
                option: str = "--force", kind: str | None = None) -> Iterator[Path]:
-    """`with output_dir(dst) as tmp:` write into `tmp`; on success it replaces `dst` atomically (marked `kind`).
+    """`with output_dir(dst) as tmp:` write into `tmp`; on success it replaces `dst` (`replace_dir`, marked `kind`).
 
     The checks of `check_output_dir` run before anything is written, so a refused output costs nothing."""
     dst = Path(dst)

@@ -23,8 +23,8 @@ from typing import Callable, Iterable
 
 from flame_fitting.core.errors import GeofaceError
 from flame_fitting.core.names import name_problem, terminal_safe
-from flame_fitting.core.fileio import (MARKER, TMP_TAG, check_output_dir, make_temp_dir, mark_output, replace_dir,
-                                       sha256_file, temp_path, write_json)
+from flame_fitting.core.fileio import (MARKER, TMP_TAG, OutputError, check_output_dir, make_temp_dir, mark_output,
+                                       replace_dir, sha256_file, temp_path, write_json)
 from flame_fitting.core.unit_keys import KEY_FILE, Unit, current_key_file, read_key_file, tree_hashes
 
 TIMING = "timing"  # the record's entry with run times: returned to the stage, not written (module docstring)
@@ -35,7 +35,8 @@ class UnitWork:
     """Runs one unit inside a worker: `fn(unit, tmp, extras)` writes the unit's files into the temporary folder
     `tmp` (and its extras, atomically, under `extras`) and returns (record, extra file names); the key file is
     added (the record without its `timing` entry) and `tmp` renamed to `<out>/<subject>/<sequence>` (atomic per
-    unit). Returns the whole record. Picklable when `fn` is."""
+    unit; an earlier attempt's unit there is swapped out in one step where the system can: `replace_dir`). Returns
+    the whole record. Picklable when `fn` is."""
 
     fn: Callable
     out: Path
@@ -54,7 +55,9 @@ class UnitWork:
             write_json(tmp / KEY_FILE, {"key": unit.key, "subject": unit.subject, "sequence": unit.sequence,
                                         "files": tree_hashes(tmp), "extras": extras,
                                         "record": {k: v for k, v in record.items() if k != TIMING}})
-            if dst.exists():  # a failed earlier attempt of this unit cannot be current: replace it
+            try:  # an earlier attempt's whole unit (it has geoface's marker): replace_dir swaps it out in one step
+                check_output_dir(dst, overwrite=True)
+            except OutputError:  # anything else there cannot be current: remove it
                 old = temp_path(dst)  # moved aside first: another attempt of the unit may be replacing it now
                 try:
                     os.rename(dst, old)
