@@ -8,7 +8,8 @@ returns one `UnitResult` per item, in input order:
   imported `fn`'s module once (multiprocessing's forkserver), fed by a dispatcher thread while this process runs
   units too (flame_fitting/core/pool.py). A pool process that dies is replaced: its unit is re-run, up to `retries`
   times, while the other pool processes' units go on. `retries + 1` pool processes in a row that die before they
-  are ready (a unit module that fails to import in a fresh process, processes killed as they start) stop the pool:
+  are ready (a unit module that fails to import in a fresh process, processes killed as they start; with
+  `unit_timeout_s`, also one not ready within max(unit_timeout_s, 120 s): an import that blocks) stop the pool:
   the units running finish, none not yet started is run, and `map` raises ExecutorError naming the module;
 - local with `unit_timeout_s`: a pool of `workers` processes (even for workers = 1) and this process runs none, so
   that a unit running past the limit can be stopped (its process only: the units the others run go on);
@@ -47,7 +48,8 @@ from tqdm import tqdm
 from flame_fitting.core.errors import ExecutorError
 from flame_fitting.core.interrupt import keeping_sigterm_handler
 from flame_fitting.core.params import build_config, spec
-from flame_fitting.core.pool import map_pool, start_pool_early
+from flame_fitting.core.fork_server import start_pool_early
+from flame_fitting.core.pool import map_pool
 from flame_fitting.core.ray_session import private_ray_session
 from flame_fitting.core.workers import (PACKAGE_ROOT, StartClock, UnitResult, call_unit, home_module, package_digest,
                                         ray_unit, timeout_result)

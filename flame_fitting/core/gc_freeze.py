@@ -6,7 +6,7 @@ only cycles left at exit are not collected (the operating system reclaims them; 
 every file before that, flame_fitting/core/fileio.py).
 
 Importing this module freezes too: the local pool's fork server imports it after the stage's unit module
-(flame_fitting/core/pool.py), so neither the server nor the pool processes forked from it pay that scan when
+(flame_fitting/core/fork_server.py), so neither the server nor the pool processes forked from it pay that scan when
 they exit. Imported there (multiprocessing's `forkserver.main` on the stack), it also makes the server's exit
 skip the interpreter's teardown (`os._exit(0)` in its first exit handler, after flushing stdout and stderr): the
 server only forks, so it has nothing to write or clean up, and that teardown (~0.2 s after the stage's process

@@ -1,17 +1,18 @@
 """The local executor's process pool (`map_pool`, used by flame_fitting/core/executor.py; docs/scaling.md,
 "Executor"): `workers - 1` processes forked from a clean server process (multiprocessing's forkserver) that imported
-the unit function's module (`workers.home_module`) once, plus the caller's own process. `start_pool_early` starts
-that server before the caller's own imports. A dispatcher thread hands a pool process its next unit the moment it is
-free, while the caller's process runs units itself. Each pool process is managed on its own (a pipe it takes units
-on and answers through): one that dies, or runs a unit past the time limit (`executor.unit_timeout_s`, then the
-caller's process runs none: it could not be stopped, and the pool has `workers` processes), is replaced alone, and
-the units the other processes are running go on. Processes that die before they are ready (`retries + 1` in a row: a
-unit module that fails to import in a fresh process, processes killed as they start) end the map with ExecutorError
-once the units already running are done, instead of being replaced for ever.
+the unit function's module (`workers.home_module`) once, plus the caller's own process (the server:
+core/fork_server.py, whose `start_pool_early` starts it before the caller's own imports). A dispatcher thread hands a
+pool process its next unit the moment it is free, while the caller's process runs units itself. Each pool process is
+managed on its own (a pipe it takes units on and answers through): one that dies, or runs a unit past the time limit
+(`executor.unit_timeout_s`, then the caller's process runs none: it could not be stopped, and the pool has `workers`
+processes), is replaced alone, and the units the other processes are running go on. Processes that die before they
+are ready (`retries + 1` in a row: a unit module that fails to import in a fresh process, processes killed as they
+start) end the map with ExecutorError once the units already running are done, instead of being replaced for ever;
+with a time limit, so do processes not ready within it (an import that blocks, in the fork server's preload or in
+the new process: each is stopped and counted alike; `_start`, `_dispatch`).
 """
 from __future__ import annotations
 
-import multiprocessing
 import os
 import signal
 import sys
@@ -22,36 +23,15 @@ from multiprocessing.reduction import ForkingPickler
 from typing import Callable
 
 from flame_fitting.core.errors import ExecutorError
+from flame_fitting.core.fork_server import pool_context, watch_start
 from flame_fitting.core.unit_queue import UnitQueue
 from flame_fitting.core.workers import (PACKAGE_ROOT, UnitResult, call_unit, home_module, restore_threads, set_threads,
                                         timeout_result)
 
-FREEZE_MODULE = "flame_fitting.core.gc_freeze"  # imported by the fork server after the unit's module: a fast exit
-
-
-def _pool_context(fn: Callable):
-    """A forkserver context whose server imports `fn`'s module once: workers are forked from that clean server
-    (never from the stage's process, which may hold torch / numba / MediaPipe threads), so each starts with the
-    imports done instead of paying them again as spawned processes would. The server then imports FREEZE_MODULE
-    (core/gc_freeze.py), so neither it nor the workers scan those imports' objects again when they exit."""
-    ctx = multiprocessing.get_context("forkserver")
-    module = home_module(fn)
-    if module and module != "__main__":
-        ctx.set_forkserver_preload([module, FREEZE_MODULE])
-    return ctx
-
-
-def start_pool_early(cfg, module: str) -> None:
-    """Start the server that local pool processes are forked from now, preloading `module` (the stage's unit
-    function's): it imports in parallel with the caller's own imports, so a pool is ready when the first units are
-    handed out instead of seconds later. `cfg`: an executor.ExecutorConfig; nothing for ray, nor for `workers: 1`
-    without a unit time limit (the stage's process runs every unit)."""
-    if cfg.kind != "local" or (cfg.workers < 2 and cfg.unit_timeout_s is None):
-        return
-    from multiprocessing import forkserver
-
-    multiprocessing.get_context("forkserver").set_forkserver_preload([module, FREEZE_MODULE])
-    forkserver.ensure_running()
+# with executor.unit_timeout_s: a pool process not ready this long after its start began (at least; the unit limit when
+# longer) is stopped. Its imports take that long: flame_fitting.fit.run's took 6.5 s in a fresh process here (2 busy
+# cores, warm disk); a cold network disk can take ten times that. A pool process that is slower is broken.
+START_LIMIT_MIN_S = 120.0
 
 
 def _serve(conn, path: list[str], fn: Callable, threads: int) -> None:
@@ -79,6 +59,7 @@ class _Worker:
 
     def __init__(self, ctx, fn: Callable, threads: int):
         self.conn, child = ctx.Pipe()
+        self.started = time.monotonic()  # until it is ready: when its start began (`_dispatch`'s start limit)
         self.proc = ctx.Process(target=_serve, args=(child, [str(PACKAGE_ROOT)] + sys.path, fn, threads),
                                 name="geoface-pool")
         try:
@@ -88,7 +69,7 @@ class _Worker:
             raise
         finally:
             child.close()
-        self.ready, self.unit, self.started = False, None, 0.0
+        self.ready, self.unit = False, None
 
     def answer(self, items: list) -> tuple[bool, UnitResult | None]:
         """(alive, what it sent): (True, None) when it has sent nothing (or its ready message); (False, None) when
@@ -116,13 +97,20 @@ class _Worker:
         return f"killed by {next((s.name for s in signal.Signals if s.value == -code), f'signal {-code}')}"
 
 
-def _start(ctx, fn: Callable, threads: int) -> tuple[_Worker | None, str]:
+def _start(ctx, fn: Callable, threads: int, queue: UnitQueue, limit: float | None) -> tuple[_Worker | None, str]:
     """A new pool process, or (None, why) when the fork server could not start one (the server died, or the new
-    process was killed before it read its start data: EOFError, BrokenPipeError)."""
-    try:
-        return _Worker(ctx, fn, threads), ""
-    except (OSError, EOFError) as e:
-        return None, f"the fork server could not start it: {type(e).__name__}: {e}"
+    process was killed before it read its start data: EOFError, BrokenPipeError), or did not within `limit` s (None: no
+    limit) or before the map ended (`queue.closed`): the server is stuck, killed (`fork_server.watch_start`), and the
+    next start begins a new one."""
+    with watch_start(queue.cond, lambda: queue.closed, limit) as watch:
+        try:
+            return _Worker(ctx, fn, threads), ""
+        except (OSError, EOFError) as e:
+            if watch["killed"] is None:
+                return None, f"the fork server could not start it: {type(e).__name__}: {e}"
+    if queue.closed:
+        return None, "its fork server had not started it when the map ended"
+    return None, f"not ready after {limit:g} s: its fork server did not start it and was stopped"
 
 
 def _stop(procs: list, grace: float = 5.0) -> None:
@@ -162,7 +150,9 @@ def map_pool(fn: Callable, items: list, bar, workers: int, retries: int,
     its share of the cores for torch and numba (`cpu_count // workers` threads). A pool process that dies is
     replaced: its unit goes back to the queue (`retries` times at most per unit), the other processes' units go on.
     `timeout` (s, executor.unit_timeout_s): this process runs no unit, the pool has `workers` processes, and a unit
-    running longer has its process stopped (that one only) and is recorded as UnitTimeout, never retried.
+    running longer has its process stopped (that one only) and is recorded as UnitTimeout, never retried. With
+    `timeout`, a pool process not ready within `max(timeout, START_LIMIT_MIN_S)` s counts as one that died before it
+    was ready (`_dispatch`).
     ExecutorError when `retries + 1` pool processes in a row die before they are ready (or cannot be started): the
     units not yet taken are not run, the running ones finish first (their outputs are written), and the error names
     `fn`'s module and how the last process ended."""
@@ -197,8 +187,14 @@ def _dispatch(fn: Callable, queue: UnitQueue, n_pool: int, retries: int, threads
     to the queue (`queue.lost`); one whose unit runs past `timeout` s is stopped and the unit recorded as
     UnitTimeout, never retried; either is replaced by a new process while units are left, and the other processes'
     units go on. Processes that die before they are ready (or cannot be started) are counted: after `retries + 1` in
-    a row (none ready in between) no unit more is handed out and none is replaced (`queue.fail`)."""
-    ctx = _pool_context(fn)
+    a row (none ready in between) no unit more is handed out and none is replaced (`queue.fail`). With `timeout`, a
+    process not ready `max(timeout, START_LIMIT_MIN_S)` s after its start began (its imports, or a start the fork
+    server does not answer: `_start`) is stopped and counted alike: this process runs no unit, so it would wait for
+    ever. Without `timeout` no start has a limit (nothing says how slow an import may be): this process runs every
+    unit the pool does not, and when they are done a start still waiting is ended and a process not ready is stopped
+    (`_close`), so the map never waits for one."""
+    ctx = pool_context(fn)
+    start_limit = None if timeout is None else max(timeout, START_LIMIT_MIN_S)
     failed = 0  # processes in a row that died before they were ready
 
     def start_failed(why: str) -> None:
@@ -209,21 +205,22 @@ def _dispatch(fn: Callable, queue: UnitQueue, n_pool: int, retries: int, threads
             queue.fail(f"the local pool's processes for units of {module} died before they were "
                        f"ready {failed} times in a row (executor.retries={retries}; the last: {why}), so "
                        f"units not yet started were not run; each is forked from a server that preloads {module}: a "
-                       f"module that fails to import in a fresh process (its traceback is on stderr above) or "
-                       f"processes killed as they start (out of memory?)")
+                       f"module that fails to import in a fresh process (its traceback is on stderr above) or whose "
+                       f"import blocks, or processes killed as they start (out of memory?)")
 
     pool: list[_Worker] = []
     try:
         while not queue.closed and (queue.has_pending() or any(w.unit is not None for w in pool)):
             while len(pool) < n_pool and queue.has_pending():  # (re)start: it gets a unit once it says it is ready
-                w, why = _start(ctx, fn, threads)
+                w, why = _start(ctx, fn, threads, queue, start_limit)
                 if w is None:
-                    start_failed(why)
+                    if not queue.closed:  # else: every unit is done (or this process was interrupted)
+                        start_failed(why)
                 else:
                     pool.append(w)
             wait([w.conn for w in pool] + [w.proc.sentinel for w in pool], timeout=0.2)
             for w in list(pool):
-                was_ready = w.ready
+                was_ready, stuck = w.ready, ""
                 alive, result = w.answer(queue.items)
                 if w.ready and not was_ready:
                     failed = 0
@@ -231,7 +228,10 @@ def _dispatch(fn: Callable, queue: UnitQueue, n_pool: int, retries: int, threads
                 if result is not None and unit is not None:
                     queue.finish(unit, result)
                     w.unit = unit = None
-                if alive and unit is not None and timeout is not None and time.monotonic() - w.started > timeout:
+                if alive and not w.ready and start_limit is not None and time.monotonic() - w.started > start_limit:
+                    _stop([w.proc])  # hung in its start: stopped and counted like one that died (below)
+                    alive, stuck = False, f"not ready after {start_limit:g} s: stopped"
+                elif alive and unit is not None and timeout is not None and time.monotonic() - w.started > timeout:
                     ran = time.monotonic() - w.started
                     _stop([w.proc])  # only this process: the others' units go on
                     queue.finish(unit, timeout_result(queue.items[unit], timeout, ran))
@@ -244,7 +244,7 @@ def _dispatch(fn: Callable, queue: UnitQueue, n_pool: int, retries: int, threads
                     w.conn.close()
                     pool.remove(w)  # replaced at the next pass while units are left
                     if not w.ready:
-                        start_failed(w.start_failure())
+                        start_failed(stuck or w.start_failure())
                     continue
                 if w.ready and w.unit is None and (j := queue.take(wait=False)) is not None:
                     try:

@@ -8,6 +8,7 @@ Each run is a fresh Python process (its own fork server, preloading the broken m
 that a regression fails the test instead of hanging it."""
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -57,9 +58,37 @@ def unit(x):
     time.sleep(0.3)
     return 2 * x
 '''
+HANGS = '''"""Once POOL_BROKEN is set, a fresh import of this module (POOL_HANG=import: the fork server's preload), or every
+process forked from a server that imported it (POOL_HANG=fork: a fork hook, as a lock inherited mid-use), blocks for
+an hour, like an import from a dead network mount or a plugin's input(). Each hanging process logs its pid."""
+import os
+import time
+from pathlib import Path
+
+
+def _hang():
+    if os.environ.get("POOL_BROKEN"):
+        with open(Path(__file__).with_name("hung.log"), "a") as f:
+            f.write(f"{os.getpid()}\\n")
+        time.sleep(3600)
+
+
+if os.environ.get("POOL_HANG") == "import":
+    _hang()
+else:
+    os.register_at_fork(after_in_child=_hang)
+
+
+def unit(x):
+    time.sleep(0.3)
+    return 2 * x
+'''
 DRIVER = '''import json, os, sys
 sys.path.insert(0, sys.argv[1])
+from flame_fitting.core import pool
 from flame_fitting.core.executor import ExecutorConfig, ExecutorError, open_executor
+if "START_LIMIT_MIN_S" in os.environ:  # a shorter one for the tests
+    pool.START_LIMIT_MIN_S = float(os.environ["START_LIMIT_MIN_S"])
 module = __import__(sys.argv[2])
 os.environ["POOL_BROKEN"] = "1"  # the pool's fork server starts after this
 cfg = ExecutorConfig(kind="local", workers=2, retries=int(sys.argv[3]), unit_timeout_s=json.loads(sys.argv[4]))
@@ -108,3 +137,64 @@ def test_a_process_killed_once_as_it_starts_is_replaced(tmp_path):
     out = run_stage(tmp_path, "killed_at_start", KILLED_AT_START, 30.0, env={"POOL_ONCE": "1"})
     assert out == {"values": [2 * x for x in range(8)], "errors": [""] * 8}, out
     assert (tmp_path / "killed_once").exists()
+
+
+def running(pid: int) -> bool:
+    """The process runs: not gone, not a zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture
+def hung(tmp_path):
+    """The pids the hanging module logged (read after the run); whatever still runs at the end is killed, so that a
+    regression (the stage killed by run_stage's timeout) leaves no process sleeping for an hour."""
+    log = tmp_path / "hung.log"
+
+    def read() -> list[int]:
+        return [int(x) for x in log.read_text().split()] if log.exists() else []
+
+    yield read
+    for pid in read():
+        if running(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("where", ["import", "fork"])
+def test_pool_processes_that_hang_before_they_are_ready_end_the_map_under_a_unit_time_limit(tmp_path, hung, where):
+    """The time limit used to start only when a unit was sent: a fork server stuck in its preload (where=import: the
+    stage waited in Process.start for a fork that never came) or pool processes stuck before their ready message
+    (where=fork) held the stage for ever, its own process running no unit. Now a process not ready within
+    max(unit_timeout_s, START_LIMIT_MIN_S) (here 0: 2 s) is stopped and counted like one that died, and nothing that
+    hung is left running."""
+    out = run_stage(tmp_path, "hangs", HANGS, 2.0, env={"POOL_HANG": where, "START_LIMIT_MIN_S": "0"})
+    assert "error" in out, f"the map ran to its end: {out}"
+    assert out["error"].startswith(f"the local pool's processes for units of hangs died before they were ready "
+                                   f"{RETRIES + 1} times in a row (executor.retries={RETRIES}; the last: not ready "
+                                   "after 2 s: "), out["error"]
+    assert "\n" not in out["error"] and "whose import blocks" in out["error"]
+    pids = hung()
+    assert RETRIES + 1 <= len(pids) <= RETRIES + 3, pids  # one per try (fork: both pool slots try at once)
+    assert not [pid for pid in pids if running(pid)], "a hung pool process or fork server was left running"
+
+
+@pytest.mark.parametrize("where", ["import", "fork"])
+def test_without_a_time_limit_the_stages_process_runs_every_unit_when_the_pool_hangs(tmp_path, hung, where):
+    """No unit time limit: no start limit either (a cold import may be slow, not broken); the stage's own process runs
+    the units, and the map ends once they are done instead of waiting for the pool (where=import: it waited for ever
+    for the stuck fork server to fork)."""
+    out = run_stage(tmp_path, "hangs", HANGS, None, env={"POOL_HANG": where})
+    assert out == {"values": [2 * x for x in range(8)], "errors": [""] * 8}, out
+    pids = hung()
+    assert pids and not [pid for pid in pids if running(pid)], pids
+
+
+def test_a_slow_import_is_not_a_hang_under_a_short_unit_time_limit(tmp_path):
+    """A fork server whose preload takes 3 s (torch's import takes seconds) under unit_timeout_s=1: its pool processes
+    are not stopped (the start limit is START_LIMIT_MIN_S, not the unit's) and every unit runs."""
+    text = HANGS.replace("time.sleep(3600)", "time.sleep(3)")
+    out = run_stage(tmp_path, "slow", text, 1.0, env={"POOL_HANG": "import"})
+    assert out == {"values": [2 * x for x in range(8)], "errors": [""] * 8}, out
+    assert len((tmp_path / "hung.log").read_text().split()) == 1  # one fork server, never stopped
