@@ -73,6 +73,18 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def process_tag() -> str:
+    """`<host>-<pid>` of this process, as this module's temporaries carry it in their names (`tag_gone` reads it)."""
+    return f"{_HOST}-{os.getpid()}"
+
+
+def tag_gone(tag: str) -> bool:
+    """Whether the process of a `process_tag()` is known to be gone: it ran on this host and no process has its pid
+    now. A process of another host, or a tag in another form, is not known to be gone (False)."""
+    host, _, pid = tag.partition("-")
+    return host == _HOST and pid.isdigit() and not _pid_alive(int(pid))
+
+
 def clean_stale(dst: Path | str) -> list[Path]:
     """Remove the temporaries of `dst` left by runs of this host whose process is gone. Returns them. Only names
     in this module's scheme (`.<name>.geoface-tmp-<host>-<pid>-…`) are touched: geoface < 0.2's `.<name>.old-<hex>`

@@ -12,20 +12,54 @@ the block that starts, uses and shuts down that Ray:
   entered;
 - Ray's temporary folder (`RAY_TMPDIR`: its session folder, logs, sockets, spilled objects, the GCS port) in a new
   folder only this user can enter (tempfile.mkdtemp: mode 0700; Ray makes the folders under it world-writable, 0777),
-  removed after the block.
+  removed after the block. It holds an empty folder `geoface-owner-<host>-<pid>` (output_dirs.process_tag: the
+  stage's process), so that the folder of a stage killed by SIGKILL, which runs no clean-up, is removed by the next
+  one (`clean_stale_ray_folders`). The owner is not in the folder's own name: Ray's socket paths under it must stay
+  within 107 bytes.
 The environment is restored after the block, and Ray's cached settings and token re-read from it.
 docs/scaling.md "Who can reach the Ray".
 """
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
+import stat
 import tempfile
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
+from flame_fitting.core.output_dirs import process_tag, tag_gone
+
 _KEYS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_TMPDIR")
+PREFIX = "gf-ray-"  # the private folders' names: gf-ray-<8 random characters> (tempfile.mkdtemp)
+_OWNER = re.compile(r"geoface-owner-([A-Za-z0-9]+-[0-9]+)")  # the empty folder naming the process that made it
+
+
+def clean_stale_ray_folders(parent: Path | str) -> list[Path]:
+    """Remove the private Ray folders under `parent` left by stages whose process is gone (killed by SIGKILL: no
+    clean-up ran); returns them. Only a folder named gf-ray-*, not a link, owned by this user, holding exactly one
+    `geoface-owner-<host>-<pid>` folder whose process ran on this host and is gone (output_dirs.tag_gone) is
+    removed: one of a live process, of another host, or without that folder (written before it, or not ours) stays."""
+    removed = []
+    try:
+        entries = [e for e in os.scandir(parent) if e.name.startswith(PREFIX)]
+    except OSError:
+        return removed
+    for e in entries:
+        try:
+            st = e.stat(follow_symlinks=False)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+                continue
+            owners = [m.group(1) for m in map(_OWNER.fullmatch, os.listdir(e.path)) if m]
+        except OSError:
+            continue
+        if len(owners) == 1 and tag_gone(owners[0]):
+            shutil.rmtree(e.path, ignore_errors=True)
+            removed.append(Path(e.path))
+    return removed
 
 
 def _reread(ray) -> None:
@@ -38,13 +72,16 @@ def _reread(ray) -> None:
 @contextmanager
 def private_ray_session(ray) -> Iterator[None]:
     """For the block: a fresh token in token mode and a private temporary folder for a Ray started in it (module
-    docstring)."""
+    docstring); the folders of killed stages are removed first."""
     saved = {k: os.environ.get(k) for k in _KEYS}
     # Ray's own choice of folder ($RAY_TMPDIR, $TMPDIR, /tmp): its socket paths must stay short
-    folder = tempfile.mkdtemp(prefix="gf-ray-", dir=ray._common.utils.get_default_system_temp_dir())
+    parent = ray._common.utils.get_default_system_temp_dir()
+    clean_stale_ray_folders(parent)
+    folder = tempfile.mkdtemp(prefix=PREFIX, dir=parent)
     os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
     os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_TMPDIR=folder)
     try:
+        os.mkdir(os.path.join(folder, f"geoface-owner-{process_tag()}"), 0o700)
         _reread(ray)
         yield
     finally:
