@@ -30,13 +30,21 @@ from flame_fitting.core.fileio import temp_path
 
 def hang(unit, tmp, extras):
     """Writes part of its unit and of a preview, logs its pid and whether SIGTERM has its default action here, then
-    hangs; in the stage's own process, it returns (so the stage then waits for the pool's processes)."""
+    hangs; in the stage's own process, it returns once every pool process has taken a unit (so the stage then
+    waits for the pool's processes; on a loaded machine the pool may be ready only after the stage's own process
+    could have run every unit)."""
     (Path(tmp) / "part.bin").write_bytes(b"x")
     temp_path(Path(extras) / f"{unit.subject}.png").write_bytes(b"x")  # a preview half-written (fileio.atomic_write)
     default = signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-    with open(os.environ["UNIT_LOG"], "a") as f:
-        f.write(f"{os.getpid()} {default}\\n")
-    time.sleep(0.2 if os.getpid() == int(os.environ["STAGE_PID"]) else 600)
+    log, me = Path(os.environ["UNIT_LOG"]), str(os.getpid())
+    with open(log, "a") as f:
+        f.write(f"{me} {default}\\n")
+    if me != os.environ["STAGE_PID"]:
+        time.sleep(600)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len({line.split()[0] for line in log.read_text().splitlines()
+                                               if line.split()[0] != me}) < int(os.environ["N_POOL"]):
+        time.sleep(0.05)
     return {}, []
 '''
 
@@ -84,8 +92,9 @@ def test_sigterm_stops_the_pool_removes_temporaries_and_exits_130(tmp_path, kind
     (tmp_path / "stage.py").write_text(STAGE.format(stages=str(REPO / "stages"), here=str(tmp_path), kind=kind,
                                                     workers=workers, limit=limit))
     log, out, err_file = tmp_path / "log", tmp_path / "out", tmp_path / "stderr"
-    env = {**os.environ, "UNIT_LOG": str(log), "PYTHONPATH": os.pathsep.join([str(REPO), str(tmp_path)])}
     n_pool = workers - 1 if kind == "local" and limit is None else workers
+    env = {**os.environ, "UNIT_LOG": str(log), "N_POOL": str(n_pool),
+           "PYTHONPATH": os.pathsep.join([str(REPO), str(tmp_path)])}
     with err_file.open("w") as err_fh:  # a file, not a pipe: a pool process that outlives the stage holds it open
         proc = subprocess.Popen([sys.executable, str(tmp_path / "stage.py"), str(out), str(tmp_path / "previews")],
                                 cwd=tmp_path, env=env, stderr=err_fh)
