@@ -25,16 +25,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
-import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from flame_fitting.core.fileio import write_text
 
+from .dvc_exp import _dvc, _git, exp_show_json, wait
 from .summary import with_count
 
 PRESETS: dict[str, list[str]] = {  # settings added to every variant (`--preset`)
@@ -75,10 +72,6 @@ REFERENCE_ROWS = [
 ]
 
 
-def _git(*args: str) -> str:
-    return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
-
-
 def exp_name(variant: str, commit: str, preset: str = "default") -> str:
     tag = "" if preset == "default" else f"{preset}-"
     return f"ablation-{tag}{variant.replace('_', '-')}-{commit[:7]}"
@@ -90,31 +83,6 @@ def doc_path(preset: str = "default") -> Path:
 
 def _sets(settings: list[str]) -> list[str]:
     return [a for s in settings for a in ("-S", s)]
-
-
-def _env(base: dict | None = None) -> dict:
-    """The environment of the DVC calls: this interpreter's bin folder first on PATH, so `dvc` and the stages'
-    `python` (dvc.yaml's cmd lines) are this environment's even when it is not activated
-    (`.venv/bin/python -m geoface_model.ablations …`)."""
-    env = dict(os.environ if base is None else base)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    return env
-
-
-def _dvc_cmd(*args: str) -> list[str]:
-    """`$DVC` (if set) or this environment's `dvc`; one line naming what is missing when there is none."""
-    exe = os.environ.get("DVC") or shutil.which("dvc", path=_env()["PATH"])
-    if not exe:
-        raise SystemExit(f"ablations: no `dvc` next to {sys.executable} nor on PATH: install the project "
-                         "(`make install`) or set DVC=/path/to/dvc")
-    return [exe, *args]
-
-
-def _dvc(*args: str, env: dict | None = None, check: bool = True, quiet: bool = False) -> None:
-    cmd = _dvc_cmd(*args)
-    if not quiet:
-        print("$", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=check, env=_env(env), capture_output=quiet)
 
 
 def run(variants: list[str], preset: str = "default", jobs: int = 1) -> None:
@@ -139,35 +107,6 @@ def run(variants: list[str], preset: str = "default", jobs: int = 1) -> None:
                          f"({', '.join(str(states.get(n)) for n in failed)}): see `dvc queue logs NAME`")
 
 
-def exp_states(show: list, names: list[str]) -> dict[str, str]:
-    """{name: executor state} of the experiments `names` in `dvc exp show --json` output (queued, running,
-    success, failed; an experiment without an executor record is a finished one)."""
-    states = {}
-    for rev in show:
-        for exp in rev.get("experiments") or []:
-            if exp.get("name") in names:
-                states[exp["name"]] = (exp.get("executor") or {}).get("state") or "success"
-    return states
-
-
-def wait(commit: str, names: list[str], poll_s: float = 30.0) -> dict[str, str]:
-    """Wait until none of the experiments `names` is queued or running; their final states."""
-    last = None
-    while True:
-        try:
-            states = exp_states(exp_show_json(commit), names)
-        except subprocess.CalledProcessError:  # DVC busy (a task starting or saving): ask again
-            states = None
-        if states is not None:
-            if states != last:
-                print(time.strftime("%H:%M:%S"), ", ".join(f"{n}: {states.get(n, '?')}" for n in names),
-                      "(follow one with `dvc queue logs -f NAME`)", flush=True)
-                last = states
-            if not any(states.get(n, "queued") in ("queued", "running") for n in names):
-                return states
-        time.sleep(poll_s)
-
-
 def _metric(exp: dict, file: str, key: str):
     """The value of `key` in the experiment's metrics file `file`; for a mean over fewer than all evaluated samples
     (`<key>_n` in metrics/eval.json), the text "value (n k of N)"."""
@@ -176,12 +115,6 @@ def _metric(exp: dict, file: str, key: str):
         if path.endswith(file):
             return with_count(content.get("data") or {}, key)
     return None
-
-
-def exp_show_json(commit: str) -> list:
-    """`dvc exp show --json` of the experiments derived from `commit`."""
-    return json.loads(subprocess.run(_dvc_cmd("exp", "show", "--json", "--rev", commit), capture_output=True,
-                                     text=True, check=True, env=_env()).stdout)
 
 
 def collect(commit: str, show: list, preset: str = "default") -> list[tuple[str, dict]]:

@@ -184,7 +184,8 @@ def test_ablation_presets_name_their_experiments_and_match_the_readme(tmp_path):
     import re
     from pathlib import Path
 
-    from geoface_model.ablations import PRESETS, collect, doc_path, exp_name, exp_states, table
+    from geoface_model.ablations import PRESETS, collect, doc_path, exp_name, table
+    from geoface_model.dvc_exp import exp_states
 
     root = Path(__file__).resolve().parents[2]
     readme = (root / "README.md").read_text()
@@ -228,7 +229,7 @@ def test_ablations_find_this_environments_dvc_without_activation(monkeypatch):
     import sys
     from pathlib import Path
 
-    from geoface_model.ablations import _dvc_cmd, _env
+    from geoface_model.dvc_exp import _dvc_cmd, _env
 
     monkeypatch.delenv("DVC", raising=False)
     monkeypatch.setenv("PATH", "/nonexistent")
