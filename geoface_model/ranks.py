@@ -9,11 +9,14 @@ defaults) or the launcher stopped them; on the CPU (gloo) they died of "Connecti
 and a caller that caught the error (a notebook, a sweep) kept them waiting for good. Now every process runs the block,
 then all exchange their verdicts (one small all-gather, accelerate's `gather`, the same on CUDA and on the CPU):
 the process that failed raises its own error; every other one raises `PeerError`, one line naming that process
-and its error. A single process runs the block as it is.
+and its error (cut to MESSAGE_BYTES on a character boundary). A single process runs the block as it is.
+Training also reads each micro-batch in such a block (train.py): a sample one process cannot read stops every
+process before the forward pass, where the others would have waited in DDP's collectives for it.
 
-The block must hold no collective operation (a barrier, DDP's forward and backward, a data loader's first batch
-of an epoch, which broadcasts the sampler's seed): a process that failed before one would meet the others' collective
-with its all-gather.
+The block must hold no collective operation that a failing process could skip (a barrier, DDP's forward and
+backward): a process that failed before one would meet the others' collective with its all-gather. A data loader's
+first batch of an epoch broadcasts the sampler's seed, but before it reads any sample: a process that cannot read
+its batch has met that broadcast, so reading a batch may be such a block.
 """
 from __future__ import annotations
 
@@ -35,7 +38,13 @@ class PeerError(GeofaceError, RuntimeError):
 
 
 def _line(e: Exception) -> str:
-    return error_line(e) if isinstance(e, (GeofaceError, OSError)) else f"{type(e).__name__}: {terminal_safe(e)}"
+    line = error_line(e) if isinstance(e, (GeofaceError, OSError)) else f"{type(e).__name__}: {terminal_safe(e)}"
+    return line or type(e).__name__  # an error without a message (`OSError()`)
+
+
+def _cut(line: str) -> bytes:
+    """`line` in UTF-8, cut to MESSAGE_BYTES on a character boundary (a character cut in two was read as U+FFFD)."""
+    return line.encode()[:MESSAGE_BYTES].decode(errors="ignore").encode()
 
 
 @contextmanager
@@ -53,9 +62,9 @@ def stop_together(what: str) -> Iterator[None]:
         error = e
     verdict = torch.zeros(1, 1 + MESSAGE_BYTES, dtype=torch.uint8)
     if error is not None:
-        text = _line(error).encode()[:MESSAGE_BYTES]
+        text = _cut(_line(error))
         verdict[0, 0] = 1
-        verdict[0, 1:1 + len(text)] = torch.frombuffer(bytearray(text), dtype=torch.uint8)
+        verdict[0, 1:1 + len(text)] = torch.tensor(list(text), dtype=torch.uint8)  # b"" too (an empty message)
     try:
         verdicts = gather(verdict.to(state.device)).cpu()  # (processes, 1 + MESSAGE_BYTES)
     finally:

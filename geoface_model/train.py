@@ -9,8 +9,8 @@ run replays exactly the batches and noise of an uninterrupted one. On the CPU it
 on a GPU close but not bit-identical (atomic adds in backward kernels, cuDNN's algorithm choice), and a GPU run
 draws other noise than a CPU run of the same seed. Several GPUs: DDP with `find_unused_parameters` (a
 reference-dropped micro-batch leaves the alignment head without gradients); only the main process writes files, and
-an error of one process before the others would wait for it (at the start, a checkpoint, a loss row, the model's
-save) stops every process (ranks.py).
+an error of one process before the others would wait for it (at the start, a micro-batch it cannot read, a
+checkpoint, a loss row, the model's save) stops every process (ranks.py).
 accelerate's state is one per process: `mixed_precision` is set by the first `train` call of a process (a later
 call asking for another raises accelerate's error; run each training in its own process, as the stage does).
 
@@ -157,7 +157,8 @@ def train(cfg: GeoFaceConfig, data: str | Path | GeoFaceDataset, out_dir: str | 
             t0 = time.perf_counter()
             sums = {"loss": 0.0, "diffusion_loss": 0.0, "align_loss": 0.0, "align_batches": 0.0}
             for micro in range(tc.grad_accum):
-                batch = next(stream)
+                with stop_together(f"could not read its batch of step {state.step + 1}"):  # before DDP's collectives
+                    batch = next(stream)
                 gen.manual_seed(_step_seed(tc.seed, accelerator.process_index, state.step, micro))
                 sync = micro == tc.grad_accum - 1
                 with contextlib.nullcontext() if sync else accelerator.no_sync(model):
