@@ -13,7 +13,8 @@ def audit(args) -> int:
     if args.json:
         show({"model": report.model, "stage": report.stage, "card": report.card, "card_error": report.card_error,
               "status": [{"kind": k, "stage": s, "what": w} for k, s, w in report.entries],
-              "workspace_captures": dict(report.captures), "matches": report.matches})
+              "workspace_captures": dict(report.captures), "capture_search_stopped": report.search_cut,
+              "matches": report.matches})
     else:
         print(format_report(report))
     return 0 if report.matches else 1
@@ -43,8 +44,8 @@ def register(sub, chosen) -> None:
                 "model hashes, params, git commit, date) and ask DVC (`dvc status` of every stage up to the model) "
                 "whether the workspace still holds the data it was trained on; exit status 1 when it does not, or when "
                 "that cannot be confirmed (no model card, one that records no captures version, or no capture "
-                "folder among the outputs or dependencies of the stages up to the model); each capture folder found "
-                "(a capture.json) must have the card's captures version",
+                "folder among the outputs or dependencies of the stages up to the model, or nested in one); the card's "
+                "captures version must be among the capture folders found (a capture.json), each of which is listed",
                 audit, force=None)
     p.add_argument("model_dir", metavar="MODEL_DIR", nargs="?", default=None,
                    help="the model folder, an output of a dvc.yaml stage (default: models/geoface of the DVC "

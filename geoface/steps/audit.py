@@ -12,12 +12,15 @@ re-run stages, not that the data on disk differ). The captures version recorded 
 the workspace's capture folder(s) upstream of the model; a card that records none (null or missing) matches nothing:
 the audit says the version is unknown and exits 1 (docs/lineage.md). The workspace captures are the folders holding a
 capture.json among the outputs AND the dependencies of the stages up to the model (a stage's output, a `dvc add`-tracked
-folder, a folder imported outside DVC or outside the repository that a stage lists in `deps`); each one found must have
-the card's version. A pipeline with no such folder (a capture a stage reads without declaring it) cannot be compared:
-the audit says so and exits 1.
+folder, a folder imported outside DVC or outside the repository that a stage lists in `deps`), or nested inside one
+(searched down to CAPTURE_SEARCH_DEPTH levels, at most CAPTURE_SEARCH_FOLDERS folders each, symlinked and hidden
+folders not entered); the card's version must be among them. Every other one is reported with its version; a change
+to any capture counts as data in DVC's status, even when git tracks it. A pipeline with no such folder (a capture a
+stage reads without declaring it) cannot be compared: the audit says so and exits 1.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +35,8 @@ from flame_fitting.formats.lineage import LineageError
 from geoface_model.lineage import CARD_JSON, read_model_card
 
 DEFAULT_MODEL = "models/geoface"  # the train stage's model output in dvc.yaml
+CAPTURE_SEARCH_DEPTH = 4  # folder levels below an output or dependency searched for a capture.json
+CAPTURE_SEARCH_FOLDERS = 10_000  # folders listed below one output or dependency, at most
 
 
 class AuditError(GeofaceError, ValueError):
@@ -54,6 +59,7 @@ class AuditReport:
     card_error: str | None
     entries: list[tuple[str, str, str]] = field(default_factory=list)  # (kind, stage, what)
     captures: list[tuple[str, str | None]] = field(default_factory=list)  # (capture folder, its version)
+    search_cut: list[str] = field(default_factory=list)  # outputs / dependencies not searched to the end
 
     @property
     def version_unknown(self) -> bool:
@@ -75,7 +81,7 @@ class AuditReport:
             return False
         version = self.card["captures_version"]
         return (not any(kind == "data" for kind, _, _ in self.entries)
-                and not any(v != version for _, v in self.captures))
+                and any(v == version for _, v in self.captures))
 
 
 def _repo(start: Path) -> Repo:
@@ -100,8 +106,15 @@ def _is_tracked(path: str, tracked: set[str]) -> bool:
     return p in tracked or any(t.startswith(p + "/") for t in tracked)
 
 
-def classify(status: dict, tracked: set[str]) -> list[tuple[str, str, str]]:
-    """DVC status entries ({stage: [entry, ...]}) -> sorted (kind, stage, what) (module docstring)."""
+def _holds_capture(path: str, captures) -> bool:
+    """Whether `path` (as DVC's status names it) is a capture folder of `captures`, inside one or holds one."""
+    p = path.rstrip("/")
+    return any(p == c or c.startswith(p + "/") or p.startswith(c + "/") for c in captures)
+
+
+def classify(status: dict, tracked: set[str], captures=()) -> list[tuple[str, str, str]]:
+    """DVC status entries ({stage: [entry, ...]}) -> sorted (kind, stage, what) (module docstring); a changed
+    dependency that is, is inside or holds one of the capture folders `captures` is data even when git tracks it."""
     out = []
     for stage, entries in status.items():
         for e in entries:
@@ -116,7 +129,8 @@ def classify(status: dict, tracked: set[str]) -> list[tuple[str, str, str]]:
                     elif key == "changed deps" and isinstance(state, dict):  # {params file: {key: state}}
                         out += [("params", stage, f"param {k} {v} ({path})") for k, v in sorted(state.items())]
                     elif key == "changed deps":
-                        out.append(("code" if _is_tracked(path, tracked) else "data", stage, what))
+                        code = _is_tracked(path, tracked) and not _holds_capture(path, captures)
+                        out.append(("code" if code else "data", stage, what))
                     elif key == "changed params":
                         out.append(("params", stage, what))
                     else:
@@ -159,30 +173,59 @@ def _audit(repo: Repo, model_dir: Path | str | None) -> AuditReport:
     status = repo.status(targets=[stage.addressing], with_deps=True)
     uncached = {(s.addressing, o.def_path) for s in stages for o in s.outs if not o.use_cache}
     status = {s: [e for e in entries if not _only_uncached(s, e, uncached)] for s, entries in status.items()}
-    report = AuditReport(str(model), stage.addressing, card, card_error, classify(status, _git_tracked(root)))
-    report.captures = _captures(stages, root)
-    return report
+    captures, cut = _captures(stages, root)
+    entries = classify(status, _git_tracked(root), [p for p, _ in captures])
+    return AuditReport(str(model), stage.addressing, card, card_error, entries, captures, cut)
 
 
-def _captures(stages, root: Path) -> list[tuple[str, str | None]]:
+def _capture_folders(top: Path) -> tuple[list[Path], bool]:
+    """The capture folders (holding capture.json) at or below `top`, and whether the search stopped at
+    CAPTURE_SEARCH_FOLDERS. A capture is not searched inside; a symlinked folder is not entered (os.walk's default:
+    nothing outside the folder a stage declares), nor a hidden one (.git, .dvc); a `capture.json` file is its folder."""
+    if top.name == "capture.json" and top.is_file():
+        return [top.parent], False
+    found, listed = [], 0
+    for d, dirs, files in os.walk(top):
+        if "capture.json" in files:
+            found.append(Path(d))
+            dirs.clear()
+            continue
+        listed += 1
+        if listed > CAPTURE_SEARCH_FOLDERS:
+            return sorted(found), True
+        deep = len(Path(d).relative_to(top).parts) >= CAPTURE_SEARCH_DEPTH
+        dirs[:] = [] if deep else sorted(x for x in dirs if not x.startswith("."))
+    return sorted(found), False
+
+
+def _captures(stages, root: Path) -> tuple[list[tuple[str, str | None]], list[str]]:
     """(folder, its version or None when unreadable) of every capture folder (a folder holding capture.json) that a
     stage up to the model writes or reads: the stages' outputs (a `dvc add`-tracked folder is the output of its .dvc
-    file's stage) and their dependencies (a folder imported outside DVC, a path outside the repository), each once,
-    in DVC's stage order. A path inside the repository is shown relative to it, one outside as it is."""
+    file's stage) and their dependencies (a folder imported outside DVC, a path outside the repository), and the
+    captures nested in them (_capture_folders), each once, in DVC's stage order; and the outputs and dependencies
+    whose search stopped at its bound. A path inside the repository is shown relative to it, one outside as it is."""
     found: dict[Path, str | None] = {}
+    cut: list[Path] = []
     root = root.resolve()
     for s in stages:
         for o in [*s.outs, *s.deps]:
             if getattr(o.fs, "protocol", None) != "local":
                 continue  # a `dvc import` or remote-URL dependency: not a folder on this machine
-            path = Path(o.fs_path).resolve()
-            if path in found or not (path / "capture.json").is_file():
-                continue
-            try:
-                found[path] = capture_version(path)
-            except CaptureError:
-                found[path] = None
-    return [(str(p.relative_to(root)) if p.is_relative_to(root) else str(p), v) for p, v in found.items()]
+            top = Path(o.fs_path).resolve()
+            folders, stopped = _capture_folders(top)
+            if stopped and top not in cut:
+                cut.append(top)
+            for path in folders:
+                if path in found:
+                    continue
+                try:
+                    found[path] = capture_version(path)
+                except CaptureError:
+                    found[path] = None
+
+    def show(p: Path) -> str:
+        return str(p.relative_to(root)) if p.is_relative_to(root) else str(p)
+    return [(show(p), v) for p, v in found.items()], [show(p) for p in cut]
 
 
 def _only_uncached(stage: str, entry, uncached: set) -> bool:
@@ -210,11 +253,17 @@ def format_report(r: AuditReport) -> str:
                   f"training run:       {c.get('run_id')}",
                   f"git commit:         {commit}",
                   f"trained (UTC):      {c.get('date')}"]
-    for path, version in r.captures:
+    version = c.get("captures_version")
+    found = r.card is not None and not r.version_unknown and any(v == version for _, v in r.captures)
+    for path, v in r.captures:
         same = "" if r.card is None else " (not compared: the model's is unknown)" if r.version_unknown else (
-            " (same as the model's)" if version == c["captures_version"] else
-            f" (DIFFERS from the model's {c['captures_version']})")
-        lines.append(f"workspace captures: {path} version {version}{same}")
+            " (same as the model's)" if v == version else
+            f" (differs from the model's {version}: another capture upstream of the model, which the card does not "
+            "record; DVC's status below covers it)" if found else f" (DIFFERS from the model's {version})")
+        lines.append(f"workspace captures: {path} version {v}{same}")
+    lines += [f"workspace captures: the search below {path} stopped after {CAPTURE_SEARCH_FOLDERS} folders (at most "
+              f"{CAPTURE_SEARCH_DEPTH} levels deep are searched); a capture further down is not listed"
+              for path in r.search_cut]
     if r.capture_unfound:
         lines.append("workspace captures: none found (no output or dependency of the stages up to the model holds a "
                      "capture.json), so the model's captures version cannot be compared with the workspace's")
@@ -229,7 +278,10 @@ def format_report(r: AuditReport) -> str:
     if r.card is None:
         lines.append("verdict: no model card, so nothing says what the model was trained on")
     elif r.matches:
-        lines.append("verdict: the workspace data match what the model was trained on")
+        others = sum(v != version for _, v in r.captures)
+        lines.append("verdict: the workspace data match what the model was trained on" + (
+            f" ({others} other capture{'s' if others > 1 else ''} upstream of the model, of another version, unchanged "
+            "since dvc.lock)" if others else ""))
     elif (r.version_unknown or r.capture_unfound) and not any(kind == "data" for kind, _, _ in r.entries):
         why = ("the model card records no captures version" if r.version_unknown else
                "no capture folder is among the outputs or dependencies of the stages up to the model")

@@ -349,18 +349,94 @@ def test_audit_compares_a_capture_the_pipeline_reads_as_a_dependency(tmp_path, c
 
 
 def test_audit_compares_each_of_several_captures(tmp_path, capsys):
-    """Two captures upstream of the model (the dataset stage reads one, lists another in `deps`): each is compared
-    with the card's one version; the one that differs is named and the audit does not claim a match (docs/lineage.md:
-    "Several captures found")."""
+    """Two captures upstream of the model (the dataset stage reads one outside the repository, lists another committed
+    to git in `deps`). The audit demanded that every one have the card's one version: exit 1 "DO NOT match" although
+    the capture the model was trained on is there unchanged. Now the card's version must be among them (docs/lineage.md:
+    "Several captures found"); the other is still listed with its version, and a change to it is data in DVC's status
+    (git tracks it: it was "code", which the verdict ignores)."""
     repo, env = new_repo(tmp_path)
     read = make_capture_at(tmp_path, tmp_path / "capture", 1, env)
-    other = make_capture_at(tmp_path, tmp_path / "calibration", 2, env)
-    pipeline_reading(repo, env, tmp_path / "capture", [str(tmp_path / "capture"), str(tmp_path / "calibration")])
+    other = make_capture_at(tmp_path, repo / "calibration", 2, env)
+    pipeline_reading(repo, env, tmp_path / "capture", [str(tmp_path / "capture"), "calibration"])
     rc, out, err = cli(capsys, "audit", repo / "models/m")
-    assert rc == 1 and err == "" and "DVC status of the stages up to the model: up to date" in out, (out, err)
+    assert rc == 0 and err == "" and "DVC status of the stages up to the model: up to date" in out, (out, err)
     assert f"workspace captures: {tmp_path / 'capture'} version {read} (same as the model's)" in out, out
-    assert f"workspace captures: {tmp_path / 'calibration'} version {other} (DIFFERS from the model's {read})" in out
+    assert f"workspace captures: calibration version {other} (differs from the model's {read}: another capture " \
+           "upstream of the model, which the card does not record; DVC's status below covers it)" in out, out
+    assert "verdict: the workspace data match what the model was trained on (1 other capture upstream of the model, " \
+           "of another version, unchanged since dvc.lock)" in out, out
+    rc, out, _ = cli(capsys, "audit", repo / "models/m", "--json")
+    rep = json.loads(out)
+    assert rc == 0 and rep["matches"] is True
+    assert rep["workspace_captures"] == {str(tmp_path / "capture"): read, "calibration": other}
+
+    changed = make_capture_at(tmp_path, repo / "calibration", 3, env)  # the git-tracked second capture changes
+    rc, out, _ = cli(capsys, "audit", repo / "models/m")
+    assert rc == 1 and any(line.startswith("  data   ") and line.endswith("dataset: dep calibration modified")
+                           for line in out.splitlines()), out
+    assert f"workspace captures: calibration version {changed} (differs from the model's {read}" in out
     assert "verdict: the workspace data DO NOT match what the model was trained on" in out
+
+    sh([BIN / "dvc", "commit", "-q", "-f"], repo, env)
+    make_capture_at(tmp_path, tmp_path / "capture", 2, env)  # now neither has the card's version
+    rc, out, _ = cli(capsys, "audit", repo / "models/m")
+    assert rc == 1 and f"workspace captures: calibration version {changed} (DIFFERS from the model's {read})" in out
+    assert f"(DIFFERS from the model's {read})" in out.split(str(tmp_path / "capture"), 1)[1].splitlines()[0], out
+
+
+@pytest.mark.parametrize("kind", ["dvc add", "external dep"])
+def test_audit_finds_a_capture_nested_in_a_dependency_folder(tmp_path, capsys, kind):
+    """The dataset stage depends on a parent folder (`data/raw`, tracked with `dvc add`, or one outside the repository)
+    whose captures are `studioA/` (read) and `studioB/day2/` (another). Only a folder whose top level holds capture.json
+    counted: "none found", UNCONFIRMED, exit 1. Now both are found below it: exit 0 (the card's version is studioA's),
+    studioB listed as another capture; studioA changed: exit 1, before and after `dvc commit` (then "DIFFERS")."""
+    repo, env = new_repo(tmp_path)
+    raw = repo / "data/raw" if kind == "dvc add" else tmp_path / "raw"
+    trained = make_capture_at(tmp_path, raw / "studioA", 1, env)
+    sibling = make_capture_at(tmp_path, raw / "studioB" / "day2", 2, env)
+    if kind == "dvc add":
+        sh([BIN / "dvc", "add", "-q", raw], repo, env)
+    dep = str(raw.relative_to(repo)) if raw.is_relative_to(repo) else str(raw)
+    pipeline_reading(repo, env, f"{dep}/studioA", [dep])
+    rc, out, err = cli(capsys, "audit", repo / "models/m")
+    assert rc == 0 and err == "", (out, err)
+    assert f"workspace captures: {dep}/studioA version {trained} (same as the model's)" in out, out
+    assert f"workspace captures: {dep}/studioB/day2 version {sibling} (differs from the model's {trained}: another " \
+           "capture upstream of the model" in out, out
+    rc, out, _ = cli(capsys, "audit", repo / "models/m", "--json")
+    rep = json.loads(out)
+    assert rc == 0 and rep["workspace_captures"] == {f"{dep}/studioA": trained, f"{dep}/studioB/day2": sibling}
+    assert rep["capture_search_stopped"] == []
+
+    changed = make_capture_at(tmp_path, raw / "studioA", 3, env)
+    rc, out, _ = cli(capsys, "audit", repo / "models/m")
+    assert rc == 1 and f"dataset: dep {dep} modified" in out and "DO NOT match" in out, out
+    sh([BIN / "dvc", "commit", "-q", "-f"], repo, env)
+    rc, out, _ = cli(capsys, "audit", repo / "models/m")
+    assert rc == 1 and "DVC status of the stages up to the model: up to date" in out, out
+    assert f"workspace captures: {dep}/studioA version {changed} (DIFFERS from the model's {trained})" in out, out
+    assert "verdict: the workspace data DO NOT match what the model was trained on" in out
+
+
+def test_capture_search_is_bounded_and_stays_in_the_folder(tmp_path, monkeypatch):
+    """The search below an output or dependency: captures at any level down to CAPTURE_SEARCH_DEPTH, not inside a
+    capture, not in a hidden folder, not through a symlink (to a capture outside the folder), a capture.json file
+    names its folder; more than CAPTURE_SEARCH_FOLDERS folders listed stops it and says so."""
+    from geoface.steps import audit as audit_mod
+
+    top, outside = tmp_path / "top", tmp_path / "outside"
+    found = [top / "a", top / "b/c/d/e"]  # levels 1 and 4
+    for d in [*found, top / "a/nested", top / "f/1/2/3/4", top / ".hidden/x", outside]:  # levels 2, 5, hidden, outside
+        d.mkdir(parents=True)
+        (d / "capture.json").write_text("{}")
+    (top / "link").symlink_to(outside, target_is_directory=True)
+    (top / "b/c/link").symlink_to(outside, target_is_directory=True)
+    assert audit_mod._capture_folders(top) == (sorted(found), False)
+    assert audit_mod._capture_folders(top / "a/capture.json") == ([top / "a"], False)
+    assert audit_mod._capture_folders(top / "missing") == ([], False)
+    monkeypatch.setattr(audit_mod, "CAPTURE_SEARCH_FOLDERS", 3)
+    folders, stopped = audit_mod._capture_folders(top)
+    assert stopped and set(folders) <= set(found)
 
 
 @pytest.mark.parametrize("file, text, words", [
