@@ -32,8 +32,8 @@ from flame_fitting.geometry.camera import Camera
 from flame_fitting.core import readers
 from flame_fitting.core.fileio import check_output_dir, make_temp_dir, replace_dir, sha256_file, write_image, write_json
 
-from .capture_checks import (CaptureError, check_image_files, check_manifest_cameras, check_manifest_paths, json_type,
-                             load_cameras, read_json_object)
+from .capture_checks import (CaptureError, check_image_files, check_manifest_cameras, check_manifest_paths,
+                             check_manifest_twins, json_type, load_cameras, read_json_object)
 from .capture_version import CaptureIndex, make_index, masks_without_hash
 
 FORMAT = "geoface-capture"
@@ -206,7 +206,7 @@ def load_capture(root: Path | str, check_files: bool = True, check_hashes: bool 
     bad_split = set() if df.split.isin(SPLITS).all() else set(df.split) - set(SPLITS)
     if bad_split:
         raise CaptureError(f"{man_path}: unknown split values {sorted(bad_split, key=repr)}")  # mixed types sort too
-    check_manifest_paths(df, str(man_path))
+    check_manifest_twins(df, str(man_path), check_manifest_paths(df, str(man_path)))
     cap = Capture(root=root, manifest=df, info=info)
     known: dict[bytes, dict[str, Camera]] = {}
     check_manifest_cameras(df, root, lambda s, q: load_cameras(root / s / q / "cameras.json", known))

@@ -1,8 +1,8 @@
 """What a capture's files must be, checked when it is opened (`capture.load_capture`, the content index `capture.
 read_index`) and by the unit that reads its images: `CaptureError`, the error of every check, naming the file and
-what is wrong; cameras.json (`load_cameras`); the manifest's names and relative paths (`check_manifest_paths`); each
-manifest row's camera and size against its sequence's cameras.json (`check_manifest_cameras`); the image files
-(`check_image_files`).
+what is wrong; cameras.json (`load_cameras`); the manifest's names and relative paths (`check_manifest_paths`), names
+that a case-insensitive file system folds into one (`check_manifest_twins`); each manifest row's camera and size
+against its sequence's cameras.json (`check_manifest_cameras`); the image files (`check_image_files`).
 
 The manifest checks work on whole columns (each distinct name, path part and camera once) and check a row on its own
 only when it fails them: a capture of 1.6 million images (NeRSemble) is opened by four stages on every run. When
@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from flame_fitting.core.errors import GeofaceError
 from flame_fitting.core.fileio import sha256_file
-from flame_fitting.core.names import name_problem, relpath_problem
+from flame_fitting.core.names import name_key, name_problem, relpath_problem
 from flame_fitting.core.readers import check_declared_size, check_pixel_count, image_size
 from flame_fitting.geometry.camera import Camera, CameraError
 
@@ -123,12 +123,15 @@ def check_image_files(cap: Capture, hashes: bool = False) -> None:
 PATH_COLUMNS = ("path", "mask_path", "gt_path")  # manifest columns holding file paths relative to the root
 
 
-def check_manifest_paths(df: pd.DataFrame, where: str) -> None:
+def check_manifest_paths(df: pd.DataFrame, where: str) -> dict:
     """CaptureError unless every subject, sequence and camera of the manifest is a safe single name and every path
     column a relative path inside the capture (core/names.py): a hostile manifest could otherwise make a stage read
-    files elsewhere, or write and delete outside its output folder (`out/<subject>/<sequence>`)."""
+    files elsewhere, or write and delete outside its output folder (`out/<subject>/<sequence>`). Returns the distinct
+    values of each of those three columns, in manifest order (for `check_manifest_twins`)."""
+    names = {}
     for col in ("subject", "sequence", "camera"):
-        for value in df[col].unique():
+        names[col] = df[col].unique()
+        for value in names[col]:
             why = name_problem(value)
             if why:
                 raise CaptureError(f"{where}: {col} {value!r} {why}")
@@ -145,6 +148,34 @@ def check_manifest_paths(df: pd.DataFrame, where: str) -> None:
             why = relpath_problem(value)
             if why:
                 raise CaptureError(f"{where}: {col} {value!r} {why}")
+    return names
+
+
+TWIN_SCOPES = (("subject", (), "folder"), ("sequence", ("subject",), "folder"),
+               ("camera", ("subject", "sequence"), "file"))  # a name, what it must differ from, what it becomes
+
+
+def check_manifest_twins(df: pd.DataFrame, where: str, names: dict | None = None) -> None:
+    """CaptureError naming the first subject (of the manifest), sequence (of its subject) or camera (of its sequence)
+    whose name differs from an earlier one only by case or Unicode normalisation (core/names.py `name_key`: 'Cam' ~
+    'cam', 'Jos\\u00e9' ~ 'Jose\\u0301'): one folder or file on macOS and Windows, so a capture read on Linux would
+    break or merge them there (`geoface import` skips such a name: the twin rule of pipelines/common.py). Names are
+    text (`check_manifest_paths` first; `names`: the distinct values it returns). Each distinct name of a column is
+    keyed once; the rows are read only when two names of the column are twins somewhere (a camera 'Cam1' of one
+    sequence and 'cam1' of another may be)."""
+    for col, scope, becomes in TWIN_SCOPES:
+        keys: dict[str, list[str]] = {}
+        for name in (names[col] if names else df[col].unique()):  # manifest order
+            keys.setdefault(name_key(name), []).append(name)
+        twins = [n for group in keys.values() if len(group) > 1 for n in group]
+        if not twins:
+            continue
+        seen: dict[tuple, str] = {}
+        for *owner, name in df.loc[df[col].isin(twins), [*scope, col]].drop_duplicates().itertuples(index=False):
+            if (other := seen.setdefault((*owner, name_key(name)), name)) != name:
+                of = f" of {'/'.join(owner)}" if owner else ""
+                raise CaptureError(f"{where}: {col} {name!r}{of} differs from {col} {other!r} only by case or Unicode "
+                                   f"normalisation (one {becomes} on macOS and Windows)")
 
 
 def _path_suspects(values: pd.Series) -> np.ndarray:

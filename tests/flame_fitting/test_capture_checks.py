@@ -342,3 +342,86 @@ def test_the_checks_refuse_what_the_row_by_row_reference_refuses_with_its_messag
     if rng.random() < 0.2:
         os.remove(root / "s0/q1/cameras.json")
     assert _outcome(lambda r: load_capture(r, check_files=False), root) == _outcome(reference_checks, root)
+
+
+def _renamed(col: str, old: str, new: str, where: dict | None = None):
+    """The rows whose `col` is `old` (and whose other columns match `where`) renamed `new`, their paths with them:
+    a capture another tool wrote consistently under the twin name (each sequence's cameras.json by `_cams`)."""
+    def change(m):
+        rows = (m[col] == old) & np.logical_and.reduce([m[k] == v for k, v in (where or {}).items()] or [True])
+        m.loc[rows, col] = new
+        m["path"] = [f"{s}/{q}/{f:05d}/{c}.png" for s, q, f, c in zip(m.subject, m.sequence, m.frame, m.camera)]
+        return m
+    return change
+
+
+def _cams(m: pd.DataFrame) -> dict:
+    return {k: sorted(g.camera.unique()) for k, g in m.groupby(["subject", "sequence"])}
+
+
+TWINS = [  # (id, change, message): names one folder or file on macOS and Windows
+    ("subject-case", _renamed("subject", "s1", "S0"),
+     f"{MAN}: subject 'S0' differs from subject 's0' only by case or Unicode normalisation (one folder on macOS and "
+     "Windows)"),
+    ("subject-nfd", lambda m: _renamed("subject", "s1", "Jose\u0301")(_renamed("subject", "s0", "Jos\u00e9")(m)),
+     f"{MAN}: subject {'Jose' + chr(0x301)!r} differs from subject 'Jos\u00e9' only by case or Unicode normalisation "
+     "(one folder on macOS and Windows)"),
+    ("subject-casefold", lambda m: _renamed("subject", "s1", "STRASSE")(_renamed("subject", "s0", "Stra\u00dfe")(m)),
+     f"{MAN}: subject 'STRASSE' differs from subject 'Stra\u00dfe' only by case or Unicode normalisation (one folder "
+     "on macOS and Windows)"),
+    ("sequence-case", _renamed("sequence", "q1", "Q0", {"subject": "s0"}),
+     f"{MAN}: sequence 'Q0' of s0 differs from sequence 'q0' only by case or Unicode normalisation (one folder on "
+     "macOS and Windows)"),
+    ("camera-case", _renamed("camera", "c1", "C0", {"subject": "s1"}),
+     f"{MAN}: camera 'C0' of s1/q0 differs from camera 'c0' only by case or Unicode normalisation (one file on macOS "
+     "and Windows)"),
+    ("first-in-manifest-order", lambda m: _renamed("camera", "c1", "C0", {"subject": "s1"})(m).iloc[::-1]
+     .reset_index(drop=True),
+     f"{MAN}: camera 'c0' of s1/q0 differs from camera 'C0' only by case or Unicode normalisation (one file on macOS "
+     "and Windows)"),
+    ("subject-before-camera", lambda m: _renamed("camera", "c1", "C0", {"subject": "s0", "sequence": "q0"})(
+        _renamed("subject", "s1", "S0")(m)),
+     f"{MAN}: subject 'S0' differs from subject 's0' only by case or Unicode normalisation (one folder on macOS and "
+     "Windows)"),
+]
+NOT_TWINS = [  # the same folded name in different folders: no collision anywhere
+    ("sequence-of-another-subject", _renamed("sequence", "q0", "Q1", {"subject": "s1"})),
+    ("camera-of-another-sequence", lambda m: _renamed("camera", "c0", "CAM", {"subject": "s1"})(
+        _renamed("camera", "c0", "cam", {"subject": "s0"})(m))),
+    ("accent-is-not-case", lambda m: _renamed("subject", "s1", "so")(_renamed("subject", "s0", "s\u00f6")(m))),
+]
+
+
+@pytest.mark.parametrize("change,message", [c[1:] for c in TWINS], ids=[c[0] for c in TWINS])
+def test_names_that_differ_only_by_case_or_normalisation_are_refused(tmp_path, change, message):
+    """A capture written elsewhere whose subjects (sequences of a subject, cameras of a sequence) differ only by case
+    or Unicode normalisation: Linux reads two folders or files, macOS and Windows check out one. `geoface import`
+    skips such a name (pipelines/common.py); load_capture read it. Refused, naming both names and the manifest."""
+    m = change(base_manifest())
+    root = write_capture(tmp_path / "cap", m, cams=_cams(m))
+    with pytest.raises(CaptureError) as e:
+        load_capture(root, check_files=False)
+    assert str(e.value) == _message(message, root)
+
+
+@pytest.mark.parametrize("change", [c[1] for c in NOT_TWINS], ids=[c[0] for c in NOT_TWINS])
+def test_the_same_folded_name_in_different_folders_is_accepted(tmp_path, change):
+    m = change(base_manifest())
+    cap = load_capture(write_capture(tmp_path / "cap", m, cams=_cams(m)), check_files=False)
+    assert len(cap.manifest) == len(m) and set(cap.manifest.subject) == set(m.subject)
+
+
+def test_a_twin_capture_written_with_capture_writer_is_refused(tmp_path):
+    """The real writer, images and all (`CaptureWriter` checks each name on its own, not against the others)."""
+    from flame_fitting.formats.capture import CaptureWriter
+    from flame_fitting.geometry.camera import intrinsics, look_at
+
+    cams = {c: Camera(intrinsics(20, 20, 8, 6), look_at([0, 0, 2], [0, 0, 0]), 16, 12, name=c) for c in ("cam", "Cam")}
+    with CaptureWriter(tmp_path / "cap", source="another tool") as w:
+        w.set_cameras("s0", "seq", cams)
+        for c in cams:
+            w.add_image("s0", "seq", 0, c, np.full((12, 16, 3), 7, np.uint8))
+    with pytest.raises(CaptureError) as e:
+        load_capture(tmp_path / "cap")
+    assert str(e.value) == (f"{tmp_path / 'cap' / 'manifest.parquet'}: camera 'cam' of s0/seq differs from camera "
+                            "'Cam' only by case or Unicode normalisation (one file on macOS and Windows)")
