@@ -238,6 +238,9 @@ class GeoFaceDataset(torch.utils.data.Dataset):
                 out[k] = torch.stack([sl[j : j + 1, int(v) : int(v) + 1][0, 0] for v in views])
             else:
                 out[k] = sl[j : j + 1][0]
+        for k in ("K", "world_to_cam", "uv_posmap"):  # written finite (_check_sample); a damaged file may not be
+            if not torch.isfinite(out[k]).all():
+                raise ShardError(f"{self.paths[s]}#{j}: {k} contains NaN or inf")
         meta = self.metas[s]
         vmap = torch.full((meta.n_views,), -1, dtype=torch.long)
         vmap[vt] = torch.arange(len(views))
@@ -251,6 +254,8 @@ class GeoFaceDataset(torch.utils.data.Dataset):
                              or idx[:, 2].max() >= nk):  # a negative view id would wrap round to another view
                 raise ShardError(f"{self.paths[s]}#{j}: {n}_index out of range (views {meta.n_views}, queries {nq}, "
                                  f"keys {nk})")
+            if not torch.isfinite(w).all():
+                raise ShardError(f"{self.paths[s]}#{j}: {n}_weight contains NaN or inf")
             keep = vmap[idx[:, 0]] >= 0
             idx, w = idx[keep], w[keep]
             idx[:, 0] = vmap[idx[:, 0]]
@@ -289,10 +294,3 @@ def collate(items: list[dict]) -> dict:
         raise ValueError(f"collate: items disagree on n_ref {refs}")
     batch["n_ref"] = refs.pop()
     return batch
-
-
-def make_synthetic_shard(*args, **kwargs):
-    """See `geoface_model.synthetic.make_synthetic_shard` (sphere renderer with exact correspondences)."""
-    from .synthetic import make_synthetic_shard as make
-
-    return make(*args, **kwargs)

@@ -35,6 +35,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
+from flame_fitting.core.errors import GeofaceError
 from flame_fitting.core.fileio import replace_dir, temp_path, write_json
 
 from .backbone import build_model, vae_path_of
@@ -48,6 +49,10 @@ from .ranks import stop_together
 from .train_checkpoint import check_run_dir, resume_newest, save_checkpoint
 
 log = logging.getLogger("geoface_model.train")
+
+
+class DivergedError(GeofaceError, ArithmeticError):
+    """The gradients became NaN or infinite (the same on every process: DDP averages them)."""
 
 
 def _step_seed(seed: int, rank: int, step: int, micro: int) -> int:
@@ -171,8 +176,13 @@ def train(cfg: GeoFaceConfig, data: str | Path | GeoFaceDataset, out_dir: str | 
                 if out["align_term"] is not None:  # a micro-batch without the loss (off, reference dropped) adds nothing
                     sums["align_loss"] += float(out["align_loss"])
                     sums["align_batches"] += 1
-            if tc.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
+            norm = (accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm) if tc.max_grad_norm > 0 else
+                    torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
+            if accelerator.scaler is None and norm is not None and not torch.isfinite(torch.as_tensor(norm)):
+                raise DivergedError(f"step {state.step + 1}: the gradient norm is {float(norm)} (loss "
+                                    f"{sums['loss']:.4g}): training diverged and stops before that step changes the "
+                                    f"weights; nothing is published (checkpoints in {out_dir} are from before it): "
+                                    "lower train.lr or check the dataset")
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
