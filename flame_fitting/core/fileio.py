@@ -5,8 +5,8 @@ replaced only when the toolkit wrote them, stale temporaries removed, hashing.
   `write_png` / `write_image` / `write_ply` / `write_obj`: the data go to a temporary sibling (`temp_path`) that is
   renamed over `path` only when complete; `sha256_file` hashes a file.
 - Output folders and temporaries: `output_dir(dst, ...)`, `make_temp_dir` + `replace_dir`, `check_output_dir`,
-  `mark_output`, `temp_path`, `clean_stale`, ... are written in output_dirs.py (its docstring says how folders are
-  replaced and temporaries named) and re-exported here (`__all__`): every write is imported from this module.
+  `mark_output`, `temp_path`, `clean_stale`, ... are written in output_dirs.py (how folders are replaced) and
+  temp_names.py (how temporaries are named) and re-exported here (`__all__`): every write is imported from here.
 - Reading files the toolkit did not write (JSON, images, masks, image sizes): readers.py.
 """
 from __future__ import annotations
@@ -23,15 +23,16 @@ import cv2
 import numpy as np
 
 from flame_fitting.core.names import spreadsheet_safe
-from flame_fitting.core.output_dirs import (MARKER, TMP_TAG, OutputError, check_output_dir, clean_stale,
-                                            file_ancestor, is_toolkit_output, make_temp_dir, mark_output, nested,
-                                            output_dir, output_kind, replace_dir, share_like_umask, temp_path)
+from flame_fitting.core.output_dirs import (MARKER, OutputError, check_output_dir, file_ancestor, is_toolkit_output,
+                                            mark_output, nested, output_dir, output_kind, replace_dir,
+                                            share_like_umask)
+from flame_fitting.core.temp_names import TMP_TAG, clean_stale, make_temp_dir, temp_path
 
 __all__ = [
     # file writers (this module)
     "atomic_write", "write_bytes", "write_text", "write_npz", "write_ply", "write_json", "write_csv", "encode_image",
     "write_image", "write_png", "preview_size", "write_obj", "sha256_file",
-    # temporary names and output folders (output_dirs.py)
+    # temporary names and output folders (temp_names.py, output_dirs.py)
     "TMP_TAG", "MARKER", "OutputError", "temp_path", "clean_stale", "make_temp_dir", "is_toolkit_output",
     "output_kind", "nested", "file_ancestor", "check_output_dir", "mark_output", "replace_dir", "share_like_umask",
     "output_dir",

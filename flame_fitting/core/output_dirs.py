@@ -1,9 +1,8 @@
-"""Where the toolkit's writes land: its one temporary-name scheme and its output folders. Used through
-flame_fitting/core/fileio.py, the one io module every write goes through (it re-exports these names).
+"""Where the toolkit's writes land: its output folders. Used through flame_fitting/core/fileio.py, the one io
+module every write goes through (it re-exports these names).
 
-- Every temporary is named `.<name>.geoface-tmp-<host>-<pid>-<random>` beside its destination (`temp_path`,
-  `make_temp_dir`); each write first removes the stale ones of the same destination (their process is gone,
-  `clean_stale`), so a killed run leaves nothing that piles up.
+- Every temporary is named `.<name>.geoface-tmp-<host>-<pid>-<random>` beside its destination, its stale
+  predecessors removed first (core/temp_names.py: `temp_path`, `make_temp_dir`, `clean_stale`).
 - `output_dir(dst, ...)`: a context manager yielding a temporary folder that replaces `dst` when the block ends
   without error (and is removed when it raises), swapped with it in one step where the system can, so that `dst` is
   never absent (`replace_dir`). The new folder carries a marker file (`.geoface-output.json`); an existing non-empty
@@ -16,26 +15,18 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import hashlib
 import json
 import os
-import re
 import shutil
-import socket
 import stat
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from flame_fitting.core.errors import GeofaceError
+from flame_fitting.core.temp_names import make_temp_dir, temp_path
 
-TMP_TAG = ".geoface-tmp-"
 MARKER = ".geoface-output.json"
-# this host in temporary names: its name's letters and digits (readable) and a hash of the whole name (distinct for
-# hosts whose names differ only in other characters or after 16 characters, e.g. the pods of one Kubernetes set)
-_HOST = ((re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:16] or "host")
-         + hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8])
 
 
 EXCHANGE = True  # False: replace_dir never swaps (exchange_dirs), as on a system that cannot (the fallback's tests)
@@ -48,65 +39,6 @@ except (OSError, AttributeError):  # not Linux, or an older C library
 
 class OutputError(GeofaceError, ValueError):
     """An output the toolkit refuses to write: it would replace data it did not write, or an input."""
-
-
-def temp_path(dst: Path | str, shared: bool = False) -> Path:
-    """A fresh temporary sibling of `dst` in the toolkit's one naming scheme (the stale temporaries of
-    `dst` are removed first; its parent folder is created). `shared`: the one name every process of a
-    distributed run computes alike (`.<name>.geoface-tmp-shared`), for a folder they write together; it is
-    removed by whoever writes `dst` next, never by `clean_stale`."""
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if shared:
-        return dst.parent / f".{dst.name}{TMP_TAG}shared"
-    clean_stale(dst)
-    return dst.parent / f".{dst.name}{TMP_TAG}{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def process_tag() -> str:
-    """`<host>-<pid>` of this process, as this module's temporaries carry it in their names (`tag_gone` reads it)."""
-    return f"{_HOST}-{os.getpid()}"
-
-
-def tag_gone(tag: str) -> bool:
-    """Whether the process of a `process_tag()` is known to be gone: it ran on this host and no process has its pid
-    now. A process of another host, or a tag in another form, is not known to be gone (False)."""
-    host, _, pid = tag.partition("-")
-    return host == _HOST and pid.isdigit() and not _pid_alive(int(pid))
-
-
-def clean_stale(dst: Path | str) -> list[Path]:
-    """Remove the temporaries of `dst` left by runs of this host whose process is gone. Returns them. Only names
-    in this module's scheme (`.<name>.geoface-tmp-<host>-<pid>-…`) are touched: geoface < 0.2's `.<name>.old-<hex>`
-    names are left alone, since a user's own folder may look like that."""
-    dst = Path(dst)
-    removed = []
-    if not dst.parent.is_dir():
-        return removed
-    prefix = f".{dst.name}"
-    for p in dst.parent.iterdir():
-        rest = p.name[len(prefix):] if p.name.startswith(prefix) else None
-        if rest is None:
-            continue
-        if not rest.startswith(TMP_TAG):
-            continue
-        host, _, tail = rest[len(TMP_TAG):].partition("-")
-        pid = tail.split("-", 1)[0]
-        if host != _HOST or not pid.isdigit() or _pid_alive(int(pid)):
-            continue
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
-        removed.append(p)
-    return removed
 
 
 def is_toolkit_output(folder: Path | str) -> bool:
@@ -283,13 +215,6 @@ def share_like_umask(folder: Path | str) -> None:
             st = os.lstat(p)
             if stat.S_ISREG(st.st_mode) and not st.st_mode & 0o077 and st.st_mode & 0o777 != mode:
                 os.chmod(p, mode)
-
-
-def make_temp_dir(dst: Path | str) -> Path:
-    """A new empty temporary folder beside `dst` (its stale predecessors removed first)."""
-    tmp = temp_path(dst)
-    tmp.mkdir()
-    return tmp
 
 
 @contextmanager

@@ -12,7 +12,7 @@ the block that starts, uses and shuts down that Ray:
   entered;
 - Ray's temporary folder (`RAY_TMPDIR`: its session folder, logs, sockets, spilled objects, the GCS port) in a new
   folder only this user can enter (tempfile.mkdtemp: mode 0700; Ray makes the folders under it world-writable, 0777),
-  removed after the block. It holds an empty folder `geoface-owner-<host>-<pid>` (output_dirs.process_tag: the
+  removed after the block. It holds an empty folder `geoface-owner-<host>-<pid>` (temp_names.process_tag: the
   stage's process), so that the folder of a stage killed by SIGKILL, which runs no clean-up, is removed by the next
   one (`clean_stale_ray_folders`). The owner is not in the folder's own name: Ray's socket paths under it must stay
   within 107 bytes.
@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from flame_fitting.core.output_dirs import process_tag, tag_gone
+from flame_fitting.core.temp_names import process_tag, tag_gone
 
 _KEYS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_TMPDIR")
 PREFIX = "gf-ray-"  # the private folders' names: gf-ray-<8 random characters> (tempfile.mkdtemp)
@@ -41,7 +41,7 @@ _OWNER = re.compile(r"geoface-owner-([A-Za-z0-9]+-[0-9]+)")  # the empty folder 
 def clean_stale_ray_folders(parent: Path | str) -> list[Path]:
     """Remove the private Ray folders under `parent` left by stages whose process is gone (killed by SIGKILL: no
     clean-up ran); returns them. Only a folder named gf-ray-*, not a link, owned by this user, holding exactly one
-    `geoface-owner-<host>-<pid>` folder whose process ran on this host and is gone (output_dirs.tag_gone) is
+    `geoface-owner-<host>-<pid>` folder whose process ran on this host and is gone (temp_names.tag_gone) is
     removed: one of a live process, of another host, or without that folder (written before it, or not ours) stays."""
     removed = []
     try:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from flame_fitting.core.output_dirs import process_tag
+from flame_fitting.core.temp_names import process_tag
 from flame_fitting.core.ray_session import clean_stale_ray_folders
 
 REPO = Path(__file__).resolve().parents[2]
