@@ -8,7 +8,7 @@ import importlib
 from pathlib import Path
 
 from flame_fitting.formats.capture import CaptureError
-from flame_fitting.core.fileio import check_output_dir, nested
+from flame_fitting.core.fileio import check_output_dir
 from pipelines.import_config import ImportConfig, ImportReport
 
 SOURCES = ("synthetic", "nersemble", "renderme360", "colmap", "transforms_json", "folder")
@@ -31,8 +31,8 @@ def import_capture(source: str, root_in: Path | str, out: Path | str, cfg: Impor
     root_in = Path(root_in).expanduser()
     if not root_in.exists():
         raise CaptureError(f"captures.root: {root_in} does not exist")
-    check_output_dir(out, [root_in], overwrite, kind="capture")
-    if nested(out, root_in):  # inside the input: the import would change what it reads, and later imports read it
+    if root_in.resolve() in Path(out).resolve().parents:  # the import would change what it reads, later imports too
         raise CaptureError(f"{out}: the output folder is inside the input {root_in}; choose an output folder outside it")
+    check_output_dir(out, [root_in], overwrite, kind="capture")  # also: equal to or containing the input
     module = importlib.import_module(READERS[source])
     return module.import_capture(root_in, Path(out), cfg if cfg is not None else ImportConfig())

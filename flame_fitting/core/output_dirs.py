@@ -79,7 +79,8 @@ def check_output_dir(dst: Path | str, inputs: Iterable[Path | str] = (), overwri
                      option: str = "--force", kind: str | None = None) -> Path:
     """Refuse `dst` as an output folder if replacing it could lose data the toolkit did not write.
 
-    Refused: `dst` equal to or containing an input; `dst` an existing file; a non-empty `dst` without
+    Refused: `dst` equal to, containing or inside an input (inside, it would change the input, and the next
+    `--force` run of what wrote that input would sweep it away); `dst` an existing file; a non-empty `dst` without
     the toolkit's marker; a toolkit-written `dst` when not `overwrite` (`option` names the switch); a `dst` whose
     marker names a kind of output other than `kind` (say a capture given as the uv stage's previews folder, or to
     `geoface export --force`), even with `overwrite`. A folder whose marker names no kind (written before kinds)
@@ -92,6 +93,9 @@ def check_output_dir(dst: Path | str, inputs: Iterable[Path | str] = (), overwri
         if _inside(Path(inp).resolve(), real):
             raise OutputError(f"{dst}: the output folder {'is' if Path(inp).resolve() == real else 'contains'} the "
                               f"input {inp}; choose an output folder outside the inputs")
+        if _inside(real, Path(inp).resolve()):
+            raise OutputError(f"{dst}: the output folder is inside the input {inp}; choose an output folder outside "
+                              "the inputs")
     if dst.is_symlink():
         raise OutputError(f"{dst}: is a symbolic link; refusing to write through it: give a real folder")
     try:

@@ -70,12 +70,15 @@ def test_own_folder_replaced_only_when_asked(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [MARKER, "v2"]
 
 
-@pytest.mark.parametrize("where", ["same", "parent"])
+@pytest.mark.parametrize("where", ["same", "parent", "inside"])
 def test_output_containing_an_input_is_refused(tmp_path, where):
+    """Also an output inside an input: it would change the input (a file more in a capture), and the `--force` run
+    of what wrote that input sweeps everything it did not write there (an export in `geoface fit`'s fits/)."""
     src = tmp_path / "data" / "source"
     src.mkdir(parents=True)
     (src / "img.png").write_bytes(b"png")
-    out = src if where == "same" else tmp_path / "data"
+    out = {"same": src, "parent": tmp_path / "data", "inside": src / "export"}[where]
+    out.mkdir(exist_ok=True)
     (out / MARKER).write_text("{}")  # even a folder geoface once wrote
     with pytest.raises(OutputError, match="input"):
         check_output_dir(out, [src], overwrite=True)

@@ -361,6 +361,20 @@ def test_an_output_geoface_did_not_write_is_kept(data, tmp_path):
     export_vhap(data.capture, data.fits, tmp_path / "vhap", overwrite=True)
 
 
+@pytest.mark.parametrize("inside", ["capture", "fits"])
+def test_an_output_inside_an_input_is_refused(data, inside):
+    """`--out FITS/vhap` was written into the fit folder, and the next `geoface fit --force` swept it away as a
+    sequence no longer in the input; `--out CAPTURE/export` added files to the capture."""
+    from flame_fitting.core.fileio import OutputError
+
+    root = data.capture if inside == "capture" else data.fits
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    for export in (export_vhap, export_nerfstudio):
+        with pytest.raises(OutputError, match=f"inside the input {root}"):
+            export(data.capture, data.fits, root / "export")
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+
+
 def test_vertices_need_the_same_head_model(data):
     """Sanity of the vertex check itself: parameters read with a name swapped give other vertices."""
     p = dict(data.params[0])

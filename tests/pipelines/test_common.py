@@ -112,12 +112,14 @@ def test_bad_crop_and_scaling_are_refused():
 def test_pixel_center_offset_and_nothing_imported(tmp_path):
     cfg = ImportConfig(pixel_center_offset=0.5)
     cam = make_cameras(1)["cam0"]
+    raw = tmp_path / "raw"  # beside the output: an output inside its input is refused
+    raw.mkdir()
     with pytest.raises(CaptureError, match="nothing imported.*1 items skipped.*img.png: broken"):
-        with CaptureImport("test", tmp_path, tmp_path / "out", cfg) as imp:
+        with CaptureImport("test", raw, tmp_path / "out", cfg) as imp:
             made = imp.camera("c", cam.K, cam.world_to_cam, cam.width, cam.height, None, "cams.json")
             assert np.allclose(made.K[:2, 2], cam.K[:2, 2] + 0.5)
             imp.skip("img.png", "broken")
-    assert not list(tmp_path.iterdir())  # no capture, no temporary folder left behind
+    assert [p.name for p in tmp_path.iterdir()] == ["raw"]  # no capture, no temporary folder left behind
     with pytest.raises(CaptureError, match="img.png: broken"):
-        with CaptureImport("test", tmp_path, tmp_path / "out", ImportConfig(strict=True)) as imp:
+        with CaptureImport("test", raw, tmp_path / "out", ImportConfig(strict=True)) as imp:
             imp.skip("img.png", "broken")
