@@ -71,6 +71,15 @@ def main(argv: list[str] | None = None) -> int:
         return 141  # what a shell reports for a command stopped by SIGPIPE (128 + 13)
 
 
+def interrupted_line(args) -> str:
+    """What Ctrl-C (or SIGTERM) left: a data command (landmarks ... dataset, which take the executor options) keeps
+    the sequences it finished in OUT (core/units.py); the others write their output folder in one rename."""
+    if hasattr(args, "executor"):
+        return (f"interrupted; the sequences finished before are kept in {args.out} and the temporaries removed: run "
+                "the same command with --force to do the others")
+    return "interrupted; its output folder was not written (the temporary is removed)"
+
+
 def _main(argv: list[str] | None) -> int:
     argv = exports.route(sys.argv[1:] if argv is None else list(argv))
     args = parser(argv).parse_args(argv)
@@ -89,7 +98,7 @@ def _main(argv: list[str] | None) -> int:
     except BrokenPipeError:
         raise
     except KeyboardInterrupt:
-        print(f"geoface {name}: interrupted; its output folder was not written (the temporary is removed)", file=sys.stderr)
+        print(f"geoface {name}: {interrupted_line(args)}", file=sys.stderr)
         return INTERRUPTED
     except (GeofaceError, ValueError, OSError) as e:  # our errors name the file and the problem; the system's
         print(f"geoface {name}: {annotate(error_line(e), words)}", file=sys.stderr)

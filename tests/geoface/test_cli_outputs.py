@@ -206,3 +206,19 @@ def test_corrupt_model_config_is_one_line_naming_the_file(capsys, root, tmp_path
     with pytest.raises(GenerateError) as e:
         load_pipeline(model, load_head_model(tmp_path / "head"))
     assert str(e.value).startswith(str(cfg)) and problem in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("argv", [["landmarks", "CAP", "--out", "OUT"], ["fit", "CAP", "--out", "OUT"],
+                                  ["uv", "FITS", "HEAD", "--out", "OUT"],
+                                  ["correspondences", "FITS", "UV", "CAP", "HEAD", "--out", "OUT"],
+                                  ["dataset", "CAP", "FITS", "UV", "CORR", "HEAD", "--out", "OUT"]])
+def test_an_interrupted_data_command_says_its_finished_sequences_stay(argv):
+    """Ctrl-C in `geoface fit` keeps the sequences finished before it in OUT (core/units.py, docs/scaling.md), and
+    the next run with --force keeps them: the line said "its output folder was not written" (measured: OUT/fits held
+    synth000's fit, kept by the re-run, units_kept 1)."""
+    from geoface.cli import interrupted_line, parser
+
+    line = interrupted_line(parser(argv).parse_args(argv))
+    assert "not written" not in line and "kept in OUT" in line and "--force" in line
+    imp = ["import", "colmap", "ROOT", "--out", "OUT"]
+    assert "not written" in interrupted_line(parser(imp).parse_args(imp))  # one rename: nothing, or all of it
