@@ -82,7 +82,10 @@ def interrupted_line(args) -> str:
 
 def _main(argv: list[str] | None) -> int:
     argv = exports.route(sys.argv[1:] if argv is None else list(argv))
-    args = parser(argv).parse_args(argv)
+    ap = parser(argv)
+    args, unknown = ap.parse_known_args(argv)  # an unknown option is the subcommand's error, with its usage
+    if unknown:
+        getattr(args, "usage_parser", ap).error(f"unrecognized arguments: {' '.join(unknown)}")
     unwind_on_sigterm()  # `kill`: unwind like Ctrl-C, so temporaries are removed (flame_fitting/core/interrupt.py)
     name = getattr(args, "display", None) or " ".join(x for x in (args.cmd, getattr(args, "action", None)) if x)
     from .words import Annotating, annotate, options_of

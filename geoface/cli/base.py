@@ -123,7 +123,7 @@ def command(sub, name: str, help: str, func, sections: list[Section] = (), chose
         p.add_argument("--params", metavar="FILE", help="start from the section(s) of this params.yaml")
     if force:
         p.add_argument("--force", action="store_true", help=force)
-    p.set_defaults(func=func, sections=list(sections))
+    p.set_defaults(func=func, sections=list(sections), usage_parser=p)  # usage_parser: its usage errors (cli._main)
     return p
 
 

@@ -81,4 +81,4 @@ def register(sub) -> None:
     p.add_argument("--force", action="store_true",
                    help="replace --out if an earlier geoface run wrote it (a folder geoface did not write is never "
                         "replaced)")
-    p.set_defaults(func=export_fits, sections=[], display="export fits")
+    p.set_defaults(func=export_fits, sections=[], display="export fits", usage_parser=p)

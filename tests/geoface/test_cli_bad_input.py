@@ -233,3 +233,18 @@ def test_executor_options_are_checked_as_params_yaml_executor_is(capsys, tmp_pat
         rc, _, err = cli(capsys, *args, *extra)
         assert rc == 2 and one_line(err, f"geoface {cmd}: ") == f"geoface {cmd}: {message}", (extra, err)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv, name, unknown", [
+    (["fit", "CAP", "--out", "OUT", "--refien-cameras"], "geoface fit", "--refien-cameras"),
+    (["export", "fits", "--format", "vhap", "C", "F", "--out", "O", "--forse"], "geoface export fits", "--forse"),
+    (["head-model", "build", "--out", "O", "--previw", "p.png"], "geoface head-model build", "--previw p.png"),
+    (["audit", "--jsn"], "geoface audit", "--jsn")])
+def test_a_mistyped_option_is_the_subcommands_error_with_its_usage(capsys, argv, name, unknown):
+    """`geoface fit CAP --out OUT --refien-cameras` printed the top-level usage (`usage: geoface [-h] [--version]
+    COMMAND ...`) and `geoface: error: ...`, which does not list fit's options."""
+    rc, out, err = cli(capsys, *argv)
+    lines = err.strip().splitlines()
+    assert rc == 2 and out == ""
+    assert lines[0].startswith(f"usage: {name} ")
+    assert lines[-1] == f"{name}: error: unrecognized arguments: {unknown}"
