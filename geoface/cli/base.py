@@ -36,8 +36,9 @@ EXECUTOR_OPTIONS = {"--executor": "kind", "--jobs": "workers", "--ray-address": 
 RAY_ONLY = ("--ray-address", "--ray-memory-gb")
 # --force of the data commands (landmarks ... dataset): OUT is brought up to date, not rebuilt (core/units.py)
 DATA_FORCE = ("write into OUT again when an earlier geoface run wrote it: its sequences whose inputs, params and code "
-              "did not change are kept as they are (units_kept), the others run again and sequences no longer in the "
-              "input are removed (a folder geoface did not write is never replaced)")
+              "did not change are kept as they are (units_kept), the others run again, and sequences no longer in the "
+              "input and anything else put in its stage folders are removed: OUT's stage folders are geoface's (a "
+              "folder geoface did not write is never replaced)")
 
 
 def add_executor(p) -> None:
