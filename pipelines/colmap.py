@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flame_fitting.core.readers import check_pixel_count
 from flame_fitting.formats.capture import CaptureError
 from pipelines.colmap_rigs import BinReader, moving_camera, read_rigs_frames, rig_views, text_lines
 from pipelines.common import CaptureImport, inside
@@ -203,6 +204,11 @@ def import_capture(root_in: Path | str, out: Path | str, cfg: ImportConfig) -> I
             if cam_id in unsupported:
                 imp.skip(where, f"camera {cam_id} in {imp.rel(cam_file)} has camera model {model}, which geoface does "
                                 f"not read (supported: {', '.join(SUPPORTED)})")
+                continue
+            try:  # a damaged cameras.bin's size (up to 2**64): named where it is, not as a camera seeing 90° off axis
+                check_pixel_count((w, h), f"{imp.rel(cam_file)} [camera {cam_id}]", CaptureError)
+            except CaptureError as e:
+                imp.skip(where, str(e))
                 continue
             K, dist = intrinsics[cam_id]
             q = np.asarray(qvec, np.float64)

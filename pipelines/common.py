@@ -65,6 +65,7 @@ class CaptureImport:
         self.warnings: list[str] = []
         self.side_files: list[str] = []
         self.refused: dict[tuple[str, str], str] = {}  # (subject, sequence) -> why none of it is imported
+        self.view_refused: list[str] = []  # "item: why" of each camera the crop / resize settings refused
         self.folded: dict[tuple, str] = {}  # name_key of each subject / sequence -> the name imported as it
         self.info: dict = {}
         self.report: ImportReport | None = None
@@ -137,9 +138,10 @@ class CaptureImport:
                 self.skip(f"{where} [camera {name!r}]", f"camera name differs from camera {other!r} only by case or "
                           "Unicode normalisation (one file on macOS and Windows)")
                 continue
-            try:
+            try:  # a crop / resize setting this camera cannot take: this camera skipped (all of them: close says so)
                 views[name] = ViewProcessor(cam, self.cfg)
-            except CaptureError as e:
+            except (CaptureError, CameraError) as e:
+                self.view_refused.append(f"{where} [camera {name}]: {e}")
                 self.skip(f"{where} [camera {name}]", str(e))
         if views:
             self.writer.set_cameras(subject, sequence, {n: v.camera for n, v in views.items()})
@@ -218,6 +220,9 @@ class CaptureImport:
         absent = [w for w in (self.cfg.subjects or []) if str(w).lstrip("0") not in got]
         if not rows:
             shutil.rmtree(self.writer.tmp, ignore_errors=True)
+            if self.view_refused and not any(self.views.values()):  # the settings, not the cameras: one line saying so
+                raise CaptureError(f"{self.root_in}: nothing imported: the crop / resize settings refuse every calibrated "
+                                   f"camera ({len(self.view_refused)} cameras; the first: {self.view_refused[0]})")
             first = "; ".join(f"{s['item']}: {s['reason']}" for s in self.skipped[:5])
             asked = f"; subjects asked for: {', '.join(map(str, absent))}" if absent else ""
             raise CaptureError(f"{self.root_in}: nothing imported from this {self.source} source "

@@ -37,7 +37,7 @@ from pipelines.nersemble_layouts import (Participant, View, base_size, declared_
 __all__ = ["correct_color", "correct_color_affine", "find_participants", "import_capture"]
 
 
-def size_keys(params: dict, serial: str, path: Path) -> tuple[int, int] | None:
+def size_keys(params: dict, serial: str, path: str) -> tuple[int, int] | None:
     """(width, height) from camera_params.json (an int or {serial: int} each), or None when both are absent."""
     wh = [params.get(k).get(serial) if isinstance(params.get(k), dict) else params.get(k) for k in ("width", "height")]
     if wh == [None, None]:
@@ -77,7 +77,8 @@ class Calibration:
             if view.alpha_video is not None:  # its masks are decoded with the images: refuse a huge one up front
                 declared_video_size(view.alpha_video)
             what = f"{imp.rel(self.path)} [camera {serial}] intrinsics"
-            ref, rule = intrinsics_size(K, size, imp.cfg.nersemble_intrinsics_size, size_keys(self.params, serial, self.path), what)
+            keys = size_keys(self.params, serial, imp.rel(self.path))
+            ref, rule = intrinsics_size(K, size, imp.cfg.nersemble_intrinsics_size, keys, what)
             if ref != stored and not same_aspect(ref, stored):
                 raise CaptureError(f"image is {stored[0]}×{stored[1]}, the intrinsics are for {ref[0]}×{ref[1]} ({rule}): "
                                    f"not the same aspect ratio, so not a scaled copy; set {OPTION}")

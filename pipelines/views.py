@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from flame_fitting.core.readers import read_image
-from flame_fitting.geometry.camera import Camera
+from flame_fitting.geometry.camera import Camera, CameraError
 from flame_fitting.formats.capture import CaptureError
 from pipelines.import_config import ImportConfig
 
@@ -85,7 +85,12 @@ class ViewProcessor:
             cam = replace(src, dist=None)
         self.crop = crop_for(cam, cfg)
         if self.crop is not None:
-            cam = cam.cropped(*self.crop)
+            try:
+                cam = cam.cropped(*self.crop)
+            except CameraError as e:  # the setting, not the calibration: named first, so a refusal of all says so
+                setting = next(f"{n} {getattr(cfg, n)}" for n in ("crop_box", "crop_aspect", "crop_head")
+                               if getattr(cfg, n) is not None)
+                raise CaptureError(f"{setting}: {e}") from None
         w, h = (cfg.resize if cfg.resize is not None else (cam.width // cfg.downscale, cam.height // cfg.downscale))
         if w < 1 or h < 1:
             raise CaptureError(f"downscale {cfg.downscale} leaves no pixels of the {cam.width}×{cam.height} image")

@@ -163,10 +163,13 @@ class Camera:
         return replace(self, K=(S @ self.K.astype(np.float64)), width=width, height=height)
 
     def cropped(self, x0: int, y0: int, width: int, height: int) -> "Camera":
-        """The camera of the crop image[y0:y0+height, x0:x0+width]."""
+        """The camera of the crop image[y0:y0+height, x0:x0+width]; CameraError naming the crop when the crop is too
+        narrow for this focal length (under camera_checks.MIN_FIELD_OF_VIEW_DEG) or reaches far outside the image."""
         K = self.K.astype(np.float64).copy()
         K[0, 2] -= x0
         K[1, 2] -= y0
+        check_intrinsics(K, width, height, f"camera {self.name!r} cropped to {width}×{height} at ({x0}, {y0})",
+                         cause="the crop, not the calibration, is at fault: crop a larger part inside the image")
         return replace(self, K=K, width=width, height=height)
 
     def with_pose(self, world_to_cam: np.ndarray) -> "Camera":

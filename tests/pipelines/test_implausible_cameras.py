@@ -223,3 +223,25 @@ def test_real_long_and_skew_free_cameras_are_kept():
     assert _cam(tele, 6000, 4000).resized(1500, 1000).K[0, 0] == pytest.approx(25000, rel=1e-6)
     kept = _cam(_K(k01=1e-7 * 230))  # rounding of a zero skew is kept as it is, not rewritten
     assert kept.K[0, 1] == pytest.approx(2.3e-5, rel=1e-6)
+
+
+def test_a_nersemble_size_key_is_refused_naming_camera_params_json_relative_to_the_source(tmp_path):
+    nersemble(tmp_path, "cx")  # the files; the size key is what is corrupted here
+    path = tmp_path / "in/017/calibration/camera_params.json"
+    _json_edit(path, lambda d: d.update(width={"220": -5, "221": d["width"]}))
+    report = import_capture("nersemble", tmp_path / "in", tmp_path / "out", ImportConfig())
+    (bad,) = [s["reason"] for s in report.skipped if "width of camera 220" in s["reason"]]
+    assert bad.startswith("017/calibration/camera_params.json: ") and str(tmp_path) not in bad, bad
+
+
+def test_a_colmap_camera_size_near_2_64_is_refused_naming_cameras_bin_and_the_camera_id(tmp_path):
+    write_colmap(tmp_path / "in", Scene(make_cameras(2)), binary=True)
+    path = tmp_path / "in/sparse/0/cameras.bin"
+    b = bytearray(path.read_bytes())  # count (Q), then camera 1: id, model (ii), width, height (QQ), ...
+    struct.pack_into("<QQ", b, 8 + 8, 2**64 - 1, 2**64 - 7)
+    path.write_bytes(bytes(b))
+    report = import_capture("colmap", tmp_path / "in", tmp_path / "out", ImportConfig())
+    lines = [f"{s['item']}: {s['reason']}" for s in report.skipped]
+    assert len(lines) == 1 and "sparse/0/cameras.bin [camera 1]: the image declares 18446744073709551615×" in lines[0]
+    assert "optical axis" not in lines[0] and "\n" not in lines[0], lines
+    assert sorted(load_capture(tmp_path / "out").manifest.camera) == ["cam1"]

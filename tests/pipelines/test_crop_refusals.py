@@ -1,0 +1,90 @@
+"""A crop setting that leaves one camera an implausible camera (a small `crop_box` on a long lens: a field of view
+under 1°) skips that camera with one line naming the setting and the camera, and imports the others; when the
+setting refuses every camera, the import stops with one line naming the setting (not the first five of the many
+skipped images). Each case writes a source's real files (tests/pipelines/writers.py); the long lens is in the
+calibration only, so the images are the ordinary scene's."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flame_fitting.formats.capture import CaptureError, load_capture
+from flame_fitting.geometry.camera import CameraError, intrinsics
+from geoface.cli import main
+from pipelines.common import ImportConfig
+from pipelines.registry import import_capture
+from writers import Scene, make_cameras, write_colmap, write_folder
+
+LONG = 5000.0  # px: a 2.3° × 1.8° field of view over the 200×160 image (accepted), 0.46° over a 40-px crop (not)
+CROP = [80, 60, 40, 40]
+
+
+def folder(root: Path) -> tuple[str, str]:
+    cams = make_cameras(3)
+    calib = dict(cams, cam0=replace(cams["cam0"], K=intrinsics(LONG, LONG, 103.25, 77.5)))
+    write_folder(root, Scene(cams), cameras_json=calib)
+    return "folder", "s1/seq/cameras.json"
+
+
+def colmap_text(root: Path) -> tuple[str, str]:
+    write_colmap(root, Scene(make_cameras(3)), binary=False)
+    path = root / "sparse/0/cameras.txt"
+    lines = path.read_text().splitlines()
+    i = next(k for k, line in enumerate(lines) if line.startswith("1 "))  # CAMERA_ID MODEL WIDTH HEIGHT fx fy cx cy
+    e = lines[i].split()
+    e[4] = e[5] = repr(LONG)
+    lines[i] = " ".join(e)
+    path.write_text("\n".join(lines) + "\n")
+    return "colmap", "sparse/0/cameras.txt"
+
+
+@pytest.mark.parametrize("write", [folder, colmap_text])
+def test_a_crop_too_narrow_for_one_camera_skips_that_camera(tmp_path, write):
+    source, file_name = write(tmp_path / "in")
+    report = import_capture(source, tmp_path / "in", tmp_path / "out", ImportConfig(crop_box=CROP))
+    lines = [f"{s['item']}: {s['reason']}" for s in report.skipped]
+    bad = [line for line in lines if "crop_box [80, 60, 40, 40]" in line]
+    assert len(bad) == 1 and file_name in bad[0] and "'cam0'" in bad[0] and "field of view" in bad[0], lines
+    assert "the crop, not the calibration" in bad[0] and "\n" not in bad[0]
+    cap = load_capture(tmp_path / "out")
+    (seq,) = cap.sequences()
+    cams = cap.cameras(*seq)
+    assert sorted(cams) == ["cam1", "cam2"]  # the other cameras imported, cropped
+    assert all(c.size == (40, 40) and c.K[0, 2] == pytest.approx(103.25 - 80, abs=1e-3) for c in cams.values())
+    assert sorted(cap.manifest.camera) == ["cam1", "cam2"]
+    assert all(cap.image(r).shape == (40, 40, 3) for _, r in cap.manifest.iterrows())
+
+
+@pytest.mark.parametrize("setting,value,words", [("crop_box", [90, 70, 3, 3], "field of view"),
+                                                 ("crop_aspect", 1e-3, "0×160")])
+def test_a_crop_setting_that_refuses_every_camera_stops_with_one_line_naming_it(tmp_path, capsys, setting, value, words):
+    folder(tmp_path / "in")
+    with pytest.raises(CaptureError) as e:
+        import_capture("folder", tmp_path / "in", tmp_path / "out", ImportConfig(**{setting: value}))
+    msg = str(e.value)
+    assert "every calibrated camera (3 cameras" in msg and f"{setting} {value}" in msg and "\n" not in msg
+    assert "s1/seq/cameras.json [camera cam0]" in msg and msg.count("[camera") == 1  # the first camera, once
+    assert not (tmp_path / "out").exists()
+    rc = main(["import", "folder", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--set", f"{setting}={value}"])
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and len(err.splitlines()) == 1 and setting in err and "Traceback" not in err
+
+
+def test_strict_names_the_setting_and_the_camera(tmp_path):
+    folder(tmp_path / "in")
+    with pytest.raises(CaptureError, match=r"\[camera cam0\]: crop_box \[80, 60, 40, 40\]: camera 'cam0' cropped"):
+        import_capture("folder", tmp_path / "in", tmp_path / "out", ImportConfig(crop_box=CROP, strict=True))
+
+
+def test_camera_cropped_blames_the_crop_not_the_calibration():
+    cam = make_cameras(1)["cam0"]
+    with pytest.raises(CameraError) as e:
+        cam.cropped(90, 70, 3, 3)  # 3 px at f = 230: 0.75°
+    msg = str(e.value)
+    assert "cropped to 3×3 at (90, 70)" in msg and "the crop, not the calibration" in msg and "another size" not in msg
+    with pytest.raises(CameraError, match="optical axis.*the crop, not the calibration"):
+        cam.cropped(-5000, 0, 20, 20)  # far outside the image: the principal point 5000 px off a 20-px crop
+    assert cam.cropped(90, 70, 20, 20).size == (20, 20) and np.isfinite(cam.cropped(0, 0, 20, 20).K).all()
