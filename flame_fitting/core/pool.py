@@ -32,6 +32,8 @@ from flame_fitting.core.workers import (PACKAGE_ROOT, UnitResult, call_unit, hom
 # longer) is stopped. Its imports take that long: flame_fitting.fit.run's took 6.5 s in a fresh process here (2 busy
 # cores, warm disk); a cold network disk can take ten times that. A pool process that is slower is broken.
 START_LIMIT_MIN_S = 120.0
+# a finished pool's process that has not exited this long after it was told to stop (stuck in its start) is terminated
+CLOSE_LIMIT_S = 10.0
 
 
 def _serve(conn, path: list[str], fn: Callable, threads: int) -> None:
@@ -129,10 +131,11 @@ def _stop(procs: list, grace: float = 5.0) -> None:
             p.join()
 
 
-def _close(procs: list, timeout: float = 10.0) -> None:
+def _close(procs: list, timeout: float | None = None) -> None:
     """Wait for processes told to stop (sent None) to exit normally (their exit handlers run, see `_stop`); one that
-    has not exited after `timeout` s (stuck in its start) is terminated, so a stage never hangs here."""
-    deadline = time.monotonic() + timeout
+    has not exited after `timeout` s (default CLOSE_LIMIT_S; stuck in its start) is terminated, so a stage never
+    hangs here."""
+    deadline = time.monotonic() + (CLOSE_LIMIT_S if timeout is None else timeout)
     for p in procs:
         p.join(max(0.0, deadline - time.monotonic()))
     for p in procs:

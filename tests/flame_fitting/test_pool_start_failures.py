@@ -89,6 +89,8 @@ from flame_fitting.core import pool
 from flame_fitting.core.executor import ExecutorConfig, ExecutorError, open_executor
 if "START_LIMIT_MIN_S" in os.environ:  # a shorter one for the tests
     pool.START_LIMIT_MIN_S = float(os.environ["START_LIMIT_MIN_S"])
+if "CLOSE_LIMIT_S" in os.environ:  # likewise: how long a finished pool's stuck process is waited for
+    pool.CLOSE_LIMIT_S = float(os.environ["CLOSE_LIMIT_S"])
 module = __import__(sys.argv[2])
 os.environ["POOL_BROKEN"] = "1"  # the pool's fork server starts after this
 cfg = ExecutorConfig(kind="local", workers=2, retries=int(sys.argv[3]), unit_timeout_s=json.loads(sys.argv[4]))
@@ -184,8 +186,9 @@ def test_pool_processes_that_hang_before_they_are_ready_end_the_map_under_a_unit
 def test_without_a_time_limit_the_stages_process_runs_every_unit_when_the_pool_hangs(tmp_path, hung, where):
     """No unit time limit: no start limit either (a cold import may be slow, not broken); the stage's own process runs
     the units, and the map ends once they are done instead of waiting for the pool (where=import: it waited for ever
-    for the stuck fork server to fork)."""
-    out = run_stage(tmp_path, "hangs", HANGS, None, env={"POOL_HANG": where})
+    for the stuck fork server to fork). The pool processes stuck in their start (where=fork) are terminated after
+    CLOSE_LIMIT_S, here 1 s instead of 10 (what is shown is that they are, not how long they are waited for)."""
+    out = run_stage(tmp_path, "hangs", HANGS, None, env={"POOL_HANG": where, "CLOSE_LIMIT_S": "1"})
     assert out == {"values": [2 * x for x in range(8)], "errors": [""] * 8}, out
     pids = hung()
     assert pids and not [pid for pid in pids if running(pid)], pids

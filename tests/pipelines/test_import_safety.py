@@ -1,27 +1,34 @@
 """`geoface import` never deletes data it did not write: --out equal to the source or a parent of it is
-refused, an existing folder is replaced only when geoface wrote it and --force is given."""
-import subprocess
+refused, an existing folder is replaced only when geoface wrote it and --force is given. The command runs in the
+test's process (tests/geoface/cliutil.py): what is shown is what it deletes, not how a process ends."""
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import pytest
 from writers import Scene, make_cameras, write_folder
 
-from flame_fitting.formats.capture import load_capture
-from flame_fitting.core.fileio import MARKER
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "geoface"))
+from cliutil import cli  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
+from flame_fitting.formats.capture import load_capture  # noqa: E402
+from flame_fitting.core.fileio import MARKER  # noqa: E402
 
 
-def geoface(*args):
-    return subprocess.run([sys.executable, "-m", "geoface.cli", *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+@pytest.fixture
+def geoface(capsys):
+    """`geoface ARGS` in this process: an object with returncode, stdout and stderr, as subprocess.run's."""
+    def run(*args):
+        rc, out, err = cli(capsys, *args)
+        return SimpleNamespace(returncode=rc, stdout=out, stderr=err)
+    return run
 
 
 def snapshot(root: Path) -> dict:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_import_refuses_outputs_that_would_delete_user_data(tmp_path):
+def test_import_refuses_outputs_that_would_delete_user_data(tmp_path, geoface):
     src = tmp_path / "project" / "raw"
     write_folder(src, Scene(make_cameras(2)), frames=(0,))
     (tmp_path / "project" / "notes.txt").write_text("unrelated user file")

@@ -37,6 +37,16 @@ def _perturbed(cams, seed=500):
     return {n: perturb_camera(c, rng, 2.0, 0.02) for n, c in cams.items()}
 
 
+@pytest.fixture(scope="module")
+def refined_500(textured):
+    """refine_rig on the cameras perturbed with seed 500: (given, cameras, report), computed once for the three tests
+    that ask for exactly this call (refine_rig takes seconds)."""
+    _, cap, subject, sequence, images, masks = textured
+    given = _perturbed(cap.cameras(subject, sequence))
+    cams, rep = refine_rig(images, masks, given, CFG)
+    return given, cams, rep
+
+
 def test_exact_cameras_are_kept(textured):
     _, cap, subject, sequence, images, masks = textured
     true = cap.cameras(subject, sequence)
@@ -46,12 +56,11 @@ def test_exact_cameras_are_kept(textured):
     assert rep["objective_before"] - rep["objective_after"] < rep["threshold"]
 
 
-def test_perturbed_cameras_are_recovered(textured):
-    _, cap, subject, sequence, images, masks = textured
+def test_perturbed_cameras_are_recovered(textured, refined_500):
+    _, cap, subject, sequence, _, _ = textured
     true = cap.cameras(subject, sequence)
-    given = _perturbed(true)
+    given, cams, rep = refined_500
     before = rig_errors(given, true)
-    cams, rep = refine_rig(images, masks, given, CFG)
     assert rep["accepted"], rep["reason"]
     err = rig_errors(cams, true)
     assert before.rot_deg.median() > 1.5 and before.centre_mm.median() > 15
@@ -61,7 +70,7 @@ def test_perturbed_cameras_are_recovered(textured):
 
 
 @pytest.mark.parametrize("seed", [500, 502])
-def test_the_images_are_weighed_at_their_measured_noise(textured, seed):
+def test_the_images_are_weighed_at_their_measured_noise(textured, refined_500, seed):
     """The tracks reproject to ~0.1 px; weighed at that noise (not at 1 px) the images, not the given calibration's
     priors, decide the rig's weak modes: the two draws give the same median to 0.001° (in 1-px units 0.16° / 2.1 mm
     for draw 502, 0.085° / 1.26 mm for 500). What it is depends on the texture's SIFT features: with the stand-in's
@@ -70,19 +79,21 @@ def test_the_images_are_weighed_at_their_measured_noise(textured, seed):
     1.5 mm (the camera-refinement target is 0.3° / 3 mm)."""
     _, cap, subject, sequence, images, masks = textured
     true = cap.cameras(subject, sequence)
-    cams, rep = refine_rig(images, masks, _perturbed(true, seed), CFG)
+    # seed 500 is the draw refined_500 already refined (the same call)
+    cams, rep = refined_500[1:] if seed == 500 else refine_rig(images, masks, _perturbed(true, seed), CFG)
     assert rep["accepted"], rep["reason"]
     assert 0.03 < rep["noise_px"] < 0.3
     err = rig_errors(cams, true)
     assert err.rot_deg.median() <= 0.15 and err.centre_mm.median() <= 1.5, err
 
 
-def test_the_result_does_not_depend_on_what_ran_before(textured):
+def test_the_result_does_not_depend_on_what_ran_before(textured, refined_500):
+    """The seed-500 refinement (refined_500: run earlier in this process, after whatever ran before it) run again
+    after another use of OpenCV's random generator gives the same cameras to the bit."""
     import cv2
 
-    _, cap, subject, sequence, images, masks = textured
-    given = _perturbed(cap.cameras(subject, sequence))
-    a, _ = refine_rig(images, masks, given, CFG)
+    _, _, _, _, images, masks = textured
+    given, a, _ = refined_500
     cv2.setRNGSeed(12345)  # another state of OpenCV's random generator, as another unit would leave it
     cv2.findFundamentalMat(np.random.rand(20, 2) * 100, np.random.rand(20, 2) * 100, cv2.FM_RANSAC)
     b, _ = refine_rig(images, masks, given, CFG)
