@@ -12,7 +12,8 @@ distortion is OpenCV's; images are undistorted onto the same K). The images of a
 FOV, thin-prism, COLMAP 4's division, EUCM and equirectangular models) are skipped with the reason; the import is
 refused, naming the models, only when no image has a supported camera. A parameter count that is not the model's
 is a malformed file (refused). Camera name = the image file stem (the path with '/' -> '_' when stems repeat);
-subject = `captures.subject` or the root folder's name, sequence = `captures.sequence`, frame 0.
+subject = `captures.subject` or the root folder's name, sequence = `captures.sequence`, frame 0 (images whose pose
+repeats another's, a camera filmed over time, are named in one warning: colmap_rigs.repeated_poses).
 COLMAP >= 3.12's rigs.bin|txt + frames.bin|txt: when one rig has several cameras, its frames are the frames and its
 cameras the cameras (pipelines/colmap_rigs.py; `captures.colmap_rig_frames`).
 Binary layout as COLMAP's read_write_model.py (little-endian).
@@ -25,7 +26,7 @@ import numpy as np
 
 from flame_fitting.core.readers import check_pixel_count
 from flame_fitting.formats.capture import CaptureError
-from pipelines.colmap_rigs import BinReader, moving_camera, read_rigs_frames, rig_views, text_lines
+from pipelines.colmap_rigs import BinReader, moving_camera, read_rigs_frames, repeated_poses, rig_views, text_lines
 from pipelines.common import CaptureImport, inside
 from pipelines.import_config import camera_names, ImportConfig, ImportReport, select_frames, select_names
 
@@ -235,6 +236,10 @@ def import_capture(root_in: Path | str, out: Path | str, cfg: ImportConfig) -> I
                                f"false (every image a view of frame 0)")
         if rig is not None:
             _warn_missing(imp, files, rig.names.values(), model_dir / f"frames{cam_file.suffix}")
+        elif same := repeated_poses({n: p[0][1] for n, p in poses.items()}):
+            imp.warn(f"{imp.rel(img_file)}: {len(same)} images have the pose of another image (camera {same[0][0]!r} "
+                     f"= {same[0][1]!r}), all imported as cameras of frame 0: a camera filmed over time? Its timesteps "
+                     f"become frames only through COLMAP >= 3.12 rig frames (colmap rig_configurator, rigs + frames files)")
         imp.set_cameras(subject, sequence, {n: c for n, c in cameras.items() if c is not None}, imp.rel(cam_file))
         for frame, cname, path in files:
             imp.add_file(subject, sequence, frame, cname, path)

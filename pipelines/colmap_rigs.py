@@ -11,7 +11,8 @@ COLMAP writes these files for every model: without a rig configuration each came
 image a frame of its own (src/colmap/scene/reconstruction_io_utils.cc CreateOneRigPerCamera /
 CreateFrameForImage, src/colmap/scene/rig.cc), which says nothing about time. Only a rig with several cameras
 makes its frames timesteps: `rig_views` then gives each image its geoface frame (= the COLMAP frame_id) and
-camera (one name per rig camera, the same in every frame).
+camera (one name per rig camera, the same in every frame). Without rig frames every image is a camera of frame 0;
+`repeated_poses` finds the images among them that only repeat another's pose (one camera filmed over time).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from flame_fitting.formats.capture import CaptureError
 from pipelines.import_config import camera_names
@@ -159,14 +161,16 @@ class RigViews:
 
 def rig_views(rigs: dict, frames: dict, images: list[tuple], rig_file: str, frame_file: str) -> RigViews | None:
     """Frame and camera of every image (images as read_model's [(id, qvec, tvec, camera_id, name)]); None when no
-    rig has several cameras (COLMAP's one rig per camera: frames are not timesteps)."""
+    rig with a registered frame has several cameras (COLMAP's one rig per camera: frames are not timesteps)."""
     cams = {r: [sid for t, sid in s if t == "CAMERA"] for r, s in rigs.items()}
-    multi = sorted(r for r, c in cams.items() if len(c) > 1)
+    framed = {rig for rig, _ in frames.values()}  # rigs.bin lists every configured rig, frames.bin registered frames
+    multi = sorted(r for r, c in cams.items() if len(c) > 1 and r in framed)
     if not multi:
         return None
     if len(multi) > 1:
         raise CaptureError(f"{rig_file}: rigs {', '.join(map(str, multi))} each have several cameras; geoface imports one "
-                           f"multi-camera rig (one camera set per sequence)")
+                           f"multi-camera rig (one camera set per sequence; configure one rig holding every camera, or "
+                           f"set captures.colmap_rig_frames: false)")
     rig_id, sensors = multi[0], cams[multi[0]]
     of_image, n_other = {}, 0
     for fid in sorted(frames):
@@ -182,11 +186,13 @@ def rig_views(rigs: dict, frames: dict, images: list[tuple], rig_file: str, fram
         raise CaptureError(f"{frame_file}: an image id repeats in the images file, so the frames' image ids are ambiguous")
     folders = {s: sorted({by_name[i].replace("\\", "/").rpartition("/")[0] for i, (f, c) in of_image.items()
                           if c == s and i in by_name and frames[f][0] == rig_id}) for s in sensors}
-    dirs = [folders[s][0] if len(folders[s]) == 1 else "" for s in sensors]
-    names = camera_names(dirs) if all(dirs) and len(set(dirs)) == len(dirs) else []
-    if len(set(names)) != len(sensors):  # no folder per camera (or 'a/b_c' and 'a_b/c')
-        names = [f"camera{s}" for s in sensors]
-    out, taken = RigViews(rig_id, dict(zip(sensors, names))), set()
+    used = [s for s in sensors if folders[s]]  # a rig camera none of whose images is registered needs no folder name
+    dirs = [folders[s][0] if len(folders[s]) == 1 else "" for s in used]
+    names = dict(zip(used, camera_names(dirs))) if all(dirs) and len(set(dirs)) == len(dirs) else {}
+    names = {s: names.get(s, f"camera{s}") for s in sensors}
+    if len(set(names.values())) != len(sensors):  # no folder per camera (or 'a/b_c' and 'a_b/c')
+        names = {s: f"camera{s}" for s in sensors}
+    out, taken = RigViews(rig_id, names), set()
     for img_id, _, _, cam_id, _ in images:
         fid, sid = of_image.get(img_id, (None, None))
         if fid is None:
@@ -228,3 +234,23 @@ def moving_camera(poses: dict[str, list[tuple[int, np.ndarray]]]) -> str | None:
                 return (f"camera {cam!r} in frame {f} is {deg:.3g}° and {shift / size:.3g} rig sizes from its pose in frame "
                         f"{f0}")
     return None
+
+
+def repeated_poses(poses: dict[str, np.ndarray]) -> list[tuple[str, str]]:
+    """(camera, an earlier camera with its pose) for each camera whose pose repeats another's within MAX_ROTATION_DEG
+    and MAX_CENTRE_SHIFT × the diagonal of the box around all camera centres. poses: camera -> world_to_cam (4,4),
+    in import order. Among the views of one frame such a camera adds no viewpoint: it is one camera at several
+    timesteps (a rig filmed over time without COLMAP rig frames)."""
+    names = list(poses)
+    if len(names) < 2:
+        return []
+    R = np.stack([poses[n][:3, :3] for n in names])
+    centres = -np.einsum("nji,nj->ni", R, np.stack([poses[n][:3, 3] for n in names]))
+    size = float(np.linalg.norm(centres.max(0) - centres.min(0)))
+    out, seen = [], set()
+    for i, j in sorted(cKDTree(centres).query_pairs(MAX_CENTRE_SHIFT * size)):
+        cos = (np.trace(R[i].T @ R[j]) - 1) / 2
+        if j not in seen and np.degrees(np.arccos(np.clip(cos, -1, 1))) <= MAX_ROTATION_DEG:
+            seen.add(j)
+            out.append((names[j], names[i]))
+    return out

@@ -161,6 +161,14 @@ class CaptureImport:
                         "folder on macOS and Windows)")
         return None
 
+    def unusable(self, subject: str, sequence: str, camera: str) -> str | None:
+        """Why no image of `camera` can be stored (None when it can): its sequence, or its calibration (camera checks,
+        crop / resize settings), was refused. Asked before an image is decoded, so a refused camera's files are never
+        read."""
+        if self.views.get((subject, sequence), {}).get(camera) is not None:
+            return None
+        return self.refused.get((subject, sequence)) or f"no usable calibration for camera {camera!r} of {subject}/{sequence}"
+
     def add(self, subject: str, sequence: str, frame: int, camera: str, rgb: np.ndarray, source: Path,
             key: str | None = None, mask: np.ndarray | None = None, whole_file: bool = True) -> bool:
         """Process and store one raw image (H,W,3) uint8 RGB; False (and a recorded skip) when unusable.
@@ -169,11 +177,10 @@ class CaptureImport:
         if why := self.outside(source):
             self.skip(item, why)
             return False
-        view = self.views.get((subject, sequence), {}).get(camera)
-        if view is None:
-            self.skip(item, self.refused.get((subject, sequence))
-                      or f"no usable calibration for camera {camera!r} of {subject}/{sequence}")
+        if why := self.unusable(subject, sequence, camera):
+            self.skip(item, why)
             return False
+        view = self.views[(subject, sequence)][camera]
         src = view.src
         if rgb.ndim != 3 or rgb.shape[:2] != (src.height, src.width):
             self.skip(item, f"image is {rgb.shape[1]}×{rgb.shape[0]}, camera {camera!r} is calibrated for {src.width}×{src.height}")
@@ -190,6 +197,9 @@ class CaptureImport:
         """Read one image file (its alpha channel becomes the mask when `cfg.masks`) and `add` it; an unreadable
         file is recorded as skipped."""
         if why := self.outside(path):
+            self.skip(self.rel(path), why)
+            return False
+        if why := self.unusable(subject, sequence, camera):  # a refused camera's images are not decoded
             self.skip(self.rel(path), why)
             return False
         try:

@@ -71,6 +71,9 @@ def import_view_set(imp: CaptureImport, subject: str, sequence: str, cam_file: P
             if cam not in cams:
                 imp.skip(imp.rel(path), f"camera {cam!r} is not in {imp.rel(cam_file)}")
                 continue
+            if why := imp.unusable(subject, sequence, cam):  # refused camera: its images are not decoded
+                imp.skip(imp.rel(path), why)
+                continue
             try:
                 rgb, mask = read_image_file(path)
             except CaptureError as e:

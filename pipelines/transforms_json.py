@@ -190,6 +190,9 @@ def add_frame(imp: CaptureImport, subject: str, sequence: str, frame: int, name:
               base: Path, where: str) -> None:
     """Store one frame's image with its mask: the file at `mask_path` (nerfstudio, relative to the json's folder;
     its first channel), else the image's alpha channel. An unusable mask is recorded and the image kept."""
+    if why := imp.unusable(subject, sequence, name):  # refused camera: its image is not decoded
+        imp.skip(imp.rel(img_path), why)
+        return
     try:
         rgb, mask = read_image_file(img_path)
     except CaptureError as e:

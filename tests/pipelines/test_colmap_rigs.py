@@ -116,6 +116,18 @@ def test_camera_names_without_a_folder_per_camera(tmp_path):
     assert cap.info["colmap_rig"]["cameras"] == {"camera1": 1, "camera2": 2}
 
 
+def test_camera_names_do_not_depend_on_a_camera_without_images(tmp_path):
+    """A rig camera none of whose images was registered (camera 3 here) keeps the others' folder names. Before: all
+    of them became camera<id>, so the same rig's cameras were named differently when one camera failed to register."""
+    scene = Scene(make_cameras(3))
+    write_colmap_rig(tmp_path / "p", scene, binary=True, drop=tuple((f, "cam2") for f in FRAMES))
+    report = import_capture(tmp_path / "p", tmp_path / "cap", ImportConfig())
+    assert report.n_images == 8 and report.skipped == []
+    cap = load_capture(tmp_path / "cap")
+    assert sorted(set(cap.manifest.camera)) == ["cam0", "cam1"]
+    assert cap.info["colmap_rig"]["cameras"] == {"cam0": 1, "cam1": 2, "camera3": 3}
+
+
 def test_damaged_rig_files_are_refused_naming_the_file(tmp_path):
     scene = Scene(make_cameras(2))
     write_colmap_rig(tmp_path / "b", scene, binary=True)
@@ -141,7 +153,9 @@ def test_damaged_rig_files_are_refused_naming_the_file(tmp_path):
     two = tmp_path / "t/sparse/0/rigs.txt"
     lines = two.read_text().replace(" CAMERA 2 ", " CAMERA 2 1 ").splitlines()
     two.write_text("\n".join(lines + ["7 2 CAMERA 5 CAMERA 6 0"]) + "\n")
-    with pytest.raises(CaptureError, match=r"rigs.txt: rigs 1, 7 each have several cameras"):
+    frames_t = tmp_path / "t/sparse/0/frames.txt"
+    frames_t.write_text(frames_t.read_text() + "99 7 1 0 0 0 0 0 0 0\n")  # a registered frame of rig 7 (no images)
+    with pytest.raises(CaptureError, match=r"rigs.txt: rigs 1, 7 each have several cameras.*colmap_rig_frames: false"):
         import_capture(tmp_path / "t", tmp_path / "cap", ImportConfig())
     assert not (tmp_path / "cap").exists()
 
@@ -161,3 +175,43 @@ def test_frames_that_contradict_images(tmp_path):
     frames.write_text(text.replace(" CAMERA 1 4 ", " CAMERA 1 1 "))
     with pytest.raises(CaptureError, match=r"frames.txt: image 1 is in frame 1 and frame 2"):
         import_capture(tmp_path / "p", tmp_path / "cap2", ImportConfig())
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_a_rig_filmed_over_time_without_rig_frames_is_named(tmp_path, binary):
+    """COLMAP < 3.12 (no rigs / frames files): 3 cameras × 4 timesteps can only be 12 cameras of frame 0. The 9 images
+    whose pose repeats an earlier image's are one camera at other timesteps: one warning says so (before: none, the
+    timesteps silently became cameras of one instant). 4 distinct poses (test_trivial_rigs_...) warn nothing."""
+    scene = Scene(make_cameras(3))
+    write_colmap_rig(tmp_path / "p", scene, binary=binary)
+    ext = ".bin" if binary else ".txt"
+    for f in ("rigs", "frames"):
+        (tmp_path / f"p/sparse/0/{f}{ext}").unlink()
+    report = import_capture(tmp_path / "p", tmp_path / "cap", ImportConfig())
+    cap = load_capture(tmp_path / "cap")
+    assert report.n_images == 12 and set(cap.manifest.frame) == {0} and len(set(cap.manifest.camera)) == 12
+    (warning,) = report.warnings
+    assert warning.startswith(f"sparse/0/images{ext}: 9 images have the pose of another image (camera 'rig1_cam0_0002' = "
+                              f"'rig1_cam0_0001')") and "rig_configurator" in warning and "\n" not in warning
+    assert cap.info["warnings"] == [warning]
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_a_multi_camera_rig_without_registered_frames_is_not_a_second_rig(tmp_path, binary):
+    """rigs.bin|txt lists every configured rig, frames.bin|txt only registered frames: a second multi-camera rig none
+    of whose images were registered (cameras 5 and 6, not even in cameras) has nothing to import. Before: it refused the
+    import as 'rigs 1, 7 each have several cameras'."""
+    scene = Scene(make_cameras(3))
+    write_colmap_rig(tmp_path / "p", scene, binary=binary)
+    rigs = tmp_path / f"p/sparse/0/rigs{'.bin' if binary else '.txt'}"
+    if binary:
+        data = bytearray(rigs.read_bytes())
+        struct.pack_into("<Q", data, 0, 2)
+        data += struct.pack("<IIiI", 7, 2, 0, 5) + struct.pack("<iIB", 0, 6, 0)
+        rigs.write_bytes(bytes(data))
+    else:
+        rigs.write_text(rigs.read_text() + "7 2 CAMERA 5 CAMERA 6 0\n")
+    report = import_capture(tmp_path / "p", tmp_path / "cap", ImportConfig())
+    assert report.n_images == 12 and report.skipped == [] and report.warnings == []
+    cap = check_rig_capture(tmp_path / "cap", scene)
+    assert cap.info["colmap_rig"] == {"rig_id": 1, "cameras": {"cam0": 1, "cam1": 2, "cam2": 3}}

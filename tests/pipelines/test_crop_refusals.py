@@ -5,6 +5,7 @@ skipped images). Each case writes a source's real files (tests/pipelines/writers
 calibration only, so the images are the ordinary scene's."""
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,10 +17,11 @@ from flame_fitting.geometry.camera import CameraError, intrinsics
 from geoface.cli import main
 from pipelines.common import ImportConfig
 from pipelines.registry import import_capture
-from writers import Scene, make_cameras, write_colmap, write_folder
+from writers import Scene, make_cameras, write_colmap, write_folder, write_transforms
 
 LONG = 5000.0  # px: a 2.3° × 1.8° field of view over the 200×160 image (accepted), 0.46° over a 40-px crop (not)
 CROP = [80, 60, 40, 40]
+SEQUENCE = {"folder": "s1/seq", "colmap": "in/default", "transforms_json": "in/default"}  # subject/sequence
 
 
 def folder(root: Path) -> tuple[str, str]:
@@ -39,6 +41,14 @@ def colmap_text(root: Path) -> tuple[str, str]:
     lines[i] = " ".join(e)
     path.write_text("\n".join(lines) + "\n")
     return "colmap", "sparse/0/cameras.txt"
+
+
+def transforms(root: Path) -> tuple[str, str]:
+    write_transforms(root, Scene(make_cameras(3)), per_frame=True)
+    meta = json.loads((root / "transforms.json").read_text())
+    meta["frames"][0].update(fl_x=LONG, fl_y=LONG)  # frames[0] is cam0
+    (root / "transforms.json").write_text(json.dumps(meta))
+    return "transforms_json", "transforms.json"
 
 
 @pytest.mark.parametrize("write", [folder, colmap_text])
@@ -88,3 +98,18 @@ def test_camera_cropped_blames_the_crop_not_the_calibration():
     with pytest.raises(CameraError, match="optical axis.*the crop, not the calibration"):
         cam.cropped(-5000, 0, 20, 20)  # far outside the image: the principal point 5000 px off a 20-px crop
     assert cam.cropped(90, 70, 20, 20).size == (20, 20) and np.isfinite(cam.cropped(0, 0, 20, 20).K).all()
+
+
+@pytest.mark.parametrize("write", [folder, colmap_text, transforms])
+def test_a_refused_cameras_images_are_never_decoded(tmp_path, write):
+    """The crop refuses cam0 before its images are read: its files here are not images at all, and the import names
+    only the refusal (its image: no usable calibration), never a decode error. Before: every image of the refused
+    camera was decoded and then skipped (here 1 of 3 decodes; 4 of 12 for a 3-camera COLMAP rig over 4 frames)."""
+    source, _ = write(tmp_path / "in")
+    (bad,) = [p for p in (tmp_path / "in").rglob("cam0.png")]
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not an image" * 10)  # a PNG signature, then garbage: any decode fails
+    report = import_capture(source, tmp_path / "in", tmp_path / "out", ImportConfig(crop_box=CROP))
+    mine = [s for s in report.skipped if s["item"].endswith("cam0.png")]
+    assert mine == [{"item": bad.relative_to(tmp_path / "in").as_posix(),
+                     "reason": f"no usable calibration for camera 'cam0' of {SEQUENCE[source]}"}]
+    assert report.n_images == 2 and sorted(load_capture(tmp_path / "out").manifest.camera) == ["cam1", "cam2"]
