@@ -169,6 +169,16 @@ def image_items(imp: CaptureImport, files: dict[int, Path], frames: list[int], w
         yield t, rgb, files[t], None
 
 
+def skip_unread(imp: CaptureImport, view: View, frames: list[int], why: str) -> None:
+    """Record the files of a refused camera's selected frames (its video, or each frame's image) as skipped for `why`,
+    without opening them: neither they nor its masks are decoded."""
+    if view.video is not None:
+        imp.skip(imp.rel(view.video), why)
+    for t in frames:
+        if t in view.frames:
+            imp.skip(imp.rel(view.frames[t]), why)
+
+
 def import_sequence(imp: CaptureImport, part: Participant, cal: Calibration, subject: str, seq: str) -> None:
     cfg, seq_dir = imp.cfg, part.sequences / seq
     views, layout = list_views(seq_dir, cfg)
@@ -202,13 +212,16 @@ def import_sequence(imp: CaptureImport, part: Participant, cal: Calibration, sub
     for serial in cams:
         if cal.ccms and serial not in cal.ccms:
             imp.warn(f"{imp.rel(cal.ccm_path)}: no colour matrix for camera {serial}; its images are not colour corrected")
-    imp.set_cameras(subject, seq, cams, imp.rel(cal.path))
+    usable = imp.set_cameras(subject, seq, cams, imp.rel(cal.path))
     available = {t for v in views.values() for t in v.frames}
     for v in views.values():
         if v.video is not None:
             available |= set(range(video_length(v.video)))
     frames = select_frames(available, cfg)
     for serial in cams:
+        if serial not in usable:  # refused by the crop / resize settings (or its sequence's name): nothing decoded
+            skip_unread(imp, views[serial], frames, imp.unusable(subject, seq, serial))
+            continue
         ccm, aff = cal.ccms.get(serial), affine.get(serial)
         for t, rgb, src, key, mask in items_of(imp, views[serial], frames, wheres[serial]):
             rgb = correct_color(rgb, ccm) if ccm is not None else correct_color_affine(rgb, aff) if aff is not None else rgb

@@ -17,7 +17,7 @@ from flame_fitting.geometry.camera import CameraError, intrinsics
 from geoface.cli import main
 from pipelines.common import ImportConfig
 from pipelines.registry import import_capture
-from writers import Scene, make_cameras, write_colmap, write_folder, write_transforms
+from writers import Scene, make_cameras, write_colmap, write_folder, write_nersemble, write_transforms
 
 LONG = 5000.0  # px: a 2.3° × 1.8° field of view over the 200×160 image (accepted), 0.46° over a 40-px crop (not)
 CROP = [80, 60, 40, 40]
@@ -113,3 +113,50 @@ def test_a_refused_cameras_images_are_never_decoded(tmp_path, write):
     assert mine == [{"item": bad.relative_to(tmp_path / "in").as_posix(),
                      "reason": f"no usable calibration for camera 'cam0' of {SEQUENCE[source]}"}]
     assert report.n_images == 2 and sorted(load_capture(tmp_path / "out").manifest.camera) == ["cam1", "cam2"]
+
+
+# NeRSemble layouts (write_nersemble options; the refused camera's files, relative to the sequence, t = 0..3), and the
+# files of it made garbage: all but what its image size is read from (the video's header, its first image)
+SERIAL, SEQ = "22220000", "017/sequences/EMO-1"
+NERSEMBLE = {
+    "video": (dict(alpha=True), lambda t: "images/cam_22220000.mp4", lambda t: ["alpha_maps/cam_22220000.mp4"]),
+    "images": (dict(media="images"), lambda t: f"images/cam_22220000/{t:05d}.png",
+               lambda t: [f"images/cam_22220000/{t:05d}.png"] if t else []),
+    "vhap": (dict(media="vhap", alpha=True), lambda t: f"images/cam_22220000_{t:06d}.jpg",
+             lambda t: [f"alpha_maps/cam_22220000_{t:06d}.jpg"] + ([f"images/cam_22220000_{t:06d}.jpg"] if t else [])),
+    "v1": (dict(version=1, alpha=True), lambda t: f"frame_{t:05d}/images-2x-73fps/cam_22220000.png",
+           lambda t: [f"frame_{t:05d}/alpha_map-73fps/cam_22220000.png"]
+           + ([f"frame_{t:05d}/images-2x-73fps/cam_22220000.png"] if t else [])),
+}
+SIGNATURE = {".png": b"\x89PNG\r\n\x1a\n", ".jpg": b"\xff\xd8\xff\xe0", ".mp4": b"\x00\x00\x00\x18ftypmp42"}
+
+
+@pytest.mark.parametrize("layout", list(NERSEMBLE))
+def test_a_refused_nersemble_cameras_frames_and_masks_are_never_decoded(tmp_path, layout):
+    """NeRSemble: the crop refuses camera 22220000 (a long lens in camera_params.json) once its image size is read;
+    its other frames and its masks are garbage here, and the import records each of its files (its video, or each
+    selected frame's image) as skipped for the refusal, never as unreadable. Before: every selected frame and mask of
+    it was decoded, then skipped (3 cameras × 4 frames: 24 video frames decoded for 16 used; 18 images + 12 masks
+    for 14 + 8), and these files were reported as not readable."""
+    options, file_of, garbage_of = NERSEMBLE[layout]
+    cams = {f"2222000{i}": c for i, c in enumerate(make_cameras(3).values())}
+    pdir = write_nersemble(tmp_path / "ns", Scene(cams), frames=range(4), per_serial_intrinsics=True, **options)
+    cal = pdir / ("calibration" if options.get("version", 2) == 2 else "") / "camera_params.json"
+    params = json.loads(cal.read_text())
+    params["intrinsics"][SERIAL][0][0] = params["intrinsics"][SERIAL][1][1] = LONG
+    cal.write_text(json.dumps(params))
+    for t in range(4):
+        for name in garbage_of(t):
+            path = pdir / "sequences/EMO-1" / name
+            assert path.is_file()
+            path.write_bytes(SIGNATURE[path.suffix] + b"not an image" * 10)  # a signature, then garbage
+    report = import_capture("nersemble", tmp_path / "ns", tmp_path / "out", ImportConfig(crop_box=CROP))
+    refusal, *files = report.skipped  # nothing else is skipped: the other cameras' files are sound
+    assert refusal["item"] == f"{cal.relative_to(tmp_path / 'ns').as_posix()} [camera {SERIAL}]"
+    assert "crop_box [80, 60, 40, 40]" in refusal["reason"] and "field of view" in refusal["reason"]
+    why = f"no usable calibration for camera '{SERIAL}' of 017/EMO-1"
+    assert files == [{"item": f"{SEQ}/{name}", "reason": why} for name in dict.fromkeys(file_of(t) for t in range(4))]
+    cap = load_capture(tmp_path / "out")
+    assert report.n_images == 8 and sorted(set(cap.manifest.camera)) == ["22220001", "22220002"]
+    masks = cap.manifest.get("mask_path")  # the other cameras' masks are imported (the column absent without masks)
+    assert masks.notna().all() if options.get("alpha") else masks is None
