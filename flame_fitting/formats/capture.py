@@ -27,13 +27,13 @@ import numpy as np
 import pandas as pd
 
 from flame_fitting.core.arrays import load_npz, read_parquet_table
-from flame_fitting.core.names import name_problem, terminal_safe
+from flame_fitting.core.names import name_key, name_problem, terminal_safe
 from flame_fitting.geometry.camera import Camera
 from flame_fitting.core import readers
 from flame_fitting.core.fileio import check_output_dir, make_temp_dir, replace_dir, sha256_file, write_image, write_json
 
 from .capture_checks import (CaptureError, check_image_files, check_manifest_cameras, check_manifest_paths,
-                             check_manifest_twins, json_type, load_cameras, read_json_object)
+                             check_manifest_twins, check_twin, json_type, load_cameras, read_json_object)
 from .capture_version import CaptureIndex, make_index, masks_without_hash
 
 FORMAT = "geoface-capture"
@@ -63,7 +63,8 @@ class CaptureWriter:
 
     `root` is checked before anything is written (fileio.check_output_dir): it must not equal or
     contain one of `inputs`, and an existing non-empty `root` is replaced only if geoface wrote it
-    and `overwrite` is set."""
+    and `overwrite` is set. Names `load_capture` would refuse as twins (capture_checks.check_manifest_twins) are
+    refused before they are written: a subject's or sequence's at set_cameras, a camera's at add_image."""
 
     def __init__(self, root: Path | str, source: str, info: dict | None = None, image_ext: str = ".png",
                  overwrite: bool = True, inputs: tuple = ()):
@@ -74,6 +75,7 @@ class CaptureWriter:
         self.source, self.info, self.ext = source, dict(info or {}), image_ext
         self.rows: list[dict] = []
         self._cameras: dict[tuple[str, str], dict[str, Camera]] = {}
+        self._folded: dict[tuple, str] = {}  # the twin rule's keys (core.names.name_key) -> the name written as it
 
     def __enter__(self) -> "CaptureWriter":
         return self
@@ -94,8 +96,11 @@ class CaptureWriter:
             why = name_problem(value)
             if why:  # a reader's names come from the source's files: one of them cannot be a folder or file name
                 raise CaptureError(f"{subject}/{sequence}: {what} {value!r} {why}")
-        self._cameras[(subject, sequence)] = dict(cameras)
         path = self.tmp / subject / sequence / "cameras.json"
+        where = self.root / subject / sequence / "cameras.json"
+        check_twin(self._folded, "subject", subject, (name_key(subject),), where, (), "folder")
+        check_twin(self._folded, "sequence", sequence, (subject, name_key(sequence)), where, (subject,), "folder")
+        self._cameras[(subject, sequence)] = dict(cameras)
         path.parent.mkdir(parents=True, exist_ok=True)
         save_cameras(path, cameras)
 
@@ -114,6 +119,7 @@ class CaptureWriter:
         if split not in SPLITS:
             raise CaptureError(f"{subject}: split must be one of {SPLITS}, got {split!r}")
         rel = f"{frame_dir(subject, sequence, frame)}/{camera}{self.ext}"
+        check_twin(self._folded, "camera", camera, (subject, sequence, name_key(camera)), self.root / rel, (subject, sequence))
         write_image(self.tmp / rel, rgb)
         row = dict(subject=subject, sequence=sequence, frame=int(frame), camera=camera, path=rel,
                    width=cam.width, height=cam.height, sha256=sha256_file(self.tmp / rel), split=split,
@@ -218,7 +224,8 @@ def load_capture(root: Path | str, check_files: bool = True, check_hashes: bool 
 def read_index(where: str, read: Callable[[str], bytes]) -> CaptureIndex:
     """The content index (capture_version.py) of the capture whose files `read(relative path) -> bytes` returns: a
     folder (`capture_index`) or any other file source (a DVC revision); `where` names it in messages. Raises
-    CaptureError naming `where` (and the file) when it is not a geoface capture or a file is missing."""
+    CaptureError naming `where` (and the file) when it is not a geoface capture, a file is missing, or its manifest
+    holds a name or path load_capture refuses (check_manifest_paths, check_manifest_twins)."""
     try:
         info = json.loads(read("capture.json"))
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
@@ -241,7 +248,7 @@ def read_index(where: str, read: Callable[[str], bytes]) -> CaptureIndex:
     missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
     if missing:
         raise CaptureError(f"{where}/manifest.parquet: missing columns {missing}")
-    check_manifest_paths(df, f"{where}/manifest.parquet")
+    check_manifest_twins(df, f"{where}/manifest.parquet", check_manifest_paths(df, f"{where}/manifest.parquet"))
     cams, masks = {}, {}
     for subject, sequence in df.groupby(["subject", "sequence"]).groups:
         rel = f"{subject}/{sequence}/cameras.json"

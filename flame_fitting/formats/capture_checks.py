@@ -1,8 +1,8 @@
 """What a capture's files must be, checked when it is opened (`capture.load_capture`, the content index `capture.
 read_index`) and by the unit that reads its images: `CaptureError`, the error of every check, naming the file and
 what is wrong; cameras.json (`load_cameras`); the manifest's names and relative paths (`check_manifest_paths`), names
-that a case-insensitive file system folds into one (`check_manifest_twins`); each manifest row's camera and size
-against its sequence's cameras.json (`check_manifest_cameras`); the image files (`check_image_files`).
+and paths that a case-insensitive file system folds into one (`check_manifest_twins`); each manifest row's camera and
+size against its sequence's cameras.json (`check_manifest_cameras`); the image files (`check_image_files`).
 
 The manifest checks work on whole columns (each distinct name, path part and camera once) and check a row on its own
 only when it fails them: a capture of 1.6 million images (NeRSemble) is opened by four stages on every run. When
@@ -127,8 +127,9 @@ def check_manifest_paths(df: pd.DataFrame, where: str) -> dict:
     """CaptureError unless every subject, sequence and camera of the manifest is a safe single name and every path
     column a relative path inside the capture (core/names.py): a hostile manifest could otherwise make a stage read
     files elsewhere, or write and delete outside its output folder (`out/<subject>/<sequence>`). Returns the distinct
-    values of each of those three columns, in manifest order (for `check_manifest_twins`)."""
-    names = {}
+    values of each of those three columns, in manifest order, and under "parts" the path columns it split into parts
+    (`_split_paths`; for `check_manifest_twins`)."""
+    names: dict = {"parts": {}}
     for col in ("subject", "sequence", "camera"):
         names[col] = df[col].unique()
         for value in names[col]:
@@ -143,7 +144,11 @@ def check_manifest_paths(df: pd.DataFrame, where: str) -> dict:
                                "(every manifest row names its image)")
         # a text column's suspects (`_path_suspects`) in manifest order, else every distinct value in that order: the
         # first that `relpath_problem` refuses is the first of the column's values it refuses
-        maybe = values.iloc[_path_suspects(values)] if isinstance(values.dtype, pd.StringDtype) else values
+        if isinstance(values.dtype, pd.StringDtype):
+            names["parts"][col] = _split_paths(values)
+            maybe = values.iloc[_path_suspects(*names["parts"][col])]
+        else:
+            maybe = values
         for value in maybe.dropna().unique():
             why = relpath_problem(value)
             if why:
@@ -155,12 +160,29 @@ TWIN_SCOPES = (("subject", (), "folder"), ("sequence", ("subject",), "folder"),
                ("camera", ("subject", "sequence"), "file"))  # a name, what it must differ from, what it becomes
 
 
+def twin_message(col: str, name: str, other: str, owner: tuple = (), becomes: str = "file", other_col: str = "") -> str:
+    """What a name (or path) `name` of `col` that differs from `other` (of `other_col`, default `col`) only by case or
+    Unicode normalisation is, in the words of every check of the twin rule (load_capture, read_index, CaptureWriter);
+    `owner`: the subject (and sequence) it belongs to."""
+    of = f" of {'/'.join(owner)}" if owner else ""
+    return (f"{col} {name!r}{of} differs from {other_col or col} {other!r} only by case or Unicode normalisation "
+            f"(one {becomes} on macOS and Windows)")
+
+
+def check_twin(seen: dict, col: str, name: str, key: tuple, file: Path, owner: tuple = (), becomes: str = "file") -> None:
+    """A writer's twin rule (`CaptureWriter`): CaptureError naming `file` when `seen` holds another name of `col` under
+    `key` (the scope and `name_key(name)`); else `name` is recorded there."""
+    if (other := seen.setdefault((col, *key), name)) != name:
+        raise CaptureError(f"{file}: {twin_message(col, name, other, owner, becomes)}")
+
+
 def check_manifest_twins(df: pd.DataFrame, where: str, names: dict | None = None) -> None:
     """CaptureError naming the first subject (of the manifest), sequence (of its subject) or camera (of its sequence)
     whose name differs from an earlier one only by case or Unicode normalisation (core/names.py `name_key`: 'Cam' ~
     'cam', 'Jos\\u00e9' ~ 'Jose\\u0301'): one folder or file on macOS and Windows, so a capture read on Linux would
-    break or merge them there (`geoface import` skips such a name: the twin rule of pipelines/common.py). Names are
-    text (`check_manifest_paths` first; `names`: the distinct values it returns). Each distinct name of a column is
+    break or merge them there (`geoface import` skips such a name: the twin rule of pipelines/common.py); then the
+    first file path (`path`, `mask_path`, `gt_path`, any layout) that is another's twin (`_check_path_twins`). Names
+    are text (`check_manifest_paths` first; `names`: the distinct values it returns). Each distinct name of a column is
     keyed once; the rows are read only when two names of the column are twins somewhere (a camera 'Cam1' of one
     sequence and 'cam1' of another may be)."""
     for col, scope, becomes in TWIN_SCOPES:
@@ -173,21 +195,51 @@ def check_manifest_twins(df: pd.DataFrame, where: str, names: dict | None = None
         seen: dict[tuple, str] = {}
         for *owner, name in df.loc[df[col].isin(twins), [*scope, col]].drop_duplicates().itertuples(index=False):
             if (other := seen.setdefault((*owner, name_key(name)), name)) != name:
-                of = f" of {'/'.join(owner)}" if owner else ""
-                raise CaptureError(f"{where}: {col} {name!r}{of} differs from {col} {other!r} only by case or Unicode "
-                                   f"normalisation (one {becomes} on macOS and Windows)")
+                raise CaptureError(f"{where}: {twin_message(col, name, other, tuple(owner), becomes)}")
+    _check_path_twins(df, where, (names or {}).get("parts", {}))
 
 
-def _path_suspects(values: pd.Series) -> np.ndarray:
-    """Positions (ascending) of the text values that `relpath_problem` may refuse, every refused one among them: the
-    values one of whose '/'-separated parts it refuses on its own (an empty, '.' or '..' part, a backslash, NUL or
-    unsafe character; an absolute path's first part is empty, a drive's 'C:'), each distinct part checked once (a
-    capture's 1.6 million paths have a few thousand). Nulls are not paths (as `dropna`)."""
-    text = pc.cast(pa.array(values), pa.large_string())
+def _check_path_twins(df: pd.DataFrame, where: str, split: dict) -> None:
+    """CaptureError naming the first path (columns in PATH_COLUMNS order, each in manifest order) that differs from an
+    earlier, different path only by case or Unicode normalisation: two rows' files that macOS and Windows store as one
+    (a hand-written manifest need not follow the standard layout, whose names `check_manifest_twins` keys). Two such
+    paths have as many '/'-separated parts and differ in a part whose key (`name_key`) the other's part shares, so
+    only the distinct parts are keyed (a few thousand of NeRSemble's 1.6 million paths; `split`: {column:
+    `_split_paths`} already made) and only the rows holding a part that has a twin are read."""
+    cols = [c for c in PATH_COLUMNS if c in df.columns]
+    split = {c: split[c] if c in split else _split_paths(df[c]) for c in cols}
+    keys: dict[str, set] = {}
+    for part in pc.unique(pa.chunked_array([split[c][2] for c in cols], pa.large_string())).to_pylist():
+        keys.setdefault(name_key(part), set()).add(part)
+    twins = [p for group in keys.values() if len(group) > 1 for p in group]
+    if not twins:
+        return
+    seen: dict[str, tuple[str, str]] = {}
+    for col in cols:
+        flat, parent, _ = split[col]
+        rows = np.unique(parent[pc.is_in(flat, value_set=pa.array(twins, pa.large_string())).to_numpy(
+            zero_copy_only=False)])
+        for value in df[col].iloc[rows].unique():  # manifest order
+            other_col, other = seen.setdefault(name_key(value), (col, value))
+            if other != value:
+                raise CaptureError(f"{where}: {twin_message(col, value, other, other_col=other_col)}")
+
+
+def _split_paths(values: pd.Series) -> tuple[pa.Array, np.ndarray, pa.Array]:
+    """The '/'-separated parts of a column of text paths: every part (large strings), the position of the value each
+    came from (ascending), and the distinct parts. Nulls have no parts."""
+    text = pc.cast(pa.array(values, from_pandas=True), pa.large_string())
     text = text.combine_chunks() if isinstance(text, pa.ChunkedArray) else text
     parts = pc.split_pattern(text, "/")
-    flat, parent = pc.list_flatten(parts), pc.list_parent_indices(parts).to_numpy()
-    distinct = pc.unique(flat)
+    flat = pc.list_flatten(parts)
+    return flat, pc.list_parent_indices(parts).to_numpy(), pc.unique(flat)
+
+
+def _path_suspects(flat: pa.Array, parent: np.ndarray, distinct: pa.Array) -> np.ndarray:
+    """Positions (ascending) of the text values that `relpath_problem` may refuse, every refused one among them: the
+    values one of whose '/'-separated parts (`_split_paths`) it refuses on its own (an empty, '.' or '..' part, a
+    backslash, NUL or unsafe character; an absolute path's first part is empty, a drive's 'C:'), each distinct part
+    checked once (a capture's 1.6 million paths have a few thousand). Nulls are not paths (as `dropna`)."""
     refused = np.array([relpath_problem(p) is not None for p in distinct.to_pylist()], dtype=bool)
     return np.unique(parent[refused[pc.index_in(flat, value_set=distinct).to_numpy()]])
 

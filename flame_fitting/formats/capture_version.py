@@ -14,12 +14,18 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from flame_fitting.core.names import terminal_safe
 
 KEY = ["subject", "sequence", "frame", "camera"]
 ID_DIGITS = 16
+# a camera is changed when an entry of K, world_to_cam or dist moves by more than this times the largest magnitude of
+# that matrix (either side): 8.4 float32 ulps (2^-23 of the value at most, one ulp at every storage; a conversion such
+# as an export's float32 inverse adds a few). A VHAP export imported back moves world_to_cam by 1 ulp (5.96e-8 at
+# entries of 0.5 to 1); what is listed: 0.005 px of K at fx = 5000 px, 1 µm of world_to_cam at 1 m from the origin
+CAMERA_RTOL = 1e-6
 
 
 @dataclass
@@ -81,9 +87,10 @@ def diff_indexes(old: CaptureIndex, new: CaptureIndex) -> dict:
     """Subjects, sequences, frames and cameras added, removed and changed from `old` to `new`. Each level lists only
     what its parent level does not already say: the sequences of an added subject are not listed again, nor the
     frames and cameras of an added sequence. A frame is changed when an image or mask of a camera present in both
-    sequences differs (or one of them lacks it); a camera is changed when its calibration differs; a subject is
-    changed when its split does. Names: `subject`, `subject/sequence`, `subject/sequence/frame` (5 digits),
-    `subject/sequence/camera`."""
+    sequences differs (or one of them lacks it); a camera is changed when its calibration differs beyond float32
+    rounding (`same_camera`); a subject is changed when its split does. `same`: nothing is listed (the versions
+    are equal, or differ only by camera entries within CAMERA_RTOL). Names: `subject`, `subject/sequence`,
+    `subject/sequence/frame` (5 digits), `subject/sequence/camera`."""
     subj = lambda ix: {k[0] for k in ix.images} | {k[0] for k in ix.cameras}  # noqa: E731
     seqs = lambda ix: {k[:2] for k in ix.images} | set(ix.cameras)  # noqa: E731
     splits = lambda ix: {k[0]: v[2] for k, v in sorted(ix.images.items())}  # noqa: E731
@@ -105,7 +112,7 @@ def diff_indexes(old: CaptureIndex, new: CaptureIndex) -> dict:
         c_add, c_rm, c_both = _split(set(co), set(cn))
         cameras["added"] += [f"{s}/{q}/{c}" for c in c_add]
         cameras["removed"] += [f"{s}/{q}/{c}" for c in c_rm]
-        cameras["changed"] += [f"{s}/{q}/{c}" for c in c_both if co[c] != cn[c]]
+        cameras["changed"] += [f"{s}/{q}/{c}" for c in c_both if not same_camera(co[c], cn[c])]
         fo, fn = by_seq_old.get((s, q), {}), by_seq_new.get((s, q), {})
         f_add, f_rm, f_both = _split(set(fo), set(fn))
         frames["added"] += [f"{s}/{q}/{f:05d}" for f in f_add]
@@ -118,7 +125,38 @@ def diff_indexes(old: CaptureIndex, new: CaptureIndex) -> dict:
             out["sequences"]["changed"].append(f"{s}/{q}")
     out["frames"], out["cameras"] = frames, cameras
     out["identical"] = old.version == new.version
+    out["same"] = not any(out[level][kind] for level in ("subjects", "sequences", "frames", "cameras")
+                          for kind in ("added", "removed", "changed"))
     return out
+
+
+def same_camera(a: dict, b: dict) -> bool:
+    """Whether two cameras.json entries are one calibration: the same keys, width and height, and every entry of K,
+    world_to_cam and dist (missing: none; a shorter one padded with zeros, as OpenCV reads it) within CAMERA_RTOL of
+    the largest magnitude of that matrix on either side, structure entries (K[1, 0], K[2, :], the last row of
+    world_to_cam) included. An entry that is not a numeric matrix of one shape on both sides compares exactly."""
+    if not (isinstance(a, dict) and isinstance(b, dict)) or set(a) - {"dist"} != set(b) - {"dist"}:
+        return a == b
+    for key in set(a) | set(b):
+        x, y = a.get(key, []), b.get(key, [])
+        try:
+            if key not in ("K", "world_to_cam", "dist"):
+                raise TypeError
+            x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+        except (TypeError, ValueError):
+            if x != y:
+                return False
+            continue
+        if key == "dist" and x.ndim == y.ndim == 1:
+            x, y = (np.pad(v, (0, max(x.size, y.size) - v.size)) for v in (x, y))
+        if x.shape != y.shape:
+            return False
+        if not (np.isfinite(x).all() and np.isfinite(y).all()):
+            if not np.array_equal(x, y, equal_nan=True):
+                return False
+        elif np.abs(x - y).max(initial=0.0) > CAMERA_RTOL * max(np.abs(x).max(initial=0.0), np.abs(y).max(initial=0.0)):
+            return False
+    return True
 
 
 def _summary(index: CaptureIndex) -> dict:
@@ -148,6 +186,10 @@ def format_diff(d: dict, limit: int = DIFF_LIMIT) -> str:
              for side in ("old", "new")]
     if d["identical"]:
         return "\n".join(map(terminal_safe, lines + ["identical: same images, masks, splits and cameras"]))
+    if d["same"]:
+        return "\n".join(map(terminal_safe, lines + [
+            f"same: the versions differ only by camera entries within {CAMERA_RTOL:g} of their matrix's largest "
+            "magnitude (float32 rounding, not a change)"]))
     for level in ("subjects", "sequences", "frames", "cameras"):
         e = d[level]
         lines.append(f"{level + ':':11s}{len(e['added']):6d} added {len(e['removed']):6d} removed "

@@ -411,17 +411,106 @@ def test_the_same_folded_name_in_different_folders_is_accepted(tmp_path, change)
     assert len(cap.manifest) == len(m) and set(cap.manifest.subject) == set(m.subject)
 
 
-def test_a_twin_capture_written_with_capture_writer_is_refused(tmp_path):
-    """The real writer, images and all (`CaptureWriter` checks each name on its own, not against the others)."""
+def _write_real(root: Path, names: list[tuple[str, str, str]]):
+    """A capture written by the real writer, images and all: one frame of each (subject, sequence, camera)."""
     from flame_fitting.formats.capture import CaptureWriter
     from flame_fitting.geometry.camera import intrinsics, look_at
 
-    cams = {c: Camera(intrinsics(20, 20, 8, 6), look_at([0, 0, 2], [0, 0, 0]), 16, 12, name=c) for c in ("cam", "Cam")}
-    with CaptureWriter(tmp_path / "cap", source="another tool") as w:
-        w.set_cameras("s0", "seq", cams)
-        for c in cams:
-            w.add_image("s0", "seq", 0, c, np.full((12, 16, 3), 7, np.uint8))
+    cam = Camera(intrinsics(20, 20, 8, 6), look_at([0, 0, 2], [0, 0, 0]), 16, 12)
+    with CaptureWriter(root, source="another tool") as w:
+        for s, q in dict.fromkeys((s, q) for s, q, _ in names):
+            w.set_cameras(s, q, {c: cam for s2, q2, c in names if (s2, q2) == (s, q)})
+        for s, q, c in names:
+            w.add_image(s, q, 0, c, np.full((12, 16, 3), 7, np.uint8))
+    return root
+
+
+WRITER_TWINS = [  # (id, names in the order written, the file named, message)
+    ("camera", [("s0", "seq", "cam"), ("s0", "seq", "Cam")], "s0/seq/00000/Cam.png",
+     "camera 'Cam' of s0/seq differs from camera 'cam' only by case or Unicode normalisation (one file on macOS and "
+     "Windows)"),
+    ("subject", [("Jos\u00e9", "seq", "c"), ("Jose\u0301", "seq", "c")], "Jose\u0301/seq/cameras.json",
+     f"subject {'Jose' + chr(0x301)!r} differs from subject 'Jos\u00e9' only by case or Unicode normalisation (one "
+     "folder on macOS and Windows)"),
+    ("sequence", [("s0", "Stra\u00dfe", "c"), ("s0", "STRASSE", "c")], "s0/STRASSE/cameras.json",
+     "sequence 'STRASSE' of s0 differs from sequence 'Stra\u00dfe' only by case or Unicode normalisation (one folder "
+     "on macOS and Windows)"),
+]
+
+
+@pytest.mark.parametrize("names,file,message", [c[1:] for c in WRITER_TWINS], ids=[c[0] for c in WRITER_TWINS])
+def test_capture_writer_refuses_twins_before_writing_them(tmp_path, names, file, message):
+    """`CaptureWriter` (every importer's writer) checked each name on its own, not against the others: it wrote a
+    capture of 'cam' and 'Cam' that load_capture then refused (and on macOS the second image overwrote the first).
+    Now refused when the twin is set or added, naming the file and both names; nothing is written."""
     with pytest.raises(CaptureError) as e:
-        load_capture(tmp_path / "cap")
-    assert str(e.value) == (f"{tmp_path / 'cap' / 'manifest.parquet'}: camera 'cam' of s0/seq differs from camera "
-                            "'Cam' only by case or Unicode normalisation (one file on macOS and Windows)")
+        _write_real(tmp_path / "cap", names)
+    assert str(e.value) == f"{tmp_path / 'cap' / file}: {message}"
+    assert list(tmp_path.iterdir()) == []  # the temporary is removed, no capture
+
+
+def test_capture_writer_keeps_the_same_folded_name_in_different_folders(tmp_path):
+    names = [("s0", "seq", "cam"), ("s1", "seq", "Cam"), ("s1", "q2", "cam"), ("s0", "Q2", "CAM")]
+    cap = load_capture(_write_real(tmp_path / "cap", names))
+    assert sorted(zip(cap.manifest.subject, cap.manifest.sequence, cap.manifest.camera)) == sorted(names)
+
+
+@pytest.mark.parametrize("change,message", [c[1:] for c in TWINS], ids=[c[0] for c in TWINS])
+def test_the_content_index_refuses_what_load_capture_refuses_as_twins(tmp_path, change, message):
+    """`read_index` (the version id of a capture without a recorded one, `geoface diff-captures` of folders and of
+    git revisions) gave a twin capture a version and diffed it; now the same refusal as load_capture's."""
+    from flame_fitting.formats.capture import capture_index
+
+    m = change(base_manifest())
+    root = write_capture(tmp_path / "cap", m, cams=_cams(m))
+    with pytest.raises(CaptureError) as e:
+        capture_index(root)
+    assert str(e.value) == _message(message, root)
+
+
+def _paths(*pairs):
+    """Hand-written paths outside the standard layout: {row: path} (and {row: mask path} for "mask:ROW")."""
+    def change(m):
+        m["mask_path"] = None
+        for row, value in pairs:
+            col, row = ("mask_path", int(row[5:])) if isinstance(row, str) else ("path", row)
+            m.loc[row, col] = value
+        return m
+    return change
+
+
+PATH_TWINS = [  # (id, change, message): two rows' files one file on macOS and Windows
+    ("path-case", _paths((0, "img/A.png"), (5, "img/a.png")),
+     f"{MAN}: path 'img/a.png' differs from path 'img/A.png' only by case or Unicode normalisation (one file on "
+     "macOS and Windows)"),
+    ("path-folder-nfd", _paths((1, "Jos\u00e9/x.png"), (2, "Jose\u0301/x.png")),
+     f"{MAN}: path {'Jose' + chr(0x301) + '/x.png'!r} differs from path 'Jos\u00e9/x.png' only by case or Unicode "
+     "normalisation (one file on macOS and Windows)"),
+    ("mask-against-image", _paths((3, "all/Q.png"), ("mask:7", "all/q.png")),
+     f"{MAN}: mask_path 'all/q.png' differs from path 'all/Q.png' only by case or Unicode normalisation (one file on "
+     "macOS and Windows)"),
+]
+PATH_NOT_TWINS = [
+    ("same-name-other-folder", _paths((0, "a/X.png"), (5, "b/x.png"))),
+    ("one-mask-for-two-images", _paths(("mask:0", "m/one.png"), ("mask:1", "m/one.png"))),
+]
+
+
+@pytest.mark.parametrize("change,message", [c[1:] for c in PATH_TWINS], ids=[c[0] for c in PATH_TWINS])
+def test_paths_outside_the_standard_layout_that_are_twins_are_refused(tmp_path, change, message):
+    """A hand-written manifest's `path` / `mask_path` need not follow the layout whose names the twin rule keyed:
+    two rows' different paths that differ only by case or Unicode normalisation were read (two files on Linux, one
+    on macOS and Windows). Refused by load_capture and by the content index, naming both paths."""
+    from flame_fitting.formats.capture import capture_index
+
+    root = write_capture(tmp_path / "cap", change(base_manifest()))
+    for load in (lambda r: load_capture(r, check_files=False), capture_index):
+        with pytest.raises(CaptureError) as e:
+            load(root)
+        assert str(e.value) == _message(message, root)
+
+
+@pytest.mark.parametrize("change", [c[1] for c in PATH_NOT_TWINS], ids=[c[0] for c in PATH_NOT_TWINS])
+def test_paths_that_are_no_twins_are_accepted(tmp_path, change):
+    m = change(base_manifest())
+    assert len(load_capture(write_capture(tmp_path / "cap", m), check_files=False).manifest) == len(m)

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from flame_fitting.formats.capture import CaptureError, CaptureWriter, capture_index, capture_version, load_capture
-from flame_fitting.formats.capture_version import diff_indexes, format_diff
+from flame_fitting.formats.capture_version import CAMERA_RTOL, diff_indexes, format_diff, same_camera
 from flame_fitting.formats.lineage import LineageError, read_lineage
 from flame_fitting.geometry.camera import Camera, intrinsics, look_at
 
@@ -138,6 +138,96 @@ def test_diff_reports_added_cameras_without_listing_every_frame(tmp_path):
     new = write(tmp_path / "new", new_images, cameras3)
     d = diff_indexes(capture_index(old), capture_index(new))
     assert d["cameras"]["added"] == ["s1/seq/cam2"] and d["frames"] == {"added": [], "removed": [], "changed": []}
+
+
+def _entry(cx=16.0, t=(0.01, -0.02, 1.5)):
+    """A cameras.json entry as the writer stores it: float32 values written as float64 (Camera.to_dict)."""
+    w2c = look_at([0.3, 0.1, 1.5], [0, 0, 0]).astype(np.float64)
+    w2c[:3, 3] = t
+    return Camera(K=intrinsics(30.5, 31.0, cx, 12.25), world_to_cam=w2c, width=32, height=24, dist=[0.01, -0.002, 0, 0],
+                  name="c").to_dict()
+
+
+def _ulps(entry: dict, n: int = 1) -> dict:
+    """`entry` with every entry of K, world_to_cam and dist moved by n float32 ulps (structure entries: 0 -> 1e-45 at
+    one ulp, 1 -> 1.0000001), what storage and a float32 conversion do."""
+    def move(a):
+        a = np.asarray(a, np.float32)
+        for _ in range(n):
+            a = np.nextafter(a, np.float32(np.inf))
+        return a.astype(np.float64).tolist()
+    return {**entry, **{k: move(entry[k]) for k in ("K", "world_to_cam", "dist")}}
+
+
+def _edit(key, index, delta):
+    def change(entry):
+        a = np.array(entry[key], np.float64)
+        a[index] += delta
+        return {**entry, key: a.tolist()}
+    return change
+
+
+SAME_CAMERA = [  # (id, change of the entry): float32 rounding, not a change
+    ("1-ulp-everywhere", _ulps), ("8-ulps-everywhere", lambda e: _ulps(e, 8)),
+    ("K[1,0]-rounding", _edit("K", (1, 0), 1e-9)), ("K[2,2]-rounding", _edit("K", (2, 2), 1.2e-7)),
+    ("dist-with-k3-zero", lambda e: {**e, "dist": e["dist"] + [0.0]}),
+    ("K-as-integers", lambda e: {**e, "K": [[int(v) if v == int(v) else v for v in row] for row in e["K"]]}),
+]
+CHANGED_CAMERA = [  # (id, change): a real change of the calibration
+    ("cx-0.1px", _edit("K", (0, 2), 0.1)), ("fy-0.01px", _edit("K", (1, 1), 0.01)),
+    ("tx-0.1mm", _edit("world_to_cam", (0, 3), 1e-4)), ("tz-0.01mm", _edit("world_to_cam", (2, 3), 1e-5)),
+    ("rotation-1e-5", _edit("world_to_cam", (0, 1), 1e-5)), ("K[1,0]", _edit("K", (1, 0), 0.01)),
+    ("K[2,0]", _edit("K", (2, 0), 1e-3)), ("K[2,2]", _edit("K", (2, 2), 1e-3)),
+    ("last-row", _edit("world_to_cam", (3, 2), 1e-3)), ("k1", _edit("dist", 0, 1e-4)),
+    ("size", lambda e: {**e, "width": 33}), ("dist-removed", lambda e: {k: v for k, v in e.items() if k != "dist"}),
+    ("dist-k3", lambda e: {**e, "dist": e["dist"] + [0.001]}), ("K-nan", _edit("K", (0, 0), np.nan)),
+]
+
+
+@pytest.mark.parametrize("change", [c[1] for c in SAME_CAMERA], ids=[c[0] for c in SAME_CAMERA])
+def test_float32_rounding_of_a_calibration_is_no_change(change):
+    """The diff compared cameras.json entries exactly: a round trip through another format (VHAP, below) listed
+    every camera as changed. Entries within CAMERA_RTOL (1e-6) of their matrix's largest magnitude are one
+    calibration, K's structure entries (K[1, 0], K[2, :]) by the same rule."""
+    assert CAMERA_RTOL == 1e-6
+    entry = _entry()
+    assert same_camera(entry, change(entry)) and same_camera(change(entry), entry)
+
+
+@pytest.mark.parametrize("change", [c[1] for c in CHANGED_CAMERA], ids=[c[0] for c in CHANGED_CAMERA])
+def test_a_real_change_of_a_calibration_is_listed(change):
+    entry = _entry()
+    assert not same_camera(entry, change(entry)) and not same_camera(change(entry), entry)
+    assert same_camera(entry, entry) and same_camera(change(entry), change(entry))
+
+
+def test_a_vhap_export_imported_back_has_the_same_cameras(tmp_path):
+    """The real round trip: a capture exported as VHAP (`export fits --format vhap`: OpenGL camera→world, cy from the
+    bottom) and imported back (`geoface import`, pipelines.transforms_json). Its world_to_cam entries came back up to
+    one float32 ulp (5.96e-8) apart and the diff listed all 4 cameras as changed; now none (the frame the export
+    leaves out is still listed, and a moved principal point is)."""
+    from export_testdata import DIVERGED, SEQUENCE, SUBJECT, make_export_data
+    from flame_fitting.formats.export_vhap import export_vhap
+    from pipelines.import_config import ImportConfig
+    from pipelines.transforms_json import import_capture
+
+    data = make_export_data(tmp_path / "data")
+    export_vhap(data.capture, data.fits, tmp_path / "vhap", cameras="capture")
+    import_capture(tmp_path / "vhap" / SUBJECT / SEQUENCE, tmp_path / "back",
+                   ImportConfig(subject=SUBJECT, sequence=SEQUENCE))
+    old, new = capture_index(data.capture), capture_index(tmp_path / "back")
+    gap = max(np.abs(np.subtract(c["world_to_cam"], new.cameras[k][n]["world_to_cam"])).max()
+              for k, cams in old.cameras.items() for n, c in cams.items())
+    assert 0 < gap <= 2 ** -24 and old.cameras != new.cameras  # rounding, as measured
+    d = diff_indexes(old, new)
+    assert d["cameras"] == {"added": [], "removed": [], "changed": []}
+    assert d["frames"]["removed"] == [f"{SUBJECT}/{SEQUENCE}/{DIVERGED:05d}"] and not d["same"]
+    cams = json.loads((tmp_path / "back" / SUBJECT / SEQUENCE / "cameras.json").read_text())
+    name = sorted(cams["cameras"])[0]
+    cams["cameras"][name] = _edit("K", (0, 2), 0.1)(cams["cameras"][name])
+    (tmp_path / "back" / SUBJECT / SEQUENCE / "cameras.json").write_text(json.dumps(cams))
+    assert diff_indexes(old, capture_index(tmp_path / "back"))["cameras"]["changed"] == [
+        f"{SUBJECT}/{SEQUENCE}/{name}"]
 
 
 @pytest.mark.parametrize("make", ["missing", "file", "empty", "other_json", "no_manifest"])

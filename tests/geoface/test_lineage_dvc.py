@@ -475,11 +475,12 @@ def test_diff_captures_between_git_revisions_and_folders(project, capsys, tmp_pa
     repo, env = project
     monkeypatch.chdir(repo)
     rc, out, err = cli(capsys, "diff-captures", "v1", "HEAD")
-    assert rc == 0, err
+    assert rc == 1, err  # differences listed (diff(1)'s status)
     assert "subjects:       1 added      0 removed      0 changed" in out and "  + subject s2" in out
     assert "frames:         0 added" in out  # s2's frames are not listed again under its subject
     rc, out, _ = cli(capsys, "diff-captures", "HEAD", "v1", "--json")
     d = json.loads(out)
+    assert rc == 1 and not d["same"]
     assert d["subjects"]["removed"] == ["s2"] and d["new"]["where"] == "v1:data/captures"
     assert d["old"]["version"] == capture_version(repo / "data/captures")
     rc, out, _ = cli(capsys, "diff-captures", "HEAD", repo / "data/captures")  # a revision against a folder
@@ -515,20 +516,58 @@ def test_diff_captures_text_lists_at_most_limit_entries_of_each_kind(capsys, tmp
     old = _frames_capture(tmp_path / "old", range(3))
     new = _frames_capture(tmp_path / "new", range(63))
     rc, out, err = cli(capsys, "diff-captures", old, new)
-    assert rc == 0, err
+    assert rc == 1, err
     listed = [line for line in out.splitlines() if line.startswith("  + frame s0/seq/")]
     assert DIFF_LIMIT == 50 and listed == [f"  + frame s0/seq/{f:05d}" for f in range(3, 53)], out
     assert "frames:        60 added      0 removed      0 changed" in out
     assert out.splitlines()[-1] == "  + … and 10 more frames added (--json lists all)", out
     rc, out, _ = cli(capsys, "diff-captures", old, new, "--limit", "7")
-    assert rc == 0 and sum(line.startswith("  + frame ") for line in out.splitlines()) == 7
+    assert rc == 1 and sum(line.startswith("  + frame ") for line in out.splitlines()) == 7
     assert out.splitlines()[-1] == "  + … and 53 more frames added (--json lists all)"
     rc, out, _ = cli(capsys, "diff-captures", old, new, "--limit", "0")
-    assert rc == 0 and sum(line.startswith("  + frame ") for line in out.splitlines()) == 60 and "more" not in out
+    assert rc == 1 and sum(line.startswith("  + frame ") for line in out.splitlines()) == 60 and "more" not in out
     rc, out, _ = cli(capsys, "diff-captures", old, new, "--json", "--limit", "1")
-    assert rc == 0 and len(json.loads(out)["frames"]["added"]) == 60
+    assert rc == 1 and len(json.loads(out)["frames"]["added"]) == 60
     rc, _, err = cli(capsys, "diff-captures", old, new, "--limit", "-1")
     assert rc == 2 and "--limit -1: must be at least 0" in err and len(err.strip().splitlines()) == 1, err
+
+
+def _recalibrated(src, dst, change):
+    """A copy of the capture `src` at `dst` whose cameras.json entries are `change(entry)` (cameras.json is read, not
+    hashed again: capture_index computes the version from it)."""
+    shutil.copytree(src, dst)
+    for path in dst.rglob("cameras.json"):
+        data = json.loads(path.read_text())
+        data["cameras"] = {n: change(c) for n, c in data["cameras"].items()}
+        path.write_text(json.dumps(data))
+    return dst
+
+
+def test_diff_captures_exit_status_says_whether_the_captures_differ(capsys, tmp_path):
+    """diff(1)'s and `git diff --exit-code`'s status, for `geoface diff-captures A B || echo changed`: 0 when nothing
+    differs (the same capture; one whose cameras differ by float32 rounding, which every entry of a real VHAP export
+    and import back does), 1 when differences are listed (it was 0 for any two readable captures), 2 for an error."""
+    old = _frames_capture(tmp_path / "old", range(3))
+    ulp = lambda c: {**c, **{k: np.nextafter(np.float32(c[k]), np.float32(np.inf)).astype(float).tolist()  # noqa: E731
+                             for k in ("K", "world_to_cam")}}
+    rounded = _recalibrated(old, tmp_path / "rounded", ulp)
+    moved = _recalibrated(old, tmp_path / "moved", lambda c: {**c, "K": (np.array(c["K"]) + [[0, 0, 0.1], [0] * 3,
+                                                                                             [0] * 3]).tolist()})
+    rc, out, err = cli(capsys, "diff-captures", old, old)
+    assert rc == 0 and out.splitlines()[-1] == "identical: same images, masks, splits and cameras", (out, err)
+    rc, out, err = cli(capsys, "diff-captures", old, rounded)
+    assert rc == 0 and len(out.splitlines()) == 3, (out, err)  # old, new, and:
+    assert out.splitlines()[-1] == ("same: the versions differ only by camera entries within 1e-06 of their matrix's "
+                                    "largest magnitude (float32 rounding, not a change)"), out
+    rc, out, _ = cli(capsys, "diff-captures", old, rounded, "--json")
+    d = json.loads(out)
+    assert rc == 0 and d["same"] and not d["identical"] and d["old"]["version"] != d["new"]["version"]
+    rc, out, _ = cli(capsys, "diff-captures", old, moved)  # cx 8 -> 8.1 px
+    assert rc == 1 and "  ~ camera s0/seq/cam0" in out, out
+    rc, out, _ = cli(capsys, "diff-captures", old, moved, "--json")
+    assert rc == 1 and json.loads(out)["cameras"]["changed"] == ["s0/seq/cam0"]
+    rc, out, err = cli(capsys, "diff-captures", old, tmp_path / "nothing")
+    assert rc == 2 and out == "" and f"{tmp_path / 'nothing'}: neither a capture folder nor a git revision" in err
 
 
 def test_default_remote_round_trip_on_a_fresh_clone(project, capsys):
@@ -549,7 +588,7 @@ def test_default_remote_round_trip_on_a_fresh_clone(project, capsys):
     rc, out, _ = cli(capsys, "audit", clone / "models/m")
     assert rc == 0, out
     rc, out, err = cli(capsys, "diff-captures", "v1", "HEAD", "--repo", clone)  # v1's manifest: remote only
-    assert rc == 0 and "  + subject s2" in out, err
+    assert rc == 1 and "  + subject s2" in out, err
     rc, out, _ = cli(capsys, "remote", "--repo", clone)
     assert rc == 0 and json.loads(out) == {"remote": "local", "url": str(remote), "kind": "local", "writable": True}
 
