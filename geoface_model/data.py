@@ -196,6 +196,7 @@ class GeoFaceDataset(torch.utils.data.Dataset):
         self.offsets = []
         for p, m in zip(self.paths, self.metas):
             with safe_open(str(p), "pt") as f:
+                _check_layout(f, m, p)
                 self.offsets.append({n: _checked_offsets(f, n, m.n_samples, p) for n in SPARSE})
         self.epoch = 0
         self._handles: dict[int, object] = {}  # open safetensors handles of this process (opening costs ~50 ms)
@@ -264,6 +265,24 @@ class GeoFaceDataset(torch.utils.data.Dataset):
         for k in ("masks", "uv_mask"):
             out[k] = out[k].float()
         return out
+
+
+def _check_layout(f, meta: ShardMeta, path: Path) -> None:
+    """ShardError naming the shard unless each tensor has the dtype `write_shard` gives it and the shape its header's
+    sizes imply (read from the safetensors header, no data): a shard from elsewhere whose tensors disagree with its
+    header failed training with an IndexError traceback, or fed (N,V,3,8,8) images to a 32² model unnoticed."""
+    N, V, S, R = meta.n_samples, meta.n_views, meta.resolution, meta.uv_resolution
+    have = {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in f.keys()}
+    want = {"images": ("U8", (N, V, 3, S, S)), "masks": ("U8", (N, V, 1, S, S)), "K": ("F32", (N, V, 3, 3)),
+            "world_to_cam": ("F32", (N, V, 4, 4)), "uv_posmap": ("F32", (N, 3, R, R)), "uv_mask": ("U8", (N, 1, R, R))}
+    for n in SPARSE:
+        rows = (have.get(f"{n}_index", ("", ()))[1] or (0,))[0]  # M: the weights must match the index rows
+        want |= {f"{n}_index": ("I32", (rows, 3)), f"{n}_weight": ("F32", (rows,)), f"{n}_offsets": ("I64", (N + 1,))}
+    for k, (dtype, shape) in want.items():
+        if have.get(k) != (dtype, shape):
+            got = f"is {have[k][0]} {list(have[k][1])}" if k in have else "is missing"
+            raise ShardError(f"{path}: tensor {k} {got}, its header (n_samples {N}, n_views {V}, resolution {S}, "
+                             f"uv_resolution {R}) gives {dtype} {list(shape)}")
 
 
 def _checked_offsets(f, name: str, n_samples: int, path: Path) -> torch.Tensor:

@@ -35,6 +35,7 @@ try:  # an optional extra: pip install 'geoface[renderme360]'
 except ImportError:  # pragma: no cover - the dev environment has it
     h5py = None
 
+from flame_fitting.core.arrays import MAX_INFLATION
 from flame_fitting.core.readers import check_declared_size
 from flame_fitting.core.jpeg_end import jpeg_cut_short
 from flame_fitting.geometry.camera import CameraError, check_rigid
@@ -69,8 +70,11 @@ def check_self_contained(f: "h5py.File", path: Path) -> None:
     """CaptureError unless every object of the HDF5 file is stored in it: an external link, a dataset with external
     storage or a virtual dataset would make reading it read other files of this machine (a hostile .smc could copy
     a private key into the capture); a dataset declaring more than MAX_DATASET_BYTES (a few bytes of compressed
-    nothing can declare terabytes) is refused before it is read."""
+    nothing can declare terabytes) is refused before it is read, and so is a file whose datasets declare together more
+    than MAX_DATASET_BYTES and MAX_INFLATION times the file (datasets never written read as their fill value: a 143 KB
+    anno file of three such FLAME arrays took 3.9 GB to import and wrote a 3.1 GB capture)."""
     problems: list[str] = []  # collected, not raised inside h5py's callbacks (its locks turn that into SystemError)
+    total = [0]  # bytes all datasets declare
 
     def link(name, lk):
         if isinstance(lk, h5py.ExternalLink):
@@ -80,6 +84,7 @@ def check_self_contained(f: "h5py.File", path: Path) -> None:
     def item(name, obj):
         if not isinstance(obj, h5py.Dataset):
             return
+        total[0] += obj.size * obj.dtype.itemsize
         if obj.external or obj.is_virtual:
             problems.append(f"{path} [{name}]: stored outside the file (external or virtual dataset); a RenderMe-360 "
                             "file holds its data itself")
@@ -94,6 +99,11 @@ def check_self_contained(f: "h5py.File", path: Path) -> None:
             f.visititems(item)
     except (OSError, KeyError, ValueError, RuntimeError) as e:
         raise CaptureError(f"{path}: not a readable HDF5 (.smc) file ({e})") from None
+    size = path.stat().st_size
+    if not problems and total[0] > max(MAX_DATASET_BYTES, MAX_INFLATION * size):
+        problems.append(f"{path}: its datasets declare {total[0] / 2**30:.1f} GiB, {total[0] / max(size, 1):.0f} times "
+                        f"the file's {size} bytes (at most {MAX_DATASET_BYTES / 2**30:.0f} GiB, or {MAX_INFLATION} "
+                        "times the file: datasets never written or of compressed zeros); a damaged or hostile file")
     if problems:
         raise CaptureError(problems[0])
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import reprlib
 import types
 import typing
 from pathlib import Path
@@ -41,6 +42,15 @@ def read_params(path: Path | str = "params.yaml") -> dict:
     return data
 
 
+_REPR = reprlib.Repr()  # a value in a one-line error: a few items of a few levels (YAML aliases nest 371 bytes
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 3, 4, 4, 60, 60  # into 10^9 items)
+
+
+def shown(value) -> str:
+    """`repr(value)` cut short (`_REPR`): its cost and length do not grow with the value."""
+    return _REPR.repr(value)
+
+
 _EXPONENT = re.compile(r"[-+]?[0-9]+(\.[0-9]*)?[eE][-+]?[0-9]+")
 
 
@@ -52,33 +62,33 @@ def _check_type(value, tp, where: str):
                 return _check_type(value, arg, where)
             except ParamsError:
                 continue
-        raise ParamsError(f"{where}: {value!r} is not of type {tp}")
+        raise ParamsError(f"{where}: {shown(value)} is not of type {tp}")
     if tp is type(None):
         if value is not None:
-            raise ParamsError(f"{where}: expected null, got {value!r}")
+            raise ParamsError(f"{where}: expected null, got {shown(value)}")
         return None
     if origin is list:
         if not isinstance(value, list):
-            raise ParamsError(f"{where}: expected a list, got {value!r}")
+            raise ParamsError(f"{where}: expected a list, got {shown(value)}")
         (arg,) = typing.get_args(tp) or (object,)
         return [_check_type(v, arg, f"{where}[{i}]") for i, v in enumerate(value)]
     if tp is float:
         if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
             return float(value)  # YAML 1.1 (PyYAML) reads `3e-4`, without a dot, as text
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ParamsError(f"{where}: expected a number, got {value!r}")
+            raise ParamsError(f"{where}: expected a number, got {shown(value)}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ParamsError(f"{where}: expected an integer, got {value!r}")
+            raise ParamsError(f"{where}: expected an integer, got {shown(value)}")
         return value
     if tp is bool:
         if not isinstance(value, bool):
-            raise ParamsError(f"{where}: expected true/false, got {value!r}")
+            raise ParamsError(f"{where}: expected true/false, got {shown(value)}")
         return value
     if tp is str:
         if not isinstance(value, str):
-            raise ParamsError(f"{where}: expected a string, got {value!r}")
+            raise ParamsError(f"{where}: expected a string, got {shown(value)}")
         return value
     return value
 
@@ -88,7 +98,7 @@ def build_config(cls, section: dict, where: str):
     if section is None:
         section = {}
     if not isinstance(section, dict):
-        raise ParamsError(f"{where}: expected a mapping, got {section!r}")
+        raise ParamsError(f"{where}: expected a mapping, got {shown(section)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(section) - set(fields))
     if unknown:
@@ -102,7 +112,7 @@ def build_config(cls, section: dict, where: str):
         v = _check_type(section[name], hints[name], key)
         md = f.metadata
         if v is not None and md.get("choices") is not None and v not in md["choices"]:
-            raise ParamsError(f"{key}: {v!r} not one of {md['choices']}")
+            raise ParamsError(f"{key}: {shown(v)} not one of {md['choices']}")
         for item in (v if isinstance(v, list) else [v]):
             if isinstance(item, (int, float)) and not isinstance(item, bool):
                 if not math.isfinite(item):  # NaN passes every comparison; no setting means infinity

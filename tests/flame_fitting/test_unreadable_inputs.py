@@ -185,6 +185,58 @@ def test_an_npz_declaring_terabytes_is_one_line_before_any_allocation(tmp_path):
     assert load_npz(path, keys=("f",))["f"].shape == (3, 3)  # only the arrays asked for are checked and read
 
 
+
+def _add_zeros(npz: Path, key: str, n_bytes: int) -> None:
+    """Append array `key` of `n_bytes` zero bytes to the .npz, deflated (~1 KB of file per MB declared)."""
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_2_0(header, {"descr": "|u1", "fortran_order": False, "shape": (n_bytes,)})
+    with zipfile.ZipFile(npz, "a", zipfile.ZIP_DEFLATED) as z, z.open(f"{key}.npy", "w", force_zip64=True) as m:
+        m.write(header.getvalue())
+        for _ in range(n_bytes >> 24):
+            m.write(bytes(1 << 24))
+
+
+def test_an_npz_of_compressed_zeros_is_refused_before_it_is_inflated(tmp_path, monkeypatch):
+    """Each array was checked against 8 GiB, the file as a whole against nothing: a head model folder whose
+    FLAME_NEUTRAL.npz held one more array, 2 GiB of deflated zeros in a 3.6 MB file, passed `geoface head-model
+    validate` after reading it all (peak RSS 2.2 GB, 23 s), and several such arrays take any machine's memory. The
+    arrays read from one .npz may now declare together at most NPZ_FREE_BYTES (1 GiB), or more only for a file of at
+    least 1/MAX_INFLATION (1/256) of their size (the pipeline's own .npz files: at most 7.7 times, 28 MiB). The
+    floor is lowered here so that the test inflates 256 MiB, not gigabytes."""
+    from flame_fitting.core import arrays
+    from flame_fitting.head import flame_io
+
+    spec = write_flame_folder(tmp_path / "head", n_lat=6, n_lon=12, n_shape=5, n_expr=5, ext="npz")
+    monkeypatch.setattr(arrays, "NPZ_FREE_BYTES", 64 << 20, raising=False)
+    real = load_npz(spec.model_file, HeadModelError)  # the real arrays: far below either bound
+    _add_zeros(spec.model_file, "junk", 256 << 20)
+    assert spec.model_file.stat().st_size < 1 << 20  # 256 MiB declared by less than 1 MB
+    with pytest.raises(HeadModelError, match=rf"^{re.escape(str(spec.model_file))}: its arrays declare 0\.3 GiB, \d+ "
+                                             r"times the file's \d+ bytes \(at most 0 GiB, or 256 times the file"):
+        load_npz(spec.model_file, HeadModelError)
+    assert load_npz(spec.model_file, HeadModelError, keys=tuple(real))  # the arrays asked for only: read
+    assert flame_io.main(["validate", str(spec.path)]) == 1
+
+
+def test_an_npz_declaring_gigabytes_it_does_not_hold_is_refused(tmp_path):
+    """Under the 8 GiB bound of one array a 300-byte .npz could declare 2 GiB (numpy reserved them, then met the end
+    of the data): refused from the headers, with the real bounds."""
+    import io
+    import zipfile
+
+    path = tmp_path / "fit.npz"
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (2 ** 28,)})
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("verts.npy", header.getvalue())
+    with pytest.raises(FitFileError, match=r"fit.npz: its arrays declare 2\.0 GiB, \d+ times the file's \d+ bytes "
+                                           r"\(at most 1 GiB, or 256 times the file"):
+        load_npz(path, FitFileError)
+
+
 def _npy_bytes(a: np.ndarray) -> bytes:
     import io
 

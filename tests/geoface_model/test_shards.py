@@ -191,3 +191,28 @@ def test_a_shard_with_targets_outside_its_grids_is_refused_by_name(shard_dir, tm
 
     with pytest.raises(ShardError, match="d.safetensors: the 'geoface' metadata's \\['n_views'\\]"):
         read_shard_meta(_tampered(src, tmp_path / "fld" / "d.safetensors", bad_field) / "d.safetensors")
+
+
+LAYOUT_CASES = {  # a shard from elsewhere whose tensors disagree with its own header
+    "fewer views": (lambda t, m: t.__setitem__("images", t["images"][:, :2].contiguous()),
+                    r"tensor images is U8 \[3, 2, 3, 32, 32\], its header \(n_samples 3, n_views 5, resolution 32, "
+                    r"uv_resolution 32\) gives U8 \[3, 5, 3, 32, 32\]"),
+    "fewer samples": (lambda t, m: t.__setitem__("K", t["K"][:1].contiguous()), r"tensor K is F32 \[1, 5, 3, 3\]"),
+    "smaller images": (lambda t, m: t.__setitem__("images", t["images"][..., :8, :8].contiguous()),
+                       r"tensor images is U8 \[3, 5, 3, 8, 8\]"),
+    "float index": (lambda t, m: t.__setitem__("a2g_index", t["a2g_index"].float()), r"tensor a2g_index is F32 \[\d+, 3\]"),
+    "short weights": (lambda t, m: t.__setitem__("g2a_weight", t["g2a_weight"][:3].contiguous()),
+                      r"tensor g2a_weight is F32 \[3\], .* gives F32 \[\d+\]"),
+    "missing tensor": (lambda t, m: t.pop("world_to_cam"), r"tensor world_to_cam is missing"),
+}
+
+
+@pytest.mark.parametrize("case", LAYOUT_CASES)
+def test_a_shard_whose_tensors_disagree_with_its_header_is_refused_by_name(shard_dir, tmp_path, case):
+    """Checked against the safetensors header when the dataset opens the shard: before, fewer views than the header
+    said failed `geoface train` with an IndexError traceback at the first batch, a missing tensor with a
+    SafetensorError, and 8×8 images, float indices or a 1-channel UV map were read without a word."""
+    change, message = LAYOUT_CASES[case]
+    d = _tampered(shard_dir / "train-0.safetensors", tmp_path / "ds" / "a.safetensors", change)
+    with pytest.raises(ShardError, match=f"^{d / 'a.safetensors'}: {message}"):
+        GeoFaceDataset(d, "train", n_ref=1, n_tgt=2)

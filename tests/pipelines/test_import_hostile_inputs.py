@@ -236,6 +236,54 @@ def test_a_manifest_declaring_millions_of_rows_in_a_few_kb_is_refused(tmp_path, 
     assert "manifest.parquet: declares 1000001 rows" in err and len(err.strip().splitlines()) == 1, err
 
 
+
+def test_a_manifest_repeating_one_long_text_in_every_row_is_refused_before_it_is_decoded(tmp_path, scene, capsys):
+    """Under the row limit, one 500-character path stored once (a parquet dictionary) and named by each of 600 000
+    rows (and the other columns): a 5 KB file of 397 MiB decoded (a 2 KB file of 10^6 rows: 680 MB peak; 64 KB texts
+    would take 64 GB). `read_parquet_table` now sums the text of every row from the dictionary before decoding and
+    refuses a table past TABLE_FREE_BYTES (256 MiB) and MAX_INFLATION (256) times its file, naming it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from flame_fitting.formats.capture import load_capture
+
+    src = write_folder(tmp_path / "raw", scene)
+    import_capture("folder", src, tmp_path / "cap", ImportConfig())
+    import_capture("folder", src, tmp_path / "cap0", ImportConfig())
+    path = tmp_path / "cap/manifest.parquet"
+    n, one = 600_000, pa.Table.from_pandas(pd.read_parquet(path).iloc[[0]], preserve_index=False)
+    table = one.take(pa.array(np.zeros(n, np.int64)))
+    long_text = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array(["raw/" + "a" * 496]))
+    table = table.set_column(table.schema.get_field_index("path"), "path", long_text)
+    pq.write_table(table, path, store_schema=False)  # read back as plain text: every row its own 500 characters
+    assert path.stat().st_size < 100_000
+    with pytest.raises(CaptureError, match=r"manifest.parquet: its 600000 rows take \d+ MiB decoded, \d+ times the "
+                                           r"file's \d+ bytes \(at most 256 MiB, or 256 times the file"):
+        load_capture(tmp_path / "cap")
+    from geoface.cli import main
+    capsys.readouterr()
+    assert main(["diff-captures", str(tmp_path / "cap0"), str(tmp_path / "cap")]) == 2
+    err = capsys.readouterr().err
+    assert "manifest.parquet: its 600000 rows take" in err and len(err.strip().splitlines()) == 1, err
+
+
+
+def test_a_renderme360_file_of_datasets_never_written_is_refused_before_they_are_read(tmp_path, scene):
+    """HDF5 stores no data for a dataset never written (reading it gives its fill value): each dataset was checked
+    against 1 GiB, the file as a whole not at all. Three such FLAME arrays in a 143 KB anno file took 3.9 GB to
+    import and wrote a 3.1 GB capture; a hundred would take any machine's memory. The datasets of a file may now
+    declare together at most 1 GiB, or MAX_INFLATION (256) times the file."""
+    raw, anno = write_renderme360(tmp_path / "rm", scene, frames=range(1))
+    with h5py.File(anno, "a") as f:
+        for i in range(3):
+            f.create_dataset(f"FLAME/0/junk{i}", shape=(50_000_000,), dtype="f8", chunks=(1 << 20,), compression="gzip")
+    assert anno.stat().st_size < 1 << 20
+    with pytest.raises(CaptureError, match=rf"{anno}: its datasets declare 1\.1 GiB, \d+ times the file's \d+ bytes "
+                                           r"\(at most 1 GiB, or 256 times the file"):
+        import_capture("renderme360", tmp_path / "rm", tmp_path / "cap", ImportConfig())
+    assert not (tmp_path / "cap").exists()
+
+
 # --- videos declaring huge frames (NeRSemble's images/ and alpha_maps/ cam_<serial>.mp4) ----------------------------
 BIG = (13000, 10400)  # 135 MP > MAX_IMAGE_PIXELS, W:H as the test cameras' 200:160, so the reader would scale K to it
 

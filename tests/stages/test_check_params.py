@@ -135,3 +135,19 @@ def test_check_params_warns_about_settings_that_defeat_the_run(tmp_path, capsys,
     check_params(edited(tmp_path, edit))
     lines = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
     assert len(lines) == len(warnings) and all(w in line for w, line in zip(warnings, lines)), lines
+
+
+def test_a_value_nesting_yaml_aliases_is_shown_cut_short(tmp_path):
+    """A params.yaml from elsewhere whose `train.steps` is six levels of aliases to a 10-item list (YAML's "billion
+    laughs": a few hundred bytes, 10^6 items) made the error line 5.2 MB (repr of the whole value); three more levels,
+    10^9 items, ran until killed, building a ~5 GB string. The value is now shown a few items of a few levels deep."""
+    from check_params import check_params
+
+    nest = ["x"] * 10
+    for _ in range(5):
+        nest = [nest] * 10  # the same list ten times: yaml.safe_dump writes it once with an anchor, then aliases
+    path = edited(tmp_path, lambda p: p["train"].update(steps=nest))
+    assert path.stat().st_size < (REPO / "params.yaml").stat().st_size + 1000
+    with pytest.raises(ParamsError, match=r"^.*params.yaml:train.steps: expected an integer, got \[\[\[") as e:
+        check_params(path)
+    assert len(str(e.value)) < 1000 and "..." in str(e.value), len(str(e.value))
