@@ -30,19 +30,13 @@ from safetensors import safe_open
 from safetensors.torch import save
 
 from flame_fitting.core.arrays import checked_array
-from flame_fitting.core.errors import GeofaceError
 from flame_fitting.core.fileio import write_bytes
 
+from .shard_checks import SPARSE, ShardError, check_layout, checked_offsets
 from .shard_names import header_names_problem
 
 FORMAT, VERSION = "geoface-shard", 1
 DENSE = ("images", "masks", "K", "world_to_cam", "uv_posmap", "uv_mask")
-SPARSE = ("a2g", "g2a")
-
-
-class ShardError(GeofaceError, ValueError):
-    """A shard that is malformed or does not match the model's token grids."""
-
 
 @dataclass
 class ShardMeta:
@@ -196,8 +190,8 @@ class GeoFaceDataset(torch.utils.data.Dataset):
         self.offsets = []
         for p, m in zip(self.paths, self.metas):
             with safe_open(str(p), "pt") as f:
-                _check_layout(f, m, p)
-                self.offsets.append({n: _checked_offsets(f, n, m.n_samples, p) for n in SPARSE})
+                check_layout(f, m, p)
+                self.offsets.append({n: checked_offsets(f, n, m.n_samples, p) for n in SPARSE})
         self.epoch = 0
         self._handles: dict[int, object] = {}  # open safetensors handles of this process (opening costs ~50 ms)
 
@@ -265,39 +259,6 @@ class GeoFaceDataset(torch.utils.data.Dataset):
         for k in ("masks", "uv_mask"):
             out[k] = out[k].float()
         return out
-
-
-def _check_layout(f, meta: ShardMeta, path: Path) -> None:
-    """ShardError naming the shard unless each tensor has the dtype `write_shard` gives it and the shape its header's
-    sizes imply (read from the safetensors header, no data): a shard from elsewhere whose tensors disagree with its
-    header failed training with an IndexError traceback, or fed (N,V,3,8,8) images to a 32² model unnoticed."""
-    N, V, S, R = meta.n_samples, meta.n_views, meta.resolution, meta.uv_resolution
-    have = {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in f.keys()}
-    want = {"images": ("U8", (N, V, 3, S, S)), "masks": ("U8", (N, V, 1, S, S)), "K": ("F32", (N, V, 3, 3)),
-            "world_to_cam": ("F32", (N, V, 4, 4)), "uv_posmap": ("F32", (N, 3, R, R)), "uv_mask": ("U8", (N, 1, R, R))}
-    for n in SPARSE:
-        rows = (have.get(f"{n}_index", ("", ()))[1] or (0,))[0]  # M: the weights must match the index rows
-        want |= {f"{n}_index": ("I32", (rows, 3)), f"{n}_weight": ("F32", (rows,)), f"{n}_offsets": ("I64", (N + 1,))}
-    for k, (dtype, shape) in want.items():
-        if have.get(k) != (dtype, shape):
-            got = f"is {have[k][0]} {list(have[k][1])}" if k in have else "is missing"
-            raise ShardError(f"{path}: tensor {k} {got}, its header (n_samples {N}, n_views {V}, resolution {S}, "
-                             f"uv_resolution {R}) gives {dtype} {list(shape)}")
-
-
-def _checked_offsets(f, name: str, n_samples: int, path: Path) -> torch.Tensor:
-    """The `<name>_offsets` of an open shard, refused unless they are (n_samples + 1,) from 0, non-decreasing, ending
-    at the number of `<name>_index` rows (a damaged or hand-made shard: ShardError naming it)."""
-    try:
-        off = f.get_tensor(f"{name}_offsets")
-        rows = f.get_slice(f"{name}_index").get_shape()[0]
-    except Exception as e:  # safetensors raises several types for a missing or unreadable tensor
-        raise ShardError(f"{path}: cannot read {name}_offsets / {name}_index ({e})") from None
-    if (off.ndim != 1 or len(off) != n_samples + 1 or off.dtype.is_floating_point or int(off[0]) != 0
-            or bool((off[1:] < off[:-1]).any()) or int(off[-1]) != rows):
-        raise ShardError(f"{path}: {name}_offsets must be {n_samples + 1} non-decreasing offsets from 0 to the "
-                         f"{rows} rows of {name}_index")
-    return off
 
 
 def collate(items: list[dict]) -> dict:

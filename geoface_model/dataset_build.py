@@ -70,8 +70,8 @@ def view_arrays(cap, rows, cams, names, S):
 
 CODE = [Path(__file__).resolve().parents[1] / "flame_fitting" / r for r in
         ("__init__.py", "core", "geometry", "formats", "head", "uv")] + \
-       [Path(__file__).resolve().parent / f for f in ("__init__.py", "config.py", "data.py", "shard_names.py",
-                                                      "dataset_build.py")]
+       [Path(__file__).resolve().parent / f for f in ("__init__.py", "config.py", "data.py", "shard_checks.py",
+                                                      "shard_names.py", "dataset_build.py")]
 # the files of its input unit folders a unit reads (dataset_unit), the only ones its key hashes: a fit's status.json,
 # history.csv or residuals.parquet and the UV folder's position maps (.npz: the shards' maps are baked from the
 # canonical mesh) may change without re-running it. Every frame's canonical mesh and correspondences are hashed,
