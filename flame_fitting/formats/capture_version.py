@@ -86,20 +86,22 @@ def _split(keys_old: set, keys_new: set) -> tuple[list, list, list]:
 def diff_indexes(old: CaptureIndex, new: CaptureIndex) -> dict:
     """Subjects, sequences, frames and cameras added, removed and changed from `old` to `new`. Each level lists only
     what its parent level does not already say: the sequences of an added subject are not listed again, nor the
-    frames and cameras of an added sequence. A frame is changed when an image or mask of a camera present in both
-    sequences differs (or one of them lacks it); a camera is changed when its calibration differs beyond float32
-    rounding (`same_camera`); a subject is changed when its split does. `same`: nothing is listed (the versions
-    are equal, or differ only by camera entries within CAMERA_RTOL). Names: `subject`, `subject/sequence`,
+    frames and cameras of an added sequence, nor the images of an added or removed camera. A frame is changed when
+    an image, a mask or an image's split differs (or one side lacks the image); a camera is changed when its
+    calibration differs beyond float32 rounding (`camera_changes`, which names the keys); a subject is changed when
+    all its images moved from one split to another (then its images' splits are not listed again). `other`: one
+    line when the versions differ and nothing above is listed, yet the content differs beyond that rounding (no
+    known input; a guard, so that `same` never hides a change). `same`: nothing is listed (the versions are equal,
+    or differ only by camera entries `same_camera` holds equal). Names: `subject`, `subject/sequence`,
     `subject/sequence/frame` (5 digits), `subject/sequence/camera`."""
     subj = lambda ix: {k[0] for k in ix.images} | {k[0] for k in ix.cameras}  # noqa: E731
     seqs = lambda ix: {k[:2] for k in ix.images} | set(ix.cameras)  # noqa: E731
-    splits = lambda ix: {k[0]: v[2] for k, v in sorted(ix.images.items())}  # noqa: E731
     out = {"old": _summary(old), "new": _summary(new)}
     s_add, s_rm, s_both = _split(subj(old), subj(new))
-    so, sn = splits(old), splits(new)
-    s_changed = [s for s in s_both if so.get(s) != sn.get(s)]
-    out["subjects"] = {"added": s_add, "removed": s_rm, "changed": [f"{s} (split {so.get(s)} -> {sn.get(s)})"
-                                                                    for s in s_changed]}
+    so, sn = _subject_splits(old), _subject_splits(new)
+    moved = {s for s in s_both if len(so.get(s, ())) == len(sn.get(s, ())) == 1 and so[s] != sn[s]}
+    out["subjects"] = {"added": s_add, "removed": s_rm,
+                       "changed": [f"{s} (split {min(so[s])} -> {min(sn[s])})" for s in sorted(moved)]}
     q_add, q_rm, q_both = _split(seqs(old), seqs(new))
     out["sequences"] = {"added": ["/".join(k) for k in q_add if k[0] in s_both],
                         "removed": ["/".join(k) for k in q_rm if k[0] in s_both], "changed": []}
@@ -112,51 +114,102 @@ def diff_indexes(old: CaptureIndex, new: CaptureIndex) -> dict:
         c_add, c_rm, c_both = _split(set(co), set(cn))
         cameras["added"] += [f"{s}/{q}/{c}" for c in c_add]
         cameras["removed"] += [f"{s}/{q}/{c}" for c in c_rm]
-        cameras["changed"] += [f"{s}/{q}/{c}" for c in c_both if not same_camera(co[c], cn[c])]
+        cameras["changed"] += [f"{s}/{q}/{c} ({', '.join(keys)})" for c in c_both
+                               for keys in [camera_changes(co[c], cn[c])] if keys]
         fo, fn = by_seq_old.get((s, q), {}), by_seq_new.get((s, q), {})
         f_add, f_rm, f_both = _split(set(fo), set(fn))
         frames["added"] += [f"{s}/{q}/{f:05d}" for f in f_add]
         frames["removed"] += [f"{s}/{q}/{f:05d}" for f in f_rm]
         for f in f_both:
-            diff = sorted(c for c in set(fo[f]) | set(fn[f]) if c in co and c in cn and fo[f].get(c) != fn[f].get(c))
-            if diff:
-                frames["changed"].append(f"{s}/{q}/{f:05d} ({len(diff)} image(s): {', '.join(diff)})")
+            what = _frame_change(fo[f], fn[f], set(c_add) | set(c_rm), splits=s not in moved)
+            if what:
+                frames["changed"].append(f"{s}/{q}/{f:05d} ({what})")
         if sum(map(len, (*frames.values(), *cameras.values()))) > n_before:
             out["sequences"]["changed"].append(f"{s}/{q}")
     out["frames"], out["cameras"] = frames, cameras
     out["identical"] = old.version == new.version
-    out["same"] = not any(out[level][kind] for level in ("subjects", "sequences", "frames", "cameras")
-                          for kind in ("added", "removed", "changed"))
+    listed = any(out[level][kind] for level in ("subjects", "sequences", "frames", "cameras")
+                 for kind in ("added", "removed", "changed"))
+    out["other"] = [] if listed or out["identical"] or _tolerated(old, new) else [
+        "the content differs in a way no level above names (the version ids hash it): "
+        "compare capture_version.canonical_content of both"]
+    out["same"] = not listed and not out["other"]
     return out
 
 
+MATRICES = ("K", "world_to_cam", "dist")  # cameras.json keys compared within CAMERA_RTOL; any other key exactly
+
+
 def same_camera(a: dict, b: dict) -> bool:
-    """Whether two cameras.json entries are one calibration: the same keys, width and height, and every entry of K,
-    world_to_cam and dist (missing: none; a shorter one padded with zeros, as OpenCV reads it) within CAMERA_RTOL of
-    the largest magnitude of that matrix on either side, structure entries (K[1, 0], K[2, :], the last row of
-    world_to_cam) included. An entry that is not a numeric matrix of one shape on both sides compares exactly."""
-    if not (isinstance(a, dict) and isinstance(b, dict)) or set(a) - {"dist"} != set(b) - {"dist"}:
-        return a == b
-    for key in set(a) | set(b):
-        x, y = a.get(key, []), b.get(key, [])
-        try:
-            if key not in ("K", "world_to_cam", "dist"):
-                raise TypeError
-            x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-        except (TypeError, ValueError):
-            if x != y:
-                return False
-            continue
-        if key == "dist" and x.ndim == y.ndim == 1:
-            x, y = (np.pad(v, (0, max(x.size, y.size) - v.size)) for v in (x, y))
-        if x.shape != y.shape:
-            return False
-        if not (np.isfinite(x).all() and np.isfinite(y).all()):
-            if not np.array_equal(x, y, equal_nan=True):
-                return False
-        elif np.abs(x - y).max(initial=0.0) > CAMERA_RTOL * max(np.abs(x).max(initial=0.0), np.abs(y).max(initial=0.0)):
-            return False
-    return True
+    """Whether two cameras.json entries are one calibration (`camera_changes` lists nothing)."""
+    return not camera_changes(a, b)
+
+
+def camera_changes(a: dict, b: dict) -> list[str]:
+    """The keys in which two cameras.json entries differ as calibrations (sorted; ["entry"] when one is not a JSON
+    object): every entry of K, world_to_cam and dist (missing: none; a shorter one padded with zeros, as OpenCV reads
+    it) within CAMERA_RTOL of the largest magnitude of that matrix on either side is the same, structure entries
+    (K[1, 0], K[2, :], the last row of world_to_cam) included; a matrix that is not numeric and of one shape on
+    both sides, and any other key (width, height), compare exactly as JSON values (32 and 32.0 differ)."""
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return [] if _json(a) == _json(b) else ["entry"]
+    return sorted(k for k in set(a) | set(b) if not _same_value(k, a.get(k, _MISSING), b.get(k, _MISSING)))
+
+
+_MISSING = object()
+
+
+def _json(v) -> str | None:
+    return None if v is _MISSING else json.dumps(v, sort_keys=True)
+
+
+def _same_value(key: str, x, y) -> bool:
+    if key not in MATRICES:
+        return _json(x) == _json(y)
+    try:
+        a, b = (np.asarray([] if v is _MISSING else v, dtype=np.float64) for v in (x, y))
+    except (TypeError, ValueError):
+        return _json(x) == _json(y)
+    if key == "dist" and a.ndim == b.ndim == 1:
+        a, b = (np.pad(v, (0, max(a.size, b.size) - v.size)) for v in (a, b))
+    if a.shape != b.shape:
+        return False
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return bool(np.array_equal(a, b, equal_nan=True))
+    return bool(np.abs(a - b).max(initial=0.0) <= CAMERA_RTOL * max(np.abs(a).max(initial=0.0),
+                                                                    np.abs(b).max(initial=0.0)))
+
+
+def _tolerated(old: CaptureIndex, new: CaptureIndex) -> bool:
+    """Whether `new` holds `old`'s content once every camera entry `same_camera` holds equal to old's is old's."""
+    cams = {k: {c: old.cameras[k][c] if c in old.cameras.get(k, {}) and same_camera(old.cameras[k][c], e) else e
+                for c, e in v.items()} for k, v in new.cameras.items()}
+    return canonical_content(CaptureIndex(new.where, new.images, cams)) == canonical_content(old)
+
+
+def _frame_change(old: dict, new: dict, skip: set, splits: bool) -> str:
+    """What differs between one frame's images ({camera: (sha256, mask sha256, split)}) on both sides, the cameras
+    in `skip` left out (listed as added or removed cameras), splits only when `splits`; "" when nothing."""
+    images, masks, moved = [], [], {}
+    for c in sorted((set(old) | set(new)) - skip):
+        a, b = old.get(c), new.get(c)
+        if a is None or b is None or a[0] != b[0]:
+            images.append(c)
+        if a is not None and b is not None and a[1] != b[1]:
+            masks.append(c)
+        if a is not None and b is not None and a[2] != b[2] and splits:
+            moved.setdefault((a[2], b[2]), []).append(c)
+    parts = [f"{len(images)} image(s): {', '.join(images)}"] if images else []
+    parts += [f"{len(masks)} mask(s): {', '.join(masks)}"] if masks else []
+    return "; ".join(parts + [f"split {x} -> {y}: {', '.join(cs)}" for (x, y), cs in sorted(moved.items())])
+
+
+def _subject_splits(index: CaptureIndex) -> dict[str, set[str]]:
+    """{subject: the splits of its images}."""
+    out: dict = {}
+    for k, v in index.images.items():
+        out.setdefault(k[0], set()).add(v[2])
+    return out
 
 
 def _summary(index: CaptureIndex) -> dict:
@@ -167,10 +220,10 @@ def _summary(index: CaptureIndex) -> dict:
 
 
 def _by_sequence(index: CaptureIndex) -> dict[tuple[str, str], dict[int, dict[str, tuple]]]:
-    """{(subject, sequence): {frame: {camera: (sha256, mask sha256)}}}."""
+    """{(subject, sequence): {frame: {camera: (sha256, mask sha256, split)}}}."""
     out: dict = {}
     for (s, q, f, c), v in index.images.items():
-        out.setdefault((s, q), {}).setdefault(f, {})[c] = v[:2]
+        out.setdefault((s, q), {}).setdefault(f, {})[c] = v
     return out
 
 
@@ -180,7 +233,8 @@ DIFF_LIMIT = 50  # entries listed per level and kind by `format_diff` (`geoface 
 def format_diff(d: dict, limit: int = DIFF_LIMIT) -> str:
     """The diff of `diff_indexes` as text: a header, one count line per level, then one line per entry
     (`+` added, `-` removed, `~` changed), at most `limit` per level and kind (0: all) and then one line saying how
-    many more the JSON lists; control characters of the names and folders are escaped (terminal_safe)."""
+    many more the JSON lists, then the `other` line if any; control characters of the names and folders are escaped
+    (terminal_safe)."""
     lines = [f"{side}: {d[side]['where']} (capture version {d[side]['version']}: {d[side]['subjects']} subjects, "
              f"{d[side]['sequences']} sequences, {d[side]['frames']} frames, {d[side]['images']} images)"
              for side in ("old", "new")]
@@ -202,4 +256,5 @@ def format_diff(d: dict, limit: int = DIFF_LIMIT) -> str:
             lines += [f"  {sign} {name} {x}" for x in shown]
             if len(items) > len(shown):
                 lines.append(f"  {sign} … and {len(items) - len(shown)} more {level} {kind} (--json lists all)")
+    lines += [f"  ~ other: {x}" for x in d.get("other", [])]
     return "\n".join(map(terminal_safe, lines))  # names and paths of captures from elsewhere: one line each

@@ -119,10 +119,10 @@ def test_diff_lists_added_removed_and_changed_at_each_level(tmp_path):
     assert d["subjects"] == {"added": ["s4"], "removed": ["s3"], "changed": []}
     assert d["sequences"] == {"added": [], "removed": [], "changed": ["s1/seq", "s2/seq"]}
     assert d["frames"] == {"added": [], "removed": ["s1/seq/00001"], "changed": ["s2/seq/00000 (1 image(s): cam2)"]}
-    assert d["cameras"] == {"added": [], "removed": [], "changed": ["s2/seq/cam0"]}
+    assert d["cameras"] == {"added": [], "removed": [], "changed": ["s2/seq/cam0 (K)"]}
     assert not d["identical"] and d["old"]["version"] != d["new"]["version"]
     text = format_diff(d)
-    assert "  + subject s4" in text and "  - subject s3" in text and "  ~ camera s2/seq/cam0" in text
+    assert "  + subject s4" in text and "  - subject s3" in text and "  ~ camera s2/seq/cam0 (K)" in text
     same = diff_indexes(capture_index(old), capture_index(old))
     assert same["identical"] and "identical" in format_diff(same)
 
@@ -227,7 +227,117 @@ def test_a_vhap_export_imported_back_has_the_same_cameras(tmp_path):
     cams["cameras"][name] = _edit("K", (0, 2), 0.1)(cams["cameras"][name])
     (tmp_path / "back" / SUBJECT / SEQUENCE / "cameras.json").write_text(json.dumps(cams))
     assert diff_indexes(old, capture_index(tmp_path / "back"))["cameras"]["changed"] == [
-        f"{SUBJECT}/{SEQUENCE}/{name}"]
+        f"{SUBJECT}/{SEQUENCE}/{name} (K)"]
+
+
+def _mixed(k):
+    return "val" if k[2] == 1 else "train"  # frame 1 of every subject is val: subjects of mixed splits
+
+
+def _rows(m, **where):
+    sel = np.ones(len(m), bool)
+    for col, v in where.items():
+        sel &= (m[col] == v).to_numpy()
+    return np.flatnonzero(sel)
+
+
+def _set(col, value, **where):
+    def edit(m):
+        m.loc[_rows(m, **where), col] = value
+        return m
+    return edit
+
+
+def _cam(name, change):
+    def edit(cams):
+        cams[name] = change(dict(cams[name]))
+    return edit
+
+
+# (id, split of the capture, edit of s1/seq: ("manifest", m -> m) or ("cameras", {name: entry} edited in place),
+# what the diff must list). Every input of the version id: an image's hash, its mask's hash, its split, and every key
+# of every camera entry; each alone changes the version and is named.
+INPUTS = [
+    ("image", _mixed, ("manifest", _set("sha256", "0" * 64, frame=0, camera="cam1")),
+     "  ~ frame s1/seq/00000 (1 image(s): cam1)"),
+    ("mask", _mixed, ("manifest", _set("mask_sha256", "1" * 64, frame=1, camera="cam0")),
+     "  ~ frame s1/seq/00001 (1 mask(s): cam0)"),
+    ("mask-dropped", _mixed, ("manifest", lambda m: _set("mask_path", None, frame=0, camera="cam2")(
+        _set("mask_sha256", "", frame=0, camera="cam2")(m))), "  ~ frame s1/seq/00000 (1 mask(s): cam2)"),
+    ("split-one-image-mixed-subject", _mixed, ("manifest", _set("split", "test", frame=0, camera="cam1")),
+     "  ~ frame s1/seq/00000 (split train -> test: cam1)"),
+    ("split-last-image-mixed-subject", _mixed, ("manifest", _set("split", "test", frame=1, camera="cam2")),
+     "  ~ frame s1/seq/00001 (split val -> test: cam2)"),
+    ("split-first-image-one-split-subject", "train", ("manifest", _set("split", "val", frame=0, camera="cam0")),
+     "  ~ frame s1/seq/00000 (split train -> val: cam0)"),
+    ("split-last-image-one-split-subject", "train", ("manifest", _set("split", "val", frame=1, camera="cam2")),
+     "  ~ frame s1/seq/00001 (split train -> val: cam2)"),
+    ("split-whole-subject", "train", ("manifest", _set("split", "test", subject="s1")),
+     "  ~ subject s1 (split train -> test)"),
+    ("image-removed", _mixed, ("manifest", lambda m: m.drop(index=_rows(m, subject="s1", frame=1, camera="cam1"))),
+     "  ~ frame s1/seq/00001 (1 image(s): cam1)"),
+    ("frame-removed", _mixed, ("manifest", lambda m: m.drop(index=_rows(m, subject="s1", frame=1))),
+     "  - frame s1/seq/00001"),
+    ("K", _mixed, ("cameras", _cam("cam0", _edit("K", (0, 2), 0.1))), "  ~ camera s1/seq/cam0 (K)"),
+    ("world_to_cam", _mixed, ("cameras", _cam("cam1", _edit("world_to_cam", (2, 3), 1e-4))),
+     "  ~ camera s1/seq/cam1 (world_to_cam)"),
+    ("dist-added", _mixed, ("cameras", _cam("cam2", lambda e: {**e, "dist": [0.01, 0, 0, 0]})),
+     "  ~ camera s1/seq/cam2 (dist)"),
+    ("width-as-float", _mixed, ("cameras", _cam("cam0", lambda e: {**e, "width": float(e["width"])})),
+     "  ~ camera s1/seq/cam0 (width)"),
+    ("height", _mixed, ("cameras", _cam("cam0", lambda e: {**e, "height": e["height"] + 1})),
+     "  ~ camera s1/seq/cam0 (height)"),
+    ("extra-key", _mixed, ("cameras", _cam("cam0", lambda e: {**e, "note": "x"})), "  ~ camera s1/seq/cam0 (note)"),
+    ("camera-added", _mixed, ("cameras", lambda cams: cams.update(cam9=cams["cam0"])), "  + camera s1/seq/cam9"),
+]
+
+
+@pytest.mark.parametrize("split, edit, line", [c[1:] for c in INPUTS], ids=[c[0] for c in INPUTS])
+def test_every_input_of_the_version_is_listed(tmp_path, split, edit, line):
+    """A change of any one input of the version id is listed by name and the diff is not `same` (exit status 1).
+    The diff took one split per subject (its last image's): one image's split changed in a subject of mixed splits
+    listed nothing and was `same` (exit 0) though the versions differed; in a subject of one split it was `same` or
+    claimed the whole subject moved. Masks are named as masks, camera changes by key."""
+    images, cameras = content()
+    old = write(tmp_path / "old", images, cameras, split=split)
+    new = tmp_path / "new"
+    shutil.copytree(old, new)
+    kind, change = edit
+    if kind == "manifest":
+        m = pd.read_parquet(new / "manifest.parquet")
+        s2 = m[m.subject == "s2"]
+        m = pd.concat([change(m[m.subject == "s1"].reset_index(drop=True)), s2], ignore_index=True)
+        m.to_parquet(new / "manifest.parquet", index=False)
+    else:
+        path = new / "s1" / "seq" / "cameras.json"
+        data = json.loads(path.read_text())
+        change(data["cameras"])
+        path.write_text(json.dumps(data))
+    a, b = capture_index(old), capture_index(new)
+    assert a.version != b.version
+    d = diff_indexes(a, b)
+    text = format_diff(d, limit=0)
+    assert not d["same"] and not d["identical"] and not d.get("other"), text
+    assert line in text.splitlines(), text
+    entries = [x for x in text.splitlines() if x.startswith("  ") and not x.startswith("  ~ sequence ")]
+    assert entries == [line], text  # that change only: nothing about s2, no subject-wide split claim
+
+
+def test_a_content_difference_no_level_names_is_never_same(tmp_path):
+    """The guard: versions that differ beyond camera rounding with nothing listed say so (`other`, exit status 1),
+    never `same`. No capture read from files reaches it; an index built by hand can (frame 0 and 0.0: one key for
+    the diff, two texts for the version id)."""
+    from flame_fitting.formats.capture_version import CaptureIndex
+
+    a = capture_index(write(tmp_path / "a", *content(subjects=("s1",))))
+    b = CaptureIndex("b", {(s, q, float(f), c): v for (s, q, f, c), v in a.images.items()}, a.cameras)
+    d = diff_indexes(a, b)
+    assert a.version != b.version and not d["same"] and len(d["other"]) == 1
+    assert format_diff(d).splitlines()[-1].startswith("  ~ other: the content differs in a way no level above names")
+    rounded = CaptureIndex("r", a.images, {k: {n: {**_ulps({**e, "dist": [1.0]}), "dist": [0.0] * 4}  # + zero dist
+                                               for n, e in v.items()} for k, v in a.cameras.items()})
+    d = diff_indexes(a, rounded)
+    assert a.version != rounded.version and d["same"] and d["other"] == []
 
 
 @pytest.mark.parametrize("make", ["missing", "file", "empty", "other_json", "no_manifest"])

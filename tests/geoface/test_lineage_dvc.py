@@ -563,9 +563,9 @@ def test_diff_captures_exit_status_says_whether_the_captures_differ(capsys, tmp_
     d = json.loads(out)
     assert rc == 0 and d["same"] and not d["identical"] and d["old"]["version"] != d["new"]["version"]
     rc, out, _ = cli(capsys, "diff-captures", old, moved)  # cx 8 -> 8.1 px
-    assert rc == 1 and "  ~ camera s0/seq/cam0" in out, out
+    assert rc == 1 and "  ~ camera s0/seq/cam0 (K)" in out.splitlines(), out
     rc, out, _ = cli(capsys, "diff-captures", old, moved, "--json")
-    assert rc == 1 and json.loads(out)["cameras"]["changed"] == ["s0/seq/cam0"]
+    assert rc == 1 and json.loads(out)["cameras"]["changed"] == ["s0/seq/cam0 (K)"]
     rc, out, err = cli(capsys, "diff-captures", old, tmp_path / "nothing")
     assert rc == 2 and out == "" and f"{tmp_path / 'nothing'}: neither a capture folder nor a git revision" in err
 
@@ -643,3 +643,35 @@ def test_import_prints_the_capture_version(capsys, tmp_path):
     printed = json.loads(out)["captures_version"]
     assert printed == json.loads((tmp_path / "again/capture.json").read_text())["version_id"]
     assert printed == capture_version(tmp_path / "again") and len(printed) == 16
+
+
+def test_diff_captures_lists_one_image_split_and_mask_between_revisions_and_folders(tmp_path, capsys):
+    """A hand-written manifest whose subject mixes splits, one image moved to another split and one mask replaced:
+    the diff took one split per subject and listed the split change nowhere (`same`, exit 0, though the versions
+    differed). Now each is named in its frame, from the folders and from two git revisions read through DVC."""
+    import pandas as pd
+
+    repo, env = new_repo(tmp_path)
+    cap = _frames_capture(repo / "data" / "captures", range(3))
+    man = cap / "manifest.parquet"
+    m = pd.read_parquet(man).assign(split=["train", "val", "train"])
+    man.unlink()
+    m.to_parquet(man, index=False)
+    old = tmp_path / "old"
+    shutil.copytree(cap, old)
+    sh([BIN / "dvc", "add", "-q", "data/captures"], repo, env)
+    commit(repo, env, "mixed splits")
+    m.loc[m.frame == 2, "split"] = "test"
+    m.loc[m.frame == 1, "mask_sha256"] = "1" * 64
+    man.unlink()
+    m.to_parquet(man, index=False)
+    sh([BIN / "dvc", "add", "-q", "data/captures"], repo, env)
+    commit(repo, env, "one split and one mask changed")
+    want = ["  ~ frame s0/seq/00001 (1 mask(s): cam0)", "  ~ frame s0/seq/00002 (split train -> test: cam0)"]
+    for a, b in ((old, cap), ("HEAD~1", "HEAD"), ("HEAD~1", cap)):
+        rc, out, err = cli(capsys, "diff-captures", a, b, "--repo", repo)
+        assert rc == 1 and [x for x in out.splitlines() if x.startswith("  ~ frame")] == want, (out, err)
+        assert "frames:         0 added      0 removed      2 changed" in out and "  ~ subject" not in out, out
+    rc, out, _ = cli(capsys, "diff-captures", "HEAD~1", "HEAD", "--repo", repo, "--json")
+    d = json.loads(out)
+    assert rc == 1 and not d["same"] and d["other"] == [] and d["old"]["version"] != d["new"]["version"]
