@@ -243,7 +243,7 @@ def format_diff(d: dict, limit: int = DIFF_LIMIT) -> str:
     if d["same"]:
         return "\n".join(map(terminal_safe, lines + [
             f"same: the versions differ only by camera entries within {CAMERA_RTOL:g} of their matrix's largest "
-            "magnitude (float32 rounding, not a change)"]))
+            "magnitude (float32 rounding, a zero-padded dist, K written as integers: not a change)"]))
     for level in ("subjects", "sequences", "frames", "cameras"):
         e = d[level]
         lines.append(f"{level + ':':11s}{len(e['added']):6d} added {len(e['removed']):6d} removed "

@@ -558,7 +558,8 @@ def test_diff_captures_exit_status_says_whether_the_captures_differ(capsys, tmp_
     rc, out, err = cli(capsys, "diff-captures", old, rounded)
     assert rc == 0 and len(out.splitlines()) == 3, (out, err)  # old, new, and:
     assert out.splitlines()[-1] == ("same: the versions differ only by camera entries within 1e-06 of their matrix's "
-                                    "largest magnitude (float32 rounding, not a change)"), out
+                                    "largest magnitude (float32 rounding, a zero-padded dist, K written as integers: not "
+                                    "a change)"), out
     rc, out, _ = cli(capsys, "diff-captures", old, rounded, "--json")
     d = json.loads(out)
     assert rc == 0 and d["same"] and not d["identical"] and d["old"]["version"] != d["new"]["version"]
