@@ -7,7 +7,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 # `make test` runs the test files on this many processes (pytest-xdist, a file's tests stay together so its
-# module-scoped fixtures are built once); 0 runs them in this process
+# module-scoped fixtures are built once; --no-loadscope-reorder hands the files out in tests/conftest.py's order,
+# slowest first, where xdist would order them by their number of tests); 0 runs them in this process
 TEST_WORKERS ?= 2
 # stage commands in dvc.yaml call `python`: make it the environment's
 export PATH := $(abspath $(BIN)):$(PATH)
@@ -28,7 +29,7 @@ repro: $(STAMP)
 
 # pytest exits 5 when it collected no tests: that must fail, not pass silently.
 test: $(STAMP)
-	@$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS); rc=$$?; \
+	@$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 # the three ablation variants as `dvc exp run --temp` experiments (after `make repro`), then docs/ablations.md
