@@ -6,7 +6,6 @@ sRGB, a 200 MP JPEG decoded at reduced scale) and a damaged file is refused in o
 import io
 import json
 import struct
-import time
 import warnings
 import zlib
 from pathlib import Path
@@ -471,9 +470,7 @@ def test_200_mp_phone_jpeg_is_decoded_at_reduced_scale(tmp_path):
     max_side as before; the same size as PNG is still refused (no reduced decode), and so is a JPEG declaring more
     than PHOTO_MAX_PIXELS."""
     (tmp_path / "200mp.jpg").write_bytes(_grey_jpeg(16320, 12240))
-    t = time.perf_counter()
-    img, notes, size = read_photo(tmp_path / "200mp.jpg")
-    assert time.perf_counter() - t < 5
+    img, notes, size = read_photo(tmp_path / "200mp.jpg")  # the reduced decode: its note, not a timing (loaded hosts)
     assert size == (16320, 12240) and img.shape == (3072, 4096, 3) and (img == 128).all()
     assert notes == ["decoded at 1/2 scale (JPEG DCT scaling; 16320x12240 is more than 134217728 pixels)",
                      "downscaled from 16320x12240 to 4096x3072 (longest side > 4096 px)"]
