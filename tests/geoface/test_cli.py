@@ -4,6 +4,7 @@ correspondences) through the same library calls as the stages."""
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -166,6 +167,22 @@ def test_uv_and_correspondences_through_the_cli(capsys, run_dir):
     (d / "mine" / "notes.txt").write_text("keep")
     rc, _, err = cli(capsys, "uv", d / "fit" / "fits", d / "hm", "--out", d / "mine", "--force")
     assert rc == 2 and "not written by geoface" in err and (d / "mine" / "notes.txt").read_text() == "keep"
+
+
+def documented_unit_files(stage: str) -> set[str]:
+    """The file names docs/scaling.md's "Layout" table gives for one unit folder of `stage`."""
+    text = (REPO / "docs" / "scaling.md").read_text().split("## Layout", 1)[1].split("\n## ", 1)[0]
+    row = next(line for line in text.splitlines() if line.startswith(f"| {stage} |"))
+    return {name for name in re.findall(r"`([^`/<>]+\.[a-z]+)`", row)}
+
+
+def test_the_scaling_docs_layout_names_every_file_of_a_landmarks_and_fit_unit(run_dir):
+    """docs/scaling.md "Layout" lists what one unit folder of each data stage holds. Its fit row left out
+    noise_model.csv, which every fit with the noise model (FitConfig.noise_model, on by default) writes."""
+    for stage, unit in (("landmarks", run_dir / "fit" / "landmarks" / "synth000" / "synthetic"),
+                        ("fit", run_dir / "fit" / "fits" / "synth000" / "synthetic")):
+        written = {p.name for p in unit.iterdir() if p.is_file() and not p.name.startswith(".")}
+        assert written and documented_unit_files(stage) == written, (stage, documented_unit_files(stage), written)
 
 
 def test_export_of_a_sample_folder(capsys, tmp_path):
