@@ -92,17 +92,21 @@ def writing(tmp: Path, what: Path, remove: bool = True) -> Iterator[None]:
 
 
 class TrainState:
-    """Step + logged loss rows, saved as JSON beside the checkpoint (`save_extra_state`)."""
+    """Step, logged loss rows and the gradient norms measured since the last row (the next row reports their mean),
+    saved as JSON beside the checkpoint (`save_extra_state`). A checkpoint without `measured` (written before it was
+    kept) resumes with none."""
 
     def __init__(self):
         self.step = 0
         self.rows: list[dict] = []
+        self.measured: list[dict] = []
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "rows": [dict(r) for r in self.rows]}
+        return {"step": self.step, "rows": [dict(r) for r in self.rows], "measured": [dict(m) for m in self.measured]}
 
     def load_state_dict(self, d: dict) -> None:
         self.step, self.rows = int(d["step"]), [dict(r) for r in d["rows"]]
+        self.measured = [dict(m) for m in d.get("measured", [])]
 
 
 def save_extra_state(ckpt: Path, ema, state: TrainState) -> None:

@@ -172,7 +172,9 @@ class GeoFaceDataset(torch.utils.data.Dataset):
     """Samples of one split from every `*.safetensors` shard under `shard_dir` (recursively)."""
 
     def __init__(self, shard_dir: Path | str, split: str, n_ref: int = 1, n_tgt: int = 3, seed: int = 0,
-                 random_views: bool | None = None):
+                 random_views: bool | None = None, views_asked: str | None = None):
+        """`views_asked`: the params keys that asked for n_ref + n_tgt views, as the error for too few names them
+        (default the train section's: `train.n_ref = 1 + train.n_tgt = 3`)."""
         self.paths = [p for p in sorted(Path(shard_dir).glob("**/*.safetensors")) if read_shard_meta(p).split == split]
         if not self.paths:
             raise ShardError(f"{shard_dir}: no shard of split {split!r}")
@@ -183,7 +185,8 @@ class GeoFaceDataset(torch.utils.data.Dataset):
                 if getattr(m, name) != getattr(m0, name):
                     raise ShardError(f"{p}: {name} = {getattr(m, name)} differs from {self.paths[0]} ({getattr(m0, name)})")
             if m.n_views < n_ref + n_tgt:
-                raise ShardError(f"{p}: samples have {m.n_views} views, fewer than n_ref + n_tgt = {n_ref + n_tgt}")
+                asked = views_asked or f"train.n_ref = {n_ref} + train.n_tgt = {n_tgt}"
+                raise ShardError(f"{p}: samples have {m.n_views} views, fewer than the {n_ref + n_tgt} asked ({asked})")
         self.meta, self.split, self.n_ref, self.n_tgt, self.seed = m0, split, n_ref, n_tgt, seed
         self.random_views = split == "train" if random_views is None else random_views
         self.items = [(s, i) for s, m in enumerate(self.metas) for i in range(m.n_samples)]

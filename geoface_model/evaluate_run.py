@@ -135,7 +135,8 @@ def evaluate_model(model_dir: Path | str, dataset: Path | str, fits: Path | str,
     train_info = read_report_inputs(loss_csv, train_metrics)
     if p.lpips_weights is not None:
         load_lpips(p.lpips_weights)  # unusable weights: one error now, not one traceback per sample
-    ds = GeoFaceDataset(dataset, p.split, n_ref=1, n_tgt=p.n_targets, random_views=False)  # names checked
+    ds = GeoFaceDataset(dataset, p.split, n_ref=1, n_tgt=p.n_targets, random_views=False,  # names checked
+                        views_asked=f"1 reference + eval.n_targets = {p.n_targets}")
     n = len(ds) if p.max_samples is None else min(len(ds), p.max_samples)
     stems = output_stems(ds, n)
     fit_of = {f.parent.relative_to(fits).as_posix(): load_sequence_fit(f.parent) for f in sorted(fits.glob("*/*/fit.npz"))}

@@ -156,7 +156,7 @@ def train(cfg: GeoFaceConfig, data: str | Path | GeoFaceDataset, out_dir: str | 
     times = []
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
-    measured: list[dict] = []  # gradient norms measured since the last logged row (that row reports their mean)
+    measured = state.measured  # gradient norms measured since the last logged row (that row reports their mean)
     try:  # the bar ends its line before an error (or `interrupted`) is printed after it
         while state.step < end:
             t0 = time.perf_counter()
@@ -189,7 +189,7 @@ def train(cfg: GeoFaceConfig, data: str | Path | GeoFaceDataset, out_dir: str | 
             ema.step(unwrapped.parameters())
             state.step += 1
             times.append(time.perf_counter() - t0)
-            if state.step % tc.log_every == 0 or state.step == end:
+            if state.step % tc.log_every == 0 or state.step == tc.steps:  # max_steps: cut as a kill would
                 loss, diff, align, n_align = accelerator.reduce(torch.tensor(
                     [sums[k] for k in ("loss", "diffusion_loss", "align_loss", "align_batches")], dtype=torch.float32,
                     device=accelerator.device), "sum").tolist()

@@ -116,6 +116,9 @@ def generate(args) -> None:
     for option, value, low in (("--views", args.views, 1), ("--steps", args.steps, 1), ("--guidance", args.guidance, 0)):
         if value < low:
             raise CliError(f"{option} {value}: must be at least {low}")
+    lo, hi = args.yaw_range
+    if not -180 <= lo <= hi <= 180:
+        raise CliError(f"--yaw-range {lo:g} {hi:g}: give MIN <= MAX, both within -180..180 degrees")
     for option, path, made_by in (("--model", args.model, "`dvc repro train` or `geoface train`"),
                                   ("--head-model", args.head_model, "`dvc repro head_model`")):
         if not Path(path).exists():
@@ -123,7 +126,8 @@ def generate(args) -> None:
                            f"repository after {made_by}, or pass {option})")
     show(generate_from_photo(args.photo, args.model, args.views, args.out, head_model_dir=args.head_model,
                              num_inference_steps=args.steps, scheduler=args.scheduler, guidance_scale=args.guidance,
-                             seed=args.seed, export_gs=args.gs, overwrite=args.force, device=args.device))
+                             seed=args.seed, yaw_range_deg=(lo, hi), export_gs=args.gs, overwrite=args.force,
+                             device=args.device))
 
 
 def export(args) -> None:
@@ -177,6 +181,9 @@ def register(sub, chosen) -> None:
                    "sRGB, transparency over white; a JPEG up to 537 MP, other formats up to 134 MP; HEIC: export as "
                    "JPEG); the face is found, cropped and aligned")
     p.add_argument("--views", type=int, default=8, help="number of views generated on a yaw orbit (default 8)")
+    p.add_argument("--yaw-range", type=float, nargs=2, default=(-60.0, 60.0), metavar=("MIN", "MAX"),
+                   help="yaws of the first and last view in degrees, the others evenly between (head-relative: 0 = "
+                   "frontal, + = the subject's left; one view: the middle; default -60 60)")
     p.add_argument("--out", required=True, help="folder to write: views/, contact sheet, cameras.json, UV map, mesh")
     p.add_argument("--model", default="models/geoface", help="trained transformer or pipeline folder (default: "
                    "%(default)s, relative to the current folder)")

@@ -104,3 +104,30 @@ def test_each_input_folder_says_which_command_writes_it(capsys, cmd):
     assert [name for name, _ in said] == DATA_POSITIONALS[cmd], text
     assert all("`geoface " in what for _, what in said), said
     assert "FITS fits folder (the fit stage; OUT/fits of `geoface fit --out OUT`)" in text
+
+
+def test_too_few_views_name_the_key_that_asked_for_them(capsys, tmp_path):
+    """A dataset whose samples hold fewer views than a command asks for: the error names the keys of that command.
+    Before, `geoface evaluate --set n_targets=5` said `fewer than n_ref + n_tgt = 6`, two keys of the train section
+    that evaluate does not have, and `geoface train` named no key at all (no `--set` beside them)."""
+    import json
+
+    from geoface_model.config import GeoFaceConfig
+
+    tokens = ["tokens.resolution=32", "tokens.patch_size=8", "tokens.uv_resolution=32", "tokens.geo_patch_size=8"]
+    for split in ("train", "test"):
+        make_synthetic_shard(tmp_path / "ds" / f"{split}.safetensors", n_samples=2, n_views=4, resolution=32,
+                             uv_resolution=32, seed=0, split=split)
+    rc, _, err = cli(capsys, "train", tmp_path / "ds", "--out", tmp_path / "M", "--set", *tokens, "n_tgt=5")
+    assert rc == 2 and err.strip() == (f"geoface train: {tmp_path / 'ds' / 'train.safetensors'}: samples have 4 views, "
+                                       "fewer than the 6 asked (train.n_ref = 1 (--set n_ref=1) + train.n_tgt = 5 "
+                                       "(--set n_tgt=5))"), err
+    for name in ("model", "fits", "head"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "model" / "geoface_config.json").write_text(json.dumps(GeoFaceConfig().to_dict()))
+    rc, _, err = cli(capsys, "evaluate", tmp_path / "model", tmp_path / "ds", tmp_path / "fits", tmp_path / "head",
+                     "--out", tmp_path / "e", "--plots", tmp_path / "p", "--set", "n_targets=5")
+    assert rc == 2 and err.strip() == (f"geoface evaluate: {tmp_path / 'ds' / 'test.safetensors'}: samples have 4 "
+                                       "views, fewer than the 6 asked (1 reference + eval.n_targets = 5 "
+                                       "(--set n_targets=5))"), err
+    assert not (tmp_path / "e").exists() and not (tmp_path / "p").exists()

@@ -133,6 +133,22 @@ def test_generate_from_photo_writes_everything(env, tmp_path):
         generate_from_photo(PHOTO, root / "model", 2, out, head_model_dir=root / "head", progress=False)
 
 
+def test_the_command_generates_the_requested_yaws(env, tmp_path, capsys):
+    """`geoface generate --yaw-range MIN MAX`: the views' yaws about the head, first to last (before, the command
+    had no such option: every view lay on the library's default -60..60)."""
+    from geoface.cli import main
+
+    root, _ = env
+    out = tmp_path / "out"
+    assert main(["generate", PHOTO, "--model", str(root / "model"), "--head-model", str(root / "head"), "--views", "3",
+                 "--steps", "1", "--yaw-range", "-30", "90", "--device", "cpu", "--out", str(out)]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    cams, centre = load_cameras(out / "cameras.json"), np.array(rep["camera"]["head_centre"])
+    yaws = [_yaw_deg(cams[f"view_0{i}"].center, centre) for i in range(3)]
+    np.testing.assert_allclose(yaws, [-30, 30, 90], atol=1e-2)
+    assert rep["yaw_range_deg"] == [-30, 90]
+
+
 def _refused(env, tmp_path, photo, match):
     root, _ = env
     before = sorted(tmp_path.iterdir())

@@ -106,7 +106,7 @@ def test_refusals(shard_dir, tmp_path):
         check_compatible(meta, TokensConfig(resolution=32, uv_resolution=32, geo_patch_size=4), "x")
     with pytest.raises(ShardError, match="no shard of split 'test'"):
         GeoFaceDataset(shard_dir, "test")
-    with pytest.raises(ShardError, match="fewer than n_ref"):
+    with pytest.raises(ShardError, match=r"5 views, fewer than the 6 asked \(train.n_ref = 2 \+ train.n_tgt = 4\)"):
         GeoFaceDataset(shard_dir, "train", n_ref=2, n_tgt=4)
     (tmp_path / "junk.safetensors").write_bytes(b"not a shard")
     with pytest.raises(ShardError, match="junk.safetensors"):

@@ -84,6 +84,22 @@ def test_resume_after_interruption_replays_the_same_run(data, tmp_path, caplog):
     assert "no complete.json" in train(cfg, data, tmp_path / "cut", progress=False)["skipped_checkpoints"][0]["reason"]
 
 
+def test_resume_between_two_loss_rows_logs_the_same_gradient_norms(data, tmp_path):
+    """A checkpoint between two loss rows (checkpoint_every 3, log_every 2): the resumed run's row at step 4 reports
+    the mean of the gradient norms measured before steps 3 and 4, as the uninterrupted run's does. Before, the norms
+    measured since the last row were not in the checkpoint: the resumed row reported the step-4 norm alone (0.1729
+    against 0.1784 in the uninterrupted run), and the cut run logged an extra row at the step where it was stopped."""
+    cfg = micro(log_every=2, checkpoint_every=3, grad_norm_every=1)
+    train(cfg, data, tmp_path / "full", progress=False)
+    train(cfg, data, tmp_path / "cut", progress=False, max_steps=3)  # "killed" after the checkpoint of step 3
+    assert train(cfg, data, tmp_path / "cut", progress=False)["resumed_from"].endswith("step_000003")
+    full_rows, cut_rows = read_csv(tmp_path / "full" / "loss.csv"), read_csv(tmp_path / "cut" / "loss.csv")
+    assert [r["step"] for r in full_rows] == [r["step"] for r in cut_rows] == [2, 4]
+    for a, b in zip(full_rows, cut_rows):
+        for key in ("loss", "grad_norm_diffusion", "grad_norm_align"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5), (a["step"], key)
+
+
 def test_mismatched_shard_is_refused_before_training(data, tmp_path):
     bad = GeoFaceConfig.from_sections(tokens=dict(resolution=64, patch_size=8, uv_resolution=32, geo_patch_size=8),
                                       train=dict(n_ref=1, n_tgt=2))
