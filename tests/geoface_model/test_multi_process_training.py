@@ -197,7 +197,7 @@ def test_the_error_passed_to_the_other_processes(tmp_path, message):
     failing process, a ValueError of torch.frombuffer, and the other one waited in it)."""
     (tmp_path / "rank.py").write_text(STOP_SCRIPT)
     procs = launch(tmp_path, [message] * 2, linger=1)
-    failed_line, other_line = error_lines(procs, failing=1, timeout=60)
+    failed_line, other_line = error_lines(procs, failing=1)
     assert json.loads(failed_line[7:]) == message
     passed = json.loads(other_line[7:]).removeprefix("stopping with process 1 of 2, which could not go on: ")
     assert passed == ("€" * 341 if message else "GeofaceError")
