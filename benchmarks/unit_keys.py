@@ -15,6 +15,9 @@ each size, the median of --runs:
   ms_per_unit, us_per_row   keys_s per unit and per manifest row (flat when the cost is linear in the capture)
   sub_s            formats.units.sub_capture of every unit (the manifest rows a unit's worker restricts the capture
                    to; once per unit run)
+  handover_ms, payload_kb   per unit run: its payload made (formats.units.unit_payload) and pickled for its worker
+                   (what the pool's pipe sends; unpickling it there costs about as much), and the pickle's size: what
+                   a unit's rows cost now (each worker process loaded the whole capture before: load_s, and its memory)
 NeRSemble is ~10^5 frames × 16 views (1.6 million rows, thousands of sequences): `--sequences 2000` is that size.
 
 Run: `nice python benchmarks/unit_keys.py --sequences 200 500 2000` (~3 min at these sizes; `--sequences 50 --frames
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import sys
 import tempfile
 import time
@@ -99,7 +103,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=1, help="timed passes per size (median)")
     a = ap.parse_args()
     from flame_fitting.formats.capture import load_capture
-    from flame_fitting.formats.units import capture_unit_hashes, capture_units, sub_capture
+    from flame_fitting.core.unit_keys import Unit
+    from flame_fitting.formats.units import capture_unit_hashes, capture_units, sub_capture, unit_payload
 
     out = []
     with tempfile.TemporaryDirectory(prefix="geoface-unit-keys-") as tmp:
@@ -115,9 +120,13 @@ def main() -> None:
                 capture_unit_hashes(cap, u.subject, u.sequence)
             keys_s = median_s(lambda: [capture_unit_hashes(cap, u.subject, u.sequence) for u in units], a.runs)
             sub_s = median_s(lambda: [sub_capture(cap, u.subject, u.sequence) for u in units], a.runs)
+            sent = [pickle.dumps(Unit(u.subject, u.sequence, payload=unit_payload(cap, u))) for u in units]
+            handover_s = median_s(lambda: [pickle.dumps(Unit(u.subject, u.sequence, payload=unit_payload(cap, u)))
+                                           for u in units], a.runs)
             out.append({"sequences": n_seq, "rows": rows, "load_s": round(load_s, 2), "keys_s": round(keys_s, 2),
                         "ms_per_unit": round(keys_s / len(units) * 1e3, 2), "us_per_row": round(keys_s / rows * 1e6, 2),
-                        "sub_s": round(sub_s, 2)})
+                        "sub_s": round(sub_s, 2), "handover_ms": round(handover_s / len(units) * 1e3, 3),
+                        "payload_kb": round(sum(map(len, sent)) / len(sent) / 1024, 1)})
             print(json.dumps(out[-1]), flush=True)
     print(json.dumps({"frames": a.frames, "cameras": a.cameras, "images": a.images, "masks": a.masks, "sizes": out}))
 

@@ -32,7 +32,7 @@ from flame_fitting.formats.capture import CaptureError, load_capture
 from flame_fitting.formats.capture_checks import load_cameras
 from flame_fitting.formats.fits import fit_folders, load_sequence_fit
 from flame_fitting.formats.lineage import captures_version_of, check_same_capture, write_lineage
-from flame_fitting.formats.units import capture_unit_hashes, unit_capture
+from flame_fitting.formats.units import capture_unit_hashes, unit_capture, unit_payload
 from flame_fitting.head.head_model import load_head_model
 from flame_fitting.uv import UVLayout, bake_posmap
 from flame_fitting.uv.correspondence_files import load_correspondences
@@ -103,7 +103,7 @@ def build_dataset(captures: Path | str, fits: Path | str, uv: Path | str, corres
     fn = partial(dataset_unit, str(cap.root), str(fits), str(uv), str(correspondences), str(head_model), cfg, tok,
                  gutter=int(gutter))
     with open_executor(executor or ExecutorConfig(workers=1)) as ex:
-        run = run_units(ex, fn, units, out, "dataset", inputs=inputs, source=fits)
+        run = run_units(ex, fn, units, out, "dataset", inputs=inputs, source=fits, payload=partial(unit_payload, cap))
     write_unit_failures(out / "failures.json", run)
     recs = run.records.values()
     version = captures_version_of(captures)  # lineage.json: what the train stage's model card reads
@@ -142,7 +142,7 @@ def dataset_unit(captures: str, fits: str, uv: str, correspondences: str, head_m
                  tok: TokensConfig, unit: Unit, tmp: Path, extras, gutter: int = 4) -> tuple[dict, list]:
     """One dataset unit (runs in a worker): the shards of one fitted sequence into `tmp`."""
     subject, sequence = unit.subject, unit.sequence
-    cap = unit_capture(captures, subject, sequence)
+    cap = unit_capture(captures, unit)
     m = cap.manifest
     split = str(m[m.subject == subject].split.iat[0])
     folder = Path(fits) / subject / sequence

@@ -123,6 +123,7 @@ class Executor:
                 i = index[r]
                 try:
                     results[i] = ray.get(r)
+                    results[i].item = items[i]  # sent back without it (workers.ray_unit)
                 except Exception as e:  # noqa: BLE001 - retries exhausted (worker/node lost every time), or cancelled
                     if limits and i in limits.cancelled:
                         results[i] = limits.stopped(i, items[i])

@@ -40,17 +40,19 @@ def _serve(conn, path: list[str], fn: Callable, threads: int) -> None:
     """A pool process: this checkout's path first (`fn` was unpickled, i.e. its module imported, before this runs);
     its share of the cores for torch and numba (the rasteriser's parallel kernels), so processes do not
     oversubscribe; then it says it is ready (None) and answers each item it is sent with `call_unit(fn, item)`, until
-    it is sent None (or the pipe closes) and returns: a normal exit, its exit handlers run (`_stop`)."""
+    it is sent None (or the pipe closes) and returns: a normal exit, its exit handlers run (`_stop`). A result goes
+    back without its item (the caller puts its own back, `_dispatch`): a unit's payload travels one way."""
     sys.path[:0] = [p for p in path if p not in sys.path]
     set_threads(threads)
     conn.send(None)
     try:
         while (item := conn.recv()) is not None:
             result = call_unit(fn, item)
+            result.item = None
             try:
                 conn.send(result)
             except Exception as e:  # noqa: BLE001 - a value that cannot be pickled: the unit failed, the process goes on
-                conn.send(UnitResult(item, False, None, f"{type(e).__name__}: the unit's result cannot be sent back "
+                conn.send(UnitResult(None, False, None, f"{type(e).__name__}: the unit's result cannot be sent back "
                                      f"from its pool process: {e}", "", result.seconds))
     except EOFError:  # the caller's end closed
         pass
@@ -229,6 +231,7 @@ def _dispatch(fn: Callable, queue: UnitQueue, n_pool: int, retries: int, threads
                     failed = 0
                 unit = w.unit
                 if result is not None and unit is not None:
+                    result.item = queue.items[unit]  # sent back without it (`_serve`)
                     queue.finish(unit, result)
                     w.unit = unit = None
                 if alive and not w.ready and start_limit is not None and time.monotonic() - w.started > start_limit:

@@ -17,9 +17,10 @@ import fnmatch
 import functools
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from flame_fitting.core.fileio import MARKER, TMP_TAG
 from flame_fitting.core.hash_cache import file_sha256, folder_sha256
@@ -33,6 +34,10 @@ class Unit:
     subject: str
     sequence: str
     key: str = ""  # hex digest of the unit's inputs (unit_key)
+    # what the stage hands the unit's worker with it (core/units.py `run_units`' `payload`: a data stage's share of
+    # the capture it validated and keyed, formats/units.py `unit_payload`), so that no worker reads and validates the
+    # whole manifest again; not part of the unit's identity nor of its key, and not sent back with its result
+    payload: Any = field(default=None, compare=False, repr=False)
 
     @property
     def rel(self) -> str:

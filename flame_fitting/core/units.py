@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -124,14 +124,16 @@ def _sweep(out: Path, keep_units: set[str], extras: Path | None) -> list[str]:
 
 def run_units(executor, fn: Callable, units: Iterable[Unit], out: Path | str, desc: str,
               extras: Path | str | None = None, inputs: Iterable[Path | str] = (), progress: bool = True,
-              source: Path | str | None = None) -> UnitRun:
+              source: Path | str | None = None, payload: Callable[[Unit], object] | None = None) -> UnitRun:
     """Bring `out` (and `extras`) up to date with `units`: run the units that are not current with
     `executor.map(UnitWork(fn, out, extras), ...)` (flame_fitting.core.executor; connect it before calling, so an
     unreachable cluster changes nothing), remove the outputs of units not in `units`, keep the others untouched.
     `out` (and `extras`) must be geoface's own folders (or absent) of this stage's kind (`desc`, `desc previews`:
     the markers say so, so a capture or another stage's folder given as either is refused, never swept), apart
     from each other; `inputs` must not be inside `out`. `source`: the input folder the units come from; when it holds
-    none, AllUnitsFailedError names it before anything is written or removed (a wrong folder given for it)."""
+    none, AllUnitsFailedError names it before anything is written or removed (a wrong folder given for it).
+    `payload(unit)`: what each unit that runs is handed with it (`Unit.payload`; a data stage's: its share of the
+    capture, formats.units.unit_payload), made here for those units only (a kept unit needs none)."""
     out = Path(out)
     extras = None if extras is None else Path(extras)
     units = sorted(units, key=lambda u: (u.subject, u.sequence))
@@ -161,6 +163,8 @@ def run_units(executor, fn: Callable, units: Iterable[Unit], out: Path | str, de
             run.kept.append(u.rel)
             parsed[u.rel] = rec
     to_run = {u.rel for u in todo}
+    if payload is not None:
+        todo = [replace(u, payload=payload(u)) for u in todo]
     run.removed = [r for r in _sweep(out, set(run.kept), extras) if r not in to_run]
     try:
         results = [_visible(out, r, parsed)

@@ -76,7 +76,8 @@ def ray_unit(fn: Callable, item, cwd: str, code: str, clock=None, index: int = -
     """`call_unit(fn, item)` in a Ray task (executor.py): in the stage's working folder `cwd` (its relative paths
     mean the same folders on every node: a shared file system at the same path), with one thread per library
     (the task holds one CPU), and only when this node's geoface code is the stage's (`code`, package_digest).
-    `clock`: a StartClock actor told first thing that unit `index` started (its time limit runs from now)."""
+    `clock`: a StartClock actor told first thing that unit `index` started (its time limit runs from now). The result
+    comes back without its item (the stage puts its own back: a unit's payload travels one way)."""
     if clock is not None:
         clock.start.remote(index)
     host = socket.gethostname()
@@ -91,9 +92,11 @@ def ray_unit(fn: Callable, item, cwd: str, code: str, clock=None, index: int = -
     os.chdir(cwd)
     old = set_threads(1)
     try:
-        return call_unit(fn, item)
+        result = call_unit(fn, item)
     finally:
         restore_threads(old)
+    result.item = None
+    return result
 
 
 def home_module(fn: Callable) -> str | None:

@@ -19,7 +19,7 @@ from flame_fitting.core.units import run_units, write_unit_failures
 from flame_fitting.formats.capture import capture_version, load_capture
 from flame_fitting.formats.lineage import check_same_capture, write_lineage
 from flame_fitting.formats.landmarks import load_landmarks
-from flame_fitting.formats.units import capture_unit_hashes, capture_units, unit_capture
+from flame_fitting.formats.units import capture_unit_hashes, capture_units, unit_capture, unit_payload
 from flame_fitting.head.head_model import load_head_model
 
 from .capture import embedding_used, face_region_of, fit_one_sequence, resolve_silhouette_mode
@@ -52,7 +52,7 @@ def fit_folder(captures: Path | str, landmarks: Path | str, head_model: Path | s
     fn = partial(fit_unit, str(cap.root), str(landmarks), str(head_model), cfg)
     with open_executor(executor or ExecutorConfig(workers=1)) as ex:
         run = run_units(ex, fn, units, out, "fit", extras=overlays, inputs=[captures, landmarks, head_model],
-                        source=captures)
+                        source=captures, payload=partial(unit_payload, cap))
     out = Path(out)
     write_unit_failures(out / "failures.json", run)
     recs = run.records
@@ -97,7 +97,7 @@ def _model(head_model: str, n_shape, n_expr):
 def fit_unit(captures: str, landmarks: str, head_model: str, cfg: FitConfig, unit: Unit, tmp: Path,
              extras: Path | None) -> tuple[dict, list[str]]:
     """One fit unit (runs in a worker): fit one sequence into `tmp`, its overlays into `extras`."""
-    cap = unit_capture(captures, unit.subject, unit.sequence)
+    cap = unit_capture(captures, unit)
     ls = load_landmarks(unit_landmarks(Path(landmarks), unit.subject, unit.sequence))
     model = _model(head_model, cfg.n_shape, cfg.n_expr)
     rec = fit_one_sequence(cap, ls, model, cfg, unit.subject, unit.sequence, tmp, extras, face_region_of(model))

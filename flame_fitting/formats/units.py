@@ -2,10 +2,8 @@
 starts from `capture_unit_hashes` (flame_fitting/core/unit_keys.py, docs/scaling.md)."""
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
-from flame_fitting.core.fileio import sha256_file
 from flame_fitting.core.hash_cache import file_sha256
 from flame_fitting.core.unit_keys import Unit, digest, tree_hashes
 from flame_fitting.formats.capture import Capture, load_capture
@@ -61,25 +59,23 @@ def sub_capture(cap: Capture, subject: str, sequence: str) -> Capture:
     return Capture(cap.root, unit_manifest(cap, subject, sequence).reset_index(drop=True), cap.info)
 
 
-@lru_cache(maxsize=4)
-def _cached_capture(root: str, stamp: tuple) -> Capture:
-    return load_capture(root, check_files=False)
+def unit_payload(cap: Capture, unit: Unit) -> Capture:
+    """What a data stage hands each unit it runs (`core.units.run_units`' `payload`): its sequence of the capture the
+    stage validated and keyed (`sub_capture`), so the unit's worker reads no manifest (`unit_capture`)."""
+    return sub_capture(cap, unit.subject, unit.sequence)
 
 
-def worker_capture(root: Path | str) -> Capture:
-    """The capture at `root` as a worker reads it: no per-image checks (the stage validated it before dispatching),
-    cached per process while its manifest is unchanged."""
-    root = Path(root)
-    st = (root / "manifest.parquet").stat()
-    return _cached_capture(str(root), (st.st_mtime_ns, st.st_size, sha256_file(root / "capture.json")))
-
-
-def unit_capture(root: Path | str, subject: str, sequence: str) -> Capture:
-    """One sequence of the capture at `root` as a unit reads it (`worker_capture` restricted by `sub_capture`), its
-    image files checked first (`check_image_files`: present, header size = camera's; CaptureError naming the file,
-    which fails this unit only). The stages load the capture without opening an image and leave this check to the
-    units they run: a run that keeps every unit reads no image header (it read all of them, in each of the four
-    stages, on every run: 1.6 million files per stage at NeRSemble's 10⁵ frames × 16 views)."""
-    sub = sub_capture(worker_capture(root), subject, sequence)
+def unit_capture(root: Path | str, unit: Unit) -> Capture:
+    """One sequence of the capture at `root` as a unit reads it: the rows its stage handed it (`unit_payload`), those
+    its key was computed from, else (a unit given without them) the capture loaded here and restricted by
+    `sub_capture`; its image files checked first (`check_image_files`: present, header size = camera's;
+    CaptureError naming the file, which fails this unit only). Each worker process loaded and validated the whole
+    manifest for its first unit (1.9 s of CPU and 0.66 GB per process at 1.6 M rows, docs/scaling.md "Measured"). The
+    stages load the capture without opening an image and leave this check to the units they run: a run that keeps
+    every unit reads no image header (it read all of them, in each of the four stages, on every run: 1.6 million
+    files per stage at NeRSemble's 10⁵ frames × 16 views)."""
+    sub = unit.payload
+    if not isinstance(sub, Capture):
+        sub = sub_capture(load_capture(root, check_files=False), unit.subject, unit.sequence)
     check_image_files(sub)
     return sub

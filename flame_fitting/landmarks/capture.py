@@ -35,7 +35,7 @@ from flame_fitting.core.units import run_units, write_unit_failures
 from flame_fitting.formats.capture import Capture, CaptureError, capture_version, load_capture, read_gt_landmarks
 from flame_fitting.formats.landmarks import KEYS, LandmarkSet, write_landmark_files
 from flame_fitting.formats.lineage import write_lineage
-from flame_fitting.formats.units import capture_unit_hashes, capture_units, unit_capture
+from flame_fitting.formats.units import capture_unit_hashes, capture_units, unit_capture, unit_payload
 from flame_fitting.landmarks.detector import band_means, detect_files, rates_by_yaw, results_to_arrays
 from flame_fitting.landmarks.faces import choose_faces
 
@@ -173,7 +173,7 @@ def detect_folder(captures: Path | str, out: Path | str, cfg: LandmarksParams, m
                                                   params=params, code=code)) for u in capture_units(cap)]
     with open_executor(executor or ExecutorConfig(workers=1)) as ex:
         run = run_units(ex, partial(detect_unit, str(cap.root), cfg), units, out, "landmarks", inputs=[captures],
-                        source=captures)
+                        source=captures, payload=partial(unit_payload, cap))
     write_unit_failures(Path(out) / "failures.json", run)
     done = {tuple(k.split("/", 1)) for k in run.records}
     m = cap.manifest
@@ -198,7 +198,7 @@ ROOMS = ("__init__.py", "core", "geometry", "formats", "landmarks")  # the code 
 def detect_unit(captures: str, cfg: LandmarksParams, unit: Unit, tmp: Path, extras: Path | None) -> tuple[dict, list]:
     """One landmarks unit (runs in a worker): detect one sequence's images into `tmp`; the record keeps what the
     stage's metrics need: the ground-truth errors (None where unknown) and the table's `table_summary`."""
-    sub = unit_capture(captures, unit.subject, unit.sequence)
+    sub = unit_capture(captures, unit)
     ls = detect_capture(sub, workers=cfg.workers, progress=False)
     write_landmark_files(ls, tmp)
     err = gt_landmark_errors(sub, ls)

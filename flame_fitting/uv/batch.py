@@ -41,7 +41,7 @@ from flame_fitting.formats.capture import load_capture
 from flame_fitting.formats.capture_checks import load_cameras
 from flame_fitting.formats.fits import load_sequence_fit
 from flame_fitting.formats.lineage import captures_version_of, check_same_capture
-from flame_fitting.formats.units import capture_unit_hashes, unit_capture
+from flame_fitting.formats.units import capture_unit_hashes, unit_capture, unit_payload
 from flame_fitting.geometry.camera import Camera
 from flame_fitting.head.head_model import load_head_model
 
@@ -192,7 +192,7 @@ def correspondences_for_fits(fits: Path | str, uv: Path | str, captures: Path | 
     fn = partial(correspondence_unit, str(fits), str(uv), str(cap.root), str(head_model), cfg, app_tokens, geo_tokens)
     with open_executor(executor or ExecutorConfig(workers=1)) as ex:
         run = run_units(ex, fn, units, out, "correspondences", extras=previews, inputs=[fits, uv, captures, head_model],
-                        source=fits)
+                        source=fits, payload=partial(unit_payload, cap))
     write_unit_failures(out / "failures.json", run)
     metrics = aggregate([f for r in run.records.values() for f in r["frames"]])
     metrics.update({"app_tokens": app_tokens, "geo_tokens": geo_tokens, "captures_version": captures_version_of(captures),
@@ -209,7 +209,7 @@ def correspondence_unit(fits: str, uv: str, captures: str, head_model: str, cfg:
     into `previews`. Returns the record (per-frame self-check metrics) and the preview names."""
     grid = TokenGrid(app_tokens, geo_tokens, cfg.min_app_coverage, cfg.min_geo_pixels)
     subject, sequence = unit.subject, unit.sequence
-    cap = unit_capture(captures, subject, sequence)
+    cap = unit_capture(captures, unit)
     folder = Path(fits) / subject / sequence
     fit = load_sequence_fit(folder)
     _, layout = _model_layout(head_model, fit["shape"].shape[1], fit["expr"].shape[1])

@@ -66,6 +66,25 @@ def test_a_pool_process_never_waits_for_the_stage_process():
     assert in_pool >= 14, f"the pool ran {in_pool} of 20 units; the stage's process ran the rest at 1 s each"
 
 
+def pid_after(item: dict) -> int:
+    """1 s in the test's own process, 0.05 s in a pool process; returns the pid that ran it."""
+    time.sleep(1.0 if os.getpid() == item["parent"] else 0.05)
+    return os.getpid()
+
+
+def test_a_result_comes_back_with_the_callers_own_item_not_a_copy():
+    """An item travels to its pool process and not back: a data stage's unit carries its share of the capture
+    (`Unit.payload`, formats.units.unit_payload: ~160 KB for 800 rows), which would come back with every result and be
+    held anew by the stage (2 GB of copies at 10 million manifest rows). Each result holds the very item the caller
+    passed."""
+    items = [{"parent": os.getpid(), "n": i, "rows": list(range(2000))} for i in range(12)]
+    with open_executor(ExecutorConfig(kind="local", workers=2)) as ex:
+        res = ex.map(pid_after, items, progress=False)
+    assert all(r.ok for r in res)
+    assert any(r.value != os.getpid() for r in res)  # some ran in the pool process
+    assert all(r.item is it for r, it in zip(res, items))
+
+
 def test_the_pool_preloads_the_unit_functions_module():
     """UnitWork(partial(f)) is run by pool processes forked from a server that imported f's module; starting that
     server early is a no-op for `workers: 1` and Ray, and otherwise leaves a working pool."""
