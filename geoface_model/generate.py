@@ -150,7 +150,8 @@ def generate_from_photo(photo: Path | str, model_dir: Path | str, n_views: int, 
                         head_model_dir: Path | str = "data/head_model", cfg: GeoFaceConfig | None = None,
                         num_inference_steps: int = 25, scheduler: str = "ddim", guidance_scale: float = 1.0,
                         seed: int = 0, yaw_range_deg: tuple[float, float] = (-60.0, 60.0),
-                        focal_mm: float = DEFAULT_FOCAL_MM, fill: float = DEFAULT_FILL, max_side: int = MAX_SIDE,
+                        pitch_deg: float | None = None, focal_mm: float = DEFAULT_FOCAL_MM, fill: float = DEFAULT_FILL,
+                        max_side: int = MAX_SIDE,
                         export_gs: bool = False, overwrite: bool = False, progress: bool = True,
                         device: str | torch.device = "auto") -> dict:
     """Generate n_views views + mesh from one photo into out_dir (see the module docstring) with the model on
@@ -162,6 +163,8 @@ def generate_from_photo(photo: Path | str, model_dir: Path | str, n_views: int, 
     if n_views < 1 or int(num_inference_steps) < 1 or guidance_scale < 0:  # before any work
         raise GenerateError(f"n_views and num_inference_steps must be >= 1 and guidance_scale >= 0, got {n_views}, "
                             f"{num_inference_steps}, {guidance_scale}")
+    if pitch_deg is not None and not -90 < pitch_deg < 90:  # straight above or below the head: no image up
+        raise GenerateError(f"pitch_deg {pitch_deg:g}: the views' elevation must be between -90 and 90 degrees")
     device = resolve_device(device)  # a GPU that is not there: one line before any work
     inputs = [photo, model_dir, head_model_dir]
     check_output_dir(out, inputs, overwrite, kind="generated views")  # before any work: never replaces data geoface did not write
@@ -187,7 +190,7 @@ def generate_from_photo(photo: Path | str, model_dir: Path | str, n_views: int, 
         notes += crop_notes(box, W, H, S)
         ref_img, ref_cam = crop_view(rgb, est.camera, box, S)
         ref_cam = Camera(K=ref_cam.K, world_to_cam=ref_cam.world_to_cam, width=S, height=S, name="reference")
-        targets = orbit_cameras(ref_cam, est.centre, n_views, yaw_range_deg)
+        targets = orbit_cameras(ref_cam, est.centre, n_views, yaw_range_deg, pitch_deg)
         bar.update(1)
         t_gen = time.perf_counter()
         res = pipe(ref_img, ref_cam, targets, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
@@ -218,7 +221,8 @@ def generate_from_photo(photo: Path | str, model_dir: Path | str, n_views: int, 
                            "focal_mm_equivalent": focal_mm,
                            "head_height_m": round(est.head_height, 4), "head_centre": [float(x) for x in est.centre],
                            "distance_m": round(float(np.linalg.norm(ref_cam.center - est.centre)), 4)},
-                "n_views": n_views, "yaw_range_deg": list(yaw_range_deg), "resolution": S,
+                "n_views": n_views, "yaw_range_deg": list(yaw_range_deg), "pitch_deg": pitch_deg,
+                "resolution": S,
                 "uv_resolution": pipe.config.uv_resolution, "scheduler": type(pipe.scheduler).__name__,
                 "num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale, "seed": seed,
                 "device": str(pipe.device),

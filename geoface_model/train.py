@@ -22,9 +22,9 @@ accelerate's own files are read with `weights_only=True`.
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import resource
+import sys
 import time
 from pathlib import Path
 
@@ -47,8 +47,6 @@ from .latents import LatentCodec
 from .geo_norm import posmap_statistics
 from .ranks import stop_together
 from .train_checkpoint import check_run_dir, resume_newest, save_checkpoint
-
-log = logging.getLogger("geoface_model.train")
 
 
 class DivergedError(GeofaceError, ArithmeticError):
@@ -97,13 +95,14 @@ def train(cfg: GeoFaceConfig, data: str | Path | GeoFaceDataset, out_dir: str | 
     cfg.validate()
     tc, out_dir = cfg.train, Path(out_dir)
     mp = tc.mixed_precision if torch.cuda.is_available() else "no"
-    if mp != tc.mixed_precision:
-        log.info("mixed_precision %r requested but no GPU: training in fp32", tc.mixed_precision)
     # several GPUs (DDP): a micro-batch whose reference was dropped (train.cond_dropout) or an alignment loss switched
     # off leaves the alignment head without gradients, which DDP's reducer refuses unless told to look for them
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
     accelerator = Accelerator(mixed_precision=mp, kwargs_handlers=[ddp],
                               dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=tc.seed))
+    if mp != tc.mixed_precision and accelerator.is_main_process:  # notes: one line each, before the bar starts
+        print(f"train: train.mixed_precision = {tc.mixed_precision} needs a GPU and there is none: training in fp32",
+              file=sys.stderr)
     with stop_together("could not start"):  # an error of one process stops all, before DDP waits (ranks.py)
         dataset = (data if isinstance(data, GeoFaceDataset)
                    else GeoFaceDataset(data, "train", tc.n_ref, tc.n_tgt, tc.seed))
@@ -137,14 +136,16 @@ def train(cfg: GeoFaceConfig, data: str | Path | GeoFaceDataset, out_dir: str | 
     state = TrainState()
     with stop_together("could not start"):
         resumed_from, skipped = resume_newest(accelerator, out_dir, ema, state) if resume else (None, [])
-        if resumed_from:
-            log.info("resumed from %s at step %d", resumed_from, state.step)
+        if resumed_from and accelerator.is_main_process:
+            print(f"train: resumed from {resumed_from} at step {state.step} of {tc.steps}"
+                  f"{': nothing left to train' if state.step >= tc.steps else ''}", file=sys.stderr)
         if accelerator.is_main_process:
             write_json(out_dir / "geoface_config.json", cfg.to_dict(), indent=1)
         per_epoch = (len(loader) // tc.grad_accum) * tc.grad_accum
         if per_epoch == 0:
-            raise ShardError(f"{where}: {len(dataset)} samples give {len(loader)} batches of {tc.batch_size} per "
-                             f"process, fewer than grad_accum = {tc.grad_accum}")
+            raise ShardError(f"{where}: {len(dataset)} samples give {len(loader)} batches of train.batch_size = "
+                             f"{tc.batch_size} per process, fewer than train.grad_accum = {tc.grad_accum} (lower "
+                             "train.batch_size or train.grad_accum, or add training samples)")
         losslog = LossLog(out_dir / "loss.csv", state.rows, append=accelerator.is_main_process)
     state.rows = losslog.rows
     scheduler = make_noise_scheduler(cfg)

@@ -24,8 +24,9 @@ import hashlib
 import json
 import shutil
 import sys
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 from accelerate import PartialState
 
@@ -35,7 +36,7 @@ from flame_fitting.core.fileio import file_ancestor, replace_dir, sha256_file, t
 from flame_fitting.core.unit_keys import code_digest, tree_digest
 
 from .backbone import vae_path_of
-from .checkpoint import prune_runs, touch_run, writing
+from .checkpoint import list_checkpoints, prune_runs, touch_run, writing
 from .config import GeoFaceConfig
 from .data import GeoFaceDataset, ShardError, check_compatible, read_shard_meta
 from .latents import latent_shape_info
@@ -47,6 +48,24 @@ from .train import train
 
 class TrainError(GeofaceError, ValueError):
     """A training run that cannot start: an output path that cannot be written."""
+
+
+class TrainInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM, flame_fitting/core/interrupt.py) during `train_model` once its run folder was known:
+    `checkpoint` = (step, folder) of the newest checkpoint written (what the same training resumes from), or None;
+    `every` = train.checkpoint_every."""
+
+    def __init__(self, checkpoint: tuple[int, Path] | None, every: int):
+        super().__init__()
+        self.checkpoint, self.every = checkpoint, every
+
+    def again(self, what: str) -> str:
+        """What `what` (`running the same command`) does now, one clause."""
+        if self.checkpoint is None:
+            return (f"no checkpoint was written yet (one every train.checkpoint_every = {self.every} steps): {what} "
+                    "again starts over")
+        step, path = self.checkpoint
+        return f"{what} again resumes from the checkpoint of step {step} ({path})"
 
 
 PUBLISHED, METRICS_JSON = "published", "metrics.json"  # STATE/<run id>/published/: what the finished run published
@@ -72,7 +91,8 @@ def check_start(cfg: GeoFaceConfig, data: Path | str) -> None:
     check_compatible(dataset.meta, cfg.tokens, str(data))
     if len(dataset) // tc.batch_size < tc.grad_accum:  # train's own check, for one process
         raise ShardError(f"{data}: {len(dataset)} samples give {len(dataset) // tc.batch_size} batches of "
-                         f"{tc.batch_size}, fewer than grad_accum = {tc.grad_accum}")
+                         f"train.batch_size = {tc.batch_size}, fewer than train.grad_accum = {tc.grad_accum} (lower "
+                         "train.batch_size or train.grad_accum, or add training samples)")
     latent_shape_info(vae_path_of(cfg))  # the VAE folder's config (sd21_mv: the base folder) without loading it
 
 
@@ -184,13 +204,25 @@ def _publish(cfg: GeoFaceConfig, data: Path | str, rid: str, run_dir: Path, mode
     return metrics
 
 
+@contextmanager
+def _interrupted(run_dir: Callable[[], Path | None], every: int) -> Iterator[None]:
+    """Ctrl-C / SIGTERM in the block: TrainInterrupted naming the newest checkpoint of `run_dir()` once it is known
+    (before, the plain KeyboardInterrupt: no run folder yet)."""
+    try:
+        yield
+    except KeyboardInterrupt as e:
+        if run_dir() is None or isinstance(e, TrainInterrupted):
+            raise
+        raise TrainInterrupted(next(iter(list_checkpoints(run_dir())), None), every) from e
+
+
 def train_model(cfg: GeoFaceConfig, data: Path | str, state: Path | str, model: Path | str, loss_csv: Path | str,
                 metrics_path: Path | str | None = None) -> dict:
     """Train on the shards under `data` in `state`/<run id>, publish `model` and `loss_csv`; returns the metrics
     (and writes their scalar entries to `metrics_path`)."""
     state, model, loss_csv = Path(state), Path(model), Path(loss_csv)
-    main = PartialState().is_main_process
-    with ExitStack() as held:
+    main, run_dir = PartialState().is_main_process, None
+    with _interrupted(lambda: run_dir, cfg.train.checkpoint_every), ExitStack() as held:
         # an error of any process (the main one alone takes the lock, prunes, publishes) stops every process (ranks.py)
         with stop_together("could not start"):
             check_file_outputs(model, {"loss CSV": loss_csv, "metrics JSON": metrics_path})

@@ -46,9 +46,11 @@ def run(main) -> None:
         main()
     except BrokenPipeError:
         raise
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        again = getattr(e, "again", None)  # the train stage: resume or start over (train_run.TrainInterrupted)
         print(f"{Path(sys.argv[0]).stem}: interrupted; what it had not finished was not written (the temporaries "
-              "are removed; units and checkpoints completed before stay)", file=sys.stderr)
+              "are removed; units and checkpoints completed before stay)"
+              f"{'; ' + again('running it') if again is not None else ''}", file=sys.stderr)
         sys.exit(INTERRUPTED)
     except (GeofaceError, OSError) as e:  # OSError: the system's word about a path (permission, not a folder …)
         print(f"{Path(sys.argv[0]).stem}: error: {error_line(e)}", file=sys.stderr)

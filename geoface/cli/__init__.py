@@ -71,13 +71,17 @@ def main(argv: list[str] | None = None) -> int:
         return 141  # what a shell reports for a command stopped by SIGPIPE (128 + 13)
 
 
-def interrupted_line(args) -> str:
+def interrupted_line(args, e: BaseException | None = None) -> str:
     """What Ctrl-C (or SIGTERM) left: a data command (landmarks ... dataset, which take the executor options) keeps
-    the sequences it finished in OUT (core/units.py); the others write their output folder in one rename."""
+    the sequences it finished in OUT (core/units.py); the others write their output folder in one rename; a training
+    (`e`: geoface_model.train_run.TrainInterrupted) also says what the same command does now: resume from its newest
+    checkpoint, or start over."""
     if hasattr(args, "executor"):
         return (f"interrupted; the sequences finished before are kept in {args.out} and the temporaries removed: run "
                 "the same command with --force to do the others")
-    return "interrupted; its output folder was not written (the temporary is removed)"
+    line = "interrupted; its output folder was not written (the temporary is removed)"
+    again = getattr(e, "again", None)
+    return f"{line}; {again('running the same command')}" if again is not None else line
 
 
 def _main(argv: list[str] | None) -> int:
@@ -100,8 +104,8 @@ def _main(argv: list[str] | None) -> int:
             rc = args.func(args, *(configs(args) if args.sections else []))
     except BrokenPipeError:
         raise
-    except KeyboardInterrupt:
-        print(f"geoface {name}: {interrupted_line(args)}", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"geoface {name}: {annotate(interrupted_line(args, e), words)}", file=sys.stderr)
         return INTERRUPTED
     except (GeofaceError, ValueError, OSError) as e:  # our errors name the file and the problem; the system's
         print(f"geoface {name}: {annotate(error_line(e), words)}", file=sys.stderr)

@@ -119,6 +119,8 @@ def generate(args) -> None:
     lo, hi = args.yaw_range
     if not -180 <= lo <= hi <= 180:
         raise CliError(f"--yaw-range {lo:g} {hi:g}: give MIN <= MAX, both within -180..180 degrees")
+    if args.pitch is not None and not -90 < args.pitch < 90:  # straight above or below: no image up (look_at)
+        raise CliError(f"--pitch {args.pitch:g}: give an elevation between -90 and 90 degrees (exclusive)")
     for option, path, made_by in (("--model", args.model, "`dvc repro train` or `geoface train`"),
                                   ("--head-model", args.head_model, "`dvc repro head_model`")):
         if not Path(path).exists():
@@ -126,7 +128,8 @@ def generate(args) -> None:
                            f"repository after {made_by}, or pass {option})")
     show(generate_from_photo(args.photo, args.model, args.views, args.out, head_model_dir=args.head_model,
                              num_inference_steps=args.steps, scheduler=args.scheduler, guidance_scale=args.guidance,
-                             seed=args.seed, yaw_range_deg=(lo, hi), export_gs=args.gs, overwrite=args.force,
+                             seed=args.seed, yaw_range_deg=(lo, hi), pitch_deg=args.pitch,
+                             export_gs=args.gs, overwrite=args.force,
                              device=args.device))
 
 
@@ -184,6 +187,9 @@ def register(sub, chosen) -> None:
     p.add_argument("--yaw-range", type=float, nargs=2, default=(-60.0, 60.0), metavar=("MIN", "MAX"),
                    help="yaws of the first and last view in degrees, the others evenly between (head-relative: 0 = "
                    "frontal, + = the subject's left; one view: the middle; default -60 60)")
+    p.add_argument("--pitch", type=float, metavar="DEG",
+                   help="elevation of every view in degrees, head-relative (0 = level with the head centre, + = from "
+                   "above; within -90..90 exclusive; default: the photo's own elevation)")
     p.add_argument("--out", required=True, help="folder to write: views/, contact sheet, cameras.json, UV map, mesh")
     p.add_argument("--model", default="models/geoface", help="trained transformer or pipeline folder (default: "
                    "%(default)s, relative to the current folder)")

@@ -186,6 +186,8 @@ def test_a_bare_set_is_a_usage_error(capsys, tmp_path):
     (["--guidance", "-1"], "--guidance -1.0: must be at least 0"),
     (["--yaw-range", "60", "-60"], "--yaw-range 60 -60: give MIN <= MAX, both within -180..180 degrees"),
     (["--yaw-range", "0", "270"], "--yaw-range 0 270: give MIN <= MAX, both within -180..180 degrees"),
+    (["--pitch", "90"], "--pitch 90: give an elevation between -90 and 90 degrees (exclusive)"),
+    (["--pitch", "-120"], "--pitch -120: give an elevation between -90 and 90 degrees (exclusive)"),
     (["--model", "{tmp}/nowhere"], "--model {tmp}/nowhere does not exist (the default is relative to this folder"),
 ])
 def test_generate_checks_its_options_before_any_work(capsys, tmp_path, extra, words):

@@ -131,3 +131,17 @@ def test_too_few_views_name_the_key_that_asked_for_them(capsys, tmp_path):
                                        "views, fewer than the 6 asked (1 reference + eval.n_targets = 5 "
                                        "(--set n_targets=5))"), err
     assert not (tmp_path / "e").exists() and not (tmp_path / "p").exists()
+
+
+def test_too_few_samples_for_a_batch_name_the_keys_that_ask(capsys, tmp_path):
+    """4 training samples, train.batch_size 8: no batch. The error names the keys (and the CLI their --set) that
+    decide it; before it said `4 samples give 0 batches of 8, fewer than grad_accum = 1`, no key the user could set."""
+    make_synthetic_shard(tmp_path / "ds" / "train.safetensors", n_samples=4, n_views=4, resolution=32,
+                         uv_resolution=32, seed=0)
+    tokens = ["tokens.resolution=32", "tokens.patch_size=8", "tokens.uv_resolution=32", "tokens.geo_patch_size=8"]
+    rc, _, err = cli(capsys, "train", tmp_path / "ds", "--out", tmp_path / "M", "--set", *tokens, "batch_size=8")
+    assert rc == 2 and err.strip() == (
+        f"geoface train: {tmp_path / 'ds'}: 4 samples give 0 batches of train.batch_size = 8 (--set batch_size=8), "
+        "fewer than train.grad_accum = 1 (--set grad_accum=1) (lower train.batch_size or train.grad_accum, or add "
+        "training samples)"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]  # refused before any work

@@ -149,6 +149,27 @@ def test_the_command_generates_the_requested_yaws(env, tmp_path, capsys):
     assert rep["yaw_range_deg"] == [-30, 90]
 
 
+def test_the_command_generates_the_requested_pitch(env, tmp_path, capsys):
+    """`geoface generate --pitch DEG`: every view's elevation about the head centre is DEG, at the requested yaws and
+    the reference's distance (before, the command had no such option: the views kept the photo's own elevation)."""
+    from geoface.cli import main
+
+    root, _ = env
+    out = tmp_path / "out"
+    assert main(["generate", PHOTO, "--model", str(root / "model"), "--head-model", str(root / "head"), "--views", "3",
+                 "--steps", "1", "--yaw-range", "-40", "40", "--pitch", "25", "--device", "cpu", "--out",
+                 str(out)]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    cams, centre = load_cameras(out / "cameras.json"), np.array(rep["camera"]["head_centre"])
+    views = [cams[f"view_0{i}"].center - centre for i in range(3)]
+    pitches = [np.degrees(np.arctan2(d[1], np.hypot(d[0], d[2]))) for d in views]
+    np.testing.assert_allclose(pitches, [25, 25, 25], atol=1e-2)
+    np.testing.assert_allclose([_yaw_deg(cams[f"view_0{i}"].center, centre) for i in range(3)], [-40, 0, 40],
+                               atol=1e-2)
+    np.testing.assert_allclose([np.linalg.norm(d) for d in views], rep["camera"]["distance_m"], rtol=1e-3)
+    assert rep["pitch_deg"] == 25
+
+
 def _refused(env, tmp_path, photo, match):
     root, _ = env
     before = sorted(tmp_path.iterdir())
