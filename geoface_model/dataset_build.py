@@ -1,13 +1,14 @@
-"""The `dataset` stage's work (also `geoface dataset`): pack training samples into safetensors shards, split by
-subject.
+"""The `dataset` stage's work (also `geoface dataset`): pack training samples into safetensors shards, each of
+its sequence's split.
 
 One sample = one fitted frame: its views resized to `tokens.resolution` (images in [-1, 1] and foreground
 masks), the refined cameras with K scaled to that resolution, the canonical UV position map baked at
 `tokens.uv_resolution` from the fitted canonical mesh (UV folder's .canonical.npy), and the token-level
 correspondence targets (computed at the same token grids: both read the `tokens` params section). Frames the
 fit marked as diverged are left out and counted. Splits come from the capture manifest (train / val / test by
-subject). Writes OUT/<subject>/<sequence>/shard_XXXX.safetensors (format: geoface_model/data.py; each shard's
-metadata names its split), one work unit per fitted sequence (flame_fitting/core/units.py): a sequence whose
+subject or by sequence: load_capture refuses a sequence of two splits). Writes
+OUT/<subject>/<sequence>/shard_XXXX.safetensors (format: geoface_model/data.py; each shard's metadata names its
+sequence's split), one work unit per fitted sequence (flame_fitting/core/units.py): a sequence whose
 inputs (its capture files, the fit's arrays and cameras, canonical meshes and correspondences it reads: `READS`; the
 head model, the params, the code) did not change keeps its shards as they are. Readers take every shard under OUT
 in sorted path order (subject, sequence, shard), which is the sample order of the former OUT/<split>/ layout.
@@ -93,9 +94,11 @@ def build_dataset(captures: Path | str, fits: Path | str, uv: Path | str, corres
     check_same_capture(captures, fits, "fits")
     head, code = tree_digest(head_model), code_digest(*CODE)
     params = {**asdict(cfg), **asdict(tok), "gutter": int(gutter)}
-    split_of = cap.manifest.groupby("subject").split.first().to_dict()
+    # the split a unit writes into its shards: its sequence's (one per sequence: load_capture); the subject's first
+    # row's before 2026-12-07, so a later sequence moved to another split kept its shards and their old split
+    split_of = {k: str(cap.manifest.split.iat[rows[0]]) for k, rows in cap.sequence_rows.items()}
     units = [Unit(f.parent.name, f.name, unit_key(
-        "dataset", capture=capture_unit_hashes(cap, f.parent.name, f.name), split=split_of.get(f.parent.name),
+        "dataset", capture=capture_unit_hashes(cap, f.parent.name, f.name), split=split_of.get((f.parent.name, f.name)),
         fit=tree_digest(f, READS["fit"]), head=head, code=code,
         uv=tree_digest(uv / f.parent.name / f.name, READS["uv"]), params=params,
         correspondences=tree_digest(correspondences / f.parent.name / f.name, READS["correspondences"])))
@@ -144,7 +147,7 @@ def dataset_unit(captures: str, fits: str, uv: str, correspondences: str, head_m
     subject, sequence = unit.subject, unit.sequence
     cap = unit_capture(captures, unit)
     m = cap.manifest
-    split = str(m[m.subject == subject].split.iat[0])
+    split = str(m.split.iat[0])  # the sequence's rows only (unit_capture), all of one split (load_capture)
     folder = Path(fits) / subject / sequence
     fit = load_sequence_fit(folder)
     layout = _layout(head_model, fit["shape"].shape[1], fit["expr"].shape[1])

@@ -14,7 +14,8 @@ import numpy as np
 
 from flame_fitting.core.arrays import checked_array
 from flame_fitting.core.readers import read_json
-from flame_fitting.formats.capture import SPLITS, CaptureError
+from flame_fitting.formats.capture import CaptureError
+from flame_fitting.formats.capture_splits import SPLITS
 from flame_fitting.core.params import ParamsError, spec
 
 

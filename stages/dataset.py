@@ -1,4 +1,4 @@
-"""DVC stage `dataset`: training samples in safetensors shards, split by subject (geoface_model/dataset_build.py).
+"""DVC stage `dataset`: training samples in safetensors shards, one split each (geoface_model/dataset_build.py).
 
 One sample = one fitted frame (views at `tokens.resolution`, cameras, UV position map at `tokens.uv_resolution`,
 correspondence targets); diverged frames are left out and counted. Writes OUT/<subject>/<sequence>/*.safetensors

@@ -34,12 +34,13 @@ from flame_fitting.core.fileio import check_output_dir, make_temp_dir, replace_d
 
 from .capture_checks import (CaptureError, check_image_files, check_manifest_cameras, check_manifest_paths,
                              check_manifest_twins, check_twin, json_type, load_cameras, read_json_object)
+from .capture_splits import check_image_split, check_sequence_splits, check_split_values
 from .capture_version import CaptureIndex, make_index, masks_without_hash
 
 FORMAT = "geoface-capture"
 VERSION = 1
 MANIFEST_COLUMNS = ["subject", "sequence", "frame", "camera", "path", "width", "height", "sha256", "split", "source"]
-SPLITS = ("train", "val", "test")
+
 
 def frame_dir(subject: str, sequence: str, frame: int) -> str:
     return f"{subject}/{sequence}/{int(frame):05d}"
@@ -61,10 +62,10 @@ def read_gt_landmarks(path: Path) -> dict:
 class CaptureWriter:
     """Writes a capture atomically: `with CaptureWriter(root, source="synthetic") as w: ...`.
 
-    `root` is checked before anything is written (fileio.check_output_dir): it must not equal or
-    contain one of `inputs`, and an existing non-empty `root` is replaced only if geoface wrote it
-    and `overwrite` is set. Names `load_capture` would refuse as twins (capture_checks.check_manifest_twins) are
-    refused before they are written: a subject's or sequence's at set_cameras, a camera's at add_image."""
+    `root` is checked before anything is written (fileio.check_output_dir): it must not equal or contain one of
+    `inputs`, and an existing non-empty `root` is replaced only if geoface wrote it and `overwrite` is set. Refused
+    before they are written: names load_capture refuses as twins (capture_checks.check_manifest_twins: a subject's or
+    sequence's at set_cameras, a camera's at add_image), an image of another split than its sequence's images."""
 
     def __init__(self, root: Path | str, source: str, info: dict | None = None, image_ext: str = ".png",
                  overwrite: bool = True, inputs: tuple = ()):
@@ -76,6 +77,7 @@ class CaptureWriter:
         self.rows: list[dict] = []
         self._cameras: dict[tuple[str, str], dict[str, Camera]] = {}
         self._folded: dict[tuple, str] = {}  # the twin rule's keys (core.names.name_key) -> the name written as it
+        self._splits: dict[tuple[str, str], str] = {}  # (subject, sequence) -> the split of its images
 
     def __enter__(self) -> "CaptureWriter":
         return self
@@ -116,9 +118,8 @@ class CaptureWriter:
         if rgb.shape[:2] != (cam.height, cam.width):
             raise CaptureError(
                 f"{subject}/{sequence}/{frame}/{camera}: image is {rgb.shape[1]}×{rgb.shape[0]}, camera says {cam.width}×{cam.height}")
-        if split not in SPLITS:
-            raise CaptureError(f"{subject}: split must be one of {SPLITS}, got {split!r}")
         rel = f"{frame_dir(subject, sequence, frame)}/{camera}{self.ext}"
+        check_image_split(self._splits, subject, sequence, split, self.root / rel)
         check_twin(self._folded, "camera", camera, (subject, sequence, name_key(camera)), self.root / rel, (subject, sequence))
         write_image(self.tmp / rel, rgb)
         row = dict(subject=subject, sequence=sequence, frame=int(frame), camera=camera, path=rel,
@@ -209,13 +210,12 @@ def load_capture(root: Path | str, check_files: bool = True, check_hashes: bool 
     if df.duplicated(["subject", "sequence", "frame", "camera"]).any():
         dup = df[df.duplicated(["subject", "sequence", "frame", "camera"])].iloc[0]
         raise CaptureError(f"{man_path}: duplicate row for {dup.subject}/{dup.sequence}/{dup.frame}/{dup.camera}")
-    bad_split = set() if df.split.isin(SPLITS).all() else set(df.split) - set(SPLITS)
-    if bad_split:
-        raise CaptureError(f"{man_path}: unknown split values {sorted(bad_split, key=repr)}")  # mixed types sort too
+    check_split_values(df, str(man_path))
     check_manifest_twins(df, str(man_path), check_manifest_paths(df, str(man_path)))
+    group = check_sequence_splits(df, str(man_path))  # after the names: they are printed as they are
     cap = Capture(root=root, manifest=df, info=info)
     known: dict[bytes, dict[str, Camera]] = {}
-    check_manifest_cameras(df, root, lambda s, q: load_cameras(root / s / q / "cameras.json", known))
+    check_manifest_cameras(df, root, lambda s, q: load_cameras(root / s / q / "cameras.json", known), group)
     if check_files or check_hashes:
         check_image_files(cap, hashes=check_hashes)
     return cap

@@ -252,13 +252,16 @@ def _compares_exactly(dtype) -> bool:
     return isinstance(dtype, np.dtype) and (dtype.kind in "if" or (dtype.kind == "u" and dtype.itemsize < 8))
 
 
-def check_manifest_cameras(df: pd.DataFrame, root: Path, cameras: Callable[[str, str], dict[str, Camera]]) -> None:
+def check_manifest_cameras(df: pd.DataFrame, root: Path, cameras: Callable[[str, str], dict[str, Camera]],
+                           group: np.ndarray | None = None) -> None:
     """CaptureError naming the image of the first manifest row whose camera is not in its sequence's cameras.json, or
     whose width and height are not that camera's; sequences in `groupby` order (sorted), rows in manifest order
     within each; a sequence's cameras (`cameras(subject, sequence)`) are read before its rows are checked, so a bad
     cameras.json is reported where its sequence comes. Each sequence's rows are compared as whole columns against
-    its cameras (each camera name looked up once); only a row that fails that is checked on its own, as before."""
-    group = df.groupby(["subject", "sequence"]).ngroup().to_numpy()  # numbered in iteration order
+    its cameras (each camera name looked up once); only a row that fails that is checked on its own, as before.
+    `group`: every row's sequence number in that order when already made (`capture_splits.check_sequence_splits`)."""
+    if group is None:
+        group = df.groupby(["subject", "sequence"]).ngroup().to_numpy()  # numbered in iteration order
     order = np.argsort(group, kind="stable")
     starts = np.searchsorted(group[order], np.arange(group.max(initial=-1) + 2))
     firsts = order[starts[:-1]]

@@ -143,7 +143,7 @@ def export(args) -> None:
 
 def register(sub, chosen) -> None:
     """Add the model subcommands to `sub`; `chosen(name)`: whether that subcommand's --help is asked for."""
-    p = command(sub, "dataset", "pack fitted frames into training shards split by subject (the dataset stage)",
+    p = command(sub, "dataset", "pack fitted frames into training shards of their sequence's split (the dataset stage)",
                 dataset, [DATASET, TOKENS, UV], chosen("dataset"), force=DATA_FORCE)
     for name in ("captures", "fits", "uv", "correspondences", "head_model"):
         p.add_argument(name, metavar=name.upper(), help=FOLDERS[name])

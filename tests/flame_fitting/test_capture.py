@@ -42,6 +42,34 @@ def test_roundtrip(tmp_path):
     assert not list(tmp_path.glob(".cap.tmp-*"))  # no temporary left behind
 
 
+@pytest.mark.parametrize("frame,camera", [(0, "cam2"), (1, "cam0")], ids=["same-frame", "next-frame"])
+def test_writer_refuses_an_image_of_another_split_than_its_sequence(tmp_path, frame, camera):
+    """A sequence's images share one split (its shards hold one split, a sample one frame's views): the writer
+    refused nothing and wrote a capture whose frame, or one view of it, was in another split than the rest of its
+    sequence, which the dataset stage then wrote with its sequence's first split. A subject's sequences may differ
+    (a held-out sequence)."""
+    rng, c = np.random.default_rng(0), cams()
+    img = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    with pytest.raises(CaptureError) as e:
+        with CaptureWriter(tmp_path / "cap", source="test") as w:
+            for seq, split in (("a", "train"), ("b", "test")):
+                w.set_cameras("s1", seq, c)
+                for f, name in [(0, "cam0"), (0, "cam1")]:
+                    w.add_image("s1", seq, f, name, img, split=split)
+            w.add_image("s1", "a", frame, camera, img, split="val")
+    assert str(e.value) == (
+        f"{tmp_path}/cap/s1/a/{frame:05d}/{camera}.png: split 'val' differs from the split 'train' of the images of "
+        "s1/a added before; a sequence's images must share one split (its shards hold one split, a sample one frame's "
+        "views): split by subject or by sequence")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written
+    with CaptureWriter(tmp_path / "ok", source="test") as w:
+        for seq, split in (("a", "train"), ("b", "test")):
+            w.set_cameras("s1", seq, c)
+            w.add_image("s1", seq, 0, "cam0", img, split=split)
+    m = load_capture(tmp_path / "ok").manifest
+    assert dict(zip(m.sequence, m.split)) == {"a": "train", "b": "test"}
+
+
 def test_interrupted_write_leaves_nothing(tmp_path):
     root = tmp_path / "cap"
     with pytest.raises(RuntimeError):

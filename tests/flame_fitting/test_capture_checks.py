@@ -64,6 +64,8 @@ def _permuted(change=None):
 
 
 MAN = "{root}/manifest.parquet"
+ONE_SPLIT = ("a sequence's images must share one split (its shards hold one split, a sample one frame's views): "
+             "split by subject or by sequence")
 # (id, change to the base manifest, message); "{root}" is the capture folder
 REFUSED = [
     ("subject-int", lambda m: m.assign(subject=m.subject.map({"s0": 10, "s1": 11})),
@@ -134,6 +136,20 @@ REFUSED = [
     ("null-split", _set("split", None, (1,)), f"{MAN}: unknown split values [nan]"),
     ("null-and-unknown-split", lambda m: _set("split", "dev", (4,))(_set("split", None, (1,))(m)),
      f"{MAN}: unknown split values ['dev', nan]"),
+    ("split-mixed-in-frame", _set("split", "val", (5,)), f"{MAN}: sequence s0/q1 mixes splits: frame 0 camera c0 is "
+     f"'train' but frame 0 camera c1 is 'val'; {ONE_SPLIT}"),
+    ("split-mixed-in-sequence", _set("split", "test", (6, 7)), f"{MAN}: sequence s0/q1 mixes splits: frame 0 camera "
+     f"c0 is 'train' but frame 1 camera c0 is 'test'; {ONE_SPLIT}"),
+    ("split-first-sequence-in-manifest-order", lambda m: _set("split", "val", (9,))(_set("split", "val", (0,))(
+        m.iloc[::-1].reset_index(drop=True))), f"{MAN}: sequence s1/q0 mixes splits: frame 1 camera c1 is 'val' but "
+     f"frame 1 camera c0 is 'test'; {ONE_SPLIT}"),  # s1/q0 comes first in this manifest, s0/q0 in sorted order
+    ("split-frame-given-another-subject", lambda m: _set("frame", 2, (8, 9))(_set("subject", "s0", (8, 9))(m)),
+     f"{MAN}: sequence s0/q0 mixes splits: frame 0 camera c0 is 'train' but frame 2 camera c0 is 'test'; {ONE_SPLIT}"),
+    ("names-before-mixed-splits", lambda m: _set("split", "val", (1,))(_set("camera", "-c", (11,))(m)),
+     f"{MAN}: camera '-c' starts with '-' (a spreadsheet opening the CSV files the toolkit writes would run it as a "
+     "formula)"),
+    ("mixed-splits-before-cameras", lambda m: _set("split", "val", (11,))(_set("width", 39, (1,))(m)),
+     f"{MAN}: sequence s1/q0 mixes splits: frame 0 camera c0 is 'test' but frame 1 camera c1 is 'val'; {ONE_SPLIT}"),
     ("camera-not-in-cameras", _set("camera", "c9", (5,)),
      "{root}/s0/q1/00000/c1.png: camera 'c9' is not in {root}/s0/q1/cameras.json"),
     ("size-differs", _set("width", 41, (10,)), "{root}/s1/q0/00001/c0.png: manifest size 41×30 differs from camera "
@@ -264,6 +280,10 @@ ACCEPTED = [
     ("masks-on-no-image", lambda m: m.assign(mask_path=None), None),
     ("extra-columns", lambda m: m.assign(expression=np.arange(len(m)) * 0.5, note="x"), None),
     ("float-sizes", lambda m: m.assign(width=m.width.astype(float), height=m.height.astype(np.int32)), None),
+    ("splits-per-sequence", lambda m: m.assign(split=np.where((m.subject == "s0") & (m.sequence == "q1"), "val",
+                                                              m.split)), None),  # a held-out sequence of s0
+    ("splits-per-sequence-permuted", _permuted(lambda m: m.assign(split=np.where(m.sequence == "q0", "test", "val"))),
+     None),
     ("one-sequence-with-more-cameras", lambda m: m, {("s0", "q0"): CAMS + ["c2"], ("s0", "q1"): CAMS,
                                                      ("s1", "q0"): ["c1", "c0"]}),
 ]
@@ -280,9 +300,10 @@ def test_a_good_manifest_is_accepted_as_written(tmp_path, change, cams):
 
 def reference_checks(root: Path) -> None:
     """The row-by-row validation `load_capture` made before it worked on whole columns (names, paths, splits, each
-    row's camera and size), restated as the slow reference of the column checks."""
+    row's camera and size), restated as the slow reference of the column checks; and the rule it did not have, that a
+    sequence's images share one split (2026-12-07)."""
     from flame_fitting.core.names import name_problem, relpath_problem
-    from flame_fitting.formats.capture import SPLITS
+    from flame_fitting.formats.capture_splits import SPLITS
     from flame_fitting.formats.capture_checks import load_cameras
 
     man = root / "manifest.parquet"
@@ -297,6 +318,14 @@ def reference_checks(root: Path) -> None:
         for value in (df[col].dropna() if problem is relpath_problem else df[col]).unique() if col in df else ():
             if problem(value):
                 raise CaptureError(f"{man}: {col} {value!r} {problem(value)}")
+    first = {}
+    for row in df.itertuples():
+        ref = first.setdefault((row.subject, row.sequence), row)
+        if ref.split != row.split:
+            raise CaptureError(f"{man}: sequence {row.subject}/{row.sequence} mixes splits: frame {ref.frame} camera "
+                               f"{ref.camera} is {ref.split!r} but frame {row.frame} camera {row.camera} is "
+                               f"{row.split!r}; a sequence's images must share one split (its shards hold one split, "
+                               "a sample one frame's views): split by subject or by sequence")
     for (subject, sequence), group in df.groupby(["subject", "sequence"]):
         cam_file = root / subject / sequence / "cameras.json"
         cams = load_cameras(cam_file)

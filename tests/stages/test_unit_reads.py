@@ -149,3 +149,58 @@ def test_a_stage_key_hashes_every_module_the_stage_imports(module):
     for p in _stage_code()[module]:
         hashed |= set(p.rglob("*.py")) if p.is_dir() else {p}
     assert sorted(ours - {p.resolve() for p in hashed}) == []
+
+
+def write_sequence_splits(cap: Path, src: Path, splits: dict[str, str]) -> None:
+    """`cap` := the 1-subject capture `src` with a second sequence 'zz' of the same files, each sequence of the split
+    `splits[sequence]` (the version id left to be computed from the files)."""
+    if not cap.exists():
+        shutil.copytree(src, cap)
+        for p in (cap / "synth000").iterdir():
+            shutil.copytree(p, p.parent / "zz")
+    m = pd.read_parquet(src / "manifest.parquet")
+    zz = m.assign(sequence="zz", **{c: m[c].str.replace("/synthetic/", "/zz/", regex=False)
+                                    for c in ("path", "mask_path", "gt_path") if c in m})
+    m = pd.concat([m, zz], ignore_index=True)
+    m["split"] = m.sequence.map(splits)
+    m.to_parquet(cap / "manifest.parquet", index=False)
+    info = {k: v for k, v in json.loads((src / "capture.json").read_text()).items() if k != "version_id"}
+    (cap / "capture.json").write_text(json.dumps({**info, "n_images": len(m)}))
+
+
+@pytest.fixture(scope="module")
+def two_sequences(tmp_path_factory):
+    root = tmp_path_factory.mktemp("splits")
+    head, src = build(root, subjects=1)
+    assert list(pd.read_parquet(src / "manifest.parquet").sequence.unique()) == ["synthetic"]
+    write_sequence_splits(root / "capture", src, {"synthetic": "train", "zz": "train"})
+    run_data_stages(root / "capture", head, root / "data", LOCAL)
+    return dict(head=head, src=src, cap=root / "capture", data=root / "data")
+
+
+def shard_splits(dataset: Path) -> dict[str, str]:
+    from geoface_model.data import read_shard_meta
+    return {p.parent.name: read_shard_meta(p).split for p in sorted(dataset.glob("*/*/*.safetensors"))}
+
+
+@pytest.mark.parametrize("moved", ["synthetic", "zz"])
+def test_a_sequence_moved_to_another_split_re_runs_its_dataset_unit_and_only_it(two_sequences, tmp_path, moved):
+    """A subject whose sequences are of different splits (a held-out sequence, as NeRSemble's benchmark holds out
+    sequences of the people it trains on): the dataset unit of a sequence writes that sequence's split into its
+    shards, and its key hashed the subject's first row's split. Moving the subject's second sequence ('zz') to test
+    kept its unit and its shards said 'train'; moving the first re-ran both units."""
+    cap, data = tmp_path / "capture", tmp_path / "data"
+    shutil.copytree(two_sequences["cap"], cap)
+    shutil.copytree(two_sequences["data"], data)
+    assert shard_splits(data / "dataset") == {"synthetic": "train", "zz": "train"}
+    splits = {"synthetic": "train", "zz": "train", moved: "test"}
+    write_sequence_splits(cap, two_sequences["src"], splits)
+    m = run_data_stages(cap, two_sequences["head"], data, LOCAL)  # the split is in no other stage's keys
+    assert {s: (m[s]["units_run"], m[s]["units_kept"]) for s in m} == {
+        "landmarks": (0, 2), "fit": (0, 2), "uv": (0, 2), "correspondences": (0, 2), "dataset": (1, 1)}
+    assert shard_splits(data / "dataset") == splits
+    assert (m["dataset"]["samples_train"], m["dataset"]["samples_test"]) == (1, 1)
+    fresh = tmp_path / "fresh"  # the dataset from nothing on the same inputs: the same bytes, key files included
+    copy_inputs(data, fresh, "correspondences")
+    run_data_stages(cap, two_sequences["head"], fresh, LOCAL, stages=("dataset",))
+    assert snapshot(data, ("dataset",)) == snapshot(fresh, ("dataset",))
