@@ -61,14 +61,19 @@ def sub_capture(cap: Capture, subject: str, sequence: str) -> Capture:
 
 def unit_payload(cap: Capture, unit: Unit) -> Capture:
     """What a data stage hands each unit it runs (`core.units.run_units`' `payload`): its sequence of the capture the
-    stage validated and keyed (`sub_capture`), so the unit's worker reads no manifest (`unit_capture`)."""
-    return sub_capture(cap, unit.subject, unit.sequence)
+    stage validated and keyed (`sub_capture`), so the unit's worker reads no manifest (`unit_capture`), with the
+    capture.json entries that are single values (format, source, version_id, ...) but not its records, lists and
+    tables of the whole capture (an import's per-camera `intrinsics`, `skipped`, `splits`, ...): no unit reads them,
+    and every payload carried them (10 MB of capture.json at 2000 NeRSemble sequences: 5.4 MB a unit, not 0.16 MB;
+    10 GB of task arguments at once on Ray)."""
+    sub = sub_capture(cap, unit.subject, unit.sequence)
+    return Capture(sub.root, sub.manifest, {k: v for k, v in cap.info.items() if not isinstance(v, (dict, list))})
 
 
 def unit_capture(root: Path | str, unit: Unit) -> Capture:
     """One sequence of the capture at `root` as a unit reads it: the rows its stage handed it (`unit_payload`), those
-    its key was computed from, else (a unit given without them) the capture loaded here and restricted by
-    `sub_capture`; its image files checked first (`check_image_files`: present, header size = camera's;
+    its key was computed from, else (a unit given without them) the capture loaded here and restricted the same
+    way; its image files checked first (`check_image_files`: present, header size = camera's;
     CaptureError naming the file, which fails this unit only). Each worker process loaded and validated the whole
     manifest for its first unit (1.9 s of CPU and 0.66 GB per process at 1.6 M rows, docs/scaling.md "Measured"). The
     stages load the capture without opening an image and leave this check to the units they run: a run that keeps
@@ -76,6 +81,6 @@ def unit_capture(root: Path | str, unit: Unit) -> Capture:
     files per stage at NeRSemble's 10⁵ frames × 16 views)."""
     sub = unit.payload
     if not isinstance(sub, Capture):
-        sub = sub_capture(load_capture(root, check_files=False), unit.subject, unit.sequence)
+        sub = unit_payload(load_capture(root, check_files=False), unit)
     check_image_files(sub)
     return sub

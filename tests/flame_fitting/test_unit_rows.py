@@ -162,10 +162,40 @@ def test_a_unit_still_checks_its_images_and_reads_its_rows_when_handed_none(capt
     for subject, sequence in SEQUENCES:
         plain = unit_capture(root, Unit(subject, sequence))
         pd.testing.assert_frame_equal(plain.manifest, sub_capture(cap, subject, sequence).manifest)
-        assert plain.info == cap.info
+        assert plain.info == unit_payload(cap, Unit(subject, sequence)).info  # the same, handed or not
     unit = Unit("a", "s")
     unit = Unit("a", "s", payload=unit_payload(cap, unit))
     gone = root / unit.payload.manifest.path.iloc[1]
     gone.unlink()
     with pytest.raises(CaptureError, match=f"{gone}: image file is missing"):
         unit_capture(root, unit)
+
+
+def test_a_units_payload_carries_its_rows_not_the_whole_captures_records(capture, tmp_path):
+    """capture.json holds records of the whole capture: an import's per-camera `intrinsics` (~170 bytes a camera:
+    10 MB at 2000 NeRSemble sequences), `skipped`, `splits`. Every unit's payload carried all of them (5.4 MB a unit
+    there, not its 0.16 MB of rows; on Ray every unit's arguments go to the object store at once: 10 GB). A unit gets
+    its rows and the capture's single values (the source, which the fit reads), the same with or without a payload."""
+    import json
+    import pickle
+
+    root = tmp_path / "cap"
+    shutil.copytree(capture[0].root, root)
+    small = load_capture(root)
+    info = json.loads((root / "capture.json").read_text())
+    info["intrinsics"] = {f"s{i:04d}/seq/cam{c:02d}": {"size": [2200, 3208], "image_size": [1100, 1604],
+                                                       "scale": [0.5, 0.5], "rule": "camera_params.json width/height"}
+                          for i in range(500) for c in range(16)}
+    info["skipped"] = [{"item": f"s{i:04d}/seq/cam00.mp4", "reason": "unreadable video"} for i in range(500)]
+    (root / "capture.json").write_text(json.dumps(info))
+    big = load_capture(root)
+    assert (root / "capture.json").stat().st_size > 10**6
+    for subject, sequence in SEQUENCES:
+        unit = Unit(subject, sequence)
+        handed = unit_payload(big, unit)
+        sizes = [len(pickle.dumps(Unit(subject, sequence, payload=unit_payload(c, unit)))) for c in (small, big)]
+        assert sizes[1] < 1.01 * sizes[0] < 20_000  # its rows, whatever capture.json records
+        assert handed.info["source"] == "test" and handed.info["version_id"] == big.info["version_id"]
+        assert "intrinsics" not in handed.info and "skipped" not in handed.info
+        assert unit_capture(root, unit).info == handed.info
+        pd.testing.assert_frame_equal(handed.manifest, sub_capture(big, subject, sequence).manifest)
