@@ -148,8 +148,8 @@ def same_camera(a: dict, b: dict) -> bool:
 def camera_changes(a: dict, b: dict) -> list[str]:
     """The keys in which two cameras.json entries differ as calibrations (sorted; ["entry"] when one is not a JSON
     object): every entry of K, world_to_cam and dist (missing: none; a shorter one padded with zeros, as OpenCV reads
-    it) within CAMERA_RTOL of the largest magnitude of that matrix on either side is the same, structure entries
-    (K[1, 0], K[2, :], the last row of world_to_cam) included; a matrix that is not numeric and of one shape on
+    it) within CAMERA_RTOL of the largest magnitude of its part of that matrix on either side (`_blocks`) is the
+    same, structure entries (K[1, 0], K[2, :], the last row of world_to_cam) included; a matrix that is not numeric and of one shape on
     both sides, and any other key (width, height), compare exactly as JSON values (32 and 32.0 differ)."""
     if not (isinstance(a, dict) and isinstance(b, dict)):
         return [] if _json(a) == _json(b) else ["entry"]
@@ -176,8 +176,20 @@ def _same_value(key: str, x, y) -> bool:
         return False
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         return bool(np.array_equal(a, b, equal_nan=True))
-    return bool(np.abs(a - b).max(initial=0.0) <= CAMERA_RTOL * max(np.abs(a).max(initial=0.0),
-                                                                    np.abs(b).max(initial=0.0)))
+    return all(np.abs(a[i] - b[i]).max(initial=0.0) <= CAMERA_RTOL * max(np.abs(a[i]).max(initial=0.0),
+                                                                        np.abs(b[i]).max(initial=0.0))
+               for i in _blocks(key, a.shape))
+
+
+def _blocks(key: str, shape: tuple) -> list:
+    """The parts of a matrix each compared within CAMERA_RTOL of its own largest magnitude: world_to_cam's rotation,
+    translation and last row (one scale for all let a 3 m or a millimetre calibration's translation hide a
+    rotation: 5e-4 rad, 2.5 px at f = 5000, was "same" at 1000 units), K's first two rows and its last."""
+    if key == "world_to_cam" and len(shape) == 2 and shape[0] >= 3 and shape[1] == 4:
+        return [np.s_[:3, :3], np.s_[:3, 3], np.s_[3:, :]]
+    if key == "K" and shape == (3, 3):
+        return [np.s_[:2, :], np.s_[2:, :]]
+    return [np.s_[...]]
 
 
 def _tolerated(old: CaptureIndex, new: CaptureIndex) -> bool:
@@ -242,7 +254,7 @@ def format_diff(d: dict, limit: int = DIFF_LIMIT) -> str:
         return "\n".join(map(terminal_safe, lines + ["identical: same images, masks, splits and cameras"]))
     if d["same"]:
         return "\n".join(map(terminal_safe, lines + [
-            f"same: the versions differ only by camera entries within {CAMERA_RTOL:g} of their matrix's largest "
+            f"same: the versions differ only by camera entries within {CAMERA_RTOL:g} of their block's largest "
             "magnitude (float32 rounding, a zero-padded dist, K written as integers: not a change)"]))
     for level in ("subjects", "sequences", "frames", "cameras"):
         e = d[level]

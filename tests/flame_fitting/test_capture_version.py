@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from flame_fitting.formats.capture import CaptureError, CaptureWriter, capture_index, capture_version, load_capture
-from flame_fitting.formats.capture_version import CAMERA_RTOL, diff_indexes, format_diff, same_camera
+from flame_fitting.formats.capture_version import CAMERA_RTOL, camera_changes, diff_indexes, format_diff, same_camera
 from flame_fitting.formats.lineage import LineageError, read_lineage
 from flame_fitting.geometry.camera import Camera, intrinsics, look_at
 
@@ -208,6 +208,16 @@ def test_a_real_change_of_a_calibration_is_listed(change):
     entry = _entry()
     assert not same_camera(entry, change(entry)) and not same_camera(change(entry), entry)
     assert same_camera(entry, entry) and same_camera(change(entry), change(entry))
+
+
+def test_a_rotation_change_is_not_hidden_by_a_large_translation():
+    """One scale for the whole world_to_cam let the translation's size set the rotation's tolerance: with a calibration
+    in millimetres (t ~ 1000) a 5e-4 rad rotation — 2.5 px at f = 5000 — was "same". Rotation, translation and
+    K's rows are each judged against their own largest entry; float32 rounding of each is still no change."""
+    entry = _entry(t=(10.0, -20.0, 1500.0))
+    turned = _edit("world_to_cam", (0, 1), 5e-4)(entry)
+    assert not same_camera(entry, turned) and camera_changes(entry, turned) == ["world_to_cam"]
+    assert same_camera(entry, _ulps(entry, 8)) and not same_camera(entry, _edit("world_to_cam", (2, 3), 0.01)(entry))
 
 
 def test_a_vhap_export_imported_back_has_the_same_cameras(tmp_path):

@@ -557,7 +557,7 @@ def test_diff_captures_exit_status_says_whether_the_captures_differ(capsys, tmp_
     assert rc == 0 and out.splitlines()[-1] == "identical: same images, masks, splits and cameras", (out, err)
     rc, out, err = cli(capsys, "diff-captures", old, rounded)
     assert rc == 0 and len(out.splitlines()) == 3, (out, err)  # old, new, and:
-    assert out.splitlines()[-1] == ("same: the versions differ only by camera entries within 1e-06 of their matrix's "
+    assert out.splitlines()[-1] == ("same: the versions differ only by camera entries within 1e-06 of their block's "
                                     "largest magnitude (float32 rounding, a zero-padded dist, K written as integers: not "
                                     "a change)"), out
     rc, out, _ = cli(capsys, "diff-captures", old, rounded, "--json")
