@@ -101,8 +101,9 @@ def train(cfg: GeoFaceConfig, data: str | Path | GeoFaceDataset, out_dir: str | 
     accelerator = Accelerator(mixed_precision=mp, kwargs_handlers=[ddp],
                               dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=tc.seed))
     if mp != tc.mixed_precision and accelerator.is_main_process:  # notes: one line each, before the bar starts
-        print(f"train: train.mixed_precision = {tc.mixed_precision} needs a GPU and there is none: training in fp32",
-              file=sys.stderr)
+        # one write each: a print's text and its newline are two, and a signal between them glued the next line on
+        sys.stderr.write(f"train: train.mixed_precision = {tc.mixed_precision} needs a GPU and there is none: "
+                         "training in fp32\n")
     with stop_together("could not start"):  # an error of one process stops all, before DDP waits (ranks.py)
         dataset = (data if isinstance(data, GeoFaceDataset)
                    else GeoFaceDataset(data, "train", tc.n_ref, tc.n_tgt, tc.seed))
@@ -137,8 +138,8 @@ def train(cfg: GeoFaceConfig, data: str | Path | GeoFaceDataset, out_dir: str | 
     with stop_together("could not start"):
         resumed_from, skipped = resume_newest(accelerator, out_dir, ema, state) if resume else (None, [])
         if resumed_from and accelerator.is_main_process:
-            print(f"train: resumed from {resumed_from} at step {state.step} of {tc.steps}"
-                  f"{': nothing left to train' if state.step >= tc.steps else ''}", file=sys.stderr)
+            sys.stderr.write(f"train: resumed from {resumed_from} at step {state.step} of {tc.steps}"
+                             f"{': nothing left to train' if state.step >= tc.steps else ''}\n")
         if accelerator.is_main_process:
             write_json(out_dir / "geoface_config.json", cfg.to_dict(), indent=1)
         per_epoch = (len(loader) // tc.grad_accum) * tc.grad_accum

@@ -172,7 +172,7 @@ def _published_record(record: Path) -> tuple[dict, dict] | None:
         try:
             out.append(json.loads(f.read_text()))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            print(terminal_safe(f"train: {f}: unreadable ({e}); publishing the finished run afresh"), file=sys.stderr)
+            sys.stderr.write(terminal_safe(f"train: {f}: unreadable ({e}); publishing the finished run afresh") + "\n")
             return None
     return out[0], out[1]
 
@@ -233,11 +233,11 @@ def train_model(cfg: GeoFaceConfig, data: Path | str, state: Path | str, model: 
             if main:
                 held.enter_context(run_lock(run_dir))  # one training at a time in a run folder (run_lock.py)
                 for warning in config_warnings(cfg, latent_shape_info(vae_path_of(cfg))):
-                    print(f"train: warning: {warning}", file=sys.stderr)
+                    sys.stderr.write(f"train: warning: {warning}\n")  # one write: a signal cannot cut the line
                 touch_run(run_dir, rid)
                 for old in prune_runs(state, cfg.train.keep_states, run_dir):
-                    print(f"train: deleted the state of run {old.name} (train.keep_states = "
-                          f"{cfg.train.keep_states})", file=sys.stderr)
+                    sys.stderr.write(f"train: deleted the state of run {old.name} (train.keep_states = "
+                                     f"{cfg.train.keep_states})\n")
         metrics = train(cfg, Path(data), run_dir)
         with stop_together("could not publish the model"):
             if main:  # one process publishes (several GPUs: the others would race its renames)
