@@ -37,21 +37,24 @@ def shard(tmp_path):
     torch.set_num_threads(n)
 
 
-def _stop_when(proc: subprocess.Popen, ready) -> None:
-    """SIGSTOP `proc` once `ready()`: it is then certainly mid-run (neither failed nor finished)."""
-    deadline = time.monotonic() + 280  # a deadline for a hung start, not a timing under test
-    while not ready():
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, "the training never got there"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGSTOP)
-
-
-def _terminate(proc: subprocess.Popen) -> str:
-    """SIGTERM to the stopped `proc` (delivered when it continues); its stderr once it exited 130."""
-    proc.send_signal(signal.SIGTERM)
-    proc.send_signal(signal.SIGCONT)
-    _, err = proc.communicate(timeout=280)
+def _interrupt(argv: list, cwd, ready) -> str:
+    """Start `argv`, SIGSTOP it once `ready()` (it is then certainly mid-run: neither failed nor finished), SIGTERM it
+    (delivered when it continues); its stderr once it exited 130."""
+    proc = subprocess.Popen(argv, env=ENV, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 280  # a deadline for a hung start, not a timing under test
+        while not ready():
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the training never got there"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGSTOP)
+        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGCONT)
+        _, err = proc.communicate(timeout=280)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == INTERRUPTED and "Traceback" not in err, err[-3000:]
     return err
 
@@ -59,15 +62,8 @@ def _terminate(proc: subprocess.Popen) -> str:
 def test_an_interrupted_training_says_it_resumes_and_the_same_command_does(capsys, shard, tmp_path):
     argv = ["train", shard, "--out", tmp_path / "M", "--state", tmp_path / "ST", "--set", *MICRO, "steps=40",
             "checkpoint_every=2"]
-    proc = subprocess.Popen([sys.executable, "-m", "geoface", *map(str, argv)], env=ENV, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        _stop_when(proc, lambda: any(list_checkpoints(p) for p in (tmp_path / "ST").glob("*")))
-        err = _terminate(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    err = _interrupt([sys.executable, "-m", "geoface", *map(str, argv)], tmp_path,
+                     lambda: any(list_checkpoints(p) for p in (tmp_path / "ST").glob("*")))
     [run] = (tmp_path / "ST").iterdir()
     step, ckpt = list_checkpoints(run)[0]  # the newest checkpoint the interrupted run left
     assert 2 <= step < 40 and not (tmp_path / "M").exists()
@@ -102,16 +98,9 @@ def test_the_train_stage_interrupted_before_its_first_checkpoint_says_it_starts_
     sections["train"].update(steps="400", checkpoint_every="400")
     (tmp_path / "params.yaml").write_text("".join(f"{s}:\n" + "".join(f"  {k}: {v}\n" for k, v in kv.items())
                                                   for s, kv in sections.items()))
-    proc = subprocess.Popen([sys.executable, str(REPO / "stages" / "train.py"), str(shard), "--state", "ST", "--model",
-                             "M", "--loss-csv", "l.csv", "--metrics", "m.json"], cwd=tmp_path, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        _stop_when(proc, lambda: any((p / "run.json").is_file() for p in (tmp_path / "ST").glob("*")))
-        err = _terminate(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    err = _interrupt([sys.executable, str(REPO / "stages" / "train.py"), str(shard), "--state", "ST", "--model", "M",
+                      "--loss-csv", "l.csv", "--metrics", "m.json"], tmp_path,
+                     lambda: any((p / "run.json").is_file() for p in (tmp_path / "ST").glob("*")))
     [run] = (tmp_path / "ST").iterdir()
     assert list_checkpoints(run) == [] and not (tmp_path / "M").exists()
     assert err.strip().splitlines()[-1] == (
