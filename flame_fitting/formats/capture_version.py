@@ -22,9 +22,10 @@ from flame_fitting.core.names import terminal_safe
 KEY = ["subject", "sequence", "frame", "camera"]
 ID_DIGITS = 16
 # a camera is changed when an entry of K, world_to_cam or dist moves by more than this times the largest magnitude of
-# that matrix (either side): 8.4 float32 ulps (2^-23 of the value at most, one ulp at every storage; a conversion such
-# as an export's float32 inverse adds a few). A VHAP export imported back moves world_to_cam by 1 ulp (5.96e-8 at
-# entries of 0.5 to 1); what is listed: 0.005 px of K at fx = 5000 px, 1 µm of world_to_cam at 1 m from the origin
+# its block (`_blocks`, either side): 8.4 float32 ulps (2^-23 of the value at most, one ulp at every storage; a
+# conversion such as an export's float32 inverse adds a few). A VHAP export imported back moves world_to_cam by 1 ulp
+# (5.96e-8 at entries of 0.5 to 1); what is listed: 0.005 px of K at fx = 5000 px, 1e-6 of a rotation entry, 1.5 µm
+# of a translation 1.5 m long
 CAMERA_RTOL = 1e-6
 
 
@@ -148,9 +149,10 @@ def same_camera(a: dict, b: dict) -> bool:
 def camera_changes(a: dict, b: dict) -> list[str]:
     """The keys in which two cameras.json entries differ as calibrations (sorted; ["entry"] when one is not a JSON
     object): every entry of K, world_to_cam and dist (missing: none; a shorter one padded with zeros, as OpenCV reads
-    it) within CAMERA_RTOL of the largest magnitude of its part of that matrix on either side (`_blocks`) is the
-    same, structure entries (K[1, 0], K[2, :], the last row of world_to_cam) included; a matrix that is not numeric and of one shape on
-    both sides, and any other key (width, height), compare exactly as JSON values (32 and 32.0 differ)."""
+    it) within CAMERA_RTOL of the largest magnitude of its block of that matrix on either side (`_blocks`) is the
+    same, structure entries (K[1, 0], K[2, :], the last row of world_to_cam) included; a matrix that is not numeric
+    and of one shape on both sides, and any other key (width, height), compare exactly as JSON values (32 and 32.0
+    differ)."""
     if not (isinstance(a, dict) and isinstance(b, dict)):
         return [] if _json(a) == _json(b) else ["entry"]
     return sorted(k for k in set(a) | set(b) if not _same_value(k, a.get(k, _MISSING), b.get(k, _MISSING)))

@@ -55,8 +55,8 @@ def register(sub, chosen) -> None:
     p = command(sub, "diff-captures", "list the subjects, sequences, frames and cameras added, removed and changed "
                 "between two captures; each of OLD and NEW is a capture folder or a git revision (the capture "
                 "recorded in that revision's dvc.lock, read through DVC's cache or remote). A camera is changed when "
-                "an entry of its K, world_to_cam or dist differs by more than 1e-6 times the largest magnitude of "
-                "that matrix (a float32 ulp is at most 1.2e-7 of the value: an export and import back is no change; 0.1 px "
+                "an entry of its K, world_to_cam or dist differs by more than 1e-6 times the largest magnitude of its "
+                "block (world_to_cam's rotation, its translation, K's first two rows, ...; a float32 ulp is at most 1.2e-7 of the value: an export and import back is no change; 0.1 px "
                 "of a principal point or 0.1 mm of a translation is). Exit status, as diff(1): 0 when nothing differs, "
                 "1 when differences are listed, 2 when a capture cannot be read or the command line is wrong",
                 diff_captures, force=None)

@@ -196,7 +196,7 @@ CHANGED_CAMERA = [  # (id, change): a real change of the calibration
 @pytest.mark.parametrize("change", [c[1] for c in SAME_CAMERA], ids=[c[0] for c in SAME_CAMERA])
 def test_float32_rounding_of_a_calibration_is_no_change(change):
     """The diff compared cameras.json entries exactly: a round trip through another format (VHAP, below) listed
-    every camera as changed. Entries within CAMERA_RTOL (1e-6) of their matrix's largest magnitude are one
+    every camera as changed. Entries within CAMERA_RTOL (1e-6) of their block's largest magnitude are one
     calibration, K's structure entries (K[1, 0], K[2, :]) by the same rule."""
     assert CAMERA_RTOL == 1e-6
     entry = _entry()
