@@ -14,6 +14,7 @@ there is no masks/ file. Cameras with distortion are undistorted (same K, stored
 """
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 from flame_fitting.core.readers import read_mask
@@ -25,12 +26,34 @@ from pipelines.views import read_image_file
 EXTS = (".png", ".jpg", ".jpeg")
 
 
+def not_regular(path: Path) -> str | None:
+    """Why `path`, named as an image or mask, is not read (None for a regular file, through symbolic links): a named
+    pipe would block the reader, a device never end. One stat; nothing is opened."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as e:  # a broken symbolic link, a link loop
+        kind = "a broken symbolic link" if path.is_symlink() else f"unreadable ({e.strerror})"
+    else:
+        if stat.S_ISREG(mode):
+            return None
+        kind = {stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
+                stat.S_IFBLK: "a block device", stat.S_IFDIR: "a folder"}.get(stat.S_IFMT(mode), "another kind of file")
+    return f"not a regular file but {kind}; not read"
+
+
+def entry_name(imp: CaptureImport, path: Path) -> str:
+    """`path` relative to the source, itself rather than what a symbolic link resolves to (a broken one: nothing)."""
+    return (Path(imp.rel(path.parent)) / path.name).as_posix()
+
+
 def images_in(folder: Path) -> dict[str, Path]:
-    """{camera: image path} of the image files directly in `folder` (png preferred over jpg)."""
+    """{camera: image path} of the entries named as images directly in `folder` (png preferred over jpg; a regular file
+    over one that is not: a FIFO, socket, device or broken link named `cam0.png` is listed only when no regular image
+    of that camera is, and the importer records it as skipped, `not_regular`)."""
     out = {}
-    for p in sorted(folder.iterdir(), key=lambda q: (q.stem, EXTS.index(q.suffix.lower()) if q.suffix.lower() in EXTS else 9)):
-        if p.is_file() and p.suffix.lower() in EXTS and p.stem not in out:
-            out[p.stem] = p
+    entries = [p for p in folder.iterdir() if p.suffix.lower() in EXTS and not p.is_dir()]
+    for p in sorted(entries, key=lambda q: (q.stem, not_regular(q) is not None, EXTS.index(q.suffix.lower()))):
+        out.setdefault(p.stem, p)
     return out
 
 
@@ -68,6 +91,9 @@ def import_view_set(imp: CaptureImport, subject: str, sequence: str, cam_file: P
             if cam not in files[f]:
                 continue
             path = files[f][cam]
+            if why := not_regular(path):  # before anything opens it: a FIFO would block the import
+                imp.skip(entry_name(imp, path), why)
+                continue
             if cam not in cams:
                 imp.skip(imp.rel(path), f"camera {cam!r} is not in {imp.rel(cam_file)}")
                 continue
@@ -80,14 +106,15 @@ def import_view_set(imp: CaptureImport, subject: str, sequence: str, cam_file: P
                 imp.skip(imp.rel(path), str(e))
                 continue
             mpath = folder / "masks" / f"{cam}.png"
-            if mpath.is_file() and imp.cfg.masks:
-                why = imp.outside(mpath)
+            if imp.cfg.masks and (mpath.exists() or mpath.is_symlink()):
+                odd = not_regular(mpath)  # a FIFO is not opened
+                item, why = (entry_name(imp, mpath), odd) if odd else (imp.rel(mpath), imp.outside(mpath))
                 try:
                     mask = None if why else read_mask(mpath, error=CaptureError)
                 except CaptureError as e:
                     why = str(e)
                 if why or mask is None:
-                    imp.skip(imp.rel(mpath), why or "not a readable mask image")
+                    imp.skip(item, why or "not a readable mask image")
             imp.add(subject, sequence, f, cam, rgb, path, mask=mask if imp.cfg.masks else None)
 
 

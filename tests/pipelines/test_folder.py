@@ -1,11 +1,14 @@
 """Folder reader: flat and nested layouts with a canonical cameras.json, masks, re-import of a canonical
 capture (e.g. to downscale it), and bad input (unknown camera, truncated cameras.json)."""
 import json
+import os
+import subprocess
+import sys
 
 import cv2
 import numpy as np
 import pytest
-from writers import Scene, flipped, make_cameras, projection_error, write_folder
+from writers import Scene, flipped, make_cameras, projection_error, write_folder, write_png
 
 from flame_fitting.formats.capture import CaptureError, load_capture
 from pipelines.import_config import ImportConfig
@@ -105,3 +108,48 @@ def test_truncated_jpeg_is_skipped(tmp_path):
     assert [s["item"] for s in report.skipped] == ["cam1.jpg"] and "truncated JPEG" in report.skipped[0]["reason"]
     (tmp_path / "in/cam1.jpg").write_bytes(enc.tobytes())  # the whole file imports
     assert import_capture(tmp_path / "in", tmp_path / "cap2", ImportConfig()).n_images == 3
+
+
+def _import_in_child(src, out, **cfg) -> dict:
+    """import_capture in a child process (a read of a FIFO would block it, not the test): {"n", "skipped"} or
+    {"error"}."""
+    code = ("import json, sys; from pipelines.folder import import_capture; from pipelines.import_config import ImportConfig\n"
+            "from flame_fitting.formats.capture import CaptureError\n"
+            f"try: r = import_capture({str(src)!r}, {str(out)!r}, ImportConfig(**{cfg!r}))\n"
+            "except CaptureError as e: print(json.dumps({'error': str(e)}))\n"
+            "else: print(json.dumps({'n': r.n_images, 'skipped': r.skipped}))")
+    try:
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the import waits on a FIFO")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.splitlines()[-1])
+
+
+def test_a_fifo_or_broken_link_named_as_an_image_is_a_skipped_record(tmp_path):
+    """A named pipe named as an image (or mask) is recorded as skipped with one line naming it, never opened. Before:
+    the listing kept regular files only, so cam1.png vanished from the import without a word (and a source of FIFOs
+    alone imported 'nothing, 0 items skipped'); a FIFO mask was ignored the same way."""
+    scene = Scene(make_cameras(4))
+    src = write_folder(tmp_path / "in", scene, nested=False)
+    (src / "cam1.png").unlink()
+    os.mkfifo(src / "cam1.png")
+    (src / "cam3.png").unlink()
+    (src / "cam3.png").symlink_to(src / "gone.png")  # a broken link
+    (src / "masks").mkdir()
+    os.mkfifo(src / "masks/cam0.png")
+    got = _import_in_child(src, tmp_path / "cap")
+    assert got == {"n": 2, "skipped": [
+        {"item": "masks/cam0.png", "reason": "not a regular file but a named pipe (FIFO); not read"},
+        {"item": "cam1.png", "reason": "not a regular file but a named pipe (FIFO); not read"},
+        {"item": "cam3.png", "reason": "not a regular file but a broken symbolic link; not read"}]}
+    cap = load_capture(tmp_path / "cap")
+    assert sorted(cap.manifest.camera) == ["cam0", "cam2"] and "mask_path" not in cap.manifest
+    # the FIFO alone, asked for: the error quotes it; strict: the first bad item is the error
+    got = _import_in_child(src, tmp_path / "cap2", cameras=["cam1"])
+    assert "(1 items skipped: cam1.png: not a regular file but a named pipe (FIFO); not read)" in got["error"]
+    got = _import_in_child(src, tmp_path / "cap3", strict=True, masks=False)
+    assert got == {"error": "cam1.png: not a regular file but a named pipe (FIFO); not read"}
+    # a regular image of the camera is read instead of the FIFO (png preferred over jpg only among regular files)
+    write_png(src / "cam1.jpg", scene.image("cam1", 0))
+    assert _import_in_child(src, tmp_path / "cap4", masks=False)["n"] == 3
