@@ -73,7 +73,8 @@ class Calibration:
             K = np.asarray(K, np.float64)
             if K.shape != (3, 3):
                 raise CaptureError(f"{imp.rel(self.path)}: intrinsics of camera {serial} must be 3×3, got shape {K.shape}")
-            size, stored = base_size(view), stored_size(view)
+            stored = stored_size(view)  # headers only: the first image is decoded once, when it is imported
+            size = base_size(view, stored)
             if view.alpha_video is not None:  # its masks are decoded with the images: refuse a huge one up front
                 declared_video_size(view.alpha_video)
             what = f"{imp.rel(self.path)} [camera {serial}] intrinsics"

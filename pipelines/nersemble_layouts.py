@@ -28,7 +28,7 @@ from flame_fitting.core.readers import read_mask as read_mask_file
 from flame_fitting.formats.capture import CaptureError
 from pipelines.common import CaptureImport
 from pipelines.import_config import ImportConfig
-from pipelines.views import read_image_file
+from pipelines.views import image_file_size
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 VHAP_NAME = re.compile(r"cam_(.+)_(\d+)")
@@ -212,26 +212,24 @@ def video_length(path: Path) -> int:
 
 
 def stored_size(view: View) -> tuple[int, int]:
-    """(width, height) of a camera's stored images: the video's declared frame size (CaptureError beyond
-    MAX_IMAGE_PIXELS) or the first image's."""
+    """(width, height) of a camera's stored images: the video's declared frame size or the first image's header
+    (nothing decoded; CaptureError beyond MAX_IMAGE_PIXELS)."""
     if view.video is not None:
         size = declared_video_size(view.video)
         if min(size) <= 0:
             raise CaptureError(f"{view.video}: not a readable video")
         return size
-    rgb, _ = read_image_file(next(iter(view.frames.values())))
-    return rgb.shape[1], rgb.shape[0]
+    return image_file_size(next(iter(view.frames.values())))
 
 
-def base_size(view: View) -> tuple[int, int]:
-    """The size the view's images have at scale 1: the stored size, or VHAP's full-resolution frame size."""
-    w, h = stored_size(view)
+def base_size(view: View, stored: tuple[int, int]) -> tuple[int, int]:
+    """The size the view's images have at scale 1: the `stored` size (`stored_size`), or VHAP's full-resolution
+    frame size (its header)."""
     if view.downsample == 1:
-        return w, h
+        return stored
     if view.full_image is not None:
-        rgb, _ = read_image_file(view.full_image)
-        return rgb.shape[1], rgb.shape[0]
-    return w * view.downsample, h * view.downsample
+        return image_file_size(view.full_image)
+    return stored[0] * view.downsample, stored[1] * view.downsample
 
 
 def read_mask(path: Path) -> np.ndarray:

@@ -3,6 +3,8 @@ no size keys, alpha-map videos), v2 with a shared full-resolution K, v1's alpha 
 correction .npy files, v2's truncating colour calibration, VHAP's extracted frames (images/, images_2/),
 calibrated cameras without images, and the intrinsics-size rule's refusals."""
 import json
+from collections import Counter
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -244,3 +246,53 @@ def test_a_video_declaring_billions_of_frames_is_refused(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(CaptureError, match=r"cam_222200037.avi: the video declares \d+ frames, more than"):
         video_length(path)
+
+
+@pytest.mark.parametrize("options, downsample", [(dict(media="images"), 1), (dict(media="vhap"), 1),
+                                                 (dict(media="vhap", vhap_downsample=(2,), size_keys=False), 2),
+                                                 (dict(version=1), 1)])
+def test_each_image_is_decoded_once(tmp_path, monkeypatch, options, downsample):
+    """Every imported image is decoded exactly once, and no other image at all: a camera's size comes from its first
+    image's header. Counted through cv2.imread, the real decoder, wrapped for the import. Before: the first image of
+    each camera was decoded three times (twice for its size, stored_size called by base_size and again, then once
+    imported: 8 decodes for the 4 images of 2 cameras × 2 frames), and with images_2/ each camera's full-size images/
+    frame once more (10). Now 4."""
+    scene = Scene(serial_cameras(2, width=400, height=320, f=460.0))
+    root = tmp_path / "ns"
+    write_nersemble(root, scene, frames=[0, 1], **options)
+    decoded, imread = Counter(), cv2.imread
+
+    def counting_imread(path, *flags):
+        decoded[Path(path).relative_to(root).as_posix()] += 1
+        return imread(path, *flags)
+
+    monkeypatch.setattr(cv2, "imread", counting_imread)
+    report = import_capture(root, tmp_path / "cap", ImportConfig(nersemble_images_downsample=downsample))
+    monkeypatch.undo()
+    assert report.n_images == 4 and not report.skipped
+    rows = load_capture(tmp_path / "cap").manifest
+    assert decoded == Counter(rows.source_path) and set(decoded.values()) == {1}
+    if downsample == 2:
+        assert all("/images_2/" in p for p in decoded)
+
+
+def test_image_file_size_is_the_decoded_size(tmp_path):
+    """The header's size is the size read_image_file decodes, for 16-bit PNG, grey and RGBA files and a JPEG whose
+    EXIF turns it (cv2.IMREAD_UNCHANGED does not apply the turn, and neither does the header read); a file whose
+    header is not an image is refused with the decoder's error, naming it."""
+    from PIL import Image
+
+    from pipelines.views import image_file_size, read_image_file
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(tmp_path / "deep.png"), rng.integers(0, 65535, (30, 50, 3), dtype=np.uint16))
+    cv2.imwrite(str(tmp_path / "grey.png"), rng.integers(0, 255, (31, 17), dtype=np.uint8))
+    cv2.imwrite(str(tmp_path / "rgba.png"), rng.integers(0, 255, (12, 40, 4), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° on display
+    Image.fromarray(rng.integers(0, 255, (20, 44, 3), dtype=np.uint8)).save(tmp_path / "turned.jpg", exif=exif)
+    for name, size in [("deep.png", (50, 30)), ("grey.png", (17, 31)), ("rgba.png", (40, 12)), ("turned.jpg", (44, 20))]:
+        rgb, _ = read_image_file(tmp_path / name)
+        assert image_file_size(tmp_path / name) == (rgb.shape[1], rgb.shape[0]) == size, name
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(CaptureError, match="bad.png: not a readable image"):
+        image_file_size(tmp_path / "bad.png")
