@@ -120,15 +120,17 @@ class CaptureImport:
             self.skip(f"{where} [camera {name}]", str(e))
             return None
 
-    def set_cameras(self, subject: str, sequence: str, cameras: dict[str, Camera], where: str) -> dict[str, ViewProcessor]:
-        """Register the source cameras of a sequence; returns the usable ones' processors. A subject or sequence
-        whose name cannot be a folder name skips that sequence, a camera's that camera (not the import); so does a
-        name that differs from another only by case or Unicode normalisation (one file on macOS and Windows)."""
+    def check_cameras(self, subject: str, sequence: str, cameras: dict[str, Camera], where: str) -> dict[str, ViewProcessor]:
+        """The processors of the source cameras of a sequence that can be imported; nothing is registered. A subject or
+        sequence whose name cannot be a folder name refuses that sequence, a camera's that camera (not the import); so
+        does a name that differs from another only by case or Unicode normalisation (one file on macOS and Windows),
+        and a crop / resize setting the camera cannot take. Each refusal is recorded. A reader with more files per
+        camera (NeRSemble v1's colour .npy) asks this first and reads only the usable cameras' files, then registers
+        them with `set_cameras(..., views=)`: a refused camera's files are never read."""
         views, keys = {}, {}
         if why := self._sequence_problem(subject, sequence):
             self.refused[(subject, sequence)] = why
             self.skip(f"{where} [{subject}/{sequence}]", why)
-            self.views[(subject, sequence)] = views
             return views
         for name, cam in sorted(cameras.items()):
             if why := name_problem(name):  # one frame's or file's bad name skips that camera, not the import
@@ -143,6 +145,14 @@ class CaptureImport:
             except (CaptureError, CameraError) as e:
                 self.view_refused.append(f"{where} [camera {name}]: {e}")
                 self.skip(f"{where} [camera {name}]", str(e))
+        return views
+
+    def set_cameras(self, subject: str, sequence: str, cameras: dict[str, Camera], where: str,
+                    views: dict[str, ViewProcessor] | None = None) -> dict[str, ViewProcessor]:
+        """Register the source cameras of a sequence; returns the usable ones' processors (`check_cameras`, which
+        records each refusal; `views`: its answer, asked before, of which the cameras still in `cameras` are kept)."""
+        views = self.check_cameras(subject, sequence, cameras, where) if views is None else views
+        views = {n: v for n, v in views.items() if n in cameras}
         if views:
             self.writer.set_cameras(subject, sequence, {n: v.camera for n, v in views.items()})
         self.views[(subject, sequence)] = views

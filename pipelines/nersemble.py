@@ -204,16 +204,17 @@ def import_sequence(imp: CaptureImport, part: Participant, cal: Calibration, sub
             cams[serial] = cam
     if cams:
         report_intrinsics(imp, subject, seq, cams)
-    affine = v1_colour(imp, part, seq, cams) if part.version == 1 else {}
+    ok = imp.check_cameras(subject, seq, cams, imp.rel(cal.path))  # refusals (crop, names) recorded here
+    affine = v1_colour(imp, part, seq, ok) if part.version == 1 else {}  # a refused camera's .npy is not read
     for s in [s for s, m in affine.items() if m is None]:
         del cams[s]
-    for s in [s for s in cams if s in cal.bad_ccms]:
+    for s in [s for s in ok if s in cams and s in cal.bad_ccms]:
         imp.skip(f"{imp.rel(cal.ccm_path)} [camera {s}]", cal.bad_ccms[s])
         del cams[s]
-    for serial in cams:
+    for serial in [s for s in ok if s in cams]:
         if cal.ccms and serial not in cal.ccms:
             imp.warn(f"{imp.rel(cal.ccm_path)}: no colour matrix for camera {serial}; its images are not colour corrected")
-    usable = imp.set_cameras(subject, seq, cams, imp.rel(cal.path))
+    usable = imp.set_cameras(subject, seq, cams, imp.rel(cal.path), views=ok)
     available = {t for v in views.values() for t in v.frames}
     for v in views.values():
         if v.video is not None:

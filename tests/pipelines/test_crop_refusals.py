@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from flame_fitting.formats.capture import CaptureError, load_capture
 from flame_fitting.geometry.camera import CameraError, intrinsics
@@ -160,3 +161,35 @@ def test_a_refused_nersemble_cameras_frames_and_masks_are_never_decoded(tmp_path
     assert report.n_images == 8 and sorted(set(cap.manifest.camera)) == ["22220001", "22220002"]
     masks = cap.manifest.get("mask_path")  # the other cameras' masks are imported (the column absent without masks)
     assert masks.notna().all() if options.get("alpha") else masks is None
+
+
+def test_a_refused_nersemble_v1_cameras_colour_file_is_never_read(tmp_path):
+    """NeRSemble v1: the crop refuses camera 22220000; its annotations/<seq>/color_correction/<serial>.npy is never
+    read (garbage here), as its images are not: the import records the refusal and its images' skips, nothing about
+    the .npy, and corrects the other cameras' colours with theirs. Before: the .npy was read before the crop was
+    applied, its camera skipped as 'not a readable numeric .npy' and the refusal never recorded."""
+    cams = {f"2222000{i}": c for i, c in enumerate(make_cameras(3).values())}
+    scene = Scene(cams)
+    rng = np.random.default_rng(3)  # as test_nersemble_layouts.affines: a gain of 1.2, small cross terms and offsets
+    affine = {s: np.vstack([np.hstack([np.eye(3) * 1.2 + np.triu(rng.uniform(0.02, 0.06, (3, 3)), 1),
+                                       rng.uniform(-0.03, 0, (3, 1))]), [0, 0, 0, 1]]) for s in cams}
+    pdir = write_nersemble(tmp_path / "ns", scene, frames=range(2), version=1, affine=affine, per_serial_intrinsics=True)
+    params = json.loads((pdir / "camera_params.json").read_text())
+    params["intrinsics"][SERIAL][0][0] = params["intrinsics"][SERIAL][1][1] = LONG
+    (pdir / "camera_params.json").write_text(json.dumps(params))
+    npy = pdir / f"annotations/EMO-1/color_correction/{SERIAL}.npy"
+    npy.write_bytes(b"\x93NUMPY garbage, not an array")
+    report = import_capture("nersemble", tmp_path / "ns", tmp_path / "out", ImportConfig(crop_box=CROP))
+    assert not [s for s in report.skipped if ".npy" in s["item"] or ".npy" in s["reason"]], report.skipped
+    refusal, *files = report.skipped
+    assert refusal["item"] == f"017/camera_params.json [camera {SERIAL}]" and "crop_box [80, 60, 40, 40]" in refusal["reason"]
+    why = f"no usable calibration for camera '{SERIAL}' of 017/EMO-1"
+    assert files == [{"item": f"{SEQ}/frame_{t:05d}/images-2x-73fps/cam_{SERIAL}.png", "reason": why} for t in range(2)]
+    cap = load_capture(tmp_path / "out")
+    assert report.n_images == 4 and sorted(set(cap.manifest.camera)) == ["22220001", "22220002"]
+    assert cap.info["color_correction"] == ["017/annotations/EMO-1/color_correction"]
+    x0, y0, w, h = CROP
+    for row in cap.manifest.to_dict("records"):  # the others' colours corrected (stored uncorrected: raw differs)
+        true = scene.image(row["camera"], row["frame"])[y0:y0 + h, x0:x0 + w].astype(int)
+        raw = np.asarray(Image.open(tmp_path / "ns" / row["source_path"]))[y0:y0 + h, x0:x0 + w].astype(int)
+        assert np.abs(cap.image(row).astype(int) - true).max() <= 2 and np.abs(raw - true).mean() > 5
