@@ -128,7 +128,7 @@ def read_cameras_binary(path: Path) -> dict[int, tuple]:
     b, cams = BinReader(path), {}
     (n,) = b.read("Q")
     for _ in range(n):
-        cam_id, model_id, w, h = b.read("iiQQ")
+        cam_id, model_id, w, h = b.read("IiQQ")  # camera_t is uint32 (src/colmap/util/types.h), the model id an int
         if model_id not in MODELS:
             raise CaptureError(f"{path}: camera {cam_id} has unknown model id {model_id}")
         name, n_params = MODELS[model_id]
@@ -140,7 +140,7 @@ def read_images_binary(path: Path) -> list[tuple]:
     b, images = BinReader(path), []
     (n,) = b.read("Q")
     for _ in range(n):
-        img_id, *rest = b.read("idddddddi")
+        img_id, *rest = b.read("IdddddddI")  # image_t, camera_t: uint32 (ids ≥ 2**31 are not negative)
         qvec, tvec, cam_id = rest[0:4], rest[4:7], rest[7]
         name = b.cstring()
         (n_pts,) = b.read("Q")

@@ -23,21 +23,21 @@ def g(v) -> str:
 
 def write_colmap_rig(root: Path, scene: Scene, frame_ids=(1, 2, 3, 5), *, binary: bool, name="rig1/{cam}/{f:04d}.png",
                      moves: dict | None = None, imu: bool = False, drop: tuple = (), strays: tuple = (),
-                     unframed: tuple = ()) -> Path:
+                     unframed: tuple = (), id_base: int = 0) -> Path:
     """<root>/sparse/0/{cameras,images,rigs,frames}(.bin|.txt) + images/<name>: rig 1 holds the scene's cameras
-    (camera_id = position + 1, the first the reference sensor; `imu`: plus IMU sensor 1 and one IMU measurement per
-    frame), one COLMAP frame per frame id, image of camera c in frame f = scene.image(c, f). `moves` {frame id: 4×4}
-    moves the rig by that world motion in that frame; `drop` (frame id, camera) pairs are not taken; `strays` frame
-    ids get one more image of a single-camera rig 2 (camera_id 99, COLMAP's trivial rig); `unframed` (frame id,
-    camera) images are in images but in no frame."""
+    (camera_id = id_base + position + 1, the first the reference sensor; `imu`: plus IMU sensor 1 and one IMU
+    measurement per frame), one COLMAP frame per frame id, image of camera c in frame f = scene.image(c, f) (image ids
+    from id_base + 1). `moves` {frame id: 4×4} moves the rig by that world motion in that frame; `drop` (frame id,
+    camera) pairs are not taken; `strays` frame ids get one more image of a single-camera rig 2 (camera_id 99,
+    COLMAP's trivial rig); `unframed` (frame id, camera) images are in images but in no frame."""
     mdir = root / "sparse" / "0"
     mdir.mkdir(parents=True, exist_ok=True)
     names = list(scene.cameras)
     w2c = {n: scene.cameras[n].world_to_cam.astype(np.float64) for n in names}
     ref = w2c[names[0]]
-    cams = [(i + 1, "PINHOLE", scene.cameras[n].width, scene.cameras[n].height, colmap_params("PINHOLE", scene.cameras[n]))
+    cams = [(id_base + i + 1, "PINHOLE", scene.cameras[n].width, scene.cameras[n].height, colmap_params("PINHOLE", scene.cameras[n]))
             for i, n in enumerate(names)]
-    sensors = [("CAMERA", i + 1, w2c[n] @ np.linalg.inv(ref)) for i, n in enumerate(names)] + [("IMU", 1, np.eye(4))] * imu
+    sensors = [("CAMERA", id_base + i + 1, w2c[n] @ np.linalg.inv(ref)) for i, n in enumerate(names)] + [("IMU", 1, np.eye(4))] * imu
     rigs = [(1, sensors)]
     if strays:
         cams.append((99, "PINHOLE", cams[0][2], cams[0][3], cams[0][4]))
@@ -49,11 +49,11 @@ def write_colmap_rig(root: Path, scene: Scene, frame_ids=(1, 2, 3, 5), *, binary
         for i, n in enumerate(names):
             if (fid, n) in drop:
                 continue
-            img_id = len(images) + 1
-            images.append((img_id, w2c[n] @ motion, i + 1, name.format(cam=n, f=fid)))
+            img_id = id_base + len(images) + 1
+            images.append((img_id, w2c[n] @ motion, id_base + i + 1, name.format(cam=n, f=fid)))
             write_png(root / "images" / images[-1][3], scene.image(n, f_idx))
             if (fid, n) not in unframed:
-                data.append(("CAMERA", i + 1, img_id))
+                data.append(("CAMERA", id_base + i + 1, img_id))
         data += [("IMU", 1, 1000 + fid)] * imu
         frames.append((fid, 1, ref @ motion, sorted(data, key=lambda d: (TYPES[d[0]], d[1], d[2]))))
         if fid in strays:
@@ -70,11 +70,11 @@ def _write_binary(mdir: Path, cams, images, rigs, frames) -> None:
     with open(mdir / "cameras.bin", "wb") as f:
         f.write(struct.pack("<Q", len(cams)))
         for cid, mdl, w, h, p in cams:
-            f.write(struct.pack("<iiQQ", cid, 1, w, h) + struct.pack(f"<{len(p)}d", *p))
+            f.write(struct.pack("<IiQQ", cid, 1, w, h) + struct.pack(f"<{len(p)}d", *p))  # camera_t: uint32
     with open(mdir / "images.bin", "wb") as f:
         f.write(struct.pack("<Q", len(images)))
         for iid, m, cid, name in images:
-            f.write(struct.pack("<i7di", iid, *qt(m), cid) + name.encode() + b"\x00" + struct.pack("<Q", 0))
+            f.write(struct.pack("<I7dI", iid, *qt(m), cid) + name.encode() + b"\x00" + struct.pack("<Q", 0))  # image_t
     with open(mdir / "rigs.bin", "wb") as f:
         f.write(struct.pack("<Q", len(rigs)))
         for rid, sensors in rigs:

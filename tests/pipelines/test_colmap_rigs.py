@@ -215,3 +215,24 @@ def test_a_multi_camera_rig_without_registered_frames_is_not_a_second_rig(tmp_pa
     assert report.n_images == 12 and report.skipped == [] and report.warnings == []
     cap = check_rig_capture(tmp_path / "cap", scene)
     assert cap.info["colmap_rig"] == {"rig_id": 1, "cameras": {"cam0": 1, "cam1": 2, "cam2": 3}}
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_ids_from_2_31_are_read_unsigned(tmp_path, binary):
+    """COLMAP's camera_t and image_t are uint32: ids ≥ 2**31 (here from 3_000_000_000) are read as written, in the binary
+    files as in the text ones. Before: cameras.bin and images.bin read them signed (negative), so no image matched its
+    frame in frames.bin (read unsigned) and the rig imported nothing."""
+    from pipelines.colmap import read_cameras_binary, read_images_binary
+    base = 3_000_000_000
+    scene = Scene(make_cameras(3))
+    write_colmap_rig(tmp_path / "p", scene, binary=binary, id_base=base)
+    if binary:
+        mdir = tmp_path / "p/sparse/0"
+        assert sorted(read_cameras_binary(mdir / "cameras.bin")) == [base + 1, base + 2, base + 3]
+        images = read_images_binary(mdir / "images.bin")
+        assert [im[0] for im in images] == [base + k for k in range(1, 13)]
+        assert [im[3] for im in images] == [base + 1, base + 2, base + 3] * 4
+    report = import_capture(tmp_path / "p", tmp_path / "cap", ImportConfig())
+    assert report.n_images == 12 and report.skipped == []
+    cap = check_rig_capture(tmp_path / "cap", scene)
+    assert cap.info["colmap_rig"]["cameras"] == {"cam0": base + 1, "cam1": base + 2, "cam2": base + 3}

@@ -332,11 +332,11 @@ def write_colmap(root: Path, scene: Scene, *, binary: bool, model: str = "PINHOL
         with open(mdir / "cameras.bin", "wb") as f:
             f.write(struct.pack("<Q", len(cams)))
             for cid, mdl, w, h, p in cams:
-                f.write(struct.pack("<iiQQ", cid, COLMAP_IDS[mdl], w, h) + struct.pack(f"<{len(p)}d", *p))
+                f.write(struct.pack("<IiQQ", cid, COLMAP_IDS[mdl], w, h) + struct.pack(f"<{len(p)}d", *p))
         with open(mdir / "images.bin", "wb") as f:
             f.write(struct.pack("<Q", len(imgs)))
             for iid, q, t, cid, name, pts in imgs:
-                f.write(struct.pack("<i4d3di", iid, *q, *t, cid) + name.encode() + b"\x00")
+                f.write(struct.pack("<I4d3dI", iid, *q, *t, cid) + name.encode() + b"\x00")  # image_t, camera_t: uint32
                 f.write(struct.pack("<Q", len(pts)) + b"".join(struct.pack("<ddq", *p) for p in pts))
     else:
         lines = ["# Camera list with one line of data per camera:", "#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]"]
