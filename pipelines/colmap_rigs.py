@@ -16,13 +16,17 @@ camera (one name per rig camera, the same in every frame). Without rig frames ev
 """
 from __future__ import annotations
 
+import posixpath
+import re
 import struct
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from scipy.spatial import cKDTree
 
+from flame_fitting.core.names import name_key, name_problem
 from flame_fitting.formats.capture import CaptureError
 from pipelines.import_config import camera_names
 
@@ -184,13 +188,16 @@ def rig_views(rigs: dict, frames: dict, images: list[tuple], rig_file: str, fram
     by_name = {im[0]: im[4] for im in images}
     if len(by_name) != len(images):
         raise CaptureError(f"{frame_file}: an image id repeats in the images file, so the frames' image ids are ambiguous")
-    folders = {s: sorted({by_name[i].replace("\\", "/").rpartition("/")[0] for i, (f, c) in of_image.items()
-                          if c == s and i in by_name and frames[f][0] == rig_id}) for s in sensors}
+    paths = {s: [by_name[i].replace("\\", "/") for i, (f, c) in of_image.items() if c == s and i in by_name
+                 and frames[f][0] == rig_id] for s in sensors}  # every registered image: names do not follow selection
+    folders = {s: sorted({p.rpartition("/")[0] for p in paths[s]}) for s in sensors}
     used = [s for s in sensors if folders[s]]  # a rig camera none of whose images is registered needs no folder name
     dirs = [folders[s][0] if len(folders[s]) == 1 else "" for s in used]
     names = dict(zip(used, camera_names(dirs))) if all(dirs) and len(set(dirs)) == len(dirs) else {}
+    if not names:  # no folder per camera: a file-name prefix per camera (rig/cam01_000123.png), where it has one
+        names = prefix_names(sensors, paths)
     names = {s: names.get(s, f"camera{s}") for s in sensors}
-    if len(set(names.values())) != len(sensors):  # no folder per camera (or 'a/b_c' and 'a_b/c')
+    if len(set(names.values())) != len(sensors):  # 'a/b_c' and 'a_b/c'
         names = {s: f"camera{s}" for s in sensors}
     out, taken = RigViews(rig_id, names), set()
     for img_id, _, _, cam_id, _ in images:
@@ -213,6 +220,28 @@ def rig_views(rigs: dict, frames: dict, images: list[tuple], rig_file: str, fram
         out.notes.append(f"{rig_file}, {frame_file}: {n_imu} non-camera sensors of rig {rig_id} and {n_other} non-camera "
                          f"measurements in frames are not read (geoface imports images)")
     return out
+
+
+FRAME_SUFFIX = re.compile(r"(.*[^_.\-])[_.\-]+\d+")  # a file stem: the prefix, separators, a trailing frame number
+
+
+def file_prefix(path: str) -> str | None:
+    """The camera prefix of an image file name: its stem before separators (_ . -) and a trailing frame number
+    ('rig/cam01_000123.png' -> 'cam01', 'C3-0007.jpg' -> 'C3'); None without such a tail ('0001_cam0.png')."""
+    m = FRAME_SUFFIX.fullmatch(posixpath.splitext(posixpath.basename(path))[0])
+    return m.group(1) if m else None
+
+
+def prefix_names(sensors: list[int], paths: dict[int, list[str]]) -> dict[int, str]:
+    """{camera_id: name} of the rig cameras every registered image of which (`paths`: camera_id -> image names) has
+    one file prefix (`file_prefix`), a valid camera name (core.names) that no other camera's prefix or `camera<id>`
+    matches, even by case; the others are left out (they keep camera<id>). From the whole model, not the selected
+    frames or cameras, so a re-import with another selection names the cameras the same."""
+    found = {s: {file_prefix(p) for p in paths.get(s, [])} for s in sensors}
+    pre = {s: next(iter(f)) for s, f in found.items() if len(f) == 1 and None not in f and not name_problem(next(iter(f)))}
+    count = Counter(name_key(p) for p in pre.values())
+    return {s: p for s, p in pre.items() if count[name_key(p)] == 1
+            and not any(name_key(p) == name_key(f"camera{t}") for t in sensors if t != s)}
 
 
 def moving_camera(poses: dict[str, list[tuple[int, np.ndarray]]]) -> str | None:

@@ -16,7 +16,7 @@ from pipelines.import_config import ImportConfig
 FRAMES = (1, 2, 3, 5)  # COLMAP frame ids (4 never registered)
 
 
-def check_rig_capture(out, scene, frames=FRAMES, missing=()):
+def check_rig_capture(out, scene, frames=FRAMES, missing=(), name="rig1/{cam}/{f:04d}.png"):
     cap = load_capture(out, check_hashes=True)
     (subject, sequence), = cap.sequences()
     cams = cap.cameras(subject, sequence)
@@ -27,7 +27,7 @@ def check_rig_capture(out, scene, frames=FRAMES, missing=()):
         cam, ref = cams[row["camera"]], scene.cameras[row["camera"]]
         np.testing.assert_allclose(cam.K.astype(np.float64), ref.K.astype(np.float64), atol=1e-6)
         np.testing.assert_allclose(cam.world_to_cam.astype(np.float64), ref.world_to_cam.astype(np.float64), atol=1e-6)
-        assert row["source_path"] == f"images/rig1/{row['camera']}/{row['frame']:04d}.png"
+        assert row["source_path"] == "images/" + name.format(cam=row["camera"], f=row["frame"])
         img = cap.image(row)
         np.testing.assert_array_equal(img, scene.image(row["camera"], FRAMES.index(row["frame"])))
         assert projection_error(cam, img, scene.points) < 0.3
@@ -236,3 +236,50 @@ def test_ids_from_2_31_are_read_unsigned(tmp_path, binary):
     assert report.n_images == 12 and report.skipped == []
     cap = check_rig_capture(tmp_path / "cap", scene)
     assert cap.info["colmap_rig"]["cameras"] == {"cam0": base + 1, "cam1": base + 2, "cam2": base + 3}
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_rig_cameras_named_by_a_file_name_prefix(tmp_path, binary):
+    """One folder of cam<k>_<frame>.png files: each rig camera is named by the prefix all its images share, the same
+    whatever frames and cameras a re-import selects; a camera whose images do not share one keeps camera<id>, without
+    renaming the others. Before: camera1, camera2, camera3."""
+    scene = Scene(make_cameras(3))
+    name = "rig1/{cam}_{f:06d}.png"
+    write_colmap_rig(tmp_path / "p", scene, binary=binary, name=name)
+    report = import_capture(tmp_path / "p", tmp_path / "cap", ImportConfig())
+    assert report.n_images == 12 and report.skipped == []
+    cap = check_rig_capture(tmp_path / "cap", scene, name=name)
+    assert cap.info["colmap_rig"]["cameras"] == {"cam0": 1, "cam1": 2, "cam2": 3}
+    # a re-import of some frames and one camera: the same names
+    import_capture(tmp_path / "p", tmp_path / "cap2", ImportConfig(frames=[3, 5], cameras=["cam1"]))
+    cap2 = load_capture(tmp_path / "cap2")
+    assert sorted(zip(cap2.manifest.frame, cap2.manifest.camera)) == [(3, "cam1"), (5, "cam1")]
+    assert cap2.info["colmap_rig"]["cameras"] == cap.info["colmap_rig"]["cameras"]
+    np.testing.assert_array_equal(cap2.cameras("p", "default")["cam1"].world_to_cam, cap.cameras("p", "default")["cam1"].world_to_cam)
+
+
+def test_a_rig_camera_whose_images_do_not_share_a_prefix_keeps_camera_id(tmp_path):
+    scene = Scene(make_cameras(3))
+    write_colmap_rig(tmp_path / "p", scene, binary=False, name="rig1/{cam}_{f:06d}.png")
+    txt = tmp_path / "p/sparse/0/images.txt"
+    txt.write_text(txt.read_text().replace("rig1/cam2_000005.png", "rig1/side_000005.png"))
+    (tmp_path / "p/images/rig1/cam2_000005.png").rename(tmp_path / "p/images/rig1/side_000005.png")
+    report = import_capture(tmp_path / "p", tmp_path / "cap", ImportConfig())
+    assert report.n_images == 12 and report.skipped == []
+    cap = load_capture(tmp_path / "cap")
+    assert cap.info["colmap_rig"]["cameras"] == {"cam0": 1, "cam1": 2, "camera3": 3}
+    row = cap.manifest[(cap.manifest.camera == "camera3") & (cap.manifest.frame == 5)].iloc[0]
+    assert row.source_path == "images/rig1/side_000005.png"
+    np.testing.assert_array_equal(cap.image(row), scene.image("cam2", FRAMES.index(5)))
+
+
+def test_prefix_names():
+    """The prefix is the stem before separators and a trailing frame number; a prefix two cameras share (even by
+    case), one that is another camera's camera<id>, or one that cannot be a camera name names no camera."""
+    from pipelines.colmap_rigs import file_prefix, prefix_names
+    assert [file_prefix(p) for p in ("a/cam01_000123.png", "C3-0007.jpg", "img.0001.png", "cam_01_000123.png",
+                                     "0001_cam0.png", "cam01.png", "cam01000123.png", "cam01_0001_rgb.png")] == \
+        ["cam01", "C3", "img", "cam_01", None, None, None, None]
+    paths = {1: ["cam01_1.png", "cam01_2.png"], 2: ["Cam01_1.png"], 3: ["camera1_1.png"], 4: ["left_1.png", "right_2.png"],
+             5: ["=sum_1.png"], 6: ["camera6_1.png"], 7: ["top_1.png", "top_2.png"], 8: []}
+    assert prefix_names(list(paths), paths) == {6: "camera6", 7: "top"}
