@@ -71,8 +71,9 @@ def read_image(path: Path | str, with_alpha: bool = False, error: type[Exception
     """(H, W, 3) uint8 RGB of any 8/16-bit grey/RGB/RGBA file OpenCV reads (16-bit scaled to 8), plus the
     (H, W) uint8 alpha or None when `with_alpha`. A missing, unreadable or truncated (JPEG: `jpeg_end`) file raises
     `error` naming it."""
-    if not Path(path).is_file():
-        raise error(f"{path}: image file is missing")
+    if not Path(path).is_file():  # a FIFO would block the decoder; a folder or device is no image either
+        raise error(f"{path}: " + ("image file is missing" if not Path(path).exists() else
+                                   "not a regular file (a named pipe, device or folder); not read"))
     check_declared_size(path, path, error)
     if jpeg_cut_short(path):  # OpenCV would fill the missing rows with grey and say nothing
         raise error(f"{path}: truncated JPEG (its data end before the end-of-image marker; an interrupted copy?)")

@@ -2,6 +2,7 @@
 that project known 3D points onto the drawn dots; reading OpenGL as OpenCV provably fails that check;
 bad input is skipped with a reason or refused naming the file."""
 import json
+import os
 import re
 
 import cv2
@@ -82,6 +83,10 @@ def test_bad_input(tmp_path):
     (tmp_path / "nerf/images/cam2.png").unlink()
     report = import_capture(tmp_path / "nerf", tmp_path / "cap", ImportConfig())
     assert report.n_images == 1 and any("cam2.png: image file is missing" in s["reason"] for s in report.skipped)
+    # one that is a named pipe: skipped with that reason, never opened (opening a FIFO blocks)
+    os.mkfifo(tmp_path / "nerf/images/cam2.png")
+    report = import_capture(tmp_path / "nerf", tmp_path / "cap", ImportConfig())
+    assert report.n_images == 1 and any("cam2.png: not a regular file" in s["reason"] for s in report.skipped)
     # truncated JSON
     path = tmp_path / "nerf/transforms.json"
     path.write_text(path.read_text()[:200])
