@@ -8,8 +8,8 @@ Camera of a photo (`estimate_photo_camera`), single view, no calibration:
 2. PnP (OpenCV SQPnP, then iterative refinement) of the neutral head model's embedded MediaPipe landmarks
    against the detected ones -> initial head pose;
 3. `flame_fitting.fit.fit_sequence` on that one view with the camera fixed (identity / expression / jaw / pose by
-   Levenberg-Marquardt from the PnP pose). `FitConfig.min_views` is documented for ≥ 2 views; here it is set to
-   1 on purpose (the pose comes from the PnP initialisation, not from triangulation). If the fit does not end
+   Levenberg-Marquardt from the PnP pose). `FitConfig.min_views` is 2 by default; here it is set to 1 on
+   purpose (the pose comes from the PnP initialisation, not from triangulation). If the fit does not end
    "ok", the PnP pose of the neutral head is kept and the reason noted;
 4. the camera in the canonical frame: world_to_cam = camera_from_posed · posed_from_canonical, the latter the
    exact rigid transform between the fitted posed and canonical vertices (`geometry.rigid.rigid_fit`).

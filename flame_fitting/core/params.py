@@ -7,6 +7,7 @@ and out-of-range values before any work starts, and fills defaults.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import reprlib
@@ -93,6 +94,54 @@ def _check_type(value, tp, where: str):
     return value
 
 
+def _check_value(value, tp, md, key: str):
+    """`value` of a field of type `tp` with spec `md` (`spec`'s metadata), type-checked (`_check_type`), within its
+    choices, finite and within its range, as the field holds it; ParamsError naming `key` otherwise."""
+    v = _check_type(value, tp, key)
+    if v is not None and md.get("choices") is not None and v not in md["choices"]:
+        raise ParamsError(f"{key}: {shown(v)} not one of {md['choices']}")
+    for item in (v if isinstance(v, list) else [v]):
+        if isinstance(item, (int, float)) and not isinstance(item, bool):
+            if not math.isfinite(item):  # NaN passes every comparison; no setting means infinity
+                raise ParamsError(f"{key}: {item} is not a finite number")
+            if md.get("lo") is not None and item < md["lo"]:
+                raise ParamsError(f"{key}: {item} is below the minimum {md['lo']}")
+            if md.get("hi") is not None and item > md["hi"]:
+                raise ParamsError(f"{key}: {item} is above the maximum {md['hi']}")
+    return v
+
+
+@functools.lru_cache(maxsize=None)
+def _type_hints(cls) -> dict:
+    return typing.get_type_hints(cls)  # ~2 ms (the annotations are strings): once per class
+
+
+def check_fields(cfg, where: str) -> None:
+    """What `build_config` checks of a params section, for a config dataclass built directly in Python
+    (`FitConfig(iterations=-1)`): every field's type, choices, finiteness and range (numpy scalars count as the
+    Python numbers they hold); ParamsError naming `where.field` otherwise."""
+    hints = _type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if type(value).__module__ == "numpy" and hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+            value = value.item()  # np.int64(5) from an array is the integer 5
+        checked = _check_value(value, hints[f.name], f.metadata, f"{where}.{f.name}")
+        if isinstance(value, str) and not isinstance(checked, str):  # "3e-4" is a number in YAML only
+            raise ParamsError(f"{where}.{f.name}: expected a number, got {shown(value)}")
+
+
+def field_docs(cls) -> str:
+    """One line per field of config dataclass `cls`: `name = default: documentation [range]` (for its docstring)."""
+    lines = []
+    for f in dataclasses.fields(cls):
+        md = f.metadata
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        bounds = [f"{'≥' if k == 'lo' else '≤'} {md[k]}" for k in ("lo", "hi") if md.get(k) is not None]
+        extra = f" [{', '.join(bounds)}]" if bounds else ""
+        lines.append(f"    {f.name} = {default!r}: {md.get('doc', '')}{extra}")
+    return "\n".join(lines)
+
+
 def build_config(cls, section: dict, where: str):
     """Instantiate dataclass `cls` from a dict, validating keys, types and ranges."""
     if section is None:
@@ -104,24 +153,8 @@ def build_config(cls, section: dict, where: str):
     if unknown:
         raise ParamsError(f"{where}: unknown keys {unknown}; known: {sorted(fields)}")
     hints = typing.get_type_hints(cls)
-    values = {}
-    for name, f in fields.items():
-        if name not in section:
-            continue
-        key = f"{where}.{name}"
-        v = _check_type(section[name], hints[name], key)
-        md = f.metadata
-        if v is not None and md.get("choices") is not None and v not in md["choices"]:
-            raise ParamsError(f"{key}: {shown(v)} not one of {md['choices']}")
-        for item in (v if isinstance(v, list) else [v]):
-            if isinstance(item, (int, float)) and not isinstance(item, bool):
-                if not math.isfinite(item):  # NaN passes every comparison; no setting means infinity
-                    raise ParamsError(f"{key}: {item} is not a finite number")
-                if md.get("lo") is not None and item < md["lo"]:
-                    raise ParamsError(f"{key}: {item} is below the minimum {md['lo']}")
-                if md.get("hi") is not None and item > md["hi"]:
-                    raise ParamsError(f"{key}: {item} is above the maximum {md['hi']}")
-        values[name] = v
+    values = {name: _check_value(section[name], hints[name], f.metadata, f"{where}.{name}")
+              for name, f in fields.items() if name in section}
     cfg = cls(**values)
     check = getattr(cfg, "validate", None)
     if check is not None:

@@ -1,15 +1,16 @@
 """`FitConfig`: every knob of the multi-view landmark fitter, one documented field each.
 
 Build it directly (`FitConfig(refine_cameras=True)`) or from a params.yaml section with
-`flame_fitting.core.params.build_config(FitConfig, section, where)` (fields carry their range).
+`flame_fitting.core.params.build_config(FitConfig, section, where)`; either way every field's type, range and
+choices are checked (fields carry them; `help(FitConfig)` lists them).
 Units: the data term is in pixels² (one landmark in one view with a 1 px error costs 1), so a
 prior weight of 1 on N(0, 1) coefficients is the Bayesian weight for 1 px landmark noise.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
-from flame_fitting.core.params import ParamsError, spec
+from flame_fitting.core.params import ParamsError, check_fields, field_docs, spec
 
 
 @dataclass
@@ -128,7 +129,9 @@ class FitConfig:
                                        "rotations in 0.1 rad, translation in cm); 0 = off", lo=0.0)
     n_shape: int | None = spec(None, "identity components fitted (null = all the head model has)", lo=0)
     n_expr: int | None = spec(None, "expression components fitted (null = all the head model has)", lo=0)
-    min_views: int = spec(2, "fit a frame only when at least this many views have detections", lo=2)
+    min_views: int = spec(2, "fit a frame only when at least this many views have detections (1 also fits "
+                             "single-view frames, which need an `init` pose, as geoface generate's photo camera "
+                             "gives: without one such a frame cannot be triangulated and is reported diverged)", lo=1)
     triangulation_px: float = spec(12.0, "RANSAC inlier threshold of the initial triangulation (pixels of an image "
                                          "up to 512 px on its longer side; scaled with the side above that)", lo=0.1)
     ransac_pairs: int = spec(12, "view pairs tried per landmark by the triangulation RANSAC (all when fewer)", lo=1)
@@ -141,12 +144,18 @@ class FitConfig:
     seed: int = spec(0, "seed of the RANSAC view-pair sampling")
 
     def validate(self) -> None:
-        """Raise ParamsError on inconsistent settings (ranges are checked by build_config)."""
+        """Raise ParamsError naming the field on a wrong type, a value outside its range or choices, a non-finite
+        number (as build_config does for params.yaml) or inconsistent settings."""
+        check_fields(self, "FitConfig")
         if self.refine_focal and not self.refine_cameras:
             raise ParamsError("FitConfig: refine_focal needs refine_cameras")
-        for f in fields(self):
-            if f.metadata.get("choices") and getattr(self, f.name) not in f.metadata["choices"]:
-                raise ParamsError(f"FitConfig.{f.name}: {getattr(self, f.name)!r} not one of {f.metadata['choices']}")
 
     def __post_init__(self) -> None:
         self.validate()
+
+
+FitConfig.__doc__ = f"""Settings of `fit_sequence` / `fit_capture`; construction checks every field (`validate`).
+
+Fields (name = default: meaning [range]):
+{field_docs(FitConfig)}
+"""
