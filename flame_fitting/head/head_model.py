@@ -52,6 +52,20 @@ def load_calibrated_embedding(info: FlameFolder) -> Embedding | None:
     return emb
 
 
+def check_device(device) -> torch.device:
+    """`device` as a torch.device; HeadModelError for a name torch does not know or a CUDA device this machine does
+    not have (torch's own error comes later, from deep inside `.to`)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise HeadModelError(f"device {device!r}: not a torch device (use 'cpu', 'cuda' or 'cuda:N')") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        n = torch.cuda.device_count()
+        raise HeadModelError(f"device {device!r}: PyTorch sees {n} CUDA GPU(s) on this machine; use 'cpu'"
+                             + (f" or cuda:0 … cuda:{n - 1}" if n else ""))
+    return dev
+
+
 @dataclass
 class HeadOutput:
     vertices: Tensor             # (B, V, 3)
@@ -101,6 +115,7 @@ class HeadModel(nn.Module):
                     dtype: torch.dtype = torch.float32) -> HeadModel:
         """Validate the head model folder and load it. Refuses `n_shape` / `n_expr` beyond what the
         model provides (head_model.json `n_shape` / `n_expr`; real FLAME without it: 300 / 100)."""
+        check_device(device)
         return cls.from_info(load_flame_folder(path), n_shape, n_expr, device, dtype)
 
     @classmethod
@@ -156,24 +171,38 @@ class HeadModel(nn.Module):
         widths = {"shape": self.n_shape, "expr": self.n_expr, "global_orient": 3, "neck_pose": 3, "jaw_pose": 3,
                   "eye_pose": 6, "transl": 3}
         ref = self.flame.v_template
+        for name, t in given.items():
+            if t is None:
+                continue
+            if not isinstance(t, Tensor):
+                raise HeadModelError(f"HeadModel: {name} must be a torch.Tensor (B, {widths[name]}), got "
+                                     f"{type(t).__name__} (convert with torch.as_tensor)")
+            if t.device != ref.device:
+                raise HeadModelError(f"HeadModel: {name} is on {t.device}, the model on {ref.device}; move one "
+                                     f"(tensor.to(device) or model.to(device))")
         batch = {t.shape[0] for t in given.values() if t is not None and t.ndim == 2}
         if len(batch) > 1:
-            raise ValueError(f"HeadModel: parameters disagree on the batch size: "
-                             f"{ {k: tuple(t.shape) for k, t in given.items() if t is not None} }")
+            raise HeadModelError(f"HeadModel: parameters disagree on the batch size: "
+                                 f"{ {k: tuple(t.shape) for k, t in given.items() if t is not None} }")
         B = batch.pop() if batch else 1
         out = {}
         for name, t in given.items():
             if t is None:
                 t = ref.new_zeros(B, widths[name])
             elif t.shape != (B, widths[name]):
-                raise ValueError(f"HeadModel: {name} must be ({B}, {widths[name]}), got {tuple(t.shape)}")
+                raise HeadModelError(f"HeadModel: {name} must be ({B}, {widths[name]}), got {tuple(t.shape)}")
             out[name] = t.to(ref.dtype)
         return out
 
     def forward(self, shape: Tensor | None = None, expr: Tensor | None = None, global_orient: Tensor | None = None,
                 neck_pose: Tensor | None = None, jaw_pose: Tensor | None = None, eye_pose: Tensor | None = None,
                 transl: Tensor | None = None) -> HeadOutput:
-        """Posed head. Missing parameters are zeros; the batch size comes from the given ones (else 1)."""
+        """Posed head: torch tensors on the model's device (any real dtype; computed in the model's, float32), metres
+        and axis-angle radians, FLAME frame: shape (B, n_shape), expr (B, n_expr), global_orient / neck_pose /
+        jaw_pose / transl (B, 3), eye_pose (B, 6) = [left | right]. Missing parameters are zeros; the batch size
+        comes from the given ones (else 1). -> HeadOutput: vertices (B, V, 3), joints (B, 5, 3), landmarks_mp
+        (B, L, 3), landmarks_68 (B, 68, 3) or None. HeadModelError for a non-tensor, another device or a shape that
+        is not (B, width)."""
         p = self._params(shape=shape, expr=expr, global_orient=global_orient, neck_pose=neck_pose,
                          jaw_pose=jaw_pose, eye_pose=eye_pose, transl=transl)
         out = self.flame(betas=p["shape"], expression=p["expr"], global_orient=p["global_orient"],
@@ -189,7 +218,8 @@ class HeadModel(nn.Module):
 
     def canonical(self, shape: Tensor, expr: Tensor, jaw_pose: Tensor, neck_pose: Tensor | None = None,
                   eye_pose: Tensor | None = None) -> Tensor:
-        """Identity + expression + jaw (+ optional neck/eyes) with no global rotation or translation: (B, V, 3)."""
+        """Identity + expression + jaw (+ optional neck/eyes) with no global rotation or translation -> vertices
+        (B, V, 3) metres (the input of `bake_posmap`, one row at a time). Shapes and checks as `forward`."""
         return self.forward(shape=shape, expr=expr, jaw_pose=jaw_pose, neck_pose=neck_pose, eye_pose=eye_pose).vertices
 
     def extra_repr(self) -> str:
@@ -198,7 +228,12 @@ class HeadModel(nn.Module):
 
 
 def load_head_model(path: Path | str, n_shape: int | None = None, n_expr: int | None = None, device="cpu") -> HeadModel:
-    """`HeadModel.from_folder` where None means every component the folder provides."""
+    """The head model folder at `path` (FLAME in smplx's layout or the stand-in; docs/contracts.md) validated and
+    loaded as a `HeadModel` on `device` ("cpu", "cuda", "cuda:N" or a torch.device; float32) with the first `n_shape`
+    identity and `n_expr` expression components (None: every component the folder provides). HeadModelError naming
+    the file for a folder that is missing a file or holds a bad one, for more components than it has, or for a
+    device this machine does not have."""
+    check_device(device)  # before the folder is read
     info = load_flame_folder(path)
     return HeadModel.from_info(info, n_shape=info.n_shape if n_shape is None else n_shape,
                                n_expr=info.n_expr if n_expr is None else n_expr, device=device)

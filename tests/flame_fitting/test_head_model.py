@@ -202,3 +202,36 @@ def test_to_dtype_moves_buffers(spec):
     m = HeadModel.from_folder(spec.path, n_shape=10, n_expr=10, device="cpu").to(torch.float64)
     assert m.mp_bary.dtype == torch.float64 and m.flame.shapedirs.dtype == torch.float64
     assert m.faces.dtype == torch.long and m().vertices.dtype == torch.float64
+
+
+def test_parameters_of_the_wrong_kind_are_refused_in_one_line(model):
+    """numpy arrays, lists and tensors on another device were refused from deep inside torch (AttributeError,
+    RuntimeError); wrong shapes raised a bare ValueError. Each is now a HeadModelError (a GeofaceError) naming the
+    parameter; a tensor of another dtype is converted (the same vertices)."""
+    from flame_fitting.core.errors import GeofaceError
+
+    shape = np.random.default_rng(5).normal(size=(1, 50))
+    with pytest.raises(HeadModelError, match=r"shape must be a torch.Tensor \(B, 50\), got ndarray"):
+        model(shape=shape)
+    with pytest.raises(HeadModelError, match=r"jaw_pose must be a torch.Tensor \(B, 3\), got list"):
+        model.canonical(torch.as_tensor(shape), torch.zeros(1, 30), [[0.1, 0.0, 0.0]])
+    with pytest.raises(HeadModelError, match="expr is on meta, the model on cpu"):
+        model(expr=torch.zeros(1, 30, device="meta"))
+    with pytest.raises(GeofaceError, match=r"shape must be \(1, 50\), got \(50,\)"):
+        model(shape=torch.zeros(50, dtype=torch.float64))
+    a = model(shape=torch.as_tensor(shape, dtype=torch.float32)).vertices
+    b = model(shape=torch.as_tensor(shape)).vertices
+    assert a.dtype == b.dtype == torch.float64 and torch.allclose(a, b, atol=1e-6)
+
+
+def test_a_device_this_machine_lacks_is_one_line_before_reading(spec):
+    from flame_fitting.head.head_model import load_head_model
+
+    with pytest.raises(HeadModelError, match="device 'gpu': not a torch device"):
+        load_head_model(spec.path, device="gpu")
+    missing = "cuda" if not torch.cuda.is_available() else f"cuda:{torch.cuda.device_count()}"
+    with pytest.raises(HeadModelError, match=rf"device '{missing}': PyTorch sees \d+ CUDA GPU"):
+        load_head_model(spec.path, device=missing)
+    with pytest.raises(HeadModelError, match=rf"device '{missing}'"):
+        HeadModel.from_folder(spec.path / "not-even-there", device=missing)  # the device first, the folder after
+    assert load_head_model(spec.path, device="cpu").faces.device.type == "cpu"
