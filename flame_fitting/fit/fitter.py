@@ -31,7 +31,7 @@ from flame_fitting.fit.config import FitConfig
 from flame_fitting.fit.init import initial_pose
 from flame_fitting.fit.jacobian import forward_and_jacobian
 from flame_fitting.fit.lm import Evaluator, LMOutcome, State, run_lm
-from flame_fitting.fit.observations import pack_observations
+from flame_fitting.fit.observations import FitInputError, check_cameras, pack_observations
 from flame_fitting.fit.problem import Problem
 from flame_fitting.fit.reduced import ReducedModel
 from flame_fitting.fit.refine import refine_cameras
@@ -126,6 +126,24 @@ def pixel_scaled(cfg: FitConfig, cameras: dict[str, Camera]) -> FitConfig:
     return replace(cfg, max_median_px=cfg.max_median_px * s, triangulation_px=cfg.triangulation_px * s)
 
 
+def _check_types(model, cameras, cfg) -> None:
+    """fit_sequence's arguments of the wrong kind, refused in one line before anything uses them."""
+    if not isinstance(model, HeadModel):
+        raise FitInputError(f"fit: model must be a HeadModel (geoface.load_head_model(folder)), got "
+                            f"{type(model).__name__}")
+    if not isinstance(cameras, dict):
+        raise FitInputError(f"fit: cameras must be a dict {{name: Camera}} (Capture.cameras(subject, sequence)), got "
+                            f"{type(cameras).__name__}")
+    check_cameras(cameras)
+    if cfg is not None and not isinstance(cfg, FitConfig):
+        raise FitInputError(f"fit: cfg must be a FitConfig (FitConfig(**settings)), got {type(cfg).__name__}")
+    for name in ("n_shape", "n_expr"):
+        want = None if cfg is None else getattr(cfg, name)
+        if want is not None and want > getattr(model, name):
+            raise FitInputError(f"fit: FitConfig.{name}={want} but the head model at {model.folder} has "
+                                f"{getattr(model, name)} components")
+
+
 def fit_sequence(model: HeadModel, cameras: dict[str, Camera], observations: dict, cfg: FitConfig | None = None,
                  progress: bool = True, *, confidences: dict | None = None, init: dict[int, FrameParams] | None = None,
                  subject: str = "", sequence: str = "", masks: dict | None = None,
@@ -144,7 +162,10 @@ def fit_sequence(model: HeadModel, cameras: dict[str, Camera], observations: dic
     points: optional {frame: (n, 3) world points on the head's surface (metres; `features.frame_points`)}; without a
     silhouette term (or with cfg.points_with_masks) and with cfg.points_weight > 0 the landmark solve is followed by
     one with the surface-point term (`points.py`); `SequenceFit.points` says what was used.
+    Bad input (a model that is not a HeadModel, cameras that are not {name: Camera}, cfg not a FitConfig, landmark
+    arrays of another shape, components beyond the model's) raises FitInputError naming it.
     """
+    _check_types(model, cameras, cfg)
     cfg = pixel_scaled(cfg or FitConfig(), cameras)
     if cfg.calibrated_embedding and model.has_calibrated_embedding:
         model = model.with_mediapipe_embedding(calibrated=True)

@@ -207,3 +207,18 @@ def test_config_checks_component_subset_and_focal(head, cams, exact_obs):
     fixed = fit_sequence(head, zoomed, exact_obs, FitConfig(), progress=False)
     fit = fit_sequence(head, zoomed, exact_obs, FitConfig(refine_cameras=True, refine_focal=True), progress=False)
     assert fit.residuals.median_px.max() < 0.1 < fixed.residuals.median_px.max()
+
+
+def test_arguments_of_the_wrong_kind_are_refused_in_one_line(head, head_folder, cams, exact_obs):
+    """A head model folder's path, a list of cameras, a dict of settings or more components than the model has
+    failed deep inside (AttributeError, ValueError) from a notebook; each is now a FitInputError naming it."""
+    with pytest.raises(FitInputError, match=r"model must be a HeadModel \(geoface.load_head_model\(folder\)\), got str"):
+        fit_sequence(str(head_folder.path), cams, exact_obs, progress=False)
+    with pytest.raises(FitInputError, match=r"cameras must be a dict \{name: Camera\}.*got list"):
+        fit_sequence(head, list(cams.values()), exact_obs, progress=False)
+    with pytest.raises(FitInputError, match="camera 'c0' is a str"):
+        fit_sequence(head, {"c0": "cam.json"}, exact_obs, progress=False)
+    with pytest.raises(FitInputError, match="cfg must be a FitConfig .*got dict"):
+        fit_sequence(head, cams, exact_obs, {"iterations": 5}, progress=False)
+    with pytest.raises(FitInputError, match=rf"FitConfig.n_shape={N_SHAPE + 1} but the head model at .* has {N_SHAPE}"):
+        fit_sequence(head, cams, exact_obs, FitConfig(n_shape=N_SHAPE + 1), progress=False)
