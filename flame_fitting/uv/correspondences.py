@@ -185,6 +185,14 @@ def token_targets(pair_index: np.ndarray, pair_count: np.ndarray, n_views: int, 
 
 # ----------------------------------------------------------------------------- frame
 def _check_inputs(verts, layout: UVLayout, cameras: list[Camera], tokens: TokenGrid, frame_id: str):
+    if not isinstance(tokens, TokenGrid):
+        raise CorrespondenceError(f"frame {frame_id}: tokens must be a TokenGrid (flame_fitting.uv.correspondences), "
+                                  f"got {type(tokens).__name__}")
+    if not isinstance(cameras, (list, tuple)) or not all(isinstance(c, Camera) for c in cameras):
+        got = type(cameras).__name__ if not isinstance(cameras, (list, tuple)) else \
+            f"a {type(cameras).__name__} holding {sorted({type(c).__name__ for c in cameras})}"
+        raise CorrespondenceError(f"frame {frame_id}: cameras must be a list of Camera (the views, in order; from a "
+                                  f"{{name: Camera}} dict: list(cameras.values())), got {got}")
     v = np.asarray(verts)
     if v.shape != (layout.n_vertices, 3):
         raise CorrespondenceError(f"frame {frame_id}: vertices must be ({layout.n_vertices}, 3), got {v.shape}")
@@ -227,8 +235,13 @@ def _empty_reason(verts: np.ndarray, cam: Camera, covered: bool, near: float) ->
 
 def compute_correspondences(verts: np.ndarray, layout: UVLayout, cameras: list[Camera], tokens: TokenGrid,
                             frame_id: str = "?", near: float = 1e-3) -> FrameCorrespondences:
-    """verts (V, 3) posed world vertices of the fitted mesh, `cameras` (N, undistorted, one size)
-    -> FrameCorrespondences. Raises CorrespondenceError naming `frame_id` for NaN vertices."""
+    """verts (V, 3) posed world vertices of the fitted mesh in metres (a fit.npz's `vertices[i]`), layout: the head
+    model's `UVLayout`, cameras: a list of N `Camera`s (undistorted, one size divisible by tokens.app_tokens; the
+    views in order), tokens: `TokenGrid(app_tokens, geo_tokens)` from this module (the stage uses
+    tokens.resolution / patch_size and uv_resolution / geo_patch_size of params.yaml) -> FrameCorrespondences
+    (uv (N, H, W, 2), visible (N, H, W), depth (N, H, W), token pairs and targets; see the class). Raises
+    CorrespondenceError naming `frame_id` for NaN vertices, a vertex count other than the layout's, cameras of
+    another kind or size, or a tokens value that is not a TokenGrid."""
     v, W, H = _check_inputs(verts, layout, cameras, tokens, frame_id)
     K, w2c = stack_cameras(cameras)
     frags = rasterize(v, layout.faces, K, w2c, W, H, near=near)

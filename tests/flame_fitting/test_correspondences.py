@@ -222,6 +222,22 @@ def test_bad_inputs_refused(sphere):
         compute_correspondences(verts, layout, cams, TokenGrid(48, 8), "f")
 
 
+def test_cameras_and_tokens_of_the_wrong_kind_are_refused_in_one_line(sphere):
+    """A {name: Camera} dict (what Capture.cameras gives), one Camera, camera names or a bare token count failed
+    from deep inside (KeyError: 0, TypeError, AttributeError); each is now a CorrespondenceError naming the frame
+    and saying what to pass. The list the message asks for gives the same correspondences."""
+    verts, layout, cams = sphere
+    by_name = {c.name: c for c in cams}
+    for cameras, got in ((by_name, "got dict"), (cams[0], "got Camera"), ([c.name for c in cams], r"holding \['str'\]")):
+        with pytest.raises(CorrespondenceError, match=rf"frame f3: cameras must be a list of Camera .*{got}"):
+            compute_correspondences(verts, layout, cameras, TokenGrid(8, 8), "f3")
+    with pytest.raises(CorrespondenceError, match="frame f3: tokens must be a TokenGrid .*got int"):
+        compute_correspondences(verts, layout, cams, 8, "f3")
+    a = compute_correspondences(verts, layout, list(by_name.values()), TokenGrid(8, 8), "f3")
+    b = compute_correspondences(verts, layout, cams, TokenGrid(8, 8), "f3")
+    assert a.views == b.views and np.array_equal(a.uv, b.uv) and np.array_equal(a.a2g_index, b.a2g_index)
+
+
 def test_cycle_error_and_gt_accuracy_on_standin(head, tmp_path):
     canonical, posed, layout, cams = head
     R, t, resid = rigid_fit(canonical, posed)
