@@ -73,6 +73,9 @@ class UVLayout:
     @classmethod
     def from_head_model(cls, model) -> UVLayout:
         """The layout of a `flame_fitting.head.head_model.HeadModel` (uv_coords, uv_faces, faces)."""
+        if not all(hasattr(model, k) for k in ("uv_coords", "uv_faces", "faces", "n_vertices")):
+            raise UVError(f"UVLayout.from_head_model: expected a HeadModel (geoface.load_head_model(folder)), got "
+                          f"{type(model).__name__}")
         return cls.from_arrays(model.uv_coords.cpu().numpy(), model.uv_faces.cpu().numpy(),
                                model.faces.cpu().numpy(), model.n_vertices)
 

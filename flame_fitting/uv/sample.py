@@ -80,6 +80,8 @@ def _check_posmap(posmap: np.ndarray, what: str) -> np.ndarray:
     p = np.asarray(posmap)
     if p.ndim != 3 or p.shape[2] != 3 or p.shape[0] != p.shape[1]:
         raise UVError(f"{what}: posmap must be (R, R, 3) (channels last), got {p.shape}")
+    if not np.issubdtype(p.dtype, np.floating):  # an 8/16-bit image of a map is not box coordinates
+        raise UVError(f"{what}: posmap must be floating point, normalised box coordinates in [-1, 1], got {p.dtype}")
     if not np.isfinite(p).all():
         raise UVError(f"{what}: posmap contains NaN/inf")
     return p.astype(np.float32)

@@ -172,6 +172,24 @@ def test_nan_and_wrong_shapes_refused(head):
         posmap_to_vertices(np.zeros((3, 64, 64), np.float32), layout)
 
 
+def test_an_image_of_a_posmap_or_a_folder_instead_of_a_model_is_refused(head):
+    """An 8-bit image of a position map (a preview PNG read back) was read as box coordinates: vertices tens of
+    metres out, no error. A folder given for the head model failed with AttributeError. Both are UVErrors now;
+    the float maps (float16 as stored, float32) still give the same vertices."""
+    model, layout = head
+    baked = bake_posmap(random_canonical(model, 4), layout, 64)
+    as_png = np.round((baked.posmap + 1) * 127.5).astype(np.uint8)
+    with pytest.raises(UVError, match="posmap must be floating point, normalised box coordinates in .* got uint8"):
+        posmap_to_vertices(as_png, layout)
+    with pytest.raises(UVError, match="posmap_to_points: posmap must be floating point"):
+        posmap_to_points(as_png.astype(np.uint16), baked.mask)
+    v32 = posmap_to_vertices(baked.posmap, layout)
+    v16 = posmap_to_vertices(baked.posmap.astype(np.float16), layout)
+    assert np.abs(v16 - v32).max() < 2.5e-4
+    with pytest.raises(UVError, match=r"expected a HeadModel \(geoface.load_head_model\(folder\)\), got str"):
+        UVLayout.from_head_model(str(model.folder))
+
+
 def test_write_obj_round_trip(tmp_path):
     verts, faces, uv, uv_faces = folded_quads()
     path = write_obj(tmp_path / "sub" / "mesh.obj", verts, faces, uv, uv_faces)
