@@ -37,6 +37,7 @@ from flame_fitting.geometry.camera import Camera
 from flame_fitting.geometry.camera import opengl_cam_to_world as opengl_c2w
 from flame_fitting.core import fileio
 from flame_fitting.core.fileio import output_dir, write_png
+from flame_fitting.core.names import name_problem
 from flame_fitting.formats.capture import read_image
 from flame_fitting.formats.capture_checks import load_cameras
 from flame_fitting.geometry.raster import rasterize
@@ -139,13 +140,23 @@ def _colmap_files(sparse: Path, names: list[str], cameras: list[Camera], points,
 def export_3dgs(out_dir: Path | str, images: list[np.ndarray], cameras: list[Camera], vertices: np.ndarray | None = None,
                 faces: np.ndarray | None = None, names: list[str] | None = None, colmap_points: bool = True) -> dict:
     """Write the files of the module docstring; returns {"n_views", "n_points", "n_unseen_points", "files"}.
-    images: N × (H,W,3) uint8 matching `cameras`' sizes; vertices (V,3) + faces (F,3) in the cameras' world
-    (None: no PLY, empty points3D.txt); names: image stems (default the camera names, else view_XX)."""
+    images: N × (H,W,3) uint8 RGB matching `cameras`' sizes; cameras: a list of N `Camera`s (OpenCV, metres);
+    vertices (V,3) float metres + faces (F,3) 0-based vertex indices in the cameras' world (None: no PLY, empty
+    points3D.txt); names: image stems, each one safe file name (default the camera names, else view_XX).
+    ExportError naming the argument for anything else."""
+    if not isinstance(cameras, (list, tuple)) or not all(isinstance(c, Camera) for c in cameras):
+        raise ExportError(f"export_3dgs: cameras must be a list of Camera (from a {{name: Camera}} dict: "
+                          f"list(cameras.values())), got {type(cameras).__name__}")
     if len(images) != len(cameras) or not cameras:
         raise ExportError(f"export_3dgs: {len(images)} images for {len(cameras)} cameras")
     names = list(names) if names is not None else [c.name or f"view_{i:02d}" for i, c in enumerate(cameras)]
     if len(set(names)) != len(names) or len(names) != len(cameras):
         raise ExportError(f"export_3dgs: image names must be unique, one per camera, got {names}")
+    bad = [(n, why) for n in names if (why := name_problem(n))]
+    if bad:  # a name becomes images/<name>.png: 'a/b' or '../x' would write elsewhere
+        raise ExportError(f"export_3dgs: image name {bad[0][0]!r} {bad[0][1]}")
+    if vertices is not None:
+        _check_mesh(vertices, faces)
     for i, (img, cam) in enumerate(zip(images, cameras)):
         if np.asarray(img).dtype != np.uint8 or np.asarray(img).shape != (cam.height, cam.width, 3):
             raise ExportError(f"export_3dgs: image {i} ({names[i]}) must be ({cam.height}, {cam.width}, 3) uint8, "
@@ -159,8 +170,6 @@ def export_3dgs(out_dir: Path | str, images: list[np.ndarray], cameras: list[Cam
         points = colors = None
         n_unseen = 0
         if vertices is not None:
-            if faces is None:
-                raise ExportError("export_3dgs: vertices without faces (needed for visibility and normals)")
             points = np.asarray(vertices, np.float32)
             colors, n_unseen = vertex_colors(points, faces, list(images), cameras)
             write_ply(tmp / "points3d.ply", points, vertex_normals(points, np.asarray(faces)), colors)
@@ -175,6 +184,24 @@ def export_3dgs(out_dir: Path | str, images: list[np.ndarray], cameras: list[Cam
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
     return {"n_views": len(cameras), "n_points": 0 if points is None else len(points), "n_unseen_points": n_unseen,
             "files": files}
+
+
+def _check_mesh(vertices, faces) -> None:
+    """ExportError for vertices that are not (V, 3) finite numbers or faces that are not (F, 3) integer indices
+    into them (0-based)."""
+    v = np.asarray(vertices)
+    if v.ndim != 2 or v.shape[1] != 3 or not np.issubdtype(v.dtype, np.number):
+        raise ExportError(f"export_3dgs: vertices must be (V, 3) numbers, got {v.dtype} {v.shape}")
+    if not np.isfinite(v).all():
+        raise ExportError(f"export_3dgs: vertices contain NaN/inf ({int((~np.isfinite(v)).any(1).sum())} of {len(v)})")
+    if faces is None:
+        raise ExportError("export_3dgs: vertices without faces (needed for visibility and normals)")
+    f = np.asarray(faces)
+    if f.ndim != 2 or f.shape[1] != 3 or not np.issubdtype(f.dtype, np.integer) or not len(f):
+        raise ExportError(f"export_3dgs: faces must be a non-empty (F, 3) integer array, got {f.dtype} {f.shape}")
+    if f.min() < 0 or f.max() >= len(v):
+        raise ExportError(f"export_3dgs: faces index vertices {f.min()}..{f.max()}, but there are {len(v)} vertices "
+                          f"(0-based indices: an OBJ's are 1-based)")
 
 
 def _read_mesh(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -132,3 +132,29 @@ def test_bad_input_writes_nothing(tmp_path):
     with pytest.raises(ExportError, match="3 images for 2 cameras"):
         export_3dgs(tmp_path / "gs", images(cams), cams[:2])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_names_cameras_and_meshes_of_the_wrong_kind_are_refused_before_writing(tmp_path):
+    """From a notebook: image names with a path separator wrote images/a/b.png, and '../x' a file outside the
+    export folder; a {name: Camera} dict, a batch of vertices (F, V, 3) or 1-based (OBJ) faces failed deep inside
+    (AttributeError, IndexError). Each is one ExportError now, and nothing is written."""
+    out = tmp_path / "out"
+    out.mkdir()
+    cams, (v, f) = rig(), sphere()
+    imgs = images(cams)
+    for names, why in ((["a/b", "c", "d"], "path separator"), (["..", "c", "d"], "starts with '.'")):
+        with pytest.raises(ExportError, match=rf"image name '{names[0]}' .*{why}"):
+            export_3dgs(out / "gs", imgs, cams, names=names)
+    with pytest.raises(ExportError, match=r"cameras must be a list of Camera .*got dict"):
+        export_3dgs(out / "gs", imgs, {c.name: c for c in cams}, v, f)
+    with pytest.raises(ExportError, match=r"vertices must be \(V, 3\) numbers, got float32 \(2, 266, 3\)"):
+        export_3dgs(out / "gs", imgs, cams, np.stack([v, v]), f)
+    with pytest.raises(ExportError, match="faces index vertices 1..266, but there are 266 vertices"):
+        export_3dgs(out / "gs", imgs, cams, v, f + 1)
+    bad = v.copy()
+    bad[5] = np.nan
+    with pytest.raises(ExportError, match=r"vertices contain NaN/inf \(1 of 266\)"):
+        export_3dgs(out / "gs", imgs, cams, bad, f)
+    assert list(tmp_path.rglob("*")) == [out]
+    summary = export_3dgs(out / "gs", imgs, cams, v, f)  # the same inputs, as documented
+    assert summary["n_points"] == len(v) and len(read_ply(out / "gs" / "points3d.ply")) == len(v)
