@@ -77,8 +77,11 @@ def read_model_config(path: Path | str, error: type[Exception] = GenerateError) 
 
 def load_pipeline(model_dir: Path | str, head_model, cfg: GeoFaceConfig | None = None, scheduler: str = "ddim",
                   gutter: int = 4, device: str | torch.device = "auto") -> GeoFacePipeline:
-    """A pipeline folder, or a bare transformer folder + its training config (module docstring), on `device`
-    (`device.resolve_device`: auto = a CUDA GPU when there is one)."""
+    """A pipeline folder, or a bare transformer folder (the train stage's models/geoface) + its training config
+    (module docstring), on `device` (`device.resolve_device`: auto = a CUDA GPU when there is one). head_model: the
+    `HeadModel` (geoface.load_head_model) the model was trained with, whose UV layout turns the generated position
+    map into a mesh; gutter: the uv stage's bake gutter. GenerateError / PipelineError / DeviceError naming the
+    folder or device otherwise."""
     dev = resolve_device(device)  # a GPU that is not there: one line before anything is read
     return _load_pipeline(model_dir, head_model, cfg, scheduler, gutter).to(dev)
 
@@ -155,14 +158,21 @@ def generate_from_photo(photo: Path | str, model_dir: Path | str, n_views: int, 
                         export_gs: bool = False, overwrite: bool = False, progress: bool = True,
                         device: str | torch.device = "auto") -> dict:
     """Generate n_views views + mesh from one photo into out_dir (see the module docstring) with the model on
-    `device` (auto: a CUDA GPU when there is one); returns the report."""
+    `device` (auto: a CUDA GPU when there is one); returns the report. model_dir: as `load_pipeline`;
+    head_model_dir: the head model folder it was trained with; out_dir: a new folder (an existing one is replaced
+    only when geoface wrote it and `overwrite`); yaw_range_deg / pitch_deg: the orbit of the target views around
+    the head in degrees (pitch None: the photo's). GenerateError naming the photo / folder for bad input."""
     from .export import export_3dgs
 
     t0 = time.perf_counter()
     out = Path(out_dir)
-    if n_views < 1 or int(num_inference_steps) < 1 or guidance_scale < 0:  # before any work
-        raise GenerateError(f"n_views and num_inference_steps must be >= 1 and guidance_scale >= 0, got {n_views}, "
-                            f"{num_inference_steps}, {guidance_scale}")
+    if isinstance(n_views, bool) or not isinstance(n_views, (int, np.integer)) or n_views < 1 \
+            or int(num_inference_steps) < 1 or guidance_scale < 0:  # before any work
+        raise GenerateError(f"n_views (an integer) and num_inference_steps must be >= 1 and guidance_scale >= 0, got "
+                            f"{n_views!r}, {num_inference_steps}, {guidance_scale}")
+    yaws = list(yaw_range_deg) if isinstance(yaw_range_deg, (list, tuple, np.ndarray)) else []
+    if len(yaws) != 2 or not all(isinstance(y, (int, float, np.number)) and np.isfinite(y) for y in yaws):
+        raise GenerateError(f"yaw_range_deg must be (first, last) degrees, got {yaw_range_deg!r}")
     if pitch_deg is not None and not -90 < pitch_deg < 90:  # straight above or below the head: no image up
         raise GenerateError(f"pitch_deg {pitch_deg:g}: the views' elevation must be between -90 and 90 degrees")
     device = resolve_device(device)  # a GPU that is not there: one line before any work

@@ -179,6 +179,21 @@ def _refused(env, tmp_path, photo, match):
     assert sorted(tmp_path.iterdir()) == before  # nothing written, no temporary folder
 
 
+@pytest.mark.parametrize("settings, match", [
+    ({"n_views": 2.5}, r"n_views \(an integer\) .*got 2.5"),        # was TypeError from numpy.linspace
+    ({"n_views": True}, r"n_views \(an integer\) .*got True"),
+    ({"yaw_range_deg": (-30,)}, r"yaw_range_deg must be \(first, last\) degrees, got \(-30,\)"),  # was ValueError
+    ({"yaw_range_deg": 30}, r"yaw_range_deg must be \(first, last\) degrees, got 30"),
+])
+def test_settings_of_the_wrong_kind_are_one_line_before_any_work(env, tmp_path, settings, match):
+    root, _ = env
+    kw = {"n_views": 2, **settings}
+    with pytest.raises(GenerateError, match=match):
+        generate_from_photo(tmp_path / "never-read.png", root / "model", out_dir=tmp_path / "out",
+                            head_model_dir=root / "head", num_inference_steps=1, progress=False, **kw)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_refuses_non_image(env, tmp_path):
     bad = tmp_path / "notes.jpg"
     bad.write_text("not a picture")
