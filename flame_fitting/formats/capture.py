@@ -156,7 +156,7 @@ def save_cameras(path: Path, cameras: dict[str, Camera]) -> None:
 
 @dataclass
 class Capture:
-    """A validated capture on disk. `manifest` has one row per image."""
+    """A validated capture on disk: `manifest` one row per image; `cameras(subject, sequence)` {name: Camera}."""
 
     root: Path
     manifest: pd.DataFrame

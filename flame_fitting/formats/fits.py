@@ -23,7 +23,9 @@ def fit_folders(fits_dir: Path | str) -> list[Path]:
 
 
 def load_sequence_fit(folder: Path, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
-    """The arrays of `<folder>/fit.npz` (see the module docstring; only `keys`, when given: the others, the
-    vertices of every frame among them, are not read), without pickle; FitFileError naming the file when it is
-    missing, truncated, not an .npz, holds object arrays or lacks one of `keys`."""
+    """The arrays of `<folder>/fit.npz` (a fit stage sequence folder `<fits>/<subject>/<sequence>`), one row per
+    fitted frame F: frame (F,), shape (F, n_shape), expr (F, n_expr), jaw_pose / neck_pose / global_orient / transl
+    (F, 3), eye_pose (F, 6), vertices (F, V, 3) metres in the world frame, float32 (only `keys`, when given: the
+    others, the vertices of every frame among them, are not read), without pickle; FitFileError naming the file when
+    it is missing, truncated, not an .npz, holds object arrays or lacks one of `keys`."""
     return load_npz(Path(folder) / "fit.npz", FitFileError, keys=keys)

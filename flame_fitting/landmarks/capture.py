@@ -43,7 +43,11 @@ INCONSISTENT = "inconsistent_face"  # the reason of a view whose faces agree wit
 
 
 def detect_capture(cap: Capture, workers: int | None = None, progress: bool = True) -> LandmarkSet:
-    """MediaPipe landmarks of every manifest image; views with several faces keep the one `choose_faces` picks."""
+    """MediaPipe landmarks of every manifest image of `cap` (a `load_capture` Capture) on `workers` processes (None:
+    the CPU count) -> LandmarkSet: `table` (one row per image: subject, sequence, frame, camera, detected, reason, …)
+    and `points` (N, 478, 2) float32 pixels (centres at +0.5, NaN where not detected); `.for_sequence(subject,
+    sequence)` gives {frame: {camera: (478, 2)}}, the observations of `fit_sequence`. Views with several faces keep
+    the one `choose_faces` picks."""
     m = cap.manifest.reset_index(drop=True)
     paths = [cap.root / p for p in m.path]
     results = detect_files(paths, sizes=list(zip(m.width.astype(int), m.height.astype(int))), workers=workers,
