@@ -11,23 +11,22 @@ is skipped, naming the refused global.
 from __future__ import annotations
 
 import json
-import logging
 import pickle
 import shutil
+import sys
 from pathlib import Path
 
 from accelerate import Accelerator
 from diffusers.training_utils import EMAModel
 
 from flame_fitting.core.fileio import temp_path
+from flame_fitting.core.names import terminal_safe
 
 from .backbone import check_run_backbone
 from .checkpoint import (LossLog, TrainState, checkpoint_dir, finalize_checkpoint, list_checkpoints, load_extra_state,
                          pickled_custom_state, prune_checkpoints, save_extra_state, verify_checkpoint, writing)
 from .config import GeoFaceConfig
 from .ranks import stop_together
-
-log = logging.getLogger("geoface_model.train")  # the training's logger: resume warnings belong to the run
 
 
 def check_run_dir(out_dir: Path, cfg: GeoFaceConfig) -> None:
@@ -61,9 +60,10 @@ def _tensor_file_reason(f: Path) -> str | None:
 
 
 def resume_newest(accelerator: Accelerator, out_dir: Path, ema: EMAModel, state: TrainState) -> tuple[str | None, list[dict]]:
-    """Load the newest intact checkpoint; returns (its path, the skipped ones with reasons)."""
-    skipped = []
-    for step, path in list_checkpoints(out_dir):
+    """Load the newest intact checkpoint; returns (its path, the skipped ones with reasons). Each one skipped is a
+    `train:` note on stderr (main process only, one write: a signal cannot cut the line), as the run's other notes."""
+    skipped, checkpoints = [], list_checkpoints(out_dir)
+    for i, (step, path) in enumerate(checkpoints):
         reason = verify_checkpoint(path)
         if reason is None and pickled_custom_state(path):
             reason = (f"holds pickled state ({', '.join(pickled_custom_state(path))}), which is never loaded; "
@@ -79,7 +79,9 @@ def resume_newest(accelerator: Accelerator, out_dir: Path, ema: EMAModel, state:
                 reason = f"load failed: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"
                 if isinstance(e, pickle.UnpicklingError):  # name the file torch refused
                     reason = next(filter(None, map(_tensor_file_reason, sorted(path.glob("*.bin")))), reason)
-        log.warning("checkpoint %s is unusable (%s); falling back to the previous one", path, reason)
+        if accelerator.is_main_process:
+            then = "falling back to the previous one" if i + 1 < len(checkpoints) else "no earlier one: starting over"
+            sys.stderr.write(terminal_safe(f"train: checkpoint {path} is unusable ({reason}); {then}") + "\n")
         skipped.append({"path": str(path), "reason": reason})
     return None, skipped
 

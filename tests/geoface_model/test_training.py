@@ -1,7 +1,6 @@
 """Training loop: smoke run + reload, exact resume after an interruption, corrupt-checkpoint fallback,
 refusal of a shard whose token grid does not match the config."""
 import json
-import logging
 import math
 
 import pytest
@@ -54,7 +53,7 @@ def test_smoke_checkpoint_and_reload(data, tmp_path):
     assert json.loads((tmp_path / "geoface_config.json").read_text())["loss"]["align_weight"] == 0.5
 
 
-def test_resume_after_interruption_replays_the_same_run(data, tmp_path, caplog):
+def test_resume_after_interruption_replays_the_same_run(data, tmp_path, capsys):
     cfg = micro()
     full = train(cfg, data, tmp_path / "full", progress=False)
     part = train(cfg, data, tmp_path / "cut", progress=False, max_steps=3)  # "killed" after step 3
@@ -72,16 +71,30 @@ def test_resume_after_interruption_replays_the_same_run(data, tmp_path, caplog):
     raw = bytearray(blob.read_bytes())
     raw[-100:] = bytes(100)
     blob.write_bytes(bytes(raw))
-    with caplog.at_level(logging.WARNING, logger="geoface_model.train"):
-        again = train(cfg, data, tmp_path / "cut", progress=False)
+    capsys.readouterr()
+    again = train(cfg, data, tmp_path / "cut", progress=False)
     assert again["resumed_from"].endswith("step_000002")
     assert [s["reason"] for s in again["skipped_checkpoints"]] == ["checksum mismatch in model.safetensors"]
-    assert "step_000004 is unusable (checksum mismatch" in caplog.text and "falling back" in caplog.text
+    # said as the run's other notes are: one line on stderr with the `train:` prefix (it was a bare logging record)
+    ckpts = tmp_path / "cut" / "checkpoints"
+    err = "".join(ln for ln in capsys.readouterr().err.splitlines(True) if "mixed_precision" not in ln)  # no GPU
+    assert err == (f"train: checkpoint {ckpts / 'step_000004'} is unusable (checksum mismatch in "
+                   "model.safetensors); falling back to the previous one\n"
+                   f"train: resumed from {ckpts / 'step_000002'} at step 2 of 4\n"), err
     for a, b in zip(_params(tmp_path / "full" / "model"), _params(tmp_path / "cut" / "model")):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
     # an interrupted write (no completion marker) is skipped too
-    (tmp_path / "cut" / "checkpoints" / "step_000004" / "complete.json").unlink()
+    (ckpts / "step_000004" / "complete.json").unlink()
     assert "no complete.json" in train(cfg, data, tmp_path / "cut", progress=False)["skipped_checkpoints"][0]["reason"]
+    # when no checkpoint is left to fall back to, the note says the run starts over
+    capsys.readouterr()
+    for name in ("step_000002", "step_000004"):
+        (ckpts / name / "complete.json").unlink(missing_ok=True)
+    assert train(cfg, data, tmp_path / "cut", progress=False, max_steps=1)["resumed_from"] is None
+    err = "".join(ln for ln in capsys.readouterr().err.splitlines(True) if "mixed_precision" not in ln)
+    assert err.count("train: checkpoint ") == 2 and err.count("\n") == 2, err
+    assert f"{ckpts / 'step_000002'} is unusable (no complete.json" in err and err.endswith(
+        "); no earlier one: starting over\n"), err
 
 
 def test_resume_between_two_loss_rows_logs_the_same_gradient_norms(data, tmp_path):
