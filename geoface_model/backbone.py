@@ -8,13 +8,15 @@ refused naming the file and the field.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from flame_fitting.core.json_files import read_json_object
 
 from .config import GeoFaceConfig
 from .model import GeoFaceTransformer, geo_norm_resolution, model_kwargs
 from .sd21 import BaseModelError, SD21MultiView, check_base_folder
 from .sd21.model import check_saved_backbone
+from .weights import MAX_CONFIG_BYTES
 
 CLASSES = {"dit": GeoFaceTransformer, "sd21_mv": SD21MultiView}
 
@@ -54,8 +56,8 @@ def load_trained(path: str | Path, cfg: GeoFaceConfig):
 def check_run_backbone(saved_config: Path, cfg: GeoFaceConfig) -> None:
     """Refuse resuming a run whose geoface_config.json was written with another model.backbone."""
     try:
-        old = json.loads(Path(saved_config).read_text()).get("model", {}).get("backbone", "dit")
-    except (OSError, json.JSONDecodeError, AttributeError):
+        old = read_json_object(saved_config, ValueError, MAX_CONFIG_BYTES).get("model", {}).get("backbone", "dit")
+    except (ValueError, AttributeError):
         return  # an unreadable file is the caller's (train_checkpoint.check_run_dir) to judge
     if old != cfg.model.backbone:
         raise BaseModelError(f"{saved_config}: model.backbone is {old!r}, the config asks {cfg.model.backbone!r}; "

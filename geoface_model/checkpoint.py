@@ -44,6 +44,7 @@ from safetensors.torch import load_file, save_file
 
 from flame_fitting.core.errors import GeofaceError
 from flame_fitting.core.fileio import TMP_TAG, replace_dir, sha256_file, write_json, write_text
+from flame_fitting.core.json_files import read_json, read_json_object
 
 from .run_lock import try_lock
 
@@ -52,6 +53,9 @@ MARKER = "complete.json"
 EMA_FILE, STATE_FILE, RUN_FILE = "ema.safetensors", "train_state.json", "run.json"
 EMA_KEYS = ("decay", "min_decay", "optimization_step", "update_after_step", "use_ema_warmup", "inv_gamma", "power")
 _STEP_RE = re.compile(r"^step_(\d{6,})$")
+# bounds of the run folder's JSON read back (a run folder may come from elsewhere: one line, no traceback, no GBs)
+MAX_RUN_JSON_BYTES = 1 << 20  # complete.json (~0.6 KB: a sha256 per file), run.json (~0.1 KB)
+MAX_STATE_BYTES = 64 << 20  # train_state.json: ~240 bytes a loss row; 100 000 steps, a row each, are 24 MB
 
 
 class WriteError(GeofaceError, OSError):
@@ -122,11 +126,11 @@ def load_extra_state(ckpt: Path, ema, state: TrainState) -> None:
     """Inverse of `save_extra_state`; the EMA shadow weights stay on their device. Raises ValueError
     naming the file when something is missing or does not match the model."""
     ckpt = Path(ckpt)
+    info = read_json_object(ckpt / STATE_FILE, ValueError, MAX_STATE_BYTES, "training state file")
     try:
-        info = json.loads((ckpt / STATE_FILE).read_text())
         tensors = load_file(str(ckpt / EMA_FILE))
-    except (OSError, ValueError, json.JSONDecodeError) as e:
-        raise ValueError(f"{ckpt}: cannot read {STATE_FILE} / {EMA_FILE} ({e})") from None
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{ckpt / EMA_FILE}: cannot read ({e})") from None
     shadow = [tensors[k] for k in sorted(tensors)]
     if len(shadow) != len(ema.shadow_params) or any(a.shape != b.shape for a, b in zip(shadow, ema.shadow_params)):
         raise ValueError(f"{ckpt / EMA_FILE}: {len(shadow)} tensors do not match the model's "
@@ -151,8 +155,8 @@ def touch_run(run_dir: Path, run_id: str) -> None:
 
 def _last_used(run_dir: Path) -> float:
     try:
-        return float(json.loads((run_dir / RUN_FILE).read_text())["last_used"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return float(read_json(run_dir / RUN_FILE, ValueError, MAX_RUN_JSON_BYTES)["last_used"])
+    except (ValueError, KeyError, TypeError):
         return run_dir.stat().st_mtime
 
 
@@ -204,10 +208,11 @@ def verify_checkpoint(path: Path) -> str | None:
     if not marker.is_file():
         return f"no {MARKER} marker (interrupted write)"
     try:
-        info = json.loads(marker.read_text())
-        files = info["files"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        return f"unreadable {MARKER} ({e})"
+        files = read_json_object(marker, ValueError, MAX_RUN_JSON_BYTES, "checkpoint marker").get("files")
+    except ValueError as e:  # too large, not JSON, nested too deeply
+        return f"unreadable {MARKER} ({str(e).removeprefix(f'{marker}: ')})"
+    if not isinstance(files, dict):
+        return f"unreadable {MARKER} (no 'files' object)"
     for name, digest in files.items():
         p = path / name
         if not p.is_file():

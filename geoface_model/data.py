@@ -31,6 +31,7 @@ from safetensors.torch import save
 
 from flame_fitting.core.arrays import checked_array
 from flame_fitting.core.fileio import write_bytes
+from flame_fitting.core.json_files import parse_json
 
 from .shard_checks import SPARSE, ShardError, check_layout, checked_offsets
 from .shard_names import header_names_problem
@@ -73,10 +74,7 @@ def read_shard_meta(path: Path | str) -> ShardMeta:
         raise ShardError(f"{path}: not a readable safetensors file ({e})") from None
     if raw is None:
         raise ShardError(f"{path}: no 'geoface' metadata in the header (not a geoface shard)")
-    try:
-        d = json.loads(raw)
-    except ValueError as e:
-        raise ShardError(f"{path}: the 'geoface' metadata is not JSON ({e})") from None
+    d = parse_json(raw, f"{path}: the 'geoface' metadata", ShardError)  # nested too deeply included
     if not isinstance(d, dict) or d.pop("format", None) != FORMAT or d.pop("version", None) != VERSION:
         raise ShardError(f"{path}: not a {FORMAT} v{VERSION} file")
     d.pop("app_tokens", None), d.pop("geo_tokens", None)

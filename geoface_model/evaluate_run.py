@@ -35,7 +35,7 @@ from tqdm import tqdm
 from flame_fitting.core.errors import GeofaceError
 from flame_fitting.core.names import terminal_safe
 from flame_fitting.core.fileio import make_temp_dir, nested, replace_dir, sha256_file, write_csv, write_json, write_png
-from flame_fitting.core.readers import read_json_object
+from flame_fitting.core.json_files import read_json_object
 from flame_fitting.formats.fits import load_sequence_fit
 from flame_fitting.formats.lineage import captures_version_of
 from flame_fitting.head.head_model import load_head_model
@@ -44,6 +44,7 @@ from .baselines import TrainingStats, band_ranges, training_stats
 from .data import GeoFaceDataset, ShardError
 from .evaluate import EvalParams, aggregate, canonical_transform, evaluate_sample, save_sample
 from .generate import load_pipeline, read_model_config
+from .lineage import MAX_CARD_BYTES
 from .metrics import load_lpips
 from .report import loss_figure, overlay_figure, sample_grid, write_report
 from .shard_names import sample_name, sample_stems
@@ -82,7 +83,9 @@ def read_report_inputs(loss_csv: Path | str | None, train_metrics: Path | str | 
             raise EvaluateError(f"{f}: not a readable CSV ({type(e).__name__}: {why})") from None
         if "step" not in columns:
             raise EvaluateError(f"{f}: not a training loss CSV (no 'step' column)")
-    return read_json_object(train_metrics, EvaluateError) if train_metrics is not None else None
+    if train_metrics is None:
+        return None
+    return read_json_object(train_metrics, EvaluateError, MAX_CARD_BYTES, "metrics file")
 
 
 def baseline_stats(dataset: Path, fit_of: dict, head) -> TrainingStats | None:

@@ -47,7 +47,7 @@ from flame_fitting.core.errors import GeofaceError
 from flame_fitting.geometry.camera import Camera
 from flame_fitting.formats.capture import save_cameras
 from flame_fitting.core.fileio import check_output_dir, output_dir, write_obj, write_png
-from flame_fitting.core.readers import read_json_object
+from flame_fitting.core.json_files import read_json_object
 from flame_fitting.head.head_model import load_head_model
 from flame_fitting.geometry.render import Lighting, render_mesh
 from flame_fitting.uv import UVLayout
@@ -59,12 +59,13 @@ from .orbit import (DEFAULT_FILL, DEFAULT_FOCAL_MM, CameraEstimateError, crop_vi
 from .photo import MAX_SIDE, PHOTO_MAX_PIXELS, GenerateError, read_photo  # noqa: F401  (public here)
 from .photo_face import crop_notes, detect_face
 from .pipeline import GeoFacePipeline, head_info_of
+from .weights import MAX_CONFIG_BYTES
 
 def read_model_config(path: Path | str, error: type[Exception] = GenerateError) -> GeoFaceConfig:
     """The training config saved beside a model (geoface_config.json: its tokens, model, loss, train sections, as
     training writes them); a missing file, unreadable JSON, another JSON type, a missing or non-object section or an
     invalid config raises one `error` naming the file."""
-    data = read_json_object(path, error)
+    data = read_json_object(path, error, MAX_CONFIG_BYTES, "training config")
     sections = ("tokens", "model", "loss", "train")
     bad = [k for k in sections if not isinstance(data.get(k), dict)]
     if bad:

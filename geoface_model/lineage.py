@@ -15,7 +15,7 @@ from pathlib import Path
 
 from flame_fitting.core.fileio import write_json, write_text
 from flame_fitting.core.names import terminal_safe
-from flame_fitting.core.readers import read_json
+from flame_fitting.core.json_files import read_json
 from flame_fitting.core.unit_keys import digest, tree_hashes
 from flame_fitting.formats.lineage import LineageError, read_lineage
 

@@ -15,13 +15,14 @@ Linux, on NFS (which maps it onto the server's byte-range locks); it is the fold
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 from flame_fitting.core.errors import GeofaceError
+from flame_fitting.core.json_files import read_json
+from flame_fitting.core.names import terminal_safe
 
 LOCK_FILE = ".geoface-train.lock"
 
@@ -54,9 +55,9 @@ def try_lock(run_dir: Path | str) -> int | None:
 def _holder(run_dir: Path) -> str:
     """Who holds the lock, from the run's `run.json` (written by the holder when it started), or ''."""
     try:
-        info = json.loads((run_dir / "run.json").read_text())
-        return f" (process {int(info['pid'])} on {info['host']})"
-    except (OSError, ValueError, KeyError, TypeError):
+        info = read_json(run_dir / "run.json", ValueError, 1 << 20)  # written by us, but the folder may not be
+        return f" (process {int(info['pid'])} on {terminal_safe(info['host'])})"
+    except (ValueError, KeyError, TypeError):
         return ""
 
 

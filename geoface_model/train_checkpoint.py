@@ -10,7 +10,6 @@ is skipped, naming the refused global.
 """
 from __future__ import annotations
 
-import json
 import pickle
 import shutil
 import sys
@@ -20,6 +19,7 @@ from accelerate import Accelerator
 from diffusers.training_utils import EMAModel
 
 from flame_fitting.core.fileio import temp_path
+from flame_fitting.core.json_files import read_json_object
 from flame_fitting.core.names import terminal_safe
 
 from .backbone import check_run_backbone
@@ -27,6 +27,7 @@ from .checkpoint import (LossLog, TrainState, checkpoint_dir, finalize_checkpoin
                          pickled_custom_state, prune_checkpoints, save_extra_state, verify_checkpoint, writing)
 from .config import GeoFaceConfig
 from .ranks import stop_together
+from .weights import MAX_CONFIG_BYTES
 
 
 def check_run_dir(out_dir: Path, cfg: GeoFaceConfig) -> None:
@@ -35,10 +36,10 @@ def check_run_dir(out_dir: Path, cfg: GeoFaceConfig) -> None:
     if saved.is_file() and list_checkpoints(out_dir):
         check_run_backbone(saved, cfg)
         try:
-            old = json.loads(saved.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{saved}: unreadable ({e}); it records the config of the checkpoints beside it: "
-                             f"delete {out_dir} to train that run again from the start") from None
+            old = read_json_object(saved, ValueError, MAX_CONFIG_BYTES, "training config")
+        except ValueError as e:  # not JSON, nested too deeply, too large, not an object: one line naming it
+            raise ValueError(f"{e}; it records the config of the checkpoints beside it: delete {out_dir} to train "
+                             "that run again from the start") from None
         for sec in ("model", "tokens"):
             if old.get(sec) != cfg.to_dict()[sec]:
                 raise ValueError(f"{out_dir}: checkpoints were written with a different '{sec}' config "

@@ -33,6 +33,7 @@ from accelerate import PartialState
 from flame_fitting.core.errors import GeofaceError
 from flame_fitting.core.names import terminal_safe
 from flame_fitting.core.fileio import file_ancestor, replace_dir, sha256_file, temp_path, write_bytes, write_json
+from flame_fitting.core.json_files import read_json_object
 from flame_fitting.core.unit_keys import code_digest, tree_digest
 
 from .backbone import vae_path_of
@@ -40,7 +41,7 @@ from .checkpoint import list_checkpoints, prune_runs, touch_run, writing
 from .config import GeoFaceConfig
 from .data import GeoFaceDataset, ShardError, check_compatible, read_shard_meta
 from .latents import latent_shape_info
-from .lineage import CARD_JSON, CARD_MD, model_card, scalar_entries, write_model_card
+from .lineage import CARD_JSON, CARD_MD, MAX_CARD_BYTES, model_card, scalar_entries, write_model_card
 from .ranks import stop_together
 from .run_lock import run_lock
 from .train import train
@@ -170,9 +171,9 @@ def _published_record(record: Path) -> tuple[dict, dict] | None:
     out = []
     for f in (record / CARD_JSON, record / METRICS_JSON):
         try:
-            out.append(json.loads(f.read_text()))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            sys.stderr.write(terminal_safe(f"train: {f}: unreadable ({e}); publishing the finished run afresh") + "\n")
+            out.append(read_json_object(f, ValueError, MAX_CARD_BYTES, "published record"))
+        except ValueError as e:  # not JSON, nested too deeply, too large, not an object: the message names the file
+            sys.stderr.write(terminal_safe(f"train: {e}; publishing the finished run afresh") + "\n")
             return None
     return out[0], out[1]
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from flame_fitting.core.readers import read_json
+from flame_fitting.core.json_files import read_json
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 MAX_CONFIG_BYTES = 16 << 20   # 16 MiB: a config is ~1 KB, a scheduler's trained_betas of 100000 timesteps ~2.5 MB
@@ -42,7 +42,7 @@ def _regular_file(path: Path, error: type[Exception], what: str) -> int:
 
 
 def read_config_json(path: Path | str, error: type[Exception], what: str = "config file") -> dict:
-    """The JSON object in `path` (`readers.read_json` with a model config's size limit, MAX_CONFIG_BYTES): `error`
+    """The JSON object in `path` (`json_files.read_json` with a model config's size limit, MAX_CONFIG_BYTES): `error`
     naming the file when it is missing, not a regular file, too large, not JSON or not an object."""
     data = read_json(path, error, MAX_CONFIG_BYTES, f"model's {what}")
     if not isinstance(data, dict):

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from flame_fitting.core.arrays import checked_array
-from flame_fitting.core.readers import read_json
+from flame_fitting.core.json_files import read_json
 from flame_fitting.formats.capture import CaptureError
 from flame_fitting.formats.capture_splits import SPLITS
 from flame_fitting.core.params import ParamsError, spec
@@ -138,7 +138,7 @@ def camera_names(paths: list[str]) -> list[str]:
 
 
 def load_json(path: Path):
-    """Parsed JSON of a dataset's metadata file (`readers.read_json`: CaptureError naming the file when missing, not a
+    """Parsed JSON of a dataset's metadata file (`json_files.read_json`: CaptureError naming the file when missing, not a
     regular file, larger than MAX_JSON_BYTES or not valid JSON)."""
     return read_json(path, CaptureError)
 

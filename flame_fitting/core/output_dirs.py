@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from flame_fitting.core.errors import GeofaceError
+from flame_fitting.core.json_files import read_json_object
 from flame_fitting.core.temp_names import make_temp_dir, temp_path
 
 MARKER = ".geoface-output.json"
@@ -49,8 +50,8 @@ def output_kind(folder: Path | str) -> str | None:
     """What wrote the geoface folder `folder` (its marker's `kind`: "capture", "uv", "uv previews", …); None when
     the marker names none (written before kinds, or by a writer that gives none) or there is no marker."""
     try:
-        kind = json.loads((Path(folder) / MARKER).read_text()).get("kind")
-    except (OSError, ValueError, AttributeError):
+        kind = read_json_object(Path(folder) / MARKER, ValueError, 1 << 16, "folder marker").get("kind")
+    except ValueError:  # missing, not a file, too large, not JSON (nested too deeply too), not an object
         return None
     return kind if isinstance(kind, str) else None
 

@@ -1,11 +1,9 @@
-"""Reading files the toolkit did not write, bounded before anything is allocated: JSON (`read_json`: a regular file,
-a size limit, depth and digits), images and masks (`read_image`, `read_mask`: the header's size checked against
-`MAX_IMAGE_PIXELS` before decoding, truncated JPEGs refused, one error naming the file), an image's size from its
-header alone (`image_size`), and the path OpenCV is given (`cv2_path`: its binding crashes on a name that is not
-UTF-8). The writes are fileio.py's."""
+"""Reading files the toolkit did not write, bounded before anything is allocated (JSON: json_files.py): images and
+masks (`read_image`, `read_mask`: the header's size checked against `MAX_IMAGE_PIXELS` before decoding, truncated
+JPEGs refused, one error naming the file), an image's size from its header alone (`image_size`), and the path
+OpenCV is given (`cv2_path`: its binding crashes on a name that is not UTF-8). The writes are fileio.py's."""
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
@@ -15,43 +13,6 @@ import numpy as np
 from flame_fitting.core.fileio import OutputError
 from flame_fitting.core.jpeg_end import jpeg_cut_short
 from flame_fitting.core.names import terminal_safe
-
-
-MAX_JSON_BYTES = 1 << 28  # 256 MiB: a dataset's largest metadata file (transforms.json of 10^5 frames) is far below
-
-
-def read_json(path: Path | str, error: type[Exception] = OutputError, max_bytes: int = MAX_JSON_BYTES,
-              what: str = "metadata file"):
-    """Parsed JSON of an untrusted file; `error` naming it when missing, not a regular file (a FIFO would block,
-    /dev/zero never ends), larger than `max_bytes` (what `what` holds at most), or not valid JSON (truncated, nested
-    beyond the parser's depth, integers of 4300+ digits)."""
-    path = Path(path)
-    if not path.exists():
-        raise error(f"{path}: file is missing")
-    if not path.is_file():
-        raise error(f"{path}: not a regular file")
-    if (size := path.stat().st_size) > max_bytes:
-        raise error(f"{path}: {size} bytes, more than a {what} holds ({max_bytes})")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, and int() beyond 4300 digits
-        raise error(f"{path}: not valid JSON ({e})") from None
-    except RecursionError:
-        raise error(f"{path}: not valid JSON (nested too deeply)") from None
-
-
-def read_json_object(path: Path | str, error: type[Exception] = OutputError) -> dict:
-    """The JSON object in `path`; a missing file, unreadable JSON or another JSON type raises `error` naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise error(f"{path}: missing")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise error(f"{path}: not readable JSON ({type(e).__name__}: {e})") from None
-    if not isinstance(data, dict):
-        raise error(f"{path}: expected a JSON object")
-    return data
 
 
 def cv2_path(path: Path | str, error: type[Exception] = OutputError) -> str:

@@ -24,6 +24,7 @@ from typing import Any
 
 from flame_fitting.core.fileio import MARKER, TMP_TAG
 from flame_fitting.core.hash_cache import file_sha256, folder_sha256
+from flame_fitting.core.json_files import read_json_object
 
 KEY_FILE = ".geoface-unit.json"
 UNIT_FORMAT = 1
@@ -114,10 +115,9 @@ def unit_key(stage: str, **parts) -> str:
 def read_key_file(folder: Path | str) -> dict | None:
     """The key file of a unit folder, None when missing or unreadable."""
     try:
-        rec = json.loads((Path(folder) / KEY_FILE).read_text())
-    except (OSError, ValueError):
+        return read_json_object(Path(folder) / KEY_FILE, ValueError)  # not JSON, nested too deeply, too large...
+    except ValueError:
         return None
-    return rec if isinstance(rec, dict) else None
 
 
 def current_key_file(folder: Path, key: str, extras: Path | None) -> dict | None:

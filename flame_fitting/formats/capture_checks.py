@@ -11,7 +11,6 @@ compares them with one).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -22,6 +21,7 @@ import pyarrow.compute as pc
 
 from flame_fitting.core.errors import GeofaceError
 from flame_fitting.core.fileio import sha256_file
+from flame_fitting.core.json_files import json_type, parse_json, read_bytes
 from flame_fitting.core.names import name_key, name_problem, relpath_problem
 from flame_fitting.core.readers import check_declared_size, check_pixel_count, image_size
 from flame_fitting.geometry.camera import Camera, CameraError
@@ -34,33 +34,20 @@ class CaptureError(GeofaceError, ValueError):
     """Malformed capture: the message names the file and what is wrong."""
 
 
-_JSON_TYPES = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "true/false",
-               type(None): "null"}
-
-
-def json_type(value) -> str:
-    return _JSON_TYPES.get(type(value), type(value).__name__)
+MAX_CAPTURE_JSON_BYTES = 1 << 26  # 64 MiB: a camera's entry in cameras.json is ~0.6 KB, capture.json a few KB
 
 
 def _read_bytes(path: Path, missing: str) -> bytes:
-    """The bytes of `path`; CaptureError naming the file when it is missing (`PATH: {missing}`) or unreadable."""
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise CaptureError(f"{path}: {missing}") from None
-    except OSError as e:
-        raise CaptureError(f"{path}: cannot read ({e.strerror or e})") from None
+    """The bytes of `path`; CaptureError naming the file when it is missing (`PATH: {missing}`), not a regular file,
+    larger than MAX_CAPTURE_JSON_BYTES or unreadable (json_files.read_bytes)."""
+    return read_bytes(path, CaptureError, MAX_CAPTURE_JSON_BYTES, "capture's JSON file", missing)
 
 
 def read_json_object(path: Path, missing: str, raw: bytes | None = None) -> dict:
     """The JSON object in `path` (whose bytes are `raw` when given); CaptureError naming the file when it is missing
-    (`PATH: {missing}`), unreadable, not UTF-8 JSON, or another JSON type (`expected a JSON object, got a list`)."""
-    try:
-        data = json.loads((_read_bytes(path, missing) if raw is None else raw).decode("utf-8"))
-    except UnicodeDecodeError:
-        raise CaptureError(f"{path}: not valid JSON (not UTF-8 text)") from None
-    except json.JSONDecodeError as e:
-        raise CaptureError(f"{path}: not valid JSON ({e})") from None
+    (`PATH: {missing}`), unreadable, too large, not UTF-8 JSON (nested too deeply included: json_files.parse_json),
+    or another JSON type (`expected a JSON object, got a list`)."""
+    data = parse_json(_read_bytes(path, missing) if raw is None else raw, path, CaptureError)
     if not isinstance(data, dict):
         raise CaptureError(f"{path}: expected a JSON object, got {json_type(data)}")
     return data

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from flame_fitting.core.errors import GeofaceError
 from flame_fitting.core.fileio import write_json
-from flame_fitting.core.readers import read_json
+from flame_fitting.core.json_files import read_json
 
 from .capture import capture_version
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from flame_fitting.core.errors import GeofaceError
-from flame_fitting.core.readers import read_json_object
+from flame_fitting.core.json_files import read_json_object
 
 
 class HeadModelError(GeofaceError, ValueError):
@@ -84,7 +84,7 @@ def check_model_arrays(arrays: dict, where) -> tuple[int, int]:
 
 def read_head_model_json(path: Path) -> dict:
     """head_model.json, checked: kind in KINDS, 0 <= n_shape <= 300, 0 <= n_expr <= 100."""
-    meta = read_json_object(path, HeadModelError)
+    meta = read_json_object(path, HeadModelError, 1 << 20, "head model description")  # a few hundred bytes
     if meta.get("kind") not in KINDS:
         raise HeadModelError(f"{path}: key 'kind' must be one of {KINDS}, got {meta.get('kind')!r}")
     for key, hi in (("n_shape", SHAPE_SPACE), ("n_expr", EXPR_SPACE)):

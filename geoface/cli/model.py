@@ -3,9 +3,10 @@ function as its DVC stage (generate and export: geoface_model.generate / geoface
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from pathlib import Path
+
+from flame_fitting.core.json_files import read_json_object
 
 from .base import DATA_FORCE, CliError, add_executor, check_out, command, executor_of, need, show, writable_file
 from .geometry import FOLDERS, TOKENS, UV
@@ -33,12 +34,10 @@ def _json_with(keys: tuple[str, ...]):
     """Whether a file is a JSON object holding `keys` (how geoface's metrics JSON of that command looks)."""
     def ours(p: Path) -> bool:
         try:
-            if p.stat().st_size > 1 << 20:
-                return False
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError):
+            data = read_json_object(p, ValueError, 1 << 20)  # missing, a FIFO, too large, not JSON, too deep: not ours
+        except ValueError:
             return False
-        return isinstance(data, dict) and all(k in data for k in keys)
+        return all(k in data for k in keys)
     return ours
 
 

@@ -22,7 +22,9 @@ from pathlib import Path
 from diffusers import UNet2DConditionModel
 
 from flame_fitting.core.errors import GeofaceError
-from flame_fitting.core.readers import read_json_object
+from flame_fitting.core.json_files import read_json_object
+
+from ..weights import MAX_CONFIG_BYTES
 
 DOWN = ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"]
 UP = ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3
@@ -61,7 +63,7 @@ class BaseInfo:
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise BaseModelError(f"{path}: missing (expected a Stable Diffusion 2.x folder in diffusers layout)")
-    return read_json_object(path, BaseModelError)
+    return read_json_object(path, BaseModelError, MAX_CONFIG_BYTES, "model's config")
 
 
 def _expect(cfg: dict, file: Path, field: str, want, got=None) -> None:

@@ -31,12 +31,12 @@ from diffusers import ConfigMixin, ModelMixin, UNet2DConditionModel
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
-from flame_fitting.core.readers import read_json_object
+from flame_fitting.core.json_files import read_json_object
 
 from ..attention import TokenLayout
 from ..geo_norm import GeometryNormMixin
 from ..model import GeoFaceOutput
-from ..weights import load_model_folder
+from ..weights import MAX_CONFIG_BYTES, load_model_folder
 from .attention import AlignRequest, LogitHead
 from .base import BaseInfo, BaseModelError, check_unet_config, load_base_unet
 from .surgery import (add_qk_norm, install_processors, latent_stride, remove_text_cross_attention,
@@ -175,7 +175,7 @@ def check_saved_backbone(path: Path, class_name: str, backbone: str) -> None:
     file = Path(path) / "config.json"
     if not file.is_file():
         raise BaseModelError(f"{file}: missing (not a saved {class_name} folder)")
-    name = read_json_object(file, BaseModelError).get("_class_name")
+    name = read_json_object(file, BaseModelError, MAX_CONFIG_BYTES, "model's config").get("_class_name")
     if name != class_name:
         raise BaseModelError(f"{file}: _class_name is {name!r}, model.backbone {backbone!r} needs {class_name!r} "
                              "(a checkpoint trained with another backbone)")

@@ -446,6 +446,37 @@ def test_hostile_json_files_of_a_capture_are_one_error_naming_them(tmp_path, dam
             _release(target, writer)
 
 
+@pytest.mark.parametrize("damage, words", [("deep capture.json", "not valid JSON (nested too deeply)"),
+                                           ("deep cameras.json", "not valid JSON (nested too deeply)"),
+                                           ("fifo cameras.json", "not a regular file"),
+                                           ("huge cameras.json", f"{(64 << 20) + 1} bytes, more than a capture's JSON "
+                                                                 f"file holds ({64 << 20})")])
+def test_hostile_json_files_of_a_capture_are_one_error_naming_them_when_opened(tmp_path, damage, words):
+    """What every stage opens (load_capture, load_cameras): capture.json or cameras.json nested beyond the parser's
+    depth was a RecursionError traceback, a FIFO blocked until someone wrote to it (then was read), a file of any size
+    was read whole (64 MiB + 1 here; a camera's entry is ~0.6 KB)."""
+    root = write(tmp_path / "cap", *content(subjects=("s1",), frames=1, n_cams=2))
+    target = root / ("s1/seq/cameras.json" if "cameras" in damage else "capture.json")
+    good = target.read_bytes()
+    target.unlink()
+    writer = None
+    if damage.startswith("fifo"):
+        os.mkfifo(target)
+        writer = _feed_fifo(target, good)
+    elif damage.startswith("huge"):
+        with open(target, "wb") as f:
+            f.truncate((64 << 20) + 1)  # sparse: no disk space
+    else:
+        target.write_text("[" * 100_000 + "]" * 100_000)
+    try:
+        with pytest.raises(CaptureError) as e:
+            load_capture(root)
+        assert str(e.value) == f"{target}: {words}"
+    finally:
+        if writer is not None:
+            _release(target, writer)
+
+
 @pytest.mark.parametrize("text, words", [("[" * 100_000 + "]" * 100_000, "not valid JSON (nested too deeply)"),
                                          ('{"captures_version": ["a"]}', "captures_version must be text or null"),
                                          ('{"head_model_sha256": 5}', "head_model_sha256 must be text or null"),

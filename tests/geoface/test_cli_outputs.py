@@ -91,10 +91,13 @@ def test_train_model_refuses_a_folder_as_loss_csv_before_touching_the_state(root
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir"]
 
 
-@pytest.mark.parametrize("option", ["--loss-csv", "--metrics"])
-def test_train_never_replaces_a_file_geoface_did_not_write(capsys, root, tmp_path, option):
+DEEP = "[" * 100_000 + "]" * 100_000  # beyond the JSON parser's depth: a RecursionError traceback before
+
+
+@pytest.mark.parametrize("option, text", [("--loss-csv", "step,comment\n1,keep me\n"),
+                                          ("--metrics", '{"mine": true}\n'), ("--metrics", DEEP)])
+def test_train_never_replaces_a_file_geoface_did_not_write(capsys, root, tmp_path, option, text):
     mine = tmp_path / ("notes.csv" if option == "--loss-csv" else "notes.json")
-    text = "step,comment\n1,keep me\n" if option == "--loss-csv" else '{"mine": true}\n'
     mine.write_text(text)
     for force in ([], ["--force"]):
         rc, _, err = cli(capsys, "train", root / "ds", "--out", tmp_path / "M", "--state", tmp_path / "ST",
@@ -157,7 +160,10 @@ def test_evaluate_refuses_bad_file_options_up_front(capsys, eval_inputs, tmp_pat
     bad = tmp_path / "train.json"
     bad.write_text('{"steps": 2, "loss')  # truncated
     rc, _, err = cli(capsys, *ev, "--train-metrics", bad)
-    assert rc == 2 and one_line(err).startswith(f"geoface evaluate: {bad}: not readable JSON")
+    assert rc == 2 and one_line(err).startswith(f"geoface evaluate: {bad}: not valid JSON")
+    bad.write_text(DEEP)
+    rc, _, err = cli(capsys, *ev, "--train-metrics", bad)
+    assert rc == 2 and one_line(err) == f"geoface evaluate: {bad}: not valid JSON (nested too deeply)"
     csv = tmp_path / "loss.csv"
     csv.write_text("hello\n1\n")
     rc, _, err = cli(capsys, *ev, "--loss-csv", csv)
@@ -180,7 +186,8 @@ def test_evaluate_without_lpips_weights_is_one_line_up_front(capsys, eval_inputs
     assert rc == 2 and one_line(err) == f"geoface evaluate: {tmp_path / 'lpips'}: LPIPS weights not found"
 
 
-CORRUPT = {"a list": ("[]", "expected a JSON object"), "truncated": ('{"tokens": {"resolution"', "not readable JSON"),
+CORRUPT = {"a list": ("[]", "expected a JSON object"), "truncated": ('{"tokens": {"resolution"', "not valid JSON"),
+           "nested too deeply": (DEEP, "not valid JSON (nested too deeply)"),
            "a section of the wrong type": ('{"tokens": {}, "model": [], "loss": {}, "train": {}}', "sections ['model'] are "
                                    "missing or not JSON objects"),
            "a bad value": ('{"tokens": {}, "model": {"width": "wide"}, "loss": {}, "train": {}}',

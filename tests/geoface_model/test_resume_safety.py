@@ -110,3 +110,75 @@ def test_the_run_id_changes_with_the_weights_behind_a_path(micro_shards, tmp_pat
     a = run_id(cfg, micro_shards)
     (vae / "diffusion_pytorch_model.safetensors").write_bytes(b"weights v2")
     assert run_id(cfg, micro_shards) != a
+
+
+DEEP = "[" * 100_000 + "]" * 100_000  # beyond the JSON parser's depth: a RecursionError traceback before
+
+
+def _sparse(path, size: int) -> None:
+    """A file of `size` zero bytes that takes no disk space (what a huge download would look like to `stat`)."""
+    path.unlink(missing_ok=True)
+    with open(path, "wb") as f:
+        f.truncate(size)
+
+
+@pytest.mark.parametrize("case, reason", [
+    ("deep complete.json", "unreadable complete.json (not valid JSON (nested too deeply))"),
+    ("complete.json without files", "unreadable complete.json (no 'files' object)"),
+    ("deep train_state.json", "train_state.json: not valid JSON (nested too deeply)"),
+    ("huge train_state.json", "train_state.json: 67108865 bytes, more than a training state file holds (67108864)")])
+def test_hostile_json_in_a_checkpoint_skips_it_with_one_reason(trained, tmp_path, capsys, case, reason):
+    """A run folder handed over by someone else: a checkpoint whose JSON is nested beyond the parser's depth (its
+    sha256 re-hashed into complete.json), too large to read (64 MiB + 1: a train_state.json is ~240 bytes a loss row)
+    or of the wrong shape is skipped with one reason naming the file, and the run falls back to the previous one."""
+    run = tmp_path / "run"
+    shutil.copytree(trained / "run", run)
+    ckpt = run / "checkpoints" / "step_000004"
+    if case == "deep complete.json":
+        (ckpt / MARKER).write_text(DEEP)
+    elif case == "complete.json without files":
+        (ckpt / MARKER).write_text('{"step": 4, "files": ["model.safetensors"]}')
+    else:
+        if case.startswith("deep"):
+            (ckpt / "train_state.json").write_text(DEEP)
+        else:
+            _sparse(ckpt / "train_state.json", (64 << 20) + 1)
+        _rehash(ckpt)
+    capsys.readouterr()
+    m = train(micro(), trained / "ds", run, progress=False)
+    assert m["resumed_from"].endswith("step_000002") and m["steps_run"] == 2
+    [skip] = m["skipped_checkpoints"]
+    assert skip["path"] == str(ckpt) and reason in skip["reason"] and "\n" not in skip["reason"], skip
+    assert f"train: checkpoint {ckpt} is unusable ({skip['reason']}); falling back" in capsys.readouterr().err
+
+
+def test_a_run_config_nested_too_deeply_is_one_line_naming_it(trained, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained / "run", run)
+    (run / "geoface_config.json").write_text(DEEP)
+    with pytest.raises(ValueError) as e:
+        train(micro(), trained / "ds", run, progress=False)
+    assert str(e.value).startswith(f"{run / 'geoface_config.json'}: not valid JSON (nested too deeply); it records "
+                                   "the config of the checkpoints beside it") and "\n" not in str(e.value)
+
+
+def test_run_stamps_nested_too_deeply_are_read_as_unknown(tmp_path):
+    """run.json (which run was used last, who holds it) of a state folder from elsewhere: a file nested too deeply or
+    too large is a run of unknown age / holder, not a traceback of the training that prunes or waits for it."""
+    from geoface_model.checkpoint import prune_runs, touch_run
+    from geoface_model.run_lock import RunBusyError, run_lock
+
+    root = tmp_path / "state"
+    for name in ("old", "deep", "huge", "current"):
+        touch_run(root / name, name)
+    (root / "deep" / "run.json").write_text(DEEP)
+    _sparse(root / "huge" / "run.json", 2 << 20)  # run.json is ~0.1 KB: read up to 1 MiB
+    os.utime(root / "old", (1, 1))  # the oldest of the three besides the current one, by its stamp
+    os.utime(root / "deep", (2e9, 2e9)), os.utime(root / "huge", (2e9, 2e9))  # unknown: aged by the folder's mtime
+    (root / "old" / "run.json").write_text(json.dumps({"run_id": "old", "last_used": 10.0}))
+    assert prune_runs(root, keep=3, current=root / "current") == [root / "old"]
+    with run_lock(root / "deep"):
+        with pytest.raises(RunBusyError) as e:
+            with run_lock(root / "deep"):
+                pass
+    assert str(e.value).startswith(f"{root / 'deep'}: another training of this run is in progress; wait")

@@ -181,6 +181,9 @@ def test_missing_files_are_named(base, tmp_path):
     (bad / "vae" / "config.json").unlink()
     with pytest.raises(BaseModelError, match=r"vae/config.json: missing"):
         check_base_folder(bad)
+    (bad / "vae" / "config.json").write_text("[" * 100_000 + "]" * 100_000)  # a RecursionError traceback before
+    with pytest.raises(BaseModelError, match=r"vae/config.json: not valid JSON \(nested too deeply\)$"):
+        check_base_folder(bad)
 
 
 def test_tokens_must_match_the_supervised_layer():

@@ -183,8 +183,14 @@ def test_a_shard_with_targets_outside_its_grids_is_refused_by_name(shard_dir, tm
     def bad_header(t, meta):
         meta["geoface"] = "{not json"
 
-    with pytest.raises(ShardError, match="c.safetensors: the 'geoface' metadata is not JSON"):
+    with pytest.raises(ShardError, match="c.safetensors: the 'geoface' metadata: not valid JSON"):
         read_shard_meta(_tampered(src, tmp_path / "hdr" / "c.safetensors", bad_header) / "c.safetensors")
+
+    def deep_header(t, meta):  # beyond the JSON parser's depth: a RecursionError traceback before
+        meta["geoface"] = "[" * 100_000 + "]" * 100_000
+
+    with pytest.raises(ShardError, match=r"e.safetensors: the 'geoface' metadata: not valid JSON \(nested too deep"):
+        read_shard_meta(_tampered(src, tmp_path / "deep" / "e.safetensors", deep_header) / "e.safetensors")
 
     def bad_field(t, meta):
         meta["geoface"] = meta["geoface"].replace('"n_views": 5', '"n_views": "5"')

@@ -63,13 +63,17 @@ def test_an_interrupt_while_checkpointing_leaves_no_temporary(micro_shards, tmp_
 
 
 @pytest.mark.parametrize("name", ["model_card.json", "metrics.json"])
-def test_a_damaged_published_record_is_republished(micro_shards, tmp_path, capsys, name):
+@pytest.mark.parametrize("text, why", [('{"step', "not valid JSON (Unterminated string starting at: line 1 column 2 "
+                                                 "(char 1))"),
+                                       ("[" * 100_000 + "]" * 100_000, "not valid JSON (nested too deeply)")])
+def test_a_damaged_published_record_is_republished(micro_shards, tmp_path, capsys, name, text, why):
+    """A record nested beyond the JSON parser's depth was a RecursionError traceback of the training."""
     st, model, csv = tmp_path / "state", tmp_path / "model", tmp_path / "loss.csv"
     first = train_model(micro(), micro_shards, st, model, csv)
     record = st / run_id(micro(), micro_shards) / PUBLISHED
-    (record / name).write_text('{"step')
+    (record / name).write_text(text)
     again = train_model(micro(), micro_shards, st, model, csv)
-    assert f"{record / name}: unreadable" in capsys.readouterr().err
+    assert f"train: {record / name}: {why}; publishing the finished run afresh\n" in capsys.readouterr().err
     assert again["steps"] == first["steps"] and json.loads((record / name).read_text())  # written again
 
 
