@@ -226,11 +226,21 @@ def _subject_splits(index: CaptureIndex) -> dict[str, set[str]]:
     return out
 
 
+def mixed_splits(index: CaptureIndex) -> list[dict]:
+    """[{"sequence": "subject/sequence", "splits": [sorted splits]}] of the sequences whose images are of several
+    splits, by sequence: a capture that load_capture (capture_splits.check_sequence_splits), hence every stage,
+    refuses, but that the index and the diff read (a hand-edited manifest)."""
+    seen: dict[tuple[str, str], set] = {}
+    for (s, q, _, _), (_, _, split) in index.images.items():
+        seen.setdefault((s, q), set()).add(split)
+    return [{"sequence": f"{s}/{q}", "splits": sorted(v)} for (s, q), v in sorted(seen.items()) if len(v) > 1]
+
+
 def _summary(index: CaptureIndex) -> dict:
-    """Where a capture was read, its version and its counts."""
+    """Where a capture was read, its version, its counts and the sequences that mix splits (`mixed_splits`)."""
     return {"where": index.where, "version": index.version, "subjects": len({k[0] for k in index.images}),
             "sequences": len({k[:2] for k in index.images}), "frames": len({k[:3] for k in index.images}),
-            "images": len(index.images)}
+            "images": len(index.images), "mixed_splits": mixed_splits(index)}
 
 
 def _by_sequence(index: CaptureIndex) -> dict[tuple[str, str], dict[int, dict[str, tuple]]]:

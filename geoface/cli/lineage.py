@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from .base import CliError, command, show
 
@@ -20,6 +21,23 @@ def audit(args) -> int:
     return 0 if report.matches else 1
 
 
+def mixed_split_notes(d: dict) -> list[str]:
+    """One line for each side of the diff `d` (capture_version.diff_indexes) holding sequences that mix splits
+    (`mixed_splits`): the first such sequence and its splits, how many more, and that every other reader refuses it."""
+    from flame_fitting.core.names import terminal_safe
+
+    notes = []
+    for side in ("old", "new"):
+        if mixed := d[side]["mixed_splits"]:
+            more = f" (and {len(mixed) - 1} more sequences: --json lists all)" if len(mixed) > 1 else ""
+            notes.append(terminal_safe(
+                f"{side} {d[side]['where']}: sequence {mixed[0]['sequence']} mixes splits "
+                f"{', '.join(map(str, mixed[0]['splits']))}{more}; every other reader (load_capture: the stages, "
+                "export) refuses this capture, a sequence's images must share one split; the differences are listed "
+                "all the same"))
+    return notes
+
+
 def diff_captures(args) -> int:
     from flame_fitting.formats.capture_version import format_diff
     from geoface.steps.captures_diff import diff_captures as run_diff
@@ -28,6 +46,8 @@ def diff_captures(args) -> int:
         raise CliError(f"--limit {args.limit}: must be at least 0 (0 lists all)")
     d = run_diff(args.old, args.new, path=args.path, repo=args.repo)
     print(json.dumps(d, indent=2) if args.json else format_diff(d, args.limit))
+    for note in mixed_split_notes(d):  # a capture the stages refuse: said, but the diff was made (exit 0 / 1)
+        print(f"geoface diff-captures: warning: {note}", file=sys.stderr)
     return 0 if d["same"] else 1  # diff(1), `git diff --exit-code`: a script's `diff-captures A B || echo changed`
 
 
@@ -58,7 +78,9 @@ def register(sub, chosen) -> None:
                 "an entry of its K, world_to_cam or dist differs by more than 1e-6 times the largest magnitude of its "
                 "block (world_to_cam's rotation, its translation, K's first two rows, ...; a float32 ulp is at most 1.2e-7 of the value: an export and import back is no change; 0.1 px "
                 "of a principal point or 0.1 mm of a translation is). Exit status, as diff(1): 0 when nothing differs, "
-                "1 when differences are listed, 2 when a capture cannot be read or the command line is wrong",
+                "1 when differences are listed, 2 when a capture cannot be read or the command line is wrong; a "
+                "capture whose sequence mixes splits (which every other reader refuses) is compared all the same, "
+                "with a warning on stderr naming the sequence and its splits (exit status 0 or 1 as above)",
                 diff_captures, force=None)
     p.add_argument("old", metavar="OLD", help="capture folder or git revision (commit, branch, tag)")
     p.add_argument("new", metavar="NEW", help="capture folder or git revision (commit, branch, tag)")

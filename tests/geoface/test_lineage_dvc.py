@@ -571,6 +571,43 @@ def test_diff_captures_exit_status_says_whether_the_captures_differ(capsys, tmp_
     assert rc == 2 and out == "" and f"{tmp_path / 'nothing'}: neither a capture folder nor a git revision" in err
 
 
+def _mixed(src, dst, splits):
+    """A copy of the capture `src` at `dst` whose manifest gives frame f the split `splits[f]` (by hand: the writer
+    and load_capture refuse a sequence of several splits)."""
+    import pandas as pd
+
+    shutil.copytree(src, dst)
+    df = pd.read_parquet(dst / "manifest.parquet")
+    df["split"] = [splits[f] for f in df.frame]
+    df.to_parquet(dst / "manifest.parquet", index=False)
+    return dst
+
+
+def test_diff_captures_says_a_capture_mixing_splits_in_a_sequence_is_refused_elsewhere(capsys, tmp_path):
+    """A manifest whose sequence mixes splits is refused by load_capture (every stage, export), but the diff reads it:
+    it said nothing, so a capture no stage opens looked like any other. Now one warning line per such side on stderr
+    (which sequence, which splits), the differences listed all the same, `mixed_splits` in each side of --json; the
+    exit status is the diff's (0 / 1: the captures were read and compared), not 2 (no diff made)."""
+    from flame_fitting.formats.capture import CaptureError, load_capture
+
+    old = _frames_capture(tmp_path / "old", range(3))
+    new = _mixed(old, tmp_path / "new", ["train", "val", "test"])
+    with pytest.raises(CaptureError, match="sequence s0/seq mixes splits"):
+        load_capture(new)
+    rc, out, err = cli(capsys, "diff-captures", old, new)
+    assert rc == 1 and "  ~ frame s0/seq/00001 (split train -> val: cam0)" in out.splitlines(), out
+    assert err == (f"geoface diff-captures: warning: new {new}: sequence s0/seq mixes splits test, train, val; every "
+                   "other reader (load_capture: the stages, export) refuses this capture, a sequence's images must "
+                   "share one split; the differences are listed all the same\n"), err
+    rc, out, err = cli(capsys, "diff-captures", new, new, "--json")  # identical, and refused elsewhere: exit 0, said
+    d = json.loads(out)
+    assert rc == 0 and d["identical"] and err.count("warning: ") == 2 and "warning: old " in err, err
+    assert d["old"]["mixed_splits"] == d["new"]["mixed_splits"] == [{"sequence": "s0/seq",
+                                                                     "splits": ["test", "train", "val"]}]
+    rc, out, err = cli(capsys, "diff-captures", old, old, "--json")
+    assert rc == 0 and err == "" and json.loads(out)["new"]["mixed_splits"] == []
+
+
 def test_default_remote_round_trip_on_a_fresh_clone(project, capsys):
     """The project's .dvc/config works as cloned: `dvc push` went to the folder beside the repository; a clone beside
     it pulls the same data, passes `geoface audit`, and diffs a revision whose data only the remote holds."""
