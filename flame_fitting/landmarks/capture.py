@@ -155,6 +155,22 @@ def summaries_metrics(manifest: pd.DataFrame, summaries: list[dict], gt_err: np.
     return out
 
 
+def units_metrics(cap: Capture, records: dict[str, dict]) -> dict:
+    """`summaries_metrics` of the units whose records (`detect_unit`'s, {"subject/sequence": record}) are in
+    `records`, from the records alone (no kept sequence's detections.parquet is opened). Each unit's views are its
+    sequence's manifest rows in manifest order (`Capture.sequence_rows`, grouped once), so its detections and errors
+    meet their own rows' yaws even where the manifest interleaves sequences; the units in the order of their first
+    row (the manifest's, not the key strings': 'a-b/x' < 'a/x'). One pass over the manifest, by sequence: the rows
+    were taken by a Python loop over every row (tests/flame_fitting/test_landmark_metrics.py keeps it as the
+    reference; benchmarks/landmark_metrics.py times both)."""
+    rows = cap.sequence_rows
+    done = sorted((k for k in rows if f"{k[0]}/{k[1]}" in records), key=lambda k: rows[k][0])
+    ok = cap.manifest.iloc[np.concatenate([rows[k] for k in done]) if done else []].reset_index(drop=True)
+    summaries = [records[f"{s}/{q}"] for s, q in done]
+    err = np.concatenate([np.zeros(0), *(np.asarray(r["gt_error_px"], np.float64) for r in summaries)])
+    return summaries_metrics(ok, summaries, err.astype(np.float32))
+
+
 @dataclass
 class LandmarksParams:
     workers: int = spec(2, "threads decoding and running FaceMesh (one graph each; the calling thread is one)", lo=1, hi=256)
@@ -179,16 +195,7 @@ def detect_folder(captures: Path | str, out: Path | str, cfg: LandmarksParams, m
         run = run_units(ex, partial(detect_unit, str(cap.root), cfg), units, out, "landmarks", inputs=[captures],
                         source=captures, payload=partial(unit_payload, cap))
     write_unit_failures(Path(out) / "failures.json", run)
-    done = {tuple(k.split("/", 1)) for k in run.records}
-    m = cap.manifest
-    ok = cap.manifest[[(s, q) in done for s, q in zip(m.subject, m.sequence)]].reset_index(drop=True)
-    # from the records alone (the key files run_units read): no kept sequence's detections.parquet is opened. In the
-    # manifest's order (that of the manifest rows and yaws), not the records' key strings' ('a-b/x' < 'a/x')
-    order = dict.fromkeys(f"{s}/{q}" for s, q in zip(ok.subject, ok.sequence))
-    err = [np.asarray(run.records[k]["gt_error_px"], np.float64) for k in order]
-    err = np.concatenate(err).astype(np.float32) if err else np.zeros(0, np.float32)
-    metrics = {"captures_version": capture_version(captures),
-               **summaries_metrics(ok, [run.records[k] for k in order], err), **run.summary()}
+    metrics = {"captures_version": capture_version(captures), **units_metrics(cap, run.records), **run.summary()}
     write_lineage(out, captures_version=metrics["captures_version"])  # the fit checks it is given this capture
     if metrics_path is not None:
         write_json(metrics_path, metrics)

@@ -168,6 +168,31 @@ def test_band_errors_follow_the_manifest_order_of_units(tmp_path):
         {k: (m[k], ref[k]) for k in bands}
 
 
+def test_band_metrics_pair_views_with_their_yaws_in_an_interleaved_manifest(tmp_path):
+    """A manifest whose rows interleave two sequences (hand-made; load_capture takes it, the units gather their rows):
+    the stage's per-yaw-band rates and errors are those of the same views in the writer's order. The metrics took
+    the rows of the done units by a loop over the manifest, in its order, and paired them with the units' detections
+    concatenated sequence by sequence: each view's detection and error met another view's yaw."""
+    from flame_fitting.formats.capture import Capture, load_capture
+    from flame_fitting.formats.landmarks import load_landmarks
+    from flame_fitting.landmarks.capture import LandmarksParams, detect_folder, landmark_metrics
+
+    build_standin(tmp_path / "head", seed=0, n_shape=10, n_expr=10)
+    cfg = SyntheticConfig(seed=3, subjects=2, frames=1, cameras=4, resolution=256, workers=1,
+                          yaw_range_deg=[-80.0, 80.0], texture_resolution=256)
+    generate(tmp_path / "head", tmp_path / "cap", cfg, progress=False)
+    man = tmp_path / "cap" / "manifest.parquet"
+    writer = pd.read_parquet(man)
+    writer.sort_values(["frame", "camera", "subject"]).to_parquet(man, index=False)  # s0 c0, s1 c0, s0 c1, ...
+    m = detect_folder(tmp_path / "cap", tmp_path / "lmk", LandmarksParams(workers=1))
+    cap = load_capture(tmp_path / "cap")
+    assert list(cap.manifest.subject[:2]) == ["synth000", "synth001"]
+    ref = landmark_metrics(Capture(cap.root, writer, cap.info), load_landmarks(tmp_path / "lmk"))  # row by row
+    bands = [k for k in ref if k.startswith(("detection_rate_yaw", "pixel_error_yaw")) and ref[k] is not None]
+    assert len(bands) >= 4 and all(m[k] == pytest.approx(ref[k], rel=1e-6) for k in bands), \
+        {k: (m[k], ref[k]) for k in bands}
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda d: (d / "points.npy").write_bytes((d / "points.npy").read_bytes()[:200]), "points.npy: not a readable .npy"),
     (lambda d: np.save(d / "points.npy", np.array([{"a": 1}], dtype=object)), "points.npy: not a readable .npy"),
