@@ -34,6 +34,7 @@ from flame_fitting.core.fileio import check_output_dir, make_temp_dir, replace_d
 
 from .capture_checks import (CaptureError, check_image_files, check_manifest_cameras, check_manifest_paths,
                              check_manifest_twins, check_twin, json_type, load_cameras, read_json_object)
+from .capture_order import in_canonical_order
 from .capture_splits import check_image_split, check_sequence_splits, check_split_values
 from .capture_version import CaptureIndex, make_index, masks_without_hash
 
@@ -180,14 +181,13 @@ class Capture:
         return self.manifest.groupby(["subject", "sequence"], observed=True).indices
 
     def frames(self, subject: str, sequence: str) -> list[int]:
-        m = self.manifest
-        return sorted(m[(m.subject == subject) & (m.sequence == sequence)].frame.unique().tolist())
+        return sorted(self.manifest.frame.iloc[self.sequence_rows.get((subject, sequence), [])].unique().tolist())
 
 
 def load_capture(root: Path | str, check_files: bool = True, check_hashes: bool = False) -> Capture:
-    """Open and validate a capture. Raises CaptureError naming the offending file. check_files: every image
-    exists and its header's size is its camera's (an image whose header cannot be read is left to the stages,
-    which record it as unreadable and go on)."""
+    """Open and validate a capture, its manifest rows in canonical order whatever the file's (capture_order.py).
+    Raises CaptureError naming the offending file. check_files: every image exists and its header's size is its
+    camera's (an image whose header cannot be read is left to the stages, which record it as unreadable and go on)."""
     root = Path(root)
     try:  # OpenCV's binding crashes the process on such a path (readers.cv2_path): refuse it here, once
         str(root).encode("utf-8")
@@ -213,9 +213,9 @@ def load_capture(root: Path | str, check_files: bool = True, check_hashes: bool 
     check_split_values(df, str(man_path))
     check_manifest_twins(df, str(man_path), check_manifest_paths(df, str(man_path)))
     group = check_sequence_splits(df, str(man_path))  # after the names: they are printed as they are
-    cap = Capture(root=root, manifest=df, info=info)
     known: dict[bytes, dict[str, Camera]] = {}
     check_manifest_cameras(df, root, lambda s, q: load_cameras(root / s / q / "cameras.json", known), group)
+    cap = Capture(root=root, manifest=in_canonical_order(df, group), info=info)  # no result depends on row order
     if check_files or check_hashes:
         check_image_files(cap, hashes=check_hashes)
     return cap

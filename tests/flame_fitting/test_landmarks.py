@@ -169,7 +169,7 @@ def test_band_errors_follow_the_manifest_order_of_units(tmp_path):
 
 
 def test_band_metrics_pair_views_with_their_yaws_in_an_interleaved_manifest(tmp_path):
-    """A manifest whose rows interleave two sequences (hand-made; load_capture takes it, the units gather their rows):
+    """A manifest whose rows interleave two sequences (hand-made; load_capture takes it, in canonical row order now):
     the stage's per-yaw-band rates and errors are those of the same views in the writer's order. The metrics took
     the rows of the done units by a loop over the manifest, in its order, and paired them with the units' detections
     concatenated sequence by sequence: each view's detection and error met another view's yaw."""
@@ -185,8 +185,9 @@ def test_band_metrics_pair_views_with_their_yaws_in_an_interleaved_manifest(tmp_
     writer = pd.read_parquet(man)
     writer.sort_values(["frame", "camera", "subject"]).to_parquet(man, index=False)  # s0 c0, s1 c0, s0 c1, ...
     m = detect_folder(tmp_path / "cap", tmp_path / "lmk", LandmarksParams(workers=1))
+    assert list(pd.read_parquet(man).subject[:2]) == ["synth000", "synth001"]
     cap = load_capture(tmp_path / "cap")
-    assert list(cap.manifest.subject[:2]) == ["synth000", "synth001"]
+    pd.testing.assert_frame_equal(cap.manifest, writer)  # the readers see the rows in canonical order (capture_order.py)
     ref = landmark_metrics(Capture(cap.root, writer, cap.info), load_landmarks(tmp_path / "lmk"))  # row by row
     bands = [k for k in ref if k.startswith(("detection_rate_yaw", "pixel_error_yaw")) and ref[k] is not None]
     assert len(bands) >= 4 and all(m[k] == pytest.approx(ref[k], rel=1e-6) for k in bands), \
