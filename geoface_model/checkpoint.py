@@ -55,7 +55,9 @@ EMA_KEYS = ("decay", "min_decay", "optimization_step", "update_after_step", "use
 _STEP_RE = re.compile(r"^step_(\d{6,})$")
 # bounds of the run folder's JSON read back (a run folder may come from elsewhere: one line, no traceback, no GBs)
 MAX_RUN_JSON_BYTES = 1 << 20  # complete.json (~0.6 KB: a sha256 per file), run.json (~0.1 KB)
-MAX_STATE_BYTES = 64 << 20  # train_state.json: ~240 bytes a loss row; 100 000 steps, a row each, are 24 MB
+# train_state.json keeps every loss row: ~245 bytes each (indent=1), one per train.log_every steps (default 1); the
+# 70 MB of a 300 000-step run were refused at 64 MiB, so its resume skipped every later checkpoint. 256 MiB: ~1.1 M rows
+MAX_STATE_BYTES = 256 << 20
 
 
 class WriteError(GeofaceError, OSError):

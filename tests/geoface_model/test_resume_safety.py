@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-from geoface_model.checkpoint import MARKER
+from geoface_model.checkpoint import MARKER, MAX_STATE_BYTES
 from geoface_model.config import GeoFaceConfig
 from geoface_model.synthetic import make_synthetic_shard
 from geoface_model.train import train
@@ -126,10 +126,11 @@ def _sparse(path, size: int) -> None:
     ("deep complete.json", "unreadable complete.json (not valid JSON (nested too deeply))"),
     ("complete.json without files", "unreadable complete.json (no 'files' object)"),
     ("deep train_state.json", "train_state.json: not valid JSON (nested too deeply)"),
-    ("huge train_state.json", "train_state.json: 67108865 bytes, more than a training state file holds (67108864)")])
+    ("huge train_state.json", f"train_state.json: {MAX_STATE_BYTES + 1} bytes, more than a training state file holds "
+                              f"({MAX_STATE_BYTES})")])
 def test_hostile_json_in_a_checkpoint_skips_it_with_one_reason(trained, tmp_path, capsys, case, reason):
     """A run folder handed over by someone else: a checkpoint whose JSON is nested beyond the parser's depth (its
-    sha256 re-hashed into complete.json), too large to read (64 MiB + 1: a train_state.json is ~240 bytes a loss row)
+    sha256 re-hashed into complete.json), too large to read (MAX_STATE_BYTES + 1: a train_state.json is ~245 bytes a loss row)
     or of the wrong shape is skipped with one reason naming the file, and the run falls back to the previous one."""
     run = tmp_path / "run"
     shutil.copytree(trained / "run", run)
@@ -142,7 +143,7 @@ def test_hostile_json_in_a_checkpoint_skips_it_with_one_reason(trained, tmp_path
         if case.startswith("deep"):
             (ckpt / "train_state.json").write_text(DEEP)
         else:
-            _sparse(ckpt / "train_state.json", (64 << 20) + 1)
+            _sparse(ckpt / "train_state.json", MAX_STATE_BYTES + 1)
         _rehash(ckpt)
     capsys.readouterr()
     m = train(micro(), trained / "ds", run, progress=False)
@@ -182,3 +183,28 @@ def test_run_stamps_nested_too_deeply_are_read_as_unknown(tmp_path):
             with run_lock(root / "deep"):
                 pass
     assert str(e.value).startswith(f"{root / 'deep'}: another training of this run is in progress; wait")
+
+
+def test_the_training_state_of_a_long_run_is_read_back(tmp_path):
+    """train_state.json as save_extra_state writes it for a run of 300 000 steps with a loss row each (train.log_every
+    1, the default): 70 MB, which the 64 MiB bound refused, so a resume skipped each such checkpoint as unusable. The
+    rows are copied as text (json's indent=1 encoder takes ~15 s for them) into the file the writer wrote."""
+    from diffusers.training_utils import EMAModel
+
+    from geoface_model.checkpoint import STATE_FILE, TrainState, load_extra_state, save_extra_state
+    net = torch.nn.Linear(2, 2)
+    row = {"step": 299_999, "loss": 0.12345678901234567, "diffusion_loss": 0.11345678901234567,
+           "align_loss": 0.013456789012345678, "lr": 9.876543210987654e-05, "grad_norm_diffusion": 1.2345678901234567,
+           "grad_norm_align": 0.5234567890123456}
+    state = TrainState()
+    state.step, state.rows = 300_000, [row]
+    save_extra_state(tmp_path, EMAModel(net.parameters()), state)
+    text = (tmp_path / STATE_FILE).read_text()
+    head, rest = text.split('"rows": [\n', 1)
+    block, tail = rest.split("\n ],", 1)
+    rows = ",\n".join([block] * 300_000)
+    (tmp_path / STATE_FILE).write_text(head + '"rows": [\n' + rows + "\n ]," + tail)
+    assert (tmp_path / STATE_FILE).stat().st_size > 64 << 20
+    back = TrainState()
+    load_extra_state(tmp_path, EMAModel(net.parameters()), back)
+    assert back.step == 300_000 and len(back.rows) == 300_000 and back.rows[0] == back.rows[-1] == row
