@@ -31,6 +31,7 @@ from safetensors.torch import save
 
 from flame_fitting.core.arrays import checked_array
 from flame_fitting.core.fileio import write_bytes
+from flame_fitting.core.interrupt import interrupts_held
 from flame_fitting.core.json_files import parse_json
 
 from .shard_checks import SPARSE, ShardError, check_layout, checked_offsets
@@ -221,6 +222,10 @@ class GeoFaceDataset(torch.utils.data.Dataset):
 
     def item(self, i: int, views: np.ndarray) -> dict:
         """Item i with the given view ids (the first `n_ref` are the references), e.g. chosen by an evaluator."""
+        with interrupts_held():  # a Ctrl-C / SIGTERM inside safetensors' slices would come out as its ValueError
+            return self._item(i, views)
+
+    def _item(self, i: int, views: np.ndarray) -> dict:
         s, j = self.items[i]
         views = np.asarray(views, np.int64)
         if views.ndim != 1 or len(set(views.tolist())) != len(views) or views.min() < 0 or views.max() >= self.metas[s].n_views:

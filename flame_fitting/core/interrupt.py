@@ -12,6 +12,7 @@ installed before (a caller's own) is left as it is.
 """
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from contextlib import contextmanager
@@ -46,3 +47,44 @@ def keeping_sigterm_handler() -> Iterator[None]:
     finally:
         if old not in (None, signal.SIG_DFL) and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, old)
+
+
+@contextmanager
+def _blocked(signals: tuple) -> Iterator[None]:
+    """`signals` blocked in the block (one arriving waits, and its handler runs after it): swapping handlers is then
+    atomic, never half done by an exception a handler raised in between."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, ())  # the mask as it is (blocking nothing more)
+    try:  # blocked inside: a handler raising just after the call could otherwise leave them blocked for good
+        signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+@contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM inside the block are held and delivered at its end (the handler that was set runs then:
+    KeyboardInterrupt here). For native code that calls back into Python: an exception a handler raises inside such a
+    callback is turned into the library's own error (safetensors' slices: 1 in 3 interrupts became "ValueError: could
+    not determine the shape of object type 'torch.storage.UntypedStorage'", a traceback and exit 1 instead of the
+    interrupted line and 130). Nothing is held outside the main thread (Python runs handlers there only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    signals, old = (signal.SIGINT, signal.SIGTERM), {}
+    try:  # set inside: whatever a handler raises on the way, what was set is set back
+        with _blocked(signals):
+            old = {s: signal.getsignal(s) for s in signals}
+            for s in signals:
+                signal.signal(s, lambda signum, frame: held.append(signum))
+        yield
+    finally:
+        with _blocked(signals):
+            for s, handler in old.items():
+                signal.signal(s, handler)
+        for s in dict.fromkeys(held):  # each signal once, in the order they came
+            if callable(old[s]):
+                old[s](s, None)
+            elif old[s] == signal.SIG_DFL:
+                os.kill(os.getpid(), s)  # its default action, now that it is set again
