@@ -37,22 +37,6 @@ from flame_fitting.landmarks.capture import LandmarksParams, detect_folder
 FIT = FitConfig(iterations=5)
 
 
-def test_without_an_address_the_stage_starts_a_local_ray(monkeypatch):
-    """kind ray, no ray_address and no RAY_ADDRESS: a local Ray with `workers` CPUs, shut down after; a unit that
-    raises is recorded, the others complete; a unit's memory request (`ray_memory_gb`) is passed to Ray. (Runs
-    before the module's cluster starts.)"""
-    from flame_fitting.core.executor import open_executor
-
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    assert not ray.is_initialized()
-    with open_executor(ExecutorConfig(kind="ray", workers=2, ray_memory_gb=0.05)) as ex:
-        assert ray.cluster_resources().get("CPU") == 2
-        res = ex.map(int, ["1", "x", "3"], progress=False)
-    assert not ray.is_initialized()
-    assert [r.value for r in res] == [1, None, 3]
-    assert res[1].error.startswith("ValueError: invalid literal")
-
-
 def _command(pid: int) -> str:
     try:
         return " ".join(psutil.Process(pid).cmdline())
@@ -73,13 +57,14 @@ def _loopback(ip: str) -> bool:
 
 @pytest.mark.parametrize("address", [None, "local"])
 def test_the_local_ray_listens_on_loopback_only_and_is_gone_after(monkeypatch, address):
-    """The Ray the stage starts itself (no address, or Ray's "local") can be reached from this machine only: every
-    listening socket of its processes (the stage's own included) is on loopback, none is the dashboard's or the Ray
-    client server's; and once the executor is closed none of its processes and none of those sockets is left. Before,
-    the GCS, the raylet, the agents and every worker listened on all interfaces or the machine's address (anyone who
-    reaches the GCS can run code: Ray has no authentication), and "local" started Ray with its own defaults (every
-    CPU of the machine, not `workers`; the dashboard where its packages are installed). (Runs before the module's
-    cluster.)"""
+    """kind ray, no ray_address (or Ray's "local") and no RAY_ADDRESS: the stage starts a local Ray with `workers`
+    CPUs and shuts it down after; a unit that raises is recorded, the others complete; a unit's memory request
+    (`ray_memory_gb`) is passed to Ray. That Ray can be reached from this machine only: every listening socket of its
+    processes (the stage's own included) is on loopback, none is the dashboard's or the Ray client server's; and once
+    the executor is closed none of its processes and none of those sockets is left. Before, the GCS, the raylet, the
+    agents and every worker listened on all interfaces or the machine's address (anyone who reaches the GCS can run
+    code: Ray has no authentication), and "local" started Ray with its own defaults (every CPU of the machine, not
+    `workers`; the dashboard where its packages are installed). (Runs before the module's cluster.)"""
     from flame_fitting.core.executor import open_executor
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
@@ -89,9 +74,11 @@ def test_the_local_ray_listens_on_loopback_only_and_is_gone_after(monkeypatch, a
     # children this process had already (an earlier test's pool, multiprocessing's resource tracker under
     # pytest-xdist) are not the Ray's: in the full suite two of them outlived the check below
     earlier = {p.pid for p in me.children(recursive=True)}
-    with open_executor(ExecutorConfig(kind="ray", workers=1, ray_address=address)) as ex:
-        assert ray.cluster_resources().get("CPU") == 1
-        assert [r.value for r in ex.map(int, ["1", "2"], progress=False)] == [1, 2]  # workers started and listening
+    with open_executor(ExecutorConfig(kind="ray", workers=2, ray_address=address, ray_memory_gb=0.05)) as ex:
+        assert ray.cluster_resources().get("CPU") == 2
+        res = ex.map(int, ["1", "x", "3"], progress=False)  # the workers started and listening
+        assert [r.value for r in res] == [1, None, 3]
+        assert res[1].error.startswith("ValueError: invalid literal")
         procs = [p for p in me.children(recursive=True) if p.pid not in earlier]
         pids = {p.pid for p in procs}
         names = [_command(p.pid) for p in procs]
@@ -125,29 +112,6 @@ def test_a_local_ray_not_on_loopback_is_refused(monkeypatch):
     assert not ray.is_initialized()
 
 
-def test_a_ray_started_elsewhere_on_the_machine_is_not_taken_for_the_stages_own(monkeypatch):
-    """No address: the stage starts its own Ray even where `ray start` left its address in Ray's temporary folder
-    (/tmp/ray/ray_current_cluster, written by whoever ran `ray start` on the machine, or left by a killed one).
-    Before, `ray.init()` without an address took that file's cluster for the one to join and the stage failed ("When
-    connecting to an existing cluster, num_cpus and num_gpus must not be provided")."""
-    from flame_fitting.core.executor import open_executor
-
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    tmp = tempfile.mkdtemp(prefix="gf-", dir="/tmp")  # short: Ray's socket paths live under it (twice nested)
-    try:
-        monkeypatch.setenv("RAY_TMPDIR", tmp)
-        os.mkdir(os.path.join(tmp, "ray"))
-        with open(os.path.join(tmp, "ray", "ray_current_cluster"), "w") as f:
-            f.write("127.0.0.1:9\n")  # the discard port: no Ray there
-        with open_executor(ExecutorConfig(kind="ray", workers=1)) as ex:
-            assert ray.get_runtime_context().gcs_address != "127.0.0.1:9"
-            assert ray.cluster_resources().get("CPU") == 1
-            assert [r.value for r in ex.map(int, ["4"], progress=False)] == [4]
-        assert not ray.is_initialized()
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 # a second process that knows the local Ray's address (another user finds it with `ps`, `ss` or in Ray's folder),
 # asks it to run a task that writes a file; exit status 3: Ray refused it
 _CLIENT = """
@@ -165,28 +129,43 @@ ray.get(write.remote(sys.argv[2]), timeout=120)
 """
 
 
-def test_the_local_ray_runs_only_what_a_holder_of_its_fresh_token_submits(monkeypatch, tmp_path):
+def test_the_local_ray_runs_only_what_a_holder_of_its_fresh_token_submits(monkeypatch, tmp_path, request):
     """The Ray the stage starts itself runs in token mode with a fresh random token held in the stage's environment
     only: a second process that knows its address but not the token is refused, with no token or with the user's
     `~/.ray/auth_token` (before, Ray 2.60 took that file's token, mode 0644, the same for every Ray of the user: the
     second process ran its task); one given the stage's token runs its task (the check is real), and the stage's own
     units run. Ray's folder is one only this user can enter, holds the token in no file, and is removed after; no
-    command line holds the token; Ray's settings in the environment are as before once the executor is closed. (Runs
-    before the module's cluster.)"""
+    command line holds the token; Ray's settings in the environment are as before once the executor is closed.
+    And that Ray is the stage's own even where `ray start` left its address in Ray's temporary folder
+    ($RAY_TMPDIR/ray/ray_current_cluster, written by whoever ran `ray start` on the machine, or left by a killed one).
+    Before, `ray.init()` without an address took that file's cluster for the one to join and the stage failed ("When
+    connecting to an existing cluster, num_cpus and num_gpus must not be provided"). (Runs before the module's
+    cluster; one Ray start for both.)"""
     from flame_fitting.core.executor import open_executor
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    tmp = tempfile.mkdtemp(prefix="gf-", dir="/tmp")  # short: Ray's socket paths live under it (twice nested)
+    request.addfinalizer(lambda: shutil.rmtree(tmp, ignore_errors=True))
+    monkeypatch.setenv("RAY_TMPDIR", tmp)
+    os.mkdir(os.path.join(tmp, "ray"))
+    with open(os.path.join(tmp, "ray", "ray_current_cluster"), "w") as f:
+        f.write("127.0.0.1:9\n")  # the discard port: no Ray there
     before = dict(os.environ)
     with open_executor(ExecutorConfig(kind="ray", workers=1)) as ex:
+        assert ray.get_runtime_context().gcs_address != "127.0.0.1:9"
+        assert ray.cluster_resources().get("CPU") == 1
         assert [r.value for r in ex.map(int, ["1", "2"], progress=False)] == [1, 2]
         address, token = ray.get_runtime_context().gcs_address, os.environ.get("RAY_AUTH_TOKEN", "")
         outsider = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_TMPDIR"))}
         outsider["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # a client on this machine: keep 127.0.0.1 as it is
+        # three tries to connect, not Ray's 20 (one a second): a refusal is the GCS's answer to every try
+        # ("InvalidAuthToken"), so it came after 20 s before; the token's holder connects at the first
+        outsider["RAY_NUM_REDIS_GET_RETRIES"] = "3"
         clients = {"no token": outsider, "~/.ray/auth_token": {**outsider, "RAY_AUTH_MODE": "token"},
                    "the stage's token": {**outsider, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}}
         procs = {name: subprocess.Popen([sys.executable, "-c", _CLIENT, address, str(tmp_path / str(i))], env=env,
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                 for i, (name, env) in enumerate(clients.items())}  # at once: a refusal takes Ray some 20 s
+                 for i, (name, env) in enumerate(clients.items())}  # at once: each imports Ray
         out = {name: (p.wait(timeout=180), p.stdout.read()[-2000:]) for name, p in procs.items()}
         assert {name: rc for name, (rc, _) in out.items()} == {"no token": 3, "~/.ray/auth_token": 3,
                                                                "the stage's token": 0}, out
