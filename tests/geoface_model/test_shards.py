@@ -238,6 +238,7 @@ def test_an_interrupt_inside_an_items_read_unwinds_as_keyboardinterrupt(shard_di
     def terminate(signum, frame):
         raise KeyboardInterrupt
 
+    old_int = signal.getsignal(signal.SIGINT)  # pytest-xdist's workers ignore it: whatever it is, it is kept
     old_term = signal.signal(signal.SIGTERM, terminate)
     old_alarm = signal.signal(signal.SIGALRM, lambda signum, frame: os.kill(os.getpid(), signal.SIGTERM))
     unwound, other = 0, []
@@ -257,17 +258,21 @@ def test_an_interrupt_inside_an_items_read_unwinds_as_keyboardinterrupt(shard_di
         signal.signal(signal.SIGTERM, old_term)
     assert not other and unwound == 300, (len(other), other[:2])
     assert not {signal.SIGINT, signal.SIGTERM} & signal.pthread_sigmask(signal.SIG_BLOCK, ())  # none left blocked
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is old_int
 
 
 def test_interrupts_held_delivers_at_the_end():
     """What the read above relies on: a SIGINT inside the block runs no handler there; the one that was set runs at
     the block's end (KeyboardInterrupt), after the block's work is done."""
     done = []
-    with pytest.raises(KeyboardInterrupt):
-        with interrupts_held():
-            os.kill(os.getpid(), signal.SIGINT)
-            for _ in range(1000):  # bytecodes where an unheld handler would have run
-                pass
-            done.append(True)
-    assert done == [True] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own (pytest-xdist's workers: ignored)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with interrupts_held():
+                os.kill(os.getpid(), signal.SIGINT)
+                for _ in range(1000):  # bytecodes where an unheld handler would have run
+                    pass
+                done.append(True)
+        assert done == [True] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)
