@@ -1,6 +1,6 @@
 """Benchmark of the landmarks stage's metrics from its units' records (`landmarks.capture.units_metrics`, what
-`detect_folder` returns after running its units) against the loop over every manifest row it replaced (kept here as
-`loop_metrics`, and in tests/flame_fitting/test_landmark_metrics.py as the parity reference).
+`detect_folder` returns after running its units) against the loop over every manifest row it replaced (kept in
+tests/flame_fitting/test_landmark_metrics.py as the parity reference, `loop_reference`, imported here).
 
 A manifest in the writer's order of --sequences × --rows-per-sequence rows (default 2000 × 500 = 1 M, NeRSemble's
 order of magnitude: 1.6 M views in ~2000 sequences) with yaws, and one record per sequence as `detect_unit` writes it
@@ -27,20 +27,11 @@ import pandas as pd
 from _timing import timed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "flame_fitting"))
 
 from flame_fitting.formats.capture import Capture  # noqa: E402
-from flame_fitting.landmarks.capture import summaries_metrics, units_metrics  # noqa: E402
-
-
-def loop_metrics(cap: Capture, records: dict[str, dict]) -> dict:
-    """detect_folder's metrics before units_metrics: the done units' rows by a loop over every manifest row."""
-    done = {tuple(k.split("/", 1)) for k in records}
-    m = cap.manifest
-    ok = cap.manifest[[(s, q) in done for s, q in zip(m.subject, m.sequence)]].reset_index(drop=True)
-    order = dict.fromkeys(f"{s}/{q}" for s, q in zip(ok.subject, ok.sequence))
-    err = [np.asarray(records[k]["gt_error_px"], np.float64) for k in order]
-    err = np.concatenate(err).astype(np.float32) if err else np.zeros(0, np.float32)
-    return summaries_metrics(ok, [records[k] for k in order], err)
+from flame_fitting.landmarks.capture import units_metrics  # noqa: E402
+from test_landmark_metrics import loop_reference as loop_metrics  # noqa: E402  (the loop, the tests' reference)
 
 
 def make(sequences: int, per: int, seed: int = 0) -> tuple[pd.DataFrame, dict[str, dict]]:
