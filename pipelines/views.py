@@ -7,15 +7,12 @@ camera comes from `Camera.cropped` / `Camera.resized`. Used by `pipelines.common
 from __future__ import annotations
 
 import functools
-import warnings
 from dataclasses import replace
-from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
 
-from flame_fitting.core.readers import check_pixel_count, read_image
+from flame_fitting.core.readers import decoded_size, read_image
 from flame_fitting.geometry.camera import Camera, CameraError
 from flame_fitting.formats.capture import CaptureError
 from pipelines.import_config import ImportConfig
@@ -25,23 +22,8 @@ from pipelines.import_config import ImportConfig
 read_image_file = functools.partial(read_image, with_alpha=True, error=CaptureError)
 
 
-def image_file_size(path: Path) -> tuple[int, int]:
-    """(width, height) of the image `read_image_file` decodes from `path`, from the file's header alone (PIL's lazy
-    open: no pixels decoded; no EXIF rotation, which cv2.IMREAD_UNCHANGED does not apply either); CaptureError naming
-    the file when the header declares more than MAX_IMAGE_PIXELS. A header PIL cannot read: the file is decoded, so an
-    unreadable one is refused with read_image_file's error."""
-    try:
-        with warnings.catch_warnings():  # PIL warns above 89 MP: compared with MAX_IMAGE_PIXELS below instead
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                size = int(im.size[0]), int(im.size[1])
-    except Image.DecompressionBombError:
-        size = (1 << 31, 1)  # beyond PIL's own limit (2 × 89 MP): check_pixel_count says "over 178 million"
-    except Exception:  # noqa: BLE001 - PIL raises many types on missing files and corrupt headers
-        rgb, _ = read_image_file(path)
-        return rgb.shape[1], rgb.shape[0]
-    check_pixel_count(size, path, CaptureError)
-    return size
+# (width, height) read_image_file decodes, from the header alone; CaptureError naming the file (readers.decoded_size)
+image_file_size = functools.partial(decoded_size, error=CaptureError)
 
 
 def scale_to_image(cam: Camera, width: int, height: int, what: str) -> Camera:

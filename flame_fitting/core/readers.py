@@ -1,6 +1,7 @@
 """Reading files the toolkit did not write, bounded before anything is allocated (JSON: json_files.py): images and
 masks (`read_image`, `read_mask`: the header's size checked against `MAX_IMAGE_PIXELS` before decoding, truncated
-JPEGs refused, one error naming the file), an image's size from its header alone (`image_size`), and the path
+JPEGs refused, one error naming the file), an image's size from its header alone (`image_size` as
+cv2.IMREAD_COLOR turns it; `decoded_size`, checked, as `read_image(..., with_alpha=True)` decodes it), and the path
 OpenCV is given (`cv2_path`: its binding crashes on a name that is not UTF-8). The writes are fileio.py's."""
 from __future__ import annotations
 
@@ -32,9 +33,7 @@ def read_image(path: Path | str, with_alpha: bool = False, error: type[Exception
     """(H, W, 3) uint8 RGB of any 8/16-bit grey/RGB/RGBA file OpenCV reads (16-bit scaled to 8), plus the
     (H, W) uint8 alpha or None when `with_alpha`. A missing, unreadable or truncated (JPEG: `jpeg_end`) file raises
     `error` naming it."""
-    if not Path(path).is_file():  # a FIFO would block the decoder; a folder or device is no image either
-        raise error(f"{path}: " + ("image file is missing" if not Path(path).exists() else
-                                   "not a regular file (a named pipe, device or folder); not read"))
+    _check_regular_file(path, error)
     check_declared_size(path, path, error)
     if jpeg_cut_short(path):  # OpenCV would fill the missing rows with grey and say nothing
         raise error(f"{path}: truncated JPEG (its data end before the end-of-image marker; an interrupted copy?)")
@@ -53,6 +52,14 @@ def read_image(path: Path | str, with_alpha: bool = False, error: type[Exception
     else:
         rgb = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     return (rgb, alpha) if with_alpha else rgb
+
+
+def _check_regular_file(path: Path | str, error: type[Exception]) -> None:
+    """`error` naming `path` when it is missing or not a regular file (a FIFO would block the decoder and PIL's
+    header read; a folder or device is no image either)."""
+    if not Path(path).is_file():
+        raise error(f"{path}: " + ("image file is missing" if not Path(path).exists() else
+                                   "not a regular file (a named pipe, device or folder); not read"))
 
 
 MAX_IMAGE_PIXELS = 1 << 27  # 134 MP: every real capture camera is far below; decoding it costs GBs already
@@ -97,6 +104,20 @@ def _declared_size(path: Path | str) -> tuple[int, int] | None:
         return 1 << 31, 1
     except Exception:  # noqa: BLE001 - PIL raises many types on corrupt headers
         return None
+
+
+def decoded_size(path: Path | str, error: type[Exception] = OutputError) -> tuple[int, int]:
+    """(width, height) of the image `read_image(path, with_alpha=True)` decodes, from the file's header alone (PIL's
+    lazy open: no pixels decoded; no EXIF turn, which cv2.IMREAD_UNCHANGED does not apply either). `error` naming the
+    file when it is missing, not a regular file, or its header declares more than MAX_IMAGE_PIXELS; a header PIL
+    cannot read: the file is decoded, so an unreadable one is refused with read_image's error."""
+    _check_regular_file(path, error)
+    size = _declared_size(path)
+    if size is None:
+        rgb, _ = read_image(path, with_alpha=True, error=error)
+        return rgb.shape[1], rgb.shape[0]
+    check_pixel_count(size, path, error)
+    return size
 
 
 def image_size(path: Path | str) -> tuple[int, int] | None:

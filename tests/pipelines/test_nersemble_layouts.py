@@ -296,3 +296,31 @@ def test_image_file_size_is_the_decoded_size(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not an image")
     with pytest.raises(CaptureError, match="bad.png: not a readable image"):
         image_file_size(tmp_path / "bad.png")
+
+
+def test_image_file_size_refuses_a_fifo_and_a_huge_header_naming_the_file(tmp_path):
+    """One implementation (readers.decoded_size) holds the checks both header reads had: a named pipe is refused
+    before PIL opens it (before: PIL's open waited on it forever; only the decode fallback checked for regular
+    files), a missing file is named, and a header beyond PIL's own limit is refused before decoding."""
+    import os
+    import subprocess
+    import sys
+    import zlib
+    os.mkfifo(tmp_path / "cam_1.png")
+    code = ("from pathlib import Path; from pipelines.views import image_file_size\n"
+            f"image_file_size(Path({str(tmp_path / 'cam_1.png')!r}))")
+    try:
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("image_file_size waits forever on a FIFO")
+    assert f"CaptureError: {tmp_path / 'cam_1.png'}: not a regular file (a named pipe, device or folder)" in r.stderr
+    from pipelines.views import image_file_size
+    with pytest.raises(CaptureError, match=r"gone\.png: image file is missing"):
+        image_file_size(tmp_path / "gone.png")
+    cv2.imwrite(str(tmp_path / "big.png"), np.zeros((1, 1), np.uint8))
+    data = bytearray((tmp_path / "big.png").read_bytes())
+    data[16:24] = (32767).to_bytes(4, "big") * 2  # IHDR width, height: PIL refuses to size it (2 × 89 MP)
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")  # the IHDR chunk's CRC
+    (tmp_path / "big.png").write_bytes(bytes(data))
+    with pytest.raises(CaptureError, match=r"big\.png: the image declares over 178 million pixels"):
+        image_file_size(tmp_path / "big.png")
