@@ -130,7 +130,7 @@ def _sparse(path, size: int) -> None:
                               f"({MAX_STATE_BYTES})")])
 def test_hostile_json_in_a_checkpoint_skips_it_with_one_reason(trained, tmp_path, capsys, case, reason):
     """A run folder handed over by someone else: a checkpoint whose JSON is nested beyond the parser's depth (its
-    sha256 re-hashed into complete.json), too large to read (MAX_STATE_BYTES + 1: a train_state.json is ~245 bytes a loss row)
+    sha256 re-hashed into complete.json), too large to read (MAX_STATE_BYTES + 1: a train_state.json is ~220 bytes a loss row)
     or of the wrong shape is skipped with one reason naming the file, and the run falls back to the previous one."""
     run = tmp_path / "run"
     shutil.copytree(trained / "run", run)
@@ -186,9 +186,13 @@ def test_run_stamps_nested_too_deeply_are_read_as_unknown(tmp_path):
 
 
 def test_the_training_state_of_a_long_run_is_read_back(tmp_path):
-    """train_state.json as save_extra_state writes it for a run of 300 000 steps with a loss row each (train.log_every
-    1, the default): 70 MB, which the 64 MiB bound refused, so a resume skipped each such checkpoint as unusable. The
-    rows are copied as text (json's indent=1 encoder takes ~15 s for them) into the file the writer wrote."""
+    """train_state.json as save_extra_state writes it for a run of 320 000 steps with a loss row each (train.log_every
+    1, the default): over 64 MiB (~220 bytes a row), which the 64 MiB bound refused, so a resume skipped each such
+    checkpoint as unusable. The state read back is the one written, every float to the last bit, NaN included (the
+    writer is json's C encoder now, compact: it was indent=1's pure-Python one, 2.1× the CPU time,
+    benchmarks/train_state_write.py)."""
+    import math
+
     from diffusers.training_utils import EMAModel
 
     from geoface_model.checkpoint import STATE_FILE, TrainState, load_extra_state, save_extra_state
@@ -197,14 +201,16 @@ def test_the_training_state_of_a_long_run_is_read_back(tmp_path):
            "align_loss": 0.013456789012345678, "lr": 9.876543210987654e-05, "grad_norm_diffusion": 1.2345678901234567,
            "grad_norm_align": 0.5234567890123456}
     state = TrainState()
-    state.step, state.rows = 300_000, [row]
+    state.step = 320_000
+    state.rows = [dict(row, step=i + 1, loss=row["loss"] + i * 1e-12) for i in range(320_000)]
+    state.rows[7]["align_loss"] = state.rows[8]["grad_norm_align"] = float("nan")  # not measured at that row
+    state.measured = [{"grad_norm_diffusion": 0.1 + 2 ** -50, "grad_norm_align": float("nan")}]
     save_extra_state(tmp_path, EMAModel(net.parameters()), state)
-    text = (tmp_path / STATE_FILE).read_text()
-    head, rest = text.split('"rows": [\n', 1)
-    block, tail = rest.split("\n ],", 1)
-    rows = ",\n".join([block] * 300_000)
-    (tmp_path / STATE_FILE).write_text(head + '"rows": [\n' + rows + "\n ]," + tail)
     assert (tmp_path / STATE_FILE).stat().st_size > 64 << 20
     back = TrainState()
     load_extra_state(tmp_path, EMAModel(net.parameters()), back)
-    assert back.step == 300_000 and len(back.rows) == 300_000 and back.rows[0] == back.rows[-1] == row
+    same = (lambda a, b: a.keys() == b.keys()
+            and all(x == y or (math.isnan(x) and math.isnan(y)) for x, y in zip(a.values(), b.values())))
+    assert back.step == 320_000 and len(back.rows) == 320_000 and len(back.measured) == 1
+    assert all(same(a, b) for a, b in zip(back.rows + back.measured, state.rows + state.measured))
+    assert math.isnan(back.rows[7]["align_loss"]) and back.rows[-1]["loss"] == row["loss"] + 319_999 * 1e-12
