@@ -119,9 +119,14 @@ def import_view_set(imp: CaptureImport, subject: str, sequence: str, cam_file: P
 
 
 def nearest_cameras(root: Path, *dirs: Path) -> Path | None:
+    """The first cameras.json of `dirs` then `root`, None when there is none; CaptureError naming one that is there
+    but not a regular file (a FIFO, folder, broken link: never opened, never passed over for one further up)."""
     for d in (*dirs, root):
-        if (d / "cameras.json").is_file():
-            return d / "cameras.json"
+        path = d / "cameras.json"
+        if path.exists() or path.is_symlink():
+            if why := not_regular(path):
+                raise CaptureError(f"{path}: {why}")
+            return path
     return None
 
 
@@ -131,10 +136,10 @@ def import_capture(root_in: Path | str, out: Path | str, cfg: ImportConfig) -> I
         raise CaptureError(f"{root}: not a folder")
     with CaptureImport("folder", root, out, cfg) as imp:
         if images_in(root):  # flat layout
-            if not (root / "cameras.json").is_file():
+            if (cam_file := nearest_cameras(root)) is None:
                 raise CaptureError(f"{root / 'cameras.json'}: file is missing (flat folder layout)")
             imp.info["layout"] = "flat"
-            import_view_set(imp, cfg.subject or root.resolve().name, cfg.sequence, root / "cameras.json", {0: root})
+            import_view_set(imp, cfg.subject or root.resolve().name, cfg.sequence, cam_file, {0: root})
         else:
             imp.info["layout"] = "nested"
             subjects = select_names([d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")], cfg.subjects)

@@ -153,3 +153,25 @@ def test_a_fifo_or_broken_link_named_as_an_image_is_a_skipped_record(tmp_path):
     # a regular image of the camera is read instead of the FIFO (png preferred over jpg only among regular files)
     write_png(src / "cam1.jpg", scene.image("cam1", 0))
     assert _import_in_child(src, tmp_path / "cap4", masks=False)["n"] == 3
+
+
+@pytest.mark.parametrize("layout", ["nested", "flat"])
+def test_a_cameras_json_that_is_not_a_regular_file_is_one_error_naming_it(tmp_path, layout):
+    """A sequence's cameras.json that is a named pipe (or a folder) is refused with one line naming it, never opened,
+    never passed over. Before: the nested layout took the cameras.json one folder up instead (other cameras, silently),
+    and the flat layout said the file was missing."""
+    scene = Scene(make_cameras(2))
+    src = write_folder(tmp_path / "in", scene, nested=layout == "nested")
+    here = src / "s1/seq/cameras.json" if layout == "nested" else src / "cameras.json"
+    if layout == "nested":
+        (src / "s1/seq/cameras.json").replace(src / "cameras.json")  # a usable one further up
+    else:
+        here.unlink()
+    os.mkfifo(here)
+    with pytest.raises(CaptureError) as e:
+        import_capture(src, tmp_path / "cap", ImportConfig())
+    assert str(e.value) == f"{here}: not a regular file but a named pipe (FIFO); not read"
+    here.unlink()
+    here.mkdir()
+    with pytest.raises(CaptureError, match="cameras.json: not a regular file but a folder; not read"):
+        import_capture(src, tmp_path / "cap", ImportConfig())
