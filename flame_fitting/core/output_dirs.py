@@ -7,7 +7,8 @@ module every write goes through (it re-exports these names).
   without error (and is removed when it raises), swapped with it in one step where the system can, so that `dst` is
   never absent (`replace_dir`). The new folder carries a marker file (`.geoface-output.json`); an existing non-empty
   `dst` without that marker was not written by the toolkit and is never replaced, one with it only when `overwrite`
-  (a stage's own output, `--force`). An output that equals or contains one of the command's inputs is refused
+  (a stage's own output; the refusal says `pass overwrite=True`, the parameter of every Python function that writes
+  one, and a command line says its own option instead: `cli_words`). An output that equals or contains one of the command's inputs is refused
   (`check_output_dir`; `replace_dir` moves a finished folder into place). Files a library wrote private
   (safetensors: 0600) get the mode of any new file here (`share_like_umask`).
 """
@@ -28,6 +29,15 @@ from flame_fitting.core.json_files import read_json_object
 from flame_fitting.core.temp_names import make_temp_dir, temp_path
 
 MARKER = ".geoface-output.json"
+# how a refusal tells a caller of the Python API to replace an existing output: every function writing one takes
+# `overwrite`; a command line puts its own option in its place (`cli_words`)
+OVERWRITE = "overwrite=True"
+
+
+def cli_words(message: str, option: str = "--force") -> str:
+    """`message` in the words of a command line whose `option` replaces an existing output (the library's
+    `pass overwrite=True` becomes `pass --force`); anything else is left as it is."""
+    return message.replace(f"pass {OVERWRITE}", f"pass {option}")
 
 
 EXCHANGE = True  # False: replace_dir never swaps (exchange_dirs), as on a system that cannot (the fallback's tests)
@@ -77,12 +87,13 @@ def file_ancestor(path: Path | str) -> Path | None:
 
 
 def check_output_dir(dst: Path | str, inputs: Iterable[Path | str] = (), overwrite: bool = False,
-                     option: str = "--force", kind: str | None = None) -> Path:
+                     option: str = OVERWRITE, kind: str | None = None) -> Path:
     """Refuse `dst` as an output folder if replacing it could lose data the toolkit did not write.
 
     Refused: `dst` equal to, containing or inside an input (inside, it would change the input, and the next
     `--force` run of what wrote that input would sweep it away); `dst` an existing file; a non-empty `dst` without
-    the toolkit's marker; a toolkit-written `dst` when not `overwrite` (`option` names the switch); a `dst` whose
+    the toolkit's marker; a toolkit-written `dst` when not `overwrite` (`option` names the switch: the Python
+    parameter, or a command line's option); a `dst` whose
     marker names a kind of output other than `kind` (say a capture given as the uv stage's previews folder, or to
     `geoface export --force`), even with `overwrite`. A folder whose marker names no kind (written before kinds)
     may be replaced by any writer, as before."""
@@ -148,7 +159,7 @@ def replace_dir(src: Path | str, dst: Path | str, overwrite: bool = True, inputs
     Another process may replace `dst` at the same time (two commands given one output folder, a retried work unit
     whose first attempt still runs): the last to finish wins, and `dst` is always one writer's whole folder. A `dst`
     that another writer filled meanwhile is checked again as the first one was (without `overwrite`: "pass
-    --force"). (Before, the slower writer failed with the system's "Directory not empty" or "No such file or
+    overwrite=True"). (Before, the slower writer failed with the system's "Directory not empty" or "No such file or
     directory", leaving the output it had moved aside behind.)"""
     src, dst = Path(src), Path(dst)
     check_output_dir(dst, inputs, overwrite, kind=kind)
@@ -224,7 +235,7 @@ def share_like_umask(folder: Path | str) -> None:
 
 @contextmanager
 def output_dir(dst: Path | str, inputs: Iterable[Path | str] = (), overwrite: bool = True,
-               option: str = "--force", kind: str | None = None) -> Iterator[Path]:
+               option: str = OVERWRITE, kind: str | None = None) -> Iterator[Path]:
     """`with output_dir(dst) as tmp:` write into `tmp`; on success it replaces `dst` (`replace_dir`, marked `kind`).
 
     The checks of `check_output_dir` run before anything is written, so a refused output costs nothing."""

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from flame_fitting.core.names import terminal_safe
+from flame_fitting.core.output_dirs import cli_words
 from flame_fitting.head.flame_assets import (check_embedding, Embedding, load_dynamic_embedding,
                                              load_mediapipe_embedding, load_static_embedding, ObjMesh, _read_npz,
                                              read_obj)
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         out = (convert_flame_pickle(args.src, args.dst, overwrite=args.force) if args.cmd == "convert"
                else validate_flame_folder(args.folder))
     except HeadModelError as e:
-        print(f"error: {terminal_safe(e)}", file=sys.stderr)
+        print(f"error: {terminal_safe(cli_words(str(e)))}", file=sys.stderr)
         return 1
     print(json.dumps(out, indent=1))
     return 0

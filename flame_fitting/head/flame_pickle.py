@@ -23,6 +23,7 @@ import scipy.sparse as sp
 
 from flame_fitting.core.arrays import load_npz
 from flame_fitting.core.fileio import atomic_write, file_ancestor
+from flame_fitting.core.output_dirs import OVERWRITE
 from flame_fitting.head.flame_spec import LAYOUT_HELP, REQUIRED_KEYS, HeadModelError, check_model_arrays, convert_command
 
 
@@ -247,7 +248,7 @@ def convert_flame_pickle(src: Path | str, dst_npz: Path | str, overwrite: bool =
     if dst.is_dir():
         raise HeadModelError(f"{dst}: is a folder; the destination must be a .npz file, e.g. {dst / 'FLAME_NEUTRAL.npz'}")
     if dst.exists() and not overwrite:
-        raise HeadModelError(f"{dst}: exists; pass --force to replace it")
+        raise HeadModelError(f"{dst}: exists; pass {OVERWRITE} to replace it")
     if (parent := file_ancestor(dst)) is not None:
         raise HeadModelError(f"{dst}: {parent} is a file, not a folder")
     try:

@@ -5,12 +5,16 @@ message: `set executor.kind: local (--executor local)`, `train.log_every = 100 (
 really sets are named: its executor options (base.EXECUTOR_OPTIONS) and its sections' keys as its --set reads them
 (the first section's bare, the others as PREFIX.KEY; config.overrides). It applies to CMD's error line and to what
 the library writes to stderr (sys.stderr) while CMD runs (its warnings); stdout (the result) is left as it is.
+A refusal to replace an output tells a caller of the Python API to `pass overwrite=True`; a command with --force says
+`pass --force` instead.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import re
+
+from flame_fitting.core.output_dirs import OVERWRITE, cli_words
 
 from .base import EXECUTOR_OPTIONS
 from .config import load_class
@@ -25,7 +29,7 @@ def options_of(args) -> dict[str, str]:
     """params key -> the option of the parsed command `args` that sets it (`executor.kind` -> `--executor`,
     `train.steps` -> `--set steps`); a section of `args.used_sections(args)` only where the command has one (import:
     the synthetic generator's or an imported dataset's keys, not both)."""
-    words = {}
+    words = {OVERWRITE: "--force"} if hasattr(args, "force") else {}  # `pass overwrite=True`: the Python parameter
     if hasattr(args, "unit_timeout_s"):  # base.add_executor's options
         words.update({f"executor.{key}": option for option, key in EXECUTOR_OPTIONS.items()})
     used = getattr(args, "used_sections", None)
@@ -43,6 +47,8 @@ def annotate(text: str, words: dict[str, str]) -> str:
     """`text` with `(OPTION VALUE)` after the first mention of each key of `words` with each value (`(OPTION)` when
     the message gives no value; `--set KEY=VALUE` for a --set key); a key already in the CLI's words
     (`--set model.width`) or after a file name (`p.yaml:train.steps`) is left as it is."""
+    if OVERWRITE in words:  # the library's `pass overwrite=True` (core/output_dirs.py) becomes `pass --force`
+        text, words = cli_words(text, words[OVERWRITE]), {k: v for k, v in words.items() if k != OVERWRITE}
     if not words or "." not in text:
         return text
     seen = set()

@@ -62,7 +62,7 @@ def test_own_folder_replaced_only_when_asked(tmp_path):
     out = tmp_path / "out"
     with output_dir(out) as tmp:
         (tmp / "v1").write_text("1")
-    with pytest.raises(OutputError, match="pass --force"):
+    with pytest.raises(OutputError, match=r"pass overwrite=True to replace it$"):  # the parameter of the call
         with output_dir(out, overwrite=False):
             pass
     with output_dir(out, overwrite=True) as tmp:

@@ -356,7 +356,7 @@ def test_an_output_geoface_did_not_write_is_kept(data, tmp_path):
         export_nerfstudio(data.capture, data.fits, tmp_path / "mine")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
     export_vhap(data.capture, data.fits, tmp_path / "vhap")
-    with pytest.raises(OutputError, match="--force"):
+    with pytest.raises(OutputError, match="pass overwrite=True to replace it"):
         export_vhap(data.capture, data.fits, tmp_path / "vhap")
     export_vhap(data.capture, data.fits, tmp_path / "vhap", overwrite=True)
 

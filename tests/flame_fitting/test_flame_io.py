@@ -281,7 +281,7 @@ def test_convert_never_overwrites_a_file_without_overwrite(tmp_path, spec):
     _fake_chumpy_pickle(spec.model_dict(), raw, 2)
     mine = tmp_path / "mine.npz"
     mine.write_bytes(b"my own bytes")
-    with pytest.raises(HeadModelError, match=f"{mine}: exists; pass --force to replace it"):
+    with pytest.raises(HeadModelError, match=f"{mine}: exists; pass overwrite=True to replace it"):
         convert_flame_pickle(raw, mine)
     assert mine.read_bytes() == b"my own bytes"
     (tmp_path / "adir.npz").mkdir()
@@ -301,6 +301,11 @@ def test_cli_convert_and_validate(tmp_path, spec):
                                     capture_output=True, text=True)
     r = run("convert", raw, spec.path / "FLAME_NEUTRAL.npz")
     assert r.returncode == 1 and "exists; pass --force to replace it" in r.stderr  # never overwritten unasked
+    # the same refusal from `geoface head-model convert` says its option too (the library's: overwrite=True)
+    g = subprocess.run([sys.executable, "-m", "geoface", "head-model", "convert", str(raw),
+                        str(spec.path / "FLAME_NEUTRAL.npz")], cwd=ROOT, capture_output=True, text=True)
+    assert g.returncode == 2 and g.stderr.strip() == (f"geoface head-model convert: {spec.path / 'FLAME_NEUTRAL.npz'}: "
+                                                      "exists; pass --force to replace it"), g.stderr
     r = run("convert", raw, spec.path / "FLAME_NEUTRAL.npz", "--force")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["dst"] == str(spec.path / "FLAME_NEUTRAL.npz")

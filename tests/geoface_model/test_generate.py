@@ -129,7 +129,7 @@ def test_generate_from_photo_writes_everything(env, tmp_path):
     assert _yaw_deg(cams["view_01"].center, centre) == pytest.approx(60, abs=1e-2)
     assert abs(_yaw_deg(cams["reference"].center, centre)) < 25  # a near-frontal portrait
     assert (out / "gs" / "transforms.json").is_file() and (out / "gs" / "points3d.ply").is_file()
-    with pytest.raises(OutputError, match="pass --force"):
+    with pytest.raises(OutputError, match="pass overwrite=True to replace it"):
         generate_from_photo(PHOTO, root / "model", 2, out, head_model_dir=root / "head", progress=False)
 
 

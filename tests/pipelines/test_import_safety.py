@@ -51,3 +51,23 @@ def test_import_refuses_outputs_that_would_delete_user_data(tmp_path, geoface):
     assert r.returncode == 2 and "--force" in r.stderr
     assert geoface("import", "folder", src, "--out", cap, "--force").returncode == 0
     assert snapshot(src) == {k[len("project/raw/"):]: v for k, v in before.items() if k.startswith("project/raw/")}
+
+
+def test_the_refusal_to_replace_an_output_says_the_callers_option(tmp_path, geoface):
+    """An existing capture is replaced only when asked: from Python the refusal says `overwrite=True` (the
+    parameter of geoface.import_capture), from the command line `--force`. Before, both said "pass --force", an
+    option a caller of the Python API does not have."""
+    import geoface as api
+    from flame_fitting.core.fileio import OutputError
+    from pipelines.import_config import ImportConfig
+
+    src = write_folder(tmp_path / "raw", Scene(make_cameras(2)), frames=(0,))
+    cap = tmp_path / "cap"
+    api.import_capture("folder", src, cap, ImportConfig())
+    with pytest.raises(OutputError) as e:
+        api.import_capture("folder", src, cap, ImportConfig())
+    assert str(e.value) == f"{cap}: exists (written by geoface); pass overwrite=True to replace it"
+    r = geoface("import", "folder", src, "--out", cap)
+    assert r.returncode == 2 and r.stderr.strip() == (f"geoface import: {cap}: exists (written by geoface); pass "
+                                                      "--force to replace it"), r.stderr
+    assert api.import_capture("folder", src, cap, ImportConfig(), overwrite=True).n_images == 2
