@@ -8,16 +8,20 @@ from .base import CliError, command, show
 
 
 def audit(args) -> int:
-    from geoface.steps.audit import audit as run_audit, format_report
+    from geoface.steps.audit import AuditError, audit as run_audit
+    from geoface.steps.audit_report import format_report
 
     report = run_audit(args.model_dir)
     if args.json:
         show({"model": report.model, "stage": report.stage, "card": report.card, "card_error": report.card_error,
               "status": [{"kind": k, "stage": s, "what": w} for k, s, w in report.entries],
               "workspace_captures": dict(report.captures), "capture_search_stopped": report.search_cut,
-              "matches": report.matches})
+              "matches": report.matches, "workspace_error": report.workspace_error})
     else:
         print(format_report(report))
+    if report.workspace_error:  # the card's lineage is printed; the workspace check could not be made (exit 2)
+        sys.stdout.flush()
+        raise AuditError(report.workspace_error)
     return 0 if report.matches else 1
 
 
@@ -65,7 +69,9 @@ def register(sub, chosen) -> None:
                 "whether the workspace still holds the data it was trained on; exit status 1 when it does not, or when "
                 "that cannot be confirmed (no model card, one that records no captures version, or no capture "
                 "folder among the outputs or dependencies of the stages up to the model, or nested in one); the card's "
-                "captures version must be among the capture folders found (a capture.json), each of which is listed",
+                "captures version must be among the capture folders found (a capture.json), each of which is listed; "
+                "exit status 2 when the audit cannot be made: a MODEL_DIR outside a DVC repository has its card's "
+                "lineage printed, then one line on stderr saying the workspace check needs the DVC repository",
                 audit, force=None)
     p.add_argument("model_dir", metavar="MODEL_DIR", nargs="?", default=None,
                    help="the model folder, an output of a dvc.yaml stage (default: models/geoface of the DVC "

@@ -16,7 +16,9 @@ folder, a folder imported outside DVC or outside the repository that a stage lis
 (searched down to CAPTURE_SEARCH_DEPTH levels, at most CAPTURE_SEARCH_FOLDERS folders each, symlinked and hidden
 folders not entered); the card's version must be among them. Every other one is reported with its version; a change
 to any capture counts as data in DVC's status, even when git tracks it. A pipeline with no such folder (a capture a
-stage reads without declaring it) cannot be compared: the audit says so and exits 1.
+stage reads without declaring it) cannot be compared: the audit says so and exits 1. A model folder outside any DVC
+repository: its card is reported, and that the workspace check needs the repository (`workspace_error`). The text of a
+report: audit_report.py.
 """
 from __future__ import annotations
 
@@ -29,10 +31,9 @@ from dvc.exceptions import DvcException, NotDvcRepoError, OutputNotFoundError
 from dvc.repo import Repo
 
 from flame_fitting.core.errors import GeofaceError
-from flame_fitting.core.names import terminal_safe
 from flame_fitting.formats.capture import CaptureError, capture_version
 from flame_fitting.formats.lineage import LineageError
-from geoface_model.lineage import CARD_JSON, read_model_card
+from geoface_model.lineage import read_model_card
 
 DEFAULT_MODEL = "models/geoface"  # the train stage's model output in dvc.yaml
 CAPTURE_SEARCH_DEPTH = 4  # folder levels below an output or dependency searched for a capture.json
@@ -42,6 +43,10 @@ CAPTURE_SEARCH_FOLDERS = 10_000  # folders listed below one output or dependency
 class AuditError(GeofaceError, ValueError):
     """An audit that cannot be made (no DVC repository, one whose .dvc/config, dvc.yaml or dvc.lock DVC cannot read, a
     folder no stage writes): the message says what and where."""
+
+
+class NoRepositoryError(AuditError):
+    """No DVC repository around the folder: a model folder's card can still be read (`audit`), the workspace not."""
 
 
 def _dvc_problem(where: Path, e: DvcException) -> AuditError:
@@ -54,12 +59,14 @@ def _dvc_problem(where: Path, e: DvcException) -> AuditError:
 @dataclass
 class AuditReport:
     model: str
-    stage: str
+    stage: str | None  # the stage writing the model (None: no DVC repository around it)
     card: dict | None
     card_error: str | None
     entries: list[tuple[str, str, str]] = field(default_factory=list)  # (kind, stage, what)
     captures: list[tuple[str, str | None]] = field(default_factory=list)  # (capture folder, its version)
     search_cut: list[str] = field(default_factory=list)  # outputs / dependencies not searched to the end
+    # why the workspace could not be checked (MODEL_DIR outside a DVC repository): the card alone is reported
+    workspace_error: str | None = None
 
     @property
     def version_unknown(self) -> bool:
@@ -77,7 +84,7 @@ class AuditReport:
     @property
     def matches(self) -> bool:
         # nothing says what the model was trained on, or nothing to compare it with: no match to claim
-        if self.card is None or self.version_unknown or self.capture_unfound:
+        if self.card is None or self.version_unknown or self.capture_unfound or self.workspace_error:
             return False
         version = self.card["captures_version"]
         return (not any(kind == "data" for kind, _, _ in self.entries)
@@ -91,7 +98,7 @@ def _repo(start: Path) -> Repo:
     try:
         return Repo(Repo.find_root(str(probe)))
     except NotDvcRepoError:
-        raise AuditError(f"{start}: not inside a DVC repository (no .dvc folder above it)") from None
+        raise NoRepositoryError(f"{start}: not inside a DVC repository (no .dvc folder above it)") from None
     except DvcException as e:  # e.g. ConfigError: a .dvc/config line DVC cannot read
         raise _dvc_problem(probe, e) from None
 
@@ -139,11 +146,19 @@ def classify(status: dict, tracked: set[str], captures=()) -> list[tuple[str, st
 
 
 def audit(model_dir: Path | str | None = None) -> AuditReport:
-    """Audit MODEL_DIR (default: DEFAULT_MODEL of the repository around the working folder)."""
+    """Audit MODEL_DIR (default: DEFAULT_MODEL of the repository around the working folder). A MODEL_DIR folder
+    outside a DVC repository: its card alone, with `workspace_error` saying the workspace check needs one."""
     if model_dir is not None and Path(model_dir).is_file():
         raise AuditError(f"{model_dir}: a file, not a model folder; MODEL_DIR is the folder a dvc.yaml stage writes "
                          f"the model to (the train stage writes {DEFAULT_MODEL})")
-    repo = _repo(Path(model_dir) if model_dir is not None else Path.cwd())
+    try:
+        repo = _repo(Path(model_dir) if model_dir is not None else Path.cwd())
+    except NoRepositoryError as e:
+        if model_dir is None or not Path(model_dir).is_dir():
+            raise
+        return AuditReport(str(model_dir), None, *_card(Path(model_dir)), workspace_error=(
+            f"{e}: the lineage above is the model card's alone; checking that the workspace still holds the data the "
+            "model was trained on needs the DVC repository the model was trained in"))
     try:
         with repo:
             return _audit(repo, model_dir)
@@ -165,10 +180,7 @@ def _audit(repo: Repo, model_dir: Path | str | None) -> AuditReport:
     if not model.exists():
         card, card_error = None, f"{model}: not in the workspace (a fresh clone: `dvc pull`; else `dvc repro`)"
     else:
-        try:
-            card, card_error = read_model_card(model), None
-        except LineageError as e:
-            card, card_error = None, str(e)
+        card, card_error = _card(model)
     stages = repo.stage.collect(stage.addressing, with_deps=True)
     status = repo.status(targets=[stage.addressing], with_deps=True)
     uncached = {(s.addressing, o.def_path) for s in stages for o in s.outs if not o.use_cache}
@@ -176,6 +188,14 @@ def _audit(repo: Repo, model_dir: Path | str | None) -> AuditReport:
     captures, cut = _captures(stages, root)
     entries = classify(status, _git_tracked(root), [p for p, _ in captures])
     return AuditReport(str(model), stage.addressing, card, card_error, entries, captures, cut)
+
+
+def _card(model: Path) -> tuple[dict | None, str | None]:
+    """(the model card, None), or (None, why it cannot be read)."""
+    try:
+        return read_model_card(model), None
+    except LineageError as e:
+        return None, str(e)
 
 
 def _capture_folders(top: Path) -> tuple[list[Path], bool]:
@@ -235,62 +255,3 @@ def _only_uncached(stage: str, entry, uncached: set) -> bool:
         return False
     entry["changed outs"] = {p: v for p, v in entry["changed outs"].items() if (stage, p) not in uncached}
     return not entry["changed outs"]
-
-
-def format_report(r: AuditReport) -> str:
-    c = r.card or {}
-    git = c.get("git") or {}
-    lines = [f"model:              {r.model} (written by stage {r.stage!r})"]
-    if r.card is None:
-        lines.append(f"model card:         unavailable: {r.card_error}")
-    else:
-        commit = (git.get("commit") or "unknown") + (" (with uncommitted changes)" if git.get("dirty") else "")
-        lines += [f"captures version:   {c.get('captures_version')}" if not r.version_unknown else
-                  "captures version:   unknown (the model card records none), so the workspace capture cannot be "
-                  "checked against it",
-                  f"shards sha256:      {c.get('shards_sha256')}",
-                  f"head model sha256:  {c.get('head_model_sha256')}",
-                  f"training run:       {c.get('run_id')}",
-                  f"git commit:         {commit}",
-                  f"trained (UTC):      {c.get('date')}"]
-    version = c.get("captures_version")
-    found = r.card is not None and not r.version_unknown and any(v == version for _, v in r.captures)
-    for path, v in r.captures:
-        same = "" if r.card is None else " (not compared: the model's is unknown)" if r.version_unknown else (
-            " (same as the model's)" if v == version else
-            f" (differs from the model's {version}: another capture upstream of the model, which the card does not "
-            "record; DVC's status below covers it)" if found else f" (DIFFERS from the model's {version})")
-        lines.append(f"workspace captures: {path} version {v}{same}")
-    lines += [f"workspace captures: the search below {path} stopped after {CAPTURE_SEARCH_FOLDERS} folders (at most "
-              f"{CAPTURE_SEARCH_DEPTH} levels deep are searched); a capture further down is not listed"
-              for path in r.search_cut]
-    if r.capture_unfound:
-        lines.append("workspace captures: none found (no output or dependency of the stages up to the model holds a "
-                     "capture.json), so the model's captures version cannot be compared with the workspace's")
-    if r.entries:
-        lines.append(f"DVC status of the stages up to the model (`dvc status {r.stage} --with-deps`):")
-        grouped: dict[tuple[str, str], list[str]] = {}
-        for kind, stage, what in r.entries:
-            grouped.setdefault((kind, stage), []).append(what)
-        lines += [f"  {kind:6s} {stage}: {', '.join(whats)}" for (kind, stage), whats in grouped.items()]
-    else:
-        lines.append("DVC status of the stages up to the model: up to date")
-    if r.card is None:
-        lines.append("verdict: no model card, so nothing says what the model was trained on")
-    elif r.matches:
-        others = sum(v != version for _, v in r.captures)
-        lines.append("verdict: the workspace data match what the model was trained on" + (
-            f" ({others} other capture{'s' if others > 1 else ''} upstream of the model, of another version, unchanged "
-            "since dvc.lock)" if others else ""))
-    elif (r.version_unknown or r.capture_unfound) and not any(kind == "data" for kind, _, _ in r.entries):
-        why = ("the model card records no captures version" if r.version_unknown else
-               "no capture folder is among the outputs or dependencies of the stages up to the model")
-        lines.append(f"verdict: UNCONFIRMED: {why}, so the workspace capture cannot be checked against the one the "
-                     "model was trained on (DVC's status alone is clean)")
-    else:
-        hint = " (a fresh clone: `dvc pull`)" if any("deleted" in w or "not in cache" in w for _, _, w in r.entries) \
-            else ""
-        lines.append(f"verdict: the workspace data DO NOT match what the model was trained on{hint}")
-    if r.card is None:
-        lines.append(f"note: no lineage without {Path(r.model) / CARD_JSON}")
-    return "\n".join(map(terminal_safe, lines))  # the card is another's file: its strings must not forge a line

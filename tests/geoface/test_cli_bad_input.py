@@ -252,3 +252,36 @@ def test_a_mistyped_option_is_the_subcommands_error_with_its_usage(capsys, argv,
     assert rc == 2 and out == ""
     assert lines[0].startswith(f"usage: {name} ")
     assert lines[-1] == f"{name}: error: unrecognized arguments: {unknown}"
+
+
+def test_audit_outside_a_dvc_repository_prints_the_cards_lineage_then_one_line(capsys, tmp_path):
+    """A model folder outside any DVC repository (copied off a training machine): the audit prints its card's
+    lineage, then one line on stderr saying the workspace check needs the DVC repository; exit 2 (the audit cannot be
+    made). Before, the one line came alone, nothing of the card. A folder without a card says so; a MODEL_DIR that does
+    not exist is the one line alone, as before."""
+    import json
+
+    model = tmp_path / "models" / "m"
+    model.mkdir(parents=True)
+    card = {"captures_version": "cv-1234", "shards_sha256": "ab" * 32, "head_model_sha256": "cd" * 32,
+            "params": {"train": {"steps": 5}, "model": {"width": 16}}, "run_id": "run-7",
+            "git": {"commit": "f" * 40, "dirty": True}, "date": "2026-12-07T10:00:00+00:00"}
+    (model / "model_card.json").write_text(json.dumps(card))
+    rc, out, err = cli(capsys, "audit", model)
+    assert rc == 2 and out.splitlines() == [
+        f"model:              {model}", "captures version:   cv-1234", f"shards sha256:      {'ab' * 32}",
+        f"head model sha256:  {'cd' * 32}", 'params:             {"model": {"width": 16}, "train": {"steps": 5}}',
+        "training run:       run-7", f"git commit:         {'f' * 40} (with uncommitted changes)",
+        "trained (UTC):      2026-12-07T10:00:00+00:00"], out
+    assert one_line(err, f"geoface audit: {model}: not inside a DVC repository (no .dvc folder above it): the "
+                         "lineage above is the model card's alone; checking that the workspace still holds the data")
+    rc, out, err = cli(capsys, "audit", model, "--json")
+    got = json.loads(out)
+    assert rc == 2 and got["card"] == card and got["stage"] is None and not got["matches"]
+    assert got["workspace_error"].startswith(f"{model}: not inside a DVC repository") and one_line(err, "geoface audit")
+    (model / "model_card.json").unlink()
+    rc, out, err = cli(capsys, "audit", model)
+    assert rc == 2 and f"model card:         unavailable: {model / 'model_card.json'}: missing" in out
+    assert out.splitlines()[-1] == f"note: no lineage without {model / 'model_card.json'}" and one_line(err, "geoface")
+    rc, out, err = cli(capsys, "audit", tmp_path / "none")
+    assert rc == 2 and out == "" and "not inside a DVC repository" in one_line(err, f"geoface audit: {tmp_path}/none")
