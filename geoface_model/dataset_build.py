@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import asdict, dataclass
-from functools import lru_cache, partial
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -34,8 +34,9 @@ from flame_fitting.formats.capture_checks import load_cameras
 from flame_fitting.formats.fits import fit_folders, load_sequence_fit
 from flame_fitting.formats.lineage import captures_version_of, check_same_capture, write_lineage
 from flame_fitting.formats.units import capture_unit_hashes, unit_capture, unit_payload
-from flame_fitting.head.head_model import load_head_model
+from flame_fitting.head.shared import shared_head_model
 from flame_fitting.uv import UVLayout, bake_posmap
+from flame_fitting.uv.bake import model_layout
 from flame_fitting.uv.correspondence_files import load_correspondences
 
 from .config import TokensConfig
@@ -136,9 +137,8 @@ def aspect_stretch(cap) -> float:
     return round(float(np.maximum(r, 1 / r).max()), 4)
 
 
-@lru_cache(maxsize=2)
 def _layout(head_model: str, n_shape: int, n_expr: int) -> UVLayout:
-    return UVLayout.from_head_model(load_head_model(head_model, n_shape=n_shape, n_expr=n_expr))
+    return model_layout(shared_head_model(head_model, n_shape=n_shape, n_expr=n_expr))  # once per process and content
 
 
 def dataset_unit(captures: str, fits: str, uv: str, correspondences: str, head_model: str, cfg: DatasetParams,

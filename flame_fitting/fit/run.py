@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from functools import lru_cache, partial
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ from flame_fitting.formats.capture import capture_version, load_capture
 from flame_fitting.formats.lineage import check_same_capture, write_lineage
 from flame_fitting.formats.landmarks import load_landmarks
 from flame_fitting.formats.units import capture_unit_hashes, capture_units, unit_capture, unit_payload
-from flame_fitting.head.head_model import load_head_model
+from flame_fitting.head.shared import shared_head_model
 
 from .capture import embedding_used, face_region_of, fit_one_sequence, resolve_silhouette_mode
 from .capture_results import summarise, unpack_medians
@@ -89,9 +89,8 @@ def unit_landmarks(landmarks: Path, subject: str, sequence: str) -> Path:
     return landmarks / subject / sequence if (landmarks / subject / sequence).is_dir() else landmarks
 
 
-@lru_cache(maxsize=2)
 def _model(head_model: str, n_shape, n_expr):
-    return load_head_model(head_model, n_shape=n_shape, n_expr=n_expr)
+    return shared_head_model(head_model, n_shape=n_shape, n_expr=n_expr)  # once per process and folder content
 
 
 def fit_unit(captures: str, landmarks: str, head_model: str, cfg: FitConfig, unit: Unit, tmp: Path,

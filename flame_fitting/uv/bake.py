@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from numba import njit
@@ -82,6 +83,13 @@ class UVLayout:
     @property
     def n_charts(self) -> int:
         return int(self.face_chart.max()) + 1 if len(self.face_chart) else 0
+
+
+@lru_cache(maxsize=2)
+def model_layout(model) -> UVLayout:
+    """`UVLayout.from_head_model(model)` once per model object (flame_fitting.head.shared: one per process and head
+    model folder content, shared by the uv, correspondences and dataset stages)."""
+    return UVLayout.from_head_model(model)
 
 
 @dataclass(frozen=True, eq=False)

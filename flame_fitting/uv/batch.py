@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass
-from functools import lru_cache, partial
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -43,9 +43,9 @@ from flame_fitting.formats.fits import load_sequence_fit
 from flame_fitting.formats.lineage import captures_version_of, check_same_capture
 from flame_fitting.formats.units import capture_unit_hashes, unit_capture, unit_payload
 from flame_fitting.geometry.camera import Camera
-from flame_fitting.head.head_model import load_head_model
+from flame_fitting.head.shared import shared_head_model
 
-from .bake import UVLayout, bake_posmap, get_bake_table
+from .bake import bake_posmap, get_bake_table, model_layout
 from .checks import aggregate, frame_metrics, layout_report, load_gt_raster
 from .correspondence_files import save_correspondences
 from .correspondences import TokenGrid, compute_correspondences, uv_from_fragments
@@ -94,10 +94,9 @@ ROOT = Path(__file__).resolve().parents[1]  # flame_fitting/
 ROOMS = ("__init__.py", "core", "geometry", "formats", "head", "uv")  # the code the uv outputs depend on
 
 
-@lru_cache(maxsize=2)
 def _model_layout(head_model: str, n_shape: int, n_expr: int):
-    model = load_head_model(head_model, n_shape=n_shape, n_expr=n_expr)
-    return model, UVLayout.from_head_model(model)
+    model = shared_head_model(head_model, n_shape=n_shape, n_expr=n_expr)  # once per process and folder content
+    return model, model_layout(model)
 
 
 def _plain(o):

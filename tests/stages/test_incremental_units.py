@@ -175,6 +175,34 @@ def test_the_uv_stage_reads_no_vertices_of_a_fit(pipeline, tmp_path):
         assert p.read_bytes() == (ref / p.relative_to(tmp_path / "uv")).read_bytes(), p
 
 
+def test_a_head_model_changed_at_the_same_path_is_read_again(pipeline, tmp_path):
+    """A process that runs a stage again after its head model folder changed at the same path (the template moved
+    by 1 cm) uses the new model: the uv maps, key files included, are those baked from a copy of the new model in
+    another folder. The fit, uv, correspondences and dataset modules each cached the model by its path alone, so the
+    second run baked with the old model under unit keys that name the new one (flame_fitting/head/shared.py)."""
+    from flame_fitting.uv.batch import UVParams, bake_fits
+
+    fits, cfg = pipeline["data"] / "fits", UVParams(resolution=32)
+    head = shutil.copytree(pipeline["head"], tmp_path / "head")
+
+    def bake(model, name):
+        m = bake_fits(fits, model, tmp_path / name, None, cfg, executor=LOCAL)
+        assert (m["units_run"], m["units_failed"]) == (4, 0)
+        return {p.relative_to(tmp_path / name).as_posix(): p.read_bytes()
+                for p in sorted((tmp_path / name).glob("*/*/*")) if p.is_file()}
+
+    old = bake(head, "uv_old")
+    with np.load(head / "FLAME_NEUTRAL.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["v_template"] = arrays["v_template"] + np.float32(0.01)
+    np.savez(head / "FLAME_NEUTRAL.npz", **arrays)  # the same path, another model
+    new = bake(head, "uv_new")
+    ref = bake(shutil.copytree(head, tmp_path / "head_copy"), "uv_ref")
+    assert new == ref
+    canonical = [k for k in new if k.endswith(".canonical.npy")]
+    assert canonical and all(new[k] != old[k] for k in canonical)  # the new model gives other maps
+
+
 def test_a_local_pool_gives_the_same_outputs(pipeline, tmp_path):
     """executor.workers 2 (this process + one forked pool process), in other folders and at another time, writes
     what workers 1 wrote, byte for byte, key files included: no run time is written into a stage's output (before,
