@@ -135,11 +135,20 @@ class ReducedModel:
         tri_local = torch.as_tensor(inverse.reshape(-1, 3), dtype=torch.long)
         bary, weights = f64(torch.as_tensor(bary)), f64(fl.lbs_weights)[idx]
         corner_w = bary[:, :, None] * weights[tri_local]                                     # (L, 3, 5)
-        lm = lambda t: torch.einsum("lkm,lk...->ml...", corner_w, t[tri_local])  # noqa: E731  (5, L, 3, ...)
-        dirs = lm(torch.cat([shapedirs, exprdirs], -1)[idx])                                  # (5, L, 3, n)
-        pose = lm(posedirs[idx])                                                              # (5, L, 3, 36)
-        K, L, n = dirs.shape[0], dirs.shape[1], dirs.shape[-1]
-        c = lambda t: t.contiguous()  # noqa: E731
+        rows = torch.cat([shapedirs, exprdirs], -1)[idx], posedirs[idx], f64(fl.v_template)[idx]
+        if _one_vertex_each(tri_local, bary):  # the silhouette model's points
+            (dirs_z, dirs_j), (pose_z, pose_j) = (_vertex_layouts(corner_w, tri_local, t) for t in rows[:2])
+            template = _vertex_layouts(corner_w, tri_local, rows[2][..., None])[1].reshape(-1, 3, len(bary))
+        else:
+            lm = lambda t: torch.einsum("lkm,lk...->ml...", corner_w, t[tri_local])  # noqa: E731  (5, L, 3, ...)
+            dirs, pose = lm(rows[0]), lm(rows[1])                                             # (5, L, 3, n | 36)
+            K, L, n = dirs.shape[0], dirs.shape[1], dirs.shape[-1]
+            c = lambda t: t.contiguous()  # noqa: E731
+            dirs_z, dirs_j = c(dirs.permute(3, 0, 2, 1).reshape(n, K * 3 * L)), c(dirs.permute(0, 2, 1, 3).reshape(
+                K * 3, L * n))
+            pose_z, pose_j = c(pose.permute(3, 0, 2, 1).reshape(36, K * 3 * L)), c(pose.permute(0, 2, 1, 3).reshape(
+                K * 3, L * 36))
+            template = c(lm(rows[2]).transpose(1, 2))                                         # (5, 3, L)
         return cls(
             v_template=f64(fl.v_template)[idx], shapedirs=shapedirs[idx], exprdirs=exprdirs[idx],
             posedirs=posedirs[idx], weights=weights,
@@ -147,11 +156,31 @@ class ReducedModel:
             j_exprdirs=torch.einsum("jv,vcn->jcn", J, exprdirs), parents=tuple(int(p) for p in fl.parents),
             tri_local=tri_local, bary=bary, vertex_ids=ids.astype(np.int64),
             landmark_indices=np.asarray(labels).astype(np.int64),
-            lm_weights=c(corner_w.sum(1).T), lm_template=c(lm(f64(fl.v_template)[idx]).transpose(1, 2)),
-            lm_dirs_z=c(dirs.permute(3, 0, 2, 1).reshape(n, K * 3 * L)),
-            lm_dirs_j=c(dirs.permute(0, 2, 1, 3).reshape(K * 3, L * n)),
-            lm_pose_z=c(pose.permute(3, 0, 2, 1).reshape(36, K * 3 * L)),
-            lm_pose_j=c(pose.permute(0, 2, 1, 3).reshape(K * 3, L * 36)), lm_bary_sum=bary.sum(1))
+            lm_weights=corner_w.sum(1).T.contiguous(), lm_template=template,
+            lm_dirs_z=dirs_z, lm_dirs_j=dirs_j, lm_pose_z=pose_z, lm_pose_j=pose_j, lm_bary_sum=bary.sum(1))
+
+
+def _one_vertex_each(tri_local: Tensor, bary: Tensor) -> bool:
+    """Every point is one vertex: its triangle's corners are that vertex, with weights exactly (1, 0, 0) (the
+    silhouette model's candidate vertices, silhouette_data.py)."""
+    return bool((tri_local == tri_local[:, :1]).all() and (bary[:, 0] == 1).all() and (bary[:, 1:] == 0).all())
+
+
+def _vertex_layouts(corner_w: Tensor, tri_local: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    """For points that are one vertex each (`_one_vertex_each`): Q = Σ_k w_lkm t_{u_lk} of per-vertex rows t
+    (U, 3, N) in the two layouts `ReducedModel` keeps, coefficient-major (N, 5 * 3 * L) and joint-major
+    (5 * 3, L * N), as w_l0m t_{u_l0} (the corners of weight 0 left out) written straight into each layout: about
+    half the CPU of the einsum over the three corners and its two permuted copies (the silhouette model's ~5,000
+    vertices: ~0.2 s a fit process). The same bytes: each product is rounded once either way, the einsum adds
+    exact zeros to it, and `+ 0.0` gives a zero product the einsum's sign (-0.0 + 0.0 = +0.0;
+    tests/flame_fitting/fit/test_reduced_vertices.py)."""
+    w, rows = corner_w[:, 0].T, t[tri_local[:, 0]]                                      # (5, L), (L, 3, N)
+    (L, _, N), K = rows.shape, w.shape[0]
+    z = torch.empty(N, K, 3, L, dtype=rows.dtype)
+    torch.mul(rows.permute(2, 1, 0)[:, None], w[None, :, None, :], out=z).add_(0.0)
+    j = torch.empty(K, 3, L, N, dtype=rows.dtype)
+    torch.mul(rows.permute(1, 0, 2)[None], w[:, None, :, None], out=j).add_(0.0)
+    return z.reshape(N, K * 3 * L), j.reshape(K * 3, L * N)
 
 
 def posed_vertices(rm: ReducedModel, shape: Tensor, theta: Tensor) -> Tensor:
