@@ -9,7 +9,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,8 +18,11 @@ from geoface_model.run_lock import try_lock
 from geoface_model.sd21.tiny import write_tiny_sd21
 from geoface_model.synthetic import make_synthetic_shard
 from geoface_model.train_run import run_id
+from warm_python import warm_python
 
 REPO = Path(__file__).resolve().parents[2]
+# what RANK_SCRIPT and STOP_SCRIPT import, imported once by the warm Python the processes are forked from
+PRELOAD = ["torch", "accelerate", "flame_fitting.core.errors", "geoface_model.train_run", "geoface_model.ranks"]
 
 
 def config(root, geometry_norm="dataset"):
@@ -56,18 +58,28 @@ print("steps_run", m["steps_run"])
 """
 
 
+@pytest.fixture(scope="module")
+def python(tmp_path_factory):
+    """The processes' interpreter: forks of one Python that imported what the scripts import (a fresh interpreter
+    per process spent ~5 s each importing torch, accelerate and diffusers); each is still a process of its own."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    with warm_python(tmp_path_factory.mktemp("warm"), PRELOAD, env=env) as argv:
+        yield argv
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def test_two_processes_train_with_reference_dropout_and_publish_once(tmp_path):
+def test_two_processes_train_with_reference_dropout_and_publish_once(tmp_path, python):
     write_tiny_sd21(tmp_path / "base", seed=0)
     make_synthetic_shard(tmp_path / "ds" / "train.safetensors", n_samples=4, n_views=3, resolution=64,
                          uv_resolution=64, patch_size=16, geo_patch_size=16, seed=0)
     (tmp_path / "rank.py").write_text(RANK_SCRIPT)
-    procs = launch(tmp_path, [str(tmp_path / "ds")] * 2)
+    procs = launch(python, tmp_path, [str(tmp_path / "ds")] * 2)
     outs = [p.communicate(timeout=280)[0] for p in procs]
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-3000:]
@@ -79,16 +91,16 @@ def test_two_processes_train_with_reference_dropout_and_publish_once(tmp_path):
     assert not [p.name for p in tmp_path.iterdir() if ".geoface-tmp-" in p.name]  # no race left a temporary
 
 
-def launch(tmp_path, data, linger=None, args=()):
-    """Start the two processes of a run (rank r trains on data[r], `args` after it); the one numbered `linger` stays
-    alive after its error until its stdin closes."""
+def launch(python, tmp_path, data, linger=None, args=()):
+    """Start the two processes of a run with the interpreter `python` (rank r trains on data[r], `args` after it); the
+    one numbered `linger` stays alive after its error until its stdin closes."""
     port = free_port()
     procs = []
     for rank in (0, 1):
         env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1",
                "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-        argv = [sys.executable, str(tmp_path / "rank.py"), str(tmp_path), data[rank], *args]
+        argv = [*python, str(tmp_path / "rank.py"), str(tmp_path), data[rank], *args]
         procs.append(subprocess.Popen(argv + ["linger"] * (rank == linger), env=env, cwd=tmp_path,
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                       text=True))
@@ -96,7 +108,7 @@ def launch(tmp_path, data, linger=None, args=()):
 
 
 @pytest.mark.parametrize("refusal", ["run folder locked", "shard damaged on rank 1", "config unwritable on rank 0"])
-def test_a_process_that_cannot_start_stops_every_process(tmp_path, refusal):
+def test_a_process_that_cannot_start_stops_every_process(tmp_path, python, refusal):
     """The failing process stays alive after its error: the other one stops on its own (it waited at a barrier
     before: a hang, here until the test's time ran out), exits 1 and names the failing process and its error."""
     write_tiny_sd21(tmp_path / "base", seed=0)
@@ -119,7 +131,7 @@ def test_a_process_that_cannot_start_stops_every_process(tmp_path, refusal):
         failing = 0
         (run_dir / "geoface_config.json").mkdir(parents=True)
         expected = f"-> {run_dir / 'geoface_config.json'}: Is a directory"  # the rename of its temporary
-    procs = launch(tmp_path, data, linger=failing)
+    procs = launch(python, tmp_path, data, linger=failing)
     try:
         failed_line, other_line = error_lines(procs, failing)
     finally:
@@ -145,7 +157,7 @@ def error_lines(procs, failing, timeout=150):
     return failed_line, other_line
 
 
-def test_a_process_that_cannot_read_its_batch_stops_every_process(tmp_path):
+def test_a_process_that_cannot_read_its_batch_stops_every_process(tmp_path, python):
     """Rank 1's copy of the shard has a header that reads (the start passes) but samples whose alignment targets name
     tokens that do not exist, found when the first training step reads its batch. Before, rank 0 went on into DDP's
     forward and backward and waited there for rank 1 (here, rank 1 alive: until the test's time ran out; rank 1
@@ -163,7 +175,7 @@ def test_a_process_that_cannot_read_its_batch_stops_every_process(tmp_path):
     bad.parent.mkdir()
     bad.write_bytes(save(tensors, metadata=header))
     (tmp_path / "rank.py").write_text(RANK_SCRIPT)
-    procs = launch(tmp_path, [str(tmp_path / "ds"), str(bad.parent)], linger=1, args=["no-geo-norm"])
+    procs = launch(python, tmp_path, [str(tmp_path / "ds"), str(bad.parent)], linger=1, args=["no-geo-norm"])
     failed_line, other_line = error_lines(procs, failing=1)
     assert failed_line.startswith(f"error: {bad}#") and failed_line.endswith(": a2g_index out of range (views 3, "
                                                                             "queries 16, keys 16)")
@@ -191,12 +203,12 @@ except (GeofaceError, PeerError) as e:
 
 
 @pytest.mark.parametrize("message", ["€" * 500, ""])
-def test_the_error_passed_to_the_other_processes(tmp_path, message):
+def test_the_error_passed_to_the_other_processes(tmp_path, python, message):
     """Cut to 1024 bytes on a character boundary (341 three-byte "€", not 341 and a U+FFFD for the byte of the 342nd
     that fitted); an error without a message is passed as its type's name (the exchange failed before on the
     failing process, a ValueError of torch.frombuffer, and the other one waited in it)."""
     (tmp_path / "rank.py").write_text(STOP_SCRIPT)
-    procs = launch(tmp_path, [message] * 2, linger=1)
+    procs = launch(python, tmp_path, [message] * 2, linger=1)
     failed_line, other_line = error_lines(procs, failing=1)
     assert json.loads(failed_line[7:]) == message
     passed = json.loads(other_line[7:]).removeprefix("stopping with process 1 of 2, which could not go on: ")
