@@ -2,6 +2,7 @@
 train) whose stages call the toolkit's own lineage writers: `geoface audit` (DVC's status decides), `geoface
 diff-captures` between git revisions (read through DVC's cache, and from the remote on a fresh clone), and the
 default remote of the project's .dvc/config (`dvc push` / `dvc pull` round trip, bad remotes)."""
+import inspect
 import json
 import os
 import shutil
@@ -19,20 +20,28 @@ from cliutil import cli
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
-MAKE_CAPTURE = '''import sys, yaml, numpy as np
-from flame_fitting.formats.capture import CaptureWriter
-from flame_fitting.geometry.camera import Camera, intrinsics, look_at
-n = yaml.safe_load(open("params.yaml"))["captures"]["subjects"]
-cams = {f"cam{i}": Camera(K=intrinsics(20, 20, 8, 6), world_to_cam=look_at([np.sin(i), 0, np.cos(i)], [0, 0, 0]),
-                          width=16, height=12, name=f"cam{i}") for i in range(2)}
-with CaptureWriter(sys.argv[1], source="test") as w:
-    for s in range(n):
-        w.set_cameras(f"s{s}", "seq", cams)
-        for f in range(2):
-            for c in cams:
-                rng = np.random.default_rng([s, f, int(c[-1])])
-                w.add_image(f"s{s}", "seq", f, c, rng.integers(0, 255, (12, 16, 3), dtype=np.uint8))
-'''
+def write_capture(out, subjects):
+    """A capture of `subjects` subjects (2 cameras, 2 frames of 16×12 random images each) written to `out`."""
+    import numpy as np
+    from flame_fitting.formats.capture import CaptureWriter
+    from flame_fitting.geometry.camera import Camera, intrinsics, look_at
+    cams = {f"cam{i}": Camera(K=intrinsics(20, 20, 8, 6), world_to_cam=look_at([np.sin(i), 0, np.cos(i)], [0, 0, 0]),
+                              width=16, height=12, name=f"cam{i}") for i in range(2)}
+    with CaptureWriter(out, source="test") as w:
+        for s in range(subjects):
+            w.set_cameras(f"s{s}", "seq", cams)
+            for f in range(2):
+                for c in cams:
+                    rng = np.random.default_rng([s, f, int(c[-1])])
+                    w.add_image(f"s{s}", "seq", f, c, rng.integers(0, 255, (12, 16, 3), dtype=np.uint8))
+
+
+# the captures stage of the pipeline; the tests that only need a capture as input call write_capture in their own
+# process (a Python started per capture spent ~1 s importing the writer)
+MAKE_CAPTURE = inspect.getsource(write_capture) + """
+import sys, yaml
+write_capture(sys.argv[1], yaml.safe_load(open("params.yaml"))["captures"]["subjects"])
+"""
 MAKE_DATASET = '''import sys
 from pathlib import Path
 from flame_fitting.core.fileio import write_bytes
@@ -244,20 +253,13 @@ def test_audit_of_a_card_without_a_captures_version_says_so_and_fails(project, c
     assert cli(capsys, "audit", repo / "models/m")[0] == 0
 
 
-def test_audit_of_a_pipeline_without_a_capture_output_says_so_and_fails(tmp_path, capsys):
+def test_audit_of_a_pipeline_without_a_capture_output_says_so_and_fails(tmp_path, capsys, blank_repo):
     """The capture is outside the pipeline (the dataset stage reads a folder no stage writes nor lists in `deps`): the
     card records a captures version but no output or dependency of the stages up to the model is a capture. The audit compared that version with
     nothing, printed no workspace capture line and exited 0 with "the workspace data match" on DVC's status alone.
     Now it says the workspace capture was not found, and exits 1 with UNCONFIRMED (as for a card without a version)."""
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-           "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"captures": {"subjects": 1}}))
-    (tmp_path / "make_capture.py").write_text(MAKE_CAPTURE)
-    sh([sys.executable, "make_capture.py", tmp_path / "capture"], tmp_path, env)  # outside the repository
-    sh(["git", "init", "-q"], repo, env)
-    sh([BIN / "dvc", "init", "-q"], repo, env)
+    repo, env = new_repo(tmp_path, blank_repo)
+    write_capture(tmp_path / "capture", 1)  # outside the repository
     for name, text in (("make_dataset.py", MAKE_DATASET), ("train.py", TRAIN)):
         (repo / name).write_text(text)
     stages = {"dataset": {"cmd": f"python make_dataset.py {tmp_path / 'capture'} data/dataset",
@@ -281,12 +283,10 @@ def test_audit_of_a_pipeline_without_a_capture_output_says_so_and_fails(tmp_path
     assert rep["card"]["captures_version"] == version
 
 
-def make_capture_at(tmp_path, cap, subjects, env):
+def make_capture_at(cap, subjects):
     """A capture of `subjects` subjects written to `cap` (a folder this test owns, replaced); its version."""
     shutil.rmtree(cap, ignore_errors=True)
-    (tmp_path / "make_capture.py").write_text(MAKE_CAPTURE)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"captures": {"subjects": subjects}}))
-    sh([sys.executable, "make_capture.py", cap], tmp_path, env)
+    write_capture(cap, subjects)
     return capture_version(cap)
 
 
@@ -302,27 +302,39 @@ def pipeline_reading(repo, env, reads, deps):
     commit(repo, env, f"a pipeline reading {reads} as a dependency")
 
 
-def new_repo(tmp_path):
-    repo = tmp_path / "repo"
+def stage_env():
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
+@pytest.fixture(scope="module")
+def blank_repo(tmp_path_factory):
+    """A repository just after `git init` and `dvc init`, which new_repo copies (~1.5 s of `dvc init` each)."""
+    repo = tmp_path_factory.mktemp("blank") / "repo"
     repo.mkdir()
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-           "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    sh(["git", "init", "-q"], repo, env)
-    sh([BIN / "dvc", "init", "-q"], repo, env)
-    return repo, env
+    sh(["git", "init", "-q"], repo, stage_env())
+    sh([BIN / "dvc", "init", "-q"], repo, stage_env())
+    return repo
+
+
+def new_repo(tmp_path, blank_repo):
+    """(repo, env): a copy of `blank_repo` at tmp_path/repo, and the environment its commands run in."""
+    repo = tmp_path / "repo"
+    shutil.copytree(blank_repo, repo, symlinks=True)
+    return repo, stage_env()
 
 
 @pytest.mark.parametrize("kind", ["dvc add", "external dep", "git-tracked dep"])
-def test_audit_compares_a_capture_the_pipeline_reads_as_a_dependency(tmp_path, capsys, kind):
+def test_audit_compares_a_capture_the_pipeline_reads_as_a_dependency(tmp_path, capsys, kind, blank_repo):
     """The capture is no stage's output but a dependency of the dataset stage: a folder tracked with `dvc add` (its
     .dvc file's stage), a folder outside the repository listed in `deps`, a folder committed to git. The audit looked
     only among the stages' outputs: for the last two "none found", UNCONFIRMED, exit 1 although the capture is there.
     Now it compares its version: exit 0 when it is the card's, 1 naming both versions when it differs - also after
     `dvc commit`, when DVC's status alone is clean."""
-    repo, env = new_repo(tmp_path)
+    repo, env = new_repo(tmp_path, blank_repo)
     cap = {"dvc add": repo / "data/captures", "external dep": tmp_path / "capture",
            "git-tracked dep": repo / "captures"}[kind]
-    trained = make_capture_at(tmp_path, cap, 1, env)
+    trained = make_capture_at(cap, 1)
     if kind == "dvc add":
         sh([BIN / "dvc", "add", "-q", cap], repo, env)
     dep = str(cap.relative_to(repo)) if cap.is_relative_to(repo) else str(cap)
@@ -334,7 +346,7 @@ def test_audit_compares_a_capture_the_pipeline_reads_as_a_dependency(tmp_path, c
     rc, out, _ = cli(capsys, "audit", repo / "models/m", "--json")
     assert rc == 0 and json.loads(out)["workspace_captures"] == {dep: trained}
 
-    other = make_capture_at(tmp_path, cap, 2, env)  # the workspace's capture is no longer the model's
+    other = make_capture_at(cap, 2)  # the workspace's capture is no longer the model's
     assert other != trained
     differs = f"workspace captures: {dep} version {other} (DIFFERS from the model's {trained})"
     rc, out, _ = cli(capsys, "audit", repo / "models/m")
@@ -348,15 +360,15 @@ def test_audit_compares_a_capture_the_pipeline_reads_as_a_dependency(tmp_path, c
     assert rc == 1 and json.loads(out)["workspace_captures"] == {dep: other} and json.loads(out)["matches"] is False
 
 
-def test_audit_compares_each_of_several_captures(tmp_path, capsys):
+def test_audit_compares_each_of_several_captures(tmp_path, capsys, blank_repo):
     """Two captures upstream of the model (the dataset stage reads one outside the repository, lists another committed
     to git in `deps`). The audit demanded that every one have the card's one version: exit 1 "DO NOT match" although
     the capture the model was trained on is there unchanged. Now the card's version must be among them (docs/lineage.md:
     "Several captures found"); the other is still listed with its version, and a change to it is data in DVC's status
     (git tracks it: it was "code", which the verdict ignores)."""
-    repo, env = new_repo(tmp_path)
-    read = make_capture_at(tmp_path, tmp_path / "capture", 1, env)
-    other = make_capture_at(tmp_path, repo / "calibration", 2, env)
+    repo, env = new_repo(tmp_path, blank_repo)
+    read = make_capture_at(tmp_path / "capture", 1)
+    other = make_capture_at(repo / "calibration", 2)
     pipeline_reading(repo, env, tmp_path / "capture", [str(tmp_path / "capture"), "calibration"])
     rc, out, err = cli(capsys, "audit", repo / "models/m")
     assert rc == 0 and err == "" and "DVC status of the stages up to the model: up to date" in out, (out, err)
@@ -370,7 +382,7 @@ def test_audit_compares_each_of_several_captures(tmp_path, capsys):
     assert rc == 0 and rep["matches"] is True
     assert rep["workspace_captures"] == {str(tmp_path / "capture"): read, "calibration": other}
 
-    changed = make_capture_at(tmp_path, repo / "calibration", 3, env)  # the git-tracked second capture changes
+    changed = make_capture_at(repo / "calibration", 3)  # the git-tracked second capture changes
     rc, out, _ = cli(capsys, "audit", repo / "models/m")
     assert rc == 1 and any(line.startswith("  data   ") and line.endswith("dataset: dep calibration modified")
                            for line in out.splitlines()), out
@@ -378,22 +390,22 @@ def test_audit_compares_each_of_several_captures(tmp_path, capsys):
     assert "verdict: the workspace data DO NOT match what the model was trained on" in out
 
     sh([BIN / "dvc", "commit", "-q", "-f"], repo, env)
-    make_capture_at(tmp_path, tmp_path / "capture", 2, env)  # now neither has the card's version
+    make_capture_at(tmp_path / "capture", 2)  # now neither has the card's version
     rc, out, _ = cli(capsys, "audit", repo / "models/m")
     assert rc == 1 and f"workspace captures: calibration version {changed} (DIFFERS from the model's {read})" in out
     assert f"(DIFFERS from the model's {read})" in out.split(str(tmp_path / "capture"), 1)[1].splitlines()[0], out
 
 
 @pytest.mark.parametrize("kind", ["dvc add", "external dep"])
-def test_audit_finds_a_capture_nested_in_a_dependency_folder(tmp_path, capsys, kind):
+def test_audit_finds_a_capture_nested_in_a_dependency_folder(tmp_path, capsys, kind, blank_repo):
     """The dataset stage depends on a parent folder (`data/raw`, tracked with `dvc add`, or one outside the repository)
     whose captures are `studioA/` (read) and `studioB/day2/` (another). Only a folder whose top level holds capture.json
     counted: "none found", UNCONFIRMED, exit 1. Now both are found below it: exit 0 (the card's version is studioA's),
     studioB listed as another capture; studioA changed: exit 1, before and after `dvc commit` (then "DIFFERS")."""
-    repo, env = new_repo(tmp_path)
+    repo, env = new_repo(tmp_path, blank_repo)
     raw = repo / "data/raw" if kind == "dvc add" else tmp_path / "raw"
-    trained = make_capture_at(tmp_path, raw / "studioA", 1, env)
-    sibling = make_capture_at(tmp_path, raw / "studioB" / "day2", 2, env)
+    trained = make_capture_at(raw / "studioA", 1)
+    sibling = make_capture_at(raw / "studioB" / "day2", 2)
     if kind == "dvc add":
         sh([BIN / "dvc", "add", "-q", raw], repo, env)
     dep = str(raw.relative_to(repo)) if raw.is_relative_to(repo) else str(raw)
@@ -408,7 +420,7 @@ def test_audit_finds_a_capture_nested_in_a_dependency_folder(tmp_path, capsys, k
     assert rc == 0 and rep["workspace_captures"] == {f"{dep}/studioA": trained, f"{dep}/studioB/day2": sibling}
     assert rep["capture_search_stopped"] == []
 
-    changed = make_capture_at(tmp_path, raw / "studioA", 3, env)
+    changed = make_capture_at(raw / "studioA", 3)
     rc, out, _ = cli(capsys, "audit", repo / "models/m")
     assert rc == 1 and f"dataset: dep {dep} modified" in out and "DO NOT match" in out, out
     sh([BIN / "dvc", "commit", "-q", "-f"], repo, env)
@@ -672,10 +684,7 @@ def test_help_documents_every_option(capsys, cmd):
 def test_import_prints_the_capture_version(capsys, tmp_path):
     """`geoface import` prints the version id it recorded in capture.json (here: re-importing a canonical capture
     with the folder reader)."""
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"captures": {"subjects": 1}}))
-    (tmp_path / "make_capture.py").write_text(MAKE_CAPTURE)
-    sh([sys.executable, "make_capture.py", "cap"], tmp_path, env)
+    write_capture(tmp_path / "cap", 1)
     rc, out, err = cli(capsys, "import", "folder", tmp_path / "cap", "--out", tmp_path / "again")
     assert rc == 0, err
     printed = json.loads(out)["captures_version"]
@@ -683,13 +692,13 @@ def test_import_prints_the_capture_version(capsys, tmp_path):
     assert printed == capture_version(tmp_path / "again") and len(printed) == 16
 
 
-def test_diff_captures_lists_one_image_split_and_mask_between_revisions_and_folders(tmp_path, capsys):
+def test_diff_captures_lists_one_image_split_and_mask_between_revisions_and_folders(tmp_path, capsys, blank_repo):
     """A hand-written manifest whose subject mixes splits, one image moved to another split and one mask replaced:
     the diff took one split per subject and listed the split change nowhere (`same`, exit 0, though the versions
     differed). Now each is named in its frame, from the folders and from two git revisions read through DVC."""
     import pandas as pd
 
-    repo, env = new_repo(tmp_path)
+    repo, env = new_repo(tmp_path, blank_repo)
     cap = _frames_capture(repo / "data" / "captures", range(3))
     man = cap / "manifest.parquet"
     m = pd.read_parquet(man).assign(split=["train", "val", "train"])
