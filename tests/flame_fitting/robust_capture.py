@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from flame_fitting.head.standin import build_standin
+from standin_cache import standin_copy
 from pipelines.synthetic import SyntheticConfig, generate
 
 
@@ -20,7 +20,7 @@ class SmallCapture:
 @pytest.fixture(scope="session")
 def small_capture(tmp_path_factory) -> SmallCapture:
     root = tmp_path_factory.mktemp("robust")
-    build_standin(root / "head", seed=0, n_shape=10, n_expr=10)
+    standin_copy(root / "head", seed=0, n_shape=10, n_expr=10)
     generate(root / "head", root / "cap", SyntheticConfig(subjects=1, frames=2, cameras=5, resolution=320,
                                                           yaw_range_deg=[-40, 40], seed=0, workers=1),
              progress=False)

@@ -12,7 +12,7 @@ from flame_fitting.uv.correspondences import (CorrespondenceError, TokenGrid, _p
                                            front_faces, pairs_reference, pixel_correspondences)
 from flame_fitting.head.head_model import HeadModel
 from flame_fitting.geometry.raster import rasterize
-from flame_fitting.head.standin import build_standin
+from standin_cache import standin_copy
 from flame_fitting.uv import UVLayout, bake_posmap
 from flame_fitting.geometry.rigid import rigid_fit
 from flame_fitting.uv.checks import aggregate, cycle_errors, frame_metrics, gt_uv_accuracy, load_gt_raster
@@ -71,7 +71,7 @@ def sphere():
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
     path = tmp_path_factory.mktemp("standin") / "head_model"
-    build_standin(path, seed=0)
+    standin_copy(path, seed=0)
     model = HeadModel.from_folder(path, n_shape=50, n_expr=30)
     g = torch.Generator().manual_seed(5)
     p = dict(shape=torch.randn(1, 50, generator=g), expr=torch.randn(1, 30, generator=g),

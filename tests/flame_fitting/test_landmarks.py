@@ -11,7 +11,7 @@ import pytest
 
 import flame_fitting.landmarks.detector as landmarks
 from flame_fitting.landmarks.detector import MeshPool, detect_files, detect_rgb, rates_by_yaw, results_to_arrays
-from flame_fitting.head.standin import build_standin
+from standin_cache import standin_copy
 from pipelines.synthetic import SyntheticConfig, generate
 
 
@@ -20,7 +20,7 @@ def views(tmp_path_factory) -> list[Path]:
     """Six 512² synthetic views of one head, yaw from -90° to 90° (profile views find no face),
     plus a blank grey image."""
     root = tmp_path_factory.mktemp("landmarks")
-    build_standin(root / "head", seed=0, n_shape=20, n_expr=24)
+    standin_copy(root / "head", seed=0, n_shape=20, n_expr=24)
     cfg = SyntheticConfig(seed=0, subjects=1, frames=1, cameras=6, resolution=512, workers=1)
     generate(root / "head", root / "cap", cfg, progress=False)
     paths = sorted((root / "cap").glob("*/*/*/cam*.png"))
@@ -153,7 +153,7 @@ def test_band_errors_follow_the_manifest_order_of_units(tmp_path):
     from flame_fitting.formats.landmarks import load_landmarks
     from flame_fitting.landmarks.capture import LandmarksParams, detect_folder, landmark_metrics
 
-    build_standin(tmp_path / "head", seed=0, n_shape=10, n_expr=10)
+    standin_copy(tmp_path / "head", seed=0, n_shape=10, n_expr=10)
     cfg = SyntheticConfig(seed=3, subjects=2, frames=1, cameras=4, resolution=256, workers=1,
                           yaw_range_deg=[-60.0, 60.0], texture_resolution=256)
     generate(tmp_path / "head", tmp_path / "cap", cfg, progress=False)
@@ -177,7 +177,7 @@ def test_band_metrics_pair_views_with_their_yaws_in_an_interleaved_manifest(tmp_
     from flame_fitting.formats.landmarks import load_landmarks
     from flame_fitting.landmarks.capture import LandmarksParams, detect_folder, landmark_metrics
 
-    build_standin(tmp_path / "head", seed=0, n_shape=10, n_expr=10)
+    standin_copy(tmp_path / "head", seed=0, n_shape=10, n_expr=10)
     cfg = SyntheticConfig(seed=3, subjects=2, frames=1, cameras=4, resolution=256, workers=1,
                           yaw_range_deg=[-80.0, 80.0], texture_resolution=256)
     generate(tmp_path / "head", tmp_path / "cap", cfg, progress=False)

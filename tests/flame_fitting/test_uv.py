@@ -7,7 +7,7 @@ import torch
 from flame_fitting.head.flame_assets import read_obj
 from flame_fitting.head.head_model import HeadModel
 from flame_fitting.geometry.raster import rasterize_uv
-from flame_fitting.head.standin import build_standin
+from standin_cache import standin_copy
 from flame_fitting.uv import (BOX_CENTER, BOX_HALF, UVError, UVLayout, bake_posmap, denormalize_points, get_bake_table,
                               load_posmap, normalize_points, posmap_to_points, posmap_to_vertices, sample_bilinear,
                               save_posmap)
@@ -19,7 +19,7 @@ from flame_fitting.uv.checks import layout_report
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
     path = tmp_path_factory.mktemp("standin") / "head_model"
-    build_standin(path, seed=0)
+    standin_copy(path, seed=0)
     model = HeadModel.from_folder(path, n_shape=50, n_expr=30)
     return model, UVLayout.from_head_model(model)
 

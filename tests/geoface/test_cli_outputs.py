@@ -11,7 +11,7 @@ import torch
 
 from cliutil import cli
 from flame_fitting.head.head_model import load_head_model
-from flame_fitting.head.standin import build_standin
+from standin_cache import standin_copy
 from geoface.cli import main
 from geoface_model.config import GeoFaceConfig
 from geoface_model.evaluate import EvalParams
@@ -209,7 +209,7 @@ def test_corrupt_model_config_is_one_line_naming_the_file(capsys, root, tmp_path
     line = one_line(err)
     assert rc == 2 and line.startswith(f"geoface evaluate: {cfg}") and problem in line
     # generation reads the same file through load_pipeline (a bare transformer folder + its config)
-    build_standin(tmp_path / "head", seed=0, n_shape=10, n_expr=10)
+    standin_copy(tmp_path / "head", seed=0, n_shape=10, n_expr=10)
     with pytest.raises(GenerateError) as e:
         load_pipeline(model, load_head_model(tmp_path / "head"))
     assert str(e.value).startswith(str(cfg)) and problem in str(e.value) and "\n" not in str(e.value)

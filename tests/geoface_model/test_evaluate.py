@@ -10,7 +10,7 @@ import torch
 
 from flame_fitting.geometry.camera import Camera, look_at
 from flame_fitting.head.head_model import load_head_model
-from flame_fitting.head.standin import build_standin
+from standin_cache import standin_copy
 from geoface_model.evaluate import (SampleResult, aggregate, canonical_transform, choose_views, mesh_view_alignment,
                                     yaw_pitch)
 from geoface_model.report import sample_grid, write_report
@@ -19,7 +19,7 @@ from geoface_model.report import sample_grid, write_report
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
     root = tmp_path_factory.mktemp("evalhead")
-    build_standin(root / "head", seed=0, n_shape=10, n_expr=10)
+    standin_copy(root / "head", seed=0, n_shape=10, n_expr=10)
     return load_head_model(root / "head")
 
 

@@ -21,7 +21,7 @@ from flame_fitting.geometry.camera import Camera, look_at
 from flame_fitting.formats.capture_checks import load_cameras
 from flame_fitting.core.fileio import OutputError
 from flame_fitting.head.head_model import load_head_model
-from flame_fitting.head.standin import build_standin
+from standin_cache import standin_copy
 from flame_fitting.uv import UVLayout
 from geoface_model import photo
 from geoface_model.generate import GenerateError, generate_from_photo, read_photo
@@ -35,7 +35,7 @@ PHOTO = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
 
 def tiny_model(root: Path):
     """A stand-in head model at root/head and a random tiny GeoFace pipeline at root/model; returns the head."""
-    build_standin(root / "head", seed=0, n_shape=10, n_expr=10)
+    standin_copy(root / "head", seed=0, n_shape=10, n_expr=10)
     head = load_head_model(root / "head")
     torch.manual_seed(0)
     pipe = GeoFacePipeline.build(GeoFaceTransformer(**model_kwargs(tiny(), 3, 1)), layout=UVLayout.from_head_model(head),

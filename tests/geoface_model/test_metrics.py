@@ -7,7 +7,7 @@ import torch
 
 from flame_fitting.geometry.camera import Camera, intrinsics, look_at
 from flame_fitting.head.head_model import load_head_model
-from flame_fitting.head.standin import build_standin
+from standin_cache import standin_copy
 from geoface_model.metrics import LPIPSAlex, MetricError, gaussian_window, image_metrics, psnr, ssim
 from geoface_model.metrics_geometry import (attention_hit_rate, attention_hit_rate_batch, fundamental_matrix,
                                             landmark_fit_rmse, posmap_error_mm, symmetric_epipolar_distance, tsed)
@@ -140,7 +140,7 @@ def test_tsed_right_vs_wrong_camera():
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
     d = tmp_path_factory.mktemp("head")
-    build_standin(d, seed=0, n_shape=10, n_expr=10)
+    standin_copy(d, seed=0, n_shape=10, n_expr=10)
     return load_head_model(d)
 
 

@@ -227,10 +227,10 @@ def test_a_checked_folder_still_loads_also_through_a_link_to_a_blob(folder, save
 
 def test_the_cli_refuses_in_one_line_with_exit_code_2(folder, tmp_path, capsys):
     import matplotlib.cbook as cbook
-    from flame_fitting.head.standin import build_standin
+    from standin_cache import standin_copy
 
     _edit_weights(folder / W, _put(K, _nan))
-    build_standin(tmp_path / "head", seed=0, n_shape=10, n_expr=10)
+    standin_copy(tmp_path / "head", seed=0, n_shape=10, n_expr=10)
     rc = main(["generate", cbook.get_sample_data("grace_hopper.jpg", asfileobj=False), "--model", str(folder),
                "--head-model", str(tmp_path / "head"), "--out", str(tmp_path / "out"), "--steps", "1", "--views", "1",
                "--device", "cpu"])

@@ -24,7 +24,7 @@ from flame_fitting.formats.capture import load_capture
 from flame_fitting.fit import FitConfig, FitInputError, fit_sequence
 from flame_fitting.head.head_model import HeadModel, load_head_model
 from flame_fitting.landmarks.capture import detect_capture
-from flame_fitting.head.standin import build_standin
+from standin_cache import standin_copy
 from pipelines.registry import import_capture
 from pipelines.synthetic import SyntheticConfig, generate
 
@@ -64,7 +64,7 @@ def refit(root: Path, model: HeadModel) -> Refit:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> tuple[Refit, HeadModel]:
     tmp = tmp_path_factory.mktemp("refit")
-    build_standin(tmp / "head", seed=0, n_shape=10, n_expr=10)
+    standin_copy(tmp / "head", seed=0, n_shape=10, n_expr=10)
     generate(tmp / "head", tmp / "orig", SyntheticConfig(subjects=1, frames=1, cameras=6, resolution=256,
                                                          yaw_range_deg=[-45, 45], seed=0), progress=False)
     model = load_head_model(tmp / "head")

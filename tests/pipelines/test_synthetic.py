@@ -13,7 +13,7 @@ from flame_fitting.formats.capture import load_capture
 from flame_fitting.formats.capture_checks import load_cameras
 from flame_fitting.core.params import ParamsError, build_config
 from flame_fitting.geometry.render import antialias_silhouette, antialias_views
-from flame_fitting.head.standin import build_standin
+from standin_cache import standin_copy
 from pipelines.synthetic import SyntheticConfig, contact_sheet, detection_report, generate
 from pipelines.synthetic.generate import load_head, write_capture
 from pipelines.synthetic.sampling import sample_subjects, split_subjects
@@ -25,7 +25,7 @@ SMALL = dict(subjects=2, frames=2, cameras=4, resolution=128, texture_resolution
 @pytest.fixture(scope="module")
 def head_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synthetic") / "head_model"
-    build_standin(out, seed=0, n_shape=20, n_expr=24)
+    standin_copy(out, seed=0, n_shape=20, n_expr=24)
     return out
 
 

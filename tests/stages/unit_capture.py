@@ -13,7 +13,7 @@ import pandas as pd
 from flame_fitting.core.executor import ExecutorConfig
 from flame_fitting.fit import FitConfig
 from flame_fitting.fit.run import fit_folder
-from flame_fitting.head.standin import build_standin
+from standin_cache import standin_copy
 from flame_fitting.landmarks.capture import LandmarksParams, detect_folder
 from flame_fitting.uv.batch import CorrespondenceParams, UVParams, bake_fits, correspondences_for_fits
 from geoface_model.config import TokensConfig
@@ -29,7 +29,7 @@ TOKENS = TokensConfig(resolution=32, patch_size=8, uv_resolution=32, geo_patch_s
 def build(root: Path, subjects: int, cameras: int = 4, resolution: int = 192, frames: int = 1) -> tuple[Path, Path]:
     """(head model folder, capture folder) under `root`."""
     head, cap = root / "head", root / "capture_all"
-    build_standin(head, seed=0, n_shape=10, n_expr=10)
+    standin_copy(head, seed=0, n_shape=10, n_expr=10)
     cfg = SyntheticConfig(seed=0, subjects=subjects, frames=frames, cameras=cameras, resolution=resolution,
                           yaw_range_deg=[-30.0, 30.0], texture_resolution=256, workers=1)
     generate(head, cap, cfg, progress=False)

@@ -13,7 +13,7 @@ from flame_fitting.fit.report import rig_errors
 from flame_fitting.fit.synthetic import perturb_camera
 from flame_fitting.formats.capture import load_capture
 from flame_fitting.head.head_model import HeadModel
-from flame_fitting.head.standin.build import build_standin
+from standin_cache import standin_copy
 from flame_fitting.landmarks.capture import detect_capture
 from pipelines.synthetic import SyntheticConfig, generate
 
@@ -24,7 +24,7 @@ CFG = FitConfig(refine_cameras=True)
 def textured(tmp_path_factory):
     """1 subject × 2 frames × 16 views at 512² (stand-in head with the photo texture; generator seed 11)."""
     root = tmp_path_factory.mktemp("features")
-    build_standin(root / "head", seed=0, n_shape=20, n_expr=24)
+    standin_copy(root / "head", seed=0, n_shape=20, n_expr=24)
     generate(root / "head", root / "cap", SyntheticConfig(seed=11, subjects=1, frames=2, cameras=16, resolution=512,
                                                           workers=1), progress=False)
     cap = load_capture(root / "cap")

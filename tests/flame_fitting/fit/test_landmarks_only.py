@@ -9,7 +9,7 @@ from flame_fitting.fit.capture_results import gt_vertex_errors
 from flame_fitting.fit.refits import landmarks_only_priors
 from flame_fitting.formats.capture import load_capture
 from flame_fitting.head.head_model import HeadModel
-from flame_fitting.head.standin.build import build_standin
+from standin_cache import standin_copy
 from flame_fitting.landmarks.capture import detect_capture
 from pipelines.synthetic import SyntheticConfig, generate
 
@@ -31,7 +31,7 @@ def mediapipe_capture(tmp_path_factory):
     the seeds the figures in docs/fitting.md were tuned or evaluated on) with real MediaPipe landmarks and ground
     truth. Returns (head, capture, landmark set, face-region mask)."""
     root = tmp_path_factory.mktemp("landmarks_only")
-    build_standin(root / "head", seed=0, n_shape=20, n_expr=24)
+    standin_copy(root / "head", seed=0, n_shape=20, n_expr=24)
     generate(root / "head", root / "cap", SyntheticConfig(seed=7, subjects=2, frames=2, cameras=12, resolution=384,
                                                           workers=1), progress=False)
     cap = load_capture(root / "cap")
