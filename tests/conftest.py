@@ -2,8 +2,14 @@
 time each) start on them rather than finishing on them — the order of the tests within a file is unchanged."""
 from __future__ import annotations
 
-# the DVC pipeline (a whole `dvc repro` in its fixture, ~1 min) and the rest of tests/stages take the longest
-FIRST = ("stages/test_pipeline_dvc.py", "stages/")
+# slowest first, from `pytest -n 2 --dist loadfile --durations=80` (a file's setup + call + teardown seconds on the
+# shared 2-core machine, after the cuts of the warm Python, the copied DVC repository and stand-in folders): the DVC
+# pipeline (a whole `dvc repro` in its fixture, ~230 s), the lineage audits under git + DVC (~170 s), the local Ray
+# executor (~100 s), ..., then the rest of tests/stages; the other files in collection order
+FIRST = ("stages/test_pipeline_dvc.py", "geoface/test_lineage_dvc.py", "stages/test_executor_ray.py",
+         "flame_fitting/fit/test_features.py", "geoface_model/test_alignment_effect.py",
+         "geoface_model/test_multi_process_training.py", "geoface_model/test_concurrent_training.py",
+         "stages/test_train_states.py", "geoface/test_cli_train_notes.py", "geoface/test_cli.py", "stages/")
 
 
 def _rank(item) -> int:
