@@ -36,6 +36,7 @@ from _capture_args import add_capture_args, make_capture
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # standin_cache, which unit_capture imports
 sys.path.insert(0, str(REPO / "tests" / "stages"))
 
 
