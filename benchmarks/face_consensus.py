@@ -29,7 +29,7 @@ import numpy as np
 from _capture_args import add_capture_args, make_capture
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests" / "flame_fitting")]
+sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "tests" / "flame_fitting")]  # tests/: standin_cache
 
 
 def loo_errors(cameras, views) -> list[float]:
