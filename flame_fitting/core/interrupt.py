@@ -49,16 +49,13 @@ def keeping_sigterm_handler() -> Iterator[None]:
             signal.signal(signal.SIGTERM, old)
 
 
-@contextmanager
-def _blocked(signals: tuple) -> Iterator[None]:
-    """`signals` blocked in the block (one arriving waits, and its handler runs after it): swapping handlers is then
-    atomic, never half done by an exception a handler raised in between."""
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, ())  # the mask as it is (blocking nothing more)
-    try:  # blocked inside: a handler raising just after the call could otherwise leave them blocked for good
-        signal.pthread_sigmask(signal.SIG_BLOCK, signals)
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+def _run(handler, signum: int, frame) -> None:
+    """What `signal` would have done with `signum` under `handler` (a callable, SIG_DFL or SIG_IGN)."""
+    if callable(handler):
+        handler(signum, frame)
+    elif handler == signal.SIG_DFL:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)  # its default action
 
 
 @contextmanager
@@ -67,24 +64,44 @@ def interrupts_held() -> Iterator[None]:
     KeyboardInterrupt here). For native code that calls back into Python: an exception a handler raises inside such a
     callback is turned into the library's own error (safetensors' slices: 1 in 3 interrupts became "ValueError: could
     not determine the shape of object type 'torch.storage.UntypedStorage'", a traceback and exit 1 instead of the
-    interrupted line and 130). Nothing is held outside the main thread (Python runs handlers there only)."""
+    interrupted line and 130). Nothing is held outside the main thread (Python runs handlers there only).
+
+    No signal mask: blocking the signals in the main thread held nothing in a process with other threads (torch's, a
+    data loader's: the kernel hands the signal to one of them and Python runs the handler in the main thread all the
+    same), and a handler raising inside the mask's own `with` left SIGINT and SIGTERM blocked for good. Instead each
+    old handler is recorded before it is replaced, so whatever a handler raises on the way in or out, what was set is
+    set again; and the holding handler, should a signal leave it set, passes signals to the old one once the block
+    has ended."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     held: list[int] = []
-    signals, old = (signal.SIGINT, signal.SIGTERM), {}
-    try:  # set inside: whatever a handler raises on the way, what was set is set back
-        with _blocked(signals):
-            old = {s: signal.getsignal(s) for s in signals}
-            for s in signals:
-                signal.signal(s, lambda signum, frame: held.append(signum))
+    old: dict = {}
+    is_open = [True]
+
+    def hold(signum, frame):
+        if is_open:
+            held.append(signum)
+        else:  # the block has ended, but a signal raising while the handlers were set again left this one set
+            _run(old[signum], signum, frame)
+
+    hold.passes_to = old
+    try:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            handler = signal.getsignal(s)
+            handler = getattr(handler, "passes_to", {}).get(s, handler)  # an ended block's `hold`: the one before it
+            if handler is not None:  # None: set from outside Python, nothing to set it back to
+                old[s] = handler  # recorded before it is replaced: what raises next finds it set again below
+                signal.signal(s, hold)
         yield
     finally:
-        with _blocked(signals):
+        try:  # still holding: `signal.signal` runs the pending signals' handlers before it sets one, `hold` here
             for s, handler in old.items():
                 signal.signal(s, handler)
+        finally:  # reached too when a signal's own handler, set again, raised before the next one was set again
+            is_open.clear()  # from here `hold` passes signals on (should a second raise leave it set)
+            for s, handler in old.items():
+                if signal.getsignal(s) is not handler:
+                    signal.signal(s, handler)
         for s in dict.fromkeys(held):  # each signal once, in the order they came
-            if callable(old[s]):
-                old[s](s, None)
-            elif old[s] == signal.SIG_DFL:
-                os.kill(os.getpid(), s)  # its default action, now that it is set again
+            _run(old[s], s, None)
