@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from flame_fitting.core.errors import GeofaceError
+from flame_fitting.core.interrupt import interrupts_held
 from flame_fitting.core.names import name_problem, terminal_safe
 from flame_fitting.core.fileio import (MARKER, TMP_TAG, OutputError, check_output_dir, make_temp_dir, mark_output,
                                        replace_dir, sha256_file, temp_path, write_json)
@@ -170,7 +171,8 @@ def run_units(executor, fn: Callable, units: Iterable[Unit], out: Path | str, de
         results = [_visible(out, r, parsed)
                    for r in executor.map(UnitWork(fn, out, extras), todo, desc=desc, progress=progress)]
     finally:  # every unit returned, or the stage was interrupted (Ctrl-C, SIGTERM: the pool's processes are stopped)
-        _remove_temporaries(out, extras)
+        with interrupts_held():  # a second Ctrl-C / SIGTERM (delivered after it) stopped the sweep: temporaries stayed
+            _remove_temporaries(out, extras)
     for r in results:
         if r.ok:
             run.ran.append(r.item.rel)
