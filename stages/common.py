@@ -14,7 +14,7 @@ if str(ROOT) not in sys.path:  # run as `python stages/x.py`: import this checko
     sys.path.insert(0, str(ROOT))
 
 from flame_fitting.core.errors import GeofaceError, error_line  # noqa: E402
-from flame_fitting.core.interrupt import INTERRUPTED, unwind_on_sigterm  # noqa: E402
+from flame_fitting.core.interrupt import exiting_interrupted, unwind_on_sigterm  # noqa: E402
 
 
 def paths(doc: str, *names: str, argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,11 +47,12 @@ def run(main) -> None:
     except BrokenPipeError:
         raise
     except KeyboardInterrupt as e:
+        status = exiting_interrupted()  # first: a second Ctrl-C / SIGTERM from here on is ignored (interrupt.py)
         again = getattr(e, "again", None)  # the train stage: resume or start over (train_run.TrainInterrupted)
         print(f"{Path(sys.argv[0]).stem}: interrupted; what it had not finished was not written (the temporaries "
               "are removed; units and checkpoints completed before stay)"
               f"{'; ' + again('running it') if again is not None else ''}", file=sys.stderr)
-        sys.exit(INTERRUPTED)
+        sys.exit(status)
     except (GeofaceError, OSError) as e:  # OSError: the system's word about a path (permission, not a folder …)
         print(f"{Path(sys.argv[0]).stem}: error: {error_line(e)}", file=sys.stderr)
         sys.exit(1)

@@ -36,6 +36,19 @@ def unwind_on_sigterm() -> bool:
     return True
 
 
+def exiting_interrupted() -> int:
+    """INTERRUPTED, once SIGINT and SIGTERM are ignored: for the command's top level (stages/common.py `run`, the
+    `geoface` command's own process), the moment it caught the interrupt and before it prints its `interrupted` line
+    and exits. Before, a second Ctrl-C or `kill` while it exited (a scheduler's SIGTERM after its Ctrl-C, the exit of a
+    process that imported torch taking ~0.5 s) raised again inside the print, its `sys.exit` or the exit handlers,
+    or, once the interpreter had set SIGTERM's default action back in its teardown, killed it: a KeyboardInterrupt
+    traceback or status -15 instead of the line and 130. Nothing outside the main thread (signal.signal raises)."""
+    if threading.current_thread() is threading.main_thread():
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_IGN)  # kept by the teardown, which sets back only the handlers it runs
+    return INTERRUPTED
+
+
 @contextmanager
 def keeping_sigterm_handler() -> Iterator[None]:
     """The SIGTERM handler set before the block is set again after it, unless it was the default action: `ray.init`

@@ -26,7 +26,7 @@ import os
 import sys
 
 from flame_fitting.core.errors import GeofaceError, error_line
-from flame_fitting.core.interrupt import INTERRUPTED, unwind_on_sigterm
+from flame_fitting.core.interrupt import INTERRUPTED, exiting_interrupted, unwind_on_sigterm
 
 from . import exports, geometry, lineage, model
 
@@ -85,6 +85,7 @@ def interrupted_line(args, e: BaseException | None = None) -> str:
 
 
 def _main(argv: list[str] | None) -> int:
+    own = argv is None  # the process's own command (not a call from Python)
     argv = exports.route(sys.argv[1:] if argv is None else list(argv))
     ap = parser(argv)
     args, unknown = ap.parse_known_args(argv)  # an unknown option is the subcommand's error, with its usage
@@ -105,8 +106,9 @@ def _main(argv: list[str] | None) -> int:
     except BrokenPipeError:
         raise
     except KeyboardInterrupt as e:
-        print(f"geoface {name}: {annotate(interrupted_line(args, e), words)}", file=sys.stderr)
-        return INTERRUPTED
+        status = exiting_interrupted() if own else INTERRUPTED  # own command: a second Ctrl-C / SIGTERM
+        print(f"geoface {name}: {annotate(interrupted_line(args, e), words)}", file=sys.stderr)  # one is ignored
+        return status
     except (GeofaceError, ValueError, OSError) as e:  # our errors name the file and the problem; the system's
         print(f"geoface {name}: {annotate(error_line(e), words)}", file=sys.stderr)
         return 2

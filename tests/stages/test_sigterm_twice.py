@@ -1,8 +1,9 @@
 """A second SIGTERM (Ctrl-C then `kill`, a scheduler that sends SIGTERM again) while a stage unwinds from the first
 (stages/common.py `run`, flame_fitting/core/interrupt.py): a real stage-like process whose unit leaves temporaries
 behind is sent SIGTERM, then SIGTERM again once it is removing them (core/units.py `run_units`: before, the second
-interrupt stopped that sweep and the temporaries stayed in the output folder DVC hashes). It exits 130 with its
-`interrupted` line last, and no temporary is left."""
+interrupt stopped that sweep and the temporaries stayed in the output folder DVC hashes), or SIGTERMs until it exits
+once it printed its `interrupted` line (before, one landing in its exit made it die of SIGTERM, -15, or end with a
+KeyboardInterrupt traceback). It exits 130 with that line last, and no temporary is left."""
 from __future__ import annotations
 
 import os
@@ -96,3 +97,18 @@ def test_sigterm_again_during_the_sweep_of_temporaries_lets_it_end(tmp_path):
     assert proc.returncode == INTERRUPTED, err
     assert err.strip().splitlines()[-1].startswith("stage: interrupted"), err
 
+
+def test_sigterms_while_the_interrupted_stage_exits_leave_status_130(tmp_path):
+    """Before: one of them raised in its exit or, after the teardown set SIGTERM's default action back, killed it."""
+    proc, out, err_file = _start(tmp_path, 10)
+    try:
+        _wait_for(lambda: "interrupted" in err_file.read_text() or proc.poll() is not None, proc, err_file)
+        while proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.001)
+    finally:
+        _end(proc)
+    err = err_file.read_text()
+    assert proc.returncode == INTERRUPTED, err
+    assert err.strip().splitlines()[-1].startswith("stage: interrupted"), err
+    assert [p.relative_to(tmp_path) for p in tmp_path.rglob(f"*{TMP_TAG}*")][:3] == [], err
