@@ -53,13 +53,29 @@ def exiting_interrupted() -> int:
 def keeping_sigterm_handler() -> Iterator[None]:
     """The SIGTERM handler set before the block is set again after it, unless it was the default action: `ray.init`
     replaces it by Ray's own (`sys.exit(15)`, behind Ray's C++ signal report), and a stage using Ray then ended with
-    status 1 and that report instead of the `interrupted` line and 130."""
+    status 1 and that report instead of the `interrupted` line and 130. A SIGTERM inside the block that the handler set
+    in it answered with SystemExit (Ray's, during the seconds `ray.init` starts its node) is answered by the handler
+    set before instead, once that is set again (KeyboardInterrupt: before, the stage exited 15 without its line)."""
     old = signal.getsignal(signal.SIGTERM)
     try:
         yield
+    except SystemExit as e:
+        if not (callable(old) and _raised_by(e, signal.getsignal(signal.SIGTERM)) and e.code == signal.SIGTERM):
+            raise
+        signal.signal(signal.SIGTERM, old)
+        old(signal.SIGTERM, None)  # the stage's: KeyboardInterrupt
+        raise
     finally:
         if old not in (None, signal.SIG_DFL) and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, old)
+
+
+def _raised_by(e: BaseException, handler) -> bool:
+    """Whether `e` was raised in a call of `handler` (its innermost frame runs the handler's code)."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code is getattr(handler, "__code__", None)
 
 
 def _run(handler, signum: int, frame) -> None:
