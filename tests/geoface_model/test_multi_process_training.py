@@ -7,7 +7,6 @@ a barrier, or in DDP's forward and backward, for as long as it lived)."""
 import inspect
 import json
 import os
-import socket
 import subprocess
 from pathlib import Path
 
@@ -41,10 +40,11 @@ import sys
 import torch
 torch.set_num_threads(1)
 from accelerate import PartialState
-PartialState(cpu=True)  # the processes form a DDP group on the CPU (gloo), as several GPUs would
+root, data = sys.argv[1], sys.argv[2]
+# the processes form a DDP group on the CPU (gloo), as several GPUs would; they meet through a file (see `launch`)
+PartialState(cpu=True, init_method=f"file://{root}/rendezvous")
 from flame_fitting.core.errors import GeofaceError, error_line
 from geoface_model.train_run import train_model
-root, data = sys.argv[1], sys.argv[2]
 norm = "none" if "no-geo-norm" in sys.argv[3:] else "dataset"  # none: no sample is read before the first step
 try:
     m = train_model(config(root, norm), data, root + "/state", root + "/model", root + "/loss.csv",
@@ -68,12 +68,6 @@ def python(tmp_path_factory):
         yield argv
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_train_with_reference_dropout_and_publish_once(tmp_path, python):
     write_tiny_sd21(tmp_path / "base", seed=0)
     make_synthetic_shard(tmp_path / "ds" / "train.safetensors", n_samples=4, n_views=3, resolution=64,
@@ -93,12 +87,15 @@ def test_two_processes_train_with_reference_dropout_and_publish_once(tmp_path, p
 
 def launch(python, tmp_path, data, linger=None, args=()):
     """Start the two processes of a run with the interpreter `python` (rank r trains on data[r], `args` after it); the
-    one numbered `linger` stays alive after its error until its stdin closes."""
-    port = free_port()
+    one numbered `linger` stays alive after its error until its stdin closes.
+
+    The processes meet through a file in `tmp_path` (torch's FileStore), not at a TCP port picked free beforehand:
+    another process could take that port before rank 0 listened on it (a Ray test beside this file binds dozens),
+    and rank 1 then retried its connection until the test's timeout (TimeoutExpired after 150 s)."""
     procs = []
     for rank in (0, 1):
         env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1",
+               "OMP_NUM_THREADS": "1",
                "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
         argv = [*python, str(tmp_path / "rank.py"), str(tmp_path), data[rank], *args]
         procs.append(subprocess.Popen(argv + ["linger"] * (rank == linger), env=env, cwd=tmp_path,
@@ -188,7 +185,7 @@ STOP_SCRIPT = """
 import json
 import sys
 from accelerate import PartialState
-state = PartialState(cpu=True)
+state = PartialState(cpu=True, init_method=f"file://{sys.argv[1]}/rendezvous")
 from flame_fitting.core.errors import GeofaceError
 from geoface_model.ranks import PeerError, stop_together
 try:
