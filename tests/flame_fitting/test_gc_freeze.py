@@ -29,9 +29,19 @@ if os.environ.get(EXIT_LOG):
     atexit.register(_log, os.environ[EXIT_LOG], "exit")
 
 
-def own_pid(_) -> int:
-    """A unit for the pool below (0.2 s, so both processes get some): the pid of the process that ran it."""
+def own_pid(item: tuple[int, str]) -> int:
+    """A unit for the pool below: 0.2 s, logged to `log` in a pool process; in the stage's own process (`parent`) it
+    first waits until a pool process ran one (at most 60 s: a deadline, not a timing under test), so both processes
+    get some however slowly the pool starts (under load the stage's process ran all six first). Returns the pid of
+    the process that ran it."""
+    parent, log = item
+    deadline = time.monotonic() + 60
+    while os.getpid() == parent and not os.path.exists(log) and time.monotonic() < deadline:
+        time.sleep(0.02)
     time.sleep(0.2)
+    if os.getpid() != parent:
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\n")
     return os.getpid()
 
 
@@ -87,8 +97,9 @@ def test_the_pool_fork_server_exits_without_the_interpreter_teardown(tmp_path):
             "from flame_fitting.core.executor import ExecutorConfig, open_executor\n"
             "if __name__ == '__main__':\n"
             "    with open_executor(ExecutorConfig(kind='local', workers=2)) as ex:\n"
-            "        res = ex.map(own_pid, range(6), progress=False)\n"
-            "    print(os.getpid(), len({{r.value for r in res}}))\n").format(path=sys.path, module=__name__)
+            "        res = ex.map(own_pid, [(os.getpid(), {pool_log!r})] * 6, progress=False)\n"
+            "    print(os.getpid(), len({{r.value for r in res}}))\n").format(path=sys.path, module=__name__,
+                                                                         pool_log=str(tmp_path / "pool.log"))
     path = os.pathsep.join([str(Path(__file__).parent), str(REPO)])  # the server imports this module from there
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO,
                          env={**os.environ, EXIT_LOG: str(log), "PYTHONPATH": path})
