@@ -260,9 +260,12 @@ def open_executor(cfg: ExecutorConfig) -> Iterator[Executor]:
                 with _quiet_stderr(), (_loopback_node(ray) if not address else nullcontext()), \
                         keeping_sigterm_handler():
                     ray.init(runtime_env={"env_vars": env}, log_to_driver=False, logging_level="ERROR", **kw)
-            except (ConnectionError, RuntimeError, ValueError) as e:
-                raise ExecutorError(f"{where}={address!r}: cannot connect to Ray ({str(e).splitlines()[0]}); "
-                                    "nothing was changed") from None
+            except Exception as e:  # Ray raises plain Exception, OSError, ... (a node that timed out starting)
+                ray.shutdown()  # whatever of its node started
+                first = (str(e).splitlines() or [type(e).__name__])[0]
+                raise ExecutorError((f"{where}={address!r}: cannot connect to Ray" if address else
+                                     "executor.kind=ray: the stage's local Ray did not start") +
+                                    f" ({first}); nothing was changed") from None
             started = True
             if not address and not ipaddress.ip_address(node_ip := ray.util.get_node_ip_address()).is_loopback:
                 ray.shutdown()  # its servers listen beyond this machine: fail closed

@@ -15,7 +15,9 @@ the block that starts, uses and shuts down that Ray:
   removed after the block. It holds an empty folder `geoface-owner-<host>-<pid>` (temp_names.process_tag: the
   stage's process), so that the folder of a stage killed by SIGKILL, which runs no clean-up, is removed by the next
   one (`clean_stale_ray_folders`). The owner is not in the folder's own name: Ray's socket paths under it must stay
-  within 107 bytes.
+  within 107 bytes (AF_UNIX), which leaves 20 bytes for the parent folder; a longer temporary folder ($RAY_TMPDIR or
+  $TMPDIR: on a cluster's compute node often a long per-job path) made every Ray start fail with an OSError
+  traceback, so the folder is then made in /tmp (`ray_parent`).
 The environment is restored after the block, and Ray's cached settings and token re-read from it.
 docs/scaling.md "Who can reach the Ray".
 """
@@ -31,6 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from flame_fitting.core.errors import ExecutorError
 from flame_fitting.core.temp_names import process_tag, tag_gone
 
 _KEYS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_TMPDIR")
@@ -62,6 +65,21 @@ def clean_stale_ray_folders(parent: Path | str) -> list[Path]:
     return removed
 
 
+# the folder's name and the longest socket path Ray makes under it, in bytes: /gf-ray-<8>, then
+# /ray/session_<date 26>_<pid ≤ 7>/sockets/plasma_store.<node ≤ 99> (ray/_private/node.py _prepare_socket_file)
+_UNDER_PARENT = len("/gf-ray-12345678") + len("/ray/session_2026-12-08_00-02-52_346406_4194304/sockets/plasma_store.99")
+SOCKET_PATH_MAX = 107  # AF_UNIX, without the terminating NUL (Ray's own check: validate_socket_filename)
+
+
+def ray_parent(default: str) -> str:
+    """The folder to make the private folder in: `default` (Ray's choice: $RAY_TMPDIR, $TMPDIR, /tmp) when Ray's socket
+    paths under it fit in SOCKET_PATH_MAX bytes, else /tmp if this user can write there (the private folder is 0700
+    whatever its parent), else `default` (Ray's start then fails, and the stage says so in one line)."""
+    if len(os.fsencode(os.path.abspath(default))) + _UNDER_PARENT <= SOCKET_PATH_MAX:
+        return default
+    return "/tmp" if os.path.isdir("/tmp") and os.access("/tmp", os.W_OK | os.X_OK) else default
+
+
 def _reread(ray) -> None:
     """Ray's settings (RayConfig: the authentication mode) and its token read again from the environment."""
     raylet = ray._raylet
@@ -74,10 +92,14 @@ def private_ray_session(ray) -> Iterator[None]:
     """For the block: a fresh token in token mode and a private temporary folder for a Ray started in it (module
     docstring); the folders of killed stages are removed first."""
     saved = {k: os.environ.get(k) for k in _KEYS}
-    # Ray's own choice of folder ($RAY_TMPDIR, $TMPDIR, /tmp): its socket paths must stay short
-    parent = ray._common.utils.get_default_system_temp_dir()
+    # Ray's own choice of folder ($RAY_TMPDIR, $TMPDIR, /tmp) unless its socket paths would not fit (ray_parent)
+    parent = ray_parent(ray._common.utils.get_default_system_temp_dir())
     clean_stale_ray_folders(parent)
-    folder = tempfile.mkdtemp(prefix=PREFIX, dir=parent)
+    try:
+        folder = tempfile.mkdtemp(prefix=PREFIX, dir=parent)
+    except OSError as e:  # $RAY_TMPDIR / $TMPDIR missing, not a folder, not writable
+        raise ExecutorError(f"executor.kind=ray: cannot make the local Ray's folder in {parent} "
+                            f"($RAY_TMPDIR, else $TMPDIR, else /tmp): {e.strerror or e}; nothing was changed") from None
     os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
     os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_TMPDIR=folder)
     try:

@@ -4,10 +4,12 @@ folder used to stay for ever, one per killed run. Now each folder holds `geoface
 stage removes the folders whose process is gone, and only those. No Ray is started here: the folders are made the
 way the stage makes them, by a real process."""
 import os
+import shutil
 import signal
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -70,12 +72,15 @@ with private_ray_session(ray):
 """
 
 
-def test_the_folder_of_a_killed_stage_is_removed_by_the_next_session(tmp_path, monkeypatch):
+def test_the_folder_of_a_killed_stage_is_removed_by_the_next_session(monkeypatch, request):
     """A real process enters the session (its folder made as for a Ray of its own), is killed by SIGKILL, and its
     folder stays; the next session removes it, keeps the folder of a session still running, and marks its own."""
     ray = pytest.importorskip("ray")
     from flame_fitting.core.ray_session import private_ray_session
 
+    # short: under a parent too long for Ray's socket paths the session makes its folder in /tmp (ray_parent)
+    tmp_path = Path(tempfile.mkdtemp(prefix="gf-", dir="/tmp"))
+    request.addfinalizer(lambda: shutil.rmtree(tmp_path, ignore_errors=True))
     env = {**os.environ, "RAY_TMPDIR": str(tmp_path)}
     killed, running = (subprocess.Popen([sys.executable, "-c", STAGE, str(REPO)], env=env, stdout=subprocess.PIPE,
                                         text=True) for _ in range(2))
@@ -99,3 +104,14 @@ def test_the_folder_of_a_killed_stage_is_removed_by_the_next_session(tmp_path, m
                 p.kill()
             p.wait()
             p.stdout.close()
+
+
+def test_the_parent_folder_is_replaced_by_tmp_only_where_rays_socket_paths_would_not_fit():
+    """Ray's longest socket path under the private folder, with the longest pid and a cluster's 99th node, is what
+    `ray_parent` budgets: a parent of 20 bytes is kept, one of 21 is replaced by /tmp."""
+    from flame_fitting.core.ray_session import SOCKET_PATH_MAX, _UNDER_PARENT, ray_parent
+
+    longest = "/" + "p" * 19 + "/gf-ray-abcdefgh/ray/session_2026-12-08_00-02-52_346406_4194304/sockets/plasma_store.99"
+    assert len(longest) == SOCKET_PATH_MAX == 20 + _UNDER_PARENT
+    assert ray_parent("/" + "p" * 19) == "/" + "p" * 19 and ray_parent("/tmp") == "/tmp"
+    assert ray_parent("/" + "p" * 20) == "/tmp" and ray_parent("/scratch/slurm/job_12345678/tmp") == "/tmp"

@@ -180,6 +180,35 @@ def test_the_local_ray_runs_only_what_a_holder_of_its_fresh_token_submits(monkey
     assert {k: os.environ.get(k) for k in mine} == {k: before.get(k) for k in mine}
 
 
+def test_a_long_temporary_folder_does_not_stop_the_local_ray(monkeypatch, tmp_path):
+    """Ray's socket paths (…/ray/session_<date>_<pid>/sockets/plasma_store) must fit in 107 bytes; under a long
+    $RAY_TMPDIR or $TMPDIR (a cluster job's per-job folder) every start of the stage's own Ray failed with an OSError
+    traceback ("AF_UNIX path length cannot exceed 107 bytes"). Now its private folder is made in /tmp then: the units
+    run, nothing is left in either folder. A temporary folder that is missing is one line naming it, no Ray started.
+    (Runs before the module's cluster.)"""
+    from flame_fitting.core.executor import ExecutorError, open_executor
+    from flame_fitting.core.ray_session import PREFIX
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    long = tmp_path / ("job-" + "0123456789" * 6)
+    long.mkdir()
+    assert len(str(long)) > 80
+    monkeypatch.setenv("RAY_TMPDIR", str(long))
+    with open_executor(ExecutorConfig(kind="ray", workers=1)) as ex:
+        assert [r.value for r in ex.map(int, ["1", "2"], progress=False)] == [1, 2]
+        folder = pathlib.Path(ray._private.worker._global_node.get_session_dir_path()).parents[1]
+        assert folder.parent == pathlib.Path("/tmp") and folder.name.startswith(PREFIX)
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert not ray.is_initialized() and not folder.exists() and list(long.iterdir()) == []
+    assert os.environ["RAY_TMPDIR"] == str(long)
+
+    monkeypatch.setenv("RAY_TMPDIR", "/gf-missing")  # short: a long one that is missing is also replaced by /tmp
+    with pytest.raises(ExecutorError, match=r"cannot make the local Ray's folder in /gf-missing .*No such file") as e:
+        with open_executor(ExecutorConfig(kind="ray", workers=1)):
+            pytest.fail("the block ran")
+    assert len(str(e.value).splitlines()) == 1 and not ray.is_initialized()
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("ray")
