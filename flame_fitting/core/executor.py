@@ -39,7 +39,7 @@ import os
 import socket
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
@@ -261,7 +261,8 @@ def open_executor(cfg: ExecutorConfig) -> Iterator[Executor]:
                         keeping_sigterm_handler():
                     ray.init(runtime_env={"env_vars": env}, log_to_driver=False, logging_level="ERROR", **kw)
             except Exception as e:  # Ray raises plain Exception, OSError, ... (a node that timed out starting)
-                ray.shutdown()  # whatever of its node started
+                with suppress(Exception):
+                    ray.shutdown()  # whatever of its node started
                 first = (str(e).splitlines() or [type(e).__name__])[0]
                 raise ExecutorError((f"{where}={address!r}: cannot connect to Ray" if address else
                                      "executor.kind=ray: the stage's local Ray did not start") +
