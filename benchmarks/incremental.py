@@ -10,6 +10,11 @@ stage's process does) count in both:
   add_one_s  the same capture with subject N+1 added (the old subjects' files byte for byte the same), the five
              stages again on the same output folders: only the new sequence's units run
   ratio      add_one_s / full_s (target: <= 1.2 / N); old_outputs_identical: every file of the N old units unchanged
+  alone_ratio  the floor any incremental scheme has in this process model: the five stages on a capture of the new
+             subject only, into empty folders, in a fresh process (`alone_s`: its start-up, imports, one unit per
+             stage and exit, no other unit to hash or keep), over full_s. add_one_s close to alone_s means keeping
+             the N old units costs little; what then separates ratio from 1.2 / N is the fixed cost of a run
+             (alone_identical: the new subject's files there are those of the add-one run, byte for byte)
 and, on the first JSON line, the same stages once more with nothing changed (every unit kept: what is left is the
 fixed cost of a run and the hashing of the N + 1 units' files), with the file-hash cache the phases share
 (flame_fitting/core/hash_cache.py; a new one in the temporary folder, as on a machine's first run) and without it
@@ -114,16 +119,21 @@ def main() -> None:
         before = file_hashes(data, names[:-1])
         add_s, add = run_phase(subset(every, cap, names), head, data, a.workers, hc)
         identical = file_hashes(data, names[:-1]) == before
+        alone_s, alone = run_phase(subset(every, root / "alone", names[-1:]), head, root / "data_alone", a.workers, hc)
+        new = names[-1:]
+        alone_identical = file_hashes(root / "data_alone", new) == file_hashes(data, new)
         same_s, same = run_phase(cap, head, data, a.workers, hc)
         same_off_s, same_off = run_phase(cap, head, data, a.workers, "off")
     load = os.getloadavg()
-    print(json.dumps({"full": full, "add_one": add, "unchanged": same, "unchanged_no_hash_cache": same_off,
+    print(json.dumps({"full": full, "add_one": add, "alone": alone, "unchanged": same,
+                      "unchanged_no_hash_cache": same_off, "alone_s": round(alone_s, 2),
+                      "alone_identical": alone_identical,
                       "unchanged_s": round(same_s, 2), "unchanged_no_hash_cache_s": round(same_off_s, 2),
                       "workers": a.workers, "frames": a.frames, "cameras": a.cameras,
                       "resolution": a.resolution, "old_outputs_identical": identical, "old_files": len(before),
                       "loadavg_1_5_15": [round(x, 2) for x in load]}))
     print(json.dumps({"full_s": round(full_s, 2), "add_one_s": round(add_s, 2), "ratio": round(add_s / full_s, 4),
-                      "n_subjects": a.subjects}))
+                      "n_subjects": a.subjects, "alone_ratio": round(alone_s / full_s, 4)}))
 
 
 if __name__ == "__main__":

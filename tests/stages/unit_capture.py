@@ -1,6 +1,6 @@
-"""A small synthetic capture for the work-unit tests and benchmarks/incremental.py: a stand-in head model, a
-capture of several subjects (few low-resolution cameras, one frame), the same capture restricted to some of its
-subjects (`subset`: byte-identical files, so the kept subjects' inputs do not change), and the five data stages
+"""A small synthetic capture for the work-unit tests and benchmarks/incremental.py and scale.py: a stand-in head
+model, a capture of several subjects (few low-resolution cameras, one frame), the same capture restricted to some of
+its subjects (`subset`: byte-identical files, so the kept subjects' inputs do not change), and the five data stages
 run by their library functions into one data folder (`run_data_stages`)."""
 from __future__ import annotations
 
