@@ -92,13 +92,21 @@ def timed_phase(cap, landmarks, head, out, workers) -> tuple[float, dict]:
 def timed_independent(halves: list[tuple[Path, Path, Path]], head: Path) -> tuple[float, dict]:
     """Each (capture, landmarks, out) of `halves` fitted by its own 1-worker phase process, all started at once;
     the wall time until the last one ends, and the frames fitted and units failed summed over them."""
-    t0 = time.perf_counter()
-    procs = [subprocess.Popen(_phase_command(c, lmk, head, out, 0), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                              text=True) for c, lmk, out in halves]
-    outs = [p.communicate()[0] for p in procs]
-    s = time.perf_counter() - t0
-    if any(p.returncode for p in procs):
-        raise SystemExit(f"an independent half's fit phase failed (exit {[p.returncode for p in procs]})")
+    logs = [out.with_name(out.name + ".stderr") for _, _, out in halves]  # files: neither pipe can fill and block
+    files = [log.open("w") for log in logs]
+    try:
+        t0 = time.perf_counter()
+        procs = [subprocess.Popen(_phase_command(c, lmk, head, out, 0), stdout=subprocess.PIPE, stderr=f, text=True)
+                 for (c, lmk, out), f in zip(halves, files)]
+        outs = [p.communicate()[0] for p in procs]
+        s = time.perf_counter() - t0
+    finally:
+        for f in files:
+            f.close()
+    for p, log in zip(procs, logs):
+        if p.returncode:
+            raise SystemExit(f"an independent half's fit phase failed (exit {p.returncode}):\n"
+                             + log.read_text()[-2000:])
     res = [json.loads(o.strip().splitlines()[-1]) for o in outs]
     return s, {k: sum(r[k] for r in res) for k in ("frames_ok", "units_failed")}
 
@@ -121,6 +129,8 @@ def main() -> None:
     add_capture_args(ap, 12)
     ap.add_argument("--phase", nargs=5, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.subjects < 2 and not a.phase:
+        ap.error("--subjects must be at least 2: the independent baseline splits the subjects in two halves")
     if a.phase:
         cap, lmk, head, out, workers = a.phase
         print(json.dumps(fit_phase(Path(cap), Path(lmk), Path(head), Path(out), int(workers))))
