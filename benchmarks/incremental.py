@@ -119,8 +119,8 @@ def main() -> None:
         before = file_hashes(data, names[:-1])
         add_s, add = run_phase(subset(every, cap, names), head, data, a.workers, hc)
         identical = file_hashes(data, names[:-1]) == before
-        alone_s, alone = run_phase(subset(every, root / "alone", names[-1:]), head, root / "data_alone", a.workers, hc)
         new = names[-1:]
+        alone_s, alone = run_phase(subset(every, root / "alone", new), head, root / "data_alone", a.workers, hc)
         alone_identical = file_hashes(root / "data_alone", new) == file_hashes(data, new)
         same_s, same = run_phase(cap, head, data, a.workers, hc)
         same_off_s, same_off = run_phase(cap, head, data, a.workers, "off")

@@ -129,8 +129,6 @@ def main() -> None:
     add_capture_args(ap, 12)
     ap.add_argument("--phase", nargs=5, help=argparse.SUPPRESS)
     a = ap.parse_args()
-    if a.subjects < 2 and not a.phase:
-        ap.error("--subjects must be at least 2: the independent baseline splits the subjects in two halves")
     if a.phase:
         cap, lmk, head, out, workers = a.phase
         print(json.dumps(fit_phase(Path(cap), Path(lmk), Path(head), Path(out), int(workers))))
@@ -138,6 +136,8 @@ def main() -> None:
 
         freeze()  # as a stage's process does at its end (stages/common.py `run`)
         return
+    if a.subjects < 2:
+        ap.error("--subjects must be at least 2: the independent baseline splits the subjects in two halves")
     from flame_fitting.core.executor import ExecutorConfig
     from flame_fitting.landmarks.capture import LandmarksParams, detect_folder
     from unit_capture import subjects_of, subset
