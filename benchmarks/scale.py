@@ -12,7 +12,8 @@ Python process into its own empty output folder, so the process start, imports, 
                 one torch thread like a pool process, its own start, imports and exit; landmarks detected before),
                 fitted frames over the later one's wall time, over fps_1. It shows what two cores give this
                 workload — fits side by side share caches and memory bandwidth — against what the pool gives
-                (`independent_identical`: the halves' fits equal the 1-worker run's)
+                (`independent_identical`: the halves' fits equal the 1-worker run's). With --rounds R the 2-worker
+                run and the halves alternate R times and the medians are reported (each round's time beside)
   cpu_reference_speedup  the trivial baseline: the speedup of two processes over one on a pure-Python busy loop,
                 measured just before (on a machine shared with other work it is well below 2, and no executor can
                 beat it); the load average before and after is printed beside.
@@ -127,6 +128,9 @@ def same_fits(a: Path, b: Path, among: bool = False) -> bool:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_capture_args(ap, 12)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="times the 2-worker run and the independent halves are run, alternately (each into new "
+                         "folders); fps_2 and the independent fps are then of the median time")
     ap.add_argument("--phase", nargs=5, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.phase:
@@ -138,6 +142,8 @@ def main() -> None:
         return
     if a.subjects < 2:
         ap.error("--subjects must be at least 2: the independent baseline splits the subjects in two halves")
+    if a.rounds < 1:
+        ap.error("--rounds must be at least 1")
     from flame_fitting.core.executor import ExecutorConfig
     from flame_fitting.landmarks.capture import LandmarksParams, detect_folder
     from unit_capture import subjects_of, subset
@@ -150,20 +156,26 @@ def main() -> None:
         make_capture(root, a)
         detect(root / "cap", root / "lmk")
         names = subjects_of(root / "cap")
-        halves = [(subset(root / "cap", root / f"cap_{i}", names[i::2]), root / f"lmk_{i}", root / f"fits_half{i}")
-                  for i in range(2)]
-        for cap, lmk, _ in halves:
+        halves = [(subset(root / "cap", root / f"cap_{i}", names[i::2]), root / f"lmk_{i}") for i in range(2)]
+        for cap, lmk in halves:
             detect(cap, lmk)
         load_before = os.getloadavg()
         reference = cpu_reference_speedup()
         s1, r1 = timed_phase(root / "cap", root / "lmk", root / "head", root / "fits1", 1)
-        s2, r2 = timed_phase(root / "cap", root / "lmk", root / "head", root / "fits2", 2)
-        si, ri = timed_independent(halves, root / "head")
-        identical = same_fits(root / "fits1", root / "fits2")
-        independent_identical = all(same_fits(root / "fits1", out, among=True) for _, _, out in halves)
+        t2, ti, identical, independent_identical = [], [], True, True
+        for k in range(a.rounds):  # alternately: the machine's drift falls on both alike
+            s2, r2 = timed_phase(root / "cap", root / "lmk", root / "head", root / f"fits2_{k}", 2)
+            outs = [root / f"fits_half{i}_{k}" for i in range(2)]
+            si, ri = timed_independent([(c, lmk, out) for (c, lmk), out in zip(halves, outs)], root / "head")
+            t2, ti = t2 + [s2], ti + [si]
+            identical &= same_fits(root / "fits1", root / f"fits2_{k}")
+            independent_identical &= all(same_fits(root / "fits1", out, among=True) for out in outs)
+    s2, si = float(np.median(t2)), float(np.median(ti))
     fps1, fps2, fpsi = r1["frames_ok"] / s1, r2["frames_ok"] / s2, ri["frames_ok"] / si
-    print(json.dumps({"workers_1": {"s": round(s1, 2), **r1}, "workers_2": {"s": round(s2, 2), **r2},
-                      "independent_2": {"s": round(si, 2), **ri, "fps": round(fpsi, 4)},
+    print(json.dumps({"workers_1": {"s": round(s1, 2), **r1},
+                      "workers_2": {"s": round(s2, 2), **r2, "s_each_round": [round(x, 2) for x in t2]},
+                      "independent_2": {"s": round(si, 2), **ri, "fps": round(fpsi, 4),
+                                        "s_each_round": [round(x, 2) for x in ti]},
                       "identical": identical, "independent_identical": independent_identical,
                       "cpu_count": os.cpu_count(), "cpu_reference_speedup": round(reference, 3),
                       "loadavg_1_5_15_before": [round(x, 2) for x in load_before],
